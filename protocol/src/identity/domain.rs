@@ -1,0 +1,102 @@
+//! The one place that says what every signature and every hash covers.
+//!
+//! A signature is always over `tag ‖ canonical CBOR of the body`, where the tag names
+//! the message type and the protocol version; a hash is always over `tag ‖ fields`.
+//! No tag is a prefix of another (each ends in NUL), so bytes signed or hashed for one
+//! purpose can never be valid for another.
+//!
+//! | signature | signer | covers |
+//! |---|---|---|
+//! | `Manifest` | model Source | `ModelManifest` |
+//! | `CapabilityAd` | supplier | `CapabilityAd` |
+//! | `SessionOpenApp` | app | `SessionOpen` |
+//! | `SessionOpenSupplier` | supplier | `SessionOpen` ‖ the app's signature |
+//! | `RelayRequest` | app | `RelayRequest` |
+//! | `Ack` | app | `Ack` |
+//! | `Claim` | supplier | `Claim` (which embeds the countersigned `SessionOpen`) |
+//! | `Reveal` | app | `Reveal` (the secret `r` together with the claimed root) |
+//! | `Transfer` | payer | `Transfer` |
+
+/// What a signature is for; selects its tag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Domain {
+    /// A Source signs a model manifest.
+    Manifest,
+    /// A supplier signs its capability advertisement.
+    CapabilityAd,
+    /// The app signs the terms of a session.
+    SessionOpenApp,
+    /// The supplier countersigns the terms and the app's signature.
+    SessionOpenSupplier,
+    /// The app signs one inference request.
+    RelayRequest,
+    /// The app acknowledges one increment of streamed output.
+    Ack,
+    /// The supplier claims the mined receipts of a session.
+    Claim,
+    /// The app reveals its challenge secret for one claimed root.
+    Reveal,
+    /// A payer moves credit to another account.
+    Transfer,
+}
+
+impl Domain {
+    /// The tag prepended to the signed bytes.
+    pub const fn tag(self) -> &'static [u8] {
+        match self {
+            Domain::Manifest => b"relaymesh/1/sig/manifest\0",
+            Domain::CapabilityAd => b"relaymesh/1/sig/capability-ad\0",
+            Domain::SessionOpenApp => b"relaymesh/1/sig/session-open/app\0",
+            Domain::SessionOpenSupplier => b"relaymesh/1/sig/session-open/supplier\0",
+            Domain::RelayRequest => b"relaymesh/1/sig/relay-request\0",
+            Domain::Ack => b"relaymesh/1/sig/ack\0",
+            Domain::Claim => b"relaymesh/1/sig/claim\0",
+            Domain::Reveal => b"relaymesh/1/sig/reveal\0",
+            Domain::Transfer => b"relaymesh/1/sig/transfer\0",
+        }
+    }
+}
+
+/// Tags of the protocol's hashes (blake3 over `tag ‖ fields`).
+pub mod hash_tag {
+    /// Mesh id: hash of the canonical mesh parameters.
+    pub const MESH_ID: &[u8] = b"relaymesh/1/hash/mesh-id\0";
+    /// Manifest hash: pinned by sessions.
+    pub const MANIFEST: &[u8] = b"relaymesh/1/hash/manifest\0";
+    /// Session key: hash of the `SessionOpen` terms.
+    pub const SESSION_KEY: &[u8] = b"relaymesh/1/hash/session-key\0";
+    /// Request hash: identifies a signed request within its session.
+    pub const REQUEST: &[u8] = b"relaymesh/1/hash/request\0";
+    /// Relay hash: decides mining and places a receipt in the sum tree.
+    pub const RELAY: &[u8] = b"relaymesh/1/hash/relay\0";
+    /// One step of a request's ack chain.
+    pub const ACK_CHAIN: &[u8] = b"relaymesh/1/hash/ack-chain\0";
+    /// Receipt digest stored in a sum-tree leaf.
+    pub const RECEIPT: &[u8] = b"relaymesh/1/hash/receipt\0";
+    /// Sum-tree leaf.
+    pub const TREE_LEAF: &[u8] = b"relaymesh/1/hash/tree-leaf\0";
+    /// Sum-tree internal node.
+    pub const TREE_NODE: &[u8] = b"relaymesh/1/hash/tree-node\0";
+    /// The app's commitment `H(r)`.
+    pub const COMMITMENT: &[u8] = b"relaymesh/1/hash/commitment\0";
+    /// Challenge seed `H(r, root)`.
+    pub const SEED: &[u8] = b"relaymesh/1/hash/seed\0";
+    /// The i-th sampling point drawn from a seed.
+    pub const SAMPLE: &[u8] = b"relaymesh/1/hash/sample\0";
+    /// Claim id: hash of a signed claim.
+    pub const CLAIM: &[u8] = b"relaymesh/1/hash/claim\0";
+    /// Transfer id: hash of a signed transfer.
+    pub const TRANSFER: &[u8] = b"relaymesh/1/hash/transfer\0";
+    /// Coefficients of a batch signature check.
+    pub const BATCH: &[u8] = b"relaymesh/1/hash/batch-verify\0";
+}
+
+/// blake3 over `tag ‖ parts…`.
+pub fn tagged_hash(tag: &[u8], parts: &[&[u8]]) -> crate::Digest {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(tag);
+    for part in parts {
+        hasher.update(part);
+    }
+    crate::Digest(*hasher.finalize().as_bytes())
+}

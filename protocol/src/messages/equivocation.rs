@@ -1,0 +1,73 @@
+//! `EquivocationEvidence`: one supplier signed two different claims for one session.
+
+use serde_tuple::{Deserialize_tuple, Serialize_tuple};
+
+use crate::identity::verify::{SignatureError, SignatureVerifier};
+use crate::messages::claim::SignedClaim;
+use crate::wire::WireMessage;
+use crate::PublicKey;
+
+/// Two claims, ordered by claim id so the same pair has one encoding.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize_tuple, Deserialize_tuple)]
+pub struct EquivocationEvidence {
+    /// Message version (1).
+    pub version: u16,
+    /// The claim with the smaller id.
+    pub first: SignedClaim,
+    /// The claim with the larger id.
+    pub second: SignedClaim,
+}
+
+impl WireMessage for EquivocationEvidence {
+    const NAME: &'static str = "EquivocationEvidence";
+    const VERSION: u16 = 1;
+    const MAX_SIZE: usize = 3000;
+    fn version(&self) -> u16 {
+        self.version
+    }
+}
+
+/// Why evidence does not prove equivocation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EvidenceError {
+    /// The claims are for different sessions.
+    #[error("the two claims are for different sessions")]
+    DifferentSessions,
+    /// Not two distinct claims in id order.
+    #[error("the claims are identical or not in claim-id order")]
+    NotDistinct,
+    /// A claim is not signed by the session's supplier.
+    #[error("claim signature: {0}")]
+    Signature(#[from] SignatureError),
+}
+
+impl EquivocationEvidence {
+    /// Orders two claims into evidence; `None` if they are the same claim.
+    pub fn new(a: SignedClaim, b: SignedClaim) -> Option<Self> {
+        let (first, second) = match a.id().cmp(&b.id()) {
+            std::cmp::Ordering::Less => (a, b),
+            std::cmp::Ordering::Greater => (b, a),
+            std::cmp::Ordering::Equal => return None,
+        };
+        Some(Self {
+            version: 1,
+            first,
+            second,
+        })
+    }
+
+    /// The equivocating supplier, if the evidence holds: same session key (hence the
+    /// same terms and the same supplier), distinct claim bodies, both signed by it.
+    pub fn verify(&self, verifier: &impl SignatureVerifier) -> Result<PublicKey, EvidenceError> {
+        if self.first.session_key() != self.second.session_key() {
+            return Err(EvidenceError::DifferentSessions);
+        }
+        if self.first.id() >= self.second.id() {
+            return Err(EvidenceError::NotDistinct);
+        }
+        let supplier = self.first.supplier();
+        self.first.verify(&supplier, verifier)?;
+        self.second.verify(&supplier, verifier)?;
+        Ok(supplier)
+    }
+}

@@ -1,0 +1,8 @@
+//! Metering: compute units, relay receipts, the ack chain, threshold mining and the
+//! τ rule.
+
+pub mod ack_chain;
+pub mod compute_units;
+pub mod receipt;
+pub mod tau;
+pub mod threshold;

@@ -1,0 +1,151 @@
+//! Relay receipts: an app-signed ack together with the app-signed request it answers.
+//! The rules here are what every verifier applies to a receipt in a proof.
+
+use serde_tuple::{Deserialize_tuple, Serialize_tuple};
+
+use crate::identity::domain::{hash_tag, tagged_hash};
+use crate::identity::verify::SignedItem;
+use crate::messages::ack::SignedAck;
+use crate::messages::request::SignedRelayRequest;
+use crate::messages::session::SessionOpen;
+use crate::metering::ack_chain::{self, MAX_ACK_CHAIN};
+use crate::metering::threshold::{is_mined, mined_value};
+use crate::wire::to_canonical;
+use crate::{Digest, PublicKey};
+
+/// One receipt: the increment `(prev, new]` of a request, acknowledged by the app.
+/// The first ack of a request (index 1) also bills the request's prompt ("ack 0").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize_tuple, Deserialize_tuple)]
+pub struct Receipt {
+    /// The app's request.
+    pub request: SignedRelayRequest,
+    /// The app's ack of one increment of it.
+    pub ack: SignedAck,
+}
+
+/// Why a receipt is not valid for a session.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReceiptError {
+    /// Request or ack names another session.
+    #[error("receipt belongs to another session")]
+    WrongSession,
+    /// The ack answers another request.
+    #[error("ack refers to a different request")]
+    WrongRequest,
+    /// Ack index outside `1..=ack_chain_len`.
+    #[error("ack index {index} outside 1..={len}")]
+    BadIndex {
+        /// Index in the ack.
+        index: u16,
+        /// Chain length in the request.
+        len: u16,
+    },
+    /// The chain secret is not link `index` of the request's chain.
+    #[error("ack chain link does not hash to the request's chain head")]
+    BadChainLink,
+    /// Counts run backwards, the first ack does not start at zero, or the count
+    /// exceeds what the request allows.
+    #[error("ack counts ({prev}, {new}] are not a valid increment")]
+    BadCounts {
+        /// Previous cumulative count.
+        prev: u32,
+        /// New cumulative count.
+        new: u32,
+    },
+    /// Weight overflows.
+    #[error("receipt weight overflows")]
+    Overflow,
+}
+
+/// What a verifier learns from a structurally valid receipt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReceiptFacts {
+    /// Decides mining; the receipt's key in the sum tree.
+    pub relay_hash: Digest,
+    /// CUs of this increment (and of the prompt for the first ack).
+    pub weight: u64,
+    /// Digest stored in the leaf (bodies only; signatures are checked separately).
+    pub digest: Digest,
+}
+
+impl ReceiptFacts {
+    /// Whether the session's τ mines this receipt.
+    pub fn is_mined(&self, tau: u64) -> bool {
+        is_mined(&self.relay_hash, self.weight, tau)
+    }
+
+    /// What this receipt pays if mined.
+    pub fn mined_value(&self, tau: u64) -> u64 {
+        mined_value(self.weight, tau)
+    }
+}
+
+impl Receipt {
+    /// Every rule except signatures (which callers batch): session binding, request
+    /// binding, chain link, counts, weight.
+    pub fn check(
+        &self,
+        session_key: &Digest,
+        terms: &SessionOpen,
+    ) -> Result<ReceiptFacts, ReceiptError> {
+        let request = &self.request.body;
+        let ack = &self.ack.body;
+        if request.session_key != *session_key || ack.session_key != *session_key {
+            return Err(ReceiptError::WrongSession);
+        }
+        if ack.request != request.hash() {
+            return Err(ReceiptError::WrongRequest);
+        }
+        let len = request.ack_chain_len.min(MAX_ACK_CHAIN);
+        if ack.index == 0 || ack.index > len {
+            return Err(ReceiptError::BadIndex {
+                index: ack.index,
+                len,
+            });
+        }
+        let counts_ok = ack.prev_bytes <= ack.new_bytes
+            && ack.new_bytes <= request.max_output_bytes
+            && (ack.index != 1 || ack.prev_bytes == 0);
+        if !counts_ok {
+            return Err(ReceiptError::BadCounts {
+                prev: ack.prev_bytes,
+                new: ack.new_bytes,
+            });
+        }
+        if !ack_chain::verify_link(&request.ack_chain_head, ack.index, &ack.chain_secret) {
+            return Err(ReceiptError::BadChainLink);
+        }
+        let output = terms
+            .cu
+            .output_units(ack.prev_bytes, ack.new_bytes)
+            .ok_or(ReceiptError::Overflow)?;
+        let prompt = if ack.index == 1 {
+            terms.cu.prompt_units(request.prompt_bytes)
+        } else {
+            0
+        };
+        let weight = output.checked_add(prompt).ok_or(ReceiptError::Overflow)?;
+        Ok(ReceiptFacts {
+            relay_hash: ack.relay_hash(),
+            weight,
+            digest: self.digest(),
+        })
+    }
+
+    /// The digest a sum-tree leaf stores: both bodies, no signatures (which anyone
+    /// could re-encode without the key).
+    pub fn digest(&self) -> Digest {
+        tagged_hash(
+            hash_tag::RECEIPT,
+            &[
+                &to_canonical(&self.request.body),
+                &to_canonical(&self.ack.body),
+            ],
+        )
+    }
+
+    /// The app's two signatures, for batch verification.
+    pub fn signed_items(&self, app: PublicKey) -> [SignedItem; 2] {
+        [self.request.signed_item(app), self.ack.signed_item(app)]
+    }
+}

@@ -1,0 +1,5 @@
+//! Settlement: the challenge, and where claims and proofs are verified.
+
+pub mod challenge;
+pub mod claim;
+pub mod proof;

@@ -1,0 +1,315 @@
+//! Where proofs are verified, and how a supplier builds them.
+
+use std::collections::BTreeMap;
+
+use crate::identity::signed::Signed;
+use crate::identity::verify::{SignatureError, SignatureVerifier, SignedItem};
+use crate::messages::claim::SignedClaim;
+use crate::messages::proof::{FullReveal, LeafProof, Proof, ProofEvidence, SampledProof};
+use crate::messages::reveal::{commitment, SignedReveal};
+use crate::metering::receipt::{Receipt, ReceiptError};
+use crate::params::MeshParams;
+use crate::settlement::challenge::{sample_point, seed};
+use crate::sumtree::{
+    verify_path, LeafEntry, MemoryStore, NodeSummary, PathError, SumTree, TreeError, TreeStore,
+};
+use crate::{BoundedVec, Digest};
+
+/// Why a proof does not settle its claim.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProofError {
+    /// The proof names another claim.
+    #[error("proof is for claim {found}, not {expected}")]
+    WrongClaim {
+        /// The claim being settled.
+        expected: Digest,
+        /// The id in the proof.
+        found: Digest,
+    },
+    /// The reveal is for another session or root, or does not open the commitment.
+    #[error("reveal: {0}")]
+    BadReveal(&'static str),
+    /// Not exactly one leaf per sampling point.
+    #[error("proof has {found} sampled leaves; the mesh asks for {expected}")]
+    WrongSampleCount {
+        /// `proof_samples`.
+        expected: usize,
+        /// Leaves in the proof.
+        found: usize,
+    },
+    /// A receipt breaks a rule.
+    #[error("leaf {index}: {error}")]
+    BadReceipt {
+        /// Position in the proof.
+        index: usize,
+        /// The rule broken.
+        error: ReceiptError,
+    },
+    /// A receipt that the threshold does not mine.
+    #[error("leaf {0}: receipt is not mined at the session's tau")]
+    NotMined(usize),
+    /// A leaf does not sit under the claimed root.
+    #[error("leaf {index}: {error}")]
+    BadPath {
+        /// Position in the proof.
+        index: usize,
+        /// Why.
+        error: PathError,
+    },
+    /// A leaf does not cover its sampling point: a proof for a different seed.
+    #[error("leaf {index} covers CUs [{offset}, {end}) but the challenge point is {point}")]
+    WrongLeaf {
+        /// Position in the proof.
+        index: usize,
+        /// The point.
+        point: u64,
+        /// Start of the leaf's interval.
+        offset: u64,
+        /// End of the leaf's interval.
+        end: u64,
+    },
+    /// The full reveal does not rebuild the claimed root.
+    #[error(
+        "full reveal rebuilds root {found_sum} CUs / {found_count} leaves, not the claimed tree"
+    )]
+    RootMismatch {
+        /// Sum rebuilt.
+        found_sum: u64,
+        /// Count rebuilt.
+        found_count: u64,
+    },
+    /// The same receipt twice in a full reveal.
+    #[error("full reveal lists receipt {0} twice")]
+    DuplicateLeaf(Digest),
+    /// A signature (request, ack or reveal) does not verify.
+    #[error("proof signature: {0}")]
+    Signature(#[from] SignatureError),
+}
+
+fn leaf_of(receipt: &Receipt, index: usize, claim: &SignedClaim) -> Result<LeafEntry, ProofError> {
+    let open = &claim.body.open;
+    let tau = open.body.tau;
+    let facts = receipt
+        .check(&open.session_key(), &open.body)
+        .map_err(|error| ProofError::BadReceipt { index, error })?;
+    if !facts.is_mined(tau) {
+        return Err(ProofError::NotMined(index));
+    }
+    Ok(LeafEntry {
+        key: facts.relay_hash,
+        value: facts.digest,
+        weight: facts.mined_value(tau),
+    })
+}
+
+fn claimed_root(claim: &SignedClaim) -> NodeSummary {
+    NodeSummary {
+        hash: claim.body.root,
+        sum: claim.body.sum,
+        count: claim.body.count,
+    }
+}
+
+/// Checks that `proof` settles `claim` (which the caller has verified). Receipt
+/// signatures are checked in one batch.
+pub fn verify_proof(
+    claim: &SignedClaim,
+    proof: &Proof,
+    params: &MeshParams,
+    verifier: &impl SignatureVerifier,
+) -> Result<(), ProofError> {
+    let claim_id = claim.id();
+    if proof.claim != claim_id {
+        return Err(ProofError::WrongClaim {
+            expected: claim_id,
+            found: proof.claim,
+        });
+    }
+    let app = claim.body.open.body.app;
+    let mut signatures: Vec<SignedItem> = Vec::new();
+    match &proof.evidence {
+        ProofEvidence::Sampled(sampled) => {
+            let reveal = &sampled.reveal.body;
+            if reveal.session_key != claim.session_key() || reveal.root != claim.body.root {
+                return Err(ProofError::BadReveal("it answers another session or root"));
+            }
+            if commitment(&reveal.secret) != claim.body.open.body.reveal_commitment {
+                return Err(ProofError::BadReveal(
+                    "the secret does not open the session's commitment",
+                ));
+            }
+            let expected = usize::from(params.proof_samples);
+            if sampled.leaves.len() != expected {
+                return Err(ProofError::WrongSampleCount {
+                    expected,
+                    found: sampled.leaves.len(),
+                });
+            }
+            let seed = seed(&reveal.secret, &reveal.root);
+            let root = claimed_root(claim);
+            for (index, leaf_proof) in sampled.leaves.iter().enumerate() {
+                let leaf = leaf_of(&leaf_proof.receipt, index, claim)?;
+                let offset = verify_path(
+                    &leaf.key,
+                    leaf.weight,
+                    &leaf.value,
+                    &leaf_proof.siblings,
+                    &root,
+                )
+                .map_err(|error| ProofError::BadPath { index, error })?;
+                let point = sample_point(&seed, index as u16, claim.body.sum);
+                let end = offset.saturating_add(leaf.weight);
+                if point < offset || point >= end {
+                    return Err(ProofError::WrongLeaf {
+                        index,
+                        point,
+                        offset,
+                        end,
+                    });
+                }
+                signatures.extend(leaf_proof.receipt.signed_items(app));
+            }
+            signatures.push(sampled.reveal.signed_item(app));
+        }
+        ProofEvidence::Full(full) => {
+            let mut leaves = Vec::with_capacity(full.receipts.len());
+            for (index, receipt) in full.receipts.iter().enumerate() {
+                leaves.push(leaf_of(receipt, index, claim)?);
+                signatures.extend(receipt.signed_items(app));
+            }
+            let tree = SumTree::build(MemoryStore::default(), leaves).map_err(|e| match e {
+                TreeError::DuplicateKey(key) => ProofError::DuplicateLeaf(key),
+                _ => ProofError::RootMismatch {
+                    found_sum: 0,
+                    found_count: 0,
+                },
+            })?;
+            let root = tree.root().expect("memory store cannot fail");
+            if root != claimed_root(claim) {
+                return Err(ProofError::RootMismatch {
+                    found_sum: root.sum,
+                    found_count: root.count,
+                });
+            }
+        }
+    }
+    verifier.verify_batch(&signatures)?;
+    Ok(())
+}
+
+/// The supplier's mined receipts of one session: the sum tree and the receipts behind
+/// its leaves.
+#[derive(Debug, Default)]
+pub struct MinedSession<S = MemoryStore> {
+    tree: SumTree<S>,
+    receipts: BTreeMap<Digest, Receipt>,
+}
+
+impl MinedSession<MemoryStore> {
+    /// An empty session in memory.
+    pub fn new() -> Self {
+        Self {
+            tree: SumTree::new(),
+            receipts: BTreeMap::new(),
+        }
+    }
+}
+
+impl<S: TreeStore> MinedSession<S> {
+    /// Resumes over a store and the receipts previously mined into it.
+    pub fn with_parts(tree: SumTree<S>, receipts: BTreeMap<Digest, Receipt>) -> Self {
+        Self { tree, receipts }
+    }
+
+    /// Mines one receipt that the caller has checked (`Receipt::check` and signatures):
+    /// if τ selects it, it becomes a leaf. Returns the CUs it pays when mined.
+    pub fn offer(
+        &mut self,
+        receipt: Receipt,
+        relay_hash: Digest,
+        weight: u64,
+        digest: Digest,
+        tau: u64,
+    ) -> Result<Option<u64>, TreeError<S::Error>> {
+        if !crate::metering::threshold::is_mined(&relay_hash, weight, tau) {
+            return Ok(None);
+        }
+        let paid = crate::metering::threshold::mined_value(weight, tau);
+        self.tree.insert(LeafEntry {
+            key: relay_hash,
+            value: digest,
+            weight: paid,
+        })?;
+        self.receipts.insert(relay_hash, receipt);
+        Ok(Some(paid))
+    }
+
+    /// Root hash, sum and count, for the claim.
+    pub fn root(&self) -> Result<NodeSummary, TreeError<S::Error>> {
+        self.tree.root()
+    }
+
+    /// The mined receipts by relay hash.
+    pub fn receipts(&self) -> &BTreeMap<Digest, Receipt> {
+        &self.receipts
+    }
+
+    /// The sampled proof for the seed the app's reveal gives.
+    pub fn sampled_proof(
+        &self,
+        claim_id: Digest,
+        reveal: SignedReveal,
+        samples: u16,
+    ) -> Result<Proof, TreeError<S::Error>> {
+        let root = self.tree.root()?;
+        let seed = seed(&reveal.body.secret, &root.hash);
+        let mut leaves = BoundedVec::new();
+        for index in 0..samples {
+            let path = self.tree.sample(sample_point(&seed, index, root.sum))?;
+            let receipt = self
+                .receipts
+                .get(&path.leaf.key)
+                .cloned()
+                .ok_or(TreeError::NotFound(path.leaf.key))?;
+            let siblings =
+                BoundedVec::try_from_vec(path.siblings).map_err(|_| TreeError::Corrupt(256))?;
+            leaves
+                .try_push(LeafProof { receipt, siblings })
+                .map_err(|_| TreeError::Corrupt(0))?;
+        }
+        Ok(Proof {
+            version: 1,
+            claim: claim_id,
+            evidence: ProofEvidence::Sampled(SampledProof { reveal, leaves }),
+        })
+    }
+
+    /// The full-reveal proof, for when the app never reveals. Fails only if the session
+    /// mined more leaves than any claim may hold: a supplier closes its session before.
+    pub fn full_reveal(&self, claim_id: Digest) -> Result<Proof, crate::TooLong> {
+        let receipts = BoundedVec::try_from_vec(self.receipts.values().cloned().collect())?;
+        Ok(Proof {
+            version: 1,
+            claim: claim_id,
+            evidence: ProofEvidence::Full(FullReveal { receipts }),
+        })
+    }
+}
+
+/// Signs the app's reveal of `secret` for `root`.
+pub fn sign_reveal(
+    session_key: Digest,
+    root: Digest,
+    secret: Digest,
+    app: &impl crate::identity::verify::Signer,
+) -> SignedReveal {
+    Signed::sign(
+        crate::messages::reveal::Reveal {
+            version: 1,
+            session_key,
+            root,
+            secret,
+        },
+        app,
+    )
+}

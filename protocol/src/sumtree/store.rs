@@ -1,0 +1,133 @@
+//! Where a sum tree's nodes live. The tree addresses nodes by position (depth and key
+//! prefix), so a store is a plain key-value map: in memory here, sled in the node.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+
+use crate::sumtree::node::{key_bit, NodeSummary};
+use crate::Digest;
+
+/// A node's place in the tree: its depth and the first `depth` bits of every key below it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Position {
+    /// Distance from the root.
+    pub depth: u16,
+    /// Key prefix of length `depth`, remaining bits zero.
+    pub prefix: Digest,
+}
+
+impl Position {
+    /// The root.
+    pub const ROOT: Position = Position {
+        depth: 0,
+        prefix: Digest::ZERO,
+    };
+
+    /// The position at `depth` on the path to `key`.
+    pub fn on_path(key: &Digest, depth: u16) -> Self {
+        let mut prefix = Digest::ZERO;
+        let full = usize::from(depth / 8);
+        prefix.0[..full].copy_from_slice(&key.0[..full]);
+        let rest = depth % 8;
+        if rest > 0 {
+            prefix.0[full] = key.0[full] & (0xffu8 << (8 - rest));
+        }
+        Position { depth, prefix }
+    }
+
+    /// The child on side `bit` (0 left, 1 right).
+    pub fn child(&self, bit: u8) -> Self {
+        let mut prefix = self.prefix;
+        let d = usize::from(self.depth);
+        if bit == 1 {
+            prefix.0[d / 8] |= 1 << (7 - d % 8);
+        }
+        Position {
+            depth: self.depth + 1,
+            prefix,
+        }
+    }
+
+    /// Which side of its parent this position is on.
+    pub fn side(&self) -> u8 {
+        key_bit(&self.prefix, usize::from(self.depth) - 1)
+    }
+}
+
+/// A leaf as stored: its key, the receipt digest and the CUs it pays.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeafEntry {
+    /// Relay hash of the receipt; its bits are the leaf's path.
+    pub key: Digest,
+    /// Digest of the receipt.
+    pub value: Digest,
+    /// CUs the mined receipt pays.
+    pub weight: u64,
+}
+
+impl LeafEntry {
+    /// The leaf's summary.
+    pub fn summary(&self) -> NodeSummary {
+        NodeSummary::leaf(&self.key, self.weight, &self.value)
+    }
+}
+
+/// A stored node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoredNode {
+    /// A subtree holding exactly one leaf is that leaf.
+    Leaf(LeafEntry),
+    /// A node with two non-empty subtrees.
+    Internal(NodeSummary),
+}
+
+impl StoredNode {
+    /// The node's summary.
+    pub fn summary(&self) -> NodeSummary {
+        match self {
+            StoredNode::Leaf(leaf) => leaf.summary(),
+            StoredNode::Internal(summary) => *summary,
+        }
+    }
+}
+
+/// Storage for tree nodes.
+pub trait TreeStore {
+    /// What can go wrong in the store (nothing, in memory).
+    type Error: std::error::Error + 'static;
+    /// The node at `position`, if any.
+    fn get(&self, position: &Position) -> Result<Option<StoredNode>, Self::Error>;
+    /// Writes the node at `position`.
+    fn put(&mut self, position: Position, node: StoredNode) -> Result<(), Self::Error>;
+}
+
+/// Nodes in an ordered map.
+#[derive(Clone, Debug, Default)]
+pub struct MemoryStore {
+    nodes: BTreeMap<Position, StoredNode>,
+}
+
+impl MemoryStore {
+    /// Number of stored nodes.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Whether the store is empty.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+}
+
+impl TreeStore for MemoryStore {
+    type Error = Infallible;
+
+    fn get(&self, position: &Position) -> Result<Option<StoredNode>, Infallible> {
+        Ok(self.nodes.get(position).copied())
+    }
+
+    fn put(&mut self, position: Position, node: StoredNode) -> Result<(), Infallible> {
+        self.nodes.insert(position, node);
+        Ok(())
+    }
+}

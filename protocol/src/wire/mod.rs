@@ -1,0 +1,9 @@
+//! The wire format: canonical CBOR, bounded containers, size limits, and a mutation
+//! harness that throws garbage at every decoder.
+
+pub mod bytes;
+pub mod codec;
+pub mod fuzz;
+
+pub use bytes::{BoundedString, BoundedVec, Digest, PublicKey, Signature, TooLong};
+pub use codec::{to_canonical, DecodeError, EncodeError, WireMessage};
