@@ -104,6 +104,9 @@ impl MeshParams {
         if self.epoch_ms == 0 {
             return fail("epoch_ms must be positive");
         }
+        if self.freeze_horizon_epochs == 0 {
+            return fail("freeze_horizon_epochs must be at least 1");
+        }
         if self.tau_min == 0 || self.tau_min > self.tau_max {
             return fail("need 0 < tau_min <= tau_max");
         }

@@ -302,11 +302,13 @@ impl Ledger {
         })
     }
 
-    /// Advances the ledger's clock: epochs before `epoch_of(now) − H` freeze, fold into
+    /// Advances the ledger's clock: epochs `e` with `e + H ≤ epoch_of(now)` freeze, fold into
     /// the checkpoint and their messages are dropped. Returns how many epochs froze.
     pub fn advance(&mut self, now_ms: u64) -> u64 {
         let current = self.params.epoch_of(now_ms);
-        let frozen_before = current.saturating_sub(u64::from(self.params.freeze_horizon_epochs));
+        // Epoch e is final once the clock reaches epoch e + H.
+        let frozen_before =
+            (current + 1).saturating_sub(u64::from(self.params.freeze_horizon_epochs));
         if frozen_before <= self.frozen_before {
             return 0;
         }

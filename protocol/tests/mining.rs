@@ -1,0 +1,164 @@
+//! Threshold mining is unbiased, and the τ rule settles where it should.
+
+mod common;
+
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use relaymesh_protocol::metering::tau::{SessionVolume, TauController};
+use relaymesh_protocol::metering::threshold::{is_mined, mined_value};
+use relaymesh_protocol::Digest;
+
+fn random_digest(rng: &mut ChaCha8Rng) -> Digest {
+    let mut d = [0u8; 32];
+    rng.fill_bytes(&mut d);
+    Digest(d)
+}
+
+/// Pareto(α = 1.5) weights from 1 CU: most receipts tiny, a few enormous.
+fn heavy_tailed(rng: &mut ChaCha8Rng) -> u64 {
+    let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+    (1.0 / (1.0 - u).powf(1.0 / 1.5)).min(1e6) as u64
+}
+
+#[test]
+fn threshold_sampling_is_unbiased_for_heavy_tailed_weights() {
+    let mut rng = ChaCha8Rng::seed_from_u64(42);
+    let sessions = 2000;
+    let (mut true_total, mut paid_total) = (0u128, 0u128);
+    let mut relative_errors = 0.0;
+    let mut mined = 0u64;
+    for _ in 0..sessions {
+        let weights: Vec<u64> = (0..200).map(|_| heavy_tailed(&mut rng)).collect();
+        let volume: u64 = weights.iter().sum();
+        let tau = (volume / 32).max(1);
+        let mut paid = 0u64;
+        for &w in &weights {
+            if is_mined(&random_digest(&mut rng), w, tau) {
+                paid += mined_value(w, tau);
+                mined += 1;
+            }
+        }
+        true_total += u128::from(volume);
+        paid_total += u128::from(paid);
+        relative_errors += (paid as f64 - volume as f64) / volume as f64;
+    }
+    let mean_error = relative_errors / sessions as f64;
+    let total_error = (paid_total as f64 - true_total as f64) / true_total as f64;
+    println!(
+        "mean relative error per session {mean_error:+.4}, total {total_error:+.4}, mined per session {:.1}",
+        mined as f64 / sessions as f64
+    );
+    // Per-session relative sd is about sqrt(τ/V) = 0.18, so the mean over 2000 sessions
+    // has sd 0.004: 0.02 is five sigma.
+    assert!(mean_error.abs() < 0.02);
+    assert!(total_error.abs() < 0.02);
+}
+
+#[test]
+fn honest_sessions_are_credited_within_the_bound_tau_implies() {
+    let (app, supplier) = (common::key(1), common::key(2));
+    let params = common::params(&[(&app, 1)]);
+    let (mut served, mut credited) = (0u64, 0u64);
+    for nonce in 0..30 {
+        let o = common::open(common::SessionTerms {
+            params: &params,
+            app: &app,
+            supplier: &supplier,
+            manifest: None,
+            tau: 1_000,
+            price: 1,
+            start_ms: 0,
+            nonce,
+        });
+        let ran = common::run_session(o, &app, 4, 10, 25);
+        served += ran.served;
+        credited += ran.mined.root().unwrap().sum;
+    }
+    let error = (credited as f64 - served as f64) / served as f64;
+    // Σ w(τ−w) ≤ τ·V, so the sd of the total is at most sqrt(τ·V).
+    let bound = 4.0 * (1_000.0 * served as f64).sqrt() / served as f64;
+    println!(
+        "served {served} CUs, credited {credited}, error {error:+.4} (4-sigma bound {bound:.4})"
+    );
+    assert!(error.abs() < bound);
+}
+
+fn run_sessions(
+    controller: &mut TauController,
+    rng: &mut ChaCha8Rng,
+    n: usize,
+    mean_weight: u64,
+) -> Vec<(f64, u64)> {
+    (0..n)
+        .map(|_| {
+            let tau = controller.tau();
+            let mut volume = SessionVolume::new(tau);
+            let mut mined = 0;
+            for _ in 0..400 {
+                let w = 1 + rng.next_u64() % (2 * mean_weight);
+                volume.record(w);
+                if is_mined(&random_digest(rng), w, tau) {
+                    mined += 1;
+                }
+            }
+            controller.observe(&volume);
+            (volume.expected_mined(), mined)
+        })
+        .collect()
+}
+
+#[test]
+fn tau_rule_settles_at_its_target_and_follows_load() {
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let target = 32;
+    let mut c = TauController::new(1, target, 1, 1 << 40);
+    let history = run_sessions(&mut c, &mut rng, 120, 50);
+    let settled = &history[60..];
+    let mean_expected = settled.iter().map(|h| h.0).sum::<f64>() / settled.len() as f64;
+    let mean_mined = settled.iter().map(|h| h.1 as f64).sum::<f64>() / settled.len() as f64;
+    println!(
+        "settled: expected {mean_expected:.2}, mined {mean_mined:.2} per session (target {target})"
+    );
+    assert!((mean_expected / f64::from(target) - 1.0).abs() < 0.10);
+    assert!((mean_mined / f64::from(target) - 1.0).abs() < 0.10);
+
+    // Load rises tenfold: after 16 sessions have been observed, the 17th runs at a τ
+    // whose expected count is back within 10% of the target (the lag the docs state:
+    // 12 sessions for the rule itself, a few more for the load's own noise).
+    let after_rise = run_sessions(&mut c, &mut rng, 17, 500);
+    let last = after_rise.last().unwrap().0;
+    assert!(
+        (last / f64::from(target) - 1.0).abs() < 0.10,
+        "after rise: {last}"
+    );
+    assert!(
+        after_rise[0].0 > 1.5 * f64::from(target),
+        "the rise must show first"
+    );
+    // And falls back tenfold: the same lag.
+    let after_fall = run_sessions(&mut c, &mut rng, 17, 50);
+    let last = after_fall.last().unwrap().0;
+    assert!(
+        (last / f64::from(target) - 1.0).abs() < 0.10,
+        "after fall: {last}"
+    );
+}
+
+#[test]
+fn tau_rule_settles_with_heavy_tailed_weights() {
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let target = 32;
+    let mut c = TauController::new(1, target, 1, 1 << 40);
+    let mut expected = Vec::new();
+    for _ in 0..200 {
+        let mut volume = SessionVolume::new(c.tau());
+        for _ in 0..400 {
+            volume.record(heavy_tailed(&mut rng));
+        }
+        c.observe(&volume);
+        expected.push(volume.expected_mined());
+    }
+    let mean = expected[100..].iter().sum::<f64>() / 100.0;
+    println!("heavy-tailed: expected mined {mean:.2} per session (target {target})");
+    assert!((mean / f64::from(target) - 1.0).abs() < 0.10);
+}
