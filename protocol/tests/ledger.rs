@@ -19,8 +19,8 @@ const V: Ed25519Verifier = Ed25519Verifier;
 
 #[derive(Clone, Debug)]
 enum Message {
-    Claim(SignedClaim),
-    Proof(Proof),
+    Claim(Box<SignedClaim>),
+    Proof(Box<Proof>),
     Transfer(SignedTransfer),
 }
 
@@ -87,8 +87,8 @@ fn scenario() -> &'static Scenario {
                         nonce,
                         nonce % 2 == 0,
                     );
-                    messages.push(Message::Claim(claim));
-                    messages.push(Message::Proof(proof));
+                    messages.push(Message::Claim(Box::new(claim)));
+                    messages.push(Message::Proof(Box::new(proof)));
                 }
             }
             messages.push(Message::Transfer(Signed::sign(
@@ -110,7 +110,7 @@ fn scenario() -> &'static Scenario {
         };
         let mut body = c.body.clone();
         body.sum += 1;
-        messages.push(Message::Claim(Signed::sign(body, &suppliers[2])));
+        messages.push(Message::Claim(Box::new(Signed::sign(body, &suppliers[2]))));
         Scenario { params, messages }
     })
 }
@@ -121,7 +121,7 @@ fn apply_all(params: &MeshParams, order: &[usize], messages: &[Message]) -> Ledg
     let mut stalls = 0;
     while let Some(i) = queue.pop_front() {
         let result = match &messages[i] {
-            Message::Claim(c) => ledger.apply_claim(c.clone(), &V),
+            Message::Claim(c) => ledger.apply_claim((**c).clone(), &V),
             Message::Proof(p) => ledger.apply_proof(p, &V),
             Message::Transfer(t) => ledger.apply_transfer(t, &V),
         };
@@ -204,7 +204,7 @@ fn sessions_at_many_suppliers_beyond_balance_mint_nothing() {
         "the claims must exceed the balance for this test"
     );
     let spent = ledger.account(&app.public_key()).spent;
-    assert!(spent <= 1_000 && spent >= 1_000 - 4, "spent {spent}");
+    assert!((1_000 - 4..=1_000).contains(&spent), "spent {spent}");
     assert_eq!(ledger.total_balance(), 1_000);
 }
 
