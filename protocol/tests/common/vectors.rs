@@ -1,0 +1,153 @@
+//! The golden messages: fixed inputs, so their encodings never change by accident.
+#![allow(dead_code)]
+
+use relaymesh_protocol::identity::signed::Signed;
+use relaymesh_protocol::messages::capability::{CapabilityAd, ModelOffer};
+use relaymesh_protocol::messages::equivocation::EquivocationEvidence;
+use relaymesh_protocol::messages::transfer::Transfer;
+use relaymesh_protocol::metering::compute_units::CuFormula;
+use relaymesh_protocol::settlement::proof::{sign_reveal, verify_proof};
+use relaymesh_protocol::wire::WireMessage;
+use relaymesh_protocol::{BoundedString, BoundedVec, Signer};
+
+use crate::common::*;
+
+/// Decodes golden bytes and checks value, re-encoding and signatures.
+pub type Check = Box<dyn Fn(&[u8]) -> Result<(), String>>;
+
+/// One golden message: file stem, canonical bytes, and a check of its signatures.
+pub struct Golden {
+    pub file: String,
+    pub bytes: Vec<u8>,
+    pub decode_and_verify: Check,
+}
+
+fn golden<T: WireMessage + PartialEq + std::fmt::Debug + 'static>(
+    variant: Option<&str>,
+    value: T,
+    verify: impl Fn(&T) -> bool + 'static,
+) -> Golden {
+    let bytes = value.encode().expect("golden values fit their limits");
+    let file = match variant {
+        Some(v) => format!("{}.{v}", T::NAME),
+        None => T::NAME.to_string(),
+    };
+    Golden {
+        file,
+        bytes,
+        decode_and_verify: Box::new(move |bytes| {
+            let decoded = T::decode(bytes).map_err(|e| e.to_string())?;
+            if decoded != value {
+                return Err("decodes to a different value".into());
+            }
+            if decoded.encode().unwrap() != bytes {
+                return Err("does not re-encode to the same bytes".into());
+            }
+            if !verify(&decoded) {
+                return Err("signature does not verify".into());
+            }
+            Ok(())
+        }),
+    }
+}
+
+/// All golden messages.
+pub fn all() -> Vec<Golden> {
+    let v = relaymesh_protocol::Ed25519Verifier;
+    let (app, supplier, source) = (key(1), key(2), key(3));
+    let params = params(&[(&app, 1_000_000)]);
+    let manifest = manifest(&source, 50_000);
+    let o = open(SessionTerms {
+        params: &params,
+        app: &app,
+        supplier: &supplier,
+        manifest: Some(manifest.clone()),
+        tau: 300,
+        price: 2,
+        start_ms: 1_750_000_000_000,
+        nonce: 1,
+    });
+    let proposal = Signed::sign(o.body.clone(), &app);
+    let ran = run_session(o.clone(), &app, 2, 6, 40);
+    let claim = claim(&ran, &supplier);
+    let root = ran.mined.root().unwrap();
+    let reveal = sign_reveal(o.session_key(), root.hash, secret(1), &app);
+    let sampled = ran
+        .mined
+        .sampled_proof(claim.id(), reveal.clone(), params.proof_samples)
+        .unwrap();
+    let full = ran.mined.full_reveal(claim.id()).unwrap();
+    let mut other = claim.body.clone();
+    other.sum += 1;
+    let evidence =
+        EquivocationEvidence::new(claim.clone(), Signed::sign(other, &supplier)).unwrap();
+    let receipt = ran.receipts[0].clone();
+    let ad = Signed::sign(
+        CapabilityAd {
+            version: 1,
+            mesh_id: params.mesh_id(),
+            supplier: supplier.public_key(),
+            seq: 7,
+            issued_ms: 1_750_000_000_000,
+            expires_ms: 1_750_000_300_000,
+            models: BoundedVec::try_from_vec(vec![ModelOffer {
+                name: BoundedString::new("smollm2").unwrap(),
+                gguf_digest: Some(manifest.body.gguf_digest),
+                manifest: Some(manifest.clone()),
+                context_length: 8192,
+                free_slots: 3,
+                total_slots: 4,
+                tokens_per_sec_milli: 28_500,
+                ttft_ms: 120,
+                price_per_cu: 2,
+                cu: CuFormula::default(),
+                tau: 300,
+            }])
+            .unwrap(),
+        },
+        &supplier,
+    );
+    let transfer = Signed::sign(
+        Transfer {
+            version: 1,
+            mesh_id: params.mesh_id(),
+            from: app.public_key(),
+            to: source.public_key(),
+            amount: 12_345,
+            epoch: 3,
+            nonce: 9,
+        },
+        &app,
+    );
+    let (pa, ps, pso) = (app.public_key(), supplier.public_key(), source.public_key());
+    let (c1, c2, p1, p2, p3) = (
+        claim.clone(),
+        claim.clone(),
+        params.clone(),
+        params.clone(),
+        params.clone(),
+    );
+    vec![
+        golden(None, manifest, move |m| m.verify(&pso, &v).is_ok()),
+        golden(None, ad, move |a| a.verify(&ps, &v).is_ok()),
+        golden(None, proposal, move |p| p.verify(&pa, &v).is_ok()),
+        golden(None, o, move |o| o.validate(&p1, &v).is_ok()),
+        golden(None, receipt.request, move |r| r.verify(&pa, &v).is_ok()),
+        golden(None, receipt.ack, move |a| a.verify(&pa, &v).is_ok()),
+        golden(None, claim.clone(), move |c| c.verify(&ps, &v).is_ok()),
+        golden(None, reveal, move |r| r.verify(&pa, &v).is_ok()),
+        golden(Some("sampled"), sampled, move |p| {
+            verify_proof(&c1, p, &p2, &v).is_ok()
+        }),
+        golden(Some("full"), full, move |p| {
+            verify_proof(&c2, p, &p3, &v).is_ok()
+        }),
+        golden(None, evidence, move |e| e.verify(&v).is_ok()),
+        golden(None, transfer, move |t| t.verify(&pa, &v).is_ok()),
+        golden(None, params_for_vectors(), |p| p.validate().is_ok()),
+    ]
+}
+
+fn params_for_vectors() -> relaymesh_protocol::params::MeshParams {
+    params(&[(&key(1), 1_000_000), (&key(4), 5)])
+}
