@@ -302,3 +302,56 @@ fn frozen_epochs_refuse_late_messages() {
         Err(LedgerError::Frozen { epoch: 0, .. })
     ));
 }
+
+#[test]
+fn supplier_checks_each_link_against_the_previous_one() {
+    let (_, ran) = honest(1);
+    let key = ran.open.session_key();
+    let first = &ran.receipts[0];
+    let second = &ran.receipts[1];
+    let head = first.request.body.ack_chain_head;
+    let by_walk = second.check(&key, &ran.open.body).unwrap();
+    assert_eq!(
+        first.check_next(&key, &ran.open.body, &head).unwrap(),
+        first.check(&key, &ran.open.body).unwrap()
+    );
+    assert_eq!(
+        second
+            .check_next(&key, &ran.open.body, &first.ack.body.chain_secret)
+            .unwrap(),
+        by_walk
+    );
+    // Skipping a link, or replaying the previous one, fails.
+    assert_eq!(
+        second.check_next(&key, &ran.open.body, &head),
+        Err(ReceiptError::BadChainLink)
+    );
+    let mut forged = second.clone();
+    forged.ack.body.chain_secret = Digest([3; 32]);
+    assert_eq!(
+        forged.check(&key, &ran.open.body),
+        Err(ReceiptError::BadChainLink)
+    );
+}
+
+#[test]
+fn claim_with_a_forged_manifest_is_rejected_by_name() {
+    let (app, supplier, source) = (key(1), key(2), key(3));
+    let params = params(&[(&app, 1)]);
+    let mut m = manifest(&source, 10_000);
+    m.body.royalty_ppm = 900_000; // the supplier raises the royalty it pays its friend
+    let o = open(SessionTerms {
+        params: &params,
+        app: &app,
+        supplier: &supplier,
+        manifest: Some(m),
+        tau: 400,
+        price: 1,
+        start_ms: 0,
+        nonce: 3,
+    });
+    let ran = run_session(o, &app, 1, 4, 40);
+    let c = claim(&ran, &supplier);
+    let err = verify_claim(&c, &params, &V).unwrap_err();
+    assert!(err.to_string().contains("manifest"), "{err}");
+}

@@ -27,7 +27,7 @@ pub enum SignatureError {
 }
 
 /// One (key, message, signature) triple to check.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct SignedItem {
     /// Claimed signer.
     pub key: PublicKey,

@@ -6,7 +6,7 @@ use serde_tuple::{Deserialize_tuple, Serialize_tuple};
 use crate::identity::domain::{hash_tag, tagged_hash, Domain};
 use crate::identity::signed::{signing_bytes, Signable, Signed};
 use crate::identity::verify::{SignatureError, SignatureVerifier, SignedItem, Signer};
-use crate::messages::manifest::SignedManifest;
+use crate::messages::manifest::{SignedManifest, PPM};
 use crate::metering::compute_units::CuFormula;
 use crate::params::MeshParams;
 use crate::wire::{to_canonical, WireMessage};
@@ -168,6 +168,22 @@ impl SignedSessionOpen {
         params: &MeshParams,
         verifier: &impl SignatureVerifier,
     ) -> Result<(), SessionError> {
+        self.check_terms(params)?;
+        // Checked one by one so the error names the party whose signature failed.
+        for item in self.signed_items() {
+            verifier.verify(&item.key, &item.message, &item.signature)?;
+        }
+        if let Some(manifest) = &self.body.manifest {
+            manifest
+                .verify(&manifest.body.source, verifier)
+                .map_err(|e| SessionError::Manifest(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Every rule of [`Self::validate`] except the parties' and the Source's signatures,
+    /// for callers that batch those.
+    pub fn check_terms(&self, params: &MeshParams) -> Result<(), SessionError> {
         let terms = &self.body;
         let mesh_id = params.mesh_id();
         if terms.mesh_id != mesh_id {
@@ -190,18 +206,17 @@ impl SignedSessionOpen {
             return Err(SessionError::TooLong(terms.max_duration_ms));
         }
         if let Some(manifest) = &terms.manifest {
-            manifest
-                .validate(verifier)
-                .map_err(|e| SessionError::Manifest(e.to_string()))?;
+            if manifest.body.royalty_ppm > PPM {
+                return Err(SessionError::Manifest(format!(
+                    "royalty of {} ppm exceeds 100%",
+                    manifest.body.royalty_ppm
+                )));
+            }
             if manifest.body.gguf_digest != terms.model_digest {
                 return Err(SessionError::Manifest(
                     "the manifest names a different GGUF digest than the session pins".into(),
                 ));
             }
-        }
-        // Checked one by one so the error names the party whose signature failed.
-        for item in self.signed_items() {
-            verifier.verify(&item.key, &item.message, &item.signature)?;
         }
         Ok(())
     }

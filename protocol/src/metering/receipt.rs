@@ -5,8 +5,8 @@ use serde_tuple::{Deserialize_tuple, Serialize_tuple};
 
 use crate::identity::domain::{hash_tag, tagged_hash};
 use crate::identity::verify::SignedItem;
-use crate::messages::ack::SignedAck;
-use crate::messages::request::SignedRelayRequest;
+use crate::messages::ack::{Ack, SignedAck};
+use crate::messages::request::{RelayRequest, SignedRelayRequest};
 use crate::messages::session::SessionOpen;
 use crate::metering::ack_chain::{self, MAX_ACK_CHAIN};
 use crate::metering::threshold::{is_mined, mined_value};
@@ -82,11 +82,36 @@ impl ReceiptFacts {
 
 impl Receipt {
     /// Every rule except signatures (which callers batch): session binding, request
-    /// binding, chain link, counts, weight.
+    /// binding, chain link, counts, weight. Walks the ack chain from the link back to
+    /// its head: `index` hashes, what a verifier of a proof does.
     pub fn check(
         &self,
         session_key: &Digest,
         terms: &SessionOpen,
+    ) -> Result<ReceiptFacts, ReceiptError> {
+        self.check_with(session_key, terms, |ack, request| {
+            ack_chain::verify_link(&request.ack_chain_head, ack.index, &ack.chain_secret)
+        })
+    }
+
+    /// The same rules for the supplier, which saw the previous link (`c_{index-1}`, the
+    /// head for the first ack) one ack ago: one hash instead of a walk.
+    pub fn check_next(
+        &self,
+        session_key: &Digest,
+        terms: &SessionOpen,
+        previous_link: &Digest,
+    ) -> Result<ReceiptFacts, ReceiptError> {
+        self.check_with(session_key, terms, |ack, _| {
+            ack_chain::step(&ack.chain_secret) == *previous_link
+        })
+    }
+
+    fn check_with(
+        &self,
+        session_key: &Digest,
+        terms: &SessionOpen,
+        link_ok: impl FnOnce(&Ack, &RelayRequest) -> bool,
     ) -> Result<ReceiptFacts, ReceiptError> {
         let request = &self.request.body;
         let ack = &self.ack.body;
@@ -112,7 +137,7 @@ impl Receipt {
                 new: ack.new_bytes,
             });
         }
-        if !ack_chain::verify_link(&request.ack_chain_head, ack.index, &ack.chain_secret) {
+        if !link_ok(ack, request) {
             return Err(ReceiptError::BadChainLink);
         }
         let output = terms

@@ -79,8 +79,18 @@ pub fn verify_claim(
     verifier: &impl SignatureVerifier,
 ) -> Result<VerifiedClaim, ClaimError> {
     let open = &claim.body.open;
-    open.validate(params, verifier)?;
-    claim.verify(&open.body.supplier, verifier)?;
+    // All four signatures (manifest, app, supplier's countersignature, claim) in one
+    // batch; only if it fails does `validate` check them one by one to name the culprit.
+    let mut items = open.signed_items().to_vec();
+    items.push(claim.signed_item(open.body.supplier));
+    if let Some(manifest) = &open.body.manifest {
+        items.push(manifest.signed_item(manifest.body.source));
+    }
+    if verifier.verify_batch(&items).is_err() {
+        open.validate(params, verifier)?;
+        claim.verify(&open.body.supplier, verifier)?;
+    }
+    open.check_terms(params)?;
     let body = &claim.body;
     let tau = open.body.tau;
     let shape_ok = body.count >= 1
