@@ -2,6 +2,7 @@
 //! τ rule.
 
 pub mod ack_chain;
+pub mod app;
 pub mod compute_units;
 pub mod receipt;
 pub mod tau;

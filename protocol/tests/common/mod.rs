@@ -3,13 +3,12 @@
 #![allow(dead_code)]
 
 use relaymesh_protocol::identity::signed::Signed;
-use relaymesh_protocol::messages::ack::Ack;
 use relaymesh_protocol::messages::claim::{Claim, SignedClaim};
 use relaymesh_protocol::messages::manifest::{ModelManifest, SignedManifest};
-use relaymesh_protocol::messages::request::{RelayRequest, SignedRelayRequest};
+use relaymesh_protocol::messages::request::SignedRelayRequest;
 use relaymesh_protocol::messages::reveal::commitment;
 use relaymesh_protocol::messages::session::{SessionOpen, SignedSessionOpen};
-use relaymesh_protocol::metering::ack_chain::AckChain;
+use relaymesh_protocol::metering::app::{RequestAcker, RequestTerms};
 use relaymesh_protocol::metering::compute_units::CuFormula;
 use relaymesh_protocol::metering::receipt::Receipt;
 use relaymesh_protocol::params::{Allocation, MeshParams};
@@ -92,70 +91,34 @@ pub fn open(t: SessionTerms<'_>) -> SignedSessionOpen {
     Signed::sign(body, t.app).countersign(t.supplier)
 }
 
-/// The app's side of one request: signs it and acks increments.
+/// The app's side of one request, with fixture values for the request terms.
 pub struct AppRequest {
     pub request: SignedRelayRequest,
-    chain: AckChain,
-    index: u16,
-    acked: u32,
-    stream: blake3::Hasher,
+    acker: RequestAcker,
 }
 
 impl AppRequest {
     pub fn new(session_key: Digest, request_id: u64, prompt_bytes: u32, app: &Keypair) -> Self {
-        let chain = AckChain::new(
-            Digest(
-                *blake3::hash(&[session_key.0.as_slice(), &request_id.to_be_bytes()].concat())
-                    .as_bytes(),
-            ),
-            256,
-        );
-        let request = Signed::sign(
-            RelayRequest {
-                version: 1,
-                session_key,
-                request_id,
-                prompt_digest: Digest(*blake3::hash(&request_id.to_le_bytes()).as_bytes()),
-                prompt_bytes,
-                max_output_bytes: 1 << 20,
-                ack_chain_head: chain.head(),
-                ack_chain_len: chain.len(),
-            },
-            app,
-        );
+        let seed = blake3::hash(&[session_key.0.as_slice(), &request_id.to_be_bytes()].concat());
+        let terms = RequestTerms {
+            session_key,
+            request_id,
+            prompt_digest: Digest(*blake3::hash(&request_id.to_le_bytes()).as_bytes()),
+            prompt_bytes,
+            max_output_bytes: 1 << 20,
+            max_acks: 256,
+        };
+        let acker = RequestAcker::new(terms, Digest(*seed.as_bytes()), app);
         Self {
-            request,
-            chain,
-            index: 0,
-            acked: 0,
-            stream: blake3::Hasher::new(),
+            request: acker.request().clone(),
+            acker,
         }
     }
 
     /// Acks `bytes` more output bytes; returns the receipt.
     pub fn ack(&mut self, bytes: &[u8], last: bool, app: &Keypair) -> Receipt {
-        self.index += 1;
-        self.stream.update(bytes);
-        let prev = self.acked;
-        self.acked += bytes.len() as u32;
-        let ack = Signed::sign(
-            Ack {
-                version: 1,
-                session_key: self.request.body.session_key,
-                request: self.request.body.hash(),
-                index: self.index,
-                prev_bytes: prev,
-                new_bytes: self.acked,
-                stream_digest: Digest(*self.stream.finalize().as_bytes()),
-                chain_secret: self.chain.link(self.index).unwrap(),
-                last,
-            },
-            app,
-        );
-        Receipt {
-            request: self.request.clone(),
-            ack,
-        }
+        let ack = self.acker.ack(bytes, last, app).unwrap();
+        self.acker.receipt(ack)
     }
 }
 
