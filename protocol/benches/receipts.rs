@@ -67,17 +67,7 @@ fn pipeline(f: &Fixture) -> usize {
         let facts = receipt
             .check_next(&f.key, &f.open.body, previous)
             .expect("valid receipt");
-        if mined
-            .offer(
-                receipt.clone(),
-                facts.relay_hash,
-                facts.weight,
-                facts.digest,
-                tau,
-            )
-            .unwrap()
-            .is_some()
-        {
+        if mined.offer(receipt.clone(), &facts, tau).unwrap().is_some() {
             count += 1;
         }
     }

@@ -108,15 +108,7 @@ fn main() {
                 .expect("valid receipt");
             previous_link = receipt.ack.body.chain_secret;
             served += facts.weight;
-            let paid = mined
-                .offer(
-                    receipt,
-                    facts.relay_hash,
-                    facts.weight,
-                    facts.digest,
-                    open.body.tau,
-                )
-                .unwrap();
+            let paid = mined.offer(receipt, &facts, open.body.tau).unwrap();
             println!(
                 "  request {request_id} ack {}: {:>3} CUs {}",
                 i + 1,

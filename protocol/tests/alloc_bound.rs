@@ -49,11 +49,7 @@ fn decoders_allocate_in_proportion_to_their_input() {
     let mut mutator = Mutator::new(11);
     let mut worst_ratio: f64 = 0.0;
     for decoder in wire_decoders() {
-        let corpus: Vec<Vec<u8>> = all
-            .iter()
-            .filter(|g| g.file.split('.').next() == Some(decoder.name))
-            .map(|g| g.bytes.clone())
-            .collect();
+        let corpus = vectors::corpus(&all, decoder.name);
         let mut inputs = Vec::new();
         for base in &corpus {
             for at in (0..base.len()).step_by(3) {

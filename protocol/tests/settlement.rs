@@ -162,48 +162,33 @@ fn proof_for_a_different_seed_is_rejected() {
 #[test]
 fn claim_for_a_session_that_never_existed_is_rejected() {
     let (params, ran) = honest(1);
+    let claim_over = |open, sum, count, signer: &relaymesh_protocol::Keypair| {
+        Signed::sign(
+            Claim {
+                version: 1,
+                open,
+                root: Digest([1; 32]),
+                sum,
+                count,
+            },
+            signer,
+        )
+    };
     let mut open = ran.open.clone();
     open.app_signature = Signature([1; 64]);
-    let forged = Signed::sign(
-        Claim {
-            version: 1,
-            open,
-            root: Digest([1; 32]),
-            sum: 10_000,
-            count: 3,
-        },
-        &key(2),
-    );
+    let forged = claim_over(open, 10_000, 3, &key(2));
     assert!(matches!(
         verify_claim(&forged, &params, &V),
         Err(ClaimError::Session(_))
     ));
     // A claim by someone who is not the session's supplier.
-    let stranger = Signed::sign(
-        Claim {
-            version: 1,
-            open: ran.open.clone(),
-            root: Digest([1; 32]),
-            sum: 10_000,
-            count: 3,
-        },
-        &key(9),
-    );
+    let stranger = claim_over(ran.open.clone(), 10_000, 3, &key(9));
     assert!(matches!(
         verify_claim(&stranger, &params, &V),
         Err(ClaimError::Signature(_))
     ));
     // An impossible shape: more leaves than the sum can pay at τ.
-    let impossible = Signed::sign(
-        Claim {
-            version: 1,
-            open: ran.open.clone(),
-            root: Digest([1; 32]),
-            sum: 10,
-            count: 3,
-        },
-        &key(2),
-    );
+    let impossible = claim_over(ran.open.clone(), 10, 3, &key(2));
     assert!(matches!(
         verify_claim(&impossible, &params, &V),
         Err(ClaimError::BadShape { .. })

@@ -501,11 +501,7 @@ fn non_canonical_encodings_are_refused() {
 fn short_fuzz_run_over_golden_vectors() {
     let all = vectors::all();
     for decoder in wire_decoders() {
-        let corpus: Vec<Vec<u8>> = all
-            .iter()
-            .filter(|g| g.file.split('.').next() == Some(decoder.name))
-            .map(|g| g.bytes.clone())
-            .collect();
+        let corpus = vectors::corpus(&all, decoder.name);
         assert!(!corpus.is_empty(), "{} has no golden vector", decoder.name);
         let stats = (decoder.fuzz)(&corpus, 20_000, 0x5eed);
         assert_eq!(stats.inputs, 20_000);

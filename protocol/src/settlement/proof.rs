@@ -7,7 +7,7 @@ use crate::identity::verify::{SignatureError, SignatureVerifier, SignedItem};
 use crate::messages::claim::SignedClaim;
 use crate::messages::proof::{FullReveal, LeafProof, Proof, ProofEvidence, SampledProof};
 use crate::messages::reveal::{commitment, SignedReveal};
-use crate::metering::receipt::{Receipt, ReceiptError};
+use crate::metering::receipt::{Receipt, ReceiptError, ReceiptFacts};
 use crate::params::MeshParams;
 use crate::settlement::challenge::{sample_point, seed};
 use crate::sumtree::{
@@ -224,26 +224,25 @@ impl<S: TreeStore> MinedSession<S> {
         Self { tree, receipts }
     }
 
-    /// Mines one receipt that the caller has checked (`Receipt::check` and signatures):
-    /// if τ selects it, it becomes a leaf. Returns the CUs it pays when mined.
+    /// Mines one receipt that the caller has checked (`Receipt::check` or `check_next`,
+    /// and its signatures): if τ selects it, it becomes a leaf. Returns the CUs it pays
+    /// when mined.
     pub fn offer(
         &mut self,
         receipt: Receipt,
-        relay_hash: Digest,
-        weight: u64,
-        digest: Digest,
+        facts: &ReceiptFacts,
         tau: u64,
     ) -> Result<Option<u64>, TreeError<S::Error>> {
-        if !crate::metering::threshold::is_mined(&relay_hash, weight, tau) {
+        if !facts.is_mined(tau) {
             return Ok(None);
         }
-        let paid = crate::metering::threshold::mined_value(weight, tau);
+        let paid = facts.mined_value(tau);
         self.tree.insert(LeafEntry {
-            key: relay_hash,
-            value: digest,
+            key: facts.relay_hash,
+            value: facts.digest,
             weight: paid,
         })?;
-        self.receipts.insert(relay_hash, receipt);
+        self.receipts.insert(facts.relay_hash, receipt);
         Ok(Some(paid))
     }
 

@@ -152,15 +152,7 @@ pub fn run_session(
             let receipt = req.ack(&text, i + 1 == increments, app);
             let facts = receipt.check(&key, &open.body).unwrap();
             served += facts.weight;
-            mined
-                .offer(
-                    receipt.clone(),
-                    facts.relay_hash,
-                    facts.weight,
-                    facts.digest,
-                    tau,
-                )
-                .unwrap();
+            mined.offer(receipt.clone(), &facts, tau).unwrap();
             receipts.push(receipt);
         }
     }

@@ -151,3 +151,11 @@ pub fn all() -> Vec<Golden> {
 fn params_for_vectors() -> relaymesh_protocol::params::MeshParams {
     params(&[(&key(1), 1_000_000), (&key(4), 5)])
 }
+
+/// The golden encodings of the message type with wire name `name`: the fuzz corpus.
+pub fn corpus(all: &[Golden], name: &str) -> Vec<Vec<u8>> {
+    all.iter()
+        .filter(|g| g.file.split('.').next() == Some(name))
+        .map(|g| g.bytes.clone())
+        .collect()
+}
