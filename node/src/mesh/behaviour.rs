@@ -1,0 +1,135 @@
+//! The swarm's behaviours, composed. Connections are admitted in one place: `limits`
+//! (how many) and `blocked` (who: peers of another mesh, and later non-members of a
+//! private mesh).
+
+use std::time::Duration;
+
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::{allow_block_list, connection_limits, gossipsub, identify, identity, kad, mdns, ping};
+use relaymesh_protocol::identity::signed::Signable;
+use relaymesh_protocol::messages::capability::CapabilityAd;
+use relaymesh_protocol::Digest;
+
+use crate::config::{NodeConfig, Role};
+use crate::mesh::names;
+
+/// All behaviours of a relaymesh node.
+#[derive(NetworkBehaviour)]
+pub struct MeshBehaviour {
+    /// Caps connections in total and per peer.
+    pub limits: connection_limits::Behaviour,
+    /// Refuses peers we have blocked.
+    pub blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
+    /// Exchanges addresses and the mesh's protocol version.
+    pub identify: identify::Behaviour,
+    /// Keeps connections alive and measures round trips.
+    pub ping: ping::Behaviour,
+    /// The mesh's DHT: peer routing and provider records per served model.
+    pub kad: kad::Behaviour<kad::store::MemoryStore>,
+    /// Capability ads (and, later, claims and proofs).
+    pub gossipsub: gossipsub::Behaviour,
+    /// LAN discovery, off unless asked for.
+    pub mdns: Toggle<mdns::tokio::Behaviour>,
+}
+
+/// Largest gossip frame; per-topic limits are lower.
+pub const MAX_GOSSIP_FRAME: usize = 256 * 1024;
+
+impl MeshBehaviour {
+    /// Builds the behaviours for `config`.
+    pub fn new(key: &identity::Keypair, config: &NodeConfig) -> Result<Self, String> {
+        let mesh_id: Digest = config.mesh.mesh_id();
+        let peer_id = key.public().to_peer_id();
+
+        let limits = connection_limits::Behaviour::new(
+            connection_limits::ConnectionLimits::default()
+                .with_max_established(Some(config.max_connections))
+                .with_max_established_per_peer(Some(4))
+                .with_max_pending_incoming(Some(64)),
+        );
+
+        let identify = identify::Behaviour::new(
+            identify::Config::new(names::identify_version(&mesh_id), key.public())
+                .with_agent_version(format!("relaymesh/{}", env!("CARGO_PKG_VERSION"))),
+        );
+
+        let mut kad_config = kad::Config::new(names::kad_protocol(&mesh_id));
+        // Provider records live as long as an ad, not the 48 h default.
+        kad_config.set_provider_record_ttl(Some(config.ad_lifetime));
+        kad_config.set_provider_publication_interval(Some(config.ad_lifetime / 2));
+        kad_config.set_query_timeout(Duration::from_secs(30));
+        let mut kad =
+            kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_config);
+        // Auto mode stays client on loopback, where no external address is confirmed;
+        // full nodes say what they are.
+        kad.set_mode(Some(match config.role {
+            Role::Light => kad::Mode::Client,
+            Role::Full | Role::Bootstrap => kad::Mode::Server,
+        }));
+
+        let ads_topic = gossipsub::IdentTopic::new(names::ads_topic(&mesh_id));
+        let gossip_config = gossipsub::ConfigBuilder::default()
+            .protocol_id_prefix(names::gossip_prefix(&mesh_id))
+            .validation_mode(gossipsub::ValidationMode::Strict)
+            // Every message waits for the protocol crate's verdict before it is forwarded.
+            .validate_messages()
+            .message_id_fn(|m: &gossipsub::Message| {
+                gossipsub::MessageId::from(blake3::hash(&m.data).as_bytes().to_vec())
+            })
+            .max_transmit_size(MAX_GOSSIP_FRAME)
+            // Oversized frames are otherwise dropped silently; a per-topic bound makes an
+            // oversized ad a counted invalid message instead.
+            .max_transmit_size_for_topic(CapabilityAd::MAX_SIZE + 1024, ads_topic.hash())
+            .heartbeat_interval(Duration::from_millis(700))
+            .build()
+            .map_err(|e| format!("gossipsub config: {e}"))?;
+        let mut gossipsub = gossipsub::Behaviour::new(
+            gossipsub::MessageAuthenticity::Signed(key.clone()),
+            gossip_config,
+        )
+        .map_err(|e| format!("gossipsub: {e}"))?;
+        gossipsub
+            .with_peer_score(
+                peer_score_params(&ads_topic),
+                gossipsub::PeerScoreThresholds::default(),
+            )
+            .map_err(|e| format!("gossipsub scoring: {e}"))?;
+        gossipsub
+            .subscribe(&ads_topic)
+            .map_err(|e| format!("subscribe: {e}"))?;
+
+        let mdns = if config.mdns {
+            Some(
+                mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id)
+                    .map_err(|e| format!("mdns: {e}"))?,
+            )
+        } else {
+            None
+        };
+
+        Ok(Self {
+            limits,
+            blocked: Default::default(),
+            identify,
+            ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(5))),
+            kad,
+            gossipsub,
+            mdns: mdns.into(),
+        })
+    }
+}
+
+/// Invalid ads cost their sender: the penalty grows with the square of the count, so a
+/// peer that sends four invalid ads falls below the graylist threshold (-80) and is
+/// ignored; everything else keeps gossipsub's defaults.
+fn peer_score_params(ads: &gossipsub::IdentTopic) -> gossipsub::PeerScoreParams {
+    let mut params = gossipsub::PeerScoreParams::default();
+    let topic = gossipsub::TopicScoreParams {
+        invalid_message_deliveries_weight: -5.0,
+        invalid_message_deliveries_decay: 0.9,
+        ..Default::default()
+    };
+    params.topics.insert(ads.hash(), topic);
+    params
+}

@@ -1,0 +1,476 @@
+//! The one task that owns the `Swarm`: it serves `NodeHandle` commands, validates
+//! gossip with the protocol crate, keeps the peer table, and announces this node's ad.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt;
+use libp2p::core::ConnectedPoint;
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::SwarmEvent;
+use libp2p::{gossipsub, identify, kad, mdns, ping, Multiaddr, PeerId, Swarm};
+use relaymesh_protocol::identity::signed::Signed;
+use relaymesh_protocol::messages::capability::{CapabilityAd, SignedCapabilityAd};
+use relaymesh_protocol::wire::WireMessage;
+use relaymesh_protocol::{BoundedVec, Digest, Ed25519Verifier, Keypair, PublicKey, Signer};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use crate::config::{NodeConfig, Role};
+use crate::mesh::behaviour::{MeshBehaviour, MeshBehaviourEvent};
+use crate::mesh::handle::{Command, NodeStatus, PeerRow};
+use crate::mesh::names;
+use crate::mesh::peer_table::{AdUpdate, PeerTable};
+use crate::metrics::{Metrics, TransportLabel};
+
+/// Wall-clock now, in unix ms: the node is where clocks are read.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The DHT key under which suppliers of `model` provide.
+pub(crate) fn provider_key(mesh_id: &Digest, model: &str) -> kad::RecordKey {
+    let key =
+        blake3::hash(format!("relaymesh/{}/model/{model}", names::mesh_tag(mesh_id)).as_bytes());
+    kad::RecordKey::new(&key.as_bytes())
+}
+
+fn transport_of(addr: &Multiaddr) -> &'static str {
+    for protocol in addr.iter() {
+        match protocol {
+            Protocol::QuicV1 | Protocol::Quic => return "quic",
+            Protocol::Tcp(_) => return "tcp",
+            _ => {}
+        }
+    }
+    "other"
+}
+
+struct Connection {
+    addr: Multiaddr,
+}
+
+pub(crate) struct EventLoop {
+    swarm: Swarm<MeshBehaviour>,
+    commands: mpsc::Receiver<Command>,
+    config: NodeConfig,
+    key: Keypair,
+    mesh_id: Digest,
+    ads_topic: gossipsub::IdentTopic,
+    table: PeerTable,
+    metrics: Metrics,
+    listen_addrs: Vec<Multiaddr>,
+    connections: HashMap<PeerId, BTreeMap<libp2p::swarm::ConnectionId, Connection>>,
+    agents: HashMap<PeerId, String>,
+    rtts: HashMap<PeerId, Duration>,
+    bootstrap_peers: HashSet<PeerId>,
+    pending_providers: HashMap<kad::QueryId, (oneshot::Sender<Vec<PeerId>>, HashSet<PeerId>)>,
+    ad_seq: u64,
+}
+
+impl EventLoop {
+    pub(crate) fn new(
+        swarm: Swarm<MeshBehaviour>,
+        commands: mpsc::Receiver<Command>,
+        config: NodeConfig,
+        key: Keypair,
+        metrics: Metrics,
+    ) -> Self {
+        let mesh_id = config.mesh.mesh_id();
+        let bootstrap_peers = config
+            .bootstrap
+            .iter()
+            .filter_map(|a| match a.iter().last() {
+                Some(Protocol::P2p(peer)) => Some(peer),
+                _ => None,
+            })
+            .collect();
+        Self {
+            swarm,
+            commands,
+            ads_topic: gossipsub::IdentTopic::new(names::ads_topic(&mesh_id)),
+            mesh_id,
+            config,
+            key,
+            table: PeerTable::default(),
+            metrics,
+            listen_addrs: Vec::new(),
+            connections: HashMap::new(),
+            agents: HashMap::new(),
+            rtts: HashMap::new(),
+            bootstrap_peers,
+            pending_providers: HashMap::new(),
+            ad_seq: 0,
+        }
+    }
+
+    pub(crate) async fn run(mut self) {
+        let announce_every = (self.config.ad_lifetime / 3).max(Duration::from_millis(500));
+        let mut announce = tokio::time::interval(announce_every);
+        let mut housekeeping = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                command = self.commands.recv() => match command {
+                    Some(Command::Shutdown(done)) => {
+                        info!("shutting down");
+                        let _ = done.send(());
+                        return;
+                    }
+                    Some(command) => self.on_command(command),
+                    // Every handle is gone: nobody can talk to us any more.
+                    None => return,
+                },
+                _ = announce.tick() => self.announce(),
+                _ = housekeeping.tick() => self.housekeeping(),
+            }
+        }
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+            Command::Peers(reply) => {
+                let _ = reply.send(self.peer_rows());
+            }
+            Command::Models(reply) => {
+                let _ = reply.send(self.table.rows(now_ms()));
+            }
+            Command::Dial(addr, reply) => {
+                let _ = reply.send(self.swarm.dial(addr).map_err(|e| e.to_string()));
+            }
+            Command::FindProviders(model, reply) => {
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .get_providers(provider_key(&self.mesh_id, &model));
+                self.pending_providers.insert(id, (reply, HashSet::new()));
+            }
+            Command::PublishAdBytes(bytes, reply) => {
+                let len = bytes.len();
+                let result = self
+                    .swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .publish(self.ads_topic.clone(), bytes)
+                    .map(|_| self.metrics.gossip("out", len))
+                    .map_err(|e| e.to_string());
+                let _ = reply.send(result);
+            }
+            Command::Shutdown(_) => unreachable!("handled in run"),
+        }
+    }
+
+    fn status(&self) -> NodeStatus {
+        let peer_id = *self.swarm.local_peer_id();
+        NodeStatus {
+            peer_id: peer_id.to_string(),
+            mesh_id: self.mesh_id.to_hex(),
+            mesh_name: self.config.mesh.name.to_string(),
+            role: self.config.role,
+            listen_addrs: self
+                .listen_addrs
+                .iter()
+                .map(|a| a.clone().with(Protocol::P2p(peer_id)).to_string())
+                .collect(),
+            connected_peers: self.swarm.connected_peers().count(),
+            suppliers: self.table.len(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        }
+    }
+
+    fn peer_rows(&self) -> Vec<PeerRow> {
+        let mut rows: Vec<PeerRow> = self
+            .connections
+            .iter()
+            .map(|(peer, conns)| {
+                let mut transports: Vec<String> = conns
+                    .values()
+                    .map(|c| transport_of(&c.addr).to_string())
+                    .collect();
+                transports.sort();
+                transports.dedup();
+                PeerRow {
+                    peer_id: peer.to_string(),
+                    addresses: conns.values().map(|c| c.addr.to_string()).collect(),
+                    transports,
+                    agent: self.agents.get(peer).cloned(),
+                    gossip_score: self.swarm.behaviour().gossipsub.peer_score(peer),
+                    rtt_ms: self.rtts.get(peer).map(|d| d.as_secs_f64() * 1000.0),
+                }
+            })
+            .collect();
+        rows.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
+        rows
+    }
+
+    /// Publishes this node's ad and refreshes its provider records.
+    fn announce(&mut self) {
+        if self.config.role != Role::Full || self.config.offers.is_empty() {
+            return;
+        }
+        let now = now_ms();
+        // Sequence numbers only grow, across restarts too, because they follow the clock.
+        self.ad_seq = now.max(self.ad_seq + 1);
+        let models = match BoundedVec::try_from_vec(self.config.offers.clone()) {
+            Ok(models) => models,
+            Err(err) => {
+                warn!(%err, "cannot announce: too many models for one ad");
+                return;
+            }
+        };
+        let ad = Signed::sign(
+            CapabilityAd {
+                version: 1,
+                mesh_id: self.mesh_id,
+                supplier: self.key.public_key(),
+                seq: self.ad_seq,
+                issued_ms: now,
+                expires_ms: now + self.config.ad_lifetime.as_millis() as u64,
+                models,
+            },
+            &self.key,
+        );
+        let bytes = match ad.encode() {
+            Ok(bytes) => bytes,
+            Err(err) => {
+                warn!(%err, "cannot announce: our own ad is invalid");
+                return;
+            }
+        };
+        let len = bytes.len();
+        match self
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .publish(self.ads_topic.clone(), bytes)
+        {
+            Ok(_) => {
+                self.metrics.gossip("out", len);
+                debug!(
+                    seq = self.ad_seq,
+                    models = self.config.offers.len(),
+                    "announced our ad"
+                );
+            }
+            // Nobody to send to yet; the next tick tries again.
+            Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {}
+            Err(err) => debug!(%err, "ad not published"),
+        }
+        // Our own table lists us too, so `models` on a supplier shows what it serves.
+        self.table.upsert(ad, now);
+        for offer in self.config.offers.clone() {
+            let key = provider_key(&self.mesh_id, offer.name.as_str());
+            if let Err(err) = self.swarm.behaviour_mut().kad.start_providing(key) {
+                debug!(%err, "provider record not stored");
+            }
+        }
+    }
+
+    fn housekeeping(&mut self) {
+        for supplier in self.table.expire(now_ms()) {
+            info!(peer = %supplier.peer_id(), "peer expired: its ad ran out");
+        }
+        self.metrics.suppliers.set(self.table.len() as i64);
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<MeshBehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                let full = address
+                    .clone()
+                    .with(Protocol::P2p(*self.swarm.local_peer_id()));
+                info!(%full, "listening on");
+                self.listen_addrs.push(address);
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                ..
+            } => {
+                let addr = match &endpoint {
+                    ConnectedPoint::Dialer { address, .. } => address.clone(),
+                    ConnectedPoint::Listener { send_back_addr, .. } => send_back_addr.clone(),
+                };
+                let transport = transport_of(&addr);
+                self.metrics
+                    .connections
+                    .get_or_create(&TransportLabel {
+                        transport: transport.into(),
+                    })
+                    .inc();
+                if self.bootstrap_peers.contains(&peer_id) {
+                    info!(peer = %peer_id, %addr, transport, "connected to bootstrap");
+                } else {
+                    debug!(peer = %peer_id, %addr, transport, "connected");
+                }
+                self.connections
+                    .entry(peer_id)
+                    .or_default()
+                    .insert(connection_id, Connection { addr });
+                self.metrics.peers.set(self.connections.len() as i64);
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                connection_id,
+                ..
+            } => {
+                if let Some(conns) = self.connections.get_mut(&peer_id) {
+                    if let Some(c) = conns.remove(&connection_id) {
+                        let label = TransportLabel {
+                            transport: transport_of(&c.addr).into(),
+                        };
+                        self.metrics.connections.get_or_create(&label).dec();
+                    }
+                    if conns.is_empty() {
+                        self.connections.remove(&peer_id);
+                        self.rtts.remove(&peer_id);
+                    }
+                }
+                self.metrics.peers.set(self.connections.len() as i64);
+            }
+            SwarmEvent::OutgoingConnectionError {
+                peer_id: Some(peer),
+                error,
+                ..
+            } => {
+                debug!(%peer, %error, "dial failed");
+                // A supplier we cannot reach must not be offered: evict its ad.
+                if let Some(key) = public_key_of(&peer) {
+                    if self.table.evict(&key) {
+                        info!(%peer, "peer evicted: dial failed");
+                    }
+                }
+            }
+            SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
+            _ => {}
+        }
+    }
+
+    fn on_behaviour_event(&mut self, event: MeshBehaviourEvent) {
+        match event {
+            MeshBehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                // A relaymesh node of another mesh is cut off; other libp2p software may
+                // stay (it cannot speak this mesh's protocols anyway, whose names carry
+                // the mesh id).
+                let ours = names::identify_version(&self.mesh_id);
+                if info.protocol_version.starts_with("/relaymesh/") && info.protocol_version != ours
+                {
+                    info!(peer = %peer_id, theirs = %info.protocol_version, "peer is in another mesh; disconnecting");
+                    self.swarm.behaviour_mut().blocked.block_peer(peer_id);
+                    return;
+                }
+                self.agents.insert(peer_id, info.agent_version.clone());
+                for addr in info.listen_addrs {
+                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                }
+            }
+            MeshBehaviourEvent::Ping(ping::Event {
+                peer,
+                result: Ok(rtt),
+                ..
+            }) => {
+                self.rtts.insert(peer, rtt);
+            }
+            MeshBehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            }) => {
+                self.on_gossip(propagation_source, message_id, message);
+            }
+            MeshBehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                id,
+                result: kad::QueryResult::GetProviders(result),
+                step,
+                ..
+            }) => {
+                if let Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) = result {
+                    if let Some((_, found)) = self.pending_providers.get_mut(&id) {
+                        found.extend(providers);
+                    }
+                }
+                if step.last {
+                    if let Some((reply, found)) = self.pending_providers.remove(&id) {
+                        let mut found: Vec<PeerId> = found.into_iter().collect();
+                        found.sort();
+                        let _ = reply.send(found);
+                    }
+                }
+            }
+            MeshBehaviourEvent::Mdns(mdns::Event::Discovered(list)) => {
+                for (peer, addr) in list {
+                    info!(%peer, %addr, "peer discovered on the LAN");
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .add_address(&peer, addr.clone());
+                    let _ = self.swarm.dial(addr);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_gossip(&mut self, source: PeerId, id: gossipsub::MessageId, message: gossipsub::Message) {
+        self.metrics.gossip("in", message.data.len());
+        let verdict = if message.topic == self.ads_topic.hash() {
+            self.on_ad(&message.data)
+        } else {
+            Err("unknown-topic")
+        };
+        let acceptance = match verdict {
+            Ok(()) => gossipsub::MessageAcceptance::Accept,
+            Err(reason) => {
+                self.metrics.invalid(reason);
+                debug!(peer = %source, reason, "invalid gossip dropped");
+                gossipsub::MessageAcceptance::Reject
+            }
+        };
+        // Reporting Reject is what makes peer scoring punish the sender.
+        self.swarm
+            .behaviour_mut()
+            .gossipsub
+            .report_message_validation_result(&id, &source, acceptance);
+    }
+
+    fn on_ad(&mut self, bytes: &[u8]) -> Result<(), &'static str> {
+        let ad = SignedCapabilityAd::decode(bytes).map_err(|e| match e {
+            relaymesh_protocol::DecodeError::TooLarge { .. } => "oversized",
+            _ => "malformed",
+        })?;
+        let now = now_ms();
+        ad.validate(
+            &self.mesh_id,
+            now,
+            self.config.mesh.max_clock_skew_ms,
+            &Ed25519Verifier,
+        )
+        .map_err(|e| match e {
+            relaymesh_protocol::messages::capability::AdError::Signature(_) => "bad-signature",
+            relaymesh_protocol::messages::capability::AdError::WrongMesh { .. } => "wrong-mesh",
+            relaymesh_protocol::messages::capability::AdError::Expired { .. } => "expired",
+            relaymesh_protocol::messages::capability::AdError::BadOffer { .. } => "bad-offer",
+        })?;
+        let supplier = ad.body.supplier.peer_id();
+        let models = ad.body.models.len();
+        match self.table.upsert(ad, now) {
+            AdUpdate::New => info!(peer = %supplier, models, "ad received: new supplier"),
+            AdUpdate::Updated => debug!(peer = %supplier, models, "ad received"),
+            AdUpdate::Stale => {}
+        }
+        self.metrics.suppliers.set(self.table.len() as i64);
+        Ok(())
+    }
+}
+
+/// The ed25519 key inside a peer id, if it is one.
+pub(crate) fn public_key_of(peer: &PeerId) -> Option<PublicKey> {
+    PublicKey::from_peer_id_bytes(&peer.to_bytes())
+}

@@ -1,0 +1,125 @@
+//! `NodeHandle`: the cloneable way the rest of the program talks to the swarm's owner,
+//! over a bounded channel with a oneshot per reply.
+
+use libp2p::{Multiaddr, PeerId};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::Role;
+use crate::mesh::peer_table::ModelRow;
+
+/// Commands the event loop serves.
+#[derive(Debug)]
+pub(crate) enum Command {
+    Status(oneshot::Sender<NodeStatus>),
+    Peers(oneshot::Sender<Vec<PeerRow>>),
+    Models(oneshot::Sender<Vec<ModelRow>>),
+    Dial(Multiaddr, oneshot::Sender<Result<(), String>>),
+    FindProviders(String, oneshot::Sender<Vec<PeerId>>),
+    PublishAdBytes(Vec<u8>, oneshot::Sender<Result<(), String>>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// What `GET /relaymesh/v1/status` reports.
+#[derive(Clone, Debug, Serialize)]
+pub struct NodeStatus {
+    /// This node's peer id.
+    pub peer_id: String,
+    /// The mesh id (hex).
+    pub mesh_id: String,
+    /// The mesh's name.
+    pub mesh_name: String,
+    /// Full, light or bootstrap.
+    pub role: Role,
+    /// Addresses we listen on, with `/p2p/<peer id>`.
+    pub listen_addrs: Vec<String>,
+    /// Connected peers.
+    pub connected_peers: usize,
+    /// Suppliers in the peer table.
+    pub suppliers: usize,
+    /// relaymesh version.
+    pub version: String,
+}
+
+/// One connected peer.
+#[derive(Clone, Debug, Serialize)]
+pub struct PeerRow {
+    /// Peer id.
+    pub peer_id: String,
+    /// Remote addresses of open connections.
+    pub addresses: Vec<String>,
+    /// Transports in use (`quic`, `tcp`).
+    pub transports: Vec<String>,
+    /// The peer's agent string from identify.
+    pub agent: Option<String>,
+    /// Its gossipsub score, as we see it.
+    pub gossip_score: Option<f64>,
+    /// Last ping round trip, milliseconds.
+    pub rtt_ms: Option<f64>,
+}
+
+/// The node went away.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the node has shut down")]
+pub struct NodeGone;
+
+/// Talks to a running node.
+#[derive(Clone, Debug)]
+pub struct NodeHandle {
+    pub(crate) commands: mpsc::Sender<Command>,
+    pub(crate) peer_id: PeerId,
+}
+
+impl NodeHandle {
+    /// This node's peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, NodeGone> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(make(tx)).await.map_err(|_| NodeGone)?;
+        rx.await.map_err(|_| NodeGone)
+    }
+
+    /// Identity, mesh, addresses and counts.
+    pub async fn status(&self) -> Result<NodeStatus, NodeGone> {
+        self.ask(Command::Status).await
+    }
+
+    /// Connected peers.
+    pub async fn peers(&self) -> Result<Vec<PeerRow>, NodeGone> {
+        self.ask(Command::Peers).await
+    }
+
+    /// Models on the mesh, one row per supplier.
+    pub async fn models(&self) -> Result<Vec<ModelRow>, NodeGone> {
+        self.ask(Command::Models).await
+    }
+
+    /// Dials an address.
+    pub async fn dial(&self, addr: Multiaddr) -> Result<Result<(), String>, NodeGone> {
+        self.ask(|tx| Command::Dial(addr, tx)).await
+    }
+
+    /// Suppliers of a model found through the DHT's provider records.
+    pub async fn find_providers(&self, model: &str) -> Result<Vec<PeerId>, NodeGone> {
+        self.ask(|tx| Command::FindProviders(model.to_string(), tx))
+            .await
+    }
+
+    /// Publishes raw bytes on the ads topic: for tests and tools that probe how the mesh
+    /// treats bad input. Nodes publish their own ads by themselves.
+    #[doc(hidden)]
+    pub async fn publish_ad_bytes(&self, bytes: Vec<u8>) -> Result<Result<(), String>, NodeGone> {
+        self.ask(|tx| Command::PublishAdBytes(bytes, tx)).await
+    }
+
+    /// Stops the node: the swarm closes its connections and the task ends.
+    pub async fn shutdown(&self) -> Result<(), NodeGone> {
+        self.ask(Command::Shutdown).await
+    }
+}

@@ -1,0 +1,108 @@
+//! The libp2p side of a node: behaviours, the event loop that owns the swarm, the
+//! handle the rest of the program uses, the peer table and mesh-scoped names.
+
+pub mod behaviour;
+mod event_loop;
+pub mod handle;
+pub mod names;
+pub mod peer_table;
+
+use std::time::Duration;
+
+use libp2p::multiaddr::Protocol;
+use libp2p::{noise, tcp, yamux, Multiaddr, PeerId};
+use relaymesh_protocol::Keypair;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+pub use handle::{NodeGone, NodeHandle, NodeStatus, PeerRow};
+
+use crate::config::NodeConfig;
+use crate::metrics::Metrics;
+
+/// Why the swarm could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SwarmError {
+    /// Transport or behaviour setup failed.
+    #[error("setting up the swarm: {0}")]
+    Setup(String),
+    /// A listen address was refused.
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen {
+        /// The address.
+        addr: Multiaddr,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Bound of the command channel: callers wait rather than queue without limit.
+const COMMAND_QUEUE: usize = 64;
+
+/// Starts the swarm's task; returns the handle to it and the task.
+pub fn spawn(
+    config: NodeConfig,
+    key: Keypair,
+    metrics: Metrics,
+) -> Result<(NodeHandle, tokio::task::JoinHandle<()>), SwarmError> {
+    let libp2p_key = libp2p::identity::Keypair::ed25519_from_bytes(key.secret())
+        .map_err(|e| SwarmError::Setup(e.to_string()))?;
+    let peer_id = libp2p_key.public().to_peer_id();
+    let setup = |e: &dyn std::fmt::Display| SwarmError::Setup(e.to_string());
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(libp2p_key)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| setup(&e))?
+        .with_quic()
+        .with_dns()
+        .map_err(|e| setup(&e))?
+        .with_behaviour(|key| behaviour::MeshBehaviour::new(key, &config).map_err(Into::into))
+        .map_err(|e| setup(&e))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build();
+
+    for addr in &config.listen {
+        swarm
+            .listen_on(addr.clone())
+            .map_err(|e| SwarmError::Listen {
+                addr: addr.clone(),
+                reason: e.to_string(),
+            })?;
+    }
+    for addr in &config.bootstrap {
+        match addr.iter().last() {
+            Some(Protocol::P2p(peer)) => {
+                swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+            }
+            _ => warn!(%addr, "bootstrap address has no /p2p/<peer id>; dialling it anyway"),
+        }
+        if let Err(err) = swarm.dial(addr.clone()) {
+            warn!(%addr, %err, "cannot dial bootstrap");
+        }
+    }
+    if !config.bootstrap.is_empty() {
+        let _ = swarm.behaviour_mut().kad.bootstrap();
+    }
+    info!(peer = %peer_id, mesh = %config.mesh.name, role = ?config.role, "node starting");
+
+    let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+    let event_loop = event_loop::EventLoop::new(swarm, rx, config, key, metrics);
+    let task = tokio::spawn(event_loop.run());
+    Ok((
+        NodeHandle {
+            commands: tx,
+            peer_id,
+        },
+        task,
+    ))
+}
+
+/// The peer id an ed25519 key has on the mesh.
+pub fn peer_id_of(key: &Keypair) -> PeerId {
+    use relaymesh_protocol::Signer;
+    PeerId::from_bytes(&key.public_key().peer_id_bytes()).expect("valid identity multihash")
+}

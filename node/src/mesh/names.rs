@@ -1,0 +1,32 @@
+//! Names that carry the mesh id, so two meshes never mix: protocol ids
+//! (`/relaymesh/<mesh>/<proto>/1`), gossip topics and the identify version string.
+
+use libp2p::StreamProtocol;
+use relaymesh_protocol::Digest;
+
+/// The first 16 hex digits of the mesh id: enough to keep meshes apart in names.
+pub fn mesh_tag(mesh_id: &Digest) -> String {
+    mesh_id.to_hex()[..16].to_string()
+}
+
+/// Kademlia protocol of this mesh: a DHT per mesh.
+pub fn kad_protocol(mesh_id: &Digest) -> StreamProtocol {
+    StreamProtocol::try_from_owned(format!("/relaymesh/{}/kad/1", mesh_tag(mesh_id)))
+        .expect("starts with a slash")
+}
+
+/// Prefix of the gossipsub protocol ids of this mesh.
+pub fn gossip_prefix(mesh_id: &Digest) -> String {
+    format!("/relaymesh/{}/meshsub", mesh_tag(mesh_id))
+}
+
+/// Gossip topic for capability ads.
+pub fn ads_topic(mesh_id: &Digest) -> String {
+    format!("relaymesh/{}/ads/1", mesh_tag(mesh_id))
+}
+
+/// Identify's protocol version: peers of another mesh are disconnected when they
+/// announce a different one.
+pub fn identify_version(mesh_id: &Digest) -> String {
+    format!("/relaymesh/{}/1", mesh_tag(mesh_id))
+}

@@ -1,0 +1,123 @@
+//! Prometheus metrics of a node, served as text at `GET /metrics`.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Label: a transport (`quic`, `tcp`, `other`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransportLabel {
+    /// The transport.
+    pub transport: String,
+}
+
+/// Label: traffic direction (`in`, `out`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabel {
+    /// The direction.
+    pub direction: String,
+}
+
+/// Label: why a message was dropped.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// The reason.
+    pub reason: String,
+}
+
+/// The node's counters and gauges.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    /// Connected peers.
+    pub peers: Gauge,
+    /// Open connections by transport.
+    pub connections: Family<TransportLabel, Gauge>,
+    /// Gossip messages by direction.
+    pub gossip_messages: Family<DirectionLabel, Counter>,
+    /// Gossip payload bytes by direction.
+    pub gossip_bytes: Family<DirectionLabel, Counter>,
+    /// Gossip messages dropped as invalid, by reason.
+    pub invalid_messages: Family<ReasonLabel, Counter>,
+    /// Suppliers in the peer table.
+    pub suppliers: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("relaymesh");
+        let peers = Gauge::default();
+        let connections = Family::<TransportLabel, Gauge>::default();
+        let gossip_messages = Family::<DirectionLabel, Counter>::default();
+        let gossip_bytes = Family::<DirectionLabel, Counter>::default();
+        let invalid_messages = Family::<ReasonLabel, Counter>::default();
+        let suppliers = Gauge::default();
+        registry.register("peers", "Connected peers", peers.clone());
+        registry.register(
+            "connections",
+            "Open connections by transport",
+            connections.clone(),
+        );
+        registry.register(
+            "gossip_messages",
+            "Gossip messages by direction",
+            gossip_messages.clone(),
+        );
+        registry.register(
+            "gossip_bytes",
+            "Gossip payload bytes by direction",
+            gossip_bytes.clone(),
+        );
+        registry.register(
+            "invalid_messages",
+            "Gossip messages dropped as invalid, by reason",
+            invalid_messages.clone(),
+        );
+        registry.register(
+            "suppliers",
+            "Suppliers in the peer table",
+            suppliers.clone(),
+        );
+        Self {
+            registry: Arc::new(registry),
+            peers,
+            connections,
+            gossip_messages,
+            gossip_bytes,
+            invalid_messages,
+            suppliers,
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts one gossip message of `bytes` bytes in direction `direction`.
+    pub fn gossip(&self, direction: &str, bytes: usize) {
+        let label = DirectionLabel {
+            direction: direction.into(),
+        };
+        self.gossip_messages.get_or_create(&label).inc();
+        self.gossip_bytes.get_or_create(&label).inc_by(bytes as u64);
+    }
+
+    /// Counts one invalid message.
+    pub fn invalid(&self, reason: &str) {
+        self.invalid_messages
+            .get_or_create(&ReasonLabel {
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String");
+        out
+    }
+}

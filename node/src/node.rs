@@ -1,0 +1,121 @@
+//! A running node: its swarm task, its API server and its data dir, started together
+//! and stopped together.
+
+use std::net::SocketAddr;
+
+use relaymesh_protocol::Keypair;
+
+use crate::config::{Identity, NodeConfig};
+use crate::mesh::{self, NodeHandle, SwarmError};
+use crate::metrics::Metrics;
+use crate::store::{load_or_create_identity, DataDir, StoreError};
+
+/// Why a node did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The data dir is unusable (in use, unreadable, bad key).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The swarm could not start.
+    #[error(transparent)]
+    Swarm(#[from] SwarmError),
+    /// The API address could not be bound.
+    #[error("cannot serve the local API on {addr}: {source}; choose another --api")]
+    Api {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A started node.
+pub struct Node {
+    handle: NodeHandle,
+    key: Keypair,
+    swarm_task: tokio::task::JoinHandle<()>,
+    api: Option<(SocketAddr, tokio::task::JoinHandle<()>)>,
+    metrics: Metrics,
+    data_dir: Option<DataDir>,
+}
+
+impl Node {
+    /// Opens the data dir (if any), starts the swarm and the API.
+    pub async fn start(config: NodeConfig) -> Result<Self, NodeError> {
+        let (key, data_dir) = match &config.identity {
+            Identity::DataDir(path) => {
+                // Open the database first: it is the lock that keeps a second process out.
+                let dir = DataDir::open(path)?;
+                let key =
+                    load_or_create_identity(path, || Keypair::generate(&mut rand_core::OsRng))?;
+                (key, Some(dir))
+            }
+            Identity::Ephemeral(key) => (key.clone(), None),
+        };
+        let metrics = Metrics::default();
+        let api_addr = config.api;
+        let (handle, swarm_task) = mesh::spawn(config, key.clone(), metrics.clone())?;
+        let api = match api_addr {
+            Some(addr) => Some(
+                crate::api::serve(addr, handle.clone(), metrics.clone())
+                    .await
+                    .map_err(|source| NodeError::Api { addr, source })?,
+            ),
+            None => None,
+        };
+        Ok(Self {
+            handle,
+            key,
+            swarm_task,
+            api,
+            metrics,
+            data_dir,
+        })
+    }
+
+    /// The handle to the swarm.
+    pub fn handle(&self) -> &NodeHandle {
+        &self.handle
+    }
+
+    /// The node's key (its identity and account).
+    pub fn key(&self) -> &Keypair {
+        &self.key
+    }
+
+    /// Where the API listens, if it does.
+    pub fn api_addr(&self) -> Option<SocketAddr> {
+        self.api.as_ref().map(|(addr, _)| *addr)
+    }
+
+    /// The node's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The data dir, if the node has one.
+    pub fn data_dir(&self) -> Option<&DataDir> {
+        self.data_dir.as_ref()
+    }
+
+    /// Runs until the swarm task ends (after `shutdown`, or if it fails).
+    pub async fn wait(self) {
+        let _ = self.swarm_task.await;
+        if let Some((_, api)) = self.api {
+            api.abort();
+        }
+    }
+
+    /// Stops the swarm and the API, and flushes the database.
+    pub async fn shutdown(self) {
+        let _ = self.handle.shutdown().await;
+        let _ = self.swarm_task.await;
+        if let Some((_, api)) = self.api {
+            api.abort();
+        }
+        if let Some(dir) = &self.data_dir {
+            let _ = dir.db().flush_async().await;
+        }
+    }
+}

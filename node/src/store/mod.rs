@@ -1,0 +1,85 @@
+//! What a node keeps on disk: its identity key and a sled database, in one data dir.
+
+mod identity;
+
+pub use identity::{export_key, import_key, load_or_create_identity, IDENTITY_FILE};
+
+use std::path::{Path, PathBuf};
+
+/// Why the data dir could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Another process holds the database.
+    #[error(
+        "data dir {0} is in use by another relaymesh process; stop it or choose another --data-dir"
+    )]
+    InUse(PathBuf),
+    /// Reading or writing a file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The identity file is not a key.
+    #[error("{0}: not a relaymesh identity key (expected 64 hex digits); restore it with `relaymesh key import`")]
+    BadKey(PathBuf),
+    /// sled failed.
+    #[error("database in {path}: {source}")]
+    Database {
+        /// The database folder.
+        path: PathBuf,
+        /// What sled said.
+        #[source]
+        source: sled::Error,
+    },
+}
+
+/// An opened data dir: the database, held open (and locked) for the node's life.
+#[derive(Clone, Debug)]
+pub struct DataDir {
+    path: PathBuf,
+    db: sled::Db,
+}
+
+impl DataDir {
+    /// Opens (creating) `path`. A second process on the same dir gets `InUse`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(path).map_err(|source| StoreError::Io {
+            path: path.into(),
+            source,
+        })?;
+        let db_path = path.join("db");
+        let db = sled::Config::new()
+            .path(&db_path)
+            .open()
+            .map_err(|source| match &source {
+                sled::Error::Io(io)
+                    if io.kind() == std::io::ErrorKind::WouldBlock
+                        || io.to_string().contains("lock") =>
+                {
+                    StoreError::InUse(path.into())
+                }
+                _ => StoreError::Database {
+                    path: db_path.clone(),
+                    source,
+                },
+            })?;
+        Ok(Self {
+            path: path.into(),
+            db,
+        })
+    }
+
+    /// The folder.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The database.
+    pub fn db(&self) -> &sled::Db {
+        &self.db
+    }
+}

@@ -1,0 +1,29 @@
+//! The TOML config file: the same options as `relaymesh node`'s flags, by the same names
+//! with underscores.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Options a config file may set.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub data_dir: Option<PathBuf>,
+    pub listen: Option<Vec<String>>,
+    pub bootstrap: Option<Vec<String>>,
+    pub api: Option<String>,
+    pub light: Option<bool>,
+    pub mdns: Option<bool>,
+    pub mesh: Option<String>,
+    pub advertise: Option<Vec<String>>,
+    pub ad_lifetime_secs: Option<u64>,
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))
+    }
+}

@@ -1,0 +1,124 @@
+//! `relaymesh` subcommands. Every option can also come from a `RELAYMESH_*` environment
+//! variable or from a TOML file given with `--config` (flags win over the environment,
+//! the environment over the file).
+
+mod config_file;
+mod node_cmd;
+mod query;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// relaymesh: a peer-to-peer mesh for LLM inference, metered with Relay Mining.
+#[derive(Parser, Debug)]
+#[command(name = "relaymesh", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a node: join the mesh, advertise what it serves, serve the local API.
+    Node(node_cmd::NodeArgs),
+    /// Print this node's peer id (creating its identity if there is none yet).
+    Id {
+        /// The node's data dir.
+        #[arg(long, env = "RELAYMESH_DATA_DIR")]
+        data_dir: PathBuf,
+    },
+    /// List the peers a running node is connected to.
+    Peers(query::QueryArgs),
+    /// List the models a running node sees on the mesh, with their suppliers.
+    Models(query::QueryArgs),
+    /// Back up or restore the identity key (it is the node's wallet: keep it secret).
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum KeyCommand {
+    /// Print the secret key as hex on stdout.
+    Export {
+        /// The node's data dir.
+        #[arg(long, env = "RELAYMESH_DATA_DIR")]
+        data_dir: PathBuf,
+    },
+    /// Restore a key (hex, from FILE or stdin) into a data dir.
+    Import {
+        /// The data dir to restore into.
+        #[arg(long, env = "RELAYMESH_DATA_DIR")]
+        data_dir: PathBuf,
+        /// File holding the hex key; `-` or nothing reads stdin.
+        file: Option<PathBuf>,
+    },
+}
+
+fn init_logs() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,libp2p_gossipsub=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Node(args) => {
+            init_logs();
+            node_cmd::run(args)
+        }
+        Command::Id { data_dir } => id(&data_dir),
+        Command::Peers(args) => query::peers(&args),
+        Command::Models(args) => query::models(&args),
+        Command::Key {
+            command: KeyCommand::Export { data_dir },
+        } => relaymesh_node::store::export_key(&data_dir)
+            .map(|hex| println!("{hex}"))
+            .map_err(Into::into),
+        Command::Key {
+            command: KeyCommand::Import { data_dir, file },
+        } => import(&data_dir, file),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn id(data_dir: &std::path::Path) -> anyhow::Result<()> {
+    use relaymesh_protocol::Signer;
+    let key = relaymesh_node::store::load_or_create_identity(data_dir, || {
+        relaymesh_protocol::Keypair::generate(&mut rand_core::OsRng)
+    })?;
+    println!("{}", key.public_key().peer_id());
+    Ok(())
+}
+
+fn import(data_dir: &std::path::Path, file: Option<PathBuf>) -> anyhow::Result<()> {
+    use relaymesh_protocol::Signer;
+    use std::io::Read;
+    let text = match file {
+        Some(path) if path.as_os_str() != "-" => std::fs::read_to_string(&path)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+        _ => {
+            let mut text = String::new();
+            std::io::stdin().read_to_string(&mut text)?;
+            text
+        }
+    };
+    let key = relaymesh_node::store::import_key(data_dir, &text)?;
+    println!("{}", key.public_key().peer_id());
+    Ok(())
+}

@@ -1,0 +1,164 @@
+//! `relaymesh node`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use libp2p::Multiaddr;
+use relaymesh_node::config::named_mesh;
+use relaymesh_node::{Identity, Node, NodeConfig, Role};
+use relaymesh_protocol::messages::capability::ModelOffer;
+use relaymesh_protocol::metering::compute_units::CuFormula;
+use relaymesh_protocol::{BoundedString, Digest};
+
+use super::config_file::FileConfig;
+
+/// Where the local API listens unless told otherwise.
+pub const DEFAULT_API: &str = "127.0.0.1:7434";
+
+#[derive(clap::Args, Debug)]
+pub struct NodeArgs {
+    /// TOML file with any of these options (flags and RELAYMESH_* variables win over it).
+    #[arg(long, env = "RELAYMESH_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data dir: identity key (the node's wallet, mode 0600) and database.
+    #[arg(long, env = "RELAYMESH_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Address to listen on (repeatable, or comma-separated). Default: QUIC and TCP on
+    /// all interfaces, ports chosen by the OS.
+    #[arg(long, env = "RELAYMESH_LISTEN", value_delimiter = ',')]
+    listen: Vec<Multiaddr>,
+    /// Bootstrap node address ending in /p2p/<peer id> (repeatable).
+    #[arg(long, env = "RELAYMESH_BOOTSTRAP", value_delimiter = ',')]
+    bootstrap: Vec<Multiaddr>,
+    /// Local HTTP API address [default: 127.0.0.1:7434].
+    #[arg(long, env = "RELAYMESH_API")]
+    api: Option<SocketAddr>,
+    /// Light node: see the mesh's models, serve nothing, stay a DHT client.
+    #[arg(long, env = "RELAYMESH_LIGHT")]
+    light: bool,
+    /// Discover peers on the LAN with mDNS (multicasts on every interface).
+    #[arg(long, env = "RELAYMESH_MDNS")]
+    mdns: bool,
+    /// Mesh to join [default: public]; nodes of other meshes are disconnected.
+    #[arg(long, env = "RELAYMESH_MESH")]
+    mesh: Option<String>,
+    /// Advertise a model as NAME or NAME@GGUF_BLAKE3_HEX (repeatable). Until serving
+    /// backends land this only announces; the backends will feed the same ads.
+    #[arg(long, env = "RELAYMESH_ADVERTISE", value_delimiter = ',')]
+    advertise: Vec<String>,
+    /// Seconds an ad (and its DHT provider record) stays valid [default: 300].
+    #[arg(long, env = "RELAYMESH_AD_LIFETIME_SECS")]
+    ad_lifetime_secs: Option<u64>,
+}
+
+fn parse_all<T: std::str::FromStr>(values: Vec<String>, what: &str) -> anyhow::Result<Vec<T>>
+where
+    T::Err: std::fmt::Display,
+{
+    values
+        .into_iter()
+        .map(|v| v.parse().map_err(|e| anyhow!("{what} {v:?}: {e}")))
+        .collect()
+}
+
+fn offer(spec: &str, tau: u64) -> anyhow::Result<ModelOffer> {
+    let (name, digest) = match spec.split_once('@') {
+        Some((name, hex)) => {
+            let digest = Digest::from_hex(hex)
+                .ok_or_else(|| anyhow!("--advertise {spec}: the digest must be 64 hex digits"))?;
+            (name, Some(digest))
+        }
+        None => (spec, None),
+    };
+    anyhow::ensure!(!name.is_empty(), "--advertise needs a model name");
+    Ok(ModelOffer {
+        name: BoundedString::new(name).map_err(|e| anyhow!("--advertise {spec}: {e}"))?,
+        gguf_digest: digest,
+        manifest: None,
+        context_length: 8192,
+        free_slots: 1,
+        total_slots: 1,
+        tokens_per_sec_milli: 0,
+        ttft_ms: 0,
+        price_per_cu: 1,
+        cu: CuFormula::default(),
+        tau,
+    })
+}
+
+/// Flags and environment over the file, the file over defaults.
+fn resolve(args: NodeArgs) -> anyhow::Result<NodeConfig> {
+    let file = match &args.config {
+        Some(path) => FileConfig::load(path)?,
+        None => FileConfig::default(),
+    };
+    let data_dir = args
+        .data_dir
+        .or(file.data_dir)
+        .ok_or_else(|| anyhow!("--data-dir is required (or data_dir in the --config file)"))?;
+    let mesh = named_mesh(args.mesh.or(file.mesh).as_deref().unwrap_or("public"));
+    let mut config = NodeConfig::new(mesh, Identity::DataDir(data_dir));
+    config.listen = match (args.listen.is_empty(), file.listen) {
+        (false, _) => args.listen,
+        (true, Some(listen)) => parse_all(listen, "listen address")?,
+        (true, None) => vec![
+            "/ip4/0.0.0.0/udp/0/quic-v1".parse()?,
+            "/ip4/0.0.0.0/tcp/0".parse()?,
+        ],
+    };
+    config.bootstrap = match (args.bootstrap.is_empty(), file.bootstrap) {
+        (false, _) | (true, None) => args.bootstrap,
+        (true, Some(b)) => parse_all(b, "bootstrap address")?,
+    };
+    config.api = Some(match (args.api, file.api) {
+        (Some(api), _) => api,
+        (None, Some(api)) => api.parse().map_err(|e| anyhow!("api {api:?}: {e}"))?,
+        (None, None) => DEFAULT_API.parse()?,
+    });
+    config.role = if args.light || file.light.unwrap_or(false) {
+        Role::Light
+    } else {
+        Role::Full
+    };
+    config.mdns = args.mdns || file.mdns.unwrap_or(false);
+    if let Some(secs) = args.ad_lifetime_secs.or(file.ad_lifetime_secs) {
+        anyhow::ensure!(secs >= 1, "ad lifetime must be at least 1 s");
+        config.ad_lifetime = Duration::from_secs(secs);
+    }
+    let advertise = if args.advertise.is_empty() {
+        file.advertise.unwrap_or_default()
+    } else {
+        args.advertise
+    };
+    anyhow::ensure!(
+        advertise.is_empty() || config.role == Role::Full,
+        "a light node serves nothing: drop --advertise or --light"
+    );
+    let tau = config.mesh.tau_min.max(1);
+    config.offers = advertise
+        .iter()
+        .map(|spec| offer(spec, tau))
+        .collect::<anyhow::Result<_>>()?;
+    Ok(config)
+}
+
+pub fn run(args: NodeArgs) -> anyhow::Result<()> {
+    let config = resolve(args)?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let node = Node::start(config).await?;
+        if let Some(api) = node.api_addr() {
+            tracing::info!("local API on http://{api}  (try: relaymesh peers --api {api})");
+        }
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; stopping"),
+            _ = terminate.recv() => tracing::info!("terminated; stopping"),
+        }
+        node.shutdown().await;
+        Ok(())
+    })
+}

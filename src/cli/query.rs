@@ -1,0 +1,137 @@
+//! `relaymesh peers` and `relaymesh models`: ask a running node's local API and print
+//! readable tables.
+
+use anyhow::{anyhow, Context};
+use serde_json::Value;
+
+use super::node_cmd::DEFAULT_API;
+
+#[derive(clap::Args, Debug)]
+pub struct QueryArgs {
+    /// The node's local API.
+    #[arg(long, env = "RELAYMESH_API", default_value = DEFAULT_API)]
+    api: String,
+    /// Print the JSON the API returned instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn get(args: &QueryArgs, path: &str) -> anyhow::Result<Value> {
+    let url = format!("http://{}{path}", args.api);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let response = reqwest::get(&url)
+            .await
+            .with_context(|| format!("no relaymesh node answers at {} (is `relaymesh node` running? --api sets the address)", args.api))?;
+        let status = response.status();
+        let body: Value = response.json().await.context("the API did not answer JSON")?;
+        if !status.is_success() {
+            return Err(anyhow!("{url}: {status}: {}", body["error"]["message"]));
+        }
+        Ok(body)
+    })
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        Value::Array(items) => items.iter().map(text).collect::<Vec<_>>().join(","),
+        Value::Number(n) => n.as_f64().map_or_else(
+            || n.to_string(),
+            |f| {
+                if f.fract() == 0.0 {
+                    format!("{f:.0}")
+                } else {
+                    format!("{f:.1}")
+                }
+            },
+        ),
+        other => other.to_string(),
+    }
+}
+
+fn print_table(rows: &[Value], columns: &[(&str, &str)]) {
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| columns.iter().map(|(key, _)| text(&r[*key])).collect())
+        .collect();
+    let widths: Vec<usize> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, (_, title))| {
+            cells
+                .iter()
+                .map(|c| c[i].len())
+                .chain([title.len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |values: Vec<&str>| {
+        values
+            .iter()
+            .zip(&widths)
+            .map(|(v, w)| format!("{v:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    println!("{}", line(columns.iter().map(|(_, t)| *t).collect()));
+    for row in &cells {
+        println!("{}", line(row.iter().map(String::as_str).collect()));
+    }
+}
+
+pub fn peers(args: &QueryArgs) -> anyhow::Result<()> {
+    let body = get(args, "/relaymesh/v1/peers")?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&body)?);
+        return Ok(());
+    }
+    let rows = body.as_array().cloned().unwrap_or_default();
+    if rows.is_empty() {
+        println!("no peers connected");
+        return Ok(());
+    }
+    print_table(
+        &rows,
+        &[
+            ("peer_id", "PEER"),
+            ("transports", "TRANSPORT"),
+            ("rtt_ms", "RTT ms"),
+            ("agent", "AGENT"),
+            ("addresses", "ADDRESS"),
+        ],
+    );
+    Ok(())
+}
+
+pub fn models(args: &QueryArgs) -> anyhow::Result<()> {
+    let body = get(args, "/relaymesh/v1/models")?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&body)?);
+        return Ok(());
+    }
+    let rows = body.as_array().cloned().unwrap_or_default();
+    if rows.is_empty() {
+        println!("no models seen on the mesh yet");
+        return Ok(());
+    }
+    print_table(
+        &rows,
+        &[
+            ("name", "MODEL"),
+            ("supplier", "SUPPLIER"),
+            ("free_slots", "FREE"),
+            ("total_slots", "SLOTS"),
+            ("tokens_per_sec", "TOK/S"),
+            ("price_per_cu", "PRICE/CU"),
+            ("expires_in_s", "EXPIRES s"),
+        ],
+    );
+    Ok(())
+}

@@ -1,0 +1,255 @@
+//! Multi-node tests of the mesh layer: real libp2p swarms on loopback.
+
+mod support;
+
+use std::time::Duration;
+
+use relaymesh::NodeBuilder;
+use relaymesh_protocol::identity::signed::Signed;
+use relaymesh_protocol::messages::capability::CapabilityAd;
+use relaymesh_protocol::{BoundedVec, Keypair, Signer, WireMessage};
+use support::*;
+
+const LONG: Duration = Duration::from_secs(60);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_learns_every_ad_and_light_nodes_find_providers_in_the_dht() {
+    let boot = bootstrap("t-six").await;
+    let boot_addr = address(&boot, "quic").await;
+    let mut suppliers = Vec::new();
+    for i in 0..5 {
+        suppliers.push(supplier("t-six", &boot_addr, &[&format!("model-{i}")], LONG).await);
+    }
+    let ids: Vec<String> = suppliers
+        .iter()
+        .map(|n| n.handle().peer_id().to_string())
+        .collect();
+    for node in suppliers.iter().chain([&boot]) {
+        wait_for(
+            "every ad at every node",
+            Duration::from_secs(45),
+            || async {
+                let seen = seen(node).await;
+                (0..5)
+                    .all(|i| seen.contains(&(format!("model-{i}"), ids[i].clone())))
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+    // QUIC is used when both sides have it.
+    let peers = suppliers[0].handle().peers().await.unwrap();
+    let to_boot = peers
+        .iter()
+        .find(|p| p.peer_id == boot.handle().peer_id().to_string())
+        .unwrap();
+    assert!(
+        to_boot.transports.contains(&"quic".to_string()),
+        "{to_boot:?}"
+    );
+
+    // A light node joins later and finds the supplier of model-3 through the DHT alone.
+    let light = NodeBuilder::light()
+        .mesh_name("t-six")
+        .listen(vec![quic()])
+        .bootstrap(boot_addr.clone())
+        .start()
+        .await
+        .unwrap();
+    let providers = wait_for(
+        "a DHT provider record for model-3",
+        Duration::from_secs(45),
+        || async {
+            let found = light.handle().find_providers("model-3").await.ok()?;
+            (!found.is_empty()).then_some(found)
+        },
+    )
+    .await;
+    assert!(
+        providers.iter().any(|p| p.to_string() == ids[3]),
+        "{providers:?} should contain {}",
+        ids[3]
+    );
+    light.shutdown().await;
+    for node in suppliers {
+        node.shutdown().await;
+    }
+    boot.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_quic_off_on_one_side_tcp_connects() {
+    let boot = bootstrap("t-tcp").await;
+    let boot_tcp = address(&boot, "tcp").await;
+    let mut builder = NodeBuilder::full()
+        .mesh_name("t-tcp")
+        .listen(vec![tcp()])
+        .bootstrap(boot_tcp)
+        .ad_lifetime(LONG);
+    builder.config_mut().offers = vec![offer("tcp-model")];
+    let tcp_only = builder.start().await.unwrap();
+    let id = tcp_only.handle().peer_id().to_string();
+    wait_for(
+        "the TCP-only node's ad at the bootstrap",
+        Duration::from_secs(30),
+        || async {
+            seen(&boot)
+                .await
+                .contains(&("tcp-model".into(), id.clone()))
+                .then_some(())
+        },
+    )
+    .await;
+    let peers = boot.handle().peers().await.unwrap();
+    let row = peers.iter().find(|p| p.peer_id == id).unwrap();
+    assert_eq!(row.transports, vec!["tcp".to_string()]);
+    tcp_only.shutdown().await;
+    boot.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_meshes_on_one_machine_do_not_see_each_other() {
+    let boot_a = bootstrap("t-mesh-a").await;
+    let addr_a = address(&boot_a, "quic").await;
+    let a = supplier("t-mesh-a", &addr_a, &["model-a"], LONG).await;
+    // A node of mesh B is pointed at mesh A's bootstrap by mistake.
+    let b = supplier("t-mesh-b", &addr_a, &["model-b"], LONG).await;
+    let a_id = a.handle().peer_id().to_string();
+    wait_for(
+        "mesh A's ad within mesh A",
+        Duration::from_secs(30),
+        || async {
+            seen(&boot_a)
+                .await
+                .contains(&("model-a".into(), a_id.clone()))
+                .then_some(())
+        },
+    )
+    .await;
+    // Give B's ad ample time to leak, were it to.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(seen(&boot_a).await.iter().all(|(m, _)| m != "model-b"));
+    assert!(seen(&a).await.iter().all(|(m, _)| m != "model-b"));
+    assert!(seen(&b).await.iter().all(|(m, _)| m != "model-a"));
+    // And the bootstrap does not keep B connected.
+    let b_id = b.handle().peer_id().to_string();
+    wait_for(
+        "mesh A's bootstrap to drop the mesh-B node",
+        Duration::from_secs(20),
+        || async {
+            let peers = boot_a.handle().peers().await.ok()?;
+            peers.iter().all(|p| p.peer_id != b_id).then_some(())
+        },
+    )
+    .await;
+    for node in [a, b, boot_a] {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_gossip_is_dropped_counted_and_punished() {
+    let boot = bootstrap("t-bad").await;
+    let boot_addr = address(&boot, "quic").await;
+    let attacker = supplier("t-bad", &boot_addr, &[], LONG).await;
+    let attacker_id = attacker.handle().peer_id();
+    let key = Keypair::from_secret([9; 32]);
+    let status = boot.handle().status().await.unwrap();
+    let mesh_id = relaymesh_protocol::Digest::from_hex(&status.mesh_id).unwrap();
+    let ad = |seq: u64, model: &str| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        Signed::sign(
+            CapabilityAd {
+                version: 1,
+                mesh_id,
+                supplier: key.public_key(),
+                seq,
+                issued_ms: now,
+                expires_ms: now + 60_000,
+                models: BoundedVec::try_from_vec(vec![offer(model)]).unwrap(),
+            },
+            &key,
+        )
+    };
+    // Wait until the attacker can reach the bootstrap on the ads topic (with valid ads,
+    // each new, so gossipsub does not drop them as duplicates).
+    let mut seq = 0;
+    wait_for(
+        "a gossip mesh between attacker and bootstrap",
+        Duration::from_secs(30),
+        || {
+            seq += 1;
+            let bytes = ad(seq, "probe").encode().unwrap();
+            let handle = attacker.handle().clone();
+            async move { handle.publish_ad_bytes(bytes).await.ok()?.ok() }
+        },
+    )
+    .await;
+    // A well-formed ad with a forged signature, an oversized ad, and garbage CBOR.
+    let mut forged = ad(seq + 1, "forged");
+    forged.signature.0[0] ^= 1;
+    let bad: Vec<Vec<u8>> = vec![
+        forged.encode().unwrap(),
+        vec![0x41; 12 * 1024 + 100],
+        vec![0xff, 0x00, 0x13],
+    ];
+    for bytes in bad {
+        attacker
+            .handle()
+            .publish_ad_bytes(bytes)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    wait_for(
+        "the bootstrap to count the invalid messages",
+        Duration::from_secs(20),
+        || async {
+            let text = boot.metrics().render();
+            ["bad-signature", "oversized", "malformed"]
+                .iter()
+                .all(|r| {
+                    text.contains(&format!(
+                        "relaymesh_invalid_messages_total{{reason=\"{r}\"}}"
+                    ))
+                })
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(seen(&boot).await.iter().all(|(m, _)| m != "forged"));
+    let score = wait_for(
+        "the attacker's gossip score to fall below zero",
+        Duration::from_secs(20),
+        || async {
+            let peers = boot.handle().peers().await.ok()?;
+            let score = peers
+                .iter()
+                .find(|p| p.peer_id == attacker_id.to_string())?
+                .gossip_score?;
+            (score < 0.0).then_some(score)
+        },
+    )
+    .await;
+    println!("attacker's score at the bootstrap: {score}");
+    // The mesh keeps working: an honest supplier's ad still arrives.
+    let honest = supplier("t-bad", &boot_addr, &["honest"], LONG).await;
+    let honest_id = honest.handle().peer_id().to_string();
+    wait_for(
+        "an honest ad after the attack",
+        Duration::from_secs(30),
+        || async {
+            seen(&boot)
+                .await
+                .contains(&("honest".into(), honest_id.clone()))
+                .then_some(())
+        },
+    )
+    .await;
+    for node in [attacker, honest, boot] {
+        node.shutdown().await;
+    }
+}

@@ -1,0 +1,111 @@
+//! Helpers for multi-node tests: real swarms on loopback, OS-chosen ports.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::time::Duration;
+
+use libp2p::Multiaddr;
+use relaymesh::{Node, NodeBuilder, Role};
+use relaymesh_protocol::messages::capability::ModelOffer;
+use relaymesh_protocol::metering::compute_units::CuFormula;
+use relaymesh_protocol::BoundedString;
+
+/// Polls `check` every 100 ms until it returns `Some`, or panics after `timeout`
+/// saying what did not happen.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub fn quic() -> Multiaddr {
+    "/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()
+}
+
+pub fn tcp() -> Multiaddr {
+    "/ip4/127.0.0.1/tcp/0".parse().unwrap()
+}
+
+/// A model offer as the serving backends will make them.
+pub fn offer(name: &str) -> ModelOffer {
+    ModelOffer {
+        name: BoundedString::new(name).unwrap(),
+        gguf_digest: None,
+        manifest: None,
+        context_length: 8192,
+        free_slots: 2,
+        total_slots: 2,
+        tokens_per_sec_milli: 25_000,
+        ttft_ms: 80,
+        price_per_cu: 1,
+        cu: CuFormula::default(),
+        tau: 64,
+    }
+}
+
+/// A node's listen address on one transport, with `/p2p/<peer id>`.
+pub async fn address(node: &Node, transport: &str) -> Multiaddr {
+    let status = wait_for("listen addresses", Duration::from_secs(10), || async {
+        let s = node.handle().status().await.ok()?;
+        s.listen_addrs
+            .iter()
+            .any(|a| a.contains(transport))
+            .then_some(s)
+    })
+    .await;
+    status
+        .listen_addrs
+        .iter()
+        .find(|a| a.contains(transport))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// A bootstrap node of `mesh` listening on QUIC and TCP.
+pub async fn bootstrap(mesh: &str) -> Node {
+    let mut builder = NodeBuilder::full()
+        .mesh_name(mesh)
+        .listen(vec![quic(), tcp()]);
+    builder.config_mut().role = Role::Bootstrap;
+    builder.start().await.unwrap()
+}
+
+/// A full node of `mesh` that advertises `models`, bootstrapping from `boot`.
+pub async fn supplier(
+    mesh: &str,
+    boot: &Multiaddr,
+    models: &[&str],
+    ad_lifetime: Duration,
+) -> Node {
+    let mut builder = NodeBuilder::full()
+        .mesh_name(mesh)
+        .listen(vec![quic(), tcp()])
+        .bootstrap(boot.clone())
+        .ad_lifetime(ad_lifetime);
+    builder.config_mut().offers = models.iter().map(|m| offer(m)).collect();
+    builder.start().await.unwrap()
+}
+
+/// Names of (model, supplier) pairs a node sees.
+pub async fn seen(node: &Node) -> Vec<(String, String)> {
+    node.handle()
+        .models()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.name, r.supplier))
+        .collect()
+}
