@@ -163,3 +163,69 @@ impl PeerTable {
         rows
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use relaymesh_protocol::identity::signed::Signed;
+    use relaymesh_protocol::messages::capability::CapabilityAd;
+    use relaymesh_protocol::metering::compute_units::CuFormula;
+    use relaymesh_protocol::{BoundedString, BoundedVec, Digest, Keypair, Signer};
+
+    fn ad(key: u8, seq: u64, expires_ms: u64) -> SignedCapabilityAd {
+        let k = Keypair::from_secret([key; 32]);
+        let offer = ModelOffer {
+            name: BoundedString::new("m").unwrap(),
+            gguf_digest: None,
+            manifest: None,
+            context_length: 1,
+            free_slots: 1,
+            total_slots: 1,
+            tokens_per_sec_milli: 1,
+            ttft_ms: 1,
+            price_per_cu: 1,
+            cu: CuFormula::default(),
+            tau: 1,
+        };
+        Signed::sign(
+            CapabilityAd {
+                version: 1,
+                mesh_id: Digest::ZERO,
+                supplier: k.public_key(),
+                seq,
+                issued_ms: 0,
+                expires_ms,
+                models: BoundedVec::try_from_vec(vec![offer]).unwrap(),
+            },
+            &k,
+        )
+    }
+
+    #[test]
+    fn newer_ads_replace_older_and_entries_expire() {
+        let mut table = PeerTable::default();
+        assert_eq!(table.upsert(ad(1, 5, 100), 0), AdUpdate::New);
+        assert_eq!(table.upsert(ad(1, 5, 200), 0), AdUpdate::Stale);
+        assert_eq!(table.upsert(ad(1, 4, 200), 0), AdUpdate::Stale);
+        assert_eq!(table.upsert(ad(1, 6, 200), 0), AdUpdate::Updated);
+        table.upsert(ad(2, 1, 150), 0);
+        assert_eq!(table.suppliers_of("m").count(), 2);
+        assert_eq!(table.expire(160).len(), 1);
+        assert_eq!(table.len(), 1);
+        let key = Keypair::from_secret([1; 32]).public_key();
+        assert!(table.evict(&key));
+        assert!(table.is_empty());
+    }
+
+    #[test]
+    fn the_table_is_bounded() {
+        let mut table = PeerTable::default();
+        for i in 0..MAX_SUPPLIERS + 10 {
+            let k = Keypair::from_secret(blake3::hash(&i.to_le_bytes()).as_bytes().to_owned());
+            let mut a = ad(0, 1, 1000 + i as u64);
+            a.body.supplier = k.public_key();
+            table.upsert(a, 0);
+        }
+        assert_eq!(table.len(), MAX_SUPPLIERS);
+    }
+}

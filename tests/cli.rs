@@ -1,0 +1,244 @@
+//! The `relaymesh` binary as a user runs it: identities that survive restarts, one
+//! process per data dir, key backups, and a node killed with SIGKILL leaving the mesh.
+
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use support::*;
+
+fn relaymesh() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_relaymesh"))
+}
+
+fn stdout_of(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{:?} failed: {}",
+        cmd,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// A free loopback TCP port for a node's API.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_node(data_dir: &std::path::Path, api: u16, extra: &[&str]) -> Proc {
+    let mut cmd = relaymesh();
+    cmd.args(["node", "--data-dir"])
+        .arg(data_dir)
+        .args([
+            "--listen",
+            "/ip4/127.0.0.1/udp/0/quic-v1,/ip4/127.0.0.1/tcp/0",
+            "--api",
+            &format!("127.0.0.1:{api}"),
+        ])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    Proc(cmd.spawn().unwrap())
+}
+
+fn api_json(api: u16, path: &str) -> Option<serde_json::Value> {
+    let url = format!("http://127.0.0.1:{api}{path}");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()?;
+    runtime.block_on(async { reqwest::get(&url).await.ok()?.json().await.ok() })
+}
+
+#[test]
+fn identity_survives_restarts_and_a_data_dir_takes_one_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = stdout_of(relaymesh().args(["id", "--data-dir"]).arg(dir.path()));
+    assert!(id.starts_with("12D3KooW"), "{id}");
+    assert_eq!(
+        stdout_of(relaymesh().args(["id", "--data-dir"]).arg(dir.path())),
+        id
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("identity.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "the key file must be private");
+    }
+
+    let api = free_port();
+    let first = start_node(dir.path(), api, &[]);
+    let status = (0..100)
+        .find_map(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            api_json(api, "/relaymesh/v1/status")
+        })
+        .expect("the node's API came up");
+    assert_eq!(status["peer_id"], id.as_str());
+
+    // A second process on the same data dir fails with a clear error.
+    let out = relaymesh()
+        .args(["node", "--data-dir"])
+        .arg(dir.path())
+        .args([
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--api",
+            &format!("127.0.0.1:{}", free_port()),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("in use by another relaymesh process"), "{err}");
+    drop(first);
+
+    // Restarted after a hard stop, same identity.
+    let api = free_port();
+    let _again = start_node(dir.path(), api, &[]);
+    let status = (0..100)
+        .find_map(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            api_json(api, "/relaymesh/v1/status")
+        })
+        .unwrap();
+    assert_eq!(status["peer_id"], id.as_str());
+}
+
+#[test]
+fn key_export_and_import_round_trip() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    let id = stdout_of(relaymesh().args(["id", "--data-dir"]).arg(a.path()));
+    let hex = stdout_of(
+        relaymesh()
+            .args(["key", "export", "--data-dir"])
+            .arg(a.path()),
+    );
+    let file = a.path().join("backup.hex");
+    std::fs::write(&file, &hex).unwrap();
+    let restored = stdout_of(
+        relaymesh()
+            .args(["key", "import", "--data-dir"])
+            .arg(b.path())
+            .arg(&file),
+    );
+    assert_eq!(restored, id);
+    assert_eq!(
+        stdout_of(relaymesh().args(["id", "--data-dir"]).arg(b.path())),
+        id
+    );
+    // Garbage is refused with a message that says what a key looks like.
+    std::fs::write(&file, "not a key").unwrap();
+    let out = relaymesh()
+        .args(["key", "import", "--data-dir"])
+        .arg(tempfile::tempdir().unwrap().path())
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("64 hex digits"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_with_sigkill_leaves_the_others_tables_after_expiry() {
+    let boot = bootstrap("public").await;
+    let boot_addr = address(&boot, "quic").await.to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let api = free_port();
+    let mut victim = start_node(
+        dir.path(),
+        api,
+        &[
+            "--bootstrap",
+            &boot_addr,
+            "--advertise",
+            "doomed",
+            "--ad-lifetime-secs",
+            "4",
+        ],
+    );
+    wait_for(
+        "the victim's ad at the bootstrap",
+        Duration::from_secs(30),
+        || async {
+            seen(&boot)
+                .await
+                .iter()
+                .any(|(m, _)| m == "doomed")
+                .then_some(())
+        },
+    )
+    .await;
+    // SIGKILL: no goodbye, no last ad.
+    victim.0.kill().unwrap();
+    victim.0.wait().unwrap();
+    wait_for(
+        "the victim to leave the bootstrap's table",
+        Duration::from_secs(30),
+        || async {
+            seen(&boot)
+                .await
+                .iter()
+                .all(|(m, _)| m != "doomed")
+                .then_some(())
+        },
+    )
+    .await;
+    // Its models are gone from the API too.
+    let models = boot.handle().models().await.unwrap();
+    assert!(models.is_empty(), "{models:?}");
+    boot.shutdown().await;
+}
+
+#[test]
+fn peers_and_models_print_tables_and_say_when_no_node_answers() {
+    let port = free_port();
+    let out = relaymesh()
+        .args(["peers", "--api", &format!("127.0.0.1:{port}")])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no relaymesh node answers"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let api = free_port();
+    let _node = start_node(
+        dir.path(),
+        api,
+        &["--advertise", "table-model", "--ad-lifetime-secs", "30"],
+    );
+    let table = (0..100)
+        .find_map(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            let out = relaymesh()
+                .args(["models", "--api", &format!("127.0.0.1:{api}")])
+                .output()
+                .ok()?;
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            text.contains("table-model").then_some(text)
+        })
+        .expect("the node lists its own model");
+    assert!(table.starts_with("MODEL"), "{table}");
+    let peers = stdout_of(relaymesh().args(["peers", "--api", &format!("127.0.0.1:{api}")]));
+    assert_eq!(peers, "no peers connected");
+}
