@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
-use libp2p::{allow_block_list, connection_limits, gossipsub, identify, identity, kad, mdns, ping};
+use libp2p::{
+    allow_block_list, connection_limits, gossipsub, identify, identity, kad, mdns, ping,
+    request_response,
+};
 use relaymesh_protocol::identity::signed::Signable;
 use relaymesh_protocol::messages::capability::CapabilityAd;
 use relaymesh_protocol::Digest;
@@ -31,6 +34,25 @@ pub struct MeshBehaviour {
     pub gossipsub: gossipsub::Behaviour,
     /// LAN discovery, off unless asked for.
     pub mdns: Toggle<mdns::tokio::Behaviour>,
+    /// Hands a new peer the ads we hold.
+    pub ads_sync: request_response::cbor::Behaviour<AdsRequest, AdsResponse>,
+}
+
+/// Most ads one sync response carries.
+pub const MAX_SYNC_ADS: usize = 256;
+
+/// "Send me the ads you hold, at most `max`."
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct AdsRequest {
+    /// Most ads wanted (capped at [`MAX_SYNC_ADS`]).
+    pub max: u16,
+}
+
+/// Encoded `Signed<CapabilityAd>`s, each validated by the receiver as if gossiped.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct AdsResponse {
+    /// The ads.
+    pub ads: Vec<Vec<u8>>,
 }
 
 /// Largest gossip frame; per-topic limits are lower.
@@ -108,6 +130,19 @@ impl MeshBehaviour {
             None
         };
 
+        let sync_codec = request_response::cbor::codec::Codec::default()
+            .set_request_size_maximum(256)
+            // Each byte of an ad costs about two in this encoding.
+            .set_response_size_maximum((MAX_SYNC_ADS * (2 * CapabilityAd::MAX_SIZE + 16)) as u64);
+        let ads_sync = request_response::Behaviour::with_codec(
+            sync_codec,
+            [(
+                names::ads_sync_protocol(&mesh_id),
+                request_response::ProtocolSupport::Full,
+            )],
+            request_response::Config::default().with_request_timeout(Duration::from_secs(20)),
+        );
+
         Ok(Self {
             limits,
             blocked: Default::default(),
@@ -116,6 +151,7 @@ impl MeshBehaviour {
             kad,
             gossipsub,
             mdns: mdns.into(),
+            ads_sync,
         })
     }
 }

@@ -8,7 +8,7 @@ use futures::StreamExt;
 use libp2p::core::ConnectedPoint;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::SwarmEvent;
-use libp2p::{gossipsub, identify, kad, mdns, ping, Multiaddr, PeerId, Swarm};
+use libp2p::{gossipsub, identify, kad, mdns, ping, request_response, Multiaddr, PeerId, Swarm};
 use relaymesh_protocol::identity::signed::Signed;
 use relaymesh_protocol::messages::capability::{CapabilityAd, SignedCapabilityAd};
 use relaymesh_protocol::wire::WireMessage;
@@ -17,7 +17,9 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use crate::config::{NodeConfig, Role};
-use crate::mesh::behaviour::{MeshBehaviour, MeshBehaviourEvent};
+use crate::mesh::behaviour::{
+    AdsRequest, AdsResponse, MeshBehaviour, MeshBehaviourEvent, MAX_SYNC_ADS,
+};
 use crate::mesh::handle::{Command, NodeStatus, PeerRow};
 use crate::mesh::names;
 use crate::mesh::peer_table::{AdUpdate, PeerTable};
@@ -68,6 +70,8 @@ pub(crate) struct EventLoop {
     bootstrap_peers: HashSet<PeerId>,
     pending_providers: HashMap<kad::QueryId, (oneshot::Sender<Vec<PeerId>>, HashSet<PeerId>)>,
     ad_seq: u64,
+    /// Whether an ad of ours has reached at least one peer since start.
+    announced: bool,
 }
 
 impl EventLoop {
@@ -103,6 +107,7 @@ impl EventLoop {
             bootstrap_peers,
             pending_providers: HashMap::new(),
             ad_seq: 0,
+            announced: false,
         }
     }
 
@@ -273,6 +278,11 @@ impl EventLoop {
     }
 
     fn housekeeping(&mut self) {
+        // Until our first ad reaches someone, retry every tick rather than every third
+        // of the ad's lifetime: a new supplier should be seen within seconds.
+        if !self.announced {
+            self.announce();
+        }
         for supplier in self.table.expire(now_ms()) {
             info!(peer = %supplier.peer_id(), "peer expired: its ad ran out");
         }
@@ -310,10 +320,19 @@ impl EventLoop {
                 } else {
                     debug!(peer = %peer_id, %addr, transport, "connected");
                 }
-                self.connections
-                    .entry(peer_id)
-                    .or_default()
-                    .insert(connection_id, Connection { addr });
+                let conns = self.connections.entry(peer_id).or_default();
+                let first = conns.is_empty();
+                conns.insert(connection_id, Connection { addr });
+                if first {
+                    // A new peer: ask it for the ads it holds.
+                    let request = AdsRequest {
+                        max: MAX_SYNC_ADS as u16,
+                    };
+                    self.swarm
+                        .behaviour_mut()
+                        .ads_sync
+                        .send_request(&peer_id, request);
+                }
                 self.metrics.peers.set(self.connections.len() as i64);
             }
             SwarmEvent::ConnectionClosed {
@@ -403,6 +422,44 @@ impl EventLoop {
                         let _ = reply.send(found);
                     }
                 }
+            }
+            MeshBehaviourEvent::AdsSync(request_response::Event::Message {
+                peer, message, ..
+            }) => match message {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => {
+                    let now = now_ms();
+                    let max = usize::from(request.max).min(MAX_SYNC_ADS);
+                    let ads = self
+                        .table
+                        .fresh_ads(now, max)
+                        .iter()
+                        .filter_map(|ad| ad.encode().ok())
+                        .collect();
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .ads_sync
+                        .send_response(channel, AdsResponse { ads });
+                }
+                request_response::Message::Response { response, .. } => {
+                    let count = response.ads.len();
+                    for bytes in response.ads.iter().take(MAX_SYNC_ADS) {
+                        self.metrics.gossip("in", bytes.len());
+                        if let Err(reason) = self.on_ad(bytes) {
+                            self.metrics.invalid(reason);
+                        }
+                    }
+                    debug!(%peer, count, "ads synced");
+                }
+            },
+            MeshBehaviourEvent::AdsSync(request_response::Event::OutboundFailure {
+                peer,
+                error,
+                ..
+            }) => {
+                debug!(%peer, %error, "ads sync failed");
             }
             MeshBehaviourEvent::Mdns(mdns::Event::Discovered(list)) => {
                 for (peer, addr) in list {

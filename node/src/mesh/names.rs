@@ -30,3 +30,10 @@ pub fn ads_topic(mesh_id: &Digest) -> String {
 pub fn identify_version(mesh_id: &Digest) -> String {
     format!("/relaymesh/{}/1", mesh_tag(mesh_id))
 }
+
+/// Ad synchronisation: a newcomer asks each new peer for the ads it holds, instead of
+/// waiting up to a third of an ad's lifetime for the next announcement.
+pub fn ads_sync_protocol(mesh_id: &Digest) -> StreamProtocol {
+    StreamProtocol::try_from_owned(format!("/relaymesh/{}/ads-sync/1", mesh_tag(mesh_id)))
+        .expect("starts with a slash")
+}

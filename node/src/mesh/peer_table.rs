@@ -139,6 +139,19 @@ impl PeerTable {
         })
     }
 
+    /// Up to `max` unexpired ads, freshest first: what a new peer is handed.
+    pub fn fresh_ads(&self, now_ms: u64, max: usize) -> Vec<&SignedCapabilityAd> {
+        let mut ads: Vec<&SignedCapabilityAd> = self
+            .suppliers
+            .values()
+            .map(|e| &e.ad)
+            .filter(|ad| ad.body.expires_ms > now_ms)
+            .collect();
+        ads.sort_by_key(|ad| std::cmp::Reverse(ad.body.issued_ms));
+        ads.truncate(max);
+        ads
+    }
+
     /// Every (model, supplier) row, sorted by model then supplier.
     pub fn rows(&self, now_ms: u64) -> Vec<ModelRow> {
         let mut rows: Vec<ModelRow> = self
