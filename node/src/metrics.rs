@@ -113,6 +113,24 @@ impl Metrics {
             .inc();
     }
 
+    /// Gossip messages and payload bytes received and sent so far (ads synced on
+    /// connect included): `(messages in, messages out, bytes in, bytes out)`.
+    pub fn gossip_totals(&self) -> (u64, u64, u64, u64) {
+        let get = |family: &Family<DirectionLabel, Counter>, direction: &str| {
+            family
+                .get_or_create(&DirectionLabel {
+                    direction: direction.into(),
+                })
+                .get()
+        };
+        (
+            get(&self.gossip_messages, "in"),
+            get(&self.gossip_messages, "out"),
+            get(&self.gossip_bytes, "in"),
+            get(&self.gossip_bytes, "out"),
+        )
+    }
+
     /// The text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::new();

@@ -72,7 +72,12 @@ pub(crate) struct EventLoop {
     ad_seq: u64,
     /// Whether an ad of ours has reached at least one peer since start.
     announced: bool,
+    /// Ad syncs asked for since start.
+    syncs_requested: usize,
 }
+
+/// How many peers a newcomer asks for their ads.
+const SYNC_PEERS: usize = 3;
 
 impl EventLoop {
     pub(crate) fn new(
@@ -108,6 +113,7 @@ impl EventLoop {
             pending_providers: HashMap::new(),
             ad_seq: 0,
             announced: false,
+            syncs_requested: 0,
         }
     }
 
@@ -257,6 +263,7 @@ impl EventLoop {
         {
             Ok(_) => {
                 self.metrics.gossip("out", len);
+                self.announced = true;
                 debug!(
                     seq = self.ad_seq,
                     models = self.config.offers.len(),
@@ -323,8 +330,11 @@ impl EventLoop {
                 let conns = self.connections.entry(peer_id).or_default();
                 let first = conns.is_empty();
                 conns.insert(connection_id, Connection { addr });
-                if first {
-                    // A new peer: ask it for the ads it holds.
+                // A newcomer (or a node whose table ran empty) asks its first few peers
+                // for the ads they hold; later connections rely on gossip, so connection
+                // churn does not cost a full table each time.
+                if first && (self.syncs_requested < SYNC_PEERS || self.table.is_empty()) {
+                    self.syncs_requested += 1;
                     let request = AdsRequest {
                         max: MAX_SYNC_ADS as u16,
                     };
