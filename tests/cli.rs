@@ -242,3 +242,69 @@ fn peers_and_models_print_tables_and_say_when_no_node_answers() {
     let peers = stdout_of(relaymesh().args(["peers", "--api", &format!("127.0.0.1:{api}")]));
     assert_eq!(peers, "no peers connected");
 }
+
+#[test]
+fn options_come_from_a_config_file_and_the_environment_with_flags_winning() {
+    let dir = tempfile::tempdir().unwrap();
+    let (file_api, env_api) = (free_port(), free_port());
+    let config = dir.path().join("node.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\nlisten = [\"/ip4/127.0.0.1/tcp/0\"]\napi = \"127.0.0.1:{file_api}\"\nmesh = \"from-file\"\nadvertise = [\"file-model\"]\n",
+            dir.path().join("data")
+        ),
+    )
+    .unwrap();
+    // The file alone.
+    let _from_file = Proc(
+        relaymesh()
+            .args(["node", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let status = (0..100)
+        .find_map(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            api_json(file_api, "/relaymesh/v1/status")
+        })
+        .expect("the API address from the file");
+    assert_eq!(status["mesh_name"], "from-file");
+
+    // The environment overrides the file, a flag overrides the environment.
+    let other = tempfile::tempdir().unwrap();
+    let _from_env = Proc(
+        relaymesh()
+            .args(["node", "--config"])
+            .arg(&config)
+            .args(["--data-dir"])
+            .arg(other.path())
+            .env("RELAYMESH_API", format!("127.0.0.1:{env_api}"))
+            .env("RELAYMESH_MESH", "from-env")
+            .args(["--mesh", "from-flag"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let status = (0..100)
+        .find_map(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            api_json(env_api, "/relaymesh/v1/status")
+        })
+        .expect("the API address from the environment");
+    assert_eq!(status["mesh_name"], "from-flag");
+
+    // A misspelt key is an error that names it.
+    std::fs::write(&config, "data_dri = \"/tmp/x\"\n").unwrap();
+    let out = relaymesh()
+        .args(["node", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("data_dri"));
+}

@@ -76,6 +76,9 @@ pub(crate) struct EventLoop {
     syncs_requested: usize,
 }
 
+/// Connections a node seeks on its own (beyond those others open to it).
+const TARGET_PEERS: usize = 8;
+
 /// How many peers a newcomer asks for their ads.
 const SYNC_PEERS: usize = 3;
 
@@ -399,6 +402,19 @@ impl EventLoop {
                 for addr in info.listen_addrs {
                     self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
                 }
+            }
+            // Bootstrap nodes make a star; gossip needs a mesh. Until a node has a few
+            // peers, it connects to the ones the DHT tells it about.
+            MeshBehaviourEvent::Kad(kad::Event::RoutingUpdated {
+                peer,
+                is_new_peer: true,
+                ..
+            }) if self.connections.len() < TARGET_PEERS
+                && !self.connections.contains_key(&peer)
+                && self.config.role != Role::Bootstrap =>
+            {
+                debug!(%peer, "dialling a peer the DHT found");
+                let _ = self.swarm.dial(peer);
             }
             MeshBehaviourEvent::Ping(ping::Event {
                 peer,
