@@ -97,7 +97,7 @@ async fn run(size: usize) {
     let started = Instant::now();
     while !all_see_all(&nodes, size).await {
         assert!(
-            started.elapsed() < Duration::from_secs(120),
+            started.elapsed() < Duration::from_secs(300),
             "{size} nodes did not converge"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -112,7 +112,7 @@ async fn run(size: usize) {
     let t = Instant::now();
     while !all_see(&nodes, "newcomer").await {
         assert!(
-            t.elapsed() < Duration::from_secs(120),
+            t.elapsed() < Duration::from_secs(300),
             "the newcomer's ad did not spread"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
