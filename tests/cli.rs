@@ -241,6 +241,27 @@ fn peers_and_models_print_tables_and_say_when_no_node_answers() {
     assert!(table.starts_with("MODEL"), "{table}");
     let peers = stdout_of(relaymesh().args(["peers", "--api", &format!("127.0.0.1:{api}")]));
     assert_eq!(peers, "no peers connected");
+    // Unknown routes answer 404 with a JSON error.
+    let url = format!("http://127.0.0.1:{api}/no/such/route");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (status, body) = runtime.block_on(async {
+        let r = reqwest::get(&url).await.unwrap();
+        (
+            r.status().as_u16(),
+            r.json::<serde_json::Value>().await.unwrap(),
+        )
+    });
+    assert_eq!(status, 404);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no such route"),
+        "{body}"
+    );
 }
 
 #[test]
