@@ -64,13 +64,14 @@ async fn all_see(nodes: &[Node], model: &str) -> bool {
     true
 }
 
-async fn all_see_all(nodes: &[Node], count: usize) -> bool {
+/// How many ads each node sees, sorted.
+async fn coverage(nodes: &[Node]) -> Vec<usize> {
+    let mut seen = Vec::with_capacity(nodes.len());
     for n in nodes {
-        if n.handle().models().await.unwrap().len() < count {
-            return false;
-        }
+        seen.push(n.handle().models().await.unwrap().len());
     }
-    true
+    seen.sort_unstable();
+    seen
 }
 
 /// Summed over nodes: (messages, bytes), in and out together.
@@ -95,7 +96,23 @@ async fn run(size: usize) {
         nodes.push(start(&mesh, Some(&addr), Some(&format!("m{i}"))).await);
     }
     let started = Instant::now();
-    while !all_see_all(&nodes, size).await {
+    let mut last_report = Instant::now();
+    loop {
+        let seen = coverage(&nodes).await;
+        if seen[0] >= size {
+            break;
+        }
+        if last_report.elapsed() > Duration::from_secs(10) {
+            eprintln!(
+                "  {size} nodes, {:.0} s: ads seen per node min {} median {} max {}; connections at node 0: {}",
+                started.elapsed().as_secs_f64(),
+                seen[0],
+                seen[seen.len() / 2],
+                seen[seen.len() - 1],
+                nodes[0].handle().peers().await.unwrap().len()
+            );
+            last_report = Instant::now();
+        }
         assert!(
             started.elapsed() < Duration::from_secs(300),
             "{size} nodes did not converge"
