@@ -57,6 +57,16 @@ fn start_node(data_dir: &std::path::Path, api: u16, extra: &[&str]) -> Proc {
     Proc(cmd.spawn().unwrap())
 }
 
+/// The node's status, polled until its API answers (10 s at most).
+fn wait_status(api: u16, what: &str) -> serde_json::Value {
+    (0..100)
+        .find_map(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            api_json(api, "/relaymesh/v1/status")
+        })
+        .expect(what)
+}
+
 fn api_json(api: u16, path: &str) -> Option<serde_json::Value> {
     let url = format!("http://127.0.0.1:{api}{path}");
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -87,12 +97,7 @@ fn identity_survives_restarts_and_a_data_dir_takes_one_process() {
 
     let api = free_port();
     let first = start_node(dir.path(), api, &[]);
-    let status = (0..100)
-        .find_map(|_| {
-            std::thread::sleep(Duration::from_millis(100));
-            api_json(api, "/relaymesh/v1/status")
-        })
-        .expect("the node's API came up");
+    let status = wait_status(api, "the node's API came up");
     assert_eq!(status["peer_id"], id.as_str());
 
     // A second process on the same data dir fails with a clear error.
@@ -115,12 +120,7 @@ fn identity_survives_restarts_and_a_data_dir_takes_one_process() {
     // Restarted after a hard stop, same identity.
     let api = free_port();
     let _again = start_node(dir.path(), api, &[]);
-    let status = (0..100)
-        .find_map(|_| {
-            std::thread::sleep(Duration::from_millis(100));
-            api_json(api, "/relaymesh/v1/status")
-        })
-        .unwrap();
+    let status = wait_status(api, "the node's API came up");
     assert_eq!(status["peer_id"], id.as_str());
 }
 
@@ -287,12 +287,7 @@ fn options_come_from_a_config_file_and_the_environment_with_flags_winning() {
             .spawn()
             .unwrap(),
     );
-    let status = (0..100)
-        .find_map(|_| {
-            std::thread::sleep(Duration::from_millis(100));
-            api_json(file_api, "/relaymesh/v1/status")
-        })
-        .expect("the API address from the file");
+    let status = wait_status(file_api, "the API address from the file");
     assert_eq!(status["mesh_name"], "from-file");
 
     // The environment overrides the file, a flag overrides the environment.
@@ -311,12 +306,7 @@ fn options_come_from_a_config_file_and_the_environment_with_flags_winning() {
             .spawn()
             .unwrap(),
     );
-    let status = (0..100)
-        .find_map(|_| {
-            std::thread::sleep(Duration::from_millis(100));
-            api_json(env_api, "/relaymesh/v1/status")
-        })
-        .expect("the API address from the environment");
+    let status = wait_status(env_api, "the API address from the environment");
     assert_eq!(status["mesh_name"], "from-flag");
 
     // A misspelt key is an error that names it.

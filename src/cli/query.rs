@@ -86,19 +86,27 @@ fn print_table(rows: &[Value], columns: &[(&str, &str)]) {
     }
 }
 
-pub fn peers(args: &QueryArgs) -> anyhow::Result<()> {
-    let body = get(args, "/relaymesh/v1/peers")?;
+/// Fetches a list from the API and prints it as a table (or JSON with `--json`).
+fn list(args: &QueryArgs, path: &str, empty: &str, columns: &[(&str, &str)]) -> anyhow::Result<()> {
+    let body = get(args, path)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&body)?);
         return Ok(());
     }
     let rows = body.as_array().cloned().unwrap_or_default();
     if rows.is_empty() {
-        println!("no peers connected");
-        return Ok(());
+        println!("{empty}");
+    } else {
+        print_table(&rows, columns);
     }
-    print_table(
-        &rows,
+    Ok(())
+}
+
+pub fn peers(args: &QueryArgs) -> anyhow::Result<()> {
+    list(
+        args,
+        "/relaymesh/v1/peers",
+        "no peers connected",
         &[
             ("peer_id", "PEER"),
             ("transports", "TRANSPORT"),
@@ -106,23 +114,14 @@ pub fn peers(args: &QueryArgs) -> anyhow::Result<()> {
             ("agent", "AGENT"),
             ("addresses", "ADDRESS"),
         ],
-    );
-    Ok(())
+    )
 }
 
 pub fn models(args: &QueryArgs) -> anyhow::Result<()> {
-    let body = get(args, "/relaymesh/v1/models")?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&body)?);
-        return Ok(());
-    }
-    let rows = body.as_array().cloned().unwrap_or_default();
-    if rows.is_empty() {
-        println!("no models seen on the mesh yet");
-        return Ok(());
-    }
-    print_table(
-        &rows,
+    list(
+        args,
+        "/relaymesh/v1/models",
+        "no models seen on the mesh yet",
         &[
             ("name", "MODEL"),
             ("supplier", "SUPPLIER"),
@@ -132,6 +131,5 @@ pub fn models(args: &QueryArgs) -> anyhow::Result<()> {
             ("price_per_cu", "PRICE/CU"),
             ("expires_in_s", "EXPIRES s"),
         ],
-    );
-    Ok(())
+    )
 }
