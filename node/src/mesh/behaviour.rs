@@ -164,6 +164,13 @@ fn peer_score_params(ads: &gossipsub::IdentTopic) -> gossipsub::PeerScoreParams 
     let topic = gossipsub::TopicScoreParams {
         invalid_message_deliveries_weight: -5.0,
         invalid_message_deliveries_decay: 0.9,
+        // The default expects every mesh peer to deliver 20 messages per window and
+        // penalises the square of the shortfall. Ads are a low-rate topic (one per
+        // supplier per re-announcement), so honest peers would all fall short and be
+        // graylisted: the mesh collapses as it grows. Delivery counts are not a signal
+        // here; invalid ads are.
+        mesh_message_deliveries_weight: 0.0,
+        mesh_failure_penalty_weight: 0.0,
         ..Default::default()
     };
     params.topics.insert(ads.hash(), topic);
