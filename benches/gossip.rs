@@ -8,29 +8,14 @@
 
 use std::time::{Duration, Instant};
 
+#[path = "../tests/support/mod.rs"]
+mod support;
+
 use relaymesh::{Node, NodeBuilder, Role};
-use relaymesh_protocol::messages::capability::ModelOffer;
-use relaymesh_protocol::metering::compute_units::CuFormula;
-use relaymesh_protocol::BoundedString;
+use support::offer;
 
 const LIFETIME: Duration = Duration::from_secs(30);
 const WINDOW: Duration = Duration::from_secs(20);
-
-fn offer(name: &str) -> ModelOffer {
-    ModelOffer {
-        name: BoundedString::new(name).unwrap(),
-        gguf_digest: Some(relaymesh_protocol::Digest([7; 32])),
-        manifest: None,
-        context_length: 8192,
-        free_slots: 2,
-        total_slots: 2,
-        tokens_per_sec_milli: 25_000,
-        ttft_ms: 80,
-        price_per_cu: 1,
-        cu: CuFormula::default(),
-        tau: 64,
-    }
-}
 
 async fn start(mesh: &str, boot: Option<&libp2p::Multiaddr>, model: Option<&str>) -> Node {
     let mut b = NodeBuilder::full()
@@ -43,7 +28,10 @@ async fn start(mesh: &str, boot: Option<&libp2p::Multiaddr>, model: Option<&str>
         b.config_mut().role = Role::Bootstrap;
     }
     if let Some(m) = model {
-        b.config_mut().offers = vec![offer(m)];
+        // Ads as a GGUF-backed supplier makes them: with the file's digest.
+        let mut o = offer(m);
+        o.gguf_digest = Some(relaymesh_protocol::Digest([7; 32]));
+        b.config_mut().offers = vec![o];
     }
     b.start().await.unwrap()
 }
