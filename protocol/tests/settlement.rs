@@ -57,8 +57,14 @@ fn honest_claim_settles_with_sampled_and_with_full_proof() {
     );
 }
 
-#[test]
-fn forged_receipt_is_rejected() {
+/// An honest claim and its sampled proof, with the first sampled receipt altered.
+fn tampered_proof(
+    tamper: impl FnOnce(&mut relaymesh_protocol::metering::receipt::Receipt),
+) -> (
+    relaymesh_protocol::params::MeshParams,
+    relaymesh_protocol::messages::claim::SignedClaim,
+    Proof,
+) {
     let (params, ran) = honest(1);
     let claim = claim(&ran, &key(2));
     let mut proof = sampled_proof(&ran, claim.id(), params.proof_samples, 1);
@@ -66,8 +72,14 @@ fn forged_receipt_is_rejected() {
         unreachable!()
     };
     let mut leaves = sampled.leaves.clone().into_vec();
-    leaves[0].receipt.ack.signature = Signature([7; 64]);
+    tamper(&mut leaves[0].receipt);
     sampled.leaves = BoundedVec::try_from_vec(leaves).unwrap();
+    (params, claim, proof)
+}
+
+#[test]
+fn forged_receipt_is_rejected() {
+    let (params, claim, proof) = tampered_proof(|r| r.ack.signature = Signature([7; 64]));
     assert!(matches!(
         verify_proof(&claim, &proof, &params, &V),
         Err(ProofError::Signature(_))
@@ -76,15 +88,7 @@ fn forged_receipt_is_rejected() {
 
 #[test]
 fn inflated_token_count_is_rejected() {
-    let (params, ran) = honest(1);
-    let claim = claim(&ran, &key(2));
-    let mut proof = sampled_proof(&ran, claim.id(), params.proof_samples, 1);
-    let ProofEvidence::Sampled(sampled) = &mut proof.evidence else {
-        unreachable!()
-    };
-    let mut leaves = sampled.leaves.clone().into_vec();
-    leaves[0].receipt.ack.body.new_bytes += 1000;
-    sampled.leaves = BoundedVec::try_from_vec(leaves).unwrap();
+    let (params, claim, proof) = tampered_proof(|r| r.ack.body.new_bytes += 1000);
     // The inflated ack no longer matches the tree (its relay hash moved) or its signature.
     assert!(verify_proof(&claim, &proof, &params, &V).is_err());
 }

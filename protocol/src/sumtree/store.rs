@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 
-use crate::sumtree::node::{key_bit, NodeSummary};
+use crate::sumtree::node::NodeSummary;
 use crate::Digest;
 
 /// A node's place in the tree: its depth and the first `depth` bits of every key below it.
@@ -46,11 +46,6 @@ impl Position {
             depth: self.depth + 1,
             prefix,
         }
-    }
-
-    /// Which side of its parent this position is on.
-    pub fn side(&self) -> u8 {
-        key_bit(&self.prefix, usize::from(self.depth) - 1)
     }
 }
 
