@@ -3,12 +3,16 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use libp2p::Multiaddr;
 use relaymesh_protocol::messages::capability::ModelOffer;
 use relaymesh_protocol::params::MeshParams;
 use relaymesh_protocol::Keypair;
+
+use crate::api::ApiKeys;
+use crate::backend::Models;
 
 /// What part a node plays.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -54,6 +58,11 @@ pub struct NodeConfig {
     pub max_connections: u32,
     /// Local HTTP API address, if any.
     pub api: Option<SocketAddr>,
+    /// Models served by this node's backends; when there are any, the ad lists them
+    /// (with live slots and measured speed) instead of `offers`.
+    pub models: Arc<Models>,
+    /// API keys and quotas; `None` lets anyone who reaches the API use it.
+    pub api_keys: Option<Arc<ApiKeys>>,
 }
 
 impl NodeConfig {
@@ -75,6 +84,8 @@ impl NodeConfig {
             ad_lifetime: Duration::from_secs(300),
             max_connections: 256,
             api: None,
+            models: Arc::default(),
+            api_keys: None,
         }
     }
 }

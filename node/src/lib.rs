@@ -8,6 +8,7 @@
 //! free of IO) nor the CLI (the root `relaymesh` crate).
 
 pub mod api;
+pub mod backend;
 pub mod config;
 pub mod mesh;
 pub mod metrics;

@@ -55,12 +55,16 @@ impl Node {
         };
         let metrics = Metrics::default();
         let api_addr = config.api;
+        let (models, keys) = (config.models.clone(), config.api_keys.clone());
         let (handle, swarm_task) = mesh::spawn(config, key.clone(), metrics.clone())?;
         let api = match api_addr {
             Some(addr) => Some(
-                crate::api::serve(addr, handle.clone(), metrics.clone())
-                    .await
-                    .map_err(|source| NodeError::Api { addr, source })?,
+                crate::api::serve(
+                    addr,
+                    crate::api::ApiState::new(handle.clone(), metrics.clone(), models, keys),
+                )
+                .await
+                .map_err(|source| NodeError::Api { addr, source })?,
             ),
             None => None,
         };

@@ -18,6 +18,13 @@ pub struct FileConfig {
     pub mesh: Option<String>,
     pub advertise: Option<Vec<String>>,
     pub ad_lifetime_secs: Option<u64>,
+    pub serve: Option<Vec<String>>,
+    pub price: Option<u64>,
+    pub slots: Option<usize>,
+    pub queue: Option<usize>,
+    pub max_tokens: Option<u32>,
+    pub api_keys: Option<PathBuf>,
+    pub api_open: Option<bool>,
 }
 
 impl FileConfig {

@@ -22,7 +22,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run a node: join the mesh, advertise what it serves, serve the local API.
-    Node(node_cmd::NodeArgs),
+    Node(Box<node_cmd::NodeArgs>),
     /// Print this node's peer id (creating its identity if there is none yet).
     Id {
         /// The node's data dir.
@@ -37,6 +37,35 @@ enum Command {
     Key {
         #[command(subcommand)]
         command: KeyCommand,
+    },
+    /// Publish a model as its Source: a signed manifest that earns you royalties.
+    Manifest {
+        #[command(subcommand)]
+        command: ManifestCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ManifestCommand {
+    /// Sign a manifest for a GGUF file and write it next to it (FILE.gguf.manifest).
+    /// A node serving that file advertises the manifest, and every settled claim on
+    /// the model credits the royalty to the key of --data-dir.
+    Sign {
+        /// The GGUF file.
+        #[arg(long)]
+        model: PathBuf,
+        /// The model's name, e.g. SmolLM2-135M-Instruct.
+        #[arg(long)]
+        name: String,
+        /// Your share of what apps pay for this model, in percent (0-100, decimals allowed).
+        #[arg(long)]
+        royalty: f64,
+        /// Licence identifier (SPDX where one exists).
+        #[arg(long, default_value = "unknown")]
+        licence: String,
+        /// Data dir holding the Source's identity key (created if absent).
+        #[arg(long, env = "RELAYMESH_DATA_DIR")]
+        data_dir: PathBuf,
     },
 }
 
@@ -74,7 +103,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Node(args) => {
             init_logs();
-            node_cmd::run(args)
+            node_cmd::run(*args)
         }
         Command::Id { data_dir } => id(&data_dir),
         Command::Peers(args) => query::peers(&args),
@@ -87,6 +116,16 @@ pub fn main() -> ExitCode {
         Command::Key {
             command: KeyCommand::Import { data_dir, file },
         } => import(&data_dir, file),
+        Command::Manifest {
+            command:
+                ManifestCommand::Sign {
+                    model,
+                    name,
+                    royalty,
+                    licence,
+                    data_dir,
+                },
+        } => sign_manifest(&model, &name, royalty, &licence, &data_dir),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -120,5 +159,33 @@ fn import(data_dir: &std::path::Path, file: Option<PathBuf>) -> anyhow::Result<(
     };
     let key = relaymesh_node::store::import_key(data_dir, &text)?;
     println!("{}", key.public_key().peer_id());
+    Ok(())
+}
+
+fn sign_manifest(
+    model: &std::path::Path,
+    name: &str,
+    royalty: f64,
+    licence: &str,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    use relaymesh_protocol::Signer;
+    anyhow::ensure!(
+        (0.0..=100.0).contains(&royalty),
+        "--royalty is a percentage between 0 and 100"
+    );
+    let ppm = (royalty * 10_000.0).round() as u32;
+    let key = relaymesh_node::store::load_or_create_identity(data_dir, || {
+        relaymesh_protocol::Keypair::generate(&mut rand_core::OsRng)
+    })?;
+    let (path, manifest) =
+        relaymesh_node::backend::embedded::write_manifest(model, name, licence, ppm, &key)?;
+    println!("{}", path.display());
+    eprintln!(
+        "signed {name} (blake3 {}, {} bytes) with royalty {royalty}% for source {}",
+        manifest.body.gguf_digest.to_hex(),
+        manifest.body.size_bytes,
+        key.public_key().peer_id()
+    );
     Ok(())
 }

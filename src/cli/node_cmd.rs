@@ -2,10 +2,16 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use libp2p::Multiaddr;
+use relaymesh_node::api::ApiKeys;
+use relaymesh_node::backend::embedded::{EmbeddedBackend, EmbeddedOptions};
+use relaymesh_node::backend::ollama::OllamaBackend;
+use relaymesh_node::backend::openai::OpenAiBackend;
+use relaymesh_node::backend::{BackendSpec, Models, ServedModel, SharedBackend};
 use relaymesh_node::config::named_mesh;
 use relaymesh_node::{Identity, Node, NodeConfig, Role};
 use relaymesh_protocol::messages::capability::ModelOffer;
@@ -51,6 +57,44 @@ pub struct NodeArgs {
     /// Seconds an ad (and its DHT provider record) stays valid [default: 300].
     #[arg(long, env = "RELAYMESH_AD_LIFETIME_SECS")]
     ad_lifetime_secs: Option<u64>,
+    /// Serve a model (repeatable): NAME=gguf:PATH runs the GGUF file in process;
+    /// NAME=ollama:URL[#MODEL] forwards to an Ollama server; NAME=openai:URL[#MODEL]
+    /// to an OpenAI-compatible server (URL up to /v1). MODEL defaults to NAME.
+    #[arg(long, env = "RELAYMESH_SERVE", value_delimiter = ',')]
+    serve: Vec<String>,
+    /// Price per compute unit, in micro-credits, for every served model [default: 1].
+    #[arg(long, env = "RELAYMESH_PRICE")]
+    price: Option<u64>,
+    /// Concurrent generations per served model [default: 1 for gguf, 4 otherwise].
+    #[arg(long, env = "RELAYMESH_SLOTS")]
+    slots: Option<usize>,
+    /// Requests that may wait for a slot; more get 503 with Retry-After [default: 8].
+    #[arg(long, env = "RELAYMESH_QUEUE")]
+    queue: Option<usize>,
+    /// Tokens generated when a request sets no limit [default: 1024].
+    #[arg(long, env = "RELAYMESH_MAX_TOKENS")]
+    max_tokens: Option<u32>,
+    /// TOML file of API keys with a quota each; every API request then needs
+    /// `Authorization: Bearer KEY`. Without it the API is open to whoever reaches it,
+    /// which is why a non-loopback --api needs keys (or --api-open).
+    #[arg(long, env = "RELAYMESH_API_KEYS")]
+    api_keys: Option<PathBuf>,
+    /// Serve a non-loopback --api without keys (anyone who reaches it may use it).
+    #[arg(long, env = "RELAYMESH_API_OPEN")]
+    api_open: bool,
+    /// Bearer token sent to openai: upstreams that need one.
+    #[arg(long, env = "RELAYMESH_UPSTREAM_KEY", hide_env_values = true)]
+    upstream_key: Option<String>,
+}
+
+/// Serving options, resolved.
+struct Serving {
+    specs: Vec<BackendSpec>,
+    price: u64,
+    slots: Option<usize>,
+    queue: usize,
+    max_tokens: u32,
+    upstream_key: Option<String>,
 }
 
 fn parse_all<T: std::str::FromStr>(values: Vec<String>, what: &str) -> anyhow::Result<Vec<T>>
@@ -89,7 +133,7 @@ fn offer(spec: &str, tau: u64) -> anyhow::Result<ModelOffer> {
 }
 
 /// Flags and environment over the file, the file over defaults.
-fn resolve(args: NodeArgs) -> anyhow::Result<NodeConfig> {
+fn resolve(args: NodeArgs) -> anyhow::Result<(NodeConfig, Serving)> {
     let file = match &args.config {
         Some(path) => FileConfig::load(path)?,
         None => FileConfig::default(),
@@ -141,13 +185,96 @@ fn resolve(args: NodeArgs) -> anyhow::Result<NodeConfig> {
         .iter()
         .map(|spec| offer(spec, tau))
         .collect::<anyhow::Result<_>>()?;
-    Ok(config)
+
+    let serve = if args.serve.is_empty() {
+        file.serve.unwrap_or_default()
+    } else {
+        args.serve
+    };
+    let specs: Vec<BackendSpec> = serve
+        .iter()
+        .map(|s| s.parse::<BackendSpec>())
+        .collect::<Result<_, _>>()?;
+    anyhow::ensure!(
+        specs.is_empty() || config.role == Role::Full,
+        "a light node serves nothing: drop --serve or --light"
+    );
+    let serving = Serving {
+        specs,
+        price: args.price.or(file.price).unwrap_or(1),
+        slots: args.slots.or(file.slots),
+        queue: args.queue.or(file.queue).unwrap_or(8),
+        max_tokens: args.max_tokens.or(file.max_tokens).unwrap_or(1024),
+        upstream_key: args.upstream_key,
+    };
+    if let Some(0) = serving.slots {
+        anyhow::bail!("--slots must be at least 1");
+    }
+
+    let api = config.api.expect("set above");
+    match args.api_keys.or(file.api_keys) {
+        Some(path) => {
+            let keys = ApiKeys::load(&path).map_err(|e| anyhow!("--api-keys {e}"))?;
+            config.api_keys = Some(Arc::new(keys));
+        }
+        None if !(api.ip().is_loopback() || args.api_open || file.api_open.unwrap_or(false)) => {
+            anyhow::bail!(
+                "--api {api} is reachable from other machines but no --api-keys file is given; \
+                 give one (see `relaymesh node --help`), or pass --api-open to serve anyone"
+            )
+        }
+        None => {}
+    }
+    Ok((config, serving))
+}
+
+/// Loads or connects every backend.
+async fn load_models(serving: Serving) -> anyhow::Result<Models> {
+    let mut models = Models::default();
+    for spec in serving.specs {
+        let queue = serving.queue;
+        let backend: SharedBackend = match spec {
+            BackendSpec::Gguf { name, path } => {
+                let options = EmbeddedOptions {
+                    slots: serving.slots.unwrap_or(1),
+                    queue,
+                    default_max_tokens: serving.max_tokens,
+                    progress: true,
+                };
+                let backend = tokio::task::spawn_blocking(move || {
+                    EmbeddedBackend::load(&name, &path, &options)
+                })
+                .await??;
+                Arc::new(backend)
+            }
+            BackendSpec::Ollama { name, url, model } => Arc::new(
+                OllamaBackend::connect(&name, &url, &model, serving.slots.unwrap_or(4), queue)
+                    .await?,
+            ),
+            BackendSpec::OpenAi { name, url, model } => Arc::new(
+                OpenAiBackend::connect(
+                    &name,
+                    &url,
+                    &model,
+                    serving.upstream_key.clone(),
+                    serving.slots.unwrap_or(4),
+                    queue,
+                )
+                .await?,
+            ),
+        };
+        models
+            .insert(ServedModel::new(backend, serving.price))
+            .map_err(|e| anyhow!(e))?;
+    }
+    Ok(models)
 }
 
 pub fn run(args: NodeArgs) -> anyhow::Result<()> {
-    let config = resolve(args)?;
+    let (mut config, serving) = resolve(args)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
+        config.models = Arc::new(load_models(serving).await?);
         let node = Node::start(config).await?;
         if let Some(api) = node.api_addr() {
             tracing::info!("local API on http://{api}  (try: relaymesh peers --api {api})");

@@ -109,3 +109,63 @@ pub async fn seen(node: &Node) -> Vec<(String, String)> {
         .map(|r| (r.name, r.supplier))
         .collect()
 }
+
+/// The SmolLM2-135M-Instruct GGUF the tests run: `$RELAYMESH_MODEL`, else the copy
+/// `scripts/fetch-model` puts in the cache.
+pub fn model_path() -> std::path::PathBuf {
+    let path = std::env::var_os("RELAYMESH_MODEL")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME").expect("HOME is set");
+            std::path::Path::new(&home)
+                .join(".cache/relaymesh/models/SmolLM2-135M-Instruct.Q4_1.gguf")
+        });
+    assert!(
+        path.is_file(),
+        "the test model is missing at {}: run scripts/fetch-model (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+/// The embedded engine on the test model.
+pub fn smollm(
+    slots: usize,
+    queue: usize,
+) -> std::sync::Arc<relaymesh_node::backend::embedded::EmbeddedBackend> {
+    use relaymesh_node::backend::embedded::{EmbeddedBackend, EmbeddedOptions};
+    let options = EmbeddedOptions {
+        slots,
+        queue,
+        default_max_tokens: 64,
+        progress: false,
+    };
+    std::sync::Arc::new(EmbeddedBackend::load("smollm2", &model_path(), &options).unwrap())
+}
+
+/// A node with no peers that serves `backends` on an API at an OS-chosen port.
+pub async fn serving_node(
+    backends: Vec<relaymesh_node::backend::SharedBackend>,
+    keys: Option<relaymesh_node::api::ApiKeys>,
+) -> Node {
+    use relaymesh_node::backend::{Models, ServedModel};
+    let mut models = Models::default();
+    for b in backends {
+        models.insert(ServedModel::new(b, 1)).unwrap();
+    }
+    let mut builder = NodeBuilder::full()
+        .mesh_name("serving-tests")
+        .listen(vec![tcp()])
+        .api("127.0.0.1:0".parse().unwrap());
+    builder.config_mut().models = std::sync::Arc::new(models);
+    builder.config_mut().api_keys = keys.map(std::sync::Arc::new);
+    builder.start().await.unwrap()
+}
+
+/// `http://127.0.0.1:PORT` of a node's API.
+pub fn base_url(node: &Node) -> String {
+    format!(
+        "http://{}",
+        node.api_addr().expect("the node serves an API")
+    )
+}

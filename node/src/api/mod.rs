@@ -1,22 +1,56 @@
-//! The local HTTP API (axum). This part: status, peers, models and metrics;
-//! the OpenAI- and Ollama-compatible routes join with the serving work.
+//! The local HTTP API (axum): the node's own routes (`/relaymesh/v1/...`, `/metrics`),
+//! the OpenAI-compatible routes (`/v1/...`) and the Ollama-compatible ones (`/api/...`).
+
+mod body;
+pub mod error;
+mod infer;
+pub mod keys;
+mod ollama;
+mod openai;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 
+pub use keys::ApiKeys;
+
+use crate::backend::Models;
 use crate::mesh::NodeHandle;
 use crate::metrics::Metrics;
 
+/// What the API serves from.
 #[derive(Clone)]
-struct ApiState {
+pub struct ApiState {
     node: NodeHandle,
     metrics: Metrics,
+    models: Arc<Models>,
+    keys: Option<Arc<ApiKeys>>,
+    /// When the node started (RFC 3339), shown as the models' `modified_at`.
+    started_at: String,
+}
+
+impl ApiState {
+    /// The state for a node's API.
+    pub fn new(
+        node: NodeHandle,
+        metrics: Metrics,
+        models: Arc<Models>,
+        keys: Option<Arc<ApiKeys>>,
+    ) -> Self {
+        Self {
+            node,
+            metrics,
+            models,
+            keys,
+            started_at: ollama::created_at(),
+        }
+    }
 }
 
 /// An error as JSON, `{"error": {"message", "type"}}`, with its status.
@@ -33,19 +67,33 @@ fn gone() -> Response {
 }
 
 /// The router.
-pub fn router(node: NodeHandle, metrics: Metrics) -> Router {
+pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/relaymesh/v1/status", get(status))
         .route("/relaymesh/v1/peers", get(peers))
         .route("/relaymesh/v1/models", get(models))
         .route("/metrics", get(render_metrics))
+        .route("/v1/chat/completions", post(openai::chat))
+        .route("/v1/completions", post(openai::completions))
+        .route("/v1/models", get(openai::models))
+        .route("/v1/models/{id}", get(openai::model))
+        .route("/api/chat", post(ollama::chat))
+        .route("/api/generate", post(ollama::generate))
+        .route("/api/tags", get(ollama::tags))
+        .route("/api/version", get(ollama::version))
+        .route("/api/show", post(ollama::show))
         .fallback(|| async {
             error(
                 StatusCode::NOT_FOUND,
-                "no such route; see /relaymesh/v1/status",
+                "no such route; see /relaymesh/v1/status, /v1/models or /api/tags",
             )
         })
-        .with_state(ApiState { node, metrics })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            keys::require_key,
+        ))
+        .layer(DefaultBodyLimit::max(body::MAX_BODY))
+        .with_state(state)
 }
 
 async fn status(State(s): State<ApiState>) -> Response {
@@ -84,13 +132,12 @@ async fn render_metrics(State(s): State<ApiState>) -> Response {
 /// address (port 0 picks one).
 pub async fn serve(
     addr: SocketAddr,
-    node: NodeHandle,
-    metrics: Metrics,
+    state: ApiState,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     tracing::info!(api = %bound, "local API listening");
-    let app = router(node, metrics);
+    let app = router(state);
     let task = tokio::spawn(async move {
         if let Err(err) = axum::serve(listener, app).await {
             tracing::warn!(%err, "local API stopped");

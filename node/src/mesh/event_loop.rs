@@ -225,6 +225,10 @@ impl EventLoop {
 
     /// Publishes this node's ad and refreshes its provider records.
     fn announce(&mut self) {
+        if !self.config.models.is_empty() {
+            // Backends feed the ad: live free slots and the speed last measured.
+            self.config.offers = self.config.models.offers(self.config.mesh.tau_min.max(1));
+        }
         if self.config.role != Role::Full || self.config.offers.is_empty() {
             return;
         }

@@ -42,6 +42,12 @@ pub struct ModelRow {
     pub context_length: u32,
     /// Seconds until the ad expires.
     pub expires_in_s: u64,
+    /// Peer id of the model's Source, when the ad carries its signed manifest.
+    pub source: Option<String>,
+    /// The Source's royalty, ppm of what apps pay (0 without a manifest).
+    pub royalty_ppm: u32,
+    /// Measured time to first token, ms.
+    pub ttft_ms: u32,
 }
 
 /// Suppliers by key.
@@ -169,6 +175,9 @@ impl PeerTable {
                     price_per_cu: m.price_per_cu,
                     context_length: m.context_length,
                     expires_in_s: ad.expires_ms.saturating_sub(now_ms) / 1000,
+                    source: m.manifest.as_ref().map(|x| x.body.source.peer_id()),
+                    royalty_ppm: m.manifest.as_ref().map_or(0, |x| x.body.royalty_ppm),
+                    ttft_ms: m.ttft_ms,
                 })
             })
             .collect();

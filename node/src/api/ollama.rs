@@ -1,0 +1,389 @@
+//! The Ollama-compatible API: `POST /api/chat`, `POST /api/generate`, `GET /api/tags`,
+//! `GET /api/version`, `POST /api/show`. Streaming (the default) is NDJSON, one
+//! object per line; `"stream": false` gives one object.
+
+use std::convert::Infallible;
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
+
+use super::error::{ApiError, OllamaError};
+use super::infer::{lookup, refuse_unsupported, sampling, spawn_stream};
+use super::{body, ApiState};
+use crate::backend::{ChatMessage, Finish, GenEvent, GenRequest, Prompt, Role, ServedModel};
+
+/// The Ollama API level this node implements (clients check it).
+pub const OLLAMA_API_VERSION: &str = "0.9.0";
+
+/// Request fields we do not implement.
+const UNSUPPORTED: &[&str] = &["tools", "format", "images", "template", "suffix", "context"];
+
+/// Options that change sampling in ways we do not implement; accepted only at their
+/// neutral values (0, or 1 for the multiplicative penalties).
+const UNSUPPORTED_OPTIONS: &[&str] = &[
+    "repeat_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+    "mirostat",
+    "min_p",
+    "typical_p",
+    "tfs_z",
+];
+
+#[derive(Deserialize, Default)]
+struct Options {
+    temperature: Option<f64>,
+    top_p: Option<f64>,
+    top_k: Option<i64>,
+    seed: Option<i64>,
+    num_predict: Option<i64>,
+    stop: Option<Vec<String>>,
+    #[serde(flatten)]
+    extra: Map<String, Value>,
+}
+
+#[derive(Deserialize)]
+struct Common {
+    #[serde(alias = "name")]
+    model: String,
+    stream: Option<bool>,
+    #[serde(default)]
+    options: Option<Options>,
+    #[serde(flatten)]
+    extra: Map<String, Value>,
+}
+
+#[derive(Deserialize)]
+struct ChatBody {
+    #[serde(default)]
+    messages: Vec<InMessage>,
+    #[serde(flatten)]
+    common: Common,
+}
+
+#[derive(Deserialize)]
+struct InMessage {
+    role: String,
+    #[serde(default)]
+    content: String,
+    #[serde(default)]
+    images: Option<Vec<Value>>,
+}
+
+#[derive(Deserialize)]
+struct GenerateBody {
+    #[serde(default)]
+    prompt: String,
+    system: Option<String>,
+    #[serde(default)]
+    raw: bool,
+    #[serde(flatten)]
+    common: Common,
+}
+
+fn request(prompt: Prompt, common: &mut Common) -> Result<GenRequest, ApiError> {
+    refuse_unsupported(&common.extra, UNSUPPORTED, |_, _| false)?;
+    let o = common.options.take().unwrap_or_default();
+    refuse_unsupported(&o.extra, UNSUPPORTED_OPTIONS, |name, v| {
+        matches!(name, "repeat_penalty") && v.as_f64() == Some(1.0)
+    })
+    .map_err(|mut e| {
+        e.message = e.message.replace("parameter '", "option '");
+        e
+    })?;
+    let sampling = sampling(
+        o.temperature,
+        o.top_p,
+        o.top_k,
+        o.seed,
+        o.num_predict,
+        o.stop.unwrap_or_default(),
+    )?;
+    Ok(GenRequest { prompt, sampling })
+}
+
+pub(super) fn created_at() -> String {
+    // RFC 3339 in UTC, as Ollama writes it.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = now.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:09}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        now.subsec_nanos()
+    )
+}
+
+/// Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// Chat (`message`) or generate (`response`).
+#[derive(Clone, Copy)]
+enum Kind {
+    Chat,
+    Generate,
+}
+
+impl Kind {
+    fn part(self, model: &str, text: &str, done: bool) -> Value {
+        let mut v = json!({ "model": model, "created_at": created_at(), "done": done });
+        match self {
+            Kind::Chat => v["message"] = json!({ "role": "assistant", "content": text }),
+            Kind::Generate => v["response"] = json!(text),
+        }
+        v
+    }
+
+    fn last(self, model: &str, text: &str, finish: &Finish, started: Instant) -> Value {
+        let mut v = self.part(model, text, true);
+        let total = started.elapsed().as_nanos() as u64;
+        v["done_reason"] = json!(finish.reason);
+        v["total_duration"] = json!(total);
+        v["load_duration"] = json!(0);
+        v["prompt_eval_count"] = json!(finish.prompt_tokens);
+        v["prompt_eval_duration"] = json!(0);
+        v["eval_count"] = json!(finish.completion_tokens);
+        v["eval_duration"] = json!(total);
+        if let Kind::Generate = self {
+            v["context"] = json!([]);
+        }
+        v
+    }
+}
+
+async fn run(
+    model: &ServedModel,
+    kind: Kind,
+    name: String,
+    req: GenRequest,
+    stream: bool,
+) -> Result<Response, OllamaError> {
+    let started = Instant::now();
+    if !stream {
+        let mut rx = spawn_stream(model, req, |event| vec![event]).await?;
+        let mut text = String::new();
+        while let Some(event) = rx.recv().await {
+            match event {
+                GenEvent::Text(piece) => text.push_str(&piece),
+                GenEvent::Done(finish) => {
+                    return Ok(Json(kind.last(&name, &text, &finish, started)).into_response())
+                }
+                GenEvent::Failed(why) => {
+                    return Err(ApiError::from(crate::backend::BackendError::Upstream(why)).into())
+                }
+            }
+        }
+        return Err(ApiError::from(crate::backend::BackendError::Internal(
+            "generation ended without finishing".into(),
+        ))
+        .into());
+    }
+    let rx = spawn_stream(model, req, move |event| {
+        let value = match event {
+            GenEvent::Text(piece) => kind.part(&name, &piece, false),
+            GenEvent::Done(finish) => kind.last(&name, "", &finish, started),
+            // Headers are sent: the error is the stream's last line, as in Ollama.
+            GenEvent::Failed(why) => json!({ "error": why }),
+        };
+        let mut line = value.to_string();
+        line.push('\n');
+        vec![line]
+    })
+    .await?;
+    let body = Body::from_stream(ReceiverStream::new(rx).map(Ok::<_, Infallible>));
+    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
+}
+
+/// What Ollama answers to an empty request: the model is "loaded".
+fn loaded(kind: Kind, name: &str) -> Response {
+    let mut v = kind.part(name, "", true);
+    v["done_reason"] = json!("load");
+    Json(v).into_response()
+}
+
+fn role(index: usize, role: &str) -> Result<Role, ApiError> {
+    match role {
+        "system" => Ok(Role::System),
+        "user" => Ok(Role::User),
+        "assistant" => Ok(Role::Assistant),
+        other => Err(ApiError::bad_param(
+            &format!("messages[{index}].role"),
+            format!("role '{other}' is not supported (system, user, assistant)"),
+        )),
+    }
+}
+
+/// `POST /api/chat`
+pub async fn chat(
+    State(state): State<ApiState>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Response, OllamaError> {
+    let mut body: ChatBody = body::parse(raw)?;
+    let model = lookup(&state, &body.common.model)?;
+    if body.messages.is_empty() {
+        return Ok(loaded(Kind::Chat, &body.common.model));
+    }
+    let mut messages = Vec::with_capacity(body.messages.len());
+    for (i, m) in body.messages.into_iter().enumerate() {
+        if m.images.as_ref().is_some_and(|v| !v.is_empty()) {
+            return Err(ApiError::unsupported("images").into());
+        }
+        messages.push(ChatMessage {
+            role: role(i, &m.role)?,
+            content: m.content,
+        });
+    }
+    let req = request(Prompt::Chat(messages), &mut body.common)?;
+    let stream = body.common.stream.unwrap_or(true);
+    run(model, Kind::Chat, body.common.model, req, stream).await
+}
+
+/// `POST /api/generate`
+pub async fn generate(
+    State(state): State<ApiState>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Response, OllamaError> {
+    let mut body: GenerateBody = body::parse(raw)?;
+    let model = lookup(&state, &body.common.model)?;
+    if body.prompt.is_empty() {
+        return Ok(loaded(Kind::Generate, &body.common.model));
+    }
+    let prompt = if body.raw {
+        Prompt::Text(body.prompt)
+    } else {
+        // Like Ollama: the prompt is a user turn in the model's template.
+        let mut messages = Vec::new();
+        if let Some(system) = body.system.filter(|s| !s.is_empty()) {
+            messages.push(ChatMessage {
+                role: Role::System,
+                content: system,
+            });
+        }
+        messages.push(ChatMessage {
+            role: Role::User,
+            content: body.prompt,
+        });
+        Prompt::Chat(messages)
+    };
+    let req = request(prompt, &mut body.common)?;
+    let stream = body.common.stream.unwrap_or(true);
+    run(model, Kind::Generate, body.common.model, req, stream).await
+}
+
+fn details(model: &ServedModel) -> Value {
+    let d = &model.backend.info().details;
+    json!({
+        "parent_model": "",
+        "format": d.format,
+        "family": d.family,
+        "families": if d.family.is_empty() { json!(null) } else { json!([d.family]) },
+        "parameter_size": d.parameter_size,
+        "quantization_level": d.quantization_level,
+    })
+}
+
+/// Ollama's digests are sha256 hex; ours are blake3 of the GGUF, hex as well.
+fn digest(model: &ServedModel) -> String {
+    match &model.backend.info().digest {
+        Some(crate::backend::ModelDigest::Gguf(d)) => d.to_hex(),
+        Some(crate::backend::ModelDigest::Ollama(d)) => d.clone(),
+        None => String::new(),
+    }
+}
+
+/// `GET /api/tags`
+pub async fn tags(State(state): State<ApiState>) -> Json<Value> {
+    let models: Vec<Value> = state
+        .models
+        .iter()
+        .map(|m| {
+            let info = m.backend.info();
+            json!({
+                "name": info.name,
+                "model": info.name,
+                "modified_at": state.started_at,
+                "size": info.details.size_bytes,
+                "digest": digest(m),
+                "details": details(m),
+            })
+        })
+        .collect();
+    Json(json!({ "models": models }))
+}
+
+/// `GET /api/version`
+pub async fn version() -> Json<Value> {
+    Json(json!({ "version": OLLAMA_API_VERSION, "relaymesh": env!("CARGO_PKG_VERSION") }))
+}
+
+#[derive(Deserialize)]
+struct ShowBody {
+    #[serde(alias = "name")]
+    model: String,
+}
+
+/// `POST /api/show`
+pub async fn show(
+    State(state): State<ApiState>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, OllamaError> {
+    let body: ShowBody = body::parse(raw)?;
+    let model = lookup(&state, &body.model)?;
+    let info = model.backend.info();
+    let family = if info.details.family.is_empty() {
+        "unknown"
+    } else {
+        info.details.family.as_str()
+    };
+    Ok(Json(json!({
+        "license": "",
+        "modelfile": format!("# served by relaymesh ({} backend)\nFROM {}\n", info.kind, info.name),
+        "parameters": "",
+        "template": info.details.template,
+        "details": details(model),
+        "model_info": {
+            "general.architecture": family,
+            format!("{family}.context_length"): info.context_length,
+            "relaymesh.backend": info.kind,
+            "relaymesh.digest": info.digest.as_ref().map(ToString::to_string),
+        },
+        "capabilities": ["completion"],
+        "modified_at": state.started_at,
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::civil_from_days;
+
+    #[test]
+    fn dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_419), (2025, 11, 27));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    }
+}

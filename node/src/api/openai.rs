@@ -1,0 +1,366 @@
+//! The OpenAI-compatible API: `POST /v1/chat/completions`, `POST /v1/completions`,
+//! `GET /v1/models` (and `/v1/models/{id}`). `stream: true` answers with server-sent
+//! events ending in `data: [DONE]`.
+
+use std::convert::Infallible;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::error::{ApiError, OpenAiError};
+use super::infer::{lookup, new_id, refuse_unsupported, sampling, spawn_stream, unix_now};
+use super::{body, ApiState};
+use crate::backend::{ChatMessage, Finish, GenEvent, GenRequest, Prompt, Role};
+
+/// Fields we do not implement; sent with a non-default value they get a 400 naming
+/// them rather than being silently ignored.
+const UNSUPPORTED: &[&str] = &[
+    "tools",
+    "tool_choice",
+    "functions",
+    "function_call",
+    "logprobs",
+    "top_logprobs",
+    "n",
+    "logit_bias",
+    "response_format",
+    "presence_penalty",
+    "frequency_penalty",
+    "audio",
+    "modalities",
+    "prediction",
+    "best_of",
+    "echo",
+    "suffix",
+];
+
+fn supported_value(name: &str, value: &Value) -> bool {
+    match name {
+        "n" | "best_of" => value.as_u64() == Some(1),
+        "response_format" => value["type"] == "text",
+        _ => false,
+    }
+}
+
+#[derive(Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: bool,
+}
+
+/// `stop`: one string or a list.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Stop {
+    fn into_vec(stop: Option<Stop>) -> Vec<String> {
+        match stop {
+            None => Vec::new(),
+            Some(Stop::One(s)) => vec![s],
+            Some(Stop::Many(v)) => v,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Common {
+    model: String,
+    #[serde(default)]
+    stream: bool,
+    stream_options: Option<StreamOptions>,
+    temperature: Option<f64>,
+    top_p: Option<f64>,
+    top_k: Option<i64>,
+    seed: Option<i64>,
+    max_tokens: Option<i64>,
+    max_completion_tokens: Option<i64>,
+    stop: Option<Stop>,
+    #[serde(flatten)]
+    extra: Map<String, Value>,
+}
+
+#[derive(Deserialize)]
+struct ChatBody {
+    messages: Vec<InMessage>,
+    #[serde(flatten)]
+    common: Common,
+}
+
+#[derive(Deserialize)]
+struct InMessage {
+    role: String,
+    #[serde(default)]
+    content: Value,
+}
+
+#[derive(Deserialize)]
+struct CompletionBody {
+    prompt: Value,
+    #[serde(flatten)]
+    common: Common,
+}
+
+fn message(index: usize, m: InMessage) -> Result<ChatMessage, ApiError> {
+    let param = format!("messages[{index}]");
+    let role = match m.role.as_str() {
+        "system" | "developer" => Role::System,
+        "user" => Role::User,
+        "assistant" => Role::Assistant,
+        other => {
+            return Err(ApiError::bad_param(
+                &param,
+                format!("role '{other}' is not supported (system, developer, user, assistant)"),
+            ))
+        }
+    };
+    let content = match m.content {
+        Value::String(s) => s,
+        Value::Null => String::new(),
+        // Content parts: text parts are joined; other kinds (images, audio) refused.
+        Value::Array(parts) => {
+            let mut text = String::new();
+            for part in parts {
+                match (part["type"].as_str(), part["text"].as_str()) {
+                    (Some("text"), Some(t)) => text.push_str(t),
+                    (kind, _) => {
+                        return Err(ApiError::bad_param(
+                            &format!("{param}.content"),
+                            format!(
+                                "content part type '{}' is not supported (text only)",
+                                kind.unwrap_or("?")
+                            ),
+                        ))
+                    }
+                }
+            }
+            text
+        }
+        _ => {
+            return Err(ApiError::bad_param(
+                &format!("{param}.content"),
+                "content must be a string or a list of text parts",
+            ))
+        }
+    };
+    Ok(ChatMessage { role, content })
+}
+
+fn request(prompt: Prompt, common: &mut Common) -> Result<GenRequest, ApiError> {
+    refuse_unsupported(&common.extra, UNSUPPORTED, supported_value)?;
+    let max = common.max_completion_tokens.or(common.max_tokens);
+    let sampling = sampling(
+        // OpenAI's default temperature is 1.
+        Some(common.temperature.unwrap_or(1.0)),
+        common.top_p,
+        common.top_k,
+        common.seed,
+        max,
+        Stop::into_vec(common.stop.take()),
+    )?;
+    Ok(GenRequest { prompt, sampling })
+}
+
+fn usage(f: &Finish) -> Value {
+    json!({
+        "prompt_tokens": f.prompt_tokens,
+        "completion_tokens": f.completion_tokens,
+        "total_tokens": f.prompt_tokens + f.completion_tokens,
+    })
+}
+
+/// Chat or text completion: the parts of the response that differ.
+#[derive(Clone, Copy)]
+enum Kind {
+    Chat,
+    Text,
+}
+
+impl Kind {
+    fn object(self, streamed: bool) -> &'static str {
+        match (self, streamed) {
+            (Kind::Chat, false) => "chat.completion",
+            (Kind::Chat, true) => "chat.completion.chunk",
+            (Kind::Text, _) => "text_completion",
+        }
+    }
+
+    fn choice(self, text: Option<&str>, finish: Option<&Finish>, streamed: bool) -> Value {
+        let reason = finish.map(|f| f.reason);
+        match (self, streamed) {
+            (Kind::Chat, false) => json!({
+                "index": 0,
+                "message": { "role": "assistant", "content": text.unwrap_or("") },
+                "finish_reason": reason,
+                "logprobs": null,
+            }),
+            (Kind::Chat, true) => json!({
+                "index": 0,
+                "delta": match text {
+                    Some(t) => json!({ "role": "assistant", "content": t }),
+                    None => json!({}),
+                },
+                "finish_reason": reason,
+                "logprobs": null,
+            }),
+            (Kind::Text, _) => json!({
+                "index": 0,
+                "text": text.unwrap_or(""),
+                "finish_reason": reason,
+                "logprobs": null,
+            }),
+        }
+    }
+}
+
+async fn complete(
+    state: ApiState,
+    kind: Kind,
+    prompt: Prompt,
+    mut common: Common,
+) -> Result<Response, OpenAiError> {
+    let model = lookup(&state, &common.model)?;
+    let req = request(prompt, &mut common)?;
+    let id = new_id(match kind {
+        Kind::Chat => "chatcmpl",
+        Kind::Text => "cmpl",
+    });
+    let created = unix_now();
+    let name = common.model.clone();
+    if !common.stream {
+        let mut rx = spawn_stream(model, req, |event| vec![event]).await?;
+        let mut text = String::new();
+        while let Some(event) = rx.recv().await {
+            match event {
+                GenEvent::Text(piece) => text.push_str(&piece),
+                GenEvent::Done(finish) => {
+                    return Ok(Json(json!({
+                        "id": id,
+                        "object": kind.object(false),
+                        "created": created,
+                        "model": name,
+                        "system_fingerprint": null,
+                        "choices": [kind.choice(Some(&text), Some(&finish), false)],
+                        "usage": usage(&finish),
+                    }))
+                    .into_response())
+                }
+                GenEvent::Failed(why) => {
+                    return Err(ApiError::from(crate::backend::BackendError::Upstream(why)).into())
+                }
+            }
+        }
+        return Err(ApiError::from(crate::backend::BackendError::Internal(
+            "generation ended without finishing".into(),
+        ))
+        .into());
+    }
+    let include_usage = common.stream_options.is_some_and(|o| o.include_usage);
+    let chunk = move |choices: Value, usage: Option<Value>| {
+        let mut c = json!({
+            "id": id,
+            "object": kind.object(true),
+            "created": created,
+            "model": name,
+            "system_fingerprint": null,
+            "choices": choices,
+        });
+        if include_usage {
+            c["usage"] = usage.unwrap_or(Value::Null);
+        }
+        Ok::<Event, Infallible>(Event::default().data(c.to_string()))
+    };
+    let rx = spawn_stream(model, req, move |event| match event {
+        GenEvent::Text(piece) => vec![chunk(json!([kind.choice(Some(&piece), None, true)]), None)],
+        GenEvent::Done(finish) => {
+            let mut parts = vec![chunk(json!([kind.choice(None, Some(&finish), true)]), None)];
+            if include_usage {
+                parts.push(chunk(json!([]), Some(usage(&finish))));
+            }
+            parts.push(Ok(Event::default().data("[DONE]")));
+            parts
+        }
+        // Headers are sent: the error travels in the stream, as OpenAI does.
+        GenEvent::Failed(why) => vec![Ok(Event::default().data(
+            json!({ "error": { "message": why, "type": "server_error", "param": null, "code": null } })
+                .to_string(),
+        ))],
+    })
+    .await?;
+    Ok(Sse::new(ReceiverStream::new(rx)).into_response())
+}
+
+/// `POST /v1/chat/completions`
+pub async fn chat(
+    State(state): State<ApiState>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Response, OpenAiError> {
+    let body: ChatBody = body::parse(raw)?;
+    lookup(&state, &body.common.model)?;
+    if body.messages.is_empty() {
+        return Err(ApiError::bad_param("messages", "messages must not be empty").into());
+    }
+    let messages = body
+        .messages
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| message(i, m))
+        .collect::<Result<Vec<_>, _>>()?;
+    complete(state, Kind::Chat, Prompt::Chat(messages), body.common).await
+}
+
+/// `POST /v1/completions`
+pub async fn completions(
+    State(state): State<ApiState>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Response, OpenAiError> {
+    let body: CompletionBody = body::parse(raw)?;
+    let prompt = match body.prompt {
+        Value::String(s) => s,
+        Value::Array(items) if items.len() == 1 && items[0].is_string() => {
+            items[0].as_str().unwrap_or_default().to_owned()
+        }
+        _ => {
+            return Err(ApiError::bad_param(
+                "prompt",
+                "prompt must be one string (token arrays and batches are not supported)",
+            )
+            .into())
+        }
+    };
+    complete(state, Kind::Text, Prompt::Text(prompt), body.common).await
+}
+
+fn model_entry(name: &str) -> Value {
+    json!({ "id": name, "object": "model", "created": 0, "owned_by": "relaymesh" })
+}
+
+/// `GET /v1/models`
+pub async fn models(State(state): State<ApiState>) -> Json<Value> {
+    let data: Vec<Value> = state
+        .models
+        .names()
+        .iter()
+        .map(|n| model_entry(n))
+        .collect();
+    Json(json!({ "object": "list", "data": data }))
+}
+
+/// `GET /v1/models/{id}`
+pub async fn model(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, OpenAiError> {
+    lookup(&state, &id)?;
+    Ok(Json(model_entry(&id)))
+}

@@ -1,0 +1,283 @@
+//! Serving backends: what runs a model behind the node.
+//!
+//! A [`Backend`] takes a backend-neutral [`GenRequest`] (chat messages or a raw
+//! prompt, sampling options) and streams [`GenEvent`]s back over a bounded channel:
+//! text pieces as they are produced, then one [`Finish`] with the token counts. The
+//! HTTP APIs (OpenAI and Ollama shapes) and, later, the mesh's inference streams sit on
+//! top of this one trait. Dropping the [`Generation`] stops the work and frees its slot.
+//!
+//! Three backends: [`embedded`] (candle on a GGUF file, the default), [`ollama`] (an
+//! Ollama server through `ollama-rs`) and [`openai`] (any OpenAI-compatible server).
+
+pub mod embedded;
+pub mod ollama;
+pub mod openai;
+mod registry;
+mod slots;
+mod spec;
+mod stop;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use relaymesh_protocol::messages::manifest::SignedManifest;
+use relaymesh_protocol::Digest;
+use tokio::sync::mpsc;
+
+pub use registry::{Measured, Models, Perf, ServedModel};
+pub use slots::{SlotGuard, Slots};
+pub use spec::{BackendSpec, SpecError};
+pub use stop::StopMatcher;
+
+/// Events buffered between a backend and its consumer; a slow consumer makes the
+/// backend wait (backpressure), a gone one makes it stop.
+pub const EVENT_BUFFER: usize = 64;
+
+/// Who wrote a chat message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Instructions for the assistant.
+    System,
+    /// The person asking.
+    User,
+    /// The model.
+    Assistant,
+}
+
+impl Role {
+    /// The name templates use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::System => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+        }
+    }
+}
+
+/// One turn of a conversation.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ChatMessage {
+    /// Who wrote it.
+    pub role: Role,
+    /// What it says.
+    pub content: String,
+}
+
+/// What the model is asked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Prompt {
+    /// A conversation, formatted with the model's chat template.
+    Chat(Vec<ChatMessage>),
+    /// Raw text, continued as it is (no template).
+    Text(String),
+}
+
+/// How tokens are chosen. `None` leaves the backend's default.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Sampling {
+    /// 0 means greedy (always the most likely token).
+    pub temperature: Option<f64>,
+    /// Nucleus sampling: keep the smallest set of tokens whose probability reaches p.
+    pub top_p: Option<f64>,
+    /// Keep only the k most likely tokens.
+    pub top_k: Option<usize>,
+    /// Seed for the sampler; the same seed and prompt give the same text.
+    pub seed: Option<u64>,
+    /// Most tokens to generate.
+    pub max_tokens: Option<u32>,
+    /// Generation stops before any of these strings; they are not returned.
+    pub stop: Vec<String>,
+}
+
+/// One generation request.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GenRequest {
+    /// The prompt.
+    pub prompt: Prompt,
+    /// Sampling options.
+    pub sampling: Sampling,
+}
+
+/// Why generation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FinishReason {
+    /// The model ended its answer, or a stop sequence was met.
+    Stop,
+    /// `max_tokens` (or the context) was reached.
+    Length,
+}
+
+/// The end of a generation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Finish {
+    /// Why it ended.
+    pub reason: FinishReason,
+    /// Tokens in the prompt (as the backend counted them).
+    pub prompt_tokens: u32,
+    /// Tokens generated.
+    pub completion_tokens: u32,
+}
+
+/// What a backend streams.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GenEvent {
+    /// The next piece of text (one token's worth, or more where a token ends mid
+    /// character or a stop sequence was held back).
+    Text(String),
+    /// Generation is over; nothing follows.
+    Done(Finish),
+    /// Generation failed part way; nothing follows.
+    Failed(String),
+}
+
+/// A running generation. Dropping it cancels the work and frees the slot.
+pub struct Generation {
+    events: mpsc::Receiver<GenEvent>,
+    // Held until the consumer is done, so the slot stays taken while it reads.
+    _slot: Option<SlotGuard>,
+}
+
+impl Generation {
+    /// Wraps a receiver; `slot` is released when the generation is dropped.
+    pub fn new(events: mpsc::Receiver<GenEvent>, slot: Option<SlotGuard>) -> Self {
+        Self {
+            events,
+            _slot: slot,
+        }
+    }
+
+    /// The next event; `None` only if the backend vanished without a `Done`.
+    pub async fn next(&mut self) -> Option<GenEvent> {
+        self.events.recv().await
+    }
+
+    /// Reads everything: the whole text and how it finished.
+    pub async fn collect(mut self) -> Result<(String, Finish), BackendError> {
+        let mut text = String::new();
+        while let Some(event) = self.next().await {
+            match event {
+                GenEvent::Text(piece) => text.push_str(&piece),
+                GenEvent::Done(finish) => return Ok((text, finish)),
+                GenEvent::Failed(why) => return Err(BackendError::Upstream(why)),
+            }
+        }
+        Err(BackendError::Internal(
+            "the backend stopped without finishing".into(),
+        ))
+    }
+}
+
+/// What a backend tells about its model.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModelInfo {
+    /// The name clients use.
+    pub name: String,
+    /// The model's identity: blake3 of the GGUF (embedded), Ollama's digest, or none
+    /// (an opaque OpenAI-compatible upstream).
+    pub digest: Option<ModelDigest>,
+    /// The Source's signed manifest, when one sits next to the GGUF file.
+    pub manifest: Option<SignedManifest>,
+    /// Context length in tokens.
+    pub context_length: u32,
+    /// Which backend: `embedded`, `ollama` or `openai`.
+    pub kind: &'static str,
+    /// Free-form facts for `/api/show` (architecture, quantisation, size, template).
+    pub details: ModelDetails,
+}
+
+/// A model's identity, as the backend knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ModelDigest {
+    /// blake3 of the GGUF file (what ads and manifests pin).
+    Gguf(Digest),
+    /// Ollama's own digest (sha256 of its manifest), as Ollama reports it.
+    Ollama(String),
+}
+
+impl ModelDigest {
+    /// The GGUF digest, if this is one.
+    pub fn gguf(&self) -> Option<Digest> {
+        match self {
+            ModelDigest::Gguf(d) => Some(*d),
+            ModelDigest::Ollama(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for ModelDigest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ModelDigest::Gguf(d) => write!(f, "blake3:{}", d.to_hex()),
+            ModelDigest::Ollama(d) => f.write_str(d),
+        }
+    }
+}
+
+/// Descriptive facts about a model (shown, never relied on).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ModelDetails {
+    /// Model file format (`gguf`).
+    pub format: String,
+    /// Architecture (`llama`).
+    pub family: String,
+    /// Size label (`135M`).
+    pub parameter_size: String,
+    /// Quantisation (`Q4_1`).
+    pub quantization_level: String,
+    /// File size in bytes, if known.
+    pub size_bytes: u64,
+    /// The chat template as the backend applies it.
+    pub template: String,
+}
+
+/// Why a backend refused or failed a request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BackendError {
+    /// Every slot is taken and the queue is full.
+    #[error("all {slots} slots are busy and {queued} requests are queued; retry shortly")]
+    Busy {
+        /// Slots in all.
+        slots: usize,
+        /// Requests already waiting.
+        queued: usize,
+        /// A hint for `Retry-After`.
+        retry_after: Duration,
+    },
+    /// The prompt does not fit the context.
+    #[error("the prompt is {prompt_tokens} tokens but the model's context is {context_length}")]
+    PromptTooLong {
+        /// Tokens in the prompt.
+        prompt_tokens: u32,
+        /// The model's context.
+        context_length: u32,
+    },
+    /// The request is malformed for this backend (e.g. a bad sampling value).
+    #[error("{0}")]
+    Invalid(String),
+    /// The upstream server failed or could not be reached.
+    #[error("upstream: {0}")]
+    Upstream(String),
+    /// A bug or an engine failure.
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+/// A model server behind the node.
+#[async_trait::async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// The model and its identity.
+    fn info(&self) -> &ModelInfo;
+
+    /// Free and total slots (for ads and 503s).
+    fn slots(&self) -> (usize, usize);
+
+    /// Starts a generation: waits for a slot (bounded queue) and returns the stream,
+    /// or refuses at once (busy, prompt too long, invalid).
+    async fn generate(&self, request: GenRequest) -> Result<Generation, BackendError>;
+}
+
+/// A shared backend.
+pub type SharedBackend = Arc<dyn Backend>;

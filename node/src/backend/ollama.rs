@@ -1,0 +1,260 @@
+//! The `ollama` backend: a local or remote Ollama server, through `ollama-rs`.
+//!
+//! The model's identity is Ollama's own digest (from `/api/tags`); its context
+//! length comes from `/api/show`. Ollama applies its own chat template.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use ollama_rs::generation::chat::request::ChatMessageRequest;
+use ollama_rs::generation::chat::{ChatMessage as OChatMessage, MessageRole};
+use ollama_rs::generation::completion::request::GenerationRequest;
+use ollama_rs::models::ModelOptions;
+use ollama_rs::Ollama;
+use tokio::sync::mpsc;
+
+use super::{
+    Backend, BackendError, Finish, FinishReason, GenEvent, GenRequest, Generation, ModelDetails,
+    ModelDigest, ModelInfo, Prompt, Role, Sampling, Slots, EVENT_BUFFER,
+};
+
+/// Context length assumed when Ollama does not report one.
+const FALLBACK_CONTEXT: u32 = 2048;
+
+/// A model on an Ollama server.
+pub struct OllamaBackend {
+    info: ModelInfo,
+    slots: Slots,
+    client: Ollama,
+    model: String,
+}
+
+#[derive(serde::Deserialize)]
+struct Tags {
+    models: Vec<Tag>,
+}
+
+#[derive(serde::Deserialize)]
+struct Tag {
+    name: String,
+    #[serde(default)]
+    model: String,
+    #[serde(default)]
+    digest: String,
+    #[serde(default)]
+    size: u64,
+}
+
+impl OllamaBackend {
+    /// Connects to `url`, checks that `model` is there, and learns its digest and
+    /// context length.
+    pub async fn connect(
+        name: &str,
+        url: &str,
+        model: &str,
+        slots: usize,
+        queue: usize,
+    ) -> Result<Self, BackendError> {
+        let client = Ollama::try_new(url)
+            .map_err(|e| BackendError::Invalid(format!("Ollama URL {url:?}: {e}")))?;
+        let unreachable =
+            |e: &dyn std::fmt::Display| BackendError::Upstream(format!("Ollama at {url}: {e}"));
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| BackendError::Internal(e.to_string()))?;
+        let tags: Tags = http
+            .get(format!("{}api/tags", client.url_str()))
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(|e| unreachable(&e))?
+            .json()
+            .await
+            .map_err(|e| unreachable(&e))?;
+        let tag = tags
+            .models
+            .iter()
+            .find(|t| t.name == model || t.model == model || t.name == format!("{model}:latest"))
+            .ok_or_else(|| {
+                let names: Vec<&str> = tags.models.iter().map(|t| t.name.as_str()).collect();
+                BackendError::Invalid(format!(
+                    "Ollama at {url} has no model {model:?} (it has: {})",
+                    names.join(", ")
+                ))
+            })?;
+        let show = client
+            .show_model_info(model.to_owned())
+            .await
+            .map_err(|e| unreachable(&e))?;
+        let context_length = show
+            .model_info
+            .iter()
+            .find(|(k, _)| k.ends_with(".context_length"))
+            .and_then(|(_, v)| v.as_u64())
+            .map_or(FALLBACK_CONTEXT, |n| n.min(u32::MAX as u64) as u32);
+        let info = ModelInfo {
+            name: name.to_owned(),
+            digest: (!tag.digest.is_empty()).then(|| ModelDigest::Ollama(tag.digest.clone())),
+            manifest: None,
+            context_length,
+            kind: "ollama",
+            details: ModelDetails {
+                format: "gguf".into(),
+                size_bytes: tag.size,
+                template: show.template,
+                ..ModelDetails::default()
+            },
+        };
+        tracing::info!(model = name, upstream = %url, remote_model = model, digest = %tag.digest, "Ollama model ready");
+        Ok(Self {
+            info,
+            slots: Slots::new(slots, queue, Duration::from_secs(2)),
+            client,
+            model: model.to_owned(),
+        })
+    }
+}
+
+fn options(s: &Sampling) -> ModelOptions {
+    let mut o = ModelOptions::default();
+    if let Some(t) = s.temperature {
+        o = o.temperature(t as f32);
+    }
+    if let Some(p) = s.top_p {
+        o = o.top_p(p as f32);
+    }
+    if let Some(k) = s.top_k {
+        o = o.top_k(k.min(u32::MAX as usize) as u32);
+    }
+    if let Some(seed) = s.seed {
+        // Ollama takes an i32 seed.
+        o = o.seed(seed as i32);
+    }
+    if let Some(n) = s.max_tokens {
+        o = o.num_predict(n.min(i32::MAX as u32) as i32);
+    }
+    if !s.stop.is_empty() {
+        o = o.stop(s.stop.clone());
+    }
+    o
+}
+
+fn finish(done_reason_length: bool, prompt: u64, eval: u64) -> GenEvent {
+    GenEvent::Done(Finish {
+        reason: if done_reason_length {
+            FinishReason::Length
+        } else {
+            FinishReason::Stop
+        },
+        prompt_tokens: prompt.min(u32::MAX as u64) as u32,
+        completion_tokens: eval.min(u32::MAX as u64) as u32,
+    })
+}
+
+#[async_trait::async_trait]
+impl Backend for OllamaBackend {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn slots(&self) -> (usize, usize) {
+        self.slots.available()
+    }
+
+    async fn generate(&self, request: GenRequest) -> Result<Generation, BackendError> {
+        let slot = self.slots.acquire().await?;
+        let (tx, rx) = mpsc::channel(EVENT_BUFFER);
+        let opts = options(&request.sampling);
+        let limit = request.sampling.max_tokens;
+        let broke = || GenEvent::Failed("the connection to Ollama broke".into());
+        let upstream = |e: ollama_rs::error::OllamaError| BackendError::Upstream(e.to_string());
+        match request.prompt {
+            Prompt::Chat(messages) => {
+                let messages = messages
+                    .into_iter()
+                    .map(|m| {
+                        let role = match m.role {
+                            Role::System => MessageRole::System,
+                            Role::User => MessageRole::User,
+                            Role::Assistant => MessageRole::Assistant,
+                        };
+                        OChatMessage::new(role, m.content)
+                    })
+                    .collect();
+                let req = ChatMessageRequest::new(self.model.clone(), messages).options(opts);
+                let mut stream = self
+                    .client
+                    .send_chat_messages_stream(req)
+                    .await
+                    .map_err(upstream)?;
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    while let Some(item) = stream.next().await {
+                        let event = match item {
+                            Ok(r) if r.done => {
+                                let f = r.final_data.unwrap_or(
+                                    ollama_rs::generation::chat::ChatMessageFinalResponseData {
+                                        total_duration: 0,
+                                        load_duration: 0,
+                                        prompt_eval_count: 0,
+                                        prompt_eval_duration: 0,
+                                        eval_count: 0,
+                                        eval_duration: 0,
+                                    },
+                                );
+                                if !r.message.content.is_empty() {
+                                    let _ = tx.send(GenEvent::Text(r.message.content)).await;
+                                }
+                                let hit_limit = limit.is_some_and(|l| f.eval_count >= l as u64);
+                                let _ = tx
+                                    .send(finish(hit_limit, f.prompt_eval_count, f.eval_count))
+                                    .await;
+                                return;
+                            }
+                            Ok(r) => GenEvent::Text(r.message.content),
+                            Err(()) => broke(),
+                        };
+                        let failed = matches!(event, GenEvent::Failed(_));
+                        if tx.send(event).await.is_err() || failed {
+                            return;
+                        }
+                    }
+                    let _ = tx.send(broke()).await;
+                });
+            }
+            Prompt::Text(text) => {
+                let req = GenerationRequest::new(self.model.clone(), text)
+                    .raw(true)
+                    .options(opts);
+                let mut stream = self.client.generate_stream(req).await.map_err(upstream)?;
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    while let Some(item) = stream.next().await {
+                        let Ok(batch) = item else {
+                            let _ = tx.send(broke()).await;
+                            return;
+                        };
+                        for r in batch {
+                            if !r.response.is_empty()
+                                && tx.send(GenEvent::Text(r.response)).await.is_err()
+                            {
+                                return;
+                            }
+                            if r.done {
+                                let eval = r.eval_count.unwrap_or(0);
+                                let hit_limit = limit.is_some_and(|l| eval >= l as u64);
+                                let _ = tx
+                                    .send(finish(hit_limit, r.prompt_eval_count.unwrap_or(0), eval))
+                                    .await;
+                                return;
+                            }
+                        }
+                    }
+                    let _ = tx.send(broke()).await;
+                });
+            }
+        }
+        Ok(Generation::new(rx, None))
+    }
+}

@@ -1,0 +1,266 @@
+//! The `openai` backend: any OpenAI-compatible server (llama.cpp's llama-server,
+//! vLLM, LM Studio), streamed over server-sent events.
+//!
+//! An opaque upstream has no model identity we can check, so its ads carry no digest;
+//! its context length is read from `/v1/models` where the server tells it
+//! (llama-server's `meta.n_ctx_train`, vLLM's `max_model_len`).
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use super::{
+    Backend, BackendError, Finish, FinishReason, GenEvent, GenRequest, Generation, ModelDetails,
+    ModelInfo, Prompt, Slots, EVENT_BUFFER,
+};
+
+/// Context length assumed when the upstream does not say.
+const FALLBACK_CONTEXT: u32 = 4096;
+/// Longest SSE line accepted from the upstream.
+const MAX_LINE: usize = 1 << 20;
+
+/// A model on an OpenAI-compatible server.
+pub struct OpenAiBackend {
+    info: ModelInfo,
+    slots: Slots,
+    http: reqwest::Client,
+    url: String,
+    model: String,
+    api_key: Option<String>,
+}
+
+impl OpenAiBackend {
+    /// Connects to `url` (ending in `/v1`), checks that it answers `/models`, and
+    /// reads the model's context length if the server tells it. `api_key`, if given,
+    /// is sent as a bearer token.
+    pub async fn connect(
+        name: &str,
+        url: &str,
+        model: &str,
+        api_key: Option<String>,
+        slots: usize,
+        queue: usize,
+    ) -> Result<Self, BackendError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| BackendError::Internal(e.to_string()))?;
+        let mut get = http
+            .get(format!("{url}/models"))
+            .timeout(Duration::from_secs(10));
+        if let Some(key) = &api_key {
+            get = get.bearer_auth(key);
+        }
+        let unreachable = |e: &dyn std::fmt::Display| {
+            BackendError::Upstream(format!("OpenAI-compatible server at {url}: {e}"))
+        };
+        let models: Value = get
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(|e| unreachable(&e))?
+            .json()
+            .await
+            .map_err(|e| unreachable(&e))?;
+        let entries = models["data"].as_array().cloned().unwrap_or_default();
+        let entry = entries
+            .iter()
+            .find(|m| m["id"] == model)
+            .or_else(|| (entries.len() == 1).then(|| &entries[0]));
+        let context_length = entry
+            .and_then(|m| {
+                m["meta"]["n_ctx_train"]
+                    .as_u64()
+                    .or_else(|| m["max_model_len"].as_u64())
+                    .or_else(|| m["context_length"].as_u64())
+            })
+            .map_or(FALLBACK_CONTEXT, |n| n.min(u32::MAX as u64) as u32);
+        tracing::info!(model = name, upstream = %url, remote_model = model, context = context_length, "OpenAI-compatible model ready");
+        Ok(Self {
+            info: ModelInfo {
+                name: name.to_owned(),
+                digest: None,
+                manifest: None,
+                context_length,
+                kind: "openai",
+                details: ModelDetails::default(),
+            },
+            slots: Slots::new(slots, queue, Duration::from_secs(2)),
+            http,
+            url: url.to_owned(),
+            model: model.to_owned(),
+            api_key,
+        })
+    }
+
+    fn body(&self, request: &GenRequest) -> (String, Value) {
+        let s = &request.sampling;
+        let mut body = match &request.prompt {
+            Prompt::Chat(messages) => json!({ "messages": messages }),
+            Prompt::Text(text) => json!({ "prompt": text }),
+        };
+        body["model"] = json!(self.model);
+        body["stream"] = json!(true);
+        body["stream_options"] = json!({ "include_usage": true });
+        for (key, value) in [
+            ("temperature", s.temperature.map(|v| json!(v))),
+            ("top_p", s.top_p.map(|v| json!(v))),
+            ("top_k", s.top_k.map(|v| json!(v))),
+            ("seed", s.seed.map(|v| json!(v))),
+            ("max_tokens", s.max_tokens.map(|v| json!(v))),
+            ("stop", (!s.stop.is_empty()).then(|| json!(s.stop))),
+        ] {
+            if let Some(value) = value {
+                body[key] = value;
+            }
+        }
+        let path = match request.prompt {
+            Prompt::Chat(_) => "chat/completions",
+            Prompt::Text(_) => "completions",
+        };
+        (format!("{}/{path}", self.url), body)
+    }
+}
+
+/// What one SSE `data:` payload says.
+enum Chunk {
+    Text(String),
+    Finish(FinishReason),
+    Usage(u32, u32),
+}
+
+fn parse_chunk(data: &Value) -> Vec<Chunk> {
+    let mut out = Vec::new();
+    if let Some(choice) = data["choices"].get(0) {
+        let text = choice["delta"]["content"]
+            .as_str()
+            .or_else(|| choice["text"].as_str())
+            .unwrap_or("");
+        if !text.is_empty() {
+            out.push(Chunk::Text(text.to_owned()));
+        }
+        match choice["finish_reason"].as_str() {
+            Some("length") => out.push(Chunk::Finish(FinishReason::Length)),
+            Some(_) => out.push(Chunk::Finish(FinishReason::Stop)),
+            None => {}
+        }
+    }
+    if let Some(usage) = data.get("usage").filter(|u| u.is_object()) {
+        let n = |k: &str| usage[k].as_u64().unwrap_or(0).min(u32::MAX as u64) as u32;
+        out.push(Chunk::Usage(n("prompt_tokens"), n("completion_tokens")));
+    }
+    out
+}
+
+#[async_trait::async_trait]
+impl Backend for OpenAiBackend {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn slots(&self) -> (usize, usize) {
+        self.slots.available()
+    }
+
+    async fn generate(&self, request: GenRequest) -> Result<Generation, BackendError> {
+        let slot = self.slots.acquire().await?;
+        let (url, body) = self.body(&request);
+        let mut post = self.http.post(url).json(&body);
+        if let Some(key) = &self.api_key {
+            post = post.bearer_auth(key);
+        }
+        let response = post
+            .send()
+            .await
+            .map_err(|e| BackendError::Upstream(e.to_string()))?;
+        let status = response.status();
+        if !status.is_success() {
+            let text = response.text().await.unwrap_or_default();
+            let message = serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+                .unwrap_or(text);
+            return Err(if status.is_client_error() {
+                BackendError::Invalid(format!("upstream refused the request: {message}"))
+            } else {
+                BackendError::Upstream(format!("{status}: {message}"))
+            });
+        }
+        let (tx, rx) = mpsc::channel(EVENT_BUFFER);
+        tokio::spawn(async move {
+            let _slot = slot;
+            let mut bytes = response.bytes_stream();
+            let mut buffer: Vec<u8> = Vec::new();
+            let mut reason = None;
+            let mut usage = (0, 0);
+            let mut pieces = 0u32;
+            'read: while let Some(chunk) = bytes.next().await {
+                let Ok(chunk) = chunk else { break };
+                buffer.extend_from_slice(&chunk);
+                while let Some(end) = buffer.iter().position(|&b| b == b'\n') {
+                    let line: Vec<u8> = buffer.drain(..=end).collect();
+                    let line = String::from_utf8_lossy(&line);
+                    let Some(data) = line.trim().strip_prefix("data:") else {
+                        continue;
+                    };
+                    let data = data.trim();
+                    if data == "[DONE]" {
+                        break 'read;
+                    }
+                    let Ok(value) = serde_json::from_str::<Value>(data) else {
+                        continue;
+                    };
+                    for c in parse_chunk(&value) {
+                        match c {
+                            Chunk::Text(text) => {
+                                pieces += 1;
+                                if tx.send(GenEvent::Text(text)).await.is_err() {
+                                    return; // client gone: dropping the response cancels upstream
+                                }
+                            }
+                            Chunk::Finish(r) => reason = Some(r),
+                            Chunk::Usage(p, c) => usage = (p, c),
+                        }
+                    }
+                }
+                if buffer.len() > MAX_LINE {
+                    break;
+                }
+            }
+            let event = match reason {
+                Some(reason) => GenEvent::Done(Finish {
+                    reason,
+                    prompt_tokens: usage.0,
+                    // Without a usage report, count the streamed pieces (one per token).
+                    completion_tokens: if usage.1 > 0 { usage.1 } else { pieces },
+                }),
+                None => GenEvent::Failed("the upstream stream ended without finishing".into()),
+            };
+            let _ = tx.send(event).await;
+        });
+        Ok(Generation::new(rx, None))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_chat_and_completion_chunks() {
+        let chat = json!({"choices":[{"delta":{"content":"Hi"},"finish_reason":null}]});
+        assert!(matches!(&parse_chunk(&chat)[..], [Chunk::Text(t)] if t == "Hi"));
+        let done = json!({"choices":[{"text":"","finish_reason":"length"}],"usage":{"prompt_tokens":5,"completion_tokens":7}});
+        assert!(matches!(
+            &parse_chunk(&done)[..],
+            [Chunk::Finish(FinishReason::Length), Chunk::Usage(5, 7)]
+        ));
+        let usage_only = json!({"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2}});
+        assert!(matches!(
+            &parse_chunk(&usage_only)[..],
+            [Chunk::Usage(1, 2)]
+        ));
+    }
+}

@@ -1,0 +1,175 @@
+//! The models a node serves, by name, with what the node measured of each.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use relaymesh_protocol::messages::capability::ModelOffer;
+use relaymesh_protocol::metering::compute_units::CuFormula;
+use relaymesh_protocol::BoundedString;
+
+use super::{BackendError, GenEvent, GenRequest, Generation, SharedBackend};
+
+/// A served model: the backend, its price and its measured speed.
+pub struct ServedModel {
+    /// The backend.
+    pub backend: SharedBackend,
+    /// Price per CU, in micro-credits.
+    pub price_per_cu: u64,
+    perf: Arc<Perf>,
+}
+
+/// Measured speed: the last request's time to first token and generation rate.
+#[derive(Default, Debug)]
+pub struct Perf {
+    ttft_ms: AtomicU32,
+    tokens_per_sec_milli: AtomicU32,
+    requests: AtomicU64,
+}
+
+impl Perf {
+    /// (time to first token in ms, thousandths of a token per second, requests).
+    pub fn get(&self) -> (u32, u32, u64) {
+        (
+            self.ttft_ms.load(Ordering::Relaxed),
+            self.tokens_per_sec_milli.load(Ordering::Relaxed),
+            self.requests.load(Ordering::Relaxed),
+        )
+    }
+}
+
+impl ServedModel {
+    /// Serves `backend` at `price_per_cu`.
+    pub fn new(backend: SharedBackend, price_per_cu: u64) -> Self {
+        Self {
+            backend,
+            price_per_cu,
+            perf: Arc::default(),
+        }
+    }
+
+    /// What was measured.
+    pub fn perf(&self) -> &Perf {
+        &self.perf
+    }
+
+    /// Starts a generation whose speed is measured as it is read.
+    pub async fn generate(&self, request: GenRequest) -> Result<Measured, BackendError> {
+        let started = Instant::now();
+        let inner = self.backend.generate(request).await?;
+        Ok(Measured {
+            inner,
+            perf: self.perf.clone(),
+            started,
+            first: None,
+        })
+    }
+}
+
+/// A generation that records its speed when it finishes.
+pub struct Measured {
+    inner: Generation,
+    perf: Arc<Perf>,
+    started: Instant,
+    first: Option<Instant>,
+}
+
+impl Measured {
+    /// The next event (see [`Generation::next`]).
+    pub async fn next(&mut self) -> Option<GenEvent> {
+        let event = self.inner.next().await;
+        match &event {
+            Some(GenEvent::Text(_)) if self.first.is_none() => self.first = Some(Instant::now()),
+            Some(GenEvent::Done(finish)) => {
+                let first = self.first.unwrap_or_else(Instant::now);
+                let ttft = first.duration_since(self.started).as_millis();
+                self.perf
+                    .ttft_ms
+                    .store(ttft.min(u32::MAX as u128) as u32, Ordering::Relaxed);
+                let gen_secs = first.elapsed().as_secs_f64();
+                if finish.completion_tokens > 1 && gen_secs > 0.0 {
+                    let rate = f64::from(finish.completion_tokens - 1) / gen_secs * 1000.0;
+                    self.perf
+                        .tokens_per_sec_milli
+                        .store(rate.min(u32::MAX as f64) as u32, Ordering::Relaxed);
+                }
+                self.perf.requests.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+        event
+    }
+}
+
+/// Served models by name.
+#[derive(Default)]
+pub struct Models {
+    by_name: BTreeMap<String, ServedModel>,
+}
+
+impl std::fmt::Debug for Models {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.by_name.keys()).finish()
+    }
+}
+
+impl Models {
+    /// Adds a model; a second one with the same name is refused.
+    pub fn insert(&mut self, model: ServedModel) -> Result<(), String> {
+        let name = model.backend.info().name.clone();
+        if self.by_name.contains_key(&name) {
+            return Err(format!(
+                "two models are served as {name:?}; names must differ"
+            ));
+        }
+        self.by_name.insert(name, model);
+        Ok(())
+    }
+
+    /// The model called `name`.
+    pub fn get(&self, name: &str) -> Option<&ServedModel> {
+        self.by_name.get(name)
+    }
+
+    /// Every served model, by name.
+    pub fn iter(&self) -> impl Iterator<Item = &ServedModel> {
+        self.by_name.values()
+    }
+
+    /// The names, for "unknown model" errors.
+    pub fn names(&self) -> Vec<String> {
+        self.by_name.keys().cloned().collect()
+    }
+
+    /// Nothing served.
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+
+    /// What the node's capability ad says of each model now: identity, slots, the
+    /// speed measured on the last request, price, and the threshold `tau`.
+    pub fn offers(&self, tau: u64) -> Vec<ModelOffer> {
+        self.iter()
+            .filter_map(|m| {
+                let info = m.backend.info();
+                let (free, total) = m.backend.slots();
+                let (ttft_ms, tokens_per_sec_milli, _) = m.perf.get();
+                let clamp = |n: usize| n.min(u16::MAX as usize) as u16;
+                Some(ModelOffer {
+                    name: BoundedString::new(info.name.as_str()).ok()?,
+                    gguf_digest: info.digest.as_ref().and_then(|d| d.gguf()),
+                    manifest: info.manifest.clone(),
+                    context_length: info.context_length,
+                    free_slots: clamp(free),
+                    total_slots: clamp(total),
+                    tokens_per_sec_milli,
+                    ttft_ms,
+                    price_per_cu: m.price_per_cu,
+                    cu: CuFormula::default(),
+                    tau,
+                })
+            })
+            .collect()
+    }
+}

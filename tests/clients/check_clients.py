@@ -1,0 +1,100 @@
+"""The official `openai` and `ollama` Python clients against a relaymesh node, unchanged.
+
+Usage: check_clients.py BASE_URL MODEL
+Exits non-zero (with the failing assertion) if any call misbehaves.
+"""
+
+import sys
+
+import ollama
+import openai
+
+BASE, MODEL = sys.argv[1], sys.argv[2]
+QUESTION = "What is the capital of France?"
+ANSWER = "The capital of France is Paris."
+MESSAGES = [{"role": "user", "content": QUESTION}]
+
+# --- openai -------------------------------------------------------------------
+client = openai.OpenAI(base_url=f"{BASE}/v1", api_key="unused-on-loopback")
+
+ids = [m.id for m in client.models.list()]
+assert MODEL in ids, ids
+
+chat = client.chat.completions.create(model=MODEL, messages=MESSAGES, temperature=0, max_tokens=32)
+assert chat.choices[0].message.content == ANSWER, chat
+assert chat.choices[0].finish_reason == "stop", chat
+assert chat.usage.completion_tokens >= 7 and chat.usage.prompt_tokens > 5, chat.usage
+
+stream = client.chat.completions.create(
+    model=MODEL,
+    messages=MESSAGES,
+    temperature=0,
+    max_tokens=32,
+    stream=True,
+    stream_options={"include_usage": True},
+)
+pieces, usage = [], None
+for chunk in stream:
+    if chunk.choices and chunk.choices[0].delta.content:
+        pieces.append(chunk.choices[0].delta.content)
+    if chunk.usage:
+        usage = chunk.usage
+assert "".join(pieces) == ANSWER, pieces
+assert len(pieces) > 5, "streamed token by token"
+assert usage is not None and usage.completion_tokens == chat.usage.completion_tokens, usage
+
+text = client.completions.create(model=MODEL, prompt="The capital of France is", temperature=0, max_tokens=8)
+assert "Paris" in text.choices[0].text, text
+
+streamed = "".join(
+    c.choices[0].text
+    for c in client.completions.create(
+        model=MODEL, prompt="The capital of France is", temperature=0, max_tokens=8, stream=True
+    )
+    if c.choices
+)
+assert streamed == text.choices[0].text, (streamed, text.choices[0].text)
+
+try:
+    client.chat.completions.create(model="no-such-model", messages=MESSAGES)
+    raise AssertionError("an unknown model was accepted")
+except openai.NotFoundError as e:
+    assert MODEL in str(e), e
+
+try:
+    client.chat.completions.create(model=MODEL, messages=MESSAGES, n=2)
+    raise AssertionError("n=2 was accepted")
+except openai.BadRequestError as e:
+    assert "'n'" in str(e), e
+
+# --- ollama -------------------------------------------------------------------
+oc = ollama.Client(host=BASE)
+
+names = [m.model for m in oc.list().models]
+assert MODEL in names, names
+
+reply = oc.chat(model=MODEL, messages=MESSAGES, options={"temperature": 0, "num_predict": 32})
+assert reply.message.content == ANSWER, reply
+assert reply.done and reply.done_reason == "stop", reply
+assert reply.eval_count >= 7, reply
+
+parts = list(oc.chat(model=MODEL, messages=MESSAGES, options={"temperature": 0, "num_predict": 32}, stream=True))
+assert "".join(p.message.content for p in parts) == ANSWER, parts
+assert parts[-1].done and not parts[0].done
+
+gen = oc.generate(model=MODEL, prompt=QUESTION, options={"temperature": 0, "num_predict": 32})
+assert gen.response == ANSWER, gen
+
+gen_parts = list(oc.generate(model=MODEL, prompt=QUESTION, options={"temperature": 0, "num_predict": 32}, stream=True))
+assert "".join(p.response for p in gen_parts) == ANSWER, gen_parts
+
+shown = oc.show(MODEL)
+assert shown.details.family == "llama", shown
+
+try:
+    oc.chat(model="no-such-model", messages=MESSAGES)
+    raise AssertionError("an unknown model was accepted")
+except ollama.ResponseError as e:
+    assert e.status_code == 404 and MODEL in e.error, e
+
+print("openai and ollama clients: all checks passed")
