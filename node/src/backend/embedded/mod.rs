@@ -215,12 +215,14 @@ impl EmbeddedBackend {
             size_bytes: size,
             template: template.describe(),
         };
-        let device = Device::Cpu;
+        // The CPU unless the node was built with `--features cuda` and a GPU answers.
+        let device = Device::cuda_if_available(0).unwrap_or(Device::Cpu);
         let weights = ModelWeights::from_gguf(content, &mut reader, &device)
             .map_err(|e| format(format!("loading the weights: {e}")))?;
         spinner.finish_and_clear();
         tracing::info!(
             model = name,
+            device = if device.is_cuda() { "cuda" } else { "cpu" },
             path = %path.display(),
             size_mib = size / (1 << 20),
             digest = %digest.to_hex(),

@@ -1,0 +1,364 @@
+//! The embedded engine against llama.cpp's llama-server on the same GGUF and cores,
+//! and the HTTP API's own overhead.
+//!
+//! `cargo bench --bench engine` (needs the test model: `scripts/fetch-model`; the
+//! llama-server half needs `scripts/build-llama-server` and is skipped without it).
+//!
+//! For each engine: TTFT and prompt tokens/s on a ~260-token prompt (prompt tokens
+//! divided by the time to the first generated token), generation tokens/s over 128
+//! greedy tokens (after the first). The API overhead compares the same streamed
+//! request through `POST /v1/completions` with calling the backend trait directly.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use relaymesh_node::backend::{GenEvent, GenRequest, Prompt, Sampling, SharedBackend};
+use serde_json::{json, Value};
+
+const RUNS: usize = 3;
+const GEN_TOKENS: u32 = 128;
+
+fn short_prompt() -> String {
+    "The history of Paris begins".into()
+}
+
+fn long_prompt() -> String {
+    "Paris is the capital and largest city of France, on the Seine river. ".repeat(18)
+}
+
+#[derive(Default, Clone, Copy)]
+struct Figures {
+    ttft_s: f64,
+    prompt_tps: f64,
+    gen_tps: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn request(prompt: String, max: u32) -> GenRequest {
+    GenRequest {
+        prompt: Prompt::Text(prompt),
+        sampling: Sampling {
+            temperature: Some(0.0),
+            max_tokens: Some(max),
+            ..Sampling::default()
+        },
+    }
+}
+
+/// (time to first piece, pieces, total time) of one direct trait call.
+async fn direct(backend: &SharedBackend, req: GenRequest) -> (Duration, u32, Duration) {
+    let started = Instant::now();
+    let mut g = backend.generate(req).await.unwrap();
+    let mut first = None;
+    loop {
+        match g.next().await.unwrap() {
+            GenEvent::Text(_) => {
+                first.get_or_insert_with(|| started.elapsed());
+            }
+            GenEvent::Done(f) => return (first.unwrap(), f.completion_tokens, started.elapsed()),
+            GenEvent::Failed(e) => panic!("{e}"),
+        }
+    }
+}
+
+/// The same through an SSE stream from `url` (OpenAI `/v1/completions`).
+async fn over_http(url: &str, body: Value) -> (Duration, u32, Duration) {
+    let started = Instant::now();
+    let mut r = reqwest::Client::new()
+        .post(url)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let mut first = None;
+    let mut buf = String::new();
+    let mut tokens = 0;
+    while let Some(chunk) = r.chunk().await.unwrap() {
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buf.find("\n\n") {
+            let event: String = buf.drain(..end + 2).collect();
+            let Some(data) = event.trim().strip_prefix("data: ") else {
+                continue;
+            };
+            if data == "[DONE]" {
+                continue;
+            }
+            let v: Value = serde_json::from_str(data).unwrap();
+            let text = v["choices"][0]["text"]
+                .as_str()
+                .or_else(|| v["content"].as_str())
+                .unwrap_or("");
+            if !text.is_empty() {
+                first.get_or_insert_with(|| started.elapsed());
+                tokens += 1;
+            }
+            if let Some(n) = v["usage"]["completion_tokens"].as_u64() {
+                tokens = n as u32;
+            }
+        }
+    }
+    (first.unwrap(), tokens, started.elapsed())
+}
+
+fn figures(
+    prompt_tokens: usize,
+    long: (Duration, u32, Duration),
+    gen: (Duration, u32, Duration),
+) -> Figures {
+    let (ttft, _, _) = long;
+    let (first, n, total) = gen;
+    Figures {
+        ttft_s: ttft.as_secs_f64(),
+        prompt_tps: prompt_tokens as f64 / ttft.as_secs_f64(),
+        gen_tps: f64::from(n.saturating_sub(1)) / (total - first).as_secs_f64(),
+    }
+}
+
+fn print(name: &str, f: Figures) {
+    println!(
+        "{name:<34} TTFT {:>7.1} ms   prompt {:>7.1} tok/s   generation {:>6.1} tok/s",
+        f.ttft_s * 1e3,
+        f.prompt_tps,
+        f.gen_tps
+    );
+}
+
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A backend that answers at once with `n` one-word pieces: what is left of a
+/// request's time is the API layer's.
+struct Instant_;
+
+#[async_trait::async_trait]
+impl relaymesh_node::backend::Backend for Instant_ {
+    fn info(&self) -> &relaymesh_node::backend::ModelInfo {
+        static INFO: std::sync::OnceLock<relaymesh_node::backend::ModelInfo> =
+            std::sync::OnceLock::new();
+        INFO.get_or_init(|| relaymesh_node::backend::ModelInfo {
+            name: "instant".into(),
+            digest: None,
+            manifest: None,
+            context_length: 4096,
+            kind: "bench",
+            details: Default::default(),
+        })
+    }
+    fn slots(&self) -> (usize, usize) {
+        (64, 64)
+    }
+    async fn generate(
+        &self,
+        request: GenRequest,
+    ) -> Result<relaymesh_node::backend::Generation, relaymesh_node::backend::BackendError> {
+        let n = request.sampling.max_tokens.unwrap_or(16);
+        let (tx, rx) = tokio::sync::mpsc::channel(relaymesh_node::backend::EVENT_BUFFER);
+        tokio::spawn(async move {
+            for _ in 0..n {
+                if tx.send(GenEvent::Text(" word".into())).await.is_err() {
+                    return;
+                }
+            }
+            let _ = tx
+                .send(GenEvent::Done(relaymesh_node::backend::Finish {
+                    reason: relaymesh_node::backend::FinishReason::Length,
+                    prompt_tokens: 1,
+                    completion_tokens: n,
+                }))
+                .await;
+        });
+        Ok(relaymesh_node::backend::Generation::new(rx, None))
+    }
+}
+
+/// The API layer alone: an instant backend called directly and through HTTP.
+async fn api_overhead() {
+    let backend: SharedBackend = std::sync::Arc::new(Instant_);
+    let node = support::serving_node(vec![backend.clone()], None).await;
+    let url = format!("{}/v1/completions", support::base_url(&node));
+    let body =
+        |max: u32| json!({ "model": "instant", "prompt": "x", "max_tokens": max, "stream": true });
+    let (mut d_ttft, mut h_ttft, mut d_tps, mut h_tps) = (vec![], vec![], vec![], vec![]);
+    for i in 0..2200 {
+        let d = direct(&backend, request("x".into(), 1)).await;
+        let h = over_http(&url, body(1)).await;
+        if i >= 200 {
+            d_ttft.push(d.0.as_secs_f64());
+            h_ttft.push(h.0.as_secs_f64());
+        }
+    }
+    for _ in 0..20 {
+        let d = direct(&backend, request("x".into(), 5000)).await;
+        let h = over_http(&url, body(5000)).await;
+        d_tps.push(f64::from(d.1) / d.2.as_secs_f64());
+        h_tps.push(f64::from(h.1) / h.2.as_secs_f64());
+    }
+    println!(
+        "API layer (instant backend): TTFT direct {:.3} ms, through HTTP/SSE {:.3} ms (+{:.3} ms); \
+         pieces/s direct {:.0}, through HTTP/SSE {:.0}",
+        median(d_ttft.clone()) * 1e3,
+        median(h_ttft.clone()) * 1e3,
+        (median(h_ttft) - median(d_ttft)) * 1e3,
+        median(d_tps),
+        median(h_tps)
+    );
+    node.shutdown().await;
+}
+
+#[tokio::main]
+async fn main() {
+    api_overhead().await;
+    if std::env::args().any(|a| a == "api") {
+        return;
+    }
+    let embedded = support::smollm(1, 1);
+    let prompt_tokens = embedded
+        .prompt_ids(&Prompt::Text(long_prompt()))
+        .unwrap()
+        .len();
+    let backend: SharedBackend = embedded.clone();
+    println!("SmolLM2-135M-Instruct Q4_1, greedy; long prompt {prompt_tokens} tokens, {GEN_TOKENS} generated; median of {RUNS}");
+
+    // Warm up, then the trait directly.
+    direct(&backend, request(short_prompt(), 4)).await;
+    let mut runs = Vec::new();
+    for _ in 0..RUNS {
+        let long = direct(&backend, request(long_prompt(), 1)).await;
+        let gen = direct(&backend, request(short_prompt(), GEN_TOKENS)).await;
+        runs.push(figures(prompt_tokens, long, gen));
+    }
+    let med = |f: fn(&Figures) -> f64, runs: &[Figures]| median(runs.iter().map(f).collect());
+    let direct_fig = Figures {
+        ttft_s: med(|f| f.ttft_s, &runs),
+        prompt_tps: med(|f| f.prompt_tps, &runs),
+        gen_tps: med(|f| f.gen_tps, &runs),
+    };
+    print("embedded (backend trait)", direct_fig);
+
+    // Through the HTTP API.
+    let node = support::serving_node(vec![support::smollm(1, 1) as SharedBackend], None).await;
+    let url = format!("{}/v1/completions", support::base_url(&node));
+    let body = |prompt: String, max: u32| {
+        json!({ "model": "smollm2", "prompt": prompt, "temperature": 0, "max_tokens": max, "stream": true,
+                "stream_options": { "include_usage": true } })
+    };
+    over_http(&url, body(short_prompt(), 4)).await;
+    let mut runs = Vec::new();
+    let mut short_ttft_direct = Vec::new();
+    let mut short_ttft_http = Vec::new();
+    for _ in 0..RUNS {
+        let long = over_http(&url, body(long_prompt(), 1)).await;
+        let gen = over_http(&url, body(short_prompt(), GEN_TOKENS)).await;
+        runs.push(figures(prompt_tokens, long, gen));
+        short_ttft_direct.push(
+            direct(&backend, request(short_prompt(), 1))
+                .await
+                .0
+                .as_secs_f64(),
+        );
+        short_ttft_http.push(
+            over_http(&url, body(short_prompt(), 1))
+                .await
+                .0
+                .as_secs_f64(),
+        );
+    }
+    let http_fig = Figures {
+        ttft_s: med(|f| f.ttft_s, &runs),
+        prompt_tps: med(|f| f.prompt_tps, &runs),
+        gen_tps: med(|f| f.gen_tps, &runs),
+    };
+    print("embedded (HTTP API, SSE)", http_fig);
+    println!(
+        "API overhead on TTFT (short prompt): {:+.2} ms; on generation: {:+.1}%",
+        (median(short_ttft_http) - median(short_ttft_direct)) * 1e3,
+        (http_fig.gen_tps / direct_fig.gen_tps - 1.0) * 100.0
+    );
+    node.shutdown().await;
+    drop(backend);
+    drop(embedded);
+
+    // llama.cpp's llama-server on the same file and both cores.
+    let server = std::env::var_os("RELAYMESH_LLAMA_SERVER")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            let dir = std::path::PathBuf::from(std::env::var_os("HOME")?)
+                .join(".cache/relaymesh/llama-server");
+            std::fs::read_dir(dir)
+                .ok()?
+                .filter_map(|e| Some(e.ok()?.path().join("llama-server")))
+                .find(|p| p.is_file())
+        });
+    let Some(server) = server else {
+        println!("llama-server: not built (scripts/build-llama-server), skipped");
+        return;
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let _child = Proc(
+        Command::new(server)
+            .arg("-m")
+            .arg(support::model_path())
+            .args([
+                "--no-repack",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "-c",
+                "2048",
+            ])
+            .args([
+                "-t",
+                &std::thread::available_parallelism()
+                    .map_or(2, |n| n.get())
+                    .to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    for _ in 0..600 {
+        if reqwest::get(format!("{base}/health"))
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let url = format!("{base}/v1/completions");
+    let body = |prompt: String, max: u32| json!({ "prompt": prompt, "temperature": 0, "max_tokens": max, "stream": true, "cache_prompt": false });
+    over_http(&url, body(short_prompt(), 4)).await;
+    let mut runs = Vec::new();
+    for _ in 0..RUNS {
+        let long = over_http(&url, body(long_prompt(), 1)).await;
+        let gen = over_http(&url, body(short_prompt(), GEN_TOKENS)).await;
+        runs.push(figures(prompt_tokens, long, gen));
+    }
+    print(
+        "llama-server (HTTP, SSE)",
+        Figures {
+            ttft_s: med(|f| f.ttft_s, &runs),
+            prompt_tps: med(|f| f.prompt_tps, &runs),
+            gen_tps: med(|f| f.gen_tps, &runs),
+        },
+    );
+}
