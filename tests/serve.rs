@@ -651,3 +651,78 @@ async fn a_signed_manifest_next_to_the_file_is_checked_and_advertised() {
         .to_string();
     assert!(err.contains("re-sign"), "{err}");
 }
+
+/// Deterministic garbage: valid bodies cut short, with bytes flipped, or replaced by
+/// noise (xorshift, fixed seed).
+fn mangled(valid: &[u8], i: u64) -> Vec<u8> {
+    let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ i.wrapping_mul(0x2545_F491_4F6C_DD1D);
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    match i % 3 {
+        0 => valid[..(next() as usize % valid.len())].to_vec(),
+        1 => {
+            let mut v = valid.to_vec();
+            for _ in 0..1 + next() % 4 {
+                let at = next() as usize % v.len();
+                v[at] ^= 1 << (next() % 8);
+            }
+            v
+        }
+        _ => (0..next() % 64).map(|_| next() as u8).collect(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn garbage_bodies_get_a_4xx_json_error_never_a_5xx() {
+    let node = serving_node(vec![smollm(1, 4)], None).await;
+    let base = base_url(&node);
+    let client = reqwest::Client::new();
+    let routes = [
+        ("/v1/chat/completions", chat_body(false)),
+        (
+            "/v1/completions",
+            json!({ "model": "smollm2", "prompt": "Hi", "max_tokens": 1 }),
+        ),
+        (
+            "/api/chat",
+            json!({ "model": "smollm2", "messages": [{ "role": "user", "content": "Hi" }], "stream": false, "options": { "num_predict": 1 } }),
+        ),
+        (
+            "/api/generate",
+            json!({ "model": "smollm2", "prompt": "Hi", "stream": false, "options": { "num_predict": 1 } }),
+        ),
+        ("/api/show", json!({ "model": "smollm2" })),
+    ];
+    let mut refused = 0;
+    for (path, valid) in routes {
+        let valid = valid.to_string().into_bytes();
+        for i in 0..40 {
+            let body = mangled(&valid, i);
+            let r = client
+                .post(format!("{base}{path}"))
+                .body(body.clone())
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let text = r.text().await.unwrap();
+            assert!(
+                status < 500,
+                "{path} answered {status} to {:?}: {text}",
+                String::from_utf8_lossy(&body)
+            );
+            if status >= 400 {
+                refused += 1;
+                let v: Value = serde_json::from_str(&text)
+                    .unwrap_or_else(|_| panic!("{path}: not JSON: {text}"));
+                assert!(!v["error"].is_null(), "{path}: {text}");
+            }
+        }
+    }
+    assert!(refused > 120, "most garbage is refused ({refused} of 200)");
+    node.shutdown().await;
+}

@@ -137,10 +137,7 @@ impl EventLoop {
                     // Every handle is gone: nobody can talk to us any more.
                     None => return,
                 },
-                _ = announce.tick() => {
-                    self.announce();
-                    self.anti_entropy();
-                }
+                _ = announce.tick() => self.announce(),
                 _ = housekeeping.tick() => self.housekeeping(),
             }
         }
@@ -291,29 +288,6 @@ impl EventLoop {
             if let Err(err) = self.swarm.behaviour_mut().kad.start_providing(key) {
                 debug!(%err, "provider record not stored");
             }
-        }
-    }
-
-    /// Pulls the ads of one connected peer, chosen at random, once per announcement
-    /// period. Gossip alone can leave a node without an ad for good (pruned from the
-    /// meshes of well-connected peers, it hears of new ads only through lazy IHAVE
-    /// gossip, which may miss all of a supplier's announcements); this pull makes every
-    /// table converge whatever the shape of the gossip mesh, at one table's bytes per
-    /// period.
-    fn anti_entropy(&mut self) {
-        if self.connections.is_empty() {
-            return;
-        }
-        let pick =
-            rand_core::RngCore::next_u32(&mut rand_core::OsRng) as usize % self.connections.len();
-        if let Some(peer) = self.connections.keys().nth(pick).copied() {
-            let request = AdsRequest {
-                max: MAX_SYNC_ADS as u16,
-            };
-            self.swarm
-                .behaviour_mut()
-                .ads_sync
-                .send_request(&peer, request);
         }
     }
 
