@@ -319,3 +319,50 @@ fn options_come_from_a_config_file_and_the_environment_with_flags_winning() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("data_dri"));
 }
+
+#[test]
+fn manifest_sign_writes_a_manifest_a_serving_node_advertises() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("source");
+    let model = dir.path().join("smol.gguf");
+    std::fs::copy(support::model_path(), &model).unwrap();
+    let source_id = stdout_of(relaymesh().args(["id", "--data-dir"]).arg(&source));
+    let written = stdout_of(
+        relaymesh()
+            .args(["manifest", "sign", "--model"])
+            .arg(&model)
+            .args([
+                "--name",
+                "SmolLM2-135M-Instruct",
+                "--royalty",
+                "2.5",
+                "--licence",
+                "apache-2.0",
+                "--data-dir",
+            ])
+            .arg(&source),
+    );
+    assert_eq!(written, format!("{}.manifest", model.display()));
+
+    let api = free_port();
+    let _node = start_node(
+        &dir.path().join("node"),
+        api,
+        &["--serve", &format!("smol=gguf:{}", model.display())],
+    );
+    wait_status(api, "the serving node's API");
+    let models = api_json(api, "/relaymesh/v1/models").unwrap();
+    assert_eq!(models[0]["source"], source_id.as_str(), "{models}");
+    assert_eq!(models[0]["royalty_ppm"], 25_000);
+
+    // Out-of-range royalties are refused.
+    let out = relaymesh()
+        .args(["manifest", "sign", "--model"])
+        .arg(&model)
+        .args(["--name", "x", "--royalty", "120", "--data-dir"])
+        .arg(&source)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("between 0 and 100"));
+}
