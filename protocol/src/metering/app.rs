@@ -1,6 +1,6 @@
 //! The app's side of metering one request: sign it, then sign one ack per increment
-//! with the next link of the request's ack chain. The full request lifecycle (flow
-//! control, failover) builds on this with the mesh-inference work.
+//! with the next link of the request's ack chain. `metering::flow` builds the request's
+//! flow control on it.
 
 use crate::identity::signed::Signed;
 use crate::identity::verify::Signer;

@@ -4,6 +4,7 @@
 pub mod ack_chain;
 pub mod app;
 pub mod compute_units;
+pub mod flow;
 pub mod receipt;
 pub mod tau;
 pub mod threshold;

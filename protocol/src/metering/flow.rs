@@ -1,0 +1,566 @@
+//! One request's stream on both sides, IO-free: the supplier sends output token by
+//! token and pauses with more than `W` tokens unacknowledged; the app acknowledges
+//! every `K` tokens it received (and the rest when the stream ends). Every ack the
+//! supplier accepts is a receipt, checked as a verifier of proofs will check it, and
+//! more: it must cover exactly the bytes the supplier sent up to a token boundary.
+//!
+//! Tokens are counted as the supplier's output frames (one frame per token); acks
+//! carry bytes, which both sides can check, and the supplier maps an ack's byte count
+//! back to its frame boundary. The node's stream code and netsim drive these same
+//! machines.
+
+use std::collections::VecDeque;
+
+use crate::identity::verify::{SignatureVerifier, Signer};
+use crate::messages::ack::SignedAck;
+use crate::messages::request::SignedRelayRequest;
+use crate::messages::session::{SessionOpen, SignedSessionOpen};
+use crate::metering::app::{AckError, RequestAcker};
+use crate::metering::receipt::{Receipt, ReceiptError, ReceiptFacts};
+use crate::Digest;
+
+/// Flow-control bounds, from the mesh parameters (`ack_every_tokens`,
+/// `max_unacked_tokens`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    /// K: the app acks every K tokens.
+    pub ack_every: u32,
+    /// W: the supplier sends at most W tokens beyond the last ack.
+    pub max_unacked: u32,
+}
+
+/// Why a stream step is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FlowError {
+    /// The supplier may not send: W tokens are unacknowledged.
+    #[error("{0} tokens are unacknowledged; waiting for an ack")]
+    WindowFull(u32),
+    /// More output than the request pays for.
+    #[error("output would reach {0} bytes, beyond the request's max_output_bytes")]
+    TooMuchOutput(u64),
+    /// The stream already ended.
+    #[error("the stream is finished")]
+    Finished,
+    /// The ack's signature is not the app's.
+    #[error("ack signature is not the app's")]
+    BadSignature,
+    /// The ack fails a receipt rule (wrong session or request, chain link, counts).
+    #[error("ack refused: {0}")]
+    Receipt(#[from] ReceiptError),
+    /// The ack does not continue from the last accepted one (a replay, or a skip).
+    #[error("ack {index} does not follow ack {expected_prev} at {acked} bytes")]
+    OutOfOrder {
+        /// Index in the ack.
+        index: u16,
+        /// The last accepted index.
+        expected_prev: u16,
+        /// Bytes acknowledged so far.
+        acked: u32,
+    },
+    /// The ack's byte count is not where a token ended, or beyond what was sent.
+    #[error("ack covers {0} bytes, which is not the end of a token sent")]
+    NotABoundary(u32),
+    /// The ack's stream digest is not the digest of what was sent.
+    #[error("ack's stream digest does not match the output sent")]
+    WrongStream,
+    /// `last` on an ack that does not cover the whole finished stream.
+    #[error("ack marked last before the end of the stream")]
+    EarlyLast,
+    /// The supplier sent more than W tokens without an ack (app side).
+    #[error("the supplier sent {0} tokens beyond the window without an ack")]
+    WindowExceeded(u32),
+    /// The app could not sign (chain exhausted, output too long).
+    #[error(transparent)]
+    Ack(#[from] AckError),
+}
+
+/// A token boundary not yet acknowledged: cumulative bytes and the digest of the
+/// output up to there.
+#[derive(Clone, Debug)]
+struct Boundary {
+    tokens: u32,
+    bytes: u32,
+    digest: Digest,
+}
+
+/// The supplier's side of one request.
+#[derive(Clone, Debug)]
+pub struct SupplierFlow {
+    terms: SessionOpen,
+    session_key: Digest,
+    request: SignedRelayRequest,
+    window: Window,
+    stream: blake3::Hasher,
+    sent_tokens: u32,
+    sent_bytes: u32,
+    /// Boundaries after the last ack, oldest first (at most W + 1).
+    unacked: VecDeque<Boundary>,
+    acked_tokens: u32,
+    acked_bytes: u32,
+    /// Digest of the output up to the last ack.
+    acked_digest: Digest,
+    last_index: u16,
+    /// `c_{last_index}`: the head before the first ack.
+    last_link: Digest,
+    finished: bool,
+    closed: bool,
+}
+
+/// What an accepted ack yields.
+#[derive(Clone, Debug)]
+pub struct Accepted {
+    /// The receipt (request + ack) to store.
+    pub receipt: Receipt,
+    /// Its relay hash, weight and digest, for mining.
+    pub facts: ReceiptFacts,
+    /// Whether this was the request's last ack.
+    pub last: bool,
+}
+
+impl SupplierFlow {
+    /// Starts the supplier's side of `request` in the countersigned `session`. The
+    /// request's signature is checked here.
+    pub fn new(
+        session: &SignedSessionOpen,
+        request: SignedRelayRequest,
+        window: Window,
+        verifier: &impl SignatureVerifier,
+    ) -> Result<Self, FlowError> {
+        let terms = session.body.clone();
+        request
+            .verify(&terms.app, verifier)
+            .map_err(|_| FlowError::BadSignature)?;
+        let session_key = session.session_key();
+        if request.body.session_key != session_key {
+            return Err(ReceiptError::WrongSession.into());
+        }
+        let head = request.body.ack_chain_head;
+        Ok(Self {
+            terms,
+            session_key,
+            request,
+            window,
+            stream: blake3::Hasher::new(),
+            sent_tokens: 0,
+            sent_bytes: 0,
+            unacked: VecDeque::new(),
+            acked_tokens: 0,
+            acked_bytes: 0,
+            acked_digest: Digest(*blake3::Hasher::new().finalize().as_bytes()),
+            last_index: 0,
+            last_link: head,
+            finished: false,
+            closed: false,
+        })
+    }
+
+    /// Tokens sent and not yet acknowledged.
+    pub fn unacked_tokens(&self) -> u32 {
+        self.sent_tokens - self.acked_tokens
+    }
+
+    /// Whether another token may be sent now.
+    pub fn can_send(&self) -> bool {
+        !self.finished && self.unacked_tokens() < self.window.max_unacked
+    }
+
+    /// Records one token's text as sent. Refused when the window is full, the stream is
+    /// finished, or the request's output bound would be passed. Empty text is not a
+    /// token (it bills nothing, and byte counts could not tell it apart): it is not
+    /// counted and must not be sent.
+    pub fn send(&mut self, text: &str) -> Result<(), FlowError> {
+        if self.finished {
+            return Err(FlowError::Finished);
+        }
+        if text.is_empty() {
+            return Ok(());
+        }
+        if !self.can_send() {
+            return Err(FlowError::WindowFull(self.unacked_tokens()));
+        }
+        let bytes = u64::from(self.sent_bytes) + text.len() as u64;
+        if bytes > u64::from(self.request.body.max_output_bytes) {
+            return Err(FlowError::TooMuchOutput(bytes));
+        }
+        self.stream.update(text.as_bytes());
+        self.sent_tokens += 1;
+        self.sent_bytes = bytes as u32;
+        self.unacked.push_back(Boundary {
+            tokens: self.sent_tokens,
+            bytes: self.sent_bytes,
+            digest: Digest(*self.stream.finalize().as_bytes()),
+        });
+        Ok(())
+    }
+
+    /// The output is complete: nothing more will be sent; the app's last ack closes.
+    pub fn finish(&mut self) {
+        self.finished = true;
+    }
+
+    /// Whether the final ack arrived.
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// Output bytes acknowledged so far.
+    pub fn acked_bytes(&self) -> u32 {
+        self.acked_bytes
+    }
+
+    /// Output bytes sent so far.
+    pub fn sent_bytes(&self) -> u32 {
+        self.sent_bytes
+    }
+
+    /// Checks an ack (signature, receipt rules with one chain step, order, token
+    /// boundary, stream digest) and, if it holds, moves the window.
+    pub fn on_ack(
+        &mut self,
+        ack: SignedAck,
+        verifier: &impl SignatureVerifier,
+    ) -> Result<Accepted, FlowError> {
+        if self.closed {
+            return Err(FlowError::Finished);
+        }
+        ack.verify(&self.terms.app, verifier)
+            .map_err(|_| FlowError::BadSignature)?;
+        let body = &ack.body;
+        if body.index != self.last_index + 1 || body.prev_bytes != self.acked_bytes {
+            return Err(FlowError::OutOfOrder {
+                index: body.index,
+                expected_prev: self.last_index,
+                acked: self.acked_bytes,
+            });
+        }
+        let receipt = Receipt {
+            request: self.request.clone(),
+            ack,
+        };
+        let facts = receipt.check_next(&self.session_key, &self.terms, &self.last_link)?;
+        let body = &receipt.ack.body;
+        // The ack must end where a token sent ended (or, for an empty final ack, where
+        // the last one did).
+        let (tokens, digest) = if body.new_bytes == self.acked_bytes {
+            // An empty increment only closes a stream.
+            if !body.last {
+                return Err(FlowError::NotABoundary(body.new_bytes));
+            }
+            (self.acked_tokens, self.acked_digest)
+        } else {
+            let at = self
+                .unacked
+                .iter()
+                .position(|b| b.bytes == body.new_bytes)
+                .ok_or(FlowError::NotABoundary(body.new_bytes))?;
+            (self.unacked[at].tokens, self.unacked[at].digest)
+        };
+        if body.stream_digest != digest {
+            return Err(FlowError::WrongStream);
+        }
+        if body.last && !(self.finished && body.new_bytes == self.sent_bytes) {
+            return Err(FlowError::EarlyLast);
+        }
+        while self.unacked.front().is_some_and(|b| b.tokens <= tokens) {
+            self.unacked.pop_front();
+        }
+        self.acked_digest = digest;
+        self.acked_tokens = tokens;
+        self.acked_bytes = body.new_bytes;
+        self.last_index = body.index;
+        self.last_link = body.chain_secret;
+        self.closed = body.last;
+        Ok(Accepted {
+            last: body.last,
+            facts,
+            receipt,
+        })
+    }
+}
+
+/// The app's side of one request: acks every K tokens received, and the rest at the
+/// end; refuses a supplier that runs past the window.
+#[derive(Clone, Debug)]
+pub struct AppFlow {
+    acker: RequestAcker,
+    window: Window,
+    pending: Vec<u8>,
+    pending_tokens: u32,
+}
+
+impl AppFlow {
+    /// Takes over a signed request (see [`RequestAcker::new`]).
+    pub fn new(acker: RequestAcker, window: Window) -> Self {
+        Self {
+            acker,
+            window,
+            pending: Vec::new(),
+            pending_tokens: 0,
+        }
+    }
+
+    /// The signed request, sent before the stream.
+    pub fn request(&self) -> &SignedRelayRequest {
+        self.acker.request()
+    }
+
+    /// Output bytes acknowledged so far.
+    pub fn acked_bytes(&self) -> u32 {
+        self.acker.acked_bytes()
+    }
+
+    /// One token's text arrived: returns the ack to send when K tokens are unacked.
+    /// Empty text is ignored.
+    pub fn on_token(
+        &mut self,
+        text: &str,
+        app: &impl Signer,
+    ) -> Result<Option<SignedAck>, FlowError> {
+        if text.is_empty() {
+            return Ok(None); // not a token: a supplier sends none, and none is counted
+        }
+        if self.pending_tokens >= self.window.max_unacked {
+            return Err(FlowError::WindowExceeded(self.pending_tokens + 1));
+        }
+        self.pending.extend_from_slice(text.as_bytes());
+        self.pending_tokens += 1;
+        if self.pending_tokens < self.window.ack_every {
+            return Ok(None);
+        }
+        let ack = self.acker.ack(&self.pending, false, app)?;
+        self.pending.clear();
+        self.pending_tokens = 0;
+        Ok(Some(ack))
+    }
+
+    /// The stream ended: the final ack, covering what is left (possibly nothing).
+    pub fn finish(&mut self, app: &impl Signer) -> Result<SignedAck, FlowError> {
+        let ack = self.acker.ack(&self.pending, true, app)?;
+        self.pending.clear();
+        self.pending_tokens = 0;
+        Ok(ack)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::messages::session::SessionOpen;
+    use crate::metering::app::RequestTerms;
+    use crate::metering::compute_units::CuFormula;
+    use crate::Signer;
+    use crate::{Ed25519Verifier, Keypair};
+
+    const WINDOW: Window = Window {
+        ack_every: 2,
+        max_unacked: 4,
+    };
+
+    fn setup(max_acks: u16) -> (SupplierFlow, AppFlow, Keypair) {
+        let app = Keypair::from_secret([1; 32]);
+        let supplier = Keypair::from_secret([2; 32]);
+        let terms = SessionOpen {
+            version: 1,
+            mesh_id: Digest([9; 32]),
+            app: app.public_key(),
+            supplier: supplier.public_key(),
+            model_digest: Digest([8; 32]),
+            manifest: None,
+            cu: CuFormula::default(),
+            price_per_cu: 1,
+            tau: 1,
+            start_ms: 0,
+            max_duration_ms: 60_000,
+            reveal_commitment: Digest([7; 32]),
+            nonce: 1,
+        };
+        let session = crate::identity::signed::Signed::sign(terms, &app).countersign(&supplier);
+        let acker = RequestAcker::new(
+            RequestTerms {
+                session_key: session.session_key(),
+                request_id: 0,
+                prompt_digest: Digest([3; 32]),
+                prompt_bytes: 12,
+                max_output_bytes: 1000,
+                max_acks,
+            },
+            Digest([4; 32]),
+            &app,
+        );
+        let supplier_flow =
+            SupplierFlow::new(&session, acker.request().clone(), WINDOW, &Ed25519Verifier).unwrap();
+        (supplier_flow, AppFlow::new(acker, WINDOW), app)
+    }
+
+    #[test]
+    fn a_whole_stream_is_acked_in_increments_that_add_up() {
+        let (mut s, mut a, app) = setup(16);
+        let tokens = ["The", " capital", " of", " France", " is", " Paris", "."];
+        let mut receipts = Vec::new();
+        for t in tokens {
+            assert!(s.can_send());
+            s.send(t).unwrap();
+            if let Some(ack) = a.on_token(t, &app).unwrap() {
+                receipts.push(s.on_ack(ack, &Ed25519Verifier).unwrap());
+            }
+        }
+        s.finish();
+        let last = s.on_ack(a.finish(&app).unwrap(), &Ed25519Verifier).unwrap();
+        assert!(last.last && s.is_closed());
+        receipts.push(last);
+        let total: u32 = tokens.iter().map(|t| t.len() as u32).sum();
+        assert_eq!(s.acked_bytes(), total);
+        assert_eq!(
+            receipts.len(),
+            4,
+            "7 tokens at K = 2: three acks and the last"
+        );
+        // Weights add up to the prompt plus every output byte.
+        let cu = CuFormula::default();
+        let weight: u64 = receipts.iter().map(|r| r.facts.weight).sum();
+        assert_eq!(
+            weight,
+            cu.prompt_units(12) + cu.output_units(0, total).unwrap()
+        );
+    }
+
+    #[test]
+    fn an_app_that_never_acks_gets_at_most_w_tokens() {
+        let (mut s, _, _) = setup(16);
+        let mut sent = 0;
+        while s.can_send() {
+            s.send("tok").unwrap();
+            sent += 1;
+        }
+        assert_eq!(sent, WINDOW.max_unacked);
+        assert_eq!(s.send("more"), Err(FlowError::WindowFull(4)));
+    }
+
+    #[test]
+    fn forged_replayed_and_misplaced_acks_are_refused() {
+        let (mut s, mut a, app) = setup(16);
+        for t in ["ab", "cd"] {
+            s.send(t).unwrap();
+        }
+        a.on_token("ab", &app).unwrap();
+        let ack = a.on_token("cd", &app).unwrap().unwrap();
+
+        // Signed by someone else.
+        let mut forged = ack.clone();
+        forged.signature = crate::identity::signed::Signed::sign(
+            forged.body.clone(),
+            &Keypair::from_secret([5; 32]),
+        )
+        .signature;
+        assert_eq!(
+            s.on_ack(forged, &Ed25519Verifier).unwrap_err(),
+            FlowError::BadSignature
+        );
+
+        s.on_ack(ack.clone(), &Ed25519Verifier).unwrap();
+        // The same ack again.
+        assert!(matches!(
+            s.on_ack(ack, &Ed25519Verifier),
+            Err(FlowError::OutOfOrder { .. })
+        ));
+        // An ack for bytes not sent, or not at a token boundary.
+        s.send("efgh").unwrap();
+        let mut a2 = a.clone();
+        let mid = a2.acker.ack(b"ef", false, &app).unwrap();
+        assert_eq!(
+            s.clone().on_ack(mid, &Ed25519Verifier).unwrap_err(),
+            FlowError::NotABoundary(6)
+        );
+        // The right counts over different text.
+        let mut a3 = a.clone();
+        let wrong = a3.acker.ack(b"EFGH", false, &app).unwrap();
+        assert_eq!(
+            s.clone().on_ack(wrong, &Ed25519Verifier).unwrap_err(),
+            FlowError::WrongStream
+        );
+        // "last" before the supplier finished.
+        let mut a4 = a.clone();
+        let early = a4.acker.ack(b"efgh", true, &app).unwrap();
+        assert_eq!(
+            s.on_ack(early, &Ed25519Verifier).unwrap_err(),
+            FlowError::EarlyLast
+        );
+    }
+
+    #[test]
+    fn an_empty_stream_closes_with_one_ack_that_bills_the_prompt() {
+        let (mut s, mut a, app) = setup(4);
+        s.finish();
+        let done = s.on_ack(a.finish(&app).unwrap(), &Ed25519Verifier).unwrap();
+        assert!(done.last);
+        assert_eq!(done.facts.weight, CuFormula::default().prompt_units(12));
+        assert!(!s.can_send());
+        assert_eq!(s.send("x"), Err(FlowError::Finished));
+    }
+
+    proptest::proptest! {
+        /// Any output, any K <= W, acks delivered whenever the supplier must wait or
+        /// at random: the supplier never has more than W tokens out, every ack is
+        /// accepted, and the receipts cover the prompt and every byte exactly once.
+        #[test]
+        fn any_stream_closes_with_receipts_that_add_up(
+            tokens in proptest::collection::vec("[a-zé ]{0,6}", 0..60),
+            k in 1u32..8,
+            extra in 0u32..8,
+            eager in proptest::collection::vec(proptest::bool::ANY, 60),
+        ) {
+            let window = Window { ack_every: k, max_unacked: k + extra };
+            let (s0, a0, app) = setup(200);
+            let mut s = SupplierFlow { window, ..s0 };
+            let mut a = AppFlow::new(a0.acker, window);
+            let mut in_flight: VecDeque<SignedAck> = VecDeque::new();
+            let mut weight = 0u64;
+            for (i, t) in tokens.iter().enumerate() {
+                while !s.can_send() {
+                    let ack = in_flight.pop_front().expect("an ack is owed when the window is full");
+                    weight += s.on_ack(ack, &Ed25519Verifier).unwrap().facts.weight;
+                }
+                s.send(t).unwrap();
+                proptest::prop_assert!(s.unacked_tokens() <= window.max_unacked);
+                if let Some(ack) = a.on_token(t, &app).unwrap() {
+                    in_flight.push_back(ack);
+                }
+                if eager[i % eager.len()] {
+                    while let Some(ack) = in_flight.pop_front() {
+                        weight += s.on_ack(ack, &Ed25519Verifier).unwrap().facts.weight;
+                    }
+                }
+            }
+            s.finish();
+            in_flight.push_back(a.finish(&app).unwrap());
+            for ack in in_flight {
+                weight += s.on_ack(ack, &Ed25519Verifier).unwrap().facts.weight;
+            }
+            proptest::prop_assert!(s.is_closed());
+            let total: u32 = tokens.iter().map(|t| t.len() as u32).sum();
+            proptest::prop_assert_eq!(s.acked_bytes(), total);
+            let cu = CuFormula::default();
+            proptest::prop_assert_eq!(weight, cu.prompt_units(12) + cu.output_units(0, total).unwrap());
+        }
+    }
+
+    #[test]
+    fn the_app_refuses_a_supplier_that_runs_past_the_window() {
+        let (_, a, app) = setup(16);
+        // An app that could not ack (its acks were lost) sees W tokens, then refuses.
+        let mut a = AppFlow::new(
+            a.acker.clone(),
+            Window {
+                ack_every: 100,
+                max_unacked: 3,
+            },
+        );
+        for _ in 0..3 {
+            assert_eq!(a.on_token("x", &app).unwrap(), None);
+        }
+        assert_eq!(
+            a.on_token("x", &app).unwrap_err(),
+            FlowError::WindowExceeded(4)
+        );
+    }
+}
