@@ -10,6 +10,10 @@ use relaymesh_protocol::messages::ack::Ack;
 use relaymesh_protocol::messages::capability::{CapabilityAd, ModelOffer};
 use relaymesh_protocol::messages::claim::Claim;
 use relaymesh_protocol::messages::equivocation::EquivocationEvidence;
+use relaymesh_protocol::messages::infer::{
+    Done, DoneReason, FrameBody, InferFrame, InferPayload, InferRequest, PromptBody, Refuse,
+    RefuseCode, Turn, TurnRole, MAX_PROMPT_BYTES, MAX_TOKEN_BYTES,
+};
 use relaymesh_protocol::messages::manifest::ModelManifest;
 use relaymesh_protocol::messages::proof::{
     FullReveal, LeafProof, Proof, ProofEvidence, SampledProof,
@@ -389,6 +393,78 @@ fn mesh_params() -> impl Strategy<Value = MeshParams> {
         )
 }
 
+fn payload() -> impl Strategy<Value = InferPayload> {
+    let turn = (0u8..3, text::<{ MAX_PROMPT_BYTES }>()).prop_map(|(r, content)| Turn {
+        role: [TurnRole::System, TurnRole::User, TurnRole::Assistant][r as usize],
+        content,
+    });
+    let prompt = prop_oneof![
+        proptest::collection::vec(turn, 0..4)
+            .prop_map(|t| PromptBody::Chat(BoundedVec::try_from_vec(t).unwrap())),
+        text::<{ MAX_PROMPT_BYTES }>().prop_map(PromptBody::Text),
+    ];
+    (
+        text::<128>(),
+        prompt,
+        any::<Option<u32>>(),
+        any::<Option<u32>>(),
+        any::<Option<u32>>(),
+        any::<Option<u64>>(),
+        any::<u32>(),
+        proptest::collection::vec(text::<256>(), 0..4),
+    )
+        .prop_map(
+            |(model, prompt, t, p, k, seed, max_tokens, stop)| InferPayload {
+                model,
+                prompt,
+                temperature_milli: t,
+                top_p_micro: p,
+                top_k: k,
+                seed,
+                max_tokens,
+                stop: BoundedVec::try_from_vec(stop).unwrap(),
+            },
+        )
+}
+
+fn frame() -> impl Strategy<Value = InferFrame> {
+    let code = (0u8..6).prop_map(|c| {
+        [
+            RefuseCode::Busy,
+            RefuseCode::Terms,
+            RefuseCode::Balance,
+            RefuseCode::UnknownModel,
+            RefuseCode::Invalid,
+            RefuseCode::Failed,
+        ][c as usize]
+    });
+    prop_oneof![
+        signed(session()).prop_map(FrameBody::Propose),
+        session_open().prop_map(FrameBody::Accept),
+        (signed(request()), payload())
+            .prop_map(|(request, payload)| FrameBody::Request(InferRequest { request, payload })),
+        text::<{ MAX_TOKEN_BYTES }>().prop_map(FrameBody::Token),
+        signed(ack()).prop_map(FrameBody::Ack),
+        (any::<bool>(), any::<u32>(), any::<u32>()).prop_map(|(l, p, c)| FrameBody::Done(Done {
+            reason: if l {
+                DoneReason::Length
+            } else {
+                DoneReason::Stop
+            },
+            prompt_tokens: p,
+            completion_tokens: c,
+        })),
+        (code, text::<512>(), any::<u64>()).prop_map(|(code, message, retry_after_ms)| {
+            FrameBody::Refuse(Refuse {
+                code,
+                message,
+                retry_after_ms,
+            })
+        }),
+    ]
+    .prop_map(InferFrame::new)
+}
+
 fn round_trips<T: WireMessage + PartialEq + std::fmt::Debug>(
     value: &T,
 ) -> Result<(), TestCaseError> {
@@ -430,6 +506,8 @@ proptest! {
     fn transfer_round_trips(v in signed(transfer())) { round_trips(&v)?; }
     #[test]
     fn params_round_trip(v in mesh_params()) { round_trips(&v)?; }
+    #[test]
+    fn infer_frames_round_trip(v in frame()) { round_trips(&v)?; }
 
     #[test]
     fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {

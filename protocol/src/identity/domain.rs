@@ -89,6 +89,8 @@ pub mod hash_tag {
     pub const TRANSFER: &[u8] = b"relaymesh/1/hash/transfer\0";
     /// Coefficients of a batch signature check.
     pub const BATCH: &[u8] = b"relaymesh/1/hash/batch-verify\0";
+    /// Prompt digest: hash of an inference payload, committed to by the request.
+    pub const PROMPT: &[u8] = b"relaymesh/1/hash/prompt\0";
 }
 
 /// blake3 over `tag ‖ parts…`.

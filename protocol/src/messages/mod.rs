@@ -5,6 +5,7 @@ pub mod ack;
 pub mod capability;
 pub mod claim;
 pub mod equivocation;
+pub mod infer;
 pub mod manifest;
 pub mod proof;
 pub mod request;
@@ -53,5 +54,6 @@ pub fn wire_decoders() -> Vec<WireDecoder> {
         entry::<equivocation::EquivocationEvidence>(),
         entry::<Signed<transfer::Transfer>>(),
         entry::<crate::params::MeshParams>(),
+        entry::<infer::InferFrame>(),
     ]
 }

@@ -4,6 +4,10 @@
 use relaymesh_protocol::identity::signed::Signed;
 use relaymesh_protocol::messages::capability::{CapabilityAd, ModelOffer};
 use relaymesh_protocol::messages::equivocation::EquivocationEvidence;
+use relaymesh_protocol::messages::infer::{
+    FrameBody, InferFrame, InferPayload, InferRequest, PromptBody, Refuse, RefuseCode, Turn,
+    TurnRole,
+};
 use relaymesh_protocol::messages::transfer::Transfer;
 use relaymesh_protocol::metering::compute_units::CuFormula;
 use relaymesh_protocol::settlement::proof::{sign_reveal, verify_proof};
@@ -119,6 +123,33 @@ pub fn all() -> Vec<Golden> {
         },
         &app,
     );
+    let payload = InferPayload {
+        model: BoundedString::new("smollm2").unwrap(),
+        prompt: PromptBody::Chat(
+            BoundedVec::try_from_vec(vec![Turn {
+                role: TurnRole::User,
+                content: BoundedString::new("What is the capital of France?").unwrap(),
+            }])
+            .unwrap(),
+        ),
+        temperature_milli: Some(0),
+        top_p_micro: None,
+        top_k: Some(40),
+        seed: Some(7),
+        max_tokens: 64,
+        stop: BoundedVec::try_from_vec(vec![BoundedString::new("\n\n").unwrap()]).unwrap(),
+    };
+    let frame_request = InferFrame::new(FrameBody::Request(InferRequest {
+        request: receipt.request.clone(),
+        payload,
+    }));
+    let frame_token = InferFrame::new(FrameBody::Token(BoundedString::new(" Paris").unwrap()));
+    let frame_refuse = InferFrame::new(FrameBody::Refuse(Refuse {
+        code: RefuseCode::Busy,
+        message: BoundedString::new("all 1 slots are busy").unwrap(),
+        retry_after_ms: 2000,
+    }));
+    let frame_ack = InferFrame::new(FrameBody::Ack(receipt.ack.clone()));
     let (pa, ps, pso) = (app.public_key(), supplier.public_key(), source.public_key());
     let (c1, c2, p1, p2, p3) = (
         claim.clone(),
@@ -127,7 +158,18 @@ pub fn all() -> Vec<Golden> {
         params.clone(),
         params.clone(),
     );
+    let (pa2, pa3) = (pa, pa);
     vec![
+        golden(Some("request"), frame_request, move |f| match &f.body {
+            FrameBody::Request(r) => r.request.verify(&pa2, &v).is_ok(),
+            _ => false,
+        }),
+        golden(Some("ack"), frame_ack, move |f| match &f.body {
+            FrameBody::Ack(a) => a.verify(&pa3, &v).is_ok(),
+            _ => false,
+        }),
+        golden(Some("token"), frame_token, |_| true),
+        golden(Some("refuse"), frame_refuse, |_| true),
         golden(None, manifest, move |m| m.verify(&pso, &v).is_ok()),
         golden(None, ad, move |a| a.verify(&ps, &v).is_ok()),
         golden(None, proposal, move |p| p.verify(&pa, &v).is_ok()),

@@ -1,0 +1,195 @@
+//! `InferFrame`: the frames of an inference stream (`/relaymesh/<mesh>/infer/1`),
+//! each sent length-prefixed and decoded with the same bounded, canonical rules as
+//! every other message.
+//!
+//! One stream carries one request: the app proposes the session's terms (or names a
+//! session it already holds), the supplier countersigns or refuses, the app sends its
+//! signed request with the payload it commits to, the supplier streams one `Token`
+//! frame per token and pauses at the window, the app acks, the supplier ends with
+//! `Done` (or `Refuse`), and the app's last ack closes the request
+//! (`metering::flow` holds the rules of the token and ack exchange).
+
+use serde::{Deserialize, Serialize};
+use serde_tuple::{Deserialize_tuple, Serialize_tuple};
+
+use crate::identity::domain::{hash_tag, tagged_hash};
+use crate::messages::ack::SignedAck;
+use crate::messages::request::SignedRelayRequest;
+use crate::messages::session::{SessionProposal, SignedSessionOpen};
+use crate::wire::{to_canonical, BoundedString, BoundedVec, WireMessage};
+use crate::Digest;
+
+/// Largest prompt text, in bytes, one request may carry.
+pub const MAX_PROMPT_BYTES: usize = 512 * 1024;
+/// Most turns in a chat prompt.
+pub const MAX_TURNS: usize = 256;
+/// Largest text of one token frame.
+pub const MAX_TOKEN_BYTES: usize = 1024;
+
+/// Who wrote a chat turn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TurnRole {
+    /// Instructions.
+    System,
+    /// The person asking.
+    User,
+    /// The model.
+    Assistant,
+}
+
+/// One turn of a chat prompt.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize_tuple, Deserialize_tuple)]
+pub struct Turn {
+    /// Who wrote it.
+    pub role: TurnRole,
+    /// What it says.
+    pub content: BoundedString<MAX_PROMPT_BYTES>,
+}
+
+/// The prompt: a conversation for the model's chat template, or raw text.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PromptBody {
+    /// Turns, formatted by the supplier with the model's template.
+    Chat(BoundedVec<Turn, MAX_TURNS>),
+    /// Text continued as it is.
+    Text(BoundedString<MAX_PROMPT_BYTES>),
+}
+
+/// What the app asks for. Its digest is the request's `prompt_digest`, so the
+/// supplier cannot answer another prompt than the one the app signed for. Sampling
+/// values are integers (canonical encodings have no floats).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize_tuple, Deserialize_tuple)]
+pub struct InferPayload {
+    /// The model's name in the supplier's ad.
+    pub model: BoundedString<128>,
+    /// The prompt.
+    pub prompt: PromptBody,
+    /// Temperature in thousandths (0 = greedy); `None`: the supplier's default.
+    pub temperature_milli: Option<u32>,
+    /// Nucleus sampling in millionths; `None`: off.
+    pub top_p_micro: Option<u32>,
+    /// Top-k; `None`: off.
+    pub top_k: Option<u32>,
+    /// Sampler seed.
+    pub seed: Option<u64>,
+    /// Most tokens to generate.
+    pub max_tokens: u32,
+    /// Stop sequences.
+    pub stop: BoundedVec<BoundedString<256>, 4>,
+}
+
+impl InferPayload {
+    /// The digest the signed request commits to.
+    pub fn digest(&self) -> Digest {
+        tagged_hash(hash_tag::PROMPT, &[&to_canonical(self)])
+    }
+
+    /// UTF-8 bytes of prompt text, what the request bills (`prompt_bytes`).
+    pub fn prompt_bytes(&self) -> u64 {
+        match &self.prompt {
+            PromptBody::Chat(turns) => turns.iter().map(|t| t.content.as_str().len() as u64).sum(),
+            PromptBody::Text(text) => text.as_str().len() as u64,
+        }
+    }
+}
+
+/// The signed request and the payload it commits to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize_tuple, Deserialize_tuple)]
+pub struct InferRequest {
+    /// Signed by the app.
+    pub request: SignedRelayRequest,
+    /// The prompt and parameters.
+    pub payload: InferPayload,
+}
+
+/// Why generation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DoneReason {
+    /// The model ended, or a stop sequence was met.
+    Stop,
+    /// `max_tokens` or the context was reached.
+    Length,
+}
+
+/// The supplier's end of a stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize_tuple, Deserialize_tuple)]
+pub struct Done {
+    /// Why.
+    pub reason: DoneReason,
+    /// Tokens in the prompt, as the supplier's engine counted them.
+    pub prompt_tokens: u32,
+    /// Tokens generated.
+    pub completion_tokens: u32,
+}
+
+/// Why a supplier will not (or can no longer) serve.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RefuseCode {
+    /// Every slot is busy; try again after `retry_after_ms`, or elsewhere.
+    Busy,
+    /// The terms are not acceptable (price, τ, model digest, expired, wrong mesh).
+    Terms,
+    /// The app's balance does not cover the session.
+    Balance,
+    /// The model is not served here.
+    UnknownModel,
+    /// The request or payload is invalid (signature, digest, prompt too long).
+    Invalid,
+    /// The engine failed.
+    Failed,
+}
+
+/// A refusal or failure, with a message for people.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize_tuple, Deserialize_tuple)]
+pub struct Refuse {
+    /// What kind.
+    pub code: RefuseCode,
+    /// Why, for logs and users.
+    pub message: BoundedString<512>,
+    /// For `Busy`: when to retry, ms.
+    pub retry_after_ms: u64,
+}
+
+/// What one frame says.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FrameBody {
+    /// App → supplier: the terms it signed.
+    Propose(SessionProposal),
+    /// Supplier → app: the countersigned terms.
+    Accept(SignedSessionOpen),
+    /// App → supplier: a request in the accepted session.
+    Request(InferRequest),
+    /// Supplier → app: one token's text (never empty).
+    Token(BoundedString<MAX_TOKEN_BYTES>),
+    /// App → supplier: an ack.
+    Ack(SignedAck),
+    /// Supplier → app: generation ended.
+    Done(Done),
+    /// Either side: refused or failed; the stream ends.
+    Refuse(Refuse),
+}
+
+/// One length-prefixed frame of an inference stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize_tuple, Deserialize_tuple)]
+pub struct InferFrame {
+    /// Message version (1).
+    pub version: u16,
+    /// The content.
+    pub body: FrameBody,
+}
+
+impl WireMessage for InferFrame {
+    const NAME: &'static str = "InferFrame";
+    const VERSION: u16 = 1;
+    const MAX_SIZE: usize = MAX_PROMPT_BYTES + 64 * 1024;
+    fn version(&self) -> u16 {
+        self.version
+    }
+}
+
+impl InferFrame {
+    /// A version-1 frame.
+    pub fn new(body: FrameBody) -> Self {
+        Self { version: 1, body }
+    }
+}
