@@ -2,6 +2,7 @@
 //! and stopped together.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use relaymesh_protocol::Keypair;
 
@@ -38,6 +39,7 @@ pub struct Node {
     api: Option<(SocketAddr, tokio::task::JoinHandle<()>)>,
     metrics: Metrics,
     data_dir: Option<DataDir>,
+    supplier: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Node {
@@ -56,17 +58,51 @@ impl Node {
         let metrics = Metrics::default();
         let api_addr = config.api;
         let (models, keys) = (config.models.clone(), config.api_keys.clone());
+        let params = config.mesh.clone();
+        let serves = config.role == crate::config::Role::Full && !models.is_empty();
         let (handle, swarm_task) = mesh::spawn(config, key.clone(), metrics.clone())?;
         let api = match api_addr {
             Some(addr) => Some(
                 crate::api::serve(
                     addr,
-                    crate::api::ApiState::new(handle.clone(), metrics.clone(), models, keys),
+                    crate::api::ApiState::new(
+                        handle.clone(),
+                        metrics.clone(),
+                        models.clone(),
+                        keys,
+                        key.clone(),
+                        params.clone(),
+                    ),
                 )
                 .await
                 .map_err(|source| NodeError::Api { addr, source })?,
             ),
             None => None,
+        };
+        // A node that serves models answers the mesh's inference streams.
+        let supplier = if serves {
+            let receipts = match &data_dir {
+                Some(dir) => Some(dir.db().open_tree("receipts").map_err(|source| {
+                    NodeError::Store(StoreError::Database {
+                        path: dir.path().to_owned(),
+                        source,
+                    })
+                })?),
+                None => None,
+            };
+            let ctx = Arc::new(crate::infer::supplier::SupplierContext {
+                key: key.clone(),
+                params: params.clone(),
+                models,
+                receipts,
+            });
+            let protocol = crate::mesh::names::infer_protocol(&params.mesh_id());
+            Some(
+                crate::infer::supplier::spawn(handle.streams(), protocol, ctx)
+                    .map_err(|e| NodeError::Swarm(SwarmError::Setup(e)))?,
+            )
+        } else {
+            None
         };
         Ok(Self {
             handle,
@@ -75,6 +111,7 @@ impl Node {
             api,
             metrics,
             data_dir,
+            supplier,
         })
     }
 
@@ -106,6 +143,9 @@ impl Node {
     /// Runs until the swarm task ends (after `shutdown`, or if it fails).
     pub async fn wait(self) {
         let _ = self.swarm_task.await;
+        if let Some(task) = self.supplier {
+            task.abort();
+        }
         if let Some((_, api)) = self.api {
             api.abort();
         }
@@ -115,6 +155,9 @@ impl Node {
     pub async fn shutdown(self) {
         let _ = self.handle.shutdown().await;
         let _ = self.swarm_task.await;
+        if let Some(task) = self.supplier {
+            task.abort();
+        }
         if let Some((_, api)) = self.api {
             api.abort();
         }

@@ -12,12 +12,63 @@ use crate::backend::{GenEvent, GenRequest, Measured, Sampling, ServedModel};
 /// Parts of a streamed response buffered ahead of a slow client.
 pub const STREAM_BUFFER: usize = 32;
 
-/// The served model called `name`, or 404 naming those there are.
-pub fn lookup<'a>(state: &'a ApiState, name: &str) -> Result<&'a ServedModel, ApiError> {
-    state
-        .models
-        .get(name)
-        .ok_or_else(|| ApiError::unknown_model(name, &state.models.names()))
+/// A model to run a request on: served here, or by the mesh's suppliers.
+pub enum Resolved<'a> {
+    /// One of this node's backends.
+    Local(&'a ServedModel),
+    /// Suppliers on the mesh, reached through the inference protocol.
+    Mesh(ServedModel),
+}
+
+impl std::ops::Deref for Resolved<'_> {
+    type Target = ServedModel;
+    fn deref(&self) -> &ServedModel {
+        match self {
+            Resolved::Local(m) => m,
+            Resolved::Mesh(m) => m,
+        }
+    }
+}
+
+/// The model called `name`: served here if it is (this node serves its own models
+/// itself), else by the mesh's suppliers; or 404 naming the models there are.
+pub async fn lookup<'a>(state: &'a ApiState, name: &str) -> Result<Resolved<'a>, ApiError> {
+    if let Some(m) = state.models.get(name) {
+        return Ok(Resolved::Local(m));
+    }
+    let me = relaymesh_protocol::Signer::public_key(&state.key);
+    let offers = state.node.offers(name).await.unwrap_or_default();
+    if let Some((_, offer)) = offers.iter().find(|(k, _)| *k != me) {
+        let backend = crate::infer::gateway::MeshBackend::new(
+            name,
+            state.node.clone(),
+            state.key.clone(),
+            state.params.clone(),
+        )
+        .with_offer(offer);
+        return Ok(Resolved::Mesh(ServedModel::new(
+            std::sync::Arc::new(backend),
+            offer.price_per_cu,
+        )));
+    }
+    let mut names = state.models.names();
+    if let Ok(rows) = state.node.models().await {
+        names.extend(rows.into_iter().map(|r| r.name));
+    }
+    names.sort();
+    names.dedup();
+    Err(ApiError::unknown_model(name, &names))
+}
+
+/// Names of every model this node can answer for: its own and the mesh's.
+pub async fn all_model_names(state: &ApiState) -> Vec<String> {
+    let mut names = state.models.names();
+    if let Ok(rows) = state.node.models().await {
+        names.extend(rows.into_iter().map(|r| r.name));
+    }
+    names.sort();
+    names.dedup();
+    names
 }
 
 /// Whether an optional field holds what it means when absent (null, false, 0, an
@@ -110,12 +161,13 @@ pub async fn spawn_stream<T, F>(
     model: &ServedModel,
     request: GenRequest,
     mut render: F,
-) -> Result<mpsc::Receiver<T>, ApiError>
+) -> Result<(mpsc::Receiver<T>, Option<String>), ApiError>
 where
     T: Send + 'static,
     F: FnMut(GenEvent) -> Vec<T> + Send + 'static,
 {
     let mut generation: Measured = model.generate(request).await?;
+    let supplier = generation.supplier().map(str::to_owned);
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
     tokio::spawn(async move {
         loop {
@@ -133,7 +185,7 @@ where
             }
         }
     });
-    Ok(rx)
+    Ok((rx, supplier))
 }
 
 /// Seconds since the Unix epoch.

@@ -33,7 +33,14 @@ pub struct ApiState {
     keys: Option<Arc<ApiKeys>>,
     /// When the node started (RFC 3339), shown as the models' `modified_at`.
     started_at: String,
+    /// The node's key: it signs sessions, requests and acks as the app for mesh models.
+    key: relaymesh_protocol::Keypair,
+    /// The mesh's parameters.
+    params: relaymesh_protocol::params::MeshParams,
 }
+
+/// The response header naming who served a request.
+pub const SUPPLIER_HEADER: &str = "x-relaymesh-supplier";
 
 impl ApiState {
     /// The state for a node's API.
@@ -42,6 +49,8 @@ impl ApiState {
         metrics: Metrics,
         models: Arc<Models>,
         keys: Option<Arc<ApiKeys>>,
+        key: relaymesh_protocol::Keypair,
+        params: relaymesh_protocol::params::MeshParams,
     ) -> Self {
         Self {
             node,
@@ -49,7 +58,16 @@ impl ApiState {
             models,
             keys,
             started_at: ollama::created_at(),
+            key,
+            params,
         }
+    }
+
+    /// Who served: the mesh supplier, or this node.
+    fn served_by(&self, supplier: Option<String>) -> axum::http::HeaderValue {
+        let id = supplier.unwrap_or_else(|| self.node.peer_id().to_string());
+        axum::http::HeaderValue::from_str(&id)
+            .unwrap_or(axum::http::HeaderValue::from_static("unknown"))
     }
 }
 

@@ -176,6 +176,7 @@ impl Kind {
 }
 
 async fn run(
+    state: &ApiState,
     model: &ServedModel,
     kind: Kind,
     name: String,
@@ -184,13 +185,18 @@ async fn run(
 ) -> Result<Response, OllamaError> {
     let started = Instant::now();
     if !stream {
-        let mut rx = spawn_stream(model, req, |event| vec![event]).await?;
+        let (mut rx, supplier) = spawn_stream(model, req, |event| vec![event]).await?;
+        let served_by = state.served_by(supplier);
         let mut text = String::new();
         while let Some(event) = rx.recv().await {
             match event {
                 GenEvent::Text(piece) => text.push_str(&piece),
                 GenEvent::Done(finish) => {
-                    return Ok(Json(kind.last(&name, &text, &finish, started)).into_response())
+                    return Ok((
+                        [(super::SUPPLIER_HEADER, served_by)],
+                        Json(kind.last(&name, &text, &finish, started)),
+                    )
+                        .into_response())
                 }
                 GenEvent::Failed(why) => {
                     return Err(ApiError::from(crate::backend::BackendError::Upstream(why)).into())
@@ -202,7 +208,7 @@ async fn run(
         ))
         .into());
     }
-    let rx = spawn_stream(model, req, move |event| {
+    let (rx, supplier) = spawn_stream(model, req, move |event| {
         let value = match event {
             GenEvent::Text(piece) => kind.part(&name, &piece, false),
             GenEvent::Done(finish) => kind.last(&name, "", &finish, started),
@@ -215,7 +221,20 @@ async fn run(
     })
     .await?;
     let body = Body::from_stream(ReceiverStream::new(rx).map(Ok::<_, Infallible>));
-    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                axum::http::HeaderValue::from_static("application/x-ndjson"),
+            ),
+            (
+                axum::http::HeaderName::from_static(super::SUPPLIER_HEADER),
+                state.served_by(supplier),
+            ),
+        ],
+        body,
+    )
+        .into_response())
 }
 
 /// What Ollama answers to an empty request: the model is "loaded".
@@ -243,7 +262,7 @@ pub async fn chat(
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, OllamaError> {
     let mut body: ChatBody = body::parse(raw)?;
-    let model = lookup(&state, &body.common.model)?;
+    let model = lookup(&state, &body.common.model).await?;
     if body.messages.is_empty() {
         return Ok(loaded(Kind::Chat, &body.common.model));
     }
@@ -259,7 +278,7 @@ pub async fn chat(
     }
     let req = request(Prompt::Chat(messages), &mut body.common)?;
     let stream = body.common.stream.unwrap_or(true);
-    run(model, Kind::Chat, body.common.model, req, stream).await
+    run(&state, &model, Kind::Chat, body.common.model, req, stream).await
 }
 
 /// `POST /api/generate`
@@ -268,7 +287,7 @@ pub async fn generate(
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, OllamaError> {
     let mut body: GenerateBody = body::parse(raw)?;
-    let model = lookup(&state, &body.common.model)?;
+    let model = lookup(&state, &body.common.model).await?;
     if body.prompt.is_empty() {
         return Ok(loaded(Kind::Generate, &body.common.model));
     }
@@ -291,7 +310,15 @@ pub async fn generate(
     };
     let req = request(prompt, &mut body.common)?;
     let stream = body.common.stream.unwrap_or(true);
-    run(model, Kind::Generate, body.common.model, req, stream).await
+    run(
+        &state,
+        &model,
+        Kind::Generate,
+        body.common.model,
+        req,
+        stream,
+    )
+    .await
 }
 
 fn details(model: &ServedModel) -> Value {
@@ -352,7 +379,7 @@ pub async fn show(
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, OllamaError> {
     let body: ShowBody = body::parse(raw)?;
-    let model = lookup(&state, &body.model)?;
+    let model = lookup(&state, &body.model).await?;
     let info = model.backend.info();
     let family = if info.details.family.is_empty() {
         "unknown"
@@ -364,7 +391,7 @@ pub async fn show(
         "modelfile": format!("# served by relaymesh ({} backend)\nFROM {}\n", info.kind, info.name),
         "parameters": "",
         "template": info.details.template,
-        "details": details(model),
+        "details": details(&model),
         "model_info": {
             "general.architecture": family,
             format!("{family}.context_length"): info.context_length,

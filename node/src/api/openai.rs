@@ -15,7 +15,9 @@ use serde_json::{json, Map, Value};
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::error::{ApiError, OpenAiError};
-use super::infer::{lookup, new_id, refuse_unsupported, sampling, spawn_stream, unix_now};
+use super::infer::{
+    all_model_names, lookup, new_id, refuse_unsupported, sampling, spawn_stream, unix_now,
+};
 use super::{body, ApiState};
 use crate::backend::{ChatMessage, Finish, GenEvent, GenRequest, Prompt, Role};
 
@@ -229,7 +231,7 @@ async fn complete(
     prompt: Prompt,
     mut common: Common,
 ) -> Result<Response, OpenAiError> {
-    let model = lookup(&state, &common.model)?;
+    let model = lookup(&state, &common.model).await?;
     let req = request(prompt, &mut common)?;
     let id = new_id(match kind {
         Kind::Chat => "chatcmpl",
@@ -238,22 +240,26 @@ async fn complete(
     let created = unix_now();
     let name = common.model.clone();
     if !common.stream {
-        let mut rx = spawn_stream(model, req, |event| vec![event]).await?;
+        let (mut rx, supplier) = spawn_stream(&model, req, |event| vec![event]).await?;
+        let served_by = state.served_by(supplier);
         let mut text = String::new();
         while let Some(event) = rx.recv().await {
             match event {
                 GenEvent::Text(piece) => text.push_str(&piece),
                 GenEvent::Done(finish) => {
-                    return Ok(Json(json!({
-                        "id": id,
-                        "object": kind.object(false),
-                        "created": created,
-                        "model": name,
-                        "system_fingerprint": null,
-                        "choices": [kind.choice(Some(&text), Some(&finish), false)],
-                        "usage": usage(&finish),
-                    }))
-                    .into_response())
+                    return Ok((
+                        [(super::SUPPLIER_HEADER, served_by)],
+                        Json(json!({
+                            "id": id,
+                            "object": kind.object(false),
+                            "created": created,
+                            "model": name,
+                            "system_fingerprint": null,
+                            "choices": [kind.choice(Some(&text), Some(&finish), false)],
+                            "usage": usage(&finish),
+                        })),
+                    )
+                        .into_response())
                 }
                 GenEvent::Failed(why) => {
                     return Err(ApiError::from(crate::backend::BackendError::Upstream(why)).into())
@@ -280,7 +286,7 @@ async fn complete(
         }
         Ok::<Event, Infallible>(Event::default().data(c.to_string()))
     };
-    let rx = spawn_stream(model, req, move |event| match event {
+    let (rx, supplier) = spawn_stream(&model, req, move |event| match event {
         GenEvent::Text(piece) => vec![chunk(json!([kind.choice(Some(&piece), None, true)]), None)],
         GenEvent::Done(finish) => {
             let mut parts = vec![chunk(json!([kind.choice(None, Some(&finish), true)]), None)];
@@ -297,7 +303,11 @@ async fn complete(
         ))],
     })
     .await?;
-    Ok(Sse::new(ReceiverStream::new(rx)).into_response())
+    Ok((
+        [(super::SUPPLIER_HEADER, state.served_by(supplier))],
+        Sse::new(ReceiverStream::new(rx)),
+    )
+        .into_response())
 }
 
 /// `POST /v1/chat/completions`
@@ -306,7 +316,7 @@ pub async fn chat(
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, OpenAiError> {
     let body: ChatBody = body::parse(raw)?;
-    lookup(&state, &body.common.model)?;
+    lookup(&state, &body.common.model).await?;
     if body.messages.is_empty() {
         return Err(ApiError::bad_param("messages", "messages must not be empty").into());
     }
@@ -347,9 +357,8 @@ fn model_entry(name: &str) -> Value {
 
 /// `GET /v1/models`
 pub async fn models(State(state): State<ApiState>) -> Json<Value> {
-    let data: Vec<Value> = state
-        .models
-        .names()
+    let data: Vec<Value> = all_model_names(&state)
+        .await
         .iter()
         .map(|n| model_entry(n))
         .collect();
@@ -361,6 +370,6 @@ pub async fn model(
     State(state): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, OpenAiError> {
-    lookup(&state, &id)?;
+    lookup(&state, &id).await?;
     Ok(Json(model_entry(&id)))
 }

@@ -138,6 +138,7 @@ pub struct Generation {
     events: mpsc::Receiver<GenEvent>,
     // Held until the consumer is done, so the slot stays taken while it reads.
     _slot: Option<SlotGuard>,
+    supplier: Option<String>,
 }
 
 impl Generation {
@@ -146,7 +147,19 @@ impl Generation {
         Self {
             events,
             _slot: slot,
+            supplier: None,
         }
+    }
+
+    /// Names the mesh supplier (peer id) that serves this generation.
+    pub fn with_supplier(mut self, peer_id: String) -> Self {
+        self.supplier = Some(peer_id);
+        self
+    }
+
+    /// The mesh supplier serving it; `None` when this node runs it itself.
+    pub fn supplier(&self) -> Option<&str> {
+        self.supplier.as_deref()
     }
 
     /// The next event; `None` only if the backend vanished without a `Done`.

@@ -76,6 +76,11 @@ pub struct Measured {
 }
 
 impl Measured {
+    /// The mesh supplier serving it; `None` when this node runs it itself.
+    pub fn supplier(&self) -> Option<&str> {
+        self.inner.supplier()
+    }
+
     /// The next event (see [`Generation::next`]).
     pub async fn next(&mut self) -> Option<GenEvent> {
         let event = self.inner.next().await;

@@ -36,6 +36,8 @@ pub struct MeshBehaviour {
     pub mdns: Toggle<mdns::tokio::Behaviour>,
     /// Hands a new peer the ads we hold.
     pub ads_sync: request_response::cbor::Behaviour<AdsRequest, AdsResponse>,
+    /// Raw streams: the inference protocol (`/relaymesh/<mesh>/infer/1`).
+    pub stream: libp2p_stream::Behaviour,
 }
 
 /// Most ads one sync response carries.
@@ -152,6 +154,7 @@ impl MeshBehaviour {
             gossipsub,
             mdns: mdns.into(),
             ads_sync,
+            stream: libp2p_stream::Behaviour::new(),
         })
     }
 }

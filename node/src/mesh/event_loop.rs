@@ -154,6 +154,14 @@ impl EventLoop {
             Command::Models(reply) => {
                 let _ = reply.send(self.table.rows(now_ms()));
             }
+            Command::Offers(model, reply) => {
+                let offers = self
+                    .table
+                    .suppliers_of(&model)
+                    .map(|(key, offer)| (key, offer.clone()))
+                    .collect();
+                let _ = reply.send(offers);
+            }
             Command::Dial(addr, reply) => {
                 let _ = reply.send(self.swarm.dial(addr).map_err(|e| e.to_string()));
             }

@@ -7,6 +7,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Role;
 use crate::mesh::peer_table::ModelRow;
+use relaymesh_protocol::messages::capability::ModelOffer;
+use relaymesh_protocol::PublicKey;
 
 /// Commands the event loop serves.
 #[derive(Debug)]
@@ -16,6 +18,7 @@ pub(crate) enum Command {
     Models(oneshot::Sender<Vec<ModelRow>>),
     Dial(Multiaddr, oneshot::Sender<Result<(), String>>),
     FindProviders(String, oneshot::Sender<Vec<PeerId>>),
+    Offers(String, oneshot::Sender<Vec<(PublicKey, ModelOffer)>>),
     PublishAdBytes(Vec<u8>, oneshot::Sender<Result<(), String>>),
     Shutdown(oneshot::Sender<()>),
 }
@@ -64,10 +67,19 @@ pub struct PeerRow {
 pub struct NodeGone;
 
 /// Talks to a running node.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct NodeHandle {
     pub(crate) commands: mpsc::Sender<Command>,
     pub(crate) peer_id: PeerId,
+    pub(crate) streams: libp2p_stream::Control,
+}
+
+impl std::fmt::Debug for NodeHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeHandle")
+            .field("peer_id", &self.peer_id)
+            .finish()
+    }
 }
 
 impl NodeHandle {
@@ -98,6 +110,16 @@ impl NodeHandle {
     /// Models on the mesh, one row per supplier.
     pub async fn models(&self) -> Result<Vec<ModelRow>, NodeGone> {
         self.ask(Command::Models).await
+    }
+
+    /// Suppliers of `model` in the peer table, with their current offer.
+    pub async fn offers(&self, model: &str) -> Result<Vec<(PublicKey, ModelOffer)>, NodeGone> {
+        self.ask(|tx| Command::Offers(model.to_string(), tx)).await
+    }
+
+    /// Opens and accepts raw protocol streams (the inference protocol).
+    pub fn streams(&self) -> libp2p_stream::Control {
+        self.streams.clone()
     }
 
     /// Dials an address.

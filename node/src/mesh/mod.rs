@@ -89,6 +89,7 @@ pub fn spawn(
     }
     info!(peer = %peer_id, mesh = %config.mesh.name, role = ?config.role, "node starting");
 
+    let streams = swarm.behaviour().stream.new_control();
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
     let event_loop = event_loop::EventLoop::new(swarm, rx, config, key, metrics);
     let task = tokio::spawn(event_loop.run());
@@ -96,6 +97,7 @@ pub fn spawn(
         NodeHandle {
             commands: tx,
             peer_id,
+            streams,
         },
         task,
     ))

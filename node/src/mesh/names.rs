@@ -31,6 +31,12 @@ pub fn identify_version(mesh_id: &Digest) -> String {
     format!("/relaymesh/{}/1", mesh_tag(mesh_id))
 }
 
+/// The inference stream: sessions, requests, tokens and acks (`InferFrame`s).
+pub fn infer_protocol(mesh_id: &Digest) -> StreamProtocol {
+    StreamProtocol::try_from_owned(format!("/relaymesh/{}/infer/1", mesh_tag(mesh_id)))
+        .expect("starts with a slash")
+}
+
 /// Ad synchronisation: a newcomer asks each new peer for the ads it holds, instead of
 /// waiting up to a third of an ad's lifetime for the next announcement.
 pub fn ads_sync_protocol(mesh_id: &Digest) -> StreamProtocol {

@@ -1,0 +1,138 @@
+//! Inference over the mesh: the `/relaymesh/<mesh>/infer/1` stream protocol.
+//! [`supplier`] serves a node's models to the mesh; [`gateway`] is the app side, a
+//! [`crate::backend::Backend`] that sends a request to the best supplier of a model,
+//! so the local API serves mesh models exactly like local ones. Both drive the protocol
+//! crate's IO-free flow machines (`metering::flow`).
+
+pub mod codec;
+pub mod gateway;
+pub mod supplier;
+
+use relaymesh_protocol::messages::infer::{InferPayload, PromptBody, Turn, TurnRole};
+use relaymesh_protocol::metering::flow::Window;
+use relaymesh_protocol::params::MeshParams;
+use relaymesh_protocol::{BoundedString, BoundedVec};
+
+use crate::backend::{ChatMessage, GenRequest, Prompt, Role, Sampling};
+
+/// Tokens generated when a request sets no limit.
+pub const DEFAULT_MAX_TOKENS: u32 = 1024;
+
+/// The mesh's flow-control window.
+pub fn window(params: &MeshParams) -> Window {
+    Window {
+        ack_every: params.ack_every_tokens.max(1),
+        max_unacked: params
+            .max_unacked_tokens
+            .max(params.ack_every_tokens.max(1)),
+    }
+}
+
+/// The payload an app sends for `request` to model `model`.
+pub fn payload(model: &str, request: &GenRequest) -> Result<InferPayload, String> {
+    let too_long =
+        |e: relaymesh_protocol::TooLong| format!("the request is too large for the mesh: {e}");
+    let prompt = match &request.prompt {
+        Prompt::Chat(messages) => PromptBody::Chat(
+            BoundedVec::try_from_vec(
+                messages
+                    .iter()
+                    .map(|m| {
+                        Ok(Turn {
+                            role: match m.role {
+                                Role::System => TurnRole::System,
+                                Role::User => TurnRole::User,
+                                Role::Assistant => TurnRole::Assistant,
+                            },
+                            content: BoundedString::new(m.content.as_str()).map_err(too_long)?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, String>>()?,
+            )
+            .map_err(too_long)?,
+        ),
+        Prompt::Text(text) => {
+            PromptBody::Text(BoundedString::new(text.as_str()).map_err(too_long)?)
+        }
+    };
+    let s = &request.sampling;
+    Ok(InferPayload {
+        model: BoundedString::new(model).map_err(too_long)?,
+        prompt,
+        temperature_milli: s.temperature.map(|t| (t * 1000.0).round() as u32),
+        top_p_micro: s.top_p.map(|p| (p * 1e6).round() as u32),
+        top_k: s.top_k.map(|k| k.min(u32::MAX as usize) as u32),
+        seed: s.seed,
+        max_tokens: s.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
+        stop: BoundedVec::try_from_vec(
+            s.stop
+                .iter()
+                .map(|x| BoundedString::new(x.as_str()).map_err(too_long))
+                .collect::<Result<Vec<_>, String>>()?,
+        )
+        .map_err(too_long)?,
+    })
+}
+
+/// The backend request a supplier runs for a payload.
+pub fn gen_request(payload: &InferPayload) -> GenRequest {
+    let prompt = match &payload.prompt {
+        PromptBody::Chat(turns) => Prompt::Chat(
+            turns
+                .iter()
+                .map(|t| ChatMessage {
+                    role: match t.role {
+                        TurnRole::System => Role::System,
+                        TurnRole::User => Role::User,
+                        TurnRole::Assistant => Role::Assistant,
+                    },
+                    content: t.content.as_str().to_owned(),
+                })
+                .collect(),
+        ),
+        PromptBody::Text(text) => Prompt::Text(text.as_str().to_owned()),
+    };
+    GenRequest {
+        prompt,
+        sampling: Sampling {
+            temperature: payload.temperature_milli.map(|t| f64::from(t) / 1000.0),
+            top_p: payload.top_p_micro.map(|p| f64::from(p) / 1e6),
+            top_k: payload.top_k.map(|k| k as usize),
+            seed: payload.seed,
+            max_tokens: Some(payload.max_tokens),
+            stop: payload.stop.iter().map(|s| s.as_str().to_owned()).collect(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_survives_the_trip_through_a_payload() {
+        let request = GenRequest {
+            prompt: Prompt::Chat(vec![
+                ChatMessage {
+                    role: Role::System,
+                    content: "Be brief.".into(),
+                },
+                ChatMessage {
+                    role: Role::User,
+                    content: "Hi é".into(),
+                },
+            ]),
+            sampling: Sampling {
+                temperature: Some(0.7),
+                top_p: Some(0.9),
+                top_k: Some(40),
+                seed: Some(7),
+                max_tokens: Some(32),
+                stop: vec!["\n\n".into()],
+            },
+        };
+        let p = payload("smollm2", &request).unwrap();
+        assert_eq!(p.prompt_bytes(), 9 + 5);
+        assert_eq!(gen_request(&p), request);
+    }
+}

@@ -1,0 +1,310 @@
+//! The supplier's side of `/relaymesh/<mesh>/infer/1`: countersign acceptable terms,
+//! check the signed request against its payload, run the local backend, stream one
+//! `Token` frame per piece while the window allows, and keep every ack the app sends
+//! as a receipt in sled.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{AsyncReadExt, StreamExt};
+use libp2p::{PeerId, Stream, StreamProtocol};
+use relaymesh_protocol::messages::infer::{
+    Done, DoneReason, FrameBody, InferRequest, Refuse, RefuseCode, MAX_TOKEN_BYTES,
+};
+use relaymesh_protocol::messages::session::SessionProposal;
+use relaymesh_protocol::metering::flow::SupplierFlow;
+use relaymesh_protocol::params::MeshParams;
+use relaymesh_protocol::wire::to_canonical;
+use relaymesh_protocol::{BoundedString, Digest, Ed25519Verifier, Keypair, Signer};
+use tokio::sync::{mpsc, Semaphore};
+use tracing::{debug, info, warn};
+
+use super::codec::{read_frame, write_frame, FrameError};
+use super::{gen_request, window};
+use crate::backend::{BackendError, FinishReason, GenEvent, Models, ServedModel};
+
+/// Inference streams served at once; more are dropped at once.
+pub const MAX_STREAMS: usize = 64;
+/// How long the app has to send its next frame (terms, request, an owed ack).
+pub const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the supplier side needs.
+pub struct SupplierContext {
+    /// This node's key: it countersigns sessions.
+    pub key: Keypair,
+    /// The mesh's parameters (window, τ bounds).
+    pub params: MeshParams,
+    /// The models served here.
+    pub models: Arc<Models>,
+    /// Where receipts are kept (`None` for nodes without a data dir).
+    pub receipts: Option<sled::Tree>,
+}
+
+/// The digest a session pins for a served model: its GGUF's, or zero for an opaque
+/// upstream.
+pub fn model_digest(model: &ServedModel) -> Digest {
+    model
+        .backend
+        .info()
+        .digest
+        .as_ref()
+        .and_then(|d| d.gguf())
+        .unwrap_or(Digest::ZERO)
+}
+
+/// Accepts inference streams until the control is dropped.
+pub fn spawn(
+    mut control: libp2p_stream::Control,
+    protocol: StreamProtocol,
+    ctx: Arc<SupplierContext>,
+) -> Result<tokio::task::JoinHandle<()>, String> {
+    let mut incoming = control
+        .accept(protocol)
+        .map_err(|e| format!("cannot accept inference streams: {e}"))?;
+    Ok(tokio::spawn(async move {
+        let limit = Arc::new(Semaphore::new(MAX_STREAMS));
+        while let Some((peer, stream)) = incoming.next().await {
+            let Ok(permit) = limit.clone().try_acquire_owned() else {
+                warn!(%peer, "inference stream dropped: {MAX_STREAMS} already open");
+                continue;
+            };
+            let ctx = ctx.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                if let Err(why) = serve(peer, stream, &ctx).await {
+                    debug!(%peer, %why, "inference stream ended early");
+                }
+            });
+        }
+    }))
+}
+
+fn refusal(code: RefuseCode, message: impl Into<String>, retry_after_ms: u64) -> FrameBody {
+    let mut message = message.into();
+    message.truncate(500);
+    FrameBody::Refuse(Refuse {
+        code,
+        message: BoundedString::new(message).unwrap_or_default(),
+        retry_after_ms,
+    })
+}
+
+async fn next_frame<R: futures::AsyncRead + Unpin>(r: &mut R) -> Result<FrameBody, String> {
+    match tokio::time::timeout(FRAME_TIMEOUT, read_frame(r)).await {
+        Ok(Ok(frame)) => Ok(frame.body),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("the app sent nothing in time".into()),
+    }
+}
+
+/// Splits text into frames of at most `MAX_TOKEN_BYTES` on character boundaries.
+fn token_frames(text: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while !rest.is_empty() {
+        let mut cut = rest.len().min(MAX_TOKEN_BYTES);
+        while !rest.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.push(&rest[..cut]);
+        rest = &rest[cut..];
+    }
+    out
+}
+
+async fn serve(peer: PeerId, stream: Stream, ctx: &SupplierContext) -> Result<(), String> {
+    let (mut r, mut w) = stream.split();
+    let refuse = |code, msg: String| refusal(code, msg, 0);
+
+    // 1. The terms.
+    let proposal: SessionProposal = match next_frame(&mut r).await? {
+        FrameBody::Propose(p) => p,
+        other => {
+            let _ = write_frame(
+                &mut w,
+                refuse(RefuseCode::Invalid, "expected Propose".into()),
+            )
+            .await;
+            return Err(format!("expected Propose, got {other:?}"));
+        }
+    };
+    let terms = &proposal.body;
+    let problem = if terms.supplier != ctx.key.public_key() {
+        Some((
+            RefuseCode::Terms,
+            "the terms name another supplier".to_string(),
+        ))
+    } else if proposal.verify(&terms.app, &Ed25519Verifier).is_err() {
+        Some((
+            RefuseCode::Invalid,
+            "the app's signature on the terms is invalid".into(),
+        ))
+    } else if !ctx
+        .models
+        .iter()
+        .any(|m| model_digest(m) == terms.model_digest && terms.price_per_cu >= m.price_per_cu)
+    {
+        Some((
+            RefuseCode::Terms,
+            "no model served here has that digest at that price".into(),
+        ))
+    } else {
+        None
+    };
+    if let Some((code, msg)) = problem {
+        let _ = write_frame(&mut w, refuse(code, msg.clone())).await;
+        return Err(msg);
+    }
+    let session = proposal.countersign(&ctx.key);
+    if let Err(e) = session.check_terms(&ctx.params) {
+        let _ = write_frame(&mut w, refuse(RefuseCode::Terms, e.to_string())).await;
+        return Err(e.to_string());
+    }
+    write_frame(&mut w, FrameBody::Accept(session.clone()))
+        .await
+        .map_err(|e| e.to_string())?;
+
+    // 2. The request, which must commit to the payload it comes with.
+    let InferRequest { request, payload } = match next_frame(&mut r).await? {
+        FrameBody::Request(r) => r,
+        other => return Err(format!("expected Request, got {other:?}")),
+    };
+    let served = ctx
+        .models
+        .get(payload.model.as_str())
+        .filter(|m| model_digest(m) == session.body.model_digest);
+    let problem = if payload.digest() != request.body.prompt_digest
+        || payload.prompt_bytes() != u64::from(request.body.prompt_bytes)
+    {
+        Some((
+            RefuseCode::Invalid,
+            "the payload is not what the request signs".into(),
+        ))
+    } else if served.is_none() {
+        Some((
+            RefuseCode::UnknownModel,
+            format!(
+                "model {:?} with the session's digest is not served here",
+                payload.model.as_str()
+            ),
+        ))
+    } else {
+        None
+    };
+    if let Some((code, msg)) = problem {
+        let _ = write_frame(&mut w, refuse(code, msg.clone())).await;
+        return Err(msg);
+    }
+    let served = served.expect("checked above");
+    let mut flow = match SupplierFlow::new(&session, request, window(&ctx.params), &Ed25519Verifier)
+    {
+        Ok(flow) => flow,
+        Err(e) => {
+            let _ = write_frame(&mut w, refuse(RefuseCode::Invalid, e.to_string())).await;
+            return Err(e.to_string());
+        }
+    };
+    let mut generation = match served.generate(gen_request(&payload)).await {
+        Ok(g) => g,
+        Err(e) => {
+            let (code, retry) = match &e {
+                BackendError::Busy { retry_after, .. } => {
+                    (RefuseCode::Busy, retry_after.as_millis() as u64)
+                }
+                BackendError::PromptTooLong { .. } | BackendError::Invalid(_) => {
+                    (RefuseCode::Invalid, 0)
+                }
+                _ => (RefuseCode::Failed, 0),
+            };
+            let _ = write_frame(&mut w, refusal(code, e.to_string(), retry)).await;
+            return Err(e.to_string());
+        }
+    };
+    info!(%peer, model = payload.model.as_str(), "serving a mesh request");
+
+    // 3. Tokens out, acks in. Acks are read by their own task so that a full window
+    // waits for them while generation and writing go on otherwise.
+    let (ack_tx, mut acks) = mpsc::channel(64);
+    let reader = tokio::spawn(async move {
+        loop {
+            let frame = read_frame(&mut r).await;
+            let stop = frame.is_err();
+            if ack_tx.send(frame).await.is_err() || stop {
+                return;
+            }
+        }
+    });
+    let result = async {
+        let mut done: Option<Done> = None;
+        let mut generated = false;
+        let mut pending: std::collections::VecDeque<String> = Default::default();
+        loop {
+            if flow.is_closed() {
+                return Ok(());
+            }
+            // Send what is pending while the window allows.
+            while flow.can_send() {
+                let Some(piece) = pending.pop_front() else { break };
+                flow.send(&piece).map_err(|e| e.to_string())?;
+                write_frame(&mut w, FrameBody::Token(BoundedString::new(piece).expect("split to fit")))
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            if pending.is_empty() {
+                if let Some(d) = done.take() {
+                    flow.finish();
+                    write_frame(&mut w, FrameBody::Done(d)).await.map_err(|e| e.to_string())?;
+                }
+            }
+            let generating = !generated && pending.is_empty();
+            tokio::select! {
+                event = generation.next(), if generating => match event {
+                    Some(GenEvent::Text(text)) => {
+                        pending.extend(token_frames(&text).into_iter().map(str::to_owned));
+                    }
+                    Some(GenEvent::Done(f)) => {
+                        generated = true;
+                        done = Some(Done {
+                            reason: match f.reason {
+                                FinishReason::Stop => DoneReason::Stop,
+                                FinishReason::Length => DoneReason::Length,
+                            },
+                            prompt_tokens: f.prompt_tokens,
+                            completion_tokens: f.completion_tokens,
+                        });
+                    }
+                    Some(GenEvent::Failed(why)) => {
+                        let _ = write_frame(&mut w, refuse(RefuseCode::Failed, why)).await;
+                        return Err("generation failed".to_string());
+                    }
+                    None => {
+                        let _ = write_frame(&mut w, refuse(RefuseCode::Failed, "the backend stopped".into())).await;
+                        return Err("the backend stopped".to_string());
+                    }
+                },
+                frame = tokio::time::timeout(FRAME_TIMEOUT, acks.recv()) => match frame {
+                    Ok(Some(Ok(f))) => match f.body {
+                        FrameBody::Ack(ack) => {
+                            let accepted = flow.on_ack(ack, &Ed25519Verifier).map_err(|e| e.to_string())?;
+                            if let Some(tree) = &ctx.receipts {
+                                let key = accepted.receipt.digest();
+                                if let Err(e) = tree.insert(key.0, to_canonical(&accepted.receipt)) {
+                                    warn!(%e, "cannot store a receipt");
+                                }
+                            }
+                        }
+                        FrameBody::Refuse(r) => return Err(format!("the app stopped: {}", r.message)),
+                        other => return Err(format!("unexpected frame {other:?}")),
+                    },
+                    Ok(Some(Err(FrameError::Io(e)))) => return Err(format!("the app left: {e}")),
+                    Ok(Some(Err(e))) => return Err(e.to_string()),
+                    Ok(None) => return Err("the app left".into()),
+                    Err(_) => return Err("no ack in time".into()),
+                },
+            }
+        }
+    }
+    .await;
+    reader.abort();
+    result
+}
