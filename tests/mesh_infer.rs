@@ -82,6 +82,20 @@ async fn a_light_gateway_answers_through_a_supplier_and_the_acks_are_its_receipt
         .await
         .unwrap();
     assert_eq!(list["data"][0]["id"], "smollm2");
+    let tags: Value = client
+        .get(format!("{base}/api/tags"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(tags["models"][0]["name"], "smollm2");
+    assert_eq!(
+        tags["models"].as_array().unwrap().len(),
+        1,
+        "one entry per model, not per supplier"
+    );
 
     let body = json!({
         "model": "smollm2", "temperature": 0, "max_tokens": 32,

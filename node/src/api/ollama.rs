@@ -342,9 +342,9 @@ fn digest(model: &ServedModel) -> String {
     }
 }
 
-/// `GET /api/tags`
+/// `GET /api/tags`: this node's models, then the mesh's.
 pub async fn tags(State(state): State<ApiState>) -> Json<Value> {
-    let models: Vec<Value> = state
+    let mut models: Vec<Value> = state
         .models
         .iter()
         .map(|m| {
@@ -359,6 +359,23 @@ pub async fn tags(State(state): State<ApiState>) -> Json<Value> {
             })
         })
         .collect();
+    // The mesh's models this node does not serve itself, once each.
+    let mut seen: Vec<String> = state.models.names();
+    for row in state.node.models().await.unwrap_or_default() {
+        if seen.contains(&row.name) {
+            continue;
+        }
+        seen.push(row.name.clone());
+        models.push(json!({
+            "name": row.name,
+            "model": row.name,
+            "modified_at": state.started_at,
+            "size": 0,
+            "digest": row.digest.unwrap_or_default(),
+            "details": { "parent_model": "", "format": "", "family": "", "families": null,
+                         "parameter_size": "", "quantization_level": "" },
+        }));
+    }
     Json(json!({ "models": models }))
 }
 
