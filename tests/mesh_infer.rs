@@ -204,3 +204,149 @@ async fn a_light_gateway_answers_through_a_supplier_and_the_acks_are_its_receipt
     s2.shutdown().await;
     boot.shutdown().await;
 }
+
+/// An app speaking the inference protocol by hand: it never acks, then sends a forged ack.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_app_that_never_acks_gets_w_tokens_and_a_forged_ack_ends_the_stream() {
+    use futures::AsyncReadExt;
+    use relaymesh_node::infer::codec::{read_frame, write_frame};
+    use relaymesh_protocol::identity::signed::Signed;
+    use relaymesh_protocol::messages::ack::Ack;
+    use relaymesh_protocol::messages::infer::{FrameBody, InferRequest};
+    use relaymesh_protocol::messages::session::SessionOpen;
+    use relaymesh_protocol::metering::app::{RequestAcker, RequestTerms};
+    use relaymesh_protocol::{Digest, Keypair, Signer};
+
+    const MESH2: &str = "mesh-infer-window";
+    let params = relaymesh_node::config::named_mesh(MESH2);
+    let mut boot_builder = NodeBuilder::full()
+        .mesh_name(MESH2)
+        .listen(vec![quic(), tcp()]);
+    boot_builder.config_mut().role = Role::Bootstrap;
+    let boot = boot_builder.start().await.unwrap();
+    let boot_addr = address(&boot, "quic").await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut models = Models::default();
+    models
+        .insert(ServedModel::new(support::smollm(1, 4) as SharedBackend, 1))
+        .unwrap();
+    let mut b = NodeBuilder::full()
+        .mesh_name(MESH2)
+        .data_dir(dir.path())
+        .listen(vec![quic(), tcp()])
+        .bootstrap(boot_addr.clone());
+    b.config_mut().models = std::sync::Arc::new(models);
+    let supplier = b.start().await.unwrap();
+    let app_node = NodeBuilder::light()
+        .mesh_name(MESH2)
+        .listen(vec![quic(), tcp()])
+        .bootstrap(boot_addr)
+        .start()
+        .await
+        .unwrap();
+    let (supplier_key, offer) = wait_for("the supplier's ad", Duration::from_secs(30), || async {
+        app_node
+            .handle()
+            .offers("smollm2")
+            .await
+            .ok()?
+            .into_iter()
+            .next()
+    })
+    .await;
+
+    let peer = supplier.handle().peer_id();
+    let protocol = relaymesh_node::mesh::names::infer_protocol(&params.mesh_id());
+    let stream = app_node
+        .handle()
+        .streams()
+        .open_stream(peer, protocol)
+        .await
+        .unwrap();
+    let (mut r, mut w) = stream.split();
+    let app = Keypair::generate(&mut rand_core::OsRng);
+    let terms = SessionOpen {
+        version: 1,
+        mesh_id: params.mesh_id(),
+        app: app.public_key(),
+        supplier: supplier_key,
+        model_digest: offer.gguf_digest.unwrap(),
+        manifest: None,
+        cu: offer.cu,
+        price_per_cu: offer.price_per_cu,
+        tau: offer.tau,
+        start_ms: 0,
+        max_duration_ms: params.max_session_ms,
+        reveal_commitment: Digest([1; 32]),
+        nonce: 1,
+    };
+    write_frame(&mut w, FrameBody::Propose(Signed::sign(terms, &app)))
+        .await
+        .unwrap();
+    let FrameBody::Accept(session) = read_frame(&mut r).await.unwrap().body else {
+        panic!("the session was not accepted")
+    };
+    let payload = relaymesh_node::infer::payload(
+        "smollm2",
+        &relaymesh_node::backend::GenRequest {
+            prompt: relaymesh_node::backend::Prompt::Text("Once upon a time".into()),
+            sampling: relaymesh_node::backend::Sampling {
+                temperature: Some(0.0),
+                max_tokens: Some(500),
+                ..Default::default()
+            },
+        },
+    )
+    .unwrap();
+    let mut acker = RequestAcker::new(
+        RequestTerms {
+            session_key: session.session_key(),
+            request_id: 0,
+            prompt_digest: payload.digest(),
+            prompt_bytes: payload.prompt_bytes() as u32,
+            max_output_bytes: 1 << 20,
+            max_acks: 64,
+        },
+        Digest([2; 32]),
+        &app,
+    );
+    write_frame(
+        &mut w,
+        FrameBody::Request(InferRequest {
+            request: acker.request().clone(),
+            payload,
+        }),
+    )
+    .await
+    .unwrap();
+
+    // Without acks the supplier stops at W tokens.
+    let mut tokens = Vec::new();
+    while let Ok(Ok(frame)) = tokio::time::timeout(Duration::from_secs(5), read_frame(&mut r)).await
+    {
+        match frame.body {
+            FrameBody::Token(t) => tokens.push(t.as_str().to_owned()),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        tokens.len() as u32,
+        params.max_unacked_tokens,
+        "exactly W tokens, then a pause"
+    );
+
+    // An ack signed by someone else is refused and the supplier ends the stream.
+    let text: String = tokens.concat();
+    let genuine = acker.ack(text.as_bytes(), false, &app).unwrap();
+    let forged = Signed::<Ack>::sign(
+        genuine.body.clone(),
+        &Keypair::generate(&mut rand_core::OsRng),
+    );
+    write_frame(&mut w, FrameBody::Ack(forged)).await.unwrap();
+    let after = tokio::time::timeout(Duration::from_secs(10), read_frame(&mut r)).await;
+    assert!(matches!(after, Ok(Err(_))), "the stream ends: {after:?}");
+
+    app_node.shutdown().await;
+    supplier.shutdown().await;
+    boot.shutdown().await;
+}
