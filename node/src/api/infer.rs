@@ -51,13 +51,7 @@ pub async fn lookup<'a>(state: &'a ApiState, name: &str) -> Result<Resolved<'a>,
             offer.price_per_cu,
         )));
     }
-    let mut names = state.models.names();
-    if let Ok(rows) = state.node.models().await {
-        names.extend(rows.into_iter().map(|r| r.name));
-    }
-    names.sort();
-    names.dedup();
-    Err(ApiError::unknown_model(name, &names))
+    Err(ApiError::unknown_model(name, &all_model_names(state).await))
 }
 
 /// Names of every model this node can answer for: its own and the mesh's.

@@ -185,28 +185,14 @@ async fn run(
 ) -> Result<Response, OllamaError> {
     let started = Instant::now();
     if !stream {
-        let (mut rx, supplier) = spawn_stream(model, req, |event| vec![event]).await?;
-        let served_by = state.served_by(supplier);
-        let mut text = String::new();
-        while let Some(event) = rx.recv().await {
-            match event {
-                GenEvent::Text(piece) => text.push_str(&piece),
-                GenEvent::Done(finish) => {
-                    return Ok((
-                        [(super::SUPPLIER_HEADER, served_by)],
-                        Json(kind.last(&name, &text, &finish, started)),
-                    )
-                        .into_response())
-                }
-                GenEvent::Failed(why) => {
-                    return Err(ApiError::from(crate::backend::BackendError::Upstream(why)).into())
-                }
-            }
-        }
-        return Err(ApiError::from(crate::backend::BackendError::Internal(
-            "generation ended without finishing".into(),
-        ))
-        .into());
+        let generation = model.generate(req).await?;
+        let served_by = state.served_by(generation.supplier().map(str::to_owned));
+        let (text, finish) = generation.collect().await?;
+        return Ok((
+            [(super::SUPPLIER_HEADER, served_by)],
+            Json(kind.last(&name, &text, &finish, started)),
+        )
+            .into_response());
     }
     let (rx, supplier) = spawn_stream(model, req, move |event| {
         let value = match event {

@@ -240,36 +240,22 @@ async fn complete(
     let created = unix_now();
     let name = common.model.clone();
     if !common.stream {
-        let (mut rx, supplier) = spawn_stream(&model, req, |event| vec![event]).await?;
-        let served_by = state.served_by(supplier);
-        let mut text = String::new();
-        while let Some(event) = rx.recv().await {
-            match event {
-                GenEvent::Text(piece) => text.push_str(&piece),
-                GenEvent::Done(finish) => {
-                    return Ok((
-                        [(super::SUPPLIER_HEADER, served_by)],
-                        Json(json!({
-                            "id": id,
-                            "object": kind.object(false),
-                            "created": created,
-                            "model": name,
-                            "system_fingerprint": null,
-                            "choices": [kind.choice(Some(&text), Some(&finish), false)],
-                            "usage": usage(&finish),
-                        })),
-                    )
-                        .into_response())
-                }
-                GenEvent::Failed(why) => {
-                    return Err(ApiError::from(crate::backend::BackendError::Upstream(why)).into())
-                }
-            }
-        }
-        return Err(ApiError::from(crate::backend::BackendError::Internal(
-            "generation ended without finishing".into(),
-        ))
-        .into());
+        let generation = model.generate(req).await?;
+        let served_by = state.served_by(generation.supplier().map(str::to_owned));
+        let (text, finish) = generation.collect().await?;
+        return Ok((
+            [(super::SUPPLIER_HEADER, served_by)],
+            Json(json!({
+                "id": id,
+                "object": kind.object(false),
+                "created": created,
+                "model": name,
+                "system_fingerprint": null,
+                "choices": [kind.choice(Some(&text), Some(&finish), false)],
+                "usage": usage(&finish),
+            })),
+        )
+            .into_response());
     }
     let include_usage = common.stream_options.is_some_and(|o| o.include_usage);
     let chunk = move |choices: Value, usage: Option<Value>| {

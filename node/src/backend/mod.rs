@@ -166,21 +166,6 @@ impl Generation {
     pub async fn next(&mut self) -> Option<GenEvent> {
         self.events.recv().await
     }
-
-    /// Reads everything: the whole text and how it finished.
-    pub async fn collect(mut self) -> Result<(String, Finish), BackendError> {
-        let mut text = String::new();
-        while let Some(event) = self.next().await {
-            match event {
-                GenEvent::Text(piece) => text.push_str(&piece),
-                GenEvent::Done(finish) => return Ok((text, finish)),
-                GenEvent::Failed(why) => return Err(BackendError::Upstream(why)),
-            }
-        }
-        Err(BackendError::Internal(
-            "the backend stopped without finishing".into(),
-        ))
-    }
 }
 
 /// What a backend tells about its model.

@@ -9,7 +9,7 @@ use relaymesh_protocol::messages::capability::ModelOffer;
 use relaymesh_protocol::metering::compute_units::CuFormula;
 use relaymesh_protocol::BoundedString;
 
-use super::{BackendError, GenEvent, GenRequest, Generation, SharedBackend};
+use super::{BackendError, Finish, GenEvent, GenRequest, Generation, SharedBackend};
 
 /// A served model: the backend, its price and its measured speed.
 pub struct ServedModel {
@@ -79,6 +79,21 @@ impl Measured {
     /// The mesh supplier serving it; `None` when this node runs it itself.
     pub fn supplier(&self) -> Option<&str> {
         self.inner.supplier()
+    }
+
+    /// Reads everything: the whole text and how it finished.
+    pub async fn collect(mut self) -> Result<(String, Finish), BackendError> {
+        let mut text = String::new();
+        while let Some(event) = self.next().await {
+            match event {
+                GenEvent::Text(piece) => text.push_str(&piece),
+                GenEvent::Done(finish) => return Ok((text, finish)),
+                GenEvent::Failed(why) => return Err(BackendError::Upstream(why)),
+            }
+        }
+        Err(BackendError::Internal(
+            "the backend stopped without finishing".into(),
+        ))
     }
 
     /// The next event (see [`Generation::next`]).
