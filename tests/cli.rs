@@ -366,3 +366,77 @@ fn manifest_sign_writes_a_manifest_a_serving_node_advertises() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("between 0 and 100"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_supplier_killed_with_sigkill_keeps_its_receipts() {
+    let boot = bootstrap("public").await;
+    let boot_addr = address(&boot, "quic").await.to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let api = free_port();
+    let mut supplier = start_node(
+        dir.path(),
+        api,
+        &[
+            "--bootstrap",
+            &boot_addr,
+            "--serve",
+            &format!("smollm2=gguf:{}", model_path().display()),
+        ],
+    );
+    let gateway = relaymesh::NodeBuilder::light()
+        .listen(vec![quic(), tcp()])
+        .bootstrap(boot_addr.parse().unwrap())
+        .api("127.0.0.1:0".parse().unwrap())
+        .start()
+        .await
+        .unwrap();
+    wait_for(
+        "the supplier's ad at the gateway",
+        Duration::from_secs(60),
+        || async { (!gateway.handle().offers("smollm2").await.ok()?.is_empty()).then_some(()) },
+    )
+    .await;
+    let answer: serde_json::Value = reqwest::Client::new()
+        .post(format!(
+            "http://{}/v1/chat/completions",
+            gateway.api_addr().unwrap()
+        ))
+        .json(&serde_json::json!({
+            "model": "smollm2", "temperature": 0, "max_tokens": 32,
+            "messages": [{ "role": "user", "content": "What is the capital of France?" }],
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let text = answer["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(text, "The capital of France is Paris.");
+
+    // Older than the commit interval, then killed without warning.
+    tokio::time::sleep(Duration::from_millis(
+        3 * relaymesh_node::store::COMMIT_INTERVAL_MS,
+    ))
+    .await;
+    supplier.0.kill().unwrap();
+    supplier.0.wait().unwrap();
+    let data = relaymesh_node::store::DataDir::open(dir.path()).unwrap();
+    let receipts: Vec<relaymesh_protocol::metering::receipt::Receipt> = data
+        .db()
+        .open_tree("receipts")
+        .unwrap()
+        .iter()
+        .map(|kv| ciborium::from_reader(kv.unwrap().1.as_ref()).unwrap())
+        .collect();
+    let last = receipts
+        .iter()
+        .find(|r| r.ack.body.last)
+        .expect("the closing ack survived");
+    assert_eq!(last.ack.body.new_bytes as usize, text.len());
+    gateway.shutdown().await;
+    boot.shutdown().await;
+}

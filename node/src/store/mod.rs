@@ -37,6 +37,10 @@ pub enum StoreError {
     },
 }
 
+/// How often the database is flushed to disk: a node killed with SIGKILL keeps every
+/// write (receipts among them) older than this.
+pub const COMMIT_INTERVAL_MS: u64 = 500;
+
 /// An opened data dir: the database, held open (and locked) for the node's life.
 #[derive(Clone, Debug)]
 pub struct DataDir {
@@ -54,6 +58,7 @@ impl DataDir {
         let db_path = path.join("db");
         let db = sled::Config::new()
             .path(&db_path)
+            .flush_every_ms(Some(COMMIT_INTERVAL_MS))
             .open()
             .map_err(|source| match &source {
                 sled::Error::Io(io)
