@@ -246,14 +246,8 @@ async fn token_ids_match_llama_cpp_and_the_openai_backend_streams_from_llama_ser
         .text()
         .await
         .unwrap();
-    let lines: Vec<Value> = streamed
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let content: String = lines
-        .iter()
-        .filter_map(|l| l["message"]["content"].as_str())
-        .collect();
+    let lines = support::ndjson(&streamed);
+    let content = support::ndjson_chat_content(&lines);
     assert_eq!(lines.last().unwrap()["done"], true);
     // llama-server applies its own chat template (with SmolLM2's default system turn),
     // so compare with what it answers directly.

@@ -146,17 +146,7 @@ async fn a_light_gateway_answers_through_a_supplier_and_the_acks_are_its_receipt
         .text()
         .await
         .unwrap();
-    let content: String = text
-        .split("\n\n")
-        .filter_map(|e| e.strip_prefix("data: "))
-        .filter(|d| *d != "[DONE]")
-        .map(|d| serde_json::from_str::<Value>(d).unwrap())
-        .filter_map(|c| {
-            c["choices"][0]["delta"]["content"]
-                .as_str()
-                .map(str::to_owned)
-        })
-        .collect();
+    let content = support::sse_chat_content(&text);
     assert_eq!(content, ANSWER);
     assert!(text.trim_end().ends_with("data: [DONE]"));
     let r = client
@@ -174,17 +164,8 @@ async fn a_light_gateway_answers_through_a_supplier_and_the_acks_are_its_receipt
             .unwrap()
             .to_owned()
     ));
-    let lines: Vec<Value> = r
-        .text()
-        .await
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let content: String = lines
-        .iter()
-        .filter_map(|l| l["message"]["content"].as_str())
-        .collect();
+    let lines = support::ndjson(&r.text().await.unwrap());
+    let content = support::ndjson_chat_content(&lines);
     assert_eq!(content, ANSWER);
 
     // A model nobody serves: 404 naming the mesh's models.

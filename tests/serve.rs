@@ -11,7 +11,9 @@ use std::time::Duration;
 use relaymesh_node::backend::ollama::OllamaBackend;
 use relaymesh_node::backend::{Backend, ChatMessage, Prompt, Role};
 use serde_json::{json, Value};
-use support::{base_url, serving_node, smollm};
+use support::{
+    base_url, ndjson, ndjson_chat_content, serving_node, smollm, sse_chat_content, sse_data,
+};
 
 const QUESTION: &str = "What is the capital of France?";
 const ANSWER: &str = "The capital of France is Paris.";
@@ -48,18 +50,6 @@ fn chat_body(stream: bool) -> Value {
         "max_tokens": 32,
         "stream": stream,
     })
-}
-
-/// The `data:` payloads of an SSE body.
-fn sse_data(text: &str) -> Vec<String> {
-    text.split("\n\n")
-        .filter_map(|event| {
-            event
-                .lines()
-                .find_map(|l| l.strip_prefix("data: ").or_else(|| l.strip_prefix("data:")))
-                .map(str::to_owned)
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -188,14 +178,9 @@ async fn ollama_chat_and_generate_stream_ndjson_or_answer_once() {
     let (status, headers, text) = post(&format!("{base}/api/chat"), chat.clone()).await;
     assert_eq!(status, 200);
     assert_eq!(headers["content-type"], "application/x-ndjson");
-    let lines: Vec<Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let content: String = lines
-        .iter()
-        .map(|l| l["message"]["content"].as_str().unwrap())
-        .collect();
+    let lines = ndjson(&text);
+    let content = ndjson_chat_content(&lines);
+    assert!(lines.iter().all(|l| l["message"]["content"].is_string()));
     assert_eq!(content, ANSWER);
     let last = lines.last().unwrap();
     assert_eq!(last["done"], true);
@@ -226,10 +211,7 @@ async fn ollama_chat_and_generate_stream_ndjson_or_answer_once() {
     raw["prompt"] = json!("The capital of France is");
     raw["stream"] = json!(true);
     let (_, _, text) = post(&format!("{base}/api/generate"), raw).await;
-    let lines: Vec<Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = ndjson(&text);
     let response: String = lines
         .iter()
         .map(|l| l["response"].as_str().unwrap())
@@ -576,16 +558,7 @@ async fn the_ollama_backend_serves_another_relaymesh_nodes_model() {
     assert!(answer["usage"]["completion_tokens"].as_u64().unwrap() >= 7);
     body["stream"] = json!(true);
     let (_, _, text) = post(&format!("{base}/v1/chat/completions"), body).await;
-    let content: String = sse_data(&text)
-        .iter()
-        .filter(|d| *d != "[DONE]")
-        .map(|d| serde_json::from_str::<Value>(d).unwrap())
-        .filter_map(|c| {
-            c["choices"][0]["delta"]["content"]
-                .as_str()
-                .map(str::to_owned)
-        })
-        .collect();
+    let content = sse_chat_content(&text);
     assert_eq!(content, ANSWER);
     let (status, raw) = post_json(
         &format!("{base}/v1/completions"),

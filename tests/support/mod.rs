@@ -169,3 +169,44 @@ pub fn base_url(node: &Node) -> String {
         node.api_addr().expect("the node serves an API")
     )
 }
+
+/// The `data:` payloads of an SSE body.
+pub fn sse_data(text: &str) -> Vec<String> {
+    text.split("\n\n")
+        .filter_map(|event| {
+            event
+                .lines()
+                .find_map(|l| l.strip_prefix("data: ").or_else(|| l.strip_prefix("data:")))
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+/// The assistant text of a streamed OpenAI chat answer (SSE).
+pub fn sse_chat_content(text: &str) -> String {
+    sse_data(text)
+        .iter()
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str::<serde_json::Value>(d).unwrap())
+        .filter_map(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+/// The objects of an NDJSON body (Ollama's streaming).
+pub fn ndjson(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The assistant text of a streamed Ollama chat answer.
+pub fn ndjson_chat_content(lines: &[serde_json::Value]) -> String {
+    lines
+        .iter()
+        .filter_map(|l| l["message"]["content"].as_str())
+        .collect()
+}
