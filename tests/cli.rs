@@ -3,7 +3,7 @@
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use support::*;
@@ -23,38 +23,8 @@ fn stdout_of(cmd: &mut Command) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
-/// A free loopback TCP port for a node's API.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn start_node(data_dir: &std::path::Path, api: u16, extra: &[&str]) -> Proc {
-    let mut cmd = relaymesh();
-    cmd.args(["node", "--data-dir"])
-        .arg(data_dir)
-        .args([
-            "--listen",
-            "/ip4/127.0.0.1/udp/0/quic-v1,/ip4/127.0.0.1/tcp/0",
-            "--api",
-            &format!("127.0.0.1:{api}"),
-        ])
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    Proc(cmd.spawn().unwrap())
+    node_process(data_dir, api, extra)
 }
 
 /// The node's status, polled until its API answers (10 s at most).

@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -13,27 +12,7 @@ use std::time::Duration;
 use relaymesh_node::backend::openai::OpenAiBackend;
 use relaymesh_node::backend::{Backend, ChatMessage, Prompt, Role};
 use serde_json::{json, Value};
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn cache() -> PathBuf {
-    PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/relaymesh")
-}
+use support::{cache, free_port, Proc};
 
 /// Polls `url` until it answers 200 (or panics after `secs`).
 async fn wait_ready(url: &str, secs: u64, child: &mut Child) {
@@ -57,14 +36,7 @@ async fn wait_ready(url: &str, secs: u64, child: &mut Child) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn official_python_clients_and_curl_work_unchanged() {
-    let python = std::env::var_os("RELAYMESH_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| cache().join("venv/bin/python"));
-    assert!(
-        python.is_file(),
-        "no Python with the openai and ollama clients at {}: run scripts/test (it makes the venv)",
-        python.display()
-    );
+    let python = support::python();
     let data = tempfile::tempdir().unwrap();
     let port = free_port();
     let mut node = Proc(
@@ -87,7 +59,8 @@ async fn official_python_clients_and_curl_work_unchanged() {
     let base = format!("http://127.0.0.1:{port}");
     wait_ready(&format!("{base}/v1/models"), 60, &mut node.0).await;
 
-    let here = env!("CARGO_MANIFEST_DIR");
+    let here = support::repo_dir();
+    let here = here.display();
     let out = Command::new(&python)
         .arg(format!("{here}/tests/clients/check_clients.py"))
         .args([&base, "smollm2"])

@@ -30,7 +30,7 @@ async fn js_libp2p_connects_over_tcp_and_runs_identify_and_ping() {
         );
         return;
     };
-    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
+    let here = support::repo_dir().join("tests/interop");
     for file in ["dial.mjs", "polyfill.mjs"] {
         std::fs::copy(here.join(file), dir.join(file)).unwrap();
     }

@@ -63,6 +63,8 @@ pub struct NodeConfig {
     pub models: Arc<Models>,
     /// API keys and quotas; `None` lets anyone who reaches the API use it.
     pub api_keys: Option<Arc<ApiKeys>>,
+    /// How requests for models served elsewhere go to the mesh.
+    pub routing: crate::infer::router::RoutingConfig,
 }
 
 impl NodeConfig {
@@ -86,6 +88,7 @@ impl NodeConfig {
             api: None,
             models: Arc::default(),
             api_keys: None,
+            routing: Default::default(),
         }
     }
 }

@@ -60,6 +60,7 @@ impl Node {
         let (models, keys) = (config.models.clone(), config.api_keys.clone());
         let params = config.mesh.clone();
         let serves = config.role == crate::config::Role::Full && !models.is_empty();
+        let routing = Arc::new(config.routing.clone());
         let (handle, swarm_task) = mesh::spawn(config, key.clone(), metrics.clone())?;
         let api = match api_addr {
             Some(addr) => Some(
@@ -70,8 +71,14 @@ impl Node {
                         metrics.clone(),
                         models.clone(),
                         keys,
-                        key.clone(),
-                        params.clone(),
+                        crate::infer::gateway::Gateway::new(
+                            handle.clone(),
+                            key.clone(),
+                            params.clone(),
+                            crate::infer::router::Router::new(),
+                            routing.timeouts,
+                        ),
+                        routing,
                     ),
                 )
                 .await

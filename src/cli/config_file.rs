@@ -25,6 +25,12 @@ pub struct FileConfig {
     pub max_tokens: Option<u32>,
     pub api_keys: Option<PathBuf>,
     pub api_open: Option<bool>,
+    pub max_price: Option<u64>,
+    pub pin: Option<Vec<String>>,
+    pub trust: Option<Vec<String>>,
+    pub stall_secs: Option<f64>,
+    pub first_token_secs: Option<f64>,
+    pub hedge_secs: Option<f64>,
 }
 
 impl FileConfig {

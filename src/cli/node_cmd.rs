@@ -85,6 +85,98 @@ pub struct NodeArgs {
     /// Bearer token sent to openai: upstreams that need one.
     #[arg(long, env = "RELAYMESH_UPSTREAM_KEY", hide_env_values = true)]
     upstream_key: Option<String>,
+    /// Most this node pays per compute unit, in micro-credits, when it sends a request
+    /// to the mesh; dearer suppliers are never used. A request may set a lower one with
+    /// the x-relaymesh-max-price header.
+    #[arg(long, env = "RELAYMESH_MAX_PRICE")]
+    max_price: Option<u64>,
+    /// Pin a model's file: NAME=blake3:HEX (repeatable). Requests for NAME go only to
+    /// suppliers serving that exact GGUF (a request may pin with x-relaymesh-digest).
+    #[arg(long, env = "RELAYMESH_PIN", value_delimiter = ',')]
+    pin: Vec<String>,
+    /// Send prompts only to this supplier (peer id; repeatable). Without any, every
+    /// supplier of the mesh may be used; a request may narrow the set further with
+    /// x-relaymesh-suppliers.
+    #[arg(long, env = "RELAYMESH_TRUST", value_delimiter = ',')]
+    trust: Vec<String>,
+    /// Seconds without a token after which a mesh supplier counts as stalled and the
+    /// answer continues on the next one [default: 15].
+    #[arg(long, env = "RELAYMESH_STALL_SECS")]
+    stall_secs: Option<f64>,
+    /// Seconds a mesh supplier may take to its first token [default: 120].
+    #[arg(long, env = "RELAYMESH_FIRST_TOKEN_SECS")]
+    first_token_secs: Option<f64>,
+    /// Seconds without a first token after which the next-best supplier is asked too
+    /// (the first token wins, the other is cancelled); 0 turns hedging off [default: 5].
+    #[arg(long, env = "RELAYMESH_HEDGE_SECS")]
+    hedge_secs: Option<f64>,
+}
+
+/// The routing rules from flags and the config file.
+fn routing(
+    args: &NodeArgs,
+    file: &FileConfig,
+) -> anyhow::Result<relaymesh_node::infer::router::RoutingConfig> {
+    let mut routing = relaymesh_node::infer::router::RoutingConfig {
+        max_price: args.max_price.or(file.max_price),
+        ..Default::default()
+    };
+    let pins = if args.pin.is_empty() {
+        file.pin.clone().unwrap_or_default()
+    } else {
+        args.pin.clone()
+    };
+    for pin in pins {
+        let (name, digest) = pin
+            .split_once('=')
+            .ok_or_else(|| anyhow!("--pin {pin:?}: expected NAME=blake3:HEX"))?;
+        let digest = relaymesh_node::api::parse_digest(digest.trim())
+            .ok_or_else(|| anyhow!("--pin {pin:?}: the digest must be blake3:<64 hex digits>"))?;
+        routing.pins.insert(name.trim().to_owned(), digest);
+    }
+    let trust = if args.trust.is_empty() {
+        file.trust.clone().unwrap_or_default()
+    } else {
+        args.trust.clone()
+    };
+    if !trust.is_empty() {
+        routing.trust = Some(
+            trust
+                .iter()
+                .map(|p| {
+                    relaymesh_protocol::PublicKey::from_peer_id(p.trim())
+                        .ok_or_else(|| anyhow!("--trust {p:?} is not an ed25519 peer id"))
+                })
+                .collect::<anyhow::Result<_>>()?,
+        );
+    }
+    let secs = |v: Option<f64>, what: &str, default: Duration| -> anyhow::Result<Duration> {
+        match v {
+            None => Ok(default),
+            Some(s) if s.is_finite() && s > 0.0 && s < 86_400.0 => Ok(Duration::from_secs_f64(s)),
+            Some(s) => Err(anyhow!("--{what} {s}: give seconds between 0 and 86400")),
+        }
+    };
+    let defaults = relaymesh_node::infer::gateway::Timeouts::default();
+    routing.timeouts.stall = secs(
+        args.stall_secs.or(file.stall_secs),
+        "stall-secs",
+        defaults.stall,
+    )?;
+    routing.timeouts.first_token = secs(
+        args.first_token_secs.or(file.first_token_secs),
+        "first-token-secs",
+        defaults.first_token,
+    )?;
+    routing.timeouts.hedge = match args.hedge_secs.or(file.hedge_secs) {
+        Some(0.0) => None,
+        other => Some(secs(
+            other,
+            "hedge-secs",
+            defaults.hedge.expect("on by default"),
+        )?),
+    };
+    Ok(routing)
 }
 
 /// Serving options, resolved.
@@ -138,12 +230,14 @@ fn resolve(args: NodeArgs) -> anyhow::Result<(NodeConfig, Serving)> {
         Some(path) => FileConfig::load(path)?,
         None => FileConfig::default(),
     };
+    let routing = routing(&args, &file)?;
     let data_dir = args
         .data_dir
         .or(file.data_dir)
         .ok_or_else(|| anyhow!("--data-dir is required (or data_dir in the --config file)"))?;
     let mesh = named_mesh(args.mesh.or(file.mesh).as_deref().unwrap_or("public"));
     let mut config = NodeConfig::new(mesh, Identity::DataDir(data_dir));
+    config.routing = routing;
     config.listen = match (args.listen.is_empty(), file.listen) {
         (false, _) => args.listen,
         (true, Some(listen)) => parse_all(listen, "listen address")?,

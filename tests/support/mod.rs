@@ -210,3 +210,65 @@ pub fn ndjson_chat_content(lines: &[serde_json::Value]) -> String {
         .filter_map(|l| l["message"]["content"].as_str())
         .collect()
 }
+
+/// A child process, killed (SIGKILL) and reaped when dropped.
+pub struct Proc(pub std::process::Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A free loopback TCP port (for a node's API).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `~/.cache/relaymesh`: the model, the venv and llama-server live there.
+pub fn cache() -> std::path::PathBuf {
+    std::path::PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/relaymesh")
+}
+
+/// The venv's Python with the official `openai` and `ollama` packages.
+pub fn python() -> std::path::PathBuf {
+    let python = std::env::var_os("RELAYMESH_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| cache().join("venv/bin/python"));
+    assert!(
+        python.is_file(),
+        "no Python with the openai and ollama clients at {}: run scripts/test (it makes the venv)",
+        python.display()
+    );
+    python
+}
+
+/// A `relaymesh node` process on loopback (QUIC and TCP) with its API on `api`.
+pub fn node_process(data_dir: &std::path::Path, api: u16, extra: &[&str]) -> Proc {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_relaymesh"));
+    cmd.args(["node", "--data-dir"])
+        .arg(data_dir)
+        .args([
+            "--listen",
+            "/ip4/127.0.0.1/udp/0/quic-v1,/ip4/127.0.0.1/tcp/0",
+            "--api",
+            &format!("127.0.0.1:{api}"),
+        ])
+        .args(extra)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    Proc(cmd.spawn().unwrap())
+}
+
+/// The repository root: at run time when cargo says (a test binary reused from a
+/// build in another checkout would otherwise look in that checkout), else as built.
+pub fn repo_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}

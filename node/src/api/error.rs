@@ -133,6 +133,8 @@ impl From<BackendError> for ApiError {
             },
             BackendError::Invalid(_) => Self::new(StatusCode::BAD_REQUEST, message),
             BackendError::Upstream(_) => Self::new(StatusCode::BAD_GATEWAY, message),
+            BackendError::Unavailable(_) => Self::new(StatusCode::SERVICE_UNAVAILABLE, message),
+            BackendError::NotFound(_) => Self::new(StatusCode::NOT_FOUND, message),
             BackendError::Internal(_) => Self::new(StatusCode::INTERNAL_SERVER_ERROR, message),
         }
     }

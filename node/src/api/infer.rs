@@ -5,9 +5,17 @@
 use serde_json::Value;
 use tokio::sync::mpsc;
 
+use axum::http::{HeaderMap, StatusCode};
+use relaymesh_protocol::{Digest, PublicKey, Signer};
+
 use super::error::ApiError;
 use super::ApiState;
-use crate::backend::{GenEvent, GenRequest, Measured, Sampling, ServedModel};
+use crate::backend::{
+    BackendError, GenEvent, GenRequest, Measured, Provenance, Sampling, ServedModel,
+};
+use crate::infer::gateway::MeshBackend;
+use crate::infer::router::RoutePolicy;
+use crate::infer::supplier::model_digest;
 
 /// Parts of a streamed response buffered ahead of a slow client.
 pub const STREAM_BUFFER: usize = 32;
@@ -30,28 +38,135 @@ impl std::ops::Deref for Resolved<'_> {
     }
 }
 
-/// The model called `name`: served here if it is (this node serves its own models
-/// itself), else by the mesh's suppliers; or 404 naming the models there are.
-pub async fn lookup<'a>(state: &'a ApiState, name: &str) -> Result<Resolved<'a>, ApiError> {
-    if let Some(m) = state.models.get(name) {
-        return Ok(Resolved::Local(m));
+/// Request headers that narrow who may serve a request (the node's configuration
+/// narrows it too): the most it may cost per CU, the model digest it must be, and the
+/// suppliers trusted with the prompt.
+pub const MAX_PRICE_HEADER: &str = "x-relaymesh-max-price";
+/// See [`MAX_PRICE_HEADER`]: `blake3:<hex>` or `<hex>`.
+pub const DIGEST_HEADER: &str = "x-relaymesh-digest";
+/// See [`MAX_PRICE_HEADER`]: peer ids, comma-separated.
+pub const SUPPLIERS_HEADER: &str = "x-relaymesh-suppliers";
+
+/// The routing rules a request's headers ask for.
+pub fn request_policy(headers: &HeaderMap) -> Result<RoutePolicy, ApiError> {
+    let text = |name: &str| -> Result<Option<&str>, ApiError> {
+        match headers.get(name) {
+            None => Ok(None),
+            Some(v) => v
+                .to_str()
+                .map(|s| Some(s.trim()))
+                .map_err(|_| ApiError::bad_param(name, format!("the {name} header is not text"))),
+        }
+    };
+    let max_price = match text(MAX_PRICE_HEADER)? {
+        None => None,
+        Some(v) => Some(v.parse::<u64>().map_err(|_| {
+            ApiError::bad_param(
+                MAX_PRICE_HEADER,
+                format!("{MAX_PRICE_HEADER} must be a whole number of credits per CU, not {v:?}"),
+            )
+        })?),
+    };
+    let digest = match text(DIGEST_HEADER)? {
+        None => None,
+        Some(v) => Some(parse_digest(v).ok_or_else(|| {
+            ApiError::bad_param(
+                DIGEST_HEADER,
+                format!("{DIGEST_HEADER} must be blake3:<64 hex digits>, not {v:?}"),
+            )
+        })?),
+    };
+    let allow = match text(SUPPLIERS_HEADER)? {
+        None => None,
+        Some(v) => Some(
+            v.split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(|p| {
+                    PublicKey::from_peer_id(p).ok_or_else(|| {
+                        ApiError::bad_param(
+                            SUPPLIERS_HEADER,
+                            format!("{p:?} in {SUPPLIERS_HEADER} is not an ed25519 peer id"),
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+    };
+    Ok(RoutePolicy {
+        max_price,
+        digest,
+        allow,
+    })
+}
+
+/// A model digest as users write it: `blake3:<hex>` or the bare hex.
+pub fn parse_digest(text: &str) -> Option<Digest> {
+    Digest::from_hex(text.strip_prefix("blake3:").unwrap_or(text))
+}
+
+/// The model called `name` under the request's rules: served here when this node has
+/// it and scores best, else by the best suppliers on the mesh; 404 naming the models
+/// there are, or saying that nobody serves the pinned digest; 503 when suppliers exist
+/// but none that the rules allow.
+pub async fn lookup<'a>(
+    state: &'a ApiState,
+    name: &str,
+    headers: &HeaderMap,
+) -> Result<Resolved<'a>, ApiError> {
+    let policy = state
+        .routing
+        .policy(name)
+        .and(&request_policy(headers)?)
+        .map_err(|e| ApiError::new(StatusCode::NOT_FOUND, e))?;
+    let local = state
+        .models
+        .get(name)
+        .filter(|m| policy.digest.is_none_or(|d| model_digest(m) == d));
+    let gateway = &state.gateway;
+    let me = gateway.key.public_key();
+    let offers: Vec<_> = state
+        .node
+        .offers(name)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(k, _)| *k != me)
+        .collect();
+    if offers.is_empty() {
+        if let Some(m) = local {
+            return Ok(Resolved::Local(m));
+        }
+        if state.models.get(name).is_none() {
+            return Err(ApiError::unknown_model(name, &all_model_names(state).await));
+        }
     }
-    let me = relaymesh_protocol::Signer::public_key(&state.key);
-    let offers = state.node.offers(name).await.unwrap_or_default();
-    if let Some((_, offer)) = offers.iter().find(|(k, _)| *k != me) {
-        let backend = crate::infer::gateway::MeshBackend::new(
-            name,
-            state.node.clone(),
-            state.key.clone(),
-            state.params.clone(),
-        )
-        .with_offer(offer);
-        return Ok(Resolved::Mesh(ServedModel::new(
-            std::sync::Arc::new(backend),
-            offer.price_per_cu,
-        )));
+    let ranked = match gateway.router.rank(name, offers, &policy) {
+        Ok(ranked) => ranked,
+        // The node's own model needs no supplier.
+        Err(_) if local.is_some() => return Ok(Resolved::Local(local.expect("checked"))),
+        Err(e) => return Err(BackendError::from(e).into()),
+    };
+    let (best_key, best) = &ranked[0];
+    if let Some(m) = local {
+        // Our own model competes on speed and load; it costs us nothing.
+        // Until it has served a request its speed is unmeasured: it gets the benefit of
+        // the doubt, or it would never be measured.
+        let ours = m.offer(0);
+        let unmeasured = ours.as_ref().is_some_and(|o| o.tokens_per_sec_milli == 0);
+        let ours = ours.and_then(|o| gateway.router.score(me, name, &o, None));
+        let theirs = gateway
+            .router
+            .score(*best_key, name, best, policy.max_price);
+        if unmeasured || ours >= theirs {
+            return Ok(Resolved::Local(m));
+        }
     }
-    Err(ApiError::unknown_model(name, &all_model_names(state).await))
+    let backend = MeshBackend::new(name, gateway.clone(), policy).with_offer(best);
+    Ok(Resolved::Mesh(ServedModel::new(
+        std::sync::Arc::new(backend),
+        best.price_per_cu,
+    )))
 }
 
 /// Names of every model this node can answer for: its own and the mesh's.
@@ -155,13 +270,14 @@ pub async fn spawn_stream<T, F>(
     model: &ServedModel,
     request: GenRequest,
     mut render: F,
-) -> Result<(mpsc::Receiver<T>, Option<String>), ApiError>
+) -> Result<(mpsc::Receiver<T>, Option<Provenance>), ApiError>
 where
     T: Send + 'static,
-    F: FnMut(GenEvent) -> Vec<T> + Send + 'static,
+    F: FnMut(GenEvent, Option<&Provenance>) -> Vec<T> + Send + 'static,
 {
     let mut generation: Measured = model.generate(request).await?;
-    let supplier = generation.supplier().map(str::to_owned);
+    let provenance = generation.provenance().cloned();
+    let served = provenance.clone();
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
     tokio::spawn(async move {
         loop {
@@ -169,7 +285,7 @@ where
                 GenEvent::Failed("the backend stopped without finishing".into())
             });
             let last = !matches!(event, GenEvent::Text(_));
-            for part in render(event) {
+            for part in render(event, served.as_ref()) {
                 if tx.send(part).await.is_err() {
                     return; // the client left
                 }
@@ -179,7 +295,7 @@ where
             }
         }
     });
-    Ok((rx, supplier))
+    Ok((rx, provenance))
 }
 
 /// Seconds since the Unix epoch.

@@ -18,6 +18,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 
+pub use infer::{parse_digest, DIGEST_HEADER, MAX_PRICE_HEADER, SUPPLIERS_HEADER};
 pub use keys::ApiKeys;
 
 use crate::backend::Models;
@@ -33,10 +34,10 @@ pub struct ApiState {
     keys: Option<Arc<ApiKeys>>,
     /// When the node started (RFC 3339), shown as the models' `modified_at`.
     started_at: String,
-    /// The node's key: it signs sessions, requests and acks as the app for mesh models.
-    key: relaymesh_protocol::Keypair,
-    /// The mesh's parameters.
-    params: relaymesh_protocol::params::MeshParams,
+    /// Sends requests for models served elsewhere to the mesh (this node is the app).
+    gateway: Arc<crate::infer::gateway::Gateway>,
+    /// The node's routing rules (maximum price, pins, trusted suppliers).
+    routing: Arc<crate::infer::router::RoutingConfig>,
 }
 
 /// The response header naming who served a request.
@@ -49,8 +50,8 @@ impl ApiState {
         metrics: Metrics,
         models: Arc<Models>,
         keys: Option<Arc<ApiKeys>>,
-        key: relaymesh_protocol::Keypair,
-        params: relaymesh_protocol::params::MeshParams,
+        gateway: Arc<crate::infer::gateway::Gateway>,
+        routing: Arc<crate::infer::router::RoutingConfig>,
     ) -> Self {
         Self {
             node,
@@ -58,14 +59,14 @@ impl ApiState {
             models,
             keys,
             started_at: ollama::created_at(),
-            key,
-            params,
+            gateway,
+            routing,
         }
     }
 
-    /// Who served: the mesh supplier, or this node.
-    fn served_by(&self, supplier: Option<String>) -> axum::http::HeaderValue {
-        let id = supplier.unwrap_or_else(|| self.node.peer_id().to_string());
+    /// Who served: the mesh suppliers (comma-separated after a failover), or this node.
+    fn served_by(&self, mesh: Option<&crate::backend::Provenance>) -> axum::http::HeaderValue {
+        let id = mesh.map_or_else(|| self.node.peer_id().to_string(), |p| p.header());
         axum::http::HeaderValue::from_str(&id)
             .unwrap_or(axum::http::HeaderValue::from_static("unknown"))
     }

@@ -8,7 +8,7 @@ use std::time::Instant;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
@@ -19,7 +19,9 @@ use tokio_stream::StreamExt;
 use super::error::{ApiError, OllamaError};
 use super::infer::{lookup, refuse_unsupported, sampling, spawn_stream};
 use super::{body, ApiState};
-use crate::backend::{ChatMessage, Finish, GenEvent, GenRequest, Prompt, Role, ServedModel};
+use crate::backend::{
+    ChatMessage, Finish, GenEvent, GenRequest, Prompt, Provenance, Role, ServedModel,
+};
 
 /// The Ollama API level this node implements (clients check it).
 pub const OLLAMA_API_VERSION: &str = "0.9.0";
@@ -158,8 +160,19 @@ impl Kind {
         v
     }
 
-    fn last(self, model: &str, text: &str, finish: &Finish, started: Instant) -> Value {
+    fn last(
+        self,
+        model: &str,
+        text: &str,
+        finish: &Finish,
+        started: Instant,
+        mesh: Option<&Provenance>,
+    ) -> Value {
         let mut v = self.part(model, text, true);
+        if let Some(p) = mesh {
+            // Who served and what the acks metered (an extra field clients ignore).
+            v["relaymesh"] = json!(p.report());
+        }
         let total = started.elapsed().as_nanos() as u64;
         v["done_reason"] = json!(finish.reason);
         v["total_duration"] = json!(total);
@@ -186,18 +199,18 @@ async fn run(
     let started = Instant::now();
     if !stream {
         let generation = model.generate(req).await?;
-        let served_by = state.served_by(generation.supplier().map(str::to_owned));
+        let mesh = generation.provenance().cloned();
         let (text, finish) = generation.collect().await?;
         return Ok((
-            [(super::SUPPLIER_HEADER, served_by)],
-            Json(kind.last(&name, &text, &finish, started)),
+            [(super::SUPPLIER_HEADER, state.served_by(mesh.as_ref()))],
+            Json(kind.last(&name, &text, &finish, started, mesh.as_ref())),
         )
             .into_response());
     }
-    let (rx, supplier) = spawn_stream(model, req, move |event| {
+    let (rx, mesh) = spawn_stream(model, req, move |event, mesh| {
         let value = match event {
             GenEvent::Text(piece) => kind.part(&name, &piece, false),
-            GenEvent::Done(finish) => kind.last(&name, "", &finish, started),
+            GenEvent::Done(finish) => kind.last(&name, "", &finish, started, mesh),
             // Headers are sent: the error is the stream's last line, as in Ollama.
             GenEvent::Failed(why) => json!({ "error": why }),
         };
@@ -215,7 +228,7 @@ async fn run(
             ),
             (
                 axum::http::HeaderName::from_static(super::SUPPLIER_HEADER),
-                state.served_by(supplier),
+                state.served_by(mesh.as_ref()),
             ),
         ],
         body,
@@ -245,10 +258,11 @@ fn role(index: usize, role: &str) -> Result<Role, ApiError> {
 /// `POST /api/chat`
 pub async fn chat(
     State(state): State<ApiState>,
+    headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, OllamaError> {
     let mut body: ChatBody = body::parse(raw)?;
-    let model = lookup(&state, &body.common.model).await?;
+    let model = lookup(&state, &body.common.model, &headers).await?;
     if body.messages.is_empty() {
         return Ok(loaded(Kind::Chat, &body.common.model));
     }
@@ -270,10 +284,11 @@ pub async fn chat(
 /// `POST /api/generate`
 pub async fn generate(
     State(state): State<ApiState>,
+    headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, OllamaError> {
     let mut body: GenerateBody = body::parse(raw)?;
-    let model = lookup(&state, &body.common.model).await?;
+    let model = lookup(&state, &body.common.model, &headers).await?;
     if body.prompt.is_empty() {
         return Ok(loaded(Kind::Generate, &body.common.model));
     }
@@ -382,7 +397,7 @@ pub async fn show(
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, OllamaError> {
     let body: ShowBody = body::parse(raw)?;
-    let model = lookup(&state, &body.model).await?;
+    let model = lookup(&state, &body.model, &HeaderMap::new()).await?;
     let info = model.backend.info();
     let family = if info.details.family.is_empty() {
         "unknown"

@@ -7,6 +7,7 @@ use std::convert::Infallible;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
+use axum::http::HeaderMap;
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -19,7 +20,7 @@ use super::infer::{
     all_model_names, lookup, new_id, refuse_unsupported, sampling, spawn_stream, unix_now,
 };
 use super::{body, ApiState};
-use crate::backend::{ChatMessage, Finish, GenEvent, GenRequest, Prompt, Role};
+use crate::backend::{ChatMessage, Finish, GenEvent, GenRequest, Prompt, Provenance, Role};
 
 /// Fields we do not implement; sent with a non-default value they get a 400 naming
 /// them rather than being silently ignored.
@@ -173,12 +174,18 @@ fn request(prompt: Prompt, common: &mut Common) -> Result<GenRequest, ApiError> 
     Ok(GenRequest { prompt, sampling })
 }
 
-fn usage(f: &Finish) -> Value {
-    json!({
+/// OpenAI's usage; for a mesh request also `relaymesh`: the suppliers and the compute
+/// units and output bytes the acks metered (what the suppliers' receipts add up to).
+fn usage(f: &Finish, mesh: Option<&Provenance>) -> Value {
+    let mut usage = json!({
         "prompt_tokens": f.prompt_tokens,
         "completion_tokens": f.completion_tokens,
         "total_tokens": f.prompt_tokens + f.completion_tokens,
-    })
+    });
+    if let Some(p) = mesh {
+        usage["relaymesh"] = json!(p.report());
+    }
+    usage
 }
 
 /// Chat or text completion: the parts of the response that differ.
@@ -227,11 +234,12 @@ impl Kind {
 
 async fn complete(
     state: ApiState,
+    headers: &HeaderMap,
     kind: Kind,
     prompt: Prompt,
     mut common: Common,
 ) -> Result<Response, OpenAiError> {
-    let model = lookup(&state, &common.model).await?;
+    let model = lookup(&state, &common.model, headers).await?;
     let req = request(prompt, &mut common)?;
     let id = new_id(match kind {
         Kind::Chat => "chatcmpl",
@@ -241,10 +249,10 @@ async fn complete(
     let name = common.model.clone();
     if !common.stream {
         let generation = model.generate(req).await?;
-        let served_by = state.served_by(generation.supplier().map(str::to_owned));
+        let mesh = generation.provenance().cloned();
         let (text, finish) = generation.collect().await?;
         return Ok((
-            [(super::SUPPLIER_HEADER, served_by)],
+            [(super::SUPPLIER_HEADER, state.served_by(mesh.as_ref()))],
             Json(json!({
                 "id": id,
                 "object": kind.object(false),
@@ -252,7 +260,7 @@ async fn complete(
                 "model": name,
                 "system_fingerprint": null,
                 "choices": [kind.choice(Some(&text), Some(&finish), false)],
-                "usage": usage(&finish),
+                "usage": usage(&finish, mesh.as_ref()),
             })),
         )
             .into_response());
@@ -272,12 +280,12 @@ async fn complete(
         }
         Ok::<Event, Infallible>(Event::default().data(c.to_string()))
     };
-    let (rx, supplier) = spawn_stream(&model, req, move |event| match event {
+    let (rx, mesh) = spawn_stream(&model, req, move |event, mesh| match event {
         GenEvent::Text(piece) => vec![chunk(json!([kind.choice(Some(&piece), None, true)]), None)],
         GenEvent::Done(finish) => {
             let mut parts = vec![chunk(json!([kind.choice(None, Some(&finish), true)]), None)];
             if include_usage {
-                parts.push(chunk(json!([]), Some(usage(&finish))));
+                parts.push(chunk(json!([]), Some(usage(&finish, mesh))));
             }
             parts.push(Ok(Event::default().data("[DONE]")));
             parts
@@ -290,7 +298,7 @@ async fn complete(
     })
     .await?;
     Ok((
-        [(super::SUPPLIER_HEADER, state.served_by(supplier))],
+        [(super::SUPPLIER_HEADER, state.served_by(mesh.as_ref()))],
         Sse::new(ReceiverStream::new(rx)),
     )
         .into_response())
@@ -299,10 +307,11 @@ async fn complete(
 /// `POST /v1/chat/completions`
 pub async fn chat(
     State(state): State<ApiState>,
+    headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, OpenAiError> {
     let body: ChatBody = body::parse(raw)?;
-    lookup(&state, &body.common.model).await?;
+    lookup(&state, &body.common.model, &headers).await?;
     if body.messages.is_empty() {
         return Err(ApiError::bad_param("messages", "messages must not be empty").into());
     }
@@ -312,12 +321,20 @@ pub async fn chat(
         .enumerate()
         .map(|(i, m)| message(i, m))
         .collect::<Result<Vec<_>, _>>()?;
-    complete(state, Kind::Chat, Prompt::Chat(messages), body.common).await
+    complete(
+        state,
+        &headers,
+        Kind::Chat,
+        Prompt::Chat(messages),
+        body.common,
+    )
+    .await
 }
 
 /// `POST /v1/completions`
 pub async fn completions(
     State(state): State<ApiState>,
+    headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, OpenAiError> {
     let body: CompletionBody = body::parse(raw)?;
@@ -334,7 +351,14 @@ pub async fn completions(
             .into())
         }
     };
-    complete(state, Kind::Text, Prompt::Text(prompt), body.common).await
+    complete(
+        state,
+        &headers,
+        Kind::Text,
+        Prompt::Text(prompt),
+        body.common,
+    )
+    .await
 }
 
 fn model_entry(name: &str) -> Value {
@@ -356,6 +380,6 @@ pub async fn model(
     State(state): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, OpenAiError> {
-    lookup(&state, &id).await?;
+    lookup(&state, &id, &HeaderMap::new()).await?;
     Ok(Json(model_entry(&id)))
 }

@@ -138,7 +138,44 @@ pub struct Generation {
     events: mpsc::Receiver<GenEvent>,
     // Held until the consumer is done, so the slot stays taken while it reads.
     _slot: Option<SlotGuard>,
-    supplier: Option<String>,
+    provenance: Option<Provenance>,
+}
+
+/// Who served a mesh generation and what the app's acks metered, kept up to date by
+/// the gateway while the generation runs (a failover adds a supplier).
+#[derive(Clone, Debug, Default)]
+pub struct Provenance(Arc<std::sync::Mutex<MeshReport>>);
+
+/// A snapshot of a [`Provenance`], as the API reports it (`usage.relaymesh`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct MeshReport {
+    /// Peer ids of the suppliers, first to last.
+    pub suppliers: Vec<String>,
+    /// Bytes of the answer each supplier produced, in the same order: after a failover
+    /// the first `answer_bytes[0]` bytes came from the first supplier, and so on.
+    pub answer_bytes: Vec<u64>,
+    /// Compute units of the requests and acked increments, at each session's formula:
+    /// what the suppliers' receipts add up to.
+    pub compute_units: u64,
+    /// Output bytes the app acknowledged.
+    pub acked_bytes: u64,
+}
+
+impl Provenance {
+    /// What is known now.
+    pub fn report(&self) -> MeshReport {
+        self.0.lock().expect("provenance lock").clone()
+    }
+
+    /// Changes the record.
+    pub fn update(&self, f: impl FnOnce(&mut MeshReport)) {
+        f(&mut self.0.lock().expect("provenance lock"))
+    }
+
+    /// The suppliers, comma-separated (the `x-relaymesh-supplier` header).
+    pub fn header(&self) -> String {
+        self.report().suppliers.join(",")
+    }
 }
 
 impl Generation {
@@ -147,19 +184,19 @@ impl Generation {
         Self {
             events,
             _slot: slot,
-            supplier: None,
+            provenance: None,
         }
     }
 
-    /// Names the mesh supplier (peer id) that serves this generation.
-    pub fn with_supplier(mut self, peer_id: String) -> Self {
-        self.supplier = Some(peer_id);
+    /// Marks a generation served by the mesh, recorded in `provenance`.
+    pub fn with_provenance(mut self, provenance: Provenance) -> Self {
+        self.provenance = Some(provenance);
         self
     }
 
-    /// The mesh supplier serving it; `None` when this node runs it itself.
-    pub fn supplier(&self) -> Option<&str> {
-        self.supplier.as_deref()
+    /// Who serves it on the mesh; `None` when this node runs it itself.
+    pub fn provenance(&self) -> Option<&Provenance> {
+        self.provenance.as_ref()
     }
 
     /// The next event; `None` only if the backend vanished without a `Done`.
@@ -258,6 +295,12 @@ pub enum BackendError {
     /// The upstream server failed or could not be reached.
     #[error("upstream: {0}")]
     Upstream(String),
+    /// Nobody can serve it now (no supplier reachable, all refused).
+    #[error("{0}")]
+    Unavailable(String),
+    /// What the request asks for does not exist (a pinned digest nobody serves).
+    #[error("{0}")]
+    NotFound(String),
     /// A bug or an engine failure.
     #[error("internal: {0}")]
     Internal(String),

@@ -76,9 +76,9 @@ pub struct Measured {
 }
 
 impl Measured {
-    /// The mesh supplier serving it; `None` when this node runs it itself.
-    pub fn supplier(&self) -> Option<&str> {
-        self.inner.supplier()
+    /// Who serves it on the mesh; `None` when this node runs it itself.
+    pub fn provenance(&self) -> Option<&crate::backend::Provenance> {
+        self.inner.provenance()
     }
 
     /// Reads everything: the whole text and how it finished.
@@ -167,29 +167,32 @@ impl Models {
         self.by_name.is_empty()
     }
 
-    /// What the node's capability ad says of each model now: identity, slots, the
-    /// speed measured on the last request, price, and the threshold `tau`.
+    /// What the node's capability ad says of each model now (see [`ServedModel::offer`]).
     pub fn offers(&self, tau: u64) -> Vec<ModelOffer> {
-        self.iter()
-            .filter_map(|m| {
-                let info = m.backend.info();
-                let (free, total) = m.backend.slots();
-                let (ttft_ms, tokens_per_sec_milli, _) = m.perf.get();
-                let clamp = |n: usize| n.min(u16::MAX as usize) as u16;
-                Some(ModelOffer {
-                    name: BoundedString::new(info.name.as_str()).ok()?,
-                    gguf_digest: info.digest.as_ref().and_then(|d| d.gguf()),
-                    manifest: info.manifest.clone(),
-                    context_length: info.context_length,
-                    free_slots: clamp(free),
-                    total_slots: clamp(total),
-                    tokens_per_sec_milli,
-                    ttft_ms,
-                    price_per_cu: m.price_per_cu,
-                    cu: CuFormula::default(),
-                    tau,
-                })
-            })
-            .collect()
+        self.iter().filter_map(|m| m.offer(tau)).collect()
+    }
+}
+
+impl ServedModel {
+    /// What a capability ad says of this model now: identity, slots, the speed
+    /// measured on the last request, price, and the threshold `tau`.
+    pub fn offer(&self, tau: u64) -> Option<ModelOffer> {
+        let info = self.backend.info();
+        let (free, total) = self.backend.slots();
+        let (ttft_ms, tokens_per_sec_milli, _) = self.perf.get();
+        let clamp = |n: usize| n.min(u16::MAX as usize) as u16;
+        Some(ModelOffer {
+            name: BoundedString::new(info.name.as_str()).ok()?,
+            gguf_digest: info.digest.as_ref().and_then(|d| d.gguf()),
+            manifest: info.manifest.clone(),
+            context_length: info.context_length,
+            free_slots: clamp(free),
+            total_slots: clamp(total),
+            tokens_per_sec_milli,
+            ttft_ms,
+            price_per_cu: self.price_per_cu,
+            cu: CuFormula::default(),
+            tau,
+        })
     }
 }

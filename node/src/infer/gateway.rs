@@ -1,52 +1,117 @@
-//! The app's side of `/relaymesh/<mesh>/infer/1`, as a [`Backend`]: pick the best
-//! supplier of the model from the peer table, propose the session's terms, send the
-//! signed request with its payload, stream the tokens back and ack them. A supplier that
-//! refuses or cannot be reached before its first token is replaced by the next one.
+//! The app's side of `/relaymesh/<mesh>/infer/1`, as a [`Backend`]: rank the suppliers
+//! of the model ([`Router`]), propose the session's terms, send the signed request with
+//! its payload, stream the tokens back and ack them.
+//!
+//! A supplier that refuses or cannot be reached before its first token is replaced by
+//! the next one. A supplier whose stream breaks or stalls after that is replaced too:
+//! the next one gets a continuation (the original prompt, and the answer so far as the
+//! start of the assistant's turn, which it continues), so the client reads one stream
+//! with nothing repeated and nothing missing.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use futures::io::{ReadHalf, WriteHalf};
 use futures::AsyncReadExt;
-use libp2p::{PeerId, StreamProtocol};
+use libp2p::{PeerId, Stream, StreamProtocol};
 use relaymesh_protocol::identity::signed::Signed;
 use relaymesh_protocol::messages::capability::ModelOffer;
-use relaymesh_protocol::messages::infer::{FrameBody, InferRequest, RefuseCode};
+use relaymesh_protocol::messages::infer::{
+    DoneReason, FrameBody, InferRequest, RefuseCode, MAX_TOKEN_BYTES,
+};
 use relaymesh_protocol::messages::reveal::commitment;
-use relaymesh_protocol::messages::session::SessionOpen;
+use relaymesh_protocol::messages::session::{SessionOpen, SignedSessionOpen};
+use relaymesh_protocol::metering::ack_chain::MAX_ACK_CHAIN;
 use relaymesh_protocol::metering::app::{RequestAcker, RequestTerms};
 use relaymesh_protocol::metering::flow::AppFlow;
 use relaymesh_protocol::params::MeshParams;
 use relaymesh_protocol::{Digest, Ed25519Verifier, Keypair, PublicKey, Signer};
 use tokio::sync::mpsc;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::codec::{read_frame, write_frame};
-use super::{payload, window};
+use super::router::{InFlight, NoRoute, RoutePolicy, Router};
+use super::{payload, window, DEFAULT_MAX_TOKENS};
 use crate::backend::{
-    Backend, BackendError, Finish, FinishReason, GenEvent, GenRequest, Generation, ModelDetails,
-    ModelInfo, EVENT_BUFFER,
+    Backend, BackendError, ChatMessage, Finish, FinishReason, GenEvent, GenRequest, Generation,
+    ModelDetails, ModelInfo, Prompt, Provenance, Role, EVENT_BUFFER,
 };
 use crate::mesh::NodeHandle;
 
-/// Suppliers tried, best first, before a request fails.
-pub const MAX_ATTEMPTS: usize = 3;
+/// Suppliers tried for one request, failovers included, before it fails.
+pub const MAX_ATTEMPTS: usize = 4;
 /// How long opening a stream and the session exchange may take.
-pub const OPEN_TIMEOUT: Duration = Duration::from_secs(15);
-/// How long to wait for a supplier's next frame (the first covers prompt processing).
-pub const TOKEN_TIMEOUT: Duration = Duration::from_secs(120);
+pub const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A model served by suppliers on the mesh.
-pub struct MeshBackend {
-    info: ModelInfo,
-    handle: NodeHandle,
-    key: Keypair,
-    params: MeshParams,
+/// How long the gateway waits for a supplier.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// For the first token (it covers queueing and reading the prompt).
+    pub first_token: Duration,
+    /// Between tokens: a supplier silent this long has stalled and is replaced.
+    pub stall: Duration,
+    /// Without a first token this long, the next supplier is tried beside the first
+    /// (hedging); `None`: one at a time.
+    pub hedge: Option<Duration>,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            first_token: Duration::from_secs(120),
+            stall: Duration::from_secs(15),
+            hedge: Some(Duration::from_secs(5)),
+        }
+    }
+}
+
+/// What every mesh request of a node shares.
+pub struct Gateway {
+    /// The node.
+    pub handle: NodeHandle,
+    /// The app's key: it signs sessions, requests and acks.
+    pub key: Keypair,
+    /// The mesh's parameters.
+    pub params: MeshParams,
+    /// Supplier statistics and ranking.
+    pub router: Arc<Router>,
+    /// Stall and first-token limits.
+    pub timeouts: Timeouts,
     protocol: StreamProtocol,
 }
 
-impl MeshBackend {
-    /// The mesh's suppliers of `model`, seen from the node behind `handle`.
-    pub fn new(model: &str, handle: NodeHandle, key: Keypair, params: MeshParams) -> Self {
+impl Gateway {
+    /// The gateway of the node behind `handle`.
+    pub fn new(
+        handle: NodeHandle,
+        key: Keypair,
+        params: MeshParams,
+        router: Arc<Router>,
+        timeouts: Timeouts,
+    ) -> Arc<Self> {
         let protocol = crate::mesh::names::infer_protocol(&params.mesh_id());
+        Arc::new(Self {
+            handle,
+            key,
+            params,
+            router,
+            timeouts,
+            protocol,
+        })
+    }
+}
+
+/// A model served by suppliers on the mesh, with the rules of one request.
+pub struct MeshBackend {
+    info: ModelInfo,
+    gateway: Arc<Gateway>,
+    policy: RoutePolicy,
+}
+
+impl MeshBackend {
+    /// The mesh's suppliers of `model` that `policy` allows.
+    pub fn new(model: &str, gateway: Arc<Gateway>, policy: RoutePolicy) -> Self {
         Self {
             info: ModelInfo {
                 name: model.to_owned(),
@@ -56,15 +121,11 @@ impl MeshBackend {
                 kind: "mesh",
                 details: ModelDetails::default(),
             },
-            handle,
-            key,
-            params,
-            protocol,
+            gateway,
+            policy,
         }
     }
-}
 
-impl MeshBackend {
     /// Describes the model as the best supplier's ad does (context, digest).
     pub fn with_offer(mut self, offer: &ModelOffer) -> Self {
         self.info.context_length = offer.context_length;
@@ -86,14 +147,13 @@ fn random_digest() -> Digest {
     Digest(bytes)
 }
 
-/// Best first: free slots, then speed, then price.
-fn rank(offers: &mut [(PublicKey, ModelOffer)]) {
-    offers.sort_by(|(_, a), (_, b)| {
-        (b.free_slots > 0)
-            .cmp(&(a.free_slots > 0))
-            .then(b.tokens_per_sec_milli.cmp(&a.tokens_per_sec_milli))
-            .then(a.price_per_cu.cmp(&b.price_per_cu))
-    });
+impl From<NoRoute> for BackendError {
+    fn from(e: NoRoute) -> Self {
+        match e {
+            NoRoute::Digest { .. } => BackendError::NotFound(e.to_string()),
+            _ => BackendError::Unavailable(e.to_string()),
+        }
+    }
 }
 
 /// Why one supplier did not work out, and whether another may.
@@ -105,21 +165,71 @@ struct Attempt {
 impl Attempt {
     fn elsewhere(why: impl Into<String>) -> Self {
         Self {
-            error: BackendError::Upstream(why.into()),
+            error: BackendError::Unavailable(why.into()),
             retry_elsewhere: true,
         }
     }
 }
 
-impl MeshBackend {
-    async fn attempt(
-        &self,
+/// A stream on which a supplier has accepted a request and sent its first frame.
+struct Leg {
+    peer: PeerId,
+    supplier: PublicKey,
+    r: ReadHalf<Stream>,
+    w: WriteHalf<Stream>,
+    flow: AppFlow,
+    session: SignedSessionOpen,
+    prompt_bytes: u32,
+    first: Option<FrameBody>,
+    opened: Instant,
+    _in_flight: InFlight,
+}
+
+impl Leg {
+    /// Compute units the app's acks on this leg pay for.
+    fn compute_units(&self) -> u64 {
+        let cu = self.session.body.cu;
+        cu.prompt_units(self.prompt_bytes)
+            + cu.output_units(0, self.flow.acked_bytes()).unwrap_or(0)
+    }
+}
+
+/// The request as the next supplier gets it: the prompt, continued by `answer` when
+/// there is one, and what is left of the token budget.
+fn continuation(request: &GenRequest, answer: &str, tokens_so_far: u32) -> GenRequest {
+    let mut next = request.clone();
+    let budget = request.sampling.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS);
+    next.sampling.max_tokens = Some(budget.saturating_sub(tokens_so_far).max(1));
+    if answer.is_empty() {
+        return next;
+    }
+    match &mut next.prompt {
+        Prompt::Chat(messages) => match messages.last_mut() {
+            // The client's own prefill: the answer continues it.
+            Some(last) if last.role == Role::Assistant => last.content.push_str(answer),
+            _ => messages.push(ChatMessage {
+                role: Role::Assistant,
+                content: answer.to_owned(),
+            }),
+        },
+        Prompt::Text(text) => text.push_str(answer),
+    }
+    next
+}
+
+impl Gateway {
+    /// Opens a session with `supplier`, sends `request`, and waits for the first frame.
+    async fn open(
+        self: &Arc<Self>,
+        model: &str,
         supplier: PublicKey,
         offer: &ModelOffer,
         request: &GenRequest,
-    ) -> Result<Generation, Attempt> {
+    ) -> Result<Leg, Attempt> {
         let peer = PeerId::from_bytes(&supplier.peer_id_bytes())
             .map_err(|e| Attempt::elsewhere(format!("bad supplier key: {e}")))?;
+        let in_flight = self.router.begin(supplier, model);
+        let opened = Instant::now();
         let mut control = self.handle.streams();
         let stream = tokio::time::timeout(
             OPEN_TIMEOUT,
@@ -127,7 +237,7 @@ impl MeshBackend {
         )
         .await
         .map_err(|_| Attempt::elsewhere(format!("{peer} did not open a stream in time")))?
-        .map_err(|e| Attempt::elsewhere(format!("{peer}: {e}")))?;
+        .map_err(|e| Attempt::elsewhere(format!("{peer} cannot be reached: {e}")))?;
         let (mut r, mut w) = stream.split();
         let io = |e: &dyn std::fmt::Display| Attempt::elsewhere(format!("{peer}: {e}"));
 
@@ -173,29 +283,27 @@ impl MeshBackend {
         }
 
         // The request and its payload.
-        let payload = payload(&self.info.name, request).map_err(|e| Attempt {
+        let payload = payload(model, request).map_err(|e| Attempt {
             error: BackendError::Invalid(e),
             retry_elsewhere: false,
         })?;
         let flow_window = window(&self.params);
-        let max_acks = (payload.max_tokens / flow_window.ack_every + 2).min(u32::from(
-            relaymesh_protocol::metering::ack_chain::MAX_ACK_CHAIN,
-        )) as u16;
+        let max_acks =
+            (payload.max_tokens / flow_window.ack_every + 2).min(u32::from(MAX_ACK_CHAIN)) as u16;
+        let prompt_bytes = payload.prompt_bytes().min(u64::from(u32::MAX)) as u32;
         let acker = RequestAcker::new(
             RequestTerms {
                 session_key: session.session_key(),
                 request_id: 0,
                 prompt_digest: payload.digest(),
-                prompt_bytes: payload.prompt_bytes().min(u64::from(u32::MAX)) as u32,
-                max_output_bytes: payload
-                    .max_tokens
-                    .saturating_mul(relaymesh_protocol::messages::infer::MAX_TOKEN_BYTES as u32),
+                prompt_bytes,
+                max_output_bytes: payload.max_tokens.saturating_mul(MAX_TOKEN_BYTES as u32),
                 max_acks,
             },
             random_digest(),
             &self.key,
         );
-        let mut flow = AppFlow::new(acker, flow_window);
+        let flow = AppFlow::new(acker, flow_window);
         write_frame(
             &mut w,
             FrameBody::Request(InferRequest {
@@ -207,7 +315,8 @@ impl MeshBackend {
         .map_err(|e| io(&e))?;
 
         // Wait for the first frame here, so a refusal can still go elsewhere.
-        let first = match tokio::time::timeout(TOKEN_TIMEOUT, read_frame(&mut r)).await {
+        let first = match tokio::time::timeout(self.timeouts.first_token, read_frame(&mut r)).await
+        {
             Ok(Ok(frame)) => frame.body,
             Ok(Err(e)) => return Err(io(&e)),
             Err(_) => return Err(Attempt::elsewhere(format!("{peer} sent nothing in time"))),
@@ -222,95 +331,282 @@ impl MeshBackend {
                     | RefuseCode::Balance
             );
             return Err(Attempt {
-                error: BackendError::Upstream(format!("{peer}: {}", refusal.message)),
+                error: if elsewhere {
+                    BackendError::Unavailable(format!("{peer}: {}", refusal.message))
+                } else {
+                    BackendError::Invalid(format!("{peer}: {}", refusal.message))
+                },
                 retry_elsewhere: elsewhere,
             });
         }
-        info!(supplier = %peer, model = %self.info.name, "mesh request accepted");
+        self.router
+            .observe_ttft(supplier, model, opened.elapsed().as_secs_f64() * 1000.0);
+        info!(supplier = %peer, %model, "mesh request accepted");
+        Ok(Leg {
+            peer,
+            supplier,
+            r,
+            w,
+            flow,
+            session,
+            prompt_bytes,
+            first: Some(first),
+            opened,
+            _in_flight: in_flight,
+        })
+    }
 
-        let (tx, rx) = mpsc::channel(EVENT_BUFFER);
-        let key = self.key.clone();
-        tokio::spawn(async move {
-            let mut next = Some(first);
-            loop {
-                let body = match next.take() {
-                    Some(body) => body,
-                    None => match tokio::time::timeout(TOKEN_TIMEOUT, read_frame(&mut r)).await {
-                        Ok(Ok(frame)) => frame.body,
-                        Ok(Err(e)) => {
-                            let _ = tx.send(GenEvent::Failed(format!("{peer}: {e}"))).await;
-                            return;
+    /// The next supplier in `candidates` that takes `request`; `attempts` counts every
+    /// supplier tried for the client's request. Hedging: when the one tried has sent no
+    /// first token within `timeouts.hedge`, the next is tried beside it; the first token
+    /// wins and the other stream is dropped (the supplier stops at once, and is paid
+    /// for nothing, since nothing of it was acked).
+    async fn open_next(
+        self: &Arc<Self>,
+        model: &str,
+        candidates: &mut VecDeque<(PublicKey, ModelOffer)>,
+        attempts: &mut usize,
+        request: &GenRequest,
+    ) -> Result<Leg, BackendError> {
+        let mut last = None;
+        let mut racing = futures::stream::FuturesUnordered::new();
+        let mut hedge_now = false;
+        loop {
+            if racing.is_empty() || hedge_now {
+                hedge_now = false;
+                let next = (*attempts < MAX_ATTEMPTS)
+                    .then(|| candidates.pop_front())
+                    .flatten();
+                match next {
+                    Some((supplier, offer)) => {
+                        *attempts += 1;
+                        if !racing.is_empty() {
+                            info!(supplier = %supplier.peer_id(), "no first token yet; hedging with the next supplier");
                         }
-                        Err(_) => {
-                            let _ = tx.send(GenEvent::Failed(format!("{peer} stalled"))).await;
-                            return;
-                        }
-                    },
-                };
-                match body {
-                    FrameBody::Token(text) => {
-                        let ack = match flow.on_token(text.as_str(), &key) {
-                            Ok(ack) => ack,
-                            Err(e) => {
-                                let _ = tx.send(GenEvent::Failed(format!("{peer}: {e}"))).await;
-                                return;
-                            }
-                        };
-                        if tx
-                            .send(GenEvent::Text(text.as_str().to_owned()))
-                            .await
-                            .is_err()
-                        {
-                            debug!(supplier = %peer, "client left; ending the mesh request");
-                            return; // dropping the stream tells the supplier
-                        }
-                        if let Some(ack) = ack {
-                            if write_frame(&mut w, FrameBody::Ack(ack)).await.is_err() {
-                                let _ = tx.send(GenEvent::Failed(format!("{peer} left"))).await;
-                                return;
-                            }
-                        }
+                        racing.push(async move {
+                            (supplier, self.open(model, supplier, &offer, request).await)
+                        });
                     }
-                    FrameBody::Done(done) => {
-                        let closed = match flow.finish(&key) {
-                            Ok(ack) => write_frame(&mut w, FrameBody::Ack(ack)).await.is_ok(),
-                            Err(_) => false,
-                        };
-                        if !closed {
-                            debug!(supplier = %peer, "the final ack was not delivered");
-                        }
-                        let _ = tx
-                            .send(GenEvent::Done(Finish {
-                                reason: match done.reason {
-                                    relaymesh_protocol::messages::infer::DoneReason::Stop => {
-                                        FinishReason::Stop
-                                    }
-                                    relaymesh_protocol::messages::infer::DoneReason::Length => {
-                                        FinishReason::Length
-                                    }
-                                },
-                                prompt_tokens: done.prompt_tokens,
-                                completion_tokens: done.completion_tokens,
-                            }))
-                            .await;
-                        return;
-                    }
-                    FrameBody::Refuse(r) => {
-                        let _ = tx
-                            .send(GenEvent::Failed(format!("{peer}: {}", r.message)))
-                            .await;
-                        return;
-                    }
-                    other => {
-                        let _ = tx
-                            .send(GenEvent::Failed(format!("{peer} sent {other:?}")))
-                            .await;
-                        return;
-                    }
+                    None if racing.is_empty() => break,
+                    None => {}
                 }
             }
-        });
-        Ok(Generation::new(rx, None).with_supplier(peer.to_string()))
+            // One in the race and a hedge deadline: wait at most that long before the
+            // next supplier joins.
+            let hedge = match self.timeouts.hedge {
+                Some(after) if racing.len() < 2 && !candidates.is_empty() => after,
+                _ => Duration::from_secs(86_400),
+            };
+            let (supplier, result) = tokio::select! {
+                outcome = futures::StreamExt::next(&mut racing) => match outcome {
+                    Some(outcome) => outcome,
+                    None => continue,
+                },
+                _ = tokio::time::sleep(hedge) => {
+                    hedge_now = true;
+                    continue;
+                }
+            };
+            match result {
+                Ok(leg) => return Ok(leg),
+                Err(attempt) => {
+                    self.router.observe_error(supplier, model);
+                    info!(supplier = %supplier.peer_id(), error = %attempt.error, "supplier failed; trying the next");
+                    if !attempt.retry_elsewhere {
+                        return Err(attempt.error);
+                    }
+                    last = Some(attempt.error);
+                }
+            }
+        }
+        Err(match last {
+            Some(e) => {
+                let mut why = e.to_string();
+                if why.len() > 300 {
+                    let mut cut = 300;
+                    while !why.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    why.truncate(cut);
+                    why.push('…');
+                }
+                BackendError::Unavailable(format!(
+                    "no supplier of {model} could take the request ({attempts} tried); the last: {why}",
+                    attempts = *attempts
+                ))
+            }
+            None => {
+                BackendError::Unavailable(format!("no other supplier of {model} is left to try"))
+            }
+        })
+    }
+}
+
+/// How one leg ended.
+enum LegEnd {
+    /// The supplier finished.
+    Done(Finish),
+    /// The client left.
+    ClientGone,
+    /// The supplier broke, stalled or misbehaved; another may continue.
+    Broken(String),
+}
+
+/// Everything one client request needs while it runs.
+struct Job {
+    gateway: Arc<Gateway>,
+    model: String,
+    request: GenRequest,
+    candidates: VecDeque<(PublicKey, ModelOffer)>,
+    attempts: usize,
+    provenance: Provenance,
+    tx: mpsc::Sender<GenEvent>,
+    /// Text sent to the client so far.
+    answer: String,
+    /// Token frames sent to the client so far.
+    tokens: u32,
+}
+
+impl Job {
+    async fn run(mut self, mut leg: Leg) {
+        loop {
+            let before = self.tokens;
+            let end = self.stream(&mut leg).await;
+            self.provenance.update(|p| {
+                p.compute_units += leg.compute_units();
+                p.acked_bytes += u64::from(leg.flow.acked_bytes());
+            });
+            let why = match end {
+                LegEnd::Done(mut finish) => {
+                    // After a failover the last supplier's prompt held the answer so far.
+                    finish.completion_tokens += before;
+                    finish.prompt_tokens = finish.prompt_tokens.saturating_sub(before);
+                    let _ = self.tx.send(GenEvent::Done(finish)).await;
+                    return;
+                }
+                LegEnd::ClientGone => return,
+                LegEnd::Broken(why) => why,
+            };
+            self.gateway.router.observe_error(leg.supplier, &self.model);
+            warn!(supplier = %leg.peer, tokens = self.tokens, %why, "supplier broke mid-stream; continuing on the next");
+            let budget = self
+                .request
+                .sampling
+                .max_tokens
+                .unwrap_or(DEFAULT_MAX_TOKENS);
+            if self.tokens >= budget {
+                let _ = self
+                    .tx
+                    .send(GenEvent::Done(Finish {
+                        reason: FinishReason::Length,
+                        prompt_tokens: 0,
+                        completion_tokens: self.tokens,
+                    }))
+                    .await;
+                return;
+            }
+            let next = continuation(&self.request, &self.answer, self.tokens);
+            let gateway = self.gateway.clone();
+            match gateway
+                .open_next(&self.model, &mut self.candidates, &mut self.attempts, &next)
+                .await
+            {
+                Ok(next_leg) => {
+                    info!(from = %leg.peer, to = %next_leg.peer, "failover: the answer continues on another supplier");
+                    self.provenance.update(|p| {
+                        p.suppliers.push(next_leg.peer.to_string());
+                        p.answer_bytes.push(0);
+                    });
+                    leg = next_leg;
+                }
+                Err(e) => {
+                    let _ = self
+                        .tx
+                        .send(GenEvent::Failed(format!(
+                            "{why}; and no other supplier could continue: {e}"
+                        )))
+                        .await;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Streams one leg to the client until it ends.
+    async fn stream(&mut self, leg: &mut Leg) -> LegEnd {
+        let key = self.gateway.key.clone();
+        let stall = self.gateway.timeouts.stall;
+        let mut leg_tokens = 0u32;
+        loop {
+            let body = match leg.first.take() {
+                Some(body) => body,
+                None => match tokio::time::timeout(stall, read_frame(&mut leg.r)).await {
+                    Ok(Ok(frame)) => frame.body,
+                    Ok(Err(e)) => return LegEnd::Broken(format!("the stream broke: {e}")),
+                    Err(_) => {
+                        return LegEnd::Broken(format!("no token for {} ms", stall.as_millis()))
+                    }
+                },
+            };
+            match body {
+                FrameBody::Token(text) => {
+                    let ack = match leg.flow.on_token(text.as_str(), &key) {
+                        Ok(ack) => ack,
+                        Err(e) => return LegEnd::Broken(format!("bad token frame: {e}")),
+                    };
+                    self.answer.push_str(text.as_str());
+                    self.provenance.update(|p| {
+                        if let Some(b) = p.answer_bytes.last_mut() {
+                            *b += text.as_str().len() as u64;
+                        }
+                    });
+                    self.tokens += 1;
+                    leg_tokens += 1;
+                    if self
+                        .tx
+                        .send(GenEvent::Text(text.as_str().to_owned()))
+                        .await
+                        .is_err()
+                    {
+                        debug!(supplier = %leg.peer, "client left; ending the mesh request");
+                        return LegEnd::ClientGone; // dropping the stream tells the supplier
+                    }
+                    if let Some(ack) = ack {
+                        if let Err(e) = write_frame(&mut leg.w, FrameBody::Ack(ack)).await {
+                            return LegEnd::Broken(format!("cannot send an ack: {e}"));
+                        }
+                    }
+                }
+                FrameBody::Done(done) => {
+                    match leg.flow.finish(&key) {
+                        Ok(ack) => {
+                            if write_frame(&mut leg.w, FrameBody::Ack(ack)).await.is_err() {
+                                debug!(supplier = %leg.peer, "the final ack was not delivered");
+                            }
+                        }
+                        Err(e) => debug!(supplier = %leg.peer, %e, "no final ack"),
+                    }
+                    let secs = leg.opened.elapsed().as_secs_f64();
+                    if leg_tokens > 1 && secs > 0.0 {
+                        self.gateway.router.observe_speed(
+                            leg.supplier,
+                            &self.model,
+                            f64::from(leg_tokens) / secs,
+                        );
+                    }
+                    return LegEnd::Done(Finish {
+                        reason: match done.reason {
+                            DoneReason::Stop => FinishReason::Stop,
+                            DoneReason::Length => FinishReason::Length,
+                        },
+                        prompt_tokens: done.prompt_tokens,
+                        completion_tokens: done.completion_tokens,
+                    });
+                }
+                FrameBody::Refuse(r) => return LegEnd::Broken(r.message.as_str().to_owned()),
+                other => return LegEnd::Broken(format!("unexpected frame {other:?}")),
+            }
+        }
     }
 }
 
@@ -325,35 +621,96 @@ impl Backend for MeshBackend {
     }
 
     async fn generate(&self, request: GenRequest) -> Result<Generation, BackendError> {
-        let me = self.key.public_key();
-        let mut offers: Vec<(PublicKey, ModelOffer)> = self
+        let gateway = &self.gateway;
+        let me = gateway.key.public_key();
+        let model = self.info.name.clone();
+        let offers: Vec<(PublicKey, ModelOffer)> = gateway
             .handle
-            .offers(&self.info.name)
+            .offers(&model)
             .await
             .map_err(|_| BackendError::Internal("the node is shutting down".into()))?
             .into_iter()
             .filter(|(k, _)| *k != me)
             .collect();
-        if offers.is_empty() {
-            return Err(BackendError::Upstream(format!(
-                "no supplier of {} on the mesh",
-                self.info.name
-            )));
+        let mut candidates: VecDeque<_> = gateway.router.rank(&model, offers, &self.policy)?.into();
+        let mut attempts = 0;
+        let leg = gateway
+            .open_next(&model, &mut candidates, &mut attempts, &request)
+            .await?;
+        let provenance = Provenance::default();
+        provenance.update(|p| {
+            p.suppliers.push(leg.peer.to_string());
+            p.answer_bytes.push(0);
+        });
+        let (tx, rx) = mpsc::channel(EVENT_BUFFER);
+        let job = Job {
+            gateway: gateway.clone(),
+            model,
+            request,
+            candidates,
+            attempts,
+            provenance: provenance.clone(),
+            tx,
+            answer: String::new(),
+            tokens: 0,
+        };
+        tokio::spawn(job.run(leg));
+        Ok(Generation::new(rx, None).with_provenance(provenance))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Sampling;
+
+    fn chat(messages: &[(Role, &str)], max: Option<u32>) -> GenRequest {
+        GenRequest {
+            prompt: Prompt::Chat(
+                messages
+                    .iter()
+                    .map(|(role, content)| ChatMessage {
+                        role: *role,
+                        content: (*content).into(),
+                    })
+                    .collect(),
+            ),
+            sampling: Sampling {
+                max_tokens: max,
+                ..Default::default()
+            },
         }
-        rank(&mut offers);
-        let mut last = None;
-        for (supplier, offer) in offers.iter().take(MAX_ATTEMPTS) {
-            match self.attempt(*supplier, offer, &request).await {
-                Ok(generation) => return Ok(generation),
-                Err(attempt) => {
-                    info!(supplier = %supplier.peer_id(), error = %attempt.error, "supplier failed; trying the next");
-                    if !attempt.retry_elsewhere {
-                        return Err(attempt.error);
-                    }
-                    last = Some(attempt.error);
-                }
-            }
+    }
+
+    #[test]
+    fn a_continuation_carries_the_answer_so_far_and_the_rest_of_the_budget() {
+        let first = chat(&[(Role::User, "Count")], Some(20));
+        assert_eq!(continuation(&first, "", 0), first);
+        let next = continuation(&first, "1, 2, 3", 5);
+        assert_eq!(
+            next,
+            chat(
+                &[(Role::User, "Count"), (Role::Assistant, "1, 2, 3")],
+                Some(15)
+            )
+        );
+        // A client's own prefill is extended, not doubled.
+        let prefilled = chat(&[(Role::User, "Count"), (Role::Assistant, "0, ")], None);
+        let next = continuation(&prefilled, "1, 2", 3);
+        assert_eq!(
+            next,
+            chat(
+                &[(Role::User, "Count"), (Role::Assistant, "0, 1, 2")],
+                Some(DEFAULT_MAX_TOKENS - 3)
+            )
+        );
+        let text = GenRequest {
+            prompt: Prompt::Text("Once".into()),
+            sampling: Sampling::default(),
+        };
+        match continuation(&text, " upon", 1).prompt {
+            Prompt::Text(t) => assert_eq!(t, "Once upon"),
+            other => panic!("{other:?}"),
         }
-        Err(last.unwrap_or_else(|| BackendError::Upstream("no supplier answered".into())))
     }
 }

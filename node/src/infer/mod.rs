@@ -6,6 +6,7 @@
 
 pub mod codec;
 pub mod gateway;
+pub mod router;
 pub mod supplier;
 
 use relaymesh_protocol::messages::infer::{InferPayload, PromptBody, Turn, TurnRole};

@@ -149,7 +149,11 @@ impl MeshBehaviour {
             limits,
             blocked: Default::default(),
             identify,
-            ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(5))),
+            ping: ping::Behaviour::new(
+                ping::Config::new()
+                    .with_interval(Duration::from_secs(5))
+                    .with_timeout(Duration::from_secs(5)),
+            ),
             kad,
             gossipsub,
             mdns: mdns.into(),

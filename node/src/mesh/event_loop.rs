@@ -435,6 +435,17 @@ impl EventLoop {
             }) => {
                 self.rtts.insert(peer, rtt);
             }
+            MeshBehaviourEvent::Ping(ping::Event {
+                peer,
+                connection,
+                result: Err(error),
+            }) => {
+                // A peer that stopped answering (killed, cut off) holds its connection
+                // until the transport's idle timeout; close it now, so streams to it
+                // fail at once and the next dial finds out whether it is gone.
+                info!(%peer, %error, "ping failed; closing the connection");
+                self.swarm.close_connection(connection);
+            }
             MeshBehaviourEvent::Gossipsub(gossipsub::Event::Message {
                 propagation_source,
                 message_id,

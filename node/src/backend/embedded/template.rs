@@ -36,8 +36,22 @@ impl ChatTemplate {
         }
     }
 
-    /// The prompt for `messages`, ending where the assistant's answer starts.
+    /// The prompt for `messages`, ending where the assistant's answer starts. A
+    /// conversation that ends with an assistant turn is a prefill (as in Ollama and
+    /// llama.cpp): the prompt ends inside that turn, so the model continues its text.
+    /// The mesh uses this to hand a half-finished answer to another supplier.
     pub fn apply(&self, messages: &[ChatMessage]) -> Result<String, String> {
+        if let Some((last, earlier)) = messages.split_last() {
+            if last.role == super::super::Role::Assistant {
+                let mut out = self.apply_turns(earlier)?;
+                out.push_str(&last.content);
+                return Ok(out);
+            }
+        }
+        self.apply_turns(messages)
+    }
+
+    fn apply_turns(&self, messages: &[ChatMessage]) -> Result<String, String> {
         match self {
             ChatTemplate::ChatMl => {
                 let mut out = String::new();
@@ -109,6 +123,12 @@ mod tests {
                 .unwrap(),
             "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
         );
+        // A final assistant turn is continued, not closed.
+        assert_eq!(
+            t.apply(&[msg(Role::User, "Hi"), msg(Role::Assistant, "Hello, ")])
+                .unwrap(),
+            "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello, "
+        );
     }
 
     #[test]
@@ -119,6 +139,11 @@ mod tests {
         assert_eq!(
             t.apply(&[msg(Role::User, "Hi")]).unwrap(),
             "[user]Hi[assistant]"
+        );
+        assert_eq!(
+            t.apply(&[msg(Role::User, "Hi"), msg(Role::Assistant, "Hel")])
+                .unwrap(),
+            "[user]Hi[assistant]Hel"
         );
         let failing =
             ChatTemplate::from_gguf(Some("{{ raise_exception('roles must alternate') }}"));

@@ -1,0 +1,456 @@
+//! Choosing suppliers: the protocol crate's [`SupplierScore`] over what the node knows
+//! of each supplier of a model (its ad, and what this node measured: time to first
+//! token, speed, requests in flight, recent errors), after the user's rules have left
+//! out those they will not use (a maximum price per CU, a pinned model digest, an
+//! allowlist of trusted suppliers).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use relaymesh_protocol::messages::capability::ModelOffer;
+use relaymesh_protocol::routing::score::{rank, ScoreWeights, SupplierScore, SupplierStats};
+use relaymesh_protocol::{Digest, PublicKey};
+
+/// Who may serve a request, from the node's configuration and the request's headers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RoutePolicy {
+    /// Suppliers above this price per CU are not used.
+    pub max_price: Option<u64>,
+    /// The model's GGUF digest must be this one.
+    pub digest: Option<Digest>,
+    /// Only these suppliers are used (`None`: any).
+    pub allow: Option<Vec<PublicKey>>,
+}
+
+impl RoutePolicy {
+    /// Both policies at once: the lower price, the intersection of the allowlists. Two
+    /// different pinned digests leave nothing to choose (`Err` names them).
+    pub fn and(&self, other: &RoutePolicy) -> Result<RoutePolicy, String> {
+        let digest = match (self.digest, other.digest) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(format!(
+                    "the request pins blake3:{} but the node's configuration pins blake3:{}",
+                    b.to_hex(),
+                    a.to_hex()
+                ))
+            }
+            (a, b) => a.or(b),
+        };
+        let allow = match (&self.allow, &other.allow) {
+            (Some(a), Some(b)) => Some(a.iter().filter(|k| b.contains(k)).copied().collect()),
+            (a, b) => a.clone().or_else(|| b.clone()),
+        };
+        Ok(RoutePolicy {
+            max_price: match (self.max_price, other.max_price) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            },
+            digest,
+            allow,
+        })
+    }
+}
+
+/// How a node sends requests to the mesh: the rules from its configuration, which every
+/// request's own rules narrow, and how long to wait for suppliers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RoutingConfig {
+    /// Suppliers above this price per CU are never used.
+    pub max_price: Option<u64>,
+    /// Model name → the GGUF digest its suppliers must serve.
+    pub pins: std::collections::BTreeMap<String, Digest>,
+    /// Only these suppliers are sent prompts (`None`: any).
+    pub trust: Option<Vec<PublicKey>>,
+    /// First-token and stall limits.
+    pub timeouts: super::gateway::Timeouts,
+}
+
+impl RoutingConfig {
+    /// The configured rules for `model`.
+    pub fn policy(&self, model: &str) -> RoutePolicy {
+        RoutePolicy {
+            max_price: self.max_price,
+            digest: self.pins.get(model).copied(),
+            allow: self.trust.clone(),
+        }
+    }
+}
+
+/// Why no supplier can take a request.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NoRoute {
+    /// Nobody on the mesh serves the model.
+    #[error("no supplier of {0} on the mesh")]
+    NoSupplier(String),
+    /// Suppliers serve it, but none with the pinned digest.
+    #[error("no supplier serves {model} with the pinned digest blake3:{digest}")]
+    Digest {
+        /// The model.
+        model: String,
+        /// The pinned digest, hex.
+        digest: String,
+    },
+    /// Suppliers serve it, but none of the trusted ones.
+    #[error("{count} suppliers serve {model}, but none on the allowlist")]
+    NotAllowed {
+        /// The model.
+        model: String,
+        /// Suppliers left out.
+        count: usize,
+    },
+    /// Suppliers serve it, but all above the maximum price.
+    #[error("{count} suppliers serve {model}, but all above the maximum price of {max} per CU")]
+    TooExpensive {
+        /// The model.
+        model: String,
+        /// Suppliers left out.
+        count: usize,
+        /// The maximum.
+        max: u64,
+    },
+}
+
+/// What this node measured of one supplier's model.
+#[derive(Clone, Copy, Debug)]
+struct Measured {
+    ttft_ms: Option<f64>,
+    tokens_per_sec: Option<f64>,
+    in_flight: u32,
+    errors: f64,
+    decayed_at: Instant,
+}
+
+impl Default for Measured {
+    fn default() -> Self {
+        Self {
+            ttft_ms: None,
+            tokens_per_sec: None,
+            in_flight: 0,
+            errors: 0.0,
+            decayed_at: Instant::now(),
+        }
+    }
+}
+
+type Key = (PublicKey, String);
+
+/// The node's routing state, shared by every request it sends to the mesh.
+#[derive(Default)]
+pub struct Router {
+    measured: Mutex<HashMap<Key, Measured>>,
+    weights: ScoreWeights,
+}
+
+/// Most (supplier, model) pairs remembered; the oldest-measured are forgotten first.
+pub const MAX_TRACKED: usize = 4096;
+
+impl Router {
+    /// A router with the default score weights.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    fn with<T>(&self, supplier: PublicKey, model: &str, f: impl FnOnce(&mut Measured) -> T) -> T {
+        let mut map = self.measured.lock().expect("router lock");
+        if map.len() >= MAX_TRACKED && !map.contains_key(&(supplier, model.to_owned())) {
+            // Forget an idle entry: measurements are a cache, ads remain the source.
+            if let Some(k) = map
+                .iter()
+                .filter(|(_, m)| m.in_flight == 0)
+                .min_by_key(|(_, m)| m.decayed_at)
+                .map(|(k, _)| k.clone())
+            {
+                map.remove(&k);
+            }
+        }
+        let entry = map.entry((supplier, model.to_owned())).or_default();
+        let elapsed = entry.decayed_at.elapsed().as_millis() as u64;
+        let mut stats = SupplierStats::from_ad(0, 0, 0, 0, 0);
+        stats.errors = entry.errors;
+        stats.decay_errors(elapsed, &self.weights);
+        entry.errors = stats.errors;
+        entry.decayed_at = Instant::now();
+        f(entry)
+    }
+
+    fn stats(&self, supplier: PublicKey, model: &str, offer: &ModelOffer) -> SupplierStats {
+        let mut stats = SupplierStats::from_ad(
+            offer.ttft_ms,
+            offer.tokens_per_sec_milli,
+            offer.free_slots,
+            offer.total_slots,
+            offer.price_per_cu,
+        );
+        self.with(supplier, model, |m| {
+            if let Some(t) = m.ttft_ms {
+                stats.ttft_ms = t;
+            }
+            if let Some(s) = m.tokens_per_sec {
+                stats.tokens_per_sec = s;
+            }
+            stats.in_flight = m.in_flight;
+            stats.errors = m.errors;
+        });
+        stats
+    }
+
+    /// The score of one supplier's offer, as [`Router::rank`] computes it.
+    pub fn score(
+        &self,
+        supplier: PublicKey,
+        model: &str,
+        offer: &ModelOffer,
+        max_price: Option<u64>,
+    ) -> Option<SupplierScore> {
+        SupplierScore::of(
+            &self.stats(supplier, model, offer),
+            max_price,
+            &self.weights,
+        )
+    }
+
+    /// The offers `policy` allows, best first.
+    pub fn rank(
+        &self,
+        model: &str,
+        offers: Vec<(PublicKey, ModelOffer)>,
+        policy: &RoutePolicy,
+    ) -> Result<Vec<(PublicKey, ModelOffer)>, NoRoute> {
+        if offers.is_empty() {
+            return Err(NoRoute::NoSupplier(model.to_owned()));
+        }
+        let offers: Vec<_> = match policy.digest {
+            Some(d) => offers
+                .into_iter()
+                .filter(|(_, o)| o.gguf_digest == Some(d))
+                .collect(),
+            None => offers,
+        };
+        if offers.is_empty() {
+            return Err(NoRoute::Digest {
+                model: model.to_owned(),
+                digest: policy.digest.map(|d| d.to_hex()).unwrap_or_default(),
+            });
+        }
+        let count = offers.len();
+        let offers: Vec<_> = match &policy.allow {
+            Some(allow) => offers
+                .into_iter()
+                .filter(|(k, _)| allow.contains(k))
+                .collect(),
+            None => offers,
+        };
+        if offers.is_empty() {
+            return Err(NoRoute::NotAllowed {
+                model: model.to_owned(),
+                count,
+            });
+        }
+        let count = offers.len();
+        let ranked = rank(
+            offers
+                .iter()
+                .enumerate()
+                .map(|(i, (k, o))| ((k.0, i), self.stats(*k, model, o))),
+            policy.max_price,
+            &self.weights,
+        );
+        if ranked.is_empty() {
+            return Err(NoRoute::TooExpensive {
+                model: model.to_owned(),
+                count,
+                max: policy.max_price.unwrap_or(0),
+            });
+        }
+        Ok(ranked
+            .into_iter()
+            .map(|((_, i), _)| offers[i].clone())
+            .collect())
+    }
+
+    /// Counts a request in flight at `supplier` until the guard is dropped.
+    pub fn begin(self: &Arc<Self>, supplier: PublicKey, model: &str) -> InFlight {
+        self.with(supplier, model, |m| m.in_flight += 1);
+        InFlight {
+            router: self.clone(),
+            supplier,
+            model: model.to_owned(),
+        }
+    }
+
+    /// Records a measured time to first token.
+    pub fn observe_ttft(&self, supplier: PublicKey, model: &str, ms: f64) {
+        let w = self.weights;
+        self.with(supplier, model, |m| {
+            m.ttft_ms = Some(m.ttft_ms.map_or(ms, |t| {
+                relaymesh_protocol::routing::score::ewma(t, ms, w.ewma_alpha)
+            }));
+        });
+    }
+
+    /// Records a measured generation speed.
+    pub fn observe_speed(&self, supplier: PublicKey, model: &str, tokens_per_sec: f64) {
+        let w = self.weights;
+        self.with(supplier, model, |m| {
+            m.tokens_per_sec = Some(m.tokens_per_sec.map_or(tokens_per_sec, |s| {
+                relaymesh_protocol::routing::score::ewma(s, tokens_per_sec, w.ewma_alpha)
+            }));
+        });
+    }
+
+    /// Records a failure (refused, unreachable, broken or stalled stream).
+    pub fn observe_error(&self, supplier: PublicKey, model: &str) {
+        self.with(supplier, model, |m| m.errors += 1.0);
+    }
+
+    /// Recent errors of a supplier's model (decayed), for tests and status.
+    pub fn errors(&self, supplier: PublicKey, model: &str) -> f64 {
+        self.with(supplier, model, |m| m.errors)
+    }
+}
+
+/// A request in flight at a supplier; dropping it ends the count.
+pub struct InFlight {
+    router: Arc<Router>,
+    supplier: PublicKey,
+    model: String,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.router.with(self.supplier, &self.model, |m| {
+            m.in_flight = m.in_flight.saturating_sub(1)
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use relaymesh_protocol::metering::compute_units::CuFormula;
+    use relaymesh_protocol::{BoundedString, Keypair, Signer};
+
+    fn offer(price: u64, tps: u32, digest: u8) -> ModelOffer {
+        ModelOffer {
+            name: BoundedString::new("m").unwrap(),
+            gguf_digest: Some(Digest([digest; 32])),
+            manifest: None,
+            context_length: 2048,
+            free_slots: 1,
+            total_slots: 1,
+            tokens_per_sec_milli: tps,
+            ttft_ms: 100,
+            price_per_cu: price,
+            cu: CuFormula::default(),
+            tau: 1,
+        }
+    }
+
+    fn key(seed: u8) -> PublicKey {
+        Keypair::from_secret([seed; 32]).public_key()
+    }
+
+    #[test]
+    fn faster_first_then_errors_and_load_push_down() {
+        let router = Router::new();
+        let (a, b) = (key(1), key(2));
+        let offers = vec![(a, offer(1, 10_000, 1)), (b, offer(1, 20_000, 1))];
+        let order = |r: &Router| -> Vec<PublicKey> {
+            r.rank("m", offers.clone(), &RoutePolicy::default())
+                .unwrap()
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect()
+        };
+        assert_eq!(order(&router), vec![b, a]);
+        router.observe_error(b, "m");
+        assert_eq!(order(&router), vec![a, b], "one error halves b's score");
+        let router = Router::new();
+        let _x = router.begin(b, "m");
+        let _y = router.begin(b, "m");
+        assert_eq!(order(&router), vec![a, b], "b has two of ours in flight");
+        drop((_x, _y));
+        assert_eq!(order(&router), vec![b, a]);
+        router.observe_speed(b, "m", 1.0);
+        assert_eq!(
+            order(&router),
+            vec![a, b],
+            "measured speed replaces the ad's"
+        );
+    }
+
+    #[test]
+    fn policies_leave_suppliers_out_and_say_why() {
+        let router = Router::new();
+        let (a, b) = (key(1), key(2));
+        let offers = vec![(a, offer(5, 10_000, 1)), (b, offer(50, 10_000, 2))];
+        let cheap = RoutePolicy {
+            max_price: Some(10),
+            ..Default::default()
+        };
+        let ranked = router.rank("m", offers.clone(), &cheap).unwrap();
+        assert_eq!(ranked.len(), 1);
+        assert_eq!(ranked[0].0, a);
+        let broke = RoutePolicy {
+            max_price: Some(1),
+            ..Default::default()
+        };
+        assert!(matches!(
+            router.rank("m", offers.clone(), &broke),
+            Err(NoRoute::TooExpensive {
+                count: 2,
+                max: 1,
+                ..
+            })
+        ));
+        let pinned = RoutePolicy {
+            digest: Some(Digest([2; 32])),
+            ..Default::default()
+        };
+        assert_eq!(router.rank("m", offers.clone(), &pinned).unwrap()[0].0, b);
+        let unknown = RoutePolicy {
+            digest: Some(Digest([9; 32])),
+            ..Default::default()
+        };
+        assert!(matches!(
+            router.rank("m", offers.clone(), &unknown),
+            Err(NoRoute::Digest { .. })
+        ));
+        let trusted = RoutePolicy {
+            allow: Some(vec![key(3)]),
+            ..Default::default()
+        };
+        assert!(matches!(
+            router.rank("m", offers.clone(), &trusted),
+            Err(NoRoute::NotAllowed { count: 2, .. })
+        ));
+        assert!(matches!(
+            router.rank("m", vec![], &RoutePolicy::default()),
+            Err(NoRoute::NoSupplier(_))
+        ));
+    }
+
+    #[test]
+    fn combined_policies_narrow() {
+        let config = RoutePolicy {
+            max_price: Some(10),
+            digest: Some(Digest([1; 32])),
+            allow: Some(vec![key(1), key(2)]),
+        };
+        let request = RoutePolicy {
+            max_price: Some(20),
+            digest: None,
+            allow: Some(vec![key(2), key(3)]),
+        };
+        let both = config.and(&request).unwrap();
+        assert_eq!(both.max_price, Some(10));
+        assert_eq!(both.digest, Some(Digest([1; 32])));
+        assert_eq!(both.allow, Some(vec![key(2)]));
+        let other_pin = RoutePolicy {
+            digest: Some(Digest([2; 32])),
+            ..Default::default()
+        };
+        assert!(config.and(&other_pin).is_err());
+    }
+}
