@@ -30,6 +30,39 @@ async fn supplier(boot: &libp2p::Multiaddr, dir: &std::path::Path) -> relaymesh:
     b.start().await.unwrap()
 }
 
+/// What the receipts stored by `nodes` bill: compute units (prompt and acked output
+/// of every request) and acked output bytes, from closed requests only.
+fn billed(nodes: &[&relaymesh::Node]) -> (u64, u64) {
+    let cu = relaymesh_protocol::metering::compute_units::CuFormula::default();
+    let mut by_request = std::collections::HashMap::new();
+    for r in nodes.iter().flat_map(|n| receipts(n)) {
+        let e = by_request.entry(r.ack.body.request).or_insert((
+            r.request.body.prompt_bytes,
+            0u32,
+            false,
+        ));
+        e.1 = e.1.max(r.ack.body.new_bytes);
+        e.2 |= r.ack.body.last;
+    }
+    by_request
+        .values()
+        .filter(|(_, _, closed)| *closed)
+        .fold((0, 0), |(c, b), (prompt, out, _)| {
+            (
+                c + cu.prompt_units(*prompt) + cu.output_units(0, *out).unwrap(),
+                b + u64::from(*out),
+            )
+        })
+}
+
+/// Compute units and bytes a response's `relaymesh` report says the acks metered.
+fn reported(report: &Value) -> (u64, u64) {
+    (
+        report["compute_units"].as_u64().expect("compute_units"),
+        report["acked_bytes"].as_u64().expect("acked_bytes"),
+    )
+}
+
 fn receipts(node: &relaymesh::Node) -> Vec<Receipt> {
     let tree = node.data_dir().unwrap().db().open_tree("receipts").unwrap();
     tree.iter()
@@ -119,6 +152,11 @@ async fn a_light_gateway_answers_through_a_supplier_and_the_acks_are_its_receipt
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["choices"][0]["message"]["content"], ANSWER);
     assert!(v["usage"]["completion_tokens"].as_u64().unwrap() >= 7);
+    let report = &v["usage"]["relaymesh"];
+    assert_eq!(report["suppliers"], json!([served_by]));
+    assert_eq!(report["answer_bytes"], json!([ANSWER.len()]));
+    let mut total = reported(report);
+    assert_eq!(total.1 as usize, ANSWER.len());
 
     // The supplier that served keeps the acks as receipts: they cover the prompt and
     // every byte of the answer exactly once, the last one closing the request.
@@ -137,6 +175,7 @@ async fn a_light_gateway_answers_through_a_supplier_and_the_acks_are_its_receipt
     // Streaming, in both APIs, through the mesh.
     let mut streamed = body.clone();
     streamed["stream"] = json!(true);
+    streamed["stream_options"] = json!({ "include_usage": true });
     let text = client
         .post(format!("{base}/v1/chat/completions"))
         .json(&streamed)
@@ -149,6 +188,14 @@ async fn a_light_gateway_answers_through_a_supplier_and_the_acks_are_its_receipt
     let content = support::sse_chat_content(&text);
     assert_eq!(content, ANSWER);
     assert!(text.trim_end().ends_with("data: [DONE]"));
+    let usage = support::sse_data(&text)
+        .iter()
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str::<Value>(d).unwrap())
+        .find_map(|c| (!c["usage"].is_null()).then(|| c["usage"].clone()))
+        .expect("a usage chunk");
+    let (c, b) = reported(&usage["relaymesh"]);
+    total = (total.0 + c, total.1 + b);
     let r = client
         .post(format!("{base}/api/chat"))
         .json(&json!({
@@ -167,6 +214,54 @@ async fn a_light_gateway_answers_through_a_supplier_and_the_acks_are_its_receipt
     let lines = support::ndjson(&r.text().await.unwrap());
     let content = support::ndjson_chat_content(&lines);
     assert_eq!(content, ANSWER);
+    let (c, b) = reported(&lines.last().unwrap()["relaymesh"]);
+    total = (total.0 + c, total.1 + b);
+
+    // A text completion, not streamed.
+    let v: Value = client
+        .post(format!("{base}/v1/completions"))
+        .json(&json!({
+            "model": "smollm2", "temperature": 0, "max_tokens": 8,
+            "prompt": "The capital of France is",
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        v["choices"][0]["text"].as_str().unwrap().contains("Paris"),
+        "{v}"
+    );
+    let (c, b) = reported(&v["usage"]["relaymesh"]);
+    total = (total.0 + c, total.1 + b);
+
+    // What the gateway reported is what the suppliers' receipts bill, to the unit.
+    wait_for(
+        "the receipts of every request",
+        Duration::from_secs(10),
+        || async { (billed(&[&s1, &s2]) == total).then_some(()) },
+    )
+    .await;
+    println!(
+        "4 requests: {} CU, {} bytes, as the receipts say",
+        total.0, total.1
+    );
+
+    // The official Python clients, through the mesh.
+    let here = support::repo_dir();
+    let out = std::process::Command::new(support::python())
+        .arg(here.join("tests/clients/check_clients.py"))
+        .args([&base, "smollm2", "mesh"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "python clients through the mesh failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // A model nobody serves: 404 naming the mesh's models.
     let mut unknown = body.clone();

@@ -1,6 +1,8 @@
 """The official `openai` and `ollama` Python clients against a relaymesh node, unchanged.
 
-Usage: check_clients.py BASE_URL MODEL
+Usage: check_clients.py BASE_URL MODEL [mesh]
+With `mesh`, BASE_URL is a gateway that sends requests to the mesh's suppliers: the
+answers must be the same, and usage also says who served and what the acks metered.
 Exits non-zero (with the failing assertion) if any call misbehaves.
 """
 
@@ -10,6 +12,7 @@ import ollama
 import openai
 
 BASE, MODEL = sys.argv[1], sys.argv[2]
+MESH = len(sys.argv) > 3 and sys.argv[3] == "mesh"
 QUESTION = "What is the capital of France?"
 ANSWER = "The capital of France is Paris."
 MESSAGES = [{"role": "user", "content": QUESTION}]
@@ -24,6 +27,11 @@ chat = client.chat.completions.create(model=MODEL, messages=MESSAGES, temperatur
 assert chat.choices[0].message.content == ANSWER, chat
 assert chat.choices[0].finish_reason == "stop", chat
 assert chat.usage.completion_tokens >= 7 and chat.usage.prompt_tokens > 5, chat.usage
+if MESH:
+    # The extension rides in `usage`, where the client keeps fields it does not know.
+    report = chat.usage.model_extra["relaymesh"]
+    assert len(report["suppliers"]) == 1 and report["acked_bytes"] == len(ANSWER.encode()), report
+    assert report["compute_units"] > 0, report
 
 stream = client.chat.completions.create(
     model=MODEL,
@@ -89,7 +97,8 @@ gen_parts = list(oc.generate(model=MODEL, prompt=QUESTION, options={"temperature
 assert "".join(p.response for p in gen_parts) == ANSWER, gen_parts
 
 shown = oc.show(MODEL)
-assert shown.details.family == "llama", shown
+if not MESH:  # a mesh model is described by its ads, which name no architecture
+    assert shown.details.family == "llama", shown
 
 try:
     oc.chat(model="no-such-model", messages=MESSAGES)
