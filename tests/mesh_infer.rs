@@ -248,6 +248,18 @@ async fn a_light_gateway_answers_through_a_supplier_and_the_acks_are_its_receipt
         "4 requests: {} CU, {} bytes, as the receipts say",
         total.0, total.1
     );
+    // Requests to a supplier share one session (resumed, not re-proposed).
+    let stored: Vec<Receipt> = [&s1, &s2].iter().flat_map(|n| receipts(n)).collect();
+    let sessions: std::collections::HashSet<_> =
+        stored.iter().map(|r| r.ack.body.session_key).collect();
+    let requests: std::collections::HashSet<_> =
+        stored.iter().map(|r| r.ack.body.request).collect();
+    assert_eq!(requests.len(), 4);
+    assert!(
+        sessions.len() <= 2,
+        "{} sessions for 4 requests",
+        sessions.len()
+    );
 
     // The official Python clients, through the mesh.
     let here = support::repo_dir();
@@ -351,7 +363,10 @@ async fn an_app_that_never_acks_gets_w_tokens_and_a_forged_ack_ends_the_stream()
         cu: offer.cu,
         price_per_cu: offer.price_per_cu,
         tau: offer.tau,
-        start_ms: 0,
+        start_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64,
         max_duration_ms: params.max_session_ms,
         reveal_commitment: Digest([1; 32]),
         nonce: 1,
@@ -421,6 +436,68 @@ async fn an_app_that_never_acks_gets_w_tokens_and_a_forged_ack_ends_the_stream()
     write_frame(&mut w, FrameBody::Ack(forged)).await.unwrap();
     let after = tokio::time::timeout(Duration::from_secs(10), read_frame(&mut r)).await;
     assert!(matches!(after, Ok(Err(_))), "the stream ends: {after:?}");
+
+    // The session goes on in a new stream (`Resume`): a replayed request is refused, a
+    // new request id is served.
+    let short = relaymesh_node::infer::payload(
+        "smollm2",
+        &relaymesh_node::backend::GenRequest {
+            prompt: relaymesh_node::backend::Prompt::Text("Once upon a time".into()),
+            sampling: relaymesh_node::backend::Sampling {
+                temperature: Some(0.0),
+                max_tokens: Some(4),
+                ..Default::default()
+            },
+        },
+    )
+    .unwrap();
+    for (id, served) in [(0u64, false), (1, true)] {
+        let stream = app_node
+            .handle()
+            .streams()
+            .open_stream(
+                peer,
+                relaymesh_node::mesh::names::infer_protocol(&params.mesh_id()),
+            )
+            .await
+            .unwrap();
+        let (mut r, mut w) = stream.split();
+        let request = RequestAcker::new(
+            RequestTerms {
+                session_key: session.session_key(),
+                request_id: id,
+                prompt_digest: short.digest(),
+                prompt_bytes: short.prompt_bytes() as u32,
+                max_output_bytes: 1 << 20,
+                max_acks: 64,
+            },
+            Digest([3; 32]),
+            &app,
+        );
+        write_frame(&mut w, FrameBody::Resume(session.clone()))
+            .await
+            .unwrap();
+        write_frame(
+            &mut w,
+            FrameBody::Request(InferRequest {
+                request: request.request().clone(),
+                payload: short.clone(),
+            }),
+        )
+        .await
+        .unwrap();
+        match read_frame(&mut r).await.unwrap().body {
+            FrameBody::Token(_) => assert!(served, "request {id} was served again"),
+            FrameBody::Refuse(refusal) => {
+                assert!(!served, "request {id} refused: {refusal:?}");
+                assert!(
+                    refusal.message.as_str().contains("served already"),
+                    "{refusal:?}"
+                );
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
 
     app_node.shutdown().await;
     supplier.shutdown().await;

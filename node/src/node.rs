@@ -97,11 +97,21 @@ impl Node {
                 })?),
                 None => None,
             };
+            let requests = match &data_dir {
+                Some(dir) => Some(dir.db().open_tree("requests").map_err(|source| {
+                    NodeError::Store(StoreError::Database {
+                        path: dir.path().to_owned(),
+                        source,
+                    })
+                })?),
+                None => None,
+            };
             let ctx = Arc::new(crate::infer::supplier::SupplierContext {
                 key: key.clone(),
                 params: params.clone(),
                 models,
                 receipts,
+                seen: crate::infer::supplier::SeenRequests::new(requests),
             });
             let protocol = crate::mesh::names::infer_protocol(&params.mesh_id());
             Some(

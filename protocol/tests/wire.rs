@@ -441,6 +441,7 @@ fn frame() -> impl Strategy<Value = InferFrame> {
     prop_oneof![
         signed(session()).prop_map(FrameBody::Propose),
         session_open().prop_map(FrameBody::Accept),
+        session_open().prop_map(FrameBody::Resume),
         (signed(request()), payload())
             .prop_map(|(request, payload)| FrameBody::Request(InferRequest { request, payload })),
         text::<{ MAX_TOKEN_BYTES }>().prop_map(FrameBody::Token),

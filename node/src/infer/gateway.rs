@@ -79,6 +79,7 @@ pub struct Gateway {
     /// Stall and first-token limits.
     pub timeouts: Timeouts,
     protocol: StreamProtocol,
+    held: std::sync::Mutex<std::collections::HashMap<(PublicKey, Digest), Held>>,
 }
 
 impl Gateway {
@@ -98,7 +99,61 @@ impl Gateway {
             router,
             timeouts,
             protocol,
+            held: Default::default(),
         })
+    }
+
+    /// A session held with `supplier` for `offer`'s model on the same terms, and the
+    /// next request id in it.
+    fn resume(&self, supplier: PublicKey, offer: &ModelOffer) -> Option<(SignedSessionOpen, u64)> {
+        let digest = offer.gguf_digest.unwrap_or(Digest::ZERO);
+        let mut held = self.held.lock().expect("held lock");
+        let h = held.get_mut(&(supplier, digest))?;
+        let t = &h.session.body;
+        let same_terms = t.price_per_cu == offer.price_per_cu
+            && t.cu == offer.cu
+            && t.manifest == offer.manifest;
+        let running = now_ms() + SESSION_MARGIN_MS < t.start_ms.saturating_add(t.max_duration_ms);
+        if !(same_terms && running) {
+            held.remove(&(supplier, digest));
+            return None;
+        }
+        let id = h.next_request_id;
+        h.next_request_id += 1;
+        Some((h.session.clone(), id))
+    }
+
+    /// Keeps a new session for further requests (request 0 is the one opening it).
+    fn hold(&self, session: SignedSessionOpen, secret: Digest) {
+        let mut held = self.held.lock().expect("held lock");
+        if held.len() >= MAX_HELD_SESSIONS {
+            let now = now_ms();
+            held.retain(|_, h| now < h.session.body.start_ms + h.session.body.max_duration_ms);
+            if held.len() >= MAX_HELD_SESSIONS {
+                held.clear();
+            }
+        }
+        held.insert(
+            (session.body.supplier, session.body.model_digest),
+            Held {
+                session,
+                secret,
+                next_request_id: 1,
+            },
+        );
+    }
+
+    /// Forgets a session the supplier will not resume.
+    fn forget(&self, supplier: PublicKey, digest: Digest) {
+        self.held
+            .lock()
+            .expect("held lock")
+            .remove(&(supplier, digest));
+    }
+
+    /// Sessions held now (for tests and status).
+    pub fn held_sessions(&self) -> usize {
+        self.held.lock().expect("held lock").len()
     }
 }
 
@@ -160,6 +215,9 @@ impl From<NoRoute> for BackendError {
 struct Attempt {
     error: BackendError,
     retry_elsewhere: bool,
+    /// The supplier would not resume the session we held (it ended, or the supplier
+    /// lost it): a fresh session with the same supplier may work.
+    stale_session: bool,
 }
 
 impl Attempt {
@@ -167,9 +225,24 @@ impl Attempt {
         Self {
             error: BackendError::Unavailable(why.into()),
             retry_elsewhere: true,
+            stale_session: false,
         }
     }
 }
+
+/// A session this app holds with a supplier, for further requests.
+struct Held {
+    session: SignedSessionOpen,
+    /// The app's secret `r`, committed to in the terms, revealed after the claim.
+    #[allow(dead_code)] // read by relay mining's reveal
+    secret: Digest,
+    next_request_id: u64,
+}
+
+/// Most sessions held at once (one per supplier and model).
+pub const MAX_HELD_SESSIONS: usize = 1024;
+/// A held session is not resumed this close to its end.
+pub const SESSION_MARGIN_MS: u64 = 60_000;
 
 /// A stream on which a supplier has accepted a request and sent its first frame.
 struct Leg {
@@ -218,13 +291,32 @@ fn continuation(request: &GenRequest, answer: &str, tokens_so_far: u32) -> GenRe
 }
 
 impl Gateway {
-    /// Opens a session with `supplier`, sends `request`, and waits for the first frame.
+    /// Sends `request` to `supplier` in the session held with it (or a new one, also
+    /// when it will not resume ours), and waits for the first frame.
     async fn open(
         self: &Arc<Self>,
         model: &str,
         supplier: PublicKey,
         offer: &ModelOffer,
         request: &GenRequest,
+    ) -> Result<Leg, Attempt> {
+        match self.open_once(model, supplier, offer, request, false).await {
+            Err(a) if a.stale_session => {
+                debug!(supplier = %supplier.peer_id(), error = %a.error, "session not resumed; opening a new one");
+                self.forget(supplier, offer.gguf_digest.unwrap_or(Digest::ZERO));
+                self.open_once(model, supplier, offer, request, true).await
+            }
+            other => other,
+        }
+    }
+
+    async fn open_once(
+        self: &Arc<Self>,
+        model: &str,
+        supplier: PublicKey,
+        offer: &ModelOffer,
+        request: &GenRequest,
+        fresh: bool,
     ) -> Result<Leg, Attempt> {
         let peer = PeerId::from_bytes(&supplier.peer_id_bytes())
             .map_err(|e| Attempt::elsewhere(format!("bad supplier key: {e}")))?;
@@ -241,51 +333,32 @@ impl Gateway {
         let (mut r, mut w) = stream.split();
         let io = |e: &dyn std::fmt::Display| Attempt::elsewhere(format!("{peer}: {e}"));
 
-        // The session: our terms, countersigned by the supplier.
-        let secret = random_digest();
-        let terms = SessionOpen {
-            version: 1,
-            mesh_id: self.params.mesh_id(),
-            app: self.key.public_key(),
-            supplier,
-            model_digest: offer.gguf_digest.unwrap_or(Digest::ZERO),
-            manifest: offer.manifest.clone(),
-            cu: offer.cu,
-            price_per_cu: offer.price_per_cu,
-            tau: offer.tau.clamp(self.params.tau_min, self.params.tau_max),
-            start_ms: now_ms(),
-            max_duration_ms: self.params.max_session_ms,
-            reveal_commitment: commitment(&secret),
-            nonce: rand_core::RngCore::next_u64(&mut rand_core::OsRng),
+        // The session: one held with this supplier, resumed without a round trip, or
+        // our new terms, countersigned by the supplier.
+        let held = if fresh {
+            None
+        } else {
+            self.resume(supplier, offer)
         };
-        let proposal = Signed::sign(terms.clone(), &self.key);
-        write_frame(&mut w, FrameBody::Propose(proposal))
-            .await
-            .map_err(|e| io(&e))?;
-        let session = match tokio::time::timeout(OPEN_TIMEOUT, read_frame(&mut r)).await {
-            Ok(Ok(frame)) => match frame.body {
-                FrameBody::Accept(s) => s,
-                FrameBody::Refuse(r) => {
-                    return Err(Attempt::elsewhere(format!(
-                        "{peer} refused the session: {}",
-                        r.message
-                    )))
-                }
-                other => return Err(Attempt::elsewhere(format!("{peer} answered {other:?}"))),
-            },
-            Ok(Err(e)) => return Err(io(&e)),
-            Err(_) => return Err(Attempt::elsewhere(format!("{peer} did not answer in time"))),
+        let resumed = held.is_some();
+        let (session, request_id) = match held {
+            Some((session, id)) => {
+                write_frame(&mut w, FrameBody::Resume(session.clone()))
+                    .await
+                    .map_err(|e| io(&e))?;
+                (session, id)
+            }
+            None => (
+                self.propose(peer, supplier, offer, &mut r, &mut w).await?,
+                0,
+            ),
         };
-        if session.body != terms || session.validate(&self.params, &Ed25519Verifier).is_err() {
-            return Err(Attempt::elsewhere(format!(
-                "{peer} countersigned other terms"
-            )));
-        }
 
         // The request and its payload.
         let payload = payload(model, request).map_err(|e| Attempt {
             error: BackendError::Invalid(e),
             retry_elsewhere: false,
+            stale_session: false,
         })?;
         let flow_window = window(&self.params);
         let max_acks =
@@ -294,7 +367,7 @@ impl Gateway {
         let acker = RequestAcker::new(
             RequestTerms {
                 session_key: session.session_key(),
-                request_id: 0,
+                request_id,
                 prompt_digest: payload.digest(),
                 prompt_bytes,
                 max_output_bytes: payload.max_tokens.saturating_mul(MAX_TOKEN_BYTES as u32),
@@ -337,6 +410,8 @@ impl Gateway {
                     BackendError::Invalid(format!("{peer}: {}", refusal.message))
                 },
                 retry_elsewhere: elsewhere,
+                stale_session: resumed
+                    && matches!(refusal.code, RefuseCode::Terms | RefuseCode::Invalid),
             });
         }
         self.router
@@ -354,6 +429,59 @@ impl Gateway {
             opened,
             _in_flight: in_flight,
         })
+    }
+
+    /// Proposes new terms to `supplier` and keeps the countersigned session.
+    async fn propose(
+        &self,
+        peer: PeerId,
+        supplier: PublicKey,
+        offer: &ModelOffer,
+        r: &mut ReadHalf<Stream>,
+        w: &mut WriteHalf<Stream>,
+    ) -> Result<SignedSessionOpen, Attempt> {
+        let io = |e: &dyn std::fmt::Display| Attempt::elsewhere(format!("{peer}: {e}"));
+        let secret = random_digest();
+        let terms = SessionOpen {
+            version: 1,
+            mesh_id: self.params.mesh_id(),
+            app: self.key.public_key(),
+            supplier,
+            model_digest: offer.gguf_digest.unwrap_or(Digest::ZERO),
+            manifest: offer.manifest.clone(),
+            cu: offer.cu,
+            price_per_cu: offer.price_per_cu,
+            tau: offer.tau.clamp(self.params.tau_min, self.params.tau_max),
+            start_ms: now_ms(),
+            max_duration_ms: self.params.max_session_ms,
+            reveal_commitment: commitment(&secret),
+            nonce: rand_core::RngCore::next_u64(&mut rand_core::OsRng),
+        };
+        let proposal = Signed::sign(terms.clone(), &self.key);
+        write_frame(w, FrameBody::Propose(proposal))
+            .await
+            .map_err(|e| io(&e))?;
+        let session = match tokio::time::timeout(OPEN_TIMEOUT, read_frame(r)).await {
+            Ok(Ok(frame)) => match frame.body {
+                FrameBody::Accept(s) => s,
+                FrameBody::Refuse(r) => {
+                    return Err(Attempt::elsewhere(format!(
+                        "{peer} refused the session: {}",
+                        r.message
+                    )))
+                }
+                other => return Err(Attempt::elsewhere(format!("{peer} answered {other:?}"))),
+            },
+            Ok(Err(e)) => return Err(io(&e)),
+            Err(_) => return Err(Attempt::elsewhere(format!("{peer} did not answer in time"))),
+        };
+        if session.body != terms || session.validate(&self.params, &Ed25519Verifier).is_err() {
+            return Err(Attempt::elsewhere(format!(
+                "{peer} countersigned other terms"
+            )));
+        }
+        self.hold(session.clone(), secret);
+        Ok(session)
     }
 
     /// The next supplier in `candidates` that takes `request`; `attempts` counts every

@@ -11,7 +11,7 @@ use libp2p::{PeerId, Stream, StreamProtocol};
 use relaymesh_protocol::messages::infer::{
     Done, DoneReason, FrameBody, InferRequest, Refuse, RefuseCode, MAX_TOKEN_BYTES,
 };
-use relaymesh_protocol::messages::session::SessionProposal;
+use relaymesh_protocol::messages::session::{SessionOpen, SessionProposal, SignedSessionOpen};
 use relaymesh_protocol::metering::flow::SupplierFlow;
 use relaymesh_protocol::params::MeshParams;
 use relaymesh_protocol::wire::to_canonical;
@@ -38,6 +38,81 @@ pub struct SupplierContext {
     pub models: Arc<Models>,
     /// Where receipts are kept (`None` for nodes without a data dir).
     pub receipts: Option<sled::Tree>,
+    /// Request ids already served, per session.
+    pub seen: SeenRequests,
+}
+
+/// Most request ids remembered in memory by a node without a data dir.
+pub const MAX_SEEN_IN_MEMORY: usize = 100_000;
+
+/// The request ids a supplier has served in each session, so that no request is served
+/// (and billed) twice, even across a restart: kept in sled next to the receipts (tree
+/// `requests`, key = session key ‖ request id, value = the session's end), each until
+/// its session ends. Nodes without a data dir keep them in memory, bounded.
+pub struct SeenRequests {
+    tree: Option<sled::Tree>,
+    memory: std::sync::Mutex<std::collections::HashMap<[u8; 40], u64>>,
+}
+
+impl SeenRequests {
+    /// Backed by `tree`, or by memory when `None`.
+    pub fn new(tree: Option<sled::Tree>) -> Self {
+        Self {
+            tree,
+            memory: Default::default(),
+        }
+    }
+
+    /// Records `request_id` of `session`; false if it was served before.
+    pub fn first_use(&self, session: &Digest, request_id: u64, session_end_ms: u64) -> bool {
+        let mut key = [0u8; 40];
+        key[..32].copy_from_slice(&session.0);
+        key[32..].copy_from_slice(&request_id.to_be_bytes());
+        match &self.tree {
+            Some(tree) => matches!(
+                tree.compare_and_swap(
+                    key,
+                    None as Option<&[u8]>,
+                    Some(&session_end_ms.to_be_bytes()[..])
+                ),
+                Ok(Ok(()))
+            ),
+            None => {
+                let mut memory = self.memory.lock().expect("seen lock");
+                if memory.len() >= MAX_SEEN_IN_MEMORY {
+                    // Forget the sessions ending soonest; a resumed request for one of
+                    // them would be refused by its end anyway, soon.
+                    let mut ends: Vec<u64> = memory.values().copied().collect();
+                    ends.sort_unstable();
+                    let cut = ends[ends.len() / 2];
+                    memory.retain(|_, end| *end > cut);
+                }
+                memory.insert(key, session_end_ms).is_none()
+            }
+        }
+    }
+
+    /// Forgets sessions that ended before `now_ms`.
+    pub fn prune(&self, now_ms: u64) {
+        if let Some(tree) = &self.tree {
+            for (key, end) in tree.iter().flatten() {
+                let end = u64::from_be_bytes(end.as_ref().try_into().unwrap_or([0; 8]));
+                if end < now_ms {
+                    let _ = tree.remove(key);
+                }
+            }
+        }
+        self.memory
+            .lock()
+            .expect("seen lock")
+            .retain(|_, end| *end >= now_ms);
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The digest a session pins for a served model: its GGUF's, or zero for an opaque
@@ -61,6 +136,17 @@ pub fn spawn(
     let mut incoming = control
         .accept(protocol)
         .map_err(|e| format!("cannot accept inference streams: {e}"))?;
+    let pruning = ctx.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            every.tick().await;
+            pruning.seen.prune(now_ms());
+            if Arc::strong_count(&pruning) == 1 {
+                return; // the accept loop is gone
+            }
+        }
+    });
     Ok(tokio::spawn(async move {
         let limit = Arc::new(Semaphore::new(MAX_STREAMS));
         while let Some((peer, stream)) = incoming.next().await {
@@ -112,24 +198,13 @@ fn token_frames(text: &str) -> Vec<&str> {
     out
 }
 
-async fn serve(peer: PeerId, stream: Stream, ctx: &SupplierContext) -> Result<(), String> {
-    let (mut r, mut w) = stream.split();
-    let refuse = |code, msg: String| refusal(code, msg, 0);
-
-    // 1. The terms.
-    let proposal: SessionProposal = match next_frame(&mut r).await? {
-        FrameBody::Propose(p) => p,
-        other => {
-            let _ = write_frame(
-                &mut w,
-                refuse(RefuseCode::Invalid, "expected Propose".into()),
-            )
-            .await;
-            return Err(format!("expected Propose, got {other:?}"));
-        }
-    };
+/// Why a proposal cannot be countersigned, if it cannot.
+fn check_proposal(
+    proposal: &SessionProposal,
+    ctx: &SupplierContext,
+) -> Option<(RefuseCode, String)> {
     let terms = &proposal.body;
-    let problem = if terms.supplier != ctx.key.public_key() {
+    if terms.supplier != ctx.key.public_key() {
         Some((
             RefuseCode::Terms,
             "the terms name another supplier".to_string(),
@@ -139,30 +214,86 @@ async fn serve(peer: PeerId, stream: Stream, ctx: &SupplierContext) -> Result<()
             RefuseCode::Invalid,
             "the app's signature on the terms is invalid".into(),
         ))
-    } else if !ctx
+    } else {
+        check_model(terms, ctx)
+    }
+}
+
+fn check_model(terms: &SessionOpen, ctx: &SupplierContext) -> Option<(RefuseCode, String)> {
+    (!ctx
         .models
         .iter()
-        .any(|m| model_digest(m) == terms.model_digest && terms.price_per_cu >= m.price_per_cu)
-    {
-        Some((
+        .any(|m| model_digest(m) == terms.model_digest && terms.price_per_cu >= m.price_per_cu))
+    .then(|| {
+        (
             RefuseCode::Terms,
             "no model served here has that digest at that price".into(),
-        ))
-    } else {
-        None
+        )
+    })
+}
+
+/// Why a session the app resumes cannot go on, if it cannot: it must be ours, signed by
+/// both, still running, and for a model served here at that price.
+fn check_resumed(
+    session: &SignedSessionOpen,
+    ctx: &SupplierContext,
+) -> Option<(RefuseCode, String)> {
+    let terms = &session.body;
+    if terms.supplier != ctx.key.public_key() {
+        return Some((
+            RefuseCode::Terms,
+            "the session is another supplier's".into(),
+        ));
+    }
+    if let Err(e) = session.validate(&ctx.params, &Ed25519Verifier) {
+        return Some((
+            RefuseCode::Invalid,
+            format!("the session does not verify: {e}"),
+        ));
+    }
+    if now_ms() >= terms.start_ms.saturating_add(terms.max_duration_ms) {
+        return Some((RefuseCode::Terms, "the session has ended".into()));
+    }
+    check_model(terms, ctx)
+}
+
+async fn serve(peer: PeerId, stream: Stream, ctx: &SupplierContext) -> Result<(), String> {
+    let (mut r, mut w) = stream.split();
+    let refuse = |code, msg: String| refusal(code, msg, 0);
+
+    // 1. The terms: proposed now, or countersigned by us before.
+    let session = match next_frame(&mut r).await? {
+        FrameBody::Propose(proposal) => {
+            if let Some((code, msg)) = check_proposal(&proposal, ctx) {
+                let _ = write_frame(&mut w, refuse(code, msg.clone())).await;
+                return Err(msg);
+            }
+            let session = proposal.countersign(&ctx.key);
+            if let Err(e) = session.check_terms(&ctx.params) {
+                let _ = write_frame(&mut w, refuse(RefuseCode::Terms, e.to_string())).await;
+                return Err(e.to_string());
+            }
+            write_frame(&mut w, FrameBody::Accept(session.clone()))
+                .await
+                .map_err(|e| e.to_string())?;
+            session
+        }
+        FrameBody::Resume(session) => {
+            if let Some((code, msg)) = check_resumed(&session, ctx) {
+                let _ = write_frame(&mut w, refuse(code, msg.clone())).await;
+                return Err(msg);
+            }
+            session
+        }
+        other => {
+            let _ = write_frame(
+                &mut w,
+                refuse(RefuseCode::Invalid, "expected Propose or Resume".into()),
+            )
+            .await;
+            return Err(format!("expected Propose or Resume, got {other:?}"));
+        }
     };
-    if let Some((code, msg)) = problem {
-        let _ = write_frame(&mut w, refuse(code, msg.clone())).await;
-        return Err(msg);
-    }
-    let session = proposal.countersign(&ctx.key);
-    if let Err(e) = session.check_terms(&ctx.params) {
-        let _ = write_frame(&mut w, refuse(RefuseCode::Terms, e.to_string())).await;
-        return Err(e.to_string());
-    }
-    write_frame(&mut w, FrameBody::Accept(session.clone()))
-        .await
-        .map_err(|e| e.to_string())?;
 
     // 2. The request, which must commit to the payload it comes with.
     let InferRequest { request, payload } = match next_frame(&mut r).await? {
@@ -173,7 +304,22 @@ async fn serve(peer: PeerId, stream: Stream, ctx: &SupplierContext) -> Result<()
         .models
         .get(payload.model.as_str())
         .filter(|m| model_digest(m) == session.body.model_digest);
-    let problem = if payload.digest() != request.body.prompt_digest
+    let end_ms = session
+        .body
+        .start_ms
+        .saturating_add(session.body.max_duration_ms);
+    let problem = if !ctx
+        .seen
+        .first_use(&session.session_key(), request.body.request_id, end_ms)
+    {
+        Some((
+            RefuseCode::Invalid,
+            format!(
+                "request {} of this session was served already",
+                request.body.request_id
+            ),
+        ))
+    } else if payload.digest() != request.body.prompt_digest
         || payload.prompt_bytes() != u64::from(request.body.prompt_bytes)
     {
         Some((

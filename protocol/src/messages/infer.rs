@@ -2,7 +2,7 @@
 //! each sent length-prefixed and decoded with the same bounded, canonical rules as
 //! every other message.
 //!
-//! One stream carries one request: the app proposes the session's terms (or names a
+//! One stream carries one request: the app proposes the session's terms (or resumes a
 //! session it already holds), the supplier countersigns or refuses, the app sends its
 //! signed request with the payload it commits to, the supplier streams one `Token`
 //! frame per token and pauses at the window, the app acks, the supplier ends with
@@ -167,6 +167,10 @@ pub enum FrameBody {
     Done(Done),
     /// Either side: refused or failed; the stream ends.
     Refuse(Refuse),
+    /// App → supplier, instead of `Propose`: a further request in a session the
+    /// supplier countersigned earlier (the countersigned terms, which it re-verifies).
+    /// The app may send its `Request` right after, without waiting.
+    Resume(SignedSessionOpen),
 }
 
 /// One length-prefixed frame of an inference stream.

@@ -150,6 +150,8 @@ pub fn all() -> Vec<Golden> {
         retry_after_ms: 2000,
     }));
     let frame_ack = InferFrame::new(FrameBody::Ack(receipt.ack.clone()));
+    let frame_resume = InferFrame::new(FrameBody::Resume(o.clone()));
+    let (pa4, ps4) = (app.public_key(), supplier.public_key());
     let (pa, ps, pso) = (app.public_key(), supplier.public_key(), source.public_key());
     let (c1, c2, p1, p2, p3) = (
         claim.clone(),
@@ -169,6 +171,10 @@ pub fn all() -> Vec<Golden> {
             _ => false,
         }),
         golden(Some("token"), frame_token, |_| true),
+        golden(Some("resume"), frame_resume, move |f| match &f.body {
+            FrameBody::Resume(s) => s.body.app == pa4 && s.body.supplier == ps4,
+            _ => false,
+        }),
         golden(Some("refuse"), frame_refuse, |_| true),
         golden(None, manifest, move |m| m.verify(&pso, &v).is_ok()),
         golden(None, ad, move |a| a.verify(&ps, &v).is_ok()),
