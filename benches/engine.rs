@@ -15,8 +15,12 @@ use std::time::{Duration, Instant};
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+mod common;
+
+use common::{median, over_http, Instant_, Timing};
+
 use relaymesh_node::backend::{GenEvent, GenRequest, Prompt, Sampling, SharedBackend};
-use serde_json::{json, Value};
+use serde_json::json;
 
 const RUNS: usize = 3;
 const GEN_TOKENS: u32 = 128;
@@ -36,11 +40,6 @@ struct Figures {
     gen_tps: f64,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
 fn request(prompt: String, max: u32) -> GenRequest {
     GenRequest {
         prompt: Prompt::Text(prompt),
@@ -52,8 +51,8 @@ fn request(prompt: String, max: u32) -> GenRequest {
     }
 }
 
-/// (time to first piece, pieces, total time) of one direct trait call.
-async fn direct(backend: &SharedBackend, req: GenRequest) -> (Duration, u32, Duration) {
+/// One direct trait call, timed like [`over_http`].
+async fn direct(backend: &SharedBackend, req: GenRequest) -> Timing {
     let started = Instant::now();
     let mut g = backend.generate(req).await.unwrap();
     let mut first = None;
@@ -62,62 +61,24 @@ async fn direct(backend: &SharedBackend, req: GenRequest) -> (Duration, u32, Dur
             GenEvent::Text(_) => {
                 first.get_or_insert_with(|| started.elapsed());
             }
-            GenEvent::Done(f) => return (first.unwrap(), f.completion_tokens, started.elapsed()),
+            GenEvent::Done(f) => {
+                return Timing {
+                    ttft: first.unwrap(),
+                    tokens: f.completion_tokens,
+                    total: started.elapsed(),
+                    supplier: None,
+                }
+            }
             GenEvent::Failed(e) => panic!("{e}"),
         }
     }
 }
 
-/// The same through an SSE stream from `url` (OpenAI `/v1/completions`).
-async fn over_http(url: &str, body: Value) -> (Duration, u32, Duration) {
-    let started = Instant::now();
-    let mut r = reqwest::Client::new()
-        .post(url)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let mut first = None;
-    let mut buf = String::new();
-    let mut tokens = 0;
-    while let Some(chunk) = r.chunk().await.unwrap() {
-        buf.push_str(&String::from_utf8_lossy(&chunk));
-        while let Some(end) = buf.find("\n\n") {
-            let event: String = buf.drain(..end + 2).collect();
-            let Some(data) = event.trim().strip_prefix("data: ") else {
-                continue;
-            };
-            if data == "[DONE]" {
-                continue;
-            }
-            let v: Value = serde_json::from_str(data).unwrap();
-            let text = v["choices"][0]["text"]
-                .as_str()
-                .or_else(|| v["content"].as_str())
-                .unwrap_or("");
-            if !text.is_empty() {
-                first.get_or_insert_with(|| started.elapsed());
-                tokens += 1;
-            }
-            if let Some(n) = v["usage"]["completion_tokens"].as_u64() {
-                tokens = n as u32;
-            }
-        }
-    }
-    (first.unwrap(), tokens, started.elapsed())
-}
-
-fn figures(
-    prompt_tokens: usize,
-    long: (Duration, u32, Duration),
-    gen: (Duration, u32, Duration),
-) -> Figures {
-    let (ttft, _, _) = long;
-    let (first, n, total) = gen;
+fn figures(prompt_tokens: usize, long: Timing, gen: Timing) -> Figures {
     Figures {
-        ttft_s: ttft.as_secs_f64(),
-        prompt_tps: prompt_tokens as f64 / ttft.as_secs_f64(),
-        gen_tps: f64::from(n.saturating_sub(1)) / (total - first).as_secs_f64(),
+        ttft_s: long.ttft.as_secs_f64(),
+        prompt_tps: prompt_tokens as f64 / long.ttft.as_secs_f64(),
+        gen_tps: f64::from(gen.tokens.saturating_sub(1)) / (gen.total - gen.ttft).as_secs_f64(),
     }
 }
 
@@ -138,51 +99,6 @@ impl Drop for Proc {
     }
 }
 
-/// A backend that answers at once with `n` one-word pieces: what is left of a
-/// request's time is the API layer's.
-struct Instant_;
-
-#[async_trait::async_trait]
-impl relaymesh_node::backend::Backend for Instant_ {
-    fn info(&self) -> &relaymesh_node::backend::ModelInfo {
-        static INFO: std::sync::OnceLock<relaymesh_node::backend::ModelInfo> =
-            std::sync::OnceLock::new();
-        INFO.get_or_init(|| relaymesh_node::backend::ModelInfo {
-            name: "instant".into(),
-            digest: None,
-            manifest: None,
-            context_length: 4096,
-            kind: "bench",
-            details: Default::default(),
-        })
-    }
-    fn slots(&self) -> (usize, usize) {
-        (64, 64)
-    }
-    async fn generate(
-        &self,
-        request: GenRequest,
-    ) -> Result<relaymesh_node::backend::Generation, relaymesh_node::backend::BackendError> {
-        let n = request.sampling.max_tokens.unwrap_or(16);
-        let (tx, rx) = tokio::sync::mpsc::channel(relaymesh_node::backend::EVENT_BUFFER);
-        tokio::spawn(async move {
-            for _ in 0..n {
-                if tx.send(GenEvent::Text(" word".into())).await.is_err() {
-                    return;
-                }
-            }
-            let _ = tx
-                .send(GenEvent::Done(relaymesh_node::backend::Finish {
-                    reason: relaymesh_node::backend::FinishReason::Length,
-                    prompt_tokens: 1,
-                    completion_tokens: n,
-                }))
-                .await;
-        });
-        Ok(relaymesh_node::backend::Generation::new(rx, None))
-    }
-}
-
 /// The API layer alone: an instant backend called directly and through HTTP.
 async fn api_overhead() {
     let backend: SharedBackend = std::sync::Arc::new(Instant_);
@@ -195,15 +111,15 @@ async fn api_overhead() {
         let d = direct(&backend, request("x".into(), 1)).await;
         let h = over_http(&url, body(1)).await;
         if i >= 200 {
-            d_ttft.push(d.0.as_secs_f64());
-            h_ttft.push(h.0.as_secs_f64());
+            d_ttft.push(d.ttft.as_secs_f64());
+            h_ttft.push(h.ttft.as_secs_f64());
         }
     }
     for _ in 0..20 {
         let d = direct(&backend, request("x".into(), 5000)).await;
         let h = over_http(&url, body(5000)).await;
-        d_tps.push(f64::from(d.1) / d.2.as_secs_f64());
-        h_tps.push(f64::from(h.1) / h.2.as_secs_f64());
+        d_tps.push(f64::from(d.tokens) / d.total.as_secs_f64());
+        h_tps.push(f64::from(h.tokens) / h.total.as_secs_f64());
     }
     println!(
         "API layer (instant backend): TTFT direct {:.3} ms, through HTTP/SSE {:.3} ms (+{:.3} ms); \
@@ -265,13 +181,13 @@ async fn main() {
         short_ttft_direct.push(
             direct(&backend, request(short_prompt(), 1))
                 .await
-                .0
+                .ttft
                 .as_secs_f64(),
         );
         short_ttft_http.push(
             over_http(&url, body(short_prompt(), 1))
                 .await
-                .0
+                .ttft
                 .as_secs_f64(),
         );
     }

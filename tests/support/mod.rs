@@ -272,3 +272,35 @@ pub fn repo_dir() -> std::path::PathBuf {
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
+
+/// A full node of `mesh` serving `backends` (price 1) with an API, joined through `boot`.
+pub async fn mesh_supplier(
+    mesh: &str,
+    boot: &Multiaddr,
+    backends: Vec<relaymesh_node::backend::SharedBackend>,
+) -> Node {
+    use relaymesh_node::backend::{Models, ServedModel};
+    let mut models = Models::default();
+    for b in backends {
+        models.insert(ServedModel::new(b, 1)).unwrap();
+    }
+    let mut builder = NodeBuilder::full()
+        .mesh_name(mesh)
+        .listen(vec![quic(), tcp()])
+        .bootstrap(boot.clone())
+        .api("127.0.0.1:0".parse().unwrap());
+    builder.config_mut().models = std::sync::Arc::new(models);
+    builder.start().await.unwrap()
+}
+
+/// A light node of `mesh` with an API: the gateway apps talk to.
+pub async fn mesh_gateway(mesh: &str, boot: &Multiaddr) -> Node {
+    NodeBuilder::light()
+        .mesh_name(mesh)
+        .listen(vec![quic(), tcp()])
+        .bootstrap(boot.clone())
+        .api("127.0.0.1:0".parse().unwrap())
+        .start()
+        .await
+        .unwrap()
+}

@@ -520,9 +520,13 @@ impl Gateway {
                 }
             }
             // One in the race and a hedge deadline: wait at most that long before the
-            // next supplier joins.
+            // next supplier joins, unless that one is as busy with our requests as it
+            // has slots (under load, hedging would only double the work).
+            let next_has_room = candidates.front().is_some_and(|(k, o)| {
+                self.router.in_flight(*k, model) < u32::from(o.total_slots.max(1))
+            });
             let hedge = match self.timeouts.hedge {
-                Some(after) if racing.len() < 2 && !candidates.is_empty() => after,
+                Some(after) if racing.len() < 2 && next_has_room => after,
                 _ => Duration::from_secs(86_400),
             };
             let (supplier, result) = tokio::select! {

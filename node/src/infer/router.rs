@@ -174,7 +174,19 @@ impl Router {
         f(entry)
     }
 
+    /// What is known of a supplier, and whether its speed is known at all (a supplier
+    /// that has served nothing yet advertises none).
     fn stats(&self, supplier: PublicKey, model: &str, offer: &ModelOffer) -> SupplierStats {
+        self.stats_known(supplier, model, offer).0
+    }
+
+    fn stats_known(
+        &self,
+        supplier: PublicKey,
+        model: &str,
+        offer: &ModelOffer,
+    ) -> (SupplierStats, bool) {
+        let mut known = offer.tokens_per_sec_milli > 0;
         let mut stats = SupplierStats::from_ad(
             offer.ttft_ms,
             offer.tokens_per_sec_milli,
@@ -188,11 +200,12 @@ impl Router {
             }
             if let Some(s) = m.tokens_per_sec {
                 stats.tokens_per_sec = s;
+                known = true;
             }
             stats.in_flight = m.in_flight;
             stats.errors = m.errors;
         });
-        stats
+        (stats, known)
     }
 
     /// The score of one supplier's offer, as [`Router::rank`] computes it.
@@ -248,11 +261,31 @@ impl Router {
             });
         }
         let count = offers.len();
+        let mut stats: Vec<(SupplierStats, bool)> = offers
+            .iter()
+            .map(|(k, o)| self.stats_known(*k, model, o))
+            .collect();
+        // A supplier that has served nothing yet is assumed as fast as the best known
+        // one: otherwise it would never be chosen, and never measured.
+        let best = stats
+            .iter()
+            .filter(|(_, known)| *known)
+            .map(|(s, _)| (s.tokens_per_sec, s.ttft_ms))
+            .reduce(|a, b| (a.0.max(b.0), a.1.min(b.1)));
+        if let Some((speed, ttft)) = best {
+            for (s, known) in &mut stats {
+                if !*known {
+                    s.tokens_per_sec = speed;
+                    s.ttft_ms = ttft;
+                }
+            }
+        }
         let ranked = rank(
             offers
                 .iter()
+                .zip(stats)
                 .enumerate()
-                .map(|(i, (k, o))| ((k.0, i), self.stats(*k, model, o))),
+                .map(|(i, ((k, _), (s, _)))| ((k.0, i), s)),
             policy.max_price,
             &self.weights,
         );
@@ -277,6 +310,11 @@ impl Router {
             supplier,
             model: model.to_owned(),
         }
+    }
+
+    /// This node's requests in flight at `supplier` for `model`.
+    pub fn in_flight(&self, supplier: PublicKey, model: &str) -> u32 {
+        self.with(supplier, model, |m| m.in_flight)
     }
 
     /// Records a measured time to first token.
@@ -378,6 +416,17 @@ mod tests {
             vec![a, b],
             "measured speed replaces the ad's"
         );
+    }
+
+    #[test]
+    fn a_supplier_that_served_nothing_yet_gets_a_fair_chance() {
+        let router = Router::new();
+        let (a, b) = (key(1), key(2));
+        let fresh = offer(1, 0, 1);
+        let offers = vec![(a, offer(1, 20_000, 1)), (b, fresh)];
+        let _busy = router.begin(a, "m");
+        let ranked = router.rank("m", offers, &RoutePolicy::default()).unwrap();
+        assert_eq!(ranked[0].0, b, "as fast as the best on paper, and idle");
     }
 
     #[test]
