@@ -151,7 +151,7 @@ async fn main() {
         &direct_url,
         &mesh_url,
         40,
-        (128, 3),
+        (128, 5),
     )
     .await;
 

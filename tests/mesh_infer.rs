@@ -81,7 +81,9 @@ async fn a_light_gateway_answers_through_a_supplier_and_the_acks_are_its_receipt
     let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let s1 = supplier(&boot_addr, d1.path()).await;
     let s2 = supplier(&boot_addr, d2.path()).await;
+    let dg = tempfile::tempdir().unwrap();
     let gateway = NodeBuilder::light()
+        .data_dir(dg.path())
         .mesh_name(MESH)
         .listen(vec![quic(), tcp()])
         .bootstrap(boot_addr.clone())
@@ -248,6 +250,15 @@ async fn a_light_gateway_answers_through_a_supplier_and_the_acks_are_its_receipt
         "4 requests: {} CU, {} bytes, as the receipts say",
         total.0, total.1
     );
+    // The app keeps a copy of every ack it sent: the same receipts the suppliers keep.
+    let keys = |node: &relaymesh::Node, tree: &str| -> std::collections::BTreeSet<Vec<u8>> {
+        let tree = node.data_dir().unwrap().db().open_tree(tree).unwrap();
+        tree.iter().keys().map(|k| k.unwrap().to_vec()).collect()
+    };
+    let mut kept = keys(&s1, "receipts");
+    kept.extend(keys(&s2, "receipts"));
+    assert_eq!(keys(&gateway, "acks"), kept);
+
     // Requests to a supplier share one session (resumed, not re-proposed).
     let stored: Vec<Receipt> = [&s1, &s2].iter().flat_map(|n| receipts(n)).collect();
     let sessions: std::collections::HashSet<_> =

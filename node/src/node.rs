@@ -77,6 +77,7 @@ impl Node {
                             params.clone(),
                             crate::infer::router::Router::new(),
                             routing.timeouts,
+                            open_tree(&data_dir, "acks")?,
                         ),
                         routing,
                     ),
@@ -88,24 +89,8 @@ impl Node {
         };
         // A node that serves models answers the mesh's inference streams.
         let supplier = if serves {
-            let receipts = match &data_dir {
-                Some(dir) => Some(dir.db().open_tree("receipts").map_err(|source| {
-                    NodeError::Store(StoreError::Database {
-                        path: dir.path().to_owned(),
-                        source,
-                    })
-                })?),
-                None => None,
-            };
-            let requests = match &data_dir {
-                Some(dir) => Some(dir.db().open_tree("requests").map_err(|source| {
-                    NodeError::Store(StoreError::Database {
-                        path: dir.path().to_owned(),
-                        source,
-                    })
-                })?),
-                None => None,
-            };
+            let receipts = open_tree(&data_dir, "receipts")?;
+            let requests = open_tree(&data_dir, "requests")?;
             let ctx = Arc::new(crate::infer::supplier::SupplierContext {
                 key: key.clone(),
                 params: params.clone(),
@@ -181,5 +166,18 @@ impl Node {
         if let Some(dir) = &self.data_dir {
             let _ = dir.db().flush_async().await;
         }
+    }
+}
+
+/// A sled tree of the node's database, or `None` for a node without a data dir.
+fn open_tree(data_dir: &Option<DataDir>, name: &str) -> Result<Option<sled::Tree>, NodeError> {
+    match data_dir {
+        Some(dir) => dir.db().open_tree(name).map(Some).map_err(|source| {
+            NodeError::Store(StoreError::Database {
+                path: dir.path().to_owned(),
+                source,
+            })
+        }),
+        None => Ok(None),
     }
 }

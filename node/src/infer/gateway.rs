@@ -80,6 +80,9 @@ pub struct Gateway {
     pub timeouts: Timeouts,
     protocol: StreamProtocol,
     held: std::sync::Mutex<std::collections::HashMap<(PublicKey, Digest), Held>>,
+    /// The acks this app sent, as receipts (request and ack), in sled tree `acks` under
+    /// the receipt's digest; `None` for a node without a data dir.
+    acks: Option<sled::Tree>,
 }
 
 impl Gateway {
@@ -90,6 +93,7 @@ impl Gateway {
         params: MeshParams,
         router: Arc<Router>,
         timeouts: Timeouts,
+        acks: Option<sled::Tree>,
     ) -> Arc<Self> {
         let protocol = crate::mesh::names::infer_protocol(&params.mesh_id());
         Arc::new(Self {
@@ -100,7 +104,24 @@ impl Gateway {
             timeouts,
             protocol,
             held: Default::default(),
+            acks,
         })
+    }
+
+    /// Stores an ack this app is about to send, before it is sent: the app's copy of
+    /// what the supplier will bill (the flush comes with the database's commit
+    /// interval, like the supplier's receipts).
+    fn keep(&self, leg: &Leg, ack: &relaymesh_protocol::messages::ack::SignedAck) {
+        if let Some(tree) = &self.acks {
+            let receipt = relaymesh_protocol::metering::receipt::Receipt {
+                request: leg.flow.request().clone(),
+                ack: ack.clone(),
+            };
+            let bytes = relaymesh_protocol::wire::to_canonical(&receipt);
+            if let Err(e) = tree.insert(receipt.digest().0, bytes) {
+                warn!(%e, "cannot store a sent ack");
+            }
+        }
     }
 
     /// A session held with `supplier` for `offer`'s model on the same terms, and the
@@ -254,7 +275,9 @@ struct Leg {
     session: SignedSessionOpen,
     prompt_bytes: u32,
     first: Option<FrameBody>,
-    opened: Instant,
+    /// When the first frame came: speed is measured from here, so time spent queueing
+    /// at a busy supplier does not count as slowness.
+    first_at: Instant,
     _in_flight: InFlight,
 }
 
@@ -321,6 +344,9 @@ impl Gateway {
         let peer = PeerId::from_bytes(&supplier.peer_id_bytes())
             .map_err(|e| Attempt::elsewhere(format!("bad supplier key: {e}")))?;
         let in_flight = self.router.begin(supplier, model);
+        // A first token that waited behind our own requests says nothing new about
+        // the supplier (the score counts those already): measure only when alone.
+        let alone = self.router.in_flight(supplier, model) == 1;
         let opened = Instant::now();
         let mut control = self.handle.streams();
         let stream = tokio::time::timeout(
@@ -414,8 +440,10 @@ impl Gateway {
                     && matches!(refusal.code, RefuseCode::Terms | RefuseCode::Invalid),
             });
         }
-        self.router
-            .observe_ttft(supplier, model, opened.elapsed().as_secs_f64() * 1000.0);
+        if alone {
+            self.router
+                .observe_ttft(supplier, model, opened.elapsed().as_secs_f64() * 1000.0);
+        }
         info!(supplier = %peer, %model, "mesh request accepted");
         Ok(Leg {
             peer,
@@ -426,7 +454,7 @@ impl Gateway {
             session,
             prompt_bytes,
             first: Some(first),
-            opened,
+            first_at: Instant::now(),
             _in_flight: in_flight,
         })
     }
@@ -704,6 +732,7 @@ impl Job {
                         return LegEnd::ClientGone; // dropping the stream tells the supplier
                     }
                     if let Some(ack) = ack {
+                        self.gateway.keep(leg, &ack);
                         if let Err(e) = write_frame(&mut leg.w, FrameBody::Ack(ack)).await {
                             return LegEnd::Broken(format!("cannot send an ack: {e}"));
                         }
@@ -712,18 +741,19 @@ impl Job {
                 FrameBody::Done(done) => {
                     match leg.flow.finish(&key) {
                         Ok(ack) => {
+                            self.gateway.keep(leg, &ack);
                             if write_frame(&mut leg.w, FrameBody::Ack(ack)).await.is_err() {
                                 debug!(supplier = %leg.peer, "the final ack was not delivered");
                             }
                         }
                         Err(e) => debug!(supplier = %leg.peer, %e, "no final ack"),
                     }
-                    let secs = leg.opened.elapsed().as_secs_f64();
+                    let secs = leg.first_at.elapsed().as_secs_f64();
                     if leg_tokens > 1 && secs > 0.0 {
                         self.gateway.router.observe_speed(
                             leg.supplier,
                             &self.model,
-                            f64::from(leg_tokens) / secs,
+                            f64::from(leg_tokens - 1) / secs,
                         );
                     }
                     return LegEnd::Done(Finish {

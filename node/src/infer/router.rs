@@ -204,6 +204,11 @@ impl Router {
             }
             stats.in_flight = m.in_flight;
             stats.errors = m.errors;
+            // The ad's free slots are a snapshot (perhaps taken while our own requests
+            // were there); with requests of ours in flight, our count is fresher.
+            if m.in_flight > 0 {
+                stats.free_slots = stats.total_slots.saturating_sub(m.in_flight);
+            }
         });
         (stats, known)
     }
