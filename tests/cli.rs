@@ -387,6 +387,25 @@ async fn a_supplier_killed_with_sigkill_keeps_its_receipts() {
         .to_owned();
     assert_eq!(text, "The capital of France is Paris.");
 
+    // The supplier shows the session it metered.
+    let sessions = wait_for("the metered session", Duration::from_secs(10), || async {
+        let v: serde_json::Value =
+            reqwest::get(format!("http://127.0.0.1:{api}/relaymesh/v1/sessions"))
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+        (v["sessions"].as_array()?.len() == 1).then_some(v)
+    })
+    .await;
+    let metered = &sessions["sessions"][0];
+    assert!(
+        metered["cu"].as_u64().unwrap() > text.len() as u64,
+        "{metered}"
+    );
+    assert_eq!(metered["app"], gateway.handle().peer_id().to_string());
+
     // Older than the commit interval, then killed without warning.
     tokio::time::sleep(Duration::from_millis(
         3 * relaymesh_node::store::COMMIT_INTERVAL_MS,
@@ -407,6 +426,32 @@ async fn a_supplier_killed_with_sigkill_keeps_its_receipts() {
         .find(|r| r.ack.body.last)
         .expect("the closing ack survived");
     assert_eq!(last.ack.body.new_bytes as usize, text.len());
+
+    // The mined tree is whole: counters agree with the receipts and the tree, and every
+    // mined receipt's path proves against the root.
+    let miner = relaymesh_node::mining::Miner::new(data.db().open_tree("mining").unwrap());
+    let report = miner.sessions().unwrap().remove(0);
+    assert_eq!(report.counters.receipts as usize, receipts.len());
+    let key = relaymesh_protocol::Digest::from_hex(&report.session).unwrap();
+    let root = miner.root(&key).unwrap();
+    assert_eq!(
+        (root.count, root.sum),
+        (report.counters.mined, report.counters.mined_value)
+    );
+    let tree = relaymesh_protocol::sumtree::SumTree::with_store(
+        relaymesh_node::mining::SledStore::new(data.db().open_tree("mining").unwrap(), key),
+    );
+    for relay in miner.load(&key).unwrap().receipts().keys() {
+        let path = tree.prove(relay).unwrap();
+        relaymesh_protocol::sumtree::verify_path(
+            &path.leaf.key,
+            path.leaf.weight,
+            &path.leaf.value,
+            &path.siblings,
+            &root,
+        )
+        .unwrap();
+    }
     gateway.shutdown().await;
     boot.shutdown().await;
 }

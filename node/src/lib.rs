@@ -13,6 +13,7 @@ pub mod config;
 pub mod infer;
 pub mod mesh;
 pub mod metrics;
+pub mod mining;
 pub mod node;
 pub mod store;
 

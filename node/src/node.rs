@@ -61,6 +61,9 @@ impl Node {
         let params = config.mesh.clone();
         let serves = config.role == crate::config::Role::Full && !models.is_empty();
         let routing = Arc::new(config.routing.clone());
+        let miner = open_tree(&data_dir, "mining")?
+            .filter(|_| serves)
+            .map(|t| Arc::new(crate::mining::Miner::new(t)));
         let (handle, swarm_task) = mesh::spawn(config, key.clone(), metrics.clone())?;
         let api = match api_addr {
             Some(addr) => Some(
@@ -80,6 +83,7 @@ impl Node {
                             open_tree(&data_dir, "acks")?,
                         ),
                         routing,
+                        miner.clone(),
                     ),
                 )
                 .await
@@ -97,6 +101,7 @@ impl Node {
                 models,
                 receipts,
                 seen: crate::infer::supplier::SeenRequests::new(requests),
+                miner: miner.clone(),
             });
             let protocol = crate::mesh::names::infer_protocol(&params.mesh_id());
             Some(

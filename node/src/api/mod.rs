@@ -38,6 +38,8 @@ pub struct ApiState {
     gateway: Arc<crate::infer::gateway::Gateway>,
     /// The node's routing rules (maximum price, pins, trusted suppliers).
     routing: Arc<crate::infer::router::RoutingConfig>,
+    /// The supplier's metered sessions, for `/relaymesh/v1/sessions`.
+    miner: Option<Arc<crate::mining::Miner>>,
 }
 
 /// The response header naming who served a request.
@@ -52,6 +54,7 @@ impl ApiState {
         keys: Option<Arc<ApiKeys>>,
         gateway: Arc<crate::infer::gateway::Gateway>,
         routing: Arc<crate::infer::router::RoutingConfig>,
+        miner: Option<Arc<crate::mining::Miner>>,
     ) -> Self {
         Self {
             node,
@@ -61,6 +64,7 @@ impl ApiState {
             started_at: ollama::created_at(),
             gateway,
             routing,
+            miner,
         }
     }
 
@@ -91,6 +95,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/relaymesh/v1/status", get(status))
         .route("/relaymesh/v1/peers", get(peers))
         .route("/relaymesh/v1/models", get(models))
+        .route("/relaymesh/v1/sessions", get(sessions))
         .route("/metrics", get(render_metrics))
         .route("/v1/chat/completions", post(openai::chat))
         .route("/v1/completions", post(openai::completions))
@@ -113,6 +118,19 @@ pub fn router(state: ApiState) -> Router {
         ))
         .layer(DefaultBodyLimit::max(body::MAX_BODY))
         .with_state(state)
+}
+
+/// The sessions this node has served as a supplier: receipts, CUs, what τ mined and
+/// the sum tree's root (an empty list for a node that serves nothing).
+async fn sessions(State(s): State<ApiState>) -> Response {
+    let Some(miner) = s.miner.clone() else {
+        return Json(json!({ "sessions": [] })).into_response();
+    };
+    match tokio::task::spawn_blocking(move || miner.sessions()).await {
+        Ok(Ok(sessions)) => Json(json!({ "sessions": sessions })).into_response(),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
 }
 
 async fn status(State(s): State<ApiState>) -> Response {

@@ -40,6 +40,9 @@ pub struct SupplierContext {
     pub receipts: Option<sled::Tree>,
     /// Request ids already served, per session.
     pub seen: SeenRequests,
+    /// Counts and mines receipts into each session's sum tree (`None` without a data
+    /// dir).
+    pub miner: Option<Arc<crate::mining::Miner>>,
 }
 
 /// Most request ids remembered in memory by a node without a data dir.
@@ -436,6 +439,11 @@ async fn serve(peer: PeerId, stream: Stream, ctx: &SupplierContext) -> Result<()
                                 let key = accepted.receipt.digest();
                                 if let Err(e) = tree.insert(key.0, to_canonical(&accepted.receipt)) {
                                     warn!(%e, "cannot store a receipt");
+                                }
+                            }
+                            if let Some(miner) = &ctx.miner {
+                                if let Err(e) = miner.offer(&session, &accepted.receipt, &accepted.facts) {
+                                    warn!(%e, "cannot mine a receipt");
                                 }
                             }
                         }

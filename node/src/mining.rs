@@ -1,0 +1,442 @@
+//! The supplier's mined receipts, persisted: every accepted ack bumps its session's
+//! counters, and those the session's threshold τ selects become leaves of the
+//! session's sparse sum tree (the protocol crate's `SumTree`) whose nodes live in sled.
+//!
+//! Everything one receipt changes — the tree nodes on its path, the mined receipt
+//! itself, the session's counters — is written in one atomic sled batch, so a crash
+//! leaves the tree as it was before or after that receipt, never half-updated; sled's
+//! flush (every `store::COMMIT_INTERVAL_MS`) is the group commit that makes it durable.
+//! The tree store is ours because sled is the node's database; the tree rules are the
+//! protocol crate's.
+//!
+//! Keys in the `mining` tree (`S` = session key, 32 bytes):
+//! `n ‖ S ‖ depth (2 B) ‖ prefix (32 B)` a tree node; `m ‖ S ‖ relay hash` a mined
+//! receipt (canonical CBOR); `c ‖ S` the session's counters; `t ‖ S` its countersigned
+//! terms (canonical CBOR).
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use relaymesh_protocol::messages::session::SignedSessionOpen;
+use relaymesh_protocol::metering::receipt::{Receipt, ReceiptFacts};
+use relaymesh_protocol::settlement::proof::MinedSession;
+use relaymesh_protocol::sumtree::{
+    LeafEntry, NodeSummary, Position, StoredNode, SumTree, TreeError, TreeStore,
+};
+use relaymesh_protocol::wire::to_canonical;
+use relaymesh_protocol::Digest;
+
+/// Why mining failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MiningError {
+    /// The database failed.
+    #[error("mining store: {0}")]
+    Db(#[from] sled::Error),
+    /// A stored node does not decode: the database was tampered with.
+    #[error("mining store: a stored tree node is corrupt")]
+    Corrupt,
+    /// The tree refused the leaf.
+    #[error("sum tree: {0}")]
+    Tree(String),
+}
+
+impl<E: std::error::Error + 'static> From<TreeError<E>> for MiningError {
+    fn from(e: TreeError<E>) -> Self {
+        MiningError::Tree(e.to_string())
+    }
+}
+
+fn key(kind: u8, session: &Digest, rest: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + 32 + rest.len());
+    k.push(kind);
+    k.extend_from_slice(&session.0);
+    k.extend_from_slice(rest);
+    k
+}
+
+fn node_key(session: &Digest, position: &Position) -> Vec<u8> {
+    let mut rest = [0u8; 34];
+    rest[..2].copy_from_slice(&position.depth.to_be_bytes());
+    rest[2..].copy_from_slice(&position.prefix.0);
+    key(b'n', session, &rest)
+}
+
+fn encode_node(node: &StoredNode) -> Vec<u8> {
+    let mut out = Vec::with_capacity(73);
+    match node {
+        StoredNode::Leaf(leaf) => {
+            out.push(0);
+            out.extend_from_slice(&leaf.key.0);
+            out.extend_from_slice(&leaf.value.0);
+            out.extend_from_slice(&leaf.weight.to_be_bytes());
+        }
+        StoredNode::Internal(s) => {
+            out.push(1);
+            out.extend_from_slice(&s.hash.0);
+            out.extend_from_slice(&s.sum.to_be_bytes());
+            out.extend_from_slice(&s.count.to_be_bytes());
+        }
+    }
+    out
+}
+
+fn decode_node(bytes: &[u8]) -> Option<StoredNode> {
+    let digest = |b: &[u8]| -> Option<Digest> { Some(Digest(b.try_into().ok()?)) };
+    let number = |b: &[u8]| -> Option<u64> { Some(u64::from_be_bytes(b.try_into().ok()?)) };
+    match (bytes.first()?, bytes.len()) {
+        (0, 73) => Some(StoredNode::Leaf(LeafEntry {
+            key: digest(&bytes[1..33])?,
+            value: digest(&bytes[33..65])?,
+            weight: number(&bytes[65..73])?,
+        })),
+        (1, 49) => Some(StoredNode::Internal(NodeSummary {
+            hash: digest(&bytes[1..33])?,
+            sum: number(&bytes[33..41])?,
+            count: number(&bytes[41..49])?,
+        })),
+        _ => None,
+    }
+}
+
+/// One session's tree nodes in sled, with the writes of the current insert held back
+/// (and read back) until they are committed together.
+pub struct SledStore {
+    tree: sled::Tree,
+    session: Digest,
+    pending: BTreeMap<Position, StoredNode>,
+}
+
+impl SledStore {
+    /// The nodes of `session` in `tree`.
+    pub fn new(tree: sled::Tree, session: Digest) -> Self {
+        Self {
+            tree,
+            session,
+            pending: BTreeMap::new(),
+        }
+    }
+
+    /// Moves the held-back writes into `batch`.
+    fn drain_into(&mut self, batch: &mut sled::Batch) {
+        for (position, node) in std::mem::take(&mut self.pending) {
+            batch.insert(node_key(&self.session, &position), encode_node(&node));
+        }
+    }
+}
+
+impl TreeStore for SledStore {
+    type Error = MiningError;
+
+    fn get(&self, position: &Position) -> Result<Option<StoredNode>, MiningError> {
+        if let Some(node) = self.pending.get(position) {
+            return Ok(Some(*node));
+        }
+        match self.tree.get(node_key(&self.session, position))? {
+            None => Ok(None),
+            Some(bytes) => decode_node(&bytes).map(Some).ok_or(MiningError::Corrupt),
+        }
+    }
+
+    fn put(&mut self, position: Position, node: StoredNode) -> Result<(), MiningError> {
+        self.pending.insert(position, node);
+        Ok(())
+    }
+}
+
+/// What a supplier has metered in one session.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SessionCounters {
+    /// Receipts (acks) accepted.
+    pub receipts: u64,
+    /// Their CUs.
+    pub cu: u64,
+    /// Receipts τ selected.
+    pub mined: u64,
+    /// What the mined receipts pay (the tree's sum).
+    pub mined_value: u64,
+}
+
+impl SessionCounters {
+    fn encode(&self) -> Vec<u8> {
+        [self.receipts, self.cu, self.mined, self.mined_value]
+            .iter()
+            .flat_map(|n| n.to_be_bytes())
+            .collect()
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        let n = |i: usize| -> Option<u64> {
+            Some(u64::from_be_bytes(
+                bytes.get(i * 8..i * 8 + 8)?.try_into().ok()?,
+            ))
+        };
+        Some(Self {
+            receipts: n(0)?,
+            cu: n(1)?,
+            mined: n(2)?,
+            mined_value: n(3)?,
+        })
+    }
+}
+
+/// One session as `/relaymesh/v1/sessions` shows it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SessionReport {
+    /// The session key (hex).
+    pub session: String,
+    /// The app's peer id.
+    pub app: String,
+    /// The session's threshold.
+    pub tau: u64,
+    /// Counters.
+    #[serde(flatten)]
+    pub counters: SessionCounters,
+    /// The tree's root hash (hex); empty before anything is mined.
+    pub root: String,
+}
+
+/// The supplier's mining state, over the node's sled tree `mining`.
+pub struct Miner {
+    tree: sled::Tree,
+    // One receipt at a time: an insert reads and rewrites its whole path.
+    lock: Mutex<()>,
+}
+
+impl Miner {
+    /// Mining state in `tree`.
+    pub fn new(tree: sled::Tree) -> Self {
+        Self {
+            tree,
+            lock: Mutex::new(()),
+        }
+    }
+
+    fn counters(&self, session: &Digest) -> Result<SessionCounters, MiningError> {
+        match self.tree.get(key(b'c', session, &[]))? {
+            None => Ok(SessionCounters::default()),
+            Some(bytes) => SessionCounters::decode(&bytes).ok_or(MiningError::Corrupt),
+        }
+    }
+
+    /// Counts an accepted receipt of `session`, and mines it when τ selects it.
+    /// Returns what it pays when mined. A relay hash mined before is not mined again.
+    pub fn offer(
+        &self,
+        session: &SignedSessionOpen,
+        receipt: &Receipt,
+        facts: &ReceiptFacts,
+    ) -> Result<Option<u64>, MiningError> {
+        let _one = self.lock.lock().expect("miner lock");
+        let session_key = session.session_key();
+        let tau = session.body.tau;
+        let mut counters = self.counters(&session_key)?;
+        let mut batch = sled::Batch::default();
+        if counters.receipts == 0 {
+            batch.insert(key(b't', &session_key, &[]), to_canonical(session));
+        }
+        let mined_key = key(b'm', &session_key, &facts.relay_hash.0);
+        let mut paid = None;
+        if facts.is_mined(tau) && !self.tree.contains_key(&mined_key)? {
+            let value = facts.mined_value(tau);
+            let mut tree = SumTree::with_store(SledStore::new(self.tree.clone(), session_key));
+            tree.insert(LeafEntry {
+                key: facts.relay_hash,
+                value: facts.digest,
+                weight: value,
+            })?;
+            let mut store = tree.into_store();
+            store.drain_into(&mut batch);
+            batch.insert(mined_key, to_canonical(receipt));
+            counters.mined += 1;
+            counters.mined_value += value;
+            paid = Some(value);
+        }
+        counters.receipts += 1;
+        counters.cu += facts.weight;
+        batch.insert(key(b'c', &session_key, &[]), counters.encode());
+        self.tree.apply_batch(batch)?;
+        Ok(paid)
+    }
+
+    /// The root of `session`'s tree (empty before anything is mined).
+    pub fn root(&self, session: &Digest) -> Result<NodeSummary, MiningError> {
+        SumTree::with_store(SledStore::new(self.tree.clone(), *session))
+            .root()
+            .map_err(Into::into)
+    }
+
+    /// A session's tree and mined receipts, for claims and proofs.
+    pub fn load(&self, session: &Digest) -> Result<MinedSession<SledStore>, MiningError> {
+        let mut receipts = BTreeMap::new();
+        for item in self.tree.scan_prefix(key(b'm', session, &[])) {
+            let (k, v) = item?;
+            let relay = Digest(k[33..].try_into().map_err(|_| MiningError::Corrupt)?);
+            let receipt: Receipt =
+                ciborium::from_reader(v.as_ref()).map_err(|_| MiningError::Corrupt)?;
+            receipts.insert(relay, receipt);
+        }
+        Ok(MinedSession::with_parts(
+            SumTree::with_store(SledStore::new(self.tree.clone(), *session)),
+            receipts,
+        ))
+    }
+
+    /// Every session this supplier has counted receipts of.
+    pub fn sessions(&self) -> Result<Vec<SessionReport>, MiningError> {
+        let mut out = Vec::new();
+        for item in self.tree.scan_prefix([b't']) {
+            let (k, v) = item?;
+            let session_key = Digest(k[1..].try_into().map_err(|_| MiningError::Corrupt)?);
+            let terms: SignedSessionOpen =
+                ciborium::from_reader(v.as_ref()).map_err(|_| MiningError::Corrupt)?;
+            let root = self.root(&session_key)?;
+            out.push(SessionReport {
+                session: session_key.to_hex(),
+                app: terms.body.app.peer_id(),
+                tau: terms.body.tau,
+                counters: self.counters(&session_key)?,
+                root: if root.count == 0 {
+                    String::new()
+                } else {
+                    root.hash.to_hex()
+                },
+            });
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use relaymesh_protocol::identity::signed::Signed;
+    use relaymesh_protocol::messages::session::SessionOpen;
+    use relaymesh_protocol::metering::app::{RequestAcker, RequestTerms};
+    use relaymesh_protocol::sumtree::verify_path;
+    use relaymesh_protocol::{Keypair, Signer};
+
+    fn session(app: &Keypair, supplier: &Keypair, tau: u64) -> SignedSessionOpen {
+        let params = crate::config::named_mesh("mining-tests");
+        let terms = SessionOpen {
+            version: 1,
+            mesh_id: params.mesh_id(),
+            app: app.public_key(),
+            supplier: supplier.public_key(),
+            model_digest: Digest([7; 32]),
+            manifest: None,
+            cu: Default::default(),
+            price_per_cu: 1,
+            tau,
+            start_ms: 1,
+            max_duration_ms: 1000,
+            reveal_commitment: Digest([1; 32]),
+            nonce: 1,
+        };
+        Signed::sign(terms, app).countersign(supplier)
+    }
+
+    /// Real receipts of one request and made-up facts (the miner trusts its caller).
+    fn receipts(
+        app: &Keypair,
+        session: &SignedSessionOpen,
+        n: usize,
+    ) -> Vec<(Receipt, ReceiptFacts)> {
+        let mut acker = RequestAcker::new(
+            RequestTerms {
+                session_key: session.session_key(),
+                request_id: 0,
+                prompt_digest: Digest([2; 32]),
+                prompt_bytes: 10,
+                max_output_bytes: 1 << 20,
+                max_acks: 1000,
+            },
+            Digest([3; 32]),
+            app,
+        );
+        (0..n)
+            .map(|i| {
+                let ack = acker.ack(b"token", false, app).unwrap();
+                let receipt = Receipt {
+                    request: acker.request().clone(),
+                    ack,
+                };
+                let facts = ReceiptFacts {
+                    relay_hash: receipt.ack.body.relay_hash(),
+                    weight: 1 + (i as u64 % 7) * 10,
+                    digest: receipt.digest(),
+                };
+                (receipt, facts)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_sled_tree_is_the_protocol_tree_and_survives_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let (app, supplier) = (Keypair::from_secret([1; 32]), Keypair::from_secret([2; 32]));
+        let s = session(&app, &supplier, 30);
+        let all = receipts(&app, &s, 200);
+        let mut reference = MinedSession::new();
+        {
+            let db = sled::open(dir.path()).unwrap();
+            let miner = Miner::new(db.open_tree("mining").unwrap());
+            for (receipt, facts) in &all {
+                let paid = miner.offer(&s, receipt, facts).unwrap();
+                assert_eq!(paid, reference.offer(receipt.clone(), facts, 30).unwrap());
+                // The same receipt again is counted, never mined twice.
+                miner.offer(&s, receipt, facts).unwrap();
+            }
+            db.flush().unwrap();
+        }
+        let db = sled::open(dir.path()).unwrap();
+        let miner = Miner::new(db.open_tree("mining").unwrap());
+        let root = miner.root(&s.session_key()).unwrap();
+        assert_eq!(root, reference.root().unwrap());
+        assert!(
+            root.count > 10 && root.count < 200,
+            "τ selects some: {root:?}"
+        );
+        let report = &miner.sessions().unwrap()[0];
+        assert_eq!(report.counters.receipts, 400);
+        assert_eq!(report.counters.mined, root.count);
+        assert_eq!(report.counters.mined_value, root.sum);
+        // Proofs from the sled tree verify against the root.
+        let loaded = miner.load(&s.session_key()).unwrap();
+        assert_eq!(loaded.receipts().len() as u64, root.count);
+        let tree = SumTree::with_store(SledStore::new(
+            db.open_tree("mining").unwrap(),
+            s.session_key(),
+        ));
+        for (relay, _) in loaded.receipts() {
+            let path = tree.prove(relay).unwrap();
+            verify_path(
+                &path.leaf.key,
+                path.leaf.weight,
+                &path.leaf.value,
+                &path.siblings,
+                &root,
+            )
+            .unwrap();
+        }
+    }
+
+    #[test]
+    fn nodes_round_trip_and_garbage_is_corrupt() {
+        let leaf = StoredNode::Leaf(LeafEntry {
+            key: Digest([1; 32]),
+            value: Digest([2; 32]),
+            weight: 3,
+        });
+        let inner = StoredNode::Internal(NodeSummary {
+            hash: Digest([4; 32]),
+            sum: 5,
+            count: 6,
+        });
+        for node in [leaf, inner] {
+            assert_eq!(decode_node(&encode_node(&node)), Some(node));
+        }
+        assert_eq!(decode_node(&[0, 1, 2]), None);
+        assert_eq!(decode_node(&[]), None);
+        assert_eq!(decode_node(&[9; 73]), None);
+    }
+}
