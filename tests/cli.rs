@@ -455,3 +455,59 @@ async fn a_supplier_killed_with_sigkill_keeps_its_receipts() {
     gateway.shutdown().await;
     boot.shutdown().await;
 }
+
+#[test]
+fn a_mesh_file_sets_the_mesh_a_node_joins() {
+    let dir = tempfile::tempdir().unwrap();
+    let account = stdout_of(
+        relaymesh()
+            .args(["id", "--data-dir"])
+            .arg(dir.path().join("a")),
+    );
+    let file = dir.path().join("mesh.toml");
+    let mut init = relaymesh();
+    init.args(["mesh", "init", "--name", "community", "--epoch-secs", "5"])
+        .args(["--genesis", &format!("{account}=1000000"), "--out"])
+        .arg(&file);
+    stdout_of(&mut init);
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        text.contains("epoch_secs = 5") && text.contains(&account),
+        "{text}"
+    );
+    let id = stdout_of(relaymesh().args(["mesh", "id"]).arg(&file));
+    assert_eq!(id.len(), 64);
+    assert_ne!(
+        id,
+        relaymesh_node::config::named_mesh("community")
+            .mesh_id()
+            .to_hex(),
+        "other parameters, another mesh"
+    );
+    // An existing file is not overwritten.
+    let again = init.output().unwrap();
+    assert!(!again.status.success());
+
+    let api = free_port();
+    let _node = start_node(
+        &dir.path().join("node"),
+        api,
+        &["--mesh-file", file.to_str().unwrap()],
+    );
+    let status = wait_status(api, "a node with the mesh file");
+    assert_eq!(status["mesh_id"], id.as_str());
+
+    // A broken file is a clear error, not a node in some other mesh.
+    let broken = dir.path().join("broken.toml");
+    std::fs::write(&broken, "name = \"x\"\nepoch_secs = \"soon\"\n").unwrap();
+    let out = relaymesh()
+        .args(["node", "--data-dir"])
+        .arg(dir.path().join("other"))
+        .arg("--mesh-file")
+        .arg(&broken)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("broken.toml"), "{err}");
+}

@@ -24,6 +24,9 @@ struct Args {
     /// The mesh to bootstrap: nodes of other meshes are disconnected.
     #[arg(long, env = "RELAYMESH_MESH", default_value = "public")]
     mesh: String,
+    /// A community mesh's parameters file (`relaymesh mesh init`); replaces --mesh.
+    #[arg(long, env = "RELAYMESH_MESH_FILE")]
+    mesh_file: Option<PathBuf>,
     /// Most connections at once.
     #[arg(long, env = "RELAYMESH_MAX_CONNECTIONS", default_value_t = 1024)]
     max_connections: u32,
@@ -42,10 +45,13 @@ async fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
-    let mut config = NodeConfig::new(
-        named_mesh(&args.mesh),
-        Identity::DataDir(args.data_dir.clone()),
-    );
+    let mesh = match &args.mesh_file {
+        Some(path) => {
+            relaymesh_node::config::MeshFile::load(path).map_err(|e| anyhow::anyhow!(e))?
+        }
+        None => named_mesh(&args.mesh),
+    };
+    let mut config = NodeConfig::new(mesh, Identity::DataDir(args.data_dir.clone()));
     config.role = Role::Bootstrap;
     config.listen = args.listen.clone();
     config.bootstrap = args.bootstrap;

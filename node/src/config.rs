@@ -103,3 +103,156 @@ pub fn public_mesh() -> MeshParams {
 pub fn named_mesh(name: &str) -> MeshParams {
     MeshParams::new(name, Vec::new()).expect("default parameters are valid")
 }
+
+/// The mesh parameters file (TOML) that every node of a community mesh shares: the same
+/// fields as [`MeshParams`], by name, in seconds where people think in seconds. Its
+/// parameters' hash is the mesh id, so nodes with different files are in different
+/// meshes.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeshFile {
+    /// The mesh's name.
+    pub name: String,
+    /// Ledger epoch length, seconds.
+    pub epoch_secs: u64,
+    /// Epochs after which an epoch's ledger is frozen.
+    pub freeze_horizon_epochs: u32,
+    /// The app acks every K output tokens.
+    pub ack_every_tokens: u32,
+    /// The supplier pauses with more than W tokens unacknowledged.
+    pub max_unacked_tokens: u32,
+    /// Lower bound on a session's τ (CUs).
+    pub tau_min: u64,
+    /// Upper bound on a session's τ (CUs).
+    pub tau_max: u64,
+    /// Mined receipts per session the τ rule aims for.
+    pub tau_target_mined: u32,
+    /// Claims worth less (micro-credits) are refused as spam.
+    pub min_claim_value: u64,
+    /// Leaves sampled by a proof.
+    pub proof_samples: u16,
+    /// Most mined leaves per claim.
+    pub max_claim_leaves: u32,
+    /// Longest session, seconds.
+    pub max_session_secs: u64,
+    /// Tolerated clock difference, milliseconds.
+    pub max_clock_skew_ms: u64,
+    /// Genesis credit.
+    #[serde(default)]
+    pub genesis: Vec<GenesisEntry>,
+}
+
+/// One genesis allocation in a [`MeshFile`].
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenesisEntry {
+    /// The account's peer id.
+    pub account: String,
+    /// Micro-credits.
+    pub amount: u64,
+}
+
+impl MeshFile {
+    /// The file for `params`.
+    pub fn from_params(params: &MeshParams) -> Self {
+        Self {
+            name: params.name.as_str().to_owned(),
+            epoch_secs: params.epoch_ms / 1000,
+            freeze_horizon_epochs: params.freeze_horizon_epochs,
+            ack_every_tokens: params.ack_every_tokens,
+            max_unacked_tokens: params.max_unacked_tokens,
+            tau_min: params.tau_min,
+            tau_max: params.tau_max,
+            tau_target_mined: params.tau_target_mined,
+            min_claim_value: params.min_claim_value,
+            proof_samples: params.proof_samples,
+            max_claim_leaves: params.max_claim_leaves,
+            max_session_secs: params.max_session_ms / 1000,
+            max_clock_skew_ms: params.max_clock_skew_ms,
+            genesis: params
+                .genesis
+                .iter()
+                .map(|a| GenesisEntry {
+                    account: a.account.peer_id(),
+                    amount: a.amount,
+                })
+                .collect(),
+        }
+    }
+
+    /// The parameters it describes, checked.
+    pub fn to_params(&self) -> Result<MeshParams, String> {
+        let genesis = self
+            .genesis
+            .iter()
+            .map(|g| {
+                Ok(relaymesh_protocol::params::Allocation {
+                    account: relaymesh_protocol::PublicKey::from_peer_id(&g.account).ok_or_else(
+                        || format!("genesis account {:?} is not a peer id", g.account),
+                    )?,
+                    amount: g.amount,
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let mut params = MeshParams::new(&self.name, genesis).map_err(|e| e.to_string())?;
+        params.epoch_ms = self.epoch_secs.saturating_mul(1000);
+        params.freeze_horizon_epochs = self.freeze_horizon_epochs;
+        params.ack_every_tokens = self.ack_every_tokens;
+        params.max_unacked_tokens = self.max_unacked_tokens;
+        params.tau_min = self.tau_min;
+        params.tau_max = self.tau_max;
+        params.tau_target_mined = self.tau_target_mined;
+        params.min_claim_value = self.min_claim_value;
+        params.proof_samples = self.proof_samples;
+        params.max_claim_leaves = self.max_claim_leaves;
+        params.max_session_ms = self.max_session_secs.saturating_mul(1000);
+        params.max_clock_skew_ms = self.max_clock_skew_ms;
+        params.validate().map_err(|e| e.to_string())?;
+        Ok(params)
+    }
+
+    /// Reads and checks a mesh file.
+    pub fn load(path: &std::path::Path) -> Result<MeshParams, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("mesh file {}: {e}", path.display()))?;
+        let file: MeshFile =
+            toml::from_str(&text).map_err(|e| format!("mesh file {}: {e}", path.display()))?;
+        file.to_params()
+            .map_err(|e| format!("mesh file {}: {e}", path.display()))
+    }
+
+    /// The file as TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("plain fields serialise")
+    }
+}
+
+#[cfg(test)]
+mod mesh_file_tests {
+    use super::*;
+
+    #[test]
+    fn a_mesh_file_round_trips_and_bad_values_are_refused() {
+        let mut params = named_mesh("community");
+        params.epoch_ms = 5000;
+        params.genesis = relaymesh_protocol::BoundedVec::try_from_vec(vec![
+            relaymesh_protocol::params::Allocation {
+                account: relaymesh_protocol::Signer::public_key(
+                    &relaymesh_protocol::Keypair::from_secret([1; 32]),
+                ),
+                amount: 1_000_000,
+            },
+        ])
+        .unwrap();
+        let file = MeshFile::from_params(&params);
+        let back: MeshFile = toml::from_str(&file.to_toml()).unwrap();
+        assert_eq!(back.to_params().unwrap(), params);
+        let mut bad = file.clone();
+        bad.tau_min = 0;
+        assert!(bad.to_params().unwrap_err().contains("tau_min"));
+        let mut bad = file;
+        bad.genesis[0].account = "nobody".into();
+        assert!(bad.to_params().unwrap_err().contains("not a peer id"));
+        assert!(toml::from_str::<MeshFile>("name = \"x\"\nunknown = 1").is_err());
+    }
+}

@@ -16,6 +16,7 @@ pub struct FileConfig {
     pub light: Option<bool>,
     pub mdns: Option<bool>,
     pub mesh: Option<String>,
+    pub mesh_file: Option<PathBuf>,
     pub advertise: Option<Vec<String>>,
     pub ad_lifetime_secs: Option<u64>,
     pub serve: Option<Vec<String>>,

@@ -48,8 +48,12 @@ pub struct NodeArgs {
     #[arg(long, env = "RELAYMESH_MDNS")]
     mdns: bool,
     /// Mesh to join [default: public]; nodes of other meshes are disconnected.
-    #[arg(long, env = "RELAYMESH_MESH")]
+    #[arg(long, env = "RELAYMESH_MESH", conflicts_with = "mesh_file")]
     mesh: Option<String>,
+    /// A community mesh's parameters file (`relaymesh mesh init` writes one); its hash
+    /// is the mesh id.
+    #[arg(long, env = "RELAYMESH_MESH_FILE")]
+    mesh_file: Option<PathBuf>,
     /// Advertise a model as NAME or NAME@GGUF_BLAKE3_HEX (repeatable). Until serving
     /// backends land this only announces; the backends will feed the same ads.
     #[arg(long, env = "RELAYMESH_ADVERTISE", value_delimiter = ',')]
@@ -235,7 +239,13 @@ fn resolve(args: NodeArgs) -> anyhow::Result<(NodeConfig, Serving)> {
         .data_dir
         .or(file.data_dir)
         .ok_or_else(|| anyhow!("--data-dir is required (or data_dir in the --config file)"))?;
-    let mesh = named_mesh(args.mesh.or(file.mesh).as_deref().unwrap_or("public"));
+    let mesh = match (args.mesh_file.or(file.mesh_file), args.mesh.or(file.mesh)) {
+        (Some(_), Some(_)) => anyhow::bail!("give a mesh name or a mesh file, not both"),
+        (Some(path), None) => {
+            relaymesh_node::config::MeshFile::load(&path).map_err(|e| anyhow!(e))?
+        }
+        (None, name) => named_mesh(name.as_deref().unwrap_or("public")),
+    };
     let mut config = NodeConfig::new(mesh, Identity::DataDir(data_dir));
     config.routing = routing;
     config.listen = match (args.listen.is_empty(), file.listen) {
