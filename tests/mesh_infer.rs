@@ -298,7 +298,73 @@ async fn a_light_gateway_answers_through_a_supplier_and_the_acks_are_its_receipt
     assert_eq!(r.status(), 404);
     assert!(r.text().await.unwrap().contains("smollm2"));
 
+    // The app keeps its sessions, each with the secret its terms commit to, and after a
+    // restart resumes them with request ids it has not used.
+    let stored_sessions = || async {
+        // Open once the stopped node's last handles (its API's connections) are gone.
+        let dir = wait_for(
+            "the gateway's data dir",
+            Duration::from_secs(20),
+            || async { relaymesh_node::store::DataDir::open(dg.path()).ok() },
+        )
+        .await;
+        let tree = dir.db().open_tree("app_sessions").unwrap();
+        tree.iter()
+            .map(|kv| {
+                let (_, v) = kv.unwrap();
+                ciborium::from_reader::<
+                    (
+                        relaymesh_protocol::messages::session::SignedSessionOpen,
+                        relaymesh_protocol::Digest,
+                        u64,
+                    ),
+                    _,
+                >(v.as_ref())
+                .unwrap()
+            })
+            .collect::<Vec<_>>()
+    };
     gateway.shutdown().await;
+    let before = stored_sessions().await;
+    assert!(!before.is_empty() && before.len() <= 2);
+    for (session, secret, next) in &before {
+        assert_eq!(
+            relaymesh_protocol::messages::reveal::commitment(secret),
+            session.body.reveal_commitment
+        );
+        assert!(*next > 1, "several requests in the session");
+    }
+    let gateway = NodeBuilder::light()
+        .data_dir(dg.path())
+        .mesh_name(MESH)
+        .listen(vec![quic(), tcp()])
+        .bootstrap(boot_addr.clone())
+        .api("127.0.0.1:0".parse().unwrap())
+        .start()
+        .await
+        .unwrap();
+    wait_for(
+        "the ads after a restart",
+        Duration::from_secs(30),
+        || async { (gateway.handle().offers("smollm2").await.ok()?.len() == 2).then_some(()) },
+    )
+    .await;
+    let r = client
+        .post(format!(
+            "{}/v1/chat/completions",
+            support::base_url(&gateway)
+        ))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], ANSWER);
+    gateway.shutdown().await;
+    let after = stored_sessions().await;
+    assert_eq!(after.len(), before.len(), "no new session: one was resumed");
+
     s1.shutdown().await;
     s2.shutdown().await;
     boot.shutdown().await;

@@ -36,7 +36,7 @@ pub struct Node {
     handle: NodeHandle,
     key: Keypair,
     swarm_task: tokio::task::JoinHandle<()>,
-    api: Option<(SocketAddr, tokio::task::JoinHandle<()>)>,
+    api: Option<(SocketAddr, crate::api::ApiServer)>,
     metrics: Metrics,
     data_dir: Option<DataDir>,
     supplier: Option<tokio::task::JoinHandle<()>>,
@@ -81,6 +81,7 @@ impl Node {
                             crate::infer::router::Router::new(),
                             routing.timeouts,
                             open_tree(&data_dir, "acks")?,
+                            open_tree(&data_dir, "app_sessions")?,
                         ),
                         routing,
                         miner.clone(),
@@ -154,7 +155,7 @@ impl Node {
             task.abort();
         }
         if let Some((_, api)) = self.api {
-            api.abort();
+            api.stop(std::time::Duration::from_secs(2)).await;
         }
     }
 
@@ -166,7 +167,7 @@ impl Node {
             task.abort();
         }
         if let Some((_, api)) = self.api {
-            api.abort();
+            api.stop(std::time::Duration::from_secs(2)).await;
         }
         if let Some(dir) = &self.data_dir {
             let _ = dir.db().flush_async().await;

@@ -167,18 +167,40 @@ async fn render_metrics(State(s): State<ApiState>) -> Response {
 
 /// Binds `addr` and serves the API until the task is dropped; returns the bound
 /// address (port 0 picks one).
-pub async fn serve(
-    addr: SocketAddr,
-    state: ApiState,
-) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+pub async fn serve(addr: SocketAddr, state: ApiState) -> std::io::Result<(SocketAddr, ApiServer)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     tracing::info!(api = %bound, "local API listening");
     let app = router(state);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
-        if let Err(err) = axum::serve(listener, app).await {
+        let shutdown = async move {
+            let _ = stopped.await;
+        };
+        if let Err(err) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
             tracing::warn!(%err, "local API stopped");
         }
     });
-    Ok((bound, task))
+    Ok((bound, ApiServer { stop, task }))
+}
+
+/// A running local API.
+pub struct ApiServer {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ApiServer {
+    /// Stops accepting, closes idle connections, and gives requests in flight `grace`
+    /// to finish before the server is dropped.
+    pub async fn stop(self, grace: std::time::Duration) {
+        let _ = self.stop.send(());
+        let abort = self.task.abort_handle();
+        if tokio::time::timeout(grace, self.task).await.is_err() {
+            abort.abort();
+        }
+    }
 }

@@ -83,7 +83,14 @@ pub struct Gateway {
     /// The acks this app sent, as receipts (request and ack), in sled tree `acks` under
     /// the receipt's digest; `None` for a node without a data dir.
     acks: Option<sled::Tree>,
+    /// Every session this app opened, with its secret `r` and next request id, in sled
+    /// tree `app_sessions` under the session key: resumed after a restart, and kept
+    /// (after the session ends too) for the reveal relay mining asks of the app.
+    sessions: Option<sled::Tree>,
 }
+
+/// A stored app session: the countersigned terms, the secret `r`, the next request id.
+type StoredSession = (SignedSessionOpen, Digest, u64);
 
 impl Gateway {
     /// The gateway of the node behind `handle`.
@@ -94,8 +101,33 @@ impl Gateway {
         router: Arc<Router>,
         timeouts: Timeouts,
         acks: Option<sled::Tree>,
+        sessions: Option<sled::Tree>,
     ) -> Arc<Self> {
         let protocol = crate::mesh::names::infer_protocol(&params.mesh_id());
+        // Sessions still running are resumed where they left off.
+        let mut held = std::collections::HashMap::new();
+        let now = now_ms();
+        for (_, bytes) in sessions.iter().flat_map(|t| t.iter()).flatten() {
+            let Ok((session, secret, next_request_id)) =
+                ciborium::from_reader::<StoredSession, _>(bytes.as_ref())
+            else {
+                warn!("an unreadable stored session was skipped");
+                continue;
+            };
+            let t = &session.body;
+            if now + SESSION_MARGIN_MS < t.start_ms.saturating_add(t.max_duration_ms)
+                && held.len() < MAX_HELD_SESSIONS
+            {
+                held.insert(
+                    (t.supplier, t.model_digest),
+                    Held {
+                        session,
+                        secret,
+                        next_request_id,
+                    },
+                );
+            }
+        }
         Arc::new(Self {
             handle,
             key,
@@ -103,9 +135,22 @@ impl Gateway {
             router,
             timeouts,
             protocol,
-            held: Default::default(),
+            held: std::sync::Mutex::new(held),
             acks,
+            sessions,
         })
+    }
+
+    /// Writes a held session's record (before its next request goes out, so a restart
+    /// never reuses a request id).
+    fn store(&self, h: &Held) {
+        if let Some(tree) = &self.sessions {
+            let record: StoredSession = (h.session.clone(), h.secret, h.next_request_id);
+            let bytes = relaymesh_protocol::wire::to_canonical(&record);
+            if let Err(e) = tree.insert(h.session.session_key().0, bytes) {
+                warn!(%e, "cannot store a session");
+            }
+        }
     }
 
     /// Stores an ack this app is about to send, before it is sent: the app's copy of
@@ -141,6 +186,7 @@ impl Gateway {
         }
         let id = h.next_request_id;
         h.next_request_id += 1;
+        self.store(h);
         Some((h.session.clone(), id))
     }
 
@@ -154,14 +200,13 @@ impl Gateway {
                 held.clear();
             }
         }
-        held.insert(
-            (session.body.supplier, session.body.model_digest),
-            Held {
-                session,
-                secret,
-                next_request_id: 1,
-            },
-        );
+        let h = Held {
+            session,
+            secret,
+            next_request_id: 1,
+        };
+        self.store(&h);
+        held.insert((h.session.body.supplier, h.session.body.model_digest), h);
     }
 
     /// Forgets a session the supplier will not resume.
@@ -255,7 +300,6 @@ impl Attempt {
 struct Held {
     session: SignedSessionOpen,
     /// The app's secret `r`, committed to in the terms, revealed after the claim.
-    #[allow(dead_code)] // read by relay mining's reveal
     secret: Digest,
     next_request_id: u64,
 }

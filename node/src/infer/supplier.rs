@@ -139,20 +139,22 @@ pub fn spawn(
     let mut incoming = control
         .accept(protocol)
         .map_err(|e| format!("cannot accept inference streams: {e}"))?;
-    let pruning = ctx.clone();
-    tokio::spawn(async move {
-        let mut every = tokio::time::interval(Duration::from_secs(60));
-        loop {
-            every.tick().await;
-            pruning.seen.prune(now_ms());
-            if Arc::strong_count(&pruning) == 1 {
-                return; // the accept loop is gone
-            }
-        }
-    });
     Ok(tokio::spawn(async move {
         let limit = Arc::new(Semaphore::new(MAX_STREAMS));
-        while let Some((peer, stream)) = incoming.next().await {
+        // Ended sessions' request ids are forgotten once a minute, in this task, so
+        // aborting it (the node stopping) stops everything that holds the database.
+        let mut prune = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            let (peer, stream) = tokio::select! {
+                next = incoming.next() => match next {
+                    Some(next) => next,
+                    None => return,
+                },
+                _ = prune.tick() => {
+                    ctx.seen.prune(now_ms());
+                    continue;
+                }
+            };
             let Ok(permit) = limit.clone().try_acquire_owned() else {
                 warn!(%peer, "inference stream dropped: {MAX_STREAMS} already open");
                 continue;
