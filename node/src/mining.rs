@@ -407,7 +407,7 @@ mod tests {
             db.open_tree("mining").unwrap(),
             s.session_key(),
         ));
-        for (relay, _) in loaded.receipts() {
+        for relay in loaded.receipts().keys() {
             let path = tree.prove(relay).unwrap();
             verify_path(
                 &path.leaf.key,
