@@ -270,8 +270,9 @@ impl Router {
             .iter()
             .map(|(k, o)| self.stats_known(*k, model, o))
             .collect();
-        // A supplier that has served nothing yet is assumed as fast as the best known
-        // one: otherwise it would never be chosen, and never measured.
+        // A supplier that has served nothing yet is assumed nearly as fast as the best
+        // known one (9/10: a known supplier wins a tie, a busy one does not): otherwise
+        // it would never be chosen, and never measured.
         let best = stats
             .iter()
             .filter(|(_, known)| *known)
@@ -280,7 +281,7 @@ impl Router {
         if let Some((speed, ttft)) = best {
             for (s, known) in &mut stats {
                 if !*known {
-                    s.tokens_per_sec = speed;
+                    s.tokens_per_sec = speed * 0.9;
                     s.ttft_ms = ttft;
                 }
             }
@@ -428,10 +429,22 @@ mod tests {
         let router = Router::new();
         let (a, b) = (key(1), key(2));
         let fresh = offer(1, 0, 1);
-        let offers = vec![(a, offer(1, 20_000, 1)), (b, fresh)];
-        let _busy = router.begin(a, "m");
+        let offers = vec![(a, offer(1, 20_000, 1)), (b, fresh.clone())];
+        let busy = router.begin(a, "m");
         let ranked = router.rank("m", offers, &RoutePolicy::default()).unwrap();
-        assert_eq!(ranked[0].0, b, "as fast as the best on paper, and idle");
+        assert_eq!(
+            ranked[0].0, b,
+            "nearly as fast as the best on paper, and idle"
+        );
+        drop(busy);
+        let ranked = router
+            .rank(
+                "m",
+                vec![(a, offer(1, 20_000, 1)), (b, fresh)],
+                &RoutePolicy::default(),
+            )
+            .unwrap();
+        assert_eq!(ranked[0].0, a, "with a idle too, the known one wins");
     }
 
     #[test]
