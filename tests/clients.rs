@@ -61,26 +61,15 @@ async fn official_python_clients_and_curl_work_unchanged() {
 
     let here = support::repo_dir();
     let here = here.display();
-    let out = Command::new(&python)
-        .arg(format!("{here}/tests/clients/check_clients.py"))
-        .args([&base, "smollm2"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "python clients failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    support::run_ok(
+        Command::new(&python)
+            .arg(format!("{here}/tests/clients/check_clients.py"))
+            .args([&base, "smollm2"]),
+        "python clients",
     );
-    let out = Command::new(format!("{here}/tests/clients/check_curl.sh"))
-        .args([&base, "smollm2"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "curl checks failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    support::run_ok(
+        Command::new(format!("{here}/tests/clients/check_curl.sh")).args([&base, "smollm2"]),
+        "curl checks",
     );
 }
 

@@ -16,13 +16,14 @@ use support::{address, quic, tcp, wait_for};
 const MESH: &str = "mesh-infer-tests";
 const ANSWER: &str = "The capital of France is Paris.";
 
-async fn supplier(boot: &libp2p::Multiaddr, dir: &std::path::Path) -> relaymesh::Node {
+/// A full node of `mesh` serving SmolLM2 (one slot), its data in `dir`.
+async fn supplier(mesh: &str, boot: &libp2p::Multiaddr, dir: &std::path::Path) -> relaymesh::Node {
     let mut models = Models::default();
     models
         .insert(ServedModel::new(support::smollm(1, 4) as SharedBackend, 1))
         .unwrap();
     let mut b = NodeBuilder::full()
-        .mesh_name(MESH)
+        .mesh_name(mesh)
         .data_dir(dir)
         .listen(vec![quic(), tcp()])
         .bootstrap(boot.clone());
@@ -79,8 +80,8 @@ async fn a_light_gateway_answers_through_a_supplier_and_the_acks_are_its_receipt
     let boot = boot_builder.start().await.unwrap();
     let boot_addr = address(&boot, "quic").await;
     let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let s1 = supplier(&boot_addr, d1.path()).await;
-    let s2 = supplier(&boot_addr, d2.path()).await;
+    let s1 = supplier(MESH, &boot_addr, d1.path()).await;
+    let s2 = supplier(MESH, &boot_addr, d2.path()).await;
     let dg = tempfile::tempdir().unwrap();
     let gateway = NodeBuilder::light()
         .data_dir(dg.path())
@@ -274,16 +275,11 @@ async fn a_light_gateway_answers_through_a_supplier_and_the_acks_are_its_receipt
 
     // The official Python clients, through the mesh.
     let here = support::repo_dir();
-    let out = std::process::Command::new(support::python())
-        .arg(here.join("tests/clients/check_clients.py"))
-        .args([&base, "smollm2", "mesh"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "python clients through the mesh failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    support::run_ok(
+        std::process::Command::new(support::python())
+            .arg(here.join("tests/clients/check_clients.py"))
+            .args([&base, "smollm2", "mesh"]),
+        "python clients through the mesh",
     );
 
     // A model nobody serves: 404 naming the mesh's models.
@@ -398,17 +394,7 @@ async fn an_app_that_never_acks_gets_w_tokens_and_a_forged_ack_ends_the_stream()
     let boot = boot_builder.start().await.unwrap();
     let boot_addr = address(&boot, "quic").await;
     let dir = tempfile::tempdir().unwrap();
-    let mut models = Models::default();
-    models
-        .insert(ServedModel::new(support::smollm(1, 4) as SharedBackend, 1))
-        .unwrap();
-    let mut b = NodeBuilder::full()
-        .mesh_name(MESH2)
-        .data_dir(dir.path())
-        .listen(vec![quic(), tcp()])
-        .bootstrap(boot_addr.clone());
-    b.config_mut().models = std::sync::Arc::new(models);
-    let supplier = b.start().await.unwrap();
+    let supplier = supplier(MESH2, &boot_addr, dir.path()).await;
     let app_node = NodeBuilder::light()
         .mesh_name(MESH2)
         .listen(vec![quic(), tcp()])
@@ -750,17 +736,7 @@ async fn hedging_beats_a_silent_supplier_and_request_rules_narrow_the_choice() {
     let boot = support::bootstrap(HEDGE_MESH).await;
     let boot_addr = address(&boot, "quic").await;
     let dir = tempfile::tempdir().unwrap();
-    let mut models = Models::default();
-    models
-        .insert(ServedModel::new(support::smollm(1, 4) as SharedBackend, 1))
-        .unwrap();
-    let mut b = NodeBuilder::full()
-        .mesh_name(HEDGE_MESH)
-        .data_dir(dir.path())
-        .listen(vec![quic(), tcp()])
-        .bootstrap(boot_addr.clone());
-    b.config_mut().models = std::sync::Arc::new(models);
-    let real = b.start().await.unwrap();
+    let real = supplier(HEDGE_MESH, &boot_addr, dir.path()).await;
     let digest = wait_for(
         "the real supplier's ad",
         Duration::from_secs(30),

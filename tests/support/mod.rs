@@ -304,3 +304,15 @@ pub async fn mesh_gateway(mesh: &str, boot: &Multiaddr) -> Node {
         .await
         .unwrap()
 }
+
+/// Runs `cmd` to the end; panics with its output, saying `what` failed, unless it
+/// succeeds.
+pub fn run_ok(cmd: &mut std::process::Command, what: &str) {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
