@@ -353,13 +353,7 @@ async fn a_supplier_killed_with_sigkill_keeps_its_receipts() {
             &format!("smollm2=gguf:{}", model_path().display()),
         ],
     );
-    let gateway = relaymesh::NodeBuilder::light()
-        .listen(vec![quic(), tcp()])
-        .bootstrap(boot_addr.parse().unwrap())
-        .api("127.0.0.1:0".parse().unwrap())
-        .start()
-        .await
-        .unwrap();
+    let gateway = mesh_gateway("public", &boot_addr.parse().unwrap()).await;
     wait_for(
         "the supplier's ad at the gateway",
         Duration::from_secs(60),

@@ -447,18 +447,7 @@ async fn an_app_that_never_acks_gets_w_tokens_and_a_forged_ack_ends_the_stream()
     let FrameBody::Accept(session) = read_frame(&mut r).await.unwrap().body else {
         panic!("the session was not accepted")
     };
-    let payload = relaymesh_node::infer::payload(
-        "smollm2",
-        &relaymesh_node::backend::GenRequest {
-            prompt: relaymesh_node::backend::Prompt::Text("Once upon a time".into()),
-            sampling: relaymesh_node::backend::Sampling {
-                temperature: Some(0.0),
-                max_tokens: Some(500),
-                ..Default::default()
-            },
-        },
-    )
-    .unwrap();
+    let payload = story_payload(500);
     let mut acker = RequestAcker::new(
         RequestTerms {
             session_key: session.session_key(),
@@ -509,18 +498,7 @@ async fn an_app_that_never_acks_gets_w_tokens_and_a_forged_ack_ends_the_stream()
 
     // The session goes on in a new stream (`Resume`): a replayed request is refused, a
     // new request id is served.
-    let short = relaymesh_node::infer::payload(
-        "smollm2",
-        &relaymesh_node::backend::GenRequest {
-            prompt: relaymesh_node::backend::Prompt::Text("Once upon a time".into()),
-            sampling: relaymesh_node::backend::Sampling {
-                temperature: Some(0.0),
-                max_tokens: Some(4),
-                ..Default::default()
-            },
-        },
-    )
-    .unwrap();
+    let short = story_payload(4);
     for (id, served) in [(0u64, false), (1, true)] {
         let stream = app_node
             .handle()
@@ -572,6 +550,22 @@ async fn an_app_that_never_acks_gets_w_tokens_and_a_forged_ack_ends_the_stream()
     app_node.shutdown().await;
     supplier.shutdown().await;
     boot.shutdown().await;
+}
+
+/// The payload of a greedy "Once upon a time" completion of up to `max` tokens.
+fn story_payload(max: u32) -> relaymesh_protocol::messages::infer::InferPayload {
+    relaymesh_node::infer::payload(
+        "smollm2",
+        &relaymesh_node::backend::GenRequest {
+            prompt: relaymesh_node::backend::Prompt::Text("Once upon a time".into()),
+            sampling: relaymesh_node::backend::Sampling {
+                temperature: Some(0.0),
+                max_tokens: Some(max),
+                ..Default::default()
+            },
+        },
+    )
+    .unwrap()
 }
 
 /// Polls a node process's API until it tells its peer id.
