@@ -21,7 +21,7 @@ use relaymesh_protocol::messages::session::SignedSessionOpen;
 use relaymesh_protocol::metering::receipt::{Receipt, ReceiptFacts};
 use relaymesh_protocol::settlement::proof::MinedSession;
 use relaymesh_protocol::sumtree::{
-    LeafEntry, NodeSummary, Position, StoredNode, SumTree, TreeError, TreeStore,
+    verify_path, LeafEntry, NodeSummary, Position, StoredNode, SumTree, TreeError, TreeStore,
 };
 use relaymesh_protocol::wire::to_canonical;
 use relaymesh_protocol::Digest;
@@ -281,6 +281,29 @@ impl Miner {
         ))
     }
 
+    /// Checks that `session`'s tree is whole: every mined receipt's leaf proves against
+    /// the root, and the root counts exactly those leaves. Returns the root.
+    pub fn check_tree(&self, session: &Digest) -> Result<NodeSummary, MiningError> {
+        let mined = self.load(session)?;
+        let tree = SumTree::with_store(SledStore::new(self.tree.clone(), *session));
+        let root = tree.root()?;
+        if root.count != mined.receipts().len() as u64 {
+            return Err(MiningError::Corrupt);
+        }
+        for relay in mined.receipts().keys() {
+            let path = tree.prove(relay)?;
+            verify_path(
+                &path.leaf.key,
+                path.leaf.weight,
+                &path.leaf.value,
+                &path.siblings,
+                &root,
+            )
+            .map_err(|_| MiningError::Corrupt)?;
+        }
+        Ok(root)
+    }
+
     /// Every session this supplier has counted receipts of.
     pub fn sessions(&self) -> Result<Vec<SessionReport>, MiningError> {
         let mut out = Vec::new();
@@ -312,7 +335,6 @@ mod tests {
     use relaymesh_protocol::identity::signed::Signed;
     use relaymesh_protocol::messages::session::SessionOpen;
     use relaymesh_protocol::metering::app::{RequestAcker, RequestTerms};
-    use relaymesh_protocol::sumtree::verify_path;
     use relaymesh_protocol::{Keypair, Signer};
 
     fn session(app: &Keypair, supplier: &Keypair, tau: u64) -> SignedSessionOpen {
@@ -401,23 +423,11 @@ mod tests {
         assert_eq!(report.counters.mined, root.count);
         assert_eq!(report.counters.mined_value, root.sum);
         // Proofs from the sled tree verify against the root.
-        let loaded = miner.load(&s.session_key()).unwrap();
-        assert_eq!(loaded.receipts().len() as u64, root.count);
-        let tree = SumTree::with_store(SledStore::new(
-            db.open_tree("mining").unwrap(),
-            s.session_key(),
-        ));
-        for relay in loaded.receipts().keys() {
-            let path = tree.prove(relay).unwrap();
-            verify_path(
-                &path.leaf.key,
-                path.leaf.weight,
-                &path.leaf.value,
-                &path.siblings,
-                &root,
-            )
-            .unwrap();
-        }
+        assert_eq!(
+            miner.load(&s.session_key()).unwrap().receipts().len() as u64,
+            root.count
+        );
+        assert_eq!(miner.check_tree(&s.session_key()).unwrap(), root);
     }
 
     #[test]

@@ -162,10 +162,11 @@ pub async fn lookup<'a>(
             return Ok(Resolved::Local(m));
         }
     }
-    let backend = MeshBackend::new(name, gateway.clone(), policy).with_offer(best);
+    let price = best.price_per_cu;
+    let backend = MeshBackend::new(name, gateway.clone(), ranked);
     Ok(Resolved::Mesh(ServedModel::new(
         std::sync::Arc::new(backend),
-        best.price_per_cu,
+        price,
     )))
 }
 

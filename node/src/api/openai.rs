@@ -20,7 +20,9 @@ use super::infer::{
     all_model_names, lookup, new_id, refuse_unsupported, sampling, spawn_stream, unix_now,
 };
 use super::{body, ApiState};
-use crate::backend::{ChatMessage, Finish, GenEvent, GenRequest, Prompt, Provenance, Role};
+use crate::backend::{
+    ChatMessage, Finish, GenEvent, GenRequest, Prompt, Provenance, Role, ServedModel,
+};
 
 /// Fields we do not implement; sent with a non-default value they get a 400 naming
 /// them rather than being silently ignored.
@@ -233,13 +235,12 @@ impl Kind {
 }
 
 async fn complete(
-    state: ApiState,
-    headers: &HeaderMap,
+    state: &ApiState,
+    model: &ServedModel,
     kind: Kind,
     prompt: Prompt,
     mut common: Common,
 ) -> Result<Response, OpenAiError> {
-    let model = lookup(&state, &common.model, headers).await?;
     let req = request(prompt, &mut common)?;
     let id = new_id(match kind {
         Kind::Chat => "chatcmpl",
@@ -280,7 +281,7 @@ async fn complete(
         }
         Ok::<Event, Infallible>(Event::default().data(c.to_string()))
     };
-    let (rx, mesh) = spawn_stream(&model, req, move |event, mesh| match event {
+    let (rx, mesh) = spawn_stream(model, req, move |event, mesh| match event {
         GenEvent::Text(piece) => vec![chunk(json!([kind.choice(Some(&piece), None, true)]), None)],
         GenEvent::Done(finish) => {
             let mut parts = vec![chunk(json!([kind.choice(None, Some(&finish), true)]), None)];
@@ -311,7 +312,7 @@ pub async fn chat(
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, OpenAiError> {
     let body: ChatBody = body::parse(raw)?;
-    lookup(&state, &body.common.model, &headers).await?;
+    let model = lookup(&state, &body.common.model, &headers).await?;
     if body.messages.is_empty() {
         return Err(ApiError::bad_param("messages", "messages must not be empty").into());
     }
@@ -322,8 +323,8 @@ pub async fn chat(
         .map(|(i, m)| message(i, m))
         .collect::<Result<Vec<_>, _>>()?;
     complete(
-        state,
-        &headers,
+        &state,
+        &model,
         Kind::Chat,
         Prompt::Chat(messages),
         body.common,
@@ -351,9 +352,10 @@ pub async fn completions(
             .into())
         }
     };
+    let model = lookup(&state, &body.common.model, &headers).await?;
     complete(
-        state,
-        &headers,
+        &state,
+        &model,
         Kind::Text,
         Prompt::Text(prompt),
         body.common,

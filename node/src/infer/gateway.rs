@@ -31,7 +31,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::codec::{read_frame, write_frame};
-use super::router::{InFlight, NoRoute, RoutePolicy, Router};
+use super::router::{InFlight, NoRoute, Router};
 use super::{payload, window, DEFAULT_MAX_TOKENS};
 use crate::backend::{
     Backend, BackendError, ChatMessage, Finish, FinishReason, GenEvent, GenRequest, Generation,
@@ -115,9 +115,7 @@ impl Gateway {
                 continue;
             };
             let t = &session.body;
-            if now + SESSION_MARGIN_MS < t.start_ms.saturating_add(t.max_duration_ms)
-                && held.len() < MAX_HELD_SESSIONS
-            {
+            if now + SESSION_MARGIN_MS < t.end_ms() && held.len() < MAX_HELD_SESSIONS {
                 held.insert(
                     (t.supplier, t.model_digest),
                     Held {
@@ -179,7 +177,7 @@ impl Gateway {
         let same_terms = t.price_per_cu == offer.price_per_cu
             && t.cu == offer.cu
             && t.manifest == offer.manifest;
-        let running = now_ms() + SESSION_MARGIN_MS < t.start_ms.saturating_add(t.max_duration_ms);
+        let running = now_ms() + SESSION_MARGIN_MS < t.end_ms();
         if !(same_terms && running) {
             held.remove(&(supplier, digest));
             return None;
@@ -195,7 +193,7 @@ impl Gateway {
         let mut held = self.held.lock().expect("held lock");
         if held.len() >= MAX_HELD_SESSIONS {
             let now = now_ms();
-            held.retain(|_, h| now < h.session.body.start_ms + h.session.body.max_duration_ms);
+            held.retain(|_, h| now < h.session.body.end_ms());
             if held.len() >= MAX_HELD_SESSIONS {
                 held.clear();
             }
@@ -227,32 +225,29 @@ impl Gateway {
 pub struct MeshBackend {
     info: ModelInfo,
     gateway: Arc<Gateway>,
-    policy: RoutePolicy,
+    /// The suppliers the request's rules allow, best first (never empty).
+    ranked: Vec<(PublicKey, ModelOffer)>,
 }
 
 impl MeshBackend {
-    /// The mesh's suppliers of `model` that `policy` allows.
-    pub fn new(model: &str, gateway: Arc<Gateway>, policy: RoutePolicy) -> Self {
+    /// `model` as served by `ranked` (the router's ranking of the suppliers a request
+    /// may use, best first), described as the best one's ad does (context, digest).
+    pub fn new(model: &str, gateway: Arc<Gateway>, ranked: Vec<(PublicKey, ModelOffer)>) -> Self {
+        let best = ranked.first().map(|(_, o)| o);
         Self {
             info: ModelInfo {
                 name: model.to_owned(),
-                digest: None,
-                manifest: None,
-                context_length: 0,
+                digest: best
+                    .and_then(|o| o.gguf_digest)
+                    .map(crate::backend::ModelDigest::Gguf),
+                manifest: best.and_then(|o| o.manifest.clone()),
+                context_length: best.map_or(0, |o| o.context_length),
                 kind: "mesh",
                 details: ModelDetails::default(),
             },
             gateway,
-            policy,
+            ranked,
         }
-    }
-
-    /// Describes the model as the best supplier's ad does (context, digest).
-    pub fn with_offer(mut self, offer: &ModelOffer) -> Self {
-        self.info.context_length = offer.context_length;
-        self.info.digest = offer.gguf_digest.map(crate::backend::ModelDigest::Gguf);
-        self.info.manifest = offer.manifest.clone();
-        self
     }
 }
 
@@ -317,7 +312,6 @@ struct Leg {
     w: WriteHalf<Stream>,
     flow: AppFlow,
     session: SignedSessionOpen,
-    prompt_bytes: u32,
     first: Option<FrameBody>,
     /// When the first frame came: speed is measured from here, so time spent queueing
     /// at a busy supplier does not count as slowness.
@@ -329,7 +323,7 @@ impl Leg {
     /// Compute units the app's acks on this leg pay for.
     fn compute_units(&self) -> u64 {
         let cu = self.session.body.cu;
-        cu.prompt_units(self.prompt_bytes)
+        cu.prompt_units(self.flow.request().body.prompt_bytes)
             + cu.output_units(0, self.flow.acked_bytes()).unwrap_or(0)
     }
 }
@@ -433,13 +427,12 @@ impl Gateway {
         let flow_window = window(&self.params);
         let max_acks =
             (payload.max_tokens / flow_window.ack_every + 2).min(u32::from(MAX_ACK_CHAIN)) as u16;
-        let prompt_bytes = payload.prompt_bytes().min(u64::from(u32::MAX)) as u32;
         let acker = RequestAcker::new(
             RequestTerms {
                 session_key: session.session_key(),
                 request_id,
                 prompt_digest: payload.digest(),
-                prompt_bytes,
+                prompt_bytes: payload.prompt_bytes().min(u64::from(u32::MAX)) as u32,
                 max_output_bytes: payload.max_tokens.saturating_mul(MAX_TOKEN_BYTES as u32),
                 max_acks,
             },
@@ -496,7 +489,6 @@ impl Gateway {
             w,
             flow,
             session,
-            prompt_bytes,
             first: Some(first),
             first_at: Instant::now(),
             _in_flight: in_flight,
@@ -828,17 +820,8 @@ impl Backend for MeshBackend {
 
     async fn generate(&self, request: GenRequest) -> Result<Generation, BackendError> {
         let gateway = &self.gateway;
-        let me = gateway.key.public_key();
         let model = self.info.name.clone();
-        let offers: Vec<(PublicKey, ModelOffer)> = gateway
-            .handle
-            .offers(&model)
-            .await
-            .map_err(|_| BackendError::Internal("the node is shutting down".into()))?
-            .into_iter()
-            .filter(|(k, _)| *k != me)
-            .collect();
-        let mut candidates: VecDeque<_> = gateway.router.rank(&model, offers, &self.policy)?.into();
+        let mut candidates: VecDeque<_> = self.ranked.iter().cloned().collect();
         let mut attempts = 0;
         let leg = gateway
             .open_next(&model, &mut candidates, &mut attempts, &request)

@@ -256,7 +256,7 @@ fn check_resumed(
             format!("the session does not verify: {e}"),
         ));
     }
-    if now_ms() >= terms.start_ms.saturating_add(terms.max_duration_ms) {
+    if now_ms() >= terms.end_ms() {
         return Some((RefuseCode::Terms, "the session has ended".into()));
     }
     check_model(terms, ctx)
@@ -309,10 +309,7 @@ async fn serve(peer: PeerId, stream: Stream, ctx: &SupplierContext) -> Result<()
         .models
         .get(payload.model.as_str())
         .filter(|m| model_digest(m) == session.body.model_digest);
-    let end_ms = session
-        .body
-        .start_ms
-        .saturating_add(session.body.max_duration_ms);
+    let end_ms = session.body.end_ms();
     let problem = if !ctx
         .seen
         .first_use(&session.session_key(), request.body.request_id, end_ms)

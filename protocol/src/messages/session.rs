@@ -131,6 +131,13 @@ impl SessionProposal {
     }
 }
 
+impl SessionOpen {
+    /// When the session ends (unix ms): `start_ms + max_duration_ms`.
+    pub fn end_ms(&self) -> u64 {
+        self.start_ms.saturating_add(self.max_duration_ms)
+    }
+}
+
 impl SignedSessionOpen {
     /// The session key: hash of the terms. The terms name both parties, so two
     /// suppliers' sessions never share a key, and since neither signature is hashed,
