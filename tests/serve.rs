@@ -603,7 +603,13 @@ async fn a_signed_manifest_next_to_the_file_is_checked_and_advertised() {
     assert_eq!(manifest.body.source, source.public_key());
     assert_eq!(manifest.body.royalty_ppm, 50_000);
     let node = serving_node(vec![Arc::new(backend)], None).await;
-    let models = get_json(&format!("{}/relaymesh/v1/models", base_url(&node))).await;
+    // The node's own ad enters its table with its first announcement.
+    let url = format!("{}/relaymesh/v1/models", base_url(&node));
+    let models = support::wait_for("the node's own ad", Duration::from_secs(10), || async {
+        let models = get_json(&url).await;
+        (!models[0].is_null()).then_some(models)
+    })
+    .await;
     assert_eq!(
         models[0]["source"],
         source.public_key().peer_id(),
