@@ -423,7 +423,10 @@ async fn a_supplier_killed_with_sigkill_keeps_its_receipts() {
 
     // The mined tree is whole: counters agree with the receipts and the tree, and every
     // mined receipt's path proves against the root.
-    let miner = relaymesh_node::mining::Miner::new(data.db().open_tree("mining").unwrap());
+    let miner = relaymesh_node::mining::Miner::new(
+        data.db().open_tree("mining").unwrap(),
+        &relaymesh_node::config::named_mesh("x"),
+    );
     let report = miner.sessions().unwrap().remove(0);
     assert_eq!(report.counters.receipts as usize, receipts.len());
     let key = relaymesh_protocol::Digest::from_hex(&report.session).unwrap();

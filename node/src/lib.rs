@@ -15,6 +15,7 @@ pub mod mesh;
 pub mod metrics;
 pub mod mining;
 pub mod node;
+pub mod settle;
 pub mod store;
 
 pub use config::{Identity, NodeConfig, Role};

@@ -29,6 +29,15 @@ pub struct ReasonLabel {
     pub reason: String,
 }
 
+/// Label: a ledger message's kind and what became of it.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LedgerLabel {
+    /// `claim`, `reveal`, `proof`, `transfer`, `evidence`.
+    pub kind: String,
+    /// `new`, `duplicate`, `rejected`.
+    pub outcome: String,
+}
+
 /// The node's counters and gauges.
 #[derive(Clone)]
 pub struct Metrics {
@@ -45,6 +54,14 @@ pub struct Metrics {
     pub invalid_messages: Family<ReasonLabel, Counter>,
     /// Suppliers in the peer table.
     pub suppliers: Gauge,
+    /// Receipts (acks) a supplier accepted.
+    pub receipts: Counter,
+    /// Receipts τ selected into a sum tree.
+    pub mined_receipts: Counter,
+    /// Ledger messages by kind and outcome.
+    pub ledger_messages: Family<LedgerLabel, Counter>,
+    /// Ledger messages refused, by reason.
+    pub ledger_rejections: Family<ReasonLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -82,6 +99,30 @@ impl Default for Metrics {
             "Suppliers in the peer table",
             suppliers.clone(),
         );
+        let receipts = Counter::default();
+        let mined_receipts = Counter::default();
+        let ledger_messages = Family::<LedgerLabel, Counter>::default();
+        let ledger_rejections = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "receipts",
+            "Receipts (acks) accepted as a supplier",
+            receipts.clone(),
+        );
+        registry.register(
+            "mined_receipts",
+            "Receipts mined into a session's sum tree",
+            mined_receipts.clone(),
+        );
+        registry.register(
+            "ledger_messages",
+            "Ledger messages (claims, reveals, proofs, transfers, evidence) by kind and outcome",
+            ledger_messages.clone(),
+        );
+        registry.register(
+            "ledger_rejections",
+            "Ledger messages refused, by reason",
+            ledger_rejections.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             peers,
@@ -90,6 +131,10 @@ impl Default for Metrics {
             gossip_bytes,
             invalid_messages,
             suppliers,
+            receipts,
+            mined_receipts,
+            ledger_messages,
+            ledger_rejections,
         }
     }
 }
@@ -129,6 +174,26 @@ impl Metrics {
             get(&self.gossip_bytes, "in"),
             get(&self.gossip_bytes, "out"),
         )
+    }
+
+    /// Counts one ledger message of `kind` with `outcome`.
+    pub fn ledger(&self, kind: &str, outcome: &str) {
+        self.ledger_messages
+            .get_or_create(&LedgerLabel {
+                kind: kind.into(),
+                outcome: outcome.into(),
+            })
+            .inc();
+    }
+
+    /// Counts one refused ledger message.
+    pub fn ledger_rejected(&self, kind: &str, reason: &str) {
+        self.ledger(kind, "rejected");
+        self.ledger_rejections
+            .get_or_create(&ReasonLabel {
+                reason: reason.into(),
+            })
+            .inc();
     }
 
     /// The text exposition format.

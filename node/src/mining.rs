@@ -12,13 +12,17 @@
 //! Keys in the `mining` tree (`S` = session key, 32 bytes):
 //! `n ‖ S ‖ depth (2 B) ‖ prefix (32 B)` a tree node; `m ‖ S ‖ relay hash` a mined
 //! receipt (canonical CBOR); `c ‖ S` the session's counters; `t ‖ S` its countersigned
-//! terms (canonical CBOR).
+//! terms (canonical CBOR); `k ‖ S` when the session was claimed (unix ms): from then
+//! on its tree is frozen, so the claim can be rebuilt identically after a crash;
+//! `T` the τ rule's current threshold.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use relaymesh_protocol::messages::session::SignedSessionOpen;
 use relaymesh_protocol::metering::receipt::{Receipt, ReceiptFacts};
+use relaymesh_protocol::metering::tau::{SessionVolume, TauController};
+use relaymesh_protocol::params::MeshParams;
 use relaymesh_protocol::settlement::proof::MinedSession;
 use relaymesh_protocol::sumtree::{
     verify_path, LeafEntry, NodeSummary, Position, StoredNode, SumTree, TreeError, TreeStore,
@@ -45,6 +49,8 @@ impl<E: std::error::Error + 'static> From<TreeError<E>> for MiningError {
         MiningError::Tree(e.to_string())
     }
 }
+
+const TAU_KEY: &[u8] = b"T";
 
 fn key(kind: u8, session: &Digest, rest: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + 32 + rest.len());
@@ -154,14 +160,22 @@ pub struct SessionCounters {
     pub mined: u64,
     /// What the mined receipts pay (the tree's sum).
     pub mined_value: u64,
+    /// `Σ min(1, w/τ)` in millionths: the mined count τ's rule expects, for the next τ.
+    pub expected_mined_micro: u64,
 }
 
 impl SessionCounters {
     fn encode(&self) -> Vec<u8> {
-        [self.receipts, self.cu, self.mined, self.mined_value]
-            .iter()
-            .flat_map(|n| n.to_be_bytes())
-            .collect()
+        [
+            self.receipts,
+            self.cu,
+            self.mined,
+            self.mined_value,
+            self.expected_mined_micro,
+        ]
+        .iter()
+        .flat_map(|n| n.to_be_bytes())
+        .collect()
     }
 
     fn decode(bytes: &[u8]) -> Option<Self> {
@@ -175,6 +189,7 @@ impl SessionCounters {
             cu: n(1)?,
             mined: n(2)?,
             mined_value: n(3)?,
+            expected_mined_micro: n(4).unwrap_or(0),
         })
     }
 }
@@ -200,15 +215,104 @@ pub struct Miner {
     tree: sled::Tree,
     // One receipt at a time: an insert reads and rewrites its whole path.
     lock: Mutex<()>,
+    tau: Mutex<TauController>,
+}
+
+/// A session whose claim is due or made.
+#[derive(Clone, Debug)]
+pub struct ClaimableSession {
+    /// The countersigned terms.
+    pub terms: SignedSessionOpen,
+    /// Its counters.
+    pub counters: SessionCounters,
+    /// When it was claimed (unix ms), if it was.
+    pub claimed_ms: Option<u64>,
 }
 
 impl Miner {
-    /// Mining state in `tree`.
-    pub fn new(tree: sled::Tree) -> Self {
+    /// Mining state in `tree`, with τ chosen within `params`' bounds (resumed from the
+    /// last value stored).
+    pub fn new(tree: sled::Tree, params: &MeshParams) -> Self {
+        let stored = tree
+            .get(TAU_KEY)
+            .ok()
+            .flatten()
+            .and_then(|b| Some(u64::from_be_bytes(b.as_ref().try_into().ok()?)));
+        let tau = TauController::new(
+            stored.unwrap_or(params.tau_min),
+            params.tau_target_mined,
+            params.tau_min,
+            params.tau_max,
+        );
         Self {
             tree,
             lock: Mutex::new(()),
+            tau: Mutex::new(tau),
         }
+    }
+
+    /// The τ to offer in new sessions: the protocol's rule over this supplier's recent
+    /// sessions.
+    pub fn tau(&self) -> u64 {
+        self.tau.lock().expect("tau lock").tau()
+    }
+
+    /// Every session with receipts, its counters and whether it is claimed.
+    pub fn claimable(&self) -> Result<Vec<ClaimableSession>, MiningError> {
+        let mut out = Vec::new();
+        for item in self.tree.scan_prefix([b't']) {
+            let (k, v) = item?;
+            let session_key = Digest(k[1..].try_into().map_err(|_| MiningError::Corrupt)?);
+            let terms: SignedSessionOpen =
+                ciborium::from_reader(v.as_ref()).map_err(|_| MiningError::Corrupt)?;
+            let claimed_ms = self
+                .tree
+                .get(key(b'k', &session_key, &[]))?
+                .and_then(|b| Some(u64::from_be_bytes(b.as_ref().try_into().ok()?)));
+            out.push(ClaimableSession {
+                terms,
+                counters: self.counters(&session_key)?,
+                claimed_ms,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Closes `session` for mining at `now_ms` (durably, before its claim is made):
+    /// receipts arriving later are not mined, so the claim can always be rebuilt the
+    /// same. Its volume teaches the τ rule.
+    pub fn close(&self, session: &SignedSessionOpen, now_ms: u64) -> Result<(), MiningError> {
+        let _one = self.lock.lock().expect("miner lock");
+        let session_key = session.session_key();
+        let counters = self.counters(&session_key)?;
+        let tau = {
+            let mut rule = self.tau.lock().expect("tau lock");
+            rule.observe(&SessionVolume::from_totals(
+                session.body.tau,
+                counters.receipts,
+                counters.expected_mined_micro as f64 / 1e6,
+            ));
+            rule.tau()
+        };
+        let mut batch = sled::Batch::default();
+        batch.insert(key(b'k', &session_key, &[]), &now_ms.to_be_bytes()[..]);
+        batch.insert(TAU_KEY, &tau.to_be_bytes()[..]);
+        self.tree.apply_batch(batch)?;
+        self.tree.flush()?;
+        Ok(())
+    }
+
+    /// Drops everything kept for `session` (once its claim's epoch is final).
+    pub fn forget(&self, session: &Digest) -> Result<(), MiningError> {
+        let _one = self.lock.lock().expect("miner lock");
+        let mut batch = sled::Batch::default();
+        for kind in [b'n', b'm', b'c', b't', b'k'] {
+            for k in self.tree.scan_prefix(key(kind, session, &[])).keys() {
+                batch.remove(k?);
+            }
+        }
+        self.tree.apply_batch(batch)?;
+        Ok(())
     }
 
     fn counters(&self, session: &Digest) -> Result<SessionCounters, MiningError> {
@@ -229,6 +333,10 @@ impl Miner {
         let _one = self.lock.lock().expect("miner lock");
         let session_key = session.session_key();
         let tau = session.body.tau;
+        if self.tree.contains_key(key(b'k', &session_key, &[]))? {
+            // Claimed: the tree is final.
+            return Ok(None);
+        }
         let mut counters = self.counters(&session_key)?;
         let mut batch = sled::Batch::default();
         if counters.receipts == 0 {
@@ -253,6 +361,11 @@ impl Miner {
         }
         counters.receipts += 1;
         counters.cu += facts.weight;
+        counters.expected_mined_micro += if facts.weight >= tau {
+            1_000_000
+        } else {
+            facts.weight * 1_000_000 / tau.max(1)
+        };
         batch.insert(key(b'c', &session_key, &[]), counters.encode());
         self.tree.apply_batch(batch)?;
         Ok(paid)
@@ -401,7 +514,10 @@ mod tests {
         let mut reference = MinedSession::new();
         {
             let db = sled::open(dir.path()).unwrap();
-            let miner = Miner::new(db.open_tree("mining").unwrap());
+            let miner = Miner::new(
+                db.open_tree("mining").unwrap(),
+                &crate::config::named_mesh("mining-tests"),
+            );
             for (receipt, facts) in &all {
                 let paid = miner.offer(&s, receipt, facts).unwrap();
                 assert_eq!(paid, reference.offer(receipt.clone(), facts, 30).unwrap());
@@ -411,7 +527,10 @@ mod tests {
             db.flush().unwrap();
         }
         let db = sled::open(dir.path()).unwrap();
-        let miner = Miner::new(db.open_tree("mining").unwrap());
+        let miner = Miner::new(
+            db.open_tree("mining").unwrap(),
+            &crate::config::named_mesh("mining-tests"),
+        );
         let root = miner.root(&s.session_key()).unwrap();
         assert_eq!(root, reference.root().unwrap());
         assert!(

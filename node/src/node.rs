@@ -40,6 +40,8 @@ pub struct Node {
     metrics: Metrics,
     data_dir: Option<DataDir>,
     supplier: Option<tokio::task::JoinHandle<()>>,
+    settle_task: tokio::task::JoinHandle<()>,
+    settlement: Arc<crate::settle::Settlement>,
 }
 
 impl Node {
@@ -63,8 +65,48 @@ impl Node {
         let routing = Arc::new(config.routing.clone());
         let miner = open_tree(&data_dir, "mining")?
             .filter(|_| serves)
-            .map(|t| Arc::new(crate::mining::Miner::new(t)));
-        let (handle, swarm_task) = mesh::spawn(config, key.clone(), metrics.clone())?;
+            .map(|t| Arc::new(crate::mining::Miner::new(t, &params)));
+        let app_sessions = open_tree(&data_dir, "app_sessions")?;
+        // Every node keeps the ledger; one without a data dir keeps it in a temporary
+        // database.
+        let db = match &data_dir {
+            Some(dir) => dir.db().clone(),
+            None => sled::Config::new()
+                .temporary(true)
+                .open()
+                .map_err(|source| {
+                    NodeError::Store(StoreError::Database {
+                        path: "(temporary)".into(),
+                        source,
+                    })
+                })?,
+        };
+        let settlement = Arc::new(
+            crate::settle::Settlement::open(
+                key.clone(),
+                params.clone(),
+                &db,
+                app_sessions.clone(),
+                miner.clone(),
+                metrics.clone(),
+                crate::mesh::now_ms(),
+            )
+            .map_err(|source| {
+                NodeError::Store(StoreError::Database {
+                    path: data_dir
+                        .as_ref()
+                        .map_or("(temporary)".into(), |d| d.path().to_owned()),
+                    source,
+                })
+            })?,
+        );
+        let (handle, swarm_task) = mesh::spawn(
+            config,
+            key.clone(),
+            metrics.clone(),
+            Some(settlement.clone()),
+        )?;
+        let settle_task = crate::settle::spawn(settlement.clone(), handle.clone());
         let api = match api_addr {
             Some(addr) => Some(
                 crate::api::serve(
@@ -81,10 +123,10 @@ impl Node {
                             crate::infer::router::Router::new(),
                             routing.timeouts,
                             open_tree(&data_dir, "acks")?,
-                            open_tree(&data_dir, "app_sessions")?,
+                            app_sessions,
                         ),
                         routing,
-                        miner.clone(),
+                        settlement.clone(),
                     ),
                 )
                 .await
@@ -103,6 +145,8 @@ impl Node {
                 receipts,
                 seen: crate::infer::supplier::SeenRequests::new(requests),
                 miner: miner.clone(),
+                settlement: Some(settlement.clone()),
+                metrics: metrics.clone(),
             });
             let protocol = crate::mesh::names::infer_protocol(&params.mesh_id());
             Some(
@@ -120,6 +164,8 @@ impl Node {
             metrics,
             data_dir,
             supplier,
+            settle_task,
+            settlement,
         })
     }
 
@@ -143,6 +189,11 @@ impl Node {
         &self.metrics
     }
 
+    /// The node's ledger and settlement duties.
+    pub fn settlement(&self) -> &Arc<crate::settle::Settlement> {
+        &self.settlement
+    }
+
     /// The data dir, if the node has one.
     pub fn data_dir(&self) -> Option<&DataDir> {
         self.data_dir.as_ref()
@@ -151,6 +202,7 @@ impl Node {
     /// Runs until the swarm task ends (after `shutdown`, or if it fails).
     pub async fn wait(self) {
         let _ = self.swarm_task.await;
+        self.settle_task.abort();
         if let Some(task) = self.supplier {
             task.abort();
         }
@@ -163,6 +215,7 @@ impl Node {
     pub async fn shutdown(self) {
         let _ = self.handle.shutdown().await;
         let _ = self.swarm_task.await;
+        self.settle_task.abort();
         if let Some(task) = self.supplier {
             task.abort();
         }

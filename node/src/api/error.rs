@@ -135,6 +135,10 @@ impl From<BackendError> for ApiError {
             BackendError::Upstream(_) => Self::new(StatusCode::BAD_GATEWAY, message),
             BackendError::Unavailable(_) => Self::new(StatusCode::SERVICE_UNAVAILABLE, message),
             BackendError::NotFound(_) => Self::new(StatusCode::NOT_FOUND, message),
+            BackendError::PaymentRequired(_) => Self {
+                code: Some("insufficient_credit"),
+                ..Self::new(StatusCode::PAYMENT_REQUIRED, message)
+            },
             BackendError::Internal(_) => Self::new(StatusCode::INTERNAL_SERVER_ERROR, message),
         }
     }

@@ -131,7 +131,8 @@ pub async fn lookup<'a>(
         .await
         .unwrap_or_default()
         .into_iter()
-        .filter(|(k, _)| *k != me)
+        // A supplier proven to equivocate gets no more work.
+        .filter(|(k, _)| *k != me && !state.settlement.is_excluded(k))
         .collect();
     if offers.is_empty() {
         if let Some(m) = local {

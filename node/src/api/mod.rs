@@ -38,8 +38,8 @@ pub struct ApiState {
     gateway: Arc<crate::infer::gateway::Gateway>,
     /// The node's routing rules (maximum price, pins, trusted suppliers).
     routing: Arc<crate::infer::router::RoutingConfig>,
-    /// The supplier's metered sessions, for `/relaymesh/v1/sessions`.
-    miner: Option<Arc<crate::mining::Miner>>,
+    /// The ledger, and the supplier's metered sessions (`/relaymesh/v1/sessions`).
+    settlement: Arc<crate::settle::Settlement>,
 }
 
 /// The response header naming who served a request.
@@ -54,7 +54,7 @@ impl ApiState {
         keys: Option<Arc<ApiKeys>>,
         gateway: Arc<crate::infer::gateway::Gateway>,
         routing: Arc<crate::infer::router::RoutingConfig>,
-        miner: Option<Arc<crate::mining::Miner>>,
+        settlement: Arc<crate::settle::Settlement>,
     ) -> Self {
         Self {
             node,
@@ -64,7 +64,7 @@ impl ApiState {
             started_at: ollama::created_at(),
             gateway,
             routing,
-            miner,
+            settlement,
         }
     }
 
@@ -96,6 +96,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/relaymesh/v1/peers", get(peers))
         .route("/relaymesh/v1/models", get(models))
         .route("/relaymesh/v1/sessions", get(sessions))
+        .route("/relaymesh/v1/ledger", get(ledger))
+        .route("/relaymesh/v1/claims", get(claims))
+        .route("/relaymesh/v1/transfers", post(transfer))
         .route("/metrics", get(render_metrics))
         .route("/v1/chat/completions", post(openai::chat))
         .route("/v1/completions", post(openai::completions))
@@ -123,13 +126,67 @@ pub fn router(state: ApiState) -> Router {
 /// The sessions this node has served as a supplier: receipts, CUs, what τ mined and
 /// the sum tree's root (an empty list for a node that serves nothing).
 async fn sessions(State(s): State<ApiState>) -> Response {
-    let Some(miner) = s.miner.clone() else {
+    let Some(miner) = s.settlement.miner().cloned() else {
         return Json(json!({ "sessions": [] })).into_response();
     };
     match tokio::task::spawn_blocking(move || miner.sessions()).await {
         Ok(Ok(sessions)) => Json(json!({ "sessions": sessions })).into_response(),
         Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// Balances, this node's account and the claims by status.
+async fn ledger(State(s): State<ApiState>) -> Response {
+    Json(s.settlement.report(crate::mesh::now_ms())).into_response()
+}
+
+/// Every claim of the unfrozen epochs, with its status.
+async fn claims(State(s): State<ApiState>) -> Response {
+    Json(json!({ "claims": s.settlement.claims() })).into_response()
+}
+
+/// `POST /relaymesh/v1/transfers`: `{"to": PEER_ID, "amount": MICRO_CREDITS}`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TransferBody {
+    to: String,
+    amount: u64,
+}
+
+/// Signs a transfer from this node's account and gossips it.
+async fn transfer(State(s): State<ApiState>, body: axum::body::Bytes) -> Response {
+    let body: TransferBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("expected {{\"to\": PEER_ID, \"amount\": MICRO_CREDITS}}: {e}"),
+            )
+        }
+    };
+    let Some(to) = relaymesh_protocol::PublicKey::from_peer_id(&body.to) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("{:?} is not a peer id", body.to),
+        );
+    };
+    match s
+        .settlement
+        .transfer(to, body.amount, crate::mesh::now_ms())
+    {
+        Ok((id, messages)) => {
+            for message in messages {
+                if let Ok(bytes) = relaymesh_protocol::WireMessage::encode(&message) {
+                    if s.node.publish_ledger(bytes).await.is_err() {
+                        return gone();
+                    }
+                }
+            }
+            Json(json!({ "id": id.to_hex(), "from": s.node.peer_id().to_string(), "to": body.to, "amount": body.amount }))
+                .into_response()
+        }
+        Err(why) => error(StatusCode::BAD_REQUEST, why),
     }
 }
 

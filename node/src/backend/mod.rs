@@ -298,6 +298,9 @@ pub enum BackendError {
     /// Nobody can serve it now (no supplier reachable, all refused).
     #[error("{0}")]
     Unavailable(String),
+    /// The app's credit does not cover a session (suppliers refused it).
+    #[error("{0}")]
+    PaymentRequired(String),
     /// What the request asks for does not exist (a pinned digest nobody serves).
     #[error("{0}")]
     NotFound(String),

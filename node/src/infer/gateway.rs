@@ -528,6 +528,16 @@ impl Gateway {
         let session = match tokio::time::timeout(OPEN_TIMEOUT, read_frame(r)).await {
             Ok(Ok(frame)) => match frame.body {
                 FrameBody::Accept(s) => s,
+                FrameBody::Refuse(r) if r.code == RefuseCode::Balance => {
+                    return Err(Attempt {
+                        error: BackendError::PaymentRequired(format!(
+                            "{peer} refused the session: {}",
+                            r.message
+                        )),
+                        retry_elsewhere: true,
+                        stale_session: false,
+                    })
+                }
                 FrameBody::Refuse(r) => {
                     return Err(Attempt::elsewhere(format!(
                         "{peer} refused the session: {}",
@@ -616,6 +626,8 @@ impl Gateway {
             }
         }
         Err(match last {
+            // The last refusal was for credit: say so (402), not "unavailable".
+            Some(e @ BackendError::PaymentRequired(_)) => e,
             Some(e) => {
                 let mut why = e.to_string();
                 if why.len() > 300 {

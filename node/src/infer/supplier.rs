@@ -43,6 +43,10 @@ pub struct SupplierContext {
     /// Counts and mines receipts into each session's sum tree (`None` without a data
     /// dir).
     pub miner: Option<Arc<crate::mining::Miner>>,
+    /// The ledger: sessions are admitted against the app's balance.
+    pub settlement: Option<Arc<crate::settle::Settlement>>,
+    /// Receipt counters.
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// Most request ids remembered in memory by a node without a data dir.
@@ -219,6 +223,8 @@ fn check_proposal(
             RefuseCode::Invalid,
             "the app's signature on the terms is invalid".into(),
         ))
+    } else if let Some(Err(why)) = ctx.settlement.as_ref().map(|s| s.admits(terms)) {
+        Some((RefuseCode::Balance, why))
     } else {
         check_model(terms, ctx)
     }
@@ -440,9 +446,14 @@ async fn serve(peer: PeerId, stream: Stream, ctx: &SupplierContext) -> Result<()
                                     warn!(%e, "cannot store a receipt");
                                 }
                             }
+                            ctx.metrics.receipts.inc();
                             if let Some(miner) = &ctx.miner {
-                                if let Err(e) = miner.offer(&session, &accepted.receipt, &accepted.facts) {
-                                    warn!(%e, "cannot mine a receipt");
+                                match miner.offer(&session, &accepted.receipt, &accepted.facts) {
+                                    Ok(Some(_)) => {
+                                        ctx.metrics.mined_receipts.inc();
+                                    }
+                                    Ok(None) => {}
+                                    Err(e) => warn!(%e, "cannot mine a receipt"),
                                 }
                             }
                         }

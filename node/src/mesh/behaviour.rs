@@ -12,6 +12,8 @@ use libp2p::{
 };
 use relaymesh_protocol::identity::signed::Signable;
 use relaymesh_protocol::messages::capability::CapabilityAd;
+use relaymesh_protocol::messages::ledger::LedgerMessage;
+use relaymesh_protocol::wire::WireMessage;
 use relaymesh_protocol::Digest;
 
 use crate::config::{NodeConfig, Role};
@@ -36,6 +38,8 @@ pub struct MeshBehaviour {
     pub mdns: Toggle<mdns::tokio::Behaviour>,
     /// Hands a new peer the ads we hold.
     pub ads_sync: request_response::cbor::Behaviour<AdsRequest, AdsResponse>,
+    /// Anti-entropy for the ledger.
+    pub ledger_sync: request_response::cbor::Behaviour<LedgerSyncRequest, LedgerSyncResponse>,
     /// Raw streams: the inference protocol (`/relaymesh/<mesh>/infer/1`).
     pub stream: libp2p_stream::Behaviour,
 }
@@ -57,8 +61,22 @@ pub struct AdsResponse {
     pub ads: Vec<Vec<u8>>,
 }
 
-/// Largest gossip frame; per-topic limits are lower.
-pub const MAX_GOSSIP_FRAME: usize = 256 * 1024;
+/// "Here are the keys of the ledger messages I hold; send me what I lack."
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct LedgerSyncRequest {
+    /// Log keys (`kind ‖ epoch ‖ id`), at most `settle::MAX_SYNC_KEYS`.
+    pub have: Vec<Vec<u8>>,
+}
+
+/// Encoded `LedgerMessage`s, each validated by the receiver as if gossiped.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct LedgerSyncResponse {
+    /// The messages.
+    pub messages: Vec<Vec<u8>>,
+}
+
+/// Largest gossip frame: a full-reveal proof; per-topic limits are lower.
+pub const MAX_GOSSIP_FRAME: usize = LedgerMessage::MAX_SIZE + 4096;
 
 impl MeshBehaviour {
     /// Builds the behaviours for `config`.
@@ -93,6 +111,7 @@ impl MeshBehaviour {
         }));
 
         let ads_topic = gossipsub::IdentTopic::new(names::ads_topic(&mesh_id));
+        let ledger_topic = gossipsub::IdentTopic::new(names::ledger_topic(&mesh_id));
         let gossip_config = gossipsub::ConfigBuilder::default()
             .protocol_id_prefix(names::gossip_prefix(&mesh_id))
             .validation_mode(gossipsub::ValidationMode::Strict)
@@ -105,6 +124,7 @@ impl MeshBehaviour {
             // Oversized frames are otherwise dropped silently; a per-topic bound makes an
             // oversized ad a counted invalid message instead.
             .max_transmit_size_for_topic(CapabilityAd::MAX_SIZE + 1024, ads_topic.hash())
+            .max_transmit_size_for_topic(LedgerMessage::MAX_SIZE + 1024, ledger_topic.hash())
             .heartbeat_interval(Duration::from_millis(700))
             .build()
             .map_err(|e| format!("gossipsub config: {e}"))?;
@@ -115,13 +135,15 @@ impl MeshBehaviour {
         .map_err(|e| format!("gossipsub: {e}"))?;
         gossipsub
             .with_peer_score(
-                peer_score_params(&ads_topic),
+                peer_score_params(&[&ads_topic, &ledger_topic]),
                 gossipsub::PeerScoreThresholds::default(),
             )
             .map_err(|e| format!("gossipsub scoring: {e}"))?;
-        gossipsub
-            .subscribe(&ads_topic)
-            .map_err(|e| format!("subscribe: {e}"))?;
+        for topic in [&ads_topic, &ledger_topic] {
+            gossipsub
+                .subscribe(topic)
+                .map_err(|e| format!("subscribe: {e}"))?;
+        }
 
         let mdns = if config.mdns {
             Some(
@@ -145,6 +167,19 @@ impl MeshBehaviour {
             request_response::Config::default().with_request_timeout(Duration::from_secs(20)),
         );
 
+        let ledger_codec = request_response::cbor::codec::Codec::default()
+            // Keys of 41 bytes, about twice that in this encoding.
+            .set_request_size_maximum((crate::settle::MAX_SYNC_KEYS * 96) as u64)
+            .set_response_size_maximum((2 * crate::settle::MAX_SYNC_BYTES + 4096) as u64);
+        let ledger_sync = request_response::Behaviour::with_codec(
+            ledger_codec,
+            [(
+                names::ledger_sync_protocol(&mesh_id),
+                request_response::ProtocolSupport::Full,
+            )],
+            request_response::Config::default().with_request_timeout(Duration::from_secs(30)),
+        );
+
         Ok(Self {
             limits,
             blocked: Default::default(),
@@ -158,6 +193,7 @@ impl MeshBehaviour {
             gossipsub,
             mdns: mdns.into(),
             ads_sync,
+            ledger_sync,
             stream: libp2p_stream::Behaviour::new(),
         })
     }
@@ -166,7 +202,7 @@ impl MeshBehaviour {
 /// Invalid ads cost their sender: the penalty grows with the square of the count, so a
 /// peer that sends four invalid ads falls below the graylist threshold (-80) and is
 /// ignored; everything else keeps gossipsub's defaults.
-fn peer_score_params(ads: &gossipsub::IdentTopic) -> gossipsub::PeerScoreParams {
+fn peer_score_params(topics: &[&gossipsub::IdentTopic]) -> gossipsub::PeerScoreParams {
     let mut params = gossipsub::PeerScoreParams::default();
     let topic = gossipsub::TopicScoreParams {
         invalid_message_deliveries_weight: -5.0,
@@ -180,7 +216,9 @@ fn peer_score_params(ads: &gossipsub::IdentTopic) -> gossipsub::PeerScoreParams 
         mesh_failure_penalty_weight: 0.0,
         ..Default::default()
     };
-    params.topics.insert(ads.hash(), topic);
+    for t in topics {
+        params.topics.insert(t.hash(), topic.clone());
+    }
     // Many peers behind one address cost score (sybil resistance), but nodes on this
     // very machine are not strangers: without this, eleven local nodes graylist each
     // other.

@@ -18,12 +18,14 @@ use tracing::{debug, info, warn};
 
 use crate::config::{NodeConfig, Role};
 use crate::mesh::behaviour::{
-    AdsRequest, AdsResponse, MeshBehaviour, MeshBehaviourEvent, MAX_SYNC_ADS,
+    AdsRequest, AdsResponse, LedgerSyncRequest, LedgerSyncResponse, MeshBehaviour,
+    MeshBehaviourEvent, MAX_SYNC_ADS,
 };
 use crate::mesh::handle::{Command, NodeStatus, PeerRow};
 use crate::mesh::names;
 use crate::mesh::peer_table::{AdUpdate, PeerTable};
 use crate::metrics::{Metrics, TransportLabel};
+use crate::settle::{Ingested, Settlement};
 
 /// Wall-clock now, in unix ms: the node is where clocks are read.
 pub(crate) fn now_ms() -> u64 {
@@ -74,6 +76,13 @@ pub(crate) struct EventLoop {
     announced: bool,
     /// Ad syncs asked for since start.
     syncs_requested: usize,
+    /// The ledger and settlement duties (absent only in bare test setups).
+    settlement: Option<std::sync::Arc<Settlement>>,
+    ledger_topic: gossipsub::IdentTopic,
+    /// When the next anti-entropy round is due.
+    next_ledger_sync: std::time::Instant,
+    /// Rounds so far: picks the peer.
+    ledger_rounds: usize,
 }
 
 /// Connections a node seeks on its own (beyond those others open to it).
@@ -89,6 +98,7 @@ impl EventLoop {
         config: NodeConfig,
         key: Keypair,
         metrics: Metrics,
+        settlement: Option<std::sync::Arc<Settlement>>,
     ) -> Self {
         let mesh_id = config.mesh.mesh_id();
         let bootstrap_peers = config
@@ -103,6 +113,10 @@ impl EventLoop {
             swarm,
             commands,
             ads_topic: gossipsub::IdentTopic::new(names::ads_topic(&mesh_id)),
+            ledger_topic: gossipsub::IdentTopic::new(names::ledger_topic(&mesh_id)),
+            settlement,
+            next_ledger_sync: std::time::Instant::now() + Duration::from_secs(1),
+            ledger_rounds: 0,
             mesh_id,
             config,
             key,
@@ -184,6 +198,9 @@ impl EventLoop {
                     .map_err(|e| e.to_string());
                 let _ = reply.send(result);
             }
+            Command::PublishLedger(bytes, reply) => {
+                let _ = reply.send(self.publish_ledger(bytes));
+            }
             Command::Shutdown(_) => unreachable!("handled in run"),
         }
     }
@@ -235,7 +252,14 @@ impl EventLoop {
     fn announce(&mut self) {
         if !self.config.models.is_empty() {
             // Backends feed the ad: live free slots and the speed last measured.
-            self.config.offers = self.config.models.offers(self.config.mesh.tau_min.max(1));
+            // τ follows the supplier's recent volume (the protocol's rule, in the miner).
+            let tau = self
+                .settlement
+                .as_ref()
+                .and_then(|s| s.tau())
+                .unwrap_or(self.config.mesh.tau_min)
+                .max(1);
+            self.config.offers = self.config.models.offers(tau);
         }
         if self.config.role != Role::Full || self.config.offers.is_empty() {
             return;
@@ -299,7 +323,85 @@ impl EventLoop {
         }
     }
 
+    fn publish_ledger(&mut self, bytes: Vec<u8>) -> Result<(), String> {
+        let len = bytes.len();
+        match self
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .publish(self.ledger_topic.clone(), bytes)
+        {
+            Ok(_) => {
+                self.metrics.gossip("out", len);
+                Ok(())
+            }
+            // Nobody to tell now, or told already: anti-entropy covers both.
+            Err(gossipsub::PublishError::NoPeersSubscribedToTopic)
+            | Err(gossipsub::PublishError::Duplicate) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Asks one connected relaymesh peer (a different one each round) for the ledger
+    /// messages we lack.
+    fn ledger_sync(&mut self) {
+        let Some(settlement) = &self.settlement else {
+            return;
+        };
+        let now = std::time::Instant::now();
+        if now < self.next_ledger_sync {
+            return;
+        }
+        self.next_ledger_sync = now + crate::settle::sync_interval(settlement.params());
+        let mut peers: Vec<PeerId> = self
+            .connections
+            .keys()
+            .filter(|p| {
+                self.agents
+                    .get(p)
+                    .is_some_and(|a| a.starts_with("relaymesh"))
+            })
+            .copied()
+            .collect();
+        if peers.is_empty() {
+            return;
+        }
+        peers.sort();
+        let peer = peers[self.ledger_rounds % peers.len()];
+        self.ledger_rounds += 1;
+        let have = settlement.sync_keys();
+        self.swarm
+            .behaviour_mut()
+            .ledger_sync
+            .send_request(&peer, LedgerSyncRequest { have });
+    }
+
+    /// Applies a ledger message from gossip or sync; returns the verdict for gossip.
+    fn on_ledger(&mut self, bytes: &[u8]) -> gossipsub::MessageAcceptance {
+        let Some(settlement) = self.settlement.clone() else {
+            return gossipsub::MessageAcceptance::Ignore;
+        };
+        match settlement.ingest_bytes(bytes, now_ms()) {
+            Ok(Ingested::New { publish }) => {
+                for message in publish {
+                    if let Ok(bytes) = message.encode() {
+                        let _ = self.publish_ledger(bytes);
+                    }
+                }
+                gossipsub::MessageAcceptance::Accept
+            }
+            Ok(Ingested::Duplicate) => gossipsub::MessageAcceptance::Ignore,
+            Err(refused) if refused.invalid => {
+                info!(kind = refused.kind, reason = refused.reason, detail = %refused.detail, "invalid ledger message dropped");
+                self.metrics.invalid(refused.reason);
+                gossipsub::MessageAcceptance::Reject
+            }
+            Err(_) => gossipsub::MessageAcceptance::Ignore,
+        }
+    }
+
     fn housekeeping(&mut self) {
+        self.ledger_sync();
         // Until our first ad reaches someone, retry every tick rather than every third
         // of the ad's lifetime: a new supplier should be seen within seconds.
         if !self.announced {
@@ -503,6 +605,48 @@ impl EventLoop {
                     debug!(%peer, count, "ads synced");
                 }
             },
+            MeshBehaviourEvent::LedgerSync(request_response::Event::Message {
+                peer,
+                message,
+                ..
+            }) => match message {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => {
+                    let messages = match &self.settlement {
+                        Some(s) if request.have.len() <= crate::settle::MAX_SYNC_KEYS => {
+                            s.sync_answer(&request.have)
+                        }
+                        _ => Vec::new(),
+                    };
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .ledger_sync
+                        .send_response(channel, LedgerSyncResponse { messages });
+                }
+                request_response::Message::Response { response, .. } => {
+                    let count = response.messages.len();
+                    let mut new = 0;
+                    for bytes in &response.messages {
+                        if self.on_ledger(bytes) == gossipsub::MessageAcceptance::Accept {
+                            new += 1;
+                        }
+                    }
+                    if new > 0 {
+                        info!(%peer, new, "ledger messages learned by anti-entropy");
+                    } else {
+                        debug!(%peer, count, "ledger in sync");
+                    }
+                }
+            },
+            MeshBehaviourEvent::LedgerSync(request_response::Event::OutboundFailure {
+                peer,
+                error,
+                ..
+            }) => {
+                debug!(%peer, %error, "ledger sync failed");
+            }
             MeshBehaviourEvent::AdsSync(request_response::Event::OutboundFailure {
                 peer,
                 error,
@@ -526,6 +670,14 @@ impl EventLoop {
 
     fn on_gossip(&mut self, source: PeerId, id: gossipsub::MessageId, message: gossipsub::Message) {
         self.metrics.gossip("in", message.data.len());
+        if message.topic == self.ledger_topic.hash() {
+            let acceptance = self.on_ledger(&message.data);
+            self.swarm
+                .behaviour_mut()
+                .gossipsub
+                .report_message_validation_result(&id, &source, acceptance);
+            return;
+        }
         let verdict = if message.topic == self.ads_topic.hash() {
             self.on_ad(&message.data)
         } else {

@@ -20,6 +20,7 @@ pub(crate) enum Command {
     FindProviders(String, oneshot::Sender<Vec<PeerId>>),
     Offers(String, oneshot::Sender<Vec<(PublicKey, ModelOffer)>>),
     PublishAdBytes(Vec<u8>, oneshot::Sender<Result<(), String>>),
+    PublishLedger(Vec<u8>, oneshot::Sender<Result<(), String>>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -138,6 +139,12 @@ impl NodeHandle {
     #[doc(hidden)]
     pub async fn publish_ad_bytes(&self, bytes: Vec<u8>) -> Result<Result<(), String>, NodeGone> {
         self.ask(|tx| Command::PublishAdBytes(bytes, tx)).await
+    }
+
+    /// Gossips an encoded ledger message (the node's own, already applied to its
+    /// ledger). Not reaching any peer now is fine: anti-entropy carries it later.
+    pub async fn publish_ledger(&self, bytes: Vec<u8>) -> Result<Result<(), String>, NodeGone> {
+        self.ask(|tx| Command::PublishLedger(bytes, tx)).await
     }
 
     /// Stops the node: the swarm closes its connections and the task ends.

@@ -15,6 +15,7 @@ use relaymesh_protocol::Keypair;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+pub(crate) use event_loop::now_ms;
 pub use handle::{NodeGone, NodeHandle, NodeStatus, PeerRow};
 
 use crate::config::NodeConfig;
@@ -44,6 +45,7 @@ pub fn spawn(
     config: NodeConfig,
     key: Keypair,
     metrics: Metrics,
+    settlement: Option<std::sync::Arc<crate::settle::Settlement>>,
 ) -> Result<(NodeHandle, tokio::task::JoinHandle<()>), SwarmError> {
     let libp2p_key = libp2p::identity::Keypair::ed25519_from_bytes(key.secret())
         .map_err(|e| SwarmError::Setup(e.to_string()))?;
@@ -91,7 +93,7 @@ pub fn spawn(
 
     let streams = swarm.behaviour().stream.new_control();
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
-    let event_loop = event_loop::EventLoop::new(swarm, rx, config, key, metrics);
+    let event_loop = event_loop::EventLoop::new(swarm, rx, config, key, metrics, settlement);
     let task = tokio::spawn(event_loop.run());
     Ok((
         NodeHandle {

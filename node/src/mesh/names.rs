@@ -25,6 +25,18 @@ pub fn ads_topic(mesh_id: &Digest) -> String {
     format!("relaymesh/{}/ads/1", mesh_tag(mesh_id))
 }
 
+/// Gossip topic for ledger messages: claims, reveals, proofs, transfers, evidence.
+pub fn ledger_topic(mesh_id: &Digest) -> String {
+    format!("relaymesh/{}/ledger/1", mesh_tag(mesh_id))
+}
+
+/// Anti-entropy: a node sends the keys of the ledger messages it holds and gets back
+/// those it lacks.
+pub fn ledger_sync_protocol(mesh_id: &Digest) -> StreamProtocol {
+    StreamProtocol::try_from_owned(format!("/relaymesh/{}/ledger-sync/1", mesh_tag(mesh_id)))
+        .expect("starts with a slash")
+}
+
 /// Identify's protocol version: peers of another mesh are disconnected when they
 /// announce a different one.
 pub fn identify_version(mesh_id: &Digest) -> String {

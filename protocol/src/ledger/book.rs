@@ -292,6 +292,11 @@ impl Ledger {
         })
     }
 
+    /// A claim in an unfrozen epoch, as signed.
+    pub fn claim(&self, id: &Digest) -> Option<&SignedClaim> {
+        self.claims.get(id).map(|r| &r.claim)
+    }
+
     /// All claims in unfrozen epochs with their status.
     pub fn claims(&self) -> impl Iterator<Item = (&VerifiedClaim, ClaimStatus)> {
         self.claims.values().map(|r| {

@@ -6,6 +6,7 @@ pub mod capability;
 pub mod claim;
 pub mod equivocation;
 pub mod infer;
+pub mod ledger;
 pub mod manifest;
 pub mod proof;
 pub mod request;
@@ -55,5 +56,6 @@ pub fn wire_decoders() -> Vec<WireDecoder> {
         entry::<Signed<transfer::Transfer>>(),
         entry::<crate::params::MeshParams>(),
         entry::<infer::InferFrame>(),
+        entry::<ledger::LedgerMessage>(),
     ]
 }

@@ -37,6 +37,15 @@ impl SessionVolume {
         }
     }
 
+    /// A session's volume from totals kept elsewhere (a supplier's stored counters).
+    pub fn from_totals(tau: u64, receipts: u64, expected_mined: f64) -> Self {
+        Self {
+            tau,
+            expected_mined,
+            receipts,
+        }
+    }
+
     /// Adds one receipt of `weight` CUs.
     pub fn record(&mut self, weight: u64) {
         self.receipts += 1;

@@ -8,6 +8,7 @@ use relaymesh_protocol::messages::infer::{
     FrameBody, InferFrame, InferPayload, InferRequest, PromptBody, Refuse, RefuseCode, Turn,
     TurnRole,
 };
+use relaymesh_protocol::messages::ledger::{LedgerBody, LedgerMessage};
 use relaymesh_protocol::messages::transfer::Transfer;
 use relaymesh_protocol::metering::compute_units::CuFormula;
 use relaymesh_protocol::settlement::proof::{sign_reveal, verify_proof};
@@ -161,6 +162,7 @@ pub fn all() -> Vec<Golden> {
         params.clone(),
     );
     let (pa2, pa3) = (pa, pa);
+    let (pa5, ps5) = (pa, ps);
     vec![
         golden(Some("request"), frame_request, move |f| match &f.body {
             FrameBody::Request(r) => r.request.verify(&pa2, &v).is_ok(),
@@ -183,13 +185,28 @@ pub fn all() -> Vec<Golden> {
         golden(None, receipt.request, move |r| r.verify(&pa, &v).is_ok()),
         golden(None, receipt.ack, move |a| a.verify(&pa, &v).is_ok()),
         golden(None, claim.clone(), move |c| c.verify(&ps, &v).is_ok()),
-        golden(None, reveal, move |r| r.verify(&pa, &v).is_ok()),
+        golden(None, reveal.clone(), move |r| r.verify(&pa, &v).is_ok()),
         golden(Some("sampled"), sampled, move |p| {
             verify_proof(&c1, p, &p2, &v).is_ok()
         }),
         golden(Some("full"), full, move |p| {
             verify_proof(&c2, p, &p3, &v).is_ok()
         }),
+        golden(
+            Some("claim"),
+            LedgerMessage::new(LedgerBody::Claim(claim.clone())),
+            move |m| matches!(&m.body, LedgerBody::Claim(c) if c.verify(&ps5, &v).is_ok()),
+        ),
+        golden(
+            Some("reveal"),
+            LedgerMessage::new(LedgerBody::Reveal(reveal.clone())),
+            move |m| matches!(&m.body, LedgerBody::Reveal(r) if r.verify(&pa5, &v).is_ok()),
+        ),
+        golden(
+            Some("transfer"),
+            LedgerMessage::new(LedgerBody::Transfer(transfer.clone())),
+            move |m| matches!(&m.body, LedgerBody::Transfer(t) if t.verify(&pa5, &v).is_ok()),
+        ),
         golden(None, evidence, move |e| e.verify(&v).is_ok()),
         golden(None, transfer, move |t| t.verify(&pa, &v).is_ok()),
         golden(None, params_for_vectors(), |p| p.validate().is_ok()),

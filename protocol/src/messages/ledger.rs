@@ -1,0 +1,56 @@
+//! `LedgerMessage`: what travels on a mesh's ledger gossip topic and in its
+//! anti-entropy exchange, one envelope for every message a ledger or a supplier waits
+//! for.
+
+use serde::{Deserialize, Serialize};
+use serde_tuple::{Deserialize_tuple, Serialize_tuple};
+
+use crate::messages::claim::SignedClaim;
+use crate::messages::equivocation::EquivocationEvidence;
+use crate::messages::proof::Proof;
+use crate::messages::reveal::SignedReveal;
+use crate::messages::transfer::SignedTransfer;
+use crate::wire::WireMessage;
+
+/// One ledger message.
+// Messages are decoded and handled one at a time; boxing the claims would buy nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LedgerBody {
+    /// A supplier's claim at session end.
+    Claim(SignedClaim),
+    /// An app's reveal of `r` for a claimed root: the supplier's challenge seed.
+    Reveal(SignedReveal),
+    /// A supplier's proof for a claim.
+    Proof(Proof),
+    /// A signed transfer of credit.
+    Transfer(SignedTransfer),
+    /// Two claims by one supplier for one session.
+    Evidence(EquivocationEvidence),
+}
+
+/// The envelope.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize_tuple, Deserialize_tuple)]
+pub struct LedgerMessage {
+    /// Message version (1).
+    pub version: u16,
+    /// The content.
+    pub body: LedgerBody,
+}
+
+impl LedgerMessage {
+    /// A version-1 message.
+    pub fn new(body: LedgerBody) -> Self {
+        Self { version: 1, body }
+    }
+}
+
+impl WireMessage for LedgerMessage {
+    const NAME: &'static str = "LedgerMessage";
+    const VERSION: u16 = 1;
+    // The largest body is a full-reveal proof.
+    const MAX_SIZE: usize = <Proof as WireMessage>::MAX_SIZE + 64;
+    fn version(&self) -> u16 {
+        self.version
+    }
+}
