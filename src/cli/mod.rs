@@ -33,6 +33,11 @@ enum Command {
     Peers(query::QueryArgs),
     /// List the models a running node sees on the mesh, with their suppliers.
     Models(query::QueryArgs),
+    /// Show a running node's ledger: balances by peer, this node's earned and spent
+    /// credit, and the open and settled claims.
+    Ledger(query::QueryArgs),
+    /// Move credit from this node's account to another (signed by the node, gossiped).
+    Transfer(query::TransferArgs),
     /// Back up or restore the identity key (it is the node's wallet: keep it secret).
     Key {
         #[command(subcommand)]
@@ -142,6 +147,8 @@ pub fn main() -> ExitCode {
         Command::Id { data_dir } => id(&data_dir),
         Command::Peers(args) => query::peers(&args),
         Command::Models(args) => query::models(&args),
+        Command::Ledger(args) => query::ledger(&args),
+        Command::Transfer(args) => query::transfer(&args),
         Command::Key {
             command: KeyCommand::Export { data_dir },
         } => relaymesh_node::store::export_key(&data_dir)

@@ -1,5 +1,5 @@
-//! `relaymesh peers` and `relaymesh models`: ask a running node's local API and print
-//! readable tables.
+//! `relaymesh peers`, `models`, `ledger` and `transfer`: ask a running node's local API
+//! and print readable tables.
 
 use anyhow::{anyhow, Context};
 use serde_json::Value;
@@ -129,7 +129,122 @@ pub fn models(args: &QueryArgs) -> anyhow::Result<()> {
             ("total_slots", "SLOTS"),
             ("tokens_per_sec", "TOK/S"),
             ("price_per_cu", "PRICE/CU"),
+            ("tau", "TAU"),
             ("expires_in_s", "EXPIRES s"),
         ],
     )
+}
+
+pub fn ledger(args: &QueryArgs) -> anyhow::Result<()> {
+    let ledger = get(args, "/relaymesh/v1/ledger")?;
+    let claims = get(args, "/relaymesh/v1/claims")?;
+    if args.json {
+        let both = serde_json::json!({ "ledger": ledger, "claims": claims["claims"] });
+        println!("{}", serde_json::to_string_pretty(&both)?);
+        return Ok(());
+    }
+    let me = &ledger["me"];
+    println!(
+        "this node {}: balance {}, earned {}, spent {} (micro-credits)",
+        text(&me["peer_id"]),
+        text(&me["balance"]),
+        text(&me["earned"]),
+        text(&me["spent"])
+    );
+    println!(
+        "epoch {} ({} ms each), final before epoch {}; credit {}; claims: {} pending, {} settled, {} void",
+        text(&ledger["epoch"]),
+        text(&ledger["epoch_ms"]),
+        text(&ledger["frozen_before"]),
+        if ledger["credit_enforced"] == true { "enforced" } else { "not enforced (no genesis)" },
+        text(&ledger["claims_pending"]),
+        text(&ledger["claims_settled"]),
+        text(&ledger["claims_void"]),
+    );
+    if let Some(excluded) = ledger["excluded"].as_array().filter(|e| !e.is_empty()) {
+        println!(
+            "excluded for equivocation: {}",
+            text(&Value::Array(excluded.clone()))
+        );
+    }
+    println!();
+    let accounts = ledger["accounts"].as_array().cloned().unwrap_or_default();
+    if accounts.is_empty() {
+        println!("no accounts yet");
+    } else {
+        print_table(
+            &accounts,
+            &[
+                ("peer_id", "ACCOUNT"),
+                ("balance", "BALANCE"),
+                ("earned", "EARNED"),
+                ("spent", "SPENT"),
+            ],
+        );
+    }
+    let claims = claims["claims"].as_array().cloned().unwrap_or_default();
+    println!();
+    if claims.is_empty() {
+        println!("no claims in the open epochs");
+    } else {
+        print_table(
+            &claims,
+            &[
+                ("status", "STATUS"),
+                ("epoch", "EPOCH"),
+                ("supplier", "SUPPLIER"),
+                ("app", "APP"),
+                ("sum", "CU"),
+                ("count", "LEAVES"),
+                ("value", "VALUE"),
+                ("revealed", "REVEALED"),
+            ],
+        );
+    }
+    Ok(())
+}
+
+#[derive(clap::Args, Debug)]
+pub struct TransferArgs {
+    /// The payee's peer id.
+    #[arg(long)]
+    to: String,
+    /// Micro-credits to move from this node's account.
+    #[arg(long)]
+    amount: u64,
+    #[command(flatten)]
+    query: QueryArgs,
+}
+
+pub fn transfer(args: &TransferArgs) -> anyhow::Result<()> {
+    let url = format!("http://{}/relaymesh/v1/transfers", args.query.api);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let body: Value = runtime.block_on(async {
+        let response = reqwest::Client::new()
+            .post(&url)
+            .json(&serde_json::json!({ "to": args.to, "amount": args.amount }))
+            .send()
+            .await
+            .with_context(|| format!("no relaymesh node answers at {} (is `relaymesh node` running? --api sets the address)", args.query.api))?;
+        let status = response.status();
+        let body: Value = response.json().await.context("the API did not answer JSON")?;
+        if !status.is_success() {
+            return Err(anyhow!("transfer refused: {}", text(&body["error"]["message"])));
+        }
+        Ok(body)
+    })?;
+    if args.query.json {
+        println!("{}", serde_json::to_string_pretty(&body)?);
+    } else {
+        println!(
+            "transfer {} signed and gossiped: {} micro-credits from {} to {} (debited in the current epoch; pro rata if the balance falls short)",
+            text(&body["id"]),
+            text(&body["amount"]),
+            text(&body["from"]),
+            text(&body["to"])
+        );
+    }
+    Ok(())
 }

@@ -48,6 +48,8 @@ pub struct ModelRow {
     pub royalty_ppm: u32,
     /// Measured time to first token, ms.
     pub ttft_ms: u32,
+    /// The threshold τ the supplier offers new sessions (from its recent volume).
+    pub tau: u64,
 }
 
 /// Suppliers by key.
@@ -178,6 +180,7 @@ impl PeerTable {
                     source: m.manifest.as_ref().map(|x| x.body.source.peer_id()),
                     royalty_ppm: m.manifest.as_ref().map_or(0, |x| x.body.royalty_ppm),
                     ttft_ms: m.ttft_ms,
+                    tau: m.tau,
                 })
             })
             .collect();

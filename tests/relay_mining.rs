@@ -1,0 +1,431 @@
+//! Relay mining end to end, on real swarms with the real model: a bootstrap node, two
+//! suppliers serving SmolLM2 under a signed manifest (its Source earns a royalty), an
+//! observer full node and a light gateway whose account holds genesis credit, in a mesh
+//! with 5-second epochs and 10-second sessions. Suppliers claim their sessions when
+//! they end, the gateway reveals, suppliers prove, and every node's ledger settles the
+//! same claims.
+
+mod support;
+
+use std::time::Duration;
+
+use relaymesh::{NodeBuilder, Role};
+use relaymesh_node::backend::embedded::{EmbeddedBackend, EmbeddedOptions};
+use relaymesh_node::backend::{Models, ServedModel, SharedBackend};
+use relaymesh_node::settle::{balances, LedgerReport};
+use relaymesh_protocol::params::{Allocation, MeshParams};
+use relaymesh_protocol::{Keypair, Signer};
+use serde_json::{json, Value};
+use support::{address, quic, tcp, wait_for};
+
+const ROYALTY_PPM: u32 = 100_000;
+const CREDIT: u64 = 1_000_000_000_000;
+
+/// A mesh with short epochs and sessions, and a τ floor high enough that threshold
+/// mining samples real acks (about 250 CUs each) instead of mining them all.
+fn params(name: &str, genesis: Vec<Allocation>) -> MeshParams {
+    let mut p = MeshParams::new(name, genesis).unwrap();
+    p.epoch_ms = 5_000;
+    p.max_session_ms = 10_000;
+    p.tau_min = 500;
+    p
+}
+
+/// The test model under a manifest signed by `source`, in `dir` (a link to the cached
+/// file with the manifest beside it).
+fn model_with_manifest(dir: &std::path::Path, source: &Keypair) -> std::path::PathBuf {
+    let link = dir.join("smollm2.gguf");
+    std::os::unix::fs::symlink(support::model_path(), &link).unwrap();
+    relaymesh_node::backend::embedded::write_manifest(
+        &link,
+        "smollm2",
+        "apache-2.0",
+        ROYALTY_PPM,
+        source,
+    )
+    .unwrap();
+    link
+}
+
+async fn supplier(
+    p: &MeshParams,
+    boot: &libp2p::Multiaddr,
+    dir: &std::path::Path,
+    model: &std::path::Path,
+) -> relaymesh::Node {
+    let options = EmbeddedOptions {
+        slots: 1,
+        queue: 4,
+        default_max_tokens: 64,
+        progress: false,
+    };
+    let backend = EmbeddedBackend::load("smollm2", model, &options).unwrap();
+    let mut models = Models::default();
+    models
+        .insert(ServedModel::new(
+            std::sync::Arc::new(backend) as SharedBackend,
+            1,
+        ))
+        .unwrap();
+    let mut b = NodeBuilder::full()
+        .mesh(p.clone())
+        .data_dir(dir)
+        .listen(vec![quic(), tcp()])
+        .bootstrap(boot.clone());
+    b.config_mut().models = std::sync::Arc::new(models);
+    b.start().await.unwrap()
+}
+
+async fn ask(client: &reqwest::Client, base: &str, question: &str) -> reqwest::Response {
+    client
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&json!({
+            "model": "smollm2", "temperature": 0, "max_tokens": 40,
+            "messages": [{ "role": "user", "content": question }],
+        }))
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_ledger_settles_the_same_claims_and_credits_match_the_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name);
+    // The gateway's account is in genesis: its identity exists before the mesh does.
+    let gateway_key = relaymesh_node::store::load_or_create_identity(&path("gateway"), || {
+        Keypair::generate(&mut rand_core::OsRng)
+    })
+    .unwrap();
+    let source = Keypair::from_secret([42; 32]);
+    let p = params(
+        "relay-mining-tests",
+        vec![Allocation {
+            account: gateway_key.public_key(),
+            amount: CREDIT,
+        }],
+    );
+    std::fs::create_dir_all(path("model")).unwrap();
+    let model = model_with_manifest(&path("model"), &source);
+
+    let mut boot = NodeBuilder::full()
+        .mesh(p.clone())
+        .data_dir(path("boot"))
+        .listen(vec![quic(), tcp()]);
+    boot.config_mut().role = Role::Bootstrap;
+    let boot = boot.start().await.unwrap();
+    let boot_addr = address(&boot, "quic").await;
+    let s1 = supplier(&p, &boot_addr, &path("s1"), &model).await;
+    let s2 = supplier(&p, &boot_addr, &path("s2"), &model).await;
+    let observer = NodeBuilder::full()
+        .mesh(p.clone())
+        .data_dir(path("observer"))
+        .listen(vec![quic(), tcp()])
+        .bootstrap(boot_addr.clone())
+        .api("127.0.0.1:0".parse().unwrap())
+        .start()
+        .await
+        .unwrap();
+    let gateway = NodeBuilder::light()
+        .mesh(p.clone())
+        .data_dir(path("gateway"))
+        .listen(vec![quic(), tcp()])
+        .bootstrap(boot_addr.clone())
+        .api("127.0.0.1:0".parse().unwrap())
+        .start()
+        .await
+        .unwrap();
+    wait_for("both suppliers' ads", Duration::from_secs(30), || async {
+        let rows = gateway.handle().models().await.ok()?;
+        (rows.iter().filter(|r| r.name == "smollm2").count() == 2).then_some(())
+    })
+    .await;
+
+    // Pairs of concurrent requests, so both suppliers (one slot each) work.
+    let base = format!("http://{}", gateway.api_addr().unwrap());
+    let client = reqwest::Client::new();
+    let mut served: std::collections::BTreeMap<String, u64> = Default::default();
+    let questions = [
+        "What is the capital of France?",
+        "Name three colours.",
+        "What is two plus two?",
+        "Say hello in Spanish.",
+        "What is the largest ocean?",
+        "Name a planet.",
+    ];
+    for pair in questions.chunks(2) {
+        let responses =
+            futures::future::join_all(pair.iter().map(|q| ask(&client, &base, q))).await;
+        for r in responses {
+            assert_eq!(r.status(), 200);
+            let supplier = r.headers()["x-relaymesh-supplier"]
+                .to_str()
+                .unwrap()
+                .to_string();
+            let body: Value = r.json().await.unwrap();
+            let cu = body["usage"]["relaymesh"]["compute_units"]
+                .as_u64()
+                .unwrap();
+            *served.entry(supplier).or_default() += cu;
+        }
+    }
+
+    // Sessions end (10 s), are claimed (5 s later), revealed, proven and settled on
+    // every node.
+    let nodes = [&boot, &s1, &s2, &observer, &gateway];
+    let settled = |n: &relaymesh::Node| n.settlement().report(now_ms());
+    let reports: Vec<LedgerReport> = wait_for(
+        "every claim settled on every node",
+        Duration::from_secs(120),
+        || async {
+            for s in [&s1, &s2] {
+                let sessions = s.settlement().miner().unwrap().claimable().ok()?;
+                if sessions.iter().any(|c| c.claimed_ms.is_none()) {
+                    return None;
+                }
+            }
+            let reports: Vec<LedgerReport> = nodes.iter().map(|n| settled(n)).collect();
+            let all_settled = reports
+                .iter()
+                .all(|r| r.claims_pending == 0 && r.claims_settled == reports[0].claims_settled);
+            let agree = reports.iter().all(|r| balances(r) == balances(&reports[0]));
+            (all_settled && agree && reports[0].claims_settled > 0).then_some(reports)
+        },
+    )
+    .await;
+    println!(
+        "{} claims settled on all {} nodes",
+        reports[0].claims_settled,
+        nodes.len()
+    );
+
+    // Credits equal debits: the total is genesis, what the gateway spent is what the
+    // suppliers and the Source earned.
+    let r = &reports[0];
+    assert_eq!(r.total_balance, u128::from(CREDIT));
+    let account = |k: &Keypair| observer.settlement().account(&k.public_key());
+    let spent = account(&gateway_key).spent;
+    let earned: u128 = [s1.key(), s2.key(), &source]
+        .iter()
+        .map(|k| account(k).earned)
+        .sum();
+    assert_eq!(spent, earned);
+
+    // The Source gets exactly its royalty share of every settled claim.
+    let claims = observer.settlement().claims();
+    let royalty: u128 = claims
+        .iter()
+        .map(|c| c.value * u128::from(ROYALTY_PPM) / 1_000_000)
+        .sum();
+    assert!(claims.iter().all(|c| c.royalty_ppm == Some(ROYALTY_PPM)));
+    assert_eq!(account(&source).earned, royalty);
+
+    // Each supplier's credited CUs are within the bound τ implies of what it served.
+    for s in [&s1, &s2] {
+        let id = s.handle().peer_id().to_string();
+        let served = served.get(&id).copied().unwrap_or(0);
+        let credited: u64 = claims
+            .iter()
+            .filter(|c| c.supplier == id)
+            .map(|c| c.sum)
+            .sum();
+        let tau_max = s
+            .settlement()
+            .miner()
+            .unwrap()
+            .claimable()
+            .unwrap()
+            .iter()
+            .map(|c| c.terms.body.tau)
+            .max()
+            .unwrap_or(p.tau_min);
+        // Threshold mining's standard deviation is √Σ w(τ−w) ≤ √(τ·served).
+        let sigma = ((tau_max * served) as f64).sqrt();
+        let error = credited as f64 - served as f64;
+        println!(
+            "supplier {id}: served {served} CU, credited {credited} CU, error {:+.1}% (σ bound {sigma:.0} CU)",
+            if served > 0 { 100.0 * error / served as f64 } else { 0.0 }
+        );
+        assert!(error.abs() <= 5.0 * sigma + 1.0, "outside 5σ");
+    }
+
+    // The API and the metrics show it.
+    let ledger: Value = client
+        .get(format!(
+            "http://{}/relaymesh/v1/ledger",
+            observer.api_addr().unwrap()
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ledger["claims_settled"], r.claims_settled);
+    assert_eq!(ledger["credit_enforced"], true);
+    let metrics = client
+        .get(format!("http://{}/metrics", observer.api_addr().unwrap()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("relaymesh_ledger_messages_total{kind=\"claim\",outcome=\"new\"}"));
+
+    for n in [gateway, observer, s1, s2, boot] {
+        n.shutdown().await;
+    }
+}
+
+/// An app without credit is refused by every supplier, and the gateway says why (402).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_app_without_credit_gets_a_clear_refusal() {
+    let dir = tempfile::tempdir().unwrap();
+    let someone_else = Keypair::from_secret([7; 32]);
+    let p = params(
+        "relay-mining-credit-tests",
+        vec![Allocation {
+            account: someone_else.public_key(),
+            amount: CREDIT,
+        }],
+    );
+    let mut boot = NodeBuilder::full()
+        .mesh(p.clone())
+        .listen(vec![quic(), tcp()]);
+    boot.config_mut().role = Role::Bootstrap;
+    let boot = boot.start().await.unwrap();
+    let boot_addr = address(&boot, "quic").await;
+    std::fs::create_dir_all(dir.path().join("model")).unwrap();
+    let model = model_with_manifest(&dir.path().join("model"), &someone_else);
+    let s = supplier(&p, &boot_addr, &dir.path().join("s"), &model).await;
+    let gateway = NodeBuilder::light()
+        .mesh(p.clone())
+        .listen(vec![quic(), tcp()])
+        .bootstrap(boot_addr.clone())
+        .api("127.0.0.1:0".parse().unwrap())
+        .start()
+        .await
+        .unwrap();
+    wait_for("the supplier's ad", Duration::from_secs(30), || async {
+        let rows = gateway.handle().models().await.ok()?;
+        (!rows.is_empty()).then_some(())
+    })
+    .await;
+    let base = format!("http://{}", gateway.api_addr().unwrap());
+    let r = ask(&reqwest::Client::new(), &base, "Hello?").await;
+    assert_eq!(r.status(), 402);
+    let body: Value = r.json().await.unwrap();
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("insufficient credit"), "{message}");
+    for n in [gateway, s, boot] {
+        n.shutdown().await;
+    }
+}
+
+/// A supplier killed with SIGKILL after mining and before claiming makes its claim
+/// after restart, and it settles.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_supplier_killed_between_mining_and_claiming_claims_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    // No genesis: no credit to enforce, claims still settle and record the work.
+    let mut p = params("relay-mining-sigkill-tests", Vec::new());
+    // Every ack (about 250 CUs) is mined at the default floor: one request is enough.
+    p.tau_min = 64;
+    let mesh_file = dir.path().join("mesh.toml");
+    std::fs::write(
+        &mesh_file,
+        relaymesh_node::config::MeshFile::from_params(&p).to_toml(),
+    )
+    .unwrap();
+    let mut boot = NodeBuilder::full()
+        .mesh(p.clone())
+        .listen(vec![quic(), tcp()]);
+    boot.config_mut().role = Role::Bootstrap;
+    let boot = boot.start().await.unwrap();
+    let boot_addr = address(&boot, "quic").await.to_string();
+    let data = dir.path().join("supplier");
+    let serve = format!("smollm2=gguf:{}", support::model_path().display());
+    let args = [
+        "--bootstrap",
+        &boot_addr,
+        "--serve",
+        &serve,
+        "--mesh-file",
+        mesh_file.to_str().unwrap(),
+    ];
+    let api = support::free_port();
+    let mut supplier = support::node_process(&data, api, &args);
+    let gateway = NodeBuilder::light()
+        .mesh(p.clone())
+        .data_dir(dir.path().join("gateway"))
+        .listen(vec![quic(), tcp()])
+        .bootstrap(boot_addr.parse().unwrap())
+        .api("127.0.0.1:0".parse().unwrap())
+        .start()
+        .await
+        .unwrap();
+    wait_for("the supplier's ad", Duration::from_secs(60), || async {
+        (!gateway.handle().offers("smollm2").await.ok()?.is_empty()).then_some(())
+    })
+    .await;
+    let base = format!("http://{}", gateway.api_addr().unwrap());
+    let r = ask(
+        &reqwest::Client::new(),
+        &base,
+        "What is the capital of France?",
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let supplier_id = r.headers()["x-relaymesh-supplier"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let sessions_url = format!("http://127.0.0.1:{api}/relaymesh/v1/sessions");
+    wait_for("mined receipts", Duration::from_secs(10), || async {
+        let v: Value = reqwest::get(&sessions_url).await.ok()?.json().await.ok()?;
+        (v["sessions"][0]["mined"].as_u64()? > 0).then_some(())
+    })
+    .await;
+    // Durable (older than the commit interval), not yet claimed: killed.
+    tokio::time::sleep(Duration::from_millis(
+        3 * relaymesh_node::store::COMMIT_INTERVAL_MS,
+    ))
+    .await;
+    assert_eq!(gateway.settlement().report(now_ms()).claims_pending, 0);
+    supplier.0.kill().unwrap();
+    supplier.0.wait().unwrap();
+
+    let api = support::free_port();
+    let _restarted = support::node_process(&data, api, &args);
+    let claims_url = format!("http://127.0.0.1:{api}/relaymesh/v1/claims");
+    wait_for(
+        "the restarted supplier's claim settled at the gateway and at the supplier",
+        Duration::from_secs(90),
+        || async {
+            let at_gateway = gateway
+                .settlement()
+                .claims()
+                .into_iter()
+                .any(|c| c.supplier == supplier_id && c.status == "settled");
+            let v: Value = reqwest::get(&claims_url).await.ok()?.json().await.ok()?;
+            let at_supplier = v["claims"]
+                .as_array()?
+                .iter()
+                .any(|c| c["status"] == "settled");
+            (at_gateway && at_supplier).then_some(())
+        },
+    )
+    .await;
+    let report = gateway.settlement().report(now_ms());
+    assert_eq!((report.claims_settled, report.claims_void), (1, 0));
+    gateway.shutdown().await;
+    boot.shutdown().await;
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
