@@ -273,7 +273,129 @@ async fn every_ledger_settles_the_same_claims_and_credits_match_the_work() {
         .unwrap();
     assert!(metrics.contains("relaymesh_ledger_messages_total{kind=\"claim\",outcome=\"new\"}"));
 
-    for n in [gateway, observer, s1, s2, boot] {
+    // The observer restarts on its data dir with the same ledger; a node that was not
+    // there at all (as if cut off until now) catches up by anti-entropy.
+    let before = balances(&observer.settlement().report(now_ms()));
+    observer.shutdown().await;
+    let observer = wait_for(
+        "the observer's data dir",
+        Duration::from_secs(10),
+        || async {
+            NodeBuilder::full()
+                .mesh(p.clone())
+                .data_dir(path("observer"))
+                .listen(vec![quic(), tcp()])
+                .bootstrap(boot_addr.clone())
+                .start()
+                .await
+                .ok()
+        },
+    )
+    .await;
+    assert_eq!(balances(&observer.settlement().report(now_ms())), before);
+    let late = NodeBuilder::full()
+        .mesh(p.clone())
+        .data_dir(path("late"))
+        .listen(vec![quic(), tcp()])
+        .bootstrap(boot_addr.clone())
+        .start()
+        .await
+        .unwrap();
+    wait_for(
+        "the late node's ledger",
+        Duration::from_secs(60),
+        || async {
+            let r = late.settlement().report(now_ms());
+            (balances(&r) == before && r.claims_settled == reports[0].claims_settled).then_some(())
+        },
+    )
+    .await;
+
+    for n in [late, gateway, observer, s1, s2, boot] {
+        n.shutdown().await;
+    }
+}
+
+/// Garbage and forged ledger messages on gossip are dropped and counted by the nodes
+/// that receive them, the sender's score falls, and nothing moves.
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_ledger_gossip_is_dropped_and_counted() {
+    let p = params("relay-mining-gossip-tests", Vec::new());
+    let mut boot = NodeBuilder::full()
+        .mesh(p.clone())
+        .listen(vec![quic(), tcp()]);
+    boot.config_mut().role = Role::Bootstrap;
+    let boot = boot.start().await.unwrap();
+    let boot_addr = address(&boot, "quic").await;
+    let node = || {
+        NodeBuilder::full()
+            .mesh(p.clone())
+            .listen(vec![quic(), tcp()])
+            .bootstrap(boot_addr.clone())
+            .start()
+    };
+    let (a, b) = (node().await.unwrap(), node().await.unwrap());
+    // A transfer signed by someone other than its payer, then garbage.
+    let (payer, thief) = (Keypair::from_secret([8; 32]), Keypair::from_secret([9; 32]));
+    let forged = relaymesh_protocol::identity::signed::Signed::sign(
+        relaymesh_protocol::messages::transfer::Transfer {
+            version: 1,
+            mesh_id: p.mesh_id(),
+            from: payer.public_key(),
+            to: thief.public_key(),
+            amount: 1_000,
+            epoch: p.epoch_of(now_ms()),
+            nonce: 1,
+        },
+        &thief,
+    );
+    let forged = relaymesh_protocol::messages::ledger::LedgerMessage::new(
+        relaymesh_protocol::messages::ledger::LedgerBody::Transfer(forged),
+    );
+    let forged = relaymesh_protocol::WireMessage::encode(&forged).unwrap();
+    let rejected = |n: &relaymesh::Node, reason: &str| {
+        n.metrics()
+            .ledger_rejections
+            .get_or_create(&relaymesh_node::metrics::ReasonLabel {
+                reason: reason.into(),
+            })
+            .get()
+    };
+    wait_for(
+        "the forged transfer and the garbage refused by the others",
+        Duration::from_secs(30),
+        || async {
+            // Publishing repeats until the gossip mesh has formed (the same bytes are
+            // deduplicated, so alter the garbage each time).
+            let _ = a.handle().publish_ledger(forged.clone()).await;
+            let _ = a
+                .handle()
+                .publish_ledger(format!("garbage {}", now_ms()).into_bytes())
+                .await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let seen = [&b, &boot]
+                .iter()
+                .all(|n| rejected(n, "bad-transfer") >= 1 && rejected(n, "malformed") >= 1);
+            seen.then_some(())
+        },
+    )
+    .await;
+    // The sender's gossip score falls at the bootstrap node, which it is connected to.
+    let sender = a.handle().peer_id().to_string();
+    wait_for(
+        "the sender's score below zero",
+        Duration::from_secs(10),
+        || async {
+            let peers = boot.handle().peers().await.ok()?;
+            let row = peers.into_iter().find(|r| r.peer_id == sender)?;
+            (row.gossip_score? < 0.0).then_some(())
+        },
+    )
+    .await;
+    // Nothing moved.
+    assert_eq!(b.settlement().account(&thief.public_key()).balance, 0);
+    assert!(b.settlement().claims().is_empty());
+    for n in [a, b, boot] {
         n.shutdown().await;
     }
 }

@@ -281,14 +281,18 @@ impl Settlement {
 
     /// Decodes and ingests gossiped or synced bytes.
     pub fn ingest_bytes(&self, bytes: &[u8], now_ms: u64) -> Result<Ingested, Refused> {
-        let message = LedgerMessage::decode(bytes).map_err(|e| Refused {
-            kind: "unknown",
-            reason: match e {
+        let message = LedgerMessage::decode(bytes).map_err(|e| {
+            let reason = match e {
                 relaymesh_protocol::DecodeError::TooLarge { .. } => "oversized",
                 _ => "malformed",
-            },
-            detail: e.to_string(),
-            invalid: true,
+            };
+            self.metrics.ledger_rejected("unknown", reason);
+            Refused {
+                kind: "unknown",
+                reason,
+                detail: e.to_string(),
+                invalid: true,
+            }
         })?;
         self.ingest(message, now_ms)
     }
