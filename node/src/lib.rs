@@ -17,6 +17,8 @@ pub mod mining;
 pub mod node;
 pub mod settle;
 pub mod store;
+#[doc(hidden)]
+pub mod testkit;
 
 pub use config::{Identity, NodeConfig, Role};
 pub use mesh::{NodeGone, NodeHandle, NodeStatus, PeerRow};

@@ -445,29 +445,12 @@ impl Miner {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use relaymesh_protocol::identity::signed::Signed;
-    use relaymesh_protocol::messages::session::SessionOpen;
     use relaymesh_protocol::metering::app::{RequestAcker, RequestTerms};
-    use relaymesh_protocol::{Keypair, Signer};
+    use relaymesh_protocol::Keypair;
 
     fn session(app: &Keypair, supplier: &Keypair, tau: u64) -> SignedSessionOpen {
         let params = crate::config::named_mesh("mining-tests");
-        let terms = SessionOpen {
-            version: 1,
-            mesh_id: params.mesh_id(),
-            app: app.public_key(),
-            supplier: supplier.public_key(),
-            model_digest: Digest([7; 32]),
-            manifest: None,
-            cu: Default::default(),
-            price_per_cu: 1,
-            tau,
-            start_ms: 1,
-            max_duration_ms: 1000,
-            reveal_commitment: Digest([1; 32]),
-            nonce: 1,
-        };
-        Signed::sign(terms, app).countersign(supplier)
+        crate::testkit::session(&params, app, supplier, tau, 1, 1).0
     }
 
     /// Real receipts of one request and made-up facts (the miner trusts its caller).

@@ -209,6 +209,8 @@ pub struct Settlement {
     /// Supplier side.
     miner: Option<Arc<Miner>>,
     metrics: Metrics,
+    /// The frozen epoch boundary the app's sessions were last pruned at.
+    pruned_before: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Settlement {
@@ -267,6 +269,7 @@ impl Settlement {
             app_sessions,
             miner,
             metrics,
+            pruned_before: std::sync::atomic::AtomicU64::new(u64::MAX),
         })
     }
 
@@ -660,7 +663,33 @@ impl Settlement {
             }
         }
         self.app_duties(now_ms, &mut out);
+        self.prune_app_sessions(frozen_before);
         out
+    }
+
+    /// Forgets the app's sessions (secrets and reveal records) whose epoch is final:
+    /// nothing can be claimed or revealed for them any more.
+    fn prune_app_sessions(&self, frozen_before: u64) {
+        let Some(sessions) = &self.app_sessions else {
+            return;
+        };
+        let last = self
+            .pruned_before
+            .swap(frozen_before, std::sync::atomic::Ordering::Relaxed);
+        if last == frozen_before {
+            return;
+        }
+        for (key, bytes) in sessions.iter().flatten() {
+            let Ok((open, _, _)) =
+                ciborium::from_reader::<(SignedSessionOpen, Digest, u64), _>(bytes.as_ref())
+            else {
+                continue;
+            };
+            if open.epoch(&self.params) < frozen_before {
+                let _ = sessions.remove(&key);
+                let _ = self.revealed.remove(&key);
+            }
+        }
     }
 
     fn supplier_duties(
@@ -904,23 +933,7 @@ mod tests {
         supplier: &Keypair,
         nonce: u64,
     ) -> (SignedSessionOpen, Digest) {
-        let secret = Digest([nonce as u8 ^ 0x5a; 32]);
-        let terms = SessionOpen {
-            version: 1,
-            mesh_id: p.mesh_id(),
-            app: app.public_key(),
-            supplier: supplier.public_key(),
-            model_digest: Digest([7; 32]),
-            manifest: None,
-            cu: Default::default(),
-            price_per_cu: 1,
-            tau: p.tau_min,
-            start_ms: START,
-            max_duration_ms: p.max_session_ms,
-            reveal_commitment: commitment(&secret),
-            nonce,
-        };
-        (Signed::sign(terms, app).countersign(supplier), secret)
+        crate::testkit::session(p, app, supplier, p.tau_min, START, nonce)
     }
 
     /// `requests` requests of acks carrying `bytes` each, signed by `signer` (the app, or

@@ -1,0 +1,37 @@
+//! Sessions made up for tests and benchmarks (not part of the node's API).
+
+use relaymesh_protocol::identity::signed::Signed;
+use relaymesh_protocol::messages::reveal::commitment;
+use relaymesh_protocol::messages::session::{SessionOpen, SignedSessionOpen};
+use relaymesh_protocol::params::MeshParams;
+use relaymesh_protocol::{Digest, Keypair, Signer};
+
+/// Terms of a session between `app` and `supplier` at price 1 and threshold `tau`,
+/// starting at `start_ms` for the mesh's longest session, countersigned; the app's
+/// secret `r` is derived from `nonce` and returned beside them.
+pub fn session(
+    params: &MeshParams,
+    app: &Keypair,
+    supplier: &Keypair,
+    tau: u64,
+    start_ms: u64,
+    nonce: u64,
+) -> (SignedSessionOpen, Digest) {
+    let secret = Digest(*blake3::hash(&nonce.to_be_bytes()).as_bytes());
+    let terms = SessionOpen {
+        version: 1,
+        mesh_id: params.mesh_id(),
+        app: app.public_key(),
+        supplier: supplier.public_key(),
+        model_digest: Digest([7; 32]),
+        manifest: None,
+        cu: Default::default(),
+        price_per_cu: 1,
+        tau,
+        start_ms,
+        max_duration_ms: params.max_session_ms,
+        reveal_commitment: commitment(&secret),
+        nonce,
+    };
+    (Signed::sign(terms, app).countersign(supplier), secret)
+}
