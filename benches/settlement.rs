@@ -115,7 +115,10 @@ fn receipts_per_second(p: &MeshParams) {
             .unwrap();
         let receipts_tree = db.open_tree("receipts").unwrap();
         let miner = Miner::new(db.open_tree("mining").unwrap(), p);
-        let per_thread = 6;
+        let per_thread: usize = std::env::var("PER_THREAD")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(6);
         let sessions: Vec<Vec<Session>> = (0..threads)
             .map(|t| {
                 (0..per_thread)
@@ -141,6 +144,65 @@ fn receipts_per_second(p: &MeshParams) {
             total as f64 / secs
         );
     }
+}
+
+/// The supplier's own path: every stream's acks go through the node's batching
+/// verifier (`infer::verify::AckVerifier`), then the chain check, storage and mining,
+/// with `streams` sessions streaming at once on a 2-worker runtime.
+fn receipts_batched(p: &MeshParams, streams: usize) {
+    let supplier = Keypair::from_secret([2; 32]);
+    let dir = tempfile::tempdir().unwrap();
+    let db = sled::Config::new()
+        .path(dir.path())
+        .flush_every_ms(Some(relaymesh_node::store::COMMIT_INTERVAL_MS))
+        .open()
+        .unwrap();
+    let receipts_tree = db.open_tree("receipts").unwrap();
+    let miner = std::sync::Arc::new(Miner::new(db.open_tree("mining").unwrap(), p));
+    let sessions: Vec<Session> = (0..streams)
+        .map(|i| session(p, &supplier, 5_000 + i as u64, 6_000))
+        .collect();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let mined: usize = runtime.block_on(async {
+        let verifier = relaymesh_node::infer::verify::AckVerifier::spawn();
+        let tasks: Vec<_> = sessions
+            .into_iter()
+            .map(|s| {
+                let (verifier, tree, miner) =
+                    (verifier.clone(), receipts_tree.clone(), miner.clone());
+                tokio::spawn(async move {
+                    let app = s.open.body.app;
+                    let key = s.open.session_key();
+                    let mut mined = 0;
+                    for (r, prev) in s.receipts.iter().zip(&s.previous) {
+                        assert!(verifier.verify(r.ack.signed_item(app)).await);
+                        let facts = r.check_next(&key, &s.open.body, prev).unwrap();
+                        tree.insert(r.digest().0, to_canonical(r)).unwrap();
+                        if miner.offer(&s.open, r, &facts).unwrap().is_some() {
+                            mined += 1;
+                        }
+                    }
+                    mined
+                })
+            })
+            .collect();
+        let mut mined = 0;
+        for t in tasks {
+            mined += t.await.unwrap();
+        }
+        mined
+    });
+    let secs = started.elapsed().as_secs_f64();
+    let total = streams * usize::from(ACKS);
+    println!(
+        "receipts end to end, batched verification, {streams} streams on 2 workers: {total} receipts ({mined} mined) in {secs:.2} s = {:.0} receipts/s",
+        total as f64 / secs
+    );
 }
 
 fn claims(p: &MeshParams) {
@@ -356,6 +418,18 @@ fn breakdown(p: &MeshParams) {
             r.ack.verify(&app, &Ed25519Verifier).unwrap();
         }
     });
+    for batch in [16usize, 64] {
+        let items: Vec<_> = s.receipts.iter().map(|r| r.ack.signed_item(app)).collect();
+        time(
+            &format!("verify the ack signatures in batches of {batch}"),
+            &mut || {
+                for chunk in items.chunks(batch) {
+                    relaymesh_protocol::SignatureVerifier::verify_batch(&Ed25519Verifier, chunk)
+                        .unwrap();
+                }
+            },
+        );
+    }
     time("check against the previous link", &mut || {
         for (r, prev) in s.receipts.iter().zip(&s.previous) {
             r.check_next(&key, &s.open.body, prev).unwrap();
@@ -378,6 +452,9 @@ fn main() {
     let p = params();
     breakdown(&p);
     receipts_per_second(&p);
+    for streams in [1, 16] {
+        receipts_batched(&p, streams);
+    }
     claims(&p);
     error_vs_tau();
 }

@@ -51,6 +51,7 @@ impl<E: std::error::Error + 'static> From<TreeError<E>> for MiningError {
 }
 
 const TAU_KEY: &[u8] = b"T";
+const LOCK_STRIPES: usize = 16;
 
 fn key(kind: u8, session: &Digest, rest: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + 32 + rest.len());
@@ -213,8 +214,9 @@ pub struct SessionReport {
 /// The supplier's mining state, over the node's sled tree `mining`.
 pub struct Miner {
     tree: sled::Tree,
-    // One receipt at a time: an insert reads and rewrites its whole path.
-    lock: Mutex<()>,
+    // One receipt of a session at a time (an insert reads and rewrites its whole
+    // path); sessions are independent, so each stripe of sessions has its own lock.
+    locks: Vec<Mutex<()>>,
     tau: Mutex<TauController>,
 }
 
@@ -246,9 +248,15 @@ impl Miner {
         );
         Self {
             tree,
-            lock: Mutex::new(()),
+            locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             tau: Mutex::new(tau),
         }
+    }
+
+    fn lock(&self, session: &Digest) -> std::sync::MutexGuard<'_, ()> {
+        self.locks[usize::from(session.0[0]) % LOCK_STRIPES]
+            .lock()
+            .expect("miner lock")
     }
 
     /// The τ to offer in new sessions: the protocol's rule over this supplier's recent
@@ -282,8 +290,8 @@ impl Miner {
     /// receipts arriving later are not mined, so the claim can always be rebuilt the
     /// same. Its volume teaches the τ rule.
     pub fn close(&self, session: &SignedSessionOpen, now_ms: u64) -> Result<(), MiningError> {
-        let _one = self.lock.lock().expect("miner lock");
         let session_key = session.session_key();
+        let _one = self.lock(&session_key);
         let counters = self.counters(&session_key)?;
         let tau = {
             let mut rule = self.tau.lock().expect("tau lock");
@@ -304,7 +312,7 @@ impl Miner {
 
     /// Drops everything kept for `session` (once its claim's epoch is final).
     pub fn forget(&self, session: &Digest) -> Result<(), MiningError> {
-        let _one = self.lock.lock().expect("miner lock");
+        let _one = self.lock(session);
         let mut batch = sled::Batch::default();
         for kind in [b'n', b'm', b'c', b't', b'k'] {
             for k in self.tree.scan_prefix(key(kind, session, &[])).keys() {
@@ -330,8 +338,8 @@ impl Miner {
         receipt: &Receipt,
         facts: &ReceiptFacts,
     ) -> Result<Option<u64>, MiningError> {
-        let _one = self.lock.lock().expect("miner lock");
         let session_key = session.session_key();
+        let _one = self.lock(&session_key);
         let tau = session.body.tau;
         if self.tree.contains_key(key(b'k', &session_key, &[]))? {
             // Claimed: the tree is final.

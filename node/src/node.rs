@@ -147,6 +147,7 @@ impl Node {
                 miner: miner.clone(),
                 settlement: Some(settlement.clone()),
                 metrics: metrics.clone(),
+                acks: crate::infer::verify::AckVerifier::spawn(),
             });
             let protocol = crate::mesh::names::infer_protocol(&params.mesh_id());
             Some(

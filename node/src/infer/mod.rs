@@ -8,6 +8,7 @@ pub mod codec;
 pub mod gateway;
 pub mod router;
 pub mod supplier;
+pub mod verify;
 
 use relaymesh_protocol::messages::infer::{InferPayload, PromptBody, Turn, TurnRole};
 use relaymesh_protocol::metering::flow::Window;

@@ -47,6 +47,8 @@ pub struct SupplierContext {
     pub settlement: Option<Arc<crate::settle::Settlement>>,
     /// Receipt counters.
     pub metrics: crate::metrics::Metrics,
+    /// Verifies ack signatures in batches across streams.
+    pub acks: super::verify::AckVerifier,
 }
 
 /// Most request ids remembered in memory by a node without a data dir.
@@ -439,7 +441,13 @@ async fn serve(peer: PeerId, stream: Stream, ctx: &SupplierContext) -> Result<()
                 frame = tokio::time::timeout(FRAME_TIMEOUT, acks.recv()) => match frame {
                     Ok(Some(Ok(f))) => match f.body {
                         FrameBody::Ack(ack) => {
-                            let accepted = flow.on_ack(ack, &Ed25519Verifier).map_err(|e| e.to_string())?;
+                            let item = ack.signed_item(session.body.app);
+                            if !ctx.acks.verify(item.clone()).await {
+                                return Err("an ack's signature does not verify".into());
+                            }
+                            let accepted = flow
+                                .on_ack(ack, &super::verify::Verified(item))
+                                .map_err(|e| e.to_string())?;
                             if let Some(tree) = &ctx.receipts {
                                 let key = accepted.receipt.digest();
                                 if let Err(e) = tree.insert(key.0, to_canonical(&accepted.receipt)) {
