@@ -102,19 +102,26 @@ fn supply(s: &Session, receipts_tree: &sled::Tree, miner: &Miner) -> usize {
     mined
 }
 
+/// A supplier's store as the node opens it: sled with the node's group commit, its
+/// `receipts` tree and its miner.
+fn supplier_store(p: &MeshParams) -> (tempfile::TempDir, sled::Tree, Miner) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = sled::Config::new()
+        .path(dir.path())
+        .flush_every_ms(Some(relaymesh_node::store::COMMIT_INTERVAL_MS))
+        .open()
+        .unwrap();
+    let receipts_tree = db.open_tree("receipts").unwrap();
+    let miner = Miner::new(db.open_tree("mining").unwrap(), p);
+    (dir, receipts_tree, miner)
+}
+
 fn receipts_per_second(p: &MeshParams) {
     // τ as the rule sets it for this volume: ~1000 receipts of ~190 CU, 32 mined.
     let tau = 6_000;
     let supplier = Keypair::from_secret([2; 32]);
     for threads in [1usize, 2] {
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::Config::new()
-            .path(dir.path())
-            .flush_every_ms(Some(relaymesh_node::store::COMMIT_INTERVAL_MS))
-            .open()
-            .unwrap();
-        let receipts_tree = db.open_tree("receipts").unwrap();
-        let miner = Miner::new(db.open_tree("mining").unwrap(), p);
+        let (_dir, receipts_tree, miner) = supplier_store(p);
         let per_thread: usize = std::env::var("PER_THREAD")
             .ok()
             .and_then(|v| v.parse().ok())
@@ -151,14 +158,8 @@ fn receipts_per_second(p: &MeshParams) {
 /// with `streams` sessions streaming at once on a 2-worker runtime.
 fn receipts_batched(p: &MeshParams, streams: usize) {
     let supplier = Keypair::from_secret([2; 32]);
-    let dir = tempfile::tempdir().unwrap();
-    let db = sled::Config::new()
-        .path(dir.path())
-        .flush_every_ms(Some(relaymesh_node::store::COMMIT_INTERVAL_MS))
-        .open()
-        .unwrap();
-    let receipts_tree = db.open_tree("receipts").unwrap();
-    let miner = std::sync::Arc::new(Miner::new(db.open_tree("mining").unwrap(), p));
+    let (_dir, receipts_tree, miner) = supplier_store(p);
+    let miner = std::sync::Arc::new(miner);
     let sessions: Vec<Session> = (0..streams)
         .map(|i| session(p, &supplier, 5_000 + i as u64, 6_000))
         .collect();
@@ -208,9 +209,7 @@ fn receipts_batched(p: &MeshParams, streams: usize) {
 fn claims(p: &MeshParams) {
     let supplier_key = Keypair::from_secret([2; 32]);
     let app = Keypair::from_secret([1; 32]);
-    let dir = tempfile::tempdir().unwrap();
-    let db = sled::open(dir.path()).unwrap();
-    let miner = Miner::new(db.open_tree("mining").unwrap(), p);
+    let (_dir, receipts_tree, miner) = supplier_store(p);
     let observer_dir = tempfile::tempdir().unwrap();
     let observer_db = sled::open(observer_dir.path()).unwrap();
     let observer = Settlement::open(
@@ -223,7 +222,6 @@ fn claims(p: &MeshParams) {
         START,
     )
     .unwrap();
-    let receipts_tree = db.open_tree("receipts").unwrap();
     let n = 30;
     let (mut claim_bytes, mut reveal_bytes, mut proof_bytes, mut full_bytes) = (0, 0, 0, 0);
     let mut validate = std::time::Duration::ZERO;
@@ -398,10 +396,7 @@ fn plot(path: &std::path::Path, rows: &[(u64, f64, f64, f64)]) {
 fn breakdown(p: &MeshParams) {
     let supplier = Keypair::from_secret([2; 32]);
     let s = session(p, &supplier, 999, 6_000);
-    let dir = tempfile::tempdir().unwrap();
-    let db = sled::open(dir.path()).unwrap();
-    let tree = db.open_tree("receipts").unwrap();
-    let miner = Miner::new(db.open_tree("mining").unwrap(), p);
+    let (_dir, tree, miner) = supplier_store(p);
     let app = s.open.body.app;
     let key = s.open.session_key();
     let n = s.receipts.len() as f64;

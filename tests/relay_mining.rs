@@ -76,6 +76,13 @@ async fn supplier(
     b.start().await.unwrap()
 }
 
+/// A node of mesh `p` on loopback (QUIC and TCP), joined through `boot`.
+fn joined(b: NodeBuilder, p: &MeshParams, boot: &libp2p::Multiaddr) -> NodeBuilder {
+    b.mesh(p.clone())
+        .listen(vec![quic(), tcp()])
+        .bootstrap(boot.clone())
+}
+
 async fn ask(client: &reqwest::Client, base: &str, question: &str) -> reqwest::Response {
     client
         .post(format!("{base}/v1/chat/completions"))
@@ -117,20 +124,14 @@ async fn every_ledger_settles_the_same_claims_and_credits_match_the_work() {
     let boot_addr = address(&boot, "quic").await;
     let s1 = supplier(&p, &boot_addr, &path("s1"), &model).await;
     let s2 = supplier(&p, &boot_addr, &path("s2"), &model).await;
-    let observer = NodeBuilder::full()
-        .mesh(p.clone())
+    let observer = joined(NodeBuilder::full(), &p, &boot_addr)
         .data_dir(path("observer"))
-        .listen(vec![quic(), tcp()])
-        .bootstrap(boot_addr.clone())
         .api("127.0.0.1:0".parse().unwrap())
         .start()
         .await
         .unwrap();
-    let gateway = NodeBuilder::light()
-        .mesh(p.clone())
+    let gateway = joined(NodeBuilder::light(), &p, &boot_addr)
         .data_dir(path("gateway"))
-        .listen(vec![quic(), tcp()])
-        .bootstrap(boot_addr.clone())
         .api("127.0.0.1:0".parse().unwrap())
         .start()
         .await
@@ -281,11 +282,8 @@ async fn every_ledger_settles_the_same_claims_and_credits_match_the_work() {
         "the observer's data dir",
         Duration::from_secs(10),
         || async {
-            NodeBuilder::full()
-                .mesh(p.clone())
+            joined(NodeBuilder::full(), &p, &boot_addr)
                 .data_dir(path("observer"))
-                .listen(vec![quic(), tcp()])
-                .bootstrap(boot_addr.clone())
                 .start()
                 .await
                 .ok()
@@ -293,11 +291,8 @@ async fn every_ledger_settles_the_same_claims_and_credits_match_the_work() {
     )
     .await;
     assert_eq!(balances(&observer.settlement().report(now_ms())), before);
-    let late = NodeBuilder::full()
-        .mesh(p.clone())
+    let late = joined(NodeBuilder::full(), &p, &boot_addr)
         .data_dir(path("late"))
-        .listen(vec![quic(), tcp()])
-        .bootstrap(boot_addr.clone())
         .start()
         .await
         .unwrap();
@@ -327,13 +322,7 @@ async fn invalid_ledger_gossip_is_dropped_and_counted() {
     boot.config_mut().role = Role::Bootstrap;
     let boot = boot.start().await.unwrap();
     let boot_addr = address(&boot, "quic").await;
-    let node = || {
-        NodeBuilder::full()
-            .mesh(p.clone())
-            .listen(vec![quic(), tcp()])
-            .bootstrap(boot_addr.clone())
-            .start()
-    };
+    let node = || joined(NodeBuilder::full(), &p, &boot_addr).start();
     let (a, b) = (node().await.unwrap(), node().await.unwrap());
     // A transfer signed by someone other than its payer, then garbage.
     let (payer, thief) = (Keypair::from_secret([8; 32]), Keypair::from_secret([9; 32]));
@@ -421,10 +410,7 @@ async fn an_app_without_credit_gets_a_clear_refusal() {
     std::fs::create_dir_all(dir.path().join("model")).unwrap();
     let model = model_with_manifest(&dir.path().join("model"), &someone_else);
     let s = supplier(&p, &boot_addr, &dir.path().join("s"), &model).await;
-    let gateway = NodeBuilder::light()
-        .mesh(p.clone())
-        .listen(vec![quic(), tcp()])
-        .bootstrap(boot_addr.clone())
+    let gateway = joined(NodeBuilder::light(), &p, &boot_addr)
         .api("127.0.0.1:0".parse().unwrap())
         .start()
         .await
@@ -478,11 +464,8 @@ async fn a_supplier_killed_between_mining_and_claiming_claims_after_restart() {
     ];
     let api = support::free_port();
     let mut supplier = support::node_process(&data, api, &args);
-    let gateway = NodeBuilder::light()
-        .mesh(p.clone())
+    let gateway = joined(NodeBuilder::light(), &p, &boot_addr.parse().unwrap())
         .data_dir(dir.path().join("gateway"))
-        .listen(vec![quic(), tcp()])
-        .bootstrap(boot_addr.parse().unwrap())
         .api("127.0.0.1:0".parse().unwrap())
         .start()
         .await

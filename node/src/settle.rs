@@ -488,31 +488,19 @@ impl Settlement {
 
     /// One account's totals.
     pub fn account(&self, key: &PublicKey) -> AccountRow {
-        let a = self.ledger.lock().expect("ledger lock").account(key);
-        AccountRow {
-            peer_id: key.peer_id(),
-            balance: a.balance,
-            earned: a.earned,
-            spent: a.spent,
-        }
+        account_row(key, self.ledger.lock().expect("ledger lock").account(key))
     }
 
     /// The ledger's summary.
     pub fn report(&self, now_ms: u64) -> LedgerReport {
         let mut ledger = self.ledger.lock().expect("ledger lock");
         ledger.advance(now_ms);
-        let accounts: Vec<AccountRow> = ledger
-            .accounts()
-            .into_iter()
-            .map(|(k, a)| AccountRow {
-                peer_id: k.peer_id(),
-                balance: a.balance,
-                earned: a.earned,
-                spent: a.spent,
-            })
-            .collect();
+        // One fold of the ledger gives every figure below.
+        let all = ledger.accounts();
+        let total_balance = all.values().map(|a| a.balance).sum();
         let me = self.me();
-        let mine = ledger.account(&me);
+        let mine = account_row(&me, all.get(&me).copied().unwrap_or_default());
+        let accounts: Vec<AccountRow> = all.iter().map(|(k, a)| account_row(k, *a)).collect();
         let count = |status| ledger.claims().filter(|(_, s)| *s == status).count();
         let mut excluded: Vec<String> = ledger
             .claims()
@@ -524,17 +512,12 @@ impl Settlement {
         excluded.dedup();
         LedgerReport {
             peer_id: me.peer_id(),
-            me: AccountRow {
-                peer_id: me.peer_id(),
-                balance: mine.balance,
-                earned: mine.earned,
-                spent: mine.spent,
-            },
+            me: mine,
             epoch: self.params.epoch_of(now_ms),
             frozen_before: ledger.frozen_before(),
             epoch_ms: self.params.epoch_ms,
             credit_enforced: !self.params.genesis.is_empty(),
-            total_balance: ledger.total_balance(),
+            total_balance,
             claims_pending: count(ClaimStatus::Pending),
             claims_settled: count(ClaimStatus::Settled),
             claims_void: count(ClaimStatus::Void),
@@ -825,6 +808,15 @@ impl Settlement {
             let reveal = sign_reveal(session_key, root, secret, &self.key);
             out.extend(self.own(LedgerMessage::new(LedgerBody::Reveal(reveal)), now_ms));
         }
+    }
+}
+
+fn account_row(key: &PublicKey, a: relaymesh_protocol::ledger::AccountSummary) -> AccountRow {
+    AccountRow {
+        peer_id: key.peer_id(),
+        balance: a.balance,
+        earned: a.earned,
+        spent: a.spent,
     }
 }
 
