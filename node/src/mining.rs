@@ -53,6 +53,16 @@ impl<E: std::error::Error + 'static> From<TreeError<E>> for MiningError {
 const TAU_KEY: &[u8] = b"T";
 const LOCK_STRIPES: usize = 16;
 
+/// A big-endian u64 stored under `k`, if any.
+fn read_u64(tree: &sled::Tree, k: &[u8]) -> Result<Option<u64>, MiningError> {
+    match tree.get(k)? {
+        None => Ok(None),
+        Some(b) => Ok(Some(u64::from_be_bytes(
+            b.as_ref().try_into().map_err(|_| MiningError::Corrupt)?,
+        ))),
+    }
+}
+
 fn key(kind: u8, session: &Digest, rest: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + 32 + rest.len());
     k.push(kind);
@@ -235,11 +245,7 @@ impl Miner {
     /// Mining state in `tree`, with τ chosen within `params`' bounds (resumed from the
     /// last value stored).
     pub fn new(tree: sled::Tree, params: &MeshParams) -> Self {
-        let stored = tree
-            .get(TAU_KEY)
-            .ok()
-            .flatten()
-            .and_then(|b| Some(u64::from_be_bytes(b.as_ref().try_into().ok()?)));
+        let stored = read_u64(&tree, TAU_KEY).ok().flatten();
         let tau = TauController::new(
             stored.unwrap_or(params.tau_min),
             params.tau_target_mined,
@@ -265,25 +271,30 @@ impl Miner {
         self.tau.lock().expect("tau lock").tau()
     }
 
-    /// Every session with receipts, its counters and whether it is claimed.
-    pub fn claimable(&self) -> Result<Vec<ClaimableSession>, MiningError> {
-        let mut out = Vec::new();
-        for item in self.tree.scan_prefix([b't']) {
+    /// Every session with receipts: its key and its countersigned terms.
+    fn stored_terms(
+        &self,
+    ) -> impl Iterator<Item = Result<(Digest, SignedSessionOpen), MiningError>> + '_ {
+        self.tree.scan_prefix([b't']).map(|item| {
             let (k, v) = item?;
             let session_key = Digest(k[1..].try_into().map_err(|_| MiningError::Corrupt)?);
-            let terms: SignedSessionOpen =
-                ciborium::from_reader(v.as_ref()).map_err(|_| MiningError::Corrupt)?;
-            let claimed_ms = self
-                .tree
-                .get(key(b'k', &session_key, &[]))?
-                .and_then(|b| Some(u64::from_be_bytes(b.as_ref().try_into().ok()?)));
-            out.push(ClaimableSession {
-                terms,
-                counters: self.counters(&session_key)?,
-                claimed_ms,
-            });
-        }
-        Ok(out)
+            let terms = ciborium::from_reader(v.as_ref()).map_err(|_| MiningError::Corrupt)?;
+            Ok((session_key, terms))
+        })
+    }
+
+    /// Every session with receipts, its counters and whether it is claimed.
+    pub fn claimable(&self) -> Result<Vec<ClaimableSession>, MiningError> {
+        self.stored_terms()
+            .map(|item| {
+                let (session_key, terms) = item?;
+                Ok(ClaimableSession {
+                    terms,
+                    counters: self.counters(&session_key)?,
+                    claimed_ms: read_u64(&self.tree, &key(b'k', &session_key, &[]))?,
+                })
+            })
+            .collect()
     }
 
     /// Closes `session` for mining at `now_ms` (durably, before its claim is made):
@@ -428,11 +439,8 @@ impl Miner {
     /// Every session this supplier has counted receipts of.
     pub fn sessions(&self) -> Result<Vec<SessionReport>, MiningError> {
         let mut out = Vec::new();
-        for item in self.tree.scan_prefix([b't']) {
-            let (k, v) = item?;
-            let session_key = Digest(k[1..].try_into().map_err(|_| MiningError::Corrupt)?);
-            let terms: SignedSessionOpen =
-                ciborium::from_reader(v.as_ref()).map_err(|_| MiningError::Corrupt)?;
+        for item in self.stored_terms() {
+            let (session_key, terms) = item?;
             let root = self.root(&session_key)?;
             out.push(SessionReport {
                 session: session_key.to_hex(),
