@@ -76,6 +76,23 @@ async fn supplier(
     b.start().await.unwrap()
 }
 
+/// A bootstrap node of mesh `p` (its data in `dir`, if given) and its QUIC address.
+async fn bootstrap(
+    p: &MeshParams,
+    dir: Option<std::path::PathBuf>,
+) -> (relaymesh::Node, libp2p::Multiaddr) {
+    let mut b = NodeBuilder::full()
+        .mesh(p.clone())
+        .listen(vec![quic(), tcp()]);
+    if let Some(dir) = dir {
+        b = b.data_dir(dir);
+    }
+    b.config_mut().role = Role::Bootstrap;
+    let boot = b.start().await.unwrap();
+    let addr = address(&boot, "quic").await;
+    (boot, addr)
+}
+
 /// A node of mesh `p` on loopback (QUIC and TCP), joined through `boot`.
 fn joined(b: NodeBuilder, p: &MeshParams, boot: &libp2p::Multiaddr) -> NodeBuilder {
     b.mesh(p.clone())
@@ -115,13 +132,7 @@ async fn every_ledger_settles_the_same_claims_and_credits_match_the_work() {
     std::fs::create_dir_all(path("model")).unwrap();
     let model = model_with_manifest(&path("model"), &source);
 
-    let mut boot = NodeBuilder::full()
-        .mesh(p.clone())
-        .data_dir(path("boot"))
-        .listen(vec![quic(), tcp()]);
-    boot.config_mut().role = Role::Bootstrap;
-    let boot = boot.start().await.unwrap();
-    let boot_addr = address(&boot, "quic").await;
+    let (boot, boot_addr) = bootstrap(&p, Some(path("boot"))).await;
     let s1 = supplier(&p, &boot_addr, &path("s1"), &model).await;
     let s2 = supplier(&p, &boot_addr, &path("s2"), &model).await;
     let observer = joined(NodeBuilder::full(), &p, &boot_addr)
@@ -316,32 +327,38 @@ async fn every_ledger_settles_the_same_claims_and_credits_match_the_work() {
 #[tokio::test(flavor = "multi_thread")]
 async fn invalid_ledger_gossip_is_dropped_and_counted() {
     let p = params("relay-mining-gossip-tests", Vec::new());
-    let mut boot = NodeBuilder::full()
-        .mesh(p.clone())
-        .listen(vec![quic(), tcp()]);
-    boot.config_mut().role = Role::Bootstrap;
-    let boot = boot.start().await.unwrap();
-    let boot_addr = address(&boot, "quic").await;
+    let (boot, boot_addr) = bootstrap(&p, None).await;
     let node = || joined(NodeBuilder::full(), &p, &boot_addr).start();
     let (a, b) = (node().await.unwrap(), node().await.unwrap());
     // A transfer signed by someone other than its payer, then garbage.
     let (payer, thief) = (Keypair::from_secret([8; 32]), Keypair::from_secret([9; 32]));
-    let forged = relaymesh_protocol::identity::signed::Signed::sign(
-        relaymesh_protocol::messages::transfer::Transfer {
-            version: 1,
-            mesh_id: p.mesh_id(),
-            from: payer.public_key(),
-            to: thief.public_key(),
-            amount: 1_000,
-            epoch: p.epoch_of(now_ms()),
-            nonce: 1,
-        },
-        &thief,
-    );
-    let forged = relaymesh_protocol::messages::ledger::LedgerMessage::new(
-        relaymesh_protocol::messages::ledger::LedgerBody::Transfer(forged),
-    );
-    let forged = relaymesh_protocol::WireMessage::encode(&forged).unwrap();
+    let forged = |nonce: u64| {
+        let transfer = relaymesh_protocol::identity::signed::Signed::sign(
+            relaymesh_protocol::messages::transfer::Transfer {
+                version: 1,
+                mesh_id: p.mesh_id(),
+                from: payer.public_key(),
+                to: thief.public_key(),
+                amount: 1_000,
+                epoch: p.epoch_of(now_ms()),
+                nonce,
+            },
+            &thief,
+        );
+        relaymesh_protocol::WireMessage::encode(
+            &relaymesh_protocol::messages::ledger::LedgerMessage::new(
+                relaymesh_protocol::messages::ledger::LedgerBody::Transfer(transfer),
+            ),
+        )
+        .unwrap()
+    };
+    // b must hear a directly: the bootstrap node drops what it refuses.
+    let sender = a.handle().peer_id().to_string();
+    wait_for("a and b connected", Duration::from_secs(30), || async {
+        let peers = b.handle().peers().await.ok()?;
+        peers.iter().any(|r| r.peer_id == sender).then_some(())
+    })
+    .await;
     let rejected = |n: &relaymesh::Node, reason: &str| {
         n.metrics()
             .ledger_rejections
@@ -355,8 +372,8 @@ async fn invalid_ledger_gossip_is_dropped_and_counted() {
         Duration::from_secs(30),
         || async {
             // Publishing repeats until the gossip mesh has formed (the same bytes are
-            // deduplicated, so alter the garbage each time).
-            let _ = a.handle().publish_ledger(forged.clone()).await;
+            // deduplicated, so each attempt sends new ones).
+            let _ = a.handle().publish_ledger(forged(now_ms())).await;
             let _ = a
                 .handle()
                 .publish_ledger(format!("garbage {}", now_ms()).into_bytes())
@@ -370,7 +387,6 @@ async fn invalid_ledger_gossip_is_dropped_and_counted() {
     )
     .await;
     // The sender's gossip score falls at the bootstrap node, which it is connected to.
-    let sender = a.handle().peer_id().to_string();
     wait_for(
         "the sender's score below zero",
         Duration::from_secs(10),
@@ -401,12 +417,7 @@ async fn an_app_without_credit_gets_a_clear_refusal() {
             amount: CREDIT,
         }],
     );
-    let mut boot = NodeBuilder::full()
-        .mesh(p.clone())
-        .listen(vec![quic(), tcp()]);
-    boot.config_mut().role = Role::Bootstrap;
-    let boot = boot.start().await.unwrap();
-    let boot_addr = address(&boot, "quic").await;
+    let (boot, boot_addr) = bootstrap(&p, None).await;
     std::fs::create_dir_all(dir.path().join("model")).unwrap();
     let model = model_with_manifest(&dir.path().join("model"), &someone_else);
     let s = supplier(&p, &boot_addr, &dir.path().join("s"), &model).await;
@@ -446,12 +457,8 @@ async fn a_supplier_killed_between_mining_and_claiming_claims_after_restart() {
         relaymesh_node::config::MeshFile::from_params(&p).to_toml(),
     )
     .unwrap();
-    let mut boot = NodeBuilder::full()
-        .mesh(p.clone())
-        .listen(vec![quic(), tcp()]);
-    boot.config_mut().role = Role::Bootstrap;
-    let boot = boot.start().await.unwrap();
-    let boot_addr = address(&boot, "quic").await.to_string();
+    let (boot, boot_addr) = bootstrap(&p, None).await;
+    let boot_addr = boot_addr.to_string();
     let data = dir.path().join("supplier");
     let serve = format!("smollm2=gguf:{}", support::model_path().display());
     let args = [
