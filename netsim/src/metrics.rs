@@ -1,0 +1,270 @@
+//! What a run measures, and the summary row it reports.
+
+/// A sorted sample, for percentiles and distribution plots.
+#[derive(Clone, Debug, Default)]
+pub struct Sample(Vec<f64>);
+
+impl Sample {
+    /// Adds one value.
+    pub fn push(&mut self, v: f64) {
+        self.0.push(v);
+    }
+
+    /// Sorts; call before reading percentiles.
+    pub fn finish(&mut self) {
+        self.0.sort_by(f64::total_cmp);
+    }
+
+    /// The `q` quantile (0 when empty).
+    pub fn quantile(&self, q: f64) -> f64 {
+        if self.0.is_empty() {
+            return 0.0;
+        }
+        let i = ((self.0.len() - 1) as f64 * q).round() as usize;
+        self.0[i]
+    }
+
+    /// The values, sorted after [`Sample::finish`].
+    pub fn values(&self) -> &[f64] {
+        &self.0
+    }
+
+    /// How many values.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// Gossip kinds whose traffic is accounted separately.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GossipKind {
+    /// Capability ads.
+    Ad = 0,
+    /// Claims.
+    Claim = 1,
+    /// Reveals.
+    Reveal = 2,
+    /// Proofs.
+    Proof = 3,
+    /// Equivocation evidence.
+    Evidence = 4,
+}
+
+/// Counters of one run.
+#[derive(Clone, Debug, Default)]
+pub struct Metrics {
+    // Requests.
+    pub requests: u64,
+    pub honest_requests: u64,
+    pub honest_served: u64,
+    pub honest_failed: u64,
+    pub served_after_failover: u64,
+    pub abandoned_by_app: u64,
+    pub attempts: u64,
+    pub failed_dials: u64,
+    pub stalls: u64,
+    pub garbage_detected: u64,
+    pub refused_busy: u64,
+    pub ttft_ms: Sample,
+    pub ttft_overhead_ms: Sample,
+    // Metering.
+    pub receipts: u64,
+    pub mined: u64,
+    pub sessions: u64,
+    pub tau_sum: f64,
+    pub served_cu: u128,
+    // Settlement.
+    pub claims: u64,
+    pub claims_settled: u64,
+    pub full_reveals: u64,
+    pub proofs_refused: u64,
+    pub claims_refused: u64,
+    pub claims_late: u64,
+    pub honest_claims_refused: u64,
+    pub honest_claims_unsettled: u64,
+    pub cheating_claims: u64,
+    pub cheating_detected: u64,
+    pub expected_detection_sum: f64,
+    pub equivocations: u64,
+    pub honest_excluded: u64,
+    pub credits_minus_debits: i128,
+    pub settle_ms: Sample,
+    pub convergence_ms: Sample,
+    // Metering accuracy over honest suppliers' settled sessions.
+    pub metering_error: f64,
+    pub metering_bias: f64,
+    pub metering_max_z: f64,
+    pub expected_error: f64,
+    // Gossip.
+    pub gossip_msgs: [u64; 5],
+    pub gossip_bytes: [u128; 5],
+    pub gossip_bytes_per_node_s: f64,
+    pub ad_bytes_per_node_s: f64,
+    pub ledger_bytes_per_node_s: f64,
+    // Sybil operator.
+    pub sybil_share: f64,
+    pub sybil_capacity_share: f64,
+    // Engine.
+    pub events: u64,
+    pub nodes: u64,
+    pub suppliers: u64,
+}
+
+impl Metrics {
+    /// The summary row: name and value of every figure a run reports, in a fixed order.
+    /// Wall-clock figures are not here (they differ between runs of one seed).
+    pub fn row(&self) -> Vec<(&'static str, f64)> {
+        let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+        vec![
+            ("nodes", self.nodes as f64),
+            ("suppliers", self.suppliers as f64),
+            ("requests", self.requests as f64),
+            ("honest_requests", self.honest_requests as f64),
+            (
+                "success_rate",
+                ratio(self.honest_served, self.honest_requests),
+            ),
+            ("failed", self.honest_failed as f64),
+            ("served_after_failover", self.served_after_failover as f64),
+            ("abandoned_by_app", self.abandoned_by_app as f64),
+            ("attempts", self.attempts as f64),
+            ("failed_dials", self.failed_dials as f64),
+            ("stalls", self.stalls as f64),
+            ("garbage_detected", self.garbage_detected as f64),
+            ("refused_busy", self.refused_busy as f64),
+            ("ttft_p50_ms", self.ttft_ms.quantile(0.5)),
+            ("ttft_p99_ms", self.ttft_ms.quantile(0.99)),
+            ("ttft_overhead_p50_ms", self.ttft_overhead_ms.quantile(0.5)),
+            ("ttft_overhead_p90_ms", self.ttft_overhead_ms.quantile(0.9)),
+            ("ttft_overhead_p99_ms", self.ttft_overhead_ms.quantile(0.99)),
+            ("receipts", self.receipts as f64),
+            ("mined", self.mined as f64),
+            ("sessions", self.sessions as f64),
+            (
+                "mean_tau",
+                if self.sessions == 0 {
+                    0.0
+                } else {
+                    self.tau_sum / self.sessions as f64
+                },
+            ),
+            ("mined_per_session", ratio(self.mined, self.sessions)),
+            ("served_cu", self.served_cu as f64),
+            ("claims", self.claims as f64),
+            ("claims_settled", self.claims_settled as f64),
+            ("full_reveals", self.full_reveals as f64),
+            ("claims_refused", self.claims_refused as f64),
+            ("claims_late", self.claims_late as f64),
+            ("proofs_refused", self.proofs_refused as f64),
+            ("honest_claims_refused", self.honest_claims_refused as f64),
+            (
+                "honest_claims_unsettled",
+                self.honest_claims_unsettled as f64,
+            ),
+            ("cheating_claims", self.cheating_claims as f64),
+            (
+                "fraud_detection_rate",
+                ratio(self.cheating_detected, self.cheating_claims),
+            ),
+            (
+                "expected_detection_rate",
+                if self.cheating_claims == 0 {
+                    0.0
+                } else {
+                    self.expected_detection_sum / self.cheating_claims as f64
+                },
+            ),
+            ("equivocations", self.equivocations as f64),
+            ("honest_excluded", self.honest_excluded as f64),
+            ("credits_minus_debits", self.credits_minus_debits as f64),
+            ("metering_error", self.metering_error),
+            ("expected_metering_error", self.expected_error),
+            ("metering_bias", self.metering_bias),
+            ("metering_max_z", self.metering_max_z),
+            ("settle_p50_ms", self.settle_ms.quantile(0.5)),
+            ("settle_p99_ms", self.settle_ms.quantile(0.99)),
+            (
+                "ledger_convergence_p50_ms",
+                self.convergence_ms.quantile(0.5),
+            ),
+            (
+                "ledger_convergence_p99_ms",
+                self.convergence_ms.quantile(0.99),
+            ),
+            ("gossip_bytes_per_node_s", self.gossip_bytes_per_node_s),
+            ("ad_bytes_per_node_s", self.ad_bytes_per_node_s),
+            ("ledger_bytes_per_node_s", self.ledger_bytes_per_node_s),
+            ("sybil_share", self.sybil_share),
+            ("sybil_capacity_share", self.sybil_capacity_share),
+            ("events", self.events as f64),
+        ]
+    }
+
+    /// The invariants every run must keep, whatever its churn and adversaries; one line
+    /// per broken one.
+    pub fn violations(&self) -> Vec<String> {
+        let mut broken = Vec::new();
+        if self.credits_minus_debits != 0 {
+            broken.push(format!(
+                "credits - debits = {} (must be 0)",
+                self.credits_minus_debits
+            ));
+        }
+        if self.honest_excluded != 0 {
+            broken.push(format!(
+                "{} honest suppliers excluded",
+                self.honest_excluded
+            ));
+        }
+        if self.honest_claims_refused != 0 {
+            broken.push(format!(
+                "{} claims or proofs of honest suppliers refused",
+                self.honest_claims_refused
+            ));
+        }
+        if self.honest_served + self.honest_failed != self.honest_requests {
+            broken.push(format!(
+                "{} honest requests neither served nor failed",
+                self.honest_requests - self.honest_served - self.honest_failed
+            ));
+        }
+        if self.metering_max_z > 5.0 {
+            broken.push(format!(
+                "an honest supplier's credit is {:.1} standard deviations from what it served (bound: 5)",
+                self.metering_max_z
+            ));
+        }
+        broken
+    }
+
+    /// One figure of the row by name.
+    pub fn get(&self, name: &str) -> Option<f64> {
+        self.row()
+            .into_iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_of_a_sorted_sample() {
+        let mut s = Sample::default();
+        for v in (1..=100).rev() {
+            s.push(f64::from(v));
+        }
+        s.finish();
+        assert_eq!(s.quantile(0.0), 1.0);
+        assert_eq!(s.quantile(0.5), 51.0);
+        assert_eq!(s.quantile(1.0), 100.0);
+        assert!(Metrics::default().get("success_rate").is_some());
+    }
+}

@@ -1,0 +1,526 @@
+//! Metering and settlement in the model, with the protocol crate's own code: sessions
+//! opened and countersigned, one signed ack per increment, receipts checked and
+//! threshold-mined into a sum tree, claims, reveals, sampled and full proofs, and one
+//! ledger that validates each message once for all simulated nodes (every node would
+//! reach the same verdict from the same bytes; the gossip model says when each has it).
+
+use relaymesh_protocol::identity::signed::Signed;
+use relaymesh_protocol::ledger::{Applied, ClaimStatus, LedgerError};
+use relaymesh_protocol::messages::claim::{Claim, SignedClaim};
+use relaymesh_protocol::messages::ledger::{LedgerBody, LedgerMessage};
+use relaymesh_protocol::messages::reveal::{commitment, SignedReveal};
+use relaymesh_protocol::messages::session::{SessionOpen, SignedSessionOpen};
+use relaymesh_protocol::metering::ack_chain::MAX_ACK_CHAIN;
+use relaymesh_protocol::metering::app::{RequestAcker, RequestTerms};
+use relaymesh_protocol::metering::tau::SessionVolume;
+use relaymesh_protocol::settlement::proof::{sign_reveal, MinedSession};
+use relaymesh_protocol::sumtree::store::LeafEntry;
+use relaymesh_protocol::sumtree::tree::SumTree;
+use relaymesh_protocol::wire::WireMessage;
+use relaymesh_protocol::{Digest, SignatureVerifier, Signer};
+
+use crate::keys::digest_of;
+use crate::metrics::GossipKind;
+use crate::sim::{AppKind, Ev, Id, Sim, SupplierKind, MS, SEC};
+
+/// One session between an app and a supplier, both sides of it.
+pub(crate) struct Session {
+    pub app: u32,
+    pub supplier: u32,
+    pub open: SignedSessionOpen,
+    pub key: Digest,
+    /// The app's secret `r`.
+    pub secret: Digest,
+    pub tau: u64,
+    pub end_us: u64,
+    pub closed: bool,
+    pub mined: MinedSession,
+    pub volume: SessionVolume,
+    /// CUs of every receipt (what was really served and acked).
+    pub served_cu: u64,
+    /// Variance of the mined estimate: Σ w(τ − w) over receipts lighter than τ.
+    pub var: f64,
+    /// CUs of forged or fake leaves in the claim.
+    pub fake_cu: u64,
+    pub claim: Option<SignedClaim>,
+    pub reveal: Option<SignedReveal>,
+    pub proof_sent: bool,
+    /// Acks reserved by the streams started in this session: a bound on its leaves.
+    pub reserved: u64,
+}
+
+fn ledger_bytes(body: LedgerBody) -> usize {
+    LedgerMessage::new(body).encode().map_or(0, |b| b.len())
+}
+
+impl Sim {
+    /// The open session between supplier `s` and `app`, or a new one; whether it is new.
+    /// A session that could not hold another `tokens` of receipts is closed first.
+    pub(crate) fn session_for(&mut self, s: u32, app: u32, tokens: u32) -> (Id, bool) {
+        let acks = u64::from(tokens.div_ceil(self.sc.mesh.ack_every_tokens).max(1));
+        if let Some(&x) = self.suppliers[s as usize].open.get(&app) {
+            let sess = self.sessions.get_mut(x).expect("open session");
+            // Streams of one session run side by side: each reserves its acks (at most
+            // one leaf each) when it starts, so the claim never exceeds the leaf limit.
+            if sess.end_us > self.now
+                && sess.reserved + acks <= u64::from(self.params.max_claim_leaves)
+            {
+                sess.reserved += acks;
+                return (x, false);
+            }
+            self.suppliers[s as usize].open.remove(&app);
+            if sess.end_us > self.now {
+                sess.end_us = self.now;
+                let at = self.now + self.sc.mesh.claim_delay_s * SEC;
+                self.schedule(at, Ev::Close(x));
+            }
+        }
+        self.counter += 1;
+        let nonce = self.counter;
+        let secret = digest_of("secret", &[self.sc.seed, nonce]);
+        let sup = &self.suppliers[s as usize];
+        let tau = sup.tau.tau();
+        let body = SessionOpen {
+            version: 1,
+            mesh_id: self.params.mesh_id(),
+            app: self.apps[app as usize].key.public_key(),
+            supplier: sup.key.public_key(),
+            model_digest: digest_of("model", &[u64::from(sup.model)]),
+            manifest: None,
+            cu: Default::default(),
+            price_per_cu: self.sc.mesh.price_per_cu,
+            tau,
+            start_ms: self.now / MS,
+            max_duration_ms: self.params.max_session_ms,
+            reveal_commitment: commitment(&secret),
+            nonce,
+        };
+        let open = Signed::sign(body, &self.apps[app as usize].key).countersign(&sup.key);
+        self.verifier
+            .verify_batch(&open.signed_items())
+            .expect("both sides sign their own session");
+        let end_us = self.now + self.params.max_session_ms * MS;
+        let x = self.sessions.insert(Session {
+            app,
+            supplier: s,
+            key: open.session_key(),
+            open,
+            secret,
+            tau,
+            end_us,
+            closed: false,
+            mined: MinedSession::new(),
+            volume: SessionVolume::new(tau),
+            served_cu: 0,
+            var: 0.0,
+            fake_cu: 0,
+            claim: None,
+            reveal: None,
+            proof_sent: false,
+            reserved: acks,
+        });
+        self.suppliers[s as usize].open.insert(app, x);
+        self.m.sessions += 1;
+        self.m.tau_sum += tau as f64;
+        self.schedule(end_us + self.sc.mesh.claim_delay_s * SEC, Ev::Close(x));
+        (x, true)
+    }
+
+    /// The app acks `tokens` of an attempt's stream, increment by increment; the
+    /// supplier checks and verifies every receipt and mines those τ selects.
+    pub(crate) fn meter_attempt(&mut self, a: Id, tokens: u32) {
+        let Some(at) = self.attempts.get(a) else {
+            return;
+        };
+        let (Some(x), r, s) = (at.session, at.request, at.supplier) else {
+            return;
+        };
+        let Some(req) = self.requests.get(r) else {
+            return;
+        };
+        if tokens == 0 {
+            return;
+        }
+        let bpt = self.sc.load.bytes_per_token;
+        let k = self.sc.mesh.ack_every_tokens;
+        let app = req.app;
+        let prompt_bytes = (req.prompt_tokens + req.delivered) * bpt;
+        let request_digest = digest_of("prompt", &[req.id]);
+        let kind = self.suppliers[s as usize].kind;
+        let fake_fraction = self.sc.adversaries.fake_fraction;
+        self.counter += 1;
+        let request_id = self.counter;
+        let Some(sess) = self.sessions.get_mut(x) else {
+            return;
+        };
+        let app_key = &self.apps[app as usize].key;
+        let app_public = app_key.public_key();
+        let acks = tokens.div_ceil(k);
+        let terms = RequestTerms {
+            session_key: sess.key,
+            request_id,
+            prompt_digest: request_digest,
+            prompt_bytes,
+            max_output_bytes: self.sc.load.max_output_tokens * bpt,
+            max_acks: acks.min(u32::from(MAX_ACK_CHAIN)) as u16,
+        };
+        let chain_seed = digest_of("chain", &[self.sc.seed, request_id]);
+        let mut acker = RequestAcker::new(terms, chain_seed, app_key);
+        let item = acker.request().signed_item(app_public);
+        self.verifier
+            .verify(&item.key, &item.message, &item.signature)
+            .expect("the app signs its requests");
+        let mut previous = acker.request().body.ack_chain_head;
+        let mut served = 0;
+        for i in 0..acks.min(u32::from(MAX_ACK_CHAIN)) {
+            let bytes = (k.min(tokens - i * k) * bpt) as usize;
+            let last = i + 1 == acks;
+            let ack = acker
+                .ack(&self.text[..bytes], last, app_key)
+                .expect("within the request's bounds");
+            let receipt = acker.receipt(ack);
+            let facts = receipt
+                .check_next(&sess.key, &sess.open.body, &previous)
+                .expect("an honest app's receipts check");
+            let item = receipt.ack.signed_item(app_public);
+            self.verifier
+                .verify(&item.key, &item.message, &item.signature)
+                .expect("the app signs its acks");
+            previous = receipt.ack.body.chain_secret;
+            self.m.receipts += 1;
+            served += facts.weight;
+            sess.volume.record(facts.weight);
+            if facts.weight < sess.tau {
+                sess.var += (facts.weight * (sess.tau - facts.weight)) as f64;
+            }
+            if sess.closed {
+                // Past the supplier's close: served, never claimed.
+                continue;
+            }
+            if kind == SupplierKind::Inflate && self.rng.chance(fake_fraction) {
+                // One increment more than the app acked: the ack no longer matches its
+                // signature, which only a proof that samples it will check.
+                let mut forged = receipt.clone();
+                forged.ack.body.new_bytes += k * bpt;
+                if let Ok(f) = forged.check(&sess.key, &sess.open.body) {
+                    if let Ok(Some(paid)) = sess.mined.offer(forged, &f, sess.tau) {
+                        self.m.mined += 1;
+                        sess.fake_cu += paid;
+                        continue;
+                    }
+                }
+            }
+            if let Ok(Some(_)) = sess.mined.offer(receipt, &facts, sess.tau) {
+                self.m.mined += 1;
+            }
+        }
+        if !sess.closed {
+            sess.served_cu += served;
+        }
+        self.m.served_cu += u128::from(served);
+        self.suppliers[s as usize].served_cu += served;
+    }
+
+    /// A session's end: the supplier claims what it mined (cheaters add to it).
+    pub(crate) fn close(&mut self, x: Id) {
+        let Some(sess) = self.sessions.get(x) else {
+            return;
+        };
+        if sess.closed || self.now < sess.end_us {
+            return;
+        }
+        let (s, app) = (sess.supplier, sess.app);
+        if !self.suppliers[s as usize].online {
+            self.suppliers[s as usize].duties.push(Ev::Close(x));
+            return;
+        }
+        let sup = &mut self.suppliers[s as usize];
+        if sup.open.get(&app) == Some(&x) {
+            sup.open.remove(&app);
+        }
+        let kind = sup.kind;
+        let sess = self.sessions.get_mut(x).expect("present");
+        sess.closed = true;
+        self.suppliers[s as usize].tau.observe(&sess.volume);
+        let root = sess.mined.root().expect("memory store");
+        if root.count == 0 {
+            self.sessions.remove(x);
+            return;
+        }
+        if kind == SupplierKind::FakeLeaves {
+            self.add_fake_leaves(x);
+        }
+        let sess = self.sessions.get_mut(x).expect("present");
+        let root = sess.mined.root().expect("memory store");
+        let sup_key = &self.suppliers[s as usize].key;
+        let claim = Signed::sign(
+            Claim {
+                version: 1,
+                open: sess.open.clone(),
+                root: root.hash,
+                sum: root.sum,
+                count: root.count,
+            },
+            sup_key,
+        );
+        let honest = kind == SupplierKind::Honest;
+        let samples = i32::from(self.params.proof_samples);
+        if sess.fake_cu > 0 {
+            self.m.cheating_claims += 1;
+            let share = sess.fake_cu as f64 / root.sum as f64;
+            self.m.expected_detection_sum += 1.0 - (1.0 - share).powi(samples);
+        }
+        let tau = sess.tau;
+        self.publish_ledger(GossipKind::Claim, LedgerBody::Claim(claim.clone()));
+        match self.ledger.apply_claim(claim.clone(), &self.verifier) {
+            Ok(_) => self.m.claims += 1,
+            Err(LedgerError::Frozen { .. }) => {
+                // The supplier was away past the freeze horizon: earnings lost, no verdict.
+                self.m.claims_late += 1;
+                self.sessions.remove(x);
+                return;
+            }
+            Err(_) => {
+                self.m.claims_refused += 1;
+                if honest {
+                    self.m.honest_claims_refused += 1;
+                }
+                self.sessions.remove(x);
+                return;
+            }
+        }
+        if kind == SupplierKind::Equivocate {
+            // A second, different claim for the same session: the ledger turns the pair
+            // into evidence and excludes the supplier.
+            let rival = Signed::sign(
+                Claim {
+                    version: 1,
+                    open: claim.body.open.clone(),
+                    root: digest_of("rival", &[x]),
+                    sum: claim.body.sum + tau,
+                    count: claim.body.count + 1,
+                },
+                &self.suppliers[s as usize].key,
+            );
+            self.publish_ledger(GossipKind::Claim, LedgerBody::Claim(rival.clone()));
+            if let Ok(Applied::Equivocation(evidence)) =
+                self.ledger.apply_claim(rival, &self.verifier)
+            {
+                self.m.equivocations += 1;
+                self.publish_ledger(GossipKind::Evidence, LedgerBody::Evidence(*evidence));
+                let sup = &mut self.suppliers[s as usize];
+                sup.excluded_us.get_or_insert(self.now);
+            }
+        }
+        let sess = self.sessions.get_mut(x).expect("present");
+        sess.claim = Some(claim);
+        // The app sees the claim once it has spread, and reveals (if it ever does).
+        let app_kind = self.apps[app as usize].kind;
+        if app_kind == AppKind::Honest {
+            let mut at = self.now + self.spread.typical_us;
+            if self.rng.chance(self.sc.churn.app_offline) {
+                at += (self.rng.lognormal(self.sc.churn.app_downtime_s) * SEC as f64) as u64;
+            }
+            self.schedule(at, Ev::Reveal(x));
+        }
+        let wait = (2 * self.params.epoch_ms).max(10_000) * MS;
+        self.schedule(self.now + wait, Ev::FullReveal(x));
+    }
+
+    /// A fake-leaf cheater's tree: its mined leaves plus leaves with no receipt behind
+    /// them, worth `fake_fraction` of the claimed sum.
+    fn add_fake_leaves(&mut self, x: Id) {
+        let f = self.sc.adversaries.fake_fraction;
+        let max_leaves = u64::from(self.params.max_claim_leaves);
+        let sess = self.sessions.get_mut(x).expect("present");
+        let root = sess.mined.root().expect("memory store");
+        let tau = sess.tau;
+        let wanted = (root.sum as f64 * f / (1.0 - f) / tau as f64).ceil() as u64;
+        let fakes = wanted.min(max_leaves.saturating_sub(root.count));
+        if fakes == 0 {
+            return;
+        }
+        let mut tree = SumTree::new();
+        let key = sess.key;
+        for receipt in sess.mined.receipts().values() {
+            let facts = receipt
+                .check(&key, &sess.open.body)
+                .expect("mined receipts check");
+            tree.insert(LeafEntry {
+                key: facts.relay_hash,
+                value: facts.digest,
+                weight: facts.mined_value(tau),
+            })
+            .expect("memory store");
+        }
+        for j in 0..fakes {
+            tree.insert(LeafEntry {
+                key: digest_of("fake-key", &[x, j]),
+                value: digest_of("fake-value", &[x, j]),
+                weight: tau,
+            })
+            .expect("memory store");
+        }
+        let receipts = sess.mined.receipts().clone();
+        sess.mined = MinedSession::with_parts(tree, receipts);
+        sess.fake_cu += fakes * tau;
+    }
+
+    fn publish_ledger(&mut self, kind: GossipKind, body: LedgerBody) {
+        let bytes = ledger_bytes(body);
+        self.record_gossip(kind, bytes);
+        if kind == GossipKind::Claim {
+            let delay = self.spread.delay(&mut self.rng, bytes);
+            self.m.convergence_ms.push(delay as f64 / MS as f64);
+        }
+    }
+
+    /// The app reveals its secret for the claimed root.
+    pub(crate) fn reveal(&mut self, x: Id) {
+        let Some(sess) = self.sessions.get_mut(x) else {
+            return;
+        };
+        let Some(claim) = &sess.claim else {
+            return;
+        };
+        if sess.proof_sent {
+            return;
+        }
+        let reveal = sign_reveal(
+            sess.key,
+            claim.body.root,
+            sess.secret,
+            &self.apps[sess.app as usize].key,
+        );
+        sess.reveal = Some(reveal.clone());
+        self.publish_ledger(GossipKind::Reveal, LedgerBody::Reveal(reveal));
+        let at = self.now + self.spread.typical_us;
+        self.schedule(at, Ev::Prove(x));
+    }
+
+    /// The supplier proves its claim: sampled after a reveal, or with every receipt.
+    pub(crate) fn prove(&mut self, x: Id, full: bool) {
+        let Some(sess) = self.sessions.get(x) else {
+            return;
+        };
+        if sess.proof_sent || (!full && sess.reveal.is_none()) {
+            return;
+        }
+        let s = sess.supplier;
+        if !self.suppliers[s as usize].online {
+            let ev = if full {
+                Ev::FullReveal(x)
+            } else {
+                Ev::Prove(x)
+            };
+            self.suppliers[s as usize].duties.push(ev);
+            return;
+        }
+        let sess = self.sessions.get_mut(x).expect("present");
+        sess.proof_sent = true;
+        let claim = sess.claim.as_ref().expect("claimed");
+        let id = claim.id();
+        let proof = if full {
+            sess.mined.full_reveal(id).ok()
+        } else {
+            let reveal = sess.reveal.clone().expect("revealed");
+            // A fake leaf has no receipt: a cheater sampled there cannot answer.
+            sess.mined
+                .sampled_proof(id, reveal, self.params.proof_samples)
+                .ok()
+        };
+        let Some(proof) = proof else {
+            return;
+        };
+        if full {
+            self.m.full_reveals += 1;
+        }
+        self.publish_ledger(GossipKind::Proof, LedgerBody::Proof(proof.clone()));
+        let kind = self.suppliers[s as usize].kind;
+        match self.ledger.apply_proof(&proof, &self.verifier) {
+            Ok(Applied::Settled) => self.settled(x),
+            Ok(_) => {
+                // Void (an excluded supplier) or a duplicate: no credit.
+                self.sessions.remove(x);
+            }
+            Err(LedgerError::Frozen { .. } | LedgerError::UnknownClaim(_)) => {
+                // Its claim's epoch froze (and was dropped) before the proof came.
+                self.m.claims_late += 1;
+                self.sessions.remove(x);
+            }
+            Err(_) => {
+                self.m.proofs_refused += 1;
+                if kind == SupplierKind::Honest {
+                    self.m.honest_claims_refused += 1;
+                }
+            }
+        }
+    }
+
+    fn settled(&mut self, x: Id) {
+        let sess = self.sessions.remove(x).expect("present");
+        let claim = sess.claim.as_ref().expect("claimed");
+        let sup = &mut self.suppliers[sess.supplier as usize];
+        self.m.claims_settled += 1;
+        self.m
+            .settle_ms
+            .push(self.now.saturating_sub(sess.end_us) as f64 / MS as f64);
+        sup.credited_cu += claim.body.sum;
+        if sup.kind == SupplierKind::Honest {
+            sup.settled_served_cu += sess.served_cu;
+            sup.settled_var += sess.var;
+        }
+    }
+
+    /// Settlement figures once the run is over.
+    pub(crate) fn finish_settlement(&mut self) {
+        for (_, sess) in self.sessions.iter() {
+            let Some(claim) = &sess.claim else {
+                continue;
+            };
+            let kind = self.suppliers[sess.supplier as usize].kind;
+            if sess.fake_cu > 0 {
+                self.m.cheating_detected += 1;
+            } else if kind == SupplierKind::Honest
+                && self.ledger.claim_status(&claim.id()) != Some(ClaimStatus::Settled)
+            {
+                self.m.honest_claims_unsettled += 1;
+            }
+        }
+        let (mut served, mut credited, mut abs, mut expected) = (0.0, 0.0, 0.0, 0.0);
+        let mut max_z: f64 = 0.0;
+        for sup in &self.suppliers {
+            if sup.kind != SupplierKind::Honest || sup.settled_served_cu == 0 {
+                continue;
+            }
+            let (s, c) = (sup.settled_served_cu as f64, sup.credited_cu as f64);
+            served += s;
+            credited += c;
+            abs += (c - s).abs();
+            let sd = sup.settled_var.sqrt();
+            expected += sd * (2.0 / std::f64::consts::PI).sqrt();
+            if sd > 0.0 {
+                max_z = max_z.max((c - s).abs() / sd);
+            } else if c != s {
+                max_z = f64::INFINITY;
+            }
+        }
+        self.m.honest_excluded = self
+            .suppliers
+            .iter()
+            .filter(|s| {
+                s.kind == SupplierKind::Honest && self.ledger.is_excluded(&s.key.public_key())
+            })
+            .count() as u64;
+        if served > 0.0 {
+            self.m.metering_error = abs / served;
+            self.m.metering_bias = credited / served - 1.0;
+            self.m.expected_error = expected / served;
+        }
+        self.m.metering_max_z = max_z;
+        let accounts = self.ledger.accounts();
+        let earned: u128 = accounts.values().map(|a| a.earned).sum();
+        let spent: u128 = accounts.values().map(|a| a.spent).sum();
+        self.m.credits_minus_debits = earned as i128 - spent as i128;
+    }
+}

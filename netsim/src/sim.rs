@@ -1,0 +1,1221 @@
+//! The discrete-event engine and the mesh model: nodes, the network between them,
+//! suppliers serving requests, apps routing and failing over. Metering and settlement
+//! (sessions, acks, receipts, mining, claims, proofs, the ledger) are in `settle.rs` and
+//! run the protocol crate's own code.
+//!
+//! Time is virtual (µs). Events with equal times run in the order they were scheduled,
+//! every random draw comes from one seeded stream and every collection the output
+//! depends on is ordered, so a seed and a scenario give byte-identical output.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+
+use anyhow::Result;
+use relaymesh_protocol::identity::signed::Signed;
+use relaymesh_protocol::ledger::Ledger;
+use relaymesh_protocol::messages::capability::{CapabilityAd, ModelOffer};
+use relaymesh_protocol::messages::transfer::Transfer;
+use relaymesh_protocol::metering::tau::TauController;
+use relaymesh_protocol::params::{Allocation, MeshParams};
+use relaymesh_protocol::routing::score::{rank, ScoreWeights, SupplierStats};
+use relaymesh_protocol::wire::WireMessage;
+use relaymesh_protocol::{BoundedString, BoundedVec, Digest, Signer};
+
+use crate::gossip::Spread;
+use crate::keys::{SimKey, SimVerifier};
+use crate::metrics::{GossipKind, Metrics};
+use crate::rng::Rng;
+use crate::scenario::Scenario;
+use crate::settle::Session;
+
+/// µs per ms.
+pub(crate) const MS: u64 = 1000;
+/// µs per second.
+pub(crate) const SEC: u64 = 1_000_000;
+
+/// Something that happens at a time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Ev {
+    /// The next request arrives.
+    Arrival,
+    /// An attempt's request reaches its supplier.
+    Accept(Id),
+    /// The app gives up on an attempt (dial failed, stream stalled, garbage, busy).
+    GiveUp(Id, Why),
+    /// The supplier finishes an attempt's stream (or stops, as planned).
+    End(Id),
+    /// A supplier crashes.
+    Crash(u32),
+    /// A supplier leaves gracefully.
+    Leave(u32),
+    /// A leaving supplier, its claims proven, goes offline (if still in this incarnation).
+    Offline(u32, u32),
+    /// A supplier comes back.
+    Rejoin(u32),
+    /// A supplier re-announces its ad (if still in this incarnation).
+    AdRefresh(u32, u32),
+    /// A session ends: its supplier claims.
+    Close(Id),
+    /// The app reveals for a session's claim.
+    Reveal(Id),
+    /// The supplier has the reveal: it proves.
+    Prove(Id),
+    /// No reveal came in time: the supplier proves with every receipt.
+    FullReveal(Id),
+    /// An epoch boundary: the ledger freezes old epochs.
+    Epoch,
+}
+
+/// Why an app gave up on an attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Why {
+    Dial,
+    Busy,
+    Stall,
+    Garbage,
+}
+
+/// How a supplier behaves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SupplierKind {
+    Honest,
+    Inflate,
+    FakeLeaves,
+    Garbage,
+    Silent,
+    Equivocate,
+}
+
+/// How an app behaves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AppKind {
+    Honest,
+    StopAcking,
+    NeverReveal,
+}
+
+/// What an attempt will end with, decided when its stream starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Plan {
+    Done,
+    Garbage,
+    Silent,
+    AppStops,
+}
+
+pub(crate) struct Node {
+    /// One-way access latency, µs.
+    pub access_us: u64,
+    /// Uplink, bytes per µs.
+    pub bytes_per_us: f64,
+}
+
+pub(crate) struct Ad {
+    pub seq: u64,
+    pub visible_us: u64,
+    pub expires_us: u64,
+    pub free_slots: u16,
+}
+
+pub(crate) struct Supplier {
+    pub node: u32,
+    pub key: SimKey,
+    pub model: u32,
+    pub speed: f64,
+    /// The TTFT its ad states: its own measurement of a median prompt, ms.
+    pub ad_ttft_ms: u32,
+    pub slots: u32,
+    pub busy: u32,
+    pub queue: VecDeque<Id>,
+    pub active: Vec<Id>,
+    pub online: bool,
+    pub leaving: bool,
+    pub incarnation: u32,
+    pub kind: SupplierKind,
+    pub sybil: bool,
+    pub tau: TauController,
+    pub ad: Option<Ad>,
+    pub last_ad_us: u64,
+    /// The open session with each app.
+    pub open: BTreeMap<u32, Id>,
+    /// Settlement events that came while it was down, redone when it is back.
+    pub duties: Vec<Ev>,
+    pub served_cu: u64,
+    pub credited_cu: u64,
+    pub settled_served_cu: u64,
+    pub settled_var: f64,
+    pub excluded_us: Option<u64>,
+}
+
+pub(crate) struct App {
+    pub node: u32,
+    pub key: SimKey,
+    pub kind: AppKind,
+    pub views: BTreeMap<u32, View>,
+    /// The suppliers of each model this app knows and ranks (its bounded peer table);
+    /// ones it can no longer use are replaced by random others.
+    pub known: BTreeMap<u32, Vec<u32>>,
+}
+
+/// What an app knows of a supplier from its own requests.
+pub(crate) struct View {
+    pub stats: SupplierStats,
+    pub updated_us: u64,
+    /// Dials failed while the supplier's ad had this sequence number: skip it until a
+    /// newer ad shows it is back.
+    pub dead_seq: Option<u64>,
+}
+
+pub(crate) struct Request {
+    pub app: u32,
+    pub id: u64,
+    pub prompt_tokens: u32,
+    pub output_tokens: u32,
+    pub delivered: u32,
+    pub arrived_us: u64,
+    pub first_token_us: Option<u64>,
+    pub prefill_us: u64,
+    pub candidates: Vec<u32>,
+    pub next: usize,
+    pub attempts: u32,
+    pub honest: bool,
+}
+
+pub(crate) struct Attempt {
+    pub request: Id,
+    pub supplier: u32,
+    pub incarnation: u32,
+    pub session: Option<Id>,
+    pub started_us: u64,
+    pub first_token_us: u64,
+    pub tokens: u32,
+    pub stop_after: u32,
+    plan: Plan,
+    pub cut: bool,
+}
+
+/// A vector with reusable slots. An id carries its slot's generation, so an event
+/// for a removed item never reaches the item that reuses its slot.
+pub(crate) struct Slab<T> {
+    items: Vec<(u32, Option<T>)>,
+    free: Vec<u32>,
+}
+
+/// An item's id in a [`Slab`]: generation in the high half, slot in the low half.
+pub(crate) type Id = u64;
+
+impl<T> Slab<T> {
+    fn new() -> Self {
+        Self {
+            items: Vec::new(),
+            free: Vec::new(),
+        }
+    }
+
+    pub fn insert(&mut self, item: T) -> Id {
+        let slot = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.items.push((0, None));
+                (self.items.len() - 1) as u32
+            }
+        };
+        let entry = &mut self.items[slot as usize];
+        entry.0 += 1;
+        entry.1 = Some(item);
+        (u64::from(entry.0) << 32) | u64::from(slot)
+    }
+
+    fn entry(&self, id: Id) -> Option<&(u32, Option<T>)> {
+        self.items
+            .get((id & 0xffff_ffff) as usize)
+            .filter(|e| u64::from(e.0) == id >> 32)
+    }
+
+    pub fn get(&self, id: Id) -> Option<&T> {
+        self.entry(id).and_then(|e| e.1.as_ref())
+    }
+
+    pub fn get_mut(&mut self, id: Id) -> Option<&mut T> {
+        self.items
+            .get_mut((id & 0xffff_ffff) as usize)
+            .filter(|e| u64::from(e.0) == id >> 32)
+            .and_then(|e| e.1.as_mut())
+    }
+
+    pub fn remove(&mut self, id: Id) -> Option<T> {
+        let entry = self
+            .items
+            .get_mut((id & 0xffff_ffff) as usize)
+            .filter(|e| u64::from(e.0) == id >> 32)?;
+        let item = entry.1.take();
+        if item.is_some() {
+            self.free.push((id & 0xffff_ffff) as u32);
+        }
+        item
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (Id, &T)> {
+        self.items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (g, t))| t.as_ref().map(|t| ((u64::from(*g) << 32) | i as u64, t)))
+    }
+}
+
+/// One simulation run.
+pub struct Sim {
+    pub(crate) sc: Scenario,
+    pub(crate) params: MeshParams,
+    pub(crate) verifier: SimVerifier,
+    pub(crate) rng: Rng,
+    pub(crate) now: u64,
+    queue: BinaryHeap<Reverse<(u64, u64, Ev)>>,
+    seq: u64,
+    pub(crate) nodes: Vec<Node>,
+    pub(crate) suppliers: Vec<Supplier>,
+    pub(crate) apps: Vec<App>,
+    by_model: Vec<Vec<u32>>,
+    model_weights: Vec<f64>,
+    pub(crate) requests: Slab<Request>,
+    pub(crate) attempts: Slab<Attempt>,
+    pub(crate) sessions: Slab<Session>,
+    pub(crate) ledger: Ledger,
+    pub(crate) spread: Spread,
+    pub(crate) m: Metrics,
+    pub(crate) text: Vec<u8>,
+    weights: ScoreWeights,
+    ad_size: usize,
+    arrivals_left: u64,
+    pub(crate) counter: u64,
+    end_us: u64,
+}
+
+impl Sim {
+    /// Sets up the mesh of a scenario.
+    pub fn new(sc: &Scenario) -> Result<Self> {
+        sc.validate()?;
+        let mut rng = Rng::new(sc.seed);
+        let n_suppliers = sc.suppliers();
+        let n_apps = sc.nodes - n_suppliers;
+        let mode = sc.signatures;
+        let nodes: Vec<Node> = (0..sc.nodes)
+            .map(|_| {
+                let home = rng.chance(sc.network.home_share);
+                let (lat, mbps) = if home {
+                    (sc.network.home_ms, sc.network.home_mbps)
+                } else {
+                    (sc.network.dc_ms, sc.network.dc_mbps)
+                };
+                Node {
+                    access_us: (rng.lognormal(lat) * MS as f64) as u64,
+                    bytes_per_us: mbps / 8.0,
+                }
+            })
+            .collect();
+
+        // Models are asked for with weight 1/(m+1); suppliers are spread the same way.
+        let model_weights: Vec<f64> = (0..sc.models).map(|m| 1.0 / f64::from(m + 1)).collect();
+        let total_weight: f64 = model_weights.iter().sum();
+        let pick_model = |rng: &mut Rng| {
+            let mut x = rng.unit() * total_weight;
+            for (m, w) in model_weights.iter().enumerate() {
+                if x < *w {
+                    return m as u32;
+                }
+                x -= w;
+            }
+            0
+        };
+
+        let a = &sc.adversaries;
+        let honest_suppliers = n_suppliers - a.sybil_identities;
+        let median_speed = sc.gpu.tokens_per_sec.median;
+        // The operator's capacity (streams at the median speed) split among its
+        // identities: fewer slots each, and slower streams where a slot is a fraction.
+        let sybil_streams = a.sybil_capacity * f64::from(sc.gpu.slots);
+        let identities = f64::from(a.sybil_identities.max(1));
+        let sybil_slots = (sybil_streams / identities).floor().max(1.0) as u32;
+        let sybil_speed = median_speed * sybil_streams / (identities * f64::from(sybil_slots));
+        let params = sc.mesh_params()?;
+        let tau0 = initial_tau(sc);
+        let mut suppliers = Vec::with_capacity(n_suppliers as usize);
+        for i in 0..n_suppliers {
+            let sybil = i >= honest_suppliers;
+            let kind = if sybil {
+                SupplierKind::Honest
+            } else {
+                let x = rng.unit();
+                let bands = [
+                    (a.inflate, SupplierKind::Inflate),
+                    (a.fake_leaves, SupplierKind::FakeLeaves),
+                    (a.garbage, SupplierKind::Garbage),
+                    (a.silent, SupplierKind::Silent),
+                    (a.equivocate, SupplierKind::Equivocate),
+                ];
+                let mut edge = 0.0;
+                let mut kind = SupplierKind::Honest;
+                for (share, k) in bands {
+                    edge += share;
+                    if x < edge {
+                        kind = k;
+                        break;
+                    }
+                }
+                kind
+            };
+            let speed = if sybil {
+                sybil_speed
+            } else {
+                rng.lognormal(sc.gpu.tokens_per_sec).max(1.0)
+            };
+            suppliers.push(Supplier {
+                node: i,
+                key: SimKey::derive(sc.seed, i, mode),
+                model: if sybil { 0 } else { pick_model(&mut rng) },
+                speed,
+                ad_ttft_ms: (sc.load.prompt_tokens.median / (speed * sc.gpu.prefill_factor)
+                    * 1000.0) as u32
+                    + 20,
+                slots: if sybil { sybil_slots } else { sc.gpu.slots },
+                busy: 0,
+                queue: VecDeque::new(),
+                active: Vec::new(),
+                online: true,
+                leaving: false,
+                incarnation: 0,
+                kind,
+                sybil,
+                tau: TauController::new(
+                    tau0,
+                    params.tau_target_mined,
+                    params.tau_min,
+                    params.tau_max,
+                ),
+                ad: None,
+                last_ad_us: 0,
+                open: BTreeMap::new(),
+                duties: Vec::new(),
+                served_cu: 0,
+                credited_cu: 0,
+                settled_served_cu: 0,
+                settled_var: 0.0,
+                excluded_us: None,
+            });
+        }
+        let mut by_model = vec![Vec::new(); sc.models as usize];
+        for (i, s) in suppliers.iter().enumerate() {
+            by_model[s.model as usize].push(i as u32);
+        }
+        let apps: Vec<App> = (0..n_apps)
+            .map(|j| {
+                let x = rng.unit();
+                let kind = if x < a.stop_acking {
+                    AppKind::StopAcking
+                } else if x < a.stop_acking + a.never_reveal {
+                    AppKind::NeverReveal
+                } else {
+                    AppKind::Honest
+                };
+                App {
+                    node: n_suppliers + j,
+                    key: SimKey::derive(sc.seed, n_suppliers + j, mode),
+                    kind,
+                    views: BTreeMap::new(),
+                    known: BTreeMap::new(),
+                }
+            })
+            .collect();
+
+        // Credit: genesis gives one treasury account everything, and the treasury funds
+        // every app with a signed transfer in epoch 0 (genesis holds at most 4096
+        // accounts). The run starts in epoch 1, when the transfers are carried in.
+        let treasury = SimKey::derive(sc.seed, u32::MAX, mode);
+        let mut params = params;
+        params.genesis = BoundedVec::try_from_vec(vec![Allocation {
+            account: treasury.public_key(),
+            amount: u64::MAX / 2,
+        }])
+        .expect("one allocation");
+        let verifier = SimVerifier(sc.signatures);
+        let mut ledger = Ledger::new(params.clone());
+        let per_app = u64::MAX / 2 / u64::from(n_apps.max(1));
+        for (j, app) in apps.iter().enumerate() {
+            let transfer = Signed::sign(
+                Transfer {
+                    version: 1,
+                    mesh_id: params.mesh_id(),
+                    from: treasury.public_key(),
+                    to: app.key.public_key(),
+                    amount: per_app,
+                    epoch: 0,
+                    nonce: j as u64,
+                },
+                &treasury,
+            );
+            ledger
+                .apply_transfer(&transfer, &verifier)
+                .map_err(|e| anyhow::anyhow!("funding app {j}: {e}"))?;
+        }
+        let t0 = params.epoch_ms * MS;
+
+        let ad_size = ad_size(&params, &suppliers[0]);
+        let text = vec![b'x'; (sc.mesh.ack_every_tokens * sc.load.bytes_per_token) as usize];
+        let spread = Spread::new(sc, &nodes);
+        let end_us = t0 + (sc.duration_s * SEC as f64) as u64;
+        let mut sim = Sim {
+            verifier,
+            params,
+            rng,
+            now: t0,
+            queue: BinaryHeap::new(),
+            seq: 0,
+            nodes,
+            suppliers,
+            apps,
+            by_model,
+            model_weights,
+            requests: Slab::new(),
+            attempts: Slab::new(),
+            sessions: Slab::new(),
+            ledger,
+            spread,
+            m: Metrics::default(),
+            text,
+            weights: ScoreWeights::default(),
+            ad_size,
+            arrivals_left: sc.requests,
+            counter: 0,
+            end_us,
+            sc: sc.clone(),
+        };
+        sim.m.nodes = u64::from(sc.nodes);
+        sim.m.suppliers = u64::from(n_suppliers);
+        for s in 0..n_suppliers {
+            // Suppliers announce themselves within the first seconds.
+            let at = t0 + sim.rng.below(5 * SEC as usize) as u64;
+            sim.schedule(at, Ev::Rejoin(s));
+            sim.schedule_churn(s, at);
+        }
+        if sc.requests > 0 {
+            let first = t0 + sim.next_arrival_gap();
+            sim.schedule(first, Ev::Arrival);
+        }
+        sim.schedule(t0 + sim.params.epoch_ms * MS, Ev::Epoch);
+        Ok(sim)
+    }
+
+    pub(crate) fn schedule(&mut self, at: u64, ev: Ev) {
+        self.seq += 1;
+        self.queue.push(Reverse((at.max(self.now), self.seq, ev)));
+    }
+
+    fn next_arrival_gap(&mut self) -> u64 {
+        let mean = self.sc.duration_s * SEC as f64 / self.sc.requests as f64;
+        self.rng.exponential(mean) as u64
+    }
+
+    /// When settlement is over: the last arrival, plus a session, its claim delay, the
+    /// reveal wait and a margin for gossip and offline apps.
+    fn drain_until(&self) -> u64 {
+        let m = &self.sc.mesh;
+        self.end_us
+            + (m.session_s + m.claim_delay_s + 3 * m.epoch_s.max(10) + 120) * SEC
+            + (self.sc.churn.app_downtime_s.median * 4.0 * SEC as f64) as u64
+    }
+
+    /// Runs to the end; `progress` is called now and then with the share done.
+    pub fn run(mut self, mut progress: impl FnMut(f64)) -> Metrics {
+        let until = self.drain_until();
+        while let Some(Reverse((at, _, ev))) = self.queue.pop() {
+            if at > until {
+                break;
+            }
+            self.now = at;
+            self.m.events += 1;
+            if self.m.events.is_multiple_of(65_536) {
+                progress(at as f64 / until as f64);
+            }
+            self.handle(ev);
+        }
+        self.now = self.now.max(until);
+        self.finish();
+        progress(1.0);
+        self.m
+    }
+
+    fn handle(&mut self, ev: Ev) {
+        match ev {
+            Ev::Arrival => self.arrival(),
+            Ev::Accept(a) => self.accept(a),
+            Ev::GiveUp(a, why) => self.give_up(a, why),
+            Ev::End(a) => self.end(a),
+            Ev::Crash(s) => self.crash(s),
+            Ev::Leave(s) => self.leave(s),
+            Ev::Rejoin(s) => self.rejoin(s),
+            Ev::Offline(s, inc) => {
+                let sup = &mut self.suppliers[s as usize];
+                if sup.online && sup.incarnation == inc {
+                    sup.online = false;
+                    sup.leaving = false;
+                    sup.incarnation += 1;
+                    self.schedule_rejoin(s);
+                }
+            }
+            Ev::AdRefresh(s, inc) => {
+                let sup = &self.suppliers[s as usize];
+                if sup.online && !sup.leaving && sup.incarnation == inc {
+                    self.publish_ad(s);
+                    let next = self.now + self.sc.mesh.ad_refresh_s * SEC;
+                    self.schedule(next, Ev::AdRefresh(s, inc));
+                }
+            }
+            Ev::Close(x) => self.close(x),
+            Ev::Reveal(x) => self.reveal(x),
+            Ev::Prove(x) => self.prove(x, false),
+            Ev::FullReveal(x) => self.prove(x, true),
+            Ev::Epoch => {
+                self.ledger.advance(self.now / MS);
+                let next = self.now + self.params.epoch_ms * MS;
+                self.schedule(next, Ev::Epoch);
+            }
+        }
+    }
+
+    /// One-way latency between two nodes, µs, for a message of `bytes`.
+    pub(crate) fn one_way(&self, a: u32, b: u32, bytes: usize) -> u64 {
+        let (na, nb) = (&self.nodes[a as usize], &self.nodes[b as usize]);
+        na.access_us + nb.access_us + (bytes as f64 / na.bytes_per_us) as u64
+    }
+
+    /// A retransmission delay if the message is lost.
+    fn loss_delay(&mut self, rtt: u64) -> u64 {
+        if self.rng.chance(self.sc.network.loss) {
+            (2 * rtt).max(200 * MS)
+        } else {
+            0
+        }
+    }
+
+    // ---- churn ----
+
+    fn schedule_churn(&mut self, s: u32, from: u64) {
+        let c = self.sc.churn.clone();
+        let hour = 3600.0 * SEC as f64;
+        if c.crashes_per_hour > 0.0 {
+            let at = from + self.rng.exponential(hour / c.crashes_per_hour) as u64;
+            if at < self.end_us {
+                self.schedule(at, Ev::Crash(s));
+            }
+        }
+        if c.leaves_per_hour > 0.0 {
+            let at = from + self.rng.exponential(hour / c.leaves_per_hour) as u64;
+            if at < self.end_us {
+                self.schedule(at, Ev::Leave(s));
+            }
+        }
+    }
+
+    fn crash(&mut self, s: u32) {
+        let sup = &mut self.suppliers[s as usize];
+        if !sup.online {
+            return;
+        }
+        sup.online = false;
+        sup.leaving = false;
+        sup.incarnation += 1;
+        sup.busy = 0;
+        let active = std::mem::take(&mut sup.active);
+        let queued: Vec<Id> = sup.queue.drain(..).collect();
+        let stall = (self.sc.network.stall_timeout_ms * MS as f64) as u64;
+        for a in active {
+            self.cut(a);
+            self.schedule(self.now + stall, Ev::GiveUp(a, Why::Stall));
+        }
+        for a in queued {
+            self.schedule(self.now + stall, Ev::GiveUp(a, Why::Stall));
+        }
+        self.schedule_rejoin(s);
+    }
+
+    fn schedule_rejoin(&mut self, s: u32) {
+        let down = self.rng.lognormal(self.sc.churn.downtime_s) * SEC as f64;
+        self.schedule(self.now + down as u64, Ev::Rejoin(s));
+    }
+
+    fn leave(&mut self, s: u32) {
+        let sup = &mut self.suppliers[s as usize];
+        if !sup.online || sup.leaving {
+            return;
+        }
+        sup.leaving = true;
+        // Its last ad says it is gone: apps drop it once that ad has spread.
+        let visible = self.now + self.spread.ad_delay(&mut self.rng, self.ad_size);
+        if let Some(ad) = &mut self.suppliers[s as usize].ad {
+            ad.expires_us = visible;
+        }
+        self.record_gossip(GossipKind::Ad, self.ad_size);
+        self.maybe_go_offline(s);
+    }
+
+    /// A leaving supplier with no stream left claims its sessions now and goes offline
+    /// once the reveals (or the full-reveal fallback) have let it prove them.
+    fn maybe_go_offline(&mut self, s: u32) {
+        let sup = &mut self.suppliers[s as usize];
+        if !(sup.leaving && sup.busy == 0 && sup.queue.is_empty()) {
+            return;
+        }
+        let open: Vec<Id> = std::mem::take(&mut sup.open).into_values().collect();
+        let inc = sup.incarnation;
+        let claim_at = self.now + self.sc.mesh.claim_delay_s * SEC;
+        for x in open {
+            if let Some(sess) = self.sessions.get_mut(x) {
+                sess.end_us = sess.end_us.min(self.now);
+            }
+            self.schedule(claim_at, Ev::Close(x));
+        }
+        let proven_by = claim_at + (2 * self.params.epoch_ms).max(10_000) * MS + SEC;
+        self.schedule(proven_by, Ev::Offline(s, inc));
+    }
+
+    fn rejoin(&mut self, s: u32) {
+        let first = self.suppliers[s as usize].ad.is_none();
+        let sup = &mut self.suppliers[s as usize];
+        if sup.online && !first {
+            return;
+        }
+        sup.online = true;
+        sup.leaving = false;
+        sup.incarnation += 1;
+        let inc = sup.incarnation;
+        let duties = std::mem::take(&mut sup.duties);
+        self.publish_ad(s);
+        self.schedule(
+            self.now + self.sc.mesh.ad_refresh_s * SEC,
+            Ev::AdRefresh(s, inc),
+        );
+        for ev in duties {
+            self.schedule(self.now, ev);
+        }
+        if !first {
+            self.schedule_churn(s, self.now);
+        }
+    }
+
+    // ---- ads ----
+
+    fn publish_ad(&mut self, s: u32) {
+        let delay = self.spread.ad_delay(&mut self.rng, self.ad_size);
+        let lifetime = self.sc.mesh.ad_lifetime_s * SEC;
+        let now = self.now;
+        let sup = &mut self.suppliers[s as usize];
+        let seq = sup.ad.as_ref().map_or(1, |a| a.seq + 1);
+        sup.ad = Some(Ad {
+            seq,
+            visible_us: now + delay,
+            expires_us: now + lifetime,
+            free_slots: sup.slots.saturating_sub(sup.busy) as u16,
+        });
+        sup.last_ad_us = now;
+        self.record_gossip(GossipKind::Ad, self.ad_size);
+    }
+
+    /// Re-announces after a load change, at most once per `ad_min_interval_s`.
+    fn load_changed(&mut self, s: u32) {
+        let sup = &self.suppliers[s as usize];
+        if sup.online
+            && !sup.leaving
+            && self.now >= sup.last_ad_us + self.sc.mesh.ad_min_interval_s * SEC
+        {
+            self.publish_ad(s);
+        }
+    }
+
+    pub(crate) fn record_gossip(&mut self, kind: GossipKind, bytes: usize) {
+        self.m.gossip_msgs[kind as usize] += 1;
+        self.m.gossip_bytes[kind as usize] += bytes as u128;
+    }
+
+    // ---- requests ----
+
+    fn arrival(&mut self) {
+        self.arrivals_left -= 1;
+        if self.arrivals_left > 0 {
+            let gap = self.next_arrival_gap();
+            self.schedule(self.now + gap, Ev::Arrival);
+        }
+        let app = self.rng.below(self.apps.len()) as u32;
+        let mut x = self.rng.unit() * self.model_weights.iter().sum::<f64>();
+        let mut model = 0;
+        for (m, w) in self.model_weights.iter().enumerate() {
+            if x < *w {
+                model = m;
+                break;
+            }
+            x -= w;
+        }
+        let load = &self.sc.load;
+        let prompt_tokens = self.rng.lognormal(load.prompt_tokens).clamp(1.0, 32_768.0) as u32;
+        let output_tokens =
+            (self.rng.lognormal(load.output_tokens) as u32).clamp(1, load.max_output_tokens);
+        let candidates = self.rank_candidates(app, model);
+        let honest = self.apps[app as usize].kind != AppKind::StopAcking;
+        self.counter += 1;
+        let r = self.requests.insert(Request {
+            app,
+            id: self.counter,
+            prompt_tokens,
+            output_tokens,
+            delivered: 0,
+            arrived_us: self.now,
+            first_token_us: None,
+            prefill_us: 0,
+            candidates,
+            next: 0,
+            attempts: 0,
+            honest,
+        });
+        self.m.requests += 1;
+        if honest {
+            self.m.honest_requests += 1;
+        }
+        self.next_attempt(r);
+    }
+
+    /// Whether `app` can route to supplier `s` now: its ad has reached the app and not
+    /// expired, it is not known to be excluded, and no dial to it has failed since.
+    fn usable(&self, app: u32, s: u32) -> bool {
+        let sup = &self.suppliers[s as usize];
+        let Some(ad) = &sup.ad else {
+            return false;
+        };
+        let now = self.now;
+        ad.visible_us <= now
+            && ad.expires_us > now
+            && sup
+                .excluded_us
+                .is_none_or(|t| t + self.spread.typical_us > now)
+            && self.apps[app as usize]
+                .views
+                .get(&s)
+                .is_none_or(|v| v.dead_seq.is_none_or(|d| d < ad.seq))
+    }
+
+    /// The app's known suppliers of a model, topped up with random others where some
+    /// became unusable, ranked by the protocol's routing score (the ad's figures,
+    /// refined by the app's own measurements).
+    fn rank_candidates(&mut self, app: u32, model: usize) -> Vec<u32> {
+        let pool = &self.by_model[model];
+        let want = (self.sc.candidates as usize).min(pool.len());
+        let mut known = self.apps[app as usize]
+            .known
+            .remove(&(model as u32))
+            .unwrap_or_default();
+        known.retain(|s| self.usable(app, *s));
+        let mut tries = 0;
+        while known.len() < want && tries < 4 * want {
+            tries += 1;
+            let s = pool[self.rng.below(pool.len())];
+            if !known.contains(&s) && self.usable(app, s) {
+                known.push(s);
+            }
+        }
+        self.apps[app as usize]
+            .known
+            .insert(model as u32, known.clone());
+        let picked = known;
+        let now = self.now;
+        let price = self.sc.mesh.price_per_cu;
+        let view_of = &self.apps[app as usize].views;
+        let weights = self.weights;
+        let usable = picked.into_iter().filter_map(|s| {
+            let sup = &self.suppliers[s as usize];
+            let ad = sup.ad.as_ref()?;
+            let view = view_of.get(&s);
+            let mut stats = SupplierStats::from_ad(
+                sup.ad_ttft_ms,
+                (sup.speed * 1000.0) as u32,
+                ad.free_slots,
+                sup.slots as u16,
+                price,
+            );
+            if let Some(v) = view {
+                let mut own = v.stats;
+                own.decay_errors(now.saturating_sub(v.updated_us) / MS, &weights);
+                own.free_slots = ad.free_slots.into();
+                stats = own;
+            }
+            Some((s, stats))
+        });
+        rank(usable, None, &self.weights)
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect()
+    }
+
+    fn next_attempt(&mut self, r: Id) {
+        let max = if self.sc.failover {
+            self.sc.max_attempts
+        } else {
+            1
+        };
+        let req = self.requests.get_mut(r).expect("live request");
+        if req.attempts >= max || req.next >= req.candidates.len() {
+            self.finish_request(r, false);
+            return;
+        }
+        let s = req.candidates[req.next];
+        req.next += 1;
+        req.attempts += 1;
+        let app_node = self.apps[req.app as usize].node;
+        self.m.attempts += 1;
+        let sup = &self.suppliers[s as usize];
+        let a = self.attempts.insert(Attempt {
+            request: r,
+            supplier: s,
+            incarnation: sup.incarnation,
+            session: None,
+            started_us: 0,
+            first_token_us: 0,
+            tokens: 0,
+            stop_after: 0,
+            plan: Plan::Done,
+            cut: false,
+        });
+        if !sup.online {
+            // A ghost: its ad outlived it. The dial times out.
+            let t = (self.sc.network.dial_timeout_ms * MS as f64) as u64;
+            self.schedule(self.now + t, Ev::GiveUp(a, Why::Dial));
+            return;
+        }
+        let one_way = self.one_way(app_node, sup.node, 512);
+        let lost = self.loss_delay(2 * one_way);
+        self.schedule(self.now + one_way + lost, Ev::Accept(a));
+    }
+
+    fn accept(&mut self, a: Id) {
+        let at = self.attempts.get(a).expect("live attempt");
+        let s = at.supplier;
+        let sup = &self.suppliers[s as usize];
+        let app_node = self.apps[self.requests.get(at.request).expect("live").app as usize].node;
+        if !sup.online || sup.incarnation != at.incarnation {
+            let t = (self.sc.network.dial_timeout_ms * MS as f64) as u64;
+            self.schedule(self.now + t, Ev::GiveUp(a, Why::Dial));
+            return;
+        }
+        let back = self.one_way(sup.node, app_node, 256);
+        if sup.leaving || (sup.busy >= sup.slots && sup.queue.len() >= self.sc.gpu.queue as usize) {
+            self.m.refused_busy += 1;
+            self.schedule(self.now + back, Ev::GiveUp(a, Why::Busy));
+            return;
+        }
+        if sup.busy < sup.slots {
+            self.start(a);
+        } else {
+            self.suppliers[s as usize].queue.push_back(a);
+        }
+    }
+
+    /// The supplier takes the attempt into a slot: session, prefill, stream.
+    fn start(&mut self, a: Id) {
+        let (r, s) = {
+            let at = self.attempts.get(a).expect("live attempt");
+            (at.request, at.supplier)
+        };
+        let req = self.requests.get(r).expect("live request");
+        let app = req.app;
+        let remaining = req.output_tokens - req.delivered;
+        // A resumed request carries the partial answer as part of its prompt.
+        let prompt = req.prompt_tokens + req.delivered;
+        let (session, opened) = self.session_for(s, app, remaining);
+        let sup = &mut self.suppliers[s as usize];
+        sup.busy += 1;
+        sup.active.push(a);
+        let speed = sup.speed;
+        let kind = sup.kind;
+        let app_node = self.apps[app as usize].node;
+        let sup_node = sup.node;
+        let rtt = 2 * self.one_way(app_node, sup_node, 256);
+        // Opening a session costs the countersignature's round trip.
+        let open_cost = if opened { rtt } else { 0 };
+        let prefill =
+            (f64::from(prompt) / (speed * self.sc.gpu.prefill_factor) * SEC as f64) as u64;
+        let first_token = self.now + open_cost + prefill;
+        let k = self.sc.mesh.ack_every_tokens;
+        let app_kind = self.apps[app as usize].kind;
+        let (plan, produced) = if kind == SupplierKind::Garbage {
+            (Plan::Garbage, remaining.min(k))
+        } else if kind == SupplierKind::Silent
+            && self.rng.chance(self.sc.adversaries.silent_per_request)
+        {
+            let upto = (self.rng.unit() * f64::from(remaining)) as u32;
+            (Plan::Silent, upto)
+        } else if app_kind == AppKind::StopAcking {
+            let w = self.sc.mesh.max_unacked_tokens;
+            (Plan::AppStops, remaining.min(k + w))
+        } else {
+            (Plan::Done, remaining)
+        };
+        let stream = (f64::from(produced) / speed * SEC as f64) as u64;
+        let at = self.attempts.get_mut(a).expect("live attempt");
+        at.session = Some(session);
+        at.started_us = self.now;
+        at.first_token_us = first_token;
+        at.tokens = produced;
+        at.stop_after = produced;
+        at.plan = plan;
+        let req = self.requests.get_mut(r).expect("live request");
+        if req.first_token_us.is_none() && produced > 0 {
+            let to_app = rtt / 2;
+            req.first_token_us = Some(first_token + to_app);
+            req.prefill_us = prefill;
+        }
+        self.schedule(first_token + stream, Ev::End(a));
+        self.load_changed(s);
+    }
+
+    /// Stops an attempt's stream where the crash left it: meters what was acked.
+    fn cut(&mut self, a: Id) {
+        let Some(at) = self.attempts.get_mut(a) else {
+            return;
+        };
+        at.cut = true;
+        let produced_by_now = if self.now <= at.first_token_us {
+            0
+        } else {
+            let sup = &self.suppliers[at.supplier as usize];
+            ((self.now - at.first_token_us) as f64 / SEC as f64 * sup.speed) as u32
+        };
+        let produced = produced_by_now.min(at.tokens);
+        at.tokens = produced;
+        self.meter_attempt(a, produced);
+        let r = self.attempts.get(a).expect("live").request;
+        if let Some(req) = self.requests.get_mut(r) {
+            req.delivered += produced;
+        }
+    }
+
+    fn end(&mut self, a: Id) {
+        let Some(at) = self.attempts.get(a) else {
+            return;
+        };
+        if at.cut {
+            return;
+        }
+        let (r, s, plan, tokens) = (at.request, at.supplier, at.plan, at.tokens);
+        let acked = match plan {
+            Plan::AppStops => tokens.min(self.sc.mesh.ack_every_tokens),
+            _ => tokens,
+        };
+        self.meter_attempt(a, acked);
+        let sup = &mut self.suppliers[s as usize];
+        sup.busy -= 1;
+        sup.active.retain(|x| *x != a);
+        let next = sup.queue.pop_front();
+        if let Some(n) = next {
+            self.start(n);
+        } else {
+            self.load_changed(s);
+        }
+        self.maybe_go_offline(s);
+        let req = self.requests.get_mut(r).expect("live request");
+        req.delivered += tokens;
+        let app = req.app;
+        let app_node = self.apps[app as usize].node;
+        let back = self.one_way(self.suppliers[s as usize].node, app_node, 256);
+        match plan {
+            Plan::Done => {
+                // What the app saw: its request's trip, the wait, the first token's trip.
+                let at = self.attempts.get(a).expect("live");
+                let ttft_ms = (at.first_token_us - at.started_us + 2 * back) as f64 / MS as f64;
+                let speed = self.suppliers[s as usize].speed;
+                let weights = self.weights;
+                let now = self.now;
+                let view = self.view(app, s);
+                view.stats.observe_ttft(ttft_ms, &weights);
+                view.stats.observe_speed(speed, &weights);
+                view.updated_us = now;
+                self.attempts.remove(a);
+                self.finish_request(r, true);
+            }
+            Plan::AppStops => {
+                self.attempts.remove(a);
+                self.m.abandoned_by_app += 1;
+                self.requests.remove(r);
+            }
+            Plan::Garbage => {
+                self.m.garbage_detected += 1;
+                self.schedule(self.now + back, Ev::GiveUp(a, Why::Garbage));
+            }
+            Plan::Silent => {
+                let stall = (self.sc.network.stall_timeout_ms * MS as f64) as u64;
+                self.schedule(self.now + back + stall, Ev::GiveUp(a, Why::Stall));
+            }
+        }
+    }
+
+    fn view(&mut self, app: u32, s: u32) -> &mut View {
+        let speed = self.suppliers[s as usize].speed;
+        let slots = self.suppliers[s as usize].slots;
+        let ttft = self.suppliers[s as usize].ad_ttft_ms;
+        let price = self.sc.mesh.price_per_cu;
+        self.apps[app as usize]
+            .views
+            .entry(s)
+            .or_insert_with(|| View {
+                stats: SupplierStats::from_ad(
+                    ttft,
+                    (speed * 1000.0) as u32,
+                    slots as u16,
+                    slots as u16,
+                    price,
+                ),
+                updated_us: 0,
+                dead_seq: None,
+            })
+    }
+
+    fn give_up(&mut self, a: Id, why: Why) {
+        let Some(at) = self.attempts.remove(a) else {
+            return;
+        };
+        let s = at.supplier;
+        let r = at.request;
+        // A queued attempt whose supplier has since freed a slot never started.
+        self.suppliers[s as usize].queue.retain(|x| *x != a);
+        match why {
+            Why::Dial => self.m.failed_dials += 1,
+            Why::Stall => self.m.stalls += 1,
+            Why::Garbage | Why::Busy => {}
+        }
+        let Some(req) = self.requests.get(r) else {
+            return;
+        };
+        let app = req.app;
+        let seq = self.suppliers[s as usize].ad.as_ref().map(|ad| ad.seq);
+        let now = self.now;
+        let view = self.view(app, s);
+        if why != Why::Busy {
+            view.stats.observe_error();
+            view.updated_us = now;
+        }
+        if why == Why::Dial {
+            view.dead_seq = seq;
+        }
+        if self
+            .requests
+            .get(r)
+            .is_some_and(|q| q.delivered >= q.output_tokens)
+        {
+            self.finish_request(r, true);
+        } else {
+            self.next_attempt(r);
+        }
+    }
+
+    fn finish_request(&mut self, r: Id, served: bool) {
+        let Some(req) = self.requests.remove(r) else {
+            return;
+        };
+        if !req.honest {
+            return;
+        }
+        if served {
+            self.m.honest_served += 1;
+            if req.attempts > 1 {
+                self.m.served_after_failover += 1;
+            }
+            if let Some(first) = req.first_token_us {
+                let ttft = first.saturating_sub(req.arrived_us);
+                self.m.ttft_ms.push(ttft as f64 / MS as f64);
+                self.m
+                    .ttft_overhead_ms
+                    .push(ttft.saturating_sub(req.prefill_us) as f64 / MS as f64);
+            }
+        } else {
+            self.m.honest_failed += 1;
+        }
+    }
+
+    /// The figures that need the whole run.
+    fn finish(&mut self) {
+        self.finish_settlement();
+        // Capacity as throughput: streams × tokens/s.
+        let capacity = |s: &Supplier| f64::from(s.slots) * s.speed;
+        let total_capacity_0: f64 = self.by_model[0]
+            .iter()
+            .map(|s| capacity(&self.suppliers[*s as usize]))
+            .sum();
+        let sybil_capacity: f64 = self.by_model[0]
+            .iter()
+            .filter(|s| self.suppliers[**s as usize].sybil)
+            .map(|s| capacity(&self.suppliers[*s as usize]))
+            .sum();
+        let served_0: u64 = self.by_model[0]
+            .iter()
+            .map(|s| self.suppliers[*s as usize].served_cu)
+            .sum();
+        let sybil_served: u64 = self.by_model[0]
+            .iter()
+            .filter(|s| self.suppliers[**s as usize].sybil)
+            .map(|s| self.suppliers[*s as usize].served_cu)
+            .sum();
+        if served_0 > 0 {
+            self.m.sybil_share = sybil_served as f64 / served_0 as f64;
+        }
+        if total_capacity_0 > 0.0 {
+            self.m.sybil_capacity_share = sybil_capacity / total_capacity_0;
+        }
+        let seconds = self.sc.duration_s;
+        let copies = self.sc.network.gossip_copies;
+        let ihave = self.spread.ihave_bytes_per_message();
+        let per_node =
+            |msgs: u64, bytes: u128| (bytes as f64 * copies + msgs as f64 * ihave) / seconds;
+        let m = &mut self.m;
+        m.ad_bytes_per_node_s = per_node(m.gossip_msgs[0], m.gossip_bytes[0]);
+        m.ledger_bytes_per_node_s = (1..5)
+            .map(|k| per_node(m.gossip_msgs[k], m.gossip_bytes[k]))
+            .sum();
+        m.gossip_bytes_per_node_s = m.ad_bytes_per_node_s + m.ledger_bytes_per_node_s;
+        m.ttft_ms.finish();
+        m.ttft_overhead_ms.finish();
+        m.settle_ms.finish();
+        m.convergence_ms.finish();
+    }
+}
+
+/// A first τ for every supplier: the expected CUs of a session over the target.
+fn initial_tau(sc: &Scenario) -> u64 {
+    let per_request = sc.load.prompt_tokens.median * f64::from(sc.load.bytes_per_token)
+        + sc.load.output_tokens.median * f64::from(sc.load.bytes_per_token) * 4.0;
+    let receipts = (sc.load.output_tokens.median / f64::from(sc.mesh.ack_every_tokens)).max(1.0);
+    let per_receipt = per_request / receipts;
+    (per_receipt * 2.0 / f64::from(sc.mesh.tau_target_mined.max(1))).max(1.0) as u64
+}
+
+/// Bytes of one supplier's capability ad on the wire (one model offer).
+fn ad_size(params: &MeshParams, s: &Supplier) -> usize {
+    let ad = CapabilityAd {
+        version: 1,
+        mesh_id: params.mesh_id(),
+        supplier: s.key.public_key(),
+        seq: 1_700_000_000_000,
+        issued_ms: 1_700_000_000_000,
+        expires_ms: 1_700_000_300_000,
+        models: BoundedVec::try_from_vec(vec![ModelOffer {
+            name: BoundedString::new("SmolLM2-135M-Instruct").expect("short"),
+            gguf_digest: Some(Digest([7; 32])),
+            manifest: None,
+            context_length: 8192,
+            free_slots: 4,
+            total_slots: 4,
+            tokens_per_sec_milli: 40_000,
+            ttft_ms: 120,
+            price_per_cu: 1,
+            cu: Default::default(),
+            tau: 1000,
+        }])
+        .expect("one offer"),
+    };
+    Signed::sign(ad, &s.key).encode().map_or(400, |b| b.len())
+}
