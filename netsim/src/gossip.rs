@@ -86,11 +86,6 @@ impl Spread {
         total as u64
     }
 
-    /// Time until a capability ad is visible to everyone, µs.
-    pub fn ad_delay(&self, rng: &mut Rng, bytes: usize) -> u64 {
-        self.delay(rng, bytes)
-    }
-
     /// IHAVE bytes each node sends per gossip message.
     pub fn ihave_bytes_per_message(&self) -> f64 {
         HISTORY_GOSSIP * self.degree * ID_BYTES

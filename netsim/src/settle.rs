@@ -4,6 +4,8 @@
 //! ledger that validates each message once for all simulated nodes (every node would
 //! reach the same verdict from the same bytes; the gossip model says when each has it).
 
+use std::collections::BTreeMap;
+
 use relaymesh_protocol::identity::signed::Signed;
 use relaymesh_protocol::ledger::{Applied, ClaimStatus, LedgerError};
 use relaymesh_protocol::messages::claim::{Claim, SignedClaim};
@@ -12,9 +14,11 @@ use relaymesh_protocol::messages::reveal::{commitment, SignedReveal};
 use relaymesh_protocol::messages::session::{SessionOpen, SignedSessionOpen};
 use relaymesh_protocol::metering::ack_chain::MAX_ACK_CHAIN;
 use relaymesh_protocol::metering::app::{RequestAcker, RequestTerms};
+use relaymesh_protocol::metering::receipt::{Receipt, ReceiptFacts};
 use relaymesh_protocol::metering::tau::SessionVolume;
 use relaymesh_protocol::settlement::proof::{sign_reveal, MinedSession};
 use relaymesh_protocol::sumtree::store::LeafEntry;
+use relaymesh_protocol::sumtree::store::MemoryStore;
 use relaymesh_protocol::sumtree::tree::SumTree;
 use relaymesh_protocol::wire::WireMessage;
 use relaymesh_protocol::{Digest, SignatureVerifier, Signer};
@@ -34,7 +38,13 @@ pub(crate) struct Session {
     pub tau: u64,
     pub end_us: u64,
     pub closed: bool,
-    pub mined: MinedSession,
+    /// The leaves τ selected and the receipts behind them, as `MinedSession::offer`
+    /// would insert them; the tree is built from them in one pass at the claim
+    /// (`SumTree::build` gives the root of inserting them one by one).
+    pub leaves: Vec<LeafEntry>,
+    pub receipts: BTreeMap<Digest, Receipt>,
+    /// The session's sum tree, from its claim on.
+    pub mined: Option<MinedSession>,
     pub volume: SessionVolume,
     /// CUs of every receipt (what was really served and acked).
     pub served_cu: u64,
@@ -47,6 +57,24 @@ pub(crate) struct Session {
     pub proof_sent: bool,
     /// Acks reserved by the streams started in this session: a bound on its leaves.
     pub reserved: u64,
+}
+
+impl Session {
+    /// What `MinedSession::offer` does with a checked receipt: if τ selects it, a leaf
+    /// paying its mined value. Returns that value.
+    fn mine(&mut self, receipt: Receipt, facts: &ReceiptFacts) -> Option<u64> {
+        if !facts.is_mined(self.tau) || self.receipts.contains_key(&facts.relay_hash) {
+            return None;
+        }
+        let paid = facts.mined_value(self.tau);
+        self.leaves.push(LeafEntry {
+            key: facts.relay_hash,
+            value: facts.digest,
+            weight: paid,
+        });
+        self.receipts.insert(facts.relay_hash, receipt);
+        Some(paid)
+    }
 }
 
 fn ledger_bytes(body: LedgerBody) -> usize {
@@ -109,7 +137,9 @@ impl Sim {
             tau,
             end_us,
             closed: false,
-            mined: MinedSession::new(),
+            leaves: Vec::new(),
+            receipts: BTreeMap::new(),
+            mined: None,
             volume: SessionVolume::new(tau),
             served_cu: 0,
             var: 0.0,
@@ -203,14 +233,14 @@ impl Sim {
                 let mut forged = receipt.clone();
                 forged.ack.body.new_bytes += k * bpt;
                 if let Ok(f) = forged.check(&sess.key, &sess.open.body) {
-                    if let Ok(Some(paid)) = sess.mined.offer(forged, &f, sess.tau) {
+                    if let Some(paid) = sess.mine(forged, &f) {
                         self.m.mined += 1;
                         sess.fake_cu += paid;
                         continue;
                     }
                 }
             }
-            if let Ok(Some(_)) = sess.mined.offer(receipt, &facts, sess.tau) {
+            if sess.mine(receipt, &facts).is_some() {
                 self.m.mined += 1;
             }
         }
@@ -242,8 +272,7 @@ impl Sim {
         let sess = self.sessions.get_mut(x).expect("present");
         sess.closed = true;
         self.suppliers[s as usize].tau.observe(&sess.volume);
-        let root = sess.mined.root().expect("memory store");
-        if root.count == 0 {
+        if sess.leaves.is_empty() {
             self.sessions.remove(x);
             return;
         }
@@ -251,7 +280,11 @@ impl Sim {
             self.add_fake_leaves(x);
         }
         let sess = self.sessions.get_mut(x).expect("present");
-        let root = sess.mined.root().expect("memory store");
+        let tree = SumTree::build(MemoryStore::default(), std::mem::take(&mut sess.leaves))
+            .expect("distinct relay hashes");
+        let mined = MinedSession::with_parts(tree, std::mem::take(&mut sess.receipts));
+        let root = mined.root().expect("memory store");
+        sess.mined = Some(mined);
         let sup_key = &self.suppliers[s as usize].key;
         let claim = Signed::sign(
             Claim {
@@ -333,36 +366,17 @@ impl Sim {
         let f = self.sc.adversaries.fake_fraction;
         let max_leaves = u64::from(self.params.max_claim_leaves);
         let sess = self.sessions.get_mut(x).expect("present");
-        let root = sess.mined.root().expect("memory store");
+        let sum: u64 = sess.leaves.iter().map(|l| l.weight).sum();
         let tau = sess.tau;
-        let wanted = (root.sum as f64 * f / (1.0 - f) / tau as f64).ceil() as u64;
-        let fakes = wanted.min(max_leaves.saturating_sub(root.count));
-        if fakes == 0 {
-            return;
-        }
-        let mut tree = SumTree::new();
-        let key = sess.key;
-        for receipt in sess.mined.receipts().values() {
-            let facts = receipt
-                .check(&key, &sess.open.body)
-                .expect("mined receipts check");
-            tree.insert(LeafEntry {
-                key: facts.relay_hash,
-                value: facts.digest,
-                weight: facts.mined_value(tau),
-            })
-            .expect("memory store");
-        }
+        let wanted = (sum as f64 * f / (1.0 - f) / tau as f64).ceil() as u64;
+        let fakes = wanted.min(max_leaves.saturating_sub(sess.leaves.len() as u64));
         for j in 0..fakes {
-            tree.insert(LeafEntry {
+            sess.leaves.push(LeafEntry {
                 key: digest_of("fake-key", &[x, j]),
                 value: digest_of("fake-value", &[x, j]),
                 weight: tau,
-            })
-            .expect("memory store");
+            });
         }
-        let receipts = sess.mined.receipts().clone();
-        sess.mined = MinedSession::with_parts(tree, receipts);
         sess.fake_cu += fakes * tau;
     }
 
@@ -420,12 +434,13 @@ impl Sim {
         sess.proof_sent = true;
         let claim = sess.claim.as_ref().expect("claimed");
         let id = claim.id();
+        let mined = sess.mined.as_ref().expect("built at the claim");
         let proof = if full {
-            sess.mined.full_reveal(id).ok()
+            mined.full_reveal(id).ok()
         } else {
             let reveal = sess.reveal.clone().expect("revealed");
             // A fake leaf has no receipt: a cheater sampled there cannot answer.
-            sess.mined
+            mined
                 .sampled_proof(id, reveal, self.params.proof_samples)
                 .ok()
         };

@@ -650,7 +650,7 @@ impl Sim {
         }
         sup.leaving = true;
         // Its last ad says it is gone: apps drop it once that ad has spread.
-        let visible = self.now + self.spread.ad_delay(&mut self.rng, self.ad_size);
+        let visible = self.now + self.spread.delay(&mut self.rng, self.ad_size);
         if let Some(ad) = &mut self.suppliers[s as usize].ad {
             ad.expires_us = visible;
         }
@@ -705,7 +705,7 @@ impl Sim {
     // ---- ads ----
 
     fn publish_ad(&mut self, s: u32) {
-        let delay = self.spread.ad_delay(&mut self.rng, self.ad_size);
+        let delay = self.spread.delay(&mut self.rng, self.ad_size);
         let lifetime = self.sc.mesh.ad_lifetime_s * SEC;
         let now = self.now;
         let sup = &mut self.suppliers[s as usize];

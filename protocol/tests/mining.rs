@@ -162,3 +162,36 @@ fn tau_rule_settles_with_heavy_tailed_weights() {
     println!("heavy-tailed: expected mined {mean:.2} per session (target {target})");
     assert!((mean / f64::from(target) - 1.0).abs() < 0.10);
 }
+
+#[test]
+fn receipt_facts_are_the_hashes_their_definitions_give() {
+    use common::*;
+    let (app, supplier) = (key(1), key(2));
+    let p = params(&[(&app, 1_000_000)]);
+    let o = open(SessionTerms {
+        params: &p,
+        app: &app,
+        supplier: &supplier,
+        manifest: None,
+        tau: 100,
+        price: 1,
+        start_ms: 0,
+        nonce: 1,
+    });
+    let key = o.session_key();
+    let mut req = AppRequest::new(key, 0, 300, &app);
+    let mut previous = req.request.body.ack_chain_head;
+    for i in 0..5u8 {
+        let receipt = req.ack(&[b'a' + i; 40], i == 4, &app);
+        // The checks encode each body once; the facts must equal the definitions.
+        for facts in [
+            receipt.check(&key, &o.body).unwrap(),
+            receipt.check_next(&key, &o.body, &previous).unwrap(),
+        ] {
+            assert_eq!(facts.relay_hash, receipt.ack.body.relay_hash());
+            assert_eq!(facts.digest, receipt.digest());
+            assert_eq!(receipt.ack.body.request, receipt.request.body.hash());
+        }
+        previous = receipt.ack.body.chain_secret;
+    }
+}

@@ -118,7 +118,10 @@ impl Receipt {
         if request.session_key != *session_key || ack.session_key != *session_key {
             return Err(ReceiptError::WrongSession);
         }
-        if ack.request != request.hash() {
+        // Each body is encoded once and its bytes serve every hash below (the request
+        // hash, the relay hash and the leaf digest): this runs for every receipt.
+        let request_bytes = to_canonical(request);
+        if ack.request != tagged_hash(hash_tag::REQUEST, &[&request_bytes]) {
             return Err(ReceiptError::WrongRequest);
         }
         let len = request.ack_chain_len.min(MAX_ACK_CHAIN);
@@ -150,10 +153,11 @@ impl Receipt {
             0
         };
         let weight = output.checked_add(prompt).ok_or(ReceiptError::Overflow)?;
+        let ack_bytes = to_canonical(ack);
         Ok(ReceiptFacts {
-            relay_hash: ack.relay_hash(),
+            relay_hash: tagged_hash(hash_tag::RELAY, &[&ack_bytes]),
             weight,
-            digest: self.digest(),
+            digest: tagged_hash(hash_tag::RECEIPT, &[&request_bytes, &ack_bytes]),
         })
     }
 
