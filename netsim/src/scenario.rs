@@ -138,6 +138,9 @@ impl Default for Load {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Churn {
+    /// Share of suppliers that join during the run (at uniform random times) rather
+    /// than at its start.
+    pub late_joins: f64,
     /// Crashes per supplier per hour (in-flight streams stall; its ad lingers until expiry).
     pub crashes_per_hour: f64,
     /// Graceful departures per supplier per hour (stops advertising, finishes its streams,
@@ -155,6 +158,7 @@ pub struct Churn {
 impl Default for Churn {
     fn default() -> Self {
         Self {
+            late_joins: 0.0,
             crashes_per_hour: 0.0,
             leaves_per_hour: 0.0,
             downtime_s: LogNormal::new(600.0, 0.5),
@@ -401,6 +405,7 @@ impl Scenario {
         share("network.home_share", self.network.home_share)?;
         share("network.loss", self.network.loss)?;
         share("churn.app_offline", self.churn.app_offline)?;
+        share("churn.late_joins", self.churn.late_joins)?;
         let a = &self.adversaries;
         for (name, v) in [
             ("adversaries.inflate", a.inflate),

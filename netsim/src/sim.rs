@@ -491,9 +491,14 @@ impl Sim {
         };
         sim.m.nodes = u64::from(sc.nodes);
         sim.m.suppliers = u64::from(n_suppliers);
+        let run_us = end_us - t0;
         for s in 0..n_suppliers {
-            // Suppliers announce themselves within the first seconds.
-            let at = t0 + sim.rng.below(5 * SEC as usize) as u64;
+            // Suppliers announce themselves within the first seconds, late joiners at
+            // any time of the run; until then they are offline and unknown.
+            let late = sim.rng.chance(sc.churn.late_joins);
+            let window = if late { run_us } else { 5 * SEC };
+            let at = t0 + sim.rng.below(window as usize) as u64;
+            sim.suppliers[s as usize].online = !late;
             sim.schedule(at, Ev::Rejoin(s));
             sim.schedule_churn(s, at);
         }
