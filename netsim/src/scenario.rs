@@ -444,6 +444,20 @@ impl Scenario {
             bail!("the mesh needs at least one supplier and one app ({suppliers} suppliers of {} nodes)", self.nodes);
         }
         self.mesh_params()?;
+        if let Some(sweep) = &self.sweep {
+            let metrics = crate::metrics::Metrics::default();
+            for name in &sweep.metrics {
+                if metrics.get(name).is_none() {
+                    bail!("sweep.metrics: no metric named {name} (see runs.csv's columns)");
+                }
+            }
+            if !sweep.grid.contains_key(&sweep.x) && metrics.get(&sweep.x).is_none() {
+                bail!(
+                    "sweep.x = {} is neither a field of sweep.grid nor a metric",
+                    sweep.x
+                );
+            }
+        }
         Ok(())
     }
 
