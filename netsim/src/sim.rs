@@ -189,7 +189,6 @@ pub(crate) struct Attempt {
     pub started_us: u64,
     pub first_token_us: u64,
     pub tokens: u32,
-    pub stop_after: u32,
     plan: Plan,
     pub cut: bool,
 }
@@ -883,7 +882,6 @@ impl Sim {
             started_us: 0,
             first_token_us: 0,
             tokens: 0,
-            stop_after: 0,
             plan: Plan::Done,
             cut: false,
         });
@@ -967,7 +965,6 @@ impl Sim {
         at.started_us = self.now;
         at.first_token_us = first_token;
         at.tokens = produced;
-        at.stop_after = produced;
         at.plan = plan;
         let req = self.requests.get_mut(r).expect("live request");
         if req.first_token_us.is_none() && produced > 0 {

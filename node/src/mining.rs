@@ -228,6 +228,9 @@ pub struct Miner {
     // path); sessions are independent, so each stripe of sessions has its own lock.
     locks: Vec<Mutex<()>>,
     tau: Mutex<TauController>,
+    /// Most leaves a claim may hold: a ledger refuses a larger claim whole, so the
+    /// session stops mining there (later receipts are counted, not claimed).
+    max_leaves: u64,
 }
 
 /// A session whose claim is due or made.
@@ -256,6 +259,7 @@ impl Miner {
             tree,
             locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             tau: Mutex::new(tau),
+            max_leaves: u64::from(params.max_claim_leaves),
         }
     }
 
@@ -363,7 +367,15 @@ impl Miner {
         }
         let mined_key = key(b'm', &session_key, &facts.relay_hash.0);
         let mut paid = None;
-        if facts.is_mined(tau) && !self.tree.contains_key(&mined_key)? {
+        let full = counters.mined >= self.max_leaves;
+        if full && facts.is_mined(tau) {
+            tracing::debug!(
+                session = %session_key,
+                leaves = counters.mined,
+                "session's claim is full: receipt counted, not mined"
+            );
+        }
+        if facts.is_mined(tau) && !full && !self.tree.contains_key(&mined_key)? {
             let value = facts.mined_value(tau);
             let mut tree = SumTree::with_store(SledStore::new(self.tree.clone(), session_key));
             tree.insert(LeafEntry {
@@ -546,6 +558,45 @@ mod tests {
             root.count
         );
         assert_eq!(miner.check_tree(&s.session_key()).unwrap(), root);
+    }
+
+    #[test]
+    fn a_session_stops_mining_at_the_leaves_a_claim_may_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        let (app, supplier) = (Keypair::from_secret([1; 32]), Keypair::from_secret([2; 32]));
+        let mut params = crate::config::named_mesh("mining-tests");
+        params.max_claim_leaves = 5;
+        params.tau_min = 1;
+        // τ = 1 mines every receipt.
+        let s = crate::testkit::session(&params, &app, &supplier, 1, 1, 1).0;
+        let db = sled::open(dir.path()).unwrap();
+        let miner = Miner::new(db.open_tree("mining").unwrap(), &params);
+        let mined = receipts(&app, &s, 12)
+            .iter()
+            .filter(|(receipt, facts)| miner.offer(&s, receipt, facts).unwrap().is_some())
+            .count();
+        assert_eq!(mined, 5);
+        let report = &miner.sessions().unwrap()[0];
+        assert_eq!((report.counters.receipts, report.counters.mined), (12, 5));
+        let root = miner.check_tree(&s.session_key()).unwrap();
+        assert_eq!(root.count, 5);
+        // The claim over that root is one every ledger accepts.
+        let claim = relaymesh_protocol::identity::signed::Signed::sign(
+            relaymesh_protocol::messages::claim::Claim {
+                version: 1,
+                open: s.clone(),
+                root: root.hash,
+                sum: root.sum,
+                count: root.count,
+            },
+            &supplier,
+        );
+        relaymesh_protocol::settlement::claim::verify_claim(
+            &claim,
+            &params,
+            &relaymesh_protocol::Ed25519Verifier,
+        )
+        .unwrap();
     }
 
     #[test]
