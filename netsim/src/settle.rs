@@ -209,10 +209,9 @@ impl Sim {
                 .ack(&self.text[..bytes], last, app_key)
                 .expect("within the request's bounds");
             let receipt = acker.receipt(ack);
-            let facts = receipt
-                .check_next(&sess.key, &sess.open.body, &previous)
+            let (facts, [_, item]) = receipt
+                .check_next_signed(&sess.key, &sess.open.body, &previous, app_public)
                 .expect("an honest app's receipts check");
-            let item = receipt.ack.signed_item(app_public);
             self.verifier
                 .verify(&item.key, &item.message, &item.signature)
                 .expect("the app signs its acks");

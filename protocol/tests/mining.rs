@@ -166,6 +166,7 @@ fn tau_rule_settles_with_heavy_tailed_weights() {
 #[test]
 fn receipt_facts_are_the_hashes_their_definitions_give() {
     use common::*;
+    use relaymesh_protocol::Signer;
     let (app, supplier) = (key(1), key(2));
     let p = params(&[(&app, 1_000_000)]);
     let o = open(SessionTerms {
@@ -192,6 +193,14 @@ fn receipt_facts_are_the_hashes_their_definitions_give() {
             assert_eq!(facts.digest, receipt.digest());
             assert_eq!(receipt.ack.body.request, receipt.request.body.hash());
         }
+        // The signed items made from the checks' encodings are the signed items.
+        let app_key = app.public_key();
+        let (_, items) = receipt.check_signed(&key, &o.body, app_key).unwrap();
+        assert_eq!(items, receipt.signed_items(app_key));
+        let (_, items) = receipt
+            .check_next_signed(&key, &o.body, &previous, app_key)
+            .unwrap();
+        assert_eq!(items, receipt.signed_items(app_key));
         previous = receipt.ack.body.chain_secret;
     }
 }

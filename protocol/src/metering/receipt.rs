@@ -3,7 +3,8 @@
 
 use serde_tuple::{Deserialize_tuple, Serialize_tuple};
 
-use crate::identity::domain::{hash_tag, tagged_hash};
+use crate::identity::domain::{hash_tag, tagged_hash, Domain};
+use crate::identity::signed::Signable;
 use crate::identity::verify::SignedItem;
 use crate::messages::ack::{Ack, SignedAck};
 use crate::messages::request::{RelayRequest, SignedRelayRequest};
@@ -11,7 +12,7 @@ use crate::messages::session::SessionOpen;
 use crate::metering::ack_chain::{self, MAX_ACK_CHAIN};
 use crate::metering::threshold::{is_mined, mined_value};
 use crate::wire::to_canonical;
-use crate::{Digest, PublicKey};
+use crate::{Digest, PublicKey, Signature};
 
 /// One receipt: the increment `(prev, new]` of a request, acknowledged by the app.
 /// The first ack of a request (index 1) also bills the request's prompt ("ack 0").
@@ -89,9 +90,25 @@ impl Receipt {
         session_key: &Digest,
         terms: &SessionOpen,
     ) -> Result<ReceiptFacts, ReceiptError> {
-        self.check_with(session_key, terms, |ack, request| {
-            ack_chain::verify_link(&request.ack_chain_head, ack.index, &ack.chain_secret)
-        })
+        self.check_with(session_key, terms, Self::walk_link)
+            .map(|(facts, _, _)| facts)
+    }
+
+    /// [`Receipt::check`], and the app's two signatures to verify, made from the same
+    /// encodings of the bodies the checks hashed ([`Receipt::signed_items`] without
+    /// encoding them again).
+    pub fn check_signed(
+        &self,
+        session_key: &Digest,
+        terms: &SessionOpen,
+        app: PublicKey,
+    ) -> Result<(ReceiptFacts, [SignedItem; 2]), ReceiptError> {
+        self.check_with(session_key, terms, Self::walk_link)
+            .map(|(facts, request, ack)| (facts, self.items(app, &request, &ack)))
+    }
+
+    fn walk_link(ack: &Ack, request: &RelayRequest) -> bool {
+        ack_chain::verify_link(&request.ack_chain_head, ack.index, &ack.chain_secret)
     }
 
     /// The same rules for the supplier, which saw the previous link (`c_{index-1}`, the
@@ -105,14 +122,45 @@ impl Receipt {
         self.check_with(session_key, terms, |ack, _| {
             ack_chain::step(&ack.chain_secret) == *previous_link
         })
+        .map(|(facts, _, _)| facts)
     }
 
+    /// [`Receipt::check_next`], and the app's two signatures to verify (see
+    /// [`Receipt::check_signed`]).
+    pub fn check_next_signed(
+        &self,
+        session_key: &Digest,
+        terms: &SessionOpen,
+        previous_link: &Digest,
+        app: PublicKey,
+    ) -> Result<(ReceiptFacts, [SignedItem; 2]), ReceiptError> {
+        self.check_with(session_key, terms, |ack, _| {
+            ack_chain::step(&ack.chain_secret) == *previous_link
+        })
+        .map(|(facts, request, ack)| (facts, self.items(app, &request, &ack)))
+    }
+
+    /// The signed items from the bodies' canonical encodings: what `signing_bytes`
+    /// gives, the domain tag then the body.
+    fn items(&self, app: PublicKey, request: &[u8], ack: &[u8]) -> [SignedItem; 2] {
+        let item = |domain: Domain, bytes: &[u8], signature: Signature| SignedItem {
+            key: app,
+            message: [domain.tag(), bytes].concat(),
+            signature,
+        };
+        [
+            item(RelayRequest::DOMAIN, request, self.request.signature),
+            item(Ack::DOMAIN, ack, self.ack.signature),
+        ]
+    }
+
+    /// The checks, returning the facts and both bodies' canonical encodings.
     fn check_with(
         &self,
         session_key: &Digest,
         terms: &SessionOpen,
         link_ok: impl FnOnce(&Ack, &RelayRequest) -> bool,
-    ) -> Result<ReceiptFacts, ReceiptError> {
+    ) -> Result<(ReceiptFacts, Vec<u8>, Vec<u8>), ReceiptError> {
         let request = &self.request.body;
         let ack = &self.ack.body;
         if request.session_key != *session_key || ack.session_key != *session_key {
@@ -154,11 +202,12 @@ impl Receipt {
         };
         let weight = output.checked_add(prompt).ok_or(ReceiptError::Overflow)?;
         let ack_bytes = to_canonical(ack);
-        Ok(ReceiptFacts {
+        let facts = ReceiptFacts {
             relay_hash: tagged_hash(hash_tag::RELAY, &[&ack_bytes]),
             weight,
             digest: tagged_hash(hash_tag::RECEIPT, &[&request_bytes, &ack_bytes]),
-        })
+        };
+        Ok((facts, request_bytes, ack_bytes))
     }
 
     /// The digest a sum-tree leaf stores: both bodies, no signatures (which anyone

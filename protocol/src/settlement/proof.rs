@@ -86,20 +86,28 @@ pub enum ProofError {
     Signature(#[from] SignatureError),
 }
 
-fn leaf_of(receipt: &Receipt, index: usize, claim: &SignedClaim) -> Result<LeafEntry, ProofError> {
+/// The leaf a receipt of the claimed session makes, and the app's two signatures on it
+/// (from the encodings the check hashed).
+fn leaf_of(
+    receipt: &Receipt,
+    index: usize,
+    claim: &SignedClaim,
+    session_key: &Digest,
+) -> Result<(LeafEntry, [SignedItem; 2]), ProofError> {
     let open = &claim.body.open;
     let tau = open.body.tau;
-    let facts = receipt
-        .check(&open.session_key(), &open.body)
+    let (facts, signatures) = receipt
+        .check_signed(session_key, &open.body, open.body.app)
         .map_err(|error| ProofError::BadReceipt { index, error })?;
     if !facts.is_mined(tau) {
         return Err(ProofError::NotMined(index));
     }
-    Ok(LeafEntry {
+    let leaf = LeafEntry {
         key: facts.relay_hash,
         value: facts.digest,
         weight: facts.mined_value(tau),
-    })
+    };
+    Ok((leaf, signatures))
 }
 
 fn claimed_root(claim: &SignedClaim) -> NodeSummary {
@@ -126,11 +134,13 @@ pub fn verify_proof(
         });
     }
     let app = claim.body.open.body.app;
+    // The session key hashes the whole countersigned open: once per proof, not per leaf.
+    let session_key = claim.session_key();
     let mut signatures: Vec<SignedItem> = Vec::new();
     match &proof.evidence {
         ProofEvidence::Sampled(sampled) => {
             let reveal = &sampled.reveal.body;
-            if reveal.session_key != claim.session_key() || reveal.root != claim.body.root {
+            if reveal.session_key != session_key || reveal.root != claim.body.root {
                 return Err(ProofError::BadReveal("it answers another session or root"));
             }
             if commitment(&reveal.secret) != claim.body.open.body.reveal_commitment {
@@ -148,7 +158,7 @@ pub fn verify_proof(
             let seed = seed(&reveal.secret, &reveal.root);
             let root = claimed_root(claim);
             for (index, leaf_proof) in sampled.leaves.iter().enumerate() {
-                let leaf = leaf_of(&leaf_proof.receipt, index, claim)?;
+                let (leaf, items) = leaf_of(&leaf_proof.receipt, index, claim, &session_key)?;
                 let offset = verify_path(
                     &leaf.key,
                     leaf.weight,
@@ -167,15 +177,16 @@ pub fn verify_proof(
                         end,
                     });
                 }
-                signatures.extend(leaf_proof.receipt.signed_items(app));
+                signatures.extend(items);
             }
             signatures.push(sampled.reveal.signed_item(app));
         }
         ProofEvidence::Full(full) => {
             let mut leaves = Vec::with_capacity(full.receipts.len());
             for (index, receipt) in full.receipts.iter().enumerate() {
-                leaves.push(leaf_of(receipt, index, claim)?);
-                signatures.extend(receipt.signed_items(app));
+                let (leaf, items) = leaf_of(receipt, index, claim, &session_key)?;
+                leaves.push(leaf);
+                signatures.extend(items);
             }
             let tree = SumTree::build(MemoryStore::default(), leaves).map_err(|e| match e {
                 TreeError::DuplicateKey(key) => ProofError::DuplicateLeaf(key),
