@@ -449,7 +449,8 @@ async fn serve(peer: PeerId, stream: Stream, ctx: &SupplierContext) -> Result<()
                                 .on_ack(ack, &super::verify::Verified(item))
                                 .map_err(|e| e.to_string())?;
                             if let Some(tree) = &ctx.receipts {
-                                let key = accepted.receipt.digest();
+                                // The check already hashed the bodies into the digest.
+                                let key = accepted.facts.digest;
                                 if let Err(e) = tree.insert(key.0, to_canonical(&accepted.receipt)) {
                                     warn!(%e, "cannot store a receipt");
                                 }
