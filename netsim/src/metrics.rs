@@ -119,7 +119,9 @@ impl Metrics {
     /// The summary row: name and value of every figure a run reports, in a fixed order.
     /// Wall-clock figures are not here (they differ between runs of one seed).
     pub fn row(&self) -> Vec<(&'static str, f64)> {
-        let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+        // A total per count (0 without any): rates and means alike.
+        let per = |total: f64, n: u64| if n == 0 { 0.0 } else { total / n as f64 };
+        let ratio = |a: u64, b: u64| per(a as f64, b);
         vec![
             ("nodes", self.nodes as f64),
             ("suppliers", self.suppliers as f64),
@@ -145,14 +147,7 @@ impl Metrics {
             ("receipts", self.receipts as f64),
             ("mined", self.mined as f64),
             ("sessions", self.sessions as f64),
-            (
-                "mean_tau",
-                if self.sessions == 0 {
-                    0.0
-                } else {
-                    self.tau_sum / self.sessions as f64
-                },
-            ),
+            ("mean_tau", per(self.tau_sum, self.sessions)),
             ("mined_per_session", ratio(self.mined, self.sessions)),
             ("served_cu", self.served_cu as f64),
             ("claims", self.claims as f64),
@@ -173,11 +168,7 @@ impl Metrics {
             ),
             (
                 "expected_detection_rate",
-                if self.cheating_claims == 0 {
-                    0.0
-                } else {
-                    self.expected_detection_sum / self.cheating_claims as f64
-                },
+                per(self.expected_detection_sum, self.cheating_claims),
             ),
             ("equivocations", self.equivocations as f64),
             ("honest_excluded", self.honest_excluded as f64),

@@ -824,37 +824,40 @@ impl Sim {
                 known.push(s);
             }
         }
-        self.apps[app as usize]
-            .known
-            .insert(model as u32, known.clone());
-        let picked = known;
         let now = self.now;
-        let price = self.sc.mesh.price_per_cu;
         let view_of = &self.apps[app as usize].views;
         let weights = self.weights;
-        let usable = picked.into_iter().filter_map(|s| {
-            let sup = &self.suppliers[s as usize];
-            let ad = sup.ad.as_ref()?;
-            let view = view_of.get(&s);
-            let mut stats = SupplierStats::from_ad(
-                sup.ad_ttft_ms,
-                (sup.speed * 1000.0) as u32,
-                ad.free_slots,
-                sup.slots as u16,
-                price,
-            );
-            if let Some(v) = view {
-                let mut own = v.stats;
-                own.decay_errors(now.saturating_sub(v.updated_us) / MS, &weights);
-                own.free_slots = ad.free_slots.into();
-                stats = own;
-            }
+        let usable = known.iter().filter_map(|&s| {
+            let ad = self.suppliers[s as usize].ad.as_ref()?;
+            let stats = match view_of.get(&s) {
+                Some(v) => {
+                    let mut own = v.stats;
+                    own.decay_errors(now.saturating_sub(v.updated_us) / MS, &weights);
+                    own.free_slots = ad.free_slots.into();
+                    own
+                }
+                None => self.ad_stats(s, ad.free_slots),
+            };
             Some((s, stats))
         });
-        rank(usable, None, &self.weights)
+        let ranked = rank(usable, None, &self.weights)
             .into_iter()
             .map(|(s, _)| s)
-            .collect()
+            .collect();
+        self.apps[app as usize].known.insert(model as u32, known);
+        ranked
+    }
+
+    /// What an app knows of a supplier from its ad alone: the routing score's inputs.
+    fn ad_stats(&self, s: u32, free_slots: u16) -> SupplierStats {
+        let sup = &self.suppliers[s as usize];
+        SupplierStats::from_ad(
+            sup.ad_ttft_ms,
+            (sup.speed * 1000.0) as u32,
+            free_slots,
+            sup.slots as u16,
+            self.sc.mesh.price_per_cu,
+        )
     }
 
     fn next_attempt(&mut self, r: Id) {
@@ -1057,21 +1060,12 @@ impl Sim {
     }
 
     fn view(&mut self, app: u32, s: u32) -> &mut View {
-        let speed = self.suppliers[s as usize].speed;
-        let slots = self.suppliers[s as usize].slots;
-        let ttft = self.suppliers[s as usize].ad_ttft_ms;
-        let price = self.sc.mesh.price_per_cu;
+        let stats = self.ad_stats(s, self.suppliers[s as usize].slots as u16);
         self.apps[app as usize]
             .views
             .entry(s)
             .or_insert_with(|| View {
-                stats: SupplierStats::from_ad(
-                    ttft,
-                    (speed * 1000.0) as u32,
-                    slots as u16,
-                    slots as u16,
-                    price,
-                ),
+                stats,
                 updated_us: 0,
                 dead_seq: None,
             })
@@ -1142,26 +1136,20 @@ impl Sim {
     /// The figures that need the whole run.
     fn finish(&mut self) {
         self.finish_settlement();
-        // Capacity as throughput: streams × tokens/s.
-        let capacity = |s: &Supplier| f64::from(s.slots) * s.speed;
-        let total_capacity_0: f64 = self.by_model[0]
-            .iter()
-            .map(|s| capacity(&self.suppliers[*s as usize]))
-            .sum();
-        let sybil_capacity: f64 = self.by_model[0]
-            .iter()
-            .filter(|s| self.suppliers[**s as usize].sybil)
-            .map(|s| capacity(&self.suppliers[*s as usize]))
-            .sum();
-        let served_0: u64 = self.by_model[0]
-            .iter()
-            .map(|s| self.suppliers[*s as usize].served_cu)
-            .sum();
-        let sybil_served: u64 = self.by_model[0]
-            .iter()
-            .filter(|s| self.suppliers[**s as usize].sybil)
-            .map(|s| self.suppliers[*s as usize].served_cu)
-            .sum();
+        // Model 0's capacity (as throughput: streams × tokens/s) and CUs served, all
+        // and the sybil operator's.
+        let (mut total_capacity_0, mut sybil_capacity) = (0.0, 0.0);
+        let (mut served_0, mut sybil_served) = (0u64, 0u64);
+        for s in &self.by_model[0] {
+            let sup = &self.suppliers[*s as usize];
+            let capacity = f64::from(sup.slots) * sup.speed;
+            total_capacity_0 += capacity;
+            served_0 += sup.served_cu;
+            if sup.sybil {
+                sybil_capacity += capacity;
+                sybil_served += sup.served_cu;
+            }
+        }
         if served_0 > 0 {
             self.m.sybil_share = sybil_served as f64 / served_0 as f64;
         }
