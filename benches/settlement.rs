@@ -1,9 +1,11 @@
 //! Relay mining figures (`cargo bench --bench settlement`):
 //!
 //! 1. supplier receipts/s end to end, as a supplier does it for each ack: verify the
-//!    app's signature, check the receipt against the previous chain link, store it
-//!    (sled tree `receipts`), count it and mine it into the session's sum tree in sled
-//!    when τ selects it; on 1 and 2 threads (one session each at a time);
+//!    app's signature, check the receipt against the previous chain link, store it,
+//!    count it and mine it into the session's sum tree when τ selects it, in one sled
+//!    set of writes for the next group commit (`Miner::offer`); on 1 and 2 threads
+//!    (one session each at a time), and through the node's batching verifier with 1,
+//!    16 and 256 streams at once (`-- streams` with `STREAMS=N` runs one count);
 //! 2. claim, reveal and proof sizes on the wire, the time a node takes to validate and
 //!    apply them (`Settlement::ingest`, sled included), and the gossip bytes per node
 //!    per second they make at 100 sessions a minute;
@@ -25,7 +27,7 @@ use relaymesh_protocol::metering::receipt::Receipt;
 use relaymesh_protocol::metering::threshold::{is_mined, mined_value};
 use relaymesh_protocol::params::{Allocation, MeshParams};
 use relaymesh_protocol::settlement::proof::sign_reveal;
-use relaymesh_protocol::wire::{to_canonical, WireMessage};
+use relaymesh_protocol::wire::WireMessage;
 use relaymesh_protocol::{Digest, Ed25519Verifier, Keypair, Signer};
 
 /// Acks per session in the receipts benchmark: one request of 1,000 increments of
@@ -87,14 +89,13 @@ fn session(p: &MeshParams, supplier: &Keypair, nonce: u64, tau: u64) -> Session 
 }
 
 /// What a supplier does with each ack of `s`.
-fn supply(s: &Session, receipts_tree: &sled::Tree, miner: &Miner) -> usize {
+fn supply(s: &Session, miner: &Miner) -> usize {
     let app = s.open.body.app;
     let key = s.open.session_key();
     let mut mined = 0;
     for (r, prev) in s.receipts.iter().zip(&s.previous) {
         r.ack.verify(&app, &Ed25519Verifier).unwrap();
         let facts = r.check_next(&key, &s.open.body, prev).unwrap();
-        receipts_tree.insert(r.digest().0, to_canonical(r)).unwrap();
         if miner.offer(&s.open, r, &facts).unwrap().is_some() {
             mined += 1;
         }
@@ -102,18 +103,17 @@ fn supply(s: &Session, receipts_tree: &sled::Tree, miner: &Miner) -> usize {
     mined
 }
 
-/// A supplier's store as the node opens it: sled with the node's group commit, its
-/// `receipts` tree and its miner.
-fn supplier_store(p: &MeshParams) -> (tempfile::TempDir, sled::Tree, Miner) {
+/// A supplier's store as the node opens it: sled with the node's group commit and its
+/// miner.
+fn supplier_store(p: &MeshParams) -> (tempfile::TempDir, Miner) {
     let dir = tempfile::tempdir().unwrap();
     let db = sled::Config::new()
         .path(dir.path())
         .flush_every_ms(Some(relaymesh_node::store::COMMIT_INTERVAL_MS))
         .open()
         .unwrap();
-    let receipts_tree = db.open_tree("receipts").unwrap();
     let miner = Miner::new(db.open_tree("mining").unwrap(), p);
-    (dir, receipts_tree, miner)
+    (dir, miner)
 }
 
 fn receipts_per_second(p: &MeshParams) {
@@ -121,7 +121,7 @@ fn receipts_per_second(p: &MeshParams) {
     let tau = 6_000;
     let supplier = Keypair::from_secret([2; 32]);
     for threads in [1usize, 2] {
-        let (_dir, receipts_tree, miner) = supplier_store(p);
+        let (_dir, miner) = supplier_store(p);
         let per_thread: usize = std::env::var("PER_THREAD")
             .ok()
             .and_then(|v| v.parse().ok())
@@ -138,8 +138,8 @@ fn receipts_per_second(p: &MeshParams) {
             let handles: Vec<_> = sessions
                 .iter()
                 .map(|mine| {
-                    let (tree, miner) = (&receipts_tree, &miner);
-                    scope.spawn(move || mine.iter().map(|s| supply(s, tree, miner)).sum::<usize>())
+                    let miner = &miner;
+                    scope.spawn(move || mine.iter().map(|s| supply(s, miner)).sum::<usize>())
                 })
                 .collect();
             handles.into_iter().map(|h| h.join().unwrap()).sum()
@@ -158,7 +158,7 @@ fn receipts_per_second(p: &MeshParams) {
 /// with `streams` sessions streaming at once on a 2-worker runtime.
 fn receipts_batched(p: &MeshParams, streams: usize) {
     let supplier = Keypair::from_secret([2; 32]);
-    let (_dir, receipts_tree, miner) = supplier_store(p);
+    let (_dir, miner) = supplier_store(p);
     let miner = std::sync::Arc::new(miner);
     let sessions: Vec<Session> = (0..streams)
         .map(|i| session(p, &supplier, 5_000 + i as u64, 6_000))
@@ -174,8 +174,7 @@ fn receipts_batched(p: &MeshParams, streams: usize) {
         let tasks: Vec<_> = sessions
             .into_iter()
             .map(|s| {
-                let (verifier, tree, miner) =
-                    (verifier.clone(), receipts_tree.clone(), miner.clone());
+                let (verifier, miner) = (verifier.clone(), miner.clone());
                 tokio::spawn(async move {
                     let app = s.open.body.app;
                     let key = s.open.session_key();
@@ -183,7 +182,6 @@ fn receipts_batched(p: &MeshParams, streams: usize) {
                     for (r, prev) in s.receipts.iter().zip(&s.previous) {
                         assert!(verifier.verify(r.ack.signed_item(app)).await);
                         let facts = r.check_next(&key, &s.open.body, prev).unwrap();
-                        tree.insert(r.digest().0, to_canonical(r)).unwrap();
                         if miner.offer(&s.open, r, &facts).unwrap().is_some() {
                             mined += 1;
                         }
@@ -209,7 +207,7 @@ fn receipts_batched(p: &MeshParams, streams: usize) {
 fn claims(p: &MeshParams) {
     let supplier_key = Keypair::from_secret([2; 32]);
     let app = Keypair::from_secret([1; 32]);
-    let (_dir, receipts_tree, miner) = supplier_store(p);
+    let (_dir, miner) = supplier_store(p);
     let observer_dir = tempfile::tempdir().unwrap();
     let observer_db = sled::open(observer_dir.path()).unwrap();
     let observer = Settlement::open(
@@ -230,7 +228,7 @@ fn claims(p: &MeshParams) {
     let now = START + 60_000;
     for i in 0..n {
         let s = session(p, &supplier_key, 1000 + i, 6_000);
-        supply(&s, &receipts_tree, &miner);
+        supply(&s, &miner);
         let key = s.open.session_key();
         let mined = miner.load(&key).unwrap();
         let root = mined.root().unwrap();
@@ -396,7 +394,7 @@ fn plot(path: &std::path::Path, rows: &[(u64, f64, f64, f64)]) {
 fn breakdown(p: &MeshParams) {
     let supplier = Keypair::from_secret([2; 32]);
     let s = session(p, &supplier, 999, 6_000);
-    let (_dir, tree, miner) = supplier_store(p);
+    let (_dir, miner) = supplier_store(p);
     let app = s.open.body.app;
     let key = s.open.session_key();
     let n = s.receipts.len() as f64;
@@ -430,12 +428,7 @@ fn breakdown(p: &MeshParams) {
             r.check_next(&key, &s.open.body, prev).unwrap();
         }
     });
-    time("store in sled tree receipts", &mut || {
-        for r in &s.receipts {
-            tree.insert(r.digest().0, to_canonical(r)).unwrap();
-        }
-    });
-    time("count and mine (sled)", &mut || {
+    time("store, count and mine (the check included)", &mut || {
         for (r, prev) in s.receipts.iter().zip(&s.previous) {
             let facts = r.check_next(&key, &s.open.body, prev).unwrap();
             miner.offer(&s.open, r, &facts).unwrap();
@@ -444,12 +437,31 @@ fn breakdown(p: &MeshParams) {
 }
 
 fn main() {
+    // `cargo bench --bench settlement -- receipts` (or `claims`, `tau`) runs one part.
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let part = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
     let p = params();
-    breakdown(&p);
-    receipts_per_second(&p);
-    for streams in [1, 16] {
+    if part("receipts") {
+        breakdown(&p);
+        receipts_per_second(&p);
+        for streams in [1, 16, 256] {
+            receipts_batched(&p, streams);
+        }
+    }
+    if part("streams") {
+        let streams = std::env::var("STREAMS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(16);
         receipts_batched(&p, streams);
     }
-    claims(&p);
-    error_vs_tau();
+    if part("claims") {
+        claims(&p);
+    }
+    if part("tau") {
+        error_vs_tau();
+    }
 }

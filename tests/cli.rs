@@ -408,13 +408,11 @@ async fn a_supplier_killed_with_sigkill_keeps_its_receipts() {
     supplier.0.kill().unwrap();
     supplier.0.wait().unwrap();
     let data = relaymesh_node::store::DataDir::open(dir.path()).unwrap();
-    let receipts: Vec<relaymesh_protocol::metering::receipt::Receipt> = data
-        .db()
-        .open_tree("receipts")
-        .unwrap()
-        .iter()
-        .map(|kv| ciborium::from_reader(kv.unwrap().1.as_ref()).unwrap())
-        .collect();
+    let miner = relaymesh_node::mining::Miner::new(
+        data.db().open_tree("mining").unwrap(),
+        &relaymesh_node::config::named_mesh("x"),
+    );
+    let receipts = miner.all_receipts().unwrap();
     let last = receipts
         .iter()
         .find(|r| r.ack.body.last)
@@ -423,10 +421,6 @@ async fn a_supplier_killed_with_sigkill_keeps_its_receipts() {
 
     // The mined tree is whole: counters agree with the receipts and the tree, and every
     // mined receipt's path proves against the root.
-    let miner = relaymesh_node::mining::Miner::new(
-        data.db().open_tree("mining").unwrap(),
-        &relaymesh_node::config::named_mesh("x"),
-    );
     let report = miner.sessions().unwrap().remove(0);
     assert_eq!(report.counters.receipts as usize, receipts.len());
     let key = relaymesh_protocol::Digest::from_hex(&report.session).unwrap();

@@ -1,24 +1,31 @@
-//! The supplier's mined receipts, persisted: every accepted ack bumps its session's
-//! counters, and those the session's threshold τ selects become leaves of the
-//! session's sparse sum tree (the protocol crate's `SumTree`) whose nodes live in sled.
+//! The supplier's receipts and mined receipts, persisted: every accepted ack is stored
+//! and bumps its session's counters, and those the session's threshold τ selects
+//! become leaves of the session's sparse sum tree (the protocol crate's `SumTree`)
+//! whose nodes live in sled.
 //!
-//! Everything one receipt changes — the tree nodes on its path, the mined receipt
-//! itself, the session's counters — is written in one atomic sled batch, so a crash
-//! leaves the tree as it was before or after that receipt, never half-updated; sled's
-//! flush (every `store::COMMIT_INTERVAL_MS`) is the group commit that makes it durable.
-//! The tree store is ours because sled is the node's database; the tree rules are the
-//! protocol crate's.
+//! Everything one receipt changes — the receipt, the tree nodes on its path, the mined
+//! receipt, the session's counters — is written in one atomic sled batch, so a crash
+//! leaves the session as it was before or after that receipt, never half-updated;
+//! sled's flush (every `store::COMMIT_INTERVAL_MS`) is the group commit that makes it
+//! durable. A session's counters and whether it is claimed are also kept in memory
+//! (read once from sled), so a receipt costs one write and no reads. The tree store is
+//! ours because sled is the node's database; the tree rules are the protocol crate's.
 //!
-//! Keys in the `mining` tree (`S` = session key, 32 bytes):
-//! `n ‖ S ‖ depth (2 B) ‖ prefix (32 B)` a tree node; `m ‖ S ‖ relay hash` a mined
-//! receipt (canonical CBOR); `c ‖ S` the session's counters; `t ‖ S` its countersigned
-//! terms (canonical CBOR); `k ‖ S` when the session was claimed (unix ms): from then
-//! on its tree is frozen, so the claim can be rebuilt identically after a crash;
-//! `T` the τ rule's current threshold.
+//! Keys in the `mining` tree (`S` = session key, 32 bytes; `R` = a request's digest):
+//! `q ‖ S ‖ R` a signed request, stored once; `a ‖ S ‖ R ‖ ack index (2 B)` an
+//! accepted ack — with its request, a receipt (both canonical CBOR; a request's acks
+//! sort in chain order); `n ‖ S ‖ depth (2 B) ‖ prefix (32 B)` a tree node;
+//! `m ‖ S ‖ relay hash` a mined receipt; `c ‖ S` the session's counters; `t ‖ S` its
+//! countersigned terms; `k ‖ S` when the session was claimed (unix ms): from then on
+//! its tree is frozen, so the claim can be rebuilt identically after a crash; `T` the
+//! τ rule's current threshold. Everything of a session goes when its claim's epoch is
+//! final (`forget`).
 
-use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
+use relaymesh_protocol::messages::ack::SignedAck;
+use relaymesh_protocol::messages::request::SignedRelayRequest;
 use relaymesh_protocol::messages::session::SignedSessionOpen;
 use relaymesh_protocol::metering::receipt::{Receipt, ReceiptFacts};
 use relaymesh_protocol::metering::tau::{SessionVolume, TauController};
@@ -52,6 +59,12 @@ impl<E: std::error::Error + 'static> From<TreeError<E>> for MiningError {
 
 const TAU_KEY: &[u8] = b"T";
 const LOCK_STRIPES: usize = 16;
+/// Sessions kept in memory per lock stripe; a stripe that fills starts afresh (its
+/// sessions are read from sled again when their next receipt comes).
+const CACHED_PER_STRIPE: usize = 256;
+/// Request digests remembered per session as stored; beyond that a request may be
+/// written again (the same bytes).
+const CACHED_REQUESTS: usize = 64;
 
 /// A big-endian u64 stored under `k`, if any.
 fn read_u64(tree: &sled::Tree, k: &[u8]) -> Result<Option<u64>, MiningError> {
@@ -69,6 +82,13 @@ fn key(kind: u8, session: &Digest, rest: &[u8]) -> Vec<u8> {
     k.extend_from_slice(&session.0);
     k.extend_from_slice(rest);
     k
+}
+
+fn ack_key(session: &Digest, request: &Digest, index: u16) -> Vec<u8> {
+    let mut rest = [0u8; 34];
+    rest[..32].copy_from_slice(&request.0);
+    rest[32..].copy_from_slice(&index.to_be_bytes());
+    key(b'a', session, &rest)
 }
 
 fn node_key(session: &Digest, position: &Position) -> Vec<u8> {
@@ -116,7 +136,7 @@ fn decode_node(bytes: &[u8]) -> Option<StoredNode> {
 }
 
 /// One session's tree nodes in sled, with the writes of the current insert held back
-/// (and read back) until they are committed together.
+/// (and read back) until the miner takes them.
 pub struct SledStore {
     tree: sled::Tree,
     session: Digest,
@@ -130,13 +150,6 @@ impl SledStore {
             tree,
             session,
             pending: BTreeMap::new(),
-        }
-    }
-
-    /// Moves the held-back writes into `batch`.
-    fn drain_into(&mut self, batch: &mut sled::Batch) {
-        for (position, node) in std::mem::take(&mut self.pending) {
-            batch.insert(node_key(&self.session, &position), encode_node(&node));
         }
     }
 }
@@ -221,16 +234,146 @@ pub struct SessionReport {
     pub root: String,
 }
 
-/// The supplier's mining state, over the node's sled tree `mining`.
-pub struct Miner {
+/// What the miner keeps in memory of a session, always equal to what its store holds.
+struct CachedSession {
+    counters: SessionCounters,
+    claimed: bool,
+    /// Requests whose signed request is stored, and the last ack index stored of each.
+    requests: HashMap<Digest, u16>,
+}
+
+type Stripe = HashMap<Digest, CachedSession>;
+
+/// Writes not yet applied to sled.
+#[derive(Default)]
+struct Pending {
+    /// Acks by (session, request): the index of the first and their canonical
+    /// encodings back to back, stored as one value (`a ‖ S ‖ R ‖ first index`): one
+    /// sled write per request per commit, not one per ack.
+    acks: HashMap<(Digest, Digest), (u16, Vec<u8>)>,
+    /// Counters by session.
+    counters: HashMap<Digest, SessionCounters>,
+    /// Everything else (requests, terms, tree nodes, mined receipts), key → value.
+    writes: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// Bytes held.
+    bytes: usize,
+}
+
+/// The `mining` tree and the receipts' writes held back for the next group commit.
+struct Store {
     tree: sled::Tree,
+    uncommitted: Mutex<Pending>,
+}
+
+impl Store {
+    fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.uncommitted.lock().expect("miner writes lock")
+    }
+
+    /// Applies `pending` to sled in one atomic batch.
+    fn apply(&self, pending: &mut Pending) -> Result<(), MiningError> {
+        let Pending {
+            acks,
+            counters,
+            writes,
+            bytes,
+        } = std::mem::take(pending);
+        if bytes == 0 && counters.is_empty() {
+            return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        for ((session, request), (first, encoded)) in acks {
+            batch.insert(ack_key(&session, &request, first), encoded);
+        }
+        for (session, counters) in counters {
+            batch.insert(key(b'c', &session, &[]), counters.encode());
+        }
+        for (k, v) in writes {
+            batch.insert(k, v);
+        }
+        self.tree.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// The group commit: everything held back goes to sled in one batch (while the
+    /// lock is held, so no reader misses a write), then, with `flush`, to disk.
+    fn commit(&self, flush: bool) -> Result<(), MiningError> {
+        self.apply(&mut self.pending())?;
+        if flush {
+            self.tree.flush()?;
+        }
+        Ok(())
+    }
+}
+
+/// A session's tree nodes while a receipt is mined: the insert's own writes, then the
+/// writes held back for the next commit, then sled.
+struct InsertStore<'a> {
+    nodes: SledStore,
+    uncommitted: &'a BTreeMap<Vec<u8>, Vec<u8>>,
+}
+
+impl TreeStore for InsertStore<'_> {
+    type Error = MiningError;
+
+    fn get(&self, position: &Position) -> Result<Option<StoredNode>, MiningError> {
+        if let Some(node) = self.nodes.pending.get(position) {
+            return Ok(Some(*node));
+        }
+        match self
+            .uncommitted
+            .get(&node_key(&self.nodes.session, position))
+        {
+            Some(bytes) => decode_node(bytes).map(Some).ok_or(MiningError::Corrupt),
+            None => self.nodes.get(position),
+        }
+    }
+
+    fn put(&mut self, position: Position, node: StoredNode) -> Result<(), MiningError> {
+        self.nodes.put(position, node)
+    }
+}
+
+/// How often the receipts' held-back writes are committed and flushed: well inside
+/// the node's stated commit interval.
+const COMMIT_EVERY: std::time::Duration =
+    std::time::Duration::from_millis(crate::store::COMMIT_INTERVAL_MS / 2);
+/// Held-back bytes at most; a receipt that reaches this commits them at once.
+const MAX_UNCOMMITTED: usize = 8 << 20;
+
+/// The supplier's mining state, over the node's sled tree `mining`.
+///
+/// sled makes every batch durable-ordered by writing and syncing its log buffer twice,
+/// which costs two disk round trips per batch: a batch per receipt capped a supplier at
+/// a few thousand receipts per second. So each receipt's writes are held back in
+/// memory (and read back from there), and a background thread applies all of them in
+/// one batch and flushes every [`COMMIT_EVERY`] — the group commit. A crash loses at
+/// most that interval's receipts and never splits one receipt's writes.
+pub struct Miner {
+    store: Arc<Store>,
     // One receipt of a session at a time (an insert reads and rewrites its whole
-    // path); sessions are independent, so each stripe of sessions has its own lock.
-    locks: Vec<Mutex<()>>,
+    // path); sessions are independent, so each stripe of sessions has its own lock,
+    // which also guards those sessions' cached state.
+    locks: Vec<Mutex<Stripe>>,
     tau: Mutex<TauController>,
     /// Most leaves a claim may hold: a ledger refuses a larger claim whole, so the
     /// session stops mining there (later receipts are counted, not claimed).
     max_leaves: u64,
+    /// Dropping it stops the committing thread.
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    committer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Miner {
+    fn drop(&mut self) {
+        self.stop.take();
+        if let Some(thread) = self.committer.take() {
+            let _ = thread.join();
+        }
+        if let Err(e) = self.store.commit(true) {
+            tracing::warn!(%e, "cannot commit the last receipts");
+        }
+    }
 }
 
 /// A session whose claim is due or made.
@@ -246,7 +389,7 @@ pub struct ClaimableSession {
 
 impl Miner {
     /// Mining state in `tree`, with τ chosen within `params`' bounds (resumed from the
-    /// last value stored).
+    /// last value stored). Starts the thread that commits receipts.
     pub fn new(tree: sled::Tree, params: &MeshParams) -> Self {
         let stored = read_u64(&tree, TAU_KEY).ok().flatten();
         let tau = TauController::new(
@@ -255,15 +398,46 @@ impl Miner {
             params.tau_min,
             params.tau_max,
         );
-        Self {
+        let store = Arc::new(Store {
             tree,
-            locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+            uncommitted: Mutex::new(Pending::default()),
+        });
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let committing = store.clone();
+        let committer = std::thread::Builder::new()
+            .name("receipt-commit".into())
+            .spawn(move || {
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(COMMIT_EVERY)
+                {
+                    if let Err(e) = committing.commit(true) {
+                        tracing::warn!(%e, "cannot commit receipts");
+                    }
+                }
+            })
+            .expect("start the receipt commit thread");
+        Self {
+            store,
+            locks: (0..LOCK_STRIPES)
+                .map(|_| Mutex::new(Stripe::new()))
+                .collect(),
             tau: Mutex::new(tau),
             max_leaves: u64::from(params.max_claim_leaves),
+            stop: Some(stop),
+            committer: Some(committer),
         }
     }
 
-    fn lock(&self, session: &Digest) -> std::sync::MutexGuard<'_, ()> {
+    /// Commits the receipts held back, and flushes them to disk.
+    pub fn commit(&self) -> Result<(), MiningError> {
+        self.store.commit(true)
+    }
+
+    fn tree(&self) -> &sled::Tree {
+        &self.store.tree
+    }
+
+    fn lock(&self, session: &Digest) -> std::sync::MutexGuard<'_, Stripe> {
         self.locks[usize::from(session.0[0]) % LOCK_STRIPES]
             .lock()
             .expect("miner lock")
@@ -275,11 +449,11 @@ impl Miner {
         self.tau.lock().expect("tau lock").tau()
     }
 
-    /// Every session with receipts: its key and its countersigned terms.
+    /// Every session with receipts: its key and its countersigned terms (committed).
     fn stored_terms(
         &self,
     ) -> impl Iterator<Item = Result<(Digest, SignedSessionOpen), MiningError>> + '_ {
-        self.tree.scan_prefix([b't']).map(|item| {
+        self.tree().scan_prefix([b't']).map(|item| {
             let (k, v) = item?;
             let session_key = Digest(k[1..].try_into().map_err(|_| MiningError::Corrupt)?);
             let terms = ciborium::from_reader(v.as_ref()).map_err(|_| MiningError::Corrupt)?;
@@ -289,13 +463,14 @@ impl Miner {
 
     /// Every session with receipts, its counters and whether it is claimed.
     pub fn claimable(&self) -> Result<Vec<ClaimableSession>, MiningError> {
+        self.store.commit(false)?;
         self.stored_terms()
             .map(|item| {
                 let (session_key, terms) = item?;
                 Ok(ClaimableSession {
                     terms,
                     counters: self.counters(&session_key)?,
-                    claimed_ms: read_u64(&self.tree, &key(b'k', &session_key, &[]))?,
+                    claimed_ms: read_u64(self.tree(), &key(b'k', &session_key, &[]))?,
                 })
             })
             .collect()
@@ -306,7 +481,8 @@ impl Miner {
     /// same. Its volume teaches the τ rule.
     pub fn close(&self, session: &SignedSessionOpen, now_ms: u64) -> Result<(), MiningError> {
         let session_key = session.session_key();
-        let _one = self.lock(&session_key);
+        let mut stripe = self.lock(&session_key);
+        self.store.commit(false)?;
         let counters = self.counters(&session_key)?;
         let tau = {
             let mut rule = self.tau.lock().expect("tau lock");
@@ -320,33 +496,44 @@ impl Miner {
         let mut batch = sled::Batch::default();
         batch.insert(key(b'k', &session_key, &[]), &now_ms.to_be_bytes()[..]);
         batch.insert(TAU_KEY, &tau.to_be_bytes()[..]);
-        self.tree.apply_batch(batch)?;
-        self.tree.flush()?;
+        self.tree().apply_batch(batch)?;
+        if let Some(cached) = stripe.get_mut(&session_key) {
+            cached.claimed = true;
+        }
+        self.tree().flush()?;
         Ok(())
     }
 
     /// Drops everything kept for `session` (once its claim's epoch is final).
     pub fn forget(&self, session: &Digest) -> Result<(), MiningError> {
-        let _one = self.lock(session);
+        let mut stripe = self.lock(session);
+        stripe.remove(session);
+        self.store.commit(false)?;
         let mut batch = sled::Batch::default();
-        for kind in [b'n', b'm', b'c', b't', b'k'] {
-            for k in self.tree.scan_prefix(key(kind, session, &[])).keys() {
+        for kind in [b'q', b'a', b'n', b'm', b'c', b't', b'k'] {
+            for k in self.tree().scan_prefix(key(kind, session, &[])).keys() {
                 batch.remove(k?);
             }
         }
-        self.tree.apply_batch(batch)?;
+        self.tree().apply_batch(batch)?;
         Ok(())
     }
 
+    /// A session's counters, committed or not.
     fn counters(&self, session: &Digest) -> Result<SessionCounters, MiningError> {
-        match self.tree.get(key(b'c', session, &[]))? {
+        if let Some(counters) = self.store.pending().counters.get(session) {
+            return Ok(*counters);
+        }
+        match self.tree().get(key(b'c', session, &[]))? {
             None => Ok(SessionCounters::default()),
             Some(bytes) => SessionCounters::decode(&bytes).ok_or(MiningError::Corrupt),
         }
     }
 
-    /// Counts an accepted receipt of `session`, and mines it when τ selects it.
-    /// Returns what it pays when mined. A relay hash mined before is not mined again.
+    /// Stores an accepted receipt of `session` (checked by the caller), counts it, and
+    /// mines it when τ selects it, as one atomic set of writes held for the next group
+    /// commit. Returns what it pays when mined. A relay hash mined before is not mined
+    /// again. A receipt of a claimed session is kept, neither counted nor mined.
     pub fn offer(
         &self,
         session: &SignedSessionOpen,
@@ -354,65 +541,169 @@ impl Miner {
         facts: &ReceiptFacts,
     ) -> Result<Option<u64>, MiningError> {
         let session_key = session.session_key();
-        let _one = self.lock(&session_key);
+        let mut stripe = self.lock(&session_key);
         let tau = session.body.tau;
-        if self.tree.contains_key(key(b'k', &session_key, &[]))? {
-            // Claimed: the tree is final.
-            return Ok(None);
+        if stripe.len() >= CACHED_PER_STRIPE && !stripe.contains_key(&session_key) {
+            stripe.clear();
         }
-        let mut counters = self.counters(&session_key)?;
-        let mut batch = sled::Batch::default();
+        let cached = match stripe.entry(session_key) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(CachedSession {
+                counters: self.counters(&session_key)?,
+                claimed: self.tree().contains_key(key(b'k', &session_key, &[]))?,
+                requests: HashMap::new(),
+            }),
+        };
+        // Claimed: the tree and counters are final; the receipt is only kept.
+        let claimed = cached.claimed;
+        let mut counters = cached.counters;
+        let mut writes: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         if counters.receipts == 0 {
-            batch.insert(key(b't', &session_key, &[]), to_canonical(session));
+            writes.push((key(b't', &session_key, &[]), to_canonical(session)));
         }
-        let mined_key = key(b'm', &session_key, &facts.relay_hash.0);
-        let mut paid = None;
+        let request = receipt.ack.body.request;
+        let index = receipt.ack.body.index;
+        let stored = cached.requests.get(&request).copied();
+        if stored.is_none() {
+            writes.push((
+                key(b'q', &session_key, &request.0),
+                to_canonical(&receipt.request),
+            ));
+        }
+        let new_ack = stored.is_none_or(|last| index > last);
+        let ack = new_ack.then(|| to_canonical(&receipt.ack));
+        let mined = facts.is_mined(tau) && !claimed;
         let full = counters.mined >= self.max_leaves;
-        if full && facts.is_mined(tau) {
+        if full && mined {
             tracing::debug!(
                 session = %session_key,
                 leaves = counters.mined,
                 "session's claim is full: receipt counted, not mined"
             );
         }
-        if facts.is_mined(tau) && !full && !self.tree.contains_key(&mined_key)? {
+        if !claimed {
+            counters.receipts += 1;
+            counters.cu += facts.weight;
+            counters.expected_mined_micro += if facts.weight >= tau {
+                1_000_000
+            } else {
+                facts.weight * 1_000_000 / tau.max(1)
+            };
+        }
+        let mut pending = self.store.pending();
+        let mut paid = None;
+        let mined_key = key(b'm', &session_key, &facts.relay_hash.0);
+        if mined
+            && !full
+            && !pending.writes.contains_key(&mined_key)
+            && !self.tree().contains_key(&mined_key)?
+        {
             let value = facts.mined_value(tau);
-            let mut tree = SumTree::with_store(SledStore::new(self.tree.clone(), session_key));
+            let mut tree = SumTree::with_store(InsertStore {
+                nodes: SledStore::new(self.tree().clone(), session_key),
+                uncommitted: &pending.writes,
+            });
             tree.insert(LeafEntry {
                 key: facts.relay_hash,
                 value: facts.digest,
                 weight: value,
             })?;
-            let mut store = tree.into_store();
-            store.drain_into(&mut batch);
-            batch.insert(mined_key, to_canonical(receipt));
+            let nodes = tree.into_store().nodes;
+            writes.extend(
+                nodes
+                    .pending
+                    .iter()
+                    .map(|(position, node)| (node_key(&session_key, position), encode_node(node))),
+            );
+            writes.push((mined_key, to_canonical(receipt)));
             counters.mined += 1;
             counters.mined_value += value;
             paid = Some(value);
         }
-        counters.receipts += 1;
-        counters.cu += facts.weight;
-        counters.expected_mined_micro += if facts.weight >= tau {
-            1_000_000
-        } else {
-            facts.weight * 1_000_000 / tau.max(1)
-        };
-        batch.insert(key(b'c', &session_key, &[]), counters.encode());
-        self.tree.apply_batch(batch)?;
+        if let Some(ack) = ack {
+            pending.bytes += ack.len();
+            pending
+                .acks
+                .entry((session_key, request))
+                .or_insert_with(|| (index, Vec::new()))
+                .1
+                .extend_from_slice(&ack);
+        }
+        pending.bytes += writes.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+        pending.writes.extend(writes);
+        if !claimed {
+            pending.counters.insert(session_key, counters);
+        }
+        if pending.bytes >= MAX_UNCOMMITTED {
+            self.store.apply(&mut pending)?;
+        }
+        drop(pending);
+        cached.counters = counters;
+        if new_ack {
+            if stored.is_none() && cached.requests.len() >= CACHED_REQUESTS {
+                cached.requests.clear();
+            }
+            cached.requests.insert(request, index);
+        }
         Ok(paid)
+    }
+
+    /// Every receipt of `session` this supplier stored, by request and in chain order.
+    pub fn receipts(&self, session: &Digest) -> Result<Vec<Receipt>, MiningError> {
+        self.store.commit(false)?;
+        let mut requests = HashMap::new();
+        for item in self.tree().scan_prefix(key(b'q', session, &[])) {
+            let (k, v) = item?;
+            let digest = Digest(k[33..].try_into().map_err(|_| MiningError::Corrupt)?);
+            let request: SignedRelayRequest =
+                ciborium::from_reader(v.as_ref()).map_err(|_| MiningError::Corrupt)?;
+            requests.insert(digest, request);
+        }
+        // Acks in runs of one request each; an ack stored twice (after a restart) once.
+        let mut acks = BTreeMap::new();
+        for item in self.tree().scan_prefix(key(b'a', session, &[])) {
+            let (k, v) = item?;
+            let digest = Digest(k[33..65].try_into().map_err(|_| MiningError::Corrupt)?);
+            let mut run = v.as_ref();
+            while !run.is_empty() {
+                let ack: SignedAck =
+                    ciborium::from_reader(&mut run).map_err(|_| MiningError::Corrupt)?;
+                acks.insert((digest, ack.body.index), ack);
+            }
+        }
+        acks.into_iter()
+            .map(|((digest, _), ack)| {
+                Ok(Receipt {
+                    request: requests.get(&digest).ok_or(MiningError::Corrupt)?.clone(),
+                    ack,
+                })
+            })
+            .collect()
+    }
+
+    /// Every receipt stored, of every session not yet forgotten.
+    pub fn all_receipts(&self) -> Result<Vec<Receipt>, MiningError> {
+        self.store.commit(false)?;
+        let mut out = Vec::new();
+        for item in self.stored_terms() {
+            out.extend(self.receipts(&item?.0)?);
+        }
+        Ok(out)
     }
 
     /// The root of `session`'s tree (empty before anything is mined).
     pub fn root(&self, session: &Digest) -> Result<NodeSummary, MiningError> {
-        SumTree::with_store(SledStore::new(self.tree.clone(), *session))
+        self.store.commit(false)?;
+        SumTree::with_store(SledStore::new(self.tree().clone(), *session))
             .root()
             .map_err(Into::into)
     }
 
     /// A session's tree and mined receipts, for claims and proofs.
     pub fn load(&self, session: &Digest) -> Result<MinedSession<SledStore>, MiningError> {
+        self.store.commit(false)?;
         let mut receipts = BTreeMap::new();
-        for item in self.tree.scan_prefix(key(b'm', session, &[])) {
+        for item in self.tree().scan_prefix(key(b'm', session, &[])) {
             let (k, v) = item?;
             let relay = Digest(k[33..].try_into().map_err(|_| MiningError::Corrupt)?);
             let receipt: Receipt =
@@ -420,7 +711,7 @@ impl Miner {
             receipts.insert(relay, receipt);
         }
         Ok(MinedSession::with_parts(
-            SumTree::with_store(SledStore::new(self.tree.clone(), *session)),
+            SumTree::with_store(SledStore::new(self.tree().clone(), *session)),
             receipts,
         ))
     }
@@ -429,7 +720,7 @@ impl Miner {
     /// the root, and the root counts exactly those leaves. Returns the root.
     pub fn check_tree(&self, session: &Digest) -> Result<NodeSummary, MiningError> {
         let mined = self.load(session)?;
-        let tree = SumTree::with_store(SledStore::new(self.tree.clone(), *session));
+        let tree = SumTree::with_store(SledStore::new(self.tree().clone(), *session));
         let root = tree.root()?;
         if root.count != mined.receipts().len() as u64 {
             return Err(MiningError::Corrupt);
@@ -450,6 +741,7 @@ impl Miner {
 
     /// Every session this supplier has counted receipts of.
     pub fn sessions(&self) -> Result<Vec<SessionReport>, MiningError> {
+        self.store.commit(false)?;
         let mut out = Vec::new();
         for item in self.stored_terms() {
             let (session_key, terms) = item?;
@@ -529,7 +821,11 @@ mod tests {
                 db.open_tree("mining").unwrap(),
                 &crate::config::named_mesh("mining-tests"),
             );
-            for (receipt, facts) in &all {
+            for (i, (receipt, facts)) in all.iter().enumerate() {
+                if i == 77 {
+                    // A group commit mid-request splits its acks into two runs.
+                    miner.commit().unwrap();
+                }
                 let paid = miner.offer(&s, receipt, facts).unwrap();
                 assert_eq!(paid, reference.offer(receipt.clone(), facts, 30).unwrap());
                 // The same receipt again is counted, never mined twice.
@@ -550,6 +846,9 @@ mod tests {
         );
         let report = &miner.sessions().unwrap()[0];
         assert_eq!(report.counters.receipts, 400);
+        // Every receipt is kept once, in chain order.
+        let kept = miner.receipts(&s.session_key()).unwrap();
+        assert!(kept.iter().eq(all.iter().map(|(r, _)| r)));
         assert_eq!(report.counters.mined, root.count);
         assert_eq!(report.counters.mined_value, root.sum);
         // Proofs from the sled tree verify against the root.
@@ -558,6 +857,14 @@ mod tests {
             root.count
         );
         assert_eq!(miner.check_tree(&s.session_key()).unwrap(), root);
+
+        // Once claimed, a late receipt is kept but neither counted nor mined.
+        let late = receipts(&app, &s, 201).pop().unwrap();
+        miner.close(&s, 1).unwrap();
+        assert_eq!(miner.offer(&s, &late.0, &late.1).unwrap(), None);
+        assert_eq!(miner.sessions().unwrap()[0].counters, report.counters);
+        assert_eq!(miner.receipts(&s.session_key()).unwrap().len(), 201);
+        assert_eq!(miner.root(&s.session_key()).unwrap(), root);
     }
 
     #[test]

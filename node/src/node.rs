@@ -136,13 +136,11 @@ impl Node {
         };
         // A node that serves models answers the mesh's inference streams.
         let supplier = if serves {
-            let receipts = open_tree(&data_dir, "receipts")?;
             let requests = open_tree(&data_dir, "requests")?;
             let ctx = Arc::new(crate::infer::supplier::SupplierContext {
                 key: key.clone(),
                 params: params.clone(),
                 models,
-                receipts,
                 seen: crate::infer::supplier::SeenRequests::new(requests),
                 miner: miner.clone(),
                 settlement: Some(settlement.clone()),

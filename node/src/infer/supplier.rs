@@ -14,7 +14,6 @@ use relaymesh_protocol::messages::infer::{
 use relaymesh_protocol::messages::session::{SessionOpen, SessionProposal, SignedSessionOpen};
 use relaymesh_protocol::metering::flow::SupplierFlow;
 use relaymesh_protocol::params::MeshParams;
-use relaymesh_protocol::wire::to_canonical;
 use relaymesh_protocol::{BoundedString, Digest, Ed25519Verifier, Keypair, Signer};
 use tokio::sync::{mpsc, Semaphore};
 use tracing::{debug, info, warn};
@@ -36,12 +35,10 @@ pub struct SupplierContext {
     pub params: MeshParams,
     /// The models served here.
     pub models: Arc<Models>,
-    /// Where receipts are kept (`None` for nodes without a data dir).
-    pub receipts: Option<sled::Tree>,
     /// Request ids already served, per session.
     pub seen: SeenRequests,
-    /// Counts and mines receipts into each session's sum tree (`None` without a data
-    /// dir).
+    /// Stores, counts and mines receipts into each session's sum tree (`None` without
+    /// a data dir: receipts are then only counted in the metrics).
     pub miner: Option<Arc<crate::mining::Miner>>,
     /// The ledger: sessions are admitted against the app's balance.
     pub settlement: Option<Arc<crate::settle::Settlement>>,
@@ -448,13 +445,6 @@ async fn serve(peer: PeerId, stream: Stream, ctx: &SupplierContext) -> Result<()
                             let accepted = flow
                                 .on_ack(ack, &super::verify::Verified(item))
                                 .map_err(|e| e.to_string())?;
-                            if let Some(tree) = &ctx.receipts {
-                                // The check already hashed the bodies into the digest.
-                                let key = accepted.facts.digest;
-                                if let Err(e) = tree.insert(key.0, to_canonical(&accepted.receipt)) {
-                                    warn!(%e, "cannot store a receipt");
-                                }
-                            }
                             ctx.metrics.receipts.inc();
                             if let Some(miner) = &ctx.miner {
                                 match miner.offer(&session, &accepted.receipt, &accepted.facts) {
@@ -462,7 +452,7 @@ async fn serve(peer: PeerId, stream: Stream, ctx: &SupplierContext) -> Result<()
                                         ctx.metrics.mined_receipts.inc();
                                     }
                                     Ok(None) => {}
-                                    Err(e) => warn!(%e, "cannot mine a receipt"),
+                                    Err(e) => warn!(%e, "cannot store a receipt"),
                                 }
                             }
                         }

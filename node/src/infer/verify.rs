@@ -26,28 +26,35 @@ pub struct AckVerifier {
 }
 
 impl AckVerifier {
-    /// Starts the verifying task.
+    /// Starts the verifying thread (a thread of its own, so that batches never block
+    /// the runtime's workers and no job waits for a blocking-pool hand-off). It ends
+    /// when the last handle is dropped.
     pub fn spawn() -> Self {
         let (jobs, mut rx) = mpsc::channel::<Job>(QUEUE);
-        tokio::spawn(async move {
-            let mut batch = Vec::with_capacity(MAX_BATCH);
-            while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-                let work = std::mem::take(&mut batch);
-                let Ok(verdicts) = tokio::task::spawn_blocking(move || {
-                    let items: Vec<SignedItem> = work.iter().map(|(i, _)| i.clone()).collect();
+        std::thread::Builder::new()
+            .name("ack-verify".into())
+            .spawn(move || {
+                let mut items: Vec<SignedItem> = Vec::with_capacity(MAX_BATCH);
+                let mut replies = Vec::with_capacity(MAX_BATCH);
+                while let Some(first) = rx.blocking_recv() {
+                    let mut next = Some(first);
+                    while let Some((item, reply)) = next {
+                        items.push(item);
+                        replies.push(reply);
+                        next = if items.len() < MAX_BATCH {
+                            rx.try_recv().ok()
+                        } else {
+                            None
+                        };
+                    }
                     let ok = Ed25519Verifier.verify_each(&items);
-                    (work, ok)
-                })
-                .await
-                else {
-                    return;
-                };
-                let (work, ok) = verdicts;
-                for ((_, reply), ok) in work.into_iter().zip(ok) {
-                    let _ = reply.send(ok);
+                    items.clear();
+                    for (reply, ok) in replies.drain(..).zip(ok) {
+                        let _: Result<(), bool> = reply.send(ok);
+                    }
                 }
-            }
-        });
+            })
+            .expect("start the ack verifying thread");
         Self { jobs }
     }
 
