@@ -14,7 +14,7 @@ use relaymesh_protocol::messages::reveal::{commitment, SignedReveal};
 use relaymesh_protocol::messages::session::{SessionOpen, SignedSessionOpen};
 use relaymesh_protocol::metering::ack_chain::MAX_ACK_CHAIN;
 use relaymesh_protocol::metering::app::{RequestAcker, RequestTerms};
-use relaymesh_protocol::metering::receipt::{Receipt, ReceiptFacts};
+use relaymesh_protocol::metering::receipt::{EncodedRequest, Receipt, ReceiptFacts};
 use relaymesh_protocol::metering::tau::SessionVolume;
 use relaymesh_protocol::settlement::proof::{sign_reveal, MinedSession};
 use relaymesh_protocol::sumtree::store::LeafEntry;
@@ -77,8 +77,14 @@ impl Session {
     }
 }
 
-fn ledger_bytes(body: LedgerBody) -> usize {
-    LedgerMessage::new(body).encode().map_or(0, |b| b.len())
+/// What `message` costs on the wire (nothing if it is too large to send).
+fn ledger_bytes(message: &LedgerMessage) -> usize {
+    let len = relaymesh_protocol::wire::canonical_len(message);
+    if len > LedgerMessage::MAX_SIZE {
+        0
+    } else {
+        len
+    }
 }
 
 impl Sim {
@@ -201,6 +207,7 @@ impl Sim {
             .verify(&item.key, &item.message, &item.signature)
             .expect("the app signs its requests");
         let mut previous = acker.request().body.ack_chain_head;
+        let request = EncodedRequest::new(acker.request());
         let mut served = 0;
         for i in 0..acks.min(u32::from(MAX_ACK_CHAIN)) {
             let bytes = (k.min(tokens - i * k) * bpt) as usize;
@@ -210,7 +217,7 @@ impl Sim {
                 .expect("within the request's bounds");
             let receipt = acker.receipt(ack);
             let (facts, [_, item]) = receipt
-                .check_next_signed(&sess.key, &sess.open.body, &previous, app_public)
+                .check_next_signed(&request, &sess.key, &sess.open.body, &previous, app_public)
                 .expect("an honest app's receipts check");
             self.verifier
                 .verify(&item.key, &item.message, &item.signature)
@@ -379,13 +386,16 @@ impl Sim {
         sess.fake_cu += fakes * tau;
     }
 
-    fn publish_ledger(&mut self, kind: GossipKind, body: LedgerBody) {
-        let bytes = ledger_bytes(body);
+    /// Gossips `body`, counting its bytes, and hands it back.
+    fn publish_ledger(&mut self, kind: GossipKind, body: LedgerBody) -> LedgerBody {
+        let message = LedgerMessage::new(body);
+        let bytes = ledger_bytes(&message);
         self.record_gossip(kind, bytes);
         if kind == GossipKind::Claim {
             let delay = self.spread.delay(&mut self.rng, bytes);
             self.m.convergence_ms.push(delay as f64 / MS as f64);
         }
+        message.body
     }
 
     /// The app reveals its secret for the claimed root.
@@ -449,7 +459,11 @@ impl Sim {
         if full {
             self.m.full_reveals += 1;
         }
-        self.publish_ledger(GossipKind::Proof, LedgerBody::Proof(proof.clone()));
+        let LedgerBody::Proof(proof) =
+            self.publish_ledger(GossipKind::Proof, LedgerBody::Proof(proof))
+        else {
+            unreachable!("handed back as given")
+        };
         let kind = self.suppliers[s as usize].kind;
         match self.ledger.apply_proof(&proof, &self.verifier) {
             Ok(Applied::Settled) => self.settled(x),

@@ -4,6 +4,7 @@ mod common;
 
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use relaymesh_protocol::metering::receipt::EncodedRequest;
 use relaymesh_protocol::metering::tau::{SessionVolume, TauController};
 use relaymesh_protocol::metering::threshold::{is_mined, mined_value};
 use relaymesh_protocol::Digest;
@@ -197,10 +198,21 @@ fn receipt_facts_are_the_hashes_their_definitions_give() {
         let app_key = app.public_key();
         let (_, items) = receipt.check_signed(&key, &o.body, app_key).unwrap();
         assert_eq!(items, receipt.signed_items(app_key));
-        let (_, items) = receipt
-            .check_next_signed(&key, &o.body, &previous, app_key)
+        let encoded = EncodedRequest::new(&receipt.request);
+        assert_eq!(encoded.hash(), receipt.request.body.hash());
+        let (facts, items) = receipt
+            .check_next_signed(&encoded, &key, &o.body, &previous, app_key)
             .unwrap();
         assert_eq!(items, receipt.signed_items(app_key));
+        assert_eq!(facts, receipt.check(&key, &o.body).unwrap());
+        // Another request's encoding is not used for this receipt.
+        let other = AppRequest::new(key, 1, 300, &app).request;
+        let stranger = EncodedRequest::new(&other);
+        assert!(!stranger.is(&receipt.request));
+        let (again, _) = receipt
+            .check_signed_with(Some(&stranger), &key, &o.body, app_key)
+            .unwrap();
+        assert_eq!(again, facts);
         previous = receipt.ack.body.chain_secret;
     }
 }

@@ -473,6 +473,7 @@ fn round_trips<T: WireMessage + PartialEq + std::fmt::Debug>(
         .encode()
         .map_err(|e| TestCaseError::fail(e.to_string()))?;
     prop_assert!(bytes.len() <= T::MAX_SIZE);
+    prop_assert_eq!(relaymesh_protocol::wire::canonical_len(value), bytes.len());
     let back = T::decode(&bytes).map_err(|e| TestCaseError::fail(e.to_string()))?;
     prop_assert_eq!(&back, value);
     Ok(())

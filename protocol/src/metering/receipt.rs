@@ -81,6 +81,43 @@ impl ReceiptFacts {
     }
 }
 
+/// A receipt's facts and its bodies' canonical encodings (the request's perhaps
+/// borrowed from an [`EncodedRequest`]).
+type Checked<'a> = (ReceiptFacts, std::borrow::Cow<'a, [u8]>, Vec<u8>);
+
+/// A signed request with its body's canonical encoding and hash, made once for all of
+/// its receipts (every ack of a request travels with the same request). A receipt
+/// checked against it uses them only if its request is this one.
+#[derive(Clone, Debug)]
+pub struct EncodedRequest {
+    request: SignedRelayRequest,
+    bytes: Vec<u8>,
+    hash: Digest,
+}
+
+impl EncodedRequest {
+    /// Encodes and hashes `request`'s body.
+    pub fn new(request: &SignedRelayRequest) -> Self {
+        let bytes = to_canonical(&request.body);
+        let hash = tagged_hash(hash_tag::REQUEST, &[&bytes]);
+        Self {
+            request: request.clone(),
+            bytes,
+            hash,
+        }
+    }
+
+    /// The request hash (what its acks name).
+    pub fn hash(&self) -> Digest {
+        self.hash
+    }
+
+    /// Whether this is `request`.
+    pub fn is(&self, request: &SignedRelayRequest) -> bool {
+        self.request == *request
+    }
+}
+
 impl Receipt {
     /// Every rule except signatures (which callers batch): session binding, request
     /// binding, chain link, counts, weight. Walks the ack chain from the link back to
@@ -90,7 +127,7 @@ impl Receipt {
         session_key: &Digest,
         terms: &SessionOpen,
     ) -> Result<ReceiptFacts, ReceiptError> {
-        self.check_with(session_key, terms, Self::walk_link)
+        self.check_with(None, session_key, terms, Self::walk_link)
             .map(|(facts, _, _)| facts)
     }
 
@@ -103,7 +140,20 @@ impl Receipt {
         terms: &SessionOpen,
         app: PublicKey,
     ) -> Result<(ReceiptFacts, [SignedItem; 2]), ReceiptError> {
-        self.check_with(session_key, terms, Self::walk_link)
+        self.check_signed_with(None, session_key, terms, app)
+    }
+
+    /// [`Receipt::check_signed`] with the request's encoding made before (used when it
+    /// is this receipt's request; see [`EncodedRequest`]).
+    pub fn check_signed_with(
+        &self,
+        request: Option<&EncodedRequest>,
+        session_key: &Digest,
+        terms: &SessionOpen,
+        app: PublicKey,
+    ) -> Result<(ReceiptFacts, [SignedItem; 2]), ReceiptError> {
+        let known = request.filter(|r| r.is(&self.request));
+        self.check_with(known, session_key, terms, Self::walk_link)
             .map(|(facts, request, ack)| (facts, self.items(app, &request, &ack)))
     }
 
@@ -119,22 +169,25 @@ impl Receipt {
         terms: &SessionOpen,
         previous_link: &Digest,
     ) -> Result<ReceiptFacts, ReceiptError> {
-        self.check_with(session_key, terms, |ack, _| {
+        self.check_with(None, session_key, terms, |ack, _| {
             ack_chain::step(&ack.chain_secret) == *previous_link
         })
         .map(|(facts, _, _)| facts)
     }
 
     /// [`Receipt::check_next`], and the app's two signatures to verify (see
-    /// [`Receipt::check_signed`]).
+    /// [`Receipt::check_signed`]), with the request's encoding made once for the
+    /// stream (used when it is this receipt's request).
     pub fn check_next_signed(
         &self,
+        request: &EncodedRequest,
         session_key: &Digest,
         terms: &SessionOpen,
         previous_link: &Digest,
         app: PublicKey,
     ) -> Result<(ReceiptFacts, [SignedItem; 2]), ReceiptError> {
-        self.check_with(session_key, terms, |ack, _| {
+        let known = Some(request).filter(|r| r.is(&self.request));
+        self.check_with(known, session_key, terms, |ack, _| {
             ack_chain::step(&ack.chain_secret) == *previous_link
         })
         .map(|(facts, request, ack)| (facts, self.items(app, &request, &ack)))
@@ -155,21 +208,33 @@ impl Receipt {
     }
 
     /// The checks, returning the facts and both bodies' canonical encodings.
-    fn check_with(
+    fn check_with<'a>(
         &self,
+        known: Option<&'a EncodedRequest>,
         session_key: &Digest,
         terms: &SessionOpen,
         link_ok: impl FnOnce(&Ack, &RelayRequest) -> bool,
-    ) -> Result<(ReceiptFacts, Vec<u8>, Vec<u8>), ReceiptError> {
+    ) -> Result<Checked<'a>, ReceiptError> {
         let request = &self.request.body;
         let ack = &self.ack.body;
         if request.session_key != *session_key || ack.session_key != *session_key {
             return Err(ReceiptError::WrongSession);
         }
         // Each body is encoded once and its bytes serve every hash below (the request
-        // hash, the relay hash and the leaf digest): this runs for every receipt.
-        let request_bytes = to_canonical(request);
-        if ack.request != tagged_hash(hash_tag::REQUEST, &[&request_bytes]) {
+        // hash, the relay hash and the leaf digest): this runs for every receipt. The
+        // request's, shared by all its acks, may come encoded and hashed already.
+        let (request_bytes, request_hash) = match known {
+            Some(known) => (
+                std::borrow::Cow::Borrowed(known.bytes.as_slice()),
+                known.hash,
+            ),
+            None => {
+                let bytes = to_canonical(request);
+                let hash = tagged_hash(hash_tag::REQUEST, &[&bytes]);
+                (std::borrow::Cow::Owned(bytes), hash)
+            }
+        };
+        if ack.request != request_hash {
             return Err(ReceiptError::WrongRequest);
         }
         let len = request.ack_chain_len.min(MAX_ACK_CHAIN);

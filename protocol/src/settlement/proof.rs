@@ -7,7 +7,7 @@ use crate::identity::verify::{SignatureError, SignatureVerifier, SignedItem};
 use crate::messages::claim::SignedClaim;
 use crate::messages::proof::{FullReveal, LeafProof, Proof, ProofEvidence, SampledProof};
 use crate::messages::reveal::{commitment, SignedReveal};
-use crate::metering::receipt::{Receipt, ReceiptError, ReceiptFacts};
+use crate::metering::receipt::{EncodedRequest, Receipt, ReceiptError, ReceiptFacts};
 use crate::params::MeshParams;
 use crate::settlement::challenge::{sample_point, seed};
 use crate::sumtree::{
@@ -88,16 +88,24 @@ pub enum ProofError {
 
 /// The leaf a receipt of the claimed session makes, and the app's two signatures on it
 /// (from the encodings the check hashed).
+/// The requests a proof's receipts carry, each encoded and hashed once, by the hash
+/// their acks name.
+type Requests = BTreeMap<Digest, EncodedRequest>;
+
 fn leaf_of(
     receipt: &Receipt,
     index: usize,
     claim: &SignedClaim,
     session_key: &Digest,
+    requests: &mut Requests,
 ) -> Result<(LeafEntry, [SignedItem; 2]), ProofError> {
     let open = &claim.body.open;
     let tau = open.body.tau;
+    let request = requests
+        .entry(receipt.ack.body.request)
+        .or_insert_with(|| EncodedRequest::new(&receipt.request));
     let (facts, signatures) = receipt
-        .check_signed(session_key, &open.body, open.body.app)
+        .check_signed_with(Some(request), session_key, &open.body, open.body.app)
         .map_err(|error| ProofError::BadReceipt { index, error })?;
     if !facts.is_mined(tau) {
         return Err(ProofError::NotMined(index));
@@ -157,16 +165,36 @@ pub fn verify_proof(
             }
             let seed = seed(&reveal.secret, &reveal.root);
             let root = claimed_root(claim);
+            // Samples draw with replacement, so a small session's leaf comes up again:
+            // an identical leaf proof is checked once (comparing is far cheaper than
+            // re-encoding, hashing and walking its path).
+            let mut checked: Vec<(&LeafProof, LeafEntry, u64)> = Vec::new();
+            let mut requests = Requests::new();
             for (index, leaf_proof) in sampled.leaves.iter().enumerate() {
-                let (leaf, items) = leaf_of(&leaf_proof.receipt, index, claim, &session_key)?;
-                let offset = verify_path(
-                    &leaf.key,
-                    leaf.weight,
-                    &leaf.value,
-                    &leaf_proof.siblings,
-                    &root,
-                )
-                .map_err(|error| ProofError::BadPath { index, error })?;
+                let known = checked.iter().find(|(seen, ..)| *seen == leaf_proof);
+                let (leaf, offset) = match known {
+                    Some(&(_, leaf, offset)) => (leaf, offset),
+                    None => {
+                        let (leaf, items) = leaf_of(
+                            &leaf_proof.receipt,
+                            index,
+                            claim,
+                            &session_key,
+                            &mut requests,
+                        )?;
+                        let offset = verify_path(
+                            &leaf.key,
+                            leaf.weight,
+                            &leaf.value,
+                            &leaf_proof.siblings,
+                            &root,
+                        )
+                        .map_err(|error| ProofError::BadPath { index, error })?;
+                        signatures.extend(items);
+                        checked.push((leaf_proof, leaf, offset));
+                        (leaf, offset)
+                    }
+                };
                 let point = sample_point(&seed, index as u16, claim.body.sum);
                 let end = offset.saturating_add(leaf.weight);
                 if point < offset || point >= end {
@@ -177,14 +205,14 @@ pub fn verify_proof(
                         end,
                     });
                 }
-                signatures.extend(items);
             }
             signatures.push(sampled.reveal.signed_item(app));
         }
         ProofEvidence::Full(full) => {
             let mut leaves = Vec::with_capacity(full.receipts.len());
+            let mut requests = Requests::new();
             for (index, receipt) in full.receipts.iter().enumerate() {
-                let (leaf, items) = leaf_of(receipt, index, claim, &session_key)?;
+                let (leaf, items) = leaf_of(receipt, index, claim, &session_key, &mut requests)?;
                 leaves.push(leaf);
                 signatures.extend(items);
             }

@@ -84,6 +84,14 @@ impl StoredNode {
             StoredNode::Internal(summary) => *summary,
         }
     }
+
+    /// The node's sum, without hashing a leaf.
+    pub fn sum(&self) -> u64 {
+        match self {
+            StoredNode::Leaf(leaf) => leaf.weight,
+            StoredNode::Internal(summary) => summary.sum,
+        }
+    }
 }
 
 /// Storage for tree nodes.

@@ -218,30 +218,36 @@ impl<S: TreeStore> SumTree<S> {
     /// The leaf whose CU interval contains `point`, descending by the children's sums:
     /// each leaf is found by a share of points equal to its share of the root sum.
     pub fn sample(&self, point: u64) -> Result<LeafPath, TreeError<S::Error>> {
-        let root = self.root()?;
-        if point >= root.sum {
-            return Err(TreeError::PointOutOfRange {
-                point,
-                sum: root.sum,
-            });
+        // Only sums steer the walk; a child's hash is computed only when it becomes a
+        // sibling on the path (a leaf's summary is a hash), and each node is read once.
+        let summary =
+            |n: &Option<StoredNode>| n.as_ref().map_or(NodeSummary::EMPTY, StoredNode::summary);
+        let sum = |n: &Option<StoredNode>| n.as_ref().map_or(0, StoredNode::sum);
+        let mut position = Position::ROOT;
+        let mut node = self.get(&position)?;
+        let total = sum(&node);
+        if point >= total {
+            return Err(TreeError::PointOutOfRange { point, sum: total });
         }
         let mut remaining = point;
         let mut siblings = Vec::new();
-        let mut position = Position::ROOT;
         loop {
-            match self.get(&position)? {
+            match node {
                 None => return Err(TreeError::Corrupt(position.depth)),
                 Some(StoredNode::Leaf(leaf)) => return Ok(LeafPath { leaf, siblings }),
                 Some(StoredNode::Internal(_)) => {
-                    let left = self.summary_at(&position.child(0))?;
-                    let right = self.summary_at(&position.child(1))?;
-                    if remaining < left.sum {
-                        siblings.push(right);
+                    let left = self.get(&position.child(0))?;
+                    let right = self.get(&position.child(1))?;
+                    let left_sum = sum(&left);
+                    if remaining < left_sum {
+                        siblings.push(summary(&right));
                         position = position.child(0);
+                        node = left;
                     } else {
-                        remaining -= left.sum;
-                        siblings.push(left);
+                        remaining -= left_sum;
+                        siblings.push(summary(&left));
                         position = position.child(1);
+                        node = right;
                     }
                 }
             }

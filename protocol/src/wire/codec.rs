@@ -67,10 +67,54 @@ pub enum EncodeError {
 
 /// Canonical CBOR of any serialisable value. The protocol's types cannot fail to
 /// serialise (no maps with non-string keys, no floats), so this is infallible.
+///
+/// The encoder writes a few bytes at a time, so encoding into a fresh `Vec` grows it
+/// (reallocating) about ten times for a receipt: each thread encodes into one reused
+/// buffer and the result is copied out at its exact size, one allocation.
 pub fn to_canonical<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
-    let mut out = Vec::new();
-    ciborium::into_writer(value, &mut out).expect("protocol types always serialise");
-    out
+    thread_local! {
+        static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    /// Buffers grown past this (a large proof) are not kept.
+    const KEEP: usize = 64 << 10;
+    let encode = |out: &mut Vec<u8>| {
+        ciborium::into_writer(value, out).expect("protocol types always serialise")
+    };
+    BUFFER.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buffer) => {
+            buffer.clear();
+            encode(&mut buffer);
+            let out = buffer.to_vec();
+            if buffer.capacity() > KEEP {
+                *buffer = Vec::new();
+            }
+            out
+        }
+        // Encoding from inside an encoding (a type that embeds another's bytes).
+        Err(_) => {
+            let mut out = Vec::new();
+            encode(&mut out);
+            out
+        }
+    })
+}
+
+/// The length of `value`'s canonical CBOR, counted without keeping the bytes (what a
+/// message would cost on the wire).
+pub fn canonical_len<T: Serialize + ?Sized>(value: &T) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    ciborium::into_writer(value, &mut count).expect("protocol types always serialise");
+    count.0
 }
 
 /// A message type on the wire: a name for errors, a version, and a maximum size.

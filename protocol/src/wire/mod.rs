@@ -6,4 +6,4 @@ pub mod codec;
 pub mod fuzz;
 
 pub use bytes::{BoundedString, BoundedVec, Digest, PublicKey, Signature, TooLong};
-pub use codec::{to_canonical, DecodeError, EncodeError, WireMessage};
+pub use codec::{canonical_len, to_canonical, DecodeError, EncodeError, WireMessage};
