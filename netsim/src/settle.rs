@@ -4,7 +4,7 @@
 //! ledger that validates each message once for all simulated nodes (every node would
 //! reach the same verdict from the same bytes; the gossip model says when each has it).
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 
 use relaymesh_protocol::identity::signed::Signed;
 use relaymesh_protocol::ledger::{Applied, ClaimStatus, LedgerError};
@@ -42,7 +42,11 @@ pub(crate) struct Session {
     /// would insert them; the tree is built from them in one pass at the claim
     /// (`SumTree::build` gives the root of inserting them one by one).
     pub leaves: Vec<LeafEntry>,
-    pub receipts: BTreeMap<Digest, Receipt>,
+    /// The receipts behind the leaves, in mining order (an ordered map of whole
+    /// receipts is built once, at the claim).
+    pub receipts: Vec<(Digest, Receipt)>,
+    /// Their relay hashes, so that none is mined twice.
+    pub relay_hashes: BTreeSet<Digest>,
     /// The session's sum tree, from its claim on.
     pub mined: Option<MinedSession>,
     pub volume: SessionVolume,
@@ -63,7 +67,7 @@ impl Session {
     /// What `MinedSession::offer` does with a checked receipt: if τ selects it, a leaf
     /// paying its mined value. Returns that value.
     fn mine(&mut self, receipt: Receipt, facts: &ReceiptFacts) -> Option<u64> {
-        if !facts.is_mined(self.tau) || self.receipts.contains_key(&facts.relay_hash) {
+        if !facts.is_mined(self.tau) || !self.relay_hashes.insert(facts.relay_hash) {
             return None;
         }
         let paid = facts.mined_value(self.tau);
@@ -72,7 +76,7 @@ impl Session {
             value: facts.digest,
             weight: paid,
         });
-        self.receipts.insert(facts.relay_hash, receipt);
+        self.receipts.push((facts.relay_hash, receipt));
         Some(paid)
     }
 }
@@ -144,7 +148,8 @@ impl Sim {
             end_us,
             closed: false,
             leaves: Vec::new(),
-            receipts: BTreeMap::new(),
+            receipts: Vec::new(),
+            relay_hashes: BTreeSet::new(),
             mined: None,
             volume: SessionVolume::new(tau),
             served_cu: 0,
@@ -288,7 +293,10 @@ impl Sim {
         let sess = self.sessions.get_mut(x).expect("present");
         let tree = SumTree::build(MemoryStore::default(), std::mem::take(&mut sess.leaves))
             .expect("distinct relay hashes");
-        let mined = MinedSession::with_parts(tree, std::mem::take(&mut sess.receipts));
+        sess.relay_hashes = BTreeSet::new();
+        let mut receipts = std::mem::take(&mut sess.receipts);
+        receipts.sort_unstable_by_key(|(relay, _)| *relay);
+        let mined = MinedSession::with_parts(tree, receipts.into_iter().collect());
         let root = mined.root().expect("memory store");
         sess.mined = Some(mined);
         let sup_key = &self.suppliers[s as usize].key;
