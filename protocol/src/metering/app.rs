@@ -45,6 +45,8 @@ pub enum AckError {
 #[derive(Clone, Debug)]
 pub struct RequestAcker {
     request: SignedRelayRequest,
+    /// The request's hash, which every ack names (hashed once, not per ack).
+    request_hash: Digest,
     chain: AckChain,
     index: u16,
     acked: u32,
@@ -71,6 +73,7 @@ impl RequestAcker {
             app,
         );
         Self {
+            request_hash: request.body.hash(),
             request,
             chain,
             index: 0,
@@ -114,7 +117,7 @@ impl RequestAcker {
             Ack {
                 version: 1,
                 session_key: self.request.body.session_key,
-                request: self.request.body.hash(),
+                request: self.request_hash,
                 index,
                 prev_bytes: self.acked,
                 new_bytes: new as u32,
