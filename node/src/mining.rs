@@ -648,17 +648,28 @@ impl Miner {
         Ok(paid)
     }
 
+    /// A session's committed entries `kind ‖ S ‖ digest` → canonical CBOR, decoded.
+    fn scan_by_digest<T: serde::de::DeserializeOwned>(
+        &self,
+        kind: u8,
+        session: &Digest,
+    ) -> impl Iterator<Item = Result<(Digest, T), MiningError>> + '_ {
+        self.tree()
+            .scan_prefix(key(kind, session, &[]))
+            .map(|item| {
+                let (k, v) = item?;
+                let digest = Digest(k[33..].try_into().map_err(|_| MiningError::Corrupt)?);
+                let value = ciborium::from_reader(v.as_ref()).map_err(|_| MiningError::Corrupt)?;
+                Ok((digest, value))
+            })
+    }
+
     /// Every receipt of `session` this supplier stored, by request and in chain order.
     pub fn receipts(&self, session: &Digest) -> Result<Vec<Receipt>, MiningError> {
         self.store.commit(false)?;
-        let mut requests = HashMap::new();
-        for item in self.tree().scan_prefix(key(b'q', session, &[])) {
-            let (k, v) = item?;
-            let digest = Digest(k[33..].try_into().map_err(|_| MiningError::Corrupt)?);
-            let request: SignedRelayRequest =
-                ciborium::from_reader(v.as_ref()).map_err(|_| MiningError::Corrupt)?;
-            requests.insert(digest, request);
-        }
+        let requests: HashMap<Digest, SignedRelayRequest> = self
+            .scan_by_digest(b'q', session)
+            .collect::<Result<_, _>>()?;
         // Acks in runs of one request each; an ack stored twice (after a restart) once.
         let mut acks = BTreeMap::new();
         for item in self.tree().scan_prefix(key(b'a', session, &[])) {
@@ -702,14 +713,9 @@ impl Miner {
     /// A session's tree and mined receipts, for claims and proofs.
     pub fn load(&self, session: &Digest) -> Result<MinedSession<SledStore>, MiningError> {
         self.store.commit(false)?;
-        let mut receipts = BTreeMap::new();
-        for item in self.tree().scan_prefix(key(b'm', session, &[])) {
-            let (k, v) = item?;
-            let relay = Digest(k[33..].try_into().map_err(|_| MiningError::Corrupt)?);
-            let receipt: Receipt =
-                ciborium::from_reader(v.as_ref()).map_err(|_| MiningError::Corrupt)?;
-            receipts.insert(relay, receipt);
-        }
+        let receipts: BTreeMap<Digest, Receipt> = self
+            .scan_by_digest(b'm', session)
+            .collect::<Result<_, _>>()?;
         Ok(MinedSession::with_parts(
             SumTree::with_store(SledStore::new(self.tree().clone(), *session)),
             receipts,
