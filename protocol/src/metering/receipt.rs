@@ -95,11 +95,17 @@ pub struct EncodedRequest {
     hash: Digest,
 }
 
+/// A request body's canonical encoding and the request hash made from it.
+fn encode_request(body: &RelayRequest) -> (Vec<u8>, Digest) {
+    let bytes = to_canonical(body);
+    let hash = tagged_hash(hash_tag::REQUEST, &[&bytes]);
+    (bytes, hash)
+}
+
 impl EncodedRequest {
     /// Encodes and hashes `request`'s body.
     pub fn new(request: &SignedRelayRequest) -> Self {
-        let bytes = to_canonical(&request.body);
-        let hash = tagged_hash(hash_tag::REQUEST, &[&bytes]);
+        let (bytes, hash) = encode_request(&request.body);
         Self {
             request: request.clone(),
             bytes,
@@ -152,8 +158,7 @@ impl Receipt {
         terms: &SessionOpen,
         app: PublicKey,
     ) -> Result<(ReceiptFacts, [SignedItem; 2]), ReceiptError> {
-        let known = request.filter(|r| r.is(&self.request));
-        self.check_with(known, session_key, terms, Self::walk_link)
+        self.check_with(request, session_key, terms, Self::walk_link)
             .map(|(facts, request, ack)| (facts, self.items(app, &request, &ack)))
     }
 
@@ -186,8 +191,7 @@ impl Receipt {
         previous_link: &Digest,
         app: PublicKey,
     ) -> Result<(ReceiptFacts, [SignedItem; 2]), ReceiptError> {
-        let known = Some(request).filter(|r| r.is(&self.request));
-        self.check_with(known, session_key, terms, |ack, _| {
+        self.check_with(Some(request), session_key, terms, |ack, _| {
             ack_chain::step(&ack.chain_secret) == *previous_link
         })
         .map(|(facts, request, ack)| (facts, self.items(app, &request, &ack)))
@@ -207,7 +211,8 @@ impl Receipt {
         ]
     }
 
-    /// The checks, returning the facts and both bodies' canonical encodings.
+    /// The checks, returning the facts and both bodies' canonical encodings. `known` is
+    /// used only if it is this receipt's request.
     fn check_with<'a>(
         &self,
         known: Option<&'a EncodedRequest>,
@@ -223,14 +228,13 @@ impl Receipt {
         // Each body is encoded once and its bytes serve every hash below (the request
         // hash, the relay hash and the leaf digest): this runs for every receipt. The
         // request's, shared by all its acks, may come encoded and hashed already.
-        let (request_bytes, request_hash) = match known {
+        let (request_bytes, request_hash) = match known.filter(|r| r.is(&self.request)) {
             Some(known) => (
                 std::borrow::Cow::Borrowed(known.bytes.as_slice()),
                 known.hash,
             ),
             None => {
-                let bytes = to_canonical(request);
-                let hash = tagged_hash(hash_tag::REQUEST, &[&bytes]);
+                let (bytes, hash) = encode_request(request);
                 (std::borrow::Cow::Owned(bytes), hash)
             }
         };
