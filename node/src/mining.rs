@@ -4,17 +4,19 @@
 //! whose nodes live in sled.
 //!
 //! Everything one receipt changes — the receipt, the tree nodes on its path, the mined
-//! receipt, the session's counters — is written in one atomic sled batch, so a crash
-//! leaves the session as it was before or after that receipt, never half-updated;
-//! sled's flush (every `store::COMMIT_INTERVAL_MS`) is the group commit that makes it
-//! durable. A session's counters and whether it is claimed are also kept in memory
-//! (read once from sled), so a receipt costs one write and no reads. The tree store is
-//! ours because sled is the node's database; the tree rules are the protocol crate's.
+//! receipt, the session's counters — is held in memory (and read back from there)
+//! until the next group commit, which applies all held writes in one atomic sled batch
+//! and flushes them (see [`Miner`]), so a crash leaves the session as it was before or
+//! after whole receipts, never half-updated. A session's counters and whether it is
+//! claimed are also kept in memory (read once from sled), so a receipt reads nothing
+//! from sled. The tree store is ours because sled is the node's database; the tree
+//! rules are the protocol crate's.
 //!
 //! Keys in the `mining` tree (`S` = session key, 32 bytes; `R` = a request's digest):
-//! `q ‖ S ‖ R` a signed request, stored once; `a ‖ S ‖ R ‖ ack index (2 B)` an
-//! accepted ack — with its request, a receipt (both canonical CBOR; a request's acks
-//! sort in chain order); `n ‖ S ‖ depth (2 B) ‖ prefix (32 B)` a tree node;
+//! `q ‖ S ‖ R` a signed request, stored once; `a ‖ S ‖ R ‖ first ack index (2 B)` a
+//! run of that request's accepted acks, canonical CBOR back to back, one run per
+//! request per commit — with the request, receipts (keys sort runs in chain order);
+//! `n ‖ S ‖ depth (2 B) ‖ prefix (32 B)` a tree node;
 //! `m ‖ S ‖ relay hash` a mined receipt; `c ‖ S` the session's counters; `t ‖ S` its
 //! countersigned terms; `k ‖ S` when the session was claimed (unix ms): from then on
 //! its tree is frozen, so the claim can be rebuilt identically after a crash; `T` the
