@@ -824,7 +824,7 @@ mod tests {
         let all = receipts(&app, &s, 200);
         let mut reference = MinedSession::new();
         {
-            let db = sled::open(dir.path()).unwrap();
+            let db = crate::testkit::open_db(dir.path());
             let miner = Miner::new(
                 db.open_tree("mining").unwrap(),
                 &crate::config::named_mesh("mining-tests"),
@@ -841,7 +841,7 @@ mod tests {
             }
             db.flush().unwrap();
         }
-        let db = sled::open(dir.path()).unwrap();
+        let db = crate::testkit::open_db(dir.path());
         let miner = Miner::new(
             db.open_tree("mining").unwrap(),
             &crate::config::named_mesh("mining-tests"),
@@ -884,7 +884,7 @@ mod tests {
         params.tau_min = 1;
         // τ = 1 mines every receipt.
         let s = crate::testkit::session(&params, &app, &supplier, 1, 1, 1).0;
-        let db = sled::open(dir.path()).unwrap();
+        let db = crate::testkit::open_db(dir.path());
         let miner = Miner::new(db.open_tree("mining").unwrap(), &params);
         let mined = receipts(&app, &s, 12)
             .iter()

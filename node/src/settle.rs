@@ -974,7 +974,7 @@ mod tests {
         app_sessions: &[(SignedSessionOpen, Digest)],
     ) -> Node {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
+        let db = crate::testkit::open_db(dir.path());
         let miner = supplier.then(|| Arc::new(Miner::new(db.open_tree("mining").unwrap(), p)));
         let sessions = db.open_tree("app_sessions").unwrap();
         for (s, secret) in app_sessions {
@@ -1430,7 +1430,7 @@ mod tests {
             LedgerBody::Proof(proof),
         ];
         let before = {
-            let db = sled::open(dir.path()).unwrap();
+            let db = crate::testkit::open_db(dir.path());
             let n = Settlement::open(
                 key(3),
                 p.clone(),
@@ -1447,7 +1447,7 @@ mod tests {
             db.flush().unwrap();
             n.report(now)
         };
-        let db = sled::open(dir.path()).unwrap();
+        let db = crate::testkit::open_db(dir.path());
         let restarted =
             Settlement::open(key(3), p.clone(), &db, None, None, Metrics::default(), now).unwrap();
         let after = restarted.report(now);

@@ -35,3 +35,9 @@ pub fn session(
     };
     (Signed::sign(terms, app).countersign(supplier), secret)
 }
+
+/// Opens the sled database in `dir`, waiting while a handle of it closed just before in
+/// this process still holds its lock (see [`crate::store::open_db`]).
+pub fn open_db(dir: &std::path::Path) -> sled::Db {
+    crate::store::open_db(&sled::Config::new().path(dir)).expect("open the test database")
+}

@@ -41,6 +41,30 @@ pub enum StoreError {
 /// write (receipts among them) older than this.
 pub const COMMIT_INTERVAL_MS: u64 = 500;
 
+/// How long opening a locked database is retried: sled releases its file lock from a
+/// background thread shortly after the last handle of a closed database is dropped,
+/// so a database closed and reopened in one process may find it still held.
+const LOCK_RETRY: std::time::Duration = std::time::Duration::from_secs(3);
+
+fn is_locked(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io)
+        if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock"))
+}
+
+/// Opens `config`'s database, waiting up to [`LOCK_RETRY`] while its lock is held
+/// (by another process, or by this one's previous handle still closing).
+pub fn open_db(config: &sled::Config) -> Result<sled::Db, sled::Error> {
+    let deadline = std::time::Instant::now() + LOCK_RETRY;
+    loop {
+        match config.open() {
+            Err(e) if is_locked(&e) && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            result => return result,
+        }
+    }
+}
+
 /// An opened data dir: the database, held open (and locked) for the node's life.
 #[derive(Clone, Debug)]
 pub struct DataDir {
@@ -56,22 +80,21 @@ impl DataDir {
             source,
         })?;
         let db_path = path.join("db");
-        let db = sled::Config::new()
-            .path(&db_path)
-            .flush_every_ms(Some(COMMIT_INTERVAL_MS))
-            .open()
-            .map_err(|source| match &source {
-                sled::Error::Io(io)
-                    if io.kind() == std::io::ErrorKind::WouldBlock
-                        || io.to_string().contains("lock") =>
-                {
-                    StoreError::InUse(path.into())
-                }
-                _ => StoreError::Database {
+        let db = open_db(
+            &sled::Config::new()
+                .path(&db_path)
+                .flush_every_ms(Some(COMMIT_INTERVAL_MS)),
+        )
+        .map_err(|source| {
+            if is_locked(&source) {
+                StoreError::InUse(path.into())
+            } else {
+                StoreError::Database {
                     path: db_path.clone(),
                     source,
-                },
-            })?;
+                }
+            }
+        })?;
         Ok(Self {
             path: path.into(),
             db,
