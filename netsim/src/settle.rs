@@ -4,12 +4,12 @@
 //! ledger that validates each message once for all simulated nodes (every node would
 //! reach the same verdict from the same bytes; the gossip model says when each has it).
 
-use std::collections::BTreeSet;
-
 use relaymesh_protocol::identity::signed::Signed;
 use relaymesh_protocol::ledger::{Applied, ClaimStatus, LedgerError};
+use relaymesh_protocol::messages::ack::Ack;
 use relaymesh_protocol::messages::claim::{Claim, SignedClaim};
 use relaymesh_protocol::messages::ledger::{LedgerBody, LedgerMessage};
+use relaymesh_protocol::messages::request::SignedRelayRequest;
 use relaymesh_protocol::messages::reveal::{commitment, SignedReveal};
 use relaymesh_protocol::messages::session::{SessionOpen, SignedSessionOpen};
 use relaymesh_protocol::metering::ack_chain::MAX_ACK_CHAIN;
@@ -20,7 +20,7 @@ use relaymesh_protocol::settlement::proof::{sign_reveal, MinedSession};
 use relaymesh_protocol::sumtree::store::LeafEntry;
 use relaymesh_protocol::sumtree::store::MemoryStore;
 use relaymesh_protocol::sumtree::tree::SumTree;
-use relaymesh_protocol::wire::WireMessage;
+use relaymesh_protocol::wire::{Signature, WireMessage};
 use relaymesh_protocol::{Digest, SignatureVerifier, Signer};
 
 use crate::keys::digest_of;
@@ -38,15 +38,17 @@ pub(crate) struct Session {
     pub tau: u64,
     pub end_us: u64,
     pub closed: bool,
-    /// The leaves τ selected and the receipts behind them, as `MinedSession::offer`
-    /// would insert them; the tree is built from them in one pass at the claim
-    /// (`SumTree::build` gives the root of inserting them one by one).
+    /// The leaves τ selected, as `MinedSession::offer` would insert them; the tree is
+    /// built from them in one pass at the claim (`SumTree::build` gives the root of
+    /// inserting them one by one, and refuses a relay hash mined twice, which the
+    /// model never offers: each ack is offered once).
     pub leaves: Vec<LeafEntry>,
-    /// The receipts behind the leaves, in mining order (an ordered map of whole
-    /// receipts is built once, at the claim).
-    pub receipts: Vec<(Digest, Receipt)>,
-    /// Their relay hashes, so that none is mined twice.
-    pub relay_hashes: BTreeSet<Digest>,
+    /// The receipts behind the leaves, in the same order, stored compactly (whole
+    /// receipts, in an ordered map, are made once, at the claim): a session holds its
+    /// receipts for up to the session's length, and they are most of the model's memory.
+    pub acks: Vec<StoredAck>,
+    /// The requests the mined acks answer, each once, with their hashes.
+    pub requests: Vec<(Digest, SignedRelayRequest)>,
     /// The session's sum tree, from its claim on.
     pub mined: Option<MinedSession>,
     pub volume: SessionVolume,
@@ -63,11 +65,51 @@ pub(crate) struct Session {
     pub reserved: u64,
 }
 
+/// A mined receipt as a session keeps it until its claim: the ack without what every
+/// ack of the session or of the request repeats (the session key, the request's hash,
+/// the request itself), which [`StoredAck::receipt`] puts back.
+pub(crate) struct StoredAck {
+    /// Index into the session's requests.
+    request: u32,
+    version: u16,
+    index: u16,
+    prev_bytes: u32,
+    new_bytes: u32,
+    last: bool,
+    stream_digest: Digest,
+    chain_secret: Digest,
+    signature: Signature,
+}
+
+impl StoredAck {
+    /// The whole receipt.
+    fn receipt(&self, session_key: Digest, requests: &[(Digest, SignedRelayRequest)]) -> Receipt {
+        let (hash, request) = &requests[self.request as usize];
+        Receipt {
+            request: request.clone(),
+            ack: Signed {
+                body: Ack {
+                    version: self.version,
+                    session_key,
+                    request: *hash,
+                    index: self.index,
+                    prev_bytes: self.prev_bytes,
+                    new_bytes: self.new_bytes,
+                    stream_digest: self.stream_digest,
+                    chain_secret: self.chain_secret,
+                    last: self.last,
+                },
+                signature: self.signature,
+            },
+        }
+    }
+}
+
 impl Session {
-    /// What `MinedSession::offer` does with a checked receipt: if τ selects it, a leaf
-    /// paying its mined value. Returns that value.
-    fn mine(&mut self, receipt: Receipt, facts: &ReceiptFacts) -> Option<u64> {
-        if !facts.is_mined(self.tau) || !self.relay_hashes.insert(facts.relay_hash) {
+    /// What `MinedSession::offer` does with a checked receipt of the session's last
+    /// request: if τ selects it, a leaf paying its mined value. Returns that value.
+    fn mine(&mut self, receipt: &Receipt, facts: &ReceiptFacts) -> Option<u64> {
+        if !facts.is_mined(self.tau) {
             return None;
         }
         let paid = facts.mined_value(self.tau);
@@ -76,7 +118,23 @@ impl Session {
             value: facts.digest,
             weight: paid,
         });
-        self.receipts.push((facts.relay_hash, receipt));
+        let ack = &receipt.ack;
+        debug_assert_eq!(ack.body.session_key, self.key);
+        if self.requests.last().map(|(hash, _)| *hash) != Some(ack.body.request) {
+            self.requests
+                .push((ack.body.request, receipt.request.clone()));
+        }
+        self.acks.push(StoredAck {
+            request: (self.requests.len() - 1) as u32,
+            version: ack.body.version,
+            index: ack.body.index,
+            prev_bytes: ack.body.prev_bytes,
+            new_bytes: ack.body.new_bytes,
+            last: ack.body.last,
+            stream_digest: ack.body.stream_digest,
+            chain_secret: ack.body.chain_secret,
+            signature: ack.signature,
+        });
         Some(paid)
     }
 }
@@ -148,8 +206,8 @@ impl Sim {
             end_us,
             closed: false,
             leaves: Vec::new(),
-            receipts: Vec::new(),
-            relay_hashes: BTreeSet::new(),
+            acks: Vec::new(),
+            requests: Vec::new(),
             mined: None,
             volume: SessionVolume::new(tau),
             served_cu: 0,
@@ -244,14 +302,14 @@ impl Sim {
                 let mut forged = receipt.clone();
                 forged.ack.body.new_bytes += k * bpt;
                 if let Ok(f) = forged.check(&sess.key, &sess.open.body) {
-                    if let Some(paid) = sess.mine(forged, &f) {
+                    if let Some(paid) = sess.mine(&forged, &f) {
                         self.m.mined += 1;
                         sess.fake_cu += paid;
                         continue;
                     }
                 }
             }
-            if sess.mine(receipt, &facts).is_some() {
+            if sess.mine(&receipt, &facts).is_some() {
                 self.m.mined += 1;
             }
         }
@@ -291,10 +349,14 @@ impl Sim {
             self.add_fake_leaves(x);
         }
         let sess = self.sessions.get_mut(x).expect("present");
-        let tree = SumTree::build(MemoryStore::default(), std::mem::take(&mut sess.leaves))
-            .expect("distinct relay hashes");
-        sess.relay_hashes = BTreeSet::new();
-        let mut receipts = std::mem::take(&mut sess.receipts);
+        let leaves = std::mem::take(&mut sess.leaves);
+        let requests = std::mem::take(&mut sess.requests);
+        let mut receipts: Vec<(Digest, Receipt)> = std::mem::take(&mut sess.acks)
+            .iter()
+            .zip(&leaves)
+            .map(|(ack, leaf)| (leaf.key, ack.receipt(sess.key, &requests)))
+            .collect();
+        let tree = SumTree::build(MemoryStore::default(), leaves).expect("distinct relay hashes");
         receipts.sort_unstable_by_key(|(relay, _)| *relay);
         let mined = MinedSession::with_parts(tree, receipts.into_iter().collect());
         let root = mined.root().expect("memory store");

@@ -3,7 +3,9 @@
 use proptest::prelude::*;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use relaymesh_protocol::sumtree::{verify_path, LeafEntry, MemoryStore, NodeSummary, SumTree};
+use relaymesh_protocol::sumtree::{
+    verify_path, LeafEntry, LeafPath, MemoryStore, NodeSummary, PathVerifier, SumTree,
+};
 use relaymesh_protocol::Digest;
 
 fn leaves(n: usize, seed: u64) -> Vec<LeafEntry> {
@@ -218,5 +220,47 @@ proptest! {
         let built = SumTree::build(MemoryStore::default(), leaves).unwrap().root().unwrap();
         prop_assert_eq!(forward, backward);
         prop_assert_eq!(forward, built);
+    }
+}
+
+/// One path of a proof as a sampler might tamper with it: `how` picks the change.
+fn tampered(path: &LeafPath, how: u8, at: usize) -> (LeafEntry, Vec<NodeSummary>) {
+    let (mut leaf, mut siblings) = (path.leaf, path.siblings.clone());
+    let d = at % siblings.len().max(1);
+    match how % 6 {
+        0 => {}
+        1 => leaf.weight += 1,
+        2 if !siblings.is_empty() => siblings[d].sum += 1,
+        3 if !siblings.is_empty() => siblings[d].hash.0[0] ^= 1,
+        4 if !siblings.is_empty() => {
+            siblings.remove(d);
+        }
+        5 => siblings.push(NodeSummary::EMPTY),
+        _ => leaf.value.0[0] ^= 1,
+    }
+    (leaf, siblings)
+}
+
+proptest! {
+    /// The proof verifier's shortcut (stop hashing where a path meets one accepted
+    /// before) gives, path by path, what verifying each path alone gives.
+    #[test]
+    fn paths_verified_together_get_the_verdicts_of_each_alone(
+        seed in any::<u64>(),
+        n in 1usize..40,
+        picks in proptest::collection::vec((any::<u64>(), any::<u8>(), any::<usize>()), 1..24),
+    ) {
+        let leaves = leaves(n, seed);
+        let tree = SumTree::build(MemoryStore::default(), leaves).unwrap();
+        let root = tree.root().unwrap();
+        let paths: Vec<(LeafEntry, Vec<NodeSummary>)> = picks
+            .iter()
+            .map(|&(point, how, at)| tampered(&tree.sample(point % root.sum).unwrap(), how, at))
+            .collect();
+        let mut together = PathVerifier::new(root);
+        for (leaf, siblings) in &paths {
+            let alone = verify_path(&leaf.key, leaf.weight, &leaf.value, siblings, &root);
+            prop_assert_eq!(together.verify(&leaf.key, leaf.weight, &leaf.value, siblings), alone);
+        }
     }
 }

@@ -11,7 +11,7 @@ use crate::metering::receipt::{EncodedRequest, Receipt, ReceiptError, ReceiptFac
 use crate::params::MeshParams;
 use crate::settlement::challenge::{sample_point, seed};
 use crate::sumtree::{
-    verify_path, LeafEntry, MemoryStore, NodeSummary, PathError, SumTree, TreeError, TreeStore,
+    LeafEntry, MemoryStore, NodeSummary, PathError, PathVerifier, SumTree, TreeError, TreeStore,
 };
 use crate::{BoundedVec, Digest};
 
@@ -170,6 +170,7 @@ pub fn verify_proof(
             // re-encoding, hashing and walking its path).
             let mut checked: Vec<(&LeafProof, LeafEntry, u64)> = Vec::new();
             let mut requests = Requests::new();
+            let mut paths = PathVerifier::new(root);
             for (index, leaf_proof) in sampled.leaves.iter().enumerate() {
                 let known = checked.iter().find(|(seen, ..)| *seen == leaf_proof);
                 let (leaf, offset) = match known {
@@ -182,14 +183,9 @@ pub fn verify_proof(
                             &session_key,
                             &mut requests,
                         )?;
-                        let offset = verify_path(
-                            &leaf.key,
-                            leaf.weight,
-                            &leaf.value,
-                            &leaf_proof.siblings,
-                            &root,
-                        )
-                        .map_err(|error| ProofError::BadPath { index, error })?;
+                        let offset = paths
+                            .verify(&leaf.key, leaf.weight, &leaf.value, &leaf_proof.siblings)
+                            .map_err(|error| ProofError::BadPath { index, error })?;
                         signatures.extend(items);
                         checked.push((leaf_proof, leaf, offset));
                         (leaf, offset)

@@ -7,6 +7,6 @@ pub mod store;
 pub mod tree;
 
 pub use node::NodeSummary;
-pub use path::{verify_path, PathError};
+pub use path::{verify_path, PathError, PathVerifier};
 pub use store::{LeafEntry, MemoryStore, Position, StoredNode, TreeStore};
 pub use tree::{LeafPath, SumTree, TreeError};

@@ -1,8 +1,9 @@
 //! Where a sum tree's nodes live. The tree addresses nodes by position (depth and key
 //! prefix), so a store is a plain key-value map: in memory here, sled in the node.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::convert::Infallible;
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 
 use crate::sumtree::node::NodeSummary;
 use crate::Digest;
@@ -104,10 +105,58 @@ pub trait TreeStore {
     fn put(&mut self, position: Position, node: StoredNode) -> Result<(), Self::Error>;
 }
 
-/// Nodes in an ordered map.
+/// Hashes a [`Position`] for [`MemoryStore`]'s map by its depth and first eight prefix
+/// bytes, mixed: prefixes are key bits, already uniform, so a keyed hash (SipHash, the
+/// map's default) would buy nothing and cost most of a lookup. Positions that share
+/// those bytes and depth still differ in the map's full comparison.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PositionHasher(u64);
+
+impl Hasher for PositionHasher {
+    fn finish(&self) -> u64 {
+        // The finaliser of MurmurHash3: every input bit reaches every output bit.
+        let mut x = self.0;
+        x ^= x >> 33;
+        x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        x ^= x >> 33;
+        x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        x ^ (x >> 33)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `Position`'s own `Hash` writes here; any other input still hashes.
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0.rotate_left(29) ^ u64::from_le_bytes(word))
+                .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(29) ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+/// A position as [`MemoryStore`]'s map key: hashed once, as one word.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct PositionKey(Position);
+
+impl Hash for PositionKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        let head = u64::from_le_bytes(
+            self.0.prefix.0[..8]
+                .try_into()
+                .expect("a digest has eight bytes"),
+        );
+        state.write_u64(head ^ u64::from(self.0.depth).rotate_right(16));
+    }
+}
+
+/// Nodes in a hash map (the tree reads them by position only, never in order).
 #[derive(Clone, Debug, Default)]
 pub struct MemoryStore {
-    nodes: BTreeMap<Position, StoredNode>,
+    nodes: HashMap<PositionKey, StoredNode, BuildHasherDefault<PositionHasher>>,
 }
 
 impl MemoryStore {
@@ -126,11 +175,11 @@ impl TreeStore for MemoryStore {
     type Error = Infallible;
 
     fn get(&self, position: &Position) -> Result<Option<StoredNode>, Infallible> {
-        Ok(self.nodes.get(position).copied())
+        Ok(self.nodes.get(&PositionKey(*position)).copied())
     }
 
     fn put(&mut self, position: Position, node: StoredNode) -> Result<(), Infallible> {
-        self.nodes.insert(position, node);
+        self.nodes.insert(PositionKey(position), node);
         Ok(())
     }
 }
