@@ -71,8 +71,6 @@ pub mod hash_tag {
     pub const RELAY: &[u8] = b"relaymesh/1/hash/relay\0";
     /// One step of a request's ack chain.
     pub const ACK_CHAIN: &[u8] = b"relaymesh/1/hash/ack-chain\0";
-    /// Receipt digest stored in a sum-tree leaf.
-    pub const RECEIPT: &[u8] = b"relaymesh/1/hash/receipt\0";
     /// Sum-tree leaf.
     pub const TREE_LEAF: &[u8] = b"relaymesh/1/hash/tree-leaf\0";
     /// Sum-tree internal node.
@@ -132,11 +130,11 @@ mod tests {
             // Split the same bytes differently: the hash is of their concatenation.
             let (a, b) = body.split_at(total / 3);
             let mut reference = blake3::Hasher::new();
-            reference.update(hash_tag::RECEIPT);
+            reference.update(hash_tag::RELAY);
             reference.update(body);
             let expected = crate::Digest(*reference.finalize().as_bytes());
-            assert_eq!(tagged_hash(hash_tag::RECEIPT, &[body]), expected, "{total}");
-            assert_eq!(tagged_hash(hash_tag::RECEIPT, &[a, b]), expected, "{total}");
+            assert_eq!(tagged_hash(hash_tag::RELAY, &[body]), expected, "{total}");
+            assert_eq!(tagged_hash(hash_tag::RELAY, &[a, b]), expected, "{total}");
         }
     }
 }

@@ -65,7 +65,10 @@ pub struct ReceiptFacts {
     pub relay_hash: Digest,
     /// CUs of this increment (and of the prompt for the first ack).
     pub weight: u64,
-    /// Digest stored in the leaf (bodies only; signatures are checked separately).
+    /// The receipt digest a sum-tree leaf stores as its value: the relay hash itself.
+    /// The ack body names its request by hash, so the hash of the ack body binds the
+    /// whole receipt (bodies only; signatures are checked separately), and hashing the
+    /// request again beside it would bind nothing more.
     pub digest: Digest,
 }
 
@@ -271,24 +274,20 @@ impl Receipt {
         };
         let weight = output.checked_add(prompt).ok_or(ReceiptError::Overflow)?;
         let ack_bytes = to_canonical(ack);
+        let relay_hash = tagged_hash(hash_tag::RELAY, &[&ack_bytes]);
         let facts = ReceiptFacts {
-            relay_hash: tagged_hash(hash_tag::RELAY, &[&ack_bytes]),
+            relay_hash,
             weight,
-            digest: tagged_hash(hash_tag::RECEIPT, &[&request_bytes, &ack_bytes]),
+            digest: relay_hash,
         };
         Ok((facts, request_bytes, ack_bytes))
     }
 
-    /// The digest a sum-tree leaf stores: both bodies, no signatures (which anyone
-    /// could re-encode without the key).
+    /// The digest a sum-tree leaf stores: the relay hash, a hash of the ack body, which
+    /// names the request by its hash (no signatures: anyone could re-encode them
+    /// without the key).
     pub fn digest(&self) -> Digest {
-        tagged_hash(
-            hash_tag::RECEIPT,
-            &[
-                &to_canonical(&self.request.body),
-                &to_canonical(&self.ack.body),
-            ],
-        )
+        tagged_hash(hash_tag::RELAY, &[&to_canonical(&self.ack.body)])
     }
 
     /// The app's two signatures, for batch verification.
