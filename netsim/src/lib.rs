@@ -20,6 +20,7 @@ pub mod gossip;
 pub mod keys;
 pub mod metrics;
 pub mod output;
+mod queue;
 pub mod rng;
 pub mod scenario;
 mod settle;

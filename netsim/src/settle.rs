@@ -38,15 +38,13 @@ pub(crate) struct Session {
     pub tau: u64,
     pub end_us: u64,
     pub closed: bool,
-    /// The leaves τ selected, as `MinedSession::offer` would insert them; the tree is
-    /// built from them in one pass at the claim (`SumTree::build` gives the root of
-    /// inserting them one by one, and refuses a relay hash mined twice, which the
-    /// model never offers: each ack is offered once).
-    pub leaves: Vec<LeafEntry>,
-    /// The receipts behind the leaves, in the same order, stored compactly (whole
-    /// receipts, in an ordered map, are made once, at the claim): a session holds its
-    /// receipts for up to the session's length, and they are most of the model's memory.
-    pub acks: Vec<StoredAck>,
+    /// The receipts τ selected, as `MinedSession::offer` would insert them, stored
+    /// compactly: a session holds them for up to the session's length, and they are
+    /// most of the model's memory. The tree is built from their leaves in one pass at
+    /// the claim (`SumTree::build` gives the root of inserting them one by one, and
+    /// refuses a relay hash mined twice, which the model never offers: each ack is
+    /// offered once), and whole receipts, in an ordered map, are made then.
+    pub mined_acks: Vec<MinedAck>,
     /// The requests the mined acks answer, each once, with their hashes.
     pub requests: Vec<(Digest, SignedRelayRequest)>,
     /// The session's sum tree, from its claim on.
@@ -58,17 +56,22 @@ pub(crate) struct Session {
     pub var: f64,
     /// CUs of forged or fake leaves in the claim.
     pub fake_cu: u64,
-    pub claim: Option<SignedClaim>,
-    pub reveal: Option<SignedReveal>,
+    /// Boxed, as most sessions spend most of their life without them.
+    pub claim: Option<Box<SignedClaim>>,
+    pub reveal: Option<Box<SignedReveal>>,
     pub proof_sent: bool,
     /// Acks reserved by the streams started in this session: a bound on its leaves.
     pub reserved: u64,
 }
 
-/// A mined receipt as a session keeps it until its claim: the ack without what every
+/// A mined receipt as a session keeps it until its claim: its leaf's key and weight
+/// (the leaf's value, the receipt digest, is the key), and the ack without what every
 /// ack of the session or of the request repeats (the session key, the request's hash,
-/// the request itself), which [`StoredAck::receipt`] puts back.
-pub(crate) struct StoredAck {
+/// the request itself), which [`MinedAck::receipt`] puts back.
+pub(crate) struct MinedAck {
+    relay_hash: Digest,
+    /// What it pays.
+    weight: u64,
     /// Index into the session's requests.
     request: u32,
     version: u16,
@@ -81,7 +84,15 @@ pub(crate) struct StoredAck {
     signature: Signature,
 }
 
-impl StoredAck {
+impl MinedAck {
+    fn leaf(&self) -> LeafEntry {
+        LeafEntry {
+            key: self.relay_hash,
+            value: self.relay_hash,
+            weight: self.weight,
+        }
+    }
+
     /// The whole receipt.
     fn receipt(&self, session_key: Digest, requests: &[(Digest, SignedRelayRequest)]) -> Receipt {
         let (hash, request) = &requests[self.request as usize];
@@ -113,18 +124,19 @@ impl Session {
             return None;
         }
         let paid = facts.mined_value(self.tau);
-        self.leaves.push(LeafEntry {
-            key: facts.relay_hash,
-            value: facts.digest,
-            weight: paid,
-        });
+        debug_assert_eq!(
+            facts.digest, facts.relay_hash,
+            "the leaf's value is its key"
+        );
         let ack = &receipt.ack;
         debug_assert_eq!(ack.body.session_key, self.key);
         if self.requests.last().map(|(hash, _)| *hash) != Some(ack.body.request) {
             self.requests
                 .push((ack.body.request, receipt.request.clone()));
         }
-        self.acks.push(StoredAck {
+        self.mined_acks.push(MinedAck {
+            relay_hash: facts.relay_hash,
+            weight: paid,
             request: (self.requests.len() - 1) as u32,
             version: ack.body.version,
             index: ack.body.index,
@@ -205,8 +217,7 @@ impl Sim {
             tau,
             end_us,
             closed: false,
-            leaves: Vec::new(),
-            acks: Vec::new(),
+            mined_acks: Vec::new(),
             requests: Vec::new(),
             mined: None,
             volume: SessionVolume::new(tau),
@@ -341,21 +352,22 @@ impl Sim {
         let sess = self.sessions.get_mut(x).expect("present");
         sess.closed = true;
         self.suppliers[s as usize].tau.observe(&sess.volume);
-        if sess.leaves.is_empty() {
+        if sess.mined_acks.is_empty() {
             self.sessions.remove(x);
             return;
         }
+        let mined_acks = std::mem::take(&mut sess.mined_acks);
+        let requests = std::mem::take(&mut sess.requests);
+        let mut leaves: Vec<LeafEntry> = mined_acks.iter().map(MinedAck::leaf).collect();
         if kind == SupplierKind::FakeLeaves {
-            self.add_fake_leaves(x);
+            self.add_fake_leaves(x, &mut leaves);
         }
         let sess = self.sessions.get_mut(x).expect("present");
-        let leaves = std::mem::take(&mut sess.leaves);
-        let requests = std::mem::take(&mut sess.requests);
-        let mut receipts: Vec<(Digest, Receipt)> = std::mem::take(&mut sess.acks)
+        let mut receipts: Vec<(Digest, Receipt)> = mined_acks
             .iter()
-            .zip(&leaves)
-            .map(|(ack, leaf)| (leaf.key, ack.receipt(sess.key, &requests)))
+            .map(|ack| (ack.relay_hash, ack.receipt(sess.key, &requests)))
             .collect();
+        drop(mined_acks);
         let tree = SumTree::build(MemoryStore::default(), leaves).expect("distinct relay hashes");
         receipts.sort_unstable_by_key(|(relay, _)| *relay);
         let mined = MinedSession::with_parts(tree, receipts.into_iter().collect());
@@ -422,7 +434,7 @@ impl Sim {
             }
         }
         let sess = self.sessions.get_mut(x).expect("present");
-        sess.claim = Some(claim);
+        sess.claim = Some(Box::new(claim));
         // The app sees the claim once it has spread, and reveals (if it ever does).
         let app_kind = self.apps[app as usize].kind;
         if app_kind == AppKind::Honest {
@@ -438,16 +450,16 @@ impl Sim {
 
     /// A fake-leaf cheater's tree: its mined leaves plus leaves with no receipt behind
     /// them, worth `fake_fraction` of the claimed sum.
-    fn add_fake_leaves(&mut self, x: Id) {
+    fn add_fake_leaves(&mut self, x: Id, leaves: &mut Vec<LeafEntry>) {
         let f = self.sc.adversaries.fake_fraction;
         let max_leaves = u64::from(self.params.max_claim_leaves);
         let sess = self.sessions.get_mut(x).expect("present");
-        let sum: u64 = sess.leaves.iter().map(|l| l.weight).sum();
+        let sum: u64 = leaves.iter().map(|l| l.weight).sum();
         let tau = sess.tau;
         let wanted = (sum as f64 * f / (1.0 - f) / tau as f64).ceil() as u64;
-        let fakes = wanted.min(max_leaves.saturating_sub(sess.leaves.len() as u64));
+        let fakes = wanted.min(max_leaves.saturating_sub(leaves.len() as u64));
         for j in 0..fakes {
-            sess.leaves.push(LeafEntry {
+            leaves.push(LeafEntry {
                 key: digest_of("fake-key", &[x, j]),
                 value: digest_of("fake-value", &[x, j]),
                 weight: tau,
@@ -485,7 +497,7 @@ impl Sim {
             sess.secret,
             &self.apps[sess.app as usize].key,
         );
-        sess.reveal = Some(reveal.clone());
+        sess.reveal = Some(Box::new(reveal.clone()));
         self.publish_ledger(GossipKind::Reveal, LedgerBody::Reveal(reveal));
         let at = self.now + self.spread.typical_us;
         self.schedule(at, Ev::Prove(x));
@@ -520,7 +532,7 @@ impl Sim {
             let reveal = sess.reveal.clone().expect("revealed");
             // A fake leaf has no receipt: a cheater sampled there cannot answer.
             mined
-                .sampled_proof(id, reveal, self.params.proof_samples)
+                .sampled_proof(id, *reveal, self.params.proof_samples)
                 .ok()
         };
         let Some(proof) = proof else {

@@ -7,8 +7,7 @@
 //! every random draw comes from one seeded stream and every collection the output
 //! depends on is ordered, so a seed and a scenario give byte-identical output.
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 use anyhow::Result;
 use relaymesh_protocol::identity::signed::Signed;
@@ -24,6 +23,7 @@ use relaymesh_protocol::{BoundedString, BoundedVec, Digest, Signer};
 use crate::gossip::Spread;
 use crate::keys::{SimKey, SimVerifier};
 use crate::metrics::{GossipKind, Metrics};
+use crate::queue::EventQueue;
 use crate::rng::Rng;
 use crate::scenario::Scenario;
 use crate::settle::Session;
@@ -269,7 +269,7 @@ pub struct Sim {
     pub(crate) verifier: SimVerifier,
     pub(crate) rng: Rng,
     pub(crate) now: u64,
-    queue: BinaryHeap<Reverse<(u64, u64, Ev)>>,
+    queue: EventQueue<Ev>,
     seq: u64,
     pub(crate) nodes: Vec<Node>,
     pub(crate) suppliers: Vec<Supplier>,
@@ -467,7 +467,7 @@ impl Sim {
             params,
             rng,
             now: t0,
-            queue: BinaryHeap::new(),
+            queue: EventQueue::new(),
             seq: 0,
             nodes,
             suppliers,
@@ -511,7 +511,7 @@ impl Sim {
 
     pub(crate) fn schedule(&mut self, at: u64, ev: Ev) {
         self.seq += 1;
-        self.queue.push(Reverse((at.max(self.now), self.seq, ev)));
+        self.queue.push(at.max(self.now), self.seq, ev);
     }
 
     fn next_arrival_gap(&mut self) -> u64 {
@@ -531,7 +531,7 @@ impl Sim {
     /// Runs to the end; `progress` is called now and then with the share done.
     pub fn run(mut self, mut progress: impl FnMut(f64)) -> Metrics {
         let until = self.drain_until();
-        while let Some(Reverse((at, _, ev))) = self.queue.pop() {
+        while let Some((at, ev)) = self.queue.pop() {
             if at > until {
                 break;
             }
