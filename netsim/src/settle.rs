@@ -16,7 +16,7 @@ use relaymesh_protocol::metering::ack_chain::MAX_ACK_CHAIN;
 use relaymesh_protocol::metering::app::{RequestAcker, RequestTerms};
 use relaymesh_protocol::metering::receipt::{EncodedRequest, Receipt, ReceiptFacts};
 use relaymesh_protocol::metering::tau::SessionVolume;
-use relaymesh_protocol::settlement::proof::{sign_reveal, MinedSession};
+use relaymesh_protocol::settlement::proof::{sign_reveal, MinedReceipts, MinedSession};
 use relaymesh_protocol::sumtree::store::LeafEntry;
 use relaymesh_protocol::sumtree::store::MemoryStore;
 use relaymesh_protocol::sumtree::tree::SumTree;
@@ -48,7 +48,7 @@ pub(crate) struct Session {
     /// The requests the mined acks answer, each once, with their hashes.
     pub requests: Vec<(Digest, SignedRelayRequest)>,
     /// The session's sum tree, from its claim on.
-    pub mined: Option<MinedSession>,
+    pub mined: Option<MinedSession<MemoryStore, ClaimedReceipts>>,
     pub volume: SessionVolume,
     /// CUs of every receipt (what was really served and acked).
     pub served_cu: u64,
@@ -113,6 +113,32 @@ impl MinedAck {
                 signature: self.signature,
             },
         }
+    }
+}
+
+/// A claimed session's mined receipts, as the supplier answers a proof from them: kept
+/// compact by relay hash, each made whole only when a proof shows it.
+pub(crate) struct ClaimedReceipts {
+    session_key: Digest,
+    requests: Vec<(Digest, SignedRelayRequest)>,
+    /// Sorted by relay hash.
+    acks: Vec<MinedAck>,
+}
+
+impl MinedReceipts for ClaimedReceipts {
+    fn receipt(&self, relay: &Digest) -> Option<Receipt> {
+        let at = self
+            .acks
+            .binary_search_by_key(relay, |ack| ack.relay_hash)
+            .ok()?;
+        Some(self.acks[at].receipt(self.session_key, &self.requests))
+    }
+
+    fn all(&self) -> Vec<Receipt> {
+        self.acks
+            .iter()
+            .map(|ack| ack.receipt(self.session_key, &self.requests))
+            .collect()
     }
 }
 
@@ -356,21 +382,21 @@ impl Sim {
             self.sessions.remove(x);
             return;
         }
-        let mined_acks = std::mem::take(&mut sess.mined_acks);
-        let requests = std::mem::take(&mut sess.requests);
-        let mut leaves: Vec<LeafEntry> = mined_acks.iter().map(MinedAck::leaf).collect();
+        let mut acks = std::mem::take(&mut sess.mined_acks);
+        let mut leaves: Vec<LeafEntry> = acks.iter().map(MinedAck::leaf).collect();
         if kind == SupplierKind::FakeLeaves {
             self.add_fake_leaves(x, &mut leaves);
         }
         let sess = self.sessions.get_mut(x).expect("present");
-        let mut receipts: Vec<(Digest, Receipt)> = mined_acks
-            .iter()
-            .map(|ack| (ack.relay_hash, ack.receipt(sess.key, &requests)))
-            .collect();
-        drop(mined_acks);
-        let tree = SumTree::build(MemoryStore::default(), leaves).expect("distinct relay hashes");
-        receipts.sort_unstable_by_key(|(relay, _)| *relay);
-        let mined = MinedSession::with_parts(tree, receipts.into_iter().collect());
+        acks.sort_unstable_by_key(|ack| ack.relay_hash);
+        let receipts = ClaimedReceipts {
+            session_key: sess.key,
+            requests: std::mem::take(&mut sess.requests),
+            acks,
+        };
+        let tree = SumTree::build(MemoryStore::for_leaves(leaves.len()), leaves)
+            .expect("distinct relay hashes");
+        let mined = MinedSession::with_parts(tree, receipts);
         let root = mined.root().expect("memory store");
         sess.mined = Some(mined);
         let sup_key = &self.suppliers[s as usize].key;

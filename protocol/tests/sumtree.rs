@@ -264,3 +264,24 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    /// Sampling many points in one walk gives, point by point, what sampling each
+    /// gives alone.
+    #[test]
+    fn sampling_many_points_at_once_matches_one_at_a_time(
+        seed in any::<u64>(),
+        n in 1usize..60,
+        raw_points in proptest::collection::vec(any::<u64>(), 0..40),
+    ) {
+        let tree = SumTree::build(MemoryStore::default(), leaves(n, seed)).unwrap();
+        let sum = tree.root().unwrap().sum;
+        let points: Vec<u64> = raw_points.iter().map(|p| p % sum).collect();
+        let alone: Vec<LeafPath> = points.iter().map(|&p| tree.sample(p).unwrap()).collect();
+        prop_assert_eq!(tree.sample_many(&points).unwrap(), alone);
+        // A point past the sum is refused as `sample` refuses it.
+        let mut beyond = points.clone();
+        beyond.push(sum);
+        prop_assert!(tree.sample_many(&beyond).is_err());
+    }
+}

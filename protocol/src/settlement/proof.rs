@@ -212,13 +212,15 @@ pub fn verify_proof(
                 leaves.push(leaf);
                 signatures.extend(items);
             }
-            let tree = SumTree::build(MemoryStore::default(), leaves).map_err(|e| match e {
-                TreeError::DuplicateKey(key) => ProofError::DuplicateLeaf(key),
-                _ => ProofError::RootMismatch {
-                    found_sum: 0,
-                    found_count: 0,
+            let tree = SumTree::build(MemoryStore::for_leaves(leaves.len()), leaves).map_err(
+                |e| match e {
+                    TreeError::DuplicateKey(key) => ProofError::DuplicateLeaf(key),
+                    _ => ProofError::RootMismatch {
+                        found_sum: 0,
+                        found_count: 0,
+                    },
                 },
-            })?;
+            )?;
             let root = tree.root().expect("memory store cannot fail");
             if root != claimed_root(claim) {
                 return Err(ProofError::RootMismatch {
@@ -235,12 +237,30 @@ pub fn verify_proof(
     Ok(())
 }
 
+/// Where a session's mined receipts are kept: by relay hash.
+pub trait MinedReceipts {
+    /// The receipt mined under `relay`, if any.
+    fn receipt(&self, relay: &Digest) -> Option<Receipt>;
+    /// Every mined receipt, in relay-hash order.
+    fn all(&self) -> Vec<Receipt>;
+}
+
+impl MinedReceipts for BTreeMap<Digest, Receipt> {
+    fn receipt(&self, relay: &Digest) -> Option<Receipt> {
+        self.get(relay).cloned()
+    }
+
+    fn all(&self) -> Vec<Receipt> {
+        self.values().cloned().collect()
+    }
+}
+
 /// The supplier's mined receipts of one session: the sum tree and the receipts behind
-/// its leaves.
+/// its leaves (in an ordered map unless the supplier keeps them its own way).
 #[derive(Debug, Default)]
-pub struct MinedSession<S = MemoryStore> {
+pub struct MinedSession<S = MemoryStore, R = BTreeMap<Digest, Receipt>> {
     tree: SumTree<S>,
-    receipts: BTreeMap<Digest, Receipt>,
+    receipts: R,
 }
 
 impl MinedSession<MemoryStore> {
@@ -253,12 +273,61 @@ impl MinedSession<MemoryStore> {
     }
 }
 
-impl<S: TreeStore> MinedSession<S> {
+impl<S: TreeStore, R: MinedReceipts> MinedSession<S, R> {
     /// Resumes over a store and the receipts previously mined into it.
-    pub fn with_parts(tree: SumTree<S>, receipts: BTreeMap<Digest, Receipt>) -> Self {
+    pub fn with_parts(tree: SumTree<S>, receipts: R) -> Self {
         Self { tree, receipts }
     }
 
+    /// Root hash, sum and count, for the claim.
+    pub fn root(&self) -> Result<NodeSummary, TreeError<S::Error>> {
+        self.tree.root()
+    }
+
+    /// The sampled proof for the seed the app's reveal gives.
+    pub fn sampled_proof(
+        &self,
+        claim_id: Digest,
+        reveal: SignedReveal,
+        samples: u16,
+    ) -> Result<Proof, TreeError<S::Error>> {
+        let root = self.tree.root()?;
+        let seed = seed(&reveal.body.secret, &root.hash);
+        let points: Vec<u64> = (0..samples)
+            .map(|index| sample_point(&seed, index, root.sum))
+            .collect();
+        let mut leaves = BoundedVec::new();
+        for path in self.tree.sample_many(&points)? {
+            let receipt = self
+                .receipts
+                .receipt(&path.leaf.key)
+                .ok_or(TreeError::NotFound(path.leaf.key))?;
+            let siblings =
+                BoundedVec::try_from_vec(path.siblings).map_err(|_| TreeError::Corrupt(256))?;
+            leaves
+                .try_push(LeafProof { receipt, siblings })
+                .map_err(|_| TreeError::Corrupt(0))?;
+        }
+        Ok(Proof {
+            version: 1,
+            claim: claim_id,
+            evidence: ProofEvidence::Sampled(SampledProof { reveal, leaves }),
+        })
+    }
+
+    /// The full-reveal proof, for when the app never reveals. Fails only if the session
+    /// mined more leaves than any claim may hold: a supplier closes its session before.
+    pub fn full_reveal(&self, claim_id: Digest) -> Result<Proof, crate::TooLong> {
+        let receipts = BoundedVec::try_from_vec(self.receipts.all())?;
+        Ok(Proof {
+            version: 1,
+            claim: claim_id,
+            evidence: ProofEvidence::Full(FullReveal { receipts }),
+        })
+    }
+}
+
+impl<S: TreeStore> MinedSession<S> {
     /// Mines one receipt that the caller has checked (`Receipt::check` or `check_next`,
     /// and its signatures): if τ selects it, it becomes a leaf. Returns the CUs it pays
     /// when mined.
@@ -281,55 +350,9 @@ impl<S: TreeStore> MinedSession<S> {
         Ok(Some(paid))
     }
 
-    /// Root hash, sum and count, for the claim.
-    pub fn root(&self) -> Result<NodeSummary, TreeError<S::Error>> {
-        self.tree.root()
-    }
-
     /// The mined receipts by relay hash.
     pub fn receipts(&self) -> &BTreeMap<Digest, Receipt> {
         &self.receipts
-    }
-
-    /// The sampled proof for the seed the app's reveal gives.
-    pub fn sampled_proof(
-        &self,
-        claim_id: Digest,
-        reveal: SignedReveal,
-        samples: u16,
-    ) -> Result<Proof, TreeError<S::Error>> {
-        let root = self.tree.root()?;
-        let seed = seed(&reveal.body.secret, &root.hash);
-        let mut leaves = BoundedVec::new();
-        for index in 0..samples {
-            let path = self.tree.sample(sample_point(&seed, index, root.sum))?;
-            let receipt = self
-                .receipts
-                .get(&path.leaf.key)
-                .cloned()
-                .ok_or(TreeError::NotFound(path.leaf.key))?;
-            let siblings =
-                BoundedVec::try_from_vec(path.siblings).map_err(|_| TreeError::Corrupt(256))?;
-            leaves
-                .try_push(LeafProof { receipt, siblings })
-                .map_err(|_| TreeError::Corrupt(0))?;
-        }
-        Ok(Proof {
-            version: 1,
-            claim: claim_id,
-            evidence: ProofEvidence::Sampled(SampledProof { reveal, leaves }),
-        })
-    }
-
-    /// The full-reveal proof, for when the app never reveals. Fails only if the session
-    /// mined more leaves than any claim may hold: a supplier closes its session before.
-    pub fn full_reveal(&self, claim_id: Digest) -> Result<Proof, crate::TooLong> {
-        let receipts = BoundedVec::try_from_vec(self.receipts.values().cloned().collect())?;
-        Ok(Proof {
-            version: 1,
-            claim: claim_id,
-            evidence: ProofEvidence::Full(FullReveal { receipts }),
-        })
     }
 }
 

@@ -160,6 +160,14 @@ pub struct MemoryStore {
 }
 
 impl MemoryStore {
+    /// An empty store with room for the tree of `leaves` leaves (about 2.5 nodes per
+    /// leaf for random keys), so building it never regrows the map.
+    pub fn for_leaves(leaves: usize) -> Self {
+        Self {
+            nodes: HashMap::with_capacity_and_hasher(leaves * 3, Default::default()),
+        }
+    }
+
     /// Number of stored nodes.
     pub fn len(&self) -> usize {
         self.nodes.len()

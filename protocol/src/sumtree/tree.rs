@@ -253,4 +253,73 @@ impl<S: TreeStore> SumTree<S> {
             }
         }
     }
+
+    /// [`sample`](Self::sample) at each of `points`, in their order, walking the tree
+    /// once: every node on the paths is read once and every sibling summarised (a
+    /// leaf's summary is a hash) once, however many paths share it. A proof's samples
+    /// of a small session mostly share their upper nodes and often their leaf.
+    pub fn sample_many(&self, points: &[u64]) -> Result<Vec<LeafPath>, TreeError<S::Error>> {
+        let root = self.get(&Position::ROOT)?;
+        let total = root.as_ref().map_or(0, StoredNode::sum);
+        if let Some(&point) = points.iter().find(|&&p| p >= total) {
+            return Err(TreeError::PointOutOfRange { point, sum: total });
+        }
+        // (point within the current node, its index in `points`), sorted by point.
+        let mut order: Vec<(u64, usize)> = points.iter().copied().zip(0..).collect();
+        order.sort_unstable();
+        let mut out: Vec<Option<LeafPath>> = vec![None; points.len()];
+        let mut siblings = Vec::new();
+        self.sample_under(Position::ROOT, root, &mut order, &mut siblings, &mut out)?;
+        Ok(out
+            .into_iter()
+            .map(|path| path.expect("every point reaches a leaf"))
+            .collect())
+    }
+
+    /// Descends from `node` at `position` with `points` (relative to the node, sorted),
+    /// `siblings` holding the path's siblings above it.
+    fn sample_under(
+        &self,
+        position: Position,
+        node: Option<StoredNode>,
+        points: &mut [(u64, usize)],
+        siblings: &mut Vec<NodeSummary>,
+        out: &mut [Option<LeafPath>],
+    ) -> Result<(), TreeError<S::Error>> {
+        let summary =
+            |n: &Option<StoredNode>| n.as_ref().map_or(NodeSummary::EMPTY, StoredNode::summary);
+        match node {
+            None => Err(TreeError::Corrupt(position.depth)),
+            Some(StoredNode::Leaf(leaf)) => {
+                for &(_, index) in points.iter() {
+                    out[index] = Some(LeafPath {
+                        leaf,
+                        siblings: siblings.clone(),
+                    });
+                }
+                Ok(())
+            }
+            Some(StoredNode::Internal(_)) => {
+                let left = self.get(&position.child(0))?;
+                let right = self.get(&position.child(1))?;
+                let left_sum = left.as_ref().map_or(0, StoredNode::sum);
+                let split = points.partition_point(|&(p, _)| p < left_sum);
+                let (to_left, to_right) = points.split_at_mut(split);
+                if !to_left.is_empty() {
+                    siblings.push(summary(&right));
+                    self.sample_under(position.child(0), left, to_left, siblings, out)?;
+                    siblings.pop();
+                }
+                if !to_right.is_empty() {
+                    for (p, _) in to_right.iter_mut() {
+                        *p -= left_sum;
+                    }
+                    siblings.push(summary(&left));
+                    self.sample_under(position.child(1), right, to_right, siblings, out)?;
+                    siblings.pop();
+                }
+                Ok(())
+            }
+        }
+    }
 }
