@@ -43,7 +43,8 @@ pub(crate) struct Session {
     /// most of the model's memory. The tree is built from their leaves in one pass at
     /// the claim (`SumTree::build` gives the root of inserting them one by one, and
     /// refuses a relay hash mined twice, which the model never offers: each ack is
-    /// offered once), and whole receipts, in an ordered map, are made then.
+    /// offered once); a receipt is made whole only when a proof shows it
+    /// ([`ClaimedReceipts`]).
     pub mined_acks: Vec<MinedAck>,
     /// The requests the mined acks answer, each once, with their hashes.
     pub requests: Vec<(Digest, SignedRelayRequest)>,

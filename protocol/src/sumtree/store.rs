@@ -110,7 +110,7 @@ pub trait TreeStore {
 /// map's default) would buy nothing and cost most of a lookup. Positions that share
 /// those bytes and depth still differ in the map's full comparison.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct PositionHasher(u64);
+struct PositionHasher(u64);
 
 impl Hasher for PositionHasher {
     fn finish(&self) -> u64 {
