@@ -317,7 +317,7 @@ impl Sim {
                 .ack(&self.text[..bytes], last, app_key)
                 .expect("within the request's bounds");
             let receipt = acker.receipt(ack);
-            let (facts, [_, item]) = receipt
+            let (facts, item) = receipt
                 .check_next_signed(&request, &sess.key, &sess.open.body, &previous, app_public)
                 .expect("an honest app's receipts check");
             self.verifier

@@ -200,11 +200,15 @@ fn receipt_facts_are_the_hashes_their_definitions_give() {
         assert_eq!(items, receipt.signed_items(app_key));
         let encoded = EncodedRequest::new(&receipt.request);
         assert_eq!(encoded.hash(), receipt.request.body.hash());
-        let (facts, items) = receipt
+        let (facts, item) = receipt
             .check_next_signed(&encoded, &key, &o.body, &previous, app_key)
             .unwrap();
-        assert_eq!(items, receipt.signed_items(app_key));
+        assert_eq!(item, receipt.signed_items(app_key)[1]);
         assert_eq!(facts, receipt.check(&key, &o.body).unwrap());
+        assert_eq!(
+            receipt.check_next_in(&encoded, &key, &o.body, &previous),
+            Ok(facts)
+        );
         // Another request's encoding is not used for this receipt.
         let other = AppRequest::new(key, 1, 300, &app).request;
         let stranger = EncodedRequest::new(&other);

@@ -16,7 +16,7 @@ use crate::messages::ack::SignedAck;
 use crate::messages::request::SignedRelayRequest;
 use crate::messages::session::{SessionOpen, SignedSessionOpen};
 use crate::metering::app::{AckError, RequestAcker};
-use crate::metering::receipt::{Receipt, ReceiptError, ReceiptFacts};
+use crate::metering::receipt::{EncodedRequest, Receipt, ReceiptError, ReceiptFacts};
 use crate::Digest;
 
 /// Flow-control bounds, from the mesh parameters (`ack_every_tokens`,
@@ -88,7 +88,8 @@ struct Boundary {
 pub struct SupplierFlow {
     terms: SessionOpen,
     session_key: Digest,
-    request: SignedRelayRequest,
+    /// The request, encoded and hashed once for all its acks.
+    request: EncodedRequest,
     window: Window,
     stream: blake3::Hasher,
     sent_tokens: u32,
@@ -138,7 +139,7 @@ impl SupplierFlow {
         Ok(Self {
             terms,
             session_key,
-            request,
+            request: EncodedRequest::new(&request),
             window,
             stream: blake3::Hasher::new(),
             sent_tokens: 0,
@@ -179,7 +180,7 @@ impl SupplierFlow {
             return Err(FlowError::WindowFull(self.unacked_tokens()));
         }
         let bytes = u64::from(self.sent_bytes) + text.len() as u64;
-        if bytes > u64::from(self.request.body.max_output_bytes) {
+        if bytes > u64::from(self.request.request().body.max_output_bytes) {
             return Err(FlowError::TooMuchOutput(bytes));
         }
         self.stream.update(text.as_bytes());
@@ -234,10 +235,15 @@ impl SupplierFlow {
             });
         }
         let receipt = Receipt {
-            request: self.request.clone(),
+            request: self.request.request().clone(),
             ack,
         };
-        let facts = receipt.check_next(&self.session_key, &self.terms, &self.last_link)?;
+        let facts = receipt.check_next_in(
+            &self.request,
+            &self.session_key,
+            &self.terms,
+            &self.last_link,
+        )?;
         let body = &receipt.ack.body;
         // The ack must end where a token sent ended (or, for an empty final ack, where
         // the last one did).

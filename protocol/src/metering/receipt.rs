@@ -125,6 +125,11 @@ impl EncodedRequest {
     pub fn is(&self, request: &SignedRelayRequest) -> bool {
         self.request == *request
     }
+
+    /// The signed request.
+    pub fn request(&self) -> &SignedRelayRequest {
+        &self.request
+    }
 }
 
 impl Receipt {
@@ -177,15 +182,42 @@ impl Receipt {
         terms: &SessionOpen,
         previous_link: &Digest,
     ) -> Result<ReceiptFacts, ReceiptError> {
-        self.check_with(None, session_key, terms, |ack, _| {
-            ack_chain::step(&ack.chain_secret) == *previous_link
-        })
-        .map(|(facts, _, _)| facts)
+        self.check_next_with(None, session_key, terms, previous_link)
+            .map(|(facts, _)| facts)
     }
 
-    /// [`Receipt::check_next`], and the app's two signatures to verify (see
-    /// [`Receipt::check_signed`]), with the request's encoding made once for the
-    /// stream (used when it is this receipt's request).
+    /// [`Receipt::check_next`] with the request's encoding made once for the stream
+    /// (used when it is this receipt's request; see [`EncodedRequest`]), also giving
+    /// the ack's canonical encoding.
+    fn check_next_with(
+        &self,
+        request: Option<&EncodedRequest>,
+        session_key: &Digest,
+        terms: &SessionOpen,
+        previous_link: &Digest,
+    ) -> Result<(ReceiptFacts, Vec<u8>), ReceiptError> {
+        self.check_with(request, session_key, terms, |ack, _| {
+            ack_chain::step(&ack.chain_secret) == *previous_link
+        })
+        .map(|(facts, _, ack)| (facts, ack))
+    }
+
+    /// [`Receipt::check_next`] for a stream whose request is `request` (encoded once
+    /// for the stream, and used when it is this receipt's request): what a supplier
+    /// runs for every ack.
+    pub fn check_next_in(
+        &self,
+        request: &EncodedRequest,
+        session_key: &Digest,
+        terms: &SessionOpen,
+        previous_link: &Digest,
+    ) -> Result<ReceiptFacts, ReceiptError> {
+        self.check_next_with(Some(request), session_key, terms, previous_link)
+            .map(|(facts, _)| facts)
+    }
+
+    /// [`Receipt::check_next_in`], and the ack's signature to verify (the request's is
+    /// the stream's, checked once when the stream starts).
     pub fn check_next_signed(
         &self,
         request: &EncodedRequest,
@@ -193,11 +225,16 @@ impl Receipt {
         terms: &SessionOpen,
         previous_link: &Digest,
         app: PublicKey,
-    ) -> Result<(ReceiptFacts, [SignedItem; 2]), ReceiptError> {
-        self.check_with(Some(request), session_key, terms, |ack, _| {
-            ack_chain::step(&ack.chain_secret) == *previous_link
-        })
-        .map(|(facts, request, ack)| (facts, self.items(app, &request, &ack)))
+    ) -> Result<(ReceiptFacts, SignedItem), ReceiptError> {
+        self.check_next_with(Some(request), session_key, terms, previous_link)
+            .map(|(facts, ack)| {
+                let item = SignedItem {
+                    key: app,
+                    message: [Ack::DOMAIN.tag(), &ack].concat(),
+                    signature: self.ack.signature,
+                };
+                (facts, item)
+            })
     }
 
     /// The signed items from the bodies' canonical encodings: what `signing_bytes`
