@@ -633,6 +633,19 @@ async fn a_supplier_killed_mid_stream_hands_the_answer_over_without_a_seam() {
         },
     )
     .await;
+    // An ad can arrive (synced from the bootstrap node) before the gateway knows where
+    // its supplier listens; this test is about failover, so both must be reachable.
+    wait_for(
+        "the gateway connected to both suppliers",
+        Duration::from_secs(60),
+        || async {
+            let peers = gateway.handle().peers().await.ok()?;
+            ids.iter()
+                .all(|id| peers.iter().any(|p| p.peer_id == *id))
+                .then_some(())
+        },
+    )
+    .await;
     let base = support::base_url(&gateway);
     let client = reqwest::Client::new();
     let messages =
@@ -647,7 +660,13 @@ async fn a_supplier_killed_mid_stream_hands_the_answer_over_without_a_seam() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 200);
+    if r.status() != 200 {
+        panic!(
+            "the first request: {} {}",
+            r.status(),
+            r.text().await.unwrap()
+        );
+    }
     let first = r.headers()["x-relaymesh-supplier"]
         .to_str()
         .unwrap()
