@@ -132,6 +132,16 @@ impl EncodedRequest {
     }
 }
 
+/// A signed item from a body's canonical encoding: what `signing_bytes` gives, the
+/// domain tag then the body.
+fn signed_item(app: PublicKey, domain: Domain, body: &[u8], signature: Signature) -> SignedItem {
+    SignedItem {
+        key: app,
+        message: [domain.tag(), body].concat(),
+        signature,
+    }
+}
+
 impl Receipt {
     /// Every rule except signatures (which callers batch): session binding, request
     /// binding, chain link, counts, weight. Walks the ack chain from the link back to
@@ -228,26 +238,19 @@ impl Receipt {
     ) -> Result<(ReceiptFacts, SignedItem), ReceiptError> {
         self.check_next_with(Some(request), session_key, terms, previous_link)
             .map(|(facts, ack)| {
-                let item = SignedItem {
-                    key: app,
-                    message: [Ack::DOMAIN.tag(), &ack].concat(),
-                    signature: self.ack.signature,
-                };
-                (facts, item)
+                (
+                    facts,
+                    signed_item(app, Ack::DOMAIN, &ack, self.ack.signature),
+                )
             })
     }
 
     /// The signed items from the bodies' canonical encodings: what `signing_bytes`
     /// gives, the domain tag then the body.
     fn items(&self, app: PublicKey, request: &[u8], ack: &[u8]) -> [SignedItem; 2] {
-        let item = |domain: Domain, bytes: &[u8], signature: Signature| SignedItem {
-            key: app,
-            message: [domain.tag(), bytes].concat(),
-            signature,
-        };
         [
-            item(RelayRequest::DOMAIN, request, self.request.signature),
-            item(Ack::DOMAIN, ack, self.ack.signature),
+            signed_item(app, RelayRequest::DOMAIN, request, self.request.signature),
+            signed_item(app, Ack::DOMAIN, ack, self.ack.signature),
         ]
     }
 
@@ -324,7 +327,7 @@ impl Receipt {
     /// names the request by its hash (no signatures: anyone could re-encode them
     /// without the key).
     pub fn digest(&self) -> Digest {
-        tagged_hash(hash_tag::RELAY, &[&to_canonical(&self.ack.body)])
+        self.ack.body.relay_hash()
     }
 
     /// The app's two signatures, for batch verification.

@@ -128,8 +128,7 @@ impl Hasher for PositionHasher {
         for chunk in bytes.chunks(8) {
             let mut word = [0u8; 8];
             word[..chunk.len()].copy_from_slice(chunk);
-            self.0 = (self.0.rotate_left(29) ^ u64::from_le_bytes(word))
-                .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            self.write_u64(u64::from_le_bytes(word));
         }
     }
 
