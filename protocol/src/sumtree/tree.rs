@@ -218,40 +218,8 @@ impl<S: TreeStore> SumTree<S> {
     /// The leaf whose CU interval contains `point`, descending by the children's sums:
     /// each leaf is found by a share of points equal to its share of the root sum.
     pub fn sample(&self, point: u64) -> Result<LeafPath, TreeError<S::Error>> {
-        // Only sums steer the walk; a child's hash is computed only when it becomes a
-        // sibling on the path (a leaf's summary is a hash), and each node is read once.
-        let summary =
-            |n: &Option<StoredNode>| n.as_ref().map_or(NodeSummary::EMPTY, StoredNode::summary);
-        let sum = |n: &Option<StoredNode>| n.as_ref().map_or(0, StoredNode::sum);
-        let mut position = Position::ROOT;
-        let mut node = self.get(&position)?;
-        let total = sum(&node);
-        if point >= total {
-            return Err(TreeError::PointOutOfRange { point, sum: total });
-        }
-        let mut remaining = point;
-        let mut siblings = Vec::new();
-        loop {
-            match node {
-                None => return Err(TreeError::Corrupt(position.depth)),
-                Some(StoredNode::Leaf(leaf)) => return Ok(LeafPath { leaf, siblings }),
-                Some(StoredNode::Internal(_)) => {
-                    let left = self.get(&position.child(0))?;
-                    let right = self.get(&position.child(1))?;
-                    let left_sum = sum(&left);
-                    if remaining < left_sum {
-                        siblings.push(summary(&right));
-                        position = position.child(0);
-                        node = left;
-                    } else {
-                        remaining -= left_sum;
-                        siblings.push(summary(&left));
-                        position = position.child(1);
-                        node = right;
-                    }
-                }
-            }
-        }
+        let mut paths = self.sample_many(&[point])?;
+        Ok(paths.pop().expect("one path per point"))
     }
 
     /// [`sample`](Self::sample) at each of `points`, in their order, walking the tree
