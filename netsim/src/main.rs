@@ -158,7 +158,7 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 /// Tells mimalloc never to hand freed memory back to the OS. A run frees and
 /// reallocates gigabytes as sessions close and open; handed back, every page came back
-/// through a page fault and the kernel zeroing it (a tenth of the run).
+/// through a page fault and the kernel zeroing it (5–8% of the benchmark run).
 fn keep_freed_memory() {
     // SAFETY: sets an allocator option, which mimalloc allows at any time.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
