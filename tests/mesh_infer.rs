@@ -864,3 +864,71 @@ async fn hedging_beats_a_silent_supplier_and_request_rules_narrow_the_choice() {
     real.shutdown().await;
     boot.shutdown().await;
 }
+
+/// A gateway that joined before the supplier and never met it: the supplier's ad comes
+/// through gossip, but no address does (a light node is in no one's routing table, and
+/// the supplier's own lookups never name it). The gateway finds the supplier through
+/// the DHT when it first routes to it, instead of refusing the request.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gateway_finds_a_supplier_it_never_met_through_the_dht() {
+    const LOOKUP_MESH: &str = "mesh-lookup-tests";
+    let boot = support::bootstrap(LOOKUP_MESH).await;
+    let boot_addr = address(&boot, "quic").await;
+    let boot_id = boot.handle().peer_id().to_string();
+    let gateway = support::mesh_gateway(LOOKUP_MESH, &boot_addr).await;
+    // The gateway's first DHT walk, through the bootstrap node, is over before the
+    // supplier exists.
+    wait_for(
+        "the gateway connected to the bootstrap node",
+        Duration::from_secs(30),
+        || async {
+            let peers = gateway.handle().peers().await.ok()?;
+            peers.iter().any(|p| p.peer_id == boot_id).then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = supplier(LOOKUP_MESH, &boot_addr, dir.path()).await;
+    let supplier_id = s.handle().peer_id().to_string();
+    wait_for(
+        "the supplier's ad at the gateway",
+        Duration::from_secs(60),
+        || async {
+            let offers = gateway.handle().offers("smollm2").await.ok()?;
+            (!offers.is_empty()).then_some(())
+        },
+    )
+    .await;
+    let peers = gateway.handle().peers().await.unwrap();
+    assert!(
+        !peers.iter().any(|p| p.peer_id == supplier_id),
+        "the gateway already met the supplier: nothing to look up"
+    );
+
+    let r = reqwest::Client::new()
+        .post(format!(
+            "{}/v1/chat/completions",
+            support::base_url(&gateway)
+        ))
+        .json(&json!({
+            "model": "smollm2", "temperature": 0, "max_tokens": 8,
+            "messages": [{ "role": "user", "content": "What is the capital of France?" }],
+        }))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let supplier_header = r
+        .headers()
+        .get("x-relaymesh-supplier")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let text = r.text().await.unwrap();
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(supplier_header.as_deref(), Some(supplier_id.as_str()));
+    let peers = gateway.handle().peers().await.unwrap();
+    assert!(peers.iter().any(|p| p.peer_id == supplier_id));
+    gateway.shutdown().await;
+    s.shutdown().await;
+    boot.shutdown().await;
+}

@@ -71,6 +71,10 @@ pub(crate) struct EventLoop {
     rtts: HashMap<PeerId, Duration>,
     bootstrap_peers: HashSet<PeerId>,
     pending_providers: HashMap<kad::QueryId, (oneshot::Sender<Vec<PeerId>>, HashSet<PeerId>)>,
+    /// Peers being looked up in the DHT because a dial found no address for them, with
+    /// who waits for the outcome (see `Command::Locate`).
+    lookups: HashMap<PeerId, Vec<oneshot::Sender<bool>>>,
+    lookup_queries: HashMap<kad::QueryId, PeerId>,
     ad_seq: u64,
     /// Whether an ad of ours has reached at least one peer since start.
     announced: bool,
@@ -87,6 +91,10 @@ pub(crate) struct EventLoop {
 
 /// Connections a node seeks on its own (beyond those others open to it).
 const TARGET_PEERS: usize = 8;
+
+/// DHT lookups of unaddressed peers in flight at once; beyond this, such a peer is
+/// treated as unreachable.
+const MAX_LOOKUPS: usize = 32;
 
 /// How many peers a newcomer asks for their ads.
 const SYNC_PEERS: usize = 3;
@@ -128,6 +136,8 @@ impl EventLoop {
             rtts: HashMap::new(),
             bootstrap_peers,
             pending_providers: HashMap::new(),
+            lookups: HashMap::new(),
+            lookup_queries: HashMap::new(),
             ad_seq: 0,
             announced: false,
             syncs_requested: 0,
@@ -187,6 +197,7 @@ impl EventLoop {
                     .get_providers(provider_key(&self.mesh_id, &model));
                 self.pending_providers.insert(id, (reply, HashSet::new()));
             }
+            Command::Locate(peer, reply) => self.locate(peer, reply),
             Command::PublishAdBytes(bytes, reply) => {
                 let len = bytes.len();
                 let result = self
@@ -444,6 +455,12 @@ impl EventLoop {
                 } else {
                     debug!(peer = %peer_id, %addr, transport, "connected");
                 }
+                if let Some(waiters) = self.lookups.remove(&peer_id) {
+                    info!(peer = %peer_id, "found through the DHT");
+                    for waiter in waiters {
+                        let _ = waiter.send(true);
+                    }
+                }
                 let conns = self.connections.entry(peer_id).or_default();
                 let first = conns.is_empty();
                 conns.insert(connection_id, Connection { addr });
@@ -487,15 +504,84 @@ impl EventLoop {
                 ..
             } => {
                 debug!(%peer, %error, "dial failed");
-                // A supplier we cannot reach must not be offered: evict its ad.
-                if let Some(key) = public_key_of(&peer) {
-                    if self.table.evict(&key) {
-                        info!(%peer, "peer evicted: dial failed");
-                    }
-                }
+                self.unreachable(peer, "dial failed");
             }
             SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
             _ => {}
+        }
+    }
+
+    /// A peer we could not reach: whoever waits on its lookup hears so, and a
+    /// supplier's ad is evicted, so it is no longer offered.
+    fn unreachable(&mut self, peer: PeerId, why: &str) {
+        if let Some(waiters) = self.lookups.remove(&peer) {
+            for waiter in waiters {
+                let _ = waiter.send(false);
+            }
+        }
+        if let Some(key) = public_key_of(&peer) {
+            if self.table.evict(&key) {
+                info!(%peer, why, "peer evicted");
+            }
+        }
+    }
+
+    /// Whether `peer` can be reached: at once when connected, or when we know an
+    /// address for it (then a failed dial meant it is gone); otherwise after a DHT
+    /// lookup. Ads come through gossip and addresses do not: in a mesh larger than a
+    /// node's routing table, most suppliers are known by their ad alone.
+    fn locate(&mut self, peer: PeerId, reply: oneshot::Sender<bool>) {
+        if self.connections.contains_key(&peer) {
+            let _ = reply.send(true);
+            return;
+        }
+        if let Some(waiters) = self.lookups.get_mut(&peer) {
+            waiters.push(reply);
+            return;
+        }
+        let known = self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .kbucket(peer)
+            .is_some_and(|bucket| bucket.iter().any(|e| *e.node.key.preimage() == peer));
+        if known || self.lookups.len() >= MAX_LOOKUPS {
+            let _ = reply.send(false);
+            return;
+        }
+        // The walk toward its id usually reaches it (and so connects us); if not, we
+        // dial what the walk learnt.
+        debug!(%peer, "no address for the peer; looking it up in the DHT");
+        let query = self.swarm.behaviour_mut().kad.get_closest_peers(peer);
+        self.lookup_queries.insert(query, peer);
+        self.lookups.insert(peer, vec![reply]);
+    }
+
+    /// The DHT walk toward an unaddressed peer ended: connected by the walk itself, or
+    /// dial what it found, or give up on the peer.
+    fn on_lookup_done(&mut self, query: kad::QueryId, found: Vec<kad::PeerInfo>) {
+        let Some(peer) = self.lookup_queries.remove(&query) else {
+            return;
+        };
+        if self.connections.contains_key(&peer) || !self.lookups.contains_key(&peer) {
+            return; // settled on connecting
+        }
+        let addrs = found
+            .into_iter()
+            .find(|p| p.peer_id == peer)
+            .map(|p| p.addrs)
+            .unwrap_or_default();
+        if addrs.is_empty() {
+            self.unreachable(peer, "not found in the DHT");
+            return;
+        }
+        debug!(%peer, ?addrs, "the DHT knows the peer; dialling");
+        let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+            .addresses(addrs)
+            .build();
+        if let Err(e) = self.swarm.dial(opts) {
+            debug!(%peer, error = %e, "dial failed");
+            self.unreachable(peer, "dial failed");
         }
     }
 
@@ -513,8 +599,12 @@ impl EventLoop {
                     return;
                 }
                 self.agents.insert(peer_id, info.agent_version.clone());
-                for addr in info.listen_addrs {
-                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                // Only DHT servers belong in routing tables: a light node answers no
+                // lookups, and others' walks would only dial it in vain.
+                if info.protocols.contains(&names::kad_protocol(&self.mesh_id)) {
+                    for addr in info.listen_addrs {
+                        self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                    }
                 }
             }
             // Bootstrap nodes make a star; gossip needs a mesh. Until a node has a few
@@ -573,6 +663,18 @@ impl EventLoop {
                         let _ = reply.send(found);
                     }
                 }
+            }
+            MeshBehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                id,
+                result: kad::QueryResult::GetClosestPeers(result),
+                step,
+                ..
+            }) if step.last => {
+                let found = match result {
+                    Ok(ok) => ok.peers,
+                    Err(kad::GetClosestPeersError::Timeout { peers, .. }) => peers,
+                };
+                self.on_lookup_done(id, found);
             }
             MeshBehaviourEvent::AdsSync(request_response::Event::Message {
                 peer, message, ..

@@ -18,6 +18,7 @@ pub(crate) enum Command {
     Models(oneshot::Sender<Vec<ModelRow>>),
     Dial(Multiaddr, oneshot::Sender<Result<(), String>>),
     FindProviders(String, oneshot::Sender<Vec<PeerId>>),
+    Locate(PeerId, oneshot::Sender<bool>),
     Offers(String, oneshot::Sender<Vec<(PublicKey, ModelOffer)>>),
     PublishAdBytes(Vec<u8>, oneshot::Sender<Result<(), String>>),
     PublishLedger(Vec<u8>, oneshot::Sender<Result<(), String>>),
@@ -132,6 +133,15 @@ impl NodeHandle {
     pub async fn find_providers(&self, model: &str) -> Result<Vec<PeerId>, NodeGone> {
         self.ask(|tx| Command::FindProviders(model.to_string(), tx))
             .await
+    }
+
+    /// Whether `peer` can be reached: true when connected, or once a DHT lookup has
+    /// connected to it (the node looks up peers it knows no address for: an ad comes
+    /// through gossip, its supplier's address does not); false when an address was
+    /// known (a failed dial then meant the peer is gone) or the lookup found nothing
+    /// reachable.
+    pub async fn locate(&self, peer: PeerId) -> Result<bool, NodeGone> {
+        self.ask(|tx| Command::Locate(peer, tx)).await
     }
 
     /// Publishes raw bytes on the ads topic: for tests and tools that probe how the mesh
