@@ -634,7 +634,8 @@ async fn a_supplier_killed_mid_stream_hands_the_answer_over_without_a_seam() {
     )
     .await;
     // An ad can arrive (synced from the bootstrap node) before the gateway knows where
-    // its supplier listens; this test is about failover, so both must be reachable.
+    // its supplier listens (the gateway would look it up: tested below); this test is
+    // about failover, so both are connected before it starts.
     wait_for(
         "the gateway connected to both suppliers",
         Duration::from_secs(60),
