@@ -251,17 +251,25 @@ async fn a_light_gateway_answers_through_a_supplier_and_the_acks_are_its_receipt
         "4 requests: {} CU, {} bytes, as the receipts say",
         total.0, total.1
     );
-    // The app keeps a copy of every ack it sent: the same receipts the suppliers keep.
-    let keys = |node: &relaymesh::Node, tree: &str| -> std::collections::BTreeSet<Vec<u8>> {
-        let tree = node.data_dir().unwrap().db().open_tree(tree).unwrap();
-        tree.iter().keys().map(|k| k.unwrap().to_vec()).collect()
-    };
+    // The app keeps a copy of every ack it sent: the same receipts the suppliers keep,
+    // under their session key and digest.
+    // (The tree is dropped at once: it holds the database open.)
+    let sent: std::collections::BTreeSet<Vec<u8>> = gateway
+        .data_dir()
+        .unwrap()
+        .db()
+        .open_tree(relaymesh_node::settle::APP_ACKS_TREE)
+        .unwrap()
+        .iter()
+        .keys()
+        .map(|k| k.unwrap().to_vec())
+        .collect();
     let kept: std::collections::BTreeSet<Vec<u8>> = [&s1, &s2]
         .iter()
         .flat_map(|n| receipts(n))
-        .map(|r| r.digest().0.to_vec())
+        .map(|r| [r.ack.body.session_key.0, r.digest().0].concat())
         .collect();
-    assert_eq!(keys(&gateway, "acks"), kept);
+    assert_eq!(sent, kept);
 
     // Requests to a supplier share one session (resumed, not re-proposed).
     let stored: Vec<Receipt> = [&s1, &s2].iter().flat_map(|n| receipts(n)).collect();

@@ -52,6 +52,8 @@ pub struct Metrics {
     pub gossip_bytes: Family<DirectionLabel, Counter>,
     /// Gossip messages dropped as invalid, by reason.
     pub invalid_messages: Family<ReasonLabel, Counter>,
+    /// Gossip messages this node could not hand to a slow peer in time.
+    pub gossip_dropped: Counter,
     /// Suppliers in the peer table.
     pub suppliers: Gauge,
     /// Receipts (acks) a supplier accepted.
@@ -73,6 +75,7 @@ impl Default for Metrics {
         let gossip_bytes = Family::<DirectionLabel, Counter>::default();
         let invalid_messages = Family::<ReasonLabel, Counter>::default();
         let suppliers = Gauge::default();
+        let gossip_dropped = Counter::default();
         registry.register("peers", "Connected peers", peers.clone());
         registry.register(
             "connections",
@@ -93,6 +96,11 @@ impl Default for Metrics {
             "invalid_messages",
             "Gossip messages dropped as invalid, by reason",
             invalid_messages.clone(),
+        );
+        registry.register(
+            "gossip_dropped",
+            "Gossip messages not sent to a slow peer: its send queue was full, or a publish waited longer than 5 s",
+            gossip_dropped.clone(),
         );
         registry.register(
             "suppliers",
@@ -130,6 +138,7 @@ impl Default for Metrics {
             gossip_messages,
             gossip_bytes,
             invalid_messages,
+            gossip_dropped,
             suppliers,
             receipts,
             mined_receipts,

@@ -122,7 +122,7 @@ impl Node {
                             params.clone(),
                             crate::infer::router::Router::new(),
                             routing.timeouts,
-                            open_tree(&data_dir, "acks")?,
+                            open_tree(&data_dir, crate::settle::APP_ACKS_TREE)?,
                             app_sessions,
                         ),
                         routing,

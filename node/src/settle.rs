@@ -195,6 +195,11 @@ pub struct LedgerReport {
     pub accounts: Vec<AccountRow>,
 }
 
+/// The sled tree of the acks a gateway sent, keyed by session key and receipt digest
+/// (the digest the supplier keys its receipt by), each value the whole receipt: the
+/// app's own record of what it will be billed, pruned with its session.
+pub const APP_ACKS_TREE: &str = "acks";
+
 /// The ledger and the settlement duties of one node.
 pub struct Settlement {
     key: Keypair,
@@ -206,6 +211,8 @@ pub struct Settlement {
     revealed: sled::Tree,
     /// App side: the gateway's sessions with their secrets.
     app_sessions: Option<sled::Tree>,
+    /// App side: the gateway's copy of every ack it sent (`APP_ACKS_TREE`).
+    app_acks: sled::Tree,
     /// Supplier side.
     miner: Option<Arc<Miner>>,
     metrics: Metrics,
@@ -233,6 +240,7 @@ impl Settlement {
     ) -> Result<Self, sled::Error> {
         let log = db.open_tree("ledger")?;
         let revealed = db.open_tree("revealed")?;
+        let app_acks = db.open_tree(APP_ACKS_TREE)?;
         let mut ledger = Ledger::new(params.clone());
         let mut replayed = 0usize;
         // Key order puts claims before evidence, proofs, reveals and transfers: every
@@ -267,6 +275,7 @@ impl Settlement {
             log,
             revealed,
             app_sessions,
+            app_acks,
             miner,
             metrics,
             pruned_before: std::sync::atomic::AtomicU64::new(u64::MAX),
@@ -650,8 +659,8 @@ impl Settlement {
         out
     }
 
-    /// Forgets the app's sessions (secrets and reveal records) whose epoch is final:
-    /// nothing can be claimed or revealed for them any more.
+    /// Forgets the app's sessions (secrets, reveal records and the acks it sent) whose
+    /// epoch is final: nothing can be claimed or revealed for them any more.
     fn prune_app_sessions(&self, frozen_before: u64) {
         let Some(sessions) = &self.app_sessions else {
             return;
@@ -671,6 +680,9 @@ impl Settlement {
             if open.epoch(&self.params) < frozen_before {
                 let _ = sessions.remove(&key);
                 let _ = self.revealed.remove(&key);
+                for ack in self.app_acks.scan_prefix(&key).keys().flatten() {
+                    let _ = self.app_acks.remove(ack);
+                }
             }
         }
     }
@@ -1098,6 +1110,37 @@ mod tests {
         assert!((claimed as f64 - served as f64).abs() <= 5.0 * sigma);
         // Nothing more to do; the claim was made once.
         assert!(supplier.s.tick(now + 60_000).is_empty());
+    }
+
+    #[test]
+    fn the_app_forgets_a_final_session_with_the_acks_it_sent() {
+        let p = params(1_000_000_000, 16);
+        let (app, sup) = (key(1), key(2));
+        let (old, old_secret) = session(&p, &app, &sup, 3);
+        // A session opened once the first one's epoch is final.
+        let later_start = START + p.epoch_ms * (u64::from(p.freeze_horizon_epochs) + 2);
+        let (new, new_secret) = crate::testkit::session(&p, &app, &sup, p.tau_min, later_start, 4);
+        let gateway = node(
+            app.clone(),
+            &p,
+            false,
+            &[(old.clone(), old_secret), (new.clone(), new_secret)],
+        );
+        let acks = &gateway.s.app_acks;
+        for s in [&old, &new] {
+            for r in receipts(s, &app, 2, 3, 10) {
+                let key = [s.session_key().0, r.digest().0].concat();
+                acks.insert(key, to_canonical(&r)).unwrap();
+            }
+        }
+        let held = |s: &SignedSessionOpen| acks.scan_prefix(s.session_key().0).count();
+        gateway.s.tick(end(&p));
+        assert_eq!((held(&old), held(&new)), (6, 6), "nothing is final yet");
+        gateway.s.tick(later_start + 1);
+        assert_eq!((held(&old), held(&new)), (0, 6));
+        let sessions = gateway.s.app_sessions.as_ref().unwrap();
+        assert!(sessions.get(old.session_key().0).unwrap().is_none());
+        assert!(sessions.get(new.session_key().0).unwrap().is_some());
     }
 
     #[test]

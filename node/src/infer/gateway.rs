@@ -153,7 +153,8 @@ impl Gateway {
 
     /// Stores an ack this app is about to send, before it is sent: the app's copy of
     /// what the supplier will bill (the flush comes with the database's commit
-    /// interval, like the supplier's receipts).
+    /// interval, like the supplier's receipts), under its session key and receipt
+    /// digest, so it is pruned with the session (`settle::APP_ACKS_TREE`).
     fn keep(&self, leg: &Leg, ack: &relaymesh_protocol::messages::ack::SignedAck) {
         if let Some(tree) = &self.acks {
             let receipt = relaymesh_protocol::metering::receipt::Receipt {
@@ -161,7 +162,10 @@ impl Gateway {
                 ack: ack.clone(),
             };
             let bytes = relaymesh_protocol::wire::to_canonical(&receipt);
-            if let Err(e) = tree.insert(receipt.digest().0, bytes) {
+            let mut key = [0u8; 64];
+            key[..32].copy_from_slice(&ack.body.session_key.0);
+            key[32..].copy_from_slice(&receipt.digest().0);
+            if let Err(e) = tree.insert(key, bytes) {
                 warn!(%e, "cannot store a sent ack");
             }
         }

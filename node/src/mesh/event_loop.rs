@@ -638,6 +638,14 @@ impl EventLoop {
                 info!(%peer, %error, "ping failed; closing the connection");
                 self.swarm.close_connection(connection);
             }
+            MeshBehaviourEvent::Gossipsub(gossipsub::Event::SlowPeer {
+                peer_id,
+                failed_messages,
+            }) => {
+                let dropped = failed_messages.priority + failed_messages.non_priority;
+                self.metrics.gossip_dropped.inc_by(dropped as u64);
+                debug!(peer = %peer_id, dropped, "slow peer: gossip messages not sent in time");
+            }
             MeshBehaviourEvent::Gossipsub(gossipsub::Event::Message {
                 propagation_source,
                 message_id,
