@@ -532,6 +532,17 @@ impl Miner {
         }
     }
 
+    /// Whether `session`'s claim holds nine tenths of the leaves a claim may: past that
+    /// the supplier takes no more requests in it (the app opens a new session), so
+    /// requests already running in it still find room, and work is not served unclaimed.
+    pub fn nearly_full(&self, session: &Digest) -> Result<bool, MiningError> {
+        let mined = match self.lock(session).get(session) {
+            Some(cached) => cached.counters.mined,
+            None => self.counters(session)?.mined,
+        };
+        Ok(mined * 10 >= self.max_leaves * 9)
+    }
+
     /// Stores an accepted receipt of `session` (checked by the caller), counts it, and
     /// mines it when τ selects it, as one atomic set of writes held for the next group
     /// commit. Returns what it pays when mined. A relay hash mined before is not mined
@@ -886,11 +897,22 @@ mod tests {
         let s = crate::testkit::session(&params, &app, &supplier, 1, 1, 1).0;
         let db = crate::testkit::open_db(dir.path());
         let miner = Miner::new(db.open_tree("mining").unwrap(), &params);
-        let mined = receipts(&app, &s, 12)
-            .iter()
-            .filter(|(receipt, facts)| miner.offer(&s, receipt, facts).unwrap().is_some())
-            .count();
+        let mut full_after = None;
+        let mut mined = 0;
+        for (i, (receipt, facts)) in receipts(&app, &s, 12).iter().enumerate() {
+            mined += usize::from(miner.offer(&s, receipt, facts).unwrap().is_some());
+            if full_after.is_none() && miner.nearly_full(&s.session_key()).unwrap() {
+                full_after = Some(i + 1);
+            }
+        }
         assert_eq!(mined, 5);
+        // Nine tenths of 5 leaves: the session takes no more requests after the fifth.
+        assert_eq!(full_after, Some(5));
+        // Also when read back from disk by a new miner.
+        miner.commit().unwrap();
+        assert!(Miner::new(db.open_tree("mining").unwrap(), &params)
+            .nearly_full(&s.session_key())
+            .unwrap());
         let report = &miner.sessions().unwrap()[0];
         assert_eq!((report.counters.receipts, report.counters.mined), (12, 5));
         let root = miner.check_tree(&s.session_key()).unwrap();

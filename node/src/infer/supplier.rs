@@ -264,6 +264,14 @@ fn check_resumed(
     if now_ms() >= terms.end_ms() {
         return Some((RefuseCode::Terms, "the session has ended".into()));
     }
+    if let Some(miner) = &ctx.miner {
+        if miner.nearly_full(&session.session_key()).unwrap_or(false) {
+            return Some((
+                RefuseCode::Terms,
+                "the session's claim is nearly full: open a new session".into(),
+            ));
+        }
+    }
     check_model(terms, ctx)
 }
 
