@@ -375,17 +375,6 @@ impl Gateway {
         }
     }
 
-    async fn open_stream(&self, peer: PeerId) -> Result<Stream, Attempt> {
-        let mut control = self.handle.streams();
-        tokio::time::timeout(
-            OPEN_TIMEOUT,
-            control.open_stream(peer, self.protocol.clone()),
-        )
-        .await
-        .map_err(|_| Attempt::elsewhere(format!("{peer} did not open a stream in time")))?
-        .map_err(|e| Attempt::elsewhere(format!("{peer} cannot be reached: {e}")))
-    }
-
     async fn open_once(
         self: &Arc<Self>,
         model: &str,
@@ -401,20 +390,27 @@ impl Gateway {
         // the supplier (the score counts those already): measure only when alone.
         let alone = self.router.in_flight(supplier, model) == 1;
         let opened = Instant::now();
-        let stream = match self.open_stream(peer).await {
+        let open = || {
+            let (mut control, protocol) = (self.handle.streams(), self.protocol.clone());
+            async move { tokio::time::timeout(OPEN_TIMEOUT, control.open_stream(peer, protocol)).await }
+        };
+        let late = |_| Attempt::elsewhere(format!("{peer} did not open a stream in time"));
+        let unreachable = |e: libp2p_stream::OpenStreamError| {
+            Attempt::elsewhere(format!("{peer} cannot be reached: {e}"))
+        };
+        let stream = match open().await.map_err(late)? {
             Ok(stream) => stream,
             // An ad comes through gossip, its supplier's address does not: the node
-            // looks a peer it cannot dial for want of an address up in the DHT. If
-            // that reaches it, one more try.
-            Err(first) => {
-                match tokio::time::timeout(OPEN_TIMEOUT, self.handle.locate(peer)).await {
-                    Ok(Ok(true)) => {
-                        debug!(%peer, "supplier found through the DHT; opening the stream again");
-                        self.open_stream(peer).await?
-                    }
-                    _ => return Err(first),
+            // looks a peer it knows no address of up in the DHT; if that reaches it, one
+            // more try. (A stream that did not open in time is not retried: the peer is
+            // connected and slow, or gone, and failover should not wait twice.)
+            Err(e) => match tokio::time::timeout(OPEN_TIMEOUT, self.handle.locate(peer)).await {
+                Ok(Ok(true)) => {
+                    debug!(%peer, "supplier found through the DHT; opening the stream again");
+                    open().await.map_err(late)?.map_err(unreachable)?
                 }
-            }
+                _ => return Err(unreachable(e)),
+            },
         };
         let (mut r, mut w) = stream.split();
         let io = |e: &dyn std::fmt::Display| Attempt::elsewhere(format!("{peer}: {e}"));

@@ -71,8 +71,8 @@ pub(crate) struct EventLoop {
     rtts: HashMap<PeerId, Duration>,
     bootstrap_peers: HashSet<PeerId>,
     pending_providers: HashMap<kad::QueryId, (oneshot::Sender<Vec<PeerId>>, HashSet<PeerId>)>,
-    /// Peers being looked up in the DHT because a dial found no address for them, with
-    /// who waits for the outcome (see `Command::Locate`).
+    /// Peers being looked up in the DHT (known by their ad, with no address in the
+    /// routing table), with who waits for the outcome (see `Command::Locate`).
     lookups: HashMap<PeerId, Vec<oneshot::Sender<bool>>>,
     lookup_queries: HashMap<kad::QueryId, PeerId>,
     ad_seq: u64,
@@ -92,8 +92,8 @@ pub(crate) struct EventLoop {
 /// Connections a node seeks on its own (beyond those others open to it).
 const TARGET_PEERS: usize = 8;
 
-/// DHT lookups of unaddressed peers in flight at once; beyond this, such a peer is
-/// treated as unreachable.
+/// DHT lookups of unaddressed peers in flight at once; beyond this, a locate answers
+/// "unreachable" at once.
 const MAX_LOOKUPS: usize = 32;
 
 /// How many peers a newcomer asks for their ads.
@@ -579,9 +579,13 @@ impl EventLoop {
         let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
             .addresses(addrs)
             .build();
-        if let Err(e) = self.swarm.dial(opts) {
-            debug!(%peer, error = %e, "dial failed");
-            self.unreachable(peer, "dial failed");
+        match self.swarm.dial(opts) {
+            // A dial of the walk's is still under way: its outcome answers.
+            Ok(()) | Err(libp2p::swarm::DialError::DialPeerConditionFalse(_)) => {}
+            Err(e) => {
+                debug!(%peer, error = %e, "dial failed");
+                self.unreachable(peer, "dial failed");
+            }
         }
     }
 
