@@ -544,3 +544,56 @@ fn now_ms() -> u64 {
         .unwrap()
         .as_millis() as u64
 }
+
+/// A session whose claim is nearly full (nine tenths of `max_claim_leaves`) is not
+/// resumed: the gateway opens a new one, so work is not served beyond what a claim can
+/// hold.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_whose_claim_is_nearly_full_gives_way_to_a_new_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = params("relay-mining-full-tests", Vec::new());
+    // Every ack (about 250 CUs) is mined, a claim holds one leaf (a short answer is one
+    // ack), and the sessions outlast the test (an ended session would also make way for
+    // a new one).
+    p.tau_min = 64;
+    p.max_claim_leaves = 1;
+    p.max_session_ms = 600_000;
+    let (boot, boot_addr) = bootstrap(&p, None).await;
+    let s = supplier(
+        &p,
+        &boot_addr,
+        &dir.path().join("s"),
+        &support::model_path(),
+    )
+    .await;
+    let gateway = joined(NodeBuilder::light(), &p, &boot_addr)
+        .data_dir(dir.path().join("g"))
+        .api("127.0.0.1:0".parse().unwrap())
+        .start()
+        .await
+        .unwrap();
+    wait_for("the supplier's ad", Duration::from_secs(30), || async {
+        let rows = gateway.handle().models().await.ok()?;
+        (!rows.is_empty()).then_some(())
+    })
+    .await;
+    let base = format!("http://{}", gateway.api_addr().unwrap());
+    let client = reqwest::Client::new();
+    for question in ["What is the capital of France?", "Name a colour."] {
+        let r = ask(&client, &base, question).await;
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    }
+    let miner = relaymesh_node::mining::Miner::new(
+        s.data_dir().unwrap().db().open_tree("mining").unwrap(),
+        &p,
+    );
+    let sessions = miner.sessions().unwrap();
+    let mined: Vec<u64> = sessions.iter().map(|r| r.counters.mined).collect();
+    println!("mined leaves per session: {mined:?}");
+    assert_eq!(sessions.len(), 2, "one session per request: {mined:?}");
+    assert_eq!(mined, [1, 1]);
+    drop(miner);
+    for n in [gateway, s, boot] {
+        n.shutdown().await;
+    }
+}
