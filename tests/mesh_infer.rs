@@ -426,6 +426,9 @@ async fn an_app_that_never_acks_gets_w_tokens_and_a_forged_ack_ends_the_stream()
 
     let peer = supplier.handle().peer_id();
     let protocol = relaymesh_node::mesh::names::infer_protocol(&params.mesh_id());
+    // As the gateway does: the ad can come (synced from the bootstrap node) before any
+    // address of its supplier, which the node then finds through the DHT.
+    app_node.handle().locate(peer).await.unwrap();
     let stream = app_node
         .handle()
         .streams()
@@ -642,16 +645,17 @@ async fn a_supplier_killed_mid_stream_hands_the_answer_over_without_a_seam() {
     )
     .await;
     // An ad can arrive (synced from the bootstrap node) before the gateway knows where
-    // its supplier listens (the gateway would look it up: tested below); this test is
-    // about failover, so both are connected before it starts.
+    // its supplier listens; the gateway would look the supplier up on its first request
+    // (tested below), but this test is about failover: both are reached before it starts.
     wait_for(
         "the gateway connected to both suppliers",
         Duration::from_secs(60),
         || async {
-            let peers = gateway.handle().peers().await.ok()?;
-            ids.iter()
-                .all(|id| peers.iter().any(|p| p.peer_id == *id))
-                .then_some(())
+            let mut reached = 0;
+            for id in &ids {
+                reached += usize::from(gateway.handle().locate(id.parse().ok()?).await.ok()?);
+            }
+            (reached == ids.len()).then_some(())
         },
     )
     .await;
