@@ -103,6 +103,23 @@ fn joined(b: NodeBuilder, p: &MeshParams, boot: &libp2p::Multiaddr) -> NodeBuild
         .bootstrap(boot.clone())
 }
 
+/// A light gateway of mesh `p` with an API, once it holds a supplier's ad, and the
+/// API's base URL.
+async fn gateway_with_an_ad(p: &MeshParams, boot: &libp2p::Multiaddr) -> (relaymesh::Node, String) {
+    let gateway = joined(NodeBuilder::light(), p, boot)
+        .api("127.0.0.1:0".parse().unwrap())
+        .start()
+        .await
+        .unwrap();
+    wait_for("the supplier's ad", Duration::from_secs(30), || async {
+        let rows = gateway.handle().models().await.ok()?;
+        (!rows.is_empty()).then_some(())
+    })
+    .await;
+    let base = format!("http://{}", gateway.api_addr().unwrap());
+    (gateway, base)
+}
+
 async fn ask(client: &reqwest::Client, base: &str, question: &str) -> reqwest::Response {
     client
         .post(format!("{base}/v1/chat/completions"))
@@ -424,17 +441,7 @@ async fn an_app_without_credit_gets_a_clear_refusal() {
     std::fs::create_dir_all(dir.path().join("model")).unwrap();
     let model = model_with_manifest(&dir.path().join("model"), &someone_else);
     let s = supplier(&p, &boot_addr, &dir.path().join("s"), &model).await;
-    let gateway = joined(NodeBuilder::light(), &p, &boot_addr)
-        .api("127.0.0.1:0".parse().unwrap())
-        .start()
-        .await
-        .unwrap();
-    wait_for("the supplier's ad", Duration::from_secs(30), || async {
-        let rows = gateway.handle().models().await.ok()?;
-        (!rows.is_empty()).then_some(())
-    })
-    .await;
-    let base = format!("http://{}", gateway.api_addr().unwrap());
+    let (gateway, base) = gateway_with_an_ad(&p, &boot_addr).await;
     let r = ask(&reqwest::Client::new(), &base, "Hello?").await;
     assert_eq!(r.status(), 402);
     let body: Value = r.json().await.unwrap();
@@ -566,18 +573,7 @@ async fn a_session_whose_claim_is_nearly_full_gives_way_to_a_new_one() {
         &support::model_path(),
     )
     .await;
-    let gateway = joined(NodeBuilder::light(), &p, &boot_addr)
-        .data_dir(dir.path().join("g"))
-        .api("127.0.0.1:0".parse().unwrap())
-        .start()
-        .await
-        .unwrap();
-    wait_for("the supplier's ad", Duration::from_secs(30), || async {
-        let rows = gateway.handle().models().await.ok()?;
-        (!rows.is_empty()).then_some(())
-    })
-    .await;
-    let base = format!("http://{}", gateway.api_addr().unwrap());
+    let (gateway, base) = gateway_with_an_ad(&p, &boot_addr).await;
     let client = reqwest::Client::new();
     for question in ["What is the capital of France?", "Name a colour."] {
         let r = ask(&client, &base, question).await;
