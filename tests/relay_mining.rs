@@ -103,17 +103,22 @@ fn joined(b: NodeBuilder, p: &MeshParams, boot: &libp2p::Multiaddr) -> NodeBuild
         .bootstrap(boot.clone())
 }
 
-/// A light gateway of mesh `p` with an API, once it holds a supplier's ad, and the
-/// API's base URL.
-async fn gateway_with_an_ad(p: &MeshParams, boot: &libp2p::Multiaddr) -> (relaymesh::Node, String) {
-    let gateway = joined(NodeBuilder::light(), p, boot)
-        .api("127.0.0.1:0".parse().unwrap())
-        .start()
-        .await
-        .unwrap();
-    wait_for("the supplier's ad", Duration::from_secs(30), || async {
+/// A light gateway of mesh `p` with an API (its data in `dir`, if given), once it holds
+/// the ads of `suppliers` suppliers of the test model, and the API's base URL.
+async fn gateway_with_ads(
+    p: &MeshParams,
+    boot: &libp2p::Multiaddr,
+    dir: Option<std::path::PathBuf>,
+    suppliers: usize,
+) -> (relaymesh::Node, String) {
+    let mut b = joined(NodeBuilder::light(), p, boot).api("127.0.0.1:0".parse().unwrap());
+    if let Some(dir) = dir {
+        b = b.data_dir(dir);
+    }
+    let gateway = b.start().await.unwrap();
+    wait_for("the suppliers' ads", Duration::from_secs(30), || async {
         let rows = gateway.handle().models().await.ok()?;
-        (!rows.is_empty()).then_some(())
+        (rows.iter().filter(|r| r.name == "smollm2").count() == suppliers).then_some(())
     })
     .await;
     let base = format!("http://{}", gateway.api_addr().unwrap());
@@ -161,20 +166,9 @@ async fn every_ledger_settles_the_same_claims_and_credits_match_the_work() {
         .start()
         .await
         .unwrap();
-    let gateway = joined(NodeBuilder::light(), &p, &boot_addr)
-        .data_dir(path("gateway"))
-        .api("127.0.0.1:0".parse().unwrap())
-        .start()
-        .await
-        .unwrap();
-    wait_for("both suppliers' ads", Duration::from_secs(30), || async {
-        let rows = gateway.handle().models().await.ok()?;
-        (rows.iter().filter(|r| r.name == "smollm2").count() == 2).then_some(())
-    })
-    .await;
+    let (gateway, base) = gateway_with_ads(&p, &boot_addr, Some(path("gateway")), 2).await;
 
     // Pairs of concurrent requests, so both suppliers (one slot each) work.
-    let base = format!("http://{}", gateway.api_addr().unwrap());
     let client = reqwest::Client::new();
     let mut served: std::collections::BTreeMap<String, u64> = Default::default();
     let questions = [
@@ -441,7 +435,7 @@ async fn an_app_without_credit_gets_a_clear_refusal() {
     std::fs::create_dir_all(dir.path().join("model")).unwrap();
     let model = model_with_manifest(&dir.path().join("model"), &someone_else);
     let s = supplier(&p, &boot_addr, &dir.path().join("s"), &model).await;
-    let (gateway, base) = gateway_with_an_ad(&p, &boot_addr).await;
+    let (gateway, base) = gateway_with_ads(&p, &boot_addr, None, 1).await;
     let r = ask(&reqwest::Client::new(), &base, "Hello?").await;
     assert_eq!(r.status(), 402);
     let body: Value = r.json().await.unwrap();
@@ -573,20 +567,38 @@ async fn a_session_whose_claim_is_nearly_full_gives_way_to_a_new_one() {
         &support::model_path(),
     )
     .await;
-    let (gateway, base) = gateway_with_an_ad(&p, &boot_addr).await;
+    let (gateway, base) = gateway_with_ads(&p, &boot_addr, None, 1).await;
     let client = reqwest::Client::new();
-    for question in ["What is the capital of France?", "Name a colour."] {
-        let r = ask(&client, &base, question).await;
-        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
-    }
     let miner = relaymesh_node::mining::Miner::new(
         s.data_dir().unwrap().db().open_tree("mining").unwrap(),
         &p,
     );
-    let sessions = miner.sessions().unwrap();
-    let mined: Vec<u64> = sessions.iter().map(|r| r.counters.mined).collect();
+    // Leaves mined per session, as the running supplier committed them (every 250 ms).
+    let mined = || -> Vec<u64> {
+        let sessions = miner.sessions().unwrap();
+        sessions.iter().map(|r| r.counters.mined).collect()
+    };
+    // Until `leaves` leaves are committed, or 10 s.
+    let committed = |leaves: u64| {
+        tokio::time::timeout(Duration::from_secs(10), async move {
+            while mined().iter().sum::<u64>() < leaves {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    for (i, question) in ["What is the capital of France?", "Name a colour."]
+        .iter()
+        .enumerate()
+    {
+        let r = ask(&client, &base, question).await;
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+        // The supplier mines an answer's last ack after the answer is out (acks are
+        // verified in batches): the next request is sent once it counts.
+        let _ = committed(i as u64 + 1).await;
+    }
+    let mined = mined();
     println!("mined leaves per session: {mined:?}");
-    assert_eq!(sessions.len(), 2, "one session per request: {mined:?}");
+    assert_eq!(mined.len(), 2, "one session per request: {mined:?}");
     assert_eq!(mined, [1, 1]);
     drop(miner);
     for n in [gateway, s, boot] {
