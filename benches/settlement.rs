@@ -51,6 +51,8 @@ fn params() -> MeshParams {
 struct Session {
     open: SignedSessionOpen,
     secret: Digest,
+    /// The supplier's mining secret for it.
+    mining: Digest,
     receipts: Vec<Receipt>,
     /// The chain link before each receipt's (the head for the first).
     previous: Vec<Digest>,
@@ -81,6 +83,7 @@ fn session(p: &MeshParams, supplier: &Keypair, nonce: u64, tau: u64) -> Session 
     }
     previous.pop();
     Session {
+        mining: open.body.mining_secret(supplier),
         open,
         secret,
         receipts,
@@ -96,7 +99,11 @@ fn supply(s: &Session, miner: &Miner) -> usize {
     for (r, prev) in s.receipts.iter().zip(&s.previous) {
         r.ack.verify(&app, &Ed25519Verifier).unwrap();
         let facts = r.check_next(&key, &s.open.body, prev).unwrap();
-        if miner.offer(&s.open, r, &facts).unwrap().is_some() {
+        if miner
+            .offer(&s.open, &s.mining, r, &facts)
+            .unwrap()
+            .is_some()
+        {
             mined += 1;
         }
     }
@@ -182,7 +189,11 @@ fn receipts_batched(p: &MeshParams, streams: usize) {
                     for (r, prev) in s.receipts.iter().zip(&s.previous) {
                         assert!(verifier.verify(r.ack.signed_item(app)).await);
                         let facts = r.check_next(&key, &s.open.body, prev).unwrap();
-                        if miner.offer(&s.open, r, &facts).unwrap().is_some() {
+                        if miner
+                            .offer(&s.open, &s.mining, r, &facts)
+                            .unwrap()
+                            .is_some()
+                        {
                             mined += 1;
                         }
                     }
@@ -235,7 +246,7 @@ fn claims(p: &MeshParams) {
         leaves += root.count;
         let claim = Signed::sign(
             Claim {
-                version: 1,
+                version: relaymesh_protocol::PROTOCOL_VERSION,
                 open: s.open.clone(),
                 root: root.hash,
                 sum: root.sum,
@@ -431,7 +442,7 @@ fn breakdown(p: &MeshParams) {
     time("store, count and mine (the check included)", &mut || {
         for (r, prev) in s.receipts.iter().zip(&s.previous) {
             let facts = r.check_next(&key, &s.open.body, prev).unwrap();
-            miner.offer(&s.open, r, &facts).unwrap();
+            miner.offer(&s.open, &s.mining, r, &facts).unwrap();
         }
     });
 }

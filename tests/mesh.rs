@@ -163,7 +163,7 @@ async fn invalid_gossip_is_dropped_counted_and_punished() {
             .as_millis() as u64;
         Signed::sign(
             CapabilityAd {
-                version: 1,
+                version: relaymesh_protocol::PROTOCOL_VERSION,
                 mesh_id,
                 supplier: key.public_key(),
                 seq,

@@ -438,7 +438,7 @@ async fn an_app_that_never_acks_gets_w_tokens_and_a_forged_ack_ends_the_stream()
     let (mut r, mut w) = stream.split();
     let app = Keypair::generate(&mut rand_core::OsRng);
     let terms = SessionOpen {
-        version: 1,
+        version: relaymesh_protocol::PROTOCOL_VERSION,
         mesh_id: params.mesh_id(),
         app: app.public_key(),
         supplier: supplier_key,
@@ -447,6 +447,8 @@ async fn an_app_that_never_acks_gets_w_tokens_and_a_forged_ack_ends_the_stream()
         cu: offer.cu,
         price_per_cu: offer.price_per_cu,
         tau: offer.tau,
+        max_token_bytes: offer.max_token_bytes,
+        escrow: Default::default(),
         start_ms: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()

@@ -349,13 +349,13 @@ async fn invalid_ledger_gossip_is_dropped_and_counted() {
     let forged = |nonce: u64| {
         let transfer = relaymesh_protocol::identity::signed::Signed::sign(
             relaymesh_protocol::messages::transfer::Transfer {
-                version: 1,
+                version: relaymesh_protocol::PROTOCOL_VERSION,
                 mesh_id: p.mesh_id(),
                 from: payer.public_key(),
                 to: thief.public_key(),
                 amount: 1_000,
                 epoch: p.epoch_of(now_ms()),
-                nonce,
+                slot_start: nonce,
             },
             &thief,
         );

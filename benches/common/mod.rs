@@ -91,6 +91,7 @@ impl relaymesh_node::backend::Backend for Instant_ {
             digest: None,
             manifest: None,
             context_length: 4096,
+            max_token_bytes: relaymesh_node::backend::OPAQUE_TOKEN_BYTES,
             kind: "bench",
             details: Default::default(),
         })

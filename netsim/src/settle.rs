@@ -8,6 +8,7 @@ use relaymesh_protocol::identity::signed::Signed;
 use relaymesh_protocol::ledger::{Applied, ClaimStatus, LedgerError};
 use relaymesh_protocol::messages::ack::Ack;
 use relaymesh_protocol::messages::claim::{Claim, SignedClaim};
+use relaymesh_protocol::messages::credit::CreditSlot;
 use relaymesh_protocol::messages::ledger::{LedgerBody, LedgerMessage};
 use relaymesh_protocol::messages::request::SignedRelayRequest;
 use relaymesh_protocol::messages::reveal::{commitment, SignedReveal};
@@ -35,6 +36,8 @@ pub(crate) struct Session {
     pub key: Digest,
     /// The app's secret `r`.
     pub secret: Digest,
+    /// The supplier's mining secret `s` (committed in the countersigned terms).
+    pub mining_secret: Digest,
     pub tau: u64,
     pub end_us: u64,
     pub closed: bool,
@@ -147,7 +150,7 @@ impl Session {
     /// What `MinedSession::offer` does with a checked receipt of the session's last
     /// request: if τ selects it, a leaf paying its mined value. Returns that value.
     fn mine(&mut self, receipt: &Receipt, facts: &ReceiptFacts) -> Option<u64> {
-        if !facts.is_mined(self.tau) {
+        if !facts.is_mined(&self.mining_secret, self.tau) {
             return None;
         }
         let paid = facts.mined_value(self.tau);
@@ -213,10 +216,15 @@ impl Sim {
         self.counter += 1;
         let nonce = self.counter;
         let secret = digest_of("secret", &[self.sc.seed, nonce]);
+        let mining_secret = digest_of("mining", &[self.sc.seed, nonce]);
+        let amount = self.escrow_per_session;
+        let app_state = &mut self.apps[app as usize];
+        let escrow = CreditSlot::new(app_state.next_slot, amount);
+        app_state.next_slot += amount;
         let sup = &self.suppliers[s as usize];
         let tau = sup.tau.tau();
         let body = SessionOpen {
-            version: 1,
+            version: relaymesh_protocol::PROTOCOL_VERSION,
             mesh_id: self.params.mesh_id(),
             app: self.apps[app as usize].key.public_key(),
             supplier: sup.key.public_key(),
@@ -225,12 +233,15 @@ impl Sim {
             cu: Default::default(),
             price_per_cu: self.sc.mesh.price_per_cu,
             tau,
+            max_token_bytes: self.sc.load.bytes_per_token.max(4),
+            escrow,
             start_ms: self.now / MS,
             max_duration_ms: self.params.max_session_ms,
             reveal_commitment: commitment(&secret),
             nonce,
         };
-        let open = Signed::sign(body, &self.apps[app as usize].key).countersign(&sup.key);
+        let open =
+            Signed::sign(body, &self.apps[app as usize].key).countersign(&sup.key, &mining_secret);
         self.verifier
             .verify_batch(&open.signed_items())
             .expect("both sides sign their own session");
@@ -241,6 +252,7 @@ impl Sim {
             key: open.session_key(),
             open,
             secret,
+            mining_secret,
             tau,
             end_us,
             closed: false,
@@ -397,13 +409,13 @@ impl Sim {
         };
         let tree = SumTree::build(MemoryStore::for_leaves(leaves.len()), leaves)
             .expect("distinct relay hashes");
-        let mined = MinedSession::with_parts(tree, receipts);
+        let mined = MinedSession::with_parts(tree, receipts, sess.mining_secret);
         let root = mined.root().expect("memory store");
         sess.mined = Some(mined);
         let sup_key = &self.suppliers[s as usize].key;
         let claim = Signed::sign(
             Claim {
-                version: 1,
+                version: relaymesh_protocol::PROTOCOL_VERSION,
                 open: sess.open.clone(),
                 root: root.hash,
                 sum: root.sum,
@@ -442,7 +454,7 @@ impl Sim {
             // into evidence and excludes the supplier.
             let rival = Signed::sign(
                 Claim {
-                    version: 1,
+                    version: relaymesh_protocol::PROTOCOL_VERSION,
                     open: claim.body.open.clone(),
                     root: digest_of("rival", &[x]),
                     sum: claim.body.sum + tau,

@@ -155,6 +155,8 @@ pub(crate) struct App {
     /// The suppliers of each model this app knows and ranks (its bounded peer table);
     /// ones it can no longer use are replaced by random others.
     pub known: BTreeMap<u32, Vec<u32>>,
+    /// Where its next session's escrow starts on its credit line.
+    pub next_slot: u64,
 }
 
 /// What an app knows of a supplier from its own requests.
@@ -288,6 +290,8 @@ pub struct Sim {
     arrivals_left: u64,
     pub(crate) counter: u64,
     end_us: u64,
+    /// Escrow of each session, micro-credits.
+    pub(crate) escrow_per_session: u64,
 }
 
 impl Sim {
@@ -422,13 +426,15 @@ impl Sim {
                     kind,
                     views: BTreeMap::new(),
                     known: BTreeMap::new(),
+                    next_slot: 0,
                 }
             })
             .collect();
 
         // Credit: genesis gives one treasury account everything, and the treasury funds
         // every app with a signed transfer in epoch 0 (genesis holds at most 4096
-        // accounts). The run starts in epoch 1, when the transfers are carried in.
+        // accounts). Credit received is spendable once its epoch's line is final, H + 1
+        // epochs later: the run starts then.
         let treasury = SimKey::derive(sc.seed, u32::MAX, mode);
         let mut params = params;
         params.genesis = BoundedVec::try_from_vec(vec![Allocation {
@@ -442,13 +448,13 @@ impl Sim {
         for (j, app) in apps.iter().enumerate() {
             let transfer = Signed::sign(
                 Transfer {
-                    version: 1,
+                    version: relaymesh_protocol::PROTOCOL_VERSION,
                     mesh_id: params.mesh_id(),
                     from: treasury.public_key(),
                     to: app.key.public_key(),
                     amount: per_app,
                     epoch: 0,
-                    nonce: j as u64,
+                    slot_start: j as u64 * per_app,
                 },
                 &treasury,
             );
@@ -456,7 +462,10 @@ impl Sim {
                 .apply_transfer(&transfer, &verifier)
                 .map_err(|e| anyhow::anyhow!("funding app {j}: {e}"))?;
         }
-        let t0 = params.epoch_ms * MS;
+        let t0 = (u64::from(params.freeze_horizon_epochs) + 1) * params.epoch_ms * MS;
+        // Each session escrows a sliver of its app's credit: the model's sessions are
+        // far cheaper, so escrow never binds an honest app.
+        let escrow_per_session = per_app / 4096;
 
         let ad_size = ad_size(&params, &suppliers[0]);
         let text = vec![b'x'; (sc.mesh.ack_every_tokens * sc.load.bytes_per_token) as usize];
@@ -486,6 +495,7 @@ impl Sim {
             arrivals_left: sc.requests,
             counter: 0,
             end_us,
+            escrow_per_session,
             sc: sc.clone(),
         };
         sim.m.nodes = u64::from(sc.nodes);
@@ -1186,7 +1196,7 @@ fn initial_tau(sc: &Scenario) -> u64 {
 /// Bytes of one supplier's capability ad on the wire (one model offer).
 fn ad_size(params: &MeshParams, s: &Supplier) -> usize {
     let ad = CapabilityAd {
-        version: 1,
+        version: relaymesh_protocol::PROTOCOL_VERSION,
         mesh_id: params.mesh_id(),
         supplier: s.key.public_key(),
         seq: 1_700_000_000_000,
@@ -1204,6 +1214,7 @@ fn ad_size(params: &MeshParams, s: &Supplier) -> usize {
             price_per_cu: 1,
             cu: Default::default(),
             tau: 1000,
+            max_token_bytes: 32,
         }])
         .expect("one offer"),
     };

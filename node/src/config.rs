@@ -137,9 +137,50 @@ pub struct MeshFile {
     pub max_session_secs: u64,
     /// Tolerated clock difference, milliseconds.
     pub max_clock_skew_ms: u64,
+    /// Highest price per CU a session may name, micro-credits.
+    #[serde(default = "defaults::max_price_per_cu")]
+    pub max_price_per_cu: u64,
+    /// Highest CUs per byte a session's formula may name.
+    #[serde(default = "defaults::max_cu_per_byte")]
+    pub max_cu_per_byte: u32,
+    /// Highest per-token byte cap a session may name.
+    #[serde(default = "defaults::max_token_bytes")]
+    pub max_token_bytes: u32,
     /// Genesis credit.
     #[serde(default)]
     pub genesis: Vec<GenesisEntry>,
+    /// Models whose royalty the mesh enforces (their sessions must pin this Source's
+    /// manifest at this royalty).
+    #[serde(default)]
+    pub sources: Vec<SourceEntry>,
+}
+
+/// Defaults of the bounds a mesh file may leave out (those of [`MeshParams::new`]).
+mod defaults {
+    fn params() -> relaymesh_protocol::params::MeshParams {
+        super::named_mesh("defaults")
+    }
+    pub fn max_price_per_cu() -> u64 {
+        params().max_price_per_cu
+    }
+    pub fn max_cu_per_byte() -> u32 {
+        params().max_cu_per_byte
+    }
+    pub fn max_token_bytes() -> u32 {
+        params().max_token_bytes
+    }
+}
+
+/// One registered model in a [`MeshFile`].
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceEntry {
+    /// blake3 of the GGUF file, hex.
+    pub model_digest: String,
+    /// The Source's peer id.
+    pub source: String,
+    /// Its royalty, ppm of every settled claim.
+    pub royalty_ppm: u32,
 }
 
 /// One genesis allocation in a [`MeshFile`].
@@ -169,6 +210,18 @@ impl MeshFile {
             max_claim_leaves: params.max_claim_leaves,
             max_session_secs: params.max_session_ms / 1000,
             max_clock_skew_ms: params.max_clock_skew_ms,
+            max_price_per_cu: params.max_price_per_cu,
+            max_cu_per_byte: params.max_cu_per_byte,
+            max_token_bytes: params.max_token_bytes,
+            sources: params
+                .sources
+                .iter()
+                .map(|s| SourceEntry {
+                    model_digest: s.model_digest.to_hex(),
+                    source: s.source.peer_id(),
+                    royalty_ppm: s.royalty_ppm,
+                })
+                .collect(),
             genesis: params
                 .genesis
                 .iter()
@@ -207,7 +260,34 @@ impl MeshFile {
         params.max_claim_leaves = self.max_claim_leaves;
         params.max_session_ms = self.max_session_secs.saturating_mul(1000);
         params.max_clock_skew_ms = self.max_clock_skew_ms;
+        params.max_price_per_cu = self.max_price_per_cu;
+        params.max_cu_per_byte = self.max_cu_per_byte;
+        params.max_token_bytes = self.max_token_bytes;
+        let mut sources = self
+            .sources
+            .iter()
+            .map(|s| {
+                Ok(relaymesh_protocol::params::RegisteredSource {
+                    model_digest: relaymesh_protocol::Digest::from_hex(&s.model_digest)
+                        .ok_or_else(|| {
+                            format!(
+                                "source model_digest {:?} is not 64 hex digits",
+                                s.model_digest
+                            )
+                        })?,
+                    source: relaymesh_protocol::PublicKey::from_peer_id(&s.source)
+                        .ok_or_else(|| format!("source {:?} is not a peer id", s.source))?,
+                    royalty_ppm: s.royalty_ppm,
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        sources.sort_by_key(|s| s.model_digest);
+        params.sources = relaymesh_protocol::BoundedVec::try_from_vec(sources)
+            .map_err(|e| format!("sources: {e}"))?;
         params.validate().map_err(|e| e.to_string())?;
+        params
+            .check_accounts(&relaymesh_protocol::Ed25519Verifier)
+            .map_err(|e| e.to_string())?;
         Ok(params)
     }
 

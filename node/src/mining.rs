@@ -18,7 +18,8 @@
 //! request per commit — with the request, receipts (keys sort runs in chain order);
 //! `n ‖ S ‖ depth (2 B) ‖ prefix (32 B)` a tree node;
 //! `m ‖ S ‖ relay hash` a mined receipt; `c ‖ S` the session's counters; `t ‖ S` its
-//! countersigned terms; `k ‖ S` when the session was claimed (unix ms): from then on
+//! countersigned terms; `s ‖ S` the supplier's mining secret for it (derived from its
+//! key and the terms; it decides which receipts are mined and goes into every proof); `k ‖ S` when the session was claimed (unix ms): from then on
 //! its tree is frozen, so the claim can be rebuilt identically after a crash; `T` the
 //! τ rule's current threshold. Everything of a session goes when its claim's epoch is
 //! final (`forget`).
@@ -512,7 +513,7 @@ impl Miner {
         stripe.remove(session);
         self.store.commit(false)?;
         let mut batch = sled::Batch::default();
-        for kind in [b'q', b'a', b'n', b'm', b'c', b't', b'k'] {
+        for kind in [b'q', b'a', b'n', b'm', b'c', b't', b's', b'k'] {
             for k in self.tree().scan_prefix(key(kind, session, &[])).keys() {
                 batch.remove(k?);
             }
@@ -536,20 +537,26 @@ impl Miner {
     /// the supplier takes no more requests in it (the app opens a new session), so
     /// requests already running in it still find room, and work is not served unclaimed.
     pub fn nearly_full(&self, session: &Digest) -> Result<bool, MiningError> {
-        let mined = match self.lock(session).get(session) {
-            Some(cached) => cached.counters.mined,
-            None => self.counters(session)?.mined,
-        };
-        Ok(mined * 10 >= self.max_leaves * 9)
+        Ok(self.session_counters(session)?.mined * 10 >= self.max_leaves * 9)
+    }
+
+    /// A session's counters as they stand (receipts not yet committed included).
+    pub fn session_counters(&self, session: &Digest) -> Result<SessionCounters, MiningError> {
+        match self.lock(session).get(session) {
+            Some(cached) => Ok(cached.counters),
+            None => self.counters(session),
+        }
     }
 
     /// Stores an accepted receipt of `session` (checked by the caller), counts it, and
-    /// mines it when τ selects it, as one atomic set of writes held for the next group
+    /// mines it when τ and the supplier's `mining_secret` (the one its countersignature
+    /// committed to) select it, as one atomic set of writes held for the next group
     /// commit. Returns what it pays when mined. A relay hash mined before is not mined
     /// again. A receipt of a claimed session is kept, neither counted nor mined.
     pub fn offer(
         &self,
         session: &SignedSessionOpen,
+        mining_secret: &Digest,
         receipt: &Receipt,
         facts: &ReceiptFacts,
     ) -> Result<Option<u64>, MiningError> {
@@ -573,6 +580,7 @@ impl Miner {
         let mut writes: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         if counters.receipts == 0 {
             writes.push((key(b't', &session_key, &[]), to_canonical(session)));
+            writes.push((key(b's', &session_key, &[]), mining_secret.0.to_vec()));
         }
         let request = receipt.ack.body.request;
         let index = receipt.ack.body.index;
@@ -585,7 +593,7 @@ impl Miner {
         }
         let new_ack = stored.is_none_or(|last| index > last);
         let ack = new_ack.then(|| to_canonical(&receipt.ack));
-        let mined = facts.is_mined(tau) && !claimed;
+        let mined = facts.is_mined(mining_secret, tau) && !claimed;
         let full = counters.mined >= self.max_leaves;
         if full && mined {
             tracing::debug!(
@@ -729,9 +737,19 @@ impl Miner {
         let receipts: BTreeMap<Digest, Receipt> = self
             .scan_by_digest(b'm', session)
             .collect::<Result<_, _>>()?;
+        let secret = match self.tree().get(key(b's', session, &[]))? {
+            Some(bytes) => Digest(
+                bytes
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| MiningError::Corrupt)?,
+            ),
+            None => Digest::ZERO,
+        };
         Ok(MinedSession::with_parts(
             SumTree::with_store(SledStore::new(self.tree().clone(), *session)),
             receipts,
+            secret,
         ))
     }
 
@@ -783,6 +801,8 @@ impl Miner {
 
 #[cfg(test)]
 mod tests {
+    /// The supplier's mining secret in these tests.
+    const SECRET: Digest = Digest([5; 32]);
     use super::*;
     use relaymesh_protocol::metering::app::{RequestAcker, RequestTerms};
     use relaymesh_protocol::Keypair;
@@ -833,7 +853,7 @@ mod tests {
         let (app, supplier) = (Keypair::from_secret([1; 32]), Keypair::from_secret([2; 32]));
         let s = session(&app, &supplier, 30);
         let all = receipts(&app, &s, 200);
-        let mut reference = MinedSession::new();
+        let mut reference = MinedSession::new(SECRET);
         {
             let db = crate::testkit::open_db(dir.path());
             let miner = Miner::new(
@@ -845,10 +865,10 @@ mod tests {
                     // A group commit mid-request splits its acks into two runs.
                     miner.commit().unwrap();
                 }
-                let paid = miner.offer(&s, receipt, facts).unwrap();
+                let paid = miner.offer(&s, &SECRET, receipt, facts).unwrap();
                 assert_eq!(paid, reference.offer(receipt.clone(), facts, 30).unwrap());
                 // The same receipt again is counted, never mined twice.
-                miner.offer(&s, receipt, facts).unwrap();
+                miner.offer(&s, &SECRET, receipt, facts).unwrap();
             }
             db.flush().unwrap();
         }
@@ -880,7 +900,7 @@ mod tests {
         // Once claimed, a late receipt is kept but neither counted nor mined.
         let late = receipts(&app, &s, 201).pop().unwrap();
         miner.close(&s, 1).unwrap();
-        assert_eq!(miner.offer(&s, &late.0, &late.1).unwrap(), None);
+        assert_eq!(miner.offer(&s, &SECRET, &late.0, &late.1).unwrap(), None);
         assert_eq!(miner.sessions().unwrap()[0].counters, report.counters);
         assert_eq!(miner.receipts(&s.session_key()).unwrap().len(), 201);
         assert_eq!(miner.root(&s.session_key()).unwrap(), root);
@@ -900,7 +920,7 @@ mod tests {
         let mut full_after = None;
         let mut mined = 0;
         for (i, (receipt, facts)) in receipts(&app, &s, 12).iter().enumerate() {
-            mined += usize::from(miner.offer(&s, receipt, facts).unwrap().is_some());
+            mined += usize::from(miner.offer(&s, &SECRET, receipt, facts).unwrap().is_some());
             if full_after.is_none() && miner.nearly_full(&s.session_key()).unwrap() {
                 full_after = Some(i + 1);
             }
@@ -920,7 +940,7 @@ mod tests {
         // The claim over that root is one every ledger accepts.
         let claim = relaymesh_protocol::identity::signed::Signed::sign(
             relaymesh_protocol::messages::claim::Claim {
-                version: 1,
+                version: relaymesh_protocol::PROTOCOL_VERSION,
                 open: s.clone(),
                 root: root.hash,
                 sum: root.sum,

@@ -120,6 +120,7 @@ impl Node {
                             handle.clone(),
                             key.clone(),
                             params.clone(),
+                            settlement.clone(),
                             crate::infer::router::Router::new(),
                             routing.timeouts,
                             open_tree(&data_dir, crate::settle::APP_ACKS_TREE)?,
@@ -139,6 +140,8 @@ impl Node {
             let requests = open_tree(&data_dir, "requests")?;
             let ctx = Arc::new(crate::infer::supplier::SupplierContext {
                 key: key.clone(),
+                mesh_id: params.mesh_id(),
+                limits: crate::infer::app_limits::AppLimits::new(params.max_unacked_tokens),
                 params: params.clone(),
                 models,
                 seen: crate::infer::supplier::SeenRequests::new(requests),

@@ -1,14 +1,21 @@
 //! Sessions made up for tests and benchmarks (not part of the node's API).
 
 use relaymesh_protocol::identity::signed::Signed;
+use relaymesh_protocol::messages::credit::CreditSlot;
 use relaymesh_protocol::messages::reveal::commitment;
 use relaymesh_protocol::messages::session::{SessionOpen, SignedSessionOpen};
 use relaymesh_protocol::params::MeshParams;
 use relaymesh_protocol::{Digest, Keypair, Signer};
 
+/// Escrow of a test session in a mesh with credit: session `nonce` takes slot
+/// `[nonce × ESCROW, (nonce + 1) × ESCROW)` of its app's credit line.
+pub const ESCROW: u64 = 1_000_000;
+
 /// Terms of a session between `app` and `supplier` at price 1 and threshold `tau`,
-/// starting at `start_ms` for the mesh's longest session, countersigned; the app's
-/// secret `r` is derived from `nonce` and returned beside them.
+/// starting at `start_ms` for the mesh's longest session, with the escrow slot of
+/// `nonce` (see [`ESCROW`]; none in a mesh without credit), countersigned with the
+/// supplier's mining secret; the app's secret `r` is derived from `nonce` and returned
+/// beside them.
 pub fn session(
     params: &MeshParams,
     app: &Keypair,
@@ -19,7 +26,7 @@ pub fn session(
 ) -> (SignedSessionOpen, Digest) {
     let secret = Digest(*blake3::hash(&nonce.to_be_bytes()).as_bytes());
     let terms = SessionOpen {
-        version: 1,
+        version: relaymesh_protocol::PROTOCOL_VERSION,
         mesh_id: params.mesh_id(),
         app: app.public_key(),
         supplier: supplier.public_key(),
@@ -28,12 +35,22 @@ pub fn session(
         cu: Default::default(),
         price_per_cu: 1,
         tau,
+        max_token_bytes: 64.min(params.max_token_bytes),
+        escrow: if params.has_credit() {
+            CreditSlot::new(nonce * ESCROW, ESCROW)
+        } else {
+            CreditSlot::default()
+        },
         start_ms,
         max_duration_ms: params.max_session_ms,
         reveal_commitment: commitment(&secret),
         nonce,
     };
-    (Signed::sign(terms, app).countersign(supplier), secret)
+    let mining = terms.mining_secret(supplier);
+    (
+        Signed::sign(terms, app).countersign(supplier, &mining),
+        secret,
+    )
 }
 
 /// Opens the sled database in `dir`, waiting while a handle of it closed just before in

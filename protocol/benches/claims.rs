@@ -22,6 +22,7 @@ fn claims(c: &mut Criterion) {
         price: 1,
         start_ms: 0,
         nonce: 1,
+        escrow: relaymesh_protocol::messages::credit::CreditSlot::new(0, 1 << 40),
     });
     // 8 requests of 16 acks of 48 bytes: about 32 mined receipts.
     let ran = common::run_session(open, &app, 8, 16, 48);

@@ -32,6 +32,7 @@ fn fixture(acks: u16) -> Fixture {
         price: 1,
         start_ms: 0,
         nonce: 1,
+        escrow: relaymesh_protocol::messages::credit::CreditSlot::new(0, 1 << 40),
     });
     let key = open.session_key();
     let mut request = common::AppRequest::new(key, 0, 300, &app);
@@ -60,7 +61,7 @@ fn pipeline(f: &Fixture) -> usize {
         .map(|r| r.ack.signed_item(f.app))
         .collect();
     Ed25519Verifier.verify_batch(&items).expect("valid acks");
-    let mut mined = MinedSession::new();
+    let mut mined = MinedSession::new(common::mining_secret(&f.open.body));
     let tau = f.open.body.tau;
     let mut count = 0;
     for (receipt, previous) in f.receipts.iter().zip(&f.previous) {

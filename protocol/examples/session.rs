@@ -9,6 +9,7 @@
 use relaymesh_protocol::identity::signed::Signed;
 use relaymesh_protocol::ledger::Ledger;
 use relaymesh_protocol::messages::claim::Claim;
+use relaymesh_protocol::messages::credit::CreditSlot;
 use relaymesh_protocol::messages::manifest::ModelManifest;
 use relaymesh_protocol::messages::reveal::commitment;
 use relaymesh_protocol::messages::session::SessionOpen;
@@ -40,7 +41,7 @@ fn main() {
     // The Source vouches for a GGUF file and takes a 5% royalty.
     let manifest = Signed::sign(
         ModelManifest {
-            version: 1,
+            version: relaymesh_protocol::PROTOCOL_VERSION,
             name: BoundedString::new("SmolLM2-135M-Instruct").unwrap(),
             gguf_digest: Digest(*blake3::hash(b"the gguf file").as_bytes()),
             size_bytes: 98_000_000,
@@ -51,10 +52,11 @@ fn main() {
         &source,
     );
 
-    // The app proposes terms, the supplier countersigns.
+    // The app proposes terms with an escrow from its credit line, the supplier
+    // countersigns them with a commitment to its secret mining key for the session.
     let secret = Digest(*blake3::hash(b"the app's secret r").as_bytes());
     let terms = SessionOpen {
-        version: 1,
+        version: relaymesh_protocol::PROTOCOL_VERSION,
         mesh_id: params.mesh_id(),
         app: app.public_key(),
         supplier: supplier.public_key(),
@@ -63,12 +65,15 @@ fn main() {
         cu: CuFormula::default(),
         price_per_cu: 2,
         tau: 100,
+        max_token_bytes: 64,
+        escrow: CreditSlot::new(0, 100_000),
         start_ms: 1_750_000_000_000,
         max_duration_ms: 60_000,
         reveal_commitment: commitment(&secret),
         nonce: 1,
     };
-    let open = Signed::sign(terms, &app).countersign(&supplier);
+    let mining_secret = terms.mining_secret(&supplier);
+    let open = Signed::sign(terms, &app).countersign(&supplier, &mining_secret);
     open.validate(&params, &verifier).expect("valid terms");
     let key = open.session_key();
     println!(
@@ -78,7 +83,7 @@ fn main() {
     );
 
     // Three requests; the supplier streams text and the app acks each increment.
-    let mut mined = MinedSession::new();
+    let mut mined = MinedSession::new(mining_secret);
     let mut served = 0;
     for request_id in 0..3 {
         let prompt = "What is the capital of France?";
@@ -95,6 +100,7 @@ fn main() {
             &app,
         );
         let mut previous_link = acker.request().body.ack_chain_head;
+        // Each ack covers K tokens (here a few words each), the last one the rest.
         let increments = ["The capital ", "of France ", "is Paris."];
         for (i, text) in increments.iter().enumerate() {
             let ack = acker
@@ -122,7 +128,7 @@ fn main() {
     let root = mined.root().unwrap();
     let claim = Signed::sign(
         Claim {
-            version: 1,
+            version: relaymesh_protocol::PROTOCOL_VERSION,
             open: open.clone(),
             root: root.hash,
             sum: root.sum,

@@ -43,4 +43,4 @@ pub use wire::{
 };
 
 /// The protocol version every message of this build carries.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;

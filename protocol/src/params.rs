@@ -4,6 +4,7 @@
 use serde_tuple::{Deserialize_tuple, Serialize_tuple};
 
 use crate::identity::domain::{hash_tag, tagged_hash};
+use crate::messages::manifest::PPM;
 use crate::wire::{to_canonical, WireMessage};
 use crate::{BoundedString, BoundedVec, Digest, PublicKey};
 
@@ -13,6 +14,10 @@ pub const MAX_GENESIS: usize = 4096;
 pub const MAX_PROOF_SAMPLES: u16 = 64;
 /// Most mined leaves one claim may hold (bounds the full-reveal proof).
 pub const MAX_CLAIM_LEAVES: u32 = 1024;
+/// Most models a mesh's royalty registry may list.
+pub const MAX_SOURCES: usize = 256;
+/// Largest per-token byte cap a mesh may allow: an inference frame's text limit.
+pub const MAX_TOKEN_BYTES_LIMIT: u32 = 1024;
 
 /// Credit given to an account at genesis, in micro-credits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize_tuple, Deserialize_tuple)]
@@ -23,10 +28,23 @@ pub struct Allocation {
     pub amount: u64,
 }
 
+/// A model whose royalty the mesh enforces: every session for this GGUF file must pin
+/// a manifest signed by this Source with this royalty.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize_tuple, Deserialize_tuple)]
+pub struct RegisteredSource {
+    /// blake3 of the GGUF file.
+    pub model_digest: Digest,
+    /// The Source: the only key whose manifest sessions for this file may pin.
+    pub source: PublicKey,
+    /// Its royalty, ppm of every settled claim's payment.
+    pub royalty_ppm: u32,
+}
+
 /// Everything the nodes of one mesh must agree on.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize_tuple, Deserialize_tuple)]
 pub struct MeshParams {
-    /// Message version (1).
+    /// Message version (2).
+    #[serde(deserialize_with = "crate::wire::current_version")]
     pub version: u16,
     /// Human-readable name; part of the id, so two meshes may share parameters.
     pub name: BoundedString<64>,
@@ -56,6 +74,16 @@ pub struct MeshParams {
     pub max_clock_skew_ms: u64,
     /// Where credit comes from.
     pub genesis: BoundedVec<Allocation, MAX_GENESIS>,
+    /// Highest price per CU a session may name (micro-credits): bounds what one CU can
+    /// move, so no arithmetic on amounts can approach overflow.
+    pub max_price_per_cu: u64,
+    /// Highest CUs per byte (prompt or output) a session's formula may name.
+    pub max_cu_per_byte: u32,
+    /// Highest per-token byte cap a session may name: a supplier streams at most this
+    /// many bytes per token, so `max_tokens` bounds what an answer can bill.
+    pub max_token_bytes: u32,
+    /// Models whose royalty is enforced (sorted by digest, each once).
+    pub sources: BoundedVec<RegisteredSource, MAX_SOURCES>,
 }
 
 /// Why parameters are unusable.
@@ -67,7 +95,7 @@ impl MeshParams {
     /// Defaults for a mesh named `name` with the given genesis; minutes-long epochs.
     pub fn new(name: &str, genesis: Vec<Allocation>) -> Result<Self, ParamsError> {
         let params = Self {
-            version: 1,
+            version: crate::PROTOCOL_VERSION,
             name: BoundedString::new(name).map_err(|e| ParamsError(format!("name: {e}")))?,
             epoch_ms: 5 * 60 * 1000,
             freeze_horizon_epochs: 12,
@@ -83,6 +111,10 @@ impl MeshParams {
             max_clock_skew_ms: 30_000,
             genesis: BoundedVec::try_from_vec(genesis)
                 .map_err(|e| ParamsError(format!("genesis: {e}")))?,
+            max_price_per_cu: 1_000_000,
+            max_cu_per_byte: 1_000,
+            max_token_bytes: 256,
+            sources: BoundedVec::new(),
         };
         params.validate()?;
         Ok(params)
@@ -124,13 +156,59 @@ impl MeshParams {
         if accounts.windows(2).any(|w| w[0] == w[1]) {
             return fail("an account appears twice in genesis");
         }
+        if self.max_price_per_cu == 0 || self.max_cu_per_byte == 0 {
+            return fail("max_price_per_cu and max_cu_per_byte must be positive");
+        }
+        if self.max_token_bytes == 0 || self.max_token_bytes > MAX_TOKEN_BYTES_LIMIT {
+            return fail("max_token_bytes must be in 1..=1024");
+        }
+        if self
+            .sources
+            .windows(2)
+            .any(|w| w[0].model_digest >= w[1].model_digest)
+        {
+            return fail("sources must be sorted by model digest, each digest once");
+        }
+        if self.sources.iter().any(|s| s.royalty_ppm > PPM) {
+            return fail("a registered royalty exceeds 1,000,000 ppm (100%)");
+        }
         Ok(())
+    }
+
+    /// The registered Source of a model file, if the mesh enforces one.
+    pub fn registered_source(&self, model_digest: &Digest) -> Option<&RegisteredSource> {
+        self.sources
+            .binary_search_by(|s| s.model_digest.cmp(model_digest))
+            .ok()
+            .map(|i| &self.sources[i])
+    }
+
+    /// Checks that every account the parameters name (genesis, Sources) is a key only
+    /// its owner can sign for (`verifier.check_key`): a small-order ed25519 key is
+    /// signed for by anyone, so credit given to it could be spent by anyone.
+    pub fn check_accounts(
+        &self,
+        verifier: &impl crate::SignatureVerifier,
+    ) -> Result<(), ParamsError> {
+        let keys = self.genesis.iter().map(|a| a.account);
+        for key in keys.chain(self.sources.iter().map(|s| s.source)) {
+            verifier
+                .check_key(&key)
+                .map_err(|e| ParamsError(format!("account {}: {e}", key.peer_id())))?;
+        }
+        Ok(())
+    }
+
+    /// Whether the mesh has credit (genesis allocations): sessions are then paid from
+    /// the app's escrow, and suppliers admit only funded sessions.
+    pub fn has_credit(&self) -> bool {
+        !self.genesis.is_empty()
     }
 }
 
 impl WireMessage for MeshParams {
     const NAME: &'static str = "MeshParams";
-    const VERSION: u16 = 1;
+    const VERSION: u16 = crate::PROTOCOL_VERSION;
     const MAX_SIZE: usize = 256 * 1024;
     fn version(&self) -> u16 {
         self.version

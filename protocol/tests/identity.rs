@@ -29,7 +29,7 @@ fn peer_id_matches_libp2p() {
 fn a_signature_for_one_domain_is_invalid_in_another() {
     let key = Keypair::from_secret([1; 32]);
     let reveal = Reveal {
-        version: 1,
+        version: relaymesh_protocol::PROTOCOL_VERSION,
         session_key: Digest([1; 32]),
         root: Digest([2; 32]),
         secret: Digest([3; 32]),

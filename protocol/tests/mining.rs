@@ -70,6 +70,7 @@ fn honest_sessions_are_credited_within_the_bound_tau_implies() {
             price: 1,
             start_ms: 0,
             nonce,
+            escrow: relaymesh_protocol::messages::credit::CreditSlot::new(0, 1 << 40),
         });
         let ran = common::run_session(o, &app, 4, 10, 25);
         served += ran.served;
@@ -179,6 +180,7 @@ fn receipt_facts_are_the_hashes_their_definitions_give() {
         price: 1,
         start_ms: 0,
         nonce: 1,
+        escrow: relaymesh_protocol::messages::credit::CreditSlot::new(0, 1 << 40),
     });
     let key = o.session_key();
     let mut req = AppRequest::new(key, 0, 300, &app);
@@ -219,4 +221,50 @@ fn receipt_facts_are_the_hashes_their_definitions_give() {
         assert_eq!(again, facts);
         previous = receipt.ack.body.chain_secret;
     }
+}
+
+/// Hole 2 (the app chooses which acks get mined): mining was decided by the relay hash,
+/// a hash of bytes the app knows when it signs, so an app could tell a mined ack from
+/// another and pick or withhold acks accordingly (paying for almost nothing). Now
+/// mining is decided by `H(s, relay hash)` with the supplier's secret `s`: what the app
+/// can compute (the old rule) says nothing about what is mined. Failed on the old
+/// rule, where the app's prediction was always right.
+#[test]
+fn an_app_cannot_tell_which_of_its_acks_are_mined() {
+    use common::*;
+    let (app, supplier) = (key(1), key(2));
+    let p = params(&[(&app, 1_000_000)]);
+    let tau = 400;
+    let o = open(SessionTerms {
+        params: &p,
+        app: &app,
+        supplier: &supplier,
+        manifest: None,
+        tau,
+        price: 1,
+        start_ms: 0,
+        nonce: 1,
+        escrow: relaymesh_protocol::messages::credit::CreditSlot::new(0, 1 << 40),
+    });
+    let key = o.session_key();
+    let secret = mining_secret(&o.body);
+    let (mut agree, mut mined, mut total) = (0u32, 0u32, 0u32);
+    for r in 0..200u64 {
+        let mut req = AppRequest::new(key, r, 1, &app);
+        for i in 0..10u16 {
+            let receipt = req.ack(&[b'x'; 25], i == 9, &app);
+            let facts = receipt.check(&key, &o.body).unwrap();
+            // What the app can compute when it signs, against what is mined.
+            let predicted = is_mined(&facts.relay_hash, facts.weight, tau);
+            let actual = facts.is_mined(&secret, tau);
+            agree += u32::from(predicted && actual);
+            mined += u32::from(actual);
+            total += 1;
+        }
+    }
+    // P(mined) = w/τ = 100/400 (plus the first acks' prompt byte): about 500 of 2000.
+    // An informed app would predict all of them; a blind guess hits a quarter.
+    let hit = f64::from(agree) / f64::from(mined);
+    println!("{mined} of {total} mined; the app's prediction hit {hit:.3} of them");
+    assert!((hit - 0.25).abs() < 0.08, "prediction hit rate {hit}");
 }

@@ -27,6 +27,7 @@ fn honest(nonce: u64) -> (relaymesh_protocol::params::MeshParams, RanSession) {
         price: 3,
         start_ms: 1_000,
         nonce,
+        escrow: relaymesh_protocol::messages::credit::CreditSlot::new(nonce * 1_000_000, 1_000_000),
     });
     let ran = run_session(o, &app, 6, 12, 40);
     (params, ran)
@@ -113,8 +114,9 @@ fn replayed_receipt_cannot_be_counted_twice() {
     receipts.push(receipts[0].clone());
     let claim = claim(&ran, &key(2));
     let full = Proof {
-        version: 1,
+        version: relaymesh_protocol::PROTOCOL_VERSION,
         claim: claim.id(),
+        mining_secret: ran.mined.mining_secret(),
         evidence: ProofEvidence::Full(relaymesh_protocol::messages::proof::FullReveal {
             receipts: BoundedVec::try_from_vec(receipts).unwrap(),
         }),
@@ -148,8 +150,9 @@ fn proof_for_a_different_seed_is_rejected() {
     };
     // With the fake reveal itself the commitment does not open.
     let fake = Proof {
-        version: 1,
+        version: relaymesh_protocol::PROTOCOL_VERSION,
         claim: claim.id(),
+        mining_secret: ran.mined.mining_secret(),
         evidence: ProofEvidence::Sampled(sampled.clone()),
     };
     assert!(matches!(
@@ -169,7 +172,7 @@ fn claim_for_a_session_that_never_existed_is_rejected() {
     let claim_over = |open, sum, count, signer: &relaymesh_protocol::Keypair| {
         Signed::sign(
             Claim {
-                version: 1,
+                version: relaymesh_protocol::PROTOCOL_VERSION,
                 open,
                 root: Digest([1; 32]),
                 sum,
@@ -266,7 +269,10 @@ fn equivocation_produces_evidence_and_excludes_the_supplier() {
     let Applied::Equivocation(evidence) = ledger.apply_claim(second, &V).unwrap() else {
         panic!("expected equivocation")
     };
-    assert_eq!(evidence.verify(&V).unwrap(), key(2).public_key());
+    assert_eq!(
+        evidence.verify(&params, &params.mesh_id(), &V).unwrap(),
+        (key(2).public_key(), 0)
+    );
     assert!(ledger.is_excluded(&key(2).public_key()));
     // Its proof no longer moves credit.
     let proof = sampled_proof(&ran, first.id(), params.proof_samples, 1);
@@ -338,6 +344,7 @@ fn claim_with_a_forged_manifest_is_rejected_by_name() {
         price: 1,
         start_ms: 0,
         nonce: 3,
+        escrow: relaymesh_protocol::messages::credit::CreditSlot::new(0, 1 << 40),
     });
     let ran = run_session(o, &app, 1, 4, 40);
     let c = claim(&ran, &supplier);

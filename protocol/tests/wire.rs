@@ -9,6 +9,7 @@ use relaymesh_protocol::identity::signed::Signed;
 use relaymesh_protocol::messages::ack::Ack;
 use relaymesh_protocol::messages::capability::{CapabilityAd, ModelOffer};
 use relaymesh_protocol::messages::claim::Claim;
+use relaymesh_protocol::messages::credit::CreditSlot;
 use relaymesh_protocol::messages::equivocation::EquivocationEvidence;
 use relaymesh_protocol::messages::infer::{
     Done, DoneReason, FrameBody, InferFrame, InferPayload, InferRequest, PromptBody, Refuse,
@@ -25,7 +26,7 @@ use relaymesh_protocol::messages::transfer::Transfer;
 use relaymesh_protocol::messages::wire_decoders;
 use relaymesh_protocol::metering::compute_units::CuFormula;
 use relaymesh_protocol::metering::receipt::Receipt;
-use relaymesh_protocol::params::{Allocation, MeshParams};
+use relaymesh_protocol::params::{Allocation, MeshParams, RegisteredSource};
 use relaymesh_protocol::sumtree::NodeSummary;
 use relaymesh_protocol::{
     BoundedString, BoundedVec, DecodeError, Digest, PublicKey, Signature, WireMessage,
@@ -72,7 +73,7 @@ fn manifest() -> impl Strategy<Value = ModelManifest> {
     )
         .prop_map(
             |(name, gguf_digest, size_bytes, licence, royalty_ppm, source)| ModelManifest {
-                version: 1,
+                version: relaymesh_protocol::PROTOCOL_VERSION,
                 name,
                 gguf_digest,
                 size_bytes,
@@ -95,7 +96,7 @@ fn offer() -> impl Strategy<Value = ModelOffer> {
             any::<u32>(),
             any::<u32>(),
         ),
-        (any::<u64>(), cu(), any::<u64>()),
+        (any::<u64>(), cu(), any::<u64>(), any::<u32>()),
     )
         .prop_map(
             |(
@@ -103,7 +104,7 @@ fn offer() -> impl Strategy<Value = ModelOffer> {
                 gguf_digest,
                 manifest,
                 (context_length, free_slots, total_slots, tps, ttft_ms),
-                (price_per_cu, cu, tau),
+                (price_per_cu, cu, tau, max_token_bytes),
             )| ModelOffer {
                 name,
                 gguf_digest,
@@ -116,6 +117,7 @@ fn offer() -> impl Strategy<Value = ModelOffer> {
                 price_per_cu,
                 cu,
                 tau,
+                max_token_bytes,
             },
         )
 }
@@ -131,7 +133,7 @@ fn ad() -> impl Strategy<Value = CapabilityAd> {
     )
         .prop_map(
             |(mesh_id, supplier, seq, issued_ms, expires_ms, models)| CapabilityAd {
-                version: 1,
+                version: relaymesh_protocol::PROTOCOL_VERSION,
                 mesh_id,
                 supplier,
                 seq,
@@ -160,13 +162,15 @@ fn session() -> impl Strategy<Value = SessionOpen> {
             digest(),
             any::<u64>(),
         ),
+        (any::<u32>(), any::<u64>(), any::<u64>()),
     )
         .prop_map(
             |(
                 (mesh_id, app, supplier, model_digest, manifest),
                 (cu, price_per_cu, tau, start_ms, max_duration_ms, reveal_commitment, nonce),
+                (max_token_bytes, slot_start, slot_amount),
             )| SessionOpen {
-                version: 1,
+                version: relaymesh_protocol::PROTOCOL_VERSION,
                 mesh_id,
                 app,
                 supplier,
@@ -175,6 +179,8 @@ fn session() -> impl Strategy<Value = SessionOpen> {
                 cu,
                 price_per_cu,
                 tau,
+                max_token_bytes,
+                escrow: CreditSlot::new(slot_start, slot_amount),
                 start_ms,
                 max_duration_ms,
                 reveal_commitment,
@@ -184,13 +190,14 @@ fn session() -> impl Strategy<Value = SessionOpen> {
 }
 
 fn session_open() -> impl Strategy<Value = SignedSessionOpen> {
-    (session(), sig(), sig()).prop_map(|(body, app_signature, supplier_signature)| {
-        SignedSessionOpen {
+    (session(), sig(), digest(), sig()).prop_map(
+        |(body, app_signature, mining_commitment, supplier_signature)| SignedSessionOpen {
             body,
             app_signature,
+            mining_commitment,
             supplier_signature,
-        }
-    })
+        },
+    )
 }
 
 fn request() -> impl Strategy<Value = RelayRequest> {
@@ -213,7 +220,7 @@ fn request() -> impl Strategy<Value = RelayRequest> {
                 ack_chain_head,
                 ack_chain_len,
             )| RelayRequest {
-                version: 1,
+                version: relaymesh_protocol::PROTOCOL_VERSION,
                 session_key,
                 request_id,
                 prompt_digest,
@@ -247,7 +254,7 @@ fn ack() -> impl Strategy<Value = Ack> {
                 chain_secret,
                 last,
             )| Ack {
-                version: 1,
+                version: relaymesh_protocol::PROTOCOL_VERSION,
                 session_key,
                 request,
                 index,
@@ -263,7 +270,7 @@ fn ack() -> impl Strategy<Value = Ack> {
 fn claim() -> impl Strategy<Value = Claim> {
     (session_open(), digest(), any::<u64>(), any::<u64>()).prop_map(|(open, root, sum, count)| {
         Claim {
-            version: 1,
+            version: relaymesh_protocol::PROTOCOL_VERSION,
             open,
             root,
             sum,
@@ -274,7 +281,7 @@ fn claim() -> impl Strategy<Value = Claim> {
 
 fn reveal() -> impl Strategy<Value = Reveal> {
     (digest(), digest(), digest()).prop_map(|(session_key, root, secret)| Reveal {
-        version: 1,
+        version: relaymesh_protocol::PROTOCOL_VERSION,
         session_key,
         root,
         secret,
@@ -313,10 +320,13 @@ fn proof() -> impl Strategy<Value = Proof> {
             receipts: BoundedVec::try_from_vec(r).unwrap(),
         })
     });
-    (digest(), prop_oneof![sampled, full]).prop_map(|(claim, evidence)| Proof {
-        version: 1,
-        claim,
-        evidence,
+    (digest(), digest(), prop_oneof![sampled, full]).prop_map(|(claim, mining_secret, evidence)| {
+        Proof {
+            version: relaymesh_protocol::PROTOCOL_VERSION,
+            claim,
+            mining_secret,
+            evidence,
+        }
     })
 }
 
@@ -329,14 +339,14 @@ fn transfer() -> impl Strategy<Value = Transfer> {
         any::<u64>(),
         any::<u64>(),
     )
-        .prop_map(|(mesh_id, from, to, amount, epoch, nonce)| Transfer {
-            version: 1,
+        .prop_map(|(mesh_id, from, to, amount, epoch, slot_start)| Transfer {
+            version: relaymesh_protocol::PROTOCOL_VERSION,
             mesh_id,
             from,
             to,
             amount,
             epoch,
-            nonce,
+            slot_start,
         })
 }
 
@@ -360,6 +370,12 @@ fn mesh_params() -> impl Strategy<Value = MeshParams> {
             any::<u64>(),
         ),
         proptest::collection::vec((key(), any::<u64>()), 0..5),
+        (
+            any::<u64>(),
+            any::<u32>(),
+            any::<u32>(),
+            proptest::collection::vec((digest(), key(), any::<u32>()), 0..3),
+        ),
     )
         .prop_map(
             |(
@@ -367,8 +383,9 @@ fn mesh_params() -> impl Strategy<Value = MeshParams> {
                 (epoch_ms, h, k, w, tau_min, tau_max, target),
                 (min_claim_value, samples, leaves, session, skew),
                 genesis,
+                (max_price_per_cu, max_cu_per_byte, max_token_bytes, sources),
             )| MeshParams {
-                version: 1,
+                version: relaymesh_protocol::PROTOCOL_VERSION,
                 name,
                 epoch_ms,
                 freeze_horizon_epochs: h,
@@ -386,6 +403,20 @@ fn mesh_params() -> impl Strategy<Value = MeshParams> {
                     genesis
                         .into_iter()
                         .map(|(account, amount)| Allocation { account, amount })
+                        .collect(),
+                )
+                .unwrap(),
+                max_price_per_cu,
+                max_cu_per_byte,
+                max_token_bytes,
+                sources: BoundedVec::try_from_vec(
+                    sources
+                        .into_iter()
+                        .map(|(model_digest, source, royalty_ppm)| RegisteredSource {
+                            model_digest,
+                            source,
+                            royalty_ppm,
+                        })
                         .collect(),
                 )
                 .unwrap(),
@@ -502,7 +533,7 @@ proptest! {
     fn proof_round_trips(v in proof()) { round_trips(&v)?; }
     #[test]
     fn evidence_round_trips(a in signed(claim()), b in signed(claim())) {
-        round_trips(&EquivocationEvidence { version: 1, first: a, second: b })?;
+        round_trips(&EquivocationEvidence { version: relaymesh_protocol::PROTOCOL_VERSION, first: a, second: b })?;
     }
     #[test]
     fn transfer_round_trips(v in signed(transfer())) { round_trips(&v)?; }
@@ -543,10 +574,10 @@ fn non_canonical_encodings_are_refused() {
         .find(|g| g.file == "Ack")
         .unwrap();
     let bytes = golden.bytes;
-    // [ [version=1, …], sig ]: the body's version is the byte after two array headers.
-    assert_eq!(&bytes[..3], &[0x82, 0x89, 0x01]);
-    // The same value with a long-form integer (0x18 0x01) for the version.
-    let mut long_int = vec![0x82, 0x89, 0x18, 0x01];
+    // [ [version=2, …], sig ]: the body's version is the byte after two array headers.
+    assert_eq!(&bytes[..3], &[0x82, 0x89, 0x02]);
+    // The same value with a long-form integer (0x18 0x02) for the version.
+    let mut long_int = vec![0x82, 0x89, 0x18, 0x02];
     long_int.extend_from_slice(&bytes[3..]);
     let decode = |b: &[u8]| Signed::<Ack>::decode(b);
     assert!(matches!(
@@ -568,12 +599,30 @@ fn non_canonical_encodings_are_refused() {
     // Over the size limit: refused before parsing.
     let huge = vec![0u8; Signed::<Ack>::MAX_SIZE + 1];
     assert!(matches!(decode(&huge), Err(DecodeError::TooLarge { .. })));
-    // A future version.
-    let mut v2 = bytes.clone();
-    v2[2] = 0x02;
+    // Another version.
+    let mut v3 = bytes.clone();
+    v3[2] = 0x03;
     assert!(matches!(
-        decode(&v2),
-        Err(DecodeError::UnsupportedVersion { found: 2, .. })
+        decode(&v3),
+        Err(DecodeError::UnsupportedVersion { found: 3, .. })
+    ));
+}
+
+/// Hole: only the outermost version was checked, so a version-2 claim could carry a
+/// session written under another version and be judged by version-2 rules. Failed
+/// before every version field was checked where it sits.
+#[test]
+fn a_nested_message_of_another_version_is_refused() {
+    let golden = vectors::all()
+        .into_iter()
+        .find(|g| g.file == "Claim")
+        .unwrap();
+    let mut claim = Signed::<Claim>::decode(&golden.bytes).unwrap();
+    claim.body.open.body.version = 3;
+    let bytes = relaymesh_protocol::wire::to_canonical(&claim);
+    assert!(matches!(
+        Signed::<Claim>::decode(&bytes),
+        Err(DecodeError::UnsupportedVersion { found: 3, .. })
     ));
 }
 

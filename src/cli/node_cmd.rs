@@ -225,6 +225,7 @@ fn offer(spec: &str, tau: u64) -> anyhow::Result<ModelOffer> {
         price_per_cu: 1,
         cu: CuFormula::default(),
         tau,
+        max_token_bytes: relaymesh_node::backend::OPAQUE_TOKEN_BYTES,
     })
 }
 

@@ -151,8 +151,22 @@ pub fn ledger(args: &QueryArgs) -> anyhow::Result<()> {
         text(&me["earned"]),
         text(&me["spent"])
     );
+    if ledger["credit_enforced"] == true {
+        let credit = &ledger["credit"];
+        if credit.is_null() {
+            println!("this node gave one credit to two debits: it can spend nothing any more");
+        } else {
+            println!(
+                "free to commit: {} of a credit line of {} (escrows and transfers take slots from {}; credit received is spendable {} epochs later)",
+                text(&credit["available"]),
+                text(&credit["line"]),
+                text(&credit["next_slot"]),
+                text(&ledger["spendable_after_epochs"]),
+            );
+        }
+    }
     println!(
-        "epoch {} ({} ms each), final before epoch {}; credit {}; claims: {} pending, {} settled, {} void",
+        "epoch {} ({} ms each), final before epoch {}; credit {}; claims: {} pending, {} settled, {} void, {} unfunded",
         text(&ledger["epoch"]),
         text(&ledger["epoch_ms"]),
         text(&ledger["frozen_before"]),
@@ -160,6 +174,7 @@ pub fn ledger(args: &QueryArgs) -> anyhow::Result<()> {
         text(&ledger["claims_pending"]),
         text(&ledger["claims_settled"]),
         text(&ledger["claims_void"]),
+        text(&ledger["claims_unfunded"]),
     );
     if let Some(excluded) = ledger["excluded"].as_array().filter(|e| !e.is_empty()) {
         println!(
@@ -197,6 +212,8 @@ pub fn ledger(args: &QueryArgs) -> anyhow::Result<()> {
                 ("sum", "CU"),
                 ("count", "LEAVES"),
                 ("value", "VALUE"),
+                ("paid", "PAID"),
+                ("escrow", "ESCROW"),
                 ("revealed", "REVEALED"),
             ],
         );
@@ -239,7 +256,7 @@ pub fn transfer(args: &TransferArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&body)?);
     } else {
         println!(
-            "transfer {} signed and gossiped: {} micro-credits from {} to {} (debited in the current epoch; pro rata if the balance falls short)",
+            "transfer {} signed and gossiped: {} micro-credits from {} to {} (debited in the current epoch from the next slot of this node's credit line)",
             text(&body["id"]),
             text(&body["amount"]),
             text(&body["from"]),

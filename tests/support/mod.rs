@@ -52,6 +52,7 @@ pub fn offer(name: &str) -> ModelOffer {
         price_per_cu: 1,
         cu: CuFormula::default(),
         tau: 64,
+        max_token_bytes: 32,
     }
 }
 

@@ -186,6 +186,9 @@ async fn transfer(State(s): State<ApiState>, body: axum::body::Bytes) -> Respons
             Json(json!({ "id": id.to_hex(), "from": s.node.peer_id().to_string(), "to": body.to, "amount": body.amount }))
                 .into_response()
         }
+        Err(why) if why.starts_with("insufficient credit") => {
+            error(StatusCode::PAYMENT_REQUIRED, why)
+        }
         Err(why) => error(StatusCode::BAD_REQUEST, why),
     }
 }

@@ -217,11 +217,20 @@ pub struct ModelInfo {
     pub manifest: Option<SignedManifest>,
     /// Context length in tokens.
     pub context_length: u32,
+    /// Most bytes one streamed token carries: the vocabulary's longest token where the
+    /// backend can tell, else [`OPAQUE_TOKEN_BYTES`]. Sessions cap tokens at it, so a
+    /// supplier cannot bill junk bytes; longer pieces are sent as several frames.
+    pub max_token_bytes: u32,
     /// Which backend: `embedded`, `ollama` or `openai`.
     pub kind: &'static str,
     /// Free-form facts for `/api/show` (architecture, quantisation, size, template).
     pub details: ModelDetails,
 }
+
+/// The per-token byte cap of a backend that cannot tell its vocabulary (an Ollama or
+/// OpenAI-compatible upstream): longer text pieces go out as several frames, so any
+/// cap works; this one is above nearly every real token.
+pub const OPAQUE_TOKEN_BYTES: u32 = 32;
 
 /// A model's identity, as the backend knows it.
 #[derive(Clone, Debug, PartialEq, Eq)]

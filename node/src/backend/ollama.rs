@@ -98,6 +98,7 @@ impl OllamaBackend {
             digest: (!tag.digest.is_empty()).then(|| ModelDigest::Ollama(tag.digest.clone())),
             manifest: None,
             context_length,
+            max_token_bytes: super::OPAQUE_TOKEN_BYTES,
             kind: "ollama",
             details: ModelDetails {
                 format: "gguf".into(),

@@ -84,6 +84,7 @@ impl OpenAiBackend {
                 digest: None,
                 manifest: None,
                 context_length,
+                max_token_bytes: super::OPAQUE_TOKEN_BYTES,
                 kind: "openai",
                 details: ModelDetails::default(),
             },

@@ -193,6 +193,7 @@ impl ServedModel {
             price_per_cu: self.price_per_cu,
             cu: CuFormula::default(),
             tau,
+            max_token_bytes: info.max_token_bytes,
         })
     }
 }

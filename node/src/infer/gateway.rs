@@ -74,6 +74,8 @@ pub struct Gateway {
     pub key: Keypair,
     /// The mesh's parameters.
     pub params: MeshParams,
+    /// The node's ledger: every session's escrow is a slot of this app's credit line.
+    pub settlement: Arc<crate::settle::Settlement>,
     /// Supplier statistics and ranking.
     pub router: Arc<Router>,
     /// Stall and first-token limits.
@@ -94,10 +96,12 @@ type StoredSession = (SignedSessionOpen, Digest, u64);
 
 impl Gateway {
     /// The gateway of the node behind `handle`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         handle: NodeHandle,
         key: Keypair,
         params: MeshParams,
+        settlement: Arc<crate::settle::Settlement>,
         router: Arc<Router>,
         timeouts: Timeouts,
         acks: Option<sled::Tree>,
@@ -130,6 +134,7 @@ impl Gateway {
             handle,
             key,
             params,
+            settlement,
             router,
             timeouts,
             protocol,
@@ -246,6 +251,8 @@ impl MeshBackend {
                     .map(crate::backend::ModelDigest::Gguf),
                 manifest: best.and_then(|o| o.manifest.clone()),
                 context_length: best.map_or(0, |o| o.context_length),
+                max_token_bytes: best
+                    .map_or(crate::backend::OPAQUE_TOKEN_BYTES, |o| o.max_token_bytes),
                 kind: "mesh",
                 details: ModelDetails::default(),
             },
@@ -443,21 +450,25 @@ impl Gateway {
             stale_session: false,
         })?;
         let flow_window = window(&self.params);
-        let max_acks =
-            (payload.max_tokens / flow_window.ack_every + 2).min(u32::from(MAX_ACK_CHAIN)) as u16;
+        // A token of the model is one frame, or more where the supplier splits a piece
+        // longer than the cap: twice the tokens' links leaves room for that.
+        let max_acks = (payload.max_tokens.saturating_mul(2) / flow_window.ack_every + 2)
+            .min(u32::from(MAX_ACK_CHAIN)) as u16;
+        // The app pays for at most `max_tokens` tokens of at most the session's cap.
+        let cap = session.body.max_token_bytes.min(MAX_TOKEN_BYTES as u32);
         let acker = RequestAcker::new(
             RequestTerms {
                 session_key: session.session_key(),
                 request_id,
                 prompt_digest: payload.digest(),
                 prompt_bytes: payload.prompt_bytes().min(u64::from(u32::MAX)) as u32,
-                max_output_bytes: payload.max_tokens.saturating_mul(MAX_TOKEN_BYTES as u32),
+                max_output_bytes: payload.max_tokens.saturating_mul(cap),
                 max_acks,
             },
             random_digest(),
             &self.key,
         );
-        let flow = AppFlow::new(acker, flow_window);
+        let flow = AppFlow::new(acker, flow_window, cap);
         write_frame(
             &mut w,
             FrameBody::Request(InferRequest {
@@ -524,17 +535,34 @@ impl Gateway {
     ) -> Result<SignedSessionOpen, Attempt> {
         let io = |e: &dyn std::fmt::Display| Attempt::elsewhere(format!("{peer}: {e}"));
         let secret = random_digest();
+        let start_ms = now_ms();
+        let price = offer.price_per_cu;
+        let tau = offer.tau.clamp(self.params.tau_min, self.params.tau_max);
+        // The escrow: the next slot of this app's credit line, numbered (and the
+        // cursor stored) before the terms are signed.
+        let escrow = self
+            .settlement
+            .session_escrow(start_ms, price, tau)
+            .map_err(|why| Attempt {
+                error: BackendError::PaymentRequired(why),
+                retry_elsewhere: true,
+                stale_session: false,
+            })?;
         let terms = SessionOpen {
-            version: 1,
+            version: relaymesh_protocol::PROTOCOL_VERSION,
             mesh_id: self.params.mesh_id(),
             app: self.key.public_key(),
             supplier,
             model_digest: offer.gguf_digest.unwrap_or(Digest::ZERO),
             manifest: offer.manifest.clone(),
             cu: offer.cu,
-            price_per_cu: offer.price_per_cu,
-            tau: offer.tau.clamp(self.params.tau_min, self.params.tau_max),
-            start_ms: now_ms(),
+            price_per_cu: price,
+            tau,
+            max_token_bytes: offer
+                .max_token_bytes
+                .clamp(4, self.params.max_token_bytes.max(4)),
+            escrow,
+            start_ms,
             max_duration_ms: self.params.max_session_ms,
             reveal_commitment: commitment(&secret),
             nonce: rand_core::RngCore::next_u64(&mut rand_core::OsRng),

@@ -4,6 +4,7 @@
 //! so the local API serves mesh models exactly like local ones. Both drive the protocol
 //! crate's IO-free flow machines (`metering::flow`).
 
+pub mod app_limits;
 pub mod codec;
 pub mod gateway;
 pub mod router;

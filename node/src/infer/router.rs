@@ -388,6 +388,7 @@ mod tests {
             price_per_cu: price,
             cu: CuFormula::default(),
             tau: 1,
+            max_token_bytes: 32,
         }
     }
 

@@ -12,6 +12,7 @@ use relaymesh_protocol::messages::infer::{
     Done, DoneReason, FrameBody, InferRequest, Refuse, RefuseCode, MAX_TOKEN_BYTES,
 };
 use relaymesh_protocol::messages::session::{SessionOpen, SessionProposal, SignedSessionOpen};
+use relaymesh_protocol::metering::compute_units::CuFormula;
 use relaymesh_protocol::metering::flow::SupplierFlow;
 use relaymesh_protocol::params::MeshParams;
 use relaymesh_protocol::{BoundedString, Digest, Ed25519Verifier, Keypair, Signer};
@@ -21,6 +22,9 @@ use tracing::{debug, info, warn};
 use super::codec::{read_frame, write_frame, FrameError};
 use super::{gen_request, window};
 use crate::backend::{BackendError, FinishReason, GenEvent, Models, ServedModel};
+
+/// Shortest session a supplier countersigns (or the mesh's longest, if shorter).
+pub const MIN_SESSION_MS: u64 = 60_000;
 
 /// Inference streams served at once; more are dropped at once.
 pub const MAX_STREAMS: usize = 64;
@@ -33,6 +37,8 @@ pub struct SupplierContext {
     pub key: Keypair,
     /// The mesh's parameters (window, τ bounds).
     pub params: MeshParams,
+    /// Their hash, the mesh id.
+    pub mesh_id: Digest,
     /// The models served here.
     pub models: Arc<Models>,
     /// Request ids already served, per session.
@@ -46,6 +52,8 @@ pub struct SupplierContext {
     pub metrics: crate::metrics::Metrics,
     /// Verifies ack signatures in batches across streams.
     pub acks: super::verify::AckVerifier,
+    /// What each app may take: streams, sessions, unacknowledged tokens.
+    pub limits: super::app_limits::AppLimits,
 }
 
 /// Most request ids remembered in memory by a node without a data dir.
@@ -191,12 +199,15 @@ async fn next_frame<R: futures::AsyncRead + Unpin>(r: &mut R) -> Result<FrameBod
     }
 }
 
-/// Splits text into frames of at most `MAX_TOKEN_BYTES` on character boundaries.
-fn token_frames(text: &str) -> Vec<&str> {
+/// Splits text into frames of at most `cap` bytes (the session's per-token cap, at
+/// most `MAX_TOKEN_BYTES`) on character boundaries; a character longer than the cap
+/// (4 bytes at most) gets a frame of its own.
+fn token_frames(text: &str, cap: usize) -> Vec<&str> {
+    let cap = cap.clamp(4, MAX_TOKEN_BYTES);
     let mut out = Vec::new();
     let mut rest = text;
     while !rest.is_empty() {
-        let mut cut = rest.len().min(MAX_TOKEN_BYTES);
+        let mut cut = rest.len().min(cap);
         while !rest.is_char_boundary(cut) {
             cut -= 1;
         }
@@ -206,40 +217,116 @@ fn token_frames(text: &str) -> Vec<&str> {
     out
 }
 
-/// Why a proposal cannot be countersigned, if it cannot.
+/// Why a proposal cannot be countersigned, if it cannot. Every term the app chose is
+/// checked against what this supplier offers: its start against this supplier's clock
+/// (a session dated into a frozen epoch could never be claimed, one dated elsewhere
+/// would count in another epoch), τ against this supplier's rule (τ is the supplier's:
+/// the app bears none of a session's variance or leaf cap), the token cap against the
+/// model's tokens, and the escrow against the app's credit.
 fn check_proposal(
     proposal: &SessionProposal,
     ctx: &SupplierContext,
 ) -> Option<(RefuseCode, String)> {
     let terms = &proposal.body;
+    let skew = ctx.params.max_clock_skew_ms;
+    let now = now_ms();
     if terms.supplier != ctx.key.public_key() {
-        Some((
+        return Some((
             RefuseCode::Terms,
             "the terms name another supplier".to_string(),
-        ))
-    } else if proposal.verify(&terms.app, &Ed25519Verifier).is_err() {
-        Some((
+        ));
+    }
+    if proposal.verify(&terms.app, &Ed25519Verifier).is_err() {
+        return Some((
             RefuseCode::Invalid,
             "the app's signature on the terms is invalid".into(),
-        ))
-    } else if let Some(Err(why)) = ctx.settlement.as_ref().map(|s| s.admits(terms)) {
-        Some((RefuseCode::Balance, why))
-    } else {
-        check_model(terms, ctx)
+        ));
     }
+    // A session too short to serve a request would only make claims (each one gossiped
+    // to the whole mesh) for what a longer one claims at once.
+    let shortest = ctx.params.max_session_ms.min(MIN_SESSION_MS);
+    if terms.max_duration_ms < shortest {
+        return Some((
+            RefuseCode::Terms,
+            format!("sessions here last at least {shortest} ms"),
+        ));
+    }
+    if terms.start_ms.abs_diff(now) > skew {
+        return Some((
+            RefuseCode::Terms,
+            format!(
+                "the session starts at {} but this supplier's clock says {now} (more than {skew} ms apart): check the clock",
+                terms.start_ms
+            ),
+        ));
+    }
+    if let Some(tau) = ctx.settlement.as_ref().and_then(|s| s.tau()) {
+        // The ad the app read may be minutes old while the rule moves: within a
+        // factor of two of today's value is accepted.
+        if terms.tau < tau / 2 || terms.tau > tau.saturating_mul(2) {
+            return Some((
+                RefuseCode::Terms,
+                format!(
+                    "tau is this supplier's to set: it is {tau} now, not {}",
+                    terms.tau
+                ),
+            ));
+        }
+    }
+    if let Some(problem) = check_model(terms, ctx) {
+        return Some(problem);
+    }
+    if let Some(Err(why)) = ctx.settlement.as_ref().map(|s| s.admit_escrow(terms)) {
+        return Some((RefuseCode::Balance, why));
+    }
+    if let Err(why) = ctx.limits.new_session(&terms.app) {
+        return Some((RefuseCode::Busy, why));
+    }
+    None
 }
 
 fn check_model(terms: &SessionOpen, ctx: &SupplierContext) -> Option<(RefuseCode, String)> {
-    (!ctx
-        .models
-        .iter()
-        .any(|m| model_digest(m) == terms.model_digest && terms.price_per_cu >= m.price_per_cu))
-    .then(|| {
+    // The CU formula is the app's to sign: factors below this supplier's (zero, say)
+    // would weigh every receipt at nothing, and nothing would ever be mined.
+    let cu = CuFormula::default();
+    let weighed = terms.cu.prompt_per_byte >= cu.prompt_per_byte
+        && terms.cu.output_per_byte >= cu.output_per_byte;
+    let Some(model) = ctx.models.iter().find(|m| {
+        model_digest(m) == terms.model_digest && terms.price_per_cu >= m.price_per_cu && weighed
+    }) else {
+        return Some((
+            RefuseCode::Terms,
+            "no model served here has that digest at that price and CU formula".into(),
+        ));
+    };
+    // At least one whole character (4 bytes), and the model's longest token where the
+    // mesh allows it: a smaller cap would split tokens into more frames than the app's
+    // ack chain has links for.
+    let longest = model.backend.info().max_token_bytes;
+    let need = longest.min(ctx.params.max_token_bytes).max(4);
+    (terms.max_token_bytes < need).then(|| {
         (
             RefuseCode::Terms,
-            "no model served here has that digest at that price".into(),
+            format!(
+                "the session caps tokens at {} bytes; this model's reach {longest}",
+                terms.max_token_bytes
+            ),
         )
     })
+}
+
+/// What is left of a session's escrow, in CUs at its price (`None`: unbounded, in a
+/// mesh without credit or where nothing is metered here).
+fn escrow_left_cu(session: &SignedSessionOpen, ctx: &SupplierContext) -> Option<u64> {
+    if !ctx.params.has_credit() {
+        return None;
+    }
+    let miner = ctx.miner.as_ref()?;
+    let spent = miner
+        .session_counters(&session.session_key())
+        .map_or(0, |c| c.cu);
+    let price = session.body.price_per_cu.max(1);
+    Some((session.body.escrow.amount / price).saturating_sub(spent))
 }
 
 /// Why a session the app resumes cannot go on, if it cannot: it must be ours, signed by
@@ -272,6 +359,19 @@ fn check_resumed(
             ));
         }
     }
+    if let Some(Err(why)) = ctx.settlement.as_ref().map(|s| s.admit_resume(terms)) {
+        return Some((RefuseCode::Balance, why));
+    }
+    // Nine tenths of the escrow spent: past that, a request could not be paid for.
+    if let Some(left) = escrow_left_cu(session, ctx) {
+        let price = terms.price_per_cu.max(1);
+        if left.saturating_mul(price) * 10 <= terms.escrow.amount {
+            return Some((
+                RefuseCode::Terms,
+                "the session's escrow is nearly spent: open a new session".into(),
+            ));
+        }
+    }
     check_model(terms, ctx)
 }
 
@@ -286,10 +386,14 @@ async fn serve(peer: PeerId, stream: Stream, ctx: &SupplierContext) -> Result<()
                 let _ = write_frame(&mut w, refuse(code, msg.clone())).await;
                 return Err(msg);
             }
-            let session = proposal.countersign(&ctx.key);
-            if let Err(e) = session.check_terms(&ctx.params) {
+            let mining_secret = proposal.body.mining_secret(&ctx.key);
+            let session = proposal.countersign(&ctx.key, &mining_secret);
+            if let Err(e) = session.check_terms(&ctx.params, &ctx.mesh_id) {
                 let _ = write_frame(&mut w, refuse(RefuseCode::Terms, e.to_string())).await;
                 return Err(e.to_string());
+            }
+            if let Some(settlement) = &ctx.settlement {
+                settlement.announce(&session, now_ms());
             }
             write_frame(&mut w, FrameBody::Accept(session.clone()))
                 .await
@@ -352,11 +456,37 @@ async fn serve(peer: PeerId, stream: Stream, ctx: &SupplierContext) -> Result<()
     } else {
         None
     };
-    if let Some((code, msg)) = problem {
-        let _ = write_frame(&mut w, refuse(code, msg.clone())).await;
-        return Err(msg);
-    }
+    // What is left of the escrow must pay at least for the prompt.
+    let budget = escrow_left_cu(&session, ctx);
+    let prompt_cu = session.body.cu.prompt_units(request.body.prompt_bytes);
+    let problem = problem.or_else(|| {
+        budget.filter(|left| *left <= prompt_cu).map(|_| {
+            (
+                RefuseCode::Terms,
+                "the session's escrow is spent: open a new session".to_string(),
+            )
+        })
+    });
+    let ticket = match problem {
+        Some(problem) => Err(problem),
+        None => ctx
+            .limits
+            .begin(&session.body.app)
+            .map_err(|why| (RefuseCode::Busy, why)),
+    };
+    let ticket = match ticket {
+        Ok(ticket) => ticket,
+        Err((code, msg)) => {
+            let retry = if code == RefuseCode::Busy { 60_000 } else { 0 };
+            let _ = write_frame(&mut w, refusal(code, msg.clone(), retry)).await;
+            return Err(msg);
+        }
+    };
     let served = served.expect("checked above");
+    let mining_secret = session.body.mining_secret(&ctx.key);
+    let cap = session.body.max_token_bytes.max(1) as usize;
+    // The output this request may still bill: the escrow's rest, less the prompt.
+    let mut output_budget = budget.map(|left| left.saturating_sub(prompt_cu));
     let mut flow = match SupplierFlow::new(&session, request, window(&ctx.params), &Ed25519Verifier)
     {
         Ok(flow) => flow,
@@ -403,9 +533,25 @@ async fn serve(peer: PeerId, stream: Stream, ctx: &SupplierContext) -> Result<()
             if flow.is_closed() {
                 return Ok(());
             }
-            // Send what is pending while the window allows.
+            // Send what is pending while the window allows. Output the escrow cannot pay
+            // for is not sent: the answer ends there, as if at its length limit.
             while flow.can_send() {
                 let Some(piece) = pending.pop_front() else { break };
+                if let Some(left) = output_budget.as_mut() {
+                    let units = session.body.cu.output_units(0, piece.len() as u32).unwrap_or(u64::MAX);
+                    if units > *left {
+                        info!(%peer, "the session's escrow is spent: the answer stops here");
+                        pending.clear();
+                        generated = true;
+                        done = Some(Done {
+                            reason: DoneReason::Length,
+                            prompt_tokens: 0,
+                            completion_tokens: 0,
+                        });
+                        break;
+                    }
+                    *left -= units;
+                }
                 flow.send(&piece).map_err(|e| e.to_string())?;
                 write_frame(&mut w, FrameBody::Token(BoundedString::new(piece).expect("split to fit")))
                     .await
@@ -421,7 +567,7 @@ async fn serve(peer: PeerId, stream: Stream, ctx: &SupplierContext) -> Result<()
             tokio::select! {
                 event = generation.next(), if generating => match event {
                     Some(GenEvent::Text(text)) => {
-                        pending.extend(token_frames(&text).into_iter().map(str::to_owned));
+                        pending.extend(token_frames(&text, cap).into_iter().map(str::to_owned));
                     }
                     Some(GenEvent::Done(f)) => {
                         generated = true;
@@ -455,7 +601,7 @@ async fn serve(peer: PeerId, stream: Stream, ctx: &SupplierContext) -> Result<()
                                 .map_err(|e| e.to_string())?;
                             ctx.metrics.receipts.inc();
                             if let Some(miner) = &ctx.miner {
-                                match miner.offer(&session, &accepted.receipt, &accepted.facts) {
+                                match miner.offer(&session, &mining_secret, &accepted.receipt, &accepted.facts) {
                                     Ok(Some(_)) => {
                                         ctx.metrics.mined_receipts.inc();
                                     }
@@ -477,5 +623,11 @@ async fn serve(peer: PeerId, stream: Stream, ctx: &SupplierContext) -> Result<()
     }
     .await;
     reader.abort();
+    // Tokens sent and never acknowledged count against the app.
+    ticket.end(if flow.is_closed() {
+        0
+    } else {
+        flow.unacked_tokens()
+    });
     result
 }

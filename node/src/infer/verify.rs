@@ -104,13 +104,13 @@ mod tests {
         let item = |n: u64, signer: &Keypair| {
             Signed::sign(
                 Transfer {
-                    version: 1,
+                    version: relaymesh_protocol::PROTOCOL_VERSION,
                     mesh_id: Digest::ZERO,
                     from: key.public_key(),
                     to: key.public_key(),
                     amount: n,
                     epoch: 0,
-                    nonce: n,
+                    slot_start: n,
                 },
                 signer,
             )

@@ -287,7 +287,7 @@ impl EventLoop {
         };
         let ad = Signed::sign(
             CapabilityAd {
-                version: 1,
+                version: relaymesh_protocol::PROTOCOL_VERSION,
                 mesh_id: self.mesh_id,
                 supplier: self.key.public_key(),
                 seq: self.ad_seq,

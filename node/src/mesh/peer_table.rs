@@ -211,10 +211,11 @@ mod tests {
             price_per_cu: 1,
             cu: CuFormula::default(),
             tau: 1,
+            max_token_bytes: 32,
         };
         Signed::sign(
             CapabilityAd {
-                version: 1,
+                version: relaymesh_protocol::PROTOCOL_VERSION,
                 mesh_id: Digest::ZERO,
                 supplier: k.public_key(),
                 seq,

@@ -39,6 +39,15 @@ impl Keypair {
     pub fn secret(&self) -> [u8; 32] {
         self.signing.to_bytes()
     }
+
+    /// A secret only this key can compute, for one purpose and input: a supplier's
+    /// mining secret for a session is derived from its key and the terms, so it needs
+    /// no storage and survives restarts, and nobody else can predict it.
+    pub fn derive(&self, purpose: &[u8], input: &[u8]) -> crate::Digest {
+        use crate::identity::domain::{hash_tag, tagged_hash};
+        let key = tagged_hash(hash_tag::DERIVE, &[&self.secret(), purpose]);
+        crate::Digest(*blake3::keyed_hash(&key.0, input).as_bytes())
+    }
 }
 
 impl std::fmt::Debug for Keypair {

@@ -24,6 +24,10 @@ pub enum SignatureError {
     /// At least one signature of a batch does not verify.
     #[error("a signature in a batch of {0} does not verify")]
     BatchInvalid(usize),
+    /// A key of small order: anyone can make signatures that verify under it, so it
+    /// cannot own an account or sign terms.
+    #[error("public key {0} has small order: anyone can sign for it; use a real key")]
+    WeakKey(PublicKey),
 }
 
 /// One (key, message, signature) triple to check.
@@ -56,6 +60,13 @@ pub trait SignatureVerifier {
         signature: &Signature,
     ) -> Result<(), SignatureError>;
 
+    /// Whether `key` may own an account or be a party to terms: only its owner can make
+    /// signatures that verify under it. The simulator's stand-in accepts every key.
+    fn check_key(&self, key: &PublicKey) -> Result<(), SignatureError> {
+        let _ = key;
+        Ok(())
+    }
+
     /// Checks all of `items`; `Ok` only if every one verifies.
     fn verify_batch(&self, items: &[SignedItem]) -> Result<(), SignatureError> {
         for item in items {
@@ -84,6 +95,18 @@ pub trait SignatureVerifier {
 pub struct Ed25519Verifier;
 
 impl SignatureVerifier for Ed25519Verifier {
+    /// Refuses bytes that are not a curve point, and points of small order: under
+    /// ZIP-215 (cofactored verification) `[8]·A` vanishes for them, so `S·B = R`
+    /// verifies for any message, a signature anyone can make.
+    fn check_key(&self, key: &PublicKey) -> Result<(), SignatureError> {
+        let point = ed25519_dalek::VerifyingKey::from_bytes(&key.0)
+            .map_err(|_| SignatureError::BadKey(*key))?;
+        if point.is_weak() {
+            return Err(SignatureError::WeakKey(*key));
+        }
+        Ok(())
+    }
+
     fn verify(
         &self,
         key: &PublicKey,

@@ -1,17 +1,21 @@
-//! The ledger's state and the fold that computes balances from it.
+//! The ledger's state: the messages of unfrozen epochs, the checkpoint of frozen ones,
+//! and the rules that admit a message. Balances are computed from them in `fold`.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::identity::verify::SignatureVerifier;
 use crate::messages::claim::SignedClaim;
+use crate::messages::credit::CreditSlot;
 use crate::messages::equivocation::{EquivocationEvidence, EvidenceError};
-use crate::messages::manifest::PPM;
 use crate::messages::proof::Proof;
+use crate::messages::session::{SessionError, SignedSessionOpen};
 use crate::messages::transfer::SignedTransfer;
 use crate::params::MeshParams;
-use crate::settlement::claim::{verify_claim, ClaimError, VerifiedClaim};
+use crate::settlement::claim::{verify_claim_in, ClaimError, VerifiedClaim};
 use crate::settlement::proof::{verify_proof, ProofError};
 use crate::{Digest, PublicKey};
+
+use super::checkpoint::{AccountSummary, Checkpoint, LedgerSnapshot};
 
 /// Why a message was not applied.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -24,6 +28,24 @@ pub enum LedgerError {
         /// First epoch still open.
         frozen_before: u64,
     },
+    /// The message is dated past this ledger's clock (and the mesh's skew): it is kept
+    /// out until its epoch comes, so it cannot sit unfrozen for ever.
+    #[error(
+        "epoch {epoch} has not begun here (this ledger is at epoch {current}); send it when it has"
+    )]
+    Early {
+        /// The message's epoch.
+        epoch: u64,
+        /// The ledger's epoch.
+        current: u64,
+    },
+    /// A debit whose slot the payer's final credit line does not cover, in a mesh with
+    /// credit: it could move nothing, so it is not kept.
+    #[error("unfunded: {0}")]
+    Unfunded(String),
+    /// Invalid session announcement.
+    #[error("session: {0}")]
+    Session(#[from] SessionError),
     /// Invalid claim.
     #[error(transparent)]
     Claim(#[from] ClaimError),
@@ -46,6 +68,8 @@ pub enum LedgerError {
 pub enum Applied {
     /// Already known; nothing changed.
     Duplicate,
+    /// A session announcement, now known with its escrow.
+    Recorded,
     /// A claim waiting for its proof.
     Pending,
     /// A claim settled, or a transfer booked.
@@ -62,86 +86,112 @@ pub enum Applied {
 pub enum ClaimStatus {
     /// Waiting for a proof.
     Pending,
-    /// Proven; moves credit.
+    /// Proven; paid from its session's escrow.
     Settled,
-    /// Its supplier equivocated.
+    /// Its supplier equivocated, or its app committed its escrow twice.
     Void,
+    /// Its session's escrow is not covered by the app's credit line.
+    Unfunded,
 }
 
-/// One account's totals.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct AccountSummary {
-    /// Spendable micro-credits.
-    pub balance: u128,
-    /// Credited for serving, royalties and incoming transfers.
-    pub earned: u128,
-    /// Debited for sessions and outgoing transfers.
-    pub spent: u128,
-}
-
-#[derive(Debug, Clone)]
-struct ClaimRecord {
-    claim: SignedClaim,
-    verified: VerifiedClaim,
-    settled: bool,
+/// What a payer may still commit, as this ledger sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Credit {
+    /// The credit line a debit dated in the asked epoch is funded from.
+    pub line: u128,
+    /// The highest slot end among the payer's known debits: a new slot starting there
+    /// conflicts with none of them.
+    pub slot_top: u64,
+    /// The payer committed a credit twice and can spend nothing any more.
+    pub excluded: bool,
 }
 
 #[derive(Debug, Clone)]
-struct TransferRecord {
-    from: PublicKey,
-    to: PublicKey,
-    amount: u64,
-    epoch: u64,
+pub(super) struct ClaimRecord {
+    pub claim: SignedClaim,
+    pub verified: VerifiedClaim,
+    pub settled: bool,
 }
 
-/// One debit and where it goes.
-struct Debit {
-    payer: PublicKey,
-    amount: u128,
-    /// (payee, share in ppm of the paid amount); the last payee takes the rounding rest.
-    payees: Vec<(PublicKey, u32)>,
+/// What a debit does when funded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum DebitKind {
+    /// A session's escrow: its claims are paid from it.
+    Session,
+    /// A transfer to this account.
+    Transfer(PublicKey),
+}
+
+/// A debit of an unfrozen epoch.
+#[derive(Debug, Clone)]
+pub(super) struct DebitRecord {
+    pub payer: PublicKey,
+    pub epoch: u64,
+    pub slot: CreditSlot,
+    pub kind: DebitKind,
 }
 
 /// The ledger of one mesh.
 #[derive(Debug, Clone)]
 pub struct Ledger {
-    params: MeshParams,
-    mesh_id: Digest,
+    pub(super) params: MeshParams,
+    pub(super) mesh_id: Digest,
     /// Epochs before this are final and folded into `checkpoint`.
-    frozen_before: u64,
-    checkpoint: BTreeMap<PublicKey, AccountSummary>,
-    claims: BTreeMap<Digest, ClaimRecord>,
-    by_session: BTreeMap<(PublicKey, Digest), BTreeSet<Digest>>,
-    transfers: BTreeMap<Digest, TransferRecord>,
-    excluded: BTreeMap<PublicKey, EquivocationEvidence>,
+    pub(super) frozen_before: u64,
+    /// The epoch of the last `advance` (`None` until the first): messages dated past it
+    /// (with the mesh's skew) wait.
+    pub(super) clock: Option<u64>,
+    pub(super) checkpoint: Checkpoint,
+    /// Debits of unfrozen epochs by debit id (sessions: hash of the app-signed terms;
+    /// transfers: transfer id).
+    pub(super) debits: BTreeMap<Digest, DebitRecord>,
+    pub(super) claims: BTreeMap<Digest, ClaimRecord>,
+    pub(super) by_session: BTreeMap<(PublicKey, Digest), BTreeSet<Digest>>,
+    /// Suppliers proven to equivocate: excluded from the epoch given on.
+    pub(super) excluded: BTreeMap<PublicKey, (u64, EquivocationEvidence)>,
 }
 
 impl Ledger {
     /// A ledger holding only the genesis allocations.
     pub fn new(params: MeshParams) -> Self {
-        let checkpoint = params
-            .genesis
-            .iter()
-            .map(|a| {
-                (
-                    a.account,
-                    AccountSummary {
-                        balance: u128::from(a.amount),
-                        ..Default::default()
-                    },
-                )
-            })
-            .collect();
         Self {
             mesh_id: params.mesh_id(),
+            checkpoint: Checkpoint::genesis(&params),
             params,
             frozen_before: 0,
-            checkpoint,
+            clock: None,
+            debits: BTreeMap::new(),
             claims: BTreeMap::new(),
             by_session: BTreeMap::new(),
-            transfers: BTreeMap::new(),
             excluded: BTreeMap::new(),
         }
+    }
+
+    /// What this ledger keeps of its frozen epochs (see [`LedgerSnapshot`]).
+    pub fn snapshot(&self) -> LedgerSnapshot {
+        LedgerSnapshot {
+            frozen_before: self.frozen_before,
+            checkpoint: self.checkpoint.clone(),
+            excluded: self
+                .excluded
+                .iter()
+                .map(|(k, (e, evidence))| (*k, *e, evidence.clone()))
+                .collect(),
+        }
+    }
+
+    /// A ledger resumed from a stored snapshot: the messages of its unfrozen epochs are
+    /// applied to it next, and those of frozen epochs are refused as frozen.
+    pub fn from_snapshot(params: MeshParams, snapshot: LedgerSnapshot) -> Self {
+        let mut ledger = Self::new(params);
+        ledger.frozen_before = snapshot.frozen_before;
+        ledger.checkpoint = snapshot.checkpoint;
+        ledger.excluded = snapshot
+            .excluded
+            .into_iter()
+            .map(|(k, e, evidence)| (k, (e, evidence)))
+            .collect();
+        ledger
     }
 
     /// The mesh parameters.
@@ -154,6 +204,12 @@ impl Ledger {
         self.frozen_before
     }
 
+    /// The final results of the frozen epochs.
+    pub fn checkpoint(&self) -> &Checkpoint {
+        &self.checkpoint
+    }
+
+    /// A message of `epoch` may enter: not frozen, not early.
     fn check_open(&self, epoch: u64) -> Result<(), LedgerError> {
         if epoch < self.frozen_before {
             return Err(LedgerError::Frozen {
@@ -161,7 +217,87 @@ impl Ledger {
                 frozen_before: self.frozen_before,
             });
         }
+        if let Some(current) = self.clock {
+            // The skew rounds up to whole epochs: a node whose clock runs ahead by the
+            // tolerated skew is still heard.
+            let slack = self.params.max_clock_skew_ms.div_ceil(self.params.epoch_ms);
+            if epoch > current.saturating_add(slack.max(1)) {
+                return Err(LedgerError::Early { epoch, current });
+            }
+        }
         Ok(())
+    }
+
+    /// The epoch whose final credit line funds a debit dated `epoch`: `H + 1` epochs
+    /// back (`None` before epoch 0: the genesis line). By the time anyone can date a
+    /// debit `epoch`, that epoch is frozen everywhere, so funding never changes.
+    pub(super) fn funding_epoch(&self, epoch: u64) -> Option<u64> {
+        epoch.checked_sub(u64::from(self.params.freeze_horizon_epochs) + 1)
+    }
+
+    /// In a mesh with credit, a debit must be funded by the payer's final line; one
+    /// that is not could move nothing and is kept out (spam costs credit). Debits whose
+    /// funding line is not final yet are left to the fold.
+    fn check_funded(
+        &self,
+        payer: &PublicKey,
+        epoch: u64,
+        slot: &CreditSlot,
+    ) -> Result<(), LedgerError> {
+        if !self.params.has_credit() {
+            return Ok(());
+        }
+        let funding = self.funding_epoch(epoch);
+        if funding.is_some_and(|f| f >= self.frozen_before) {
+            return Ok(());
+        }
+        let line = self
+            .checkpoint
+            .accounts
+            .get(payer)
+            .map_or(0, |a| a.line_through(funding));
+        let end = slot.end().map(u128::from);
+        if slot.amount == 0 || end.is_none_or(|end| end > line) {
+            return Err(LedgerError::Unfunded(format!(
+                "slot [{}, +{}) of {} is beyond its credit line of {line} micro-credits",
+                slot.start,
+                slot.amount,
+                payer.peer_id()
+            )));
+        }
+        Ok(())
+    }
+
+    fn record_debit(&mut self, id: Digest, record: DebitRecord) {
+        self.debits.entry(id).or_insert(record);
+    }
+
+    /// Applies a supplier's announcement of a session it countersigned: the escrow is
+    /// known from now on (its claims would bring it anyway).
+    pub fn apply_open(
+        &mut self,
+        open: &SignedSessionOpen,
+        verifier: &impl SignatureVerifier,
+    ) -> Result<Applied, LedgerError> {
+        open.check_terms(&self.params, &self.mesh_id)?;
+        let epoch = open.epoch(&self.params);
+        self.check_open(epoch)?;
+        let id = open.body.debit_id();
+        if self.debits.contains_key(&id) {
+            return Ok(Applied::Duplicate);
+        }
+        self.check_funded(&open.body.app, epoch, &open.body.escrow)?;
+        open.validate_in(&self.params, &self.mesh_id, verifier)?;
+        self.record_debit(
+            id,
+            DebitRecord {
+                payer: open.body.app,
+                epoch,
+                slot: open.body.escrow,
+                kind: DebitKind::Session,
+            },
+        );
+        Ok(Applied::Recorded)
     }
 
     /// Applies a claim. A second, different claim by the same supplier for the same
@@ -171,12 +307,23 @@ impl Ledger {
         claim: SignedClaim,
         verifier: &impl SignatureVerifier,
     ) -> Result<Applied, LedgerError> {
-        let verified = verify_claim(&claim, &self.params, verifier)?;
+        let verified = verify_claim_in(&claim, &self.params, &self.mesh_id, verifier)?;
         self.check_open(verified.epoch)?;
         if self.claims.contains_key(&verified.id) {
             return Ok(Applied::Duplicate);
         }
+        self.check_funded(&verified.app, verified.epoch, &verified.escrow)?;
+        self.record_debit(
+            verified.debit,
+            DebitRecord {
+                payer: verified.app,
+                epoch: verified.epoch,
+                slot: verified.escrow,
+                kind: DebitKind::Session,
+            },
+        );
         let supplier = verified.supplier;
+        let epoch = verified.epoch;
         let slot = self
             .by_session
             .entry((supplier, verified.session_key))
@@ -194,12 +341,10 @@ impl Ledger {
         if let Some(rival) = rival {
             let other = self.claims[&rival].claim.clone();
             let evidence = EquivocationEvidence::new(claim, other).expect("distinct claim ids");
-            self.excluded
-                .entry(supplier)
-                .or_insert_with(|| evidence.clone());
+            self.exclude_supplier(supplier, epoch, evidence.clone());
             return Ok(Applied::Equivocation(Box::new(evidence)));
         }
-        if self.excluded.contains_key(&supplier) {
+        if self.supplier_excluded_at(&supplier, epoch) {
             return Ok(Applied::Void);
         }
         Ok(Applied::Pending)
@@ -220,9 +365,9 @@ impl Ledger {
             return Ok(Applied::Duplicate);
         }
         verify_proof(&record.claim, proof, &self.params, verifier)?;
-        let supplier = record.verified.supplier;
+        let (supplier, epoch) = (record.verified.supplier, record.verified.epoch);
         self.claims.get_mut(&proof.claim).expect("present").settled = true;
-        if self.excluded.contains_key(&supplier) {
+        if self.supplier_excluded_at(&supplier, epoch) {
             return Ok(Applied::Void);
         }
         Ok(Applied::Settled)
@@ -241,55 +386,92 @@ impl Ledger {
         if body.amount == 0 {
             return Err(LedgerError::Transfer("amount must be positive".into()));
         }
+        if body.slot().end().is_none() {
+            return Err(LedgerError::Transfer("its slot overflows".into()));
+        }
+        if body.from == body.to {
+            return Err(LedgerError::Transfer("payer and payee are the same".into()));
+        }
+        for key in [&body.from, &body.to] {
+            verifier
+                .check_key(key)
+                .map_err(|e| LedgerError::Transfer(e.to_string()))?;
+        }
+        self.check_open(body.epoch)?;
+        let id = transfer.id();
+        if self.debits.contains_key(&id) {
+            return Ok(Applied::Duplicate);
+        }
+        self.check_funded(&body.from, body.epoch, &body.slot())?;
         transfer
             .verify(&body.from, verifier)
             .map_err(|e| LedgerError::Transfer(e.to_string()))?;
-        self.check_open(body.epoch)?;
-        let id = transfer.id();
-        if self.transfers.contains_key(&id) {
-            return Ok(Applied::Duplicate);
-        }
-        self.transfers.insert(
+        self.record_debit(
             id,
-            TransferRecord {
-                from: body.from,
-                to: body.to,
-                amount: body.amount,
+            DebitRecord {
+                payer: body.from,
                 epoch: body.epoch,
+                slot: body.slot(),
+                kind: DebitKind::Transfer(body.to),
             },
         );
         Ok(Applied::Settled)
     }
 
-    /// Applies gossiped equivocation evidence: the supplier is excluded.
+    /// Applies gossiped equivocation evidence: the supplier is excluded from the
+    /// session's epoch on.
     pub fn apply_evidence(
         &mut self,
         evidence: EquivocationEvidence,
         verifier: &impl SignatureVerifier,
     ) -> Result<Applied, LedgerError> {
-        let supplier = evidence.verify(verifier)?;
-        if self.excluded.contains_key(&supplier) {
+        let (supplier, epoch) = evidence.verify(&self.params, &self.mesh_id, verifier)?;
+        self.check_open(epoch)?;
+        if self.supplier_excluded_at(&supplier, epoch) {
             return Ok(Applied::Duplicate);
         }
-        self.excluded.insert(supplier, evidence);
+        self.exclude_supplier(supplier, epoch, evidence);
         Ok(Applied::Settled)
     }
 
-    /// Whether a supplier is excluded for equivocation.
+    fn exclude_supplier(
+        &mut self,
+        supplier: PublicKey,
+        epoch: u64,
+        evidence: EquivocationEvidence,
+    ) {
+        let entry = self
+            .excluded
+            .entry(supplier)
+            .or_insert((epoch, evidence.clone()));
+        if epoch < entry.0 {
+            *entry = (epoch, evidence);
+        }
+    }
+
+    /// Whether the supplier's claims of `epoch` are void for equivocation.
+    pub(super) fn supplier_excluded_at(&self, supplier: &PublicKey, epoch: u64) -> bool {
+        self.excluded
+            .get(supplier)
+            .is_some_and(|(from, _)| *from <= epoch)
+    }
+
+    /// Whether a supplier was proven to equivocate (in any epoch).
     pub fn is_excluded(&self, supplier: &PublicKey) -> bool {
         self.excluded.contains_key(supplier)
     }
 
-    /// Where a claim stands.
-    pub fn claim_status(&self, id: &Digest) -> Option<ClaimStatus> {
-        let record = self.claims.get(id)?;
-        Some(if self.excluded.contains_key(&record.verified.supplier) {
-            ClaimStatus::Void
-        } else if record.settled {
-            ClaimStatus::Settled
-        } else {
-            ClaimStatus::Pending
-        })
+    /// Suppliers proven to equivocate.
+    pub fn excluded_suppliers(&self) -> impl Iterator<Item = &PublicKey> {
+        self.excluded.keys()
+    }
+
+    /// The claim of `session_key` with this `root` in an unfrozen epoch, if known.
+    pub fn claim_by_root(&self, session_key: &Digest, root: &Digest) -> Option<&SignedClaim> {
+        self.claims
+            .values()
+            .find(|r| r.verified.session_key == *session_key && r.verified.root == *root)
+            .map(|r| &r.claim)
     }
 
     /// A claim in an unfrozen epoch, as signed.
@@ -297,188 +479,26 @@ impl Ledger {
         self.claims.get(id).map(|r| &r.claim)
     }
 
-    /// All claims in unfrozen epochs with their status.
-    pub fn claims(&self) -> impl Iterator<Item = (&VerifiedClaim, ClaimStatus)> {
-        self.claims.values().map(|r| {
-            (
-                &r.verified,
-                self.claim_status(&r.verified.id).expect("present"),
-            )
-        })
-    }
-
-    /// Advances the ledger's clock: epochs `e` with `e + H ≤ epoch_of(now)` freeze, fold into
-    /// the checkpoint and their messages are dropped. Returns how many epochs froze.
-    pub fn advance(&mut self, now_ms: u64) -> u64 {
-        let current = self.params.epoch_of(now_ms);
-        // Epoch e is final once the clock reaches epoch e + H.
-        let frozen_before =
-            (current + 1).saturating_sub(u64::from(self.params.freeze_horizon_epochs));
-        if frozen_before <= self.frozen_before {
-            return 0;
-        }
-        self.checkpoint = self.fold(Some(frozen_before));
-        let froze = frozen_before - self.frozen_before;
-        self.frozen_before = frozen_before;
-        let old: Vec<Digest> = self
-            .claims
-            .values()
-            .filter(|r| r.verified.epoch < frozen_before)
-            .map(|r| r.verified.id)
-            .collect();
-        for id in old {
-            let record = self.claims.remove(&id).expect("present");
-            self.by_session
-                .remove(&(record.verified.supplier, record.verified.session_key));
-        }
-        self.transfers.retain(|_, t| t.epoch >= frozen_before);
-        froze
-    }
-
     /// Every account's totals.
     pub fn accounts(&self) -> BTreeMap<PublicKey, AccountSummary> {
         self.fold(None)
+            .accounts
+            .into_iter()
+            .map(|(k, a)| (k, a.summary))
+            .collect()
     }
 
     /// One account's totals.
     pub fn account(&self, key: &PublicKey) -> AccountSummary {
-        self.accounts().get(key).copied().unwrap_or_default()
+        self.fold(None)
+            .accounts
+            .get(key)
+            .map(|a| a.summary)
+            .unwrap_or_default()
     }
 
     /// Sum of all balances; always the genesis total.
     pub fn total_balance(&self) -> u128 {
         self.accounts().values().map(|a| a.balance).sum()
-    }
-
-    fn debits_by_epoch(&self, until: Option<u64>) -> BTreeMap<u64, Vec<Debit>> {
-        let in_range = |epoch: u64| until.is_none_or(|u| epoch < u);
-        let mut epochs: BTreeMap<u64, Vec<Debit>> = BTreeMap::new();
-        for record in self.claims.values() {
-            let v = &record.verified;
-            if !record.settled || self.excluded.contains_key(&v.supplier) || !in_range(v.epoch) {
-                continue;
-            }
-            let payees = match v.royalty {
-                Some((source, ppm)) => vec![(source, ppm), (v.supplier, PPM - ppm.min(PPM))],
-                None => vec![(v.supplier, PPM)],
-            };
-            epochs.entry(v.epoch).or_default().push(Debit {
-                payer: v.app,
-                amount: v.value(),
-                payees,
-            });
-        }
-        for t in self.transfers.values() {
-            if in_range(t.epoch) {
-                epochs.entry(t.epoch).or_default().push(Debit {
-                    payer: t.from,
-                    amount: u128::from(t.amount),
-                    payees: vec![(t.to, PPM)],
-                });
-            }
-        }
-        epochs
-    }
-
-    /// Balances after every epoch before `until` (all epochs if `None`).
-    fn fold(&self, until: Option<u64>) -> BTreeMap<PublicKey, AccountSummary> {
-        let mut accounts = self.checkpoint.clone();
-        for debits in self.debits_by_epoch(until).values() {
-            let mut totals: BTreeMap<PublicKey, u128> = BTreeMap::new();
-            for d in debits {
-                *totals.entry(d.payer).or_default() += d.amount;
-            }
-            // Balances carried in, read before this epoch's own movements.
-            let carried: BTreeMap<PublicKey, u128> = totals
-                .keys()
-                .map(|p| (*p, accounts.get(p).map_or(0, |a| a.balance)))
-                .collect();
-            for d in debits {
-                let total = totals[&d.payer];
-                let available = carried[&d.payer];
-                let paid = if total <= available {
-                    d.amount
-                } else {
-                    scale(d.amount, available, total)
-                };
-                if paid == 0 {
-                    continue;
-                }
-                let payer = accounts.entry(d.payer).or_default();
-                payer.balance -= paid;
-                payer.spent += paid;
-                let mut rest = paid;
-                for (i, (payee, ppm)) in d.payees.iter().enumerate() {
-                    let share = if i + 1 == d.payees.len() {
-                        rest
-                    } else {
-                        scale(paid, u128::from(*ppm), u128::from(PPM))
-                    };
-                    rest -= share;
-                    let account = accounts.entry(*payee).or_default();
-                    account.balance += share;
-                    account.earned += share;
-                }
-            }
-        }
-        accounts
-    }
-}
-
-/// `⌊a · b / c⌋` exactly, for `b ≤ c` (so the result fits): a 256-bit product and
-/// a shift-subtract division. Not a hot path; exactness is what keeps every node's
-/// ledger identical.
-fn scale(a: u128, b: u128, c: u128) -> u128 {
-    debug_assert!(b <= c && c > 0);
-    let (hi, lo) = mul_wide(a, b);
-    if hi == 0 {
-        return lo / c;
-    }
-    let mut remainder: u128 = 0;
-    let mut quotient: u128 = 0;
-    for i in (0..256u32).rev() {
-        let bit = if i >= 128 {
-            (hi >> (i - 128)) & 1
-        } else {
-            (lo >> i) & 1
-        };
-        let carry = remainder >> 127;
-        remainder = (remainder << 1) | bit;
-        if carry == 1 || remainder >= c {
-            remainder = remainder.wrapping_sub(c);
-            if i < 128 {
-                quotient |= 1 << i;
-            }
-        }
-    }
-    quotient
-}
-
-/// The 256-bit product of two u128s as (high, low) halves.
-fn mul_wide(a: u128, b: u128) -> (u128, u128) {
-    const MASK: u128 = u64::MAX as u128;
-    let (a1, a0) = (a >> 64, a & MASK);
-    let (b1, b0) = (b >> 64, b & MASK);
-    let p00 = a0 * b0;
-    let p01 = a0 * b1;
-    let p10 = a1 * b0;
-    let p11 = a1 * b1;
-    let mid = (p00 >> 64) + (p01 & MASK) + (p10 & MASK);
-    let lo = (p00 & MASK) | ((mid & MASK) << 64);
-    let hi = p11 + (p01 >> 64) + (p10 >> 64) + (mid >> 64);
-    (hi, lo)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn scale_is_exact_beyond_128_bits() {
-        assert_eq!(scale(10, 3, 4), 7);
-        let big = u128::MAX / 3;
-        // big · (2^100) / (2^101) = big / 2
-        assert_eq!(scale(big, 1 << 100, 1 << 101), big / 2);
-        assert_eq!(scale(u128::MAX, u128::MAX - 1, u128::MAX), u128::MAX - 1);
     }
 }

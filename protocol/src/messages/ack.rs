@@ -11,7 +11,8 @@ use crate::Digest;
 /// Signed by the app for output bytes `(prev_bytes, new_bytes]` of one request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize_tuple, Deserialize_tuple)]
 pub struct Ack {
-    /// Message version (1).
+    /// Message version (2).
+    #[serde(deserialize_with = "crate::wire::current_version")]
     pub version: u16,
     /// The session; it binds mesh id, supplier and model digest.
     pub session_key: Digest,
@@ -33,7 +34,7 @@ pub struct Ack {
 
 impl Signable for Ack {
     const NAME: &'static str = "Ack";
-    const VERSION: u16 = 1;
+    const VERSION: u16 = crate::PROTOCOL_VERSION;
     const MAX_SIZE: usize = 256;
     const DOMAIN: Domain = Domain::Ack;
     fn version(&self) -> u16 {

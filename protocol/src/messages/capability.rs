@@ -39,12 +39,16 @@ pub struct ModelOffer {
     pub cu: CuFormula,
     /// The threshold τ the supplier will put in its next session.
     pub tau: u64,
+    /// Most bytes one streamed token carries (the model vocabulary's longest token, or
+    /// a bound for an opaque upstream): the cap the app puts in the session's terms.
+    pub max_token_bytes: u32,
 }
 
 /// Signed by the supplier; gossiped when it changes and before it expires.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize_tuple, Deserialize_tuple)]
 pub struct CapabilityAd {
-    /// Message version (1).
+    /// Message version (2).
+    #[serde(deserialize_with = "crate::wire::current_version")]
     pub version: u16,
     /// The mesh this ad is for.
     pub mesh_id: Digest,
@@ -62,7 +66,7 @@ pub struct CapabilityAd {
 
 impl Signable for CapabilityAd {
     const NAME: &'static str = "CapabilityAd";
-    const VERSION: u16 = 1;
+    const VERSION: u16 = crate::PROTOCOL_VERSION;
     const MAX_SIZE: usize = 12 * 1024;
     const DOMAIN: Domain = Domain::CapabilityAd;
     fn version(&self) -> u16 {

@@ -11,7 +11,8 @@ use crate::{Digest, PublicKey};
 /// Signed by the supplier named in `open`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize_tuple, Deserialize_tuple)]
 pub struct Claim {
-    /// Message version (1).
+    /// Message version (2).
+    #[serde(deserialize_with = "crate::wire::current_version")]
     pub version: u16,
     /// The countersigned terms: verifiers need nothing else about the session.
     pub open: SignedSessionOpen,
@@ -25,8 +26,8 @@ pub struct Claim {
 
 impl Signable for Claim {
     const NAME: &'static str = "Claim";
-    const VERSION: u16 = 1;
-    const MAX_SIZE: usize = 1400;
+    const VERSION: u16 = crate::PROTOCOL_VERSION;
+    const MAX_SIZE: usize = 1500;
     const DOMAIN: Domain = Domain::Claim;
     fn version(&self) -> u16 {
         self.version

@@ -4,13 +4,15 @@ use serde_tuple::{Deserialize_tuple, Serialize_tuple};
 
 use crate::identity::verify::{SignatureError, SignatureVerifier};
 use crate::messages::claim::SignedClaim;
+use crate::params::MeshParams;
 use crate::wire::WireMessage;
-use crate::PublicKey;
+use crate::{Digest, PublicKey};
 
 /// Two claims, ordered by claim id so the same pair has one encoding.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize_tuple, Deserialize_tuple)]
 pub struct EquivocationEvidence {
-    /// Message version (1).
+    /// Message version (2).
+    #[serde(deserialize_with = "crate::wire::current_version")]
     pub version: u16,
     /// The claim with the smaller id.
     pub first: SignedClaim,
@@ -20,8 +22,8 @@ pub struct EquivocationEvidence {
 
 impl WireMessage for EquivocationEvidence {
     const NAME: &'static str = "EquivocationEvidence";
-    const VERSION: u16 = 1;
-    const MAX_SIZE: usize = 3000;
+    const VERSION: u16 = crate::PROTOCOL_VERSION;
+    const MAX_SIZE: usize = 3200;
     fn version(&self) -> u16 {
         self.version
     }
@@ -33,6 +35,9 @@ pub enum EvidenceError {
     /// The claims are for different sessions.
     #[error("the two claims are for different sessions")]
     DifferentSessions,
+    /// The claims are for a session of another mesh.
+    #[error("the claims are for a session of another mesh")]
+    WrongMesh,
     /// Not two distinct claims in id order.
     #[error("the claims are identical or not in claim-id order")]
     NotDistinct,
@@ -50,17 +55,33 @@ impl EquivocationEvidence {
             std::cmp::Ordering::Equal => return None,
         };
         Some(Self {
-            version: 1,
+            version: crate::PROTOCOL_VERSION,
             first,
             second,
         })
     }
 
-    /// The equivocating supplier, if the evidence holds: same session key (hence the
-    /// same terms and the same supplier), distinct claim bodies, both signed by it.
-    pub fn verify(&self, verifier: &impl SignatureVerifier) -> Result<PublicKey, EvidenceError> {
+    /// The epoch of the session both claims are for.
+    pub fn epoch(&self, params: &MeshParams) -> u64 {
+        self.first.body.open.epoch(params)
+    }
+
+    /// The equivocating supplier and the epoch from which it is excluded, if the
+    /// evidence holds: same session key (hence the same terms, mesh and supplier), in
+    /// this mesh, distinct claim bodies, both signed by it. The epoch is the session's,
+    /// so evidence changes no epoch before it, and none that is frozen (the ledger
+    /// refuses evidence for a frozen epoch like any other message).
+    pub fn verify(
+        &self,
+        params: &MeshParams,
+        mesh_id: &Digest,
+        verifier: &impl SignatureVerifier,
+    ) -> Result<(PublicKey, u64), EvidenceError> {
         if self.first.session_key() != self.second.session_key() {
             return Err(EvidenceError::DifferentSessions);
+        }
+        if self.first.body.open.body.mesh_id != *mesh_id {
+            return Err(EvidenceError::WrongMesh);
         }
         if self.first.id() >= self.second.id() {
             return Err(EvidenceError::NotDistinct);
@@ -68,6 +89,6 @@ impl EquivocationEvidence {
         let supplier = self.first.supplier();
         self.first.verify(&supplier, verifier)?;
         self.second.verify(&supplier, verifier)?;
-        Ok(supplier)
+        Ok((supplier, self.epoch(params)))
     }
 }

@@ -176,7 +176,8 @@ pub enum FrameBody {
 /// One length-prefixed frame of an inference stream.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize_tuple, Deserialize_tuple)]
 pub struct InferFrame {
-    /// Message version (1).
+    /// Message version (2).
+    #[serde(deserialize_with = "crate::wire::current_version")]
     pub version: u16,
     /// The content.
     pub body: FrameBody,
@@ -184,7 +185,7 @@ pub struct InferFrame {
 
 impl WireMessage for InferFrame {
     const NAME: &'static str = "InferFrame";
-    const VERSION: u16 = 1;
+    const VERSION: u16 = crate::PROTOCOL_VERSION;
     const MAX_SIZE: usize = MAX_PROMPT_BYTES + 64 * 1024;
     fn version(&self) -> u16 {
         self.version
@@ -194,6 +195,9 @@ impl WireMessage for InferFrame {
 impl InferFrame {
     /// A version-1 frame.
     pub fn new(body: FrameBody) -> Self {
-        Self { version: 1, body }
+        Self {
+            version: crate::PROTOCOL_VERSION,
+            body,
+        }
     }
 }

@@ -9,6 +9,7 @@ use crate::messages::claim::SignedClaim;
 use crate::messages::equivocation::EquivocationEvidence;
 use crate::messages::proof::Proof;
 use crate::messages::reveal::SignedReveal;
+use crate::messages::session::SignedSessionOpen;
 use crate::messages::transfer::SignedTransfer;
 use crate::wire::WireMessage;
 
@@ -17,6 +18,10 @@ use crate::wire::WireMessage;
 #[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum LedgerBody {
+    /// A supplier announces a session it countersigned: the app's escrow is then known
+    /// mesh-wide while the session runs, so another supplier offered an overlapping
+    /// slot refuses it (the claim carries the same terms later anyway).
+    Open(SignedSessionOpen),
     /// A supplier's claim at session end.
     Claim(SignedClaim),
     /// An app's reveal of `r` for a claimed root: the supplier's challenge seed.
@@ -32,7 +37,8 @@ pub enum LedgerBody {
 /// The envelope.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize_tuple, Deserialize_tuple)]
 pub struct LedgerMessage {
-    /// Message version (1).
+    /// Message version (2).
+    #[serde(deserialize_with = "crate::wire::current_version")]
     pub version: u16,
     /// The content.
     pub body: LedgerBody,
@@ -41,13 +47,16 @@ pub struct LedgerMessage {
 impl LedgerMessage {
     /// A version-1 message.
     pub fn new(body: LedgerBody) -> Self {
-        Self { version: 1, body }
+        Self {
+            version: crate::PROTOCOL_VERSION,
+            body,
+        }
     }
 }
 
 impl WireMessage for LedgerMessage {
     const NAME: &'static str = "LedgerMessage";
-    const VERSION: u16 = 1;
+    const VERSION: u16 = crate::PROTOCOL_VERSION;
     // The largest body is a full-reveal proof.
     const MAX_SIZE: usize = <Proof as WireMessage>::MAX_SIZE + 64;
     fn version(&self) -> u16 {

@@ -14,7 +14,8 @@ pub const PPM: u32 = 1_000_000;
 /// Signed by the model's Source.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize_tuple, Deserialize_tuple)]
 pub struct ModelManifest {
-    /// Message version (1).
+    /// Message version (2).
+    #[serde(deserialize_with = "crate::wire::current_version")]
     pub version: u16,
     /// Model name, e.g. `SmolLM2-135M-Instruct`.
     pub name: BoundedString<128>,
@@ -32,7 +33,7 @@ pub struct ModelManifest {
 
 impl Signable for ModelManifest {
     const NAME: &'static str = "ModelManifest";
-    const VERSION: u16 = 1;
+    const VERSION: u16 = crate::PROTOCOL_VERSION;
     const MAX_SIZE: usize = 512;
     const DOMAIN: Domain = Domain::Manifest;
     fn version(&self) -> u16 {

@@ -4,6 +4,7 @@
 pub mod ack;
 pub mod capability;
 pub mod claim;
+pub mod credit;
 pub mod equivocation;
 pub mod infer;
 pub mod ledger;

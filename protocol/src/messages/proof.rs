@@ -47,17 +47,21 @@ pub enum ProofEvidence {
 /// Not signed: its validity is intrinsic, so any node may relay it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize_tuple, Deserialize_tuple)]
 pub struct Proof {
-    /// Message version (1).
+    /// Message version (2).
+    #[serde(deserialize_with = "crate::wire::current_version")]
     pub version: u16,
     /// Id of the claim proven.
     pub claim: Digest,
+    /// The supplier's mining secret `s` for the session: it must open the session's
+    /// `mining_commitment`, and decides which receipts were mined.
+    pub mining_secret: Digest,
     /// The evidence.
     pub evidence: ProofEvidence,
 }
 
 impl WireMessage for Proof {
     const NAME: &'static str = "Proof";
-    const VERSION: u16 = 1;
+    const VERSION: u16 = crate::PROTOCOL_VERSION;
     const MAX_SIZE: usize = 1024 * 1024;
     fn version(&self) -> u16 {
         self.version

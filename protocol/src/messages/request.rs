@@ -11,7 +11,8 @@ use crate::Digest;
 /// stream; the signature covers its digest and length.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize_tuple, Deserialize_tuple)]
 pub struct RelayRequest {
-    /// Message version (1).
+    /// Message version (2).
+    #[serde(deserialize_with = "crate::wire::current_version")]
     pub version: u16,
     /// The session (hash of its terms).
     pub session_key: Digest,
@@ -31,7 +32,7 @@ pub struct RelayRequest {
 
 impl Signable for RelayRequest {
     const NAME: &'static str = "RelayRequest";
-    const VERSION: u16 = 1;
+    const VERSION: u16 = crate::PROTOCOL_VERSION;
     const MAX_SIZE: usize = 256;
     const DOMAIN: Domain = Domain::RelayRequest;
     fn version(&self) -> u16 {

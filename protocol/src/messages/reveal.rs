@@ -9,7 +9,8 @@ use crate::Digest;
 /// Signed by the app after it sees the supplier's claim.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize_tuple, Deserialize_tuple)]
 pub struct Reveal {
-    /// Message version (1).
+    /// Message version (2).
+    #[serde(deserialize_with = "crate::wire::current_version")]
     pub version: u16,
     /// The session.
     pub session_key: Digest,
@@ -21,7 +22,7 @@ pub struct Reveal {
 
 impl Signable for Reveal {
     const NAME: &'static str = "Reveal";
-    const VERSION: u16 = 1;
+    const VERSION: u16 = crate::PROTOCOL_VERSION;
     const MAX_SIZE: usize = 256;
     const DOMAIN: Domain = Domain::Reveal;
     fn version(&self) -> u16 {

@@ -7,11 +7,13 @@ use crate::identity::signed::{Signable, Signed};
 use crate::wire::to_canonical;
 use crate::{Digest, PublicKey};
 
-/// Signed by `from`. Debited in `epoch` like a claim: pro rata if the payer's
-/// debits in that epoch exceed what it carried in.
+/// Signed by `from`. A debit like a session's escrow: it takes the slot
+/// `[slot_start, slot_start + amount)` of the payer's credit line and moves `amount` in
+/// `epoch` if that slot is funded (`ledger`), nothing otherwise.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize_tuple, Deserialize_tuple)]
 pub struct Transfer {
-    /// Message version (1).
+    /// Message version (2).
+    #[serde(deserialize_with = "crate::wire::current_version")]
     pub version: u16,
     /// The mesh.
     pub mesh_id: Digest,
@@ -23,13 +25,14 @@ pub struct Transfer {
     pub amount: u64,
     /// Epoch in which it is debited.
     pub epoch: u64,
-    /// Makes two equal transfers distinct.
-    pub nonce: u64,
+    /// Where its slot starts on the payer's credit line (two transfers of the same
+    /// amount differ by their slots).
+    pub slot_start: u64,
 }
 
 impl Signable for Transfer {
     const NAME: &'static str = "Transfer";
-    const VERSION: u16 = 1;
+    const VERSION: u16 = crate::PROTOCOL_VERSION;
     const MAX_SIZE: usize = 256;
     const DOMAIN: Domain = Domain::Transfer;
     fn version(&self) -> u16 {
@@ -39,6 +42,13 @@ impl Signable for Transfer {
 
 /// A transfer with the payer's signature.
 pub type SignedTransfer = Signed<Transfer>;
+
+impl Transfer {
+    /// The slot of the payer's credit line this transfer takes.
+    pub fn slot(&self) -> crate::messages::credit::CreditSlot {
+        crate::messages::credit::CreditSlot::new(self.slot_start, self.amount)
+    }
+}
 
 impl SignedTransfer {
     /// The transfer's id: over the body only, so nobody can make a second id (and a

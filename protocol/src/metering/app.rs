@@ -61,7 +61,7 @@ impl RequestAcker {
         let chain = AckChain::new(chain_seed, terms.max_acks);
         let request = Signed::sign(
             RelayRequest {
-                version: 1,
+                version: crate::PROTOCOL_VERSION,
                 session_key: terms.session_key,
                 request_id: terms.request_id,
                 prompt_digest: terms.prompt_digest,
@@ -115,7 +115,7 @@ impl RequestAcker {
         self.stream.update(increment);
         let ack = Signed::sign(
             Ack {
-                version: 1,
+                version: crate::PROTOCOL_VERSION,
                 session_key: self.request.body.session_key,
                 request: self.request_hash,
                 index,

@@ -2,7 +2,9 @@
 //! token and pauses with more than `W` tokens unacknowledged; the app acknowledges
 //! every `K` tokens it received (and the rest when the stream ends). Every ack the
 //! supplier accepts is a receipt, checked as a verifier of proofs will check it, and
-//! more: it must cover exactly the bytes the supplier sent up to a token boundary.
+//! more: ack `j` must cover exactly the first `j·K` tokens (the last ack, everything),
+//! so the app has no choice of where its acks fall; and no token may be longer than
+//! the session's `max_token_bytes`, so a supplier cannot bill junk bytes.
 //!
 //! Tokens are counted as the supplier's output frames (one frame per token); acks
 //! carry bytes, which both sides can check, and the supplier maps an ack's byte count
@@ -72,6 +74,14 @@ pub enum FlowError {
     /// The app could not sign (chain exhausted, output too long).
     #[error(transparent)]
     Ack(#[from] AckError),
+    /// A token longer than the session's per-token byte cap.
+    #[error("a token of {len} bytes exceeds the session's cap of {max} bytes per token")]
+    TokenTooLong {
+        /// Its length.
+        len: usize,
+        /// The cap.
+        max: u32,
+    },
 }
 
 /// A token boundary not yet acknowledged: cumulative bytes and the digest of the
@@ -179,6 +189,12 @@ impl SupplierFlow {
         if !self.can_send() {
             return Err(FlowError::WindowFull(self.unacked_tokens()));
         }
+        if text.len() > self.terms.max_token_bytes as usize {
+            return Err(FlowError::TokenTooLong {
+                len: text.len(),
+                max: self.terms.max_token_bytes,
+            });
+        }
         let bytes = u64::from(self.sent_bytes) + text.len() as u64;
         if bytes > u64::from(self.request.request().body.max_output_bytes) {
             return Err(FlowError::TooMuchOutput(bytes));
@@ -214,8 +230,8 @@ impl SupplierFlow {
         self.sent_bytes
     }
 
-    /// Checks an ack (signature, receipt rules with one chain step, order, token
-    /// boundary, stream digest) and, if it holds, moves the window.
+    /// Checks an ack (signature, receipt rules with one chain step, order, its fixed
+    /// token boundary, stream digest) and, if it holds, moves the window.
     pub fn on_ack(
         &mut self,
         ack: SignedAck,
@@ -245,10 +261,11 @@ impl SupplierFlow {
             &self.last_link,
         )?;
         let body = &receipt.ack.body;
-        // The ack must end where a token sent ended (or, for an empty final ack, where
-        // the last one did).
+        // The ack must end at its fixed boundary: K tokens past the last ack, or, for
+        // the last ack, at the end of the finished stream (at most K tokens past; an
+        // empty final increment closes a stream that ended on a boundary). An app free
+        // to pick among the boundaries in its window could pick its receipts.
         let (tokens, digest) = if body.new_bytes == self.acked_bytes {
-            // An empty increment only closes a stream.
             if !body.last {
                 return Err(FlowError::NotABoundary(body.new_bytes));
             }
@@ -259,7 +276,17 @@ impl SupplierFlow {
                 .iter()
                 .position(|b| b.bytes == body.new_bytes)
                 .ok_or(FlowError::NotABoundary(body.new_bytes))?;
-            (self.unacked[at].tokens, self.unacked[at].digest)
+            let boundary = &self.unacked[at];
+            let step = boundary.tokens - self.acked_tokens;
+            let fixed = if body.last {
+                step <= self.window.ack_every
+            } else {
+                step == self.window.ack_every
+            };
+            if !fixed {
+                return Err(FlowError::NotABoundary(body.new_bytes));
+            }
+            (boundary.tokens, boundary.digest)
         };
         if body.stream_digest != digest {
             return Err(FlowError::WrongStream);
@@ -290,16 +317,19 @@ impl SupplierFlow {
 pub struct AppFlow {
     acker: RequestAcker,
     window: Window,
+    max_token_bytes: u32,
     pending: Vec<u8>,
     pending_tokens: u32,
 }
 
 impl AppFlow {
-    /// Takes over a signed request (see [`RequestAcker::new`]).
-    pub fn new(acker: RequestAcker, window: Window) -> Self {
+    /// Takes over a signed request (see [`RequestAcker::new`]) in a session whose
+    /// terms cap tokens at `max_token_bytes`.
+    pub fn new(acker: RequestAcker, window: Window, max_token_bytes: u32) -> Self {
         Self {
             acker,
             window,
+            max_token_bytes,
             pending: Vec::new(),
             pending_tokens: 0,
         }
@@ -327,6 +357,12 @@ impl AppFlow {
         }
         if self.pending_tokens >= self.window.max_unacked {
             return Err(FlowError::WindowExceeded(self.pending_tokens + 1));
+        }
+        if text.len() > self.max_token_bytes as usize {
+            return Err(FlowError::TokenTooLong {
+                len: text.len(),
+                max: self.max_token_bytes,
+            });
         }
         self.pending.extend_from_slice(text.as_bytes());
         self.pending_tokens += 1;
@@ -366,7 +402,7 @@ mod tests {
         let app = Keypair::from_secret([1; 32]);
         let supplier = Keypair::from_secret([2; 32]);
         let terms = SessionOpen {
-            version: 1,
+            version: crate::PROTOCOL_VERSION,
             mesh_id: Digest([9; 32]),
             app: app.public_key(),
             supplier: supplier.public_key(),
@@ -375,12 +411,15 @@ mod tests {
             cu: CuFormula::default(),
             price_per_cu: 1,
             tau: 1,
+            max_token_bytes: 16,
+            escrow: crate::messages::credit::CreditSlot::default(),
             start_ms: 0,
             max_duration_ms: 60_000,
             reveal_commitment: Digest([7; 32]),
             nonce: 1,
         };
-        let session = crate::identity::signed::Signed::sign(terms, &app).countersign(&supplier);
+        let session = crate::identity::signed::Signed::sign(terms, &app)
+            .countersign(&supplier, &Digest([6; 32]));
         let acker = RequestAcker::new(
             RequestTerms {
                 session_key: session.session_key(),
@@ -395,7 +434,7 @@ mod tests {
         );
         let supplier_flow =
             SupplierFlow::new(&session, acker.request().clone(), WINDOW, &Ed25519Verifier).unwrap();
-        (supplier_flow, AppFlow::new(acker, WINDOW), app)
+        (supplier_flow, AppFlow::new(acker, WINDOW, 16), app)
     }
 
     #[test]
@@ -471,6 +510,7 @@ mod tests {
         ));
         // An ack for bytes not sent, or not at a token boundary.
         s.send("efgh").unwrap();
+        s.send("ij").unwrap();
         let mut a2 = a.clone();
         let mid = a2.acker.ack(b"ef", false, &app).unwrap();
         assert_eq!(
@@ -479,18 +519,63 @@ mod tests {
         );
         // The right counts over different text.
         let mut a3 = a.clone();
-        let wrong = a3.acker.ack(b"EFGH", false, &app).unwrap();
+        let wrong = a3.acker.ack(b"EFGHij", false, &app).unwrap();
         assert_eq!(
             s.clone().on_ack(wrong, &Ed25519Verifier).unwrap_err(),
             FlowError::WrongStream
         );
         // "last" before the supplier finished.
         let mut a4 = a.clone();
-        let early = a4.acker.ack(b"efgh", true, &app).unwrap();
+        let early = a4.acker.ack(b"efghij", true, &app).unwrap();
         assert_eq!(
             s.on_ack(early, &Ed25519Verifier).unwrap_err(),
             FlowError::EarlyLast
         );
+    }
+
+    /// Hole: with the window open, the app could ack any boundary it liked, try each,
+    /// and sign the one whose receipt it knew would not be mined (supplier paid for
+    /// almost nothing). Failed before acks were fixed to every K tokens: the early
+    /// boundary was accepted.
+    #[test]
+    fn an_ack_must_fall_on_its_fixed_boundary() {
+        let (mut s, a, app) = setup(16);
+        for t in ["a", "b", "c", "d"] {
+            s.send(t).unwrap();
+        }
+        // K = 2: ack 1 must cover exactly two tokens, not one, not three.
+        for early in [&b"a"[..], b"abc"] {
+            let mut acker = a.acker.clone();
+            let ack = acker.ack(early, false, &app).unwrap();
+            assert_eq!(
+                s.clone().on_ack(ack, &Ed25519Verifier).unwrap_err(),
+                FlowError::NotABoundary(early.len() as u32)
+            );
+        }
+        let mut acker = a.acker.clone();
+        s.on_ack(acker.ack(b"ab", false, &app).unwrap(), &Ed25519Verifier)
+            .unwrap();
+        // A last ack must cover the finished stream and no more than K tokens.
+        s.finish();
+        let all = acker.clone().ack(b"cd", true, &app).unwrap();
+        s.clone().on_ack(all, &Ed25519Verifier).unwrap();
+    }
+
+    /// Hole: a supplier streaming 1 KiB "tokens" billed far more than an honest answer
+    /// of as many tokens. The app refuses a token over the session's cap; failed before
+    /// the cap existed.
+    #[test]
+    fn a_token_over_the_cap_is_refused_on_both_sides() {
+        let (mut s, mut a, app) = setup(16);
+        let junk = "x".repeat(17);
+        assert!(matches!(
+            a.on_token(&junk, &app),
+            Err(FlowError::TokenTooLong { len: 17, max: 16 })
+        ));
+        assert!(matches!(
+            s.send(&junk),
+            Err(FlowError::TokenTooLong { len: 17, max: 16 })
+        ));
     }
 
     #[test]
@@ -518,7 +603,7 @@ mod tests {
             let window = Window { ack_every: k, max_unacked: k + extra };
             let (s0, a0, app) = setup(200);
             let mut s = SupplierFlow { window, ..s0 };
-            let mut a = AppFlow::new(a0.acker, window);
+            let mut a = AppFlow::new(a0.acker, window, 16);
             let mut in_flight: VecDeque<SignedAck> = VecDeque::new();
             let mut weight = 0u64;
             for (i, t) in tokens.iter().enumerate() {
@@ -560,6 +645,7 @@ mod tests {
                 ack_every: 100,
                 max_unacked: 3,
             },
+            16,
         );
         for _ in 0..3 {
             assert_eq!(a.on_token("x", &app).unwrap(), None);

@@ -73,9 +73,23 @@ pub struct ReceiptFacts {
 }
 
 impl ReceiptFacts {
-    /// Whether the session's τ mines this receipt.
-    pub fn is_mined(&self, tau: u64) -> bool {
-        is_mined(&self.relay_hash, self.weight, tau)
+    /// The lottery that decides this receipt's mining: `H(s, relay hash)`, with `s` the
+    /// supplier's mining secret for the session. The app signs the ack without knowing
+    /// `s` (committed in the countersigned terms, revealed only in the proof), so it
+    /// cannot tell a mined ack from another and withhold or reshape it; the supplier
+    /// knows `s` but cannot know the ack's chain link before the app signs it, so it
+    /// cannot shape output that mines.
+    pub fn lottery(&self, mining_secret: &Digest) -> Digest {
+        tagged_hash(hash_tag::LOTTERY, &[&mining_secret.0, &self.relay_hash.0])
+    }
+
+    /// Whether the session's τ and mining secret mine this receipt.
+    pub fn is_mined(&self, mining_secret: &Digest, tau: u64) -> bool {
+        // Weightless receipts are never mined and heavy ones always: no hash needed.
+        if self.weight == 0 || self.weight >= tau {
+            return self.weight > 0;
+        }
+        is_mined(&self.lottery(mining_secret), self.weight, tau)
     }
 
     /// What this receipt pays if mined.

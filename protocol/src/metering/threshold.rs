@@ -1,7 +1,8 @@
 //! Threshold sampling: which receipts are mined, and what a mined receipt pays.
 //!
 //! Receipt `i` of weight `w` (CUs) is mined when `H(i)/2^128 < min(1, w/τ)`, where
-//! `H(i)` is the first 16 bytes (big-endian) of its relay hash; a mined receipt pays
+//! `H(i)` is the first 16 bytes (big-endian) of its lottery hash `H(s, relay hash)`
+//! (`ReceiptFacts::lottery`: `s` is the supplier's committed mining secret); a mined receipt pays
 //! `max(w, τ)`. The expectation is exactly `w` for every receipt whatever the mix of
 //! weights: receipts heavier than τ are always kept and pay their weight, lighter ones
 //! are kept with probability `w/τ` and pay τ. POKT's single difficulty multiplier per
@@ -11,15 +12,15 @@
 
 use crate::Digest;
 
-/// Whether a receipt with this relay hash and weight is mined under threshold `tau`.
-pub fn is_mined(relay_hash: &Digest, weight: u64, tau: u64) -> bool {
+/// Whether a receipt with this lottery hash and weight is mined under threshold `tau`.
+pub fn is_mined(lottery: &Digest, weight: u64, tau: u64) -> bool {
     if weight == 0 {
         return false;
     }
     if weight >= tau {
         return true;
     }
-    let h = u128::from_be_bytes(relay_hash.0[..16].try_into().expect("16 bytes"));
+    let h = u128::from_be_bytes(lottery.0[..16].try_into().expect("16 bytes"));
     high_bits_of_product(h, tau) < u128::from(weight)
 }
 

@@ -3,6 +3,7 @@
 
 use crate::identity::verify::{SignatureError, SignatureVerifier};
 use crate::messages::claim::SignedClaim;
+use crate::messages::credit::CreditSlot;
 use crate::messages::session::SessionError;
 use crate::params::MeshParams;
 use crate::{Digest, PublicKey};
@@ -30,6 +31,10 @@ pub struct VerifiedClaim {
     pub price_per_cu: u64,
     /// The model Source and its royalty (ppm), if the session pinned a manifest.
     pub royalty: Option<(PublicKey, u32)>,
+    /// The debit the session's terms commit (hash of the app-signed terms).
+    pub debit: Digest,
+    /// The escrow the claim is paid from.
+    pub escrow: CreditSlot,
 }
 
 impl VerifiedClaim {
@@ -78,7 +83,19 @@ pub fn verify_claim(
     params: &MeshParams,
     verifier: &impl SignatureVerifier,
 ) -> Result<VerifiedClaim, ClaimError> {
+    verify_claim_in(claim, params, &params.mesh_id(), verifier)
+}
+
+/// [`verify_claim`] with the mesh id computed once by the caller (hashing the
+/// parameters encodes all of them, genesis included).
+pub fn verify_claim_in(
+    claim: &SignedClaim,
+    params: &MeshParams,
+    mesh_id: &Digest,
+    verifier: &impl SignatureVerifier,
+) -> Result<VerifiedClaim, ClaimError> {
     let open = &claim.body.open;
+    open.body.check_keys(verifier)?;
     // All four signatures (manifest, app, supplier's countersignature, claim) in one
     // batch; only if it fails does `validate` check them one by one to name the culprit.
     let mut items = open.signed_items().to_vec();
@@ -90,7 +107,7 @@ pub fn verify_claim(
         open.validate(params, verifier)?;
         claim.verify(&open.body.supplier, verifier)?;
     }
-    open.check_terms(params)?;
+    open.check_terms(params, mesh_id)?;
     let body = &claim.body;
     let tau = open.body.tau;
     let shape_ok = body.count >= 1
@@ -115,6 +132,8 @@ pub fn verify_claim(
         count: body.count,
         price_per_cu: open.body.price_per_cu,
         royalty: open.royalty(),
+        debit: open.body.debit_id(),
+        escrow: open.body.escrow,
     };
     if verified.value() < u128::from(params.min_claim_value) {
         return Err(ClaimError::BelowMinimum {

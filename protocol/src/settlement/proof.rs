@@ -7,6 +7,7 @@ use crate::identity::verify::{SignatureError, SignatureVerifier, SignedItem};
 use crate::messages::claim::SignedClaim;
 use crate::messages::proof::{FullReveal, LeafProof, Proof, ProofEvidence, SampledProof};
 use crate::messages::reveal::{commitment, SignedReveal};
+use crate::messages::session::mining_commitment;
 use crate::metering::receipt::{EncodedRequest, Receipt, ReceiptError, ReceiptFacts};
 use crate::params::MeshParams;
 use crate::settlement::challenge::{sample_point, seed};
@@ -84,6 +85,9 @@ pub enum ProofError {
     /// A signature (request, ack or reveal) does not verify.
     #[error("proof signature: {0}")]
     Signature(#[from] SignatureError),
+    /// The mining secret does not open the session's mining commitment.
+    #[error("the mining secret does not open the session's mining commitment")]
+    BadMiningSecret,
 }
 
 /// The leaf a receipt of the claimed session makes, and the app's two signatures on it
@@ -97,6 +101,7 @@ fn leaf_of(
     index: usize,
     claim: &SignedClaim,
     session_key: &Digest,
+    mining_secret: &Digest,
     requests: &mut Requests,
 ) -> Result<(LeafEntry, [SignedItem; 2]), ProofError> {
     let open = &claim.body.open;
@@ -107,7 +112,7 @@ fn leaf_of(
     let (facts, signatures) = receipt
         .check_signed_with(Some(request), session_key, &open.body, open.body.app)
         .map_err(|error| ProofError::BadReceipt { index, error })?;
-    if !facts.is_mined(tau) {
+    if !facts.is_mined(mining_secret, tau) {
         return Err(ProofError::NotMined(index));
     }
     let leaf = LeafEntry {
@@ -142,6 +147,10 @@ pub fn verify_proof(
         });
     }
     let app = claim.body.open.body.app;
+    if mining_commitment(&proof.mining_secret) != claim.body.open.mining_commitment {
+        return Err(ProofError::BadMiningSecret);
+    }
+    let secret = &proof.mining_secret;
     // The session key hashes the whole countersigned open: once per proof, not per leaf.
     let session_key = claim.session_key();
     let mut signatures: Vec<SignedItem> = Vec::new();
@@ -186,6 +195,7 @@ pub fn verify_proof(
                             index,
                             claim,
                             &session_key,
+                            secret,
                             &mut requests,
                         )?;
                         let offset = paths
@@ -213,7 +223,8 @@ pub fn verify_proof(
             let mut leaves = Vec::with_capacity(full.receipts.len());
             let mut requests = Requests::new();
             for (index, receipt) in full.receipts.iter().enumerate() {
-                let (leaf, items) = leaf_of(receipt, index, claim, &session_key, &mut requests)?;
+                let (leaf, items) =
+                    leaf_of(receipt, index, claim, &session_key, secret, &mut requests)?;
                 leaves.push(leaf);
                 signatures.extend(items);
             }
@@ -260,28 +271,41 @@ impl MinedReceipts for BTreeMap<Digest, Receipt> {
     }
 }
 
-/// The supplier's mined receipts of one session: the sum tree and the receipts behind
-/// its leaves (in an ordered map unless the supplier keeps them its own way).
-#[derive(Debug, Default)]
+/// The supplier's mined receipts of one session: the sum tree, the receipts behind
+/// its leaves (in an ordered map unless the supplier keeps them its own way), and the
+/// supplier's mining secret, which decides mining and goes into every proof.
+#[derive(Debug)]
 pub struct MinedSession<S = MemoryStore, R = BTreeMap<Digest, Receipt>> {
     tree: SumTree<S>,
     receipts: R,
+    mining_secret: Digest,
 }
 
 impl MinedSession<MemoryStore> {
-    /// An empty session in memory.
-    pub fn new() -> Self {
+    /// An empty session in memory, mining with `mining_secret` (the one the supplier
+    /// committed to in the countersigned terms).
+    pub fn new(mining_secret: Digest) -> Self {
         Self {
             tree: SumTree::new(),
             receipts: BTreeMap::new(),
+            mining_secret,
         }
     }
 }
 
 impl<S: TreeStore, R: MinedReceipts> MinedSession<S, R> {
     /// Resumes over a store and the receipts previously mined into it.
-    pub fn with_parts(tree: SumTree<S>, receipts: R) -> Self {
-        Self { tree, receipts }
+    pub fn with_parts(tree: SumTree<S>, receipts: R, mining_secret: Digest) -> Self {
+        Self {
+            tree,
+            receipts,
+            mining_secret,
+        }
+    }
+
+    /// The mining secret.
+    pub fn mining_secret(&self) -> Digest {
+        self.mining_secret
     }
 
     /// Root hash, sum and count, for the claim.
@@ -314,8 +338,9 @@ impl<S: TreeStore, R: MinedReceipts> MinedSession<S, R> {
                 .map_err(|_| TreeError::Corrupt(0))?;
         }
         Ok(Proof {
-            version: 1,
+            version: crate::PROTOCOL_VERSION,
             claim: claim_id,
+            mining_secret: self.mining_secret,
             evidence: ProofEvidence::Sampled(SampledProof { reveal, leaves }),
         })
     }
@@ -325,8 +350,9 @@ impl<S: TreeStore, R: MinedReceipts> MinedSession<S, R> {
     pub fn full_reveal(&self, claim_id: Digest) -> Result<Proof, crate::TooLong> {
         let receipts = BoundedVec::try_from_vec(self.receipts.all())?;
         Ok(Proof {
-            version: 1,
+            version: crate::PROTOCOL_VERSION,
             claim: claim_id,
+            mining_secret: self.mining_secret,
             evidence: ProofEvidence::Full(FullReveal { receipts }),
         })
     }
@@ -342,7 +368,7 @@ impl<S: TreeStore> MinedSession<S> {
         facts: &ReceiptFacts,
         tau: u64,
     ) -> Result<Option<u64>, TreeError<S::Error>> {
-        if !facts.is_mined(tau) {
+        if !facts.is_mined(&self.mining_secret, tau) {
             return Ok(None);
         }
         let paid = facts.mined_value(tau);
@@ -370,7 +396,7 @@ pub fn sign_reveal(
 ) -> SignedReveal {
     Signed::sign(
         crate::messages::reveal::Reveal {
-            version: 1,
+            version: crate::PROTOCOL_VERSION,
             session_key,
             root,
             secret,

@@ -8,8 +8,34 @@
 //! lengths, trailing bytes, arrays of small integers where bytes belong) would hash to a
 //! different relay hash or session key, so it is refused rather than normalised.
 
-use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::de::{DeserializeOwned, Error as _};
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// The marker a refused nested version leaves in the parser's error, so that
+/// [`WireMessage::decode`] can name it.
+const VERSION_MARKER: &str = "relaymesh-version:";
+
+/// Reads a message's `version` field, refusing any version but this build's. Every
+/// message struct's version field goes through it, so a version is checked wherever a
+/// message sits (a session inside a claim, a receipt inside a proof), not only at the
+/// top: a verifier never applies version-2 rules to bytes written under another version.
+pub fn current_version<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u16, D::Error> {
+    let version = u16::deserialize(deserializer)?;
+    if version != crate::PROTOCOL_VERSION {
+        return Err(D::Error::custom(format!("{VERSION_MARKER}{version}")));
+    }
+    Ok(version)
+}
+
+/// The version a parser error says was refused, if that is what it says.
+fn refused_version(reason: &str) -> Option<u16> {
+    let at = reason.find(VERSION_MARKER)? + VERSION_MARKER.len();
+    let digits: String = reason[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
 
 /// Why bytes from the network were not accepted as a message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -151,9 +177,19 @@ pub trait WireMessage: Serialize + DeserializeOwned {
                 max: Self::MAX_SIZE,
             });
         }
-        let value: Self = ciborium::from_reader(bytes).map_err(|err| DecodeError::Malformed {
-            name: Self::NAME,
-            reason: err.to_string(),
+        let value: Self = ciborium::from_reader(bytes).map_err(|err| {
+            let reason = err.to_string();
+            match refused_version(&reason) {
+                Some(found) => DecodeError::UnsupportedVersion {
+                    name: Self::NAME,
+                    found,
+                    supported: Self::VERSION,
+                },
+                None => DecodeError::Malformed {
+                    name: Self::NAME,
+                    reason,
+                },
+            }
         })?;
         if value.version() != Self::VERSION {
             return Err(DecodeError::UnsupportedVersion {

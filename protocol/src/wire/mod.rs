@@ -6,4 +6,6 @@ pub mod codec;
 pub mod fuzz;
 
 pub use bytes::{BoundedString, BoundedVec, Digest, PublicKey, Signature, TooLong};
-pub use codec::{canonical_len, to_canonical, DecodeError, EncodeError, WireMessage};
+pub use codec::{
+    canonical_len, current_version, to_canonical, DecodeError, EncodeError, WireMessage,
+};

@@ -4,6 +4,7 @@
 
 use relaymesh_protocol::identity::signed::Signed;
 use relaymesh_protocol::messages::claim::{Claim, SignedClaim};
+use relaymesh_protocol::messages::credit::CreditSlot;
 use relaymesh_protocol::messages::manifest::{ModelManifest, SignedManifest};
 use relaymesh_protocol::messages::request::SignedRelayRequest;
 use relaymesh_protocol::messages::reveal::commitment;
@@ -13,7 +14,7 @@ use relaymesh_protocol::metering::compute_units::CuFormula;
 use relaymesh_protocol::metering::receipt::Receipt;
 use relaymesh_protocol::params::{Allocation, MeshParams};
 use relaymesh_protocol::settlement::proof::MinedSession;
-use relaymesh_protocol::{BoundedString, Digest, Keypair, Signer};
+use relaymesh_protocol::{BoundedString, Digest, Keypair, Signer, PROTOCOL_VERSION};
 
 /// Key number `n`, the same in every run.
 pub fn key(n: u8) -> Keypair {
@@ -46,7 +47,7 @@ pub fn params(genesis: &[(&Keypair, u64)]) -> MeshParams {
 pub fn manifest(source: &Keypair, royalty_ppm: u32) -> SignedManifest {
     Signed::sign(
         ModelManifest {
-            version: 1,
+            version: PROTOCOL_VERSION,
             name: BoundedString::new("SmolLM2-135M-Instruct").unwrap(),
             gguf_digest: Digest([0xab; 32]),
             size_bytes: 98_000_000,
@@ -67,11 +68,20 @@ pub struct SessionTerms<'a> {
     pub price: u64,
     pub start_ms: u64,
     pub nonce: u64,
+    /// The app's escrow slot.
+    pub escrow: CreditSlot,
+}
+
+/// The supplier's mining secret for a session in these tests: derived from the terms,
+/// as a node derives it from its key and the terms.
+pub fn mining_secret(body: &SessionOpen) -> Digest {
+    let bytes = relaymesh_protocol::wire::to_canonical(body);
+    Digest(*blake3::hash(&[&bytes[..], b"mining"].concat()).as_bytes())
 }
 
 pub fn open(t: SessionTerms<'_>) -> SignedSessionOpen {
     let body = SessionOpen {
-        version: 1,
+        version: PROTOCOL_VERSION,
         mesh_id: t.params.mesh_id(),
         app: t.app.public_key(),
         supplier: t.supplier.public_key(),
@@ -83,12 +93,15 @@ pub fn open(t: SessionTerms<'_>) -> SignedSessionOpen {
         cu: CuFormula::default(),
         price_per_cu: t.price,
         tau: t.tau,
+        max_token_bytes: 64,
+        escrow: t.escrow,
         start_ms: t.start_ms,
         max_duration_ms: 60_000,
         reveal_commitment: commitment(&secret(t.nonce)),
         nonce: t.nonce,
     };
-    Signed::sign(body, t.app).countersign(t.supplier)
+    let mining = mining_secret(&body);
+    Signed::sign(body, t.app).countersign(t.supplier, &mining)
 }
 
 /// The app's side of one request, with fixture values for the request terms.
@@ -142,7 +155,7 @@ pub fn run_session(
 ) -> RanSession {
     let key = open.session_key();
     let tau = open.body.tau;
-    let mut mined = MinedSession::new();
+    let mut mined = MinedSession::new(mining_secret(&open.body));
     let mut served = 0;
     let mut receipts = Vec::new();
     for r in 0..requests {
@@ -169,7 +182,7 @@ pub fn claim(ran: &RanSession, supplier: &Keypair) -> SignedClaim {
     let root = ran.mined.root().unwrap();
     Signed::sign(
         Claim {
-            version: 1,
+            version: PROTOCOL_VERSION,
             open: ran.open.clone(),
             root: root.hash,
             sum: root.sum,

@@ -3,6 +3,7 @@
 
 use relaymesh_protocol::identity::signed::Signed;
 use relaymesh_protocol::messages::capability::{CapabilityAd, ModelOffer};
+use relaymesh_protocol::messages::credit::CreditSlot;
 use relaymesh_protocol::messages::equivocation::EquivocationEvidence;
 use relaymesh_protocol::messages::infer::{
     FrameBody, InferFrame, InferPayload, InferRequest, PromptBody, Refuse, RefuseCode, Turn,
@@ -13,7 +14,7 @@ use relaymesh_protocol::messages::transfer::Transfer;
 use relaymesh_protocol::metering::compute_units::CuFormula;
 use relaymesh_protocol::settlement::proof::{sign_reveal, verify_proof};
 use relaymesh_protocol::wire::WireMessage;
-use relaymesh_protocol::{BoundedString, BoundedVec, Signer};
+use relaymesh_protocol::{BoundedString, BoundedVec, Signer, PROTOCOL_VERSION};
 
 use crate::common::*;
 
@@ -71,6 +72,7 @@ pub fn all() -> Vec<Golden> {
         price: 2,
         start_ms: 1_750_000_000_000,
         nonce: 1,
+        escrow: CreditSlot::new(0, 500_000),
     });
     let proposal = Signed::sign(o.body.clone(), &app);
     let ran = run_session(o.clone(), &app, 2, 6, 40);
@@ -89,7 +91,7 @@ pub fn all() -> Vec<Golden> {
     let receipt = ran.receipts[0].clone();
     let ad = Signed::sign(
         CapabilityAd {
-            version: 1,
+            version: PROTOCOL_VERSION,
             mesh_id: params.mesh_id(),
             supplier: supplier.public_key(),
             seq: 7,
@@ -107,6 +109,7 @@ pub fn all() -> Vec<Golden> {
                 price_per_cu: 2,
                 cu: CuFormula::default(),
                 tau: 300,
+                max_token_bytes: 48,
             }])
             .unwrap(),
         },
@@ -114,13 +117,13 @@ pub fn all() -> Vec<Golden> {
     );
     let transfer = Signed::sign(
         Transfer {
-            version: 1,
+            version: PROTOCOL_VERSION,
             mesh_id: params.mesh_id(),
             from: app.public_key(),
             to: source.public_key(),
             amount: 12_345,
             epoch: 3,
-            nonce: 9,
+            slot_start: 500_000,
         },
         &app,
     );
@@ -154,13 +157,15 @@ pub fn all() -> Vec<Golden> {
     let frame_resume = InferFrame::new(FrameBody::Resume(o.clone()));
     let (pa4, ps4) = (app.public_key(), supplier.public_key());
     let (pa, ps, pso) = (app.public_key(), supplier.public_key(), source.public_key());
-    let (c1, c2, p1, p2, p3) = (
+    let (c1, c2, p1, p2, p3, p4) = (
         claim.clone(),
         claim.clone(),
+        params.clone(),
         params.clone(),
         params.clone(),
         params.clone(),
     );
+    let (p5, mesh_id) = (params.clone(), params.mesh_id());
     let (pa2, pa3) = (pa, pa);
     let (pa5, ps5) = (pa, ps);
     vec![
@@ -181,6 +186,11 @@ pub fn all() -> Vec<Golden> {
         golden(None, manifest, move |m| m.verify(&pso, &v).is_ok()),
         golden(None, ad, move |a| a.verify(&ps, &v).is_ok()),
         golden(None, proposal, move |p| p.verify(&pa, &v).is_ok()),
+        golden(
+            Some("open"),
+            LedgerMessage::new(LedgerBody::Open(o.clone())),
+            move |m| matches!(&m.body, LedgerBody::Open(o) if o.validate(&p4, &v).is_ok()),
+        ),
         golden(None, o, move |o| o.validate(&p1, &v).is_ok()),
         golden(None, receipt.request, move |r| r.verify(&pa, &v).is_ok()),
         golden(None, receipt.ack, move |a| a.verify(&pa, &v).is_ok()),
@@ -207,7 +217,7 @@ pub fn all() -> Vec<Golden> {
             LedgerMessage::new(LedgerBody::Transfer(transfer.clone())),
             move |m| matches!(&m.body, LedgerBody::Transfer(t) if t.verify(&pa5, &v).is_ok()),
         ),
-        golden(None, evidence, move |e| e.verify(&v).is_ok()),
+        golden(None, evidence, move |e| e.verify(&p5, &mesh_id, &v).is_ok()),
         golden(None, transfer, move |t| t.verify(&pa, &v).is_ok()),
         golden(None, params_for_vectors(), |p| p.validate().is_ok()),
     ]

@@ -95,7 +95,7 @@ pub fn write_manifest(
             source,
         })?;
     let body = ModelManifest {
-        version: 1,
+        version: relaymesh_protocol::PROTOCOL_VERSION,
         name: BoundedString::new(name).map_err(|e| invalid(format!("name: {e}")))?,
         gguf_digest: digest,
         size_bytes: size,

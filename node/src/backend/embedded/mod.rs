@@ -237,6 +237,7 @@ impl EmbeddedBackend {
                 digest: Some(ModelDigest::Gguf(digest)),
                 manifest,
                 context_length,
+                max_token_bytes: tokenizer.longest_token_bytes(),
                 kind: "embedded",
                 details,
             },

@@ -27,6 +27,8 @@ pub struct GgufTokenizer {
     /// Tokens that end an answer (the GGUF's eos, and `<|im_end|>`/`<|eot_id|>`/
     /// `<|endoftext|>` where present).
     pub end_ids: Vec<u32>,
+    /// Bytes of the longest token text can be made of (not control tokens).
+    longest: u32,
 }
 
 fn strings<'a>(md: &'a HashMap<String, Value>, key: &str) -> Result<Vec<&'a str>, String> {
@@ -117,7 +119,25 @@ impl GgufTokenizer {
                 }
             }
         }
-        Ok(Self { inner, end_ids })
+        // Byte-level BPE writes each byte of a token as one character.
+        let longest = tokens
+            .iter()
+            .zip(&types)
+            .filter(|(_, &ty)| ty != TOKEN_TYPE_CONTROL)
+            .map(|(t, _)| t.chars().count() as u32)
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        Ok(Self {
+            inner,
+            end_ids,
+            longest,
+        })
+    }
+
+    /// Bytes of the vocabulary's longest token: a session's per-token byte cap.
+    pub fn longest_token_bytes(&self) -> u32 {
+        self.longest
     }
 
     /// Token ids of `text`; special tokens written in the text are recognised (the

@@ -1,0 +1,203 @@
+//! What one app may take from a supplier, by key: streams at once, new sessions per
+//! hour, and tokens it left unacknowledged.
+//!
+//! The ack window lets an app that never acks take `W` tokens from a stream; without a
+//! memory per app it could take them from every stream it opens. So a supplier
+//! remembers, per app key, the tokens each stream ended with unacknowledged, and
+//! refuses the app while those of the last [`DEBT_WINDOW`] reach [`debt_limit`]
+//! (twice the window: an honest client that cancels an answer now and then, or loses
+//! a hedging race, stays well under it). With credit, an app key needs a funded
+//! escrow to open a session at all, so what one key can take from the whole mesh
+//! without paying is at most `2W` tokens per supplier per [`DEBT_WINDOW`]
+//! (`docs/PROTOCOL.md` §16 states the bound).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use relaymesh_protocol::PublicKey;
+
+/// Streams one app may have open at one supplier.
+pub const MAX_STREAMS_PER_APP: usize = 8;
+/// New sessions one app may open at one supplier per hour.
+pub const MAX_SESSIONS_PER_APP: usize = 64;
+/// How long unacknowledged tokens count against their app.
+pub const DEBT_WINDOW: Duration = Duration::from_secs(600);
+/// Most apps remembered; past it, apps with nothing open and nothing owed go first.
+pub const MAX_APPS: usize = 65_536;
+
+/// Unacknowledged tokens an app may leave within [`DEBT_WINDOW`]: twice the window.
+pub fn debt_limit(max_unacked_tokens: u32) -> u32 {
+    max_unacked_tokens.saturating_mul(2)
+}
+
+#[derive(Default)]
+struct AppState {
+    streams: usize,
+    /// When each stream ended with tokens unacknowledged, and how many.
+    debts: VecDeque<(Instant, u32)>,
+    /// When each session was countersigned.
+    sessions: VecDeque<Instant>,
+}
+
+impl AppState {
+    fn prune(&mut self, now: Instant) {
+        while self
+            .debts
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) > DEBT_WINDOW)
+        {
+            self.debts.pop_front();
+        }
+        while self
+            .sessions
+            .front()
+            .is_some_and(|at| now.duration_since(*at) > Duration::from_secs(3600))
+        {
+            self.sessions.pop_front();
+        }
+    }
+
+    fn owed(&self) -> u32 {
+        self.debts
+            .iter()
+            .map(|(_, n)| *n)
+            .fold(0, u32::saturating_add)
+    }
+
+    fn idle(&self) -> bool {
+        self.streams == 0 && self.debts.is_empty()
+    }
+}
+
+/// The limits of one supplier, over all its streams.
+pub struct AppLimits {
+    apps: Mutex<HashMap<PublicKey, AppState>>,
+    debt_limit: u32,
+}
+
+/// One stream of an app, counted until [`StreamTicket::end`] (or drop).
+pub struct StreamTicket<'a> {
+    limits: &'a AppLimits,
+    app: PublicKey,
+    unacked: u32,
+}
+
+impl StreamTicket<'_> {
+    /// The stream ends with `unacked` tokens sent and never acknowledged.
+    pub fn end(mut self, unacked: u32) {
+        self.unacked = unacked;
+    }
+}
+
+impl Drop for StreamTicket<'_> {
+    fn drop(&mut self) {
+        let mut apps = self.limits.apps.lock().expect("limits lock");
+        if let Some(state) = apps.get_mut(&self.app) {
+            state.streams = state.streams.saturating_sub(1);
+            if self.unacked > 0 {
+                state.debts.push_back((Instant::now(), self.unacked));
+            }
+        }
+    }
+}
+
+impl AppLimits {
+    /// Limits for a mesh whose ack window is `max_unacked_tokens`.
+    pub fn new(max_unacked_tokens: u32) -> Self {
+        Self {
+            apps: Mutex::new(HashMap::new()),
+            debt_limit: debt_limit(max_unacked_tokens),
+        }
+    }
+
+    fn with<T>(&self, app: &PublicKey, f: impl FnOnce(&mut AppState) -> T) -> T {
+        let mut apps = self.apps.lock().expect("limits lock");
+        if apps.len() >= MAX_APPS && !apps.contains_key(app) {
+            apps.retain(|_, s| !s.idle());
+        }
+        let state = apps.entry(*app).or_default();
+        state.prune(Instant::now());
+        f(state)
+    }
+
+    /// A new stream of `app`, or why it is refused.
+    pub fn begin(&self, app: &PublicKey) -> Result<StreamTicket<'_>, String> {
+        let limit = self.debt_limit;
+        self.with(app, |state| {
+            let owed = state.owed();
+            if owed >= limit {
+                return Err(format!(
+                    "app {} left {owed} tokens unacknowledged here in the last {} minutes (at most {limit}); ack what you take",
+                    app.peer_id(),
+                    DEBT_WINDOW.as_secs() / 60
+                ));
+            }
+            if state.streams >= MAX_STREAMS_PER_APP {
+                return Err(format!(
+                    "app {} has {MAX_STREAMS_PER_APP} streams open here already",
+                    app.peer_id()
+                ));
+            }
+            state.streams += 1;
+            Ok(())
+        })?;
+        Ok(StreamTicket {
+            limits: self,
+            app: *app,
+            unacked: 0,
+        })
+    }
+
+    /// Counts a new session of `app`, or says why it is refused.
+    pub fn new_session(&self, app: &PublicKey) -> Result<(), String> {
+        self.with(app, |state| {
+            if state.sessions.len() >= MAX_SESSIONS_PER_APP {
+                return Err(format!(
+                    "app {} opened {MAX_SESSIONS_PER_APP} sessions here in the last hour; resume one",
+                    app.peer_id()
+                ));
+            }
+            state.sessions.push_back(Instant::now());
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Hole 5: the window bounded what an app that never acks takes per stream, not per
+    /// app, so it took `W` tokens from every stream it opened. Failed before suppliers
+    /// kept per-app debts: every stream was served.
+    #[test]
+    fn an_app_that_leaves_tokens_unacknowledged_is_refused_until_it_stops() {
+        let limits = AppLimits::new(64);
+        let app = PublicKey([7; 32]);
+        limits.begin(&app).unwrap().end(64);
+        limits.begin(&app).unwrap().end(63);
+        // 127 owed, under 128: one more stream, which takes its window too.
+        limits.begin(&app).unwrap().end(64);
+        let refused = limits.begin(&app).err().unwrap();
+        assert!(refused.contains("unacknowledged"), "{refused}");
+        // Another app is not affected.
+        assert!(limits.begin(&PublicKey([8; 32])).is_ok());
+    }
+
+    #[test]
+    fn streams_and_sessions_per_app_are_capped() {
+        let limits = AppLimits::new(64);
+        let app = PublicKey([7; 32]);
+        let open: Vec<_> = (0..MAX_STREAMS_PER_APP)
+            .map(|_| limits.begin(&app).unwrap())
+            .collect();
+        assert!(limits.begin(&app).is_err());
+        drop(open);
+        assert!(limits.begin(&app).is_ok());
+        for _ in 0..MAX_SESSIONS_PER_APP {
+            limits.new_session(&app).unwrap();
+        }
+        assert!(limits.new_session(&app).is_err());
+    }
+}
