@@ -64,6 +64,10 @@ pub struct Metrics {
     pub ledger_messages: Family<LedgerLabel, Counter>,
     /// Ledger messages refused, by reason.
     pub ledger_rejections: Family<ReasonLabel, Counter>,
+    /// Median of the peers' clocks minus this node's, ms.
+    pub clock_offset_ms: Gauge,
+    /// Peers whose frozen ledger checkpoint differed from this node's.
+    pub checkpoint_mismatches: Counter,
 }
 
 impl Default for Metrics {
@@ -123,13 +127,25 @@ impl Default for Metrics {
         );
         registry.register(
             "ledger_messages",
-            "Ledger messages (claims, reveals, proofs, transfers, evidence) by kind and outcome",
+            "Ledger messages (announcements, claims, reveals, proofs, transfers, evidence) by kind and outcome",
             ledger_messages.clone(),
         );
         registry.register(
             "ledger_rejections",
             "Ledger messages refused, by reason",
             ledger_rejections.clone(),
+        );
+        let clock_offset_ms = Gauge::default();
+        let checkpoint_mismatches = Counter::default();
+        registry.register(
+            "clock_offset_ms",
+            "Median of the peers' clocks minus this node's, ms (beyond the mesh's skew, no epoch freezes here)",
+            clock_offset_ms.clone(),
+        );
+        registry.register(
+            "checkpoint_mismatches",
+            "Peers whose frozen ledger checkpoint differed from this node's at the same epoch",
+            checkpoint_mismatches.clone(),
         );
         Self {
             registry: Arc::new(registry),
@@ -144,6 +160,8 @@ impl Default for Metrics {
             mined_receipts,
             ledger_messages,
             ledger_rejections,
+            clock_offset_ms,
+            checkpoint_mismatches,
         }
     }
 }

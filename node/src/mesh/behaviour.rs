@@ -66,6 +66,10 @@ pub struct AdsResponse {
 pub struct LedgerSyncRequest {
     /// Log keys (`kind ‖ epoch ‖ id`), at most `settle::MAX_SYNC_KEYS`.
     pub have: Vec<Vec<u8>>,
+    /// The sender's clock when it sent this (unix ms).
+    pub now_ms: u64,
+    /// Where its frozen epochs end, and their checkpoint's digest.
+    pub frozen: (u64, relaymesh_protocol::Digest),
 }
 
 /// Encoded `LedgerMessage`s, each validated by the receiver as if gossiped.
@@ -73,6 +77,12 @@ pub struct LedgerSyncRequest {
 pub struct LedgerSyncResponse {
     /// The messages.
     pub messages: Vec<Vec<u8>>,
+    /// The request's `now_ms`, echoed: the asker times the round trip with it.
+    pub echo_ms: u64,
+    /// The answerer's clock when it answered (unix ms).
+    pub now_ms: u64,
+    /// Where its frozen epochs end, and their checkpoint's digest.
+    pub frozen: (u64, relaymesh_protocol::Digest),
 }
 
 /// Largest gossip frame: a full-reveal proof; per-topic limits are lower.

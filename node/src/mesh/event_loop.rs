@@ -381,10 +381,15 @@ impl EventLoop {
         let peer = peers[self.ledger_rounds % peers.len()];
         self.ledger_rounds += 1;
         let have = settlement.sync_keys();
+        let request = LedgerSyncRequest {
+            have,
+            now_ms: now_ms(),
+            frozen: settlement.frozen_digest(),
+        };
         self.swarm
             .behaviour_mut()
             .ledger_sync
-            .send_request(&peer, LedgerSyncRequest { have });
+            .send_request(&peer, request);
     }
 
     /// Applies a ledger message from gossip or sync; returns the verdict for gossip.
@@ -727,19 +732,42 @@ impl EventLoop {
                 request_response::Message::Request {
                     request, channel, ..
                 } => {
-                    let messages = match &self.settlement {
-                        Some(s) if request.have.len() <= crate::settle::MAX_SYNC_KEYS => {
-                            s.sync_answer(&request.have)
-                        }
-                        _ => Vec::new(),
+                    let Some(s) = self.settlement.clone() else {
+                        return;
+                    };
+                    let messages = if request.have.len() <= crate::settle::MAX_SYNC_KEYS {
+                        s.sync_answer(&request.have)
+                    } else {
+                        Vec::new()
+                    };
+                    // The asker's clock, one way (its delay is far inside the skew).
+                    let now = now_ms();
+                    s.observe_peer_clock(&peer.to_string(), request.now_ms, now);
+                    s.compare_checkpoint(&peer.to_string(), request.frozen.0, request.frozen.1);
+                    let response = LedgerSyncResponse {
+                        messages,
+                        echo_ms: request.now_ms,
+                        now_ms: now,
+                        frozen: s.frozen_digest(),
                     };
                     let _ = self
                         .swarm
                         .behaviour_mut()
                         .ledger_sync
-                        .send_response(channel, LedgerSyncResponse { messages });
+                        .send_response(channel, response);
                 }
                 request_response::Message::Response { response, .. } => {
+                    if let Some(s) = self.settlement.clone() {
+                        // The answerer's clock against the midpoint of our round trip.
+                        let now = now_ms();
+                        let midpoint = response.echo_ms / 2 + now / 2;
+                        s.observe_peer_clock(&peer.to_string(), response.now_ms, midpoint);
+                        s.compare_checkpoint(
+                            &peer.to_string(),
+                            response.frozen.0,
+                            response.frozen.1,
+                        );
+                    }
                     let count = response.messages.len();
                     let mut new = 0;
                     for bytes in &response.messages {

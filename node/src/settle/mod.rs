@@ -25,6 +25,7 @@
 //! `duties` (what a supplier and an app do as sessions end), `credit` (escrow slots,
 //! admission, transfers, announcements), `report` (what the API shows).
 
+mod clock;
 mod credit;
 mod duties;
 mod ingest;
@@ -32,6 +33,7 @@ mod report;
 #[cfg(test)]
 mod tests;
 
+pub use clock::ClockReport;
 pub use credit::{Available, SESSION_SHARE};
 pub use report::{balances, AccountRow, ClaimRow, LedgerReport};
 
@@ -143,6 +145,10 @@ pub struct Settlement {
     outbox_rx: Mutex<Option<tokio::sync::mpsc::Receiver<LedgerMessage>>>,
     /// The stored checkpoint of the frozen epochs (tree `ledger_checkpoint`).
     checkpoint: sled::Tree,
+    /// The frozen epochs' end and digest, as last frozen.
+    frozen: Mutex<(u64, Digest)>,
+    /// This node's clock against its peers'.
+    clock: clock::ClockWatch,
 }
 
 /// The tree and key of the stored ledger checkpoint.
@@ -176,6 +182,7 @@ impl Settlement {
         let app_acks = db.open_tree(APP_ACKS_TREE)?;
         let credit = db.open_tree("credit")?;
         let checkpoint = db.open_tree(CHECKPOINT_TREE)?;
+        let params_skew = params.max_clock_skew_ms;
         let (outbox, outbox_rx) = tokio::sync::mpsc::channel(OUTBOX);
         // The frozen epochs come back from the stored checkpoint; their messages are gone
         // from the log (or refused as frozen, if a crash came between the two writes).
@@ -240,19 +247,54 @@ impl Settlement {
             outbox,
             outbox_rx: Mutex::new(Some(outbox_rx)),
             checkpoint,
+            frozen: Mutex::new((0, Digest::ZERO)),
+            clock: clock::ClockWatch::new(params_skew),
         };
-        settlement.advance(&mut settlement.ledger.lock().expect("ledger lock"), now_ms);
+        {
+            let mut ledger = settlement.ledger.lock().expect("ledger lock");
+            settlement.advance(&mut ledger, now_ms);
+            let snapshot = ledger.snapshot();
+            *settlement.frozen.lock().expect("frozen lock") =
+                (snapshot.frozen_before, snapshot.digest());
+        }
         Ok(settlement)
     }
 
-    /// Advances the ledger's clock to `now_ms`. When epochs freeze, their checkpoint is
+    /// A peer's clock read `peer_ms` when this node's read `our_ms` (from an
+    /// anti-entropy exchange).
+    pub fn observe_peer_clock(&self, peer: &str, peer_ms: u64, our_ms: u64) {
+        self.clock.observe(peer, peer_ms, our_ms);
+        if let Some(offset) = self.clock.report().offset_ms {
+            self.metrics.clock_offset_ms.set(offset);
+        }
+    }
+
+    /// The end and digest of this node's frozen epochs, for peers to compare.
+    pub fn frozen_digest(&self) -> (u64, Digest) {
+        *self.frozen.lock().expect("frozen lock")
+    }
+
+    /// A peer's frozen epochs end at `frozen_before` with `digest`: compared with ours.
+    pub fn compare_checkpoint(&self, peer: &str, frozen_before: u64, digest: Digest) {
+        if self
+            .clock
+            .compare_checkpoint(peer, frozen_before, digest, self.frozen_digest())
+        {
+            self.metrics.checkpoint_mismatches.inc();
+        }
+    }
+
+    /// Advances the ledger's clock to `now_ms` (unless this node's clock is off from its
+    /// peers': then nothing freezes). When epochs freeze, their checkpoint is
     /// stored (flushed) and then their messages are deleted from the log: what is final
     /// is kept once, as totals, instead of replayed from every message at each start.
     pub(super) fn advance(&self, ledger: &mut Ledger, now_ms: u64) {
-        if ledger.advance(now_ms) == 0 {
+        // A clock off from the peers' would freeze epochs at the wrong time, for good.
+        if self.clock.is_off() || ledger.advance(now_ms) == 0 {
             return;
         }
         let snapshot = ledger.snapshot();
+        *self.frozen.lock().expect("frozen lock") = (snapshot.frozen_before, snapshot.digest());
         if let Err(e) = self
             .checkpoint
             .insert(CHECKPOINT_KEY, snapshot.to_bytes())

@@ -90,6 +90,11 @@ pub struct LedgerReport {
     pub credit: Option<super::credit::Available>,
     /// Epochs after which credit received becomes spendable (`H + 1`).
     pub spendable_after_epochs: u64,
+    /// This node's clock against its peers', and its frozen checkpoint's agreement.
+    pub clock: super::ClockReport,
+    /// Digest of the frozen epochs' checkpoint (hex): equal on nodes that froze the
+    /// same messages.
+    pub frozen_digest: String,
 }
 
 impl Settlement {
@@ -127,6 +132,8 @@ impl Settlement {
             accounts,
             credit: None,
             spendable_after_epochs: u64::from(self.params.freeze_horizon_epochs) + 1,
+            clock: self.clock.report(),
+            frozen_digest: self.frozen_digest().1.to_hex(),
         };
         drop(claims);
         drop(ledger);

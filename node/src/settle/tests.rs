@@ -673,3 +673,31 @@ fn frozen_epochs_are_compacted_into_a_stored_checkpoint() {
     .unwrap();
     assert_eq!(balances(&restarted.report(final_at)), balances(&before));
 }
+
+/// Hole 11: a node whose clock disagrees with its peers' by more than the skew says so
+/// and freezes nothing (before, it froze by its own clock alone, and a divergence at
+/// a freeze is for good); when it agrees again it freezes as usual.
+#[test]
+fn a_node_whose_clock_is_off_freezes_nothing() {
+    let p = params(1_000_000_000, 16);
+    let n = node(key(3), &p, false, &[]);
+    let frozen = n.s.report(START).frozen_before;
+    let later = START + 20 * p.epoch_ms;
+    // Its peers' clocks read 90 s less than its own: its clock runs ahead.
+    for peer in ["a", "b", "c"] {
+        n.s.observe_peer_clock(peer, later - 90_000, later);
+    }
+    let r = n.s.report(later);
+    assert!(
+        r.clock.off && r.clock.offset_ms == Some(-90_000),
+        "{:?}",
+        r.clock
+    );
+    assert_eq!(r.frozen_before, frozen, "nothing froze");
+    for peer in ["a", "b", "c"] {
+        n.s.observe_peer_clock(peer, later, later);
+    }
+    let r = n.s.report(later);
+    assert!(!r.clock.off);
+    assert!(r.frozen_before > frozen);
+}
