@@ -70,6 +70,13 @@ pub struct Metrics {
     pub stalls: u64,
     pub garbage_detected: u64,
     pub refused_busy: u64,
+    /// Attempts refused because the app owed too many unacknowledged tokens.
+    pub refused_debt: u64,
+    /// Tokens streamed to apps that never acknowledged them (the free ride).
+    pub free_tokens: u64,
+    /// Apps that stop acking, and the run's length: for the free ride per app-hour.
+    pub free_riders: u64,
+    pub duration_h: f64,
     pub ttft_ms: Sample,
     pub ttft_overhead_ms: Sample,
     // Metering.
@@ -139,6 +146,12 @@ impl Metrics {
             ("stalls", self.stalls as f64),
             ("garbage_detected", self.garbage_detected as f64),
             ("refused_busy", self.refused_busy as f64),
+            ("refused_debt", self.refused_debt as f64),
+            ("free_tokens", self.free_tokens as f64),
+            (
+                "free_tokens_per_rider_hour",
+                per(self.free_tokens as f64, self.free_riders) / self.duration_h.max(1e-9),
+            ),
             ("ttft_p50_ms", self.ttft_ms.quantile(0.5)),
             ("ttft_p99_ms", self.ttft_ms.quantile(0.99)),
             ("ttft_overhead_p50_ms", self.ttft_overhead_ms.quantile(0.5)),

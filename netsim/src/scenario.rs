@@ -200,6 +200,10 @@ pub struct Mesh {
     pub ad_lifetime_s: u64,
     /// Fewest seconds between two ads of one supplier when only its load changed.
     pub ad_min_interval_s: u64,
+    /// Whether suppliers keep per-app debts: the tokens an app's streams ended with
+    /// unacknowledged, refusing the app past `2W` of them in 10 minutes (`false`: no
+    /// memory per app, as before version 2).
+    pub app_debt_limit: bool,
 }
 
 impl Default for Mesh {
@@ -219,6 +223,7 @@ impl Default for Mesh {
             ad_refresh_s: 60,
             ad_lifetime_s: 180,
             ad_min_interval_s: 10,
+            app_debt_limit: true,
         }
     }
 }

@@ -145,6 +145,8 @@ pub(crate) struct Supplier {
     pub settled_served_cu: u64,
     pub settled_var: f64,
     pub excluded_us: Option<u64>,
+    /// Per app: when its streams ended with tokens unacknowledged, and how many.
+    pub debts: BTreeMap<u32, VecDeque<(u64, u32)>>,
 }
 
 pub(crate) struct App {
@@ -404,6 +406,7 @@ impl Sim {
                 settled_served_cu: 0,
                 settled_var: 0.0,
                 excluded_us: None,
+                debts: BTreeMap::new(),
             });
         }
         let mut by_model = vec![Vec::new(); sc.models as usize];
@@ -499,6 +502,12 @@ impl Sim {
             sc: sc.clone(),
         };
         sim.m.nodes = u64::from(sc.nodes);
+        sim.m.free_riders = sim
+            .apps
+            .iter()
+            .filter(|a| a.kind == AppKind::StopAcking)
+            .count() as u64;
+        sim.m.duration_h = sc.duration_s / 3600.0;
         sim.m.suppliers = u64::from(n_suppliers);
         let run_us = end_us - t0;
         for s in 0..n_suppliers {
@@ -920,6 +929,13 @@ impl Sim {
             return;
         }
         let back = self.one_way(sup.node, app_node, 256);
+        let app = self.requests.get(at.request).expect("live").app;
+        if self.sc.mesh.app_debt_limit && self.owed(s, app) >= 2 * self.sc.mesh.max_unacked_tokens {
+            self.m.refused_debt += 1;
+            self.schedule(self.now + back, Ev::GiveUp(a, Why::Busy));
+            return;
+        }
+        let sup = &self.suppliers[s as usize];
         if sup.leaving || (sup.busy >= sup.slots && sup.queue.len() >= self.sc.gpu.queue as usize) {
             self.m.refused_busy += 1;
             self.schedule(self.now + back, Ev::GiveUp(a, Why::Busy));
@@ -1057,6 +1073,13 @@ impl Sim {
                 self.attempts.remove(a);
                 self.m.abandoned_by_app += 1;
                 self.requests.remove(r);
+                let unacked = tokens.saturating_sub(acked);
+                self.m.free_tokens += u64::from(unacked);
+                if self.sc.mesh.app_debt_limit && unacked > 0 {
+                    let now = self.now;
+                    let debts = self.suppliers[s as usize].debts.entry(app).or_default();
+                    debts.push_back((now, unacked));
+                }
             }
             Plan::Garbage => {
                 self.m.garbage_detected += 1;
@@ -1067,6 +1090,19 @@ impl Sim {
                 self.schedule(self.now + back + stall, Ev::GiveUp(a, Why::Stall));
             }
         }
+    }
+
+    /// Tokens `app` left unacknowledged at supplier `s` in the last 10 minutes (older
+    /// debts are forgotten here, as a node forgets them).
+    fn owed(&mut self, s: u32, app: u32) -> u32 {
+        let now = self.now;
+        let Some(debts) = self.suppliers[s as usize].debts.get_mut(&app) else {
+            return 0;
+        };
+        while debts.front().is_some_and(|(at, _)| now - at > 600 * SEC) {
+            debts.pop_front();
+        }
+        debts.iter().map(|(_, n)| *n).sum()
     }
 
     fn view(&mut self, app: u32, s: u32) -> &mut View {
