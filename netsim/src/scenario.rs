@@ -582,8 +582,10 @@ mod tests {
         Scenario::default().validate().unwrap();
         assert!(Scenario::parse("nodez = 3").is_err());
         assert!(Scenario::parse("[network]\nloss = 2.0").is_err());
-        let s = Scenario::parse("nodes = 50\n[mesh]\nepoch_s = 30").unwrap();
-        assert_eq!((s.nodes, s.mesh.epoch_s), (50, 30));
+        let s = Scenario::parse("nodes = 50\n[mesh]\nepoch_s = 60").unwrap();
+        assert_eq!((s.nodes, s.mesh.epoch_s), (50, 60));
+        // Sessions that cannot be claimed before their epoch freezes are refused.
+        assert!(Scenario::parse("[mesh]\nepoch_s = 30").is_err());
     }
 
     #[test]

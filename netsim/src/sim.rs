@@ -436,8 +436,8 @@ impl Sim {
 
         // Credit: genesis gives one treasury account everything, and the treasury funds
         // every app with a signed transfer in epoch 0 (genesis holds at most 4096
-        // accounts). Credit received is spendable once its epoch's line is final, H + 1
-        // epochs later: the run starts then.
+        // accounts). Credit received is spendable once its epoch's line is final
+        // everywhere (`funding_lag_epochs` later): the run starts then.
         let treasury = SimKey::derive(sc.seed, u32::MAX, mode);
         let mut params = params;
         params.genesis = BoundedVec::try_from_vec(vec![Allocation {
@@ -465,7 +465,7 @@ impl Sim {
                 .apply_transfer(&transfer, &verifier)
                 .map_err(|e| anyhow::anyhow!("funding app {j}: {e}"))?;
         }
-        let t0 = (u64::from(params.freeze_horizon_epochs) + 1) * params.epoch_ms * MS;
+        let t0 = (params.funding_lag_epochs() + 1) * params.epoch_ms * MS;
         // Each session escrows a sliver of its app's credit: the model's sessions are
         // far cheaper, so escrow never binds an honest app.
         let escrow_per_session = per_app / 4096;

@@ -315,6 +315,7 @@ mod mesh_file_tests {
     fn a_mesh_file_round_trips_and_bad_values_are_refused() {
         let mut params = named_mesh("community");
         params.epoch_ms = 5000;
+        params.max_session_ms = 10_000;
         params.genesis = relaymesh_protocol::BoundedVec::try_from_vec(vec![
             relaymesh_protocol::params::Allocation {
                 account: relaymesh_protocol::Signer::public_key(

@@ -142,6 +142,7 @@ impl Node {
                 key: key.clone(),
                 mesh_id: params.mesh_id(),
                 limits: crate::infer::app_limits::AppLimits::new(params.max_unacked_tokens),
+                budgets: Default::default(),
                 params: params.clone(),
                 models,
                 seen: crate::infer::supplier::SeenRequests::new(requests),

@@ -58,3 +58,12 @@ pub fn session(
 pub fn open_db(dir: &std::path::Path) -> sled::Db {
     crate::store::open_db(&sled::Config::new().path(dir)).expect("open the test database")
 }
+
+/// Terms with fixture values (no credit), for tests of one rule.
+pub fn terms_for_tests() -> SessionOpen {
+    let params = crate::config::named_mesh("testkit");
+    let (app, supplier) = (Keypair::from_secret([1; 32]), Keypair::from_secret([2; 32]));
+    session(&params, &app, &supplier, params.tau_min, 0, 0)
+        .0
+        .body
+}

@@ -107,7 +107,7 @@ impl MeshParams {
             min_claim_value: 1,
             proof_samples: 16,
             max_claim_leaves: 256,
-            max_session_ms: 60 * 60 * 1000,
+            max_session_ms: 20 * 60 * 1000,
             max_clock_skew_ms: 30_000,
             genesis: BoundedVec::try_from_vec(genesis)
                 .map_err(|e| ParamsError(format!("genesis: {e}")))?,
@@ -162,6 +162,28 @@ impl MeshParams {
         if self.max_token_bytes == 0 || self.max_token_bytes > MAX_TOKEN_BYTES_LIMIT {
             return fail("max_token_bytes must be in 1..=1024");
         }
+        // A session's claims count in the epoch of its start, and that epoch freezes H
+        // epochs later: the session, its supplier's claim, the wait for the app's
+        // reveal and the clocks' skew must all fit before that, with an epoch to spare
+        // for gossip, or no session could ever be claimed.
+        let needed = self
+            .max_session_ms
+            .saturating_add(self.max_clock_skew_ms)
+            .saturating_add(self.reveal_wait_ms())
+            .saturating_add(self.epoch_ms);
+        let horizon = self
+            .epoch_ms
+            .saturating_mul(u64::from(self.freeze_horizon_epochs).saturating_sub(1));
+        if needed > horizon {
+            return Err(ParamsError(format!(
+                "sessions of {} s, {} s of clock skew and the reveal wait ({} s) do not fit before their epoch freezes ({} epochs of {} s): raise freeze_horizon_epochs or shorten max_session",
+                self.max_session_ms / 1000,
+                self.max_clock_skew_ms / 1000,
+                self.reveal_wait_ms() / 1000,
+                self.freeze_horizon_epochs,
+                self.epoch_ms / 1000
+            )));
+        }
         if self
             .sources
             .windows(2)
@@ -173,6 +195,24 @@ impl MeshParams {
             return fail("a registered royalty exceeds 1,000,000 ppm (100%)");
         }
         Ok(())
+    }
+
+    /// How long a supplier waits for the app's reveal before it proves with the full
+    /// reveal: two epochs, at least 10 s.
+    pub fn reveal_wait_ms(&self) -> u64 {
+        self.epoch_ms.saturating_mul(2).max(10_000)
+    }
+
+    /// Whole epochs of clock skew a message may be dated ahead (at least one).
+    pub fn skew_epochs(&self) -> u64 {
+        self.max_clock_skew_ms.div_ceil(self.epoch_ms.max(1)).max(1)
+    }
+
+    /// How many epochs back the credit line that funds a debit lies: `H + 1` plus the
+    /// skew, so the line is frozen on every node by the time any node admits a debit
+    /// (a debit may be dated up to the skew ahead of the receiver's clock).
+    pub fn funding_lag_epochs(&self) -> u64 {
+        u64::from(self.freeze_horizon_epochs) + 1 + self.skew_epochs()
     }
 
     /// The registered Source of a model file, if the mesh enforces one.

@@ -167,8 +167,9 @@ fn apply_all(params: &MeshParams, order: &[usize], messages: &[Message]) -> Ledg
                 stalls += 1;
                 assert!(stalls < 10_000, "proof without claim");
             }
-            // Refused whatever the order: the payer's final line does not cover it.
-            Err(LedgerError::Unfunded(_)) => {
+            // Refused whatever the order: the payer's final line does not cover it. Or
+            // refused once its supplier is excluded: it would have been void anyway.
+            Err(LedgerError::Unfunded(_) | LedgerError::SupplierExcluded { .. }) => {
                 if let Message::Claim(c) = &messages[i] {
                     unfunded.insert(c.id());
                 }
@@ -540,23 +541,26 @@ fn a_claim_on_an_escrow_beyond_the_credit_line_is_refused() {
 fn credit_received_is_spendable_once_final() {
     let (a, b, c) = (key(1), key(2), key(3));
     let params = params(&[(&a, 1_000)]);
-    let h = u64::from(params.freeze_horizon_epochs);
+    // H + 1 epochs and the skew: by the time anyone dates a debit, its line is final.
+    let lag = params.funding_lag_epochs();
+    assert_eq!(lag, u64::from(params.freeze_horizon_epochs) + 1 + 3);
+    let at = |epoch: u64| epoch * params.epoch_ms;
     let mut ledger = Ledger::new(params.clone());
     ledger.advance(0);
     ledger
         .apply_transfer(&transfer(&params, &a, &b, 600, 0, 0), &V)
         .unwrap();
     // B may not spend it before the epoch it arrived in is final everywhere.
-    assert_eq!(ledger.credit(&b.public_key(), h).line, 0);
-    ledger.advance((h + 1) * params.epoch_ms);
+    assert_eq!(ledger.credit(&b.public_key(), lag - 1).line, 0);
+    ledger.advance(at(lag - 1));
     assert!(matches!(
-        ledger.apply_transfer(&transfer(&params, &b, &c, 600, h, 0), &V),
+        ledger.apply_transfer(&transfer(&params, &b, &c, 600, lag - 1, 0), &V),
         Err(LedgerError::Unfunded(_))
     ));
-    assert_eq!(ledger.credit(&b.public_key(), h + 1).line, 600);
-    ledger.advance((h + 2) * params.epoch_ms);
+    assert_eq!(ledger.credit(&b.public_key(), lag).line, 600);
+    ledger.advance(at(lag));
     ledger
-        .apply_transfer(&transfer(&params, &b, &c, 600, h + 1, 0), &V)
+        .apply_transfer(&transfer(&params, &b, &c, 600, lag, 0), &V)
         .unwrap();
     assert_eq!(ledger.account(&c.public_key()).balance, 600);
 }
@@ -686,7 +690,11 @@ fn a_snapshot_of_the_frozen_epochs_resumes_the_same_ledger() {
     for message in &s.messages {
         match apply(&mut resumed, message) {
             Err(LedgerError::Frozen { .. }) => frozen += 1,
-            Err(LedgerError::UnknownClaim(_) | LedgerError::Unfunded(_)) => {}
+            Err(
+                LedgerError::UnknownClaim(_)
+                | LedgerError::Unfunded(_)
+                | LedgerError::SupplierExcluded { .. },
+            ) => {}
             Err(e) => panic!("{e}"),
             Ok(_) => {}
         }

@@ -111,7 +111,8 @@ fn replayed_receipt_cannot_be_counted_twice() {
     assert!(tree.insert(leaf).is_err());
     // In a full reveal the duplicate is named.
     let mut receipts: Vec<_> = ran.mined.receipts().values().cloned().collect();
-    receipts.push(receipts[0].clone());
+    let last = receipts.len() - 1;
+    receipts[last] = receipts[0].clone();
     let claim = claim(&ran, &key(2));
     let full = Proof {
         version: relaymesh_protocol::PROTOCOL_VERSION,

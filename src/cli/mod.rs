@@ -261,6 +261,15 @@ fn mesh_init(
     if let Some(secs) = session_secs {
         file.max_session_secs = secs;
     }
+    // Sessions must be claimable before their epoch freezes: the horizon grows to fit
+    // the epoch and session lengths given (never below the default).
+    let epoch_ms = file.epoch_secs.max(1) * 1000;
+    let needed_ms = file.max_session_secs * 1000
+        + file.max_clock_skew_ms
+        + (2 * epoch_ms).max(10_000)
+        + epoch_ms;
+    let fits = u32::try_from(needed_ms.div_ceil(epoch_ms) + 1).unwrap_or(u32::MAX);
+    file.freeze_horizon_epochs = file.freeze_horizon_epochs.max(fits);
     for g in genesis {
         let (account, amount) = g
             .split_once('=')

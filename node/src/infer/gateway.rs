@@ -535,14 +535,14 @@ impl Gateway {
     ) -> Result<SignedSessionOpen, Attempt> {
         let io = |e: &dyn std::fmt::Display| Attempt::elsewhere(format!("{peer}: {e}"));
         let secret = random_digest();
-        let start_ms = now_ms();
         let price = offer.price_per_cu;
         let tau = offer.tau.clamp(self.params.tau_min, self.params.tau_max);
-        // The escrow: the next slot of this app's credit line, numbered (and the
-        // cursor stored) before the terms are signed.
-        let escrow = self
+        // The escrow and the start: the next slot of this app's credit line and a time
+        // no earlier than its last debit's, given together (and stored) before the
+        // terms are signed.
+        let (escrow, start_ms) = self
             .settlement
-            .session_escrow(start_ms, price, tau)
+            .session_escrow(now_ms(), price, tau)
             .map_err(|why| Attempt {
                 error: BackendError::PaymentRequired(why),
                 retry_elsewhere: true,

@@ -6,6 +6,7 @@
 
 pub mod app_limits;
 pub mod codec;
+pub mod escrow;
 pub mod gateway;
 pub mod router;
 pub mod supplier;

@@ -54,6 +54,8 @@ pub struct SupplierContext {
     pub acks: super::verify::AckVerifier,
     /// What each app may take: streams, sessions, unacknowledged tokens.
     pub limits: super::app_limits::AppLimits,
+    /// What running streams hold of their sessions' escrows.
+    pub budgets: super::escrow::EscrowBudgets,
 }
 
 /// Most request ids remembered in memory by a node without a data dir.
@@ -286,38 +288,76 @@ fn check_proposal(
 }
 
 fn check_model(terms: &SessionOpen, ctx: &SupplierContext) -> Option<(RefuseCode, String)> {
-    // The CU formula is the app's to sign: factors below this supplier's (zero, say)
-    // would weigh every receipt at nothing, and nothing would ever be mined.
-    let cu = CuFormula::default();
-    let weighed = terms.cu.prompt_per_byte >= cu.prompt_per_byte
-        && terms.cu.output_per_byte >= cu.output_per_byte;
-    let Some(model) = ctx.models.iter().find(|m| {
-        model_digest(m) == terms.model_digest && terms.price_per_cu >= m.price_per_cu && weighed
-    }) else {
-        return Some((
-            RefuseCode::Terms,
-            "no model served here has that digest at that price and CU formula".into(),
-        ));
-    };
-    // At least one whole character (4 bytes), and the model's longest token where the
-    // mesh allows it: a smaller cap would split tokens into more frames than the app's
-    // ack chain has links for.
-    let longest = model.backend.info().max_token_bytes;
-    let need = longest.min(ctx.params.max_token_bytes).max(4);
-    (terms.max_token_bytes < need).then(|| {
-        (
-            RefuseCode::Terms,
-            format!(
-                "the session caps tokens at {} bytes; this model's reach {longest}",
-                terms.max_token_bytes
-            ),
-        )
-    })
+    let mut why = "no model served here has that digest".to_string();
+    for model in ctx.models.iter() {
+        if model_digest(model) != terms.model_digest {
+            continue;
+        }
+        let info = model.backend.info();
+        let served = Served {
+            price_per_cu: model.price_per_cu,
+            manifest: info.manifest.as_ref(),
+            max_token_bytes: info.max_token_bytes,
+        };
+        match terms_fit(terms, &served, &ctx.params) {
+            Ok(()) => return None,
+            Err(e) => why = e,
+        }
+    }
+    Some((RefuseCode::Terms, why))
 }
 
-/// What is left of a session's escrow, in CUs at its price (`None`: unbounded, in a
-/// mesh without credit or where nothing is metered here).
-fn escrow_left_cu(session: &SignedSessionOpen, ctx: &SupplierContext) -> Option<u64> {
+/// How this supplier serves one model: what terms for it must meet.
+struct Served<'a> {
+    price_per_cu: u64,
+    manifest: Option<&'a relaymesh_protocol::messages::manifest::SignedManifest>,
+    max_token_bytes: u32,
+}
+
+/// Whether terms for a model fit how it is served here. Every one of these terms is
+/// the app's to sign, so each is checked against the supplier's own:
+/// - the price, at least the supplier's;
+/// - the CU formula, no factor below the supplier's (zero factors would weigh every
+///   receipt at nothing, and nothing would ever be mined);
+/// - the manifest, exactly the one the supplier advertises, or none if it advertises
+///   none (one naming the app itself as the Source at 100% would route the supplier's
+///   pay back to the app);
+/// - the token cap, at least one whole character (4 bytes) and the model's longest
+///   token where the mesh allows it (a smaller cap would split tokens into more frames
+///   than the app's ack chain has links for).
+fn terms_fit(terms: &SessionOpen, served: &Served, params: &MeshParams) -> Result<(), String> {
+    if terms.price_per_cu < served.price_per_cu {
+        return Err(format!(
+            "the price here is {} per CU, not {}",
+            served.price_per_cu, terms.price_per_cu
+        ));
+    }
+    let cu = CuFormula::default();
+    if terms.cu.prompt_per_byte < cu.prompt_per_byte
+        || terms.cu.output_per_byte < cu.output_per_byte
+    {
+        return Err(format!(
+            "the CU formula here is {} per prompt byte and {} per output byte",
+            cu.prompt_per_byte, cu.output_per_byte
+        ));
+    }
+    if terms.manifest.as_ref() != served.manifest {
+        return Err("the terms pin another manifest than the one served here".into());
+    }
+    let need = served.max_token_bytes.min(params.max_token_bytes).max(4);
+    if terms.max_token_bytes < need {
+        return Err(format!(
+            "the session caps tokens at {} bytes; this model's reach {}",
+            terms.max_token_bytes, served.max_token_bytes
+        ));
+    }
+    Ok(())
+}
+
+/// The CUs of a session's escrow this supplier serves at most (see
+/// [`super::escrow::usable_cu`]) and those acknowledged already; `None`: unbounded, in a
+/// mesh without credit or where nothing is metered here.
+fn escrow_use(session: &SignedSessionOpen, ctx: &SupplierContext) -> Option<(u64, u64)> {
     if !ctx.params.has_credit() {
         return None;
     }
@@ -325,8 +365,7 @@ fn escrow_left_cu(session: &SignedSessionOpen, ctx: &SupplierContext) -> Option<
     let spent = miner
         .session_counters(&session.session_key())
         .map_or(0, |c| c.cu);
-    let price = session.body.price_per_cu.max(1);
-    Some((session.body.escrow.amount / price).saturating_sub(spent))
+    Some((super::escrow::usable_cu(&session.body), spent))
 }
 
 /// Why a session the app resumes cannot go on, if it cannot: it must be ours, signed by
@@ -362,10 +401,9 @@ fn check_resumed(
     if let Some(Err(why)) = ctx.settlement.as_ref().map(|s| s.admit_resume(terms)) {
         return Some((RefuseCode::Balance, why));
     }
-    // Nine tenths of the escrow spent: past that, a request could not be paid for.
-    if let Some(left) = escrow_left_cu(session, ctx) {
-        let price = terms.price_per_cu.max(1);
-        if left.saturating_mul(price) * 10 <= terms.escrow.amount {
+    // Nine tenths of the usable escrow spent: past that, a request could not be paid.
+    if let Some((usable, spent)) = escrow_use(session, ctx) {
+        if u128::from(spent) * 10 >= u128::from(usable) * 9 {
             return Some((
                 RefuseCode::Terms,
                 "the session's escrow is nearly spent: open a new session".into(),
@@ -456,11 +494,37 @@ async fn serve(peer: PeerId, stream: Stream, ctx: &SupplierContext) -> Result<()
     } else {
         None
     };
-    // What is left of the escrow must pay at least for the prompt.
-    let budget = escrow_left_cu(&session, ctx);
+    // The stream reserves what it may bill of the escrow: at least its prompt and a
+    // token, at most its prompt and its whole output bound.
     let prompt_cu = session.body.cu.prompt_units(request.body.prompt_bytes);
+    let most_cu = prompt_cu.saturating_add(
+        session
+            .body
+            .cu
+            .output_units(0, request.body.max_output_bytes)
+            .unwrap_or(u64::MAX),
+    );
+    let token_cu = session
+        .body
+        .cu
+        .output_units(0, session.body.max_token_bytes)
+        .unwrap_or(u64::MAX);
+    let reservation = match escrow_use(&session, ctx) {
+        None => Ok(None),
+        Some((usable, spent)) => ctx
+            .budgets
+            .reserve(
+                session.session_key(),
+                usable,
+                spent,
+                prompt_cu.saturating_add(token_cu),
+                most_cu,
+            )
+            .map(Some)
+            .ok_or(()),
+    };
     let problem = problem.or_else(|| {
-        budget.filter(|left| *left <= prompt_cu).map(|_| {
+        reservation.is_err().then(|| {
             (
                 RefuseCode::Terms,
                 "the session's escrow is spent: open a new session".to_string(),
@@ -485,8 +549,9 @@ async fn serve(peer: PeerId, stream: Stream, ctx: &SupplierContext) -> Result<()
     let served = served.expect("checked above");
     let mining_secret = session.body.mining_secret(&ctx.key);
     let cap = session.body.max_token_bytes.max(1) as usize;
-    // The output this request may still bill: the escrow's rest, less the prompt.
-    let mut output_budget = budget.map(|left| left.saturating_sub(prompt_cu));
+    // The output this request may still bill: its reservation, less the prompt.
+    let reservation = reservation.ok().flatten();
+    let mut output_budget = reservation.as_ref().map(|r| r.cu.saturating_sub(prompt_cu));
     let mut flow = match SupplierFlow::new(&session, request, window(&ctx.params), &Ed25519Verifier)
     {
         Ok(flow) => flow,
@@ -630,4 +695,74 @@ async fn serve(peer: PeerId, stream: Stream, ctx: &SupplierContext) -> Result<()
         flow.unacked_tokens()
     });
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use relaymesh_protocol::identity::signed::Signed;
+    use relaymesh_protocol::messages::manifest::ModelManifest;
+
+    fn served() -> Served<'static> {
+        Served {
+            price_per_cu: 2,
+            manifest: None,
+            max_token_bytes: 16,
+        }
+    }
+
+    #[test]
+    fn terms_that_fit_are_admitted() {
+        let mut terms = crate::testkit::terms_for_tests();
+        let params = crate::config::named_mesh("testkit");
+        terms.price_per_cu = 2;
+        terms.max_token_bytes = 16;
+        assert_eq!(terms_fit(&terms, &served(), &params), Ok(()));
+    }
+
+    /// Hole found by review: the app writes the terms, and nothing compared their
+    /// manifest with the supplier's, so an app could sign one naming itself as the
+    /// Source at 100% and every settled claim paid the app back. Failed before the
+    /// supplier required its own manifest.
+    #[test]
+    fn a_manifest_other_than_the_suppliers_is_refused() {
+        let params = crate::config::named_mesh("testkit");
+        let app = relaymesh_protocol::Keypair::from_secret([1; 32]);
+        let mut terms = crate::testkit::terms_for_tests();
+        terms.price_per_cu = 2;
+        terms.max_token_bytes = 16;
+        terms.manifest = Some(Signed::sign(
+            ModelManifest {
+                version: relaymesh_protocol::PROTOCOL_VERSION,
+                name: relaymesh_protocol::BoundedString::new("m").unwrap(),
+                gguf_digest: terms.model_digest,
+                size_bytes: 1,
+                licence: Default::default(),
+                royalty_ppm: 1_000_000,
+                source: relaymesh_protocol::Signer::public_key(&app),
+            },
+            &app,
+        ));
+        let why = terms_fit(&terms, &served(), &params).unwrap_err();
+        assert!(why.contains("manifest"), "{why}");
+    }
+
+    /// The app's other choices: a lower price, CU factors of zero, a cap that splits
+    /// the model's tokens.
+    #[test]
+    fn a_price_cu_formula_or_token_cap_below_the_suppliers_is_refused() {
+        let params = crate::config::named_mesh("testkit");
+        let mut terms = crate::testkit::terms_for_tests();
+        terms.price_per_cu = 2;
+        terms.max_token_bytes = 16;
+        let mut cheap = terms.clone();
+        cheap.price_per_cu = 1;
+        let mut weightless = terms.clone();
+        weightless.cu.output_per_byte = 0;
+        let mut narrow = terms.clone();
+        narrow.max_token_bytes = 8;
+        for bad in [cheap, weightless, narrow] {
+            assert!(terms_fit(&bad, &served(), &params).is_err());
+        }
+    }
 }

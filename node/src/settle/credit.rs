@@ -26,6 +26,8 @@ use super::Settlement;
 pub const SESSION_SHARE: u128 = 8;
 
 const CURSOR_KEY: &[u8] = b"next";
+/// The time (unix ms) the last debit was dated: no debit is dated before it.
+const DATED_KEY: &[u8] = b"dated";
 
 /// What this node may commit in a new debit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -39,9 +41,9 @@ pub struct Available {
 }
 
 impl Settlement {
-    fn stored_cursor(&self) -> u64 {
+    fn stored(&self, key: &[u8]) -> u64 {
         self.credit
-            .get(CURSOR_KEY)
+            .get(key)
             .ok()
             .flatten()
             .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
@@ -61,7 +63,7 @@ impl Settlement {
                     .into(),
             );
         }
-        let next_slot = self.stored_cursor().max(credit.slot_top);
+        let next_slot = self.stored(CURSOR_KEY).max(credit.slot_top);
         Ok(Available {
             line: credit.line,
             next_slot,
@@ -69,10 +71,16 @@ impl Settlement {
         })
     }
 
-    /// Takes the next slot for a debit dated `epoch`: `want` micro-credits, or what is
-    /// left if less but at least `min`. The cursor is flushed before this returns.
-    pub fn take_slot(&self, epoch: u64, min: u64, want: u64) -> Result<CreditSlot, String> {
+    /// Dates and numbers the next debit, at `now_ms` or later: takes the next slot of
+    /// this node's credit line, `want` micro-credits, or what is left if less but at
+    /// least `min`, and returns it with the debit's time. Slots and dates are given
+    /// under one lock and never go back (the ledger takes a later-numbered debit dated
+    /// in an earlier epoch for a credit committed twice); both are flushed before this
+    /// returns.
+    pub fn take_slot(&self, now_ms: u64, min: u64, want: u64) -> Result<(CreditSlot, u64), String> {
         let _numbering = self.cursor.lock().expect("cursor lock");
+        let dated = now_ms.max(self.stored(DATED_KEY));
+        let epoch = self.params.epoch_of(dated);
         let available = self.available(epoch)?;
         let amount = u128::from(want).min(available.available);
         if amount < u128::from(min.max(1)) {
@@ -87,34 +95,43 @@ impl Settlement {
         }
         let slot = CreditSlot::new(available.next_slot, amount as u64);
         let next = slot.end().ok_or("the credit line is exhausted")?;
+        let mut batch = sled::Batch::default();
+        batch.insert(CURSOR_KEY, &next.to_be_bytes());
+        batch.insert(DATED_KEY, &dated.to_be_bytes());
         self.credit
-            .insert(CURSOR_KEY, &next.to_be_bytes())
-            .and_then(|_| self.credit.flush())
+            .apply_batch(batch)
+            .and_then(|_| self.credit.flush().map(drop))
             .map_err(|e| format!("cannot record the credit cursor: {e}"))?;
-        Ok(slot)
+        Ok((slot, dated))
     }
 
-    /// The escrow of a new session at `start_ms`: in a mesh with credit, a share of
-    /// what this node may still commit, and at least one mined receipt (`price × τ`, or
-    /// the mesh's minimum claim value); in a mesh without credit, none.
+    /// The escrow and start of a new session, at `now_ms` or later: in a mesh with
+    /// credit, a share of what this node may still commit, and at least
+    /// [`Self::min_escrow`]; in a mesh without credit, none.
     pub fn session_escrow(
         &self,
-        start_ms: u64,
+        now_ms: u64,
         price: u64,
         tau: u64,
-    ) -> Result<CreditSlot, String> {
+    ) -> Result<(CreditSlot, u64), String> {
         if !self.params.has_credit() {
-            return Ok(CreditSlot::default());
+            return Ok((CreditSlot::default(), now_ms));
         }
-        let epoch = self.params.epoch_of(start_ms);
         let min = self.min_escrow(price, tau);
+        let epoch = self.params.epoch_of(now_ms);
         let share = (self.available(epoch)?.available / SESSION_SHARE).min(u128::from(u64::MAX));
-        self.take_slot(epoch, min, (share as u64).max(min))
+        self.take_slot(now_ms, min, (share as u64).max(min))
     }
 
-    /// The least escrow a supplier admits: one mined receipt.
+    /// The least escrow a supplier admits: the session the τ rule plans for
+    /// (`tau_target_mined` mined receipts at `price × τ` each), so that the margin a
+    /// supplier keeps below the escrow for the spread of the mined sum
+    /// (`infer::escrow`) leaves most of it usable.
     pub fn min_escrow(&self, price: u64, tau: u64) -> u64 {
-        price.saturating_mul(tau).max(self.params.min_claim_value)
+        price
+            .saturating_mul(tau)
+            .saturating_mul(u64::from(self.params.tau_target_mined.max(1)))
+            .max(self.params.min_claim_value)
     }
 
     /// Whether this supplier countersigns a session on `terms`: in a mesh with credit,
@@ -129,7 +146,7 @@ impl Settlement {
         let min = self.min_escrow(terms.price_per_cu, terms.tau);
         if escrow.amount < min {
             return Err(format!(
-                "insufficient credit: the session's escrow of {} micro-credits is below one mined receipt ({min})",
+                "insufficient credit: the session's escrow of {} micro-credits is below the {min} a session here needs",
                 escrow.amount
             ));
         }
@@ -208,8 +225,8 @@ impl Settlement {
         if to == self.me() {
             return Err("a transfer to yourself moves nothing".into());
         }
-        let epoch = self.params.epoch_of(now_ms);
-        let slot = self.take_slot(epoch, amount, amount)?;
+        let (slot, dated) = self.take_slot(now_ms, amount, amount)?;
+        let epoch = self.params.epoch_of(dated);
         let transfer: SignedTransfer = Signed::sign(
             Transfer {
                 version: PROTOCOL_VERSION,

@@ -34,6 +34,7 @@ fn proof_reason(e: &ProofError) -> &'static str {
         ProofError::DuplicateLeaf(_) => "proof-duplicate-leaf",
         ProofError::Signature(_) => "proof-signature",
         ProofError::BadMiningSecret => "proof-mining-secret",
+        ProofError::WrongLeafCount { .. } => "proof-leaf-count",
     }
 }
 
@@ -83,6 +84,10 @@ impl Settlement {
         let from_ledger = |e: LedgerError| match &e {
             LedgerError::Frozen { .. } => refuse("frozen", e.to_string(), false),
             LedgerError::Early { .. } => refuse("early", e.to_string(), false),
+            LedgerError::Excluded { .. } => refuse("excluded-payer", e.to_string(), false),
+            LedgerError::SupplierExcluded { .. } => {
+                refuse("excluded-supplier", e.to_string(), false)
+            }
             LedgerError::Unfunded(_) => refuse("unfunded", e.to_string(), true),
             LedgerError::Session(_) => refuse("bad-open", e.to_string(), true),
             LedgerError::UnknownClaim(_) => refuse("unknown-claim", e.to_string(), false),

@@ -57,7 +57,7 @@ pub const CLAIM_DELAY_MS: u64 = 5_000;
 /// How long a supplier waits for the app's reveal before it proves with the full
 /// reveal: two epochs, at least 10 s, and always well inside the freeze horizon.
 pub fn reveal_wait_ms(params: &MeshParams) -> u64 {
-    (2 * params.epoch_ms).max(10_000)
+    params.reveal_wait_ms()
 }
 
 /// Most log keys one anti-entropy request lists.

@@ -342,7 +342,8 @@ fn forged_replayed_and_inflated_receipts_are_refused_and_counted() {
     assert_eq!(refused(&observer, full(forged), now), "proof-signature");
     // The same receipt twice.
     let mut replayed = leaves.clone();
-    replayed.push(leaves[0].clone());
+    let last = replayed.len() - 1;
+    replayed[last] = leaves[0].clone();
     assert_eq!(
         refused(&observer, full(replayed), now),
         "proof-duplicate-leaf"
@@ -480,7 +481,9 @@ fn two_claims_for_one_session_exclude_the_supplier_everywhere() {
     };
     b.s.ingest(evidence.clone(), now).unwrap();
     assert!(b.s.is_excluded(&sup.public_key()));
-    // Forged evidence is refused: two claims of different sessions.
+    // Forged evidence is refused: two claims of different sessions (at a node that
+    // has not excluded the supplier yet: one that has ignores more evidence at once).
+    let c = node(key(5), &p, false, &[]);
     let (s2, _) = session(&p, &app, &sup, 7);
     let other = claim_over(
         &s2,
@@ -494,7 +497,7 @@ fn two_claims_for_one_session_exclude_the_supplier_everywhere() {
     if e.first.id() > e.second.id() {
         std::mem::swap(&mut e.first, &mut e.second);
     }
-    assert_eq!(refused(&b, LedgerBody::Evidence(e), now), "bad-evidence");
+    assert_eq!(refused(&c, LedgerBody::Evidence(e), now), "bad-evidence");
 }
 
 #[test]
@@ -700,4 +703,22 @@ fn a_node_whose_clock_is_off_freezes_nothing() {
     let r = n.s.report(later);
     assert!(!r.clock.off);
     assert!(r.frozen_before > frozen);
+}
+
+/// Hole found by review: the gateway read its clock before it took the credit cursor,
+/// so two proposals racing at an epoch boundary (or a clock stepping back) could
+/// number the later-dated debit first, which the ledger takes for a credit committed
+/// twice: the honest app was locked out. Slots and dates are now given together and
+/// never go back.
+#[test]
+fn debits_are_dated_and_numbered_in_one_order() {
+    let p = params(1_000_000_000, 16);
+    let n = node(key(1), &p, false, &[]);
+    let epoch = p.epoch_ms;
+    let (first, first_at) = n.s.take_slot(START + epoch, 1, 1_000).unwrap();
+    // A clock that reads earlier now: the debit is still dated no earlier.
+    let (second, second_at) = n.s.take_slot(START, 1, 1_000).unwrap();
+    assert!(second.start >= first.end().unwrap());
+    assert!(second_at >= first_at);
+    assert_eq!(p.epoch_of(second_at), p.epoch_of(first_at));
 }

@@ -43,6 +43,23 @@ pub enum LedgerError {
     /// credit: it could move nothing, so it is not kept.
     #[error("unfunded: {0}")]
     Unfunded(String),
+    /// A debit of a payer excluded for committing a credit twice, which could change
+    /// nothing: not kept.
+    #[error("payer {} committed a credit twice and is excluded from epoch {from}", payer.peer_id())]
+    Excluded {
+        /// The payer.
+        payer: PublicKey,
+        /// Excluded from this epoch on.
+        from: u64,
+    },
+    /// A claim of a supplier excluded for equivocation from its epoch: not kept.
+    #[error("supplier {} equivocated and is excluded from epoch {from}", supplier.peer_id())]
+    SupplierExcluded {
+        /// The supplier.
+        supplier: PublicKey,
+        /// Excluded from this epoch on.
+        from: u64,
+    },
     /// Invalid session announcement.
     #[error("session: {0}")]
     Session(#[from] SessionError),
@@ -146,7 +163,13 @@ pub struct Ledger {
     /// transfers: transfer id).
     pub(super) debits: BTreeMap<Digest, DebitRecord>,
     pub(super) claims: BTreeMap<Digest, ClaimRecord>,
-    pub(super) by_session: BTreeMap<(PublicKey, Digest), BTreeSet<Digest>>,
+    /// Claims by supplier and the debit (the app-signed terms) they claim: two by one
+    /// supplier on one debit are equivocation, whatever commitments it countersigned.
+    pub(super) by_debit: BTreeMap<(PublicKey, Digest), BTreeSet<Digest>>,
+    /// Claims by session key and root, for reveals.
+    pub(super) by_root: BTreeMap<(Digest, Digest), Digest>,
+    /// Debit ids by payer.
+    pub(super) by_payer: BTreeMap<PublicKey, BTreeSet<Digest>>,
     /// Suppliers proven to equivocate: excluded from the epoch given on.
     pub(super) excluded: BTreeMap<PublicKey, (u64, EquivocationEvidence)>,
 }
@@ -162,7 +185,9 @@ impl Ledger {
             clock: None,
             debits: BTreeMap::new(),
             claims: BTreeMap::new(),
-            by_session: BTreeMap::new(),
+            by_debit: BTreeMap::new(),
+            by_root: BTreeMap::new(),
+            by_payer: BTreeMap::new(),
             excluded: BTreeMap::new(),
         }
     }
@@ -220,8 +245,7 @@ impl Ledger {
         if let Some(current) = self.clock {
             // The skew rounds up to whole epochs: a node whose clock runs ahead by the
             // tolerated skew is still heard.
-            let slack = self.params.max_clock_skew_ms.div_ceil(self.params.epoch_ms);
-            if epoch > current.saturating_add(slack.max(1)) {
+            if epoch > current.saturating_add(self.params.skew_epochs()) {
                 return Err(LedgerError::Early { epoch, current });
             }
         }
@@ -229,10 +253,11 @@ impl Ledger {
     }
 
     /// The epoch whose final credit line funds a debit dated `epoch`: `H + 1` epochs
-    /// back (`None` before epoch 0: the genesis line). By the time anyone can date a
-    /// debit `epoch`, that epoch is frozen everywhere, so funding never changes.
+    /// and the skew back (`None` before epoch 0: the genesis line). By the time any node
+    /// admits a debit dated `epoch` (at most the skew ahead of its clock), that epoch
+    /// is frozen everywhere, so funding never changes.
     pub(super) fn funding_epoch(&self, epoch: u64) -> Option<u64> {
-        epoch.checked_sub(u64::from(self.params.freeze_horizon_epochs) + 1)
+        epoch.checked_sub(self.params.funding_lag_epochs())
     }
 
     /// In a mesh with credit, a debit must be funded by the payer's final line; one
@@ -269,7 +294,31 @@ impl Ledger {
     }
 
     fn record_debit(&mut self, id: Digest, record: DebitRecord) {
+        self.by_payer.entry(record.payer).or_default().insert(id);
         self.debits.entry(id).or_insert(record);
+    }
+
+    /// A payer already excluded from epoch `e_x` for committing a credit twice gets no
+    /// more debits stored that are dated `e_x` or later and clash with none of its
+    /// debits in a way that would exclude it from earlier: they would move nothing and
+    /// change nothing, so one micro-credit does not back an unbounded number of stored
+    /// messages (after the first clash, each further debit kept lowers `e_x`).
+    fn check_payer(
+        &self,
+        payer: &PublicKey,
+        epoch: u64,
+        slot: &CreditSlot,
+    ) -> Result<(), LedgerError> {
+        let Some(from) = self.payer_exclusion(payer) else {
+            return Ok(());
+        };
+        if epoch < from || self.could_lower_exclusion(payer, epoch, slot, from) {
+            return Ok(());
+        }
+        Err(LedgerError::Excluded {
+            payer: *payer,
+            from,
+        })
     }
 
     /// Applies a supplier's announcement of a session it countersigned: the escrow is
@@ -287,6 +336,7 @@ impl Ledger {
             return Ok(Applied::Duplicate);
         }
         self.check_funded(&open.body.app, epoch, &open.body.escrow)?;
+        self.check_payer(&open.body.app, epoch, &open.body.escrow)?;
         open.validate_in(&self.params, &self.mesh_id, verifier)?;
         self.record_debit(
             id,
@@ -307,12 +357,29 @@ impl Ledger {
         claim: SignedClaim,
         verifier: &impl SignatureVerifier,
     ) -> Result<Applied, LedgerError> {
-        let verified = verify_claim_in(&claim, &self.params, &self.mesh_id, verifier)?;
-        self.check_open(verified.epoch)?;
-        if self.claims.contains_key(&verified.id) {
+        // What decides whether the claim is wanted at all comes from its bytes, before
+        // any signature is checked: a replayed, frozen or early claim costs nothing.
+        let terms = &claim.body.open.body;
+        let epoch = self.params.epoch_of(terms.start_ms);
+        self.check_open(epoch)?;
+        if self.claims.contains_key(&claim.id()) {
             return Ok(Applied::Duplicate);
         }
-        self.check_funded(&verified.app, verified.epoch, &verified.escrow)?;
+        self.check_funded(&terms.app, epoch, &terms.escrow)?;
+        if !self.debits.contains_key(&terms.debit_id()) {
+            self.check_payer(&terms.app, epoch, &terms.escrow)?;
+        }
+        // A supplier excluded from this epoch on gets no more claims stored: they would
+        // move nothing, and a claim of its on a debit it claimed already is evidence
+        // that changes nothing.
+        let supplier = terms.supplier;
+        if self.supplier_excluded_at(&supplier, epoch) {
+            return Err(LedgerError::SupplierExcluded {
+                supplier,
+                from: self.excluded[&supplier].0,
+            });
+        }
+        let verified = verify_claim_in(&claim, &self.params, &self.mesh_id, verifier)?;
         self.record_debit(
             verified.debit,
             DebitRecord {
@@ -324,10 +391,9 @@ impl Ledger {
         );
         let supplier = verified.supplier;
         let epoch = verified.epoch;
-        let slot = self
-            .by_session
-            .entry((supplier, verified.session_key))
-            .or_default();
+        self.by_root
+            .insert((verified.session_key, verified.root), verified.id);
+        let slot = self.by_debit.entry((supplier, verified.debit)).or_default();
         let rival = slot.iter().next().copied();
         slot.insert(verified.id);
         self.claims.insert(
@@ -403,6 +469,7 @@ impl Ledger {
             return Ok(Applied::Duplicate);
         }
         self.check_funded(&body.from, body.epoch, &body.slot())?;
+        self.check_payer(&body.from, body.epoch, &body.slot())?;
         transfer
             .verify(&body.from, verifier)
             .map_err(|e| LedgerError::Transfer(e.to_string()))?;
@@ -425,11 +492,13 @@ impl Ledger {
         evidence: EquivocationEvidence,
         verifier: &impl SignatureVerifier,
     ) -> Result<Applied, LedgerError> {
-        let (supplier, epoch) = evidence.verify(&self.params, &self.mesh_id, verifier)?;
+        // Frozen, early or known already: refused before any signature is checked.
+        let (supplier, epoch) = (evidence.first.supplier(), evidence.epoch(&self.params));
         self.check_open(epoch)?;
         if self.supplier_excluded_at(&supplier, epoch) {
             return Ok(Applied::Duplicate);
         }
+        evidence.verify(&self.params, &self.mesh_id, verifier)?;
         self.exclude_supplier(supplier, epoch, evidence);
         Ok(Applied::Settled)
     }
@@ -468,10 +537,8 @@ impl Ledger {
 
     /// The claim of `session_key` with this `root` in an unfrozen epoch, if known.
     pub fn claim_by_root(&self, session_key: &Digest, root: &Digest) -> Option<&SignedClaim> {
-        self.claims
-            .values()
-            .find(|r| r.verified.session_key == *session_key && r.verified.root == *root)
-            .map(|r| &r.claim)
+        let id = self.by_root.get(&(*session_key, *root))?;
+        self.claims.get(id).map(|r| &r.claim)
     }
 
     /// A claim in an unfrozen epoch, as signed.

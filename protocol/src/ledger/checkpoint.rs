@@ -106,12 +106,18 @@ pub struct LedgerSnapshot {
 }
 
 impl LedgerSnapshot {
-    /// A hash of the frozen state, for comparing it with peers': it covers the
-    /// checkpoint and `frozen_before`, not the evidence kept for gossip.
+    /// A hash of the frozen state, for comparing it with peers': the checkpoint, where
+    /// it ends, and who is excluded from which epoch (which decides the future too);
+    /// not the evidence itself.
     pub fn digest(&self) -> crate::Digest {
+        let excluded: Vec<(PublicKey, u64)> =
+            self.excluded.iter().map(|(k, e, _)| (*k, *e)).collect();
         let mut bytes = Vec::new();
-        ciborium::into_writer(&(self.frozen_before, &self.checkpoint), &mut bytes)
-            .expect("a checkpoint serialises");
+        ciborium::into_writer(
+            &(self.frozen_before, &self.checkpoint, excluded),
+            &mut bytes,
+        )
+        .expect("a checkpoint serialises");
         crate::Digest(*blake3::hash(&bytes).as_bytes())
     }
 

@@ -191,35 +191,84 @@ impl Ledger {
     }
 
     /// Per payer, the epoch from which its debits are void because it committed one
-    /// credit twice: two of its debits overlap in one epoch, or one starts below the
-    /// end of a debit of an earlier epoch (frozen ones included, through `slot_top`).
-    /// The epoch is the *earlier* debit's: the payer chose both dates, so voiding only
-    /// the later one would let it backdate a second debit and void an honest one. From
-    /// there on none of its debits moves credit, and what it holds stays locked: it
-    /// loses at least every escrow it could have been served against.
+    /// credit twice (see [`exclusion_epoch`]): from there on none of its debits moves
+    /// credit, and what it holds stays locked, so it loses at least every escrow it
+    /// could have been served against.
+    /// How many epochs before the later of two clashing debits an exclusion reaches:
+    /// `H − 2`, so that a debit dated now never reaches an epoch about to freeze.
+    pub(super) fn exclusion_reach(&self) -> u64 {
+        u64::from(self.params.freeze_horizon_epochs)
+            .saturating_sub(2)
+            .max(1)
+    }
+
     pub(super) fn payer_exclusions(&self) -> BTreeMap<PublicKey, u64> {
-        let mut by_payer: BTreeMap<PublicKey, Vec<(u64, CreditSlot)>> = BTreeMap::new();
-        for debit in self.debits.values() {
-            if debit.slot.amount > 0 {
-                by_payer
-                    .entry(debit.payer)
-                    .or_default()
-                    .push((debit.epoch, debit.slot));
-            }
+        self.by_payer
+            .keys()
+            .filter_map(|payer| Some((*payer, self.payer_exclusion(payer)?)))
+            .collect()
+    }
+
+    /// The epoch from which `payer` is excluded (by its unfrozen debits, or as the
+    /// checkpoint says), if it is.
+    pub(super) fn payer_exclusion(&self, payer: &PublicKey) -> Option<u64> {
+        let frozen = self.checkpoint.accounts.get(payer);
+        let mut slots: Vec<(u64, CreditSlot)> = self
+            .by_payer
+            .get(payer)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.debits.get(id))
+            .filter(|d| d.slot.amount > 0)
+            .map(|d| (d.epoch, d.slot))
+            .collect();
+        slots.sort_by_key(|(epoch, slot)| (*epoch, slot.start));
+        let frozen_top = frozen.map_or(0, |a| a.slot_top);
+        let found = exclusion_epoch(frozen_top, &slots, self.exclusion_reach());
+        match (found, frozen.and_then(|a| a.excluded_from)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
-        let mut out = BTreeMap::new();
-        for (payer, mut slots) in by_payer {
-            slots.sort_by_key(|(epoch, slot)| (*epoch, slot.start));
-            let frozen_top = self
-                .checkpoint
-                .accounts
-                .get(&payer)
-                .map_or(0, |a| a.slot_top);
-            if let Some(epoch) = earliest_conflict(frozen_top, &slots) {
-                out.insert(payer, epoch);
-            }
+    }
+
+    /// Whether a new debit of `payer` dated `epoch` on `slot` would move the epoch the
+    /// payer is excluded from (`from`) earlier: some clash it joins counts from before
+    /// `from` (see [`exclusion_epoch`]).
+    pub(super) fn could_lower_exclusion(
+        &self,
+        payer: &PublicKey,
+        epoch: u64,
+        slot: &CreditSlot,
+        from: u64,
+    ) -> bool {
+        if slot.amount == 0 {
+            return false;
         }
-        out
+        let floor = epoch.saturating_sub(self.exclusion_reach());
+        let frozen_top = self
+            .checkpoint
+            .accounts
+            .get(payer)
+            .map_or(0, |a| a.slot_top);
+        if slot.start < frozen_top && floor < from {
+            return true;
+        }
+        let end = slot.end().unwrap_or(u64::MAX);
+        let own = self.by_payer.get(payer).into_iter().flatten();
+        own.filter_map(|id| self.debits.get(id))
+            .filter(|d| d.slot.amount > 0)
+            .any(|d| {
+                let d_end = d.slot.end().unwrap_or(u64::MAX);
+                let value = if d.epoch == epoch {
+                    d.slot.overlaps(slot).then_some(epoch)
+                } else if d.epoch < epoch {
+                    (slot.start < d_end).then_some(d.epoch.max(floor))
+                } else {
+                    let d_floor = d.epoch.saturating_sub(self.exclusion_reach());
+                    (d.slot.start < end).then_some(epoch.max(d_floor))
+                };
+                value.is_some_and(|v| v < from)
+            })
     }
 
     /// Whether a new debit of `payer` dated `epoch` on `slot` would prove a double
@@ -240,8 +289,9 @@ impl Ledger {
                 slot.start
             ));
         }
-        for debit in self.debits.values() {
-            if debit.payer != *payer || debit.slot.amount == 0 {
+        let own = self.by_payer.get(payer).into_iter().flatten();
+        for debit in own.filter_map(|id| self.debits.get(id)) {
+            if debit.slot.amount == 0 {
                 continue;
             }
             let end = debit.slot.end().unwrap_or(u64::MAX);
@@ -280,17 +330,13 @@ impl Ledger {
             .get(payer)
             .map_or(0, |a| a.slot_top);
         let slot_top = self
-            .debits
-            .values()
-            .filter(|d| d.payer == *payer)
-            .filter_map(|d| d.slot.end())
-            .fold(frozen_top, u64::max);
-        let excluded = self
-            .checkpoint
-            .accounts
+            .by_payer
             .get(payer)
-            .is_some_and(|a| a.excluded_from.is_some())
-            || self.payer_exclusions().contains_key(payer);
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.debits.get(id)?.slot.end())
+            .fold(frozen_top, u64::max);
+        let excluded = self.payer_exclusion(payer).is_some();
         Credit {
             line,
             slot_top,
@@ -363,50 +409,63 @@ impl Ledger {
             .collect();
         for id in old {
             let record = self.claims.remove(&id).expect("present");
-            self.by_session
-                .remove(&(record.verified.supplier, record.verified.session_key));
+            let v = &record.verified;
+            self.by_debit.remove(&(v.supplier, v.debit));
+            self.by_root.remove(&(v.session_key, v.root));
         }
         self.debits.retain(|_, d| d.epoch >= frozen_before);
+        let debits = &self.debits;
+        self.by_payer.retain(|_, ids| {
+            ids.retain(|id| debits.contains_key(id));
+            !ids.is_empty()
+        });
         froze
     }
 }
 
-/// The earliest epoch of a debit among `slots` (sorted by epoch, then start) that
-/// shares credit with another: two that overlap in one epoch, or one whose slot ends
-/// above the start of a debit of a later epoch (a payer numbers its slots in the order
-/// it signs them, so a later debit never starts below an earlier one's end). A debit
-/// below `frozen_top` (where the payer's frozen debits end) conflicts with a frozen
-/// one: then its own epoch counts, the earliest not yet final.
-fn earliest_conflict(frozen_top: u64, slots: &[(u64, CreditSlot)]) -> Option<u64> {
+/// The epoch from which a payer is excluded, given its debits `slots` (sorted by epoch,
+/// then start) and where its frozen debits end (`frozen_top`): the least, over every
+/// two debits that share credit, of `max(e1, e2 − reach)` for the pair's epochs
+/// `e1 ≤ e2`. Two debits share credit when they overlap in one epoch, or when the
+/// earlier one's slot ends above the later one's start (a payer numbers its slots in
+/// the order it signs them); a debit below `frozen_top` shares credit with a frozen
+/// one. The earlier epoch, because the payer chose both dates and could otherwise
+/// backdate a second debit to void an honest one; but no further back than `reach`
+/// epochs before the later debit, so a debit signed now cannot reach into an epoch
+/// that is freezing (nodes that froze it and nodes that had not would disagree).
+fn exclusion_epoch(frozen_top: u64, slots: &[(u64, CreditSlot)], reach: u64) -> Option<u64> {
     let end = |slot: &CreditSlot| slot.end().unwrap_or(u64::MAX);
-    // Per epoch: the highest end, and whether two of its slots overlap.
-    let mut epochs: Vec<(u64, u64, u64, bool)> = Vec::new(); // (epoch, min start, max end, overlap)
-    for (epoch, slot) in slots {
-        match epochs.last_mut() {
-            Some((e, _, top, overlap)) if e == epoch => {
-                *overlap |= slot.start < *top;
-                *top = (*top).max(end(slot));
+    let mut found: Option<u64> = None;
+    let mut note = |epoch: u64| found = Some(found.map_or(epoch, |f| f.min(epoch)));
+    // Earlier epochs, each with the highest slot end of it and every epoch before it.
+    let mut earlier: Vec<(u64, u64)> = Vec::new();
+    let mut at = 0;
+    while at < slots.len() {
+        let epoch = slots[at].0;
+        let floor = epoch.saturating_sub(reach);
+        let mut top_here = 0u64;
+        while at < slots.len() && slots[at].0 == epoch {
+            let slot = slots[at].1;
+            if slot.start < frozen_top {
+                note(floor);
             }
-            _ => epochs.push((*epoch, slot.start, end(slot), false)),
+            // The first earlier epoch whose debits reach above this slot's start.
+            let first = earlier.partition_point(|(_, top)| *top <= slot.start);
+            if let Some((e1, _)) = earlier.get(first) {
+                note((*e1).max(floor));
+            }
+            // Sorted by start: a slot starting below this epoch's highest end so far
+            // overlaps one of them.
+            if slot.start < top_here {
+                note(epoch);
+            }
+            top_here = top_here.max(end(&slot));
+            at += 1;
         }
+        let before = earlier.last().map_or(0, |(_, top)| *top);
+        earlier.push((epoch, before.max(top_here)));
     }
-    // The lowest start of any later epoch, from the last epoch back.
-    let mut later_min = u64::MAX;
-    let mut found = None;
-    for &(epoch, min_start, top, overlap) in epochs.iter().rev() {
-        if overlap || later_min < top {
-            found = Some(epoch);
-        }
-        later_min = later_min.min(min_start);
-    }
-    let below_frozen = slots
-        .iter()
-        .find(|(_, slot)| slot.start < frozen_top)
-        .map(|(epoch, _)| *epoch);
-    match (found, below_frozen) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
+    found
 }
 
 #[cfg(test)]
@@ -416,29 +475,34 @@ mod tests {
     #[test]
     fn a_credit_committed_twice_is_found_at_the_earlier_epoch() {
         let s = CreditSlot::new;
-        assert_eq!(earliest_conflict(0, &[(1, s(0, 10)), (2, s(10, 5))]), None);
+        let e = |top, slots: &[(u64, CreditSlot)]| exclusion_epoch(top, slots, 100);
+        assert_eq!(e(0, &[(1, s(0, 10)), (2, s(10, 5))]), None);
         // Overlap in one epoch.
-        assert_eq!(
-            earliest_conflict(0, &[(1, s(0, 10)), (1, s(5, 10))]),
-            Some(1)
-        );
+        assert_eq!(e(0, &[(1, s(0, 10)), (1, s(5, 10))]), Some(1));
         // A later debit below an earlier one's end: from the earlier one's epoch.
         assert_eq!(
-            earliest_conflict(0, &[(1, s(10, 10)), (2, s(30, 1)), (3, s(0, 5))]),
+            e(0, &[(1, s(10, 10)), (2, s(30, 1)), (3, s(0, 5))]),
             Some(1)
         );
         // Below the frozen debits' end.
-        assert_eq!(earliest_conflict(20, &[(4, s(19, 1))]), Some(4));
+        assert_eq!(e(20, &[(4, s(19, 1))]), Some(0));
         // Adjacent slots share nothing.
-        assert_eq!(earliest_conflict(10, &[(4, s(10, 1)), (4, s(11, 1))]), None);
+        assert_eq!(e(10, &[(4, s(10, 1)), (4, s(11, 1))]), None);
+        // No further back than the reach before the later debit.
+        assert_eq!(
+            exclusion_epoch(0, &[(1, s(0, 10)), (9, s(5, 1))], 3),
+            Some(6)
+        );
     }
 
     proptest::proptest! {
-        /// The scan finds exactly the earliest epoch of any conflicting pair.
+        /// The scan finds exactly the least, over every clashing pair, of the earlier
+        /// epoch or the reach before the later one.
         #[test]
         fn the_scan_matches_every_pair(
             raw in proptest::collection::vec((0u64..6, 0u64..40, 1u64..8), 0..12),
             frozen_top in 0u64..10,
+            reach in 1u64..4,
         ) {
             let mut slots: Vec<(u64, CreditSlot)> =
                 raw.iter().map(|(e, s, a)| (*e, CreditSlot::new(*s, *a))).collect();
@@ -447,16 +511,16 @@ mod tests {
             let mut note = |e: u64| expected = Some(expected.map_or(e, |x| x.min(e)));
             for (i, (e1, a)) in slots.iter().enumerate() {
                 if a.start < frozen_top {
-                    note(*e1);
+                    note(e1.saturating_sub(reach));
                 }
                 for (e2, b) in &slots[i + 1..] {
                     let clash = if e1 == e2 { a.overlaps(b) } else { b.start < a.end().unwrap() };
                     if clash {
-                        note(*e1.min(e2));
+                        note((*e1).max(e2.saturating_sub(reach)));
                     }
                 }
             }
-            proptest::prop_assert_eq!(earliest_conflict(frozen_top, &slots), expected);
+            proptest::prop_assert_eq!(exclusion_epoch(frozen_top, &slots, reach), expected);
         }
     }
 }

@@ -33,7 +33,7 @@ impl WireMessage for EquivocationEvidence {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EvidenceError {
     /// The claims are for different sessions.
-    #[error("the two claims are for different sessions")]
+    #[error("the two claims are for different terms")]
     DifferentSessions,
     /// The claims are for a session of another mesh.
     #[error("the claims are for a session of another mesh")]
@@ -67,8 +67,8 @@ impl EquivocationEvidence {
     }
 
     /// The equivocating supplier and the epoch from which it is excluded, if the
-    /// evidence holds: same session key (hence the same terms, mesh and supplier), in
-    /// this mesh, distinct claim bodies, both signed by it. The epoch is the session's,
+    /// evidence holds: the same app-signed terms (hence mesh and supplier), in this
+    /// mesh, distinct claim bodies, both signed by it. The epoch is the session's,
     /// so evidence changes no epoch before it, and none that is frozen (the ledger
     /// refuses evidence for a frozen epoch like any other message).
     pub fn verify(
@@ -77,7 +77,10 @@ impl EquivocationEvidence {
         mesh_id: &Digest,
         verifier: &impl SignatureVerifier,
     ) -> Result<(PublicKey, u64), EvidenceError> {
-        if self.first.session_key() != self.second.session_key() {
+        // One debit (the same app-signed terms), whatever mining commitments the
+        // supplier countersigned: a second commitment gives a second session key, not a
+        // licence to claim the same escrow twice.
+        if self.first.body.open.body != self.second.body.open.body {
             return Err(EvidenceError::DifferentSessions);
         }
         if self.first.body.open.body.mesh_id != *mesh_id {

@@ -85,6 +85,14 @@ pub enum ProofError {
     /// A signature (request, ack or reveal) does not verify.
     #[error("proof signature: {0}")]
     Signature(#[from] SignatureError),
+    /// A full reveal with another number of receipts than the claim's leaves.
+    #[error("full reveal shows {found} receipts; the claim has {expected} leaves")]
+    WrongLeafCount {
+        /// The claim's count.
+        expected: u64,
+        /// Receipts in the reveal.
+        found: usize,
+    },
     /// The mining secret does not open the session's mining commitment.
     #[error("the mining secret does not open the session's mining commitment")]
     BadMiningSecret,
@@ -220,6 +228,14 @@ pub fn verify_proof(
             signatures.push(sampled.reveal.signed_item(app));
         }
         ProofEvidence::Full(full) => {
+            // The claim says how many leaves there are: any other number fails before a
+            // single receipt is checked.
+            if full.receipts.len() as u64 != claim.body.count {
+                return Err(ProofError::WrongLeafCount {
+                    expected: claim.body.count,
+                    found: full.receipts.len(),
+                });
+            }
             let mut leaves = Vec::with_capacity(full.receipts.len());
             let mut requests = Requests::new();
             for (index, receipt) in full.receipts.iter().enumerate() {

@@ -224,7 +224,12 @@ pub fn all() -> Vec<Golden> {
 }
 
 fn params_for_vectors() -> relaymesh_protocol::params::MeshParams {
-    params(&[(&key(1), 1_000_000), (&key(4), 5)])
+    // Valid as a mesh file would be: sessions fit before their epoch freezes.
+    let mut p = params(&[(&key(1), 1_000_000), (&key(4), 5)]);
+    p.freeze_horizon_epochs = 12;
+    p.max_session_ms = 60_000;
+    p.max_clock_skew_ms = 10_000;
+    p
 }
 
 /// The golden encodings of the message type with wire name `name`: the fuzz corpus.
