@@ -230,7 +230,12 @@ impl EventLoop {
             return;
         }
         debug!(%peer, "no known address reaches the peer; looking it up in the DHT");
-        let query = self.swarm.behaviour_mut().kad.get_closest_peers(peer);
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        // What our routing table holds of it failed (the caller's dial tried it): a walk
+        // that started from it would try it again, fail, and never ask it at the
+        // addresses others know now (a restart on another port).
+        kad.remove_peer(&peer);
+        let query = kad.get_closest_peers(peer);
         self.lookup_queries.insert(query, peer);
         self.lookups.insert(
             peer,
