@@ -10,6 +10,8 @@ use relaymesh_protocol::messages::capability::ModelOffer;
 use relaymesh_protocol::metering::compute_units::CuFormula;
 use relaymesh_protocol::BoundedString;
 
+pub mod netns;
+
 /// Polls `check` every 100 ms until it returns `Some`, or panics after `timeout`
 /// saying what did not happen.
 pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
