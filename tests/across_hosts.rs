@@ -237,8 +237,9 @@ fn served_across_hosts(net: &mut Net, boot: &str, boot_ip: &str, sup: &str, gw: 
 /// the bootstrap node told the gateway) its `127.0.0.1:4002`; the gateway's DHT walk
 /// dialled it, reached its own listener, and that one failed dial evicted the
 /// supplier: "no supplier of smollm2 could take the request … no addresses for peer",
-/// then `model_not_found` (with the CPUs busy, in about half the runs; 10 of 17 in the
-/// issue's own runs). Fails without the fix in those runs; passes in all with it.
+/// then `model_not_found`. The issue saw it in 10 of 17 runs under load; with the
+/// gateway here asking as soon as the ad is there, before it has met the supplier,
+/// it failed in 5 of 5 runs without the fix (with exactly that error).
 #[test]
 fn a_gateway_on_another_host_is_served_with_every_node_on_one_port() {
     let Some(mut net) = Net::new("lan") else {
@@ -254,7 +255,7 @@ fn a_gateway_on_another_host_is_served_with_every_node_on_one_port() {
 /// that masquerades it (it dials out; nobody dials it, so no hole punching is
 /// needed). Peers met over a public address get only public addresses: the gateway's
 /// private `10.88.0.2` goes to nobody, and the supplier's loopback address does not
-/// reach the gateway. Fails without the fix like the LAN test.
+/// reach the gateway. Failed in 5 of 5 runs without the fix, as the LAN test did.
 #[test]
 fn a_gateway_behind_nat_is_served_by_nodes_on_public_addresses() {
     let Some(mut net) = Net::new("nat") else {
