@@ -181,7 +181,7 @@ impl NetworkBehaviour for AddressBook {
                 for addr in failed_addresses {
                     self.remove(&peer_id, addr);
                 }
-                let address = without_peer(&address);
+                let address = without_peer(address);
                 self.add(peer_id, std::slice::from_ref(&address));
                 self.dialled.insert(connection_id, (peer_id, address));
             }
