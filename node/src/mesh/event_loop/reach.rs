@@ -319,17 +319,22 @@ fn transport_reason(error: &TransportError<std::io::Error>) -> String {
     }
 }
 
-/// An error and its sources, each once.
+/// An error and its sources, each once, on one line (the DNS transport wraps every
+/// error in a "Multiple dial errors occurred:" list).
 fn chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(s) = source {
-        let next = s.to_string();
-        if !text.contains(&next) {
-            text.push_str(": ");
-            text.push_str(&next);
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(error);
+    while let Some(e) = next {
+        for line in e.to_string().lines() {
+            let line = line.trim().trim_start_matches("- ").trim_end_matches('.');
+            if !line.is_empty()
+                && line != "Multiple dial errors occurred:"
+                && !parts.iter().any(|p| p.contains(line))
+            {
+                parts.push(line.to_owned());
+            }
         }
-        source = s.source();
+        next = e.source();
     }
-    text
+    parts.join(": ")
 }
