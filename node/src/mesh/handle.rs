@@ -120,7 +120,8 @@ impl NodeHandle {
         self.ask(Command::Models).await
     }
 
-    /// Suppliers of `model` in the peer table, with their current offer.
+    /// Suppliers of `model` in the peer table, with their current offer; those backed
+    /// off after failed dials only when no other supplier of it is left.
     pub async fn offers(&self, model: &str) -> Result<Vec<(PublicKey, ModelOffer)>, NodeGone> {
         self.ask(|tx| Command::Offers(model.to_string(), tx)).await
     }

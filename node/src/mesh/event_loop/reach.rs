@@ -259,11 +259,25 @@ impl EventLoop {
             return;
         };
         lookup.walked = true;
-        let addrs = found
+        // The walk's addresses come from DHT servers, each of which kept what it could
+        // use itself: a loopback address is ours to use only if such a server is on
+        // this host (we meet one over loopback), a private one only if we meet one
+        // over a private or loopback address.
+        let nearest = self
+            .connections
+            .values()
+            .flat_map(|conns| conns.values())
+            .map(|c| scope::scope_of(&c.addr))
+            .min()
+            .unwrap_or(scope::Scope::Public);
+        let addrs: Vec<Multiaddr> = found
             .into_iter()
             .find(|p| p.peer_id == peer)
             .map(|p| p.addrs)
-            .unwrap_or_default();
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|a| scope::usable(scope::scope_of(a), nearest))
+            .collect();
         debug!(%peer, ?addrs, "the DHT walk ended; dialling every address found and known");
         let opts = DialOpts::peer_id(peer)
             .addresses(addrs)
