@@ -88,13 +88,23 @@ fn status(ns: &str) -> Option<Value> {
 /// SmolLM2 in `sup`, all on [`PORT`]; the gateway starts first and the supplier joins
 /// once it is connected, so the gateway knows the supplier by its ad alone and must
 /// find it (through the DHT) for its first request, which is sent as soon as the ad
-/// is there, with the CPUs busy. The request must be answered by that supplier.
-fn served_across_hosts(net: &mut Net, boot: &str, boot_ip: &str, sup: &str, gw: &str) {
+/// is there, with the CPUs busy. The request must be answered by that supplier, which
+/// sees the gateway's connection come from `gateway_seen_at` (its router's address,
+/// behind a NAT).
+fn served_across_hosts(
+    net: &mut Net,
+    boot: &str,
+    boot_ip: &str,
+    sup: &str,
+    gw: &str,
+    gateway_seen_at: &str,
+) {
     let dir = tempfile::tempdir().unwrap();
     let logs = dir.path();
     let (boot_dir, sup_dir, gw_dir) = (logs.join("b"), logs.join("s"), logs.join("g"));
     let boot_id = peer_id(&boot_dir);
     let supplier_id = peer_id(&sup_dir);
+    let gateway_id = peer_id(&gw_dir);
     let bootstrap = format!("/ip4/{boot_ip}/udp/{PORT}/quic-v1/p2p/{boot_id}");
     let relaymesh = Path::new(env!("CARGO_BIN_EXE_relaymesh"));
 
@@ -229,6 +239,28 @@ fn served_across_hosts(net: &mut Net, boot: &str, boot_ip: &str, sup: &str, gw: 
         models.contains(&supplier_id),
         "the supplier's ad is gone: {models}"
     );
+    let (_, _, peers) = http(
+        sup,
+        &format!("{API}/relaymesh/v1/peers"),
+        None,
+        Duration::from_secs(10),
+    );
+    let peers: Value = serde_json::from_str(&peers).unwrap();
+    let row = peers
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["peer_id"] == gateway_id.as_str())
+        .unwrap_or_else(|| panic!("the supplier is not connected to the gateway: {peers}"));
+    let seen = format!("/ip4/{gateway_seen_at}/");
+    assert!(
+        row["addresses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|a| a.as_str().unwrap().starts_with(&seen)),
+        "the supplier sees the gateway elsewhere than at {gateway_seen_at}: {row}"
+    );
 }
 
 /// Three hosts on one switch (a LAN: private addresses, no NAT): bootstrap node,
@@ -248,7 +280,7 @@ fn a_gateway_on_another_host_is_served_with_every_node_on_one_port() {
     let boot = net.host("boot", "10.77.0.1/24");
     let sup = net.host("sup", "10.77.0.2/24");
     let gw = net.host("gw", "10.77.0.3/24");
-    served_across_hosts(&mut net, &boot, "10.77.0.1", &sup, &gw);
+    served_across_hosts(&mut net, &boot, "10.77.0.1", &sup, &gw, "10.77.0.3");
 }
 
 /// The same mesh on public addresses, with the gateway alone behind a NAT router
@@ -267,5 +299,5 @@ fn a_gateway_behind_nat_is_served_by_nodes_on_public_addresses() {
     let boot = net.host("boot", "198.51.100.1/24");
     let sup = net.host("sup", "198.51.100.2/24");
     let gw = net.host_behind_nat("gw", "198.51.100.254/24");
-    served_across_hosts(&mut net, &boot, "198.51.100.1", &sup, &gw);
+    served_across_hosts(&mut net, &boot, "198.51.100.1", &sup, &gw, "198.51.100.254");
 }
