@@ -170,6 +170,7 @@ impl EventLoop {
         // Where the peer sees us: behind a NAT, the router's address, advertised once
         // confirmed. Only an address with a port we listen on can be dialled.
         let observed = without_peer(&info.observed_addr);
+        debug!(%peer, %via, %observed, "the peer sees us at");
         let listening = scope::port_of(&observed).is_some_and(|port| {
             self.listen_addrs
                 .iter()
