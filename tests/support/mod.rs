@@ -10,6 +10,8 @@ use relaymesh_protocol::messages::capability::ModelOffer;
 use relaymesh_protocol::metering::compute_units::CuFormula;
 use relaymesh_protocol::BoundedString;
 
+pub mod netns;
+
 /// Polls `check` every 100 ms until it returns `Some`, or panics after `timeout`
 /// saying what did not happen.
 pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
@@ -251,6 +253,16 @@ pub fn python() -> std::path::PathBuf {
 
 /// A `relaymesh node` process on loopback (QUIC and TCP) with its API on `api`.
 pub fn node_process(data_dir: &std::path::Path, api: u16, extra: &[&str]) -> Proc {
+    node_process_logged(data_dir, api, None, extra)
+}
+
+/// [`node_process`] with its log (stderr, at the default level) in `log`.
+pub fn node_process_logged(
+    data_dir: &std::path::Path,
+    api: u16,
+    log: Option<&std::path::Path>,
+    extra: &[&str],
+) -> Proc {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_relaymesh"));
     cmd.args(["node", "--data-dir"])
         .arg(data_dir)
@@ -261,8 +273,12 @@ pub fn node_process(data_dir: &std::path::Path, api: u16, extra: &[&str]) -> Pro
             &format!("127.0.0.1:{api}"),
         ])
         .args(extra)
+        .env_remove("RUST_LOG")
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
+        .stderr(match log {
+            Some(path) => std::fs::File::create(path).unwrap().into(),
+            None => std::process::Stdio::null(),
+        });
     Proc(cmd.spawn().unwrap())
 }
 

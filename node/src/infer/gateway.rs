@@ -407,10 +407,13 @@ impl Gateway {
         };
         let stream = match open().await.map_err(late)? {
             Ok(stream) => stream,
-            // An ad comes through gossip, its supplier's address does not: the node
-            // looks a peer it knows no address of up in the DHT; if that reaches it, one
-            // more try. (A stream that did not open in time is not retried: the peer is
-            // connected and slow, or gone, and failover should not wait twice.)
+            // No known address reached the supplier (an ad comes through gossip, its
+            // supplier's address does not; a supplier restarted on another port is not
+            // where it was): the node looks it up in the DHT once and dials what it
+            // finds; if that reaches it, one more try. A supplier it cannot reach is
+            // backed off, not forgotten. (A stream that did not open in time is not
+            // retried: the peer is connected and slow, or gone, and failover should not
+            // wait twice.)
             Err(e) => match tokio::time::timeout(OPEN_TIMEOUT, self.handle.locate(peer)).await {
                 Ok(Ok(true)) => {
                     debug!(%peer, "supplier found through the DHT; opening the stream again");

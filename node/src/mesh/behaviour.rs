@@ -26,8 +26,11 @@ pub struct MeshBehaviour {
     pub limits: connection_limits::Behaviour,
     /// Refuses peers we have blocked.
     pub blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
-    /// Exchanges addresses and the mesh's protocol version.
-    pub identify: identify::Behaviour,
+    /// Exchanges addresses (each peer gets those it can use) and the mesh's protocol
+    /// version.
+    pub identify: crate::mesh::advertised::Identify,
+    /// The addresses we dial peers at (listed first: what peers said of themselves).
+    pub addresses: crate::mesh::address_book::AddressBook,
     /// Keeps connections alive and measures round trips.
     pub ping: ping::Behaviour,
     /// The mesh's DHT: peer routing and provider records per served model.
@@ -101,9 +104,12 @@ impl MeshBehaviour {
                 .with_max_pending_incoming(Some(64)),
         );
 
-        let identify = identify::Behaviour::new(
+        let identify = crate::mesh::advertised::Identify::new(
             identify::Config::new(names::identify_version(&mesh_id), key.public())
-                .with_agent_version(format!("relaymesh/{}", env!("CARGO_PKG_VERSION"))),
+                .with_agent_version(format!("relaymesh/{}", env!("CARGO_PKG_VERSION")))
+                // identify's own cache would hand dials every address a peer listed,
+                // loopback included; the address book keeps the usable ones.
+                .with_cache_size(0),
         );
 
         let mut kad_config = kad::Config::new(names::kad_protocol(&mesh_id));
@@ -194,6 +200,7 @@ impl MeshBehaviour {
             limits,
             blocked: Default::default(),
             identify,
+            addresses: Default::default(),
             ping: ping::Behaviour::new(
                 ping::Config::new()
                     .with_interval(Duration::from_secs(5))

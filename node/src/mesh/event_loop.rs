@@ -21,8 +21,10 @@ use crate::mesh::behaviour::{
     AdsRequest, AdsResponse, LedgerSyncRequest, LedgerSyncResponse, MeshBehaviour,
     MeshBehaviourEvent, MAX_SYNC_ADS,
 };
+use crate::mesh::bootstrap::Bootstraps;
 use crate::mesh::handle::{Command, NodeStatus, PeerRow};
 use crate::mesh::names;
+use crate::mesh::observed::Observed;
 use crate::mesh::peer_table::{AdUpdate, PeerTable};
 use crate::metrics::{Metrics, TransportLabel};
 use crate::settle::{Ingested, Settlement};
@@ -56,6 +58,8 @@ struct Connection {
     addr: Multiaddr,
 }
 
+mod reach;
+
 pub(crate) struct EventLoop {
     swarm: Swarm<MeshBehaviour>,
     commands: mpsc::Receiver<Command>,
@@ -69,11 +73,14 @@ pub(crate) struct EventLoop {
     connections: HashMap<PeerId, BTreeMap<libp2p::swarm::ConnectionId, Connection>>,
     agents: HashMap<PeerId, String>,
     rtts: HashMap<PeerId, Duration>,
-    bootstrap_peers: HashSet<PeerId>,
+    /// The configured bootstrap nodes and our dials to them.
+    bootstraps: Bootstraps,
+    /// Our address as peers see it, advertised once confirmed.
+    observed: Observed,
     pending_providers: HashMap<kad::QueryId, (oneshot::Sender<Vec<PeerId>>, HashSet<PeerId>)>,
-    /// Peers being looked up in the DHT (known by their ad, with no address in the
-    /// routing table), with who waits for the outcome (see `Command::Locate`).
-    lookups: HashMap<PeerId, Vec<oneshot::Sender<bool>>>,
+    /// Peers being looked up in the DHT (a dial at every known address failed, or
+    /// none was known), with who waits for the outcome (see `Command::Locate`).
+    lookups: HashMap<PeerId, reach::Lookup>,
     lookup_queries: HashMap<kad::QueryId, PeerId>,
     ad_seq: u64,
     /// Whether an ad of ours has reached at least one peer since start.
@@ -109,14 +116,7 @@ impl EventLoop {
         settlement: Option<std::sync::Arc<Settlement>>,
     ) -> Self {
         let mesh_id = config.mesh.mesh_id();
-        let bootstrap_peers = config
-            .bootstrap
-            .iter()
-            .filter_map(|a| match a.iter().last() {
-                Some(Protocol::P2p(peer)) => Some(peer),
-                _ => None,
-            })
-            .collect();
+        let bootstraps = Bootstraps::new(&config.bootstrap, std::time::Instant::now());
         Self {
             swarm,
             commands,
@@ -134,7 +134,8 @@ impl EventLoop {
             connections: HashMap::new(),
             agents: HashMap::new(),
             rtts: HashMap::new(),
-            bootstrap_peers,
+            bootstraps,
+            observed: Observed::default(),
             pending_providers: HashMap::new(),
             lookups: HashMap::new(),
             lookup_queries: HashMap::new(),
@@ -148,6 +149,7 @@ impl EventLoop {
         let announce_every = (self.config.ad_lifetime / 3).max(Duration::from_millis(500));
         let mut announce = tokio::time::interval(announce_every);
         let mut housekeeping = tokio::time::interval(Duration::from_millis(500));
+        self.dial_bootstraps();
         loop {
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
@@ -179,12 +181,8 @@ impl EventLoop {
                 let _ = reply.send(self.table.rows(now_ms()));
             }
             Command::Offers(model, reply) => {
-                let offers = self
-                    .table
-                    .suppliers_of(&model)
-                    .map(|(key, offer)| (key, offer.clone()))
-                    .collect();
-                let _ = reply.send(offers);
+                // Suppliers we could not reach lately come only when nobody else does.
+                let _ = reply.send(self.table.offers(&model, now_ms()));
             }
             Command::Dial(addr, reply) => {
                 let _ = reply.send(self.swarm.dial(addr).map_err(|e| e.to_string()));
@@ -228,7 +226,13 @@ impl EventLoop {
                 .iter()
                 .map(|a| a.clone().with(Protocol::P2p(peer_id)).to_string())
                 .collect(),
+            external_addrs: self
+                .swarm
+                .external_addresses()
+                .map(|a| a.clone().with(Protocol::P2p(peer_id)).to_string())
+                .collect(),
             connected_peers: self.swarm.connected_peers().count(),
+            bootstrap: self.bootstraps.status(),
             suppliers: self.table.len(),
             version: env!("CARGO_PKG_VERSION").to_string(),
         }
@@ -418,6 +422,7 @@ impl EventLoop {
 
     fn housekeeping(&mut self) {
         self.ledger_sync();
+        self.dial_bootstraps();
         // Until our first ad reaches someone, retry every tick rather than every third
         // of the ad's lifetime: a new supplier should be seen within seconds.
         if !self.announced {
@@ -455,17 +460,12 @@ impl EventLoop {
                         transport: transport.into(),
                     })
                     .inc();
-                if self.bootstrap_peers.contains(&peer_id) {
+                if self.bootstraps.is_bootstrap(&peer_id) {
                     info!(peer = %peer_id, %addr, transport, "connected to bootstrap");
                 } else {
                     debug!(peer = %peer_id, %addr, transport, "connected");
                 }
-                if let Some(waiters) = self.lookups.remove(&peer_id) {
-                    info!(peer = %peer_id, "found through the DHT");
-                    for waiter in waiters {
-                        let _ = waiter.send(true);
-                    }
-                }
+                self.on_connected(peer_id, connection_id);
                 let conns = self.connections.entry(peer_id).or_default();
                 let first = conns.is_empty();
                 conns.insert(connection_id, Connection { addr });
@@ -487,8 +487,10 @@ impl EventLoop {
             SwarmEvent::ConnectionClosed {
                 peer_id,
                 connection_id,
+                num_established,
                 ..
             } => {
+                self.on_closed(peer_id, connection_id, num_established);
                 if let Some(conns) = self.connections.get_mut(&peer_id) {
                     if let Some(c) = conns.remove(&connection_id) {
                         let label = TransportLabel {
@@ -504,118 +506,22 @@ impl EventLoop {
                 self.metrics.peers.set(self.connections.len() as i64);
             }
             SwarmEvent::OutgoingConnectionError {
-                peer_id: Some(peer),
+                connection_id,
+                peer_id,
                 error,
-                ..
-            } => {
-                debug!(%peer, %error, "dial failed");
-                self.unreachable(peer, "dial failed");
-            }
+            } => self.on_dial_error(connection_id, peer_id, &error),
             SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
             _ => {}
         }
     }
 
-    /// A peer we could not reach: whoever waits on its lookup hears so, and a
-    /// supplier's ad is evicted, so it is no longer offered.
-    fn unreachable(&mut self, peer: PeerId, why: &str) {
-        if let Some(waiters) = self.lookups.remove(&peer) {
-            for waiter in waiters {
-                let _ = waiter.send(false);
-            }
-        }
-        if let Some(key) = public_key_of(&peer) {
-            if self.table.evict(&key) {
-                info!(%peer, why, "peer evicted");
-            }
-        }
-    }
-
-    /// Whether `peer` can be reached: at once when connected, or when we know an
-    /// address for it (then a failed dial meant it is gone); otherwise after a DHT
-    /// lookup. Ads come through gossip and addresses do not: in a mesh larger than a
-    /// node's routing table, most suppliers are known by their ad alone.
-    fn locate(&mut self, peer: PeerId, reply: oneshot::Sender<bool>) {
-        if self.connections.contains_key(&peer) {
-            let _ = reply.send(true);
-            return;
-        }
-        if let Some(waiters) = self.lookups.get_mut(&peer) {
-            waiters.push(reply);
-            return;
-        }
-        let known = self
-            .swarm
-            .behaviour_mut()
-            .kad
-            .kbucket(peer)
-            .is_some_and(|bucket| bucket.iter().any(|e| *e.node.key.preimage() == peer));
-        if known || self.lookups.len() >= MAX_LOOKUPS {
-            let _ = reply.send(false);
-            return;
-        }
-        // The walk toward its id usually reaches it (and so connects us); if not, we
-        // dial what the walk learnt.
-        debug!(%peer, "no address for the peer; looking it up in the DHT");
-        let query = self.swarm.behaviour_mut().kad.get_closest_peers(peer);
-        self.lookup_queries.insert(query, peer);
-        self.lookups.insert(peer, vec![reply]);
-    }
-
-    /// The DHT walk toward an unaddressed peer ended: connected by the walk itself, or
-    /// dial what it found, or give up on the peer.
-    fn on_lookup_done(&mut self, query: kad::QueryId, found: Vec<kad::PeerInfo>) {
-        let Some(peer) = self.lookup_queries.remove(&query) else {
-            return;
-        };
-        if self.connections.contains_key(&peer) || !self.lookups.contains_key(&peer) {
-            return; // settled on connecting
-        }
-        let addrs = found
-            .into_iter()
-            .find(|p| p.peer_id == peer)
-            .map(|p| p.addrs)
-            .unwrap_or_default();
-        if addrs.is_empty() {
-            self.unreachable(peer, "not found in the DHT");
-            return;
-        }
-        debug!(%peer, ?addrs, "the DHT knows the peer; dialling");
-        let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
-            .addresses(addrs)
-            .build();
-        match self.swarm.dial(opts) {
-            // A dial of the walk's is still under way: its outcome answers.
-            Ok(()) | Err(libp2p::swarm::DialError::DialPeerConditionFalse(_)) => {}
-            Err(e) => {
-                debug!(%peer, error = %e, "dial failed");
-                self.unreachable(peer, "dial failed");
-            }
-        }
-    }
-
     fn on_behaviour_event(&mut self, event: MeshBehaviourEvent) {
         match event {
-            MeshBehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
-                // A relaymesh node of another mesh is cut off; other libp2p software may
-                // stay (it cannot speak this mesh's protocols anyway, whose names carry
-                // the mesh id).
-                let ours = names::identify_version(&self.mesh_id);
-                if info.protocol_version.starts_with("/relaymesh/") && info.protocol_version != ours
-                {
-                    info!(peer = %peer_id, theirs = %info.protocol_version, "peer is in another mesh; disconnecting");
-                    self.swarm.behaviour_mut().blocked.block_peer(peer_id);
-                    return;
-                }
-                self.agents.insert(peer_id, info.agent_version.clone());
-                // Only DHT servers belong in routing tables: a light node answers no
-                // lookups, and others' walks would only dial it in vain.
-                if info.protocols.contains(&names::kad_protocol(&self.mesh_id)) {
-                    for addr in info.listen_addrs {
-                        self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
-                    }
-                }
-            }
+            MeshBehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                connection_id,
+                info,
+            }) => self.on_identify(peer_id, connection_id, info),
             // Bootstrap nodes make a star; gossip needs a mesh. Until a node has a few
             // peers, it connects to the ones the DHT tells it about.
             MeshBehaviourEvent::Kad(kad::Event::RoutingUpdated {
@@ -799,10 +705,9 @@ impl EventLoop {
             MeshBehaviourEvent::Mdns(mdns::Event::Discovered(list)) => {
                 for (peer, addr) in list {
                     info!(%peer, %addr, "peer discovered on the LAN");
-                    self.swarm
-                        .behaviour_mut()
-                        .kad
-                        .add_address(&peer, addr.clone());
+                    let behaviour = self.swarm.behaviour_mut();
+                    behaviour.kad.add_address(&peer, addr.clone());
+                    behaviour.addresses.add(peer, std::slice::from_ref(&addr));
                     let _ = self.swarm.dial(addr);
                 }
             }

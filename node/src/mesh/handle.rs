@@ -38,8 +38,14 @@ pub struct NodeStatus {
     pub role: Role,
     /// Addresses we listen on, with `/p2p/<peer id>`.
     pub listen_addrs: Vec<String>,
+    /// Our addresses as peers see them, confirmed by two of them (behind a NAT, the
+    /// router's), with `/p2p/<peer id>`: advertised to public peers.
+    pub external_addrs: Vec<String>,
     /// Connected peers.
     pub connected_peers: usize,
+    /// The `--bootstrap` nodes: how many, how many are connected, and why the last
+    /// round of dials reached none.
+    pub bootstrap: crate::mesh::bootstrap::BootstrapStatus,
     /// Suppliers in the peer table.
     pub suppliers: usize,
     /// relaymesh version.
@@ -114,7 +120,8 @@ impl NodeHandle {
         self.ask(Command::Models).await
     }
 
-    /// Suppliers of `model` in the peer table, with their current offer.
+    /// Suppliers of `model` in the peer table, with their current offer; those backed
+    /// off after failed dials only when no other supplier of it is left.
     pub async fn offers(&self, model: &str) -> Result<Vec<(PublicKey, ModelOffer)>, NodeGone> {
         self.ask(|tx| Command::Offers(model.to_string(), tx)).await
     }
@@ -135,11 +142,13 @@ impl NodeHandle {
             .await
     }
 
-    /// Whether `peer` can be reached: true when connected, or once a DHT lookup has
-    /// connected to it (the node looks up peers it knows no address for: an ad comes
-    /// through gossip, its supplier's address does not); false when an address was
-    /// known (a failed dial then meant the peer is gone) or the lookup found nothing
-    /// reachable.
+    /// Whether `peer` can be reached: true when connected, or once a DHT lookup (a
+    /// walk toward its id, then a dial at every address known and found) has
+    /// connected to it; false when the lookup found nothing reachable, and the peer,
+    /// if a supplier, is then backed off (its ad stays). Callers ask after a dial at
+    /// every address known failed, or when none was known: an ad comes through gossip,
+    /// its supplier's address does not, and a supplier restarted on another port is
+    /// found at its new one.
     pub async fn locate(&self, peer: PeerId) -> Result<bool, NodeGone> {
         self.ask(|tx| Command::Locate(peer, tx)).await
     }

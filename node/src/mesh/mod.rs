@@ -1,11 +1,16 @@
 //! The libp2p side of a node: behaviours, the event loop that owns the swarm, the
 //! handle the rest of the program uses, the peer table and mesh-scoped names.
 
+pub mod address_book;
+pub mod advertised;
 pub mod behaviour;
+pub mod bootstrap;
 mod event_loop;
 pub mod handle;
 pub mod names;
+pub mod observed;
 pub mod peer_table;
+pub mod scope;
 
 use std::time::Duration;
 
@@ -75,15 +80,13 @@ pub fn spawn(
                 reason: e.to_string(),
             })?;
     }
+    // The event loop dials them (and again, backing off, until one answers).
     for addr in &config.bootstrap {
         match addr.iter().last() {
             Some(Protocol::P2p(peer)) => {
                 swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
             }
             _ => warn!(%addr, "bootstrap address has no /p2p/<peer id>; dialling it anyway"),
-        }
-        if let Err(err) = swarm.dial(addr.clone()) {
-            warn!(%addr, %err, "cannot dial bootstrap");
         }
     }
     if !config.bootstrap.is_empty() {

@@ -1,7 +1,11 @@
 //! The bounded table of who serves which model, fed by capability ads.
 //!
-//! Entries expire with their ad, and a peer that cannot be dialled is evicted, so a
-//! killed node stops being offered.
+//! Entries expire with their ad. A supplier that cannot be reached keeps its ad but is
+//! marked and backed off (1 s, doubling, at most a minute): one failed dial says
+//! little (a loaded machine, a stale address, a restart on another port), and an
+//! evicted ad would only come back with the next announcement, minutes later. A new
+//! ad from the supplier (it restarted, or re-announced) or a connection to it clears
+//! the mark; a killed node stops being offered when its ad runs out.
 
 use std::collections::BTreeMap;
 
@@ -12,6 +16,9 @@ use serde::Serialize;
 /// Most suppliers the table keeps; beyond it, the ad expiring soonest is dropped.
 pub const MAX_SUPPLIERS: usize = 4096;
 
+/// Longest back-off of an unreachable supplier.
+pub const MAX_BACKOFF_MS: u64 = 60_000;
+
 /// One supplier's latest ad.
 #[derive(Clone, Debug)]
 pub struct SupplierEntry {
@@ -19,6 +26,17 @@ pub struct SupplierEntry {
     pub ad: SignedCapabilityAd,
     /// When we received it (unix ms).
     pub received_ms: u64,
+    /// Set while the supplier cannot be reached.
+    pub unreachable: Option<Unreachable>,
+}
+
+/// A supplier we could not reach since its ad or our last connection to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Unreachable {
+    /// Failed attempts in a row.
+    pub failures: u32,
+    /// Until when (unix ms) it is offered only when no other supplier is.
+    pub until_ms: u64,
 }
 
 /// A model as the mesh offers it: one row per (model, supplier).
@@ -92,6 +110,8 @@ impl PeerTable {
             SupplierEntry {
                 ad,
                 received_ms: now_ms,
+                // A new ad: whatever failed before may work now (it restarted).
+                unreachable: None,
             },
         );
         update
@@ -111,9 +131,34 @@ impl PeerTable {
         expired
     }
 
-    /// Drops a supplier (its node cannot be dialled).
-    pub fn evict(&mut self, supplier: &PublicKey) -> bool {
-        self.suppliers.remove(supplier).is_some()
+    /// Marks a supplier we could not reach and backs it off (1 s after the first
+    /// failure, doubling, at most [`MAX_BACKOFF_MS`]); its ad stays. Returns the
+    /// back-off, `None` for a peer that is no supplier of ours.
+    pub fn mark_unreachable(&mut self, supplier: &PublicKey, now_ms: u64) -> Option<u64> {
+        let entry = self.suppliers.get_mut(supplier)?;
+        let failures = entry.unreachable.map_or(0, |u| u.failures) + 1;
+        let backoff = (1000u64 << (failures - 1).min(6)).min(MAX_BACKOFF_MS);
+        entry.unreachable = Some(Unreachable {
+            failures,
+            until_ms: now_ms + backoff,
+        });
+        Some(backoff)
+    }
+
+    /// Clears the mark (we are connected to the supplier); whether there was one.
+    pub fn reachable(&mut self, supplier: &PublicKey) -> bool {
+        self.suppliers
+            .get_mut(supplier)
+            .and_then(|e| e.unreachable.take())
+            .is_some()
+    }
+
+    /// Whether a supplier is backed off at `now_ms`.
+    pub fn backed_off(&self, supplier: &PublicKey, now_ms: u64) -> bool {
+        self.suppliers
+            .get(supplier)
+            .and_then(|e| e.unreachable)
+            .is_some_and(|u| now_ms < u.until_ms)
     }
 
     /// Number of suppliers.
@@ -145,6 +190,26 @@ impl PeerTable {
                 .filter(move |m| m.name.as_str() == name)
                 .map(move |m| (*key, m))
         })
+    }
+
+    /// The suppliers of `name` to try at `now_ms`: those not backed off, or, when every
+    /// supplier of it is backed off, all of them (trying beats refusing: one failure
+    /// does not make a lone supplier unreachable).
+    pub fn offers(&self, name: &str, now_ms: u64) -> Vec<(PublicKey, ModelOffer)> {
+        let all: Vec<(PublicKey, ModelOffer)> = self
+            .suppliers_of(name)
+            .map(|(k, o)| (k, o.clone()))
+            .collect();
+        let reachable: Vec<(PublicKey, ModelOffer)> = all
+            .iter()
+            .filter(|(k, _)| !self.backed_off(k, now_ms))
+            .cloned()
+            .collect();
+        if reachable.is_empty() {
+            all
+        } else {
+            reachable
+        }
     }
 
     /// Up to `max` unexpired ads, freshest first: what a new peer is handed.
@@ -238,9 +303,41 @@ mod tests {
         assert_eq!(table.suppliers_of("m").count(), 2);
         assert_eq!(table.expire(160).len(), 1);
         assert_eq!(table.len(), 1);
-        let key = Keypair::from_secret([1; 32]).public_key();
-        assert!(table.evict(&key));
-        assert!(table.is_empty());
+    }
+
+    #[test]
+    fn an_unreachable_supplier_is_backed_off_not_evicted() {
+        let mut table = PeerTable::default();
+        let (a, b) = (
+            Keypair::from_secret([1; 32]).public_key(),
+            Keypair::from_secret([2; 32]).public_key(),
+        );
+        table.upsert(ad(1, 1, 1_000_000), 0);
+        assert_eq!(table.mark_unreachable(&b, 0), None, "b is no supplier yet");
+        table.upsert(ad(2, 1, 1_000_000), 0);
+        let backoffs: Vec<u64> = (0..8)
+            .map(|_| table.mark_unreachable(&b, 10).unwrap())
+            .collect();
+        assert_eq!(
+            backoffs,
+            [1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000]
+        );
+        assert_eq!(table.len(), 2, "the ad stays");
+        // Backed off: only a is offered, until the back-off ends.
+        let keys = |t: &PeerTable, now| -> Vec<PublicKey> {
+            t.offers("m", now).into_iter().map(|(k, _)| k).collect()
+        };
+        assert_eq!(keys(&table, 20), vec![a]);
+        assert_eq!(keys(&table, 60_010).len(), 2);
+        // When every supplier is backed off, all are offered.
+        table.mark_unreachable(&a, 10);
+        assert_eq!(keys(&table, 20).len(), 2);
+        // A connection clears the mark; so does a new ad.
+        assert!(table.reachable(&a));
+        assert!(!table.reachable(&a));
+        assert!(table.backed_off(&b, 20));
+        table.upsert(ad(2, 2, 1_000_000), 30);
+        assert!(!table.backed_off(&b, 40));
     }
 
     #[test]
