@@ -16,7 +16,6 @@ use relaymesh_protocol::messages::claim::{Claim, SignedClaim};
 use relaymesh_protocol::messages::credit::CreditSlot;
 use relaymesh_protocol::messages::proof::Proof;
 use relaymesh_protocol::messages::session::{SessionOpen, SignedSessionOpen};
-use relaymesh_protocol::messages::transfer::{SignedTransfer, Transfer};
 use relaymesh_protocol::params::{Allocation, MeshParams};
 use relaymesh_protocol::settlement::proof::{sign_reveal, verify_proof, ProofError};
 use relaymesh_protocol::{Digest, Ed25519Verifier, Keypair, Signer, PROTOCOL_VERSION};
@@ -26,28 +25,6 @@ const V: Ed25519Verifier = Ed25519Verifier;
 // ---------------------------------------------------------------------------------
 // Fixtures
 // ---------------------------------------------------------------------------------
-
-fn transfer(
-    params: &MeshParams,
-    from: &Keypair,
-    to: &Keypair,
-    amount: u64,
-    epoch: u64,
-    slot_start: u64,
-) -> SignedTransfer {
-    Signed::sign(
-        Transfer {
-            version: PROTOCOL_VERSION,
-            mesh_id: params.mesh_id(),
-            from: from.public_key(),
-            to: to.public_key(),
-            amount,
-            epoch,
-            slot_start,
-        },
-        from,
-    )
-}
 
 /// A key numbered by a u16 (the common fixtures only have 256).
 fn wide_key(n: u16) -> Keypair {

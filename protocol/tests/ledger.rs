@@ -13,10 +13,10 @@ use relaymesh_protocol::messages::claim::SignedClaim;
 use relaymesh_protocol::messages::credit::CreditSlot;
 use relaymesh_protocol::messages::proof::Proof;
 use relaymesh_protocol::messages::session::SessionError;
-use relaymesh_protocol::messages::transfer::{SignedTransfer, Transfer};
+use relaymesh_protocol::messages::transfer::SignedTransfer;
 use relaymesh_protocol::params::MeshParams;
 use relaymesh_protocol::settlement::proof::sign_reveal;
-use relaymesh_protocol::{Ed25519Verifier, Keypair, PublicKey, Signer, PROTOCOL_VERSION};
+use relaymesh_protocol::{Ed25519Verifier, Keypair, PublicKey, Signer};
 
 const V: Ed25519Verifier = Ed25519Verifier;
 
@@ -67,28 +67,6 @@ fn settled_session(
         ran.mined.full_reveal(claim.id()).unwrap()
     };
     (claim, proof, ran)
-}
-
-fn transfer(
-    params: &MeshParams,
-    from: &Keypair,
-    to: &Keypair,
-    amount: u64,
-    epoch: u64,
-    slot_start: u64,
-) -> SignedTransfer {
-    Signed::sign(
-        Transfer {
-            version: PROTOCOL_VERSION,
-            mesh_id: params.mesh_id(),
-            from: from.public_key(),
-            to: to.public_key(),
-            amount,
-            epoch,
-            slot_start,
-        },
-        from,
-    )
 }
 
 /// Two apps, each numbering its slots in order (one with too little credit for all
@@ -247,6 +225,22 @@ fn royalty_is_exactly_its_share_of_one_claim() {
     assert_eq!(ledger.account(&app.public_key()).spent, value);
 }
 
+/// An honest session of app 1 at supplier 2 with an escrow of 12,000 on a line of
+/// 20,000, claimed and proven: what the attacks below try to take back.
+fn honest_session(params: &MeshParams, start_ms: u64) -> (SignedClaim, Proof) {
+    let (claim, proof, _) = settled_session(
+        params,
+        &key(1),
+        &key(2),
+        None,
+        start_ms,
+        1,
+        true,
+        CreditSlot::new(0, 12_000),
+    );
+    (claim, proof)
+}
+
 /// Hole 3 (self-dealing dilutes honest suppliers): with pro-rata payment per (payer,
 /// epoch), an app that also settled a huge claim to its own supplier key in the same
 /// epoch paid the honest supplier ≈ 0 and moved its balance to itself. Failed on the
@@ -257,16 +251,7 @@ fn a_self_dealt_claim_cannot_dilute_an_honest_supplier() {
     let (app, honest, sybil) = (key(1), key(2), key(3));
     let params = params(&[(&app, 20_000)]);
     let mut ledger = Ledger::new(params.clone());
-    let (h_claim, h_proof, _) = settled_session(
-        &params,
-        &app,
-        &honest,
-        None,
-        500,
-        1,
-        true,
-        CreditSlot::new(0, 12_000),
-    );
+    let (h_claim, h_proof) = honest_session(&params, 500);
     // The app's own supplier key claims a session worth far more than the balance.
     let o = open(SessionTerms {
         params: &params,
@@ -307,19 +292,10 @@ fn a_self_dealt_claim_cannot_dilute_an_honest_supplier() {
 /// what it holds stays locked; it loses at least what it could have been served.
 #[test]
 fn committing_one_credit_twice_locks_the_payer() {
-    let (app, honest, sybil) = (key(1), key(2), key(3));
+    let (app, sybil) = (key(1), key(3));
     let params = params(&[(&app, 20_000)]);
     let mut ledger = Ledger::new(params.clone());
-    let (h_claim, h_proof, _) = settled_session(
-        &params,
-        &app,
-        &honest,
-        None,
-        500,
-        1,
-        true,
-        CreditSlot::new(0, 12_000),
-    );
+    let (h_claim, h_proof) = honest_session(&params, 500);
     apply(&mut ledger, &Message::Claim(Box::new(h_claim.clone()))).unwrap();
     apply(&mut ledger, &Message::Proof(Box::new(h_proof))).unwrap();
     // A supplier offered an overlapping slot sees the clash before it countersigns.
@@ -345,16 +321,7 @@ fn a_backdated_debit_takes_back_no_payment() {
     let (app, honest, friend) = (key(1), key(2), key(3));
     let params = params(&[(&app, 20_000)]);
     let epoch_ms = params.epoch_ms;
-    let (h_claim, h_proof, _) = settled_session(
-        &params,
-        &app,
-        &honest,
-        None,
-        2 * epoch_ms + 500,
-        1,
-        true,
-        CreditSlot::new(0, 12_000),
-    );
+    let (h_claim, h_proof) = honest_session(&params, 2 * epoch_ms + 500);
     let h_value = u128::from(h_claim.body.sum) * 2;
     // Backdated to epoch 1 and over the session's credit.
     let mut ledger = Ledger::new(params.clone());

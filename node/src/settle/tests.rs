@@ -567,13 +567,11 @@ fn escrows_pay_their_own_claims_and_one_past_the_credit_line_is_refused() {
     assert!(why.contains("committed elsewhere"), "{why}");
 }
 
-#[test]
-fn the_ledger_survives_a_restart_and_anti_entropy_fills_a_gap() {
-    let p = params(1_000_000_000, 16);
+/// Session `nonce` between key 1 and key 2, run, claimed, revealed and proven: the
+/// ledger messages every node receives for it.
+fn settled_messages(p: &MeshParams, nonce: u64) -> (SignedSessionOpen, [LedgerBody; 3]) {
     let (app, sup) = (key(1), key(2));
-    let now = end(&p);
-    let dir = tempfile::tempdir().unwrap();
-    let (s, secret) = session(&p, &app, &sup, 20);
+    let (s, secret) = session(p, &app, &sup, nonce);
     let m = mined(&s, &sup, &receipts(&s, &app, 3, 4, 100));
     let claim = claim_over(&s, &m, &sup);
     let reveal = sign_reveal(s.session_key(), claim.body.root, secret, &app);
@@ -585,6 +583,15 @@ fn the_ledger_survives_a_restart_and_anti_entropy_fills_a_gap() {
         LedgerBody::Reveal(reveal),
         LedgerBody::Proof(proof),
     ];
+    (s, messages)
+}
+
+#[test]
+fn the_ledger_survives_a_restart_and_anti_entropy_fills_a_gap() {
+    let p = params(1_000_000_000, 16);
+    let now = end(&p);
+    let dir = tempfile::tempdir().unwrap();
+    let (_, messages) = settled_messages(&p, 20);
     let before = {
         let db = crate::testkit::open_db(dir.path());
         let n = Settlement::open(
@@ -625,16 +632,10 @@ fn the_ledger_survives_a_restart_and_anti_entropy_fills_a_gap() {
 #[test]
 fn frozen_epochs_are_compacted_into_a_stored_checkpoint() {
     let p = params(1_000_000_000, 16);
-    let (app, sup) = (key(1), key(2));
+    let sup = key(2);
     let now = end(&p);
     let dir = tempfile::tempdir().unwrap();
-    let (s, secret) = session(&p, &app, &sup, 21);
-    let m = mined(&s, &sup, &receipts(&s, &app, 3, 4, 100));
-    let claim = claim_over(&s, &m, &sup);
-    let reveal = sign_reveal(s.session_key(), claim.body.root, secret, &app);
-    let proof = m
-        .sampled_proof(claim.id(), reveal.clone(), p.proof_samples)
-        .unwrap();
+    let (s, messages) = settled_messages(&p, 21);
     let final_at = START + (u64::from(p.freeze_horizon_epochs) + 2) * p.epoch_ms;
     let before = {
         let db = crate::testkit::open_db(dir.path());
@@ -648,11 +649,7 @@ fn frozen_epochs_are_compacted_into_a_stored_checkpoint() {
             START,
         )
         .unwrap();
-        for m in [
-            LedgerBody::Claim(claim),
-            LedgerBody::Reveal(reveal),
-            LedgerBody::Proof(proof),
-        ] {
+        for m in messages {
             n.ingest(LedgerMessage::new(m), now).unwrap();
         }
         assert_eq!(n.log.len(), 3);

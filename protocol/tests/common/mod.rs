@@ -104,6 +104,30 @@ pub fn open(t: SessionTerms<'_>) -> SignedSessionOpen {
     Signed::sign(body, t.app).countersign(t.supplier, &mining)
 }
 
+/// A transfer of `amount` from `from` to `to`, dated `epoch`, on the slot at
+/// `slot_start` of the payer's credit line.
+pub fn transfer(
+    params: &MeshParams,
+    from: &Keypair,
+    to: &Keypair,
+    amount: u64,
+    epoch: u64,
+    slot_start: u64,
+) -> relaymesh_protocol::messages::transfer::SignedTransfer {
+    Signed::sign(
+        relaymesh_protocol::messages::transfer::Transfer {
+            version: PROTOCOL_VERSION,
+            mesh_id: params.mesh_id(),
+            from: from.public_key(),
+            to: to.public_key(),
+            amount,
+            epoch,
+            slot_start,
+        },
+        from,
+    )
+}
+
 /// The app's side of one request, with fixture values for the request terms.
 pub struct AppRequest {
     pub request: SignedRelayRequest,
