@@ -22,8 +22,12 @@ use super::Settlement;
 
 /// A new session's escrow takes this share of what the app may still commit: an app
 /// talks to a few suppliers at once, and an escrow's unspent part comes back only once
-/// its session's epoch is final (`H + 1` epochs after).
+/// its session's epoch is final (`H + 1 + s` epochs after)...
 pub const SESSION_SHARE: u128 = 8;
+/// ...and at most this many times the least escrow a supplier admits: a proposal the
+/// supplier never countersigns leaves its slot unused for good, so what one refusal
+/// (or a supplier that refuses on purpose) can cost the app stays small.
+pub const SESSION_ESCROW_CAP: u64 = 64;
 
 const CURSOR_KEY: &[u8] = b"next";
 /// The time (unix ms) the last debit was dated: no debit is dated before it.
@@ -119,7 +123,8 @@ impl Settlement {
         }
         let min = self.min_escrow(price, tau);
         let epoch = self.params.epoch_of(now_ms);
-        let share = (self.available(epoch)?.available / SESSION_SHARE).min(u128::from(u64::MAX));
+        let cap = u128::from(min.saturating_mul(SESSION_ESCROW_CAP));
+        let share = (self.available(epoch)?.available / SESSION_SHARE).min(cap);
         self.take_slot(now_ms, min, (share as u64).max(min))
     }
 

@@ -34,7 +34,7 @@ mod report;
 mod tests;
 
 pub use clock::ClockReport;
-pub use credit::{Available, SESSION_SHARE};
+pub use credit::{Available, SESSION_ESCROW_CAP, SESSION_SHARE};
 pub use report::{balances, AccountRow, ClaimRow, LedgerReport};
 
 use std::sync::{Arc, Mutex};

@@ -88,7 +88,7 @@ pub struct LedgerReport {
     /// What this node may still commit (escrows, transfers); `None` once it committed
     /// a credit twice.
     pub credit: Option<super::credit::Available>,
-    /// Epochs after which credit received becomes spendable (`H + 1`).
+    /// Epochs after which credit received becomes spendable (`H + 1` and the skew).
     pub spendable_after_epochs: u64,
     /// This node's clock against its peers', and its frozen checkpoint's agreement.
     pub clock: super::ClockReport,
@@ -131,7 +131,7 @@ impl Settlement {
             excluded,
             accounts,
             credit: None,
-            spendable_after_epochs: u64::from(self.params.freeze_horizon_epochs) + 1,
+            spendable_after_epochs: self.params.funding_lag_epochs(),
             clock: self.clock.report(),
             frozen_digest: self.frozen_digest().1.to_hex(),
         };

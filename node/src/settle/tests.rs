@@ -719,3 +719,16 @@ fn debits_are_dated_and_numbered_in_one_order() {
     assert!(second_at >= first_at);
     assert_eq!(p.epoch_of(second_at), p.epoch_of(first_at));
 }
+
+/// Review: a proposal the supplier never countersigns leaves its slot unused for good,
+/// and each one took an eighth of the app's free credit. A session's escrow is now
+/// capped at 64 sessions' worth of mined receipts, so what a refusal costs stays small.
+#[test]
+fn a_sessions_escrow_is_a_share_of_free_credit_within_bounds() {
+    let p = params(1_000_000_000, 16);
+    let n = node(key(1), &p, false, &[]);
+    let min = n.s.min_escrow(1, 64);
+    assert_eq!(min, 64 * u64::from(p.tau_target_mined));
+    let (escrow, _) = n.s.session_escrow(START, 1, 64).unwrap();
+    assert_eq!(escrow.amount, min * crate::settle::SESSION_ESCROW_CAP);
+}
