@@ -352,3 +352,51 @@ fn claim_with_a_forged_manifest_is_rejected_by_name() {
     let err = verify_claim(&c, &params, &V).unwrap_err();
     assert!(err.to_string().contains("manifest"), "{err}");
 }
+
+/// Hole 8: the gateway copied whatever manifest an ad carried and a session without
+/// one was valid, so anyone could name itself a model's Source, or a supplier drop the
+/// royalty. A mesh that registers a model's Source now refuses every session for that
+/// file that does not pin exactly that Source's manifest and royalty. Failed before the
+/// registry: both sessions below were valid.
+#[test]
+fn a_registered_model_must_pin_its_registered_source() {
+    let (app, supplier, source, impostor) = (key(1), key(2), key(3), key(4));
+    let mut params = params(&[(&app, 1_000_000)]);
+    let real = manifest(&source, 50_000);
+    params.sources = BoundedVec::try_from_vec(vec![relaymesh_protocol::params::RegisteredSource {
+        model_digest: real.body.gguf_digest,
+        source: source.public_key(),
+        royalty_ppm: 50_000,
+    }])
+    .unwrap();
+    let with = |manifest| {
+        open(SessionTerms {
+            params: &params,
+            app: &app,
+            supplier: &supplier,
+            manifest,
+            tau: 400,
+            price: 1,
+            start_ms: 0,
+            nonce: 9,
+            escrow: relaymesh_protocol::messages::credit::CreditSlot::new(0, 100_000),
+        })
+    };
+    assert!(with(Some(real.clone())).validate(&params, &V).is_ok());
+    for wrong in [
+        None,
+        Some(manifest(&impostor, 50_000)),
+        Some(manifest(&source, 10_000)),
+    ] {
+        let err = with(wrong).validate(&params, &V).unwrap_err();
+        assert!(err.to_string().contains("registers"), "{err}");
+    }
+}
+
+/// Hole 12: `sample_point` asserted a positive sum, which a caller's input decides; it
+/// now answers 0 (a point no leaf covers) instead of panicking.
+#[test]
+fn a_zero_sum_has_no_sampling_point_and_no_panic() {
+    let point = relaymesh_protocol::settlement::challenge::sample_point(&Digest([1; 32]), 0, 0);
+    assert_eq!(point, 0);
+}

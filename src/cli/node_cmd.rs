@@ -58,7 +58,7 @@ pub struct NodeArgs {
     /// backends land this only announces; the backends will feed the same ads.
     #[arg(long, env = "RELAYMESH_ADVERTISE", value_delimiter = ',')]
     advertise: Vec<String>,
-    /// Seconds an ad (and its DHT provider record) stays valid [default: 300].
+    /// Seconds an ad (and its DHT provider record) stays valid, 1 to 600 [default: 300].
     #[arg(long, env = "RELAYMESH_AD_LIFETIME_SECS")]
     ad_lifetime_secs: Option<u64>,
     /// Serve a model (repeatable): NAME=gguf:PATH runs the GGUF file in process;
@@ -273,7 +273,11 @@ fn resolve(args: NodeArgs) -> anyhow::Result<(NodeConfig, Serving)> {
     };
     config.mdns = args.mdns || file.mdns.unwrap_or(false);
     if let Some(secs) = args.ad_lifetime_secs.or(file.ad_lifetime_secs) {
-        anyhow::ensure!(secs >= 1, "ad lifetime must be at least 1 s");
+        let most = relaymesh_protocol::messages::capability::MAX_AD_LIFETIME_MS / 1000;
+        anyhow::ensure!(
+            (1..=most).contains(&secs),
+            "--ad-lifetime-secs {secs}: an ad lives 1 to {most} s (peers refuse ads that claim longer)"
+        );
         config.ad_lifetime = Duration::from_secs(secs);
     }
     let advertise = if args.advertise.is_empty() {

@@ -230,7 +230,6 @@ fn check_proposal(
     ctx: &SupplierContext,
 ) -> Option<(RefuseCode, String)> {
     let terms = &proposal.body;
-    let skew = ctx.params.max_clock_skew_ms;
     let now = now_ms();
     if terms.supplier != ctx.key.public_key() {
         return Some((
@@ -244,36 +243,9 @@ fn check_proposal(
             "the app's signature on the terms is invalid".into(),
         ));
     }
-    // A session too short to serve a request would only make claims (each one gossiped
-    // to the whole mesh) for what a longer one claims at once.
-    let shortest = ctx.params.max_session_ms.min(MIN_SESSION_MS);
-    if terms.max_duration_ms < shortest {
-        return Some((
-            RefuseCode::Terms,
-            format!("sessions here last at least {shortest} ms"),
-        ));
-    }
-    if terms.start_ms.abs_diff(now) > skew {
-        return Some((
-            RefuseCode::Terms,
-            format!(
-                "the session starts at {} but this supplier's clock says {now} (more than {skew} ms apart): check the clock",
-                terms.start_ms
-            ),
-        ));
-    }
-    if let Some(tau) = ctx.settlement.as_ref().and_then(|s| s.tau()) {
-        // The ad the app read may be minutes old while the rule moves: within a
-        // factor of two of today's value is accepted.
-        if terms.tau < tau / 2 || terms.tau > tau.saturating_mul(2) {
-            return Some((
-                RefuseCode::Terms,
-                format!(
-                    "tau is this supplier's to set: it is {tau} now, not {}",
-                    terms.tau
-                ),
-            ));
-        }
+    let tau = ctx.settlement.as_ref().and_then(|s| s.tau());
+    if let Err(why) = timing_fits(terms, now, tau, &ctx.params) {
+        return Some((RefuseCode::Terms, why));
     }
     if let Some(problem) = check_model(terms, ctx) {
         return Some(problem);
@@ -305,6 +277,45 @@ fn check_model(terms: &SessionOpen, ctx: &SupplierContext) -> Option<(RefuseCode
         }
     }
     Some((RefuseCode::Terms, why))
+}
+
+/// Whether the terms' timing and threshold fit this supplier, at `now` and with its τ
+/// rule at `tau`:
+/// - the session lasts at least [`MIN_SESSION_MS`] (or the mesh's longest): a shorter
+///   one would only make claims (each gossiped to the whole mesh) for what a longer
+///   one claims at once;
+/// - it starts within the mesh's clock skew of now: a session dated into a frozen epoch
+///   could never be claimed (served for free), one dated elsewhere would count in
+///   another epoch;
+/// - τ is the supplier's to set (the supplier bears a session's variance and its leaf
+///   cap): within a factor of two of its rule's value, since the ad the app read may
+///   be minutes old.
+fn timing_fits(
+    terms: &SessionOpen,
+    now: u64,
+    tau: Option<u64>,
+    params: &MeshParams,
+) -> Result<(), String> {
+    let shortest = params.max_session_ms.min(MIN_SESSION_MS);
+    if terms.max_duration_ms < shortest {
+        return Err(format!("sessions here last at least {shortest} ms"));
+    }
+    let skew = params.max_clock_skew_ms;
+    if terms.start_ms.abs_diff(now) > skew {
+        return Err(format!(
+            "the session starts at {} but this supplier's clock says {now} (more than {skew} ms apart): check the clock",
+            terms.start_ms
+        ));
+    }
+    if let Some(tau) = tau {
+        if terms.tau < tau / 2 || terms.tau > tau.saturating_mul(2) {
+            return Err(format!(
+                "tau is this supplier's to set: it is {tau} now, not {}",
+                terms.tau
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// How this supplier serves one model: what terms for it must meet.
@@ -745,6 +756,29 @@ mod tests {
         ));
         let why = terms_fit(&terms, &served(), &params).unwrap_err();
         assert!(why.contains("manifest"), "{why}");
+    }
+
+    /// Holes 4 and 9: the supplier never compared the session's start with its clock
+    /// (a session dated into a frozen epoch was served and could never be claimed), nor
+    /// τ with its own rule (the app picked it). Failed before these checks.
+    #[test]
+    fn a_start_off_the_clock_a_tau_not_ours_or_a_short_session_is_refused() {
+        let params = crate::config::named_mesh("testkit");
+        let now = 1_750_000_000_000;
+        let mut terms = crate::testkit::terms_for_tests();
+        terms.start_ms = now;
+        terms.tau = 1_000;
+        terms.max_duration_ms = params.max_session_ms;
+        assert_eq!(timing_fits(&terms, now, Some(1_000), &params), Ok(()));
+        let mut backdated = terms.clone();
+        backdated.start_ms = now - 10 * params.epoch_ms;
+        let mut low_tau = terms.clone();
+        low_tau.tau = 100;
+        let mut short = terms.clone();
+        short.max_duration_ms = 1_000;
+        for bad in [backdated, low_tau, short] {
+            assert!(timing_fits(&bad, now, Some(1_000), &params).is_err());
+        }
     }
 
     /// The app's other choices: a lower price, CU factors of zero, a cap that splits

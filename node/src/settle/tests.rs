@@ -732,3 +732,30 @@ fn a_sessions_escrow_is_a_share_of_free_credit_within_bounds() {
     let (escrow, _) = n.s.session_escrow(START, 1, 64).unwrap();
     assert_eq!(escrow.amount, min * crate::settle::SESSION_ESCROW_CAP);
 }
+
+/// Hole 7: anti-entropy listed keys and sent messages kind by kind up to its caps, so a
+/// flood of claims crowded every proof out of reconciliation. Each kind now gets its
+/// fair share of the keys and the bytes. Failed before: the proof was neither listed
+/// nor sent.
+#[test]
+fn a_flood_of_one_kind_does_not_crowd_proofs_out_of_anti_entropy() {
+    let p = params(1_000_000_000, 16);
+    let n = node(key(3), &p, false, &[]);
+    let epoch = n.s.report(START).frozen_before;
+    // 20,000 stored claims of 300 bytes (6 MB, over both caps), and one proof.
+    for i in 0..20_000u32 {
+        let mut id = [0u8; 32];
+        id[..4].copy_from_slice(&i.to_be_bytes());
+        n.s.log
+            .insert(log_key(b'c', epoch, &Digest(id)), vec![1u8; 300])
+            .unwrap();
+    }
+    let proof = log_key(b'p', epoch, &Digest([9; 32]));
+    n.s.log.insert(&proof, vec![2u8; 300]).unwrap();
+    let keys = n.s.sync_keys();
+    assert!(keys.len() <= MAX_SYNC_KEYS);
+    assert!(keys.contains(&proof), "the proof's key is listed");
+    let answer = n.s.sync_answer(&[]);
+    assert!(answer.iter().map(Vec::len).sum::<usize>() <= MAX_SYNC_BYTES);
+    assert!(answer.contains(&vec![2u8; 300]), "the proof is sent");
+}
