@@ -16,6 +16,7 @@
 //! assert!(metrics.honest_served > 0);
 //! ```
 
+mod attacks;
 pub mod gossip;
 pub mod keys;
 pub mod metrics;

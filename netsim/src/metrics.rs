@@ -116,6 +116,20 @@ pub struct Metrics {
     // Sybil operator.
     pub sybil_share: f64,
     pub sybil_capacity_share: f64,
+    /// Gain per unit spent of the economic attacks (self-deal, ack-pick, pad-bytes;
+    /// `attacks.rs`), and the standard deviation of each from metering alone.
+    pub attack_gain: [f64; 3],
+    pub attack_noise: [f64; 3],
+    /// Share of what the attacking apps took that came past their last ack (the free
+    /// ride, bounded per stream and per app, not by the attack).
+    pub attack_free_share: [f64; 3],
+    /// Honest suppliers' claims on self-dealers' sessions paid less than their value.
+    pub self_deal_underpaid_claims: u64,
+    pub self_dealt_settled: u64,
+    pub self_dealt_paid_cu: f64,
+    /// CUs honest suppliers delivered to attacking apps and were not paid for, per CU
+    /// they delivered.
+    pub honest_loss_share: f64,
     // Engine.
     pub events: u64,
     pub nodes: u64,
@@ -205,6 +219,20 @@ impl Metrics {
             ("ledger_bytes_per_node_s", self.ledger_bytes_per_node_s),
             ("sybil_share", self.sybil_share),
             ("sybil_capacity_share", self.sybil_capacity_share),
+            ("gain_self_deal", self.attack_gain[0]),
+            ("gain_self_deal_noise", self.attack_noise[0]),
+            ("gain_ack_pick", self.attack_gain[1]),
+            ("gain_ack_pick_noise", self.attack_noise[1]),
+            ("free_share_ack_pick", self.attack_free_share[1]),
+            ("gain_pad_bytes", self.attack_gain[2]),
+            ("gain_pad_bytes_noise", self.attack_noise[2]),
+            (
+                "self_deal_underpaid_claims",
+                self.self_deal_underpaid_claims as f64,
+            ),
+            ("self_dealt_settled", self.self_dealt_settled as f64),
+            ("self_dealt_paid_cu", self.self_dealt_paid_cu),
+            ("honest_loss_share", self.honest_loss_share),
             ("events", self.events as f64),
         ]
     }
@@ -235,6 +263,12 @@ impl Metrics {
             broken.push(format!(
                 "{} honest requests neither served nor failed",
                 self.honest_requests - self.honest_served - self.honest_failed
+            ));
+        }
+        if self.self_deal_underpaid_claims != 0 {
+            broken.push(format!(
+                "{} honest claims on self-dealing apps' sessions paid less than their value",
+                self.self_deal_underpaid_claims
             ));
         }
         if self.metering_max_z > 5.0 {

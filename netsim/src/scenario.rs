@@ -121,6 +121,9 @@ pub struct Load {
     pub max_output_tokens: u32,
     /// UTF-8 bytes per token (CUs are counted over bytes).
     pub bytes_per_token: u32,
+    /// The session's cap on one token's bytes (`max_token_bytes`: the model's longest
+    /// token; a node sets 32 for an upstream back end). Apps refuse longer tokens.
+    pub max_token_bytes: u32,
 }
 
 impl Default for Load {
@@ -130,6 +133,7 @@ impl Default for Load {
             output_tokens: LogNormal::new(120.0, 0.7),
             max_output_tokens: 2048,
             bytes_per_token: 4,
+            max_token_bytes: 32,
         }
     }
 }
@@ -250,6 +254,17 @@ pub struct Adversaries {
     pub stop_acking: f64,
     /// Share of apps that never reveal (suppliers settle with the full reveal).
     pub never_reveal: f64,
+    /// Share of apps that self-deal: for every session an honest supplier claims from
+    /// them, a supplier key of their own claims a session of theirs in the same epoch
+    /// (the dilution attack on a pro-rata ledger).
+    pub self_deal: f64,
+    /// Share of apps that withhold the acks they guess would be mined (the ack-picking
+    /// attack): they cannot know (the lottery needs the supplier's secret), so they
+    /// guess, and withholding an ack ends the stream.
+    pub ack_pick: f64,
+    /// Share of suppliers that pad every token to the session's `max_token_bytes` with
+    /// junk (the byte-inflation attack).
+    pub pad_bytes: f64,
     /// Identities of one sybil operator serving model 0 (0 = none).
     pub sybil_identities: u32,
     /// The operator's capacity, in median suppliers (its streams at the median speed,
@@ -269,6 +284,9 @@ impl Default for Adversaries {
             equivocate: 0.0,
             stop_acking: 0.0,
             never_reveal: 0.0,
+            self_deal: 0.0,
+            ack_pick: 0.0,
+            pad_bytes: 0.0,
             sybil_identities: 0,
             sybil_capacity: 1.0,
         }
@@ -420,6 +438,9 @@ impl Scenario {
             ("adversaries.equivocate", a.equivocate),
             ("adversaries.stop_acking", a.stop_acking),
             ("adversaries.never_reveal", a.never_reveal),
+            ("adversaries.self_deal", a.self_deal),
+            ("adversaries.ack_pick", a.ack_pick),
+            ("adversaries.pad_bytes", a.pad_bytes),
             ("adversaries.silent_per_request", a.silent_per_request),
         ] {
             share(name, v)?;
@@ -427,11 +448,12 @@ impl Scenario {
         if !(0.0..1.0).contains(&a.fake_fraction) {
             bail!("adversaries.fake_fraction must be in [0, 1)");
         }
-        let bad_supplier_share = a.inflate + a.fake_leaves + a.garbage + a.silent + a.equivocate;
+        let bad_supplier_share =
+            a.inflate + a.fake_leaves + a.garbage + a.silent + a.equivocate + a.pad_bytes;
         if bad_supplier_share > 1.0 {
             bail!("the adversarial supplier shares add up to more than 1");
         }
-        if a.stop_acking + a.never_reveal > 1.0 {
+        if a.stop_acking + a.never_reveal + a.self_deal + a.ack_pick > 1.0 {
             bail!("the adversarial app shares add up to more than 1");
         }
         if self.gpu.slots == 0 || self.network.gossip_degree < 2 {
@@ -439,6 +461,9 @@ impl Scenario {
         }
         if self.load.bytes_per_token == 0 || self.load.max_output_tokens == 0 {
             bail!("load.bytes_per_token and load.max_output_tokens must be positive");
+        }
+        if !(self.load.bytes_per_token..=256).contains(&self.load.max_token_bytes) {
+            bail!("load.max_token_bytes must be between load.bytes_per_token and 256 (the mesh's bound)");
         }
         let m = &self.mesh;
         if m.epoch_s == 0 || m.session_s == 0 || m.ad_lifetime_s == 0 || m.ad_refresh_s == 0 {

@@ -15,6 +15,7 @@ use relaymesh_protocol::messages::reveal::{commitment, SignedReveal};
 use relaymesh_protocol::messages::session::{SessionOpen, SignedSessionOpen};
 use relaymesh_protocol::metering::ack_chain::MAX_ACK_CHAIN;
 use relaymesh_protocol::metering::app::{RequestAcker, RequestTerms};
+use relaymesh_protocol::metering::compute_units::CuFormula;
 use relaymesh_protocol::metering::receipt::{EncodedRequest, Receipt, ReceiptFacts};
 use relaymesh_protocol::metering::tau::SessionVolume;
 use relaymesh_protocol::settlement::proof::{sign_reveal, MinedReceipts, MinedSession};
@@ -233,7 +234,7 @@ impl Sim {
             cu: Default::default(),
             price_per_cu: self.sc.mesh.price_per_cu,
             tau,
-            max_token_bytes: self.sc.load.bytes_per_token.max(4),
+            max_token_bytes: self.sc.load.max_token_bytes,
             escrow,
             start_ms: self.now / MS,
             max_duration_ms: self.params.max_session_ms,
@@ -269,6 +270,9 @@ impl Sim {
             reserved: acks,
         });
         self.suppliers[s as usize].open.insert(app, x);
+        if self.apps[app as usize].kind == AppKind::SelfDeal {
+            self.self_deal(app);
+        }
         self.m.sessions += 1;
         self.m.tau_sum += tau as f64;
         self.schedule(end_us + self.sc.mesh.claim_delay_s * SEC, Ev::Close(x));
@@ -291,11 +295,18 @@ impl Sim {
             return;
         }
         let bpt = self.sc.load.bytes_per_token;
+        let cap = self.sc.load.max_token_bytes;
         let k = self.sc.mesh.ack_every_tokens;
         let app = req.app;
         let prompt_bytes = (req.prompt_tokens + req.delivered) * bpt;
         let request_digest = digest_of("prompt", &[req.id]);
         let kind = self.suppliers[s as usize].kind;
+        // A padding supplier sends every token at the cap: the app accepts it.
+        let sent_bpt = if kind == SupplierKind::PadBytes {
+            cap
+        } else {
+            bpt
+        };
         let fake_fraction = self.sc.adversaries.fake_fraction;
         self.counter += 1;
         let request_id = self.counter;
@@ -310,7 +321,7 @@ impl Sim {
             request_id,
             prompt_digest: request_digest,
             prompt_bytes,
-            max_output_bytes: self.sc.load.max_output_tokens * bpt,
+            max_output_bytes: self.sc.load.max_output_tokens * cap,
             max_acks: acks.min(u32::from(MAX_ACK_CHAIN)) as u16,
         };
         let chain_seed = digest_of("chain", &[self.sc.seed, request_id]);
@@ -322,8 +333,9 @@ impl Sim {
         let mut previous = acker.request().body.ack_chain_head;
         let request = EncodedRequest::new(acker.request());
         let mut served = 0;
+        let mut var = 0.0;
         for i in 0..acks.min(u32::from(MAX_ACK_CHAIN)) {
-            let bytes = (k.min(tokens - i * k) * bpt) as usize;
+            let bytes = (k.min(tokens - i * k) * sent_bpt) as usize;
             let last = i + 1 == acks;
             let ack = acker
                 .ack(&self.text[..bytes], last, app_key)
@@ -340,7 +352,9 @@ impl Sim {
             served += facts.weight;
             sess.volume.record(facts.weight);
             if facts.weight < sess.tau {
-                sess.var += (facts.weight * (sess.tau - facts.weight)) as f64;
+                let v = (facts.weight * (sess.tau - facts.weight)) as f64;
+                sess.var += v;
+                var += v;
             }
             if sess.closed {
                 // Past the supplier's close: served, never claimed.
@@ -363,11 +377,20 @@ impl Sim {
                 self.m.mined += 1;
             }
         }
-        if !sess.closed {
+        let closed = sess.closed;
+        if !closed {
             sess.served_cu += served;
         }
         self.m.served_cu += u128::from(served);
         self.suppliers[s as usize].served_cu += served;
+        if !closed {
+            // What an honest supplier would have billed for the same tokens.
+            let metered = tokens.min(acks.min(u32::from(MAX_ACK_CHAIN)) * k);
+            let cu = CuFormula::default();
+            let honest_cu =
+                cu.prompt_units(prompt_bytes) + cu.output_units(0, metered * bpt).unwrap_or(0);
+            self.metered(app, s, served, var, honest_cu);
+        }
     }
 
     /// A session's end: the supplier claims what it mined (cheaters add to it).
@@ -392,7 +415,14 @@ impl Sim {
         sess.closed = true;
         self.suppliers[s as usize].tau.observe(&sess.volume);
         if sess.mined_acks.is_empty() {
-            self.sessions.remove(x);
+            // Nothing mined: the session settles at zero, which the estimate counts
+            // (leaving it out would bias the measured error upward at large τ).
+            let sess = self.sessions.remove(x).expect("present");
+            let sup = &mut self.suppliers[s as usize];
+            if sup.kind == SupplierKind::Honest {
+                sup.settled_served_cu += sess.served_cu;
+                sup.settled_var += sess.var;
+            }
             return;
         }
         let mut acks = std::mem::take(&mut sess.mined_acks);
@@ -433,7 +463,11 @@ impl Sim {
         let tau = sess.tau;
         self.publish_ledger(GossipKind::Claim, LedgerBody::Claim(claim.clone()));
         match self.ledger.apply_claim(claim.clone(), &self.verifier) {
-            Ok(_) => self.m.claims += 1,
+            Ok(_) => {
+                self.m.claims += 1;
+                let price = claim.body.open.body.price_per_cu;
+                self.watch_claim(x, claim.id(), claim.body.sum, price);
+            }
             Err(LedgerError::Frozen { .. }) => {
                 // The supplier was away past the freeze horizon: earnings lost, no verdict.
                 self.m.claims_late += 1;
@@ -508,7 +542,7 @@ impl Sim {
     }
 
     /// Gossips `body`, counting its bytes, and hands it back.
-    fn publish_ledger(&mut self, kind: GossipKind, body: LedgerBody) -> LedgerBody {
+    pub(crate) fn publish_ledger(&mut self, kind: GossipKind, body: LedgerBody) -> LedgerBody {
         let message = LedgerMessage::new(body);
         let bytes = ledger_bytes(&message);
         self.record_gossip(kind, bytes);

@@ -20,6 +20,7 @@ use relaymesh_protocol::routing::score::{rank, ScoreWeights, SupplierStats};
 use relaymesh_protocol::wire::WireMessage;
 use relaymesh_protocol::{BoundedString, BoundedVec, Digest, Signer};
 
+use crate::attacks::Attacks;
 use crate::gossip::Spread;
 use crate::keys::{SimKey, SimVerifier};
 use crate::metrics::{GossipKind, Metrics};
@@ -84,6 +85,8 @@ pub(crate) enum SupplierKind {
     Garbage,
     Silent,
     Equivocate,
+    /// Pads every token to the session's byte cap.
+    PadBytes,
 }
 
 /// How an app behaves.
@@ -92,6 +95,17 @@ pub(crate) enum AppKind {
     Honest,
     StopAcking,
     NeverReveal,
+    /// Claims sessions of its own against itself (`attacks.rs`).
+    SelfDeal,
+    /// Withholds the acks it guesses would be mined (`attacks.rs`).
+    AckPick,
+}
+
+impl AppKind {
+    /// Whether the app wants its whole answer (and so counts in the success rate).
+    pub(crate) fn wants_answers(self) -> bool {
+        !matches!(self, AppKind::StopAcking | AppKind::AckPick)
+    }
 }
 
 /// What an attempt will end with, decided when its stream starts.
@@ -100,7 +114,10 @@ enum Plan {
     Done,
     Garbage,
     Silent,
-    AppStops,
+    /// The app stops acking after `acked` tokens; the supplier streams the window on.
+    AppStops {
+        acked: u32,
+    },
 }
 
 pub(crate) struct Node {
@@ -294,6 +311,8 @@ pub struct Sim {
     end_us: u64,
     /// Escrow of each session, micro-credits.
     pub(crate) escrow_per_session: u64,
+    /// What the economic adversaries took and paid (`attacks.rs`).
+    pub(crate) attacks: Attacks,
 }
 
 impl Sim {
@@ -357,6 +376,7 @@ impl Sim {
                     (a.garbage, SupplierKind::Garbage),
                     (a.silent, SupplierKind::Silent),
                     (a.equivocate, SupplierKind::Equivocate),
+                    (a.pad_bytes, SupplierKind::PadBytes),
                 ];
                 let mut edge = 0.0;
                 let mut kind = SupplierKind::Honest;
@@ -420,6 +440,10 @@ impl Sim {
                     AppKind::StopAcking
                 } else if x < a.stop_acking + a.never_reveal {
                     AppKind::NeverReveal
+                } else if x < a.stop_acking + a.never_reveal + a.self_deal {
+                    AppKind::SelfDeal
+                } else if x < a.stop_acking + a.never_reveal + a.self_deal + a.ack_pick {
+                    AppKind::AckPick
                 } else {
                     AppKind::Honest
                 };
@@ -471,7 +495,7 @@ impl Sim {
         let escrow_per_session = per_app / 4096;
 
         let ad_size = ad_size(&params, &suppliers[0]);
-        let text = vec![b'x'; (sc.mesh.ack_every_tokens * sc.load.bytes_per_token) as usize];
+        let text = vec![b'x'; (sc.mesh.ack_every_tokens * sc.load.max_token_bytes) as usize];
         let spread = Spread::new(sc, &nodes);
         let end_us = t0 + (sc.duration_s * SEC as f64) as u64;
         let mut sim = Sim {
@@ -499,13 +523,14 @@ impl Sim {
             counter: 0,
             end_us,
             escrow_per_session,
+            attacks: Attacks::default(),
             sc: sc.clone(),
         };
         sim.m.nodes = u64::from(sc.nodes);
         sim.m.free_riders = sim
             .apps
             .iter()
-            .filter(|a| a.kind == AppKind::StopAcking)
+            .filter(|a| matches!(a.kind, AppKind::StopAcking | AppKind::AckPick))
             .count() as u64;
         sim.m.duration_h = sc.duration_s / 3600.0;
         sim.m.suppliers = u64::from(n_suppliers);
@@ -598,6 +623,7 @@ impl Sim {
             Ev::Prove(x) => self.prove(x, false),
             Ev::FullReveal(x) => self.prove(x, true),
             Ev::Epoch => {
+                self.record_payments();
                 self.ledger.advance(self.now / MS);
                 let next = self.now + self.params.epoch_ms * MS;
                 self.schedule(next, Ev::Epoch);
@@ -782,7 +808,7 @@ impl Sim {
         let output_tokens =
             (self.rng.lognormal(load.output_tokens) as u32).clamp(1, load.max_output_tokens);
         let candidates = self.rank_candidates(app, model);
-        let honest = self.apps[app as usize].kind != AppKind::StopAcking;
+        let honest = self.apps[app as usize].kind.wants_answers();
         self.counter += 1;
         let r = self.requests.insert(Request {
             app,
@@ -984,7 +1010,11 @@ impl Sim {
             (Plan::Silent, upto)
         } else if app_kind == AppKind::StopAcking {
             let w = self.sc.mesh.max_unacked_tokens;
-            (Plan::AppStops, remaining.min(k + w))
+            let acked = remaining.min(k);
+            (Plan::AppStops { acked }, remaining.min(acked + w))
+        } else if let Some(acked) = self.ack_pick_stop(app_kind, session, r, prompt, remaining) {
+            let w = self.sc.mesh.max_unacked_tokens;
+            (Plan::AppStops { acked }, remaining.min(acked + w))
         } else {
             (Plan::Done, remaining)
         };
@@ -1035,7 +1065,7 @@ impl Sim {
         }
         let (r, s, plan, tokens) = (at.request, at.supplier, at.plan, at.tokens);
         let acked = match plan {
-            Plan::AppStops => tokens.min(self.sc.mesh.ack_every_tokens),
+            Plan::AppStops { acked } => tokens.min(acked),
             _ => tokens,
         };
         self.meter_attempt(a, acked);
@@ -1069,12 +1099,19 @@ impl Sim {
                 self.attempts.remove(a);
                 self.finish_request(r, true);
             }
-            Plan::AppStops => {
+            Plan::AppStops { .. } => {
                 self.attempts.remove(a);
                 self.m.abandoned_by_app += 1;
-                self.requests.remove(r);
+                let req = self.requests.remove(r).expect("live request");
                 let unacked = tokens.saturating_sub(acked);
                 self.m.free_tokens += u64::from(unacked);
+                // With no ack at all, the prompt's prefill went unpaid too.
+                let prompt = if acked == 0 {
+                    req.prompt_tokens + req.delivered - tokens
+                } else {
+                    0
+                };
+                self.took_unacked(app, s, unacked, prompt);
                 if self.sc.mesh.app_debt_limit && unacked > 0 {
                     let now = self.now;
                     let debts = self.suppliers[s as usize].debts.entry(app).or_default();
@@ -1182,6 +1219,7 @@ impl Sim {
     /// The figures that need the whole run.
     fn finish(&mut self) {
         self.finish_settlement();
+        self.finish_attacks();
         // Model 0's capacity (as throughput: streams × tokens/s) and CUs served, all
         // and the sybil operator's.
         let (mut total_capacity_0, mut sybil_capacity) = (0.0, 0.0);

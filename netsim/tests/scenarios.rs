@@ -101,6 +101,27 @@ fn invariants_hold_on_the_ci_scenario() {
         m.full_reveals > 0,
         "apps that never reveal are settled by full reveals"
     );
+    // Economic attacks gain nothing beyond their stated bounds: a self-dealer's own
+    // claims settle beside the honest ones and take nothing from them; an ack-picker
+    // pays for what it acks (it cannot tell which acks are mined); a byte-padding
+    // supplier is paid at most `max_token_bytes / bytes_per_token` times.
+    assert!(
+        m.self_dealt_settled > 0,
+        "self-dealers settle their own claims"
+    );
+    assert_eq!(m.self_deal_underpaid_claims, 0);
+    for attack in ["self_deal", "ack_pick"] {
+        let (gain, noise) = (
+            row(&format!("gain_{attack}")),
+            row(&format!("gain_{attack}_noise")),
+        );
+        assert!(
+            gain <= 5.0 * noise + 1e-3,
+            "{attack}: gain {gain} (noise {noise})"
+        );
+    }
+    let pad = row("gain_pad_bytes");
+    assert!(pad > 0.0 && pad <= 32.0 / 4.0 - 1.0, "padding gains {pad}");
 }
 
 #[test]
