@@ -516,3 +516,88 @@ fn stale_and_duplicate_claims_cost_no_signature_checks() {
         "signature checks spent on a duplicate claim and on a claim of a frozen epoch"
     );
 }
+
+// ---------------------------------------------------------------------------------
+// 13. A refused proposal burns its escrow slot (open after the review; now closed).
+// ---------------------------------------------------------------------------------
+
+/// SEVERITY: honest party loses (the app: up to an escrow per refusal).
+///
+/// An app signs its terms, escrow slot included, before the supplier answers. A
+/// supplier that refuses still holds the signed terms and could countersign them
+/// later, so the app can never give that slot to another debit (two debits on one slot
+/// exclude their payer); and since no debit was ever recorded for it, no escrow came
+/// back: each refusal cost the app the slot's credit for good.
+///
+/// FIX: `LedgerBody::Withdraw` — the app publishes the refused terms; the ledger
+/// records them as a debit with no claims, whose escrow returns to the app's line when
+/// its epoch freezes (and whose claims, if the supplier countersigns after all, are
+/// paid from that one debit for what it can prove).
+#[test]
+fn a_withdrawn_proposal_gives_its_escrow_back() {
+    let (app, refuser, friend) = (key(1), key(2), key(3));
+    let params = params(&[(&app, 10_000)]);
+    let e = params.epoch_ms;
+    let lag = params.funding_lag_epochs();
+    // The app proposes its whole line in the first epoch genesis funds; refused.
+    let start = lag + 1;
+    let proposal = session(
+        &params,
+        &app,
+        &refuser,
+        start * e,
+        1,
+        CreditSlot::new(0, 10_000),
+    )
+    .proposal();
+    // Later, from its next slot, it pays a friend: funded only if the escrow came back.
+    let later = start + lag;
+    let pay = transfer(&params, &app, &friend, 4_000, later, 10_000);
+    let run = |withdraw: bool| {
+        let mut ledger = Ledger::new(params.clone());
+        ledger.advance(start * e);
+        if withdraw {
+            assert_eq!(
+                ledger.apply_withdraw(&proposal, &V).unwrap(),
+                Applied::Recorded
+            );
+        }
+        ledger.advance(later * e);
+        let paid = ledger.apply_transfer(&pay, &V).is_ok();
+        ledger.advance((later + lag) * e);
+        (paid, ledger.account(&friend.public_key()).balance)
+    };
+    assert_eq!(run(true), (true, 4_000));
+    assert_eq!(
+        run(false),
+        (false, 0),
+        "without the withdrawal the refused slot's credit is gone"
+    );
+}
+
+/// A supplier that countersigns withdrawn terms after all is paid from the one debit
+/// for what it proves; the withdrawal of terms already known changes nothing.
+#[test]
+fn withdrawn_terms_countersigned_later_are_one_debit() {
+    let (app, supplier) = (key(1), key(2));
+    let params = params(&[(&app, 100_000)]);
+    let o = session(&params, &app, &supplier, 500, 1, CreditSlot::new(0, 10_000));
+    let (c, proof) = settled(o.clone(), &app, &supplier, &params, 1);
+    let mut ledger = Ledger::new(params.clone());
+    assert_eq!(
+        ledger.apply_withdraw(&o.proposal(), &V).unwrap(),
+        Applied::Recorded
+    );
+    ledger.apply_claim(c.clone(), &V).unwrap();
+    ledger.apply_proof(&proof, &V).unwrap();
+    assert_eq!(
+        ledger.apply_withdraw(&o.proposal(), &V).unwrap(),
+        Applied::Duplicate
+    );
+    ledger.advance(10 * params.epoch_ms);
+    assert_eq!(ledger.account(&supplier.public_key()).earned, value(&c));
+    // A withdrawal signed by anyone but the app is refused.
+    let mut forged = o.proposal();
+    forged.body.nonce += 1;
+    assert!(ledger.apply_withdraw(&forged, &V).is_err());
+}

@@ -21,7 +21,7 @@ use relaymesh_protocol::messages::infer::{
     DoneReason, FrameBody, InferRequest, RefuseCode, MAX_TOKEN_BYTES,
 };
 use relaymesh_protocol::messages::reveal::commitment;
-use relaymesh_protocol::messages::session::{SessionOpen, SignedSessionOpen};
+use relaymesh_protocol::messages::session::{SessionOpen, SessionProposal, SignedSessionOpen};
 use relaymesh_protocol::metering::ack_chain::MAX_ACK_CHAIN;
 use relaymesh_protocol::metering::app::{RequestAcker, RequestTerms};
 use relaymesh_protocol::metering::flow::AppFlow;
@@ -536,7 +536,6 @@ impl Gateway {
         r: &mut ReadHalf<Stream>,
         w: &mut WriteHalf<Stream>,
     ) -> Result<SignedSessionOpen, Attempt> {
-        let io = |e: &dyn std::fmt::Display| Attempt::elsewhere(format!("{peer}: {e}"));
         let secret = random_digest();
         let price = offer.price_per_cu;
         let tau = offer.tau.clamp(self.params.tau_min, self.params.tau_max);
@@ -571,7 +570,28 @@ impl Gateway {
             nonce: rand_core::RngCore::next_u64(&mut rand_core::OsRng),
         };
         let proposal = Signed::sign(terms.clone(), &self.key);
-        write_frame(w, FrameBody::Propose(proposal))
+        let mut unanswered = Unanswered {
+            settlement: self.settlement.clone(),
+            proposal: Some(proposal.clone()),
+        };
+        let session = self.proposed(peer, &proposal, &terms, r, w).await?;
+        unanswered.proposal = None;
+        self.hold(session.clone(), secret);
+        Ok(session)
+    }
+
+    /// Sends the signed proposal and reads the supplier's answer: the countersigned
+    /// terms, or why not.
+    async fn proposed(
+        &self,
+        peer: PeerId,
+        proposal: &SessionProposal,
+        terms: &SessionOpen,
+        r: &mut ReadHalf<Stream>,
+        w: &mut WriteHalf<Stream>,
+    ) -> Result<SignedSessionOpen, Attempt> {
+        let io = |e: &dyn std::fmt::Display| Attempt::elsewhere(format!("{peer}: {e}"));
+        write_frame(w, FrameBody::Propose(proposal.clone()))
             .await
             .map_err(|e| io(&e))?;
         let session = match tokio::time::timeout(OPEN_TIMEOUT, read_frame(r)).await {
@@ -598,12 +618,11 @@ impl Gateway {
             Ok(Err(e)) => return Err(io(&e)),
             Err(_) => return Err(Attempt::elsewhere(format!("{peer} did not answer in time"))),
         };
-        if session.body != terms || session.validate(&self.params, &Ed25519Verifier).is_err() {
+        if session.body != *terms || session.validate(&self.params, &Ed25519Verifier).is_err() {
             return Err(Attempt::elsewhere(format!(
                 "{peer} countersigned other terms"
             )));
         }
-        self.hold(session.clone(), secret);
         Ok(session)
     }
 
@@ -906,6 +925,23 @@ impl Backend for MeshBackend {
         };
         tokio::spawn(job.run(leg));
         Ok(Generation::new(rx, None).with_provenance(provenance))
+    }
+}
+
+/// Terms proposed and not (yet) countersigned. Dropped armed — refused, unanswered,
+/// countersigned wrongly, or the attempt dropped because another supplier answered
+/// first — it withdraws them: the slot is spent either way (the supplier holds the
+/// signed terms), and the withdrawal gets the escrow back when its epoch freezes.
+struct Unanswered {
+    settlement: Arc<crate::settle::Settlement>,
+    proposal: Option<SessionProposal>,
+}
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if let Some(proposal) = self.proposal.take() {
+            self.settlement.withdraw(&proposal, now_ms());
+        }
     }
 }
 

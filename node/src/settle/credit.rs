@@ -13,7 +13,7 @@
 use relaymesh_protocol::identity::signed::Signed;
 use relaymesh_protocol::messages::credit::CreditSlot;
 use relaymesh_protocol::messages::ledger::{LedgerBody, LedgerMessage};
-use relaymesh_protocol::messages::session::{SessionOpen, SignedSessionOpen};
+use relaymesh_protocol::messages::session::{SessionOpen, SessionProposal, SignedSessionOpen};
 use relaymesh_protocol::messages::transfer::{SignedTransfer, Transfer};
 use relaymesh_protocol::{Digest, PublicKey, PROTOCOL_VERSION};
 use tracing::{debug, info};
@@ -89,11 +89,11 @@ impl Settlement {
         let amount = u128::from(want).min(available.available);
         if amount < u128::from(min.max(1)) {
             return Err(format!(
-                "insufficient credit: {} micro-credits are free on this node's credit line ({} committed of {}; credit received becomes spendable {} epochs after it arrives); {} are needed",
+                "insufficient credit: {} micro-credits are free on this node's credit line ({} committed of {}; credit received or handed back becomes spendable {} epochs after it arrives); {} are needed",
                 available.available,
                 available.next_slot,
                 available.line,
-                u64::from(self.params.freeze_horizon_epochs) + 1,
+                self.params.funding_lag_epochs(),
                 min.max(1)
             ));
         }
@@ -212,6 +212,22 @@ impl Settlement {
                 }
             }
             Err(r) => debug!(reason = r.reason, detail = %r.detail, "own announcement refused"),
+        }
+    }
+
+    /// Withdraws terms this app proposed and no supplier countersigned (refused, or no
+    /// answer): recorded as a debit with no claims, the escrow comes back to this
+    /// node's line when the epoch freezes, instead of being lost with its slot. Stored
+    /// durably before it is gossiped. Free sessions (no escrow) need none.
+    pub fn withdraw(&self, proposal: &SessionProposal, now_ms: u64) {
+        if proposal.body.escrow.amount == 0 {
+            return;
+        }
+        let message = LedgerMessage::new(LedgerBody::Withdraw(proposal.clone()));
+        for message in self.own(message, now_ms) {
+            if self.outbox.try_send(message).is_err() {
+                debug!("the ledger gossip queue is full; anti-entropy will carry the withdrawal");
+            }
         }
     }
 

@@ -108,6 +108,16 @@ impl Settlement {
                 Applied::Duplicate => return Ok(Ingested::Duplicate),
                 _ => log_key(b'o', open.epoch(&self.params), &open.body.debit_id()),
             },
+            LedgerBody::Withdraw(proposal) => {
+                match ledger.apply_withdraw(proposal, v).map_err(from_ledger)? {
+                    Applied::Duplicate => return Ok(Ingested::Duplicate),
+                    _ => log_key(
+                        b'w',
+                        self.params.epoch_of(proposal.body.start_ms),
+                        &proposal.body.debit_id(),
+                    ),
+                }
+            }
             LedgerBody::Claim(claim) => {
                 let id = claim.id();
                 let epoch = claim.body.open.epoch(&self.params);
@@ -207,7 +217,6 @@ impl Settlement {
         }
     }
 
-    /// The supplier's miner (`None` if this node serves nothing).
     /// The log keys of unfrozen epochs, by kind: what this node asks a peer to
     /// complete. At most [`MAX_SYNC_KEYS`] in all, shared fairly between the kinds
     /// (a kind with few keys leaves its share to the others), so a flood of one kind
@@ -304,7 +313,7 @@ impl Settlement {
 }
 
 /// The message kinds of the log, in the order a replay and a sync answer apply them.
-pub(super) const SYNC_KINDS: [u8; 6] = [b'c', b'e', b'o', b'p', b'r', b't'];
+pub(super) const SYNC_KINDS: [u8; 7] = [b'c', b'e', b'o', b'p', b'r', b't', b'w'];
 
 fn evidence_key(params: &MeshParams, message: &LedgerMessage) -> Vec<u8> {
     match &message.body {

@@ -100,6 +100,7 @@ fn kind_of(body: &LedgerBody) -> &'static str {
         LedgerBody::Proof(_) => "proof",
         LedgerBody::Transfer(_) => "transfer",
         LedgerBody::Evidence(_) => "evidence",
+        LedgerBody::Withdraw(_) => "withdraw",
     }
 }
 
@@ -219,6 +220,7 @@ impl Settlement {
                 LedgerBody::Transfer(t) => ledger.apply_transfer(&t, v).map(drop),
                 LedgerBody::Evidence(e) => ledger.apply_evidence(e, v).map(drop),
                 LedgerBody::Open(o) => ledger.apply_open(&o, v).map(drop),
+                LedgerBody::Withdraw(p) => ledger.apply_withdraw(&p, v).map(drop),
                 LedgerBody::Reveal(_) => Ok(()),
             };
             match result {

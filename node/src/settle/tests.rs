@@ -759,3 +759,53 @@ fn a_flood_of_one_kind_does_not_crowd_proofs_out_of_anti_entropy() {
     assert!(answer.iter().map(Vec::len).sum::<usize>() <= MAX_SYNC_BYTES);
     assert!(answer.contains(&vec![2u8; 300]), "the proof is sent");
 }
+
+/// A proposal the supplier refused (or never answered) is withdrawn: its escrow comes
+/// back to the app's line when its epoch freezes, the withdrawal survives a restart and
+/// reaches a node that missed it by anti-entropy. Before, the slot's credit was lost to
+/// the app for good (PROTOCOL.md §12).
+#[test]
+fn a_refused_proposal_is_withdrawn_and_its_escrow_comes_back() {
+    let p = params(1_000_000_000, 16);
+    let dir = tempfile::tempdir().unwrap();
+    let db = crate::testkit::open_db(dir.path());
+    let app = Settlement::open(
+        key(1),
+        p.clone(),
+        &db,
+        None,
+        None,
+        Metrics::default(),
+        START,
+    )
+    .unwrap();
+    let (slot, at) = app.take_slot(START, 1, 1_000_000).unwrap();
+    let (o, _) = session(&p, &key(1), &key(2), 40);
+    let mut terms = o.body.clone();
+    terms.escrow = slot;
+    terms.start_ms = at;
+    let proposal = Signed::sign(terms, &key(1));
+    let final_at = at + p.funding_lag_epochs() * p.epoch_ms;
+    let line = |s: &Settlement| {
+        let ledger = s.ledger.lock().unwrap();
+        ledger
+            .credit(&key(1).public_key(), p.epoch_of(final_at))
+            .line
+    };
+    let before = line(&app);
+    app.withdraw(&proposal, at);
+    assert_eq!(app.log.len(), 1, "stored");
+    // A node that missed the gossip gets it by anti-entropy.
+    let other = node(key(4), &p, false, &[]);
+    for bytes in app.sync_answer(&other.s.sync_keys()) {
+        other.s.ingest_bytes(&bytes, at).unwrap();
+    }
+    // The app restarts; the withdrawal is replayed.
+    drop(app);
+    db.flush().unwrap();
+    let app = Settlement::open(key(1), p.clone(), &db, None, None, Metrics::default(), at).unwrap();
+    app.report(final_at);
+    other.s.report(final_at);
+    assert_eq!(line(&app), before + u128::from(slot.amount));
+    assert_eq!(line(&other.s), line(&app));
+}

@@ -8,7 +8,7 @@ use crate::messages::claim::SignedClaim;
 use crate::messages::credit::CreditSlot;
 use crate::messages::equivocation::{EquivocationEvidence, EvidenceError};
 use crate::messages::proof::Proof;
-use crate::messages::session::{SessionError, SignedSessionOpen};
+use crate::messages::session::{SessionError, SessionProposal, SignedSessionOpen};
 use crate::messages::transfer::SignedTransfer;
 use crate::params::MeshParams;
 use crate::settlement::claim::{verify_claim_in, ClaimError, VerifiedClaim};
@@ -344,6 +344,41 @@ impl Ledger {
                 payer: open.body.app,
                 epoch,
                 slot: open.body.escrow,
+                kind: DebitKind::Session,
+            },
+        );
+        Ok(Applied::Recorded)
+    }
+
+    /// Applies an app's withdrawn proposal (`LedgerBody::Withdraw`): its escrow becomes
+    /// a debit like a session's. With no claims it returns to the app's line when its
+    /// epoch freezes; should the supplier countersign the terms after all, its claims
+    /// are paid from the same debit (same id), for what it can prove it served.
+    pub fn apply_withdraw(
+        &mut self,
+        proposal: &SessionProposal,
+        verifier: &impl SignatureVerifier,
+    ) -> Result<Applied, LedgerError> {
+        let terms = &proposal.body;
+        terms.check_terms(&self.params, &self.mesh_id)?;
+        let epoch = self.params.epoch_of(terms.start_ms);
+        self.check_open(epoch)?;
+        let id = terms.debit_id();
+        if self.debits.contains_key(&id) {
+            return Ok(Applied::Duplicate);
+        }
+        self.check_funded(&terms.app, epoch, &terms.escrow)?;
+        self.check_payer(&terms.app, epoch, &terms.escrow)?;
+        terms.check_keys(verifier)?;
+        proposal
+            .verify(&terms.app, verifier)
+            .map_err(|e| LedgerError::Session(SessionError::Signature(e)))?;
+        self.record_debit(
+            id,
+            DebitRecord {
+                payer: terms.app,
+                epoch,
+                slot: terms.escrow,
                 kind: DebitKind::Session,
             },
         );

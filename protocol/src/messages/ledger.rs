@@ -9,7 +9,7 @@ use crate::messages::claim::SignedClaim;
 use crate::messages::equivocation::EquivocationEvidence;
 use crate::messages::proof::Proof;
 use crate::messages::reveal::SignedReveal;
-use crate::messages::session::SignedSessionOpen;
+use crate::messages::session::{SessionProposal, SignedSessionOpen};
 use crate::messages::transfer::SignedTransfer;
 use crate::wire::WireMessage;
 
@@ -32,6 +32,12 @@ pub enum LedgerBody {
     Transfer(SignedTransfer),
     /// Two claims by one supplier for one session.
     Evidence(EquivocationEvidence),
+    /// An app withdraws terms it proposed and no supplier countersigned (as far as it
+    /// knows): the escrow slot it gave them becomes a debit with no claims, whose
+    /// escrow returns to the app's line when its epoch freezes. Without it, a refused
+    /// proposal's slot could never be reused (the supplier holds the signed terms and
+    /// could countersign them later) and its credit would be lost to the app.
+    Withdraw(SessionProposal),
 }
 
 /// The envelope.

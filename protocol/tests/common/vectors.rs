@@ -156,6 +156,7 @@ pub fn all() -> Vec<Golden> {
     let frame_ack = InferFrame::new(FrameBody::Ack(receipt.ack.clone()));
     let frame_resume = InferFrame::new(FrameBody::Resume(o.clone()));
     let (pa4, ps4) = (app.public_key(), supplier.public_key());
+    let pa6 = app.public_key();
     let (pa, ps, pso) = (app.public_key(), supplier.public_key(), source.public_key());
     let (c1, c2, p1, p2, p3, p4) = (
         claim.clone(),
@@ -185,6 +186,11 @@ pub fn all() -> Vec<Golden> {
         golden(Some("refuse"), frame_refuse, |_| true),
         golden(None, manifest, move |m| m.verify(&pso, &v).is_ok()),
         golden(None, ad, move |a| a.verify(&ps, &v).is_ok()),
+        golden(
+            Some("withdraw"),
+            LedgerMessage::new(LedgerBody::Withdraw(proposal.clone())),
+            move |m| matches!(&m.body, LedgerBody::Withdraw(p) if p.verify(&pa6, &v).is_ok()),
+        ),
         golden(None, proposal, move |p| p.verify(&pa, &v).is_ok()),
         golden(
             Some("open"),
