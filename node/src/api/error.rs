@@ -118,9 +118,15 @@ fn openai_type(status: StatusCode) -> &'static str {
     }
 }
 
+/// `text` on one line: a message from below (a libp2p dial error lists one line per
+/// address tried) reads as one sentence in a JSON error and a log line.
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 impl From<BackendError> for ApiError {
     fn from(e: BackendError) -> Self {
-        let message = e.to_string();
+        let message = one_line(&e.to_string());
         match e {
             BackendError::Busy { retry_after, .. } => Self {
                 retry_after: Some(retry_after),
@@ -170,5 +176,22 @@ impl<E: Into<ApiError>> From<E> for OpenAiError {
 impl<E: Into<ApiError>> From<E> for OllamaError {
     fn from(e: E) -> Self {
         Self(e.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_multi_line_error_from_below_is_one_line() {
+        let e = ApiError::from(BackendError::Unavailable(
+            "12D3Koo: Failed to negotiate transport protocol(s): [\n  (/ip4/10.0.0.2/udp/4001/quic-v1: timeout)\n]".into(),
+        ));
+        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(!e.message.contains('\n'), "{}", e.message);
+        assert!(e
+            .message
+            .contains("[ (/ip4/10.0.0.2/udp/4001/quic-v1: timeout) ]"));
     }
 }
