@@ -151,9 +151,15 @@ pub fn sweep_figures(
             } else {
                 name
             };
+            // An unbounded figure (a gain over nothing spent) has no place on an axis:
+            // plotting it would ask for an infinite range. The CSV keeps it.
+            let points: Vec<(f64, f64)> = [(x, y)]
+                .into_iter()
+                .filter(|(x, y)| x.is_finite() && y.is_finite())
+                .collect();
             match series.iter_mut().find(|(n, _)| *n == name) {
-                Some((_, points)) => points.push((x, y)),
-                None => series.push((name, vec![(x, y)])),
+                Some((_, have)) => have.extend(points),
+                None => series.push((name, points)),
             }
         }
         for (_, points) in &mut series {
@@ -259,6 +265,10 @@ fn line_chart(
         y0 = y0.min(*y);
         y1 = y1.max(*y);
     }
+    if x0 > x1 {
+        // No point at all (every figure unbounded): an empty chart.
+        (x0, x1, y1) = (0.0, 1.0, 1.0);
+    }
     if x1 <= x0 {
         x1 = x0 + 1.0;
     }
@@ -322,4 +332,38 @@ fn line_chart(
     }
     root.present().map_err(|e| draw(&e))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A gain over nothing spent is infinite: the figure leaves it out (plotters asked
+    /// for an infinite range ran for ever), and a chart with no finite point is empty.
+    #[test]
+    fn unbounded_figures_are_left_out_of_charts() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = |share: &str, gain: f64| {
+            let mut metrics = Metrics::default();
+            metrics.attack_gain[1] = gain;
+            RunResult {
+                labels: vec![("adversaries.ack_pick".into(), share.into())],
+                metrics,
+            }
+        };
+        let sweep = Sweep {
+            x: "adversaries.ack_pick".into(),
+            series: None,
+            metrics: vec!["gain_ack_pick".into()],
+            grid: Default::default(),
+            follow: Default::default(),
+            log_x: false,
+            combine: false,
+        };
+        let some = [run("0.1", f64::INFINITY), run("0.2", 0.5)];
+        let files = sweep_figures(dir.path(), "t", &sweep, &some).unwrap();
+        assert_eq!(files, ["gain_ack_pick-vs-ack-pick.svg"]);
+        let none = [run("0.1", f64::INFINITY), run("0.2", f64::NAN)];
+        sweep_figures(dir.path(), "t", &sweep, &none).unwrap();
+    }
 }
