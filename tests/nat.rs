@@ -12,7 +12,13 @@
 //! | port-restricted cone | relayed | hole-punched (DCUtR) |
 //! | symmetric | relayed | relayed |
 //!
-//! Needs root, iproute2 and nftables; elsewhere each test says SKIPPED.
+//! Without NAT traversal each test fails (checked by taking parts out, and waiting 20 s
+//! instead of for the supplier's reachability): with no relay slots, the supplier
+//! behind either restricted NAT is never reached ("no supplier of smollm2 could take
+//! the request … Dial error: no addresses for peer"); with no AutoNAT, neither is the
+//! one behind the full cone (its router's address is advertised by nobody); with no
+//! DCUtR, the link behind the port-restricted cone stays relayed. Needs root, iproute2
+//! and nftables; elsewhere each test says SKIPPED.
 
 mod support;
 

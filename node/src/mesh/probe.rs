@@ -2,21 +2,27 @@
 //! peers see us: the answer says whether this node can be reached there (public, or
 //! behind a NAT that lets strangers in) or not (behind NAT: a relay is needed).
 //!
-//! Two things differ from the plain client. Loopback and relayed addresses are not
+//! Three things differ from the plain client. Loopback and relayed addresses are not
 //! worth a probe (a server on this host reaches any loopback address; a relayed one
-//! is reachable by construction), so they are never handed to it. And a verified
+//! is reachable by construction), so they are never handed to it. A node that listens
+//! on QUIC has its QUIC addresses probed only: a QUIC dial-back fails within the
+//! handshake timeout, while a TCP one to a router that drops strangers' connection
+//! attempts hangs at the server for minutes, and the host's answer is the same. And a
+//! verified
 //! address is not made external here: the event loop does that (`observed`), so it
 //! can also withdraw the address when no peer sees us at that IP any more, and make
 //! it external again when they do (the client tests each address only once).
 
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use libp2p::autonat::v2::client;
 use libp2p::core::transport::PortUse;
 use libp2p::core::Endpoint;
+use libp2p::multiaddr::Protocol;
 use libp2p::swarm::{
-    ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, NewExternalAddrCandidate,
-    THandler, THandlerInEvent, THandlerOutEvent, ToSwarm,
+    ConnectionDenied, ConnectionId, FromSwarm, ListenAddresses, NetworkBehaviour,
+    NewExternalAddrCandidate, THandler, THandlerInEvent, THandlerOutEvent, ToSwarm,
 };
 use libp2p::{Multiaddr, PeerId};
 
@@ -24,17 +30,36 @@ use super::scope::{scope_of, Scope};
 
 type Inner = client::Behaviour;
 
+/// How often untested addresses are sent for a dial-back (libp2p's default is 5 s,
+/// which a new supplier behind a full-cone NAT would wait before being reachable).
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(2);
+
 /// The AutoNAT v2 client, for addresses where a dial-back means something.
-#[derive(Default)]
 pub struct Probe {
     inner: Inner,
+    listen: ListenAddresses,
+}
+
+impl Default for Probe {
+    fn default() -> Self {
+        Self {
+            inner: client::Behaviour::new(
+                rand_libp2p::make_rng::<rand_libp2p::rngs::StdRng>(),
+                client::Config::default().with_probe_interval(PROBE_INTERVAL),
+            ),
+            listen: ListenAddresses::default(),
+        }
+    }
+}
+
+fn is_quic(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| matches!(p, Protocol::QuicV1))
 }
 
 /// Whether a dial-back to `addr` tells anything about this node's reachability: an
 /// IP address and port that is not loopback and not a relay's (a peer that reached us
 /// through a relay sees us at `/p2p/<us>` alone).
 pub fn worth_probing(addr: &Multiaddr) -> bool {
-    use libp2p::multiaddr::Protocol;
     scope_of(addr) != Scope::Loopback
         && super::scope::ip_of(addr).is_some()
         && super::scope::port_of(addr).is_some()
@@ -69,8 +94,10 @@ impl NetworkBehaviour for Probe {
     }
 
     fn on_swarm_event(&mut self, event: FromSwarm) {
+        self.listen.on_swarm_event(&event);
         if let FromSwarm::NewExternalAddrCandidate(NewExternalAddrCandidate { addr }) = event {
-            if !worth_probing(addr) {
+            let quic_here = self.listen.iter().any(is_quic);
+            if !worth_probing(addr) || (quic_here && !is_quic(addr)) {
                 return;
             }
         }

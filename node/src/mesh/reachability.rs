@@ -5,7 +5,8 @@
 //! A node learns its reachability from AutoNAT dial-backs (`probe`): an address a
 //! dial-back reached is advertised (`observed`), and the node is **public**; when
 //! dial-backs fail and none succeeds, it is **behind NAT**. A full node behind NAT
-//! reserves a slot on up to [`MAX_RELAYS`] relays (bootstrap nodes offer them) and
+//! (or seen by a peer at an IP address none of its interfaces has, before a dial-back
+//! answers) reserves a slot on up to [`MAX_RELAYS`] relays (bootstrap nodes offer them) and
 //! advertises the relayed address the relay hands out (`/…/p2p/<relay>/p2p-circuit`):
 //! it is then **relayed**, and peers reach it through the relay and, where both NATs
 //! allow, hole-punch a direct link from there (DCUtR). A refused or lost reservation is
@@ -91,6 +92,9 @@ pub struct Reach {
     probes_ok: u64,
     probes_failed: u64,
     last_probe_error: Option<String>,
+    /// A peer sees us at a public IP address none of our interfaces has: a NAT is in
+    /// between.
+    nat_seen: bool,
     relays: BTreeMap<PeerId, Relay>,
 }
 
@@ -142,6 +146,7 @@ impl Reach {
             probes_ok: 0,
             probes_failed: 0,
             last_probe_error: None,
+            nat_seen: false,
             relays: BTreeMap::new(),
         }
     }
@@ -168,6 +173,15 @@ impl Reach {
                 self.last_probe_error = Some(why);
             }
         }
+    }
+
+    /// A peer sees us at a public IP address that none of our interfaces has: we are
+    /// behind a NAT. Whether it lets strangers in is for a dial-back to tell; meanwhile
+    /// a full node reserves a relay slot (given back if the dial-back gets in), so a
+    /// node behind a restricted NAT is reachable within a second of joining rather
+    /// than after the dial-back times out.
+    pub fn nat_seen(&mut self) {
+        self.nat_seen = true;
     }
 
     /// An address of ours is advertised now (confirmed external).
@@ -250,7 +264,7 @@ impl Reach {
             }
             return actions;
         }
-        if self.probes_failed == 0 {
+        if self.probes_failed == 0 && !self.nat_seen {
             return Vec::new(); // not known to be behind NAT
         }
         let mut held = self.relays.values().filter(|r| holding(&r.slot)).count();
@@ -372,6 +386,26 @@ mod tests {
         reach.external_added("/ip4/203.0.113.5/udp/4002/quic-v1".parse().unwrap());
         assert_eq!(reach.state(), Reachability::Public);
         assert_eq!(reach.next(now + RETRY_MIN).len(), 2, "both slots released");
+    }
+
+    #[test]
+    fn a_node_seen_behind_a_nat_reserves_before_any_dial_back() {
+        let now = Instant::now();
+        let mut reach = Reach::new(true);
+        let r = PeerId::random();
+        reach.relay_offered(r, relay_addr(&r));
+        assert!(reach.next(now).is_empty());
+        reach.nat_seen();
+        assert_eq!(reach.state(), Reachability::Unknown);
+        assert_eq!(reach.next(now).len(), 1);
+        reach.reserved(&r);
+        reach.external_added(relay_addr(&r).with(Protocol::P2pCircuit));
+        assert_eq!(reach.state(), Reachability::Relayed);
+        // The dial-back gets in after all (a full-cone NAT): the slot goes back.
+        reach.probed(Ok(()));
+        reach.external_added("/ip4/198.51.100.2/udp/4002/quic-v1".parse().unwrap());
+        assert_eq!(reach.next(now), [Action::Release { relay: r }]);
+        assert_eq!(reach.state(), Reachability::Public);
     }
 
     #[test]

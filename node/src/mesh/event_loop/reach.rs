@@ -174,6 +174,16 @@ impl EventLoop {
         for change in self.observed.report(conn, &observed) {
             self.apply(change);
         }
+        let behind_nat = scope::scope_of(&observed) == scope::Scope::Public
+            && scope::ip_of(&observed).is_some_and(|ip| {
+                !self
+                    .listen_addrs
+                    .iter()
+                    .any(|l| scope::ip_of(l) == Some(ip))
+            });
+        if behind_nat {
+            self.reach.nat_seen();
+        }
         if info.protocols.contains(&libp2p::relay::HOP_PROTOCOL_NAME) {
             self.relay_offered(peer);
         }
