@@ -9,10 +9,10 @@
 mod support;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::netns::{http, Net, Spinners};
+use support::netns::{self, api_json, http, relaymesh_id, Net, Spinners};
 
 /// The port every node listens on, QUIC and TCP, on every interface.
 const PORT: u16 = 4002;
@@ -23,65 +23,27 @@ fn listen() -> String {
     format!("/ip4/0.0.0.0/udp/{PORT}/quic-v1,/ip4/0.0.0.0/tcp/{PORT}")
 }
 
-/// A node's peer id, creating the identity in `dir`.
+const LOGS: &[&str] = &["boot", "supplier", "gateway"];
+
 fn peer_id(dir: &Path) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_relaymesh"))
-        .args(["id", "--data-dir"])
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "relaymesh id failed");
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    relaymesh_id(dir)
 }
 
-/// Polls `check` every 100 ms until it returns `Some`, or panics after `timeout`
-/// saying what did not happen, with the nodes' logs.
 fn wait_until<T>(
     what: &str,
     timeout: Duration,
     logs: &Path,
-    mut check: impl FnMut() -> Option<T>,
+    check: impl FnMut() -> Option<T>,
 ) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        if Instant::now() > deadline {
-            panic!(
-                "timed out after {timeout:?} waiting for {what}\n{}",
-                tail_logs(logs)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    netns::wait_until(what, timeout, (logs, LOGS), check)
 }
 
-/// The last lines of every node's log, for a failure message.
 fn tail_logs(dir: &Path) -> String {
-    let mut text = String::new();
-    for name in ["boot", "supplier", "gateway"] {
-        let log = std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        text.push_str(&format!("--- {name}.log (last 25 lines)\n"));
-        for line in &lines[lines.len().saturating_sub(25)..] {
-            text.push_str(line);
-            text.push('\n');
-        }
-    }
-    text
+    netns::tail_logs(dir, LOGS)
 }
 
 fn status(ns: &str) -> Option<Value> {
-    let (code, _, body) = http(
-        ns,
-        &format!("{API}/relaymesh/v1/status"),
-        None,
-        Duration::from_secs(10),
-    );
-    (code == 200)
-        .then(|| serde_json::from_str(&body).ok())
-        .flatten()
+    api_json(ns, "/relaymesh/v1/status")
 }
 
 /// A bootstrap node at `boot_ip` in `boot`, a light gateway in `gw` and a supplier of

@@ -1,5 +1,6 @@
 //! `relaymesh-bootstrap`: an always-on node with a persistent identity that runs a
-//! Kademlia server and gossipsub, serves no model, and prints its full multiaddr (with
+//! Kademlia server and gossipsub, helps nodes behind NAT (AutoNAT v2 dial-backs and a
+//! bounded circuit relay v2), serves no model, and prints its full multiaddr (with
 //! `/p2p/<peer id>`) as the first line on stdout once listening.
 
 use std::path::PathBuf;
@@ -33,6 +34,25 @@ struct Args {
     /// Other bootstrap nodes to join (`/…/p2p/<peer id>`).
     #[arg(long, env = "RELAYMESH_BOOTSTRAP", value_delimiter = ',')]
     bootstrap: Vec<Multiaddr>,
+    /// An address this node is reachable at that no interface of it has (a forwarded
+    /// port, a DNS name): advertised, and handed out in relay slots (repeatable).
+    #[arg(long, env = "RELAYMESH_EXTERNAL", value_delimiter = ',')]
+    external: Vec<Multiaddr>,
+    /// Relay no circuits and answer no AutoNAT requests.
+    #[arg(long, env = "RELAYMESH_NO_RELAY")]
+    no_relay: bool,
+    /// Relay slots held at once, for all peers.
+    #[arg(long, env = "RELAYMESH_RELAY_SLOTS", default_value_t = 128)]
+    relay_slots: usize,
+    /// Circuits relayed at once (each peer may be an end of 8).
+    #[arg(long, env = "RELAYMESH_RELAY_CIRCUITS", default_value_t = 64)]
+    relay_circuits: usize,
+    /// Seconds a circuit lives before the relay closes it (the peers dial again).
+    #[arg(long, env = "RELAYMESH_RELAY_CIRCUIT_SECS", default_value_t = 600)]
+    relay_circuit_secs: u64,
+    /// MiB a circuit carries before the relay closes it.
+    #[arg(long, env = "RELAYMESH_RELAY_CIRCUIT_MIB", default_value_t = 16)]
+    relay_circuit_mib: u64,
 }
 
 #[tokio::main]
@@ -56,6 +76,16 @@ async fn main() -> anyhow::Result<()> {
     config.listen = args.listen.clone();
     config.bootstrap = args.bootstrap;
     config.max_connections = args.max_connections;
+    config.external = args.external;
+    if !args.no_relay {
+        config.nat_services = Some(relaymesh_node::config::RelayLimits {
+            max_reservations: args.relay_slots,
+            max_circuits: args.relay_circuits,
+            max_circuit_duration: Duration::from_secs(args.relay_circuit_secs),
+            max_circuit_bytes: args.relay_circuit_mib << 20,
+            ..Default::default()
+        });
+    }
     let node = Node::start(config)
         .await
         .context("starting the bootstrap node")?;

@@ -65,6 +65,49 @@ pub struct NodeConfig {
     pub api_keys: Option<Arc<ApiKeys>>,
     /// How requests for models served elsewhere go to the mesh.
     pub routing: crate::infer::router::RoutingConfig,
+    /// Help peers behind NAT (bootstrap nodes): answer AutoNAT dial-back requests and
+    /// relay circuits within these limits. `None`: neither.
+    pub nat_services: Option<RelayLimits>,
+    /// Addresses this node is known to be reachable at besides its interfaces' (a
+    /// port forwarded on a router, a DNS name): advertised as they are.
+    pub external: Vec<Multiaddr>,
+}
+
+/// The bounds of the circuit relay a node offers to peers behind NAT. A relay carries
+/// other people's traffic over its owner's uplink, so every dimension is capped:
+/// slots, circuits, and each circuit's bytes and lifetime (a circuit that reaches a
+/// bound is closed; the peers dial again, which opens a new one).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RelayLimits {
+    /// Reservations (relay slots) held at once, for all peers.
+    pub max_reservations: usize,
+    /// Reservations one peer may hold at once.
+    pub max_reservations_per_peer: usize,
+    /// Circuits relayed at once.
+    pub max_circuits: usize,
+    /// Circuits one peer may be an end of at once.
+    pub max_circuits_per_peer: usize,
+    /// Longest life of one circuit.
+    pub max_circuit_duration: Duration,
+    /// Most bytes one circuit carries (both directions together).
+    pub max_circuit_bytes: u64,
+}
+
+impl Default for RelayLimits {
+    /// Enough for a small community's home suppliers, little enough for a volunteer's
+    /// uplink: 128 slots, 64 circuits (8 per peer), each closed after 10 minutes or
+    /// 16 MiB (a thousand short answers; a hole-punched link replaces most circuits
+    /// within seconds).
+    fn default() -> Self {
+        Self {
+            max_reservations: 128,
+            max_reservations_per_peer: 2,
+            max_circuits: 64,
+            max_circuits_per_peer: 8,
+            max_circuit_duration: Duration::from_secs(600),
+            max_circuit_bytes: 16 << 20,
+        }
+    }
 }
 
 impl NodeConfig {
@@ -89,6 +132,8 @@ impl NodeConfig {
             models: Arc::default(),
             api_keys: None,
             routing: Default::default(),
+            nat_services: None,
+            external: Vec::new(),
         }
     }
 }

@@ -68,6 +68,8 @@ pub struct Metrics {
     pub clock_offset_ms: Gauge,
     /// Peers whose frozen ledger checkpoint differed from this node's.
     pub checkpoint_mismatches: Counter,
+    /// NAT traversal: links by kind, hole punches, AutoNAT, the relay's use.
+    pub nat: crate::mesh::nat_metrics::NatMetrics,
 }
 
 impl Default for Metrics {
@@ -147,6 +149,7 @@ impl Default for Metrics {
             "Peers whose frozen ledger checkpoint differed from this node's at the same epoch",
             checkpoint_mismatches.clone(),
         );
+        let nat = crate::mesh::nat_metrics::NatMetrics::register(&mut registry);
         Self {
             registry: Arc::new(registry),
             peers,
@@ -162,6 +165,7 @@ impl Default for Metrics {
             ledger_rejections,
             clock_offset_ms,
             checkpoint_mismatches,
+            nat,
         }
     }
 }

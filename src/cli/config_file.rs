@@ -12,6 +12,8 @@ pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     pub listen: Option<Vec<String>>,
     pub bootstrap: Option<Vec<String>>,
+    pub external: Option<Vec<String>>,
+    pub relay_server: Option<bool>,
     pub api: Option<String>,
     pub light: Option<bool>,
     pub mdns: Option<bool>,

@@ -29,8 +29,13 @@ enum Command {
         #[arg(long, env = "RELAYMESH_DATA_DIR")]
         data_dir: PathBuf,
     },
-    /// List the peers a running node is connected to.
+    /// List the peers a running node is connected to: how each is reached (direct,
+    /// hole-punched, relayed) and its round trip.
     Peers(query::QueryArgs),
+    /// Check a running node: bootstrap nodes reached, whether peers can reach it
+    /// (public, behind NAT, relayed), how it reaches each peer, its clock; and what to
+    /// do about what fails. Exits with 1 when something does.
+    Doctor(query::QueryArgs),
     /// List the models a running node sees on the mesh, with their suppliers.
     Models(query::QueryArgs),
     /// Show a running node's ledger: balances by peer, this node's earned and spent
@@ -146,6 +151,7 @@ pub fn main() -> ExitCode {
         }
         Command::Id { data_dir } => id(&data_dir),
         Command::Peers(args) => query::peers(&args),
+        Command::Doctor(args) => query::doctor(&args),
         Command::Models(args) => query::models(&args),
         Command::Ledger(args) => query::ledger(&args),
         Command::Transfer(args) => query::transfer(&args),

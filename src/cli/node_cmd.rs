@@ -38,6 +38,15 @@ pub struct NodeArgs {
     /// Bootstrap node address ending in /p2p/<peer id> (repeatable).
     #[arg(long, env = "RELAYMESH_BOOTSTRAP", value_delimiter = ',')]
     bootstrap: Vec<Multiaddr>,
+    /// An address this node is reachable at that no interface of it has (a port
+    /// forwarded on your router, a DNS name), advertised as it is (repeatable).
+    #[arg(long, env = "RELAYMESH_EXTERNAL", value_delimiter = ',')]
+    external: Vec<Multiaddr>,
+    /// Help nodes behind NAT, as bootstrap nodes do: answer AutoNAT dial-back requests
+    /// and relay circuits (bounded: 64 circuits, 10 minutes and 16 MiB each). Only for
+    /// a node others can dial.
+    #[arg(long, env = "RELAYMESH_RELAY_SERVER")]
+    relay_server: bool,
     /// Local HTTP API address [default: 127.0.0.1:7434].
     #[arg(long, env = "RELAYMESH_API")]
     api: Option<SocketAddr>,
@@ -272,6 +281,13 @@ fn resolve(args: NodeArgs) -> anyhow::Result<(NodeConfig, Serving)> {
         Role::Full
     };
     config.mdns = args.mdns || file.mdns.unwrap_or(false);
+    config.external = match (args.external.is_empty(), file.external) {
+        (false, _) | (true, None) => args.external,
+        (true, Some(e)) => parse_all(e, "external address")?,
+    };
+    if args.relay_server || file.relay_server.unwrap_or(false) {
+        config.nat_services = Some(Default::default());
+    }
     if let Some(secs) = args.ad_lifetime_secs.or(file.ad_lifetime_secs) {
         let most = relaymesh_protocol::messages::capability::MAX_AD_LIFETIME_MS / 1000;
         anyhow::ensure!(

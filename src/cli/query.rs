@@ -1,5 +1,5 @@
-//! `relaymesh peers`, `models`, `ledger` and `transfer`: ask a running node's local API
-//! and print readable tables.
+//! `relaymesh peers`, `models`, `ledger`, `transfer` and `doctor`: ask a running node's
+//! local API and print readable tables.
 
 use anyhow::{anyhow, Context};
 use serde_json::Value;
@@ -109,12 +109,62 @@ pub fn peers(args: &QueryArgs) -> anyhow::Result<()> {
         "no peers connected",
         &[
             ("peer_id", "PEER"),
+            ("link", "LINK"),
             ("transports", "TRANSPORT"),
             ("rtt_ms", "RTT ms"),
             ("agent", "AGENT"),
             ("addresses", "ADDRESS"),
         ],
     )
+}
+
+/// Prints what the node says of its health; fails (exit 1) when a finding does.
+pub fn doctor(args: &QueryArgs) -> anyhow::Result<()> {
+    let body = get(args, "/relaymesh/v1/doctor")?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&body)?);
+    } else {
+        let status = &body["status"];
+        println!(
+            "node {} ({}, mesh {}), relaymesh {}",
+            text(&status["peer_id"]),
+            text(&status["role"]),
+            text(&status["mesh_name"]),
+            text(&status["version"])
+        );
+        for f in body["findings"].as_array().into_iter().flatten() {
+            let level = match f["level"].as_str() {
+                Some("ok") => " ok ",
+                Some("warn") => "warn",
+                _ => "FAIL",
+            };
+            println!("[{level}] {}: {}", text(&f["topic"]), text(&f["what"]));
+            if let Some(advice) = f["advice"].as_str() {
+                println!("       what to do: {advice}");
+            }
+        }
+        let peers = body["peers"].as_array().cloned().unwrap_or_default();
+        if !peers.is_empty() {
+            println!();
+            print_table(
+                &peers,
+                &[
+                    ("peer_id", "PEER"),
+                    ("link", "LINK"),
+                    ("rtt_ms", "RTT ms"),
+                    ("agent", "AGENT"),
+                    ("addresses", "ADDRESS"),
+                ],
+            );
+        }
+    }
+    let failed = body["findings"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|f| f["level"] == "fail");
+    anyhow::ensure!(!failed, "something above needs fixing");
+    Ok(())
 }
 
 pub fn models(args: &QueryArgs) -> anyhow::Result<()> {

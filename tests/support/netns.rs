@@ -2,7 +2,8 @@
 //! loopback and its own ports (so every node can listen on the same port, as on
 //! separate machines), joined by a switch (a bridge in a namespace of its own, so the
 //! test machine's own network and firewall are not touched), optionally behind a NAT
-//! router (a namespace that masquerades its hosts' traffic). Interfaces are created
+//! router (a namespace that masquerades its hosts' traffic, as one of the kinds of NAT
+//! in [`Nat`]). Interfaces are created
 //! inside their namespaces, and namespaces carry the test's process id and a counter,
 //! so tests run in parallel. Everything is removed on drop. Needs root, iproute2 and,
 //! for NAT, nftables; [`Net::new`] says what is missing and the test skips.
@@ -13,6 +14,72 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 static NETS: AtomicUsize = AtomicUsize::new(0);
+
+/// How a NAT router maps a host's connections to its own address, and whom it lets in
+/// (RFC 4787's terms). All three masquerade with nftables.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Nat {
+    /// Endpoint-independent mapping and filtering ("full cone"): the host's port `p`
+    /// is the router's port `p` towards everyone, and anyone may send to it there
+    /// (masquerade, which keeps the port, and every new inbound connection forwarded
+    /// to the host). Peers can dial the host at the router's address.
+    FullCone,
+    /// Endpoint-independent mapping, address- and port-dependent filtering ("port
+    /// restricted cone", most home routers; Linux's plain masquerade): the same
+    /// router port towards everyone, but only a peer the host has sent to may answer.
+    /// Two such hosts reach each other by hole punching.
+    PortRestricted,
+    /// Address- and port-dependent mapping ("symmetric"; masquerade `fully-random`):
+    /// every new destination gets a new random port, so the port one peer sees is of
+    /// no use to another, and hole punching fails. Only a relay gets through.
+    Symmetric,
+}
+
+impl Nat {
+    /// Its name in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Nat::FullCone => "full cone",
+            Nat::PortRestricted => "port-restricted cone",
+            Nat::Symmetric => "symmetric",
+        }
+    }
+
+    /// The nftables commands that make a router of this kind (its public side is
+    /// `eth0`, the host inside is `10.88.0.2`). Restricted routers drop what arrives
+    /// unasked on their public side, as home routers do: a packet that reached the
+    /// router itself (and was answered with "port unreachable") would leave a
+    /// connection-tracking entry behind, and that entry would make the router give
+    /// the host's next connection to the same peer another port, which no real router
+    /// does and which foils every hole punch.
+    fn rules(self) -> &'static str {
+        match self {
+            Nat::FullCone => {
+                "nft add table ip nat && \
+                 nft 'add chain ip nat post { type nat hook postrouting priority 100 ; }' && \
+                 nft add rule ip nat post oifname eth0 masquerade && \
+                 nft 'add chain ip nat pre { type nat hook prerouting priority -100 ; }' && \
+                 nft add rule ip nat pre iifname eth0 dnat to 10.88.0.2"
+            }
+            Nat::PortRestricted => {
+                "nft add table ip nat && \
+                 nft 'add chain ip nat post { type nat hook postrouting priority 100 ; }' && \
+                 nft add rule ip nat post oifname eth0 masquerade && \
+                 nft add table ip filter && \
+                 nft 'add chain ip filter input { type filter hook input priority 0 ; }' && \
+                 nft add rule ip filter input iifname eth0 ct state new drop"
+            }
+            Nat::Symmetric => {
+                "nft add table ip nat && \
+                 nft 'add chain ip nat post { type nat hook postrouting priority 100 ; }' && \
+                 nft add rule ip nat post oifname eth0 masquerade fully-random && \
+                 nft add table ip filter && \
+                 nft 'add chain ip filter input { type filter hook input priority 0 ; }' && \
+                 nft add rule ip filter input iifname eth0 ct state new drop"
+            }
+        }
+    }
+}
 
 /// Hosts on one switch; dropping it kills their processes and removes them.
 pub struct Net {
@@ -127,10 +194,16 @@ impl Net {
         ns
     }
 
-    /// A host behind a NAT router: the router is on the switch at `public` (CIDR) and
-    /// masquerades the host's traffic; the host is `10.88.0.2/24` inside, its default
-    /// route through the router. Returns the host's namespace.
+    /// A host behind a NAT router that masquerades it as home routers do (a
+    /// port-restricted cone, [`Nat::PortRestricted`]); see [`Net::host_behind`].
     pub fn host_behind_nat(&mut self, name: &str, public: &str) -> String {
+        self.host_behind(Nat::PortRestricted, name, public)
+    }
+
+    /// A host behind a NAT router of kind `nat`: the router is on the switch at
+    /// `public` (CIDR); the host is `10.88.0.2/24` inside, its default route through
+    /// the router. Returns the host's namespace.
+    pub fn host_behind(&mut self, nat: Nat, name: &str, public: &str) -> String {
         let router = format!("{}-{name}-nat", self.tag);
         self.namespace(&router);
         self.plug(&router, public);
@@ -160,11 +233,7 @@ impl Net {
             );
         };
         in_router("echo 1 > /proc/sys/net/ipv4/ip_forward");
-        in_router(
-            "nft add table ip nat && \
-             nft 'add chain ip nat post { type nat hook postrouting priority 100 ; }' && \
-             nft add rule ip nat post oifname eth0 masquerade",
-        );
+        in_router(nat.rules());
         ns
     }
 
@@ -284,4 +353,66 @@ impl Drop for Spinners {
             let _ = child.wait();
         }
     }
+}
+
+/// A node's peer id, creating its identity in `dir`.
+pub fn relaymesh_id(dir: &Path) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_relaymesh"))
+        .args(["id", "--data-dir"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "relaymesh id failed");
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// The last 25 lines of each `NAME.log` in `dir`, for a failure message.
+pub fn tail_logs(dir: &Path, names: &[&str]) -> String {
+    let mut text = String::new();
+    for name in names {
+        let log = std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        text.push_str(&format!("--- {name}.log (last 25 lines)\n"));
+        for line in &lines[lines.len().saturating_sub(25)..] {
+            text.push_str(line);
+            text.push('\n');
+        }
+    }
+    text
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, or panics after `timeout`
+/// saying what did not happen, with the logs `names` in `logs`.
+pub fn wait_until<T>(
+    what: &str,
+    timeout: Duration,
+    (logs, names): (&Path, &[&str]),
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        if std::time::Instant::now() > deadline {
+            panic!(
+                "timed out after {timeout:?} waiting for {what}\n{}",
+                tail_logs(logs, names)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `GET` of a node's API (at `127.0.0.1:7434` in namespace `ns`) as JSON, if it answers.
+pub fn api_json(ns: &str, path: &str) -> Option<serde_json::Value> {
+    let (code, _, body) = http(
+        ns,
+        &format!("http://127.0.0.1:7434{path}"),
+        None,
+        Duration::from_secs(10),
+    );
+    (code == 200)
+        .then(|| serde_json::from_str(&body).ok())
+        .flatten()
 }

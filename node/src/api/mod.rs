@@ -93,6 +93,7 @@ fn gone() -> Response {
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/relaymesh/v1/status", get(status))
+        .route("/relaymesh/v1/doctor", get(doctor))
         .route("/relaymesh/v1/peers", get(peers))
         .route("/relaymesh/v1/models", get(models))
         .route("/relaymesh/v1/sessions", get(sessions))
@@ -193,11 +194,31 @@ async fn transfer(State(s): State<ApiState>, body: axum::body::Bytes) -> Respons
     }
 }
 
+/// The swarm's status, with the ledger's view of this node's clock.
+async fn full_status(s: &ApiState) -> Result<crate::mesh::NodeStatus, crate::mesh::NodeGone> {
+    let mut status = s.node.status().await?;
+    status.clock = Some(s.settlement.report(crate::mesh::now_ms()).clock);
+    Ok(status)
+}
+
 async fn status(State(s): State<ApiState>) -> Response {
-    s.node
-        .status()
+    full_status(&s)
         .await
         .map_or_else(|_| gone(), |v| Json(v).into_response())
+}
+
+/// `relaymesh doctor`: the status, the peers and what the two say, in plain words.
+async fn doctor(State(s): State<ApiState>) -> Response {
+    let (Ok(status), Ok(peers)) = (full_status(&s).await, s.node.peers().await) else {
+        return gone();
+    };
+    let findings = crate::mesh::doctor::diagnose(
+        &status,
+        &peers,
+        status.clock.as_ref(),
+        s.settlement.params().max_clock_skew_ms,
+    );
+    Json(json!({ "status": status, "peers": peers, "findings": findings })).into_response()
 }
 
 async fn peers(State(s): State<ApiState>) -> Response {

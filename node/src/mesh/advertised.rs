@@ -46,6 +46,11 @@ impl Identify {
         }
     }
 
+    /// Sends `peers` our addresses now (identify push), rather than when they next ask.
+    pub fn push(&mut self, peers: impl IntoIterator<Item = PeerId>) {
+        self.inner.push(peers);
+    }
+
     /// Every address of ours: what identify would send everyone.
     fn all(&self) -> HashSet<Multiaddr> {
         self.listen

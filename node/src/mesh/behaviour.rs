@@ -1,14 +1,17 @@
 //! The swarm's behaviours, composed. Connections are admitted in one place: `limits`
 //! (how many) and `blocked` (who: peers of another mesh, and later non-members of a
-//! private mesh).
+//! private mesh). NAT traversal: every node runs the relay client (to dial and accept
+//! relayed connections), DCUtR (to hole-punch them into direct ones) and, unless it
+//! is a bootstrap node, AutoNAT v2's client; nodes with `nat_services` (bootstrap
+//! nodes) also answer AutoNAT dial-back requests and relay circuits, bounded.
 
 use std::time::Duration;
 
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{
-    allow_block_list, connection_limits, gossipsub, identify, identity, kad, mdns, ping,
-    request_response,
+    allow_block_list, autonat, connection_limits, dcutr, gossipsub, identify, identity, kad, mdns,
+    ping, relay, request_response,
 };
 use relaymesh_protocol::identity::signed::Signable;
 use relaymesh_protocol::messages::capability::CapabilityAd;
@@ -43,8 +46,19 @@ pub struct MeshBehaviour {
     pub ads_sync: request_response::cbor::Behaviour<AdsRequest, AdsResponse>,
     /// Anti-entropy for the ledger.
     pub ledger_sync: request_response::cbor::Behaviour<LedgerSyncRequest, LedgerSyncResponse>,
-    /// Raw streams: the inference protocol (`/relaymesh/<mesh>/infer/1`).
-    pub stream: libp2p_stream::Behaviour,
+    /// Raw streams: the inference protocol (`/relaymesh/<mesh>/infer/1`), over a direct
+    /// connection when there is one.
+    pub stream: crate::mesh::streams::PreferDirect,
+    /// Dials and accepts relayed connections; holds our relay slots.
+    pub relay_client: relay::client::Behaviour,
+    /// Hole-punches relayed connections into direct ones.
+    pub dcutr: dcutr::Behaviour,
+    /// Asks AutoNAT servers to dial us back (all but bootstrap nodes).
+    pub autonat: Toggle<crate::mesh::probe::Probe>,
+    /// Dials others back (nodes with `nat_services`).
+    pub autonat_server: Toggle<autonat::v2::server::Behaviour>,
+    /// Relays circuits for peers behind NAT (nodes with `nat_services`), bounded.
+    pub relay: Toggle<relay::Behaviour>,
 }
 
 /// Most ads one sync response carries.
@@ -92,8 +106,13 @@ pub struct LedgerSyncResponse {
 pub const MAX_GOSSIP_FRAME: usize = LedgerMessage::MAX_SIZE + 4096;
 
 impl MeshBehaviour {
-    /// Builds the behaviours for `config`.
-    pub fn new(key: &identity::Keypair, config: &NodeConfig) -> Result<Self, String> {
+    /// Builds the behaviours for `config`, with the relay client the transport was
+    /// built with.
+    pub fn new(
+        key: &identity::Keypair,
+        config: &NodeConfig,
+        relay_client: relay::client::Behaviour,
+    ) -> Result<Self, String> {
         let mesh_id: Digest = config.mesh.mesh_id();
         let peer_id = key.public().to_peer_id();
 
@@ -109,7 +128,9 @@ impl MeshBehaviour {
                 .with_agent_version(format!("relaymesh/{}", env!("CARGO_PKG_VERSION")))
                 // identify's own cache would hand dials every address a peer listed,
                 // loopback included; the address book keeps the usable ones.
-                .with_cache_size(0),
+                .with_cache_size(0)
+                // A relayed address (a slot reserved behind NAT) reaches peers at once.
+                .with_push_listen_addr_updates(true),
         );
 
         let mut kad_config = kad::Config::new(names::kad_protocol(&mesh_id));
@@ -211,7 +232,31 @@ impl MeshBehaviour {
             mdns: mdns.into(),
             ads_sync,
             ledger_sync,
-            stream: libp2p_stream::Behaviour::new(),
+            stream: Default::default(),
+            relay_client,
+            dcutr: dcutr::Behaviour::new(peer_id),
+            autonat: (config.role != Role::Bootstrap)
+                .then(crate::mesh::probe::Probe::default)
+                .into(),
+            autonat_server: config
+                .nat_services
+                .as_ref()
+                .map(|_| autonat::v2::server::Behaviour::default())
+                .into(),
+            relay: config
+                .nat_services
+                .as_ref()
+                .map(|limits| {
+                    let mut relay = relay::Behaviour::new(
+                        peer_id,
+                        crate::mesh::relay_policy::relay_config(limits),
+                    );
+                    // Offered whether or not an address of ours is confirmed yet: a
+                    // bootstrap node is reachable by definition.
+                    relay.set_status(Some(relay::Status::Enable));
+                    relay
+                })
+                .into(),
         })
     }
 }

@@ -57,6 +57,9 @@ pub struct BootstrapStatus {
     pub configured: usize,
     /// Bootstrap nodes connected now.
     pub connected: usize,
+    /// The configured addresses of those connected.
+    #[serde(default)]
+    pub reached: Vec<String>,
     /// Rounds of dials that reached none, in a row (0 once one is connected).
     pub failed_rounds: u32,
     /// Why each address failed in the last round that reached none (`addr: why`).
@@ -199,6 +202,12 @@ impl Bootstraps {
         BootstrapStatus {
             configured: self.entries.len(),
             connected: self.connected.len(),
+            reached: self
+                .entries
+                .iter()
+                .filter(|e| e.peer.is_some_and(|p| self.connected.contains_key(&p)))
+                .map(|e| e.addr.to_string())
+                .collect(),
             failed_rounds: self.failed_rounds,
             last_errors: if self.failed_rounds == 0 {
                 Vec::new()

@@ -22,10 +22,11 @@ use crate::mesh::behaviour::{
     MeshBehaviourEvent, MAX_SYNC_ADS,
 };
 use crate::mesh::bootstrap::Bootstraps;
-use crate::mesh::handle::{Command, NodeStatus, PeerRow};
+use crate::mesh::handle::{Command, LinkKind};
 use crate::mesh::names;
 use crate::mesh::observed::Observed;
 use crate::mesh::peer_table::{AdUpdate, PeerTable};
+use crate::mesh::reachability::Reach;
 use crate::metrics::{Metrics, TransportLabel};
 use crate::settle::{Ingested, Settlement};
 
@@ -54,11 +55,23 @@ fn transport_of(addr: &Multiaddr) -> &'static str {
     "other"
 }
 
+/// One open connection.
 struct Connection {
+    /// The peer's address on it (for a relayed one, the circuit's).
     addr: Multiaddr,
+    /// Whether we dialled it (its address then leads to the peer).
+    dialled: bool,
+    /// Direct, hole-punched or relayed.
+    kind: LinkKind,
+    /// Its last ping round trip.
+    rtt: Option<Duration>,
+    /// When it was established.
+    since: std::time::Instant,
 }
 
+mod nat;
 mod reach;
+mod views;
 
 pub(crate) struct EventLoop {
     swarm: Swarm<MeshBehaviour>,
@@ -72,7 +85,12 @@ pub(crate) struct EventLoop {
     listen_addrs: Vec<Multiaddr>,
     connections: HashMap<PeerId, BTreeMap<libp2p::swarm::ConnectionId, Connection>>,
     agents: HashMap<PeerId, String>,
-    rtts: HashMap<PeerId, Duration>,
+    /// Whether peers can reach us, and our relay slots.
+    reach: Reach,
+    /// Our listeners on relays (each holds a slot), by the relay.
+    relay_listeners: HashMap<libp2p::core::transport::ListenerId, PeerId>,
+    /// Connections DCUtR reported hole-punched before we saw them established.
+    punched: HashSet<libp2p::swarm::ConnectionId>,
     /// The configured bootstrap nodes and our dials to them.
     bootstraps: Bootstraps,
     /// Our address as peers see it, advertised once confirmed.
@@ -126,6 +144,7 @@ impl EventLoop {
             next_ledger_sync: std::time::Instant::now() + Duration::from_secs(1),
             ledger_rounds: 0,
             mesh_id,
+            reach: Reach::new(config.role == Role::Full),
             config,
             key,
             table: PeerTable::default(),
@@ -133,7 +152,8 @@ impl EventLoop {
             listen_addrs: Vec::new(),
             connections: HashMap::new(),
             agents: HashMap::new(),
-            rtts: HashMap::new(),
+            relay_listeners: HashMap::new(),
+            punched: HashSet::new(),
             bootstraps,
             observed: Observed::default(),
             pending_providers: HashMap::new(),
@@ -149,6 +169,7 @@ impl EventLoop {
         let announce_every = (self.config.ad_lifetime / 3).max(Duration::from_millis(500));
         let mut announce = tokio::time::interval(announce_every);
         let mut housekeeping = tokio::time::interval(Duration::from_millis(500));
+        self.start_nat();
         self.dial_bootstraps();
         loop {
             tokio::select! {
@@ -212,55 +233,6 @@ impl EventLoop {
             }
             Command::Shutdown(_) => unreachable!("handled in run"),
         }
-    }
-
-    fn status(&self) -> NodeStatus {
-        let peer_id = *self.swarm.local_peer_id();
-        NodeStatus {
-            peer_id: peer_id.to_string(),
-            mesh_id: self.mesh_id.to_hex(),
-            mesh_name: self.config.mesh.name.to_string(),
-            role: self.config.role,
-            listen_addrs: self
-                .listen_addrs
-                .iter()
-                .map(|a| a.clone().with(Protocol::P2p(peer_id)).to_string())
-                .collect(),
-            external_addrs: self
-                .swarm
-                .external_addresses()
-                .map(|a| a.clone().with(Protocol::P2p(peer_id)).to_string())
-                .collect(),
-            connected_peers: self.swarm.connected_peers().count(),
-            bootstrap: self.bootstraps.status(),
-            suppliers: self.table.len(),
-            version: env!("CARGO_PKG_VERSION").to_string(),
-        }
-    }
-
-    fn peer_rows(&self) -> Vec<PeerRow> {
-        let mut rows: Vec<PeerRow> = self
-            .connections
-            .iter()
-            .map(|(peer, conns)| {
-                let mut transports: Vec<String> = conns
-                    .values()
-                    .map(|c| transport_of(&c.addr).to_string())
-                    .collect();
-                transports.sort();
-                transports.dedup();
-                PeerRow {
-                    peer_id: peer.to_string(),
-                    addresses: conns.values().map(|c| c.addr.to_string()).collect(),
-                    transports,
-                    agent: self.agents.get(peer).cloned(),
-                    gossip_score: self.swarm.behaviour().gossipsub.peer_score(peer),
-                    rtt_ms: self.rtts.get(peer).map(|d| d.as_secs_f64() * 1000.0),
-                }
-            })
-            .collect();
-        rows.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
-        rows
     }
 
     /// Publishes this node's ad and refreshes its provider records.
@@ -423,6 +395,7 @@ impl EventLoop {
     fn housekeeping(&mut self) {
         self.ledger_sync();
         self.dial_bootstraps();
+        self.nat_housekeeping();
         // Until our first ad reaches someone, retry every tick rather than every third
         // of the ad's lifetime: a new supplier should be seen within seconds.
         if !self.announced {
@@ -436,22 +409,37 @@ impl EventLoop {
 
     fn on_swarm_event(&mut self, event: SwarmEvent<MeshBehaviourEvent>) {
         match event {
-            SwarmEvent::NewListenAddr { address, .. } => {
+            SwarmEvent::NewListenAddr {
+                listener_id,
+                address,
+            } => {
                 let full = address
                     .clone()
                     .with(Protocol::P2p(*self.swarm.local_peer_id()));
                 info!(%full, "listening on");
-                self.listen_addrs.push(address);
+                self.on_new_listen_addr(listener_id, address);
             }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.listen_addrs.retain(|a| *a != address);
+            }
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                reason,
+                ..
+            } => self.on_listener_closed(listener_id, reason),
+            SwarmEvent::ExternalAddrConfirmed { address } => self.on_external(address, true),
+            SwarmEvent::ExternalAddrExpired { address } => self.on_external(address, false),
             SwarmEvent::ConnectionEstablished {
                 peer_id,
                 connection_id,
                 endpoint,
                 ..
             } => {
-                let addr = match &endpoint {
-                    ConnectedPoint::Dialer { address, .. } => address.clone(),
-                    ConnectedPoint::Listener { send_back_addr, .. } => send_back_addr.clone(),
+                let (addr, dialled) = match &endpoint {
+                    ConnectedPoint::Dialer { address, .. } => (address.clone(), true),
+                    ConnectedPoint::Listener { send_back_addr, .. } => {
+                        (send_back_addr.clone(), false)
+                    }
                 };
                 let transport = transport_of(&addr);
                 self.metrics
@@ -466,9 +454,19 @@ impl EventLoop {
                     debug!(peer = %peer_id, %addr, transport, "connected");
                 }
                 self.on_connected(peer_id, connection_id);
+                let kind = self.link_established(&peer_id, connection_id, endpoint.is_relayed());
                 let conns = self.connections.entry(peer_id).or_default();
                 let first = conns.is_empty();
-                conns.insert(connection_id, Connection { addr });
+                conns.insert(
+                    connection_id,
+                    Connection {
+                        addr,
+                        dialled,
+                        kind,
+                        rtt: None,
+                        since: std::time::Instant::now(),
+                    },
+                );
                 // A newcomer (or a node whose table ran empty) asks its first few peers
                 // for the ads they hold; later connections rely on gossip, so connection
                 // churn does not cost a full table each time.
@@ -497,10 +495,11 @@ impl EventLoop {
                             transport: transport_of(&c.addr).into(),
                         };
                         self.metrics.connections.get_or_create(&label).dec();
+                        self.metrics.nat.link(c.kind.as_str()).dec();
                     }
                     if conns.is_empty() {
                         self.connections.remove(&peer_id);
-                        self.rtts.remove(&peer_id);
+                        self.relay_gone(&peer_id);
                     }
                 }
                 self.metrics.peers.set(self.connections.len() as i64);
@@ -537,10 +536,16 @@ impl EventLoop {
             }
             MeshBehaviourEvent::Ping(ping::Event {
                 peer,
+                connection,
                 result: Ok(rtt),
-                ..
             }) => {
-                self.rtts.insert(peer, rtt);
+                if let Some(c) = self
+                    .connections
+                    .get_mut(&peer)
+                    .and_then(|c| c.get_mut(&connection))
+                {
+                    c.rtt = Some(rtt);
+                }
             }
             MeshBehaviourEvent::Ping(ping::Event {
                 peer,
@@ -702,6 +707,11 @@ impl EventLoop {
             }) => {
                 debug!(%peer, %error, "ads sync failed");
             }
+            MeshBehaviourEvent::Relay(event) => self.on_relay_server(event),
+            MeshBehaviourEvent::RelayClient(event) => self.on_relay_client(event),
+            MeshBehaviourEvent::Dcutr(event) => self.on_dcutr(event),
+            MeshBehaviourEvent::Autonat(event) => self.on_probe(event),
+            MeshBehaviourEvent::AutonatServer(event) => self.on_dial_back(event),
             MeshBehaviourEvent::Mdns(mdns::Event::Discovered(list)) => {
                 for (peer, addr) in list {
                     info!(%peer, %addr, "peer discovered on the LAN");

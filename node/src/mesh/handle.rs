@@ -43,9 +43,18 @@ pub struct NodeStatus {
     pub external_addrs: Vec<String>,
     /// Connected peers.
     pub connected_peers: usize,
-    /// The `--bootstrap` nodes: how many, how many are connected, and why the last
+    /// The `--bootstrap` nodes: how many, which are connected, and why the last
     /// round of dials reached none.
     pub bootstrap: crate::mesh::bootstrap::BootstrapStatus,
+    /// Whether peers can reach this node (public, behind NAT, relayed), where, and its
+    /// relay slots.
+    pub reachability: crate::mesh::reachability::ReachabilityStatus,
+    /// Open connections by link kind.
+    pub links: LinkCounts,
+    /// This node's clock against its peers' (the ledger's measure; filled in by the
+    /// API, absent where the swarm reports alone).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clock: Option<crate::settle::ClockReport>,
     /// Suppliers in the peer table.
     pub suppliers: usize,
     /// relaymesh version.
@@ -61,12 +70,51 @@ pub struct PeerRow {
     pub addresses: Vec<String>,
     /// Transports in use (`quic`, `tcp`).
     pub transports: Vec<String>,
+    /// How new streams reach it: `direct`, `hole-punched` or `relayed` (the best of
+    /// its connections).
+    pub link: LinkKind,
     /// The peer's agent string from identify.
     pub agent: Option<String>,
     /// Its gossipsub score, as we see it.
     pub gossip_score: Option<f64>,
-    /// Last ping round trip, milliseconds.
+    /// Last ping round trip over that link, milliseconds.
     pub rtt_ms: Option<f64>,
+}
+
+/// How a connection reaches its peer.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum LinkKind {
+    /// Dialled (or accepted) directly.
+    Direct,
+    /// Direct, hole-punched through NATs from a relayed connection (DCUtR).
+    HolePunched,
+    /// Through a relay: every byte passes the relay node, within its bounds.
+    Relayed,
+}
+
+impl LinkKind {
+    /// As the API writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LinkKind::Direct => "direct",
+            LinkKind::HolePunched => "hole-punched",
+            LinkKind::Relayed => "relayed",
+        }
+    }
+}
+
+/// Open connections by link kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct LinkCounts {
+    /// Direct.
+    pub direct: usize,
+    /// Hole-punched.
+    pub hole_punched: usize,
+    /// Relayed.
+    pub relayed: usize,
 }
 
 /// The node went away.

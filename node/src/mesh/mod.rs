@@ -5,12 +5,18 @@ pub mod address_book;
 pub mod advertised;
 pub mod behaviour;
 pub mod bootstrap;
+pub mod doctor;
 mod event_loop;
 pub mod handle;
 pub mod names;
+pub mod nat_metrics;
 pub mod observed;
 pub mod peer_table;
+pub mod probe;
+pub mod reachability;
+pub mod relay_policy;
 pub mod scope;
+pub mod streams;
 
 use std::time::Duration;
 
@@ -21,7 +27,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 pub(crate) use event_loop::now_ms;
-pub use handle::{NodeGone, NodeHandle, NodeStatus, PeerRow};
+pub use handle::{LinkKind, NodeGone, NodeHandle, NodeStatus, PeerRow};
 
 use crate::config::NodeConfig;
 use crate::metrics::Metrics;
@@ -67,7 +73,11 @@ pub fn spawn(
         .with_quic()
         .with_dns()
         .map_err(|e| setup(&e))?
-        .with_behaviour(|key| behaviour::MeshBehaviour::new(key, &config).map_err(Into::into))
+        .with_relay_client(noise::Config::new, yamux::Config::default)
+        .map_err(|e| setup(&e))?
+        .with_behaviour(|key, relay_client| {
+            behaviour::MeshBehaviour::new(key, &config, relay_client).map_err(Into::into)
+        })
         .map_err(|e| setup(&e))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
         .build();

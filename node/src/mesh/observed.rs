@@ -1,49 +1,66 @@
 //! Our address as peers see it. identify tells each peer the address it sees us at;
 //! behind a NAT that is the router's public address and port, which no interface of
 //! ours lists. Such an address is advertised (made an external address, which
-//! identify hands to public peers) only once two peers at different IP addresses
-//! report the same one, and it stops being advertised when no connected peer reports
-//! it any more. One peer alone could be wrong or lying; a NAT that maps each
-//! connection to a new port never yields two equal reports, and rightly so, since a
-//! peer could not dial such an address. (A dial-back check, AutoNAT, comes with NAT
-//! traversal.)
+//! identify hands to public peers) only once a dial-back reached us there (AutoNAT,
+//! `probe`): behind a NAT that lets no stranger in, peers told the router's address
+//! would only time out dialling it. It stops being advertised when no connected peer
+//! sees us at that IP address any more (the router's address changed, or the link
+//! went down), and is advertised again when one does (a dial-back is asked for each
+//! address once).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use libp2p::swarm::ConnectionId;
 use libp2p::Multiaddr;
 
-use super::scope::{scope_of, Scope};
-
-/// Peers at distinct IP addresses that must report an address before we advertise it.
-pub const CONFIRMATIONS: usize = 2;
+use super::scope::{ip_of, scope_of, Scope};
 
 /// What became of an observed address.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Change {
-    /// Reported by enough peers: advertise it.
+    /// Reachable there: advertise it.
     Confirmed(Multiaddr),
-    /// No connected peer reports it any more: stop advertising it.
+    /// No connected peer sees us at its IP address any more: stop advertising it.
     Expired(Multiaddr),
 }
 
-/// Observed addresses by connection.
+/// Where peers see us, by connection, and where dial-backs reached us.
 #[derive(Debug, Default)]
 pub struct Observed {
-    reports: HashMap<ConnectionId, (IpAddr, Multiaddr)>,
+    /// The public IP address each connection's peer sees us at.
+    reports: HashMap<ConnectionId, IpAddr>,
+    /// Public addresses a dial-back reached us at.
+    verified: BTreeSet<Multiaddr>,
+    /// Addresses advertised now.
     confirmed: BTreeSet<Multiaddr>,
 }
 
 impl Observed {
-    /// The peer at `observer` sees us at `addr` over connection `conn`. Only public
-    /// addresses count: a private or loopback one is one of our listen addresses
-    /// already, and advertised as such.
-    pub fn report(&mut self, conn: ConnectionId, observer: IpAddr, addr: Multiaddr) -> Vec<Change> {
-        if scope_of(&addr) != Scope::Public {
-            return Vec::new();
+    /// The peer of connection `conn` sees us at `addr`. Only public addresses count:
+    /// a private or loopback one is one of our listen addresses already, and
+    /// advertised as such.
+    pub fn report(&mut self, conn: ConnectionId, addr: &Multiaddr) -> Vec<Change> {
+        match ip_of(addr) {
+            Some(ip) if scope_of(addr) == Scope::Public => {
+                self.reports.insert(conn, ip);
+                self.settle()
+            }
+            _ => Vec::new(),
         }
-        self.reports.insert(conn, (observer, addr));
+    }
+
+    /// A dial-back reached us at `addr`. A private address (a dial-back from within the
+    /// site) is advertised for good, like the interface address it is.
+    pub fn verified(&mut self, addr: Multiaddr) -> Vec<Change> {
+        if scope_of(&addr) != Scope::Public {
+            return if self.confirmed.insert(addr.clone()) {
+                vec![Change::Confirmed(addr)]
+            } else {
+                Vec::new()
+            };
+        }
+        self.verified.insert(addr);
         self.settle()
     }
 
@@ -61,14 +78,12 @@ impl Observed {
     }
 
     fn settle(&mut self) -> Vec<Change> {
-        let mut observers: BTreeMap<&Multiaddr, BTreeSet<IpAddr>> = BTreeMap::new();
-        for (ip, addr) in self.reports.values() {
-            observers.entry(addr).or_default().insert(*ip);
-        }
-        let now: BTreeSet<Multiaddr> = observers
-            .into_iter()
-            .filter(|(_, ips)| ips.len() >= CONFIRMATIONS)
-            .map(|(addr, _)| addr.clone())
+        let seen: BTreeSet<IpAddr> = self.reports.values().copied().collect();
+        let now: BTreeSet<Multiaddr> = self
+            .verified
+            .iter()
+            .filter(|a| ip_of(a).is_some_and(|ip| seen.contains(&ip)))
+            .cloned()
             .collect();
         let mut changes: Vec<Change> = now
             .difference(&self.confirmed)
@@ -77,7 +92,7 @@ impl Observed {
         changes.extend(
             self.confirmed
                 .iter()
-                .filter(|a| !self.reports.values().any(|(_, r)| r == *a))
+                .filter(|a| scope_of(a) == Scope::Public && !now.contains(*a))
                 .map(|a| Change::Expired(a.clone())),
         );
         for change in &changes {
@@ -98,37 +113,44 @@ mod tests {
         s.parse().unwrap()
     }
 
+    /// Before AutoNAT, two peers reporting the same address was enough; a NAT that
+    /// lets no stranger in was then advertised at its router, where nobody got in.
     #[test]
-    fn two_observers_confirm_and_the_last_one_gone_expires() {
+    fn a_dial_back_confirms_and_the_last_observer_gone_expires() {
         let mut seen = Observed::default();
         let public = a("/ip4/198.51.100.9/udp/4002/quic-v1");
-        let (c1, c2, c3) = (
+        let (c1, c2) = (
             ConnectionId::new_unchecked(1),
             ConnectionId::new_unchecked(2),
-            ConnectionId::new_unchecked(3),
         );
-        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-        assert!(seen
-            .report(c1, ip("203.0.113.1"), public.clone())
-            .is_empty());
-        // The same observer twice is still one.
-        assert!(seen
-            .report(c2, ip("203.0.113.1"), public.clone())
-            .is_empty());
+        assert!(seen.report(c1, &public).is_empty());
+        assert!(
+            seen.report(c2, &a("/ip4/198.51.100.9/tcp/4002")).is_empty(),
+            "peers alone confirm nothing"
+        );
         assert_eq!(
-            seen.report(c3, ip("203.0.113.2"), public.clone()),
+            seen.verified(public.clone()),
             [Change::Confirmed(public.clone())]
         );
-        assert_eq!(seen.confirmed().count(), 1);
-        assert!(seen.closed(c1).is_empty());
-        assert!(seen.closed(c3).is_empty(), "still reported by c2");
-        assert_eq!(seen.closed(c2), [Change::Expired(public)]);
-        // Private and loopback reports are listen addresses already.
-        assert!(seen
-            .report(c1, ip("10.0.0.1"), a("/ip4/10.0.0.2/tcp/4002"))
-            .is_empty());
-        assert!(seen
-            .report(c2, ip("10.0.0.3"), a("/ip4/10.0.0.2/tcp/4002"))
-            .is_empty());
+        assert!(seen.closed(c1).is_empty(), "c2 still sees us at that IP");
+        assert_eq!(seen.closed(c2), [Change::Expired(public.clone())]);
+        assert_eq!(seen.confirmed().count(), 0);
+        // Seen there again: advertised again, with no new dial-back.
+        assert_eq!(
+            seen.report(ConnectionId::new_unchecked(3), &public),
+            [Change::Confirmed(public.clone())]
+        );
+        // At another IP only: not advertised.
+        let mut other = Observed::default();
+        other.report(c1, &a("/ip4/203.0.113.4/udp/4002/quic-v1"));
+        assert!(other.verified(public).is_empty());
+        // A private address reached by a dial-back stays advertised.
+        let lan = a("/ip4/10.0.0.2/udp/4002/quic-v1");
+        assert_eq!(
+            other.verified(lan.clone()),
+            [Change::Confirmed(lan.clone())]
+        );
+        assert!(other.closed(c1).is_empty());
+        assert_eq!(other.confirmed().collect::<Vec<_>>(), [&lan]);
     }
 }

@@ -167,31 +167,37 @@ impl EventLoop {
                 }
             }
         }
-        // Where the peer sees us: behind a NAT, the router's address, advertised once
-        // confirmed. Only an address with a port we listen on can be dialled.
+        // Where the peer sees us: behind a NAT, the router's address, advertised once a
+        // dial-back reached us there.
         let observed = without_peer(&info.observed_addr);
         debug!(%peer, %via, %observed, "the peer sees us at");
-        let listening = scope::port_of(&observed).is_some_and(|port| {
-            self.listen_addrs
-                .iter()
-                .any(|l| scope::port_of(l) == Some(port))
-        });
-        if let (true, Some(observer)) = (listening, scope::ip_of(&via)) {
-            for change in self.observed.report(conn, observer, observed) {
-                self.apply(change);
-            }
+        for change in self.observed.report(conn, &observed) {
+            self.apply(change);
+        }
+        let behind_nat = scope::scope_of(&observed) == scope::Scope::Public
+            && scope::ip_of(&observed).is_some_and(|ip| {
+                !self
+                    .listen_addrs
+                    .iter()
+                    .any(|l| scope::ip_of(l) == Some(ip))
+            });
+        if behind_nat {
+            self.reach.nat_seen();
+        }
+        if info.protocols.contains(&libp2p::relay::HOP_PROTOCOL_NAME) {
+            self.relay_offered(peer);
         }
     }
 
-    fn apply(&mut self, change: Change) {
+    pub(super) fn apply(&mut self, change: Change) {
         match change {
             Change::Confirmed(addr) => {
-                info!(%addr, "peers see us at an address of no interface of ours (a NAT); advertising it");
-                self.swarm.add_external_address(addr);
+                info!(%addr, "a dial-back reached this node there; advertising it");
+                self.advertise(addr);
             }
             Change::Expired(addr) => {
-                info!(%addr, "no peer sees us at this address any more; no longer advertising it");
-                self.swarm.remove_external_address(&addr);
+                info!(%addr, "no peer sees us at this IP address any more; no longer advertising it");
+                self.withdraw(&addr);
             }
         }
     }
