@@ -34,6 +34,7 @@ pub struct FileConfig {
     pub stall_secs: Option<f64>,
     pub first_token_secs: Option<f64>,
     pub hedge_secs: Option<f64>,
+    pub queue_secs: Option<f64>,
 }
 
 impl FileConfig {

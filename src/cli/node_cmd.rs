@@ -123,6 +123,11 @@ pub struct NodeArgs {
     /// (the first token wins, the other is cancelled); 0 turns hedging off [default: 5].
     #[arg(long, env = "RELAYMESH_HEDGE_SECS")]
     hedge_secs: Option<f64>,
+    /// Seconds a request may wait at this node for a free slot when every supplier of
+    /// its model is busy (in arrival order, 256 at most per model); after that, or at
+    /// once with 0, it is refused with 503 and Retry-After [default: 30].
+    #[arg(long, env = "RELAYMESH_QUEUE_SECS")]
+    queue_secs: Option<f64>,
 }
 
 /// The routing rules from flags and the config file.
@@ -188,6 +193,10 @@ fn routing(
             "hedge-secs",
             defaults.hedge.expect("on by default"),
         )?),
+    };
+    routing.timeouts.queue = match args.queue_secs.or(file.queue_secs) {
+        Some(0.0) => Duration::ZERO,
+        other => secs(other, "queue-secs", defaults.queue)?,
     };
     Ok(routing)
 }

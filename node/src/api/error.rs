@@ -105,6 +105,9 @@ impl ApiError {
     }
 }
 
+/// The `Retry-After` of a 503 that no queue or slot count hints at.
+pub const UNAVAILABLE_RETRY: Duration = Duration::from_secs(5);
+
 fn openai_type(status: StatusCode) -> &'static str {
     match status.as_u16() {
         401 => "authentication_error",
@@ -139,7 +142,12 @@ impl From<BackendError> for ApiError {
             },
             BackendError::Invalid(_) => Self::new(StatusCode::BAD_REQUEST, message),
             BackendError::Upstream(_) => Self::new(StatusCode::BAD_GATEWAY, message),
-            BackendError::Unavailable(_) => Self::new(StatusCode::SERVICE_UNAVAILABLE, message),
+            // No supplier could be reached or took the request: worth asking again
+            // once the mesh has had time to change (ads, back-off, restarts).
+            BackendError::Unavailable(_) => Self {
+                retry_after: Some(UNAVAILABLE_RETRY),
+                ..Self::new(StatusCode::SERVICE_UNAVAILABLE, message)
+            },
             BackendError::NotFound(_) => Self::new(StatusCode::NOT_FOUND, message),
             BackendError::PaymentRequired(_) => Self {
                 code: Some("insufficient_credit"),
@@ -189,6 +197,11 @@ mod tests {
             "12D3Koo: Failed to negotiate transport protocol(s): [\n  (/ip4/10.0.0.2/udp/4001/quic-v1: timeout)\n]".into(),
         ));
         assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            e.retry_after,
+            Some(UNAVAILABLE_RETRY),
+            "every 503 says when to retry"
+        );
         assert!(!e.message.contains('\n'), "{}", e.message);
         assert!(e
             .message

@@ -86,7 +86,12 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 }
 
 fn gone() -> Response {
-    error(StatusCode::SERVICE_UNAVAILABLE, "the node is shutting down")
+    let mut response = error(StatusCode::SERVICE_UNAVAILABLE, "the node is shutting down");
+    response.headers_mut().insert(
+        axum::http::header::RETRY_AFTER,
+        axum::http::HeaderValue::from(error::UNAVAILABLE_RETRY.as_secs()),
+    );
+    response
 }
 
 /// The router.

@@ -159,6 +159,8 @@ pub struct MeshReport {
     pub compute_units: u64,
     /// Output bytes the app acknowledged.
     pub acked_bytes: u64,
+    /// Milliseconds the request waited in this node's queue for a free supplier slot.
+    pub queued_ms: u64,
 }
 
 impl Provenance {

@@ -31,6 +31,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::codec::{read_frame, write_frame};
+use super::queue::{any_room, retry_after_busy, room, Place, Queue};
 use super::router::{InFlight, NoRoute, Router};
 use super::{payload, window, DEFAULT_MAX_TOKENS};
 use crate::backend::{
@@ -54,6 +55,9 @@ pub struct Timeouts {
     /// Without a first token this long, the next supplier is tried beside the first
     /// (hedging); `None`: one at a time.
     pub hedge: Option<Duration>,
+    /// How long a request may wait in this node's queue while every supplier of its
+    /// model is busy (`queue`); zero: refused at once.
+    pub queue: Duration,
 }
 
 impl Default for Timeouts {
@@ -62,6 +66,7 @@ impl Default for Timeouts {
             first_token: Duration::from_secs(120),
             stall: Duration::from_secs(15),
             hedge: Some(Duration::from_secs(5)),
+            queue: Duration::from_secs(30),
         }
     }
 }
@@ -80,6 +85,8 @@ pub struct Gateway {
     pub router: Arc<Router>,
     /// Stall and first-token limits.
     pub timeouts: Timeouts,
+    /// Requests waiting for a free supplier slot.
+    pub queue: Arc<Queue>,
     protocol: StreamProtocol,
     held: std::sync::Mutex<std::collections::HashMap<(PublicKey, Digest), Held>>,
     /// The acks this app sent, as receipts (request and ack), in sled tree `acks` under
@@ -137,6 +144,7 @@ impl Gateway {
             settlement,
             router,
             timeouts,
+            queue: Arc::default(),
             protocol,
             held: std::sync::Mutex::new(held),
             acks,
@@ -290,6 +298,8 @@ struct Attempt {
     /// The supplier would not resume the session we held (it ended, or the supplier
     /// lost it): a fresh session with the same supplier may work.
     stale_session: bool,
+    /// The supplier refused as busy, hinting when to ask again.
+    busy: Option<Duration>,
 }
 
 impl Attempt {
@@ -298,6 +308,7 @@ impl Attempt {
             error: BackendError::Unavailable(why.into()),
             retry_elsewhere: true,
             stale_session: false,
+            busy: None,
         }
     }
 }
@@ -451,6 +462,7 @@ impl Gateway {
             error: BackendError::Invalid(e),
             retry_elsewhere: false,
             stale_session: false,
+            busy: None,
         })?;
         let flow_window = window(&self.params);
         // A token of the model is one frame, or more where the supplier splits a piece
@@ -507,6 +519,8 @@ impl Gateway {
                 retry_elsewhere: elsewhere,
                 stale_session: resumed
                     && matches!(refusal.code, RefuseCode::Terms | RefuseCode::Invalid),
+                busy: (refusal.code == RefuseCode::Busy)
+                    .then(|| Duration::from_millis(refusal.retry_after_ms)),
             });
         }
         if alone {
@@ -549,6 +563,7 @@ impl Gateway {
                 error: BackendError::PaymentRequired(why),
                 retry_elsewhere: true,
                 stale_session: false,
+                busy: None,
             })?;
         let terms = SessionOpen {
             version: relaymesh_protocol::PROTOCOL_VERSION,
@@ -605,6 +620,7 @@ impl Gateway {
                         )),
                         retry_elsewhere: true,
                         stale_session: false,
+                        busy: None,
                     })
                 }
                 FrameBody::Refuse(r) => {
@@ -639,6 +655,8 @@ impl Gateway {
         request: &GenRequest,
     ) -> Result<Leg, BackendError> {
         let mut last = None;
+        // Whether every supplier tried refused as busy, and the longest wait they hinted.
+        let (mut all_busy, mut busy_hint) = (true, Duration::ZERO);
         let mut racing = futures::stream::FuturesUnordered::new();
         let mut hedge_now = false;
         loop {
@@ -689,6 +707,10 @@ impl Gateway {
                     if !attempt.retry_elsewhere {
                         return Err(attempt.error);
                     }
+                    match attempt.busy {
+                        Some(hint) => busy_hint = busy_hint.max(hint),
+                        None => all_busy = false,
+                    }
                     last = Some(attempt.error);
                 }
             }
@@ -696,6 +718,12 @@ impl Gateway {
         Err(match last {
             // The last refusal was for credit: say so (402), not "unavailable".
             Some(e @ BackendError::PaymentRequired(_)) => e,
+            // Every one was busy: the request may wait in the queue.
+            Some(_) if all_busy => BackendError::Busy {
+                slots: *attempts,
+                queued: 0,
+                retry_after: busy_hint,
+            },
             Some(e) => {
                 let mut why = e.to_string();
                 if why.len() > 300 {
@@ -901,15 +929,17 @@ impl Backend for MeshBackend {
     async fn generate(&self, request: GenRequest) -> Result<Generation, BackendError> {
         let gateway = &self.gateway;
         let model = self.info.name.clone();
-        let mut candidates: VecDeque<_> = self.ranked.iter().cloned().collect();
-        let mut attempts = 0;
-        let leg = gateway
-            .open_next(&model, &mut candidates, &mut attempts, &request)
-            .await?;
+        let since = Instant::now();
+        let (leg, candidates, attempts) = self.first_leg(&request).await?;
+        let queued = since.elapsed();
+        if queued > Duration::from_millis(100) {
+            info!(%model, queued_ms = queued.as_millis() as u64, "a supplier slot freed for a queued request");
+        }
         let provenance = Provenance::default();
         provenance.update(|p| {
             p.suppliers.push(leg.peer.to_string());
             p.answer_bytes.push(0);
+            p.queued_ms = queued.as_millis() as u64;
         });
         let (tx, rx) = mpsc::channel(EVENT_BUFFER);
         let job = Job {
@@ -925,6 +955,78 @@ impl Backend for MeshBackend {
         };
         tokio::spawn(job.run(leg));
         Ok(Generation::new(rx, None).with_provenance(provenance))
+    }
+}
+
+impl MeshBackend {
+    /// The first supplier to take `request`: at once where the model's line is empty
+    /// and a supplier has a slot free for this node, otherwise after waiting in the
+    /// line (`queue`) for at most `timeouts.queue`. Returns the leg, the candidates
+    /// left for failover and the suppliers tried.
+    async fn first_leg(
+        &self,
+        request: &GenRequest,
+    ) -> Result<(Leg, VecDeque<(PublicKey, ModelOffer)>, usize), BackendError> {
+        let gateway = &self.gateway;
+        let model = self.info.name.as_str();
+        let (router, queue) = (&gateway.router, &gateway.queue);
+        let slots: usize = self.ranked.iter().map(|(_, o)| room(o) as usize).sum();
+        let deadline = Instant::now() + gateway.timeouts.queue;
+        let mut place = None;
+        // After a busy refusal, when the head of the line may ask again.
+        let mut retry_at: Option<Instant> = None;
+        loop {
+            // Armed before looking, so a slot freed meanwhile is not missed.
+            let freed = router.freed();
+            let moved = queue.moved();
+            tokio::pin!(freed, moved);
+            freed.as_mut().enable();
+            moved.as_mut().enable();
+            let turn = match &place {
+                None => queue.is_empty(model),
+                Some(p) => Place::is_head(p),
+            };
+            let now = Instant::now();
+            if retry_at.is_some_and(|t| now >= t) {
+                retry_at = None;
+            }
+            if turn && retry_at.is_none() && any_room(router, model, &self.ranked) {
+                // Suppliers with a slot free first, each group best first.
+                let mut ranked = self.ranked.clone();
+                ranked.sort_by_key(|(k, o)| router.in_flight(*k, model) >= room(o));
+                let mut candidates: VecDeque<_> = ranked.into();
+                let mut attempts = 0;
+                match gateway
+                    .open_next(model, &mut candidates, &mut attempts, request)
+                    .await
+                {
+                    Ok(leg) => return Ok((leg, candidates, attempts)),
+                    Err(BackendError::Busy { retry_after, .. }) => {
+                        retry_at = Some(Instant::now() + retry_after_busy(Some(retry_after)));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            let waiting = queue.waiting(model);
+            if Instant::now() >= deadline {
+                return Err(BackendError::Busy {
+                    slots,
+                    queued: waiting,
+                    retry_after: super::queue::RETRY_MAX,
+                });
+            }
+            if place.is_none() {
+                place = Some(queue.join(model, slots)?);
+                debug!(%model, waiting = waiting + 1, "every supplier is busy; the request waits in the queue");
+                continue;
+            }
+            let until = retry_at.map_or(deadline, |t| t.min(deadline));
+            tokio::select! {
+                _ = freed => {}
+                _ = moved => {}
+                _ = tokio::time::sleep_until(until.into()) => {}
+            }
+        }
     }
 }
 

@@ -8,6 +8,7 @@ pub mod app_limits;
 pub mod codec;
 pub mod escrow;
 pub mod gateway;
+pub mod queue;
 pub mod router;
 pub mod supplier;
 pub mod verify;

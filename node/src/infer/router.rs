@@ -140,6 +140,8 @@ type Key = (PublicKey, String);
 pub struct Router {
     measured: Mutex<HashMap<Key, Measured>>,
     weights: ScoreWeights,
+    /// Woken whenever one of this node's requests to a supplier ends (a slot freed).
+    freed: tokio::sync::Notify,
 }
 
 /// Most (supplier, model) pairs remembered; the oldest-measured are forgotten first.
@@ -318,6 +320,12 @@ impl Router {
         }
     }
 
+    /// A future that completes when one of this node's requests to a supplier ends;
+    /// `enable` it before checking for room.
+    pub fn freed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.freed.notified()
+    }
+
     /// This node's requests in flight at `supplier` for `model`.
     pub fn in_flight(&self, supplier: PublicKey, model: &str) -> u32 {
         self.with(supplier, model, |m| m.in_flight)
@@ -366,6 +374,7 @@ impl Drop for InFlight {
         self.router.with(self.supplier, &self.model, |m| {
             m.in_flight = m.in_flight.saturating_sub(1)
         });
+        self.router.freed.notify_waiters();
     }
 }
 
