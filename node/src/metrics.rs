@@ -70,6 +70,8 @@ pub struct Metrics {
     pub checkpoint_mismatches: Counter,
     /// NAT traversal: links by kind, hole punches, AutoNAT, the relay's use.
     pub nat: crate::mesh::nat_metrics::NatMetrics,
+    /// What a limit cut off, by limit (connections, streams, frames, apps, queue).
+    pub limited: Family<ReasonLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -150,6 +152,12 @@ impl Default for Metrics {
             checkpoint_mismatches.clone(),
         );
         let nat = crate::mesh::nat_metrics::NatMetrics::register(&mut registry);
+        let limited = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "limited",
+            "Connections, streams, frames and requests cut off by a limit, by limit",
+            limited.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             peers,
@@ -166,6 +174,7 @@ impl Default for Metrics {
             clock_offset_ms,
             checkpoint_mismatches,
             nat,
+            limited,
         }
     }
 }
@@ -178,6 +187,15 @@ impl Metrics {
         };
         self.gossip_messages.get_or_create(&label).inc();
         self.gossip_bytes.get_or_create(&label).inc_by(bytes as u64);
+    }
+
+    /// Counts one thing cut off by `limit`.
+    pub fn limited(&self, limit: &str) {
+        self.limited
+            .get_or_create(&ReasonLabel {
+                reason: limit.into(),
+            })
+            .inc();
     }
 
     /// Counts one invalid message.

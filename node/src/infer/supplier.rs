@@ -19,6 +19,7 @@ use relaymesh_protocol::{BoundedString, Digest, Ed25519Verifier, Keypair, Signer
 use tokio::sync::{mpsc, Semaphore};
 use tracing::{debug, info, warn};
 
+use super::app_limits::{PeerStreams, MAX_STREAMS_PER_PEER};
 use super::codec::{read_frame, write_frame, FrameError};
 use super::{gen_request, window};
 use crate::backend::{BackendError, FinishReason, GenEvent, Models, ServedModel};
@@ -154,6 +155,7 @@ pub fn spawn(
         .map_err(|e| format!("cannot accept inference streams: {e}"))?;
     Ok(tokio::spawn(async move {
         let limit = Arc::new(Semaphore::new(MAX_STREAMS));
+        let per_peer = PeerStreams::default();
         // Ended sessions' request ids are forgotten once a minute, in this task, so
         // aborting it (the node stopping) stops everything that holds the database.
         let mut prune = tokio::time::interval(Duration::from_secs(60));
@@ -170,11 +172,17 @@ pub fn spawn(
             };
             let Ok(permit) = limit.clone().try_acquire_owned() else {
                 warn!(%peer, "inference stream dropped: {MAX_STREAMS} already open");
+                ctx.metrics.limited("streams_total");
+                continue;
+            };
+            let Some(peer_permit) = per_peer.open(peer) else {
+                debug!(%peer, "inference stream dropped: {MAX_STREAMS_PER_PEER} already open from this peer");
+                ctx.metrics.limited("streams_per_peer");
                 continue;
             };
             let ctx = ctx.clone();
             tokio::spawn(async move {
-                let _permit = permit;
+                let _permit = (permit, peer_permit);
                 if let Err(why) = serve(peer, stream, &ctx).await {
                     debug!(%peer, %why, "inference stream ended early");
                 }
@@ -193,11 +201,23 @@ fn refusal(code: RefuseCode, message: impl Into<String>, retry_after_ms: u64) ->
     })
 }
 
-async fn next_frame<R: futures::AsyncRead + Unpin>(r: &mut R) -> Result<FrameBody, String> {
+/// The app's next frame; an oversized or late one is counted in `limited`.
+async fn next_frame<R: futures::AsyncRead + Unpin>(
+    r: &mut R,
+    ctx: &SupplierContext,
+) -> Result<FrameBody, String> {
     match tokio::time::timeout(FRAME_TIMEOUT, read_frame(r)).await {
         Ok(Ok(frame)) => Ok(frame.body),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("the app sent nothing in time".into()),
+        Ok(Err(e)) => {
+            if matches!(e, FrameError::TooLarge(_)) {
+                ctx.metrics.limited("frame_size");
+            }
+            Err(e.to_string())
+        }
+        Err(_) => {
+            ctx.metrics.limited("frame_timeout");
+            Err("the app sent nothing in time".into())
+        }
     }
 }
 
@@ -254,6 +274,7 @@ fn check_proposal(
         return Some((RefuseCode::Balance, why));
     }
     if let Err(why) = ctx.limits.new_session(&terms.app) {
+        ctx.metrics.limited("app_sessions");
         return Some((RefuseCode::Busy, why));
     }
     None
@@ -429,7 +450,7 @@ async fn serve(peer: PeerId, stream: Stream, ctx: &SupplierContext) -> Result<()
     let refuse = |code, msg: String| refusal(code, msg, 0);
 
     // 1. The terms: proposed now, or countersigned by us before.
-    let session = match next_frame(&mut r).await? {
+    let session = match next_frame(&mut r, ctx).await? {
         FrameBody::Propose(proposal) => {
             if let Some((code, msg)) = check_proposal(&proposal, ctx) {
                 let _ = write_frame(&mut w, refuse(code, msg.clone())).await;
@@ -467,7 +488,7 @@ async fn serve(peer: PeerId, stream: Stream, ctx: &SupplierContext) -> Result<()
     };
 
     // 2. The request, which must commit to the payload it comes with.
-    let InferRequest { request, payload } = match next_frame(&mut r).await? {
+    let InferRequest { request, payload } = match next_frame(&mut r, ctx).await? {
         FrameBody::Request(r) => r,
         other => return Err(format!("expected Request, got {other:?}")),
     };
@@ -544,10 +565,10 @@ async fn serve(peer: PeerId, stream: Stream, ctx: &SupplierContext) -> Result<()
     });
     let ticket = match problem {
         Some(problem) => Err(problem),
-        None => ctx
-            .limits
-            .begin(&session.body.app)
-            .map_err(|why| (RefuseCode::Busy, why)),
+        None => ctx.limits.begin(&session.body.app).map_err(|why| {
+            ctx.metrics.limited("app_streams");
+            (RefuseCode::Busy, why)
+        }),
     };
     let ticket = match ticket {
         Ok(ticket) => ticket,

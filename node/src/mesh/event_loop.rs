@@ -509,6 +509,16 @@ impl EventLoop {
                 peer_id,
                 error,
             } => self.on_dial_error(connection_id, peer_id, &error),
+            // A connection limit (total, per peer, pending) or the block list refused
+            // a peer's connection.
+            SwarmEvent::IncomingConnectionError {
+                error: libp2p::swarm::ListenError::Denied { cause },
+                send_back_addr,
+                ..
+            } => {
+                debug!(from = %send_back_addr, %cause, "incoming connection refused");
+                self.metrics.limited("connections");
+            }
             SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
             _ => {}
         }

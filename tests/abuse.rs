@@ -1,0 +1,307 @@
+//! Hostile peers against a supplier, each attack ending with the supplier still serving
+//! an honest gateway: a thousand connections from one peer, silent streams from one
+//! peer, oversized frames, and random bytes to every listening port (QUIC, TCP, HTTP).
+//! What each limit cut off is counted in the supplier's `/metrics`
+//! (`relaymesh_limited_total{reason=…}`). Real swarms on loopback, SmolLM2 served.
+
+mod support;
+
+use std::time::Duration;
+
+use futures::{AsyncWriteExt, StreamExt};
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::SwarmEvent;
+use libp2p::Multiaddr;
+use relaymesh::NodeBuilder;
+use relaymesh_node::backend::{Models, ServedModel, SharedBackend};
+use serde_json::{json, Value};
+use support::{address, quic, tcp, wait_for};
+
+/// The attacked mesh: a bootstrap node, a supplier of SmolLM2 with an API (for its
+/// metrics), an honest light gateway that sees it, and the attacker's light node.
+struct Mesh {
+    supplier: relaymesh::Node,
+    gateway: relaymesh::Node,
+    attacker: relaymesh::Node,
+    boot: relaymesh::Node,
+    mesh: String,
+}
+
+impl Mesh {
+    async fn start(mesh: &str) -> Mesh {
+        let boot = support::bootstrap(mesh).await;
+        let boot_addr = address(&boot, "quic").await;
+        let mut models = Models::default();
+        models
+            .insert(ServedModel::new(support::smollm(1, 4) as SharedBackend, 1))
+            .unwrap();
+        let mut b = NodeBuilder::full()
+            .mesh_name(mesh)
+            .listen(vec![quic(), tcp()])
+            .bootstrap(boot_addr.clone())
+            .api("127.0.0.1:0".parse().unwrap());
+        b.config_mut().models = std::sync::Arc::new(models);
+        let supplier = b.start().await.unwrap();
+        let gateway = support::mesh_gateway(mesh, &boot_addr).await;
+        let attacker = NodeBuilder::light()
+            .mesh_name(mesh)
+            .listen(vec![quic(), tcp()])
+            .bootstrap(boot_addr)
+            .start()
+            .await
+            .unwrap();
+        for node in [&gateway, &attacker] {
+            wait_for("the supplier's ad", Duration::from_secs(60), || async {
+                let offers = node.handle().offers("smollm2").await.ok()?;
+                (!offers.is_empty()).then_some(())
+            })
+            .await;
+        }
+        Mesh {
+            supplier,
+            gateway,
+            attacker,
+            boot,
+            mesh: mesh.to_owned(),
+        }
+    }
+
+    /// Asserts that the honest gateway is answered by the supplier.
+    async fn serves_honest_requests(&self, after: &str) {
+        let r = reqwest::Client::new()
+            .post(format!(
+                "{}/v1/chat/completions",
+                support::base_url(&self.gateway)
+            ))
+            .json(&json!({
+                "model": "smollm2", "temperature": 0, "max_tokens": 6,
+                "messages": [{ "role": "user", "content": "What is the capital of France?" }],
+            }))
+            .timeout(Duration::from_secs(120))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(
+            status, 200,
+            "after {after}, the honest request failed: {body}"
+        );
+    }
+
+    /// What the supplier's `relaymesh_limited_total{reason}` says.
+    async fn limited(&self, reason: &str) -> u64 {
+        let text = reqwest::get(format!("{}/metrics", support::base_url(&self.supplier)))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let prefix = format!("relaymesh_limited_total{{reason=\"{reason}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .map_or(0, |v| v.trim().parse().unwrap())
+    }
+
+    /// The supplier's open connections (`relaymesh_connections`, all transports).
+    async fn connections(&self) -> i64 {
+        let text = reqwest::get(format!("{}/metrics", support::base_url(&self.supplier)))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .filter(|l| l.starts_with("relaymesh_connections{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<i64>().ok())
+            .sum()
+    }
+
+    fn infer_protocol(&self) -> libp2p::StreamProtocol {
+        let params = relaymesh_node::config::named_mesh(&self.mesh);
+        relaymesh_node::mesh::names::infer_protocol(&params.mesh_id())
+    }
+
+    async fn stop(self) {
+        for node in [self.attacker, self.gateway, self.supplier, self.boot] {
+            node.shutdown().await;
+        }
+    }
+}
+
+/// One peer dials the supplier a thousand times over QUIC, keeping every connection
+/// it gets: the supplier never holds more than four of them at once, refuses the rest
+/// (counted), and serves the gateway meanwhile.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_thousand_connections_from_one_peer_leave_the_supplier_serving() {
+    let mesh = Mesh::start("abuse-connections").await;
+    let target = address(&mesh.supplier, "quic").await;
+    let supplier_id = mesh.supplier.handle().peer_id();
+    let baseline = mesh.connections().await;
+    let flood = tokio::spawn(async move {
+        let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+            .with_tokio()
+            .with_quic()
+            .with_behaviour(|_| libp2p::swarm::dummy::Behaviour)
+            .unwrap()
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
+            .build();
+        for _ in 0..1000 {
+            swarm
+                .dial(
+                    DialOpts::peer_id(supplier_id)
+                        .addresses(vec![target.clone()])
+                        .condition(PeerCondition::Always)
+                        .build(),
+                )
+                .unwrap();
+        }
+        // Keep every connection given for a while: the gateway asks meanwhile.
+        let until = tokio::time::Instant::now() + Duration::from_secs(15);
+        let mut established = 0;
+        while let Ok(Some(event)) = tokio::time::timeout_at(until, swarm.next()).await {
+            if let SwarmEvent::ConnectionEstablished { .. } = event {
+                established += 1;
+            }
+        }
+        established
+    });
+    let sampling = async {
+        let mut most = 0;
+        for _ in 0..100 {
+            most = most.max(mesh.connections().await);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        most
+    };
+    let (most, ()) = tokio::join!(
+        sampling,
+        mesh.serves_honest_requests("a thousand connections from one peer")
+    );
+    let established = flood.await.unwrap();
+    let limited = mesh.limited("connections").await;
+    eprintln!(
+        "supplier connections: {baseline} before, at most {most} during; \
+         the attacker saw {established} established; {limited} refused"
+    );
+    assert!(
+        most <= baseline + 4,
+        "{most} connections at the supplier ({baseline} before the flood)"
+    );
+    assert!(limited > 0, "the refused connections are counted");
+    mesh.stop().await;
+}
+
+/// One peer opens a hundred inference streams and sends nothing on them (each would be
+/// held for the 30 s frame timeout): it is given sixteen, and the supplier's other
+/// streams stay free for the gateway. Failed without the per-peer limit: the attacker
+/// held all 64 of the supplier's streams and the gateway's stream was dropped.
+#[tokio::test(flavor = "multi_thread")]
+async fn silent_streams_from_one_peer_do_not_take_every_stream() {
+    let mesh = Mesh::start("abuse-streams").await;
+    let supplier_id = mesh.supplier.handle().peer_id();
+    let protocol = mesh.infer_protocol();
+    mesh.attacker.handle().locate(supplier_id).await.unwrap();
+    let mut control = mesh.attacker.handle().streams();
+    let mut held = Vec::new();
+    for _ in 0..100 {
+        match control.open_stream(supplier_id, protocol.clone()).await {
+            Ok(stream) => held.push(stream),
+            Err(e) => panic!("opening a stream: {e}"),
+        }
+    }
+    // The streams reached the supplier: those it did not keep were counted (at least
+    // the 36 beyond its 64, with or without a per-peer limit).
+    wait_for(
+        "the supplier dropping the streams it does not keep",
+        Duration::from_secs(30),
+        || async {
+            let dropped =
+                mesh.limited("streams_per_peer").await + mesh.limited("streams_total").await;
+            (dropped >= 30).then_some(())
+        },
+    )
+    .await;
+    mesh.serves_honest_requests("a hundred silent streams from one peer")
+        .await;
+    let per_peer = mesh.limited("streams_per_peer").await;
+    assert!(
+        per_peer >= 80,
+        "{per_peer} streams refused beyond the peer's 16"
+    );
+    drop(held);
+    mesh.stop().await;
+}
+
+/// Oversized frames on inference streams, and random bytes to the supplier's QUIC and
+/// TCP ports and to the gateway's HTTP API: each is refused, and the supplier serves on.
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_frames_and_random_bytes_are_refused() {
+    let mesh = Mesh::start("abuse-bytes").await;
+    let supplier_id = mesh.supplier.handle().peer_id();
+    let protocol = mesh.infer_protocol();
+    mesh.attacker.handle().locate(supplier_id).await.unwrap();
+    let mut control = mesh.attacker.handle().streams();
+    for _ in 0..10 {
+        let mut stream = control
+            .open_stream(supplier_id, protocol.clone())
+            .await
+            .unwrap();
+        // A length far over the frame limit, then bytes that never end.
+        stream.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+        let _ = stream.write_all(&[0xa5; 4096]).await;
+        let _ = stream.close().await;
+    }
+    wait_for(
+        "the oversized frames counted",
+        Duration::from_secs(30),
+        || async { (mesh.limited("frame_size").await >= 10).then_some(()) },
+    )
+    .await;
+
+    let mut noise = vec![0u8; 64 * 1024];
+    for (i, b) in noise.iter_mut().enumerate() {
+        *b = (i.wrapping_mul(2_654_435_761) >> 13) as u8;
+    }
+    let port = |addr: &Multiaddr| {
+        addr.iter()
+            .find_map(|p| match p {
+                libp2p::multiaddr::Protocol::Udp(p) | libp2p::multiaddr::Protocol::Tcp(p) => {
+                    Some(p)
+                }
+                _ => None,
+            })
+            .unwrap()
+    };
+    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let quic_port = port(&address(&mesh.supplier, "quic").await);
+    for chunk in noise.chunks(1200) {
+        udp.send_to(chunk, ("127.0.0.1", quic_port)).await.unwrap();
+    }
+    let tcp_port = port(&address(&mesh.supplier, "tcp").await);
+    let api = mesh.gateway.api_addr().unwrap();
+    for target in [std::net::SocketAddr::from(([127, 0, 0, 1], tcp_port)), api] {
+        for _ in 0..20 {
+            use tokio::io::AsyncWriteExt as _;
+            if let Ok(mut c) = tokio::net::TcpStream::connect(target).await {
+                let _ = c.write_all(&noise).await;
+            }
+        }
+    }
+    // A JSON body of the wrong shape gets a JSON error, not a dropped connection.
+    let r = reqwest::Client::new()
+        .post(format!(
+            "{}/v1/chat/completions",
+            support::base_url(&mesh.gateway)
+        ))
+        .header("content-type", "application/json")
+        .body(noise[..512].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.json::<Value>().await.unwrap()["error"]["message"].is_string());
+    mesh.serves_honest_requests("oversized frames and random bytes")
+        .await;
+    mesh.stop().await;
+}
