@@ -305,3 +305,54 @@ async fn oversized_frames_and_random_bytes_are_refused() {
         .await;
     mesh.stop().await;
 }
+
+/// A client that trickles a request's headers, or opens connections and sends nothing,
+/// is cut off after the header timeout; the API answers others meanwhile.
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_http_clients_are_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt as _};
+    let node = support::serving_node(Vec::new(), None).await;
+    let api = node.api_addr().unwrap();
+    let mut slow = Vec::new();
+    for i in 0..20 {
+        let mut c = tokio::net::TcpStream::connect(api).await.unwrap();
+        if i % 2 == 0 {
+            c.write_all(b"GET /relaymesh/v1/status HTTP/1.1\r\nHost: x\r\n")
+                .await
+                .unwrap();
+        }
+        slow.push(c);
+    }
+    let status = reqwest::get(format!("{}/relaymesh/v1/status", support::base_url(&node)))
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 200, "answered while slow clients hold connections");
+    let started = std::time::Instant::now();
+    for mut c in slow {
+        let mut buf = [0u8; 1024];
+        let read = tokio::time::timeout(Duration::from_secs(30), c.read(&mut buf))
+            .await
+            .expect("the server cut the slow client off");
+        // Closed, or a 408 before closing: either way nothing more is served.
+        if let Ok(n) = read {
+            let text = String::from_utf8_lossy(&buf[..n]);
+            assert!(n == 0 || text.starts_with("HTTP/1.1 408"), "{text}");
+        }
+    }
+    assert!(
+        started.elapsed() >= relaymesh_node::api::HEADER_TIMEOUT - Duration::from_secs(2),
+        "cut off by the timeout, not at once"
+    );
+    let metrics = reqwest::get(format!("{}/metrics", support::base_url(&node)))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("relaymesh_limited_total{reason=\"http_header_timeout\"}"),
+        "counted"
+    );
+    node.shutdown().await;
+}

@@ -7,8 +7,8 @@ mod infer;
 pub mod keys;
 mod ollama;
 mod openai;
+mod server;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, State};
@@ -20,6 +20,7 @@ use serde_json::json;
 
 pub use infer::{parse_digest, DIGEST_HEADER, MAX_PRICE_HEADER, SUPPLIERS_HEADER};
 pub use keys::ApiKeys;
+pub use server::{serve, ApiServer, HEADER_TIMEOUT, MAX_CONNECTIONS, WRITE_STALL};
 
 use crate::backend::Models;
 use crate::mesh::NodeHandle;
@@ -249,44 +250,4 @@ async fn render_metrics(State(s): State<ApiState>) -> Response {
         s.metrics.render(),
     )
         .into_response()
-}
-
-/// Binds `addr` and serves the API until the task is dropped; returns the bound
-/// address (port 0 picks one).
-pub async fn serve(addr: SocketAddr, state: ApiState) -> std::io::Result<(SocketAddr, ApiServer)> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    let bound = listener.local_addr()?;
-    tracing::info!(api = %bound, "local API listening");
-    let app = router(state);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        let shutdown = async move {
-            let _ = stopped.await;
-        };
-        if let Err(err) = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
-            tracing::warn!(%err, "local API stopped");
-        }
-    });
-    Ok((bound, ApiServer { stop, task }))
-}
-
-/// A running local API.
-pub struct ApiServer {
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl ApiServer {
-    /// Stops accepting, closes idle connections, and gives requests in flight `grace`
-    /// to finish before the server is dropped.
-    pub async fn stop(self, grace: std::time::Duration) {
-        let _ = self.stop.send(());
-        let abort = self.task.abort_handle();
-        if tokio::time::timeout(grace, self.task).await.is_err() {
-            abort.abort();
-        }
-    }
 }
