@@ -751,7 +751,10 @@ impl EventLoop {
             Err("unknown-topic")
         };
         let acceptance = match verdict {
-            Ok(()) => gossipsub::MessageAcceptance::Accept,
+            Ok(AdUpdate::New | AdUpdate::Updated) => gossipsub::MessageAcceptance::Accept,
+            // Valid but nothing new (an old ad replayed, or one key's ads too close
+            // together): not forwarded, and not held against the peer that relayed it.
+            Ok(AdUpdate::Stale | AdUpdate::TooSoon) => gossipsub::MessageAcceptance::Ignore,
             Err(reason) => {
                 self.metrics.invalid(reason);
                 debug!(peer = %source, reason, "invalid gossip dropped");
@@ -765,7 +768,8 @@ impl EventLoop {
             .report_message_validation_result(&id, &source, acceptance);
     }
 
-    fn on_ad(&mut self, bytes: &[u8]) -> Result<(), &'static str> {
+    /// Takes a gossiped or synced ad: what it did to the table, or why it is invalid.
+    fn on_ad(&mut self, bytes: &[u8]) -> Result<AdUpdate, &'static str> {
         let ad = SignedCapabilityAd::decode(bytes).map_err(|e| match e {
             relaymesh_protocol::DecodeError::TooLarge { .. } => "oversized",
             _ => "malformed",
@@ -785,13 +789,15 @@ impl EventLoop {
         })?;
         let supplier = ad.body.supplier.peer_id();
         let models = ad.body.models.len();
-        match self.table.upsert(ad, now) {
+        let update = self.table.upsert(ad, now);
+        match update {
             AdUpdate::New => info!(peer = %supplier, models, "ad received: new supplier"),
             AdUpdate::Updated => debug!(peer = %supplier, models, "ad received"),
             AdUpdate::Stale => {}
+            AdUpdate::TooSoon => self.metrics.limited("ads_too_soon"),
         }
         self.metrics.suppliers.set(self.table.len() as i64);
-        Ok(())
+        Ok(update)
     }
 }
 

@@ -85,7 +85,15 @@ pub enum AdUpdate {
     Updated,
     /// Not newer than what we hold.
     Stale,
+    /// Newer, but within [`MIN_AD_INTERVAL_MS`] of the one we took: kept out, so one
+    /// key cannot make the mesh carry a stream of ads.
+    TooSoon,
 }
+
+/// Shortest interval between two ads of one supplier that the table takes (and the
+/// node forwards). A supplier re-announces every third of its ad's lifetime (at least
+/// half a second apart when it cannot publish), and a restart takes longer than this.
+pub const MIN_AD_INTERVAL_MS: u64 = 1_000;
 
 impl PeerTable {
     /// Takes a validated ad.
@@ -93,6 +101,9 @@ impl PeerTable {
         let key = ad.body.supplier;
         let update = match self.suppliers.get(&key) {
             Some(existing) if existing.ad.body.seq >= ad.body.seq => return AdUpdate::Stale,
+            Some(existing) if now_ms < existing.received_ms.saturating_add(MIN_AD_INTERVAL_MS) => {
+                return AdUpdate::TooSoon
+            }
             Some(_) => AdUpdate::Updated,
             None => AdUpdate::New,
         };
@@ -298,7 +309,8 @@ mod tests {
         assert_eq!(table.upsert(ad(1, 5, 100), 0), AdUpdate::New);
         assert_eq!(table.upsert(ad(1, 5, 200), 0), AdUpdate::Stale);
         assert_eq!(table.upsert(ad(1, 4, 200), 0), AdUpdate::Stale);
-        assert_eq!(table.upsert(ad(1, 6, 200), 0), AdUpdate::Updated);
+        assert_eq!(table.upsert(ad(1, 6, 200), 999), AdUpdate::TooSoon);
+        assert_eq!(table.upsert(ad(1, 6, 200), 1_000), AdUpdate::Updated);
         table.upsert(ad(2, 1, 150), 0);
         assert_eq!(table.suppliers_of("m").count(), 2);
         assert_eq!(table.expire(160).len(), 1);
@@ -336,8 +348,8 @@ mod tests {
         assert!(table.reachable(&a));
         assert!(!table.reachable(&a));
         assert!(table.backed_off(&b, 20));
-        table.upsert(ad(2, 2, 1_000_000), 30);
-        assert!(!table.backed_off(&b, 40));
+        table.upsert(ad(2, 2, 1_000_000), 1_030);
+        assert!(!table.backed_off(&b, 1_040));
     }
 
     #[test]
