@@ -253,3 +253,145 @@ async fn invalid_gossip_is_dropped_counted_and_punished() {
         node.shutdown().await;
     }
 }
+
+/// A bare libp2p peer that speaks gossipsub (and answers pings).
+#[derive(libp2p::swarm::NetworkBehaviour)]
+struct Flooder {
+    gossipsub: libp2p::gossipsub::Behaviour,
+    ping: libp2p::ping::Behaviour,
+}
+
+/// Gossip messages `node` has received so far (its gossip counter).
+fn gossip_in(node: &relaymesh::Node) -> u64 {
+    node.metrics()
+        .render()
+        .lines()
+        .find_map(|l| l.strip_prefix("relaymesh_gossip_messages_total{direction=\"in\"} "))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
+/// A peer that publishes a stream of valid ads from one key (a new sequence number every
+/// few milliseconds) to the bootstrap node: the bootstrap node takes about one a second
+/// and forwards none of the others, so an observer connected to it hears of a handful.
+/// Before, every ad was valid, accepted and carried to every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_valid_ads_from_one_key_is_not_carried() {
+    use futures::StreamExt;
+    use libp2p::gossipsub;
+    let boot = bootstrap("t-flood").await;
+    let boot_addr = address(&boot, "quic").await;
+    let observer = supplier("t-flood", &boot_addr, &["honest"], LONG).await;
+    let status = boot.handle().status().await.unwrap();
+    let mesh_id = relaymesh_protocol::Digest::from_hex(&status.mesh_id).unwrap();
+    let topic = gossipsub::IdentTopic::new(relaymesh_node::mesh::names::ads_topic(&mesh_id));
+    let config = gossipsub::ConfigBuilder::default()
+        .protocol_id_prefix(relaymesh_node::mesh::names::gossip_prefix(&mesh_id))
+        .validation_mode(gossipsub::ValidationMode::Strict)
+        .message_id_fn(|m: &gossipsub::Message| {
+            gossipsub::MessageId::from(blake3::hash(&m.data).as_bytes().to_vec())
+        })
+        .build()
+        .unwrap();
+    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_quic()
+        .with_behaviour(|k| Flooder {
+            gossipsub: gossipsub::Behaviour::new(
+                gossipsub::MessageAuthenticity::Signed(k.clone()),
+                config,
+            )
+            .unwrap(),
+            // Nodes close connections to peers that do not answer pings.
+            ping: libp2p::ping::Behaviour::default(),
+        })
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build();
+    swarm.behaviour_mut().gossipsub.subscribe(&topic).unwrap();
+    swarm.dial(boot_addr.clone()).unwrap();
+    let key = Keypair::from_secret([7; 32]);
+    let ad = |seq: u64| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        Signed::sign(
+            CapabilityAd {
+                version: relaymesh_protocol::PROTOCOL_VERSION,
+                mesh_id,
+                supplier: key.public_key(),
+                seq,
+                issued_ms: now,
+                expires_ms: now + 60_000,
+                models: BoundedVec::try_from_vec(vec![offer("flood")]).unwrap(),
+            },
+            &key,
+        )
+        .encode()
+        .unwrap()
+    };
+    // Publish until the bootstrap node is a subscriber, then wait for that first ad to
+    // reach the observer (so the path works), then flood.
+    let mut seq = 1;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while swarm
+        .behaviour_mut()
+        .gossipsub
+        .publish(topic.clone(), ad(seq))
+        .is_err()
+    {
+        assert!(tokio::time::Instant::now() < deadline, "never subscribed");
+        let _ = tokio::time::timeout(Duration::from_millis(100), swarm.next()).await;
+    }
+    let until = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut last = tokio::time::Instant::now();
+    while !seen(&observer).await.iter().any(|(m, _)| m == "flood") {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "the first ad never arrived"
+        );
+        if last.elapsed() > Duration::from_millis(1500) {
+            // Until the gossip mesh has formed, a new ad (one a second goes through).
+            seq += 1;
+            let _ = swarm
+                .behaviour_mut()
+                .gossipsub
+                .publish(topic.clone(), ad(seq));
+            last = tokio::time::Instant::now();
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(100), swarm.next()).await;
+    }
+    let before = gossip_in(&observer);
+    let started = tokio::time::Instant::now();
+    for _ in 0..200 {
+        seq += 1;
+        let _ = swarm
+            .behaviour_mut()
+            .gossipsub
+            .publish(topic.clone(), ad(seq));
+        let _ = tokio::time::timeout(Duration::from_millis(10), swarm.next()).await;
+    }
+    // Let whatever would be forwarded arrive.
+    let settle = tokio::time::Instant::now() + Duration::from_secs(3);
+    while tokio::time::timeout_at(settle, swarm.next()).await.is_ok() {}
+    let secs = started.elapsed().as_secs();
+    let heard = gossip_in(&observer) - before;
+    let limited = boot
+        .metrics()
+        .render()
+        .lines()
+        .find_map(|l| l.strip_prefix("relaymesh_limited_total{reason=\"ads_too_soon\"} "))
+        .map_or(0, |v| v.trim().parse::<u64>().unwrap());
+    println!("flood of 200 ads in {secs} s: the observer heard {heard}; the bootstrap node kept out {limited}");
+    assert!(
+        heard <= secs + 5,
+        "the observer heard {heard} messages in {secs} s"
+    );
+    assert!(
+        limited >= 150,
+        "the bootstrap node kept the flood out: {limited}"
+    );
+    for node in [observer, boot] {
+        node.shutdown().await;
+    }
+}
