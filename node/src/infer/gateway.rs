@@ -929,9 +929,7 @@ impl Backend for MeshBackend {
     async fn generate(&self, request: GenRequest) -> Result<Generation, BackendError> {
         let gateway = &self.gateway;
         let model = self.info.name.clone();
-        let since = Instant::now();
-        let (leg, candidates, attempts) = self.first_leg(&request).await?;
-        let queued = since.elapsed();
+        let (leg, candidates, attempts, queued) = self.first_leg(&request).await?;
         if queued > Duration::from_millis(100) {
             info!(%model, queued_ms = queued.as_millis() as u64, "a supplier slot freed for a queued request");
         }
@@ -958,15 +956,18 @@ impl Backend for MeshBackend {
     }
 }
 
+/// The first leg of a request, the candidates left for failover, the suppliers tried,
+/// and the time it waited in the queue.
+type FirstLeg = (Leg, VecDeque<(PublicKey, ModelOffer)>, usize, Duration);
+
 impl MeshBackend {
     /// The first supplier to take `request`: at once where the model's line is empty
     /// and a supplier has a slot free for this node, otherwise after waiting in the
     /// line (`queue`) for at most `timeouts.queue`. Returns the leg, the candidates
-    /// left for failover and the suppliers tried.
-    async fn first_leg(
-        &self,
-        request: &GenRequest,
-    ) -> Result<(Leg, VecDeque<(PublicKey, ModelOffer)>, usize), BackendError> {
+    /// left for failover, the suppliers tried and how long the request waited before
+    /// the attempt that succeeded was sent.
+    async fn first_leg(&self, request: &GenRequest) -> Result<FirstLeg, BackendError> {
+        let since = Instant::now();
         let gateway = &self.gateway;
         let model = self.info.name.as_str();
         let (router, queue) = (&gateway.router, &gateway.queue);
@@ -996,11 +997,12 @@ impl MeshBackend {
                 ranked.sort_by_key(|(k, o)| router.in_flight(*k, model) >= room(o));
                 let mut candidates: VecDeque<_> = ranked.into();
                 let mut attempts = 0;
+                let waited = since.elapsed();
                 match gateway
                     .open_next(model, &mut candidates, &mut attempts, request)
                     .await
                 {
-                    Ok(leg) => return Ok((leg, candidates, attempts)),
+                    Ok(leg) => return Ok((leg, candidates, attempts, waited)),
                     Err(BackendError::Busy { retry_after, .. }) => {
                         retry_at = Some(Instant::now() + retry_after_busy(Some(retry_after)));
                     }
