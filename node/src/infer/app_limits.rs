@@ -31,6 +31,22 @@ pub const MAX_SESSIONS_PER_APP: usize = 64;
 pub const DEBT_WINDOW: Duration = Duration::from_secs(600);
 /// Most apps remembered; past it, apps with nothing open and nothing owed go first.
 pub const MAX_APPS: usize = 65_536;
+/// How long an app refused for want of a free slot has a claim on the next one.
+pub const FAIR_WINDOW: Duration = Duration::from_secs(5);
+/// Most apps with such a claim remembered at once.
+pub const MAX_WAITING_APPS: usize = 1024;
+/// What a refused app is told to wait before asking again, after a refusal for its
+/// share (short: a slot is kept for another app, and will be free for it soon).
+pub const SHARE_RETRY: Duration = Duration::from_millis(500);
+
+/// Why a stream of an app was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// For people.
+    pub why: String,
+    /// When it is worth asking again.
+    pub retry_after: Duration,
+}
 
 /// Unacknowledged tokens an app may leave within [`DEBT_WINDOW`]: twice the window.
 pub fn debt_limit(max_unacked_tokens: u32) -> u32 {
@@ -118,6 +134,9 @@ impl AppState {
 pub struct AppLimits {
     apps: Mutex<HashMap<PublicKey, AppState>>,
     debt_limit: u32,
+    /// Apps refused for want of a free slot, and when: each has a claim on a slot
+    /// that frees within [`FAIR_WINDOW`] over apps that hold more streams than it.
+    waiting: Mutex<HashMap<PublicKey, Instant>>,
 }
 
 /// One stream of an app, counted until [`StreamTicket::end`] (or drop).
@@ -152,6 +171,7 @@ impl AppLimits {
         Self {
             apps: Mutex::new(HashMap::new()),
             debt_limit: debt_limit(max_unacked_tokens),
+            waiting: Mutex::new(HashMap::new()),
         }
     }
 
@@ -165,27 +185,71 @@ impl AppLimits {
         f(state)
     }
 
+    /// `app` was refused for want of a free slot: until it gets one (or
+    /// [`FAIR_WINDOW`] passes), apps holding more streams than it give way to it.
+    pub fn waits(&self, app: &PublicKey) {
+        let mut waiting = self.waiting.lock().expect("waiting lock");
+        let now = Instant::now();
+        waiting.retain(|_, since| now.duration_since(*since) < FAIR_WINDOW);
+        if waiting.len() < MAX_WAITING_APPS || waiting.contains_key(app) {
+            waiting.entry(*app).or_insert(now);
+        }
+    }
+
+    /// The fewest streams held by an app (other than `app`) that waits for a slot.
+    fn least_waiting(&self, app: &PublicKey) -> Option<usize> {
+        let waiting = self.waiting.lock().expect("waiting lock");
+        let now = Instant::now();
+        let others: Vec<PublicKey> = waiting
+            .iter()
+            .filter(|(k, since)| *k != app && now.duration_since(**since) < FAIR_WINDOW)
+            .map(|(k, _)| *k)
+            .collect();
+        drop(waiting);
+        let apps = self.apps.lock().expect("limits lock");
+        others
+            .iter()
+            .map(|k| apps.get(k).map_or(0, |s| s.streams))
+            .min()
+    }
+
     /// A new stream of `app`, or why it is refused.
-    pub fn begin(&self, app: &PublicKey) -> Result<StreamTicket<'_>, String> {
+    ///
+    /// Besides the limits above, a share: while another app that holds fewer streams
+    /// here was refused for want of a slot (within [`FAIR_WINDOW`]), an app that holds
+    /// at least one is refused, so the next free slot goes to the one waiting (without
+    /// this, an app that asks again every few milliseconds takes every slot that
+    /// frees, and an honest app that waits as told is never served).
+    pub fn begin(&self, app: &PublicKey) -> Result<StreamTicket<'_>, Refused> {
         let limit = self.debt_limit;
+        let least_waiting = self.least_waiting(app);
+        let refused = |why: String, retry_after| Refused { why, retry_after };
         self.with(app, |state| {
             let owed = state.owed();
             if owed >= limit {
-                return Err(format!(
+                return Err(refused(format!(
                     "app {} left {owed} tokens unacknowledged here in the last {} minutes (at most {limit}); ack what you take",
                     app.peer_id(),
                     DEBT_WINDOW.as_secs() / 60
-                ));
+                ), DEBT_WINDOW / 10));
             }
             if state.streams >= MAX_STREAMS_PER_APP {
-                return Err(format!(
+                return Err(refused(format!(
                     "app {} has {MAX_STREAMS_PER_APP} streams open here already",
                     app.peer_id()
-                ));
+                ), SHARE_RETRY * 4));
+            }
+            if state.streams > 0 && least_waiting.is_some_and(|n| n < state.streams) {
+                return Err(refused(format!(
+                    "app {} holds {} stream(s) here while another app waits for a slot",
+                    app.peer_id(),
+                    state.streams
+                ), SHARE_RETRY));
             }
             state.streams += 1;
             Ok(())
         })?;
+        self.waiting.lock().expect("waiting lock").remove(app);
         Ok(StreamTicket {
             limits: self,
             app: *app,
@@ -240,7 +304,7 @@ mod tests {
         limits.begin(&app).unwrap().end(63);
         // 127 owed, under 128: one more stream, which takes its window too.
         limits.begin(&app).unwrap().end(64);
-        let refused = limits.begin(&app).err().unwrap();
+        let refused = limits.begin(&app).err().unwrap().why;
         assert!(refused.contains("unacknowledged"), "{refused}");
         // Another app is not affected.
         assert!(limits.begin(&PublicKey([8; 32])).is_ok());
@@ -260,5 +324,30 @@ mod tests {
             limits.new_session(&app).unwrap();
         }
         assert!(limits.new_session(&app).is_err());
+    }
+
+    /// An app that asks again every few milliseconds took every slot that freed, and an
+    /// app that waited as told was never served (the honest client's rate beside a
+    /// flood was 0 in `cargo bench --bench load`).
+    #[test]
+    fn an_app_that_waits_for_a_slot_gets_the_next_one() {
+        let limits = AppLimits::new(64);
+        let (flooder, honest) = (PublicKey([7; 32]), PublicKey([8; 32]));
+        let held: Vec<_> = (0..2).map(|_| limits.begin(&flooder).unwrap()).collect();
+        // The honest app found both slots taken.
+        limits.waits(&honest);
+        let refused = limits.begin(&flooder).err().unwrap();
+        assert_eq!(refused.retry_after, SHARE_RETRY);
+        assert!(refused.why.contains("another app waits"), "{}", refused.why);
+        // The honest app gets its stream; its claim is then spent.
+        let mine = limits.begin(&honest).unwrap();
+        assert!(limits.begin(&flooder).is_ok());
+        drop((held, mine));
+        // Apps holding as many streams as the one waiting are not held back.
+        let a = limits.begin(&flooder).unwrap();
+        let b = limits.begin(&honest).unwrap();
+        limits.waits(&honest);
+        assert!(limits.begin(&flooder).is_ok());
+        drop((a, b));
     }
 }

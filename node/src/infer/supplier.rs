@@ -564,16 +564,15 @@ async fn serve(peer: PeerId, stream: Stream, ctx: &SupplierContext) -> Result<()
         })
     });
     let ticket = match problem {
-        Some(problem) => Err(problem),
-        None => ctx.limits.begin(&session.body.app).map_err(|why| {
+        Some((code, msg)) => Err((code, msg, 0)),
+        None => ctx.limits.begin(&session.body.app).map_err(|r| {
             ctx.metrics.limited("app_streams");
-            (RefuseCode::Busy, why)
+            (RefuseCode::Busy, r.why, r.retry_after.as_millis() as u64)
         }),
     };
     let ticket = match ticket {
         Ok(ticket) => ticket,
-        Err((code, msg)) => {
-            let retry = if code == RefuseCode::Busy { 60_000 } else { 0 };
+        Err((code, msg, retry)) => {
             let _ = write_frame(&mut w, refusal(code, msg.clone(), retry)).await;
             return Err(msg);
         }
@@ -597,6 +596,8 @@ async fn serve(peer: PeerId, stream: Stream, ctx: &SupplierContext) -> Result<()
         Err(e) => {
             let (code, retry) = match &e {
                 BackendError::Busy { retry_after, .. } => {
+                    // The next free slot is this app's, over apps that hold more.
+                    ctx.limits.waits(&session.body.app);
                     (RefuseCode::Busy, retry_after.as_millis() as u64)
                 }
                 BackendError::PromptTooLong { .. } | BackendError::Invalid(_) => {
