@@ -638,7 +638,7 @@ impl EventLoop {
                     let count = response.ads.len();
                     for bytes in response.ads.iter().take(MAX_SYNC_ADS) {
                         self.metrics.gossip("in", bytes.len());
-                        if let Err(reason) = self.on_ad(bytes) {
+                        if let Err(reason) = self.on_ad(bytes, false) {
                             self.metrics.invalid(reason);
                         }
                     }
@@ -746,13 +746,17 @@ impl EventLoop {
             return;
         }
         let verdict = if message.topic == self.ads_topic.hash() {
-            self.on_ad(&message.data)
+            self.on_ad(&message.data, true)
         } else {
             Err("unknown-topic")
         };
         let acceptance = match verdict {
-            Ok(AdUpdate::New | AdUpdate::Updated) => gossipsub::MessageAcceptance::Accept,
-            // Valid but nothing new (an old ad replayed, or one key's ads too close
+            // The ad we hold may have come by ad sync and not been forwarded yet
+            // (gossipsub drops repeats of one message itself).
+            Ok(AdUpdate::New | AdUpdate::Updated | AdUpdate::Same) => {
+                gossipsub::MessageAcceptance::Accept
+            }
+            // Valid but of no use (an older ad replayed, or one key's ads too close
             // together): not forwarded, and not held against the peer that relayed it.
             Ok(AdUpdate::Stale | AdUpdate::TooSoon) => gossipsub::MessageAcceptance::Ignore,
             Err(reason) => {
@@ -768,8 +772,9 @@ impl EventLoop {
             .report_message_validation_result(&id, &source, acceptance);
     }
 
-    /// Takes a gossiped or synced ad: what it did to the table, or why it is invalid.
-    fn on_ad(&mut self, bytes: &[u8]) -> Result<AdUpdate, &'static str> {
+    /// Takes a gossiped (`gossiped`) or synced ad: what it did to the table, or why it
+    /// is invalid.
+    fn on_ad(&mut self, bytes: &[u8], gossiped: bool) -> Result<AdUpdate, &'static str> {
         let ad = SignedCapabilityAd::decode(bytes).map_err(|e| match e {
             relaymesh_protocol::DecodeError::TooLarge { .. } => "oversized",
             _ => "malformed",
@@ -789,11 +794,15 @@ impl EventLoop {
         })?;
         let supplier = ad.body.supplier.peer_id();
         let models = ad.body.models.len();
-        let update = self.table.upsert(ad, now);
+        let update = if gossiped {
+            self.table.upsert_gossiped(ad, now)
+        } else {
+            self.table.upsert(ad, now)
+        };
         match update {
             AdUpdate::New => info!(peer = %supplier, models, "ad received: new supplier"),
             AdUpdate::Updated => debug!(peer = %supplier, models, "ad received"),
-            AdUpdate::Stale => {}
+            AdUpdate::Same | AdUpdate::Stale => {}
             AdUpdate::TooSoon => self.metrics.limited("ads_too_soon"),
         }
         self.metrics.suppliers.set(self.table.len() as i64);

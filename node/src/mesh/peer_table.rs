@@ -26,6 +26,8 @@ pub struct SupplierEntry {
     pub ad: SignedCapabilityAd,
     /// When we received it (unix ms).
     pub received_ms: u64,
+    /// When an ad of this supplier last came by gossip and was taken (unix ms).
+    pub gossiped_ms: Option<u64>,
     /// Set while the supplier cannot be reached.
     pub unreachable: Option<Unreachable>,
 }
@@ -83,10 +85,13 @@ pub enum AdUpdate {
     New,
     /// A newer ad of a known supplier.
     Updated,
-    /// Not newer than what we hold.
+    /// The ad we hold, again (it may have come by ad sync first: still worth
+    /// forwarding by gossip).
+    Same,
+    /// Older than what we hold.
     Stale,
-    /// Newer, but within [`MIN_AD_INTERVAL_MS`] of the one we took: kept out, so one
-    /// key cannot make the mesh carry a stream of ads.
+    /// Newer, but by gossip within [`MIN_AD_INTERVAL_MS`] of the last gossiped one we
+    /// took: kept out, so one key cannot make the mesh carry a stream of ads.
     TooSoon,
 }
 
@@ -96,14 +101,33 @@ pub enum AdUpdate {
 pub const MIN_AD_INTERVAL_MS: u64 = 1_000;
 
 impl PeerTable {
-    /// Takes a validated ad.
+    /// Takes a validated ad that came by gossip: as [`PeerTable::upsert`], except that
+    /// a newer ad within [`MIN_AD_INTERVAL_MS`] of the last one gossiped is kept out.
+    pub fn upsert_gossiped(&mut self, ad: SignedCapabilityAd, now_ms: u64) -> AdUpdate {
+        let key = ad.body.supplier;
+        if let Some(existing) = self.suppliers.get(&key) {
+            let too_soon = existing
+                .gossiped_ms
+                .is_some_and(|at| now_ms < at.saturating_add(MIN_AD_INTERVAL_MS));
+            if existing.ad.body.seq < ad.body.seq && too_soon {
+                return AdUpdate::TooSoon;
+            }
+        }
+        let update = self.upsert(ad, now_ms);
+        if matches!(update, AdUpdate::New | AdUpdate::Updated) {
+            if let Some(entry) = self.suppliers.get_mut(&key) {
+                entry.gossiped_ms = Some(now_ms);
+            }
+        }
+        update
+    }
+
+    /// Takes a validated ad (our own, or one from ad sync).
     pub fn upsert(&mut self, ad: SignedCapabilityAd, now_ms: u64) -> AdUpdate {
         let key = ad.body.supplier;
         let update = match self.suppliers.get(&key) {
-            Some(existing) if existing.ad.body.seq >= ad.body.seq => return AdUpdate::Stale,
-            Some(existing) if now_ms < existing.received_ms.saturating_add(MIN_AD_INTERVAL_MS) => {
-                return AdUpdate::TooSoon
-            }
+            Some(existing) if existing.ad.body.seq == ad.body.seq => return AdUpdate::Same,
+            Some(existing) if existing.ad.body.seq > ad.body.seq => return AdUpdate::Stale,
             Some(_) => AdUpdate::Updated,
             None => AdUpdate::New,
         };
@@ -121,6 +145,7 @@ impl PeerTable {
             SupplierEntry {
                 ad,
                 received_ms: now_ms,
+                gossiped_ms: None,
                 // A new ad: whatever failed before may work now (it restarted).
                 unreachable: None,
             },
@@ -306,11 +331,19 @@ mod tests {
     #[test]
     fn newer_ads_replace_older_and_entries_expire() {
         let mut table = PeerTable::default();
-        assert_eq!(table.upsert(ad(1, 5, 100), 0), AdUpdate::New);
-        assert_eq!(table.upsert(ad(1, 5, 200), 0), AdUpdate::Stale);
-        assert_eq!(table.upsert(ad(1, 4, 200), 0), AdUpdate::Stale);
-        assert_eq!(table.upsert(ad(1, 6, 200), 999), AdUpdate::TooSoon);
-        assert_eq!(table.upsert(ad(1, 6, 200), 1_000), AdUpdate::Updated);
+        assert_eq!(table.upsert_gossiped(ad(1, 5, 100), 0), AdUpdate::New);
+        assert_eq!(table.upsert(ad(1, 5, 200), 0), AdUpdate::Same);
+        assert_eq!(table.upsert_gossiped(ad(1, 4, 200), 0), AdUpdate::Stale);
+        assert_eq!(table.upsert_gossiped(ad(1, 6, 200), 999), AdUpdate::TooSoon);
+        assert_eq!(
+            table.upsert(ad(1, 6, 200), 999),
+            AdUpdate::Updated,
+            "by sync"
+        );
+        assert_eq!(
+            table.upsert_gossiped(ad(1, 7, 200), 1_000),
+            AdUpdate::Updated
+        );
         table.upsert(ad(2, 1, 150), 0);
         assert_eq!(table.suppliers_of("m").count(), 2);
         assert_eq!(table.expire(160).len(), 1);
@@ -348,8 +381,8 @@ mod tests {
         assert!(table.reachable(&a));
         assert!(!table.reachable(&a));
         assert!(table.backed_off(&b, 20));
-        table.upsert(ad(2, 2, 1_000_000), 1_030);
-        assert!(!table.backed_off(&b, 1_040));
+        table.upsert(ad(2, 2, 1_000_000), 30);
+        assert!(!table.backed_off(&b, 40));
     }
 
     #[test]
