@@ -10,6 +10,7 @@
 pub mod api;
 pub mod backend;
 pub mod config;
+pub mod fuzz;
 pub mod infer;
 pub mod mesh;
 pub mod metrics;

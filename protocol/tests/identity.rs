@@ -25,6 +25,22 @@ fn peer_id_matches_libp2p() {
     assert!(PublicKey::from_peer_id("not a peer id").is_none());
 }
 
+/// Found by the node's fuzz run: base58 decoding is quadratic, and a transfer body whose
+/// `to` was 2 MiB of base58 digits held an API thread for hours. Text longer than any
+/// peer id is now refused before decoding; every 38-byte value still fits.
+#[test]
+fn peer_id_text_longer_than_any_peer_id_is_refused_undecoded() {
+    for bytes in [[0u8; 38], [0xff; 38]] {
+        assert!(bs58::encode(bytes).into_string().len() <= 52);
+    }
+    let longest = bs58::encode([0xff; 38]).into_string();
+    assert_eq!(longest.len(), 52);
+    assert!(PublicKey::from_peer_id(&longest).is_none());
+    let key = Keypair::from_secret([7; 32]).public_key();
+    assert_eq!(PublicKey::from_peer_id(&key.peer_id()), Some(key));
+    assert!(PublicKey::from_peer_id(&"z".repeat(2 << 20)).is_none());
+}
+
 #[test]
 fn a_signature_for_one_domain_is_invalid_in_another() {
     let key = Keypair::from_secret([1; 32]);

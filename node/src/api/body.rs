@@ -25,7 +25,12 @@ pub fn parse<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result
             ApiError::new(rejection.status(), rejection.body_text())
         }
     })?;
-    serde_json::from_slice(&bytes).map_err(|e| {
+    parse_bytes(&bytes)
+}
+
+/// Parses a body already read: 400 when it is not the JSON expected.
+pub fn parse_bytes<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| {
         let what = if e.is_data() {
             "the request does not have the expected fields"
         } else {

@@ -3,6 +3,7 @@
 
 mod body;
 pub mod error;
+pub(crate) mod fuzz;
 mod infer;
 pub mod keys;
 mod ollama;
@@ -156,27 +157,16 @@ async fn claims(State(s): State<ApiState>) -> Response {
 /// `POST /relaymesh/v1/transfers`: `{"to": PEER_ID, "amount": MICRO_CREDITS}`.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-struct TransferBody {
+pub(crate) struct TransferBody {
     to: String,
     amount: u64,
 }
 
 /// Signs a transfer from this node's account and gossips it.
 async fn transfer(State(s): State<ApiState>, body: axum::body::Bytes) -> Response {
-    let body: TransferBody = match serde_json::from_slice(&body) {
-        Ok(b) => b,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("expected {{\"to\": PEER_ID, \"amount\": MICRO_CREDITS}}: {e}"),
-            )
-        }
-    };
-    let Some(to) = relaymesh_protocol::PublicKey::from_peer_id(&body.to) else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!("{:?} is not a peer id", body.to),
-        );
+    let (body, to) = match transfer_request(&body) {
+        Ok(checked) => checked,
+        Err(why) => return error(StatusCode::BAD_REQUEST, why),
     };
     match s
         .settlement
@@ -197,6 +187,19 @@ async fn transfer(State(s): State<ApiState>, body: axum::body::Bytes) -> Respons
             error(StatusCode::PAYMENT_REQUIRED, why)
         }
         Err(why) => error(StatusCode::BAD_REQUEST, why),
+    }
+}
+
+/// A transfer body parsed and its recipient's peer id read; a 400's message when not
+/// (the fuzz harness drives this without a node).
+pub(crate) fn transfer_request(
+    bytes: &[u8],
+) -> Result<(TransferBody, relaymesh_protocol::PublicKey), String> {
+    let body: TransferBody = serde_json::from_slice(bytes)
+        .map_err(|e| format!("expected {{\"to\": PEER_ID, \"amount\": MICRO_CREDITS}}: {e}"))?;
+    match relaymesh_protocol::PublicKey::from_peer_id(&body.to) {
+        Some(to) => Ok((body, to)),
+        None => Err(format!("{:?} is not a peer id", body.to)),
     }
 }
 

@@ -266,17 +266,8 @@ pub async fn chat(
     if body.messages.is_empty() {
         return Ok(loaded(Kind::Chat, &body.common.model));
     }
-    let mut messages = Vec::with_capacity(body.messages.len());
-    for (i, m) in body.messages.into_iter().enumerate() {
-        if m.images.as_ref().is_some_and(|v| !v.is_empty()) {
-            return Err(ApiError::unsupported("images").into());
-        }
-        messages.push(ChatMessage {
-            role: role(i, &m.role)?,
-            content: m.content,
-        });
-    }
-    let req = request(Prompt::Chat(messages), &mut body.common)?;
+    let prompt = chat_prompt(body.messages)?;
+    let req = request(prompt, &mut body.common)?;
     let stream = body.common.stream.unwrap_or(true);
     run(&state, &model, Kind::Chat, body.common.model, req, stream).await
 }
@@ -292,23 +283,7 @@ pub async fn generate(
     if body.prompt.is_empty() {
         return Ok(loaded(Kind::Generate, &body.common.model));
     }
-    let prompt = if body.raw {
-        Prompt::Text(body.prompt)
-    } else {
-        // Like Ollama: the prompt is a user turn in the model's template.
-        let mut messages = Vec::new();
-        if let Some(system) = body.system.filter(|s| !s.is_empty()) {
-            messages.push(ChatMessage {
-                role: Role::System,
-                content: system,
-            });
-        }
-        messages.push(ChatMessage {
-            role: Role::User,
-            content: body.prompt,
-        });
-        Prompt::Chat(messages)
-    };
+    let prompt = generate_prompt(body.prompt, body.system, body.raw);
     let req = request(prompt, &mut body.common)?;
     let stream = body.common.stream.unwrap_or(true);
     run(
@@ -320,6 +295,66 @@ pub async fn generate(
         stream,
     )
     .await
+}
+
+fn chat_prompt(messages: Vec<InMessage>) -> Result<Prompt, ApiError> {
+    let mut out = Vec::with_capacity(messages.len());
+    for (i, m) in messages.into_iter().enumerate() {
+        if m.images.as_ref().is_some_and(|v| !v.is_empty()) {
+            return Err(ApiError::unsupported("images"));
+        }
+        out.push(ChatMessage {
+            role: role(i, &m.role)?,
+            content: m.content,
+        });
+    }
+    Ok(Prompt::Chat(out))
+}
+
+fn generate_prompt(prompt: String, system: Option<String>, raw: bool) -> Prompt {
+    if raw {
+        return Prompt::Text(prompt);
+    }
+    // Like Ollama: the prompt is a user turn in the model's template.
+    let mut messages = Vec::new();
+    if let Some(system) = system.filter(|s| !s.is_empty()) {
+        messages.push(ChatMessage {
+            role: Role::System,
+            content: system,
+        });
+    }
+    messages.push(ChatMessage {
+        role: Role::User,
+        content: prompt,
+    });
+    Prompt::Chat(messages)
+}
+
+/// What `POST /api/chat` checks of a body before it runs, in the handler's order but
+/// without a node (the fuzz harness drives this; the handler calls the same steps).
+/// `None`: no messages, which only loads the model.
+pub(crate) fn chat_request(bytes: &[u8]) -> Result<Option<GenRequest>, ApiError> {
+    let mut body: ChatBody = body::parse_bytes(bytes)?;
+    if body.messages.is_empty() {
+        return Ok(None);
+    }
+    let prompt = chat_prompt(body.messages)?;
+    request(prompt, &mut body.common).map(Some)
+}
+
+/// As [`chat_request`], for `POST /api/generate`.
+pub(crate) fn generate_request(bytes: &[u8]) -> Result<Option<GenRequest>, ApiError> {
+    let mut body: GenerateBody = body::parse_bytes(bytes)?;
+    if body.prompt.is_empty() {
+        return Ok(None);
+    }
+    let prompt = generate_prompt(body.prompt, body.system, body.raw);
+    request(prompt, &mut body.common).map(Some)
+}
+
+/// As [`chat_request`], for `POST /api/show`: the model's name.
+pub(crate) fn show_request(bytes: &[u8]) -> Result<String, ApiError> {
+    body::parse_bytes::<ShowBody>(bytes).map(|b| b.model)
 }
 
 fn details(model: &ServedModel) -> Value {

@@ -313,23 +313,23 @@ pub async fn chat(
 ) -> Result<Response, OpenAiError> {
     let body: ChatBody = body::parse(raw)?;
     let model = lookup(&state, &body.common.model, &headers).await?;
-    if body.messages.is_empty() {
-        return Err(ApiError::bad_param("messages", "messages must not be empty").into());
+    let prompt = chat_prompt(body.messages)?;
+    complete(&state, &model, Kind::Chat, prompt, body.common).await
+}
+
+fn chat_prompt(messages: Vec<InMessage>) -> Result<Prompt, ApiError> {
+    if messages.is_empty() {
+        return Err(ApiError::bad_param(
+            "messages",
+            "messages must not be empty",
+        ));
     }
-    let messages = body
-        .messages
+    let messages = messages
         .into_iter()
         .enumerate()
         .map(|(i, m)| message(i, m))
         .collect::<Result<Vec<_>, _>>()?;
-    complete(
-        &state,
-        &model,
-        Kind::Chat,
-        Prompt::Chat(messages),
-        body.common,
-    )
-    .await
+    Ok(Prompt::Chat(messages))
 }
 
 /// `POST /v1/completions`
@@ -339,28 +339,38 @@ pub async fn completions(
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, OpenAiError> {
     let body: CompletionBody = body::parse(raw)?;
-    let prompt = match body.prompt {
-        Value::String(s) => s,
-        Value::Array(items) if items.len() == 1 && items[0].is_string() => {
-            items[0].as_str().unwrap_or_default().to_owned()
-        }
-        _ => {
-            return Err(ApiError::bad_param(
-                "prompt",
-                "prompt must be one string (token arrays and batches are not supported)",
-            )
-            .into())
-        }
-    };
+    let prompt = text_prompt(body.prompt)?;
     let model = lookup(&state, &body.common.model, &headers).await?;
-    complete(
-        &state,
-        &model,
-        Kind::Text,
-        Prompt::Text(prompt),
-        body.common,
-    )
-    .await
+    complete(&state, &model, Kind::Text, prompt, body.common).await
+}
+
+fn text_prompt(prompt: Value) -> Result<Prompt, ApiError> {
+    match prompt {
+        Value::String(s) => Ok(Prompt::Text(s)),
+        Value::Array(items) if items.len() == 1 && items[0].is_string() => Ok(Prompt::Text(
+            items[0].as_str().unwrap_or_default().to_owned(),
+        )),
+        _ => Err(ApiError::bad_param(
+            "prompt",
+            "prompt must be one string (token arrays and batches are not supported)",
+        )),
+    }
+}
+
+/// What `POST /v1/chat/completions` checks of a body before it runs, in the handler's
+/// order but without a node: parsed, its messages converted, its sampling checked
+/// (the fuzz harness drives this; the handlers call the same steps).
+pub(crate) fn chat_request(bytes: &[u8]) -> Result<GenRequest, ApiError> {
+    let mut body: ChatBody = body::parse_bytes(bytes)?;
+    let prompt = chat_prompt(body.messages)?;
+    request(prompt, &mut body.common)
+}
+
+/// As [`chat_request`], for `POST /v1/completions`.
+pub(crate) fn completion_request(bytes: &[u8]) -> Result<GenRequest, ApiError> {
+    let mut body: CompletionBody = body::parse_bytes(bytes)?;
+    let prompt = text_prompt(body.prompt)?;
+    request(prompt, &mut body.common)
 }
 
 fn model_entry(name: &str) -> Value {

@@ -191,12 +191,8 @@ impl MeshBehaviour {
             None
         };
 
-        let sync_codec = request_response::cbor::codec::Codec::default()
-            .set_request_size_maximum(256)
-            // Each byte of an ad costs about two in this encoding.
-            .set_response_size_maximum((MAX_SYNC_ADS * (2 * CapabilityAd::MAX_SIZE + 16)) as u64);
         let ads_sync = request_response::Behaviour::with_codec(
-            sync_codec,
+            ads_sync_codec(),
             [(
                 names::ads_sync_protocol(&mesh_id),
                 request_response::ProtocolSupport::Full,
@@ -204,12 +200,8 @@ impl MeshBehaviour {
             request_response::Config::default().with_request_timeout(Duration::from_secs(20)),
         );
 
-        let ledger_codec = request_response::cbor::codec::Codec::default()
-            // Keys of 41 bytes, about twice that in this encoding.
-            .set_request_size_maximum((crate::settle::MAX_SYNC_KEYS * 96) as u64)
-            .set_response_size_maximum((2 * crate::settle::MAX_SYNC_BYTES + 4096) as u64);
         let ledger_sync = request_response::Behaviour::with_codec(
-            ledger_codec,
+            ledger_sync_codec(),
             [(
                 names::ledger_sync_protocol(&mesh_id),
                 request_response::ProtocolSupport::Full,
@@ -259,6 +251,23 @@ impl MeshBehaviour {
                 .into(),
         })
     }
+}
+
+/// The ads sync codec, with the sizes it reads bounded.
+pub fn ads_sync_codec() -> request_response::cbor::codec::Codec<AdsRequest, AdsResponse> {
+    request_response::cbor::codec::Codec::default()
+        .set_request_size_maximum(256)
+        // Each byte of an ad costs about two in this encoding.
+        .set_response_size_maximum((MAX_SYNC_ADS * (2 * CapabilityAd::MAX_SIZE + 16)) as u64)
+}
+
+/// The ledger sync codec, with the sizes it reads bounded.
+pub fn ledger_sync_codec(
+) -> request_response::cbor::codec::Codec<LedgerSyncRequest, LedgerSyncResponse> {
+    request_response::cbor::codec::Codec::default()
+        // Keys of 41 bytes, about twice that in this encoding.
+        .set_request_size_maximum((crate::settle::MAX_SYNC_KEYS * 96) as u64)
+        .set_response_size_maximum((2 * crate::settle::MAX_SYNC_BYTES + 4096) as u64)
 }
 
 /// Invalid ads cost their sender: the penalty grows with the square of the count, so a

@@ -59,7 +59,11 @@ impl ClockWatch {
     /// trip, or the arrival of a one-way message: its delay is well inside the skew).
     /// Returns whether our clock is now judged off.
     pub fn observe(&self, peer: &str, peer_ms: u64, our_ms: u64) -> bool {
-        let offset = peer_ms as i64 - our_ms as i64;
+        // A peer's clock is whatever its message says (any u64): the difference
+        // saturates instead of overflowing, which panics the event loop (overflow
+        // checks are on in release builds too).
+        let offset = (i128::from(peer_ms) - i128::from(our_ms))
+            .clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64;
         let mut state = self.state.lock().expect("clock lock");
         state.heard += 1;
         let heard = state.heard;
@@ -169,6 +173,28 @@ mod tests {
         fine.observe("b", now - 20, now);
         assert!(!fine.observe("liar", now + 10_000_000, now));
         assert!(!fine.is_off());
+    }
+
+    /// Found by the node's fuzz run: a sync request with `now_ms` of 2^63 or more
+    /// overflowed the offset's subtraction and panicked the event loop; one message
+    /// from any peer stopped the node.
+    #[test]
+    fn clocks_at_the_ends_of_u64_do_not_overflow() {
+        let watch = ClockWatch::new(30_000);
+        let now = 1_700_000_000_000;
+        for (i, peer_ms) in [1 << 63, u64::MAX, 0, (1 << 63) + now]
+            .into_iter()
+            .enumerate()
+        {
+            watch.observe(&format!("p{i}"), peer_ms, now);
+            watch.observe(&format!("q{i}"), now, peer_ms);
+        }
+        let liars = ClockWatch::new(30_000);
+        for peer in ["a", "b", "c"] {
+            liars.observe(peer, u64::MAX, now);
+        }
+        assert!(liars.is_off());
+        assert_eq!(liars.report().offset_ms, Some(i64::MAX));
     }
 
     #[test]

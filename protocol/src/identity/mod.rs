@@ -73,6 +73,10 @@ impl Signer for Keypair {
 /// (0x12 0x20) }`.
 const PEER_ID_PREFIX: [u8; 6] = [0x00, 0x24, 0x08, 0x01, 0x12, 0x20];
 
+/// The longest base58 text of 38 bytes: ⌈38 · log 256 / log 58⌉ (a leading zero byte
+/// takes one character, never more).
+const PEER_ID_TEXT_MAX: usize = 52;
+
 impl PublicKey {
     /// The libp2p `PeerId` bytes for this key (identity multihash of the protobuf key).
     pub fn peer_id_bytes(&self) -> [u8; 38] {
@@ -89,6 +93,11 @@ impl PublicKey {
 
     /// The key inside an ed25519 `PeerId`, given as bytes or base58 text.
     pub fn from_peer_id(text: &str) -> Option<Self> {
+        // Base58 decoding takes time quadratic in the length: text longer than any
+        // 38-byte peer id (a 2 MiB API body, say) is refused before it is decoded.
+        if text.len() > PEER_ID_TEXT_MAX {
+            return None;
+        }
         let bytes = bs58::decode(text).into_vec().ok()?;
         Self::from_peer_id_bytes(&bytes)
     }
