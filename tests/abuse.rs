@@ -11,7 +11,7 @@ use std::time::Duration;
 use futures::{AsyncWriteExt, StreamExt};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::SwarmEvent;
-use libp2p::Multiaddr;
+use libp2p::{Multiaddr, PeerId};
 use relaymesh::NodeBuilder;
 use relaymesh_node::backend::{Models, ServedModel, SharedBackend};
 use serde_json::{json, Value};
@@ -89,14 +89,19 @@ impl Mesh {
         );
     }
 
-    /// What the supplier's `relaymesh_limited_total{reason}` says.
-    async fn limited(&self, reason: &str) -> u64 {
-        let text = reqwest::get(format!("{}/metrics", support::base_url(&self.supplier)))
+    /// The supplier's `/metrics`.
+    async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", support::base_url(&self.supplier)))
             .await
             .unwrap()
             .text()
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    /// What the supplier's `relaymesh_limited_total{reason}` says.
+    async fn limited(&self, reason: &str) -> u64 {
+        let text = self.metrics().await;
         let prefix = format!("relaymesh_limited_total{{reason=\"{reason}\"}} ");
         text.lines()
             .find_map(|l| l.strip_prefix(&prefix))
@@ -105,21 +110,22 @@ impl Mesh {
 
     /// The supplier's open connections (`relaymesh_connections`, all transports).
     async fn connections(&self) -> i64 {
-        let text = reqwest::get(format!("{}/metrics", support::base_url(&self.supplier)))
+        self.metrics()
             .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
+            .lines()
             .filter(|l| l.starts_with("relaymesh_connections{"))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<i64>().ok())
             .sum()
     }
 
-    fn infer_protocol(&self) -> libp2p::StreamProtocol {
+    /// The attacker's way to the supplier's inference protocol: the supplier's peer
+    /// id, located by the attacker, and the protocol.
+    async fn infer_target(&self) -> (PeerId, libp2p::StreamProtocol) {
         let params = relaymesh_node::config::named_mesh(&self.mesh);
-        relaymesh_node::mesh::names::infer_protocol(&params.mesh_id())
+        let protocol = relaymesh_node::mesh::names::infer_protocol(&params.mesh_id());
+        let supplier = self.supplier.handle().peer_id();
+        self.attacker.handle().locate(supplier).await.unwrap();
+        (supplier, protocol)
     }
 
     async fn stop(self) {
@@ -199,9 +205,7 @@ async fn a_thousand_connections_from_one_peer_leave_the_supplier_serving() {
 #[tokio::test(flavor = "multi_thread")]
 async fn silent_streams_from_one_peer_do_not_take_every_stream() {
     let mesh = Mesh::start("abuse-streams").await;
-    let supplier_id = mesh.supplier.handle().peer_id();
-    let protocol = mesh.infer_protocol();
-    mesh.attacker.handle().locate(supplier_id).await.unwrap();
+    let (supplier_id, protocol) = mesh.infer_target().await;
     let mut control = mesh.attacker.handle().streams();
     let mut held = Vec::new();
     for _ in 0..100 {
@@ -238,9 +242,7 @@ async fn silent_streams_from_one_peer_do_not_take_every_stream() {
 #[tokio::test(flavor = "multi_thread")]
 async fn oversized_frames_and_random_bytes_are_refused() {
     let mesh = Mesh::start("abuse-bytes").await;
-    let supplier_id = mesh.supplier.handle().peer_id();
-    let protocol = mesh.infer_protocol();
-    mesh.attacker.handle().locate(supplier_id).await.unwrap();
+    let (supplier_id, protocol) = mesh.infer_target().await;
     let mut control = mesh.attacker.handle().streams();
     for _ in 0..10 {
         let mut stream = control

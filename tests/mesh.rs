@@ -12,6 +12,31 @@ use support::*;
 
 const LONG: Duration = Duration::from_secs(60);
 
+/// A valid ad of `model` from `key` in mesh `mesh_id`, issued now, for a minute.
+fn signed_ad(
+    key: &Keypair,
+    mesh_id: relaymesh_protocol::Digest,
+    seq: u64,
+    model: &str,
+) -> Signed<CapabilityAd> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    Signed::sign(
+        CapabilityAd {
+            version: relaymesh_protocol::PROTOCOL_VERSION,
+            mesh_id,
+            supplier: key.public_key(),
+            seq,
+            issued_ms: now,
+            expires_ms: now + 60_000,
+            models: BoundedVec::try_from_vec(vec![offer(model)]).unwrap(),
+        },
+        key,
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_node_learns_every_ad_and_light_nodes_find_providers_in_the_dht() {
     let boot = bootstrap("t-six").await;
@@ -156,24 +181,7 @@ async fn invalid_gossip_is_dropped_counted_and_punished() {
     let key = Keypair::from_secret([9; 32]);
     let status = boot.handle().status().await.unwrap();
     let mesh_id = relaymesh_protocol::Digest::from_hex(&status.mesh_id).unwrap();
-    let ad = |seq: u64, model: &str| {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as u64;
-        Signed::sign(
-            CapabilityAd {
-                version: relaymesh_protocol::PROTOCOL_VERSION,
-                mesh_id,
-                supplier: key.public_key(),
-                seq,
-                issued_ms: now,
-                expires_ms: now + 60_000,
-                models: BoundedVec::try_from_vec(vec![offer(model)]).unwrap(),
-            },
-            &key,
-        )
-    };
+    let ad = |seq: u64, model: &str| signed_ad(&key, mesh_id, seq, model);
     // Wait until the attacker can reach the bootstrap on the ads topic (with valid ads,
     // each new, so gossipsub does not drop them as duplicates).
     let mut seq = 0;
@@ -310,26 +318,7 @@ async fn a_flood_of_valid_ads_from_one_key_is_not_carried() {
     swarm.behaviour_mut().gossipsub.subscribe(&topic).unwrap();
     swarm.dial(boot_addr.clone()).unwrap();
     let key = Keypair::from_secret([7; 32]);
-    let ad = |seq: u64| {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as u64;
-        Signed::sign(
-            CapabilityAd {
-                version: relaymesh_protocol::PROTOCOL_VERSION,
-                mesh_id,
-                supplier: key.public_key(),
-                seq,
-                issued_ms: now,
-                expires_ms: now + 60_000,
-                models: BoundedVec::try_from_vec(vec![offer("flood")]).unwrap(),
-            },
-            &key,
-        )
-        .encode()
-        .unwrap()
-    };
+    let ad = |seq: u64| signed_ad(&key, mesh_id, seq, "flood").encode().unwrap();
     // Publish until the bootstrap node is a subscriber, then wait for that first ad to
     // reach the observer (so the path works), then flood.
     let mut seq = 1;

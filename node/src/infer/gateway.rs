@@ -1004,7 +1004,7 @@ impl MeshBackend {
                 {
                     Ok(leg) => return Ok((leg, candidates, attempts, waited)),
                     Err(BackendError::Busy { retry_after, .. }) => {
-                        retry_at = Some(Instant::now() + retry_after_busy(Some(retry_after)));
+                        retry_at = Some(Instant::now() + retry_after_busy(retry_after));
                     }
                     Err(e) => return Err(e),
                 }

@@ -123,17 +123,6 @@ impl Place {
             .and_then(|l| l.waiting.front())
             == Some(&self.ticket)
     }
-
-    /// How many wait ahead of this place.
-    pub fn ahead(&self) -> usize {
-        self.queue
-            .lines
-            .lock()
-            .expect("queue lock")
-            .get(&self.model)
-            .and_then(|l| l.waiting.iter().position(|t| *t == self.ticket))
-            .unwrap_or(0)
-    }
 }
 
 impl Drop for Place {
@@ -152,8 +141,8 @@ impl Drop for Place {
 
 /// The wait before the head of a line asks a supplier again after busy refusals that
 /// hinted `hint`.
-pub fn retry_after_busy(hint: Option<Duration>) -> Duration {
-    hint.unwrap_or(RETRY_MIN).clamp(RETRY_MIN, RETRY_MAX)
+pub fn retry_after_busy(hint: Duration) -> Duration {
+    hint.clamp(RETRY_MIN, RETRY_MAX)
 }
 
 #[cfg(test)]
@@ -168,7 +157,6 @@ mod tests {
         let b = queue.join("m", 2).unwrap();
         let other = queue.join("n", 2).unwrap();
         assert!(a.is_head() && !b.is_head() && other.is_head());
-        assert_eq!((a.ahead(), b.ahead()), (0, 1));
         drop(a);
         assert!(b.is_head());
         assert_eq!(queue.waiting("m"), 1);
