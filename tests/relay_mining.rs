@@ -405,6 +405,12 @@ async fn invalid_ledger_gossip_is_dropped_and_counted() {
         "the sender's score below zero",
         Duration::from_secs(10),
         || async {
+            // More garbage, in case the first has decayed away already.
+            let _ = a
+                .handle()
+                .publish_ledger(format!("garbage {}", now_ms()).into_bytes())
+                .await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
             let peers = boot.handle().peers().await.ok()?;
             let row = peers.into_iter().find(|r| r.peer_id == sender)?;
             (row.gossip_score? < 0.0).then_some(())

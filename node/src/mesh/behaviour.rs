@@ -270,25 +270,18 @@ pub fn ledger_sync_codec(
         .set_response_size_maximum((2 * crate::settle::MAX_SYNC_BYTES + 4096) as u64)
 }
 
-/// Invalid ads cost their sender: the penalty grows with the square of the count, so a
-/// peer that sends four invalid ads falls below the graylist threshold (-80) and is
-/// ignored; everything else keeps gossipsub's defaults.
+/// Invalid messages cost their sender more than any honest record can earn: the positive
+/// terms (time in the mesh, first deliveries) are capped at [`MAX_EARNED_PER_TOPIC`] per
+/// topic, and each topic's penalty is `-5 × count²`, so three invalid messages in a short
+/// while put any peer below zero and five below the graylist threshold (-80), however
+/// long it has been a good mesh peer. (gossipsub's defaults let an hour in the mesh earn
+/// +1800 per topic, which hid a peer sending a few invalid messages a second.) The
+/// delivery-count penalties are off: ads are low-rate and every honest peer would fall
+/// short of them.
 fn peer_score_params(topics: &[&gossipsub::IdentTopic]) -> gossipsub::PeerScoreParams {
     let mut params = gossipsub::PeerScoreParams::default();
-    let topic = gossipsub::TopicScoreParams {
-        invalid_message_deliveries_weight: -5.0,
-        invalid_message_deliveries_decay: 0.9,
-        // The default expects every mesh peer to deliver 20 messages per window and
-        // penalises the square of the shortfall. Ads are a low-rate topic (one per
-        // supplier per re-announcement), so honest peers would all fall short and be
-        // graylisted: the mesh collapses as it grows. Delivery counts are not a signal
-        // here; invalid ads are.
-        mesh_message_deliveries_weight: 0.0,
-        mesh_failure_penalty_weight: 0.0,
-        ..Default::default()
-    };
     for t in topics {
-        params.topics.insert(t.hash(), topic.clone());
+        params.topics.insert(t.hash(), topic_score_params());
     }
     // Many peers behind one address cost score (sybil resistance), but nodes on this
     // very machine are not strangers: without this, eleven local nodes graylist each
@@ -298,4 +291,57 @@ fn peer_score_params(topics: &[&gossipsub::IdentTopic]) -> gossipsub::PeerScoreP
         std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
     ]);
     params
+}
+
+/// The most score a peer can earn on one topic by behaving well.
+const MAX_EARNED_PER_TOPIC: f64 = 14.0;
+
+fn topic_score_params() -> gossipsub::TopicScoreParams {
+    gossipsub::TopicScoreParams {
+        topic_weight: 1.0,
+        // An hour in the mesh earns at most 0.002 × 3600 s = 7.2.
+        time_in_mesh_weight: 0.002,
+        time_in_mesh_quantum: Duration::from_secs(1),
+        time_in_mesh_cap: 3600.0,
+        // First deliveries earn at most 0.1 × 60 = 6.
+        first_message_deliveries_weight: 0.1,
+        first_message_deliveries_cap: 60.0,
+        invalid_message_deliveries_weight: -5.0,
+        invalid_message_deliveries_decay: 0.9,
+        // The default expects every mesh peer to deliver 20 messages per window and
+        // penalises the square of the shortfall. Ads are a low-rate topic (one per
+        // supplier per re-announcement), so honest peers would all fall short and be
+        // graylisted: the mesh collapses as it grows. Delivery counts are not a signal
+        // here; invalid messages are.
+        mesh_message_deliveries_weight: 0.0,
+        mesh_failure_penalty_weight: 0.0,
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Failed with gossipsub's default positive terms: a peer an hour in the mesh could
+    /// send 26 invalid messages and stay above zero (the flaky end of
+    /// `invalid_ledger_gossip_is_dropped_and_counted`).
+    #[test]
+    fn a_few_invalid_messages_outweigh_any_good_record() {
+        let t = topic_score_params();
+        t.validate().unwrap();
+        let earned = t.topic_weight
+            * (t.time_in_mesh_weight * t.time_in_mesh_cap
+                + t.first_message_deliveries_weight * t.first_message_deliveries_cap);
+        assert!(earned <= MAX_EARNED_PER_TOPIC, "{earned}");
+        // Both topics at their best, invalid messages on one of them.
+        let score = |invalid: f64| {
+            2.0 * earned + t.topic_weight * t.invalid_message_deliveries_weight * invalid * invalid
+        };
+        let thresholds = gossipsub::PeerScoreThresholds::default();
+        // One slip (an ad that expired on the way) does not cut off a new peer.
+        assert!(t.invalid_message_deliveries_weight > thresholds.gossip_threshold);
+        assert!(score(3.0) < 0.0);
+        assert!(score(5.0) < thresholds.graylist_threshold);
+    }
 }
