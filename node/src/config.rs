@@ -71,6 +71,9 @@ pub struct NodeConfig {
     /// Addresses this node is known to be reachable at besides its interfaces' (a
     /// port forwarded on a router, a DNS name): advertised as they are.
     pub external: Vec<Multiaddr>,
+    /// The invite that admits this node to a private mesh (stored in the data dir, so
+    /// it is needed only once). `None`: the stored one, or none in a public mesh.
+    pub invite: Option<relaymesh_protocol::messages::membership::SignedInvite>,
 }
 
 /// The bounds of the circuit relay a node offers to peers behind NAT. A relay carries
@@ -134,6 +137,7 @@ impl NodeConfig {
             routing: Default::default(),
             nat_services: None,
             external: Vec::new(),
+            invite: None,
         }
     }
 }
@@ -198,6 +202,10 @@ pub struct MeshFile {
     /// manifest at this royalty).
     #[serde(default)]
     pub sources: Vec<SourceEntry>,
+    /// Owners of a private mesh (peer ids): only the peers they invite may join.
+    /// Absent or empty: a public mesh.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub owners: Vec<String>,
 }
 
 /// Defaults of the bounds a mesh file may leave out (those of [`MeshParams::new`]).
@@ -275,6 +283,7 @@ impl MeshFile {
                     amount: a.amount,
                 })
                 .collect(),
+            owners: params.owners.iter().map(|k| k.peer_id()).collect(),
         }
     }
 
@@ -329,6 +338,22 @@ impl MeshFile {
         sources.sort_by_key(|s| s.model_digest);
         params.sources = relaymesh_protocol::BoundedVec::try_from_vec(sources)
             .map_err(|e| format!("sources: {e}"))?;
+        let mut owners = self
+            .owners
+            .iter()
+            .map(|o| {
+                relaymesh_protocol::PublicKey::from_peer_id(o)
+                    .ok_or_else(|| format!("owner {o:?} is not a peer id"))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        owners.sort();
+        owners.dedup();
+        params.owners = relaymesh_protocol::BoundedVec::try_from_vec(owners).map_err(|e| {
+            format!(
+                "owners: {e} (a mesh names at most {})",
+                relaymesh_protocol::messages::membership::MAX_OWNERS
+            )
+        })?;
         params.validate().map_err(|e| e.to_string())?;
         params
             .check_accounts(&relaymesh_protocol::Ed25519Verifier)

@@ -72,6 +72,9 @@ pub struct Metrics {
     pub nat: crate::mesh::nat_metrics::NatMetrics,
     /// What a limit cut off, by limit (connections, streams, frames, apps, queue).
     pub limited: Family<ReasonLabel, Counter>,
+    /// A private mesh's connections refused by membership, by reason (`by_peer`: a
+    /// peer refused this node).
+    pub membership_refused: Family<ReasonLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -158,6 +161,12 @@ impl Default for Metrics {
             "Connections, streams, frames and requests cut off by a limit, by limit",
             limited.clone(),
         );
+        let membership_refused = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "membership_refused",
+            "Connections of a private mesh refused or cut off by membership, by reason (by_peer: a peer refused this node)",
+            membership_refused.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             peers,
@@ -175,6 +184,7 @@ impl Default for Metrics {
             checkpoint_mismatches,
             nat,
             limited,
+            membership_refused,
         }
     }
 }

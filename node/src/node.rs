@@ -20,6 +20,9 @@ pub enum NodeError {
     /// The swarm could not start.
     #[error(transparent)]
     Swarm(#[from] SwarmError),
+    /// This node is not a member of the private mesh it names.
+    #[error("{0}")]
+    Membership(String),
     /// The API address could not be bound.
     #[error("cannot serve the local API on {addr}: {source}; choose another --api")]
     Api {
@@ -100,11 +103,13 @@ impl Node {
                 })
             })?,
         );
+        let membership = open_membership(&config, &key, &db, &metrics, serves)?;
         let (handle, swarm_task) = mesh::spawn(
             config,
             key.clone(),
             metrics.clone(),
             Some(settlement.clone()),
+            membership.clone(),
         )?;
         let settle_task = crate::settle::spawn(settlement.clone(), handle.clone());
         let api = match api_addr {
@@ -150,6 +155,7 @@ impl Node {
                 settlement: Some(settlement.clone()),
                 metrics: metrics.clone(),
                 acks: crate::infer::verify::AckVerifier::spawn(),
+                membership: handle.membership().cloned(),
             });
             let protocol = crate::mesh::names::infer_protocol(&params.mesh_id());
             Some(
@@ -229,6 +235,53 @@ impl Node {
             let _ = dir.db().flush_async().await;
         }
     }
+}
+
+/// A private mesh's membership: this node's invite (given now, or stored before) must
+/// admit it, in a role that lets it do what it is configured to; `None` for a public
+/// mesh.
+fn open_membership(
+    config: &NodeConfig,
+    key: &Keypair,
+    db: &sled::Db,
+    metrics: &Metrics,
+    serves: bool,
+) -> Result<Option<Arc<crate::mesh::membership::Membership>>, NodeError> {
+    let tree = db
+        .open_tree(crate::mesh::membership::TREE)
+        .map_err(|source| {
+            NodeError::Store(StoreError::Database {
+                path: "(membership)".into(),
+                source,
+            })
+        })?;
+    let Some(membership) = crate::mesh::membership::Membership::open(
+        &config.mesh,
+        key,
+        config.invite.clone(),
+        tree,
+        metrics.clone(),
+        crate::mesh::now_ms(),
+    )
+    .map_err(NodeError::Membership)?
+    else {
+        return Ok(None);
+    };
+    let own = membership.own();
+    if serves && !own.role.supplies() {
+        return Err(NodeError::Membership(format!(
+            "this node's invite admits it as {}, which may use the mesh's suppliers but not serve: drop --serve, or ask the owner for a supplier invite",
+            own.role
+        )));
+    }
+    tracing::info!(
+        role = %own.role,
+        invite = own.invite.map(|i| i.to_hex()).unwrap_or_else(|| "owner".into()),
+        expires_ms = own.expires_ms,
+        "member of private mesh {}",
+        config.mesh.name.as_str()
+    );
+    Ok(Some(Arc::new(membership)))
 }
 
 /// A sled tree of the node's database, or `None` for a node without a data dir.

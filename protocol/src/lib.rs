@@ -12,7 +12,8 @@
 //! - message fields and sizes: [`messages`]; canonical encoding: [`wire`];
 //! - how receipts are weighed and mined: [`metering`];
 //! - the sum tree: [`sumtree`]; where claims and proofs are verified: [`settlement`];
-//! - balances: [`ledger`]; supplier ranking: [`routing`]; mesh parameters: [`params`].
+//! - balances: [`ledger`]; supplier ranking: [`routing`]; mesh parameters: [`params`];
+//! - who may join a private mesh: [`membership`].
 //!
 //! ```
 //! use relaymesh_protocol::metering::threshold::{is_mined, mined_value};
@@ -28,6 +29,7 @@
 
 pub mod identity;
 pub mod ledger;
+pub mod membership;
 pub mod messages;
 pub mod metering;
 pub mod params;
@@ -43,4 +45,4 @@ pub use wire::{
 };
 
 /// The protocol version every message of this build carries.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;

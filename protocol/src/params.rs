@@ -5,6 +5,7 @@ use serde_tuple::{Deserialize_tuple, Serialize_tuple};
 
 use crate::identity::domain::{hash_tag, tagged_hash};
 use crate::messages::manifest::PPM;
+use crate::messages::membership::MAX_OWNERS;
 use crate::wire::{to_canonical, WireMessage};
 use crate::{BoundedString, BoundedVec, Digest, PublicKey};
 
@@ -43,7 +44,7 @@ pub struct RegisteredSource {
 /// Everything the nodes of one mesh must agree on.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize_tuple, Deserialize_tuple)]
 pub struct MeshParams {
-    /// Message version (2).
+    /// Message version (3).
     #[serde(deserialize_with = "crate::wire::current_version")]
     pub version: u16,
     /// Human-readable name; part of the id, so two meshes may share parameters.
@@ -84,6 +85,10 @@ pub struct MeshParams {
     pub max_token_bytes: u32,
     /// Models whose royalty is enforced (sorted by digest, each once).
     pub sources: BoundedVec<RegisteredSource, MAX_SOURCES>,
+    /// Owners of a private mesh (sorted, each once): only peers they invite, and the
+    /// owners' own keys, are admitted (`membership`). Empty: a public mesh, open to
+    /// anyone who names it.
+    pub owners: BoundedVec<PublicKey, MAX_OWNERS>,
 }
 
 /// Why parameters are unusable.
@@ -115,6 +120,7 @@ impl MeshParams {
             max_cu_per_byte: 1_000,
             max_token_bytes: 256,
             sources: BoundedVec::new(),
+            owners: BoundedVec::new(),
         };
         params.validate()?;
         Ok(params)
@@ -194,6 +200,9 @@ impl MeshParams {
         if self.sources.iter().any(|s| s.royalty_ppm > PPM) {
             return fail("a registered royalty exceeds 1,000,000 ppm (100%)");
         }
+        if self.owners.windows(2).any(|w| w[0] >= w[1]) {
+            return fail("owners must be sorted, each once");
+        }
         Ok(())
     }
 
@@ -231,12 +240,25 @@ impl MeshParams {
         verifier: &impl crate::SignatureVerifier,
     ) -> Result<(), ParamsError> {
         let keys = self.genesis.iter().map(|a| a.account);
-        for key in keys.chain(self.sources.iter().map(|s| s.source)) {
+        let keys = keys
+            .chain(self.sources.iter().map(|s| s.source))
+            .chain(self.owners.iter().copied());
+        for key in keys {
             verifier
                 .check_key(&key)
                 .map_err(|e| ParamsError(format!("account {}: {e}", key.peer_id())))?;
         }
         Ok(())
+    }
+
+    /// Whether only invited peers may join (the parameters name owners).
+    pub fn is_private(&self) -> bool {
+        !self.owners.is_empty()
+    }
+
+    /// Whether `key` is one of the mesh's owners.
+    pub fn is_owner(&self, key: &PublicKey) -> bool {
+        self.owners.contains(key)
     }
 
     /// Whether the mesh has credit (genesis allocations): sessions are then paid from

@@ -375,6 +375,7 @@ fn mesh_params() -> impl Strategy<Value = MeshParams> {
             any::<u32>(),
             any::<u32>(),
             proptest::collection::vec((digest(), key(), any::<u32>()), 0..3),
+            proptest::collection::vec(key(), 0..5),
         ),
     )
         .prop_map(
@@ -383,7 +384,7 @@ fn mesh_params() -> impl Strategy<Value = MeshParams> {
                 (epoch_ms, h, k, w, tau_min, tau_max, target),
                 (min_claim_value, samples, leaves, session, skew),
                 genesis,
-                (max_price_per_cu, max_cu_per_byte, max_token_bytes, sources),
+                (max_price_per_cu, max_cu_per_byte, max_token_bytes, sources, owners),
             )| MeshParams {
                 version: relaymesh_protocol::PROTOCOL_VERSION,
                 name,
@@ -420,6 +421,7 @@ fn mesh_params() -> impl Strategy<Value = MeshParams> {
                         .collect(),
                 )
                 .unwrap(),
+                owners: BoundedVec::try_from_vec(owners).unwrap(),
             },
         )
 }
@@ -574,10 +576,10 @@ fn non_canonical_encodings_are_refused() {
         .find(|g| g.file == "Ack")
         .unwrap();
     let bytes = golden.bytes;
-    // [ [version=2, …], sig ]: the body's version is the byte after two array headers.
-    assert_eq!(&bytes[..3], &[0x82, 0x89, 0x02]);
-    // The same value with a long-form integer (0x18 0x02) for the version.
-    let mut long_int = vec![0x82, 0x89, 0x18, 0x02];
+    // [ [version=3, …], sig ]: the body's version is the byte after two array headers.
+    assert_eq!(&bytes[..3], &[0x82, 0x89, 0x03]);
+    // The same value with a long-form integer (0x18 0x03) for the version.
+    let mut long_int = vec![0x82, 0x89, 0x18, 0x03];
     long_int.extend_from_slice(&bytes[3..]);
     let decode = |b: &[u8]| Signed::<Ack>::decode(b);
     assert!(matches!(
@@ -600,11 +602,11 @@ fn non_canonical_encodings_are_refused() {
     let huge = vec![0u8; Signed::<Ack>::MAX_SIZE + 1];
     assert!(matches!(decode(&huge), Err(DecodeError::TooLarge { .. })));
     // Another version.
-    let mut v3 = bytes.clone();
-    v3[2] = 0x03;
+    let mut v4 = bytes.clone();
+    v4[2] = 0x04;
     assert!(matches!(
-        decode(&v3),
-        Err(DecodeError::UnsupportedVersion { found: 3, .. })
+        decode(&v4),
+        Err(DecodeError::UnsupportedVersion { found: 4, .. })
     ));
 }
 
@@ -618,11 +620,11 @@ fn a_nested_message_of_another_version_is_refused() {
         .find(|g| g.file == "Claim")
         .unwrap();
     let mut claim = Signed::<Claim>::decode(&golden.bytes).unwrap();
-    claim.body.open.body.version = 3;
+    claim.body.open.body.version = 2;
     let bytes = relaymesh_protocol::wire::to_canonical(&claim);
     assert!(matches!(
         Signed::<Claim>::decode(&bytes),
-        Err(DecodeError::UnsupportedVersion { found: 3, .. })
+        Err(DecodeError::UnsupportedVersion { found: 2, .. })
     ));
 }
 

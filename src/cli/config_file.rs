@@ -19,6 +19,7 @@ pub struct FileConfig {
     pub mdns: Option<bool>,
     pub mesh: Option<String>,
     pub mesh_file: Option<PathBuf>,
+    pub invite: Option<String>,
     pub advertise: Option<Vec<String>>,
     pub ad_lifetime_secs: Option<u64>,
     pub serve: Option<Vec<String>>,

@@ -3,6 +3,7 @@
 //! the environment over the file).
 
 mod config_file;
+mod mesh_cmd;
 mod node_cmd;
 mod query;
 
@@ -53,39 +54,11 @@ enum Command {
         #[command(subcommand)]
         command: ManifestCommand,
     },
-    /// Create or inspect a mesh parameters file (a community mesh's shared rules).
+    /// Create or inspect a mesh parameters file (a community mesh's shared rules); a
+    /// private mesh's invites and revocations.
     Mesh {
         #[command(subcommand)]
-        command: MeshCommand,
-    },
-}
-
-#[derive(Subcommand, Debug)]
-enum MeshCommand {
-    /// Write a mesh parameters file: defaults, with the values given here. Every node
-    /// of the mesh runs with `--mesh-file FILE`; the file's hash is the mesh id, so
-    /// nodes with other parameters are in another mesh.
-    Init {
-        /// The mesh's name.
-        #[arg(long)]
-        name: String,
-        /// Ledger epoch length in seconds [default: 300].
-        #[arg(long)]
-        epoch_secs: Option<u64>,
-        /// Longest session in seconds [default: 3600].
-        #[arg(long)]
-        session_secs: Option<u64>,
-        /// Genesis credit: PEER_ID=MICRO_CREDITS (repeatable).
-        #[arg(long)]
-        genesis: Vec<String>,
-        /// Where to write it (refuses to overwrite); without it, stdout.
-        #[arg(long)]
-        out: Option<PathBuf>,
-    },
-    /// Check a mesh parameters file and print its mesh id.
-    Id {
-        /// The file.
-        file: PathBuf,
+        command: mesh_cmd::MeshCommand,
     },
 }
 
@@ -173,21 +146,7 @@ pub fn main() -> ExitCode {
                     data_dir,
                 },
         } => sign_manifest(&model, &name, royalty, &licence, &data_dir),
-        Command::Mesh {
-            command:
-                MeshCommand::Init {
-                    name,
-                    epoch_secs,
-                    session_secs,
-                    genesis,
-                    out,
-                },
-        } => mesh_init(&name, epoch_secs, session_secs, &genesis, out.as_deref()),
-        Command::Mesh {
-            command: MeshCommand::Id { file },
-        } => relaymesh_node::config::MeshFile::load(&file)
-            .map(|p| println!("{}", p.mesh_id().to_hex()))
-            .map_err(|e| anyhow::anyhow!(e)),
+        Command::Mesh { command } => mesh_cmd::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -249,67 +208,5 @@ fn sign_manifest(
         manifest.body.size_bytes,
         key.public_key().peer_id()
     );
-    Ok(())
-}
-
-fn mesh_init(
-    name: &str,
-    epoch_secs: Option<u64>,
-    session_secs: Option<u64>,
-    genesis: &[String],
-    out: Option<&std::path::Path>,
-) -> anyhow::Result<()> {
-    use relaymesh_node::config::{GenesisEntry, MeshFile};
-    let mut file = MeshFile::from_params(&relaymesh_node::config::named_mesh(name));
-    if let Some(secs) = epoch_secs {
-        file.epoch_secs = secs;
-    }
-    if let Some(secs) = session_secs {
-        file.max_session_secs = secs;
-    }
-    // Sessions must be claimable before their epoch freezes: the horizon grows to fit
-    // the epoch and session lengths given (never below the default).
-    let epoch_ms = file.epoch_secs.max(1) * 1000;
-    let needed_ms = file.max_session_secs * 1000
-        + file.max_clock_skew_ms
-        + (2 * epoch_ms).max(10_000)
-        + epoch_ms;
-    let fits = u32::try_from(needed_ms.div_ceil(epoch_ms) + 1).unwrap_or(u32::MAX);
-    file.freeze_horizon_epochs = file.freeze_horizon_epochs.max(fits);
-    for g in genesis {
-        let (account, amount) = g
-            .split_once('=')
-            .ok_or_else(|| anyhow::anyhow!("--genesis {g:?}: expected PEER_ID=MICRO_CREDITS"))?;
-        file.genesis.push(GenesisEntry {
-            account: account.trim().to_owned(),
-            amount: amount
-                .trim()
-                .parse()
-                .map_err(|_| anyhow::anyhow!("--genesis {g:?}: the amount is not a number"))?,
-        });
-    }
-    let params = file.to_params().map_err(|e| anyhow::anyhow!(e))?;
-    let text = format!(
-        "# relaymesh mesh parameters; mesh id {}\n{}",
-        params.mesh_id().to_hex(),
-        file.to_toml()
-    );
-    match out {
-        None => print!("{text}"),
-        Some(path) => {
-            use std::io::Write;
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(path)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-            f.write_all(text.as_bytes())?;
-            eprintln!(
-                "wrote {} (mesh id {})",
-                path.display(),
-                params.mesh_id().to_hex()
-            );
-        }
-    }
     Ok(())
 }

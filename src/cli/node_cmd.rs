@@ -63,6 +63,11 @@ pub struct NodeArgs {
     /// is the mesh id.
     #[arg(long, env = "RELAYMESH_MESH_FILE")]
     mesh_file: Option<PathBuf>,
+    /// Join a private mesh with this invite: the token `relaymesh mesh invite` printed,
+    /// or a file holding it. It is kept in the data dir, so later starts need no
+    /// --invite.
+    #[arg(long, env = "RELAYMESH_INVITE", hide_env_values = true)]
+    invite: Option<String>,
     /// Advertise a model as NAME or NAME@GGUF_BLAKE3_HEX (repeatable). Until serving
     /// backends land this only announces; the backends will feed the same ads.
     #[arg(long, env = "RELAYMESH_ADVERTISE", value_delimiter = ',')]
@@ -247,6 +252,21 @@ fn offer(spec: &str, tau: u64) -> anyhow::Result<ModelOffer> {
     })
 }
 
+/// An invite given as its token or as a file holding the token.
+pub(super) fn read_invite(
+    given: &str,
+) -> anyhow::Result<relaymesh_protocol::messages::membership::SignedInvite> {
+    use relaymesh_protocol::messages::membership::{SignedInvite, TOKEN_PREFIX};
+    let token = if given.trim().starts_with(TOKEN_PREFIX) {
+        given.to_owned()
+    } else {
+        std::fs::read_to_string(given).map_err(|e| {
+            anyhow!("--invite {given:?}: neither an invite token ({TOKEN_PREFIX}…) nor a readable file: {e}")
+        })?
+    };
+    SignedInvite::from_token(&token).map_err(|e| anyhow!("--invite: {e}"))
+}
+
 /// Flags and environment over the file, the file over defaults.
 fn resolve(args: NodeArgs) -> anyhow::Result<(NodeConfig, Serving)> {
     let file = match &args.config {
@@ -267,6 +287,11 @@ fn resolve(args: NodeArgs) -> anyhow::Result<(NodeConfig, Serving)> {
     };
     let mut config = NodeConfig::new(mesh, Identity::DataDir(data_dir));
     config.routing = routing;
+    config.invite = args
+        .invite
+        .or(file.invite)
+        .map(|given| read_invite(&given))
+        .transpose()?;
     config.listen = match (args.listen.is_empty(), file.listen) {
         (false, _) => args.listen,
         (true, Some(listen)) => parse_all(listen, "listen address")?,

@@ -6,6 +6,7 @@ pub mod error;
 pub(crate) mod fuzz;
 mod infer;
 pub mod keys;
+mod members;
 mod ollama;
 mod openai;
 mod server;
@@ -107,6 +108,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/relaymesh/v1/ledger", get(ledger))
         .route("/relaymesh/v1/claims", get(claims))
         .route("/relaymesh/v1/transfers", post(transfer))
+        .route("/relaymesh/v1/membership", get(members::membership))
+        .route("/relaymesh/v1/revocations", post(members::revoke))
         .route("/metrics", get(render_metrics))
         .route("/v1/chat/completions", post(openai::chat))
         .route("/v1/completions", post(openai::completions))

@@ -433,6 +433,16 @@ impl Gateway {
                 _ => return Err(unreachable(e)),
             },
         };
+        if let Some(membership) = self.handle.membership() {
+            if !membership
+                .role_of(&peer)
+                .is_some_and(|role| role.supplies())
+            {
+                return Err(Attempt::elsewhere(format!(
+                    "{peer} is a member of this private mesh that may not serve"
+                )));
+            }
+        }
         let (mut r, mut w) = stream.split();
         let io = |e: &dyn std::fmt::Display| Attempt::elsewhere(format!("{peer}: {e}"));
 

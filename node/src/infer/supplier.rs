@@ -57,6 +57,8 @@ pub struct SupplierContext {
     pub limits: super::app_limits::AppLimits,
     /// What running streams hold of their sessions' escrows.
     pub budgets: super::escrow::EscrowBudgets,
+    /// A private mesh's membership: only members admitted as apps are served.
+    pub membership: Option<Arc<crate::mesh::membership::Membership>>,
 }
 
 /// Most request ids remembered in memory by a node without a data dir.
@@ -448,6 +450,15 @@ fn check_resumed(
 async fn serve(peer: PeerId, stream: Stream, ctx: &SupplierContext) -> Result<(), String> {
     let (mut r, mut w) = stream.split();
     let refuse = |code, msg: String| refusal(code, msg, 0);
+    if let Some(membership) = &ctx.membership {
+        if !membership.role_of(&peer).is_some_and(|role| role.uses()) {
+            let msg =
+                "this private mesh admitted you as a supplier only: you may not use its suppliers"
+                    .to_string();
+            let _ = write_frame(&mut w, refuse(RefuseCode::Terms, msg.clone())).await;
+            return Err(msg);
+        }
+    }
 
     // 1. The terms: proposed now, or countersigned by us before.
     let session = match next_frame(&mut r, ctx).await? {

@@ -172,11 +172,20 @@ impl MeshBehaviour {
         .map_err(|e| format!("gossipsub: {e}"))?;
         gossipsub
             .with_peer_score(
-                peer_score_params(&[&ads_topic, &ledger_topic]),
+                peer_score_params(&[
+                    &ads_topic,
+                    &ledger_topic,
+                    &gossipsub::IdentTopic::new(names::members_topic(&mesh_id)),
+                ]),
                 gossipsub::PeerScoreThresholds::default(),
             )
             .map_err(|e| format!("gossipsub scoring: {e}"))?;
-        for topic in [&ads_topic, &ledger_topic] {
+        let members_topic = gossipsub::IdentTopic::new(names::members_topic(&mesh_id));
+        let mut topics = vec![&ads_topic, &ledger_topic];
+        if config.mesh.is_private() {
+            topics.push(&members_topic);
+        }
+        for topic in topics {
             gossipsub
                 .subscribe(topic)
                 .map_err(|e| format!("subscribe: {e}"))?;
@@ -271,9 +280,9 @@ pub fn ledger_sync_codec(
 }
 
 /// Invalid messages cost their sender more than any honest record can earn: the positive
-/// terms (time in the mesh, first deliveries) are capped at [`MAX_EARNED_PER_TOPIC`] per
-/// topic, and each topic's penalty is `-5 × count²`, so three invalid messages in a short
-/// while put any peer below zero and five below the graylist threshold (-80), however
+/// terms (time in the mesh, first deliveries) are capped at 13.2 per topic, and each
+/// topic's penalty is `-5 × count²`, so three invalid messages in a short while put
+/// any peer below zero and five below the graylist threshold (-80), however
 /// long it has been a good mesh peer. (gossipsub's defaults let an hour in the mesh earn
 /// +1800 per topic, which hid a peer sending a few invalid messages a second.) The
 /// delivery-count penalties are off: ads are low-rate and every honest peer would fall
@@ -292,9 +301,6 @@ fn peer_score_params(topics: &[&gossipsub::IdentTopic]) -> gossipsub::PeerScoreP
     ]);
     params
 }
-
-/// The most score a peer can earn on one topic by behaving well.
-const MAX_EARNED_PER_TOPIC: f64 = 14.0;
 
 fn topic_score_params() -> gossipsub::TopicScoreParams {
     gossipsub::TopicScoreParams {
@@ -322,6 +328,9 @@ fn topic_score_params() -> gossipsub::TopicScoreParams {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The most score a peer may earn on one topic by behaving well.
+    const MAX_EARNED_PER_TOPIC: f64 = 14.0;
 
     /// Failed with gossipsub's default positive terms: a peer an hour in the mesh could
     /// send 26 invalid messages and stay above zero (the flaky end of

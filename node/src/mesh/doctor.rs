@@ -345,6 +345,7 @@ mod tests {
             link,
             agent: None,
             gossip_score: None,
+            member: None,
             rtt_ms: Some(1.0),
         }
     }

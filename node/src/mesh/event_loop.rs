@@ -69,6 +69,7 @@ struct Connection {
     since: std::time::Instant,
 }
 
+mod members;
 mod nat;
 mod reach;
 mod views;
@@ -112,6 +113,11 @@ pub(crate) struct EventLoop {
     next_ledger_sync: std::time::Instant,
     /// Rounds so far: picks the peer.
     ledger_rounds: usize,
+    /// A private mesh's membership (`None`: a public mesh).
+    membership: Option<std::sync::Arc<crate::mesh::membership::Membership>>,
+    members_topic: gossipsub::IdentTopic,
+    /// Whether this node's own invite has run out (said once).
+    own_membership_ended: bool,
 }
 
 /// Connections a node seeks on its own (beyond those others open to it).
@@ -132,6 +138,7 @@ impl EventLoop {
         key: Keypair,
         metrics: Metrics,
         settlement: Option<std::sync::Arc<Settlement>>,
+        membership: Option<std::sync::Arc<crate::mesh::membership::Membership>>,
     ) -> Self {
         let mesh_id = config.mesh.mesh_id();
         let bootstraps = Bootstraps::new(&config.bootstrap, std::time::Instant::now());
@@ -140,6 +147,9 @@ impl EventLoop {
             commands,
             ads_topic: gossipsub::IdentTopic::new(names::ads_topic(&mesh_id)),
             ledger_topic: gossipsub::IdentTopic::new(names::ledger_topic(&mesh_id)),
+            members_topic: gossipsub::IdentTopic::new(names::members_topic(&mesh_id)),
+            membership,
+            own_membership_ended: false,
             settlement,
             next_ledger_sync: std::time::Instant::now() + Duration::from_secs(1),
             ledger_rounds: 0,
@@ -230,6 +240,9 @@ impl EventLoop {
             }
             Command::PublishLedger(bytes, reply) => {
                 let _ = reply.send(self.publish_ledger(bytes));
+            }
+            Command::Revoke(list, reply) => {
+                let _ = reply.send(self.on_revoke_command(list));
             }
             Command::Shutdown(_) => unreachable!("handled in run"),
         }
@@ -393,6 +406,7 @@ impl EventLoop {
     }
 
     fn housekeeping(&mut self) {
+        self.cut_members();
         self.ledger_sync();
         self.dial_bootstraps();
         self.nat_housekeeping();
@@ -745,6 +759,14 @@ impl EventLoop {
                 .report_message_validation_result(&id, &source, acceptance);
             return;
         }
+        if message.topic == self.members_topic.hash() && self.membership.is_some() {
+            let acceptance = self.on_revocation_gossip(&message.data);
+            self.swarm
+                .behaviour_mut()
+                .gossipsub
+                .report_message_validation_result(&id, &source, acceptance);
+            return;
+        }
         let verdict = if message.topic == self.ads_topic.hash() {
             self.on_ad(&message.data, true)
         } else {
@@ -792,6 +814,13 @@ impl EventLoop {
             relaymesh_protocol::messages::capability::AdError::Expired { .. } => "expired",
             relaymesh_protocol::messages::capability::AdError::BadOffer { .. } => "bad-offer",
         })?;
+        if let Some(membership) = &self.membership {
+            // A revoked member's ad, still on its way through peers that have not yet
+            // heard: not taken, not forwarded, and not held against the relayer.
+            if membership.is_revoked_peer(&ad.body.supplier) {
+                return Ok(AdUpdate::Stale);
+            }
+        }
         let supplier = ad.body.supplier.peer_id();
         let models = ad.body.models.len();
         let update = if gossiped {

@@ -22,6 +22,10 @@ pub(crate) enum Command {
     Offers(String, oneshot::Sender<Vec<(PublicKey, ModelOffer)>>),
     PublishAdBytes(Vec<u8>, oneshot::Sender<Result<(), String>>),
     PublishLedger(Vec<u8>, oneshot::Sender<Result<(), String>>),
+    Revoke(
+        relaymesh_protocol::messages::membership::SignedRevocation,
+        oneshot::Sender<Result<bool, String>>,
+    ),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -79,6 +83,31 @@ pub struct PeerRow {
     pub gossip_score: Option<f64>,
     /// Last ping round trip over that link, milliseconds.
     pub rtt_ms: Option<f64>,
+    /// In a private mesh: what the peer was admitted as.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub member: Option<MemberRow>,
+}
+
+/// A private mesh's member, as admitted.
+#[derive(Clone, Debug, Serialize)]
+pub struct MemberRow {
+    /// `supplier`, `app` or `both`.
+    pub role: String,
+    /// The invite's id (hex); `None` for an owner.
+    pub invite: Option<String>,
+    /// When the invite expires, unix ms (`None`: an owner, who needs none).
+    pub expires_ms: Option<u64>,
+}
+
+impl MemberRow {
+    /// The row for what a peer was admitted with.
+    pub fn of(admitted: &relaymesh_protocol::membership::Admitted) -> Self {
+        Self {
+            role: admitted.role.to_string(),
+            invite: admitted.invite.map(|i| i.to_hex()),
+            expires_ms: (admitted.expires_ms != u64::MAX).then_some(admitted.expires_ms),
+        }
+    }
 }
 
 /// How a connection reaches its peer.
@@ -128,6 +157,7 @@ pub struct NodeHandle {
     pub(crate) commands: mpsc::Sender<Command>,
     pub(crate) peer_id: PeerId,
     pub(crate) streams: libp2p_stream::Control,
+    pub(crate) membership: Option<std::sync::Arc<crate::mesh::membership::Membership>>,
 }
 
 impl std::fmt::Debug for NodeHandle {
@@ -212,6 +242,21 @@ impl NodeHandle {
     /// ledger). Not reaching any peer now is fine: anti-entropy carries it later.
     pub async fn publish_ledger(&self, bytes: Vec<u8>) -> Result<Result<(), String>, NodeGone> {
         self.ask(|tx| Command::PublishLedger(bytes, tx)).await
+    }
+
+    /// Takes an owner's revocation list, enforces it at once (cutting off the peers it
+    /// names) and gossips it to the mesh: `Ok(true)` if it was newer than the held
+    /// one, `Ok(false)` if not, `Err` if it is not a valid list for this mesh.
+    pub async fn revoke(
+        &self,
+        list: relaymesh_protocol::messages::membership::SignedRevocation,
+    ) -> Result<Result<bool, String>, NodeGone> {
+        self.ask(|tx| Command::Revoke(list, tx)).await
+    }
+
+    /// A private mesh's membership at this node (`None` in a public mesh).
+    pub fn membership(&self) -> Option<&std::sync::Arc<crate::mesh::membership::Membership>> {
+        self.membership.as_ref()
     }
 
     /// Stops the node: the swarm closes its connections and the task ends.

@@ -2,12 +2,15 @@
 //! handle the rest of the program uses, the peer table and mesh-scoped names.
 
 pub mod address_book;
+pub mod admission;
 pub mod advertised;
 pub mod behaviour;
 pub mod bootstrap;
 pub mod doctor;
 mod event_loop;
 pub mod handle;
+pub mod join_probe;
+pub mod membership;
 pub mod names;
 pub mod nat_metrics;
 pub mod observed;
@@ -20,6 +23,12 @@ pub mod streams;
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use libp2p::core::muxing::StreamMuxerBox;
+use libp2p::core::transport::timeout::TransportTimeout;
+use libp2p::core::transport::Boxed;
+use libp2p::core::{upgrade, Transport};
 use libp2p::multiaddr::Protocol;
 use libp2p::{noise, tcp, yamux, Multiaddr, PeerId};
 use relaymesh_protocol::Keypair;
@@ -27,7 +36,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 pub(crate) use event_loop::now_ms;
-pub use handle::{LinkKind, NodeGone, NodeHandle, NodeStatus, PeerRow};
+pub use handle::{LinkKind, MemberRow, NodeGone, NodeHandle, NodeStatus, PeerRow};
 
 use crate::config::NodeConfig;
 use crate::metrics::Metrics;
@@ -57,30 +66,24 @@ pub fn spawn(
     key: Keypair,
     metrics: Metrics,
     settlement: Option<std::sync::Arc<crate::settle::Settlement>>,
+    membership: Option<Arc<membership::Membership>>,
 ) -> Result<(NodeHandle, tokio::task::JoinHandle<()>), SwarmError> {
     let libp2p_key = libp2p::identity::Keypair::ed25519_from_bytes(key.secret())
         .map_err(|e| SwarmError::Setup(e.to_string()))?;
     let peer_id = libp2p_key.public().to_peer_id();
     let setup = |e: &dyn std::fmt::Display| SwarmError::Setup(e.to_string());
-    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(libp2p_key)
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .map_err(|e| setup(&e))?
-        .with_quic()
-        .with_dns()
-        .map_err(|e| setup(&e))?
-        .with_relay_client(noise::Config::new, yamux::Config::default)
-        .map_err(|e| setup(&e))?
-        .with_behaviour(|key, relay_client| {
-            behaviour::MeshBehaviour::new(key, &config, relay_client).map_err(Into::into)
-        })
-        .map_err(|e| setup(&e))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-        .build();
+    let (relay_transport, relay_client) = libp2p::relay::client::new(peer_id);
+    let transport =
+        transport(&libp2p_key, relay_transport, membership.clone()).map_err(|e| setup(&e))?;
+    let behaviour =
+        behaviour::MeshBehaviour::new(&libp2p_key, &config, relay_client).map_err(|e| setup(&e))?;
+    let mut swarm = libp2p::Swarm::new(
+        transport,
+        behaviour,
+        peer_id,
+        libp2p::swarm::Config::with_tokio_executor()
+            .with_idle_connection_timeout(Duration::from_secs(60)),
+    );
 
     for addr in &config.listen {
         swarm
@@ -106,16 +109,66 @@ pub fn spawn(
 
     let streams = swarm.behaviour().stream.new_control();
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
-    let event_loop = event_loop::EventLoop::new(swarm, rx, config, key, metrics, settlement);
+    let event_loop = event_loop::EventLoop::new(
+        swarm,
+        rx,
+        config,
+        key,
+        metrics,
+        settlement,
+        membership.clone(),
+    );
     let task = tokio::spawn(event_loop.run());
     Ok((
         NodeHandle {
             commands: tx,
             peer_id,
             streams,
+            membership,
         },
         task,
     ))
+}
+
+/// Longest a connection may take from the first packet to admission.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// QUIC and TCP (Noise, yamux), with DNS names resolved, and circuits through relays;
+/// in a private mesh every connection must pass the membership handshake
+/// ([`admission`]) before the swarm sees it.
+pub(crate) fn transport(
+    key: &libp2p::identity::Keypair,
+    relay: libp2p::relay::client::Transport,
+    membership: Option<Arc<membership::Membership>>,
+) -> Result<Boxed<(PeerId, StreamMuxerBox)>, Box<dyn std::error::Error + Send + Sync>> {
+    let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+        .upgrade(upgrade::Version::V1Lazy)
+        .authenticate(noise::Config::new(key)?)
+        .multiplex(yamux::Config::default())
+        .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)));
+    let quic = libp2p::quic::tokio::Transport::new(libp2p::quic::Config::new(key))
+        .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)));
+    let direct = libp2p::dns::tokio::Transport::system(
+        quic.or_transport(tcp).map(|either, _| either.into_inner()),
+    )?;
+    let relayed = relay
+        .upgrade(upgrade::Version::V1Lazy)
+        .authenticate(noise::Config::new(key)?)
+        .multiplex(yamux::Config::default())
+        .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)));
+    let all = relayed
+        .or_transport(direct)
+        .map(|either, _| either.into_inner());
+    Ok(match membership {
+        Some(membership) => TransportTimeout::new(
+            all.and_then(move |(peer, muxer), endpoint| {
+                admission::admit(membership.clone(), peer, muxer, endpoint)
+            }),
+            CONNECTION_TIMEOUT,
+        )
+        .boxed(),
+        None => TransportTimeout::new(all, CONNECTION_TIMEOUT).boxed(),
+    })
 }
 
 /// The peer id an ed25519 key has on the mesh.

@@ -30,6 +30,11 @@ pub fn ledger_topic(mesh_id: &Digest) -> String {
     format!("relaymesh/{}/ledger/1", mesh_tag(mesh_id))
 }
 
+/// Gossip topic of a private mesh's revocation lists.
+pub fn members_topic(mesh_id: &Digest) -> String {
+    format!("relaymesh/{}/members/1", mesh_tag(mesh_id))
+}
+
 /// Anti-entropy: a node sends the keys of the ledger messages it holds and gets back
 /// those it lacks.
 pub fn ledger_sync_protocol(mesh_id: &Digest) -> StreamProtocol {

@@ -153,6 +153,11 @@ impl PeerTable {
         update
     }
 
+    /// Drops a supplier (a member cut off from a private mesh); whether it was there.
+    pub fn remove(&mut self, supplier: &PublicKey) -> bool {
+        self.suppliers.remove(supplier).is_some()
+    }
+
     /// Drops expired ads; returns the suppliers dropped.
     pub fn expire(&mut self, now_ms: u64) -> Vec<PublicKey> {
         let expired: Vec<PublicKey> = self

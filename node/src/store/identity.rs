@@ -64,6 +64,21 @@ pub fn import_key(dir: &Path, text: &str) -> Result<Keypair, StoreError> {
     Ok(key)
 }
 
+/// Writes a key to its own file (mode 0600), refusing to overwrite: a private mesh's
+/// owner key.
+pub fn write_key_file(path: &Path, key: &Keypair) -> Result<(), StoreError> {
+    write_secret(path, key)
+}
+
+/// Reads a key file written by [`write_key_file`] (or `relaymesh key export`).
+pub fn read_key_file(path: &Path) -> Result<Keypair, StoreError> {
+    let text = std::fs::read_to_string(path).map_err(|source| StoreError::Io {
+        path: path.into(),
+        source,
+    })?;
+    parse(&text).ok_or_else(|| StoreError::BadKey(path.into()))
+}
+
 fn parse(text: &str) -> Option<Keypair> {
     let bytes = hex::decode(text.trim()).ok()?;
     Some(Keypair::from_secret(bytes.try_into().ok()?))

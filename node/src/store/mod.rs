@@ -2,7 +2,9 @@
 
 mod identity;
 
-pub use identity::{export_key, import_key, load_or_create_identity, IDENTITY_FILE};
+pub use identity::{
+    export_key, import_key, load_or_create_identity, read_key_file, write_key_file, IDENTITY_FILE,
+};
 
 use std::path::{Path, PathBuf};
 

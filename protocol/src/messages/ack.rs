@@ -11,7 +11,7 @@ use crate::Digest;
 /// Signed by the app for output bytes `(prev_bytes, new_bytes]` of one request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize_tuple, Deserialize_tuple)]
 pub struct Ack {
-    /// Message version (2).
+    /// Message version (3).
     #[serde(deserialize_with = "crate::wire::current_version")]
     pub version: u16,
     /// The session; it binds mesh id, supplier and model digest.

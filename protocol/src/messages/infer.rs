@@ -176,7 +176,7 @@ pub enum FrameBody {
 /// One length-prefixed frame of an inference stream.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize_tuple, Deserialize_tuple)]
 pub struct InferFrame {
-    /// Message version (2).
+    /// Message version (3).
     #[serde(deserialize_with = "crate::wire::current_version")]
     pub version: u16,
     /// The content.

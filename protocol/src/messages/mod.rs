@@ -9,6 +9,7 @@ pub mod equivocation;
 pub mod infer;
 pub mod ledger;
 pub mod manifest;
+pub mod membership;
 pub mod proof;
 pub mod request;
 pub mod reveal;
@@ -58,5 +59,9 @@ pub fn wire_decoders() -> Vec<WireDecoder> {
         entry::<crate::params::MeshParams>(),
         entry::<infer::InferFrame>(),
         entry::<ledger::LedgerMessage>(),
+        entry::<Signed<membership::Invite>>(),
+        entry::<Signed<membership::Revocation>>(),
+        entry::<membership::Hello>(),
+        entry::<membership::Verdict>(),
     ]
 }

@@ -16,7 +16,7 @@ use crate::{Digest, PublicKey, Signature};
 /// The terms.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize_tuple, Deserialize_tuple)]
 pub struct SessionOpen {
-    /// Message version (2).
+    /// Message version (3).
     #[serde(deserialize_with = "crate::wire::current_version")]
     pub version: u16,
     /// The mesh (hash of its parameters).

@@ -18,7 +18,7 @@ const VERSION_MARKER: &str = "relaymesh-version:";
 /// Reads a message's `version` field, refusing any version but this build's. Every
 /// message struct's version field goes through it, so a version is checked wherever a
 /// message sits (a session inside a claim, a receipt inside a proof), not only at the
-/// top: a verifier never applies version-2 rules to bytes written under another version.
+/// top: a verifier never applies this version's rules to bytes written under another version.
 pub fn current_version<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u16, D::Error> {
     let version = u16::deserialize(deserializer)?;
     if version != crate::PROTOCOL_VERSION {

@@ -10,11 +10,12 @@ use relaymesh_protocol::messages::infer::{
     TurnRole,
 };
 use relaymesh_protocol::messages::ledger::{LedgerBody, LedgerMessage};
+use relaymesh_protocol::messages::membership::{Hello, Invite, Revocation, Verdict, ROLE_BOTH};
 use relaymesh_protocol::messages::transfer::Transfer;
 use relaymesh_protocol::metering::compute_units::CuFormula;
 use relaymesh_protocol::settlement::proof::{sign_reveal, verify_proof};
 use relaymesh_protocol::wire::WireMessage;
-use relaymesh_protocol::{BoundedString, BoundedVec, Signer, PROTOCOL_VERSION};
+use relaymesh_protocol::{BoundedString, BoundedVec, Keypair, Signer, PROTOCOL_VERSION};
 
 use crate::common::*;
 
@@ -78,6 +79,22 @@ pub fn all() -> Vec<Golden> {
     let ran = run_session(o.clone(), &app, 2, 6, 40);
     let claim = claim(&ran, &supplier);
     let root = ran.mined.root().unwrap();
+    let private = private_params();
+    let owner = key(7);
+    let (po, po2, po3) = (owner.public_key(), owner.public_key(), owner.public_key());
+    let invite = invite(Some(&supplier), 1_750_000_300_000);
+    let token = self::invite(None, 1_750_000_300_000);
+    let revocation = Signed::sign(
+        Revocation {
+            version: PROTOCOL_VERSION,
+            mesh_id: private.mesh_id(),
+            owner: owner.public_key(),
+            seq: 2,
+            invites: BoundedVec::try_from_vec(vec![relaymesh_protocol::Digest([9; 32])]).unwrap(),
+            peers: BoundedVec::try_from_vec(vec![app.public_key()]).unwrap(),
+        },
+        &owner,
+    );
     let reveal = sign_reveal(o.session_key(), root.hash, secret(1), &app);
     let sampled = ran
         .mined
@@ -226,7 +243,51 @@ pub fn all() -> Vec<Golden> {
         golden(None, evidence, move |e| e.verify(&p5, &mesh_id, &v).is_ok()),
         golden(None, transfer, move |t| t.verify(&pa, &v).is_ok()),
         golden(None, params_for_vectors(), |p| p.validate().is_ok()),
+        golden(None, invite.clone(), move |i| i.verify(&po, &v).is_ok()),
+        golden(Some("token"), token, move |i| i.verify(&po2, &v).is_ok()),
+        golden(None, revocation.clone(), move |r| {
+            r.verify(&po3, &v).is_ok()
+        }),
+        golden(
+            None,
+            Hello {
+                version: PROTOCOL_VERSION,
+                mesh_id: private.mesh_id(),
+                invite: Some(invite),
+                revocations: BoundedVec::try_from_vec(vec![revocation]).unwrap(),
+            },
+            |_| true,
+        ),
+        golden(None, Verdict::admitted(), |_| true),
+        golden(
+            Some("refused"),
+            Verdict::refused("the invite expired"),
+            |_| true,
+        ),
     ]
+}
+
+/// A private mesh's parameters: those of the vectors with one owner, `key(7)`.
+pub fn private_params() -> relaymesh_protocol::params::MeshParams {
+    let mut p = params_for_vectors();
+    p.owners = BoundedVec::try_from_vec(vec![key(7).public_key()]).unwrap();
+    p
+}
+
+/// An invite to the private mesh for `holder` (a token if `None`).
+pub fn invite(holder: Option<&Keypair>, expires_ms: u64) -> Signed<Invite> {
+    Signed::sign(
+        Invite {
+            version: PROTOCOL_VERSION,
+            mesh_id: private_params().mesh_id(),
+            id: relaymesh_protocol::Digest([9; 32]),
+            owner: key(7).public_key(),
+            holder: holder.map(|k| k.public_key()),
+            role: ROLE_BOTH,
+            expires_ms,
+        },
+        &key(7),
+    )
 }
 
 fn params_for_vectors() -> relaymesh_protocol::params::MeshParams {

@@ -56,6 +56,11 @@ impl EventLoop {
                     agent: self.agents.get(peer).cloned(),
                     gossip_score: self.swarm.behaviour().gossipsub.peer_score(peer),
                     rtt_ms: best.and_then(|c| c.rtt).map(|d| d.as_secs_f64() * 1000.0),
+                    member: self
+                        .membership
+                        .as_ref()
+                        .and_then(|m| m.admitted(peer))
+                        .map(|a| crate::mesh::MemberRow::of(&a)),
                 }
             })
             .collect();

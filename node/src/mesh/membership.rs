@@ -1,0 +1,295 @@
+//! A private mesh's membership as one node holds it: its own invite, the owners'
+//! revocation lists (kept in sled), and the members it admitted. The rules are
+//! `relaymesh_protocol::membership`; the handshake that applies them to every
+//! connection is [`super::admission`].
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use libp2p::PeerId;
+use relaymesh_protocol::membership::{admit, Admitted, Applied, Refusal, Revocations, Role};
+use relaymesh_protocol::messages::membership::{Hello, SignedInvite, SignedRevocation};
+use relaymesh_protocol::params::MeshParams;
+use relaymesh_protocol::wire::WireMessage;
+use relaymesh_protocol::{BoundedVec, Ed25519Verifier, PublicKey, Signer};
+
+use crate::metrics::{Metrics, ReasonLabel};
+
+/// The sled tree a node keeps its invite and revocation lists in.
+pub const TREE: &str = "membership";
+const INVITE_KEY: &[u8] = b"invite";
+const REVOCATION_PREFIX: &[u8] = b"revocation/";
+
+/// How many admitted peers are remembered: enough for every connection a node allows.
+const MAX_REMEMBERED: usize = 4096;
+
+/// A private mesh's membership at one node.
+pub struct Membership {
+    params: MeshParams,
+    own_key: PublicKey,
+    invite: Option<SignedInvite>,
+    own: Admitted,
+    revocations: Mutex<Revocations>,
+    admitted: Mutex<HashMap<PeerId, Admitted>>,
+    tree: sled::Tree,
+    metrics: Metrics,
+}
+
+/// The key inside an ed25519 peer id; `None` for any other kind of key.
+pub fn key_of(peer: &PeerId) -> Option<PublicKey> {
+    PublicKey::from_peer_id_bytes(&peer.to_bytes())
+}
+
+impl Membership {
+    /// The membership of a private mesh, `None` for a public one. Takes `invite` (and
+    /// stores it) or the invite stored before, loads the stored revocation lists, and
+    /// checks that this node is itself a member: a node with a wrong, expired or
+    /// revoked invite says so and does not start.
+    pub fn open(
+        params: &MeshParams,
+        key: &relaymesh_protocol::Keypair,
+        invite: Option<SignedInvite>,
+        tree: sled::Tree,
+        metrics: Metrics,
+        now_ms: u64,
+    ) -> Result<Option<Self>, String> {
+        if !params.is_private() {
+            if invite.is_some() {
+                return Err("--invite is for a private mesh, and this mesh's parameters name no owners (a public mesh needs no invite)".into());
+            }
+            return Ok(None);
+        }
+        let db = |e: sled::Error| format!("membership store: {e}");
+        let mut revocations = Revocations::default();
+        for item in tree.scan_prefix(REVOCATION_PREFIX) {
+            let (_, bytes) = item.map_err(db)?;
+            if let Ok(list) = SignedRevocation::decode(&bytes) {
+                let _ = revocations.apply(params, list, &Ed25519Verifier);
+            }
+        }
+        let invite = match invite {
+            Some(invite) => {
+                tree.insert(INVITE_KEY, invite.encode().map_err(|e| e.to_string())?)
+                    .map_err(db)?;
+                Some(invite)
+            }
+            None => match tree.get(INVITE_KEY).map_err(db)? {
+                Some(bytes) => Some(SignedInvite::decode(&bytes).map_err(|e| {
+                    format!("the stored invite is unreadable ({e}); join again with --invite")
+                })?),
+                None => None,
+            },
+        };
+        let own_key = key.public_key();
+        let own = admit(params, invite.as_ref(), &own_key, &revocations, now_ms, &Ed25519Verifier)
+            .map_err(|refusal| match refusal {
+                Refusal::NoInvite => format!(
+                    "mesh {} is private: join with --invite TOKEN (or a file holding it), which its owner makes with `relaymesh mesh invite`",
+                    params.name.as_str()
+                ),
+                other => format!("cannot join private mesh {}: {other}", params.name.as_str()),
+            })?;
+        Ok(Some(Self {
+            params: params.clone(),
+            own_key,
+            invite,
+            own,
+            revocations: Mutex::new(revocations),
+            admitted: Mutex::new(HashMap::new()),
+            tree,
+            metrics,
+        }))
+    }
+
+    /// A membership that presents `invite` whatever it is worth, without checking it
+    /// first: for `relaymesh mesh probe`, which asks a peer what it thinks of one.
+    pub fn presenting(
+        params: &MeshParams,
+        key: &relaymesh_protocol::Keypair,
+        invite: Option<SignedInvite>,
+        tree: sled::Tree,
+        metrics: Metrics,
+    ) -> Self {
+        Self {
+            params: params.clone(),
+            own_key: key.public_key(),
+            own: Admitted {
+                role: Role::BOTH,
+                invite: invite.as_ref().map(|i| i.body.id),
+                expires_ms: invite.as_ref().map_or(0, |i| i.body.expires_ms),
+            },
+            invite,
+            revocations: Mutex::new(Revocations::default()),
+            admitted: Mutex::new(HashMap::new()),
+            tree,
+            metrics,
+        }
+    }
+
+    /// This node's own role and invite.
+    pub fn own(&self) -> Admitted {
+        self.own
+    }
+
+    /// The hello this node opens each connection with.
+    pub fn hello(&self) -> Hello {
+        let revocations = self.revocations.lock().expect("membership lock");
+        Hello {
+            version: relaymesh_protocol::PROTOCOL_VERSION,
+            mesh_id: self.params.mesh_id(),
+            invite: self.invite.clone(),
+            revocations: BoundedVec::try_from_vec(revocations.lists().cloned().collect())
+                .expect("one list per owner"),
+        }
+    }
+
+    /// Judges a peer's hello: takes the revocation lists it brings, then decides on
+    /// its invite. Counts a refusal by reason.
+    pub fn judge(&self, peer: &PeerId, hello: Hello, now_ms: u64) -> Result<Admitted, Refusal> {
+        let verdict = (|| {
+            if hello.mesh_id != self.params.mesh_id() {
+                return Err(Refusal::OtherMesh);
+            }
+            for list in hello.revocations.into_vec() {
+                let _ = self.apply_revocation(list);
+            }
+            let key = key_of(peer).ok_or(Refusal::NotAnOwner)?;
+            let revocations = self.revocations.lock().expect("membership lock");
+            admit(
+                &self.params,
+                hello.invite.as_ref(),
+                &key,
+                &revocations,
+                now_ms,
+                &Ed25519Verifier,
+            )
+        })();
+        match &verdict {
+            Ok(admitted) => {
+                let mut map = self.admitted.lock().expect("membership lock");
+                if map.len() >= MAX_REMEMBERED && !map.contains_key(peer) {
+                    // Forget the member whose invite ends first; it is met again at
+                    // its next connection.
+                    if let Some(first) = map.iter().min_by_key(|(_, a)| a.expires_ms) {
+                        let first = *first.0;
+                        map.remove(&first);
+                    }
+                }
+                map.insert(*peer, *admitted);
+            }
+            Err(refusal) => self.count_refusal(refusal.label()),
+        }
+        verdict
+    }
+
+    /// Counts a connection refused, by reason (`by_peer` when a peer refused us).
+    pub fn count_refusal(&self, reason: &str) {
+        self.metrics
+            .membership_refused
+            .get_or_create(&ReasonLabel {
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
+    /// The role a connected peer was admitted with.
+    pub fn role_of(&self, peer: &PeerId) -> Option<Role> {
+        self.admitted
+            .lock()
+            .expect("membership lock")
+            .get(peer)
+            .map(|a| a.role)
+    }
+
+    /// What a peer was admitted with.
+    pub fn admitted(&self, peer: &PeerId) -> Option<Admitted> {
+        self.admitted
+            .lock()
+            .expect("membership lock")
+            .get(peer)
+            .copied()
+    }
+
+    /// Takes a revocation list (from gossip, a hello or the API) if it is an owner's
+    /// and newer than the one held; a new one is stored.
+    pub fn apply_revocation(&self, list: SignedRevocation) -> Result<Applied, Refusal> {
+        let owner = list.body.owner;
+        let bytes = list.encode().map_err(|_| Refusal::BadSignature)?;
+        let applied = self.revocations.lock().expect("membership lock").apply(
+            &self.params,
+            list,
+            &Ed25519Verifier,
+        )?;
+        if applied == Applied::New {
+            let mut key = REVOCATION_PREFIX.to_vec();
+            key.extend_from_slice(owner.as_bytes());
+            if let Err(e) = self.tree.insert(key, bytes) {
+                tracing::warn!(error = %e, "could not store a revocation list");
+            }
+        }
+        Ok(applied)
+    }
+
+    /// Whether an owner has revoked this peer key (whatever its invite).
+    pub fn is_revoked_peer(&self, key: &PublicKey) -> bool {
+        !self.params.is_owner(key)
+            && self
+                .revocations
+                .lock()
+                .expect("membership lock")
+                .check(None, key)
+                .is_err()
+    }
+
+    /// The revocation lists held, one per owner.
+    pub fn revocations(&self) -> Vec<SignedRevocation> {
+        self.revocations
+            .lock()
+            .expect("membership lock")
+            .lists()
+            .cloned()
+            .collect()
+    }
+
+    /// Peers among `connected` that must be cut off now: their invite expired or they
+    /// were revoked since they were admitted. Forgets admitted peers no longer
+    /// connected.
+    pub fn to_cut(&self, connected: &[PeerId], now_ms: u64) -> Vec<(PeerId, Refusal)> {
+        let revocations = self.revocations.lock().expect("membership lock");
+        let mut admitted = self.admitted.lock().expect("membership lock");
+        admitted.retain(|peer, _| connected.contains(peer));
+        let mut cut = Vec::new();
+        for (peer, member) in admitted.iter() {
+            if now_ms >= member.expires_ms {
+                cut.push((
+                    *peer,
+                    Refusal::Expired {
+                        expired_ms: member.expires_ms,
+                    },
+                ));
+            } else if let Some(key) = key_of(peer).filter(|k| !self.params.is_owner(k)) {
+                if let Err(refusal) = revocations.check(member.invite.as_ref(), &key) {
+                    cut.push((*peer, refusal));
+                }
+            }
+        }
+        for (peer, _) in &cut {
+            admitted.remove(peer);
+        }
+        cut
+    }
+
+    /// Whether this node's own membership has ended (its invite expired or revoked).
+    pub fn own_refusal(&self, now_ms: u64) -> Option<Refusal> {
+        let revocations = self.revocations.lock().expect("membership lock");
+        admit(
+            &self.params,
+            self.invite.as_ref(),
+            &self.own_key,
+            &revocations,
+            now_ms,
+            &Ed25519Verifier,
+        )
+        .err()
+    }
+}
