@@ -149,6 +149,35 @@ fn transfer_target() -> FuzzTarget {
     )
 }
 
+fn revocation_target() -> FuzzTarget {
+    use relaymesh_protocol::identity::signed::Signed;
+    use relaymesh_protocol::messages::membership::Revocation;
+    use relaymesh_protocol::wire::WireMessage;
+    let owner = Keypair::from_secret([7; 32]);
+    let list = Signed::sign(
+        Revocation {
+            version: relaymesh_protocol::PROTOCOL_VERSION,
+            mesh_id: relaymesh_protocol::Digest([1; 32]),
+            owner: owner.public_key(),
+            seq: 3,
+            invites: relaymesh_protocol::BoundedVec::try_from_vec(vec![
+                relaymesh_protocol::Digest([2; 32]),
+            ])
+            .expect("one"),
+            peers: relaymesh_protocol::BoundedVec::try_from_vec(vec![owner.public_key()])
+                .expect("one"),
+        },
+        &owner,
+    );
+    let corpus = bodies(&[json!({"revocation": hex::encode(list.encode().expect("fits"))})]);
+    FuzzTarget::new(
+        "POST /relaymesh/v1/revocations",
+        corpus,
+        Mutation::Json,
+        |bytes| within_limit(bytes) && super::members::revocation_request(bytes).is_ok(),
+    )
+}
+
 /// Three header values, one per line: max price, digest, suppliers.
 fn headers_target() -> FuzzTarget {
     let peers = [1u8, 2].map(|n| Keypair::from_secret([n; 32]).public_key().peer_id());
@@ -191,6 +220,7 @@ pub fn targets() -> Vec<FuzzTarget> {
     let mut out = openai_targets();
     out.extend(ollama_targets());
     out.push(transfer_target());
+    out.push(revocation_target());
     out.push(headers_target());
     out
 }

@@ -1,12 +1,14 @@
 //! Fuzz targets for what the node decodes beyond the protocol's own messages (those
 //! are `relaymesh_protocol::messages::wire_decoders`): the inference stream's framing,
-//! the ads and ledger sync codecs with what the node does with their contents, and the
+//! the ads and ledger sync codecs with what the node does with their contents, a private
+//! mesh's membership handshake, and the
 //! HTTP API's JSON bodies and routing headers up to the backend request they become.
 //!
 //! Stable Rust, deterministic from a seed: structured mutation of valid inputs (the
 //! protocol's golden vectors, sample bodies). A short run is in the tests; millions of
 //! inputs with `cargo run --release -p relaymesh-node --example fuzz`. A panic is a bug.
 
+pub mod admission;
 pub mod frames;
 pub mod json;
 pub mod sync;
@@ -99,6 +101,7 @@ pub fn targets(vectors: &Path) -> Result<Vec<FuzzTarget>, String> {
     let vectors = read_vectors(vectors)?;
     let mut out = vec![frames::target(&vectors)];
     out.extend(sync::targets(&vectors)?);
+    out.push(admission::target()?);
     out.extend(crate::api::fuzz::targets());
     Ok(out)
 }
