@@ -76,6 +76,17 @@ impl NodeBuilder {
         self
     }
 
+    /// Joins a private mesh with this invite (`relaymesh mesh invite` makes one; read a
+    /// token with `SignedInvite::from_token`). With a data dir it is kept there, so a
+    /// restart needs it no more.
+    pub fn invite(
+        mut self,
+        invite: relaymesh_protocol::messages::membership::SignedInvite,
+    ) -> Self {
+        self.config.invite = Some(invite);
+        self
+    }
+
     /// Keeps the identity (and a database) in `dir`, so the peer id survives restarts.
     pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.config.identity = Identity::DataDir(dir.into());

@@ -417,3 +417,153 @@ fn only_invited_peers_get_in_and_a_revoked_one_is_cut_off() {
     let (code, _, body) = chat(&gw);
     assert_ne!(code, 200, "a revoked member was served: {body}");
 }
+
+/// The revocation list `seq` of `owner` naming `invites`.
+fn revocation(
+    params: &relaymesh_protocol::params::MeshParams,
+    owner: &relaymesh_protocol::Keypair,
+    seq: u64,
+    invites: Vec<relaymesh_protocol::Digest>,
+) -> relaymesh_protocol::messages::membership::SignedRevocation {
+    use relaymesh_protocol::Signer;
+    relaymesh_protocol::identity::signed::Signed::sign(
+        relaymesh_protocol::messages::membership::Revocation {
+            version: relaymesh_protocol::PROTOCOL_VERSION,
+            mesh_id: params.mesh_id(),
+            owner: owner.public_key(),
+            seq,
+            invites: relaymesh_protocol::BoundedVec::try_from_vec(invites).unwrap(),
+            peers: relaymesh_protocol::BoundedVec::new(),
+        },
+        owner,
+    )
+}
+
+/// A member keeps its invite and the revocation lists it heard in its data dir: it
+/// restarts without `--invite`, still enforcing them; once its own invite is revoked
+/// (it learns so from the next member's hello), it refuses to start, saying why.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_member_keeps_its_invite_and_the_revocations_it_heard() {
+    use relaymesh::NodeBuilder;
+    use relaymesh_protocol::identity::signed::Signed;
+    use relaymesh_protocol::messages::membership::{Invite, ROLE_BOTH};
+    use relaymesh_protocol::{Digest, Keypair, Signer};
+    use support::{address, wait_for};
+
+    let owner = Keypair::from_secret([21; 32]);
+    let mut params = relaymesh_node::config::named_mesh("private-restart");
+    params.owners = relaymesh_protocol::BoundedVec::try_from_vec(vec![owner.public_key()]).unwrap();
+    let token = Signed::sign(
+        Invite {
+            version: relaymesh_protocol::PROTOCOL_VERSION,
+            mesh_id: params.mesh_id(),
+            id: Digest([4; 32]),
+            owner: owner.public_key(),
+            holder: None,
+            role: ROLE_BOTH,
+            expires_ms: u64::MAX / 2,
+        },
+        &owner,
+    );
+    // The owner's own key runs the bootstrap node: it needs no invite.
+    let mut builder = NodeBuilder::full()
+        .mesh(params.clone())
+        .listen(vec![support::tcp()]);
+    builder.config_mut().identity = relaymesh::Identity::Ephemeral(owner.clone());
+    let boot = builder.start().await.unwrap();
+    let boot_addr = address(&boot, "tcp").await;
+    let dir = tempfile::tempdir().unwrap();
+    let member = || {
+        NodeBuilder::full()
+            .mesh(params.clone())
+            .listen(vec![support::tcp()])
+            .data_dir(dir.path())
+            .bootstrap(boot_addr.clone())
+    };
+    let connected = |node: &relaymesh::Node| {
+        let handle = node.handle().clone();
+        async move {
+            handle
+                .peers()
+                .await
+                .ok()
+                .filter(|p| !p.is_empty())
+                .map(|_| ())
+        }
+    };
+
+    // Without an invite, nothing starts.
+    let refused = member()
+        .start()
+        .await
+        .err()
+        .expect("started without an invite");
+    assert!(refused.to_string().contains("--invite"), "{refused}");
+    let node = member().invite(token.clone()).start().await.unwrap();
+    wait_for("the member connected", Duration::from_secs(20), || {
+        connected(&node)
+    })
+    .await;
+    // The owner revokes someone else's invite; the member hears it by gossip.
+    let other = Digest([5; 32]);
+    assert_eq!(
+        boot.handle()
+            .revoke(revocation(&params, &owner, 1, vec![other]))
+            .await
+            .unwrap(),
+        Ok(true)
+    );
+    wait_for(
+        "the list gossiped to the member",
+        Duration::from_secs(20),
+        || async {
+            let lists = node.handle().membership()?.revocations();
+            (lists.len() == 1).then_some(())
+        },
+    )
+    .await;
+    node.shutdown().await;
+
+    // Restarted without --invite: admitted again, the list still held.
+    let node = member().start().await.unwrap();
+    wait_for("the member reconnected", Duration::from_secs(20), || {
+        connected(&node)
+    })
+    .await;
+    let lists = node.handle().membership().unwrap().revocations();
+    assert_eq!(lists[0].body.invites.as_slice(), &[other]);
+
+    // Its own invite revoked: cut off at once, and told why when it knocks again.
+    assert_eq!(
+        boot.handle()
+            .revoke(revocation(&params, &owner, 2, vec![other, token.body.id]))
+            .await
+            .unwrap(),
+        Ok(true)
+    );
+    wait_for("the member cut off", Duration::from_secs(20), || async {
+        let peers = node.handle().peers().await.ok()?;
+        peers.is_empty().then_some(())
+    })
+    .await;
+    wait_for(
+        "the member told it was revoked",
+        Duration::from_secs(20),
+        || async {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as u64;
+            node.handle().membership()?.own_refusal(now).map(|_| ())
+        },
+    )
+    .await;
+    node.shutdown().await;
+    let refused = member()
+        .start()
+        .await
+        .err()
+        .expect("a revoked member started");
+    assert!(refused.to_string().contains("revoked"), "{refused}");
+    boot.shutdown().await;
+}

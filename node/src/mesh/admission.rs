@@ -110,7 +110,7 @@ struct Handshake {
     ours_done: bool,
     theirs: Option<Inbound>,
     theirs_done: bool,
-    /// Our stream failed; reported once theirs is judged.
+    /// Our stream failed (or the peer refused us); reported once theirs is judged.
     broken: Option<AdmissionError>,
 }
 
@@ -175,13 +175,12 @@ impl Future for Handshake {
             if let Poll::Ready(result) = ours.poll_unpin(cx) {
                 this.ours = None;
                 this.ours_done = true;
-                match result {
-                    // The peer's word is final.
-                    Err(e @ AdmissionError::RefusedByPeer { .. }) => return Poll::Ready(Err(e)),
-                    // A broken exchange may be the peer leaving after our refusal:
-                    // our own verdict, when it comes, says more.
-                    Err(e) => this.broken = Some(e),
-                    Ok(()) => {}
+                // A refusal is final, but the peer's hello is still judged: it
+                // carries the revocation lists that may say why. A broken exchange
+                // may be the peer leaving after our refusal: our own verdict, when it
+                // comes, says more.
+                if let Err(e) = result {
+                    this.broken = Some(e);
                 }
             }
         }
@@ -189,7 +188,12 @@ impl Future for Handshake {
             if let Poll::Ready(result) = theirs.poll_unpin(cx) {
                 this.theirs = None;
                 this.theirs_done = true;
-                result?;
+                if let Err(e) = result {
+                    return Poll::Ready(Err(match this.broken.take() {
+                        Some(refused @ AdmissionError::RefusedByPeer { .. }) => refused,
+                        _ => e,
+                    }));
+                }
             }
         }
         if this.ours_done && this.theirs_done {
