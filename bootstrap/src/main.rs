@@ -28,6 +28,10 @@ struct Args {
     /// A community mesh's parameters file (`relaymesh mesh init`); replaces --mesh.
     #[arg(long, env = "RELAYMESH_MESH_FILE")]
     mesh_file: Option<PathBuf>,
+    /// The invite that admits this node to a private mesh (the token `relaymesh mesh
+    /// invite` printed, or a file holding it); kept in the data dir.
+    #[arg(long, env = "RELAYMESH_INVITE", hide_env_values = true)]
+    invite: Option<String>,
     /// Most connections at once.
     #[arg(long, env = "RELAYMESH_MAX_CONNECTIONS", default_value_t = 1024)]
     max_connections: u32,
@@ -73,6 +77,12 @@ async fn main() -> anyhow::Result<()> {
     };
     let mut config = NodeConfig::new(mesh, Identity::DataDir(args.data_dir.clone()));
     config.role = Role::Bootstrap;
+    config.invite = args
+        .invite
+        .as_deref()
+        .map(relaymesh_node::mesh::membership::read_invite)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!(e))?;
     config.listen = args.listen.clone();
     config.bootstrap = args.bootstrap;
     config.max_connections = args.max_connections;

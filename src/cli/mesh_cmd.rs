@@ -189,7 +189,10 @@ fn probe(
     json: bool,
 ) -> anyhow::Result<()> {
     let params = MeshFile::load(mesh_file).map_err(|e| anyhow!(e))?;
-    let invite = invite.map(super::node_cmd::read_invite).transpose()?;
+    let invite = invite
+        .map(relaymesh_node::mesh::membership::read_invite)
+        .transpose()
+        .map_err(|e| anyhow!(e))?;
     let key = match data_dir {
         Some(dir) => relaymesh_node::store::load_or_create_identity(dir, || {
             Keypair::generate(&mut rand_core::OsRng)

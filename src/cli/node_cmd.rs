@@ -252,21 +252,6 @@ fn offer(spec: &str, tau: u64) -> anyhow::Result<ModelOffer> {
     })
 }
 
-/// An invite given as its token or as a file holding the token.
-pub(super) fn read_invite(
-    given: &str,
-) -> anyhow::Result<relaymesh_protocol::messages::membership::SignedInvite> {
-    use relaymesh_protocol::messages::membership::{SignedInvite, TOKEN_PREFIX};
-    let token = if given.trim().starts_with(TOKEN_PREFIX) {
-        given.to_owned()
-    } else {
-        std::fs::read_to_string(given).map_err(|e| {
-            anyhow!("--invite {given:?}: neither an invite token ({TOKEN_PREFIX}…) nor a readable file: {e}")
-        })?
-    };
-    SignedInvite::from_token(&token).map_err(|e| anyhow!("--invite: {e}"))
-}
-
 /// Flags and environment over the file, the file over defaults.
 fn resolve(args: NodeArgs) -> anyhow::Result<(NodeConfig, Serving)> {
     let file = match &args.config {
@@ -290,8 +275,9 @@ fn resolve(args: NodeArgs) -> anyhow::Result<(NodeConfig, Serving)> {
     config.invite = args
         .invite
         .or(file.invite)
-        .map(|given| read_invite(&given))
-        .transpose()?;
+        .map(|given| relaymesh_node::mesh::membership::read_invite(&given))
+        .transpose()
+        .map_err(|e| anyhow!(e))?;
     config.listen = match (args.listen.is_empty(), file.listen) {
         (false, _) => args.listen,
         (true, Some(listen)) => parse_all(listen, "listen address")?,

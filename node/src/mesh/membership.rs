@@ -35,6 +35,20 @@ pub struct Membership {
     metrics: Metrics,
 }
 
+/// An invite as a person gives it: the token `relaymesh mesh invite` printed, or a file
+/// holding it.
+pub fn read_invite(given: &str) -> Result<SignedInvite, String> {
+    use relaymesh_protocol::messages::membership::TOKEN_PREFIX;
+    let token = if given.trim().starts_with(TOKEN_PREFIX) {
+        given.to_owned()
+    } else {
+        std::fs::read_to_string(given).map_err(|e| {
+            format!("--invite {given:?}: neither an invite token ({TOKEN_PREFIX}…) nor a readable file: {e}")
+        })?
+    };
+    SignedInvite::from_token(&token).map_err(|e| format!("--invite: {e}"))
+}
+
 /// The key inside an ed25519 peer id; `None` for any other kind of key.
 pub fn key_of(peer: &PeerId) -> Option<PublicKey> {
     PublicKey::from_peer_id_bytes(&peer.to_bytes())

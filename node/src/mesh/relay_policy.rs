@@ -2,10 +2,11 @@
 //! relay for peers behind NAT).
 //!
 //! Every reservation and every circuit passes [`may_use_relay`] for the peer that asks
-//! (a circuit's other end must hold a reservation, so it passed too). Today that admits
-//! every peer of the mesh: a peer whose identify names another mesh is blocked and
-//! disconnected (`behaviour::MeshBehaviour::blocked`), and nothing else tells members
-//! from strangers yet. A private mesh (membership certificates) decides here.
+//! (a circuit's other end must hold a reservation, so it passed too). It admits every
+//! peer that reached this node: a peer whose identify names another mesh is blocked and
+//! disconnected (`behaviour::MeshBehaviour::blocked`), and in a private mesh only
+//! members get a connection at all (`super::admission`), so only members reserve slots
+//! and open circuits.
 
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use libp2p::{Multiaddr, PeerId};
 use crate::config::RelayLimits;
 
 /// Whether `peer` may reserve a slot on, or open a circuit through, this node's relay.
-/// The seam for private meshes: today every connected peer of the mesh may.
+/// Every connected peer of the mesh may (a private mesh's strangers never connect).
 pub fn may_use_relay(_peer: &PeerId) -> bool {
     true
 }
