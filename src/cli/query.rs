@@ -103,19 +103,33 @@ fn list(args: &QueryArgs, path: &str, empty: &str, columns: &[(&str, &str)]) -> 
 }
 
 pub fn peers(args: &QueryArgs) -> anyhow::Result<()> {
-    list(
-        args,
-        "/relaymesh/v1/peers",
-        "no peers connected",
-        &[
-            ("peer_id", "PEER"),
-            ("link", "LINK"),
-            ("transports", "TRANSPORT"),
-            ("rtt_ms", "RTT ms"),
-            ("agent", "AGENT"),
-            ("addresses", "ADDRESS"),
-        ],
-    )
+    let body = get(args, "/relaymesh/v1/peers")?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&body)?);
+        return Ok(());
+    }
+    let mut rows = body.as_array().cloned().unwrap_or_default();
+    if rows.is_empty() {
+        println!("no peers connected");
+        return Ok(());
+    }
+    let mut columns = vec![
+        ("peer_id", "PEER"),
+        ("link", "LINK"),
+        ("transports", "TRANSPORT"),
+        ("rtt_ms", "RTT ms"),
+        ("agent", "AGENT"),
+    ];
+    // In a private mesh, what each peer was admitted as.
+    if rows.iter().any(|r| r["member"].is_object()) {
+        for row in &mut rows {
+            row["role"] = row["member"]["role"].clone();
+        }
+        columns.push(("role", "ROLE"));
+    }
+    columns.push(("addresses", "ADDRESS"));
+    print_table(&rows, &columns);
+    Ok(())
 }
 
 /// Prints what the node says of its health; fails (exit 1) when a finding does.
