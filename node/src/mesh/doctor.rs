@@ -27,7 +27,8 @@ pub enum Level {
 pub struct Finding {
     /// Its level.
     pub level: Level,
-    /// What it is about: `bootstrap`, `reachability`, `links`, `clock`, `peers`.
+    /// What it is about: `bootstrap`, `reachability`, `links`, `clock`, `peers`,
+    /// `membership`.
     pub topic: &'static str,
     /// What is so, in plain words.
     pub what: String,
@@ -41,6 +42,47 @@ fn finding(level: Level, topic: &'static str, what: String, advice: Option<Strin
         topic,
         what,
         advice,
+    }
+}
+
+fn now_ms() -> u64 {
+    crate::mesh::now_ms()
+}
+
+/// A private mesh's member: admitted as what, until when, or why no longer.
+fn membership_finding(m: &crate::mesh::handle::OwnMembership, now_ms: u64) -> Finding {
+    let renew = "ask the mesh's owner for a new invite (`relaymesh mesh invite`) and restart with --invite TOKEN".to_string();
+    if let Some(why) = &m.ended {
+        return finding(
+            Level::Fail,
+            "membership",
+            format!("members refuse this node: {why}"),
+            Some(renew),
+        );
+    }
+    let whose = match &m.member.invite {
+        Some(id) => format!("invite {}…", &id[..id.len().min(12)]),
+        None => "an owner's key".to_string(),
+    };
+    match m.member.expires_ms {
+        None => finding(
+            Level::Ok,
+            "membership",
+            format!("member of this private mesh as {} ({whose})", m.member.role),
+            None,
+        ),
+        Some(expires) => {
+            let left_h = expires.saturating_sub(now_ms) / 3_600_000;
+            let what = format!(
+                "member of this private mesh as {} ({whose}), for {} more hour(s)",
+                m.member.role, left_h
+            );
+            if left_h < 24 {
+                finding(Level::Warn, "membership", what, Some(renew))
+            } else {
+                finding(Level::Ok, "membership", what, None)
+            }
+        }
     }
 }
 
@@ -251,6 +293,10 @@ pub fn diagnose(
         }
     }
 
+    if let Some(m) = &status.membership {
+        out.push(membership_finding(m, now_ms()));
+    }
+
     match clock {
         None => {}
         Some(c) => match c.offset_ms {
@@ -333,6 +379,7 @@ mod tests {
             },
             clock: None,
             suppliers: 1,
+            membership: None,
             version: "0".into(),
         }
     }
@@ -399,5 +446,38 @@ mod tests {
         assert!(found[0].what.contains("timed out"));
         assert_eq!(found[1].level, Level::Ok);
         assert_eq!(found[2].topic, "peers");
+    }
+
+    #[test]
+    fn a_member_is_told_when_its_invite_runs_out_or_was_revoked() {
+        use crate::mesh::handle::{MemberRow, OwnMembership};
+        let member = |expires_ms, ended: Option<&str>| OwnMembership {
+            member: MemberRow {
+                role: "app".into(),
+                invite: Some("984adc6e0c71559d758295bf".into()),
+                expires_ms: Some(expires_ms),
+            },
+            ended: ended.map(Into::into),
+        };
+        let now = 1_000 * 3_600_000;
+        let f = membership_finding(&member(now + 48 * 3_600_000, None), now);
+        assert_eq!(
+            (
+                f.level,
+                f.what
+                    .contains("as app (invite 984adc6e0c71…), for 48 more")
+            ),
+            (Level::Ok, true),
+            "{f:?}"
+        );
+        let f = membership_finding(&member(now + 3_600_000, None), now);
+        assert_eq!(f.level, Level::Warn);
+        assert!(f.advice.unwrap().contains("--invite"));
+        let f = membership_finding(
+            &member(now, Some("the invite has been revoked by the mesh's owner")),
+            now,
+        );
+        assert_eq!(f.level, Level::Fail);
+        assert!(f.what.contains("revoked"), "{f:?}");
     }
 }

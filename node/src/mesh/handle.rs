@@ -61,8 +61,21 @@ pub struct NodeStatus {
     pub clock: Option<crate::settle::ClockReport>,
     /// Suppliers in the peer table.
     pub suppliers: usize,
+    /// In a private mesh: this node's own membership.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub membership: Option<OwnMembership>,
     /// relaymesh version.
     pub version: String,
+}
+
+/// This node's membership of a private mesh.
+#[derive(Clone, Debug, Serialize)]
+pub struct OwnMembership {
+    /// What it was admitted as.
+    #[serde(flatten)]
+    pub member: MemberRow,
+    /// Why members now refuse it (its invite expired or was revoked), if they do.
+    pub ended: Option<String>,
 }
 
 /// One connected peer.

@@ -31,6 +31,13 @@ impl EventLoop {
             links,
             clock: None,
             suppliers: self.table.len(),
+            membership: self
+                .membership
+                .as_ref()
+                .map(|m| crate::mesh::handle::OwnMembership {
+                    member: crate::mesh::MemberRow::of(&m.own()),
+                    ended: m.own_refusal(super::now_ms()).map(|r| r.to_string()),
+                }),
             version: env!("CARGO_PKG_VERSION").to_string(),
         }
     }
