@@ -780,7 +780,9 @@ impl EventLoop {
             }
             // Valid but of no use (an older ad replayed, or one key's ads too close
             // together): not forwarded, and not held against the peer that relayed it.
-            Ok(AdUpdate::Stale | AdUpdate::TooSoon) => gossipsub::MessageAcceptance::Ignore,
+            Ok(AdUpdate::Stale | AdUpdate::TooSoon | AdUpdate::Full) => {
+                gossipsub::MessageAcceptance::Ignore
+            }
             Err(reason) => {
                 self.metrics.invalid(reason);
                 debug!(peer = %source, reason, "invalid gossip dropped");
@@ -833,6 +835,7 @@ impl EventLoop {
             AdUpdate::Updated => debug!(peer = %supplier, models, "ad received"),
             AdUpdate::Same | AdUpdate::Stale => {}
             AdUpdate::TooSoon => self.metrics.limited("ads_too_soon"),
+            AdUpdate::Full => self.metrics.limited("peer_table_full"),
         }
         self.metrics.suppliers.set(self.table.len() as i64);
         Ok(update)

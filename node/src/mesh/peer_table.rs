@@ -13,7 +13,11 @@ use relaymesh_protocol::messages::capability::{ModelOffer, SignedCapabilityAd};
 use relaymesh_protocol::PublicKey;
 use serde::Serialize;
 
-/// Most suppliers the table keeps; beyond it, the ad expiring soonest is dropped.
+/// Most suppliers the table keeps. Beyond it, a new ad takes the place of the ad
+/// expiring soonest among suppliers this node has never been connected to; a supplier
+/// it has met keeps its place, so a flood of ads from new keys (which cost nothing to
+/// make) cannot push out the suppliers a node uses. A new key's ad is kept out when
+/// every place is held by a supplier met, unless that key was met too.
 pub const MAX_SUPPLIERS: usize = 4096;
 
 /// Longest back-off of an unreachable supplier.
@@ -76,6 +80,9 @@ pub struct ModelRow {
 #[derive(Debug, Default)]
 pub struct PeerTable {
     suppliers: BTreeMap<PublicKey, SupplierEntry>,
+    /// Keys this node has had a connection with, and when last (unix ms); at most
+    /// [`MAX_SUPPLIERS`], the longest unseen forgotten first.
+    met: BTreeMap<PublicKey, u64>,
 }
 
 /// What an ad did to the table.
@@ -93,6 +100,8 @@ pub enum AdUpdate {
     /// Newer, but by gossip within [`MIN_AD_INTERVAL_MS`] of the last gossiped one we
     /// took: kept out, so one key cannot make the mesh carry a stream of ads.
     TooSoon,
+    /// A new key, and every place is held by a supplier this node has met: kept out.
+    Full,
 }
 
 /// Shortest interval between two ads of one supplier that the table takes (and the
@@ -101,6 +110,16 @@ pub enum AdUpdate {
 pub const MIN_AD_INTERVAL_MS: u64 = 1_000;
 
 impl PeerTable {
+    /// Notes a connection with `key`: its ad keeps its place when the table is full.
+    pub fn met(&mut self, key: PublicKey, now_ms: u64) {
+        if self.met.len() >= MAX_SUPPLIERS && !self.met.contains_key(&key) {
+            if let Some(oldest) = self.met.iter().min_by_key(|(_, at)| **at).map(|(k, _)| *k) {
+                self.met.remove(&oldest);
+            }
+        }
+        self.met.insert(key, now_ms);
+    }
+
     /// Takes a validated ad that came by gossip: as [`PeerTable::upsert`], except that
     /// a newer ad within [`MIN_AD_INTERVAL_MS`] of the last one gossiped is kept out.
     pub fn upsert_gossiped(&mut self, ad: SignedCapabilityAd, now_ms: u64) -> AdUpdate {
@@ -132,13 +151,19 @@ impl PeerTable {
             None => AdUpdate::New,
         };
         if update == AdUpdate::New && self.suppliers.len() >= MAX_SUPPLIERS {
-            let soonest = self
-                .suppliers
-                .iter()
-                .min_by_key(|(_, e)| e.ad.body.expires_ms)
-                .map(|(k, _)| *k)
-                .expect("table is full");
-            self.suppliers.remove(&soonest);
+            let soonest = |met: Option<bool>| {
+                self.suppliers
+                    .iter()
+                    .filter(|(k, _)| met.is_none_or(|m| self.met.contains_key(*k) == m))
+                    .min_by_key(|(_, e)| e.ad.body.expires_ms)
+                    .map(|(k, _)| *k)
+            };
+            let place = match soonest(Some(false)) {
+                Some(stranger) => stranger,
+                None if self.met.contains_key(&key) => soonest(None).expect("table is full"),
+                None => return AdUpdate::Full,
+            };
+            self.suppliers.remove(&place);
         }
         self.suppliers.insert(
             key,
@@ -400,5 +425,58 @@ mod tests {
             table.upsert(a, 0);
         }
         assert_eq!(table.len(), MAX_SUPPLIERS);
+    }
+
+    /// Failed before: a full table gave the place of the ad expiring soonest to any new
+    /// key, so a flood of ads from fresh keys with long lifetimes pushed out every
+    /// supplier the node used.
+    #[test]
+    fn a_flood_of_new_keys_does_not_push_out_suppliers_this_node_met() {
+        let mut table = PeerTable::default();
+        let used = ad(1, 1, 1_000);
+        let used_key = used.body.supplier;
+        table.upsert(used, 0);
+        table.met(used_key, 0);
+        // Fresh keys with longer-lived ads, far more than fit.
+        let mut refused = 0;
+        for n in 0..(MAX_SUPPLIERS as u32 + 500) {
+            let k = Keypair::from_secret({
+                let mut s = [0u8; 32];
+                s[..4].copy_from_slice(&n.to_be_bytes());
+                s[31] = 0xee;
+                s
+            });
+            let mut flood = ad(2, 1, 600_000).body;
+            flood.supplier = k.public_key();
+            match table.upsert(Signed::sign(flood, &k), 0) {
+                AdUpdate::Full => refused += 1,
+                AdUpdate::New => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(refused, 0, "strangers only take strangers' places");
+        assert_eq!(table.len(), MAX_SUPPLIERS);
+        assert!(
+            table.get(&used_key).is_some(),
+            "the supplier in use was pushed out"
+        );
+        // When every place is held by a supplier met, a new stranger is kept out, and a
+        // supplier met takes the place of the soonest to expire.
+        let mut full = PeerTable::default();
+        for n in 0..MAX_SUPPLIERS as u32 {
+            let k = Keypair::from_secret({
+                let mut s = [1u8; 32];
+                s[..4].copy_from_slice(&n.to_be_bytes());
+                s
+            });
+            let mut a = ad(2, 1, 600_000 + u64::from(n)).body;
+            a.supplier = k.public_key();
+            full.met(k.public_key(), 0);
+            full.upsert(Signed::sign(a, &k), 0);
+        }
+        assert_eq!(full.upsert(ad(3, 1, 900_000), 0), AdUpdate::Full);
+        full.met(Keypair::from_secret([3; 32]).public_key(), 0);
+        assert_eq!(full.upsert(ad(3, 1, 900_000), 0), AdUpdate::New);
+        assert_eq!(full.len(), MAX_SUPPLIERS);
     }
 }

@@ -81,6 +81,7 @@ impl EventLoop {
             }
         }
         if let Some(key) = public_key_of(&peer) {
+            self.table.met(key, super::now_ms());
             if self.table.reachable(&key) {
                 info!(%peer, "supplier reachable again");
             }
