@@ -10,25 +10,24 @@ use libp2p::multiaddr::Protocol;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{gossipsub, identify, kad, mdns, ping, request_response, Multiaddr, PeerId, Swarm};
 use relaymesh_protocol::identity::signed::Signed;
-use relaymesh_protocol::messages::capability::{CapabilityAd, SignedCapabilityAd};
+use relaymesh_protocol::messages::capability::CapabilityAd;
 use relaymesh_protocol::wire::WireMessage;
-use relaymesh_protocol::{BoundedVec, Digest, Ed25519Verifier, Keypair, PublicKey, Signer};
+use relaymesh_protocol::{BoundedVec, Digest, Keypair, PublicKey, Signer};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use crate::config::{NodeConfig, Role};
 use crate::mesh::behaviour::{
-    AdsRequest, AdsResponse, LedgerSyncRequest, LedgerSyncResponse, MeshBehaviour,
-    MeshBehaviourEvent, MAX_SYNC_ADS,
+    AdsRequest, AdsResponse, LedgerSyncResponse, MeshBehaviour, MeshBehaviourEvent, MAX_SYNC_ADS,
 };
 use crate::mesh::bootstrap::Bootstraps;
 use crate::mesh::handle::{Command, LinkKind};
 use crate::mesh::names;
 use crate::mesh::observed::Observed;
-use crate::mesh::peer_table::{AdUpdate, PeerTable};
+use crate::mesh::peer_table::PeerTable;
 use crate::mesh::reachability::Reach;
 use crate::metrics::{Metrics, TransportLabel};
-use crate::settle::{Ingested, Settlement};
+use crate::settle::Settlement;
 
 /// Wall-clock now, in unix ms: the node is where clocks are read.
 pub(crate) fn now_ms() -> u64 {
@@ -69,6 +68,7 @@ struct Connection {
     since: std::time::Instant,
 }
 
+mod gossip;
 mod members;
 mod nat;
 mod reach;
@@ -320,88 +320,6 @@ impl EventLoop {
             if let Err(err) = self.swarm.behaviour_mut().kad.start_providing(key) {
                 debug!(%err, "provider record not stored");
             }
-        }
-    }
-
-    fn publish_ledger(&mut self, bytes: Vec<u8>) -> Result<(), String> {
-        let len = bytes.len();
-        match self
-            .swarm
-            .behaviour_mut()
-            .gossipsub
-            .publish(self.ledger_topic.clone(), bytes)
-        {
-            Ok(_) => {
-                self.metrics.gossip("out", len);
-                Ok(())
-            }
-            // Nobody to tell now, or told already: anti-entropy covers both.
-            Err(gossipsub::PublishError::NoPeersSubscribedToTopic)
-            | Err(gossipsub::PublishError::Duplicate) => Ok(()),
-            Err(e) => Err(e.to_string()),
-        }
-    }
-
-    /// Asks one connected relaymesh peer (a different one each round) for the ledger
-    /// messages we lack.
-    fn ledger_sync(&mut self) {
-        let Some(settlement) = &self.settlement else {
-            return;
-        };
-        let now = std::time::Instant::now();
-        if now < self.next_ledger_sync {
-            return;
-        }
-        self.next_ledger_sync = now + crate::settle::sync_interval(settlement.params());
-        let mut peers: Vec<PeerId> = self
-            .connections
-            .keys()
-            .filter(|p| {
-                self.agents
-                    .get(p)
-                    .is_some_and(|a| a.starts_with("relaymesh"))
-            })
-            .copied()
-            .collect();
-        if peers.is_empty() {
-            return;
-        }
-        peers.sort();
-        let peer = peers[self.ledger_rounds % peers.len()];
-        self.ledger_rounds += 1;
-        let have = settlement.sync_keys();
-        let request = LedgerSyncRequest {
-            have,
-            now_ms: now_ms(),
-            frozen: settlement.frozen_digest(),
-        };
-        self.swarm
-            .behaviour_mut()
-            .ledger_sync
-            .send_request(&peer, request);
-    }
-
-    /// Applies a ledger message from gossip or sync; returns the verdict for gossip.
-    fn on_ledger(&mut self, bytes: &[u8]) -> gossipsub::MessageAcceptance {
-        let Some(settlement) = self.settlement.clone() else {
-            return gossipsub::MessageAcceptance::Ignore;
-        };
-        match settlement.ingest_bytes(bytes, now_ms()) {
-            Ok(Ingested::New { publish }) => {
-                for message in publish {
-                    if let Ok(bytes) = message.encode() {
-                        let _ = self.publish_ledger(bytes);
-                    }
-                }
-                gossipsub::MessageAcceptance::Accept
-            }
-            Ok(Ingested::Duplicate) => gossipsub::MessageAcceptance::Ignore,
-            Err(refused) if refused.invalid => {
-                info!(kind = refused.kind, reason = refused.reason, detail = %refused.detail, "invalid ledger message dropped");
-                self.metrics.invalid(refused.reason);
-                gossipsub::MessageAcceptance::Reject
-            }
-            Err(_) => gossipsub::MessageAcceptance::Ignore,
         }
     }
 
@@ -747,98 +665,6 @@ impl EventLoop {
             }
             _ => {}
         }
-    }
-
-    fn on_gossip(&mut self, source: PeerId, id: gossipsub::MessageId, message: gossipsub::Message) {
-        self.metrics.gossip("in", message.data.len());
-        if message.topic == self.ledger_topic.hash() {
-            let acceptance = self.on_ledger(&message.data);
-            self.swarm
-                .behaviour_mut()
-                .gossipsub
-                .report_message_validation_result(&id, &source, acceptance);
-            return;
-        }
-        if message.topic == self.members_topic.hash() && self.membership.is_some() {
-            let acceptance = self.on_revocation_gossip(&message.data);
-            self.swarm
-                .behaviour_mut()
-                .gossipsub
-                .report_message_validation_result(&id, &source, acceptance);
-            return;
-        }
-        let verdict = if message.topic == self.ads_topic.hash() {
-            self.on_ad(&message.data, true)
-        } else {
-            Err("unknown-topic")
-        };
-        let acceptance = match verdict {
-            // The ad we hold may have come by ad sync and not been forwarded yet
-            // (gossipsub drops repeats of one message itself).
-            Ok(AdUpdate::New | AdUpdate::Updated | AdUpdate::Same) => {
-                gossipsub::MessageAcceptance::Accept
-            }
-            // Valid but of no use (an older ad replayed, or one key's ads too close
-            // together): not forwarded, and not held against the peer that relayed it.
-            Ok(AdUpdate::Stale | AdUpdate::TooSoon | AdUpdate::Full) => {
-                gossipsub::MessageAcceptance::Ignore
-            }
-            Err(reason) => {
-                self.metrics.invalid(reason);
-                debug!(peer = %source, reason, "invalid gossip dropped");
-                gossipsub::MessageAcceptance::Reject
-            }
-        };
-        // Reporting Reject is what makes peer scoring punish the sender.
-        self.swarm
-            .behaviour_mut()
-            .gossipsub
-            .report_message_validation_result(&id, &source, acceptance);
-    }
-
-    /// Takes a gossiped (`gossiped`) or synced ad: what it did to the table, or why it
-    /// is invalid.
-    fn on_ad(&mut self, bytes: &[u8], gossiped: bool) -> Result<AdUpdate, &'static str> {
-        let ad = SignedCapabilityAd::decode(bytes).map_err(|e| match e {
-            relaymesh_protocol::DecodeError::TooLarge { .. } => "oversized",
-            _ => "malformed",
-        })?;
-        let now = now_ms();
-        ad.validate(
-            &self.mesh_id,
-            now,
-            self.config.mesh.max_clock_skew_ms,
-            &Ed25519Verifier,
-        )
-        .map_err(|e| match e {
-            relaymesh_protocol::messages::capability::AdError::Signature(_) => "bad-signature",
-            relaymesh_protocol::messages::capability::AdError::WrongMesh { .. } => "wrong-mesh",
-            relaymesh_protocol::messages::capability::AdError::Expired { .. } => "expired",
-            relaymesh_protocol::messages::capability::AdError::BadOffer { .. } => "bad-offer",
-        })?;
-        if let Some(membership) = &self.membership {
-            // A revoked member's ad, still on its way through peers that have not yet
-            // heard: not taken, not forwarded, and not held against the relayer.
-            if membership.is_revoked_peer(&ad.body.supplier) {
-                return Ok(AdUpdate::Stale);
-            }
-        }
-        let supplier = ad.body.supplier.peer_id();
-        let models = ad.body.models.len();
-        let update = if gossiped {
-            self.table.upsert_gossiped(ad, now)
-        } else {
-            self.table.upsert(ad, now)
-        };
-        match update {
-            AdUpdate::New => info!(peer = %supplier, models, "ad received: new supplier"),
-            AdUpdate::Updated => debug!(peer = %supplier, models, "ad received"),
-            AdUpdate::Same | AdUpdate::Stale => {}
-            AdUpdate::TooSoon => self.metrics.limited("ads_too_soon"),
-            AdUpdate::Full => self.metrics.limited("peer_table_full"),
-        }
-        self.metrics.suppliers.set(self.table.len() as i64);
-        Ok(update)
     }
 }
 
