@@ -596,8 +596,8 @@ async fn serve(peer: PeerId, stream: Stream, ctx: &SupplierContext) -> Result<()
         Err(e) => {
             let (code, retry) = match &e {
                 BackendError::Busy { retry_after, .. } => {
-                    // The next free slot is this app's, over apps that hold more.
-                    ctx.limits.waits(&session.body.app);
+                    // The next free slot is this app's, over apps that hold as many or more.
+                    ctx.limits.waits(&session.body.app, peer);
                     (RefuseCode::Busy, retry_after.as_millis() as u64)
                 }
                 BackendError::PromptTooLong { .. } | BackendError::Invalid(_) => {
