@@ -18,11 +18,6 @@ use std::time::{Duration, Instant};
 use libp2p::PeerId;
 use relaymesh_protocol::PublicKey;
 
-/// Inference streams one peer may have open at once, before any session (a peer that
-/// opens streams and sends nothing holds each for the frame timeout: without this, one
-/// peer could take every stream the supplier serves).
-pub const MAX_STREAMS_PER_PEER: usize = 16;
-
 /// Streams one app may have open at one supplier.
 pub const MAX_STREAMS_PER_APP: usize = 8;
 /// New sessions one app may open at one supplier per hour.
@@ -53,44 +48,6 @@ pub struct Refused {
 /// Unacknowledged tokens an app may leave within [`DEBT_WINDOW`]: twice the window.
 pub fn debt_limit(max_unacked_tokens: u32) -> u32 {
     max_unacked_tokens.saturating_mul(2)
-}
-
-/// Inference streams open from each peer (only peers with streams open are kept).
-#[derive(Clone, Default)]
-pub struct PeerStreams(std::sync::Arc<Mutex<HashMap<PeerId, usize>>>);
-
-/// One peer's open stream, counted until dropped.
-pub struct PeerStream {
-    counts: PeerStreams,
-    peer: PeerId,
-}
-
-impl PeerStreams {
-    /// Counts a stream from `peer`, unless it has [`MAX_STREAMS_PER_PEER`] open.
-    pub fn open(&self, peer: PeerId) -> Option<PeerStream> {
-        let mut map = self.0.lock().expect("stream counts lock");
-        let n = map.entry(peer).or_insert(0);
-        if *n >= MAX_STREAMS_PER_PEER {
-            return None;
-        }
-        *n += 1;
-        Some(PeerStream {
-            counts: self.clone(),
-            peer,
-        })
-    }
-}
-
-impl Drop for PeerStream {
-    fn drop(&mut self) {
-        let mut map = self.counts.0.lock().expect("stream counts lock");
-        if let Some(n) = map.get_mut(&self.peer) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.peer);
-            }
-        }
-    }
 }
 
 #[derive(Default)]
@@ -296,23 +253,6 @@ impl AppLimits {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn one_peer_holds_at_most_its_share_of_streams() {
-        let streams = PeerStreams::default();
-        let (a, b) = (PeerId::random(), PeerId::random());
-        let held: Vec<_> = (0..MAX_STREAMS_PER_PEER)
-            .map(|_| streams.open(a).unwrap())
-            .collect();
-        assert!(streams.open(a).is_none(), "one stream too many");
-        assert!(streams.open(b).is_some(), "another peer is not held back");
-        drop(held);
-        assert!(streams.open(a).is_some());
-        assert!(
-            streams.0.lock().unwrap().len() <= 1,
-            "idle peers are forgotten"
-        );
-    }
 
     /// Hole 5: the window bounded what an app that never acks takes per stream, not per
     /// app, so it took `W` tokens from every stream it opened. Failed before suppliers
