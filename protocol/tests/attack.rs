@@ -601,3 +601,24 @@ fn withdrawn_terms_countersigned_later_are_one_debit() {
     forged.body.nonce += 1;
     assert!(ledger.apply_withdraw(&forged, &V).is_err());
 }
+
+/// A withdrawal gives an escrow back; in a mesh without credit, or of a proposal that
+/// escrows nothing, it gives nothing back, yet it was stored and gossiped like any
+/// other. Failed before such withdrawals were refused: both were `Recorded`.
+#[test]
+fn a_withdrawal_with_nothing_to_give_back_is_refused() {
+    let (app, supplier) = (key(1), key(2));
+    for (params, escrow) in [
+        (params(&[]), CreditSlot::new(0, 10_000)),
+        (params(&[(&app, 100_000)]), CreditSlot::new(0, 0)),
+    ] {
+        // Dated where its funding line is not final yet: only the rule refuses it.
+        let start = (params.funding_lag_epochs() + 1) * params.epoch_ms;
+        let o = session(&params, &app, &supplier, start, 1, escrow);
+        let refused = Ledger::new(params.clone()).apply_withdraw(&o.proposal(), &V);
+        assert!(
+            matches!(refused, Err(LedgerError::Withdraw(_))),
+            "{refused:?}"
+        );
+    }
+}

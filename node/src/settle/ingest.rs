@@ -95,6 +95,7 @@ impl Settlement {
             LedgerError::Claim(c) => refuse(claim_reason(c), e.to_string(), true),
             LedgerError::Proof(p) => refuse(proof_reason(p), e.to_string(), true),
             LedgerError::Transfer(_) => refuse("bad-transfer", e.to_string(), true),
+            LedgerError::Withdraw(_) => refuse("bad-withdraw", e.to_string(), true),
             LedgerError::Evidence(_) => refuse("bad-evidence", e.to_string(), true),
         };
         let v = &Ed25519Verifier;
