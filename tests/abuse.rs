@@ -238,6 +238,54 @@ async fn silent_streams_from_one_peer_do_not_take_every_stream() {
     mesh.stop().await;
 }
 
+/// Four peer ids open sixteen inference streams each and never send a whole frame.
+/// Failed before a stream's first frame had its own deadline and a per-peer quota: the
+/// four held all 64 of the supplier's streams for the 30 s frame timeout, and the
+/// gateway's stream was dropped at accept ("connection is closed"). Now each keeps at
+/// most eight, for 3 s.
+#[tokio::test(flavor = "multi_thread")]
+async fn silent_streams_from_four_peers_do_not_shut_the_supplier() {
+    let mesh = Mesh::start("abuse-four-peers").await;
+    let (supplier_id, protocol) = mesh.infer_target().await;
+    let boot_addr = address(&mesh.boot, "quic").await;
+    let mut others = Vec::new();
+    for _ in 0..3 {
+        let node = NodeBuilder::light()
+            .mesh_name(&mesh.mesh)
+            .listen(vec![quic()])
+            .bootstrap(boot_addr.clone())
+            .start()
+            .await
+            .unwrap();
+        node.handle().locate(supplier_id).await.unwrap();
+        others.push(node);
+    }
+    let mut held = Vec::new();
+    for node in std::iter::once(&mesh.attacker).chain(&others) {
+        let mut control = node.handle().streams();
+        for _ in 0..16 {
+            match control.open_stream(supplier_id, protocol.clone()).await {
+                // One byte of a frame's length, so the protocol is negotiated and the
+                // supplier sees the stream: the frame never comes.
+                // (The supplier may refuse it at once.)
+                Ok(mut stream) => {
+                    let _ = stream.write_all(&[0]).await;
+                    let _ = stream.flush().await;
+                    held.push(stream);
+                }
+                Err(e) => panic!("opening a stream: {e}"),
+            }
+        }
+    }
+    mesh.serves_honest_requests("sixteen silent streams from each of four peers")
+        .await;
+    drop(held);
+    for node in others {
+        node.shutdown().await;
+    }
+    mesh.stop().await;
+}
+
 /// Oversized frames on inference streams, and random bytes to the supplier's QUIC and
 /// TCP ports and to the gateway's HTTP API: each is refused, and the supplier serves on.
 #[tokio::test(flavor = "multi_thread")]
