@@ -199,7 +199,7 @@ async fn a_thousand_connections_from_one_peer_leave_the_supplier_serving() {
 }
 
 /// One peer opens a hundred inference streams and sends nothing on them (each would be
-/// held for the 30 s frame timeout): it is given sixteen, and the supplier's other
+/// held for the 30 s frame timeout): it is given eight, for 3 s, and the supplier's other
 /// streams stay free for the gateway. Failed without the per-peer limit: the attacker
 /// held all 64 of the supplier's streams and the gateway's stream was dropped.
 #[tokio::test(flavor = "multi_thread")]
@@ -220,20 +220,69 @@ async fn silent_streams_from_one_peer_do_not_take_every_stream() {
         "the supplier dropping the streams it does not keep",
         Duration::from_secs(30),
         || async {
-            let dropped =
-                mesh.limited("streams_per_peer").await + mesh.limited("streams_total").await;
+            let dropped = mesh.limited("streams_per_peer").await
+                + mesh.limited("streams_unstarted").await
+                + mesh.limited("streams_total").await;
             (dropped >= 30).then_some(())
         },
     )
     .await;
     mesh.serves_honest_requests("a hundred silent streams from one peer")
         .await;
-    let per_peer = mesh.limited("streams_per_peer").await;
+    let per_peer = mesh.limited("streams_per_peer").await + mesh.limited("streams_unstarted").await;
     assert!(
         per_peer >= 50,
-        "{per_peer} streams refused beyond the peer's 16"
+        "{per_peer} streams refused beyond the peer's 8 silent ones"
     );
     drop(held);
+    mesh.stop().await;
+}
+
+/// Four peer ids open sixteen inference streams each and never send a whole frame.
+/// Failed before a stream's first frame had its own deadline and a per-peer quota: the
+/// four held all 64 of the supplier's streams for the 30 s frame timeout, and the
+/// gateway's stream was dropped at accept ("connection is closed"). Now each keeps at
+/// most eight, for 3 s.
+#[tokio::test(flavor = "multi_thread")]
+async fn silent_streams_from_four_peers_do_not_shut_the_supplier() {
+    let mesh = Mesh::start("abuse-four-peers").await;
+    let (supplier_id, protocol) = mesh.infer_target().await;
+    let boot_addr = address(&mesh.boot, "quic").await;
+    let mut others = Vec::new();
+    for _ in 0..3 {
+        let node = NodeBuilder::light()
+            .mesh_name(&mesh.mesh)
+            .listen(vec![quic()])
+            .bootstrap(boot_addr.clone())
+            .start()
+            .await
+            .unwrap();
+        node.handle().locate(supplier_id).await.unwrap();
+        others.push(node);
+    }
+    let mut held = Vec::new();
+    for node in std::iter::once(&mesh.attacker).chain(&others) {
+        let mut control = node.handle().streams();
+        for _ in 0..16 {
+            match control.open_stream(supplier_id, protocol.clone()).await {
+                // One byte of a frame's length, so the protocol is negotiated and the
+                // supplier sees the stream: the frame never comes.
+                // (The supplier may refuse it at once.)
+                Ok(mut stream) => {
+                    let _ = stream.write_all(&[0]).await;
+                    let _ = stream.flush().await;
+                    held.push(stream);
+                }
+                Err(e) => panic!("opening a stream: {e}"),
+            }
+        }
+    }
+    mesh.serves_honest_requests("sixteen silent streams from each of four peers")
+        .await;
+    drop(held);
+    for node in others {
+        node.shutdown().await;
+    }
     mesh.stop().await;
 }
 

@@ -601,3 +601,50 @@ fn withdrawn_terms_countersigned_later_are_one_debit() {
     forged.body.nonce += 1;
     assert!(ledger.apply_withdraw(&forged, &V).is_err());
 }
+
+/// A withdrawal gives an escrow back; in a mesh without credit, or of a proposal that
+/// escrows nothing, it gives nothing back, yet it was stored and gossiped like any
+/// other. Failed before such withdrawals were refused: both were `Recorded`.
+#[test]
+fn a_withdrawal_with_nothing_to_give_back_is_refused() {
+    let (app, supplier) = (key(1), key(2));
+    for (params, escrow) in [
+        (params(&[]), CreditSlot::new(0, 10_000)),
+        (params(&[(&app, 100_000)]), CreditSlot::new(0, 0)),
+    ] {
+        // Dated where its funding line is not final yet: only the rule refuses it.
+        let start = (params.funding_lag_epochs() + 1) * params.epoch_ms;
+        let o = session(&params, &app, &supplier, start, 1, escrow);
+        let refused = Ledger::new(params.clone()).apply_withdraw(&o.proposal(), &V);
+        assert!(
+            matches!(refused, Err(LedgerError::Withdraw(_))),
+            "{refused:?}"
+        );
+    }
+}
+
+/// An excluded payer's debit dated after its exclusion is stored by a ledger that got
+/// it before the clash, and refused by one that got it after: the frozen checkpoint's
+/// `slot_top` of the payer counted it on the first only. Failed before `slot_top`
+/// left out an excluded payer's debits from its exclusion on: the two arrival orders
+/// froze different snapshot digests.
+#[test]
+fn an_excluded_payers_checkpoint_does_not_depend_on_arrival_order() {
+    let (app, a, b, c) = (key(1), key(2), key(3), key(4));
+    let params = params(&[(&app, 100_000)]);
+    let first = transfer(&params, &app, &a, 1_000, 2, 0);
+    let clash = transfer(&params, &app, &b, 1_000, 2, 500);
+    let later = transfer(&params, &app, &c, 1_000, 3, 5_000);
+    let run = |order: [&_; 3]| {
+        let mut ledger = Ledger::new(params.clone());
+        for t in order {
+            let _ = ledger.apply_transfer(t, &V);
+        }
+        assert!(ledger.credit(&app.public_key(), 3).excluded);
+        let h = u64::from(params.freeze_horizon_epochs);
+        ledger.advance((4 + h) * params.epoch_ms);
+        assert!(ledger.frozen_before() > 3);
+        ledger.snapshot().digest()
+    };
+    assert_eq!(run([&later, &first, &clash]), run([&first, &clash, &later]));
+}

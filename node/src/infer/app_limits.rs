@@ -18,11 +18,6 @@ use std::time::{Duration, Instant};
 use libp2p::PeerId;
 use relaymesh_protocol::PublicKey;
 
-/// Inference streams one peer may have open at once, before any session (a peer that
-/// opens streams and sends nothing holds each for the frame timeout: without this, one
-/// peer could take every stream the supplier serves).
-pub const MAX_STREAMS_PER_PEER: usize = 16;
-
 /// Streams one app may have open at one supplier.
 pub const MAX_STREAMS_PER_APP: usize = 8;
 /// New sessions one app may open at one supplier per hour.
@@ -35,6 +30,8 @@ pub const MAX_APPS: usize = 65_536;
 pub const FAIR_WINDOW: Duration = Duration::from_secs(5);
 /// Most apps with such a claim remembered at once.
 pub const MAX_WAITING_APPS: usize = 1024;
+/// Most such claims made through one peer (a gateway asks for its apps).
+pub const MAX_WAITING_PER_PEER: usize = 4;
 /// What a refused app is told to wait before asking again, after a refusal for its
 /// share (short: a slot is kept for another app, and will be free for it soon).
 pub const SHARE_RETRY: Duration = Duration::from_millis(500);
@@ -51,44 +48,6 @@ pub struct Refused {
 /// Unacknowledged tokens an app may leave within [`DEBT_WINDOW`]: twice the window.
 pub fn debt_limit(max_unacked_tokens: u32) -> u32 {
     max_unacked_tokens.saturating_mul(2)
-}
-
-/// Inference streams open from each peer (only peers with streams open are kept).
-#[derive(Clone, Default)]
-pub struct PeerStreams(std::sync::Arc<Mutex<HashMap<PeerId, usize>>>);
-
-/// One peer's open stream, counted until dropped.
-pub struct PeerStream {
-    counts: PeerStreams,
-    peer: PeerId,
-}
-
-impl PeerStreams {
-    /// Counts a stream from `peer`, unless it has [`MAX_STREAMS_PER_PEER`] open.
-    pub fn open(&self, peer: PeerId) -> Option<PeerStream> {
-        let mut map = self.0.lock().expect("stream counts lock");
-        let n = map.entry(peer).or_insert(0);
-        if *n >= MAX_STREAMS_PER_PEER {
-            return None;
-        }
-        *n += 1;
-        Some(PeerStream {
-            counts: self.clone(),
-            peer,
-        })
-    }
-}
-
-impl Drop for PeerStream {
-    fn drop(&mut self) {
-        let mut map = self.counts.0.lock().expect("stream counts lock");
-        if let Some(n) = map.get_mut(&self.peer) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.peer);
-            }
-        }
-    }
 }
 
 #[derive(Default)]
@@ -134,9 +93,10 @@ impl AppState {
 pub struct AppLimits {
     apps: Mutex<HashMap<PublicKey, AppState>>,
     debt_limit: u32,
-    /// Apps refused for want of a free slot, and when: each has a claim on a slot
-    /// that frees within [`FAIR_WINDOW`] over apps that hold more streams than it.
-    waiting: Mutex<HashMap<PublicKey, Instant>>,
+    /// Apps refused for want of a free slot, when, and through which peer: each has a
+    /// claim on a slot that frees within [`FAIR_WINDOW`] over apps that hold as many
+    /// streams as it or more and over later claims.
+    waiting: Mutex<HashMap<PublicKey, (Instant, PeerId)>>,
 }
 
 /// One stream of an app, counted until [`StreamTicket::end`] (or drop).
@@ -185,29 +145,45 @@ impl AppLimits {
         f(state)
     }
 
-    /// `app` was refused for want of a free slot: until it gets one (or
-    /// [`FAIR_WINDOW`] passes), apps holding more streams than it give way to it.
-    pub fn waits(&self, app: &PublicKey) {
+    /// `app` (asking through `peer`) was refused for want of a free slot: until it gets
+    /// one (or [`FAIR_WINDOW`] passes), apps holding as many streams as it or more give
+    /// way to it, and so do apps that waited after it. One peer holds at most
+    /// [`MAX_WAITING_PER_PEER`] claims (an app that claims and never comes back holds
+    /// the others off for the window).
+    pub fn waits(&self, app: &PublicKey, peer: PeerId) {
         let mut waiting = self.waiting.lock().expect("waiting lock");
         let now = Instant::now();
-        waiting.retain(|_, since| now.duration_since(*since) < FAIR_WINDOW);
-        if waiting.len() < MAX_WAITING_APPS || waiting.contains_key(app) {
-            waiting.entry(*app).or_insert(now);
+        waiting.retain(|_, (since, _)| now.duration_since(*since) < FAIR_WINDOW);
+        if waiting.contains_key(app) {
+            return;
+        }
+        let of_peer = waiting.values().filter(|(_, p)| *p == peer).count();
+        if waiting.len() < MAX_WAITING_APPS && of_peer < MAX_WAITING_PER_PEER {
+            waiting.insert(*app, (now, peer));
         }
     }
 
-    /// The fewest streams held by an app (other than `app`) that waits for a slot.
-    fn least_waiting(&self, app: &PublicKey) -> Option<usize> {
+    /// The fewest streams held by an app (other than `app`) whose claim on a slot
+    /// comes before `app`'s: every live claim if `app` has none, the earlier ones (by
+    /// when they were made) if it has one.
+    fn least_waiting_before(&self, app: &PublicKey) -> Option<usize> {
         let waiting = self.waiting.lock().expect("waiting lock");
         let now = Instant::now();
-        let others: Vec<PublicKey> = waiting
+        let live = |since: &Instant| now.duration_since(*since) < FAIR_WINDOW;
+        let mine = waiting
+            .get(app)
+            .filter(|(since, _)| live(since))
+            .map(|(since, _)| (*since, *app));
+        let before: Vec<PublicKey> = waiting
             .iter()
-            .filter(|(k, since)| *k != app && now.duration_since(**since) < FAIR_WINDOW)
+            .filter(|(k, (since, _))| {
+                *k != app && live(since) && mine.is_none_or(|m| (*since, **k) < m)
+            })
             .map(|(k, _)| *k)
             .collect();
         drop(waiting);
         let apps = self.apps.lock().expect("limits lock");
-        others
+        before
             .iter()
             .map(|k| apps.get(k).map_or(0, |s| s.streams))
             .min()
@@ -215,14 +191,16 @@ impl AppLimits {
 
     /// A new stream of `app`, or why it is refused.
     ///
-    /// Besides the limits above, a share: while another app that holds fewer streams
-    /// here was refused for want of a slot (within [`FAIR_WINDOW`]), an app that holds
-    /// at least one is refused, so the next free slot goes to the one waiting (without
-    /// this, an app that asks again every few milliseconds takes every slot that
-    /// frees, and an honest app that waits as told is never served).
+    /// Besides the limits above, a share: while another app that holds no more streams
+    /// here than this one was refused for want of a slot (within [`FAIR_WINDOW`]), and
+    /// this one does not itself wait since before it, this one is refused, so the next
+    /// free slot goes to the one waiting, first come first served (without this, an
+    /// app that asks again every few milliseconds takes every slot that frees, and an
+    /// honest app that waits as told is never served; with ties let through, a rival
+    /// holding nothing, or a spare key, took the slot before the waiter came back).
     pub fn begin(&self, app: &PublicKey) -> Result<StreamTicket<'_>, Refused> {
         let limit = self.debt_limit;
-        let least_waiting = self.least_waiting(app);
+        let least_waiting = self.least_waiting_before(app);
         let refused = |why: String, retry_after| Refused { why, retry_after };
         self.with(app, |state| {
             let owed = state.owed();
@@ -239,7 +217,7 @@ impl AppLimits {
                     app.peer_id()
                 ), SHARE_RETRY * 4));
             }
-            if state.streams > 0 && least_waiting.is_some_and(|n| n < state.streams) {
+            if least_waiting.is_some_and(|n| n <= state.streams) {
                 return Err(refused(format!(
                     "app {} holds {} stream(s) here while another app waits for a slot",
                     app.peer_id(),
@@ -275,23 +253,6 @@ impl AppLimits {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn one_peer_holds_at_most_its_share_of_streams() {
-        let streams = PeerStreams::default();
-        let (a, b) = (PeerId::random(), PeerId::random());
-        let held: Vec<_> = (0..MAX_STREAMS_PER_PEER)
-            .map(|_| streams.open(a).unwrap())
-            .collect();
-        assert!(streams.open(a).is_none(), "one stream too many");
-        assert!(streams.open(b).is_some(), "another peer is not held back");
-        drop(held);
-        assert!(streams.open(a).is_some());
-        assert!(
-            streams.0.lock().unwrap().len() <= 1,
-            "idle peers are forgotten"
-        );
-    }
 
     /// Hole 5: the window bounded what an app that never acks takes per stream, not per
     /// app, so it took `W` tokens from every stream it opened. Failed before suppliers
@@ -335,7 +296,8 @@ mod tests {
         let (flooder, honest) = (PublicKey([7; 32]), PublicKey([8; 32]));
         let held: Vec<_> = (0..2).map(|_| limits.begin(&flooder).unwrap()).collect();
         // The honest app found both slots taken.
-        limits.waits(&honest);
+        let peer = PeerId::random();
+        limits.waits(&honest, peer);
         let refused = limits.begin(&flooder).err().unwrap();
         assert_eq!(refused.retry_after, SHARE_RETRY);
         assert!(refused.why.contains("another app waits"), "{}", refused.why);
@@ -343,11 +305,57 @@ mod tests {
         let mine = limits.begin(&honest).unwrap();
         assert!(limits.begin(&flooder).is_ok());
         drop((held, mine));
-        // Apps holding as many streams as the one waiting are not held back.
+        // Apps holding fewer streams than the one waiting are not held back; those
+        // holding as many are.
         let a = limits.begin(&flooder).unwrap();
         let b = limits.begin(&honest).unwrap();
-        limits.waits(&honest);
-        assert!(limits.begin(&flooder).is_ok());
+        limits.waits(&honest, peer);
+        assert!(limits.begin(&PublicKey([9; 32])).is_ok());
+        assert!(limits.begin(&flooder).is_err());
         drop((a, b));
+    }
+
+    /// An honest app that got Busy waits as told; a rival whose stream just ended asks
+    /// again at once holding nothing, and took the slot (the fair-share rule let apps
+    /// holding no stream through), and with a spare key always did. Failed before ties
+    /// went to the waiter: `begin(&rival)` after the drop was served.
+    #[test]
+    fn a_rival_holding_nothing_does_not_take_the_slot_of_a_waiting_app() {
+        let limits = AppLimits::new(64);
+        let (rival, spare, honest) = (PublicKey([7; 32]), PublicKey([9; 32]), PublicKey([8; 32]));
+        let t = limits.begin(&rival).unwrap();
+        limits.waits(&honest, PeerId::random());
+        drop(t);
+        assert!(
+            limits.begin(&rival).is_err(),
+            "the rival asks again at once"
+        );
+        assert!(limits.begin(&spare).is_err(), "or with a spare key");
+        let mine = limits
+            .begin(&honest)
+            .expect("the waiting app gets the slot");
+        drop(mine);
+        assert!(limits.begin(&rival).is_ok(), "the claim is spent");
+    }
+
+    /// Waiters are served first come, first served; one peer holds a few claims only.
+    #[test]
+    fn waiting_apps_are_served_in_turn_and_claims_per_peer_are_capped() {
+        let limits = AppLimits::new(64);
+        let (first, second) = (PublicKey([1; 32]), PublicKey([2; 32]));
+        limits.waits(&first, PeerId::random());
+        std::thread::sleep(Duration::from_millis(2));
+        limits.waits(&second, PeerId::random());
+        assert!(limits.begin(&second).is_err(), "the second waits its turn");
+        let t = limits.begin(&first).unwrap();
+        drop(t);
+        assert!(limits.begin(&second).is_ok());
+
+        let peer = PeerId::random();
+        for n in 0..MAX_WAITING_PER_PEER + 2 {
+            limits.waits(&PublicKey([100 + n as u8; 32]), peer);
+        }
+        let claims = limits.waiting.lock().unwrap().len();
+        assert_eq!(claims, MAX_WAITING_PER_PEER);
     }
 }

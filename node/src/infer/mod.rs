@@ -10,6 +10,7 @@ pub mod escrow;
 pub mod gateway;
 pub mod queue;
 pub mod router;
+pub mod stream_slots;
 pub mod supplier;
 pub mod verify;
 

@@ -16,20 +16,19 @@ use relaymesh_protocol::metering::compute_units::CuFormula;
 use relaymesh_protocol::metering::flow::SupplierFlow;
 use relaymesh_protocol::params::MeshParams;
 use relaymesh_protocol::{BoundedString, Digest, Ed25519Verifier, Keypair, Signer};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use super::app_limits::{PeerStreams, MAX_STREAMS_PER_PEER};
 use super::codec::{read_frame, write_frame, FrameError};
+use super::stream_slots::{StreamSlot, StreamSlots, FIRST_FRAME_TIMEOUT};
 use super::{gen_request, window};
 use crate::backend::{BackendError, FinishReason, GenEvent, Models, ServedModel};
 
 /// Shortest session a supplier countersigns (or the mesh's longest, if shorter).
 pub const MIN_SESSION_MS: u64 = 60_000;
 
-/// Inference streams served at once; more are dropped at once.
-pub const MAX_STREAMS: usize = 64;
-/// How long the app has to send its next frame (terms, request, an owed ack).
+/// How long the app has to send its next frame (request, an owed ack) once the first
+/// came (the first has [`FIRST_FRAME_TIMEOUT`]).
 pub const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What the supplier side needs.
@@ -156,8 +155,7 @@ pub fn spawn(
         .accept(protocol)
         .map_err(|e| format!("cannot accept inference streams: {e}"))?;
     Ok(tokio::spawn(async move {
-        let limit = Arc::new(Semaphore::new(MAX_STREAMS));
-        let per_peer = PeerStreams::default();
+        let slots = StreamSlots::default();
         // Ended sessions' request ids are forgotten once a minute, in this task, so
         // aborting it (the node stopping) stops everything that holds the database.
         let mut prune = tokio::time::interval(Duration::from_secs(60));
@@ -172,20 +170,17 @@ pub fn spawn(
                     continue;
                 }
             };
-            let Ok(permit) = limit.clone().try_acquire_owned() else {
-                warn!(%peer, "inference stream dropped: {MAX_STREAMS} already open");
-                ctx.metrics.limited("streams_total");
-                continue;
-            };
-            let Some(peer_permit) = per_peer.open(peer) else {
-                debug!(%peer, "inference stream dropped: {MAX_STREAMS_PER_PEER} already open from this peer");
-                ctx.metrics.limited("streams_per_peer");
-                continue;
+            let slot = match slots.open(peer) {
+                Ok(slot) => slot,
+                Err(no) => {
+                    debug!(%peer, ?no, "inference stream dropped: no slot for it");
+                    ctx.metrics.limited(no.reason());
+                    continue;
+                }
             };
             let ctx = ctx.clone();
             tokio::spawn(async move {
-                let _permit = (permit, peer_permit);
-                if let Err(why) = serve(peer, stream, &ctx).await {
+                if let Err(why) = serve(peer, stream, slot, &ctx).await {
                     debug!(%peer, %why, "inference stream ended early");
                 }
             });
@@ -208,7 +203,38 @@ async fn next_frame<R: futures::AsyncRead + Unpin>(
     r: &mut R,
     ctx: &SupplierContext,
 ) -> Result<FrameBody, String> {
-    match tokio::time::timeout(FRAME_TIMEOUT, read_frame(r)).await {
+    next_frame_within(r, ctx, FRAME_TIMEOUT).await
+}
+
+/// The stream's first frame, within [`FIRST_FRAME_TIMEOUT`] and unless its slot is
+/// given to another stream first (see `stream_slots`).
+async fn first_frame<R: futures::AsyncRead + Unpin>(
+    r: &mut R,
+    slot: &mut StreamSlot,
+    ctx: &SupplierContext,
+) -> Result<FrameBody, String> {
+    let frame = tokio::select! {
+        frame = next_frame_within(r, ctx, FIRST_FRAME_TIMEOUT) => Some(frame?),
+        () = slot.evicted() => None,
+    };
+    match frame {
+        Some(frame) if slot.started() => Ok(frame),
+        _ => {
+            ctx.metrics.limited("streams_evicted");
+            Err(
+                "the stream sent nothing while every slot was held; its slot went to another"
+                    .into(),
+            )
+        }
+    }
+}
+
+async fn next_frame_within<R: futures::AsyncRead + Unpin>(
+    r: &mut R,
+    ctx: &SupplierContext,
+    timeout: Duration,
+) -> Result<FrameBody, String> {
+    match tokio::time::timeout(timeout, read_frame(r)).await {
         Ok(Ok(frame)) => Ok(frame.body),
         Ok(Err(e)) => {
             if matches!(e, FrameError::TooLarge(_)) {
@@ -447,7 +473,12 @@ fn check_resumed(
     check_model(terms, ctx)
 }
 
-async fn serve(peer: PeerId, stream: Stream, ctx: &SupplierContext) -> Result<(), String> {
+async fn serve(
+    peer: PeerId,
+    stream: Stream,
+    mut slot: StreamSlot,
+    ctx: &SupplierContext,
+) -> Result<(), String> {
     let (mut r, mut w) = stream.split();
     let refuse = |code, msg: String| refusal(code, msg, 0);
     if let Some(membership) = &ctx.membership {
@@ -461,7 +492,7 @@ async fn serve(peer: PeerId, stream: Stream, ctx: &SupplierContext) -> Result<()
     }
 
     // 1. The terms: proposed now, or countersigned by us before.
-    let session = match next_frame(&mut r, ctx).await? {
+    let session = match first_frame(&mut r, &mut slot, ctx).await? {
         FrameBody::Propose(proposal) => {
             if let Some((code, msg)) = check_proposal(&proposal, ctx) {
                 let _ = write_frame(&mut w, refuse(code, msg.clone())).await;
@@ -607,8 +638,8 @@ async fn serve(peer: PeerId, stream: Stream, ctx: &SupplierContext) -> Result<()
         Err(e) => {
             let (code, retry) = match &e {
                 BackendError::Busy { retry_after, .. } => {
-                    // The next free slot is this app's, over apps that hold more.
-                    ctx.limits.waits(&session.body.app);
+                    // The next free slot is this app's, over apps that hold as many or more.
+                    ctx.limits.waits(&session.body.app, peer);
                     (RefuseCode::Busy, retry_after.as_millis() as u64)
                 }
                 BackendError::PromptTooLong { .. } | BackendError::Invalid(_) => {

@@ -3,6 +3,7 @@
 use relaymesh_protocol::ledger::{Applied, LedgerError};
 use relaymesh_protocol::messages::ledger::{LedgerBody, LedgerMessage};
 use relaymesh_protocol::messages::reveal::commitment;
+use relaymesh_protocol::messages::session::SessionError;
 use relaymesh_protocol::params::MeshParams;
 use relaymesh_protocol::settlement::claim::ClaimError;
 use relaymesh_protocol::settlement::proof::ProofError;
@@ -94,6 +95,7 @@ impl Settlement {
             LedgerError::Claim(c) => refuse(claim_reason(c), e.to_string(), true),
             LedgerError::Proof(p) => refuse(proof_reason(p), e.to_string(), true),
             LedgerError::Transfer(_) => refuse("bad-transfer", e.to_string(), true),
+            LedgerError::Withdraw(_) => refuse("bad-withdraw", e.to_string(), true),
             LedgerError::Evidence(_) => refuse("bad-evidence", e.to_string(), true),
         };
         let v = &Ed25519Verifier;
@@ -103,20 +105,43 @@ impl Settlement {
             .encode()
             .map_err(|e| refuse("oversized", e.to_string(), true))?;
         let mut publish = Vec::new();
+        // A debit may be known by an announcement, a withdrawal and a claim: one that
+        // came second is still stored under its own key once it verifies, or a peer
+        // holding it would send it again in every anti-entropy round until its epoch
+        // froze (its key never among this node's).
         let key = match &message.body {
-            LedgerBody::Open(open) => match ledger.apply_open(open, v).map_err(from_ledger)? {
-                Applied::Duplicate => return Ok(Ingested::Duplicate),
-                _ => log_key(b'o', open.epoch(&self.params), &open.body.debit_id()),
-            },
-            LedgerBody::Withdraw(proposal) => {
-                match ledger.apply_withdraw(proposal, v).map_err(from_ledger)? {
-                    Applied::Duplicate => return Ok(Ingested::Duplicate),
-                    _ => log_key(
-                        b'w',
-                        self.params.epoch_of(proposal.body.start_ms),
-                        &proposal.body.debit_id(),
-                    ),
+            LedgerBody::Open(open) => {
+                let key = log_key(b'o', open.epoch(&self.params), &open.body.debit_id());
+                if ledger.apply_open(open, v).map_err(from_ledger)? == Applied::Duplicate {
+                    if self.log.contains_key(&key).unwrap_or(true) {
+                        return Ok(Ingested::Duplicate);
+                    }
+                    open.validate(&self.params, v)
+                        .map_err(|e| from_ledger(LedgerError::Session(e)))?;
                 }
+                key
+            }
+            LedgerBody::Withdraw(proposal) => {
+                let key = log_key(
+                    b'w',
+                    self.params.epoch_of(proposal.body.start_ms),
+                    &proposal.body.debit_id(),
+                );
+                if ledger.apply_withdraw(proposal, v).map_err(from_ledger)? == Applied::Duplicate {
+                    if self.log.contains_key(&key).unwrap_or(true) {
+                        return Ok(Ingested::Duplicate);
+                    }
+                    proposal
+                        .body
+                        .check_keys(v)
+                        .and_then(|()| {
+                            proposal
+                                .verify(&proposal.body.app, v)
+                                .map_err(SessionError::Signature)
+                        })
+                        .map_err(|e| from_ledger(LedgerError::Session(e)))?;
+                }
+                key
             }
             LedgerBody::Claim(claim) => {
                 let id = claim.id();

@@ -809,3 +809,42 @@ fn a_refused_proposal_is_withdrawn_and_its_escrow_comes_back() {
     assert_eq!(line(&app), before + u128::from(slot.amount));
     assert_eq!(line(&other.s), line(&app));
 }
+
+/// One debit known by two kinds of message: the supplier's announcement reached one
+/// node, the app's withdrawal of the same terms another. Failed before the second to
+/// arrive was stored under its own key: it was a duplicate and not kept, so neither
+/// node ever listed the other's key and every anti-entropy round sent both again
+/// until the epoch froze.
+#[test]
+fn a_debit_known_by_an_open_and_a_withdrawal_settles_in_anti_entropy() {
+    let p = params(1_000_000_000, 16);
+    let (open, _) = session(&p, &key(1), &key(2), 30);
+    let (a, b) = (node(key(3), &p, false, &[]), node(key(4), &p, false, &[]));
+    a.s.ingest(LedgerMessage::new(LedgerBody::Open(open.clone())), START)
+        .unwrap();
+    b.s.ingest(
+        LedgerMessage::new(LedgerBody::Withdraw(open.proposal())),
+        START,
+    )
+    .unwrap();
+    for (from, to) in [(&a, &b), (&b, &a)] {
+        for bytes in from.s.sync_answer(&to.s.sync_keys()) {
+            to.s.ingest_bytes(&bytes, START).unwrap();
+        }
+    }
+    assert!(a.s.sync_answer(&b.s.sync_keys()).is_empty());
+    assert!(b.s.sync_answer(&a.s.sync_keys()).is_empty());
+    // A forged copy of a known debit is not stored for being a duplicate.
+    let mut forged = open.clone();
+    forged.mining_commitment = Digest([9; 32]);
+    let c = node(key(5), &p, false, &[]);
+    c.s.ingest(
+        LedgerMessage::new(LedgerBody::Withdraw(open.proposal())),
+        START,
+    )
+    .unwrap();
+    assert!(c
+        .s
+        .ingest(LedgerMessage::new(LedgerBody::Open(forged)), START)
+        .is_err());
+}

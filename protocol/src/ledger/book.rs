@@ -75,6 +75,10 @@ pub enum LedgerError {
     /// Invalid transfer.
     #[error("transfer: {0}")]
     Transfer(String),
+    /// A withdrawal with nothing to give back: in a mesh without credit, or of a
+    /// proposal that escrows nothing.
+    #[error("withdrawal: {0}")]
+    Withdraw(String),
     /// Invalid equivocation evidence.
     #[error("equivocation evidence: {0}")]
     Evidence(#[from] EvidenceError),
@@ -336,8 +340,10 @@ impl Ledger {
             return Ok(Applied::Duplicate);
         }
         self.check_funded(&open.body.app, epoch, &open.body.escrow)?;
-        self.check_payer(&open.body.app, epoch, &open.body.escrow)?;
         open.validate_in(&self.params, &self.mesh_id, verifier)?;
+        // After the signatures: the scan of the payer's debits costs more than a
+        // signature once the payer has many, and a forger could ask for it for free.
+        self.check_payer(&open.body.app, epoch, &open.body.escrow)?;
         self.record_debit(
             id,
             DebitRecord {
@@ -363,16 +369,29 @@ impl Ledger {
         terms.check_terms(&self.params, &self.mesh_id)?;
         let epoch = self.params.epoch_of(terms.start_ms);
         self.check_open(epoch)?;
+        // A withdrawal gives an escrow back to its payer's line; without credit, or
+        // with nothing escrowed, there is nothing to give back, and the message would
+        // only be stored and gossiped.
+        if !self.params.has_credit() {
+            return Err(LedgerError::Withdraw(
+                "this mesh has no credit, so no escrow to give back".into(),
+            ));
+        }
+        if terms.escrow.amount == 0 {
+            return Err(LedgerError::Withdraw(
+                "the proposal escrows nothing, so there is nothing to give back".into(),
+            ));
+        }
         let id = terms.debit_id();
         if self.debits.contains_key(&id) {
             return Ok(Applied::Duplicate);
         }
         self.check_funded(&terms.app, epoch, &terms.escrow)?;
-        self.check_payer(&terms.app, epoch, &terms.escrow)?;
         terms.check_keys(verifier)?;
         proposal
             .verify(&terms.app, verifier)
             .map_err(|e| LedgerError::Session(SessionError::Signature(e)))?;
+        self.check_payer(&terms.app, epoch, &terms.escrow)?;
         self.record_debit(
             id,
             DebitRecord {
@@ -504,10 +523,10 @@ impl Ledger {
             return Ok(Applied::Duplicate);
         }
         self.check_funded(&body.from, body.epoch, &body.slot())?;
-        self.check_payer(&body.from, body.epoch, &body.slot())?;
         transfer
             .verify(&body.from, verifier)
             .map_err(|e| LedgerError::Transfer(e.to_string()))?;
+        self.check_payer(&body.from, body.epoch, &body.slot())?;
         self.record_debit(
             id,
             DebitRecord {

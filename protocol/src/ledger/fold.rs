@@ -382,6 +382,15 @@ impl Ledger {
         // What later epochs need of the frozen ones: where each payer's slots end, who
         // is excluded, and the lines debits still look back to.
         for debit in self.debits.values().filter(|d| d.epoch < frozen_before) {
+            // An excluded payer's debits dated from its exclusion on are stored or
+            // refused by the order they came in (`check_payer`): counted, they would
+            // give two honest ledgers different checkpoints. They move nothing anyway.
+            if exclusions
+                .get(&debit.payer)
+                .is_some_and(|from| debit.epoch >= *from)
+            {
+                continue;
+            }
             if let Some(end) = debit.slot.end().filter(|_| debit.slot.amount > 0) {
                 let account = accounts.entry(debit.payer).or_default();
                 account.slot_top = account.slot_top.max(end);
