@@ -407,3 +407,56 @@ async fn slow_http_clients_are_cut_off() {
     );
     node.shutdown().await;
 }
+
+/// The limits are settings: a node told to keep 3 API connections and wait 1 s for
+/// headers refuses a fourth connection at once and cuts the silent three after a
+/// second, counting both; then it answers again.
+#[tokio::test(flavor = "multi_thread")]
+async fn limits_are_settings_and_each_cut_off_is_counted() {
+    let mut builder = NodeBuilder::full()
+        .mesh_name("limit-settings-tests")
+        .listen(vec![tcp()])
+        .api("127.0.0.1:0".parse().unwrap());
+    let limits = &mut builder.config_mut().limits;
+    limits.set("http_connections", 3).unwrap();
+    limits.set("http_header_timeout_secs", 1).unwrap();
+    assert!(limits.set("http_connections", 0).is_err());
+    assert!(limits.set("bogus", 1).unwrap_err().contains("queue_places"));
+    let node = builder.start().await.unwrap();
+    let api = node.api_addr().unwrap();
+    let mut silent = Vec::new();
+    for _ in 0..3 {
+        silent.push(tokio::net::TcpStream::connect(api).await.unwrap());
+    }
+    // The fourth is closed without an answer.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt as _};
+    let mut fourth = tokio::net::TcpStream::connect(api).await.unwrap();
+    let _ = fourth
+        .write_all(b"GET /relaymesh/v1/status HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), fourth.read_to_end(&mut answer)).await;
+    assert!(
+        read.is_ok() && answer.is_empty(),
+        "the fourth connection was answered: {}",
+        String::from_utf8_lossy(&answer)
+    );
+    // The silent three are cut off after the header timeout, and the API answers again.
+    for mut c in silent {
+        let mut rest = Vec::new();
+        let cut = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut rest)).await;
+        assert!(
+            cut.is_ok(),
+            "a silent client was kept past the header timeout"
+        );
+    }
+    let url = format!("{}/metrics", support::base_url(&node));
+    let metrics = reqwest::get(&url).await.unwrap().text().await.unwrap();
+    for reason in ["http_connections", "http_header_timeout"] {
+        assert!(
+            metrics.contains(&format!("relaymesh_limited_total{{reason=\"{reason}\"}}")),
+            "{reason} not counted"
+        );
+    }
+    node.shutdown().await;
+}

@@ -488,3 +488,33 @@ fn a_mesh_file_sets_the_mesh_a_node_joins() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("broken.toml"), "{err}");
 }
+
+/// A limit `relaymesh node` does not know, or a bad value, is refused before anything
+/// starts, naming the limits there are.
+#[test]
+fn unknown_or_bad_limits_are_refused_with_the_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |limit: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_relaymesh"))
+            .args(["node", "--data-dir"])
+            .arg(dir.path())
+            .args(["--api", "127.0.0.1:0", "--limit", limit])
+            .output()
+            .unwrap()
+    };
+    let out = run("bogus=3");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("streams_per_app"),
+        "{err}"
+    );
+    let out = run("streams=lots");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("not a whole number"),
+        "{err}"
+    );
+    let out = run("streams=0");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("at least 1"), "{err}");
+}

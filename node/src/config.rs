@@ -74,6 +74,128 @@ pub struct NodeConfig {
     /// The invite that admits this node to a private mesh (stored in the data dir, so
     /// it is needed only once). `None`: the stored one, or none in a public mesh.
     pub invite: Option<relaymesh_protocol::messages::membership::SignedInvite>,
+    /// Bounds against hostile peers and overload (`max_connections` above is one too).
+    pub limits: Limits,
+}
+
+/// Bounds against hostile peers and overload, each with a safe default; what each cuts
+/// off is counted in `relaymesh_limited_total{reason}`. `relaymesh node --limit
+/// NAME=VALUE` (or a `[limits]` table in the config file) sets them by these names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections one peer may hold at once.
+    pub connections_per_peer: u32,
+    /// Incoming connections still in their handshakes at once.
+    pub pending_connections: u32,
+    /// Inference streams a supplier serves at once, for all peers.
+    pub streams: usize,
+    /// Inference streams from one peer at once.
+    pub streams_per_peer: usize,
+    /// Streams from one peer that have not sent their first frame yet.
+    pub unstarted_streams_per_peer: usize,
+    /// Inference streams one app (key) may hold at a supplier at once.
+    pub streams_per_app: usize,
+    /// New sessions one app may open at a supplier per hour.
+    pub sessions_per_app: usize,
+    /// Local API connections at once.
+    pub http_connections: usize,
+    /// Seconds an API client may take to send its request headers.
+    pub http_header_timeout_secs: u64,
+    /// Seconds an API response may wait for a client that reads nothing.
+    pub http_write_stall_secs: u64,
+    /// Requests that may wait at a gateway for each model's free slot.
+    pub queue_places: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        use crate::infer::{app_limits, queue, stream_slots};
+        Self {
+            connections_per_peer: 4,
+            pending_connections: 64,
+            streams: stream_slots::MAX_STREAMS,
+            streams_per_peer: stream_slots::MAX_STREAMS_PER_PEER,
+            unstarted_streams_per_peer: stream_slots::MAX_UNSTARTED_PER_PEER,
+            streams_per_app: app_limits::MAX_STREAMS_PER_APP,
+            sessions_per_app: app_limits::MAX_SESSIONS_PER_APP,
+            http_connections: crate::api::MAX_CONNECTIONS,
+            http_header_timeout_secs: crate::api::HEADER_TIMEOUT.as_secs(),
+            http_write_stall_secs: crate::api::WRITE_STALL.as_secs(),
+            queue_places: queue::MAX_WAITING,
+        }
+    }
+}
+
+impl Limits {
+    /// The names `set` takes, with what each bounds.
+    pub const NAMES: &'static [(&'static str, &'static str)] = &[
+        ("connections", "established connections in all"),
+        ("connections_per_peer", "connections one peer may hold"),
+        (
+            "pending_connections",
+            "incoming connections still in their handshakes",
+        ),
+        ("streams", "inference streams a supplier serves at once"),
+        ("streams_per_peer", "inference streams from one peer"),
+        (
+            "unstarted_streams_per_peer",
+            "streams from one peer that sent nothing yet",
+        ),
+        (
+            "streams_per_app",
+            "inference streams of one app at a supplier",
+        ),
+        (
+            "sessions_per_app",
+            "new sessions of one app at a supplier per hour",
+        ),
+        ("http_connections", "local API connections"),
+        (
+            "http_header_timeout_secs",
+            "seconds to send request headers",
+        ),
+        (
+            "http_write_stall_secs",
+            "seconds a response waits on a client reading nothing",
+        ),
+        ("queue_places", "requests waiting at a gateway per model"),
+    ];
+
+    /// Sets the limit `name` (one of [`Self::NAMES`] but `connections`, which is
+    /// [`NodeConfig::max_connections`]) to `value`, at least 1.
+    pub fn set(&mut self, name: &str, value: u64) -> Result<(), String> {
+        if value == 0 {
+            return Err(format!("limit {name} must be at least 1"));
+        }
+        let small =
+            |v: u64| u32::try_from(v).map_err(|_| format!("limit {name}: {v} is too large"));
+        let size =
+            |v: u64| usize::try_from(v).map_err(|_| format!("limit {name}: {v} is too large"));
+        match name {
+            "connections_per_peer" => self.connections_per_peer = small(value)?,
+            "pending_connections" => self.pending_connections = small(value)?,
+            "streams" => self.streams = size(value)?,
+            "streams_per_peer" => self.streams_per_peer = size(value)?,
+            "unstarted_streams_per_peer" => self.unstarted_streams_per_peer = size(value)?,
+            "streams_per_app" => self.streams_per_app = size(value)?,
+            "sessions_per_app" => self.sessions_per_app = size(value)?,
+            "http_connections" => self.http_connections = size(value)?,
+            "http_header_timeout_secs" => self.http_header_timeout_secs = value,
+            "http_write_stall_secs" => self.http_write_stall_secs = value,
+            "queue_places" => self.queue_places = size(value)?,
+            other => {
+                return Err(format!(
+                    "no limit is called {other:?}; the limits: {}",
+                    Self::NAMES
+                        .iter()
+                        .map(|(n, _)| *n)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The bounds of the circuit relay a node offers to peers behind NAT. A relay carries
@@ -138,6 +260,7 @@ impl NodeConfig {
             nat_services: None,
             external: Vec::new(),
             invite: None,
+            limits: Limits::default(),
         }
     }
 }

@@ -62,6 +62,7 @@ impl Node {
         };
         let metrics = Metrics::default();
         let api_addr = config.api;
+        let limits = config.limits.clone();
         let (models, keys) = (config.models.clone(), config.api_keys.clone());
         let params = config.mesh.clone();
         let serves = config.role == crate::config::Role::Full && !models.is_empty();
@@ -127,13 +128,17 @@ impl Node {
                             params.clone(),
                             settlement.clone(),
                             crate::infer::router::Router::new(),
-                            routing.timeouts,
+                            crate::infer::gateway::Timeouts {
+                                queue_places: limits.queue_places,
+                                ..routing.timeouts
+                            },
                             open_tree(&data_dir, crate::settle::APP_ACKS_TREE)?,
                             app_sessions,
                         ),
                         routing,
                         settlement.clone(),
                     ),
+                    &limits,
                 )
                 .await
                 .map_err(|source| NodeError::Api { addr, source })?,
@@ -146,7 +151,11 @@ impl Node {
             let ctx = Arc::new(crate::infer::supplier::SupplierContext {
                 key: key.clone(),
                 mesh_id: params.mesh_id(),
-                limits: crate::infer::app_limits::AppLimits::new(params.max_unacked_tokens),
+                limits: crate::infer::app_limits::AppLimits::with_caps(
+                    params.max_unacked_tokens,
+                    limits.streams_per_app,
+                    limits.sessions_per_app,
+                ),
                 budgets: Default::default(),
                 params: params.clone(),
                 models,
@@ -156,6 +165,11 @@ impl Node {
                 metrics: metrics.clone(),
                 acks: crate::infer::verify::AckVerifier::spawn(),
                 membership: handle.membership().cloned(),
+                stream_slots: crate::infer::stream_slots::StreamSlots::new(
+                    limits.streams,
+                    limits.streams_per_peer,
+                    limits.unstarted_streams_per_peer,
+                ),
             });
             let protocol = crate::mesh::names::infer_protocol(&params.mesh_id());
             Some(

@@ -20,6 +20,8 @@ pub struct FileConfig {
     pub mesh: Option<String>,
     pub mesh_file: Option<PathBuf>,
     pub invite: Option<String>,
+    /// `[limits]`: NAME = VALUE, as `--limit`.
+    pub limits: Option<std::collections::BTreeMap<String, u64>>,
     pub advertise: Option<Vec<String>>,
     pub ad_lifetime_secs: Option<u64>,
     pub serve: Option<Vec<String>>,

@@ -68,6 +68,14 @@ pub struct NodeArgs {
     /// --invite.
     #[arg(long, env = "RELAYMESH_INVITE", hide_env_values = true)]
     invite: Option<String>,
+    /// Change a bound against hostile peers and overload: NAME=VALUE (repeatable).
+    /// connections (256), connections_per_peer (4), pending_connections (64),
+    /// streams (64 served at once), streams_per_peer (16), unstarted_streams_per_peer
+    /// (8), streams_per_app (8), sessions_per_app (64 per hour), http_connections
+    /// (512), http_header_timeout_secs (10), http_write_stall_secs (60), queue_places
+    /// (256 per model). What each cuts off is counted in relaymesh_limited_total.
+    #[arg(long = "limit", env = "RELAYMESH_LIMITS", value_delimiter = ',')]
+    limits: Vec<String>,
     /// Advertise a model as NAME or NAME@GGUF_BLAKE3_HEX (repeatable). Until serving
     /// backends land this only announces; the backends will feed the same ads.
     #[arg(long, env = "RELAYMESH_ADVERTISE", value_delimiter = ',')]
@@ -272,6 +280,31 @@ fn resolve(args: NodeArgs) -> anyhow::Result<(NodeConfig, Serving)> {
     };
     let mut config = NodeConfig::new(mesh, Identity::DataDir(data_dir));
     config.routing = routing;
+    let mut limits: Vec<(String, u64)> = file
+        .limits
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    for spec in &args.limits {
+        let (name, value) = spec
+            .split_once('=')
+            .ok_or_else(|| anyhow!("--limit {spec:?}: expected NAME=VALUE"))?;
+        let value = value
+            .trim()
+            .parse()
+            .map_err(|_| anyhow!("--limit {spec:?}: the value is not a whole number"))?;
+        limits.push((name.trim().to_owned(), value));
+    }
+    for (name, value) in limits {
+        if name == "connections" {
+            anyhow::ensure!(value > 0, "limit connections must be at least 1");
+            config.max_connections = u32::try_from(value)
+                .map_err(|_| anyhow!("limit connections: {value} is too large"))?;
+        } else {
+            config.limits.set(&name, value).map_err(|e| anyhow!(e))?;
+        }
+    }
     config.invite = args
         .invite
         .or(file.invite)

@@ -37,7 +37,16 @@ pub const WRITE_STALL: Duration = Duration::from_secs(60);
 
 /// Binds `addr` and serves the API until stopped; returns the bound address (port 0
 /// picks one).
-pub async fn serve(addr: SocketAddr, state: ApiState) -> io::Result<(SocketAddr, ApiServer)> {
+pub async fn serve(
+    addr: SocketAddr,
+    state: ApiState,
+    limits: &crate::config::Limits,
+) -> io::Result<(SocketAddr, ApiServer)> {
+    let (max_connections, header_timeout, write_stall) = (
+        limits.http_connections,
+        Duration::from_secs(limits.http_header_timeout_secs),
+        Duration::from_secs(limits.http_write_stall_secs),
+    );
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     tracing::info!(api = %bound, "local API listening");
@@ -46,7 +55,7 @@ pub async fn serve(addr: SocketAddr, state: ApiState) -> io::Result<(SocketAddr,
     let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let slots = Arc::new(Semaphore::new(max_connections));
         loop {
             let stream = tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -64,10 +73,10 @@ pub async fn serve(addr: SocketAddr, state: ApiState) -> io::Result<(SocketAddr,
                 metrics.limited("http_connections");
                 continue;
             };
-            let io = TokioIo::new(Stalling::new(stream, WRITE_STALL));
+            let io = TokioIo::new(Stalling::new(stream, write_stall));
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
+                .header_read_timeout(header_timeout)
                 .serve_connection(io, service.clone());
             let connection = graceful.watch(connection);
             let metrics = metrics.clone();

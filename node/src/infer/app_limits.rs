@@ -97,6 +97,8 @@ pub struct AppLimits {
     /// claim on a slot that frees within [`FAIR_WINDOW`] over apps that hold as many
     /// streams as it or more and over later claims.
     waiting: Mutex<HashMap<PublicKey, (Instant, PeerId)>>,
+    /// Streams one app may hold, and sessions it may open per hour.
+    caps: (usize, usize),
 }
 
 /// One stream of an app, counted until [`StreamTicket::end`] (or drop).
@@ -128,10 +130,25 @@ impl Drop for StreamTicket<'_> {
 impl AppLimits {
     /// Limits for a mesh whose ack window is `max_unacked_tokens`.
     pub fn new(max_unacked_tokens: u32) -> Self {
+        Self::with_caps(
+            max_unacked_tokens,
+            MAX_STREAMS_PER_APP,
+            MAX_SESSIONS_PER_APP,
+        )
+    }
+
+    /// As [`Self::new`], with `streams_per_app` and `sessions_per_app` in place of the
+    /// defaults.
+    pub fn with_caps(
+        max_unacked_tokens: u32,
+        streams_per_app: usize,
+        sessions_per_app: usize,
+    ) -> Self {
         Self {
             apps: Mutex::new(HashMap::new()),
             debt_limit: debt_limit(max_unacked_tokens),
             waiting: Mutex::new(HashMap::new()),
+            caps: (streams_per_app, sessions_per_app),
         }
     }
 
@@ -199,7 +216,7 @@ impl AppLimits {
     /// honest app that waits as told is never served; with ties let through, a rival
     /// holding nothing, or a spare key, took the slot before the waiter came back).
     pub fn begin(&self, app: &PublicKey) -> Result<StreamTicket<'_>, Refused> {
-        let limit = self.debt_limit;
+        let (limit, max_streams) = (self.debt_limit, self.caps.0);
         let least_waiting = self.least_waiting_before(app);
         let refused = |why: String, retry_after| Refused { why, retry_after };
         self.with(app, |state| {
@@ -211,9 +228,9 @@ impl AppLimits {
                     DEBT_WINDOW.as_secs() / 60
                 ), DEBT_WINDOW / 10));
             }
-            if state.streams >= MAX_STREAMS_PER_APP {
+            if state.streams >= max_streams {
                 return Err(refused(format!(
-                    "app {} has {MAX_STREAMS_PER_APP} streams open here already",
+                    "app {} has {max_streams} streams open here already",
                     app.peer_id()
                 ), SHARE_RETRY * 4));
             }
@@ -237,10 +254,11 @@ impl AppLimits {
 
     /// Counts a new session of `app`, or says why it is refused.
     pub fn new_session(&self, app: &PublicKey) -> Result<(), String> {
+        let max_sessions = self.caps.1;
         self.with(app, |state| {
-            if state.sessions.len() >= MAX_SESSIONS_PER_APP {
+            if state.sessions.len() >= max_sessions {
                 return Err(format!(
-                    "app {} opened {MAX_SESSIONS_PER_APP} sessions here in the last hour; resume one",
+                    "app {} opened {max_sessions} sessions here in the last hour; resume one",
                     app.peer_id()
                 ));
             }

@@ -58,6 +58,8 @@ pub struct Timeouts {
     /// How long a request may wait in this node's queue while every supplier of its
     /// model is busy (`queue`); zero: refused at once.
     pub queue: Duration,
+    /// Places in each model's queue.
+    pub queue_places: usize,
 }
 
 impl Default for Timeouts {
@@ -67,6 +69,7 @@ impl Default for Timeouts {
             stall: Duration::from_secs(15),
             hedge: Some(Duration::from_secs(5)),
             queue: Duration::from_secs(30),
+            queue_places: super::queue::MAX_WAITING,
         }
     }
 }
@@ -144,7 +147,7 @@ impl Gateway {
             settlement,
             router,
             timeouts,
-            queue: Arc::default(),
+            queue: Arc::new(Queue::new(timeouts.queue_places)),
             protocol,
             held: std::sync::Mutex::new(held),
             acks,

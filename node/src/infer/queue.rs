@@ -52,11 +52,18 @@ struct Line {
 }
 
 /// The lines of every model, shared by the node's mesh requests.
-#[derive(Default)]
 pub struct Queue {
     lines: Mutex<HashMap<String, Line>>,
     /// Woken when a line moves (a place is given up).
     moved: tokio::sync::Notify,
+    /// Places in each model's line.
+    places: usize,
+}
+
+impl Default for Queue {
+    fn default() -> Self {
+        Self::new(MAX_WAITING)
+    }
 }
 
 /// A place in a model's line; given up when dropped.
@@ -67,6 +74,15 @@ pub struct Place {
 }
 
 impl Queue {
+    /// Lines of `places` places each.
+    pub fn new(places: usize) -> Self {
+        Self {
+            lines: Mutex::new(HashMap::new()),
+            moved: tokio::sync::Notify::new(),
+            places,
+        }
+    }
+
     /// Whether nobody waits for `model`.
     pub fn is_empty(&self, model: &str) -> bool {
         self.lines
@@ -89,7 +105,7 @@ impl Queue {
     pub fn join(self: &Arc<Self>, model: &str, slots: usize) -> Result<Place, BackendError> {
         let mut lines = self.lines.lock().expect("queue lock");
         let line = lines.entry(model.to_owned()).or_default();
-        if line.waiting.len() >= MAX_WAITING {
+        if line.waiting.len() >= self.places {
             return Err(BackendError::Busy {
                 slots,
                 queued: line.waiting.len(),

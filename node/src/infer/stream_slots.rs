@@ -59,11 +59,23 @@ struct PeerCount {
     unstarted: BTreeMap<u64, oneshot::Sender<()>>,
 }
 
-#[derive(Default)]
 struct Slots {
     open: usize,
     next_id: u64,
     peers: HashMap<PeerId, PeerCount>,
+    /// Streams at once, from one peer, and from one peer not yet started.
+    bounds: (usize, usize, usize),
+}
+
+impl Default for Slots {
+    fn default() -> Self {
+        Self {
+            open: 0,
+            next_id: 0,
+            peers: HashMap::new(),
+            bounds: (MAX_STREAMS, MAX_STREAMS_PER_PEER, MAX_UNSTARTED_PER_PEER),
+        }
+    }
 }
 
 /// The supplier's stream slots (cheap to clone; all clones count together).
@@ -79,6 +91,16 @@ pub struct StreamSlot {
 }
 
 impl StreamSlots {
+    /// Slots for `streams` at once, `per_peer` from one peer, `unstarted_per_peer` of
+    /// them not yet started (the defaults are this module's constants).
+    pub fn new(streams: usize, per_peer: usize, unstarted_per_peer: usize) -> Self {
+        let slots = Slots {
+            bounds: (streams, per_peer, unstarted_per_peer),
+            ..Slots::default()
+        };
+        Self(Arc::new(Mutex::new(slots)))
+    }
+
     /// A slot for a new stream from `peer`, taking one from an idle stream if every
     /// slot is held (see the module docs), or why there is none.
     pub fn open(&self, peer: PeerId) -> Result<StreamSlot, NoSlot> {
@@ -87,13 +109,14 @@ impl StreamSlots {
             .peers
             .get(&peer)
             .map_or((0, 0), |p| (p.open, p.unstarted.len()));
-        if open >= MAX_STREAMS_PER_PEER {
+        let (max_streams, per_peer, unstarted_per_peer) = slots.bounds;
+        if open >= per_peer {
             return Err(NoSlot::PerPeer);
         }
-        if unstarted >= MAX_UNSTARTED_PER_PEER {
+        if unstarted >= unstarted_per_peer {
             return Err(NoSlot::Unstarted);
         }
-        if slots.open >= MAX_STREAMS {
+        if slots.open >= max_streams {
             // The peer holding the most unstarted streams (ties: the smallest id, so
             // the choice does not depend on the map's order) gives up its oldest.
             let victim = slots

@@ -58,6 +58,8 @@ pub struct SupplierContext {
     pub budgets: super::escrow::EscrowBudgets,
     /// A private mesh's membership: only members admitted as apps are served.
     pub membership: Option<Arc<crate::mesh::membership::Membership>>,
+    /// The inference streams served at once, and from each peer.
+    pub stream_slots: StreamSlots,
 }
 
 /// Most request ids remembered in memory by a node without a data dir.
@@ -155,7 +157,7 @@ pub fn spawn(
         .accept(protocol)
         .map_err(|e| format!("cannot accept inference streams: {e}"))?;
     Ok(tokio::spawn(async move {
-        let slots = StreamSlots::default();
+        let slots = ctx.stream_slots.clone();
         // Ended sessions' request ids are forgotten once a minute, in this task, so
         // aborting it (the node stopping) stops everything that holds the database.
         let mut prune = tokio::time::interval(Duration::from_secs(60));

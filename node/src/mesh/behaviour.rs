@@ -119,8 +119,8 @@ impl MeshBehaviour {
         let limits = connection_limits::Behaviour::new(
             connection_limits::ConnectionLimits::default()
                 .with_max_established(Some(config.max_connections))
-                .with_max_established_per_peer(Some(4))
-                .with_max_pending_incoming(Some(64)),
+                .with_max_established_per_peer(Some(config.limits.connections_per_peer))
+                .with_max_pending_incoming(Some(config.limits.pending_connections)),
         );
 
         let identify = crate::mesh::advertised::Identify::new(
