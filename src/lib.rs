@@ -77,12 +77,9 @@ impl NodeBuilder {
     }
 
     /// Joins a private mesh with this invite (`relaymesh mesh invite` makes one; read a
-    /// token with `SignedInvite::from_token`). With a data dir it is kept there, so a
+    /// token with `Credential::from_token`). With a data dir it is kept there, so a
     /// restart needs it no more.
-    pub fn invite(
-        mut self,
-        invite: relaymesh_protocol::messages::membership::SignedInvite,
-    ) -> Self {
+    pub fn invite(mut self, invite: relaymesh_protocol::messages::membership::Credential) -> Self {
         self.config.invite = Some(invite);
         self
     }

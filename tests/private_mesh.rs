@@ -14,7 +14,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use relaymesh_protocol::messages::membership::SignedInvite;
+use relaymesh_protocol::messages::membership::Credential;
 use serde_json::{json, Value};
 use support::netns::{api_json, http, relaymesh_id, wait_until, Net};
 
@@ -183,8 +183,9 @@ fn only_invited_peers_get_in_and_a_revoked_one_is_cut_off() {
     let boot_invite = invite(&mesh, &owner, &["--peer", &boot_id]);
     let sup_invite = invite(&mesh, &owner, &["--role", "supplier"]);
     let gw_invite = invite(&mesh, &owner, &["--role", "app"]);
-    let gw_invite_id = SignedInvite::from_token(&gw_invite)
+    let gw_invite_id = Credential::from_token(&gw_invite)
         .unwrap()
+        .invite
         .body
         .id
         .to_hex();
@@ -298,8 +299,8 @@ fn only_invited_peers_get_in_and_a_revoked_one_is_cut_off() {
     let members = [addrs("10.66.0.1", &boot_id), addrs("10.66.0.2", &sup_id)];
     refused_everywhere(&stranger, &mesh, None, &members, "no invite was presented");
     // Forged: an owner's token with its role changed and the signature kept.
-    let mut forged = SignedInvite::from_token(&sup_invite).unwrap();
-    forged.body.role = 3;
+    let mut forged = Credential::from_token(&sup_invite).unwrap();
+    forged.invite.body.role = 3;
     refused_everywhere(
         &stranger,
         &mesh,
@@ -446,25 +447,29 @@ fn revocation(
 async fn a_restarted_member_keeps_its_invite_and_the_revocations_it_heard() {
     use relaymesh::NodeBuilder;
     use relaymesh_protocol::identity::signed::Signed;
-    use relaymesh_protocol::messages::membership::{Invite, ROLE_BOTH};
+    use relaymesh_protocol::messages::membership::{Holder, Invite, ROLE_BOTH};
     use relaymesh_protocol::{Digest, Keypair, Signer};
     use support::{address, wait_for};
 
     let owner = Keypair::from_secret([21; 32]);
     let mut params = relaymesh_node::config::named_mesh("private-restart");
     params.owners = relaymesh_protocol::BoundedVec::try_from_vec(vec![owner.public_key()]).unwrap();
-    let token = Signed::sign(
-        Invite {
-            version: relaymesh_protocol::PROTOCOL_VERSION,
-            mesh_id: params.mesh_id(),
-            id: Digest([4; 32]),
-            owner: owner.public_key(),
-            holder: None,
-            role: ROLE_BOTH,
-            expires_ms: u64::MAX / 2,
-        },
-        &owner,
-    );
+    let token_key = Keypair::from_secret([22; 32]);
+    let token = Credential {
+        invite: Signed::sign(
+            Invite {
+                version: relaymesh_protocol::PROTOCOL_VERSION,
+                mesh_id: params.mesh_id(),
+                id: Digest([4; 32]),
+                owner: owner.public_key(),
+                holder: Holder::Token(token_key.public_key()),
+                role: ROLE_BOTH,
+                expires_ms: u64::MAX / 2,
+            },
+            &owner,
+        ),
+        token_secret: Some(token_key.secret()),
+    };
     // The owner's own key runs the bootstrap node: it needs no invite.
     let mut builder = NodeBuilder::full()
         .mesh(params.clone())
@@ -536,7 +541,12 @@ async fn a_restarted_member_keeps_its_invite_and_the_revocations_it_heard() {
     // Its own invite revoked: cut off at once, and told why when it knocks again.
     assert_eq!(
         boot.handle()
-            .revoke(revocation(&params, &owner, 2, vec![other, token.body.id]))
+            .revoke(revocation(
+                &params,
+                &owner,
+                2,
+                vec![other, token.invite.body.id]
+            ))
             .await
             .unwrap(),
         Ok(true)

@@ -73,7 +73,7 @@ pub struct NodeConfig {
     pub external: Vec<Multiaddr>,
     /// The invite that admits this node to a private mesh (stored in the data dir, so
     /// it is needed only once). `None`: the stored one, or none in a public mesh.
-    pub invite: Option<relaymesh_protocol::messages::membership::SignedInvite>,
+    pub invite: Option<relaymesh_protocol::messages::membership::Credential>,
     /// Bounds against hostile peers and overload (`max_connections` above is one too).
     pub limits: Limits,
 }

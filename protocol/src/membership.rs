@@ -8,11 +8,12 @@
 
 use std::collections::BTreeMap;
 
+use crate::identity::signed::Signed;
 use crate::messages::membership::{
-    Invite, SignedInvite, SignedRevocation, ROLE_APP, ROLE_BOTH, ROLE_SUPPLIER,
+    Holder, Invite, SignedInvite, SignedRevocation, TokenProof, ROLE_APP, ROLE_BOTH, ROLE_SUPPLIER,
 };
 use crate::params::MeshParams;
-use crate::{Digest, PublicKey, SignatureVerifier};
+use crate::{Digest, PublicKey, Signature, SignatureVerifier};
 
 /// What a member may do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,6 +101,10 @@ pub enum Refusal {
         /// `invite` or `peer`.
         what: &'static str,
     },
+    /// A token presented without its key's proof for this peer (an invite read off
+    /// the wire, not held).
+    #[error("the invite is a token and its proof is missing or made for another peer")]
+    NoTokenProof,
     /// A role byte no version defines.
     #[error("the invite names an unknown role")]
     BadRole,
@@ -116,6 +121,7 @@ impl Refusal {
             Refusal::Expired { .. } => "expired",
             Refusal::OtherHolder { .. } => "other_holder",
             Refusal::Revoked { .. } => "revoked",
+            Refusal::NoTokenProof => "no_token_proof",
             Refusal::BadRole => "bad_role",
         }
     }
@@ -133,11 +139,14 @@ pub struct Admitted {
     pub expires_ms: u64,
 }
 
-/// Checks an invite on its own: mesh, owner, signature, role, expiry and, for an invite
-/// issued to one peer, that peer. `presenter` is the key the connection proved.
+/// Checks an invite on its own: mesh, owner, signature, role, expiry and whom it admits:
+/// for an invite issued to one peer, that peer; for a token, a peer that proves it
+/// holds the token's key (`proof`, over this mesh and its own key). `presenter` is the
+/// key the connection proved.
 pub fn check_invite(
     params: &MeshParams,
     invite: &SignedInvite,
+    proof: Option<&Signature>,
     presenter: &PublicKey,
     now_ms: u64,
     verifier: &impl SignatureVerifier,
@@ -158,11 +167,26 @@ pub fn check_invite(
             expired_ms: body.expires_ms,
         });
     }
-    if let Some(holder) = body.holder {
-        if holder != *presenter {
+    match body.holder {
+        Holder::Peer(holder) if holder != *presenter => {
             return Err(Refusal::OtherHolder {
                 holder: holder.peer_id(),
             });
+        }
+        Holder::Peer(_) => {}
+        Holder::Token(key) => {
+            let proof = proof.ok_or(Refusal::NoTokenProof)?;
+            let signed = Signed {
+                body: TokenProof {
+                    version: crate::PROTOCOL_VERSION,
+                    mesh_id: body.mesh_id,
+                    presenter: *presenter,
+                },
+                signature: *proof,
+            };
+            signed
+                .verify(&key, verifier)
+                .map_err(|_| Refusal::NoTokenProof)?;
         }
     }
     Ok(Admitted {
@@ -237,12 +261,14 @@ impl Revocations {
     }
 }
 
-/// Decides whether the peer that proved key `peer` and presented `invite` is a member:
-/// an owner's key needs no invite; anyone else needs a valid, unexpired, unrevoked
-/// invite for this mesh, signed by an owner, issued to it or a token.
+/// Decides whether the peer that proved key `peer` and presented `invite` (with
+/// `proof`, for a token) is a member: an owner's key needs no invite; anyone else needs
+/// a valid, unexpired, unrevoked invite for this mesh, signed by an owner, issued to it
+/// or a token it proves it holds.
 pub fn admit(
     params: &MeshParams,
     invite: Option<&SignedInvite>,
+    proof: Option<&Signature>,
     peer: &PublicKey,
     revocations: &Revocations,
     now_ms: u64,
@@ -256,7 +282,7 @@ pub fn admit(
         });
     }
     let invite = invite.ok_or(Refusal::NoInvite)?;
-    let admitted = check_invite(params, invite, peer, now_ms, verifier)?;
+    let admitted = check_invite(params, invite, proof, peer, now_ms, verifier)?;
     revocations.check(admitted.invite.as_ref(), peer)?;
     Ok(admitted)
 }

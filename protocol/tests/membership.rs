@@ -9,17 +9,26 @@ mod vectors;
 use common::key;
 use relaymesh_protocol::identity::signed::Signed;
 use relaymesh_protocol::membership::{admit, Applied, Refusal, Revocations, Role};
-use relaymesh_protocol::messages::membership::{Revocation, SignedInvite};
+use relaymesh_protocol::messages::membership::{Credential, Revocation, SignedInvite};
 use relaymesh_protocol::{BoundedVec, Digest, Ed25519Verifier, Signer, PROTOCOL_VERSION};
-use vectors::{invite, private_params};
+use vectors::{invite, private_params, token};
 
 const NOW: u64 = 1_750_000_000_000;
 const LATER: u64 = NOW + 60_000;
 
 fn check(invite: Option<&SignedInvite>, peer: u8, revoked: &Revocations) -> Result<Role, Refusal> {
+    // A token is presented with its proof for the presenting peer, as a holder does.
+    let proof = invite.and_then(|i| {
+        Credential {
+            invite: i.clone(),
+            token_secret: Some(vectors::TOKEN_SECRET),
+        }
+        .proof(key(peer).public_key())
+    });
     admit(
         &private_params(),
         invite,
+        proof.as_ref(),
         &key(peer).public_key(),
         revoked,
         NOW,
@@ -141,21 +150,62 @@ fn revocation_lists_cut_off_invites_and_peers_and_only_newer_lists_count() {
 
 #[test]
 fn tokens_round_trip_and_damaged_ones_say_so() {
-    let token = invite(None, LATER);
+    let token = token(LATER);
     let text = token.to_token();
     assert!(!text.contains(char::is_whitespace));
-    assert_eq!(SignedInvite::from_token(&format!(" {text}\n")), Ok(token));
+    assert_eq!(
+        Credential::from_token(&format!(" {text}\n")),
+        Ok(token.clone())
+    );
     let cut = &text[..text.len() - 3];
-    assert!(SignedInvite::from_token(cut)
+    assert!(Credential::from_token(cut).unwrap_err().contains("damaged"));
+    let without_secret = text.split('.').next().unwrap();
+    assert!(Credential::from_token(without_secret)
         .unwrap_err()
-        .contains("damaged"));
-    assert!(SignedInvite::from_token("hello")
+        .contains("secret is missing"));
+    assert!(Credential::from_token("hello")
         .unwrap_err()
         .contains("starts with"));
     let long = format!("rminvite1{}", "1".repeat(100_000));
-    assert!(SignedInvite::from_token(&long)
+    assert!(Credential::from_token(&long)
         .unwrap_err()
         .contains("too long"));
+    // A peer's invite has no secret part.
+    let bound = Credential {
+        invite: invite(Some(&key(2)), LATER),
+        token_secret: None,
+    };
+    assert_eq!(Credential::from_token(&bound.to_token()), Ok(bound));
+}
+
+/// Failed before tokens were proven: a member sends its invite in every hello, so a
+/// stranger that a member dialled (or that dialled one) read a token off the wire and
+/// joined with it under any key. Now the token's secret never travels: a presenter
+/// signs its own key with it, and an invite without that proof admits nobody.
+#[test]
+fn a_token_read_off_the_wire_admits_nobody() {
+    let none = Revocations::default();
+    let (p, stranger) = (private_params(), key(6).public_key());
+    let token = token(LATER);
+    let verify = |proof: Option<&relaymesh_protocol::Signature>| {
+        admit(
+            &p,
+            Some(&token.invite),
+            proof,
+            &stranger,
+            &none,
+            NOW,
+            &Ed25519Verifier,
+        )
+        .map(|a| a.role)
+    };
+    // The holder's own proof, replayed by the stranger.
+    let holders = token.proof(key(5).public_key()).unwrap();
+    assert_eq!(verify(Some(&holders)), Err(Refusal::NoTokenProof));
+    assert_eq!(verify(None), Err(Refusal::NoTokenProof));
+    // With the secret, the stranger would be a holder.
+    assert_eq!(verify(token.proof(stranger).as_ref()), Ok(Role::BOTH));
+    assert_eq!(check(Some(&token.invite), 5, &none), Ok(Role::BOTH));
 }
 
 #[test]

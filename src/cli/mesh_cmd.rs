@@ -8,7 +8,9 @@ use clap::Subcommand;
 use relaymesh_node::config::{GenesisEntry, MeshFile};
 use relaymesh_protocol::identity::signed::Signed;
 use relaymesh_protocol::membership::Role;
-use relaymesh_protocol::messages::membership::{Invite, Revocation, SignedRevocation};
+use relaymesh_protocol::messages::membership::{
+    Credential, Holder, Invite, Revocation, SignedRevocation,
+};
 use relaymesh_protocol::params::MeshParams;
 use relaymesh_protocol::wire::WireMessage;
 use relaymesh_protocol::{BoundedVec, Digest, Keypair, PublicKey, Signer};
@@ -397,26 +399,38 @@ fn invite(
     let (params, owner) = owner_of(mesh_file, owner_key)?;
     let role = Role::parse(role)
         .ok_or_else(|| anyhow!("--role {role:?}: expected supplier, app or both"))?;
-    let holder = peer
+    let peer = peer
         .map(|p| {
             PublicKey::from_peer_id(&p).ok_or_else(|| anyhow!("--peer {p:?} is not a peer id"))
         })
         .transpose()?;
+    // A token gets a key of its own: its secret travels only inside the token.
+    let token_key = peer
+        .is_none()
+        .then(|| Keypair::generate(&mut rand_core::OsRng));
+    let holder = match (peer, &token_key) {
+        (Some(peer), _) => Holder::Peer(peer),
+        (None, Some(k)) => Holder::Token(k.public_key()),
+        (None, None) => unreachable!("a token key is made when no peer is named"),
+    };
     let mut id = [0u8; 32];
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id);
     let expires_ms = now_ms().saturating_add(duration_ms(expires)?);
-    let invite = Signed::sign(
-        Invite {
-            version: relaymesh_protocol::PROTOCOL_VERSION,
-            mesh_id: params.mesh_id(),
-            id: Digest(id),
-            owner: owner.public_key(),
-            holder,
-            role: role.byte(),
-            expires_ms,
-        },
-        &owner,
-    );
+    let invite = Credential {
+        invite: Signed::sign(
+            Invite {
+                version: relaymesh_protocol::PROTOCOL_VERSION,
+                mesh_id: params.mesh_id(),
+                id: Digest(id),
+                owner: owner.public_key(),
+                holder,
+                role: role.byte(),
+                expires_ms,
+            },
+            &owner,
+        ),
+        token_secret: token_key.map(|k| k.secret()),
+    };
     let token = invite.to_token();
     if let Some(path) = out {
         write_private(path, &format!("{token}\n"))?;
@@ -424,11 +438,11 @@ fn invite(
     println!("{token}");
     eprintln!(
         "invite {} to mesh {}: role {role}, {}, expires at {expires_ms} (unix ms); join with `relaymesh node --mesh-file {} --invite TOKEN` (the node keeps it in its data dir)",
-        invite.body.id.to_hex(),
+        invite.invite.body.id.to_hex(),
         params.name.as_str(),
-        match holder {
+        match peer {
             Some(k) => format!("for peer {} only", k.peer_id()),
-            None => "for whoever holds the token".to_string(),
+            None => "for whoever holds the token (keep it secret)".to_string(),
         },
         mesh_file.display()
     );
@@ -501,6 +515,11 @@ fn revoke(
         .filter_map(|h| hex::decode(h).ok())
         .filter_map(|b| SignedRevocation::decode(&b).ok())
         .find(|l| l.body.owner == owner.public_key() && l.body.mesh_id == params.mesh_id());
+    // The node's word is not taken: only a list this owner signed is extended.
+    if let Some(list) = &current {
+        list.verify(&owner.public_key(), &relaymesh_protocol::Ed25519Verifier)
+            .map_err(|_| anyhow!("the node at {api} hands out a revocation list in this owner's name that the owner did not sign; use another member"))?;
+    }
     let (mut list_invites, mut list_peers, seq) = match current {
         Some(l) => (
             l.body.invites.into_vec(),
@@ -529,7 +548,9 @@ fn revoke(
             version: relaymesh_protocol::PROTOCOL_VERSION,
             mesh_id: params.mesh_id(),
             owner: owner.public_key(),
-            seq: seq + 1,
+            seq: seq
+                .checked_add(1)
+                .ok_or_else(|| anyhow!("the owner's list has the highest sequence number"))?,
             invites: BoundedVec::try_from_vec(list_invites)
                 .map_err(|e| anyhow!("revoked invites: {e}"))?,
             peers: BoundedVec::try_from_vec(list_peers)
@@ -554,6 +575,11 @@ fn revoke(
         }
         Ok(body)
     })?;
+    if answer["new"] != Value::Bool(true) {
+        return Err(anyhow!(
+            "the node at {api} holds a newer list of this owner than it showed; run the command again"
+        ));
+    }
     println!(
         "revocation list {} of owner {} enforced by {api} and gossiped: {} invites and {} peers revoked",
         list.body.seq,
@@ -561,8 +587,5 @@ fn revoke(
         list.body.invites.len(),
         list.body.peers.len()
     );
-    if answer["new"] == Value::Bool(false) {
-        eprintln!("note: the node already held a list as new as this one");
-    }
     Ok(())
 }

@@ -3,7 +3,7 @@
 //! checked against the peer's key).
 
 use relaymesh_protocol::identity::signed::Signed;
-use relaymesh_protocol::messages::membership::{Hello, Invite, Revocation, ROLE_BOTH};
+use relaymesh_protocol::messages::membership::{Hello, Holder, Invite, Revocation, ROLE_BOTH};
 use relaymesh_protocol::wire::WireMessage;
 use relaymesh_protocol::{BoundedVec, Digest, Keypair, Signer, PROTOCOL_VERSION};
 
@@ -25,7 +25,7 @@ pub fn target() -> Result<FuzzTarget, String> {
             mesh_id,
             id: Digest([9; 32]),
             owner: owner.public_key(),
-            holder: Some(member.public_key()),
+            holder: Holder::Peer(member.public_key()),
             role: ROLE_BOTH,
             expires_ms: NOW_MS + 60_000,
         },
@@ -46,6 +46,7 @@ pub fn target() -> Result<FuzzTarget, String> {
         version: PROTOCOL_VERSION,
         mesh_id,
         invite: Some(invite.clone()),
+        proof: None,
         revocations: BoundedVec::try_from_vec(revocations).expect("fits"),
     };
     let frame = |hello: Hello| {

@@ -16,6 +16,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -112,7 +113,14 @@ struct Handshake {
     theirs_done: bool,
     /// Our stream failed (or the peer refused us); reported once theirs is judged.
     broken: Option<AdmissionError>,
+    /// Whether our verdict on their hello has gone out, and which.
+    answered: Arc<AtomicU8>,
 }
+
+/// `Handshake::answered`: no verdict sent yet, "admitted" sent, "refused" sent.
+const UNANSWERED: u8 = 0;
+const ADMITTED: u8 = 1;
+const REFUSED: u8 = 2;
 
 impl Handshake {
     fn new(membership: Arc<Membership>, peer: PeerId, muxer: StreamMuxerBox) -> Self {
@@ -125,6 +133,7 @@ impl Handshake {
             theirs: None,
             theirs_done: false,
             broken: None,
+            answered: Arc::new(AtomicU8::new(UNANSWERED)),
         }
     }
 
@@ -161,11 +170,25 @@ impl Future for Handshake {
                 Poll::Pending => {}
             }
         }
-        if this.theirs.is_none() && !this.theirs_done {
+        // The first stream the peer opens carries its hello. Until we have admitted it,
+        // an honest peer cannot have finished its handshake, so it opens no other
+        // stream: a second one is a stranger making us buffer, and ends the exchange.
+        if !this.theirs_done && this.answered.load(Ordering::Acquire) != ADMITTED {
             match muxer.poll_inbound_unpin(cx) {
-                Poll::Ready(Ok(stream)) => {
-                    this.theirs =
-                        Some(judge_hello(this.membership.clone(), this.peer, stream).boxed())
+                Poll::Ready(Ok(stream)) if this.theirs.is_none() => {
+                    this.theirs = Some(
+                        judge_hello(
+                            this.membership.clone(),
+                            this.peer,
+                            stream,
+                            this.answered.clone(),
+                        )
+                        .boxed(),
+                    )
+                }
+                Poll::Ready(Ok(_)) => {
+                    this.membership.count_refusal("handshake");
+                    return Poll::Ready(Err(this.failed("a second stream before admission")));
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(this.failed(e))),
                 Poll::Pending => {}
@@ -264,6 +287,7 @@ async fn judge_hello(
     membership: Arc<Membership>,
     peer: PeerId,
     mut stream: SubstreamBox,
+    answered: Arc<AtomicU8>,
 ) -> Result<Admitted, AdmissionError> {
     let hello = read_frame(&mut stream, Hello::MAX_SIZE)
         .await
@@ -283,6 +307,10 @@ async fn judge_hello(
     };
     let bytes = answer.encode().expect("a verdict fits its limit");
     let sent = write_frame(&mut stream, &bytes).await;
+    answered.store(
+        if verdict.is_ok() { ADMITTED } else { REFUSED },
+        Ordering::Release,
+    );
     match verdict {
         Ok(admitted) => {
             sent.map_err(|e| AdmissionError::Handshake {

@@ -179,6 +179,7 @@ impl EventLoop {
         let announce_every = (self.config.ad_lifetime / 3).max(Duration::from_millis(500));
         let mut announce = tokio::time::interval(announce_every);
         let mut housekeeping = tokio::time::interval(Duration::from_millis(500));
+        let mut republish = tokio::time::interval(Duration::from_secs(60));
         self.start_nat();
         self.dial_bootstraps();
         loop {
@@ -196,6 +197,7 @@ impl EventLoop {
                 },
                 _ = announce.tick() => self.announce(),
                 _ = housekeeping.tick() => self.housekeeping(),
+                _ = republish.tick() => self.republish_revocations(),
             }
         }
     }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use libp2p::swarm::SwarmEvent;
 use libp2p::Multiaddr;
-use relaymesh_protocol::messages::membership::SignedInvite;
+use relaymesh_protocol::messages::membership::Credential;
 use relaymesh_protocol::params::MeshParams;
 use relaymesh_protocol::Keypair;
 
@@ -21,7 +21,7 @@ use crate::metrics::Metrics;
 pub async fn probe(
     params: &MeshParams,
     key: &Keypair,
-    invite: Option<SignedInvite>,
+    invite: Option<Credential>,
     addrs: &[Multiaddr],
     timeout: Duration,
 ) -> Result<Vec<(Multiaddr, Result<(), String>)>, String> {

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 
 use libp2p::PeerId;
 use relaymesh_protocol::membership::{admit, Admitted, Applied, Refusal, Revocations, Role};
-use relaymesh_protocol::messages::membership::{Hello, SignedInvite, SignedRevocation};
+use relaymesh_protocol::messages::membership::{Credential, Hello, SignedRevocation};
 use relaymesh_protocol::params::MeshParams;
 use relaymesh_protocol::wire::WireMessage;
 use relaymesh_protocol::{BoundedVec, Ed25519Verifier, PublicKey, Signer};
@@ -27,17 +27,18 @@ const MAX_REMEMBERED: usize = 4096;
 pub struct Membership {
     params: MeshParams,
     own_key: PublicKey,
-    invite: Option<SignedInvite>,
+    credential: Option<Credential>,
     own: Admitted,
     revocations: Mutex<Revocations>,
-    admitted: Mutex<HashMap<PeerId, Admitted>>,
+    /// Admitted peers, with when (unix ms) they were admitted.
+    admitted: Mutex<HashMap<PeerId, (Admitted, u64)>>,
     tree: sled::Tree,
     metrics: Metrics,
 }
 
 /// An invite as a person gives it: the token `relaymesh mesh invite` printed, or a file
 /// holding it.
-pub fn read_invite(given: &str) -> Result<SignedInvite, String> {
+pub fn read_invite(given: &str) -> Result<Credential, String> {
     use relaymesh_protocol::messages::membership::TOKEN_PREFIX;
     let token = if given.trim().starts_with(TOKEN_PREFIX) {
         given.to_owned()
@@ -46,7 +47,7 @@ pub fn read_invite(given: &str) -> Result<SignedInvite, String> {
             format!("--invite {given:?}: neither an invite token ({TOKEN_PREFIX}…) nor a readable file: {e}")
         })?
     };
-    SignedInvite::from_token(&token).map_err(|e| format!("--invite: {e}"))
+    Credential::from_token(&token).map_err(|e| format!("--invite: {e}"))
 }
 
 /// The key inside an ed25519 peer id; `None` for any other kind of key.
@@ -62,7 +63,7 @@ impl Membership {
     pub fn open(
         params: &MeshParams,
         key: &relaymesh_protocol::Keypair,
-        invite: Option<SignedInvite>,
+        invite: Option<Credential>,
         tree: sled::Tree,
         metrics: Metrics,
         now_ms: u64,
@@ -81,21 +82,25 @@ impl Membership {
                 let _ = revocations.apply(params, list, &Ed25519Verifier);
             }
         }
-        let invite = match invite {
-            Some(invite) => {
-                tree.insert(INVITE_KEY, invite.encode().map_err(|e| e.to_string())?)
+        let credential = match invite {
+            Some(credential) => {
+                tree.insert(INVITE_KEY, credential.to_token().into_bytes())
                     .map_err(db)?;
-                Some(invite)
+                Some(credential)
             }
             None => match tree.get(INVITE_KEY).map_err(db)? {
-                Some(bytes) => Some(SignedInvite::decode(&bytes).map_err(|e| {
-                    format!("the stored invite is unreadable ({e}); join again with --invite")
-                })?),
+                Some(bytes) => Some(
+                    Credential::from_token(&String::from_utf8_lossy(&bytes)).map_err(|e| {
+                        format!("the stored invite is unreadable ({e}); join again with --invite")
+                    })?,
+                ),
                 None => None,
             },
         };
         let own_key = key.public_key();
-        let own = admit(params, invite.as_ref(), &own_key, &revocations, now_ms, &Ed25519Verifier)
+        let invite = credential.as_ref().map(|c| &c.invite);
+        let proof = credential.as_ref().and_then(|c| c.proof(own_key));
+        let own = admit(params, invite, proof.as_ref(), &own_key, &revocations, now_ms, &Ed25519Verifier)
             .map_err(|refusal| match refusal {
                 Refusal::NoInvite => format!(
                     "mesh {} is private: join with --invite TOKEN (or a file holding it), which its owner makes with `relaymesh mesh invite`",
@@ -106,7 +111,7 @@ impl Membership {
         Ok(Some(Self {
             params: params.clone(),
             own_key,
-            invite,
+            credential,
             own,
             revocations: Mutex::new(revocations),
             admitted: Mutex::new(HashMap::new()),
@@ -115,24 +120,25 @@ impl Membership {
         }))
     }
 
-    /// A membership that presents `invite` whatever it is worth, without checking it
-    /// first: for `relaymesh mesh probe`, which asks a peer what it thinks of one.
+    /// A membership that presents `credential` whatever it is worth, without checking
+    /// it first: for `relaymesh mesh probe`, which asks a peer what it thinks of one.
     pub fn presenting(
         params: &MeshParams,
         key: &relaymesh_protocol::Keypair,
-        invite: Option<SignedInvite>,
+        credential: Option<Credential>,
         tree: sled::Tree,
         metrics: Metrics,
     ) -> Self {
+        let invite = credential.as_ref().map(|c| &c.invite.body);
         Self {
             params: params.clone(),
             own_key: key.public_key(),
             own: Admitted {
                 role: Role::BOTH,
-                invite: invite.as_ref().map(|i| i.body.id),
-                expires_ms: invite.as_ref().map_or(0, |i| i.body.expires_ms),
+                invite: invite.map(|i| i.id),
+                expires_ms: invite.map_or(0, |i| i.expires_ms),
             },
-            invite,
+            credential,
             revocations: Mutex::new(Revocations::default()),
             admitted: Mutex::new(HashMap::new()),
             tree,
@@ -151,7 +157,8 @@ impl Membership {
         Hello {
             version: relaymesh_protocol::PROTOCOL_VERSION,
             mesh_id: self.params.mesh_id(),
-            invite: self.invite.clone(),
+            invite: self.credential.as_ref().map(|c| c.invite.clone()),
+            proof: self.credential.as_ref().and_then(|c| c.proof(self.own_key)),
             revocations: BoundedVec::try_from_vec(revocations.lists().cloned().collect())
                 .expect("one list per owner"),
         }
@@ -172,6 +179,7 @@ impl Membership {
             admit(
                 &self.params,
                 hello.invite.as_ref(),
+                hello.proof.as_ref(),
                 &key,
                 &revocations,
                 now_ms,
@@ -182,14 +190,15 @@ impl Membership {
             Ok(admitted) => {
                 let mut map = self.admitted.lock().expect("membership lock");
                 if map.len() >= MAX_REMEMBERED && !map.contains_key(peer) {
-                    // Forget the member whose invite ends first; it is met again at
-                    // its next connection.
-                    if let Some(first) = map.iter().min_by_key(|(_, a)| a.expires_ms) {
+                    // Forget the member admitted longest ago; if it is still connected,
+                    // it is cut off at the next check and admitted again when it
+                    // reconnects (no connected peer goes unchecked).
+                    if let Some(first) = map.iter().min_by_key(|(_, (_, at))| *at) {
                         let first = *first.0;
                         map.remove(&first);
                     }
                 }
-                map.insert(*peer, *admitted);
+                map.insert(*peer, (*admitted, now_ms));
             }
             Err(refusal) => self.count_refusal(refusal.label()),
         }
@@ -212,7 +221,7 @@ impl Membership {
             .lock()
             .expect("membership lock")
             .get(peer)
-            .map(|a| a.role)
+            .map(|(a, _)| a.role)
     }
 
     /// What a peer was admitted with.
@@ -221,7 +230,7 @@ impl Membership {
             .lock()
             .expect("membership lock")
             .get(peer)
-            .copied()
+            .map(|(a, _)| *a)
     }
 
     /// Takes a revocation list (from gossip, a hello or the API) if it is an owner's
@@ -229,11 +238,10 @@ impl Membership {
     pub fn apply_revocation(&self, list: SignedRevocation) -> Result<Applied, Refusal> {
         let owner = list.body.owner;
         let bytes = list.encode().map_err(|_| Refusal::BadSignature)?;
-        let applied = self.revocations.lock().expect("membership lock").apply(
-            &self.params,
-            list,
-            &Ed25519Verifier,
-        )?;
+        // Stored under the lock, so a list and a newer one applied at once are stored
+        // in the order they were taken (the newer last).
+        let mut revocations = self.revocations.lock().expect("membership lock");
+        let applied = revocations.apply(&self.params, list, &Ed25519Verifier)?;
         if applied == Applied::New {
             let mut key = REVOCATION_PREFIX.to_vec();
             key.extend_from_slice(owner.as_bytes());
@@ -265,15 +273,23 @@ impl Membership {
             .collect()
     }
 
-    /// Peers among `connected` that must be cut off now: their invite expired or they
-    /// were revoked since they were admitted. Forgets admitted peers no longer
-    /// connected.
+    /// Peers among `connected` that must be cut off now: their invite expired, they
+    /// were revoked since they were admitted, or no admission of theirs is on record.
+    /// Forgets admitted peers that are not connected once their handshake is long over
+    /// (a peer is admitted before the swarm reports its connection).
     pub fn to_cut(&self, connected: &[PeerId], now_ms: u64) -> Vec<(PeerId, Refusal)> {
         let revocations = self.revocations.lock().expect("membership lock");
         let mut admitted = self.admitted.lock().expect("membership lock");
-        admitted.retain(|peer, _| connected.contains(peer));
+        let settle_ms = super::CONNECTION_TIMEOUT.as_millis() as u64;
+        admitted.retain(|peer, (_, at)| {
+            connected.contains(peer) || now_ms < at.saturating_add(settle_ms)
+        });
         let mut cut = Vec::new();
-        for (peer, member) in admitted.iter() {
+        for peer in connected {
+            let Some((member, _)) = admitted.get(peer) else {
+                cut.push((*peer, Refusal::NoInvite));
+                continue;
+            };
             if now_ms >= member.expires_ms {
                 cut.push((
                     *peer,
@@ -296,14 +312,84 @@ impl Membership {
     /// Whether this node's own membership has ended (its invite expired or revoked).
     pub fn own_refusal(&self, now_ms: u64) -> Option<Refusal> {
         let revocations = self.revocations.lock().expect("membership lock");
+        let credential = self.credential.as_ref();
         admit(
             &self.params,
-            self.invite.as_ref(),
+            credential.map(|c| &c.invite),
+            credential.and_then(|c| c.proof(self.own_key)).as_ref(),
             &self.own_key,
             &revocations,
             now_ms,
             &Ed25519Verifier,
         )
         .err()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use relaymesh_protocol::identity::signed::Signed;
+    use relaymesh_protocol::messages::membership::{Holder, Invite, ROLE_APP};
+    use relaymesh_protocol::{Digest, Keypair};
+
+    const NOW: u64 = 1_750_000_000_000;
+
+    fn membership() -> (Membership, Hello, PeerId) {
+        let owner = Keypair::from_secret([7; 32]);
+        let member = Keypair::from_secret([8; 32]);
+        let mut params = crate::config::named_mesh("membership-tests");
+        params.owners = BoundedVec::try_from_vec(vec![owner.public_key()]).unwrap();
+        let invite = Signed::sign(
+            Invite {
+                version: relaymesh_protocol::PROTOCOL_VERSION,
+                mesh_id: params.mesh_id(),
+                id: Digest([9; 32]),
+                owner: owner.public_key(),
+                holder: Holder::Peer(member.public_key()),
+                role: ROLE_APP,
+                expires_ms: NOW + 3_600_000,
+            },
+            &owner,
+        );
+        let hello = Hello {
+            version: relaymesh_protocol::PROTOCOL_VERSION,
+            mesh_id: params.mesh_id(),
+            invite: Some(invite),
+            proof: None,
+            revocations: BoundedVec::new(),
+        };
+        let tree = sled::Config::new()
+            .temporary(true)
+            .open()
+            .unwrap()
+            .open_tree(TREE)
+            .unwrap();
+        let m = Membership::presenting(&params, &owner, None, tree, Metrics::default());
+        (m, hello, crate::mesh::peer_id_of(&member))
+    }
+
+    /// Failed before: a check that ran between a peer's admission and the swarm's
+    /// report of its connection forgot the admission, and the connection then ran with
+    /// no role (refused as an app) and escaped later revocation and expiry checks.
+    #[test]
+    fn an_admission_outlives_the_moment_before_its_connection_is_reported() {
+        let (m, hello, peer) = membership();
+        m.judge(&peer, hello, NOW).unwrap();
+        assert!(m.to_cut(&[], NOW + 100).is_empty());
+        assert_eq!(m.role_of(&peer), Some(Role::APP));
+        // Connected now, and checked as a member.
+        assert!(m.to_cut(&[peer], NOW + 200).is_empty());
+        // Expired: cut off.
+        let cut = m.to_cut(&[peer], NOW + 3_600_000);
+        assert!(matches!(cut.as_slice(), [(p, Refusal::Expired { .. })] if *p == peer));
+    }
+
+    /// A connected peer with no admission on record is cut off, not left unchecked.
+    #[test]
+    fn a_connection_without_an_admission_is_cut_off() {
+        let (m, _, peer) = membership();
+        let cut = m.to_cut(&[peer], NOW);
+        assert!(matches!(cut.as_slice(), [(p, Refusal::NoInvite)] if *p == peer));
     }
 }

@@ -131,7 +131,7 @@ pub fn spawn(
 }
 
 /// Longest a connection may take from the first packet to admission.
-const CONNECTION_TIMEOUT: Duration = Duration::from_secs(20);
+pub(crate) const CONNECTION_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// QUIC and TCP (Noise, yamux), with DNS names resolved, and circuits through relays;
 /// in a private mesh every connection must pass the membership handshake

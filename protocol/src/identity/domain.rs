@@ -18,6 +18,7 @@
 //! | `Transfer` | payer | `Transfer` |
 //! | `Invite` | an owner of the mesh | `Invite` |
 //! | `Revocation` | an owner of the mesh | `Revocation` |
+//! | `TokenProof` | an invite token's key | `TokenProof` (mesh id, presenting peer) |
 
 /// What a signature is for; selects its tag.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,6 +45,8 @@ pub enum Domain {
     Invite,
     /// A private mesh's owner lists what it has revoked.
     Revocation,
+    /// A token's key proves that a peer holds it.
+    TokenProof,
 }
 
 impl Domain {
@@ -61,6 +64,7 @@ impl Domain {
             Domain::Transfer => b"relaymesh/3/sig/transfer\0",
             Domain::Invite => b"relaymesh/3/sig/invite\0",
             Domain::Revocation => b"relaymesh/3/sig/revocation\0",
+            Domain::TokenProof => b"relaymesh/3/sig/token-proof\0",
         }
     }
 }

@@ -3,12 +3,13 @@
 //! connection of a private mesh starts with (`Hello`, `Verdict`). The rules that decide
 //! admission are in [`crate::membership`].
 
+use serde::{Deserialize, Serialize};
 use serde_tuple::{Deserialize_tuple, Serialize_tuple};
 
 use crate::identity::domain::Domain;
 use crate::identity::signed::{Signable, Signed};
 use crate::wire::WireMessage;
-use crate::{BoundedString, BoundedVec, Digest, PublicKey};
+use crate::{BoundedString, BoundedVec, Digest, Keypair, PublicKey, Signature};
 
 /// Most owner keys a private mesh may name.
 pub const MAX_OWNERS: usize = 4;
@@ -24,8 +25,43 @@ pub const ROLE_APP: u8 = 2;
 /// Both.
 pub const ROLE_BOTH: u8 = ROLE_SUPPLIER | ROLE_APP;
 
-/// Signed by one of the mesh's owners: admits `holder` (or, for a token, whoever holds
-/// it) to the mesh in `role` until `expires_ms`.
+/// Whom an invite admits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Holder {
+    /// The peer with this key (the connection's handshake proves it).
+    Peer(PublicKey),
+    /// Whoever holds the secret key of this public key: the token's secret, which
+    /// travels only inside the pasted token, never on the wire. A presenter proves it
+    /// with a [`TokenProof`] signature over its own peer key, so an invite seen on the
+    /// wire is worth nothing to anyone else.
+    Token(PublicKey),
+}
+
+/// What a token's secret key signs to present the token: this mesh and the presenting
+/// peer's key (the key its connection proved), so the proof is good for that peer only.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize_tuple, Deserialize_tuple)]
+pub struct TokenProof {
+    /// Message version (3).
+    #[serde(deserialize_with = "crate::wire::current_version")]
+    pub version: u16,
+    /// The mesh.
+    pub mesh_id: Digest,
+    /// The peer presenting the token.
+    pub presenter: PublicKey,
+}
+
+impl Signable for TokenProof {
+    const NAME: &'static str = "TokenProof";
+    const VERSION: u16 = crate::PROTOCOL_VERSION;
+    const MAX_SIZE: usize = 128;
+    const DOMAIN: Domain = Domain::TokenProof;
+    fn version(&self) -> u16 {
+        self.version
+    }
+}
+
+/// Signed by one of the mesh's owners: admits `holder` to the mesh in `role` until
+/// `expires_ms`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize_tuple, Deserialize_tuple)]
 pub struct Invite {
     /// Message version (3).
@@ -37,8 +73,8 @@ pub struct Invite {
     pub id: Digest,
     /// The owner that signs it (one of the mesh parameters' `owners`).
     pub owner: PublicKey,
-    /// The one peer it admits; `None` for a token, which admits whoever presents it.
-    pub holder: Option<PublicKey>,
+    /// Whom it admits.
+    pub holder: Holder,
     /// [`ROLE_SUPPLIER`], [`ROLE_APP`] or [`ROLE_BOTH`].
     pub role: u8,
     /// Unix ms after which it admits nobody.
@@ -58,15 +94,30 @@ impl Signable for Invite {
 /// An invite with its owner's signature: the credential a member presents.
 pub type SignedInvite = Signed<Invite>;
 
-/// The one-line form of an invite that people paste: `rminvite1` and the base58 of its
-/// encoding.
+/// The one-line form of a credential that people paste: `rminvite1` and the base58 of
+/// the invite's encoding, followed for a token by `.` and the base58 of its secret key.
 pub const TOKEN_PREFIX: &str = "rminvite1";
 
-impl SignedInvite {
-    /// The pasteable one-line token.
+/// What a member keeps and presents: its invite and, for a token, the token's secret
+/// key (never sent; it signs the [`TokenProof`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Credential {
+    /// The owner's invite.
+    pub invite: SignedInvite,
+    /// A token's secret key.
+    pub token_secret: Option<[u8; 32]>,
+}
+
+impl Credential {
+    /// The pasteable one-line form.
     pub fn to_token(&self) -> String {
-        let bytes = self.encode().expect("an invite fits its limit");
-        format!("{TOKEN_PREFIX}{}", bs58::encode(bytes).into_string())
+        let bytes = self.invite.encode().expect("an invite fits its limit");
+        let mut out = format!("{TOKEN_PREFIX}{}", bs58::encode(bytes).into_string());
+        if let Some(secret) = &self.token_secret {
+            out.push('.');
+            out.push_str(&bs58::encode(secret).into_string());
+        }
+        out
     }
 
     /// Reads a token written by [`Self::to_token`] (surrounding white space ignored).
@@ -76,13 +127,52 @@ impl SignedInvite {
             return Err(format!("an invite token starts with {TOKEN_PREFIX}"));
         };
         // Base58 decoding takes time quadratic in the length: refuse what no invite is.
-        if body.len() > 2 * Invite::MAX_SIZE {
+        if body.len() > 2 * Invite::MAX_SIZE + 64 {
             return Err("the invite token is too long".into());
         }
-        let bytes = bs58::decode(body)
-            .into_vec()
-            .map_err(|e| format!("the invite token is damaged ({e}); copy it whole"))?;
-        Self::decode(&bytes).map_err(|e| format!("the invite token is damaged: {e}"))
+        let (invite, secret) = match body.split_once('.') {
+            Some((invite, secret)) => (invite, Some(secret)),
+            None => (body, None),
+        };
+        let damaged =
+            |e: &dyn std::fmt::Display| format!("the invite token is damaged ({e}); copy it whole");
+        let bytes = bs58::decode(invite).into_vec().map_err(|e| damaged(&e))?;
+        let invite = SignedInvite::decode(&bytes).map_err(|e| damaged(&e))?;
+        let token_secret = secret
+            .map(|s| {
+                let bytes = bs58::decode(s).into_vec().map_err(|e| damaged(&e))?;
+                <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| damaged(&"its secret is cut"))
+            })
+            .transpose()?;
+        match (&invite.body.holder, &token_secret) {
+            (Holder::Token(key), Some(secret)) => {
+                use crate::Signer;
+                if Keypair::from_secret(*secret).public_key() != *key {
+                    return Err(damaged(&"its secret does not match it"));
+                }
+            }
+            (Holder::Token(_), None) => return Err(damaged(&"its secret is missing")),
+            (Holder::Peer(_), Some(_)) => {
+                return Err(damaged(&"a peer's invite carries no secret"))
+            }
+            (Holder::Peer(_), None) => {}
+        }
+        Ok(Self {
+            invite,
+            token_secret,
+        })
+    }
+
+    /// The proof that the peer with key `presenter` holds this token (`None` for an
+    /// invite issued to one peer, which needs none).
+    pub fn proof(&self, presenter: PublicKey) -> Option<Signature> {
+        let secret = self.token_secret?;
+        let proof = TokenProof {
+            version: crate::PROTOCOL_VERSION,
+            mesh_id: self.invite.body.mesh_id,
+            presenter,
+        };
+        Some(Signed::sign(proof, &Keypair::from_secret(secret)).signature)
     }
 }
 
@@ -132,6 +222,8 @@ pub struct Hello {
     pub mesh_id: Digest,
     /// The sender's invite; `None` for an owner's own key, which needs none.
     pub invite: Option<SignedInvite>,
+    /// For a token: the token key's signature over a [`TokenProof`] naming the sender.
+    pub proof: Option<Signature>,
     /// The newest revocation list the sender holds from each owner.
     pub revocations: BoundedVec<SignedRevocation, MAX_OWNERS>,
 }
@@ -139,7 +231,7 @@ pub struct Hello {
 impl WireMessage for Hello {
     const NAME: &'static str = "Hello";
     const VERSION: u16 = crate::PROTOCOL_VERSION;
-    const MAX_SIZE: usize = Invite::MAX_SIZE + MAX_OWNERS * Revocation::MAX_SIZE + 256;
+    const MAX_SIZE: usize = Invite::MAX_SIZE + MAX_OWNERS * Revocation::MAX_SIZE + 256 + 72;
     fn version(&self) -> u16 {
         self.version
     }

@@ -10,7 +10,9 @@ use relaymesh_protocol::messages::infer::{
     TurnRole,
 };
 use relaymesh_protocol::messages::ledger::{LedgerBody, LedgerMessage};
-use relaymesh_protocol::messages::membership::{Hello, Invite, Revocation, Verdict, ROLE_BOTH};
+use relaymesh_protocol::messages::membership::{
+    Credential, Hello, Holder, Invite, Revocation, Verdict, ROLE_BOTH,
+};
 use relaymesh_protocol::messages::transfer::Transfer;
 use relaymesh_protocol::metering::compute_units::CuFormula;
 use relaymesh_protocol::settlement::proof::{sign_reveal, verify_proof};
@@ -83,7 +85,7 @@ pub fn all() -> Vec<Golden> {
     let owner = key(7);
     let (po, po2, po3) = (owner.public_key(), owner.public_key(), owner.public_key());
     let invite = invite(Some(&supplier), 1_750_000_300_000);
-    let token = self::invite(None, 1_750_000_300_000);
+    let token = self::token(1_750_000_300_000);
     let revocation = Signed::sign(
         Revocation {
             version: PROTOCOL_VERSION,
@@ -244,7 +246,9 @@ pub fn all() -> Vec<Golden> {
         golden(None, transfer, move |t| t.verify(&pa, &v).is_ok()),
         golden(None, params_for_vectors(), |p| p.validate().is_ok()),
         golden(None, invite.clone(), move |i| i.verify(&po, &v).is_ok()),
-        golden(Some("token"), token, move |i| i.verify(&po2, &v).is_ok()),
+        golden(Some("token"), token.invite.clone(), move |i| {
+            i.verify(&po2, &v).is_ok()
+        }),
         golden(None, revocation.clone(), move |r| {
             r.verify(&po3, &v).is_ok()
         }),
@@ -253,7 +257,8 @@ pub fn all() -> Vec<Golden> {
             Hello {
                 version: PROTOCOL_VERSION,
                 mesh_id: private.mesh_id(),
-                invite: Some(invite),
+                invite: Some(token.invite.clone()),
+                proof: token.proof(supplier.public_key()),
                 revocations: BoundedVec::try_from_vec(vec![revocation]).unwrap(),
             },
             |_| true,
@@ -274,7 +279,10 @@ pub fn private_params() -> relaymesh_protocol::params::MeshParams {
     p
 }
 
-/// An invite to the private mesh for `holder` (a token if `None`).
+/// The secret of the vectors' invite token.
+pub const TOKEN_SECRET: [u8; 32] = [11; 32];
+
+/// An invite to the private mesh for `holder` (the token of [`TOKEN_SECRET`] if `None`).
 pub fn invite(holder: Option<&Keypair>, expires_ms: u64) -> Signed<Invite> {
     Signed::sign(
         Invite {
@@ -282,12 +290,23 @@ pub fn invite(holder: Option<&Keypair>, expires_ms: u64) -> Signed<Invite> {
             mesh_id: private_params().mesh_id(),
             id: relaymesh_protocol::Digest([9; 32]),
             owner: key(7).public_key(),
-            holder: holder.map(|k| k.public_key()),
+            holder: match holder {
+                Some(k) => Holder::Peer(k.public_key()),
+                None => Holder::Token(Keypair::from_secret(TOKEN_SECRET).public_key()),
+            },
             role: ROLE_BOTH,
             expires_ms,
         },
         &key(7),
     )
+}
+
+/// The token credential of [`invite`]`(None, …)`.
+pub fn token(expires_ms: u64) -> Credential {
+    Credential {
+        invite: invite(None, expires_ms),
+        token_secret: Some(TOKEN_SECRET),
+    }
 }
 
 fn params_for_vectors() -> relaymesh_protocol::params::MeshParams {

@@ -173,6 +173,15 @@ impl EventLoop {
             if membership.is_revoked_peer(&ad.body.supplier) {
                 return Ok(AdUpdate::Stale);
             }
+            // A member admitted to use the mesh, not to serve it: its ad is not taken.
+            if let Ok(peer) = libp2p::PeerId::from_bytes(&ad.body.supplier.peer_id_bytes()) {
+                if membership
+                    .role_of(&peer)
+                    .is_some_and(|role| !role.supplies())
+                {
+                    return Ok(AdUpdate::Stale);
+                }
+            }
         }
         let supplier = ad.body.supplier.peer_id();
         let models = ad.body.models.len();

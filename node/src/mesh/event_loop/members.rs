@@ -41,6 +41,20 @@ impl EventLoop {
         Ok(new)
     }
 
+    /// Gossips the lists held again (a node that missed one, or joined the topic late,
+    /// gets it within a minute; gossipsub drops what a peer has seen lately).
+    pub(super) fn republish_revocations(&mut self) {
+        let Some(membership) = self.membership.clone() else {
+            return;
+        };
+        for list in membership.revocations() {
+            if let Ok(bytes) = list.encode() {
+                let topic = self.members_topic.clone();
+                let _ = self.swarm.behaviour_mut().gossipsub.publish(topic, bytes);
+            }
+        }
+    }
+
     /// Applies a list; a new one cuts off the connected peers it names at once.
     fn take_revocation(&mut self, list: SignedRevocation) -> Result<bool, String> {
         let Some(membership) = self.membership.clone() else {
