@@ -76,8 +76,10 @@ pub struct NodeArgs {
     /// (256 per model). What each cuts off is counted in relaymesh_limited_total.
     #[arg(long = "limit", env = "RELAYMESH_LIMITS", value_delimiter = ',')]
     limits: Vec<String>,
-    /// Advertise a model as NAME or NAME@GGUF_BLAKE3_HEX (repeatable). Until serving
-    /// backends land this only announces; the backends will feed the same ads.
+    /// Announce a model as NAME or NAME@GGUF_BLAKE3_HEX without serving it (repeatable):
+    /// for tests and demos of the ads alone. To serve a model, use --serve, whose ads
+    /// carry live slots and speed (a gateway that tries an announced-only model here
+    /// finds no inference protocol and goes to the next supplier).
     #[arg(long, env = "RELAYMESH_ADVERTISE", value_delimiter = ',')]
     advertise: Vec<String>,
     /// Seconds an ad (and its DHT provider record) stays valid, 1 to 600 [default: 300].
