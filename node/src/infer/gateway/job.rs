@@ -1,0 +1,174 @@
+//! One client request while it runs: the legs it streams from suppliers, the acks it
+//! sends, and the failover to the next supplier with a continuation when a leg breaks.
+
+use super::*;
+
+/// How one leg ended.
+enum LegEnd {
+    /// The supplier finished.
+    Done(Finish),
+    /// The client left.
+    ClientGone,
+    /// The supplier broke, stalled or misbehaved; another may continue.
+    Broken(String),
+}
+
+/// Everything one client request needs while it runs.
+pub(super) struct Job {
+    pub(super) gateway: Arc<Gateway>,
+    pub(super) model: String,
+    pub(super) request: GenRequest,
+    pub(super) candidates: VecDeque<(PublicKey, ModelOffer)>,
+    pub(super) attempts: usize,
+    pub(super) provenance: Provenance,
+    pub(super) tx: mpsc::Sender<GenEvent>,
+    /// Text sent to the client so far.
+    pub(super) answer: String,
+    /// Token frames sent to the client so far.
+    pub(super) tokens: u32,
+}
+
+impl Job {
+    pub(super) async fn run(mut self, mut leg: Leg) {
+        loop {
+            let before = self.tokens;
+            let end = self.stream(&mut leg).await;
+            self.provenance.update(|p| {
+                p.compute_units += leg.compute_units();
+                p.acked_bytes += u64::from(leg.flow.acked_bytes());
+            });
+            let why = match end {
+                LegEnd::Done(mut finish) => {
+                    // After a failover the last supplier's prompt held the answer so far.
+                    finish.completion_tokens += before;
+                    finish.prompt_tokens = finish.prompt_tokens.saturating_sub(before);
+                    let _ = self.tx.send(GenEvent::Done(finish)).await;
+                    return;
+                }
+                LegEnd::ClientGone => return,
+                LegEnd::Broken(why) => why,
+            };
+            self.gateway.router.observe_error(leg.supplier, &self.model);
+            warn!(supplier = %leg.peer, tokens = self.tokens, %why, "supplier broke mid-stream; continuing on the next");
+            let budget = self
+                .request
+                .sampling
+                .max_tokens
+                .unwrap_or(DEFAULT_MAX_TOKENS);
+            if self.tokens >= budget {
+                let _ = self
+                    .tx
+                    .send(GenEvent::Done(Finish {
+                        reason: FinishReason::Length,
+                        prompt_tokens: 0,
+                        completion_tokens: self.tokens,
+                    }))
+                    .await;
+                return;
+            }
+            let next = continuation(&self.request, &self.answer, self.tokens);
+            let gateway = self.gateway.clone();
+            match gateway
+                .open_next(&self.model, &mut self.candidates, &mut self.attempts, &next)
+                .await
+            {
+                Ok(next_leg) => {
+                    info!(from = %leg.peer, to = %next_leg.peer, "failover: the answer continues on another supplier");
+                    self.provenance.update(|p| {
+                        p.suppliers.push(next_leg.peer.to_string());
+                        p.answer_bytes.push(0);
+                    });
+                    leg = next_leg;
+                }
+                Err(e) => {
+                    let _ = self
+                        .tx
+                        .send(GenEvent::Failed(format!(
+                            "{why}; and no other supplier could continue: {e}"
+                        )))
+                        .await;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Streams one leg to the client until it ends.
+    async fn stream(&mut self, leg: &mut Leg) -> LegEnd {
+        let key = self.gateway.key.clone();
+        let stall = self.gateway.timeouts.stall;
+        let mut leg_tokens = 0u32;
+        loop {
+            let body = match leg.first.take() {
+                Some(body) => body,
+                None => match tokio::time::timeout(stall, read_frame(&mut leg.r)).await {
+                    Ok(Ok(frame)) => frame.body,
+                    Ok(Err(e)) => return LegEnd::Broken(format!("the stream broke: {e}")),
+                    Err(_) => {
+                        return LegEnd::Broken(format!("no token for {} ms", stall.as_millis()))
+                    }
+                },
+            };
+            match body {
+                FrameBody::Token(text) => {
+                    let ack = match leg.flow.on_token(text.as_str(), &key) {
+                        Ok(ack) => ack,
+                        Err(e) => return LegEnd::Broken(format!("bad token frame: {e}")),
+                    };
+                    self.answer.push_str(text.as_str());
+                    self.provenance.update(|p| {
+                        if let Some(b) = p.answer_bytes.last_mut() {
+                            *b += text.as_str().len() as u64;
+                        }
+                    });
+                    self.tokens += 1;
+                    leg_tokens += 1;
+                    if self
+                        .tx
+                        .send(GenEvent::Text(text.as_str().to_owned()))
+                        .await
+                        .is_err()
+                    {
+                        debug!(supplier = %leg.peer, "client left; ending the mesh request");
+                        return LegEnd::ClientGone; // dropping the stream tells the supplier
+                    }
+                    if let Some(ack) = ack {
+                        self.gateway.keep(leg, &ack);
+                        if let Err(e) = write_frame(&mut leg.w, FrameBody::Ack(ack)).await {
+                            return LegEnd::Broken(format!("cannot send an ack: {e}"));
+                        }
+                    }
+                }
+                FrameBody::Done(done) => {
+                    match leg.flow.finish(&key) {
+                        Ok(ack) => {
+                            self.gateway.keep(leg, &ack);
+                            if write_frame(&mut leg.w, FrameBody::Ack(ack)).await.is_err() {
+                                debug!(supplier = %leg.peer, "the final ack was not delivered");
+                            }
+                        }
+                        Err(e) => debug!(supplier = %leg.peer, %e, "no final ack"),
+                    }
+                    let secs = leg.first_at.elapsed().as_secs_f64();
+                    if leg_tokens > 1 && secs > 0.0 {
+                        self.gateway.router.observe_speed(
+                            leg.supplier,
+                            &self.model,
+                            f64::from(leg_tokens - 1) / secs,
+                        );
+                    }
+                    return LegEnd::Done(Finish {
+                        reason: match done.reason {
+                            DoneReason::Stop => FinishReason::Stop,
+                            DoneReason::Length => FinishReason::Length,
+                        },
+                        prompt_tokens: done.prompt_tokens,
+                        completion_tokens: done.completion_tokens,
+                    });
+                }
+                FrameBody::Refuse(r) => return LegEnd::Broken(r.message.as_str().to_owned()),
+                other => return LegEnd::Broken(format!("unexpected frame {other:?}")),
+            }
+        }
+    }
+}
