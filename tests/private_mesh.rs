@@ -67,6 +67,25 @@ fn invite(mesh: &Path, owner: &Path, extra: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
+/// `relaymesh mesh init --private` of a mesh named `club`: its file and owner key.
+fn init_private_mesh(mesh: &Path, owner: &Path) {
+    let (ok, out) = run(
+        None,
+        &[
+            "mesh",
+            "init",
+            "--name",
+            "club",
+            "--private",
+            "--owner-key",
+            owner.to_str().unwrap(),
+            "--out",
+            mesh.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{out}");
+}
+
 fn listen() -> String {
     format!("/ip4/0.0.0.0/udp/{PORT}/quic-v1,/ip4/0.0.0.0/tcp/{PORT}")
 }
@@ -159,21 +178,7 @@ fn only_invited_peers_get_in_and_a_revoked_one_is_cut_off() {
     // to its peer id, a supplier-only token, an app-only token for the gateway.
     let mesh = logs.join("mesh.toml");
     let owner = logs.join("owner.key");
-    let (ok, out) = run(
-        None,
-        &[
-            "mesh",
-            "init",
-            "--name",
-            "club",
-            "--private",
-            "--owner-key",
-            owner.to_str().unwrap(),
-            "--out",
-            mesh.to_str().unwrap(),
-        ],
-    );
-    assert!(ok, "{out}");
+    init_private_mesh(&mesh, &owner);
     let (boot_dir, sup_dir, gw_dir) = (logs.join("b"), logs.join("s"), logs.join("g"));
     let (boot_id, sup_id, gw_id) = (
         relaymesh_id(&boot_dir),
@@ -314,21 +319,7 @@ fn only_invited_peers_get_in_and_a_revoked_one_is_cut_off() {
     refused_everywhere(&stranger, &mesh, Some(&short), &members, "expired");
     // Another private mesh's invite (another owner).
     let (other_mesh, other_owner) = (logs.join("other.toml"), logs.join("other.key"));
-    let (ok, out) = run(
-        None,
-        &[
-            "mesh",
-            "init",
-            "--name",
-            "club",
-            "--private",
-            "--owner-key",
-            other_owner.to_str().unwrap(),
-            "--out",
-            other_mesh.to_str().unwrap(),
-        ],
-    );
-    assert!(ok, "{out}");
+    init_private_mesh(&other_mesh, &other_owner);
     let foreign = invite(&other_mesh, &other_owner, &[]);
     refused_everywhere(&stranger, &mesh, Some(&foreign), &members, "another mesh");
     // A peer-bound invite presented by another peer.
@@ -560,10 +551,7 @@ async fn a_restarted_member_keeps_its_invite_and_the_revocations_it_heard() {
         "the member told it was revoked",
         Duration::from_secs(20),
         || async {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_millis() as u64;
+            let now = relaymesh_node::mesh::now_ms();
             node.handle().membership()?.own_refusal(now).map(|_| ())
         },
     )

@@ -382,12 +382,6 @@ fn duration_ms(text: &str) -> anyhow::Result<u64> {
         .ok_or_else(|| anyhow!("--expires {text:?}: out of range"))
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 fn invite(
     mesh_file: &Path,
     owner_key: &Path,
@@ -415,7 +409,7 @@ fn invite(
     };
     let mut id = [0u8; 32];
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id);
-    let expires_ms = now_ms().saturating_add(duration_ms(expires)?);
+    let expires_ms = relaymesh_node::mesh::now_ms().saturating_add(duration_ms(expires)?);
     let invite = Credential {
         invite: Signed::sign(
             Invite {
@@ -433,7 +427,7 @@ fn invite(
     };
     let token = invite.to_token();
     if let Some(path) = out {
-        write_private(path, &format!("{token}\n"))?;
+        relaymesh_node::store::write_private_file(path, format!("{token}\n").as_bytes())?;
     }
     println!("{token}");
     eprintln!(
@@ -446,22 +440,6 @@ fn invite(
         },
         mesh_file.display()
     );
-    Ok(())
-}
-
-fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options
-        .open(path)
-        .with_context(|| format!("{} (refusing to overwrite)", path.display()))?;
-    file.write_all(text.as_bytes())?;
     Ok(())
 }
 

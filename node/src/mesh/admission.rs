@@ -187,7 +187,6 @@ impl Future for Handshake {
                     )
                 }
                 Poll::Ready(Ok(_)) => {
-                    this.membership.count_refusal("handshake");
                     return Poll::Ready(Err(this.failed("a second stream before admission")));
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(this.failed(e))),

@@ -45,10 +45,6 @@ fn finding(level: Level, topic: &'static str, what: String, advice: Option<Strin
     }
 }
 
-fn now_ms() -> u64 {
-    crate::mesh::now_ms()
-}
-
 /// A private mesh's member: admitted as what, until when, or why no longer.
 fn membership_finding(m: &crate::mesh::handle::OwnMembership, now_ms: u64) -> Finding {
     let renew = "ask the mesh's owner for a new invite (`relaymesh mesh invite`) and restart with --invite TOKEN".to_string();
@@ -294,7 +290,7 @@ pub fn diagnose(
     }
 
     if let Some(m) = &status.membership {
-        out.push(membership_finding(m, now_ms()));
+        out.push(membership_finding(m, crate::mesh::now_ms()));
     }
 
     match clock {

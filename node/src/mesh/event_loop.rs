@@ -12,7 +12,7 @@ use libp2p::{gossipsub, identify, kad, mdns, ping, request_response, Multiaddr, 
 use relaymesh_protocol::identity::signed::Signed;
 use relaymesh_protocol::messages::capability::CapabilityAd;
 use relaymesh_protocol::wire::WireMessage;
-use relaymesh_protocol::{BoundedVec, Digest, Keypair, PublicKey, Signer};
+use relaymesh_protocol::{BoundedVec, Digest, Keypair, Signer};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
@@ -29,8 +29,10 @@ use crate::mesh::reachability::Reach;
 use crate::metrics::{Metrics, TransportLabel};
 use crate::settle::Settlement;
 
+pub(crate) use super::public_key_of;
+
 /// Wall-clock now, in unix ms: the node is where clocks are read.
-pub(crate) fn now_ms() -> u64 {
+pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -668,9 +670,4 @@ impl EventLoop {
             _ => {}
         }
     }
-}
-
-/// The ed25519 key inside a peer id, if it is one.
-pub(crate) fn public_key_of(peer: &PeerId) -> Option<PublicKey> {
-    PublicKey::from_peer_id_bytes(&peer.to_bytes())
 }

@@ -28,6 +28,8 @@ pub struct Membership {
     params: MeshParams,
     own_key: PublicKey,
     credential: Option<Credential>,
+    /// For a token: its proof for this node's key (made once, sent in every hello).
+    own_proof: Option<relaymesh_protocol::Signature>,
     own: Admitted,
     revocations: Mutex<Revocations>,
     /// Admitted peers, with when (unix ms) they were admitted.
@@ -48,11 +50,6 @@ pub fn read_invite(given: &str) -> Result<Credential, String> {
         })?
     };
     Credential::from_token(&token).map_err(|e| format!("--invite: {e}"))
-}
-
-/// The key inside an ed25519 peer id; `None` for any other kind of key.
-pub fn key_of(peer: &PeerId) -> Option<PublicKey> {
-    PublicKey::from_peer_id_bytes(&peer.to_bytes())
 }
 
 impl Membership {
@@ -112,6 +109,7 @@ impl Membership {
             params: params.clone(),
             own_key,
             credential,
+            own_proof: proof,
             own,
             revocations: Mutex::new(revocations),
             admitted: Mutex::new(HashMap::new()),
@@ -138,6 +136,7 @@ impl Membership {
                 invite: invite.map(|i| i.id),
                 expires_ms: invite.map_or(0, |i| i.expires_ms),
             },
+            own_proof: credential.as_ref().and_then(|c| c.proof(key.public_key())),
             credential,
             revocations: Mutex::new(Revocations::default()),
             admitted: Mutex::new(HashMap::new()),
@@ -158,7 +157,7 @@ impl Membership {
             version: relaymesh_protocol::PROTOCOL_VERSION,
             mesh_id: self.params.mesh_id(),
             invite: self.credential.as_ref().map(|c| c.invite.clone()),
-            proof: self.credential.as_ref().and_then(|c| c.proof(self.own_key)),
+            proof: self.own_proof,
             revocations: BoundedVec::try_from_vec(revocations.lists().cloned().collect())
                 .expect("one list per owner"),
         }
@@ -174,7 +173,7 @@ impl Membership {
             for list in hello.revocations.into_vec() {
                 let _ = self.apply_revocation(list);
             }
-            let key = key_of(peer).ok_or(Refusal::NotAnOwner)?;
+            let key = super::public_key_of(peer).ok_or(Refusal::NotAnOwner)?;
             let revocations = self.revocations.lock().expect("membership lock");
             admit(
                 &self.params,
@@ -281,8 +280,9 @@ impl Membership {
         let revocations = self.revocations.lock().expect("membership lock");
         let mut admitted = self.admitted.lock().expect("membership lock");
         let settle_ms = super::CONNECTION_TIMEOUT.as_millis() as u64;
+        let is_connected: std::collections::HashSet<&PeerId> = connected.iter().collect();
         admitted.retain(|peer, (_, at)| {
-            connected.contains(peer) || now_ms < at.saturating_add(settle_ms)
+            is_connected.contains(peer) || now_ms < at.saturating_add(settle_ms)
         });
         let mut cut = Vec::new();
         for peer in connected {
@@ -290,17 +290,9 @@ impl Membership {
                 cut.push((*peer, Refusal::NoInvite));
                 continue;
             };
-            if now_ms >= member.expires_ms {
-                cut.push((
-                    *peer,
-                    Refusal::Expired {
-                        expired_ms: member.expires_ms,
-                    },
-                ));
-            } else if let Some(key) = key_of(peer).filter(|k| !self.params.is_owner(k)) {
-                if let Err(refusal) = revocations.check(member.invite.as_ref(), &key) {
-                    cut.push((*peer, refusal));
-                }
+            let key = super::public_key_of(peer);
+            if let Some(refusal) = self.ended(member, key.as_ref(), &revocations, now_ms) {
+                cut.push((*peer, refusal));
             }
         }
         for (peer, _) in &cut {
@@ -312,17 +304,25 @@ impl Membership {
     /// Whether this node's own membership has ended (its invite expired or revoked).
     pub fn own_refusal(&self, now_ms: u64) -> Option<Refusal> {
         let revocations = self.revocations.lock().expect("membership lock");
-        let credential = self.credential.as_ref();
-        admit(
-            &self.params,
-            credential.map(|c| &c.invite),
-            credential.and_then(|c| c.proof(self.own_key)).as_ref(),
-            &self.own_key,
-            &revocations,
-            now_ms,
-            &Ed25519Verifier,
-        )
-        .err()
+        self.ended(&self.own, Some(&self.own_key), &revocations, now_ms)
+    }
+
+    /// Why a member admitted as `member` under `key` may stay no longer, if it may not:
+    /// its invite expired, or it or its invite was revoked (an owner never is).
+    fn ended(
+        &self,
+        member: &Admitted,
+        key: Option<&PublicKey>,
+        revocations: &Revocations,
+        now_ms: u64,
+    ) -> Option<Refusal> {
+        if now_ms >= member.expires_ms {
+            return Some(Refusal::Expired {
+                expired_ms: member.expires_ms,
+            });
+        }
+        let key = key.filter(|k| !self.params.is_owner(k))?;
+        revocations.check(member.invite.as_ref(), key).err()
     }
 }
 

@@ -35,7 +35,7 @@ use relaymesh_protocol::Keypair;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-pub(crate) use event_loop::now_ms;
+pub use event_loop::now_ms;
 pub use handle::{LinkKind, MemberRow, NodeGone, NodeHandle, NodeStatus, PeerRow};
 
 use crate::config::NodeConfig;
@@ -171,8 +171,18 @@ pub(crate) fn transport(
     })
 }
 
+/// The ed25519 key inside a peer id; `None` for any other kind of key.
+pub fn public_key_of(peer: &PeerId) -> Option<relaymesh_protocol::PublicKey> {
+    relaymesh_protocol::PublicKey::from_peer_id_bytes(&peer.to_bytes())
+}
+
 /// The peer id an ed25519 key has on the mesh.
 pub fn peer_id_of(key: &Keypair) -> PeerId {
     use relaymesh_protocol::Signer;
-    PeerId::from_bytes(&key.public_key().peer_id_bytes()).expect("valid identity multihash")
+    peer_id_of_key(&key.public_key())
+}
+
+/// The peer id of an ed25519 public key.
+pub fn peer_id_of_key(key: &relaymesh_protocol::PublicKey) -> PeerId {
+    PeerId::from_bytes(&key.peer_id_bytes()).expect("valid identity multihash")
 }

@@ -90,6 +90,12 @@ fn key_peer_id(key: &Keypair) -> String {
 }
 
 fn write_secret(path: &Path, key: &Keypair) -> Result<(), StoreError> {
+    write_private_file(path, format!("{}\n", hex::encode(key.secret())).as_bytes())
+}
+
+/// Writes a secret to a new file only its owner may read (mode 0600), creating its
+/// folder; refuses to overwrite.
+pub fn write_private_file(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     let io = |source| StoreError::Io {
         path: path.into(),
         source,
@@ -105,8 +111,7 @@ fn write_secret(path: &Path, key: &Keypair) -> Result<(), StoreError> {
         options.mode(0o600);
     }
     let mut file = options.open(path).map_err(io)?;
-    file.write_all(format!("{}\n", hex::encode(key.secret())).as_bytes())
-        .map_err(io)?;
+    file.write_all(bytes).map_err(io)?;
     file.sync_all().map_err(io)?;
     Ok(())
 }

@@ -3,7 +3,8 @@
 mod identity;
 
 pub use identity::{
-    export_key, import_key, load_or_create_identity, read_key_file, write_key_file, IDENTITY_FILE,
+    export_key, import_key, load_or_create_identity, read_key_file, write_key_file,
+    write_private_file, IDENTITY_FILE,
 };
 
 use std::path::{Path, PathBuf};

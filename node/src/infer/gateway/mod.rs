@@ -10,7 +10,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use futures::io::{ReadHalf, WriteHalf};
 use futures::AsyncReadExt;
@@ -38,7 +38,7 @@ use crate::backend::{
     Backend, BackendError, ChatMessage, Finish, FinishReason, GenEvent, GenRequest, Generation,
     ModelDetails, ModelInfo, Prompt, Provenance, Role, EVENT_BUFFER,
 };
-use crate::mesh::NodeHandle;
+use crate::mesh::{now_ms, NodeHandle};
 
 mod job;
 mod open;
@@ -275,12 +275,6 @@ impl MeshBackend {
             ranked,
         }
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn random_digest() -> Digest {

@@ -23,6 +23,7 @@ use super::codec::{read_frame, write_frame, FrameError};
 use super::stream_slots::{StreamSlot, StreamSlots, FIRST_FRAME_TIMEOUT};
 use super::{gen_request, window};
 use crate::backend::{BackendError, FinishReason, GenEvent, Models, ServedModel};
+use crate::mesh::now_ms;
 
 /// Shortest session a supplier countersigns (or the mesh's longest, if shorter).
 pub const MIN_SESSION_MS: u64 = 60_000;
@@ -127,12 +128,6 @@ impl SeenRequests {
             .expect("seen lock")
             .retain(|_, end| *end >= now_ms);
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The digest a session pins for a served model: its GGUF's, or zero for an opaque

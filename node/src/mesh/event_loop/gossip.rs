@@ -174,13 +174,12 @@ impl EventLoop {
                 return Ok(AdUpdate::Stale);
             }
             // A member admitted to use the mesh, not to serve it: its ad is not taken.
-            if let Ok(peer) = libp2p::PeerId::from_bytes(&ad.body.supplier.peer_id_bytes()) {
-                if membership
-                    .role_of(&peer)
-                    .is_some_and(|role| !role.supplies())
-                {
-                    return Ok(AdUpdate::Stale);
-                }
+            let peer = crate::mesh::peer_id_of_key(&ad.body.supplier);
+            if membership
+                .role_of(&peer)
+                .is_some_and(|role| !role.supplies())
+            {
+                return Ok(AdUpdate::Stale);
             }
         }
         let supplier = ad.body.supplier.peer_id();

@@ -84,7 +84,7 @@ impl EventLoop {
             info!(%peer, %reason, "member cut off");
             membership.count_refusal(reason.label());
             let _ = self.swarm.disconnect_peer_id(peer);
-            if let Some(key) = crate::mesh::membership::key_of(&peer) {
+            if let Some(key) = crate::mesh::public_key_of(&peer) {
                 self.table.remove(&key);
             }
         }
