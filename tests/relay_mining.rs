@@ -611,3 +611,166 @@ async fn a_session_whose_claim_is_nearly_full_gives_way_to_a_new_one() {
         n.shutdown().await;
     }
 }
+
+/// The double-commit race: an app gives one escrow slot to sessions at two suppliers
+/// at the same moment and acks everything. Each supplier serves a fresh session's first
+/// window only until the other's announcement can have arrived (`CLASH_WAIT`); by then
+/// its ledger has both sessions, excludes the app, and the stream ends with a refusal.
+/// Failed before the wait and the check at every ack: both suppliers served the whole
+/// answer, and neither was paid (the app's sessions move no credit once it is caught).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_app_giving_one_escrow_to_two_suppliers_at_once_gets_a_window_from_each() {
+    use futures::AsyncReadExt;
+    use relaymesh_node::infer::codec::{read_frame, write_frame};
+    use relaymesh_protocol::identity::signed::Signed;
+    use relaymesh_protocol::messages::credit::CreditSlot;
+    use relaymesh_protocol::messages::infer::{FrameBody, InferRequest, RefuseCode};
+    use relaymesh_protocol::messages::session::SessionOpen;
+    use relaymesh_protocol::metering::app::{RequestAcker, RequestTerms};
+    use relaymesh_protocol::metering::flow::AppFlow;
+    use relaymesh_protocol::Digest;
+
+    let app = Keypair::generate(&mut rand_core::OsRng);
+    let p = params(
+        "relay-mining-double-commit-tests",
+        vec![Allocation {
+            account: app.public_key(),
+            amount: CREDIT,
+        }],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (boot, boot_addr) = bootstrap(&p, None).await;
+    let mut suppliers = Vec::new();
+    for name in ["s1", "s2"] {
+        let s = supplier(
+            &p,
+            &boot_addr,
+            &dir.path().join(name),
+            &support::model_path(),
+        )
+        .await;
+        suppliers.push(s);
+    }
+    let app_node = joined(NodeBuilder::light(), &p, &boot_addr)
+        .start()
+        .await
+        .unwrap();
+    let offers = wait_for("both suppliers' ads", Duration::from_secs(30), || async {
+        let offers = app_node.handle().offers("smollm2").await.ok()?;
+        (offers.len() == 2).then_some(offers)
+    })
+    .await;
+    let protocol = relaymesh_node::mesh::names::infer_protocol(&p.mesh_id());
+    let one_slot = CreditSlot::new(0, CREDIT / 4);
+    let streams = offers
+        .into_iter()
+        .enumerate()
+        .map(|(i, (supplier_key, offer))| {
+            let handle = app_node.handle();
+            let (app, protocol, p) = (app.clone(), protocol.clone(), p.clone());
+            async move {
+                let peer = relaymesh_node::mesh::peer_id_of_key(&supplier_key);
+                handle.locate(peer).await.unwrap();
+                let stream = handle.streams().open_stream(peer, protocol).await.unwrap();
+                let (mut r, mut w) = stream.split();
+                let terms = SessionOpen {
+                    version: relaymesh_protocol::PROTOCOL_VERSION,
+                    mesh_id: p.mesh_id(),
+                    app: app.public_key(),
+                    supplier: supplier_key,
+                    model_digest: offer.gguf_digest.unwrap(),
+                    manifest: offer.manifest.clone(),
+                    cu: offer.cu,
+                    price_per_cu: offer.price_per_cu,
+                    tau: offer.tau,
+                    max_token_bytes: offer.max_token_bytes,
+                    escrow: one_slot,
+                    start_ms: now_ms(),
+                    max_duration_ms: p.max_session_ms,
+                    reveal_commitment: Digest([1; 32]),
+                    nonce: i as u64,
+                };
+                write_frame(&mut w, FrameBody::Propose(Signed::sign(terms, &app)))
+                    .await
+                    .unwrap();
+                let session = match read_frame(&mut r).await.unwrap().body {
+                    FrameBody::Accept(session) => session,
+                    other => panic!("not accepted: {other:?}"),
+                };
+                let payload = relaymesh_node::infer::payload(
+                    "smollm2",
+                    &relaymesh_node::backend::GenRequest {
+                        prompt: relaymesh_node::backend::Prompt::Text("Once upon a time".into()),
+                        sampling: relaymesh_node::backend::Sampling {
+                            temperature: Some(0.0),
+                            max_tokens: Some(400),
+                            ..Default::default()
+                        },
+                    },
+                )
+                .unwrap();
+                let acker = RequestAcker::new(
+                    RequestTerms {
+                        session_key: session.session_key(),
+                        request_id: 0,
+                        prompt_digest: payload.digest(),
+                        prompt_bytes: payload.prompt_bytes() as u32,
+                        max_output_bytes: 1 << 20,
+                        max_acks: 1024,
+                    },
+                    Digest([2; 32]),
+                    &app,
+                );
+                let mut flow = AppFlow::new(
+                    acker,
+                    relaymesh_node::infer::window(&p),
+                    session.body.max_token_bytes,
+                );
+                let request = flow.request().clone();
+                write_frame(
+                    &mut w,
+                    FrameBody::Request(InferRequest { request, payload }),
+                )
+                .await
+                .unwrap();
+                // Ack everything, as an honest app would, until the stream ends.
+                let mut tokens = 0u32;
+                loop {
+                    let frame = tokio::time::timeout(Duration::from_secs(60), read_frame(&mut r))
+                        .await
+                        .expect("the supplier goes on or ends the stream")
+                        .unwrap();
+                    match frame.body {
+                        FrameBody::Token(t) => {
+                            tokens += 1;
+                            if let Some(ack) = flow.on_token(t.as_str(), &app).unwrap() {
+                                write_frame(&mut w, FrameBody::Ack(ack)).await.unwrap();
+                            }
+                        }
+                        FrameBody::Refuse(refusal) => return (tokens, Some(refusal)),
+                        FrameBody::Done(_) => return (tokens, None),
+                        other => panic!("unexpected {other:?}"),
+                    }
+                }
+            }
+        });
+    let ended = futures::future::join_all(streams).await;
+    println!("tokens and refusals: {ended:?}");
+    for (tokens, refusal) in ended {
+        let refusal = refusal.expect("the stream ends with a refusal, not the whole answer");
+        assert_eq!(refusal.code, RefuseCode::Balance, "{refusal:?}");
+        assert!(
+            refusal
+                .message
+                .as_str()
+                .contains("committed one credit twice"),
+            "{refusal:?}"
+        );
+        assert!(tokens < 400, "{tokens} tokens");
+    }
+    for n in suppliers {
+        n.shutdown().await;
+    }
+    app_node.shutdown().await;
+    boot.shutdown().await;
+}

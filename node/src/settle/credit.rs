@@ -185,13 +185,11 @@ impl Settlement {
         if !self.params.has_credit() {
             return Ok(());
         }
-        let epoch = self.params.epoch_of(terms.start_ms);
         if self
             .ledger
             .lock()
             .expect("ledger lock")
-            .credit(&terms.app, epoch)
-            .excluded
+            .is_payer_excluded(&terms.app)
         {
             return Err(format!(
                 "app {} committed one credit twice and can spend nothing",

@@ -308,6 +308,13 @@ impl Ledger {
         None
     }
 
+    /// Whether `payer` is excluded for committing one credit twice (or dating a debit out
+    /// of order): [`Ledger::credit`]'s `excluded` without folding the ledger, cheap
+    /// enough for a supplier to ask at every ack.
+    pub fn is_payer_excluded(&self, payer: &PublicKey) -> bool {
+        self.payer_exclusion(payer).is_some()
+    }
+
     /// What `payer` may commit in a debit dated `epoch`.
     pub fn credit(&self, payer: &PublicKey, epoch: u64) -> Credit {
         let funding = self.funding_epoch(epoch);

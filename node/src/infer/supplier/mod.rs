@@ -32,6 +32,14 @@ pub const MIN_SESSION_MS: u64 = 60_000;
 /// came (the first has [`FIRST_FRAME_TIMEOUT`]).
 pub const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a fresh session's first stream stays within its first window (W tokens and
+/// the prompt) in a mesh with credit: time for the announcements of other sessions the
+/// app may have given the same escrow slot at the same moment to reach this node
+/// (a gossip round trip, with room). An app caught so is excluded by the ledger, and
+/// the stream then ends; without the wait, each of n suppliers it reached at once
+/// would serve it a whole answer before it learned of the others.
+pub const CLASH_WAIT: Duration = Duration::from_secs(2);
+
 /// What the supplier side needs.
 pub struct SupplierContext {
     /// This node's key: it countersigns sessions.
@@ -267,6 +275,22 @@ fn token_frames(text: &str, cap: usize) -> Vec<&str> {
     out
 }
 
+/// Ends the stream with a refusal if the ledger has caught the session's app giving
+/// one credit to two debits since the session began (its sessions no longer pay).
+async fn still_admitted<W: futures::AsyncWrite + Unpin>(
+    terms: &SessionOpen,
+    ctx: &SupplierContext,
+    w: &mut W,
+) -> Result<(), String> {
+    let Some(Err(why)) = ctx.settlement.as_ref().map(|s| s.admit_resume(terms)) else {
+        return Ok(());
+    };
+    ctx.metrics.limited("double_commit");
+    warn!(app = %terms.app.peer_id(), "{why}: the stream ends");
+    let _ = write_frame(w, refusal(RefuseCode::Balance, why.clone(), 0)).await;
+    Err(why)
+}
+
 async fn serve(
     peer: PeerId,
     stream: Stream,
@@ -286,6 +310,7 @@ async fn serve(
     }
 
     // 1. The terms: proposed now, or countersigned by us before.
+    let mut fresh = false;
     let session = match first_frame(&mut r, &mut slot, ctx).await? {
         FrameBody::Propose(proposal) => {
             if let Some((code, msg)) = check_proposal(&proposal, ctx) {
@@ -300,6 +325,7 @@ async fn serve(
             }
             if let Some(settlement) = &ctx.settlement {
                 settlement.announce(&session, now_ms());
+                fresh = ctx.params.has_credit();
             }
             write_frame(&mut w, FrameBody::Accept(session.clone()))
                 .await
@@ -459,6 +485,10 @@ async fn serve(
             }
         }
     });
+    let first_window = window(&ctx.params).max_unacked;
+    // A fresh session waits out the clash window within its first window (CLASH_WAIT).
+    let mut clash_check = fresh.then(|| tokio::time::Instant::now() + CLASH_WAIT);
+    let mut sent = 0u32;
     let result = async {
         let mut done: Option<Done> = None;
         let mut generated = false;
@@ -469,7 +499,7 @@ async fn serve(
             }
             // Send what is pending while the window allows. Output the escrow cannot pay
             // for is not sent: the answer ends there, as if at its length limit.
-            while flow.can_send() {
+            while flow.can_send() && (clash_check.is_none() || sent < first_window) {
                 let Some(piece) = pending.pop_front() else { break };
                 if let Some(left) = output_budget.as_mut() {
                     let units = session.body.cu.output_units(0, piece.len() as u32).unwrap_or(u64::MAX);
@@ -487,6 +517,7 @@ async fn serve(
                     *left -= units;
                 }
                 flow.send(&piece).map_err(|e| e.to_string())?;
+                sent += 1;
                 write_frame(&mut w, FrameBody::Token(BoundedString::new(piece).expect("split to fit")))
                     .await
                     .map_err(|e| e.to_string())?;
@@ -498,7 +529,17 @@ async fn serve(
                 }
             }
             let generating = !generated && pending.is_empty();
+            let clash_due = async {
+                match clash_check {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
+                _ = clash_due, if clash_check.is_some() => {
+                    clash_check = None;
+                    still_admitted(&session.body, ctx, &mut w).await?;
+                }
                 event = generation.next(), if generating => match event {
                     Some(GenEvent::Text(text)) => {
                         pending.extend(token_frames(&text, cap).into_iter().map(str::to_owned));
@@ -534,6 +575,7 @@ async fn serve(
                                 .on_ack(ack, &super::verify::Verified(item))
                                 .map_err(|e| e.to_string())?;
                             ctx.metrics.receipts.inc();
+                            still_admitted(&session.body, ctx, &mut w).await?;
                             if let Some(miner) = &ctx.miner {
                                 match miner.offer(&session, &mining_secret, &accepted.receipt, &accepted.facts) {
                                     Ok(Some(_)) => {
