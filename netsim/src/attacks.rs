@@ -10,6 +10,13 @@
 //!   mining odds; withholding an ack ends the stream after the window.
 //! - A **byte-padding** supplier sends every token at the session's `max_token_bytes`,
 //!   the most the app accepts.
+//! - A **double-committing** app gives one escrow slot to sessions at several honest
+//!   suppliers at the same moment, with one request each, before any announcement has
+//!   spread (the double-commit race). Every session's terms are signed, countersigned
+//!   and announced to the ledger for real; the ledger excludes the app, so none is
+//!   paid. What each supplier serves first is modelled (the stream does not take a
+//!   slot): with the clash wait, the first window; without, the whole answer. Its
+//!   cost is the line it forfeits, at least the smallest escrow a supplier admits.
 //!
 //! For an app, spent is what the ledger paid honest suppliers for its sessions and
 //! gain is the acknowledged service it took beyond that (what it took past its last
@@ -95,6 +102,12 @@ pub(crate) struct Attacks {
     /// Self-dealt sessions opened, and their claims settled.
     self_dealt: u64,
     self_dealt_settled: u64,
+    /// Double-commit bursts, the sessions they opened, the CUs honest suppliers served
+    /// in them, and the least credit the attackers forfeited (micro-credits).
+    double_bursts: u64,
+    double_sessions: u64,
+    double_taken_cu: u128,
+    double_forfeited: u128,
 }
 
 impl Sim {
@@ -313,6 +326,68 @@ impl Sim {
         }
     }
 
+    /// A double-committing app's burst: one escrow slot, one session at each of up to
+    /// `double_commit_burst` usable honest suppliers of `model`, one request each. Once
+    /// its ledger excludes the app, every supplier refuses it.
+    pub(crate) fn double_commit(&mut self, app: u32, model: usize, prompt: u32, output: u32) {
+        let key = self.apps[app as usize].key.public_key();
+        if self.ledger.is_payer_excluded(&key) {
+            self.m.refused_debt += 1;
+            return;
+        }
+        let burst = self.sc.adversaries.double_commit_burst as usize;
+        let targets: Vec<u32> = self.by_model[model]
+            .iter()
+            .copied()
+            .filter(|&s| {
+                let sup = &self.suppliers[s as usize];
+                sup.kind == SupplierKind::Honest && sup.online && self.usable(app, s)
+            })
+            .take(burst)
+            .collect();
+        if targets.len() < 2 {
+            return;
+        }
+        self.attacks.double_bursts += 1;
+        let slot = CreditSlot::new(0, self.escrow_per_session);
+        let bpt = self.sc.load.bytes_per_token;
+        let formula = CuFormula::default();
+        let w = self.sc.mesh.max_unacked_tokens;
+        let served = if self.sc.mesh.clash_wait {
+            output.min(w)
+        } else {
+            output
+        };
+        let cu =
+            formula.prompt_units(prompt * bpt) + formula.output_units(0, served * bpt).unwrap_or(0);
+        let mut least_escrow = u128::MAX;
+        for s in targets {
+            self.counter += 1;
+            let n = self.counter;
+            let secret = digest_of("double-commit secret", &[self.sc.seed, n]);
+            let mining = digest_of("double-commit mining", &[self.sc.seed, n]);
+            let open = self.countersigned(app, s, slot, n, &secret, &mining);
+            least_escrow = least_escrow.min(
+                u128::from(open.body.price_per_cu)
+                    * u128::from(open.body.tau)
+                    * u128::from(self.params.tau_target_mined),
+            );
+            // Each supplier countersigned before any rival announcement reached it; the
+            // ledger refuses the announcements past the one that excludes the app.
+            let _ = self.ledger.apply_open(&open, &self.verifier);
+            self.attacks.double_sessions += 1;
+            self.attacks.double_taken_cu += u128::from(cu);
+            self.attacks.honest_delivered_cu += u128::from(cu);
+        }
+        if least_escrow != u128::MAX {
+            self.attacks.double_forfeited += least_escrow;
+        }
+        debug_assert!(
+            self.attacks.double_sessions < 2 || self.ledger.is_payer_excluded(&key),
+            "two sessions on one slot exclude the app"
+        );
+    }
+
     /// The attack figures, once the run is over.
     pub(crate) fn finish_attacks(&mut self) {
         self.record_payments();
@@ -352,6 +427,13 @@ impl Sim {
             } else if taken > 0.0 {
                 m.attack_gain[i] = f64::INFINITY;
             }
+        }
+        unpaid_by_apps += a.double_taken_cu as f64;
+        if a.double_forfeited > 0 {
+            let taken = (a.double_taken_cu * price) as f64;
+            let forfeited = a.double_forfeited as f64;
+            m.double_commit_gain = (taken - forfeited) / forfeited;
+            m.double_commit_sessions = a.double_sessions as f64 / a.double_bursts.max(1) as f64;
         }
         if a.honest_delivered_cu > 0 {
             m.honest_loss_share = unpaid_by_apps / a.honest_delivered_cu as f64;

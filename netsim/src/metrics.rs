@@ -127,6 +127,10 @@ pub struct Metrics {
     pub self_deal_underpaid_claims: u64,
     pub self_dealt_settled: u64,
     pub self_dealt_paid_cu: f64,
+    /// The double-commit race: (value taken − credit forfeited) / credit forfeited, and
+    /// the sessions each burst got countersigned.
+    pub double_commit_gain: f64,
+    pub double_commit_sessions: f64,
     /// CUs honest suppliers delivered to attacking apps and were not paid for, per CU
     /// they delivered.
     pub honest_loss_share: f64,
@@ -232,6 +236,8 @@ impl Metrics {
             ),
             ("self_dealt_settled", self.self_dealt_settled as f64),
             ("self_dealt_paid_cu", self.self_dealt_paid_cu),
+            ("gain_double_commit", self.double_commit_gain),
+            ("double_commit_sessions", self.double_commit_sessions),
             ("honest_loss_share", self.honest_loss_share),
             ("events", self.events as f64),
         ]

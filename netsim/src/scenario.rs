@@ -208,6 +208,10 @@ pub struct Mesh {
     /// unacknowledged, refusing the app past `2W` of them in 10 minutes (`false`: no
     /// memory per app, as before version 2).
     pub app_debt_limit: bool,
+    /// Whether a supplier serves a fresh session no further than its first window until
+    /// rival announcements can have arrived, and stops an app caught committing one
+    /// credit twice (`false`: it served the whole answer, as before).
+    pub clash_wait: bool,
 }
 
 impl Default for Mesh {
@@ -228,6 +232,7 @@ impl Default for Mesh {
             ad_lifetime_s: 180,
             ad_min_interval_s: 10,
             app_debt_limit: true,
+            clash_wait: true,
         }
     }
 }
@@ -265,6 +270,11 @@ pub struct Adversaries {
     /// Share of suppliers that pad every token to the session's `max_token_bytes` with
     /// junk (the byte-inflation attack).
     pub pad_bytes: f64,
+    /// Share of apps that give one escrow slot to sessions at `double_commit_burst`
+    /// suppliers at the same moment, with one request each (the double-commit race).
+    pub double_commit: f64,
+    /// Suppliers a double-committing app reaches at once.
+    pub double_commit_burst: u32,
     /// Identities of one sybil operator serving model 0 (0 = none).
     pub sybil_identities: u32,
     /// The operator's capacity, in median suppliers (its streams at the median speed,
@@ -287,6 +297,8 @@ impl Default for Adversaries {
             self_deal: 0.0,
             ack_pick: 0.0,
             pad_bytes: 0.0,
+            double_commit: 0.0,
+            double_commit_burst: 8,
             sybil_identities: 0,
             sybil_capacity: 1.0,
         }
@@ -441,6 +453,7 @@ impl Scenario {
             ("adversaries.self_deal", a.self_deal),
             ("adversaries.ack_pick", a.ack_pick),
             ("adversaries.pad_bytes", a.pad_bytes),
+            ("adversaries.double_commit", a.double_commit),
             ("adversaries.silent_per_request", a.silent_per_request),
         ] {
             share(name, v)?;
@@ -453,7 +466,7 @@ impl Scenario {
         if bad_supplier_share > 1.0 {
             bail!("the adversarial supplier shares add up to more than 1");
         }
-        if a.stop_acking + a.never_reveal + a.self_deal + a.ack_pick > 1.0 {
+        if a.stop_acking + a.never_reveal + a.self_deal + a.ack_pick + a.double_commit > 1.0 {
             bail!("the adversarial app shares add up to more than 1");
         }
         if self.gpu.slots == 0 || self.network.gossip_degree < 2 {

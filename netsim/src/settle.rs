@@ -222,27 +222,8 @@ impl Sim {
         let app_state = &mut self.apps[app as usize];
         let escrow = CreditSlot::new(app_state.next_slot, amount);
         app_state.next_slot += amount;
-        let sup = &self.suppliers[s as usize];
-        let tau = sup.tau.tau();
-        let body = SessionOpen {
-            version: relaymesh_protocol::PROTOCOL_VERSION,
-            mesh_id: self.params.mesh_id(),
-            app: self.apps[app as usize].key.public_key(),
-            supplier: sup.key.public_key(),
-            model_digest: digest_of("model", &[u64::from(sup.model)]),
-            manifest: None,
-            cu: Default::default(),
-            price_per_cu: self.sc.mesh.price_per_cu,
-            tau,
-            max_token_bytes: self.sc.load.max_token_bytes,
-            escrow,
-            start_ms: self.now / MS,
-            max_duration_ms: self.params.max_session_ms,
-            reveal_commitment: commitment(&secret),
-            nonce,
-        };
-        let open =
-            Signed::sign(body, &self.apps[app as usize].key).countersign(&sup.key, &mining_secret);
+        let tau = self.suppliers[s as usize].tau.tau();
+        let open = self.countersigned(app, s, escrow, nonce, &secret, &mining_secret);
         self.verifier
             .verify_batch(&open.signed_items())
             .expect("both sides sign their own session");
@@ -277,6 +258,37 @@ impl Sim {
         self.m.tau_sum += tau as f64;
         self.schedule(end_us + self.sc.mesh.claim_delay_s * SEC, Ev::Close(x));
         (x, true)
+    }
+
+    /// Terms `app` proposes to supplier `s` now (at the supplier's τ), countersigned.
+    pub(crate) fn countersigned(
+        &self,
+        app: u32,
+        s: u32,
+        escrow: CreditSlot,
+        nonce: u64,
+        secret: &Digest,
+        mining_secret: &Digest,
+    ) -> SignedSessionOpen {
+        let sup = &self.suppliers[s as usize];
+        let body = SessionOpen {
+            version: relaymesh_protocol::PROTOCOL_VERSION,
+            mesh_id: self.params.mesh_id(),
+            app: self.apps[app as usize].key.public_key(),
+            supplier: sup.key.public_key(),
+            model_digest: digest_of("model", &[u64::from(sup.model)]),
+            manifest: None,
+            cu: Default::default(),
+            price_per_cu: self.sc.mesh.price_per_cu,
+            tau: sup.tau.tau(),
+            max_token_bytes: self.sc.load.max_token_bytes,
+            escrow,
+            start_ms: self.now / MS,
+            max_duration_ms: self.params.max_session_ms,
+            reveal_commitment: commitment(secret),
+            nonce,
+        };
+        Signed::sign(body, &self.apps[app as usize].key).countersign(&sup.key, mining_secret)
     }
 
     /// The app acks `tokens` of an attempt's stream, increment by increment; the

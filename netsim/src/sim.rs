@@ -99,12 +99,17 @@ pub(crate) enum AppKind {
     SelfDeal,
     /// Withholds the acks it guesses would be mined (`attacks.rs`).
     AckPick,
+    /// Gives one escrow slot to sessions at several suppliers at once (`attacks.rs`).
+    DoubleCommit,
 }
 
 impl AppKind {
     /// Whether the app wants its whole answer (and so counts in the success rate).
     pub(crate) fn wants_answers(self) -> bool {
-        !matches!(self, AppKind::StopAcking | AppKind::AckPick)
+        !matches!(
+            self,
+            AppKind::StopAcking | AppKind::AckPick | AppKind::DoubleCommit
+        )
     }
 }
 
@@ -295,7 +300,7 @@ pub struct Sim {
     pub(crate) nodes: Vec<Node>,
     pub(crate) suppliers: Vec<Supplier>,
     pub(crate) apps: Vec<App>,
-    by_model: Vec<Vec<u32>>,
+    pub(crate) by_model: Vec<Vec<u32>>,
     model_weights: Vec<f64>,
     pub(crate) requests: Slab<Request>,
     pub(crate) attempts: Slab<Attempt>,
@@ -444,6 +449,13 @@ impl Sim {
                     AppKind::SelfDeal
                 } else if x < a.stop_acking + a.never_reveal + a.self_deal + a.ack_pick {
                     AppKind::AckPick
+                } else if x < a.stop_acking
+                    + a.never_reveal
+                    + a.self_deal
+                    + a.ack_pick
+                    + a.double_commit
+                {
+                    AppKind::DoubleCommit
                 } else {
                     AppKind::Honest
                 };
@@ -807,6 +819,11 @@ impl Sim {
         let prompt_tokens = self.rng.lognormal(load.prompt_tokens).clamp(1.0, 32_768.0) as u32;
         let output_tokens =
             (self.rng.lognormal(load.output_tokens) as u32).clamp(1, load.max_output_tokens);
+        if self.apps[app as usize].kind == AppKind::DoubleCommit {
+            self.m.requests += 1;
+            self.double_commit(app, model, prompt_tokens, output_tokens);
+            return;
+        }
         let candidates = self.rank_candidates(app, model);
         let honest = self.apps[app as usize].kind.wants_answers();
         self.counter += 1;
@@ -833,7 +850,7 @@ impl Sim {
 
     /// Whether `app` can route to supplier `s` now: its ad has reached the app and not
     /// expired, it is not known to be excluded, and no dial to it has failed since.
-    fn usable(&self, app: u32, s: u32) -> bool {
+    pub(crate) fn usable(&self, app: u32, s: u32) -> bool {
         let sup = &self.suppliers[s as usize];
         let Some(ad) = &sup.ad else {
             return false;
