@@ -518,3 +518,64 @@ fn unknown_or_bad_limits_are_refused_with_the_list() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("at least 1"), "{err}");
 }
+
+/// `--serve NAME=ollama-model:MODEL` serves a model from an Ollama store laid out as
+/// Ollama writes one (manifest → blob), straight from the blob, without Ollama; a model
+/// the store does not hold stops the node with an error that lists what it does hold.
+#[test]
+fn a_model_in_the_ollama_store_is_served_from_its_blob() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("ollama");
+    relaymesh_node::backend::ollama_store::lay_out_for_tests(
+        &store,
+        "smollm2:135m",
+        &support::model_path(),
+    )
+    .unwrap();
+    let node = |data: &str, api: u16, model: &str| {
+        let mut cmd = relaymesh();
+        cmd.args(["node", "--data-dir"])
+            .arg(dir.path().join(data))
+            .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--api"])
+            .arg(format!("127.0.0.1:{api}"))
+            .args(["--serve", &format!("smol=ollama-model:{model}")])
+            .env("OLLAMA_MODELS", &store)
+            .env_remove("RUST_LOG");
+        cmd
+    };
+    let out = node("absent", free_port(), "llama3.2:1b").output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("llama3.2:1b is not in the Ollama store") && err.contains("smollm2:135m"),
+        "{err}"
+    );
+
+    let api = free_port();
+    let mut cmd = node("served", api, "smollm2:135m");
+    cmd.stdout(Stdio::null()).stderr(Stdio::null());
+    let _node = Proc(cmd.spawn().unwrap());
+    let models = (0..600)
+        .find_map(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            api_json(api, "/relaymesh/v1/models")
+        })
+        .expect("the node serving the store's model");
+    assert_eq!(models[0]["name"], "smol", "{models}");
+    let answer: serde_json::Value = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{api}/v1/chat/completions"))
+            .json(&serde_json::json!({
+                "model": "smol", "max_tokens": 8, "temperature": 0,
+                "messages": [{"role": "user", "content": "What is the capital of France?"}],
+            }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    });
+    let content = answer["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(!content.is_empty(), "{answer}");
+}

@@ -10,6 +10,7 @@ use libp2p::Multiaddr;
 use relaymesh_node::api::ApiKeys;
 use relaymesh_node::backend::embedded::{EmbeddedBackend, EmbeddedOptions};
 use relaymesh_node::backend::ollama::OllamaBackend;
+use relaymesh_node::backend::ollama_store;
 use relaymesh_node::backend::openai::OpenAiBackend;
 use relaymesh_node::backend::{BackendSpec, Models, ServedModel, SharedBackend};
 use relaymesh_node::config::named_mesh;
@@ -86,6 +87,8 @@ pub struct NodeArgs {
     #[arg(long, env = "RELAYMESH_AD_LIFETIME_SECS")]
     ad_lifetime_secs: Option<u64>,
     /// Serve a model (repeatable): NAME=gguf:PATH runs the GGUF file in process;
+    /// NAME=ollama-model:MODEL[:TAG] runs a model pulled into the local Ollama store
+    /// (OLLAMA_MODELS or ~/.ollama/models) in process, without Ollama running;
     /// NAME=ollama:URL[#MODEL] forwards to an Ollama server; NAME=openai:URL[#MODEL]
     /// to an OpenAI-compatible server (URL up to /v1). MODEL defaults to NAME.
     #[arg(long, env = "RELAYMESH_SERVE", value_delimiter = ',')]
@@ -408,24 +411,36 @@ fn resolve(args: NodeArgs) -> anyhow::Result<(NodeConfig, Serving)> {
     Ok((config, serving))
 }
 
+/// Loads a GGUF file into the embedded engine.
+async fn load_embedded(
+    name: String,
+    path: std::path::PathBuf,
+    serving: &Serving,
+) -> anyhow::Result<SharedBackend> {
+    let options = EmbeddedOptions {
+        slots: serving.slots.unwrap_or(1),
+        queue: serving.queue,
+        default_max_tokens: serving.max_tokens,
+        progress: true,
+    };
+    let backend =
+        tokio::task::spawn_blocking(move || EmbeddedBackend::load(&name, &path, &options))
+            .await??;
+    Ok(Arc::new(backend))
+}
+
 /// Loads or connects every backend.
-async fn load_models(serving: Serving) -> anyhow::Result<Models> {
+async fn load_models(mut serving: Serving) -> anyhow::Result<Models> {
     let mut models = Models::default();
-    for spec in serving.specs {
+    for spec in std::mem::take(&mut serving.specs) {
         let queue = serving.queue;
         let backend: SharedBackend = match spec {
-            BackendSpec::Gguf { name, path } => {
-                let options = EmbeddedOptions {
-                    slots: serving.slots.unwrap_or(1),
-                    queue,
-                    default_max_tokens: serving.max_tokens,
-                    progress: true,
-                };
-                let backend = tokio::task::spawn_blocking(move || {
-                    EmbeddedBackend::load(&name, &path, &options)
-                })
-                .await??;
-                Arc::new(backend)
+            BackendSpec::Gguf { name, path } => load_embedded(name, path, &serving).await?,
+            BackendSpec::OllamaModel { name, model } => {
+                let store = ollama_store::default_store()?;
+                let path = ollama_store::resolve(&store, &model)?;
+                tracing::info!(model, file = %path.display(), "serving a model from the Ollama store");
+                load_embedded(name, path, &serving).await?
             }
             BackendSpec::Ollama { name, url, model } => Arc::new(
                 OllamaBackend::connect(&name, &url, &model, serving.slots.unwrap_or(4), queue)

@@ -11,6 +11,7 @@
 
 pub mod embedded;
 pub mod ollama;
+pub mod ollama_store;
 pub mod openai;
 mod registry;
 mod slots;

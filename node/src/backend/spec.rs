@@ -12,6 +12,14 @@ pub enum BackendSpec {
         /// The file.
         path: PathBuf,
     },
+    /// `NAME=ollama-model:MODEL[:TAG]`: the embedded engine on a model from the local
+    /// Ollama store (see [`super::ollama_store`]), without Ollama running.
+    OllamaModel {
+        /// Name clients use.
+        name: String,
+        /// The model's name in the store, e.g. `llama3.2:1b`.
+        model: String,
+    },
     /// `NAME=ollama:URL[#MODEL]`: an Ollama server (MODEL defaults to NAME).
     Ollama {
         /// Name clients use.
@@ -34,7 +42,7 @@ pub enum BackendSpec {
 
 /// A malformed `--serve` value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("--serve {spec:?}: {why} (expected NAME=gguf:PATH, NAME=ollama:URL[#MODEL] or NAME=openai:URL[#MODEL])")]
+#[error("--serve {spec:?}: {why} (expected NAME=gguf:PATH, NAME=ollama-model:MODEL[:TAG], NAME=ollama:URL[#MODEL] or NAME=openai:URL[#MODEL])")]
 pub struct SpecError {
     spec: String,
     why: &'static str,
@@ -45,6 +53,7 @@ impl BackendSpec {
     pub fn name(&self) -> &str {
         match self {
             BackendSpec::Gguf { name, .. }
+            | BackendSpec::OllamaModel { name, .. }
             | BackendSpec::Ollama { name, .. }
             | BackendSpec::OpenAi { name, .. } => name,
         }
@@ -85,6 +94,10 @@ impl std::str::FromStr for BackendSpec {
                 name,
                 path: PathBuf::from(target),
             }),
+            "ollama-model" => Ok(BackendSpec::OllamaModel {
+                name,
+                model: target.to_owned(),
+            }),
             "ollama" => {
                 let (url, model) = url_and_model(target)?;
                 Ok(BackendSpec::Ollama { name, url, model })
@@ -93,7 +106,7 @@ impl std::str::FromStr for BackendSpec {
                 let (url, model) = url_and_model(target)?;
                 Ok(BackendSpec::OpenAi { name, url, model })
             }
-            _ => Err(fail("KIND must be gguf, ollama or openai")),
+            _ => Err(fail("KIND must be gguf, ollama-model, ollama or openai")),
         }
     }
 }
@@ -119,6 +132,13 @@ mod tests {
                 name: "smol".into(),
                 url: "http://h:11434".into(),
                 model: "smollm2:135m".into()
+            }
+        );
+        assert_eq!(
+            "l=ollama-model:llama3.2:1b".parse::<BackendSpec>().unwrap(),
+            BackendSpec::OllamaModel {
+                name: "l".into(),
+                model: "llama3.2:1b".into()
             }
         );
         assert_eq!(
