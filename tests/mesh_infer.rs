@@ -386,7 +386,7 @@ async fn a_light_gateway_answers_through_a_supplier_and_the_acks_are_its_receipt
 
 /// An app speaking the inference protocol by hand: it never acks, then sends a forged ack.
 #[tokio::test(flavor = "multi_thread")]
-async fn an_app_that_never_acks_gets_w_tokens_and_a_forged_ack_ends_the_stream() {
+async fn an_app_that_never_acks_gets_k_tokens_and_a_forged_ack_ends_the_stream() {
     use futures::AsyncReadExt;
     use relaymesh_node::infer::codec::{read_frame, write_frame};
     use relaymesh_protocol::identity::signed::Signed;
@@ -486,7 +486,8 @@ async fn an_app_that_never_acks_gets_w_tokens_and_a_forged_ack_ends_the_stream()
     .await
     .unwrap();
 
-    // Without acks the supplier stops at W tokens.
+    // Without acks the supplier stops at a stranger's window: one ack step, K tokens
+    // (an app that has paid for two windows here would get W).
     let mut tokens = Vec::new();
     while let Ok(Ok(frame)) = tokio::time::timeout(Duration::from_secs(5), read_frame(&mut r)).await
     {
@@ -497,8 +498,8 @@ async fn an_app_that_never_acks_gets_w_tokens_and_a_forged_ack_ends_the_stream()
     }
     assert_eq!(
         tokens.len() as u32,
-        params.max_unacked_tokens,
-        "exactly W tokens, then a pause"
+        params.ack_every_tokens,
+        "exactly K tokens, then a pause"
     );
 
     // An ack signed by someone else is refused and the supplier ends the stream.

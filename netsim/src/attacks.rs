@@ -15,7 +15,8 @@
 //!   spread (the double-commit race). Every session's terms are signed, countersigned
 //!   and announced to the ledger for real; the ledger excludes the app, so none is
 //!   paid. What each supplier serves first is modelled (the stream does not take a
-//!   slot): with the clash wait, the first window; without, the whole answer. Its
+//!   slot): with the clash wait, the first window (a stranger's, one ack step, where
+//!   suppliers keep stranger windows); without, the whole answer. Its
 //!   cost is the line it forfeits, at least the smallest escrow a supplier admits.
 //!
 //! For an app, spent is what the ledger paid honest suppliers for its sessions and
@@ -352,16 +353,16 @@ impl Sim {
         let slot = CreditSlot::new(0, self.escrow_per_session);
         let bpt = self.sc.load.bytes_per_token;
         let formula = CuFormula::default();
-        let w = self.sc.mesh.max_unacked_tokens;
-        let served = if self.sc.mesh.clash_wait {
-            output.min(w)
-        } else {
-            output
-        };
-        let cu =
-            formula.prompt_units(prompt * bpt) + formula.output_units(0, served * bpt).unwrap_or(0);
         let mut least_escrow = u128::MAX;
         for s in targets {
+            // A fresh key is a stranger everywhere: its first window is one ack step.
+            let served = if self.sc.mesh.clash_wait {
+                output.min(self.window(s, app))
+            } else {
+                output
+            };
+            let cu = formula.prompt_units(prompt * bpt)
+                + formula.output_units(0, served * bpt).unwrap_or(0);
             self.counter += 1;
             let n = self.counter;
             let secret = digest_of("double-commit secret", &[self.sc.seed, n]);

@@ -212,6 +212,10 @@ pub struct Mesh {
     /// rival announcements can have arrived, and stops an app caught committing one
     /// credit twice (`false`: it served the whole answer, as before).
     pub clash_wait: bool,
+    /// Whether a supplier gives an app's streams one ack step (K) of window until it
+    /// has acknowledged two windows there (`false`: the whole window W for any app, as
+    /// before).
+    pub stranger_window: bool,
 }
 
 impl Default for Mesh {
@@ -233,6 +237,7 @@ impl Default for Mesh {
             ad_min_interval_s: 10,
             app_debt_limit: true,
             clash_wait: true,
+            stranger_window: true,
         }
     }
 }

@@ -169,6 +169,9 @@ pub(crate) struct Supplier {
     pub excluded_us: Option<u64>,
     /// Per app: when its streams ended with tokens unacknowledged, and how many.
     pub debts: BTreeMap<u32, VecDeque<(u64, u32)>>,
+    /// Per app that stops acking (the only apps whose window the model needs): tokens
+    /// it acknowledged here, tokens it left unacknowledged, and when it last acked.
+    pub acked: BTreeMap<u32, (u64, u64, u64)>,
 }
 
 pub(crate) struct App {
@@ -432,6 +435,7 @@ impl Sim {
                 settled_var: 0.0,
                 excluded_us: None,
                 debts: BTreeMap::new(),
+                acked: BTreeMap::new(),
             });
         }
         let mut by_model = vec![Vec::new(); sc.models as usize];
@@ -973,7 +977,7 @@ impl Sim {
         }
         let back = self.one_way(sup.node, app_node, 256);
         let app = self.requests.get(at.request).expect("live").app;
-        if self.sc.mesh.app_debt_limit && self.owed(s, app) >= 2 * self.sc.mesh.max_unacked_tokens {
+        if self.sc.mesh.app_debt_limit && self.owed(s, app) >= 2 * self.window(s, app) {
             self.m.refused_debt += 1;
             self.schedule(self.now + back, Ev::GiveUp(a, Why::Busy));
             return;
@@ -1026,11 +1030,11 @@ impl Sim {
             let upto = (self.rng.unit() * f64::from(remaining)) as u32;
             (Plan::Silent, upto)
         } else if app_kind == AppKind::StopAcking {
-            let w = self.sc.mesh.max_unacked_tokens;
+            let w = self.window(s, app);
             let acked = remaining.min(k);
             (Plan::AppStops { acked }, remaining.min(acked + w))
         } else if let Some(acked) = self.ack_pick_stop(app_kind, session, r, prompt, remaining) {
-            let w = self.sc.mesh.max_unacked_tokens;
+            let w = self.window(s, app);
             (Plan::AppStops { acked }, remaining.min(acked + w))
         } else {
             (Plan::Done, remaining)
@@ -1086,6 +1090,19 @@ impl Sim {
             _ => tokens,
         };
         self.meter_attempt(a, acked);
+        let app = self.requests.get(r).expect("live request").app;
+        if !self.apps[app as usize].kind.wants_answers() {
+            let now = self.now;
+            let entry = self.suppliers[s as usize].acked.entry(app).or_default();
+            if now - entry.2 > 600 * SEC {
+                *entry = (0, 0, entry.2);
+            }
+            entry.0 += u64::from(acked);
+            entry.1 += u64::from(tokens - acked);
+            if acked > 0 {
+                entry.2 = now;
+            }
+        }
         let sup = &mut self.suppliers[s as usize];
         sup.busy -= 1;
         sup.active.retain(|x| *x != a);
@@ -1143,6 +1160,28 @@ impl Sim {
                 let stall = (self.sc.network.stall_timeout_ms * MS as f64) as u64;
                 self.schedule(self.now + back + stall, Ev::GiveUp(a, Why::Stall));
             }
+        }
+    }
+
+    /// The window supplier `s` gives `app`'s stream: W once the app has acknowledged two
+    /// windows here and left at most 1 token in 16 of those unacknowledged (forgotten
+    /// after 10 minutes without an ack), one ack step (K) otherwise, as a node does
+    /// (`infer/app_limits.rs`); W for every app without `mesh.stranger_window`.
+    pub(crate) fn window(&self, s: u32, app: u32) -> u32 {
+        let m = &self.sc.mesh;
+        let trusted =
+            self.suppliers[s as usize]
+                .acked
+                .get(&app)
+                .is_some_and(|(acked, unacked, at)| {
+                    *acked >= 2 * u64::from(m.max_unacked_tokens)
+                        && unacked * 16 <= *acked
+                        && self.now - at <= 600 * SEC
+                });
+        if !m.stranger_window || trusted {
+            m.max_unacked_tokens
+        } else {
+            m.ack_every_tokens.min(m.max_unacked_tokens)
         }
     }
 

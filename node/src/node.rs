@@ -152,7 +152,7 @@ impl Node {
                 key: key.clone(),
                 mesh_id: params.mesh_id(),
                 limits: crate::infer::app_limits::AppLimits::with_caps(
-                    params.max_unacked_tokens,
+                    crate::infer::window(&params),
                     limits.streams_per_app,
                     limits.sessions_per_app,
                 ),

@@ -4,18 +4,28 @@
 //! The ack window lets an app that never acks take `W` tokens from a stream; without a
 //! memory per app it could take them from every stream it opens. So a supplier
 //! remembers, per app key, the tokens each stream ended with unacknowledged, and
-//! refuses the app while those of the last [`DEBT_WINDOW`] reach [`debt_limit`]
-//! (twice the window: an honest client that cancels an answer now and then, or loses
-//! a hedging race, stays well under it). With credit, an app key needs a funded
+//! refuses the app while those of the last [`DEBT_WINDOW`] reach twice the window it is
+//! given (an honest client that cancels an answer now and then, or loses a hedging
+//! race, stays well under it). With credit, an app key needs a funded
 //! escrow to open a session at all, so what one key can take from the whole mesh
 //! without paying is at most `2W` tokens per supplier per [`DEBT_WINDOW`]
 //! (`docs/PROTOCOL.md` §16 states the bound).
+//!
+//! A key is free, so a rider meets most suppliers as a stranger. A stranger's window is
+//! therefore one ack step (K tokens, [`StreamTicket::window`]) until it has acknowledged
+//! [`TRUSTED_AFTER_WINDOWS`] full windows here, and left unacknowledged at most one
+//! token in [`UNACKED_SHARE`] of those (both counts are forgotten after a
+//! [`DEBT_WINDOW`] without an ack): what it takes from a stream without paying is then
+//! K tokens, not W, and paying K per stream never earns it more. An honest app waits
+//! one round trip per K tokens on its first answers here, then streams with the whole
+//! window.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
+use relaymesh_protocol::metering::flow::Window;
 use relaymesh_protocol::PublicKey;
 
 /// Streams one app may have open at one supplier.
@@ -45,9 +55,18 @@ pub struct Refused {
     pub retry_after: Duration,
 }
 
-/// Unacknowledged tokens an app may leave within [`DEBT_WINDOW`]: twice the window.
-pub fn debt_limit(max_unacked_tokens: u32) -> u32 {
-    max_unacked_tokens.saturating_mul(2)
+/// Full windows' worth of tokens an app acknowledges here before its streams get the
+/// whole window (until then, one ack step).
+pub const TRUSTED_AFTER_WINDOWS: u32 = 2;
+
+/// An app whose unacknowledged tokens here exceed one in this many of those it
+/// acknowledged keeps a stranger's window.
+pub const UNACKED_SHARE: u64 = 16;
+
+/// Unacknowledged tokens an app given `window` may leave within [`DEBT_WINDOW`]: twice
+/// the window.
+pub fn debt_limit(window: Window) -> u32 {
+    window.max_unacked.saturating_mul(2)
 }
 
 #[derive(Default)]
@@ -57,6 +76,9 @@ struct AppState {
     debts: VecDeque<(Instant, u32)>,
     /// When each session was countersigned.
     sessions: VecDeque<Instant>,
+    /// Tokens it acknowledged here, tokens it left unacknowledged, and when it last
+    /// acknowledged any (both forgotten after a [`DEBT_WINDOW`] without an ack).
+    acked: (u64, u64, Option<Instant>),
 }
 
 impl AppState {
@@ -75,6 +97,13 @@ impl AppState {
         {
             self.sessions.pop_front();
         }
+        if self
+            .acked
+            .2
+            .is_some_and(|at| now.duration_since(at) > DEBT_WINDOW)
+        {
+            self.acked = (0, 0, None);
+        }
     }
 
     fn owed(&self) -> u32 {
@@ -85,14 +114,17 @@ impl AppState {
     }
 
     fn idle(&self) -> bool {
-        self.streams == 0 && self.debts.is_empty()
+        self.streams == 0 && self.debts.is_empty() && self.acked.2.is_none()
     }
 }
 
 /// The limits of one supplier, over all its streams.
 pub struct AppLimits {
     apps: Mutex<HashMap<PublicKey, AppState>>,
-    debt_limit: u32,
+    /// The mesh's window, what trusted apps get.
+    full: Window,
+    /// Tokens acknowledged before an app's streams get the whole window.
+    trusted_after: u64,
     /// Apps refused for want of a free slot, when, and through which peer: each has a
     /// claim on a slot that frees within [`FAIR_WINDOW`] over apps that hold as many
     /// streams as it or more and over later claims.
@@ -106,12 +138,22 @@ pub struct StreamTicket<'a> {
     limits: &'a AppLimits,
     app: PublicKey,
     unacked: u32,
+    acked: u32,
+    trusted: bool,
 }
 
 impl StreamTicket<'_> {
-    /// The stream ends with `unacked` tokens sent and never acknowledged.
-    pub fn end(mut self, unacked: u32) {
+    /// The stream ends with `acked` tokens acknowledged and `unacked` sent and never
+    /// acknowledged.
+    pub fn end(mut self, acked: u32, unacked: u32) {
+        self.acked = acked;
         self.unacked = unacked;
+    }
+
+    /// The window this stream gets: the mesh's for an app that has acknowledged enough
+    /// here, one ack step for a stranger.
+    pub fn window(&self) -> Window {
+        window_of(self.limits.full, self.trusted)
     }
 }
 
@@ -120,6 +162,16 @@ impl Drop for StreamTicket<'_> {
         let mut apps = self.limits.apps.lock().expect("limits lock");
         if let Some(state) = apps.get_mut(&self.app) {
             state.streams = state.streams.saturating_sub(1);
+            let (acked, unacked, at) = state.acked;
+            state.acked = (
+                acked.saturating_add(u64::from(self.acked)),
+                unacked.saturating_add(u64::from(self.unacked)),
+                if self.acked > 0 {
+                    Some(Instant::now())
+                } else {
+                    at
+                },
+            );
             if self.unacked > 0 {
                 state.debts.push_back((Instant::now(), self.unacked));
             }
@@ -127,26 +179,31 @@ impl Drop for StreamTicket<'_> {
     }
 }
 
+/// The window of an app: the mesh's `full` one if `trusted`, else one ack step.
+fn window_of(full: Window, trusted: bool) -> Window {
+    if trusted {
+        full
+    } else {
+        Window {
+            ack_every: full.ack_every,
+            max_unacked: full.ack_every.min(full.max_unacked),
+        }
+    }
+}
+
 impl AppLimits {
-    /// Limits for a mesh whose ack window is `max_unacked_tokens`.
-    pub fn new(max_unacked_tokens: u32) -> Self {
-        Self::with_caps(
-            max_unacked_tokens,
-            MAX_STREAMS_PER_APP,
-            MAX_SESSIONS_PER_APP,
-        )
+    /// Limits for a mesh whose ack window is `full`.
+    pub fn new(full: Window) -> Self {
+        Self::with_caps(full, MAX_STREAMS_PER_APP, MAX_SESSIONS_PER_APP)
     }
 
     /// As [`Self::new`], with `streams_per_app` and `sessions_per_app` in place of the
     /// defaults.
-    pub fn with_caps(
-        max_unacked_tokens: u32,
-        streams_per_app: usize,
-        sessions_per_app: usize,
-    ) -> Self {
+    pub fn with_caps(full: Window, streams_per_app: usize, sessions_per_app: usize) -> Self {
         Self {
             apps: Mutex::new(HashMap::new()),
-            debt_limit: debt_limit(max_unacked_tokens),
+            full,
+            trusted_after: u64::from(full.max_unacked) * u64::from(TRUSTED_AFTER_WINDOWS),
             waiting: Mutex::new(HashMap::new()),
             caps: (streams_per_app, sessions_per_app),
         }
@@ -216,10 +273,14 @@ impl AppLimits {
     /// honest app that waits as told is never served; with ties let through, a rival
     /// holding nothing, or a spare key, took the slot before the waiter came back).
     pub fn begin(&self, app: &PublicKey) -> Result<StreamTicket<'_>, Refused> {
-        let (limit, max_streams) = (self.debt_limit, self.caps.0);
+        let max_streams = self.caps.0;
         let least_waiting = self.least_waiting_before(app);
         let refused = |why: String, retry_after| Refused { why, retry_after };
-        self.with(app, |state| {
+        let trusted = self.with(app, |state| {
+            let (acked, unacked, _) = state.acked;
+            let trusted =
+                acked >= self.trusted_after && unacked.saturating_mul(UNACKED_SHARE) <= acked;
+            let limit = debt_limit(window_of(self.full, trusted));
             let owed = state.owed();
             if owed >= limit {
                 return Err(refused(format!(
@@ -242,13 +303,15 @@ impl AppLimits {
                 ), SHARE_RETRY));
             }
             state.streams += 1;
-            Ok(())
+            Ok(trusted)
         })?;
         self.waiting.lock().expect("waiting lock").remove(app);
         Ok(StreamTicket {
             limits: self,
             app: *app,
             unacked: 0,
+            acked: 0,
+            trusted,
         })
     }
 
@@ -272,26 +335,55 @@ impl AppLimits {
 mod tests {
     use super::*;
 
+    const FULL: Window = Window {
+        ack_every: 16,
+        max_unacked: 64,
+    };
+
     /// Hole 5: the window bounded what an app that never acks takes per stream, not per
     /// app, so it took `W` tokens from every stream it opened. Failed before suppliers
     /// kept per-app debts: every stream was served.
     #[test]
     fn an_app_that_leaves_tokens_unacknowledged_is_refused_until_it_stops() {
-        let limits = AppLimits::new(64);
+        let limits = AppLimits::new(FULL);
         let app = PublicKey([7; 32]);
-        limits.begin(&app).unwrap().end(64);
-        limits.begin(&app).unwrap().end(63);
-        // 127 owed, under 128: one more stream, which takes its window too.
-        limits.begin(&app).unwrap().end(64);
+        // A stranger's window is K = 16, and it may owe twice that.
+        limits.begin(&app).unwrap().end(0, 16);
+        limits.begin(&app).unwrap().end(0, 15);
+        // 31 owed, under 32: one more stream, which takes its window too.
+        limits.begin(&app).unwrap().end(0, 16);
         let refused = limits.begin(&app).err().unwrap().why;
         assert!(refused.contains("unacknowledged"), "{refused}");
         // Another app is not affected.
         assert!(limits.begin(&PublicKey([8; 32])).is_ok());
     }
 
+    /// The free ride per stream was the whole window W for any key, and keys are free.
+    /// A stranger now gets one ack step (K) until it has acknowledged two windows here.
+    /// Failed before: every stream had the full window.
+    #[test]
+    fn a_stranger_gets_one_ack_step_until_it_has_paid_for_two_windows() {
+        let limits = AppLimits::new(FULL);
+        let app = PublicKey([7; 32]);
+        let first = limits.begin(&app).unwrap();
+        assert_eq!(first.window().max_unacked, 16);
+        first.end(100, 0);
+        let second = limits.begin(&app).unwrap();
+        assert_eq!(second.window().max_unacked, 16, "100 of 128 tokens acked");
+        second.end(28, 0);
+        let third = limits.begin(&app).unwrap();
+        assert_eq!(third.window(), FULL);
+        // Riding on it (one token left unacked per 16 acked at most) ends the trust.
+        third.end(0, 9);
+        assert_eq!(limits.begin(&app).unwrap().window().max_unacked, 16);
+        // Another key is a stranger again.
+        let other = limits.begin(&PublicKey([8; 32])).unwrap();
+        assert_eq!(other.window().max_unacked, 16);
+    }
+
     #[test]
     fn streams_and_sessions_per_app_are_capped() {
-        let limits = AppLimits::new(64);
+        let limits = AppLimits::new(FULL);
         let app = PublicKey([7; 32]);
         let open: Vec<_> = (0..MAX_STREAMS_PER_APP)
             .map(|_| limits.begin(&app).unwrap())
@@ -310,7 +402,7 @@ mod tests {
     /// flood was 0 in `cargo bench --bench load`).
     #[test]
     fn an_app_that_waits_for_a_slot_gets_the_next_one() {
-        let limits = AppLimits::new(64);
+        let limits = AppLimits::new(FULL);
         let (flooder, honest) = (PublicKey([7; 32]), PublicKey([8; 32]));
         let held: Vec<_> = (0..2).map(|_| limits.begin(&flooder).unwrap()).collect();
         // The honest app found both slots taken.
@@ -339,7 +431,7 @@ mod tests {
     /// went to the waiter: `begin(&rival)` after the drop was served.
     #[test]
     fn a_rival_holding_nothing_does_not_take_the_slot_of_a_waiting_app() {
-        let limits = AppLimits::new(64);
+        let limits = AppLimits::new(FULL);
         let (rival, spare, honest) = (PublicKey([7; 32]), PublicKey([9; 32]), PublicKey([8; 32]));
         let t = limits.begin(&rival).unwrap();
         limits.waits(&honest, PeerId::random());
@@ -359,7 +451,7 @@ mod tests {
     /// Waiters are served first come, first served; one peer holds a few claims only.
     #[test]
     fn waiting_apps_are_served_in_turn_and_claims_per_peer_are_capped() {
-        let limits = AppLimits::new(64);
+        let limits = AppLimits::new(FULL);
         let (first, second) = (PublicKey([1; 32]), PublicKey([2; 32]));
         limits.waits(&first, PeerId::random());
         std::thread::sleep(Duration::from_millis(2));

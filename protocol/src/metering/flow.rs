@@ -165,6 +165,11 @@ impl SupplierFlow {
         })
     }
 
+    /// Tokens acknowledged so far.
+    pub fn acked_tokens(&self) -> u32 {
+        self.acked_tokens
+    }
+
     /// Tokens sent and not yet acknowledged.
     pub fn unacked_tokens(&self) -> u32 {
         self.sent_tokens - self.acked_tokens

@@ -21,7 +21,7 @@ use tracing::{debug, info, warn};
 
 use super::codec::{read_frame, write_frame, FrameError};
 use super::stream_slots::{StreamSlot, StreamSlots, FIRST_FRAME_TIMEOUT};
-use super::{gen_request, window};
+use super::gen_request;
 use crate::backend::{BackendError, FinishReason, GenEvent, Models, ServedModel};
 use crate::mesh::now_ms;
 
@@ -445,8 +445,7 @@ async fn serve(
     // The output this request may still bill: its reservation, less the prompt.
     let reservation = reservation.ok().flatten();
     let mut output_budget = reservation.as_ref().map(|r| r.cu.saturating_sub(prompt_cu));
-    let mut flow = match SupplierFlow::new(&session, request, window(&ctx.params), &Ed25519Verifier)
-    {
+    let mut flow = match SupplierFlow::new(&session, request, ticket.window(), &Ed25519Verifier) {
         Ok(flow) => flow,
         Err(e) => {
             let _ = write_frame(&mut w, refuse(RefuseCode::Invalid, e.to_string())).await;
@@ -485,7 +484,7 @@ async fn serve(
             }
         }
     });
-    let first_window = window(&ctx.params).max_unacked;
+    let first_window = ticket.window().max_unacked;
     // A fresh session waits out the clash window within its first window (CLASH_WAIT).
     let mut clash_check = fresh.then(|| tokio::time::Instant::now() + CLASH_WAIT);
     let mut sent = 0u32;
@@ -600,10 +599,13 @@ async fn serve(
     .await;
     reader.abort();
     // Tokens sent and never acknowledged count against the app.
-    ticket.end(if flow.is_closed() {
-        0
-    } else {
-        flow.unacked_tokens()
-    });
+    ticket.end(
+        flow.acked_tokens(),
+        if flow.is_closed() {
+            0
+        } else {
+            flow.unacked_tokens()
+        },
+    );
     result
 }
