@@ -545,6 +545,82 @@ async fn a_supplier_killed_between_mining_and_claiming_claims_after_restart() {
     boot.shutdown().await;
 }
 
+/// Sends request `id` of `session` on a stream (after its `Propose` or `Resume`) and
+/// acks everything, as an honest app would, until the stream ends: the tokens it got
+/// and the refusal that ended it, if one did.
+async fn ask_and_ack<R, W>(
+    mut r: R,
+    mut w: W,
+    session: &relaymesh_protocol::messages::session::SignedSessionOpen,
+    id: u64,
+    app: &Keypair,
+    p: &MeshParams,
+) -> (u32, Option<relaymesh_protocol::messages::infer::Refuse>)
+where
+    R: futures::AsyncRead + Unpin,
+    W: futures::AsyncWrite + Unpin,
+{
+    use relaymesh_node::infer::codec::{read_frame, write_frame};
+    use relaymesh_protocol::messages::infer::{FrameBody, InferRequest};
+    use relaymesh_protocol::metering::app::{RequestAcker, RequestTerms};
+    use relaymesh_protocol::metering::flow::AppFlow;
+    use relaymesh_protocol::Digest;
+    let payload = relaymesh_node::infer::payload(
+        "smollm2",
+        &relaymesh_node::backend::GenRequest {
+            prompt: relaymesh_node::backend::Prompt::Text("Once upon a time".into()),
+            sampling: relaymesh_node::backend::Sampling {
+                temperature: Some(0.0),
+                max_tokens: Some(400),
+                ..Default::default()
+            },
+        },
+    )
+    .unwrap();
+    let acker = RequestAcker::new(
+        RequestTerms {
+            session_key: session.session_key(),
+            request_id: id,
+            prompt_digest: payload.digest(),
+            prompt_bytes: payload.prompt_bytes() as u32,
+            max_output_bytes: 1 << 20,
+            max_acks: 1024,
+        },
+        Digest([2 + id as u8; 32]),
+        app,
+    );
+    let mut flow = AppFlow::new(
+        acker,
+        relaymesh_node::infer::window(p),
+        session.body.max_token_bytes,
+    );
+    let request = flow.request().clone();
+    write_frame(
+        &mut w,
+        FrameBody::Request(InferRequest { request, payload }),
+    )
+    .await
+    .unwrap();
+    let mut tokens = 0u32;
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(60), read_frame(&mut r))
+            .await
+            .expect("the supplier goes on or ends the stream")
+            .unwrap();
+        match frame.body {
+            FrameBody::Token(t) => {
+                tokens += 1;
+                if let Some(ack) = flow.on_token(t.as_str(), app).unwrap() {
+                    write_frame(&mut w, FrameBody::Ack(ack)).await.unwrap();
+                }
+            }
+            FrameBody::Refuse(refusal) => return (tokens, Some(refusal)),
+            FrameBody::Done(_) => return (tokens, None),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -613,21 +689,21 @@ async fn a_session_whose_claim_is_nearly_full_gives_way_to_a_new_one() {
 }
 
 /// The double-commit race: an app gives one escrow slot to sessions at two suppliers
-/// at the same moment and acks everything. Each supplier serves a fresh session's first
+/// at the same moment, opens a second stream on each fresh session at once (`Resume`),
+/// and acks everything. Each supplier serves a fresh session's streams their first
 /// window only until the other's announcement can have arrived (`CLASH_WAIT`); by then
-/// its ledger has both sessions, excludes the app, and the stream ends with a refusal.
-/// Failed before the wait and the check at every ack: both suppliers served the whole
-/// answer, and neither was paid (the app's sessions move no credit once it is caught).
+/// its ledger has both sessions, excludes the app, and the streams end with a refusal.
+/// Failed before the wait and the checks while acks come: both suppliers served the
+/// whole answer, and neither was paid (the app's sessions move no credit once it is
+/// caught); and before review, a resumed stream skipped the wait.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_app_giving_one_escrow_to_two_suppliers_at_once_gets_a_window_from_each() {
     use futures::AsyncReadExt;
     use relaymesh_node::infer::codec::{read_frame, write_frame};
     use relaymesh_protocol::identity::signed::Signed;
     use relaymesh_protocol::messages::credit::CreditSlot;
-    use relaymesh_protocol::messages::infer::{FrameBody, InferRequest, RefuseCode};
+    use relaymesh_protocol::messages::infer::{FrameBody, RefuseCode};
     use relaymesh_protocol::messages::session::SessionOpen;
-    use relaymesh_protocol::metering::app::{RequestAcker, RequestTerms};
-    use relaymesh_protocol::metering::flow::AppFlow;
     use relaymesh_protocol::Digest;
 
     let app = Keypair::generate(&mut rand_core::OsRng);
@@ -671,7 +747,11 @@ async fn an_app_giving_one_escrow_to_two_suppliers_at_once_gets_a_window_from_ea
             async move {
                 let peer = relaymesh_node::mesh::peer_id_of_key(&supplier_key);
                 handle.locate(peer).await.unwrap();
-                let stream = handle.streams().open_stream(peer, protocol).await.unwrap();
+                let stream = handle
+                    .streams()
+                    .open_stream(peer, protocol.clone())
+                    .await
+                    .unwrap();
                 let (mut r, mut w) = stream.split();
                 let terms = SessionOpen {
                     version: relaymesh_protocol::PROTOCOL_VERSION,
@@ -697,66 +777,22 @@ async fn an_app_giving_one_escrow_to_two_suppliers_at_once_gets_a_window_from_ea
                     FrameBody::Accept(session) => session,
                     other => panic!("not accepted: {other:?}"),
                 };
-                let payload = relaymesh_node::infer::payload(
-                    "smollm2",
-                    &relaymesh_node::backend::GenRequest {
-                        prompt: relaymesh_node::backend::Prompt::Text("Once upon a time".into()),
-                        sampling: relaymesh_node::backend::Sampling {
-                            temperature: Some(0.0),
-                            max_tokens: Some(400),
-                            ..Default::default()
-                        },
-                    },
-                )
-                .unwrap();
-                let acker = RequestAcker::new(
-                    RequestTerms {
-                        session_key: session.session_key(),
-                        request_id: 0,
-                        prompt_digest: payload.digest(),
-                        prompt_bytes: payload.prompt_bytes() as u32,
-                        max_output_bytes: 1 << 20,
-                        max_acks: 1024,
-                    },
-                    Digest([2; 32]),
-                    &app,
+                // A second stream on the fresh session at once, with `Resume`.
+                let resumed = handle.streams().open_stream(peer, protocol).await.unwrap();
+                let (r2, mut w2) = resumed.split();
+                write_frame(&mut w2, FrameBody::Resume(session.clone()))
+                    .await
+                    .unwrap();
+                let (first, second) = futures::join!(
+                    ask_and_ack(r, w, &session, 0, &app, &p),
+                    ask_and_ack(r2, w2, &session, 1, &app, &p),
                 );
-                let mut flow = AppFlow::new(
-                    acker,
-                    relaymesh_node::infer::window(&p),
-                    session.body.max_token_bytes,
-                );
-                let request = flow.request().clone();
-                write_frame(
-                    &mut w,
-                    FrameBody::Request(InferRequest { request, payload }),
-                )
-                .await
-                .unwrap();
-                // Ack everything, as an honest app would, until the stream ends.
-                let mut tokens = 0u32;
-                loop {
-                    let frame = tokio::time::timeout(Duration::from_secs(60), read_frame(&mut r))
-                        .await
-                        .expect("the supplier goes on or ends the stream")
-                        .unwrap();
-                    match frame.body {
-                        FrameBody::Token(t) => {
-                            tokens += 1;
-                            if let Some(ack) = flow.on_token(t.as_str(), &app).unwrap() {
-                                write_frame(&mut w, FrameBody::Ack(ack)).await.unwrap();
-                            }
-                        }
-                        FrameBody::Refuse(refusal) => return (tokens, Some(refusal)),
-                        FrameBody::Done(_) => return (tokens, None),
-                        other => panic!("unexpected {other:?}"),
-                    }
-                }
+                [first, second]
             }
         });
     let ended = futures::future::join_all(streams).await;
     println!("tokens and refusals: {ended:?}");
-    for (tokens, refusal) in ended {
+    for (tokens, refusal) in ended.into_iter().flatten() {
         let refusal = refusal.expect("the stream ends with a refusal, not the whole answer");
         assert_eq!(refusal.code, RefuseCode::Balance, "{refusal:?}");
         assert!(

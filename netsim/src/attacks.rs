@@ -357,7 +357,7 @@ impl Sim {
         for s in targets {
             // A fresh key is a stranger everywhere: its first window is one ack step.
             let served = if self.sc.mesh.clash_wait {
-                output.min(self.window(s, app))
+                output.min(self.window(s, app).unwrap_or(0))
             } else {
                 output
             };

@@ -212,9 +212,10 @@ pub struct Mesh {
     /// rival announcements can have arrived, and stops an app caught committing one
     /// credit twice (`false`: it served the whole answer, as before).
     pub clash_wait: bool,
-    /// Whether a supplier gives an app's streams one ack step (K) of window until it
-    /// has acknowledged two windows there (`false`: the whole window W for any app, as
-    /// before).
+    /// Whether a supplier bounds an app's tokens at risk by its allowance (2K, or a
+    /// sixteenth of what it acknowledged there), so that a stranger's streams get one
+    /// ack step (K) of window (`false`: the whole window W for any app, refused once it
+    /// owes 2W, as before).
     pub stranger_window: bool,
 }
 

@@ -170,8 +170,8 @@ pub(crate) struct Supplier {
     /// Per app: when its streams ended with tokens unacknowledged, and how many.
     pub debts: BTreeMap<u32, VecDeque<(u64, u32)>>,
     /// Per app that stops acking (the only apps whose window the model needs): tokens
-    /// it acknowledged here, tokens it left unacknowledged, and when it last acked.
-    pub acked: BTreeMap<u32, (u64, u64, u64)>,
+    /// it acknowledged here, and when its last stream here ended.
+    pub acked: BTreeMap<u32, (u64, u64)>,
 }
 
 pub(crate) struct App {
@@ -977,7 +977,7 @@ impl Sim {
         }
         let back = self.one_way(sup.node, app_node, 256);
         let app = self.requests.get(at.request).expect("live").app;
-        if self.sc.mesh.app_debt_limit && self.owed(s, app) >= 2 * self.window(s, app) {
+        if self.window(s, app).is_none() {
             self.m.refused_debt += 1;
             self.schedule(self.now + back, Ev::GiveUp(a, Why::Busy));
             return;
@@ -1030,11 +1030,11 @@ impl Sim {
             let upto = (self.rng.unit() * f64::from(remaining)) as u32;
             (Plan::Silent, upto)
         } else if app_kind == AppKind::StopAcking {
-            let w = self.window(s, app);
+            let w = self.window(s, app).unwrap_or(0);
             let acked = remaining.min(k);
             (Plan::AppStops { acked }, remaining.min(acked + w))
         } else if let Some(acked) = self.ack_pick_stop(app_kind, session, r, prompt, remaining) {
-            let w = self.window(s, app);
+            let w = self.window(s, app).unwrap_or(0);
             (Plan::AppStops { acked }, remaining.min(acked + w))
         } else {
             (Plan::Done, remaining)
@@ -1094,14 +1094,10 @@ impl Sim {
         if !self.apps[app as usize].kind.wants_answers() {
             let now = self.now;
             let entry = self.suppliers[s as usize].acked.entry(app).or_default();
-            if now - entry.2 > 600 * SEC {
-                *entry = (0, 0, entry.2);
+            if now - entry.1 > 600 * SEC {
+                entry.0 = 0;
             }
-            entry.0 += u64::from(acked);
-            entry.1 += u64::from(tokens - acked);
-            if acked > 0 {
-                entry.2 = now;
-            }
+            *entry = (entry.0 + u64::from(acked), now);
         }
         let sup = &mut self.suppliers[s as usize];
         sup.busy -= 1;
@@ -1163,26 +1159,32 @@ impl Sim {
         }
     }
 
-    /// The window supplier `s` gives `app`'s stream: W once the app has acknowledged two
-    /// windows here and left at most 1 token in 16 of those unacknowledged (forgotten
-    /// after 10 minutes without an ack), one ack step (K) otherwise, as a node does
-    /// (`infer/app_limits.rs`); W for every app without `mesh.stranger_window`.
-    pub(crate) fn window(&self, s: u32, app: u32) -> u32 {
-        let m = &self.sc.mesh;
-        let trusted =
-            self.suppliers[s as usize]
-                .acked
-                .get(&app)
-                .is_some_and(|(acked, unacked, at)| {
-                    *acked >= 2 * u64::from(m.max_unacked_tokens)
-                        && unacked * 16 <= *acked
-                        && self.now - at <= 600 * SEC
-                });
-        if !m.stranger_window || trusted {
-            m.max_unacked_tokens
-        } else {
-            m.ack_every_tokens.min(m.max_unacked_tokens)
+    /// The window supplier `s` gives `app`'s next stream, as a node does
+    /// (`infer/app_limits.rs`): W where the tokens it has at risk here (those left
+    /// unacknowledged in the last 10 minutes) and W fit its allowance, K where only K
+    /// does, `None` where not even that (refused). The allowance is 2K, or a sixteenth
+    /// of the tokens it acknowledged here (forgotten 10 minutes after its last stream).
+    /// Without `mesh.stranger_window`: W, refused once it owes 2W. Apps here open one
+    /// stream at a supplier at a time, so open windows need no counting.
+    pub(crate) fn window(&mut self, s: u32, app: u32) -> Option<u32> {
+        let (k, w) = (
+            self.sc.mesh.ack_every_tokens,
+            self.sc.mesh.max_unacked_tokens,
+        );
+        let owed = u64::from(self.owed(s, app));
+        if !self.sc.mesh.stranger_window {
+            return (!self.sc.mesh.app_debt_limit || owed < 2 * u64::from(w)).then_some(w);
         }
+        let now = self.now;
+        let paid = self.suppliers[s as usize]
+            .acked
+            .get(&app)
+            .filter(|(_, at)| now - at <= 600 * SEC)
+            .map_or(0, |(paid, _)| *paid);
+        let allowance = (2 * u64::from(k)).max(paid / 16);
+        [w, k.min(w)]
+            .into_iter()
+            .find(|x| !self.sc.mesh.app_debt_limit || owed + u64::from(*x) <= allowance)
     }
 
     /// Tokens `app` left unacknowledged at supplier `s` in the last 10 minutes (older

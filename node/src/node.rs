@@ -170,6 +170,7 @@ impl Node {
                     limits.streams_per_peer,
                     limits.unstarted_streams_per_peer,
                 ),
+                fresh: Default::default(),
             });
             let protocol = crate::mesh::names::infer_protocol(&params.mesh_id());
             Some(

@@ -1,24 +1,21 @@
 //! What one app may take from a supplier, by key: streams at once, new sessions per
-//! hour, and tokens it left unacknowledged.
+//! hour, and tokens it may leave unacknowledged.
 //!
-//! The ack window lets an app that never acks take `W` tokens from a stream; without a
-//! memory per app it could take them from every stream it opens. So a supplier
-//! remembers, per app key, the tokens each stream ended with unacknowledged, and
-//! refuses the app while those of the last [`DEBT_WINDOW`] reach twice the window it is
-//! given (an honest client that cancels an answer now and then, or loses a hedging
-//! race, stays well under it). With credit, an app key needs a funded
-//! escrow to open a session at all, so what one key can take from the whole mesh
-//! without paying is at most `2W` tokens per supplier per [`DEBT_WINDOW`]
-//! (`docs/PROTOCOL.md` §16 states the bound).
-//!
-//! A key is free, so a rider meets most suppliers as a stranger. A stranger's window is
-//! therefore one ack step (K tokens, [`StreamTicket::window`]) until it has acknowledged
-//! [`TRUSTED_AFTER_WINDOWS`] full windows here, and left unacknowledged at most one
-//! token in [`UNACKED_SHARE`] of those (both counts are forgotten after a
-//! [`DEBT_WINDOW`] without an ack): what it takes from a stream without paying is then
-//! K tokens, not W, and paying K per stream never earns it more. An honest app waits
-//! one round trip per K tokens on its first answers here, then streams with the whole
-//! window.
+//! The ack window lets an app that never acks take its window of tokens from a stream,
+//! and keys are free, so a rider meets most suppliers as a stranger. A supplier
+//! therefore bounds, per app key, the tokens **at risk**: those its streams ended with
+//! unacknowledged in the last [`DEBT_WINDOW`], plus the window of every stream it has
+//! open (each could end with its whole window unacknowledged). They may reach at most
+//! the app's **allowance**: twice the ack step (2K) for a stranger, or one token in
+//! [`UNACKED_SHARE`] of those it has acknowledged here, if more (forgotten after a
+//! [`DEBT_WINDOW`] without a stream). A new stream gets the mesh's window W if that
+//! fits, one ack step (K) if only that fits, and is refused otherwise. So what one key
+//! takes from a supplier without paying is at most 2K tokens, or a sixteenth of what it
+//! paid there, per [`DEBT_WINDOW`], however many streams it opens at once; an honest
+//! app waits one round trip per K tokens on its first answers at a supplier, and runs
+//! more streams at once there as it pays (`docs/PROTOCOL.md` §16 states the bound).
+//! Tokens a stream leaves unacknowledged because the supplier failed are not the
+//! app's debt.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -32,9 +29,11 @@ use relaymesh_protocol::PublicKey;
 pub const MAX_STREAMS_PER_APP: usize = 8;
 /// New sessions one app may open at one supplier per hour.
 pub const MAX_SESSIONS_PER_APP: usize = 64;
-/// How long unacknowledged tokens count against their app.
+/// How long unacknowledged tokens count against their app, and how long an app's
+/// acknowledged tokens are remembered after its last stream.
 pub const DEBT_WINDOW: Duration = Duration::from_secs(600);
-/// Most apps remembered; past it, apps with nothing open and nothing owed go first.
+/// Most apps remembered; past it, apps with nothing open, owed or paid go first, and
+/// while none can go a new key is refused.
 pub const MAX_APPS: usize = 65_536;
 /// How long an app refused for want of a free slot has a claim on the next one.
 pub const FAIR_WINDOW: Duration = Duration::from_secs(5);
@@ -45,6 +44,8 @@ pub const MAX_WAITING_PER_PEER: usize = 4;
 /// What a refused app is told to wait before asking again, after a refusal for its
 /// share (short: a slot is kept for another app, and will be free for it soon).
 pub const SHARE_RETRY: Duration = Duration::from_millis(500);
+/// An app may have at risk one token in this many of those it acknowledged here.
+pub const UNACKED_SHARE: u64 = 16;
 
 /// Why a stream of an app was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,30 +56,17 @@ pub struct Refused {
     pub retry_after: Duration,
 }
 
-/// Full windows' worth of tokens an app acknowledges here before its streams get the
-/// whole window (until then, one ack step).
-pub const TRUSTED_AFTER_WINDOWS: u32 = 2;
-
-/// An app whose unacknowledged tokens here exceed one in this many of those it
-/// acknowledged keeps a stranger's window.
-pub const UNACKED_SHARE: u64 = 16;
-
-/// Unacknowledged tokens an app given `window` may leave within [`DEBT_WINDOW`]: twice
-/// the window.
-pub fn debt_limit(window: Window) -> u32 {
-    window.max_unacked.saturating_mul(2)
-}
-
 #[derive(Default)]
 struct AppState {
     streams: usize,
+    /// The windows of its open streams, summed.
+    open_window: u32,
     /// When each stream ended with tokens unacknowledged, and how many.
     debts: VecDeque<(Instant, u32)>,
     /// When each session was countersigned.
     sessions: VecDeque<Instant>,
-    /// Tokens it acknowledged here, tokens it left unacknowledged, and when it last
-    /// acknowledged any (both forgotten after a [`DEBT_WINDOW`] without an ack).
-    acked: (u64, u64, Option<Instant>),
+    /// Tokens it acknowledged here, and when its last stream ended.
+    paid: (u64, Option<Instant>),
 }
 
 impl AppState {
@@ -97,12 +85,13 @@ impl AppState {
         {
             self.sessions.pop_front();
         }
-        if self
-            .acked
-            .2
-            .is_some_and(|at| now.duration_since(at) > DEBT_WINDOW)
+        if self.streams == 0
+            && self
+                .paid
+                .1
+                .is_some_and(|at| now.duration_since(at) > DEBT_WINDOW)
         {
-            self.acked = (0, 0, None);
+            self.paid = (0, None);
         }
     }
 
@@ -113,18 +102,21 @@ impl AppState {
             .fold(0, u32::saturating_add)
     }
 
+    /// Tokens this app may have at risk here: 2K, or a sixteenth of what it paid.
+    fn allowance(&self, full: Window) -> u64 {
+        (2 * u64::from(full.ack_every)).max(self.paid.0 / UNACKED_SHARE)
+    }
+
     fn idle(&self) -> bool {
-        self.streams == 0 && self.debts.is_empty() && self.acked.2.is_none()
+        self.streams == 0 && self.debts.is_empty() && self.paid.1.is_none()
     }
 }
 
 /// The limits of one supplier, over all its streams.
 pub struct AppLimits {
-    apps: Mutex<HashMap<PublicKey, AppState>>,
-    /// The mesh's window, what trusted apps get.
+    apps: Mutex<Apps>,
+    /// The mesh's window, the most a stream gets.
     full: Window,
-    /// Tokens acknowledged before an app's streams get the whole window.
-    trusted_after: u64,
     /// Apps refused for want of a free slot, when, and through which peer: each has a
     /// claim on a slot that frees within [`FAIR_WINDOW`] over apps that hold as many
     /// streams as it or more and over later claims.
@@ -133,60 +125,51 @@ pub struct AppLimits {
     caps: (usize, usize),
 }
 
+/// The apps remembered, and when a full table was last swept.
+#[derive(Default)]
+struct Apps {
+    map: HashMap<PublicKey, AppState>,
+    swept: Option<Instant>,
+}
+
 /// One stream of an app, counted until [`StreamTicket::end`] (or drop).
 pub struct StreamTicket<'a> {
     limits: &'a AppLimits,
     app: PublicKey,
+    window: Window,
     unacked: u32,
     acked: u32,
-    trusted: bool,
 }
 
 impl StreamTicket<'_> {
     /// The stream ends with `acked` tokens acknowledged and `unacked` sent and never
-    /// acknowledged.
+    /// acknowledged (0 where the supplier, not the app, ended it early).
     pub fn end(mut self, acked: u32, unacked: u32) {
         self.acked = acked;
         self.unacked = unacked;
     }
 
-    /// The window this stream gets: the mesh's for an app that has acknowledged enough
-    /// here, one ack step for a stranger.
+    /// The window this stream gets: the mesh's where the app's allowance here holds
+    /// it, one ack step otherwise.
     pub fn window(&self) -> Window {
-        window_of(self.limits.full, self.trusted)
+        self.window
     }
 }
 
 impl Drop for StreamTicket<'_> {
     fn drop(&mut self) {
         let mut apps = self.limits.apps.lock().expect("limits lock");
-        if let Some(state) = apps.get_mut(&self.app) {
+        if let Some(state) = apps.map.get_mut(&self.app) {
+            let now = Instant::now();
             state.streams = state.streams.saturating_sub(1);
-            let (acked, unacked, at) = state.acked;
-            state.acked = (
-                acked.saturating_add(u64::from(self.acked)),
-                unacked.saturating_add(u64::from(self.unacked)),
-                if self.acked > 0 {
-                    Some(Instant::now())
-                } else {
-                    at
-                },
+            state.open_window = state.open_window.saturating_sub(self.window.max_unacked);
+            state.paid = (
+                state.paid.0.saturating_add(u64::from(self.acked)),
+                Some(now),
             );
             if self.unacked > 0 {
-                state.debts.push_back((Instant::now(), self.unacked));
+                state.debts.push_back((now, self.unacked));
             }
-        }
-    }
-}
-
-/// The window of an app: the mesh's `full` one if `trusted`, else one ack step.
-fn window_of(full: Window, trusted: bool) -> Window {
-    if trusted {
-        full
-    } else {
-        Window {
-            ack_every: full.ack_every,
-            max_unacked: full.ack_every.min(full.max_unacked),
         }
     }
 }
@@ -201,22 +184,37 @@ impl AppLimits {
     /// defaults.
     pub fn with_caps(full: Window, streams_per_app: usize, sessions_per_app: usize) -> Self {
         Self {
-            apps: Mutex::new(HashMap::new()),
+            apps: Mutex::new(Apps::default()),
             full,
-            trusted_after: u64::from(full.max_unacked) * u64::from(TRUSTED_AFTER_WINDOWS),
             waiting: Mutex::new(HashMap::new()),
             caps: (streams_per_app, sessions_per_app),
         }
     }
 
-    fn with<T>(&self, app: &PublicKey, f: impl FnOnce(&mut AppState) -> T) -> T {
+    /// Runs `f` on `app`'s state; `None` when the table is full of apps that cannot be
+    /// forgotten (swept at most once a second, so a flood of new keys costs no more).
+    fn with<T>(&self, app: &PublicKey, f: impl FnOnce(&mut AppState) -> T) -> Option<T> {
         let mut apps = self.apps.lock().expect("limits lock");
-        if apps.len() >= MAX_APPS && !apps.contains_key(app) {
-            apps.retain(|_, s| !s.idle());
+        let now = Instant::now();
+        if apps.map.len() >= MAX_APPS && !apps.map.contains_key(app) {
+            if apps
+                .swept
+                .is_some_and(|at| now.duration_since(at) < Duration::from_secs(1))
+            {
+                return None;
+            }
+            apps.swept = Some(now);
+            apps.map.retain(|_, s| {
+                s.prune(now);
+                !s.idle()
+            });
+            if apps.map.len() >= MAX_APPS {
+                return None;
+            }
         }
-        let state = apps.entry(*app).or_default();
-        state.prune(Instant::now());
-        f(state)
+        let state = apps.map.entry(*app).or_default();
+        state.prune(now);
+        Some(f(state))
     }
 
     /// `app` (asking through `peer`) was refused for want of a free slot: until it gets
@@ -259,7 +257,7 @@ impl AppLimits {
         let apps = self.apps.lock().expect("limits lock");
         before
             .iter()
-            .map(|k| apps.get(k).map_or(0, |s| s.streams))
+            .map(|k| apps.map.get(k).map_or(0, |s| s.streams))
             .min()
     }
 
@@ -273,45 +271,59 @@ impl AppLimits {
     /// honest app that waits as told is never served; with ties let through, a rival
     /// holding nothing, or a spare key, took the slot before the waiter came back).
     pub fn begin(&self, app: &PublicKey) -> Result<StreamTicket<'_>, Refused> {
-        let max_streams = self.caps.0;
+        let (max_streams, full) = (self.caps.0, self.full);
+        let step = Window {
+            ack_every: full.ack_every,
+            max_unacked: full.ack_every.min(full.max_unacked),
+        };
         let least_waiting = self.least_waiting_before(app);
         let refused = |why: String, retry_after| Refused { why, retry_after };
-        let trusted = self.with(app, |state| {
-            let (acked, unacked, _) = state.acked;
-            let trusted =
-                acked >= self.trusted_after && unacked.saturating_mul(UNACKED_SHARE) <= acked;
-            let limit = debt_limit(window_of(self.full, trusted));
-            let owed = state.owed();
-            if owed >= limit {
-                return Err(refused(format!(
-                    "app {} left {owed} tokens unacknowledged here in the last {} minutes (at most {limit}); ack what you take",
-                    app.peer_id(),
-                    DEBT_WINDOW.as_secs() / 60
-                ), DEBT_WINDOW / 10));
-            }
-            if state.streams >= max_streams {
-                return Err(refused(format!(
-                    "app {} has {max_streams} streams open here already",
-                    app.peer_id()
-                ), SHARE_RETRY * 4));
-            }
-            if least_waiting.is_some_and(|n| n <= state.streams) {
-                return Err(refused(format!(
-                    "app {} holds {} stream(s) here while another app waits for a slot",
-                    app.peer_id(),
-                    state.streams
-                ), SHARE_RETRY));
-            }
-            state.streams += 1;
-            Ok(trusted)
-        })?;
+        let window = self
+            .with(app, |state| {
+                let allowance = state.allowance(full);
+                let owed = state.owed();
+                let at_risk = u64::from(owed) + u64::from(state.open_window);
+                let Some(window) = [full, step]
+                    .into_iter()
+                    .find(|w| at_risk + u64::from(w.max_unacked) <= allowance)
+                else {
+                    // Owed tokens only go away with time; open windows when streams end.
+                    let retry = if u64::from(owed) + u64::from(step.max_unacked) > allowance {
+                        DEBT_WINDOW / 10
+                    } else {
+                        SHARE_RETRY * 4
+                    };
+                    return Err(refused(format!(
+                        "app {} has {at_risk} tokens at risk here ({owed} left unacknowledged in the last {} minutes, the rest in open streams' windows) and may have {allowance}: ack what you take",
+                        app.peer_id(),
+                        DEBT_WINDOW.as_secs() / 60
+                    ), retry));
+                };
+                if state.streams >= max_streams {
+                    return Err(refused(
+                        format!("app {} has {max_streams} streams open here already", app.peer_id()),
+                        SHARE_RETRY * 4,
+                    ));
+                }
+                if least_waiting.is_some_and(|n| n <= state.streams) {
+                    return Err(refused(format!(
+                        "app {} holds {} stream(s) here while another app waits for a slot",
+                        app.peer_id(),
+                        state.streams
+                    ), SHARE_RETRY));
+                }
+                state.streams += 1;
+                state.open_window = state.open_window.saturating_add(window.max_unacked);
+                Ok(window)
+            })
+            .unwrap_or_else(|| Err(table_full()))?;
         self.waiting.lock().expect("waiting lock").remove(app);
         Ok(StreamTicket {
             limits: self,
             app: *app,
+            window,
             unacked: 0,
             acked: 0,
-            trusted,
         })
     }
 
@@ -328,6 +340,15 @@ impl AppLimits {
             state.sessions.push_back(Instant::now());
             Ok(())
         })
+        .unwrap_or_else(|| Err(table_full().why))
+    }
+}
+
+/// The refusal of a new key while the table of apps is full.
+fn table_full() -> Refused {
+    Refused {
+        why: format!("this supplier already tracks {MAX_APPS} apps with streams, debts or payments; try another"),
+        retry_after: Duration::from_secs(1),
     }
 }
 
@@ -340,6 +361,11 @@ mod tests {
         max_unacked: 64,
     };
 
+    /// An app that has paid enough here that its allowance is not what limits it.
+    fn paid_up(limits: &AppLimits, app: &PublicKey) {
+        limits.begin(app).unwrap().end(1_000_000, 0);
+    }
+
     /// Hole 5: the window bounded what an app that never acks takes per stream, not per
     /// app, so it took `W` tokens from every stream it opened. Failed before suppliers
     /// kept per-app debts: every stream was served.
@@ -347,44 +373,68 @@ mod tests {
     fn an_app_that_leaves_tokens_unacknowledged_is_refused_until_it_stops() {
         let limits = AppLimits::new(FULL);
         let app = PublicKey([7; 32]);
-        // A stranger's window is K = 16, and it may owe twice that.
+        // A stranger's window is K = 16, and it may have twice that at risk.
         limits.begin(&app).unwrap().end(0, 16);
         limits.begin(&app).unwrap().end(0, 15);
-        // 31 owed, under 32: one more stream, which takes its window too.
-        limits.begin(&app).unwrap().end(0, 16);
-        let refused = limits.begin(&app).err().unwrap().why;
-        assert!(refused.contains("unacknowledged"), "{refused}");
+        let refused = limits.begin(&app).err().unwrap();
+        assert!(refused.why.contains("at risk"), "{}", refused.why);
+        assert_eq!(refused.retry_after, DEBT_WINDOW / 10);
         // Another app is not affected.
         assert!(limits.begin(&PublicKey([8; 32])).is_ok());
     }
 
     /// The free ride per stream was the whole window W for any key, and keys are free.
-    /// A stranger now gets one ack step (K) until it has acknowledged two windows here.
-    /// Failed before: every stream had the full window.
+    /// A stranger now gets one ack step (K); the window W only fits once a sixteenth of
+    /// what it paid here covers it. Failed before: every stream had the full window.
     #[test]
-    fn a_stranger_gets_one_ack_step_until_it_has_paid_for_two_windows() {
+    fn a_stranger_gets_one_ack_step_until_it_has_paid_sixteen_windows() {
         let limits = AppLimits::new(FULL);
         let app = PublicKey([7; 32]);
         let first = limits.begin(&app).unwrap();
         assert_eq!(first.window().max_unacked, 16);
-        first.end(100, 0);
+        first.end(1_000, 0);
         let second = limits.begin(&app).unwrap();
-        assert_eq!(second.window().max_unacked, 16, "100 of 128 tokens acked");
-        second.end(28, 0);
+        assert_eq!(
+            second.window().max_unacked,
+            16,
+            "1,000 of 1,024 tokens paid"
+        );
+        second.end(24, 0);
         let third = limits.begin(&app).unwrap();
         assert_eq!(third.window(), FULL);
-        // Riding on it (one token left unacked per 16 acked at most) ends the trust.
-        third.end(0, 9);
+        // Riding on it: the unacked tokens are at risk, and only a step fits beside.
+        third.end(0, 40);
         assert_eq!(limits.begin(&app).unwrap().window().max_unacked, 16);
-        // Another key is a stranger again.
+        // Another key is a stranger.
         let other = limits.begin(&PublicKey([8; 32])).unwrap();
         assert_eq!(other.window().max_unacked, 16);
+    }
+
+    /// Found by review: trust and debts were decided from streams that had ended, so a
+    /// key opening eight streams at once got eight windows (8K as a stranger, 8W once
+    /// trusted after paying 2W). Open streams' windows now count as at risk. Failed
+    /// before: all eight streams were admitted.
+    #[test]
+    fn streams_open_at_once_share_one_allowance() {
+        let limits = AppLimits::new(FULL);
+        let app = PublicKey([7; 32]);
+        let open: Vec<_> = (0..2).map(|_| limits.begin(&app).unwrap()).collect();
+        let refused = limits.begin(&app).err().unwrap();
+        assert!(refused.why.contains("at risk"), "{}", refused.why);
+        assert_eq!(refused.retry_after, SHARE_RETRY * 4, "streams end soon");
+        drop(open);
+        // Paid for 2,048 tokens: an allowance of 128, two whole windows at once.
+        limits.begin(&app).unwrap().end(2_048, 0);
+        let open: Vec<_> = (0..2).map(|_| limits.begin(&app).unwrap()).collect();
+        assert!(open.iter().all(|t| t.window() == FULL));
+        assert!(limits.begin(&app).is_err());
     }
 
     #[test]
     fn streams_and_sessions_per_app_are_capped() {
         let limits = AppLimits::new(FULL);
         let app = PublicKey([7; 32]);
+        paid_up(&limits, &app);
         let open: Vec<_> = (0..MAX_STREAMS_PER_APP)
             .map(|_| limits.begin(&app).unwrap())
             .collect();
@@ -404,6 +454,8 @@ mod tests {
     fn an_app_that_waits_for_a_slot_gets_the_next_one() {
         let limits = AppLimits::new(FULL);
         let (flooder, honest) = (PublicKey([7; 32]), PublicKey([8; 32]));
+        paid_up(&limits, &flooder);
+        paid_up(&limits, &honest);
         let held: Vec<_> = (0..2).map(|_| limits.begin(&flooder).unwrap()).collect();
         // The honest app found both slots taken.
         let peer = PeerId::random();
@@ -433,6 +485,9 @@ mod tests {
     fn a_rival_holding_nothing_does_not_take_the_slot_of_a_waiting_app() {
         let limits = AppLimits::new(FULL);
         let (rival, spare, honest) = (PublicKey([7; 32]), PublicKey([9; 32]), PublicKey([8; 32]));
+        for app in [&rival, &spare, &honest] {
+            paid_up(&limits, app);
+        }
         let t = limits.begin(&rival).unwrap();
         limits.waits(&honest, PeerId::random());
         drop(t);

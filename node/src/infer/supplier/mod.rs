@@ -3,6 +3,8 @@
 //! `Token` frame per piece while the window allows, and keep every ack the app sends
 //! as a receipt in sled.
 
+mod clash;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,10 +22,12 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::codec::{read_frame, write_frame, FrameError};
-use super::stream_slots::{StreamSlot, StreamSlots, FIRST_FRAME_TIMEOUT};
 use super::gen_request;
+use super::stream_slots::{StreamSlot, StreamSlots, FIRST_FRAME_TIMEOUT};
 use crate::backend::{BackendError, FinishReason, GenEvent, Models, ServedModel};
 use crate::mesh::now_ms;
+use clash::still_admitted;
+pub use clash::{FreshSessions, CLASH_WAIT};
 
 /// Shortest session a supplier countersigns (or the mesh's longest, if shorter).
 pub const MIN_SESSION_MS: u64 = 60_000;
@@ -31,14 +35,6 @@ pub const MIN_SESSION_MS: u64 = 60_000;
 /// How long the app has to send its next frame (request, an owed ack) once the first
 /// came (the first has [`FIRST_FRAME_TIMEOUT`]).
 pub const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// How long a fresh session's first stream stays within its first window (W tokens and
-/// the prompt) in a mesh with credit: time for the announcements of other sessions the
-/// app may have given the same escrow slot at the same moment to reach this node
-/// (a gossip round trip, with room). An app caught so is excluded by the ledger, and
-/// the stream then ends; without the wait, each of n suppliers it reached at once
-/// would serve it a whole answer before it learned of the others.
-pub const CLASH_WAIT: Duration = Duration::from_secs(2);
 
 /// What the supplier side needs.
 pub struct SupplierContext {
@@ -69,6 +65,8 @@ pub struct SupplierContext {
     pub membership: Option<Arc<crate::mesh::membership::Membership>>,
     /// The inference streams served at once, and from each peer.
     pub stream_slots: StreamSlots,
+    /// Sessions countersigned in the last [`CLASH_WAIT`] (the double-commit race).
+    pub fresh: FreshSessions,
 }
 
 /// Most request ids remembered in memory by a node without a data dir.
@@ -275,22 +273,6 @@ fn token_frames(text: &str, cap: usize) -> Vec<&str> {
     out
 }
 
-/// Ends the stream with a refusal if the ledger has caught the session's app giving
-/// one credit to two debits since the session began (its sessions no longer pay).
-async fn still_admitted<W: futures::AsyncWrite + Unpin>(
-    terms: &SessionOpen,
-    ctx: &SupplierContext,
-    w: &mut W,
-) -> Result<(), String> {
-    let Some(Err(why)) = ctx.settlement.as_ref().map(|s| s.admit_resume(terms)) else {
-        return Ok(());
-    };
-    ctx.metrics.limited("double_commit");
-    warn!(app = %terms.app.peer_id(), "{why}: the stream ends");
-    let _ = write_frame(w, refusal(RefuseCode::Balance, why.clone(), 0)).await;
-    Err(why)
-}
-
 async fn serve(
     peer: PeerId,
     stream: Stream,
@@ -310,7 +292,6 @@ async fn serve(
     }
 
     // 1. The terms: proposed now, or countersigned by us before.
-    let mut fresh = false;
     let session = match first_frame(&mut r, &mut slot, ctx).await? {
         FrameBody::Propose(proposal) => {
             if let Some((code, msg)) = check_proposal(&proposal, ctx) {
@@ -325,7 +306,9 @@ async fn serve(
             }
             if let Some(settlement) = &ctx.settlement {
                 settlement.announce(&session, now_ms());
-                fresh = ctx.params.has_credit();
+                if ctx.params.has_credit() {
+                    ctx.fresh.countersigned(session.session_key());
+                }
             }
             write_frame(&mut w, FrameBody::Accept(session.clone()))
                 .await
@@ -485,9 +468,12 @@ async fn serve(
         }
     });
     let first_window = ticket.window().max_unacked;
-    // A fresh session waits out the clash window within its first window (CLASH_WAIT).
-    let mut clash_check = fresh.then(|| tokio::time::Instant::now() + CLASH_WAIT);
+    // A fresh session's streams wait out the clash window within their first window.
+    let mut clash_check = ctx.fresh.wait_until(&session.session_key());
     let mut sent = 0u32;
+    let mut checked = tokio::time::Instant::now();
+    // Whether the stream ended for want of the supplier (its tokens are then no debt).
+    let mut our_fault = false;
     let result = async {
         let mut done: Option<Done> = None;
         let mut generated = false;
@@ -555,10 +541,12 @@ async fn serve(
                         });
                     }
                     Some(GenEvent::Failed(why)) => {
+                        our_fault = true;
                         let _ = write_frame(&mut w, refuse(RefuseCode::Failed, why)).await;
                         return Err("generation failed".to_string());
                     }
                     None => {
+                        our_fault = true;
                         let _ = write_frame(&mut w, refuse(RefuseCode::Failed, "the backend stopped".into())).await;
                         return Err("the backend stopped".to_string());
                     }
@@ -574,7 +562,10 @@ async fn serve(
                                 .on_ack(ack, &super::verify::Verified(item))
                                 .map_err(|e| e.to_string())?;
                             ctx.metrics.receipts.inc();
-                            still_admitted(&session.body, ctx, &mut w).await?;
+                            if checked.elapsed() >= clash::RECHECK_EVERY {
+                                checked = tokio::time::Instant::now();
+                                still_admitted(&session.body, ctx, &mut w).await?;
+                            }
                             if let Some(miner) = &ctx.miner {
                                 match miner.offer(&session, &mining_secret, &accepted.receipt, &accepted.facts) {
                                     Ok(Some(_)) => {
@@ -598,10 +589,11 @@ async fn serve(
     }
     .await;
     reader.abort();
-    // Tokens sent and never acknowledged count against the app.
+    // Tokens sent and never acknowledged count against the app, unless the supplier
+    // ended the stream.
     ticket.end(
         flow.acked_tokens(),
-        if flow.is_closed() {
+        if flow.is_closed() || our_fault {
             0
         } else {
             flow.unacked_tokens()
