@@ -4,10 +4,13 @@
 //! `cargo bench --bench engine` (needs the test model: `scripts/fetch-model`; the
 //! llama-server half needs `scripts/build-llama-server` and is skipped without it).
 //!
-//! For each engine: TTFT and prompt tokens/s on a ~260-token prompt (prompt tokens
+//! For each engine: TTFT and prompt tokens/s on a ~500-token prompt (prompt tokens
 //! divided by the time to the first generated token), generation tokens/s over 128
 //! greedy tokens (after the first). The API overhead compares the same streamed
 //! request through `POST /v1/completions` with calling the backend trait directly.
+//! Then aggregate generation tokens/s with 1, 4 and 16 concurrent streams (the node
+//! with as many slots, llama-server with as many parallel slots, `-np N`), and the
+//! resident memory of `relaymesh node` serving the model with 1 and with 8 slots.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -30,7 +33,7 @@ fn short_prompt() -> String {
 }
 
 fn long_prompt() -> String {
-    "Paris is the capital and largest city of France, on the Seine river. ".repeat(18)
+    "Paris is the capital and largest city of France, on the Seine river. ".repeat(36)
 }
 
 #[derive(Default, Clone, Copy)]
@@ -221,23 +224,123 @@ async fn main() {
         println!("llama-server: not built (scripts/build-llama-server), skipped");
         return;
     };
+    let (child, base) = llama_server(&server, 1).await;
+    let url = format!("{base}/v1/completions");
+    let body = |prompt: String, max: u32| json!({ "prompt": prompt, "temperature": 0, "max_tokens": max, "stream": true, "cache_prompt": false });
+    over_http(&url, body(short_prompt(), 4)).await;
+    let mut runs = Vec::new();
+    for _ in 0..RUNS {
+        let long = over_http(&url, body(long_prompt(), 1)).await;
+        let gen = over_http(&url, body(short_prompt(), GEN_TOKENS)).await;
+        runs.push(figures(prompt_tokens, long, gen));
+    }
+    print(
+        "llama-server (HTTP, SSE)",
+        Figures {
+            ttft_s: med(|f| f.ttft_s, &runs),
+            prompt_tps: med(|f| f.prompt_tps, &runs),
+            gen_tps: med(|f| f.gen_tps, &runs),
+        },
+    );
+    drop(child);
+
+    println!("Aggregate generation over concurrent streams ({GEN_TOKENS} greedy tokens each):");
+    let mut ours_1 = 0.0;
+    for streams in STREAMS {
+        let backend: SharedBackend = support::smollm(streams, streams);
+        let ours = aggregate_direct(&backend, streams).await;
+        drop(backend);
+        let (child, base) = llama_server(&server, streams).await;
+        let theirs = aggregate_http(&format!("{base}/v1/completions"), streams).await;
+        drop(child);
+        if streams == 1 {
+            ours_1 = ours;
+        }
+        println!(
+            "  {streams:>2} streams: embedded {ours:>7.1} tok/s   llama-server -np {streams} {theirs:>7.1} tok/s   ({:.2}×){}",
+            ours / theirs,
+            if streams > 1 { format!("   embedded {streams}/1: {:.2}×", ours / ours_1) } else { String::new() }
+        );
+    }
+    for slots in [1, 8] {
+        match node_rss(slots).await {
+            Some(kib) => println!(
+                "relaymesh node --slots {slots}: resident memory {:.1} MiB",
+                kib as f64 / 1024.0
+            ),
+            None => {
+                println!("relaymesh node --slots {slots}: resident memory not measured (no /proc)")
+            }
+        }
+    }
+}
+
+const STREAMS: [usize; 3] = [1, 4, 16];
+
+/// Aggregate generated tokens per second of `streams` greedy generations started at
+/// once through the backend trait (median of [`RUNS`]).
+async fn aggregate_direct(backend: &SharedBackend, streams: usize) -> f64 {
+    direct(backend, request(short_prompt(), 4)).await;
+    let mut runs = Vec::new();
+    for _ in 0..RUNS {
+        let started = Instant::now();
+        let all = futures::future::join_all(
+            (0..streams).map(|i| direct(backend, request(numbered_prompt(i), GEN_TOKENS))),
+        )
+        .await;
+        let tokens: u32 = all.iter().map(|t| t.tokens).sum();
+        runs.push(f64::from(tokens) / started.elapsed().as_secs_f64());
+    }
+    median(runs)
+}
+
+/// The same through llama-server's streamed completions.
+async fn aggregate_http(url: &str, streams: usize) -> f64 {
+    let body = |prompt: String| json!({ "prompt": prompt, "temperature": 0, "max_tokens": GEN_TOKENS, "stream": true, "cache_prompt": false, "ignore_eos": true });
+    over_http(url, body(short_prompt())).await;
+    let mut runs = Vec::new();
+    for _ in 0..RUNS {
+        let started = Instant::now();
+        let all = futures::future::join_all(
+            (0..streams).map(|i| over_http(url, body(numbered_prompt(i)))),
+        )
+        .await;
+        let tokens: u32 = all.iter().map(|t| t.tokens).sum();
+        runs.push(f64::from(tokens) / started.elapsed().as_secs_f64());
+    }
+    median(runs)
+}
+
+/// Slightly different prompts, so no engine can share one answer between streams.
+fn numbered_prompt(i: usize) -> String {
+    format!("{} (part {})", short_prompt(), i + 1)
+}
+
+/// llama-server on the test model with `parallel` slots of 1024 tokens each, on all
+/// cores, waited for until healthy.
+async fn llama_server(server: &std::path::Path, parallel: usize) -> (Proc, String) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let _child = Proc(
+    let child = Proc(
         Command::new(server)
             .arg("-m")
             .arg(support::model_path())
+            // Its AMX repacking crashes on these machines.
             .args([
                 "--no-repack",
                 "--host",
                 "127.0.0.1",
                 "--port",
                 &port.to_string(),
+            ])
+            .args([
                 "-c",
-                "2048",
+                &(1024 * parallel.max(2)).to_string(),
+                "-np",
+                &parallel.to_string(),
             ])
             .args([
                 "-t",
@@ -260,21 +363,49 @@ async fn main() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let url = format!("{base}/v1/completions");
-    let body = |prompt: String, max: u32| json!({ "prompt": prompt, "temperature": 0, "max_tokens": max, "stream": true, "cache_prompt": false });
-    over_http(&url, body(short_prompt(), 4)).await;
-    let mut runs = Vec::new();
-    for _ in 0..RUNS {
-        let long = over_http(&url, body(long_prompt(), 1)).await;
-        let gen = over_http(&url, body(short_prompt(), GEN_TOKENS)).await;
-        runs.push(figures(prompt_tokens, long, gen));
-    }
-    print(
-        "llama-server (HTTP, SSE)",
-        Figures {
-            ttft_s: med(|f| f.ttft_s, &runs),
-            prompt_tps: med(|f| f.prompt_tps, &runs),
-            gen_tps: med(|f| f.gen_tps, &runs),
-        },
+    (child, base)
+}
+
+/// Resident memory (KiB) of `relaymesh node` serving the test model with `slots`
+/// slots, after one answer.
+async fn node_rss(slots: usize) -> Option<u64> {
+    let dir = tempfile::tempdir().unwrap();
+    let api = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Proc(
+        Command::new(env!("CARGO_BIN_EXE_relaymesh"))
+            .args(["node", "--data-dir"])
+            .arg(dir.path())
+            .args([
+                "--listen",
+                "/ip4/127.0.0.1/tcp/0",
+                "--api",
+                &format!("127.0.0.1:{api}"),
+            ])
+            .args(["--slots", &slots.to_string(), "--serve"])
+            .arg(format!("smollm2=gguf:{}", support::model_path().display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
     );
+    let url = format!("http://127.0.0.1:{api}/v1/completions");
+    for _ in 0..600 {
+        if reqwest::get(format!("http://127.0.0.1:{api}/v1/models"))
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    over_http(&url, json!({ "model": "smollm2", "prompt": short_prompt(), "temperature": 0, "max_tokens": 16, "stream": true })).await;
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.0.id())).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }

@@ -61,6 +61,7 @@ async fn supplier(
         queue: 4,
         default_max_tokens: 64,
         progress: false,
+        ..Default::default()
     };
     let backend = EmbeddedBackend::load("smollm2", model, &options).unwrap();
     let mut models = Models::default();

@@ -665,6 +665,7 @@ async fn garbage_bodies_get_a_4xx_json_error_never_a_5xx() {
         queue: 4,
         default_max_tokens: 2,
         progress: false,
+        ..Default::default()
     };
     let backend = relaymesh_node::backend::embedded::EmbeddedBackend::load(
         "smollm2",

@@ -27,6 +27,8 @@ pub struct FileConfig {
     pub serve: Option<Vec<String>>,
     pub price: Option<u64>,
     pub slots: Option<usize>,
+    pub context: Option<u32>,
+    pub gpu_layers: Option<u32>,
     pub queue: Option<usize>,
     pub max_tokens: Option<u32>,
     pub api_keys: Option<PathBuf>,

@@ -96,9 +96,20 @@ pub struct NodeArgs {
     /// Price per compute unit, in micro-credits, for every served model [default: 1].
     #[arg(long, env = "RELAYMESH_PRICE")]
     price: Option<u64>,
-    /// Concurrent generations per served model [default: 1 for gguf, 4 otherwise].
+    /// Concurrent generations per served model [default: 1 for gguf, 4 otherwise]. A
+    /// gguf model is loaded once whatever the slots: each slot adds only its KV cache
+    /// (--context tokens), and all slots are decoded together in one batch.
     #[arg(long, env = "RELAYMESH_SLOTS")]
     slots: Option<usize>,
+    /// KV cache tokens per slot of a gguf model: the longest prompt plus answer it
+    /// takes [default: 4096, or the model's training context if smaller].
+    #[arg(long, env = "RELAYMESH_CONTEXT")]
+    context: Option<u32>,
+    /// Layers of a gguf model to put on the GPU, in a build with a GPU feature (cuda,
+    /// rocm, vulkan, metal); 0 keeps it on the CPU [default: all]. The log says which
+    /// backend runs it and how many layers went to the GPU.
+    #[arg(long, env = "RELAYMESH_GPU_LAYERS")]
+    gpu_layers: Option<u32>,
     /// Requests that may wait for a slot; more get 503 with Retry-After [default: 8].
     #[arg(long, env = "RELAYMESH_QUEUE")]
     queue: Option<usize>,
@@ -224,6 +235,8 @@ struct Serving {
     specs: Vec<BackendSpec>,
     price: u64,
     slots: Option<usize>,
+    context: Option<u32>,
+    gpu_layers: Option<u32>,
     queue: usize,
     max_tokens: u32,
     upstream_key: Option<String>,
@@ -386,12 +399,17 @@ fn resolve(args: NodeArgs) -> anyhow::Result<(NodeConfig, Serving)> {
         specs,
         price: args.price.or(file.price).unwrap_or(1),
         slots: args.slots.or(file.slots),
+        context: args.context.or(file.context),
+        gpu_layers: args.gpu_layers.or(file.gpu_layers),
         queue: args.queue.or(file.queue).unwrap_or(8),
         max_tokens: args.max_tokens.or(file.max_tokens).unwrap_or(1024),
         upstream_key: args.upstream_key,
     };
     if let Some(0) = serving.slots {
         anyhow::bail!("--slots must be at least 1");
+    }
+    if serving.context.is_some_and(|c| c < 16) {
+        anyhow::bail!("--context must be at least 16 tokens");
     }
 
     let api = config.api.expect("set above");
@@ -422,6 +440,9 @@ async fn load_embedded(
         queue: serving.queue,
         default_max_tokens: serving.max_tokens,
         progress: true,
+        context: serving.context,
+        gpu_layers: serving.gpu_layers,
+        threads: None,
     };
     let backend =
         tokio::task::spawn_blocking(move || EmbeddedBackend::load(&name, &path, &options))

@@ -143,6 +143,7 @@ pub fn smollm(
         queue,
         default_max_tokens: 64,
         progress: false,
+        ..Default::default()
     };
     std::sync::Arc::new(EmbeddedBackend::load("smollm2", &model_path(), &options).unwrap())
 }

@@ -6,7 +6,7 @@
 //! HTTP APIs (OpenAI and Ollama shapes) and, later, the mesh's inference streams sit on
 //! top of this one trait. Dropping the [`Generation`] stops the work and frees its slot.
 //!
-//! Three backends: [`embedded`] (candle on a GGUF file, the default), [`ollama`] (an
+//! Three backends: [`embedded`] (llama.cpp on a GGUF file, the default), [`ollama`] (an
 //! Ollama server through `ollama-rs`) and [`openai`] (any OpenAI-compatible server).
 
 pub mod embedded;

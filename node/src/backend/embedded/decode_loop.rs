@@ -1,0 +1,243 @@
+//! The decode loop: one thread owns the llama.cpp context and runs every generation of
+//! a model as a sequence in it (continuous batching).
+//!
+//! Each step it admits new jobs (as long as a sequence id is free), retires finished or
+//! cancelled sequences (removing their cells from the KV cache), and decodes one batch
+//! holding the next token of every generating sequence plus a chunk of the prompts
+//! still being read, then samples each sequence that got logits with its own sampler.
+//! A prompt is read in chunks of [`PREFILL_CHUNK`] tokens while others generate, so a
+//! long prompt delays the other streams by one chunk's time per step, not by the
+//! whole prompt. A consumer whose channel is full pauses its own sequence only: its
+//! events wait in the sequence's outbox and it skips steps until they are taken.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::LlamaModel;
+use tokio::sync::mpsc::{self, error::TryRecvError};
+
+use super::sequence::{Delivery, Job, Sequence};
+
+/// Most prompt tokens read in a step while other sequences are generating.
+pub const PREFILL_CHUNK: usize = 128;
+
+/// Prompt tokens read in one step when nothing else is generating (also the smallest
+/// batch llama.cpp is given).
+const PREFILL_ALONE: usize = 512;
+
+/// How long the loop waits when every sequence is paused by its consumer.
+const PAUSED_WAIT: Duration = Duration::from_millis(2);
+
+/// How the context is made.
+#[derive(Clone, Copy, Debug)]
+pub struct LoopConfig {
+    /// Sequences at once (the node's slots).
+    pub sequences: usize,
+    /// KV cache tokens per sequence.
+    pub context: u32,
+    /// CPU threads for decoding.
+    pub threads: i32,
+}
+
+impl LoopConfig {
+    /// Tokens one batch holds: a token per sequence plus a prompt chunk.
+    fn batch_tokens(&self) -> usize {
+        PREFILL_ALONE.max(self.sequences + PREFILL_CHUNK)
+    }
+}
+
+/// Starts the loop on its own thread; returns once the context exists (or could not
+/// be made). The loop ends when every sender of `jobs` is gone.
+pub fn spawn(
+    model: Arc<LlamaModel>,
+    config: LoopConfig,
+    jobs: mpsc::Receiver<Job>,
+) -> Result<(), String> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+    std::thread::Builder::new()
+        .name("llama-decode".into())
+        .spawn(move || {
+            let batch_tokens = config.batch_tokens();
+            let n_ctx = (config.context as usize).saturating_mul(config.sequences);
+            let params = LlamaContextParams::default()
+                .with_n_ctx(std::num::NonZeroU32::new(
+                    u32::try_from(n_ctx).unwrap_or(u32::MAX),
+                ))
+                .with_n_seq_max(u32::try_from(config.sequences).unwrap_or(u32::MAX))
+                // One KV stream per sequence: each gets its own `context` cells.
+                .with_kv_unified(false)
+                .with_n_batch(u32::try_from(batch_tokens).unwrap_or(u32::MAX))
+                .with_n_ubatch(u32::try_from(batch_tokens).unwrap_or(u32::MAX))
+                .with_n_threads(config.threads)
+                .with_n_threads_batch(config.threads);
+            let ctx = match model.new_context(super::llama_backend(), params) {
+                Ok(ctx) => ctx,
+                Err(e) => {
+                    let why = super::log::take_last_error().unwrap_or_else(|| e.to_string());
+                    let _ = ready_tx.send(Err(format!(
+                        "llama.cpp could not make a context of {n_ctx} tokens \
+                         ({} slots × {}): {why}; lower --slots or --context",
+                        config.sequences, config.context
+                    )));
+                    return;
+                }
+            };
+            let _ = ready_tx.send(Ok(()));
+            DecodeLoop {
+                model: &model,
+                ctx,
+                batch: LlamaBatch::new(batch_tokens, 1),
+                batch_tokens,
+                free: (0..config.sequences as i32).rev().collect(),
+                sequences: Vec::new(),
+                jobs,
+            }
+            .run();
+        })
+        .map_err(|e| format!("starting the decode thread: {e}"))?;
+    ready_rx
+        .recv()
+        .map_err(|_| "the decode thread ended while starting".to_string())?
+}
+
+struct DecodeLoop<'m> {
+    model: &'m LlamaModel,
+    ctx: llama_cpp_2::context::LlamaContext<'m>,
+    batch: LlamaBatch<'static>,
+    batch_tokens: usize,
+    /// Sequence ids not in use.
+    free: Vec<i32>,
+    /// Running sequences, in the order they came.
+    sequences: Vec<Sequence>,
+    jobs: mpsc::Receiver<Job>,
+}
+
+impl DecodeLoop<'_> {
+    fn run(mut self) {
+        while self.admit() {
+            self.deliver();
+            if !self.step() {
+                std::thread::sleep(PAUSED_WAIT);
+            }
+        }
+        tracing::debug!("decode loop ended");
+    }
+
+    /// Takes new jobs while sequence ids are free; waits for one when idle. False when
+    /// no job can come any more and nothing runs.
+    fn admit(&mut self) -> bool {
+        if self.sequences.is_empty() {
+            match self.jobs.blocking_recv() {
+                Some(job) => self.start(job),
+                None => return false,
+            }
+        }
+        while !self.free.is_empty() {
+            match self.jobs.try_recv() {
+                Ok(job) => self.start(job),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => return !self.sequences.is_empty(),
+            }
+        }
+        true
+    }
+
+    fn start(&mut self, job: Job) {
+        let id = self
+            .free
+            .pop()
+            .expect("a job is only taken with a free sequence id");
+        self.sequences.push(Sequence::new(id, job));
+    }
+
+    /// Delivers events; retires finished and cancelled sequences, freeing their KV
+    /// cells and their slots.
+    fn deliver(&mut self) {
+        let mut i = 0;
+        while i < self.sequences.len() {
+            if self.sequences[i].deliver() == Delivery::Retire {
+                let sequence = self.sequences.remove(i);
+                self.forget(sequence.id);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    fn forget(&mut self, id: i32) {
+        // Removing a whole sequence always succeeds.
+        let _ = self
+            .ctx
+            .clear_kv_cache_seq(Some(id.unsigned_abs()), None, None);
+        self.free.push(id);
+    }
+
+    /// One decode of the next tokens and prompt chunks; false if nothing was ready.
+    fn step(&mut self) -> bool {
+        self.batch.clear();
+        // (index in `sequences`, index in the batch) of each token that wants logits.
+        let mut logits = Vec::with_capacity(self.sequences.len());
+        for (i, s) in self.sequences.iter_mut().enumerate() {
+            if let Some(token) = s.next_token() {
+                let at = self.batch.n_tokens();
+                let pos = i32::try_from(s.n_past).unwrap_or(i32::MAX);
+                if self.batch.add(token, pos, &[s.id], true).is_err() {
+                    break; // full: the rest go next step
+                }
+                s.take_next();
+                logits.push((i, at));
+            }
+        }
+        let generating = logits.len();
+        let mut budget = if generating == 0 {
+            self.batch_tokens
+        } else {
+            PREFILL_CHUNK.min(self.batch_tokens.saturating_sub(generating))
+        };
+        for (i, s) in self.sequences.iter_mut().enumerate() {
+            if budget == 0 {
+                break;
+            }
+            let left = s.prompt_left();
+            if left.is_empty() {
+                continue;
+            }
+            let chunk = left.len().min(budget);
+            let last = chunk == left.len();
+            let start = s.n_past;
+            for (k, token) in left[..chunk].iter().enumerate() {
+                let pos = i32::try_from(start + k).unwrap_or(i32::MAX);
+                let want = last && k + 1 == chunk;
+                if want {
+                    logits.push((i, self.batch.n_tokens()));
+                }
+                self.batch
+                    .add(*token, pos, &[s.id], want)
+                    .expect("the batch holds a token per sequence plus a chunk");
+            }
+            s.prefill(chunk);
+            budget -= chunk;
+        }
+        if self.batch.n_tokens() == 0 {
+            return false;
+        }
+        if let Err(e) = self.ctx.decode(&mut self.batch) {
+            let why = format!("llama.cpp decode failed: {e}");
+            for (i, _) in logits {
+                self.sequences[i].fail(why.clone());
+            }
+            // Sequences whose prompt chunk was in the batch are failed too: their
+            // cells are in an unknown state.
+            for s in self.sequences.iter_mut().filter(|s| !s.prefilled()) {
+                s.fail(why.clone());
+            }
+            return true;
+        }
+        for (i, at) in logits {
+            self.sequences[i].sample(self.model, &self.ctx, at);
+        }
+        true
+    }
+}

@@ -1,0 +1,192 @@
+//! One generation inside the shared decode loop: its prompt, how far it got, its
+//! sampler, and the events on their way to its consumer.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::LlamaToken;
+use tokio::sync::mpsc::{self, error::TrySendError};
+
+use super::super::{Finish, FinishReason, GenEvent, SlotGuard, StopMatcher};
+use super::utf8::Utf8Pieces;
+
+/// A generation handed to the decode loop.
+pub struct Job {
+    /// The prompt's tokens (not empty, shorter than the context).
+    pub prompt: Vec<LlamaToken>,
+    /// Its own sampler chain (seeded per request).
+    pub sampler: LlamaSampler,
+    /// Stop strings.
+    pub stop: Vec<String>,
+    /// Most tokens to generate (already capped by the room left in the context).
+    pub max_new: usize,
+    /// Where its events go; a closed receiver cancels it.
+    pub events: mpsc::Sender<GenEvent>,
+    /// Every sampled token id, the end-of-generation one included (for comparisons
+    /// with other engines).
+    pub record: Option<Arc<Mutex<Vec<u32>>>>,
+    /// The slot it holds; freed when the sequence leaves the loop.
+    pub slot: Option<SlotGuard>,
+}
+
+/// What the loop does with a sequence after delivering its events.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// Still running, or still has events to deliver.
+    Keep,
+    /// Finished and delivered, or its consumer is gone: free its KV cells and slot.
+    Retire,
+}
+
+/// A job with a llama.cpp sequence id.
+pub struct Sequence {
+    /// The llama.cpp sequence id (0 to slots - 1).
+    pub id: i32,
+    job: Job,
+    /// Tokens of this sequence in the KV cache (the next token's position).
+    pub n_past: usize,
+    /// Sampled and streamed, not yet decoded.
+    next: Option<LlamaToken>,
+    generated: usize,
+    stop: StopMatcher,
+    text: Utf8Pieces,
+    outbox: VecDeque<GenEvent>,
+    finished: bool,
+}
+
+impl Sequence {
+    /// Starts `job` as sequence `id` (whose KV cells are empty).
+    pub fn new(id: i32, job: Job) -> Self {
+        Self {
+            id,
+            stop: StopMatcher::new(&job.stop),
+            job,
+            n_past: 0,
+            next: None,
+            generated: 0,
+            text: Utf8Pieces::default(),
+            outbox: VecDeque::new(),
+            finished: false,
+        }
+    }
+
+    /// Whether it can take part in the next step: not finished, and its consumer has
+    /// taken everything so far (a slow consumer pauses only its own sequence).
+    fn ready(&self) -> bool {
+        !self.finished && self.outbox.is_empty()
+    }
+
+    /// Prompt tokens not yet in the KV cache, if it is ready for them.
+    pub fn prompt_left(&self) -> &[LlamaToken] {
+        if self.ready() && self.next.is_none() {
+            &self.job.prompt[self.n_past.min(self.job.prompt.len())..]
+        } else {
+            &[]
+        }
+    }
+
+    /// Whether the prompt is all in.
+    pub fn prefilled(&self) -> bool {
+        self.n_past >= self.job.prompt.len()
+    }
+
+    /// The token to decode this step, if it is generating and ready.
+    pub fn next_token(&self) -> Option<LlamaToken> {
+        self.next.filter(|_| self.ready())
+    }
+
+    /// Marks `n` prompt tokens as added to this step's batch.
+    pub fn prefill(&mut self, n: usize) {
+        self.n_past += n;
+    }
+
+    /// Marks the next token as added to this step's batch.
+    pub fn take_next(&mut self) {
+        self.n_past += 1;
+        self.next = None;
+    }
+
+    /// Samples from the logits at `batch_index` and handles the token.
+    pub fn sample(
+        &mut self,
+        model: &LlamaModel,
+        ctx: &llama_cpp_2::context::LlamaContext<'_>,
+        batch_index: i32,
+    ) {
+        let token = self.job.sampler.sample(ctx, batch_index);
+        if let Some(record) = &self.job.record {
+            record
+                .lock()
+                .expect("record lock")
+                .push(token.0.try_into().unwrap_or(0));
+        }
+        let vocab = model.vocab();
+        if vocab.is_eog(token) {
+            return self.finish(FinishReason::Stop, false);
+        }
+        self.generated += 1;
+        let piece = self.text.push(&vocab.token_to_piece(token, false, None));
+        let (text, stopped) = self.stop.push(&piece);
+        if !text.is_empty() {
+            self.outbox.push_back(GenEvent::Text(text));
+        }
+        if stopped {
+            self.finish(FinishReason::Stop, true)
+        } else if self.generated >= self.job.max_new {
+            self.finish(FinishReason::Length, false)
+        } else {
+            self.next = Some(token);
+        }
+    }
+
+    fn finish(&mut self, reason: FinishReason, stopped: bool) {
+        // After a stop string nothing more is said; otherwise what was held back (an
+        // unfinished character, a possible start of a stop string) goes out.
+        let rest = if stopped {
+            String::new()
+        } else {
+            let (mut rest, _) = self.stop.push(&self.text.finish());
+            rest.push_str(&self.stop.finish());
+            rest
+        };
+        if !rest.is_empty() {
+            self.outbox.push_back(GenEvent::Text(rest));
+        }
+        self.outbox.push_back(GenEvent::Done(Finish {
+            reason,
+            prompt_tokens: self.job.prompt.len().try_into().unwrap_or(u32::MAX),
+            completion_tokens: self.generated.try_into().unwrap_or(u32::MAX),
+        }));
+        self.next = None;
+        self.finished = true;
+    }
+
+    /// Ends it with an error (a failed decode).
+    pub fn fail(&mut self, why: String) {
+        tracing::warn!(%why, sequence = self.id, "generation failed");
+        self.outbox.push_back(GenEvent::Failed(why));
+        self.next = None;
+        self.finished = true;
+    }
+
+    /// Hands queued events to the consumer as far as its channel has room.
+    pub fn deliver(&mut self) -> Delivery {
+        while let Some(event) = self.outbox.pop_front() {
+            match self.job.events.try_send(event) {
+                Ok(()) => {}
+                Err(TrySendError::Full(event)) => {
+                    self.outbox.push_front(event);
+                    return Delivery::Keep;
+                }
+                Err(TrySendError::Closed(_)) => return Delivery::Retire,
+            }
+        }
+        if self.finished || self.job.events.is_closed() {
+            Delivery::Retire
+        } else {
+            Delivery::Keep
+        }
+    }
+}

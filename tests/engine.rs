@@ -1,0 +1,162 @@
+//! The embedded engine's continuous batching on the real test model: many streams in
+//! one decode loop, each answered on its own; cancelling frees the slot; sampling
+//! options still do what they say. Needs the test model (`scripts/fetch-model`).
+
+mod support;
+
+use std::time::Duration;
+
+use relaymesh_node::backend::{
+    Backend, BackendError, ChatMessage, FinishReason, GenEvent, GenRequest, Generation, Prompt,
+    Role, Sampling,
+};
+
+fn chat(question: &str, sampling: Sampling) -> GenRequest {
+    GenRequest {
+        prompt: Prompt::Chat(vec![ChatMessage {
+            role: Role::User,
+            content: question.into(),
+        }]),
+        sampling,
+    }
+}
+
+fn greedy(max_tokens: u32) -> Sampling {
+    Sampling {
+        temperature: Some(0.0),
+        max_tokens: Some(max_tokens),
+        ..Sampling::default()
+    }
+}
+
+/// Reads a generation to its end: the text and how it finished.
+async fn collect(mut g: Generation) -> (String, FinishReason, u32) {
+    let mut text = String::new();
+    loop {
+        match g.next().await.expect("a Done before the end") {
+            GenEvent::Text(t) => text.push_str(&t),
+            GenEvent::Done(f) => return (text, f.reason, f.completion_tokens),
+            GenEvent::Failed(e) => panic!("generation failed: {e}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn eight_concurrent_greedy_streams_give_the_same_text_as_one_alone() {
+    let backend = support::smollm(8, 8);
+    let question = "Name three colours of the rainbow.";
+    let (alone, _, _) = collect(backend.generate(chat(question, greedy(40))).await.unwrap()).await;
+    assert!(!alone.is_empty());
+    // Started together, so they share decode steps; a different question in the mix
+    // must get its own answer, not a neighbour's.
+    let mut streams = Vec::new();
+    for i in 0..8 {
+        let q = if i == 3 {
+            "What is the capital of France?"
+        } else {
+            question
+        };
+        streams.push(backend.generate(chat(q, greedy(40))).await.unwrap());
+    }
+    assert_eq!(backend.slots(), (0, 8), "all eight run at once");
+    let answers = futures::future::join_all(streams.into_iter().map(collect)).await;
+    for (i, (text, _, tokens)) in answers.iter().enumerate() {
+        assert!(*tokens > 0);
+        if i == 3 {
+            assert!(text.contains("Paris"), "{text}");
+        } else {
+            assert_eq!(text, &alone, "stream {i}");
+        }
+    }
+    support::wait_for("the slots to be free", Duration::from_secs(10), || async {
+        (backend.slots() == (8, 8)).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dropping_a_stream_mid_answer_frees_its_slot_for_the_next_request() {
+    let backend = support::smollm(1, 1);
+    let mut first = backend
+        .generate(chat("Tell me a long story about a dragon.", greedy(400)))
+        .await
+        .unwrap();
+    // A few pieces in, the client goes away.
+    for _ in 0..3 {
+        assert!(matches!(first.next().await, Some(GenEvent::Text(_))));
+    }
+    assert_eq!(backend.slots(), (0, 1));
+    drop(first);
+    // The next request gets the slot (it would wait in the queue otherwise) and a
+    // whole, clean answer.
+    let next = tokio::time::timeout(
+        Duration::from_secs(30),
+        backend.generate(chat("What is the capital of France?", greedy(16))),
+    )
+    .await
+    .expect("the slot was freed")
+    .unwrap();
+    let (text, _, _) = collect(next).await;
+    assert!(text.contains("Paris"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_reader_does_not_hold_up_the_other_streams() {
+    let backend = support::smollm(2, 2);
+    // Never read: its channel fills and its sequence pauses.
+    let _stalled = backend
+        .generate(chat("Tell me a long story.", greedy(500)))
+        .await
+        .unwrap();
+    let other = backend
+        .generate(chat("What is the capital of France?", greedy(16)))
+        .await
+        .unwrap();
+    let (text, _, _) = tokio::time::timeout(Duration::from_secs(60), collect(other))
+        .await
+        .expect("the other stream finishes while the first waits for its reader");
+    assert!(text.contains("Paris"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sampling_options_are_honoured() {
+    let backend = support::smollm(4, 4);
+    let q = "Write a sentence about the sea.";
+    // max_tokens ends with Length.
+    let (_, reason, tokens) = collect(backend.generate(chat(q, greedy(5))).await.unwrap()).await;
+    assert_eq!((reason, tokens), (FinishReason::Length, 5));
+    // The same seed gives the same text; the stop string is not returned.
+    let seeded = |seed| Sampling {
+        temperature: Some(1.0),
+        top_p: Some(0.9),
+        top_k: Some(40),
+        seed: Some(seed),
+        max_tokens: Some(24),
+        ..Sampling::default()
+    };
+    let a = backend.generate(chat(q, seeded(7))).await.unwrap();
+    let b = backend.generate(chat(q, seeded(7))).await.unwrap();
+    let (a, b) = futures::join!(collect(a), collect(b));
+    assert_eq!(a.0, b.0);
+    let (alone, _, _) = collect(backend.generate(chat(q, greedy(24))).await.unwrap()).await;
+    let cut = alone.split(' ').nth(2).expect("a few words").to_owned();
+    let stopped = Sampling {
+        stop: vec![cut.clone()],
+        ..greedy(24)
+    };
+    let (text, reason, _) = collect(backend.generate(chat(q, stopped)).await.unwrap()).await;
+    assert_eq!(reason, FinishReason::Stop);
+    assert!(
+        !text.contains(&cut) && alone.starts_with(&text),
+        "{text:?} / {alone:?}"
+    );
+    // Bad values are refused before a slot is taken.
+    let bad = Sampling {
+        temperature: Some(-1.0),
+        ..Sampling::default()
+    };
+    assert!(matches!(
+        backend.generate(chat(q, bad)).await.err(),
+        Some(BackendError::Invalid(_))
+    ));
+}
