@@ -46,10 +46,18 @@ impl EmbeddedBackend {
         let requested_layers = options.gpu_layers.unwrap_or(u32::MAX);
         let bar = load_bar(name, options.progress);
         let progress = bar.clone();
+        // Without a terminal (a service's log) the bar is hidden: log every quarter.
+        let log_steps = options.progress && !std::io::IsTerminal::is_terminal(&std::io::stderr());
+        let (mut logged, model_name) = (0, name.to_owned());
         let params = LlamaModelParams::default()
             .with_n_gpu_layers(requested_layers)
             .with_progress_callback(move |done| {
-                progress.set_position((done * 100.0) as u64);
+                let percent = (done.clamp(0.0, 1.0) * 100.0) as u64;
+                progress.set_position(percent);
+                if log_steps && percent >= logged + 25 {
+                    logged = percent - percent % 25;
+                    tracing::info!(model = %model_name, "loading: {percent}%");
+                }
                 true
             });
         let model = LlamaModel::load_from_file(backend, path, &params).map_err(|e| {
