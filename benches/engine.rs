@@ -12,7 +12,7 @@
 //! with as many slots, llama-server with as many parallel slots, `-np N`), and the
 //! resident memory of `relaymesh node` serving the model with 1 and with 8 slots.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 #[path = "../tests/support/mod.rs"]
@@ -21,6 +21,7 @@ mod support;
 mod common;
 
 use common::{median, over_http, Instant_, Timing};
+use support::Proc;
 
 use relaymesh_node::backend::{GenEvent, GenRequest, Prompt, Sampling, SharedBackend};
 use serde_json::json;
@@ -92,14 +93,6 @@ fn print(name: &str, f: Figures) {
         f.prompt_tps,
         f.gen_tps
     );
-}
-
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// The API layer alone: an instant backend called directly and through HTTP.
@@ -319,11 +312,7 @@ fn numbered_prompt(i: usize) -> String {
 /// llama-server on the test model with `parallel` slots of 1024 tokens each, on all
 /// cores, waited for until healthy.
 async fn llama_server(server: &std::path::Path, parallel: usize) -> (Proc, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = support::free_port();
     let child = Proc(
         Command::new(server)
             .arg("-m")
@@ -354,27 +343,28 @@ async fn llama_server(server: &std::path::Path, parallel: usize) -> (Proc, Strin
             .unwrap(),
     );
     let base = format!("http://127.0.0.1:{port}");
+    answers_ok(&format!("{base}/health")).await;
+    (child, base)
+}
+
+/// Polls `url` until it answers 2xx, for up to a minute.
+async fn answers_ok(url: &str) {
     for _ in 0..600 {
-        if reqwest::get(format!("{base}/health"))
+        if reqwest::get(url)
             .await
             .is_ok_and(|r| r.status().is_success())
         {
-            break;
+            return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    (child, base)
 }
 
 /// Resident memory (KiB) of `relaymesh node` serving the test model with `slots`
 /// slots, after one answer.
 async fn node_rss(slots: usize) -> Option<u64> {
     let dir = tempfile::tempdir().unwrap();
-    let api = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let api = support::free_port();
     let child = Proc(
         Command::new(env!("CARGO_BIN_EXE_relaymesh"))
             .args(["node", "--data-dir"])
@@ -393,15 +383,7 @@ async fn node_rss(slots: usize) -> Option<u64> {
             .unwrap(),
     );
     let url = format!("http://127.0.0.1:{api}/v1/completions");
-    for _ in 0..600 {
-        if reqwest::get(format!("http://127.0.0.1:{api}/v1/models"))
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    answers_ok(&format!("http://127.0.0.1:{api}/v1/models")).await;
     over_http(&url, json!({ "model": "smollm2", "prompt": short_prompt(), "temperature": 0, "max_tokens": 16, "stream": true })).await;
     let status = std::fs::read_to_string(format!("/proc/{}/status", child.0.id())).ok()?;
     status
