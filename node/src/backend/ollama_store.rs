@@ -144,15 +144,20 @@ pub fn resolve(store: &Path, name: &str) -> Result<PathBuf, StoreError> {
         path: path.clone(),
         why,
     };
-    let size = std::fs::metadata(&path)
-        .map_err(|e| manifest_error(e.to_string()))?
-        .len();
-    if size > MAX_MANIFEST_BYTES {
+    // One handle, read to one byte past the bound: a file that grows between a size
+    // check and the read cannot get past it.
+    let file = std::fs::File::open(&path).map_err(|e| manifest_error(e.to_string()))?;
+    let mut text = String::new();
+    std::io::Read::read_to_string(
+        &mut std::io::Read::take(file, MAX_MANIFEST_BYTES + 1),
+        &mut text,
+    )
+    .map_err(|e| manifest_error(e.to_string()))?;
+    if text.len() as u64 > MAX_MANIFEST_BYTES {
         return Err(manifest_error(format!(
-            "{size} bytes is too large for a manifest"
+            "more than {MAX_MANIFEST_BYTES} bytes is too large for a manifest"
         )));
     }
-    let text = std::fs::read_to_string(&path).map_err(|e| manifest_error(e.to_string()))?;
     let manifest: Manifest =
         serde_json::from_str(&text).map_err(|e| manifest_error(format!("not a manifest: {e}")))?;
     let layer = manifest
