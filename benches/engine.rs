@@ -23,7 +23,7 @@ mod common;
 use common::{median, over_http, Instant_, Timing};
 use support::Proc;
 
-use relaymesh_node::backend::{GenEvent, GenRequest, Prompt, Sampling, SharedBackend};
+use relaymesh_node::backend::{GenEvent, GenRequest, Prompt, Sampling, SharedBackend, Tenant};
 use serde_json::json;
 
 const RUNS: usize = 3;
@@ -52,6 +52,7 @@ fn request(prompt: String, max: u32) -> GenRequest {
             max_tokens: Some(max),
             ..Sampling::default()
         },
+        tenant: Tenant::Local,
     }
 }
 

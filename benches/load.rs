@@ -10,7 +10,9 @@
 //!   of the wait in the gateway's queue (`usage.relaymesh.queued_ms`).
 //! - An honest client asking one request after another through its own gateway, alone
 //!   and while another app's gateway keeps 32 requests in flight: the honest client's
-//!   requests/s with the flood as a share of its rate without.
+//!   requests/s with the flood as a share of its rate without; in that mesh, and in a
+//!   second one with a single supplier (two engines in one process compete for the
+//!   cores, which measures the machine, not a supplier's fairness).
 //!
 //! `cargo bench --bench load` (needs the test model: `scripts/fetch-model`).
 
@@ -27,16 +29,21 @@ use serde_json::{json, Value};
 
 const MESH: &str = "bench-load";
 
-async fn gateway(boot: &libp2p::Multiaddr, queue: Duration) -> relaymesh::Node {
+async fn gateway(
+    mesh: &str,
+    boot: &libp2p::Multiaddr,
+    queue: Duration,
+    suppliers: usize,
+) -> relaymesh::Node {
     let mut b = relaymesh::NodeBuilder::light()
-        .mesh_name(MESH)
+        .mesh_name(mesh)
         .listen(vec![support::quic(), support::tcp()])
         .bootstrap(boot.clone())
         .api("127.0.0.1:0".parse().unwrap());
     b.config_mut().routing.timeouts.queue = queue;
     let node = b.start().await.unwrap();
-    support::wait_for("both suppliers' ads", Duration::from_secs(60), || async {
-        (node.handle().offers("smollm2").await.ok()?.len() >= 2).then_some(())
+    support::wait_for("the suppliers' ads", Duration::from_secs(60), || async {
+        (node.handle().offers("smollm2").await.ok()?.len() >= suppliers).then_some(())
     })
     .await;
     node
@@ -101,35 +108,32 @@ async fn honest_rate(gw: &relaymesh::Node, secs: u64) -> f64 {
     f64::from(done) / started.elapsed().as_secs_f64()
 }
 
-#[tokio::main]
-async fn main() {
-    let boot = support::bootstrap(MESH).await;
+/// A mesh of `suppliers` serving SmolLM2 with two slots each and no queue of their own.
+async fn mesh(name: &str, suppliers: usize) -> (relaymesh::Node, Vec<relaymesh::Node>) {
+    let boot = support::bootstrap(name).await;
     let boot_addr = support::address(&boot, "quic").await;
-    let mut suppliers = Vec::new();
-    for _ in 0..2 {
-        suppliers.push(
+    let mut nodes = Vec::new();
+    for _ in 0..suppliers {
+        nodes.push(
             support::mesh_supplier(
-                MESH,
+                name,
                 &boot_addr,
                 vec![support::smollm(2, 0) as SharedBackend],
             )
             .await,
         );
     }
-    let queued = gateway(&boot_addr, Duration::from_secs(30)).await;
-    let unqueued = gateway(&boot_addr, Duration::ZERO).await;
-    // Warm the engines and the sessions up.
-    burst("warm-up", &queued, 4).await;
+    (boot, nodes)
+}
 
-    println!("| gateway | requests at once | answered | refused | queue wait p50 / p99 |");
-    println!("| --- | --- | --- | --- | --- |");
-    burst("queue up to 30 s (default)", &queued, 16).await;
-    burst("no queue (`--queue-secs 0`)", &unqueued, 16).await;
-
+/// The honest client's requests/s through `honest` alone and while another app's
+/// gateway (`flood`, which never queues) keeps 32 requests in flight and asks again
+/// 50 ms after each refusal.
+async fn flood_share(honest: &relaymesh::Node, flood: &relaymesh::Node) -> (f64, f64) {
     let secs = 30;
-    let alone = honest_rate(&queued, secs).await;
+    let alone = honest_rate(honest, secs).await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flood_url = format!("{}/v1/chat/completions", support::base_url(&unqueued));
+    let flood_url = format!("{}/v1/chat/completions", support::base_url(flood));
     let flooders: Vec<_> = (0..32)
         .map(|i| {
             let (stop, url) = (stop.clone(), flood_url.clone());
@@ -144,22 +148,55 @@ async fn main() {
         })
         .collect();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let flooded = honest_rate(&queued, secs).await;
+    let flooded = honest_rate(honest, secs).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for f in flooders {
         let _ = f.await;
     }
+    (alone, flooded)
+}
+
+#[tokio::main]
+async fn main() {
+    let (boot, suppliers) = mesh(MESH, 2).await;
+    let boot_addr = support::address(&boot, "quic").await;
+    let queued = gateway(MESH, &boot_addr, Duration::from_secs(30), 2).await;
+    let unqueued = gateway(MESH, &boot_addr, Duration::ZERO, 2).await;
+    // Warm the engines and the sessions up.
+    burst("warm-up", &queued, 4).await;
+
+    println!("| gateway | requests at once | answered | refused | queue wait p50 / p99 |");
+    println!("| --- | --- | --- | --- | --- |");
+    burst("queue up to 30 s (default)", &queued, 16).await;
+    burst("no queue (`--queue-secs 0`)", &unqueued, 16).await;
+
     println!();
+    println!("| suppliers | honest client alone | while another app floods | share |");
+    println!("| --- | --- | --- | --- |");
+    let (alone, flooded) = flood_share(&queued, &unqueued).await;
     println!(
-        "honest client alone: {alone:.2} requests/s; while another app floods with 32 at once: \
-         {flooded:.2} requests/s ({:.2} of alone)",
+        "| 2 (in one process: they share the 2 cores) | {alone:.2} requests/s | {flooded:.2} requests/s | {:.2} |",
         flooded / alone
     );
-    for node in [queued, unqueued]
+    let mut nodes: Vec<_> = [queued, unqueued]
         .into_iter()
         .chain(suppliers)
         .chain([boot])
-    {
+        .collect();
+    // One supplier: the share its own scheduling gives, without a second engine
+    // competing for the cores.
+    let (boot, one) = mesh("bench-flood", 1).await;
+    let boot_addr = support::address(&boot, "quic").await;
+    let honest = gateway("bench-flood", &boot_addr, Duration::from_secs(30), 1).await;
+    let flood = gateway("bench-flood", &boot_addr, Duration::ZERO, 1).await;
+    burst("warm-up", &honest, 2).await;
+    let (alone, flooded) = flood_share(&honest, &flood).await;
+    println!(
+        "| 1 | {alone:.2} requests/s | {flooded:.2} requests/s | {:.2} |",
+        flooded / alone
+    );
+    nodes.extend([honest, flood].into_iter().chain(one).chain([boot]));
+    for node in nodes {
         node.shutdown().await;
     }
 }

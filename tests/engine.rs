@@ -7,8 +7,8 @@ mod support;
 use std::time::Duration;
 
 use relaymesh_node::backend::{
-    Backend, BackendError, ChatMessage, FinishReason, GenEvent, GenRequest, Generation, Prompt,
-    Role, Sampling,
+    Backend, BackendError, ChatMessage, Finish, FinishReason, GenEvent, GenRequest, Generation,
+    Prompt, Role, Sampling, Tenant,
 };
 
 fn chat(question: &str, sampling: Sampling) -> GenRequest {
@@ -18,6 +18,7 @@ fn chat(question: &str, sampling: Sampling) -> GenRequest {
             content: question.into(),
         }]),
         sampling,
+        tenant: Tenant::Local,
     }
 }
 
@@ -30,12 +31,18 @@ fn greedy(max_tokens: u32) -> Sampling {
 }
 
 /// Reads a generation to its end: the text and how it finished.
-async fn collect(mut g: Generation) -> (String, FinishReason, u32) {
+async fn collect(g: Generation) -> (String, FinishReason, u32) {
+    let (text, f) = finish(g).await;
+    (text, f.reason, f.completion_tokens)
+}
+
+/// Reads a generation to its end: the text and its [`Finish`].
+async fn finish(mut g: Generation) -> (String, Finish) {
     let mut text = String::new();
     loop {
         match g.next().await.expect("a Done before the end") {
             GenEvent::Text(t) => text.push_str(&t),
-            GenEvent::Done(f) => return (text, f.reason, f.completion_tokens),
+            GenEvent::Done(f) => return (text, f),
             GenEvent::Failed(e) => panic!("generation failed: {e}"),
         }
     }
@@ -116,6 +123,125 @@ async fn a_slow_reader_does_not_hold_up_the_other_streams() {
         .await
         .expect("the other stream finishes while the first waits for its reader");
     assert!(text.contains("Paris"), "{text}");
+}
+
+/// An app holding every slot (a flood, or a heavy user) neither keeps another app out
+/// nor drags it to its own batch's pace: the other gets the spare place, and in each
+/// decode step the flood adds one token beside the other's one, its streams in turns.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_app_holding_every_slot_neither_keeps_another_out_nor_sets_its_pace() {
+    let backend = support::smollm(2, 0);
+    let flood = Tenant::App([7; 32]);
+    let ask = |tenant| GenRequest {
+        tenant,
+        ..chat("Count from 1 to 50, one number per line.", greedy(40))
+    };
+    let mut streams = Vec::new();
+    for _ in 0..2 {
+        let mut g = backend.generate(ask(flood)).await.unwrap();
+        // Under way before the next app comes.
+        assert!(matches!(g.next().await, Some(GenEvent::Text(_))));
+        streams.push(g);
+    }
+    assert!(
+        matches!(
+            backend.generate(ask(flood)).await,
+            Err(BackendError::Busy { .. })
+        ),
+        "the flood holds every slot and gets no more"
+    );
+    let other = backend
+        .generate(ask(Tenant::App([8; 32])))
+        .await
+        .expect("an app holding no slot gets the spare");
+    streams.push(other);
+    // Which stream ends first, with its token count.
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+    for (i, g) in streams.into_iter().enumerate() {
+        let done_tx = done_tx.clone();
+        tokio::spawn(async move {
+            let (_, _, tokens) = collect(g).await;
+            let _ = done_tx.send((i, tokens));
+        });
+    }
+    let (first, tokens) = done_rx.recv().await.unwrap();
+    assert_eq!(
+        first, 2,
+        "the app with one stream finishes before the flood's streams"
+    );
+    assert!(tokens > 10, "a real answer: {tokens} tokens");
+    for _ in 0..2 {
+        let (_, flood_tokens) = done_rx.recv().await.unwrap();
+        assert_eq!(flood_tokens, tokens, "the same greedy answer");
+    }
+}
+
+/// A conversation's next turn reads only what is new: the KV cells of the tenant's
+/// last request are reused, and the answer is what it would be without them. Another
+/// tenant's cells never are (the time to its first token would tell what was asked).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_next_turn_reads_only_what_is_new_and_never_from_another_tenants_cache() {
+    let backend = support::smollm(1, 1);
+    let turn = |role, content: &str| ChatMessage {
+        role,
+        content: content.into(),
+    };
+    let ask = |tenant, messages: Vec<ChatMessage>| GenRequest {
+        prompt: Prompt::Chat(messages),
+        sampling: greedy(24),
+        tenant,
+    };
+    let question = vec![turn(Role::User, "What is the capital of France?")];
+    let (answer, first) = finish(
+        backend
+            .generate(ask(Tenant::Local, question.clone()))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(first.cached_tokens, 0);
+    // The same again: all but the prompt's last token come from the cache.
+    let (again, same) = finish(
+        backend
+            .generate(ask(Tenant::Local, question.clone()))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (again.as_str(), same.cached_tokens),
+        (answer.as_str(), first.prompt_tokens - 1)
+    );
+    // Another app asking the same reads it all, and gets the same answer.
+    let stranger = Tenant::App([5; 32]);
+    let (theirs, other) = finish(
+        backend
+            .generate(ask(stranger, question.clone()))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((theirs.as_str(), other.cached_tokens), (answer.as_str(), 0));
+    // The next turn: the first question and the answer are not read again.
+    let mut next = question;
+    next.push(turn(Role::Assistant, &answer));
+    next.push(turn(Role::User, "And of Italy?"));
+    let (follow, later) = finish(
+        backend
+            .generate(ask(Tenant::Local, next.clone()))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(
+        later.cached_tokens >= first.prompt_tokens,
+        "{later:?} after {first:?}"
+    );
+    assert!(later.prompt_tokens > later.cached_tokens);
+    // Read whole by a fresh engine, the same turn gives the same answer.
+    let fresh = support::smollm(1, 1);
+    let (whole, read) = finish(fresh.generate(ask(Tenant::Local, next)).await.unwrap()).await;
+    assert_eq!((follow, read.cached_tokens), (whole, 0));
 }
 
 #[tokio::test(flavor = "multi_thread")]

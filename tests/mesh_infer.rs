@@ -580,6 +580,7 @@ fn story_payload(max: u32) -> relaymesh_protocol::messages::infer::InferPayload 
                 max_tokens: Some(max),
                 ..Default::default()
             },
+            tenant: relaymesh_node::backend::Tenant::Local,
         },
     )
     .unwrap()

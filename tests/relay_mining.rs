@@ -575,6 +575,7 @@ where
                 max_tokens: Some(400),
                 ..Default::default()
             },
+            tenant: relaymesh_node::backend::Tenant::Local,
         },
     )
     .unwrap();

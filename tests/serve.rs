@@ -82,7 +82,15 @@ async fn openai_chat_is_greedy_deterministic_and_counts_usage() {
         second["choices"][0]["message"],
         first["choices"][0]["message"]
     );
-    assert_eq!(second["usage"], first["usage"]);
+    // Asked again, only the prompt's last token is read: the rest is in the cache.
+    assert_eq!(usage["prompt_tokens_details"]["cached_tokens"], 0);
+    assert_eq!(
+        second["usage"]["prompt_tokens_details"]["cached_tokens"],
+        prompt_tokens - 1
+    );
+    for count in ["prompt_tokens", "completion_tokens"] {
+        assert_eq!(second["usage"][count], usage[count]);
+    }
 
     // Sampling with a seed is reproducible too.
     let mut seeded = chat_body(false);

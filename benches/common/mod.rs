@@ -116,6 +116,7 @@ impl relaymesh_node::backend::Backend for Instant_ {
                     reason: relaymesh_node::backend::FinishReason::Length,
                     prompt_tokens: 1,
                     completion_tokens: n,
+                    cached_tokens: 0,
                 }))
                 .await;
         });

@@ -20,7 +20,7 @@ use super::error::{ApiError, OllamaError};
 use super::infer::{lookup, refuse_unsupported, sampling, spawn_stream};
 use super::{body, ApiState};
 use crate::backend::{
-    ChatMessage, Finish, GenEvent, GenRequest, Prompt, Provenance, Role, ServedModel,
+    ChatMessage, Finish, GenEvent, GenRequest, Prompt, Provenance, Role, ServedModel, Tenant,
 };
 
 /// The Ollama API level this node implements (clients check it).
@@ -110,7 +110,11 @@ fn request(prompt: Prompt, common: &mut Common) -> Result<GenRequest, ApiError> 
         o.num_predict,
         o.stop.unwrap_or_default(),
     )?;
-    Ok(GenRequest { prompt, sampling })
+    Ok(GenRequest {
+        prompt,
+        sampling,
+        tenant: Tenant::Local,
+    })
 }
 
 pub(super) fn created_at() -> String {

@@ -21,7 +21,7 @@ use super::infer::{
 };
 use super::{body, ApiState};
 use crate::backend::{
-    ChatMessage, Finish, GenEvent, GenRequest, Prompt, Provenance, Role, ServedModel,
+    ChatMessage, Finish, GenEvent, GenRequest, Prompt, Provenance, Role, ServedModel, Tenant,
 };
 
 /// Fields we do not implement; sent with a non-default value they get a 400 naming
@@ -173,7 +173,11 @@ fn request(prompt: Prompt, common: &mut Common) -> Result<GenRequest, ApiError> 
         max,
         Stop::into_vec(common.stop.take()),
     )?;
-    Ok(GenRequest { prompt, sampling })
+    Ok(GenRequest {
+        prompt,
+        sampling,
+        tenant: Tenant::Local,
+    })
 }
 
 /// OpenAI's usage; for a mesh request also `relaymesh`: the suppliers and the compute
@@ -183,6 +187,7 @@ fn usage(f: &Finish, mesh: Option<&Provenance>) -> Value {
         "prompt_tokens": f.prompt_tokens,
         "completion_tokens": f.completion_tokens,
         "total_tokens": f.prompt_tokens + f.completion_tokens,
+        "prompt_tokens_details": { "cached_tokens": f.cached_tokens },
     });
     if let Some(p) = mesh {
         usage["relaymesh"] = json!(p.report());

@@ -26,7 +26,7 @@ use relaymesh_protocol::Digest;
 use tokio::sync::mpsc;
 
 pub use registry::{Measured, Models, Perf, ServedModel};
-pub use slots::{SlotGuard, Slots};
+pub use slots::{SlotGuard, Slots, Tenant};
 pub use spec::{BackendSpec, SpecError};
 pub use stop::StopMatcher;
 
@@ -99,6 +99,9 @@ pub struct GenRequest {
     pub prompt: Prompt,
     /// Sampling options.
     pub sampling: Sampling,
+    /// On whose behalf it runs: backends share their slots and compute fairly among
+    /// tenants (see [`Tenant`]).
+    pub tenant: Tenant,
 }
 
 /// Why generation ended.
@@ -120,6 +123,9 @@ pub struct Finish {
     pub prompt_tokens: u32,
     /// Tokens generated.
     pub completion_tokens: u32,
+    /// Prompt tokens read from the cache of an earlier request of the same tenant, not
+    /// again (0 where the backend does not say).
+    pub cached_tokens: u32,
 }
 
 /// What a backend streams.

@@ -150,6 +150,7 @@ fn finish(done_reason_length: bool, prompt: u64, eval: u64) -> GenEvent {
         },
         prompt_tokens: prompt.min(u32::MAX as u64) as u32,
         completion_tokens: eval.min(u32::MAX as u64) as u32,
+        cached_tokens: 0,
     })
 }
 
@@ -164,7 +165,7 @@ impl Backend for OllamaBackend {
     }
 
     async fn generate(&self, request: GenRequest) -> Result<Generation, BackendError> {
-        let slot = self.slots.acquire().await?;
+        let slot = self.slots.acquire(request.tenant).await?;
         let (tx, rx) = mpsc::channel(EVENT_BUFFER);
         let opts = options(&request.sampling);
         let limit = request.sampling.max_tokens;

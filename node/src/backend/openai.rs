@@ -166,7 +166,7 @@ impl Backend for OpenAiBackend {
     }
 
     async fn generate(&self, request: GenRequest) -> Result<Generation, BackendError> {
-        let slot = self.slots.acquire().await?;
+        let slot = self.slots.acquire(request.tenant).await?;
         let (url, body) = self.body(&request);
         let mut post = self.http.post(url).json(&body);
         if let Some(key) = &self.api_key {
@@ -236,6 +236,7 @@ impl Backend for OpenAiBackend {
                     prompt_tokens: usage.0,
                     // Without a usage report, count the streamed pieces (one per token).
                     completion_tokens: if usage.1 > 0 { usage.1 } else { pieces },
+                    cached_tokens: 0,
                 }),
                 None => GenEvent::Failed("the upstream stream ended without finishing".into()),
             };

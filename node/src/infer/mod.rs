@@ -19,7 +19,7 @@ use relaymesh_protocol::metering::flow::Window;
 use relaymesh_protocol::params::MeshParams;
 use relaymesh_protocol::{BoundedString, BoundedVec};
 
-use crate::backend::{ChatMessage, GenRequest, Prompt, Role, Sampling};
+use crate::backend::{ChatMessage, GenRequest, Prompt, Role, Sampling, Tenant};
 
 /// Tokens generated when a request sets no limit.
 pub const DEFAULT_MAX_TOKENS: u32 = 1024;
@@ -108,6 +108,7 @@ pub fn gen_request(payload: &InferPayload) -> GenRequest {
             max_tokens: Some(payload.max_tokens),
             stop: payload.stop.iter().map(|s| s.as_str().to_owned()).collect(),
         },
+        tenant: Tenant::Local,
     }
 }
 
@@ -136,6 +137,7 @@ mod tests {
                 max_tokens: Some(32),
                 stop: vec!["\n\n".into()],
             },
+            tenant: Tenant::Local,
         };
         let p = payload("smollm2", &request).unwrap();
         assert_eq!(p.prompt_bytes(), 9 + 5);

@@ -4,11 +4,19 @@
 //! Each step it admits new jobs (as long as a sequence id is free), retires finished or
 //! cancelled sequences (removing their cells from the KV cache), and decodes one batch
 //! holding the next token of every generating sequence plus a chunk of the prompts
-//! still being read, then samples each sequence that got logits with its own sampler.
+//! still being read (with several tenants, each gets its turn: see [`schedule`]), then
+//! samples each sequence that got logits with its own sampler.
 //! A prompt is read in chunks of [`PREFILL_CHUNK`] tokens while others generate, so a
 //! long prompt delays the other streams by one chunk's time per step, not by the
 //! whole prompt. A consumer whose channel is full pauses its own sequence only: its
 //! events wait in the sequence's outbox and it skips steps until they are taken.
+//!
+//! A finished sequence leaves its KV cells as they are. A new job takes the free
+//! sequence whose cells hold the longest start of its prompt, if that sequence last
+//! ran for the same tenant (a conversation's next turn reads only the new turn), else
+//! the one freed longest ago, whose cells are cleared. Only the same tenant's cells are
+//! reused: another's would tell, by the time to first token, whether it had sent the
+//! same words.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,12 +24,12 @@ use std::time::Duration;
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::token::LlamaToken;
 use tokio::sync::mpsc::{self, error::TryRecvError};
 
+use super::super::Tenant;
+use super::schedule::{Scheduler, PREFILL_CHUNK};
 use super::sequence::{Delivery, Job, Sequence};
-
-/// Most prompt tokens read in a step while other sequences are generating.
-pub const PREFILL_CHUNK: usize = 128;
 
 /// Prompt tokens read in one step when nothing else is generating (also the smallest
 /// batch llama.cpp is given).
@@ -33,7 +41,7 @@ const PAUSED_WAIT: Duration = Duration::from_millis(2);
 /// How the context is made.
 #[derive(Clone, Copy, Debug)]
 pub struct LoopConfig {
-    /// Sequences at once (the node's slots).
+    /// Sequences at once (the node's slots and the spare).
     pub sequences: usize,
     /// KV cache tokens per sequence.
     pub context: u32,
@@ -90,9 +98,17 @@ pub fn spawn(
                 ctx,
                 batch: LlamaBatch::new(batch_tokens, 1),
                 batch_tokens,
-                free: (0..config.sequences as i32).rev().collect(),
+                free: (0..config.sequences as i32)
+                    .map(|id| Free {
+                        id,
+                        tenant: Tenant::Local,
+                        tokens: Vec::new(),
+                    })
+                    .collect(),
                 sequences: Vec::new(),
                 jobs,
+                turn: 0,
+                scheduler: Scheduler::default(),
             }
             .run();
         })
@@ -102,16 +118,28 @@ pub fn spawn(
         .map_err(|_| "the decode thread ended while starting".to_string())?
 }
 
+/// A sequence id not in use, and what its KV cells still hold.
+struct Free {
+    id: i32,
+    /// Whose they are.
+    tenant: Tenant,
+    tokens: Vec<LlamaToken>,
+}
+
 struct DecodeLoop<'m> {
     model: &'m LlamaModel,
     ctx: llama_cpp_2::context::LlamaContext<'m>,
     batch: LlamaBatch<'static>,
     batch_tokens: usize,
-    /// Sequence ids not in use.
-    free: Vec<i32>,
+    /// Sequences not in use, the one freed longest ago first.
+    free: Vec<Free>,
     /// Running sequences, in the order they came.
     sequences: Vec<Sequence>,
     jobs: mpsc::Receiver<Job>,
+    /// Steps decoded so far.
+    turn: u64,
+    /// Who gets tokens in each step.
+    scheduler: Scheduler,
 }
 
 impl DecodeLoop<'_> {
@@ -145,11 +173,40 @@ impl DecodeLoop<'_> {
     }
 
     fn start(&mut self, job: Job) {
-        let id = self
+        // The longest start of the prompt a free sequence of this tenant holds; ties
+        // (none at all, most often) go to the one freed longest ago.
+        let (k, common) = self
             .free
-            .pop()
+            .iter()
+            .enumerate()
+            .map(|(k, f)| {
+                let same = f.tenant == job.tenant;
+                let common = f
+                    .tokens
+                    .iter()
+                    .zip(&job.prompt)
+                    .take_while(|(a, b)| same && a == b)
+                    .count();
+                (k, common)
+            })
+            .max_by_key(|&(k, common)| (common, std::cmp::Reverse(k)))
             .expect("a job is only taken with a free sequence id");
-        self.sequences.push(Sequence::new(id, job));
+        let free = self.free.remove(k);
+        // The prompt's last token is always read again: its logits start the answer.
+        let keep = common.min(job.prompt.len() - 1);
+        let id = free.id.unsigned_abs();
+        let kept = self
+            .ctx
+            .clear_kv_cache_seq(Some(id), Some(keep as u32), None)
+            .unwrap_or(false);
+        let kept = if kept && keep > 0 {
+            job.prompt[..keep].to_vec()
+        } else {
+            // Cells that cannot be cut (some models' caches) are cleared whole.
+            let _ = self.ctx.clear_kv_cache_seq(Some(id), None, None);
+            Vec::new()
+        };
+        self.sequences.push(Sequence::new(free.id, job, kept));
     }
 
     /// Delivers events; retires finished and cancelled sequences, freeing their KV
@@ -159,71 +216,74 @@ impl DecodeLoop<'_> {
         while i < self.sequences.len() {
             if self.sequences[i].deliver() == Delivery::Retire {
                 let sequence = self.sequences.remove(i);
-                self.forget(sequence.id);
+                self.release(sequence);
             } else {
                 i += 1;
             }
         }
     }
 
-    fn forget(&mut self, id: i32) {
-        // Removing a whole sequence always succeeds.
-        let _ = self
-            .ctx
-            .clear_kv_cache_seq(Some(id.unsigned_abs()), None, None);
-        self.free.push(id);
+    /// Frees a sequence's id, its cells kept for a later request of its tenant.
+    fn release(&mut self, sequence: Sequence) {
+        let (id, tenant) = (sequence.id, sequence.tenant());
+        let tokens = sequence.into_cached().unwrap_or_else(|| {
+            // A failed decode left its cells unknown. Removing a whole sequence
+            // always succeeds.
+            let _ = self
+                .ctx
+                .clear_kv_cache_seq(Some(id.unsigned_abs()), None, None);
+            Vec::new()
+        });
+        self.free.push(Free { id, tenant, tokens });
     }
 
     /// One decode of the next tokens and prompt chunks; false if nothing was ready.
     fn step(&mut self) -> bool {
         self.batch.clear();
+        let wants: Vec<_> = self.sequences.iter().map(Sequence::want).collect();
+        let plan = self.scheduler.plan(&wants, self.batch_tokens);
+        self.turn += 1;
+        let (mut tokens, mut prompt) = (0, 0);
         // (index in `sequences`, index in the batch) of each token that wants logits.
         let mut logits = Vec::with_capacity(self.sequences.len());
-        for (i, s) in self.sequences.iter_mut().enumerate() {
-            if let Some(token) = s.next_token() {
-                let at = self.batch.n_tokens();
-                let pos = i32::try_from(s.n_past).unwrap_or(i32::MAX);
-                if self.batch.add(token, pos, &[s.id], true).is_err() {
-                    break; // full: the rest go next step
-                }
-                s.take_next();
-                logits.push((i, at));
-            }
-        }
-        let generating = logits.len();
-        let mut budget = if generating == 0 {
-            self.batch_tokens
-        } else {
-            PREFILL_CHUNK.min(self.batch_tokens.saturating_sub(generating))
-        };
-        for (i, s) in self.sequences.iter_mut().enumerate() {
-            if budget == 0 {
-                break;
-            }
-            let left = s.prompt_left();
-            if left.is_empty() {
+        for (i, (s, &n)) in self.sequences.iter_mut().zip(&plan.take).enumerate() {
+            if n == 0 {
                 continue;
             }
-            let chunk = left.len().min(budget);
-            let last = chunk == left.len();
-            let start = s.n_past;
-            for (k, token) in left[..chunk].iter().enumerate() {
-                let pos = i32::try_from(start + k).unwrap_or(i32::MAX);
-                let want = last && k + 1 == chunk;
-                if want {
-                    logits.push((i, self.batch.n_tokens()));
+            s.last_turn = self.turn;
+            let added = if let Some(token) = s.next_token() {
+                logits.push((i, self.batch.n_tokens()));
+                let pos = i32::try_from(s.n_past).unwrap_or(i32::MAX);
+                s.take_next();
+                tokens += 1;
+                self.batch.add(token, pos, &[s.id], true)
+            } else {
+                let chunk = &s.prompt_left()[..n];
+                let last = n == s.prompt_left().len();
+                let start = s.n_past;
+                let mut added = Ok(());
+                for (k, token) in chunk.iter().enumerate() {
+                    let pos = i32::try_from(start + k).unwrap_or(i32::MAX);
+                    let want = last && k + 1 == n;
+                    if want {
+                        logits.push((i, self.batch.n_tokens()));
+                    }
+                    added = added.and(self.batch.add(*token, pos, &[s.id], want));
                 }
-                self.batch
-                    .add(*token, pos, &[s.id], want)
-                    .expect("the batch holds a token per sequence plus a chunk");
-            }
-            s.prefill(chunk);
-            budget -= chunk;
+                s.prefill(n);
+                prompt += n;
+                added
+            };
+            added.expect("the plan keeps within the batch");
         }
         if self.batch.n_tokens() == 0 {
             return false;
         }
-        if let Err(e) = self.ctx.decode(&mut self.batch) {
+        let started = std::time::Instant::now();
+        let decoded = self.ctx.decode(&mut self.batch);
+        self.scheduler
+            .observe(&plan, tokens, prompt, started.elapsed());
+        if let Err(e) = decoded {
             let why = format!("llama.cpp decode failed: {e}");
             for (i, _) in logits {
                 self.sequences[i].fail(why.clone());

@@ -107,15 +107,19 @@ impl EmbeddedBackend {
         };
         let max_token_bytes = longest_token_bytes(&model);
 
-        let slots = options.slots.max(1);
+        let slots = Slots::new(
+            options.slots,
+            options.queue,
+            std::time::Duration::from_secs(2),
+        );
         let threads = options.threads.unwrap_or_else(|| {
             std::thread::available_parallelism().map_or(4, std::num::NonZeroUsize::get)
         });
-        let (jobs, receiver) = mpsc::channel(slots + JOB_BUFFER);
+        let (jobs, receiver) = mpsc::channel(slots.places() + JOB_BUFFER);
         decode_loop::spawn(
             model.clone(),
             LoopConfig {
-                sequences: slots,
+                sequences: slots.places(),
                 context,
                 threads: i32::try_from(threads).unwrap_or(4),
             },
@@ -128,7 +132,7 @@ impl EmbeddedBackend {
             model = name,
             backend = %device,
             gpu_layers = format!("{offloaded}/{}", model.n_layer() + 1),
-            slots,
+            slots = slots.available().1,
             context,
             threads,
             path = %path.display(),
@@ -148,7 +152,7 @@ impl EmbeddedBackend {
                 kind: "embedded",
                 details,
             },
-            slots: Slots::new(slots, options.queue, std::time::Duration::from_secs(2)),
+            slots,
             model,
             template,
             context,

@@ -22,6 +22,7 @@ mod load;
 mod log;
 mod manifest_file;
 mod sampler;
+mod schedule;
 mod sequence;
 mod template;
 mod utf8;
@@ -40,7 +41,7 @@ pub use template::ChatTemplate;
 
 use super::{
     Backend, BackendError, GenEvent, GenRequest, Generation, ModelInfo, Prompt, Sampling, Slots,
-    EVENT_BUFFER,
+    Tenant, EVENT_BUFFER,
 };
 use sequence::Job;
 
@@ -213,6 +214,7 @@ impl EmbeddedBackend {
                 events,
                 record: None,
                 slot: None,
+                tenant: Tenant::Local,
             },
             rx,
         ))
@@ -231,9 +233,10 @@ impl Backend for EmbeddedBackend {
 
     async fn generate(&self, request: GenRequest) -> Result<Generation, BackendError> {
         let (mut job, events) = self.job(&request.prompt, &request.sampling)?;
+        job.tenant = request.tenant;
         // The slot travels with the job: it is freed when the decode loop lets the
         // sequence go (finished and delivered, or cancelled), not when the client leaves.
-        job.slot = Some(self.slots.acquire().await?);
+        job.slot = Some(self.slots.acquire(request.tenant).await?);
         self.jobs
             .send(job)
             .await

@@ -9,7 +9,8 @@ use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 use tokio::sync::mpsc::{self, error::TrySendError};
 
-use super::super::{Finish, FinishReason, GenEvent, SlotGuard, StopMatcher};
+use super::super::{Finish, FinishReason, GenEvent, SlotGuard, StopMatcher, Tenant};
+use super::schedule::Want;
 use super::utf8::Utf8Pieces;
 
 /// A generation handed to the decode loop.
@@ -29,6 +30,8 @@ pub struct Job {
     pub record: Option<Arc<Mutex<Vec<u32>>>>,
     /// The slot it holds; freed when the sequence leaves the loop.
     pub slot: Option<SlotGuard>,
+    /// On whose behalf it runs (each tenant gets its turn in every step).
+    pub tenant: Tenant,
 }
 
 /// What the loop does with a sequence after delivering its events.
@@ -42,11 +45,16 @@ pub enum Delivery {
 
 /// A job with a llama.cpp sequence id.
 pub struct Sequence {
-    /// The llama.cpp sequence id (0 to slots - 1).
+    /// The llama.cpp sequence id (0 to slots).
     pub id: i32,
     job: Job,
     /// Tokens of this sequence in the KV cache (the next token's position).
     pub n_past: usize,
+    /// Those tokens (what a later request of the same tenant may reuse).
+    in_cache: Vec<LlamaToken>,
+    /// Prompt tokens that were in the cache already when it started.
+    cached: usize,
+    failed: bool,
     /// Sampled and streamed, not yet decoded.
     next: Option<LlamaToken>,
     generated: usize,
@@ -54,21 +62,50 @@ pub struct Sequence {
     text: Utf8Pieces,
     outbox: VecDeque<GenEvent>,
     finished: bool,
+    /// The loop's step it last had tokens in (0: never).
+    pub last_turn: u64,
 }
 
 impl Sequence {
-    /// Starts `job` as sequence `id` (whose KV cells are empty).
-    pub fn new(id: i32, job: Job) -> Self {
+    /// Starts `job` as sequence `id`, whose KV cells hold `kept`, the start of the
+    /// job's prompt (shorter than the prompt: its last token is always read again,
+    /// for the logits).
+    pub fn new(id: i32, job: Job, kept: Vec<LlamaToken>) -> Self {
+        debug_assert!(kept.len() < job.prompt.len() && job.prompt.starts_with(&kept));
         Self {
             id,
             stop: StopMatcher::new(&job.stop),
             job,
-            n_past: 0,
+            n_past: kept.len(),
+            cached: kept.len(),
+            in_cache: kept,
+            failed: false,
             next: None,
             generated: 0,
             text: Utf8Pieces::default(),
             outbox: VecDeque::new(),
             finished: false,
+            last_turn: 0,
+        }
+    }
+
+    /// Whose it is.
+    pub fn tenant(&self) -> Tenant {
+        self.job.tenant
+    }
+
+    /// The tokens its KV cells hold, unless a failed decode left them unknown.
+    pub fn into_cached(self) -> Option<Vec<LlamaToken>> {
+        (!self.failed).then_some(self.in_cache)
+    }
+
+    /// What it could put in the next step.
+    pub fn want(&self) -> Want {
+        Want {
+            tenant: self.job.tenant,
+            next: self.next_token().is_some(),
+            prompt_left: self.prompt_left().len(),
+            last_turn: self.last_turn,
         }
     }
 
@@ -99,13 +136,17 @@ impl Sequence {
 
     /// Marks `n` prompt tokens as added to this step's batch.
     pub fn prefill(&mut self, n: usize) {
+        self.in_cache
+            .extend_from_slice(&self.job.prompt[self.n_past..self.n_past + n]);
         self.n_past += n;
     }
 
     /// Marks the next token as added to this step's batch.
     pub fn take_next(&mut self) {
+        if let Some(token) = self.next.take() {
+            self.in_cache.push(token);
+        }
         self.n_past += 1;
-        self.next = None;
     }
 
     /// Samples from the logits at `batch_index` and handles the token.
@@ -158,6 +199,7 @@ impl Sequence {
             reason,
             prompt_tokens: self.job.prompt.len().try_into().unwrap_or(u32::MAX),
             completion_tokens: self.generated.try_into().unwrap_or(u32::MAX),
+            cached_tokens: self.cached.try_into().unwrap_or(u32::MAX),
         }));
         self.next = None;
         self.finished = true;
@@ -169,6 +211,7 @@ impl Sequence {
         self.outbox.push_back(GenEvent::Failed(why));
         self.next = None;
         self.finished = true;
+        self.failed = true;
     }
 
     /// Hands queued events to the consumer as far as its channel has room.

@@ -62,6 +62,7 @@ impl Job {
                         reason: FinishReason::Length,
                         prompt_tokens: 0,
                         completion_tokens: self.tokens,
+                        cached_tokens: 0,
                     }))
                     .await;
                 return;
@@ -164,6 +165,7 @@ impl Job {
                         },
                         prompt_tokens: done.prompt_tokens,
                         completion_tokens: done.completion_tokens,
+                        cached_tokens: 0,
                     });
                 }
                 FrameBody::Refuse(r) => return LegEnd::Broken(r.message.as_str().to_owned()),

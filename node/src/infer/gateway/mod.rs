@@ -510,7 +510,7 @@ impl Drop for Unanswered {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::Sampling;
+    use crate::backend::{Sampling, Tenant};
 
     fn chat(messages: &[(Role, &str)], max: Option<u32>) -> GenRequest {
         GenRequest {
@@ -527,6 +527,7 @@ mod tests {
                 max_tokens: max,
                 ..Default::default()
             },
+            tenant: Tenant::Local,
         }
     }
 
@@ -555,6 +556,7 @@ mod tests {
         let text = GenRequest {
             prompt: Prompt::Text("Once".into()),
             sampling: Sampling::default(),
+            tenant: Tenant::Local,
         };
         match continuation(&text, " upon", 1).prompt {
             Prompt::Text(t) => assert_eq!(t, "Once upon"),

@@ -24,7 +24,7 @@ use tracing::{debug, info, warn};
 use super::codec::{read_frame, write_frame, FrameError};
 use super::gen_request;
 use super::stream_slots::{StreamSlot, StreamSlots, FIRST_FRAME_TIMEOUT};
-use crate::backend::{BackendError, FinishReason, GenEvent, Models, ServedModel};
+use crate::backend::{BackendError, FinishReason, GenEvent, Models, ServedModel, Tenant};
 use crate::mesh::now_ms;
 use clash::still_admitted;
 pub use clash::{FreshSessions, CLASH_WAIT};
@@ -435,7 +435,9 @@ async fn serve(
             return Err(e.to_string());
         }
     };
-    let mut generation = match served.generate(gen_request(&payload)).await {
+    let mut request = gen_request(&payload);
+    request.tenant = Tenant::App(*session.body.app.as_bytes());
+    let mut generation = match served.generate(request).await {
         Ok(g) => g,
         Err(e) => {
             let (code, retry) = match &e {
