@@ -9,30 +9,16 @@ mod support;
 
 use std::time::Duration;
 
-use relaymesh::{NodeBuilder, Role};
-use relaymesh_node::backend::embedded::{EmbeddedBackend, EmbeddedOptions};
-use relaymesh_node::backend::{Models, ServedModel, SharedBackend};
+use relaymesh::NodeBuilder;
 use relaymesh_node::settle::{balances, LedgerReport};
 use relaymesh_protocol::params::{Allocation, MeshParams};
 use relaymesh_protocol::{Keypair, Signer};
 use serde_json::{json, Value};
-use support::{address, quic, tcp, wait_for};
+use support::credit_mesh::{bootstrap, joined, now_ms, params, supplier};
+use support::wait_for;
 
 const ROYALTY_PPM: u32 = 100_000;
 const CREDIT: u64 = 1_000_000_000_000;
-
-/// A mesh with short epochs and sessions, and a τ floor high enough that threshold
-/// mining samples real acks (about 250 CUs each) instead of mining them all.
-fn params(name: &str, genesis: Vec<Allocation>) -> MeshParams {
-    let mut p = MeshParams::new(name, genesis).unwrap();
-    p.epoch_ms = 5_000;
-    p.max_session_ms = 10_000;
-    p.tau_min = 500;
-    // No epoch freezes while a test runs (at 12 epochs a slow run froze the first
-    // claims before the test read them): the ledger reports unfrozen epochs' claims.
-    p.freeze_horizon_epochs = 120;
-    p
-}
 
 /// The test model under a manifest signed by `source`, in `dir` (a link to the cached
 /// file with the manifest beside it).
@@ -48,60 +34,6 @@ fn model_with_manifest(dir: &std::path::Path, source: &Keypair) -> std::path::Pa
     )
     .unwrap();
     link
-}
-
-async fn supplier(
-    p: &MeshParams,
-    boot: &libp2p::Multiaddr,
-    dir: &std::path::Path,
-    model: &std::path::Path,
-) -> relaymesh::Node {
-    let options = EmbeddedOptions {
-        slots: 1,
-        queue: 4,
-        default_max_tokens: 64,
-        progress: false,
-        ..Default::default()
-    };
-    let backend = EmbeddedBackend::load("smollm2", model, &options).unwrap();
-    let mut models = Models::default();
-    models
-        .insert(ServedModel::new(
-            std::sync::Arc::new(backend) as SharedBackend,
-            1,
-        ))
-        .unwrap();
-    let mut b = NodeBuilder::full()
-        .mesh(p.clone())
-        .data_dir(dir)
-        .listen(vec![quic(), tcp()])
-        .bootstrap(boot.clone());
-    b.config_mut().models = std::sync::Arc::new(models);
-    b.start().await.unwrap()
-}
-
-/// A bootstrap node of mesh `p` (its data in `dir`, if given) and its QUIC address.
-async fn bootstrap(
-    p: &MeshParams,
-    dir: Option<std::path::PathBuf>,
-) -> (relaymesh::Node, libp2p::Multiaddr) {
-    let mut b = NodeBuilder::full()
-        .mesh(p.clone())
-        .listen(vec![quic(), tcp()]);
-    if let Some(dir) = dir {
-        b = b.data_dir(dir);
-    }
-    b.config_mut().role = Role::Bootstrap;
-    let boot = b.start().await.unwrap();
-    let addr = address(&boot, "quic").await;
-    (boot, addr)
-}
-
-/// A node of mesh `p` on loopback (QUIC and TCP), joined through `boot`.
-fn joined(b: NodeBuilder, p: &MeshParams, boot: &libp2p::Multiaddr) -> NodeBuilder {
-    b.mesh(p.clone())
-        .listen(vec![quic(), tcp()])
-        .bootstrap(boot.clone())
 }
 
 /// A light gateway of mesh `p` with an API (its data in `dir`, if given), once it holds
@@ -546,90 +478,6 @@ async fn a_supplier_killed_between_mining_and_claiming_claims_after_restart() {
     boot.shutdown().await;
 }
 
-/// Sends request `id` of `session` on a stream (after its `Propose` or `Resume`) and
-/// acks everything, as an honest app would, until the stream ends: the tokens it got
-/// and the refusal that ended it, if one did.
-async fn ask_and_ack<R, W>(
-    mut r: R,
-    mut w: W,
-    session: &relaymesh_protocol::messages::session::SignedSessionOpen,
-    id: u64,
-    app: &Keypair,
-    p: &MeshParams,
-) -> (u32, Option<relaymesh_protocol::messages::infer::Refuse>)
-where
-    R: futures::AsyncRead + Unpin,
-    W: futures::AsyncWrite + Unpin,
-{
-    use relaymesh_node::infer::codec::{read_frame, write_frame};
-    use relaymesh_protocol::messages::infer::{FrameBody, InferRequest};
-    use relaymesh_protocol::metering::app::{RequestAcker, RequestTerms};
-    use relaymesh_protocol::metering::flow::AppFlow;
-    use relaymesh_protocol::Digest;
-    let payload = relaymesh_node::infer::payload(
-        "smollm2",
-        &relaymesh_node::backend::GenRequest {
-            prompt: relaymesh_node::backend::Prompt::Text("Once upon a time".into()),
-            sampling: relaymesh_node::backend::Sampling {
-                temperature: Some(0.0),
-                max_tokens: Some(400),
-                ..Default::default()
-            },
-            tenant: relaymesh_node::backend::Tenant::Local,
-        },
-    )
-    .unwrap();
-    let acker = RequestAcker::new(
-        RequestTerms {
-            session_key: session.session_key(),
-            request_id: id,
-            prompt_digest: payload.digest(),
-            prompt_bytes: payload.prompt_bytes() as u32,
-            max_output_bytes: 1 << 20,
-            max_acks: 1024,
-        },
-        Digest([2 + id as u8; 32]),
-        app,
-    );
-    let mut flow = AppFlow::new(
-        acker,
-        relaymesh_node::infer::window(p),
-        session.body.max_token_bytes,
-    );
-    let request = flow.request().clone();
-    write_frame(
-        &mut w,
-        FrameBody::Request(InferRequest { request, payload }),
-    )
-    .await
-    .unwrap();
-    let mut tokens = 0u32;
-    loop {
-        let frame = tokio::time::timeout(Duration::from_secs(60), read_frame(&mut r))
-            .await
-            .expect("the supplier goes on or ends the stream")
-            .unwrap();
-        match frame.body {
-            FrameBody::Token(t) => {
-                tokens += 1;
-                if let Some(ack) = flow.on_token(t.as_str(), app).unwrap() {
-                    write_frame(&mut w, FrameBody::Ack(ack)).await.unwrap();
-                }
-            }
-            FrameBody::Refuse(refusal) => return (tokens, Some(refusal)),
-            FrameBody::Done(_) => return (tokens, None),
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
 /// A session whose claim is nearly full (nine tenths of `max_claim_leaves`) is not
 /// resumed: the gateway opens a new one, so work is not served beyond what a claim can
 /// hold.
@@ -688,127 +536,4 @@ async fn a_session_whose_claim_is_nearly_full_gives_way_to_a_new_one() {
     for n in [gateway, s, boot] {
         n.shutdown().await;
     }
-}
-
-/// The double-commit race: an app gives one escrow slot to sessions at two suppliers
-/// at the same moment, opens a second stream on each fresh session at once (`Resume`),
-/// and acks everything. Each supplier serves a fresh session's streams their first
-/// window only until the other's announcement can have arrived (`CLASH_WAIT`); by then
-/// its ledger has both sessions, excludes the app, and the streams end with a refusal.
-/// Failed before the wait and the checks while acks come: both suppliers served the
-/// whole answer, and neither was paid (the app's sessions move no credit once it is
-/// caught); and before review, a resumed stream skipped the wait.
-#[tokio::test(flavor = "multi_thread")]
-async fn an_app_giving_one_escrow_to_two_suppliers_at_once_gets_a_window_from_each() {
-    use futures::AsyncReadExt;
-    use relaymesh_node::infer::codec::{read_frame, write_frame};
-    use relaymesh_protocol::identity::signed::Signed;
-    use relaymesh_protocol::messages::credit::CreditSlot;
-    use relaymesh_protocol::messages::infer::{FrameBody, RefuseCode};
-    use relaymesh_protocol::messages::session::SessionOpen;
-    use relaymesh_protocol::Digest;
-
-    let app = Keypair::generate(&mut rand_core::OsRng);
-    let p = params(
-        "relay-mining-double-commit-tests",
-        vec![Allocation {
-            account: app.public_key(),
-            amount: CREDIT,
-        }],
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let (boot, boot_addr) = bootstrap(&p, None).await;
-    let mut suppliers = Vec::new();
-    for name in ["s1", "s2"] {
-        let s = supplier(
-            &p,
-            &boot_addr,
-            &dir.path().join(name),
-            &support::model_path(),
-        )
-        .await;
-        suppliers.push(s);
-    }
-    let app_node = joined(NodeBuilder::light(), &p, &boot_addr)
-        .start()
-        .await
-        .unwrap();
-    let offers = wait_for("both suppliers' ads", Duration::from_secs(30), || async {
-        let offers = app_node.handle().offers("smollm2").await.ok()?;
-        (offers.len() == 2).then_some(offers)
-    })
-    .await;
-    let protocol = relaymesh_node::mesh::names::infer_protocol(&p.mesh_id());
-    let one_slot = CreditSlot::new(0, CREDIT / 4);
-    let streams = offers
-        .into_iter()
-        .enumerate()
-        .map(|(i, (supplier_key, offer))| {
-            let handle = app_node.handle();
-            let (app, protocol, p) = (app.clone(), protocol.clone(), p.clone());
-            async move {
-                let peer = relaymesh_node::mesh::peer_id_of_key(&supplier_key);
-                handle.locate(peer).await.unwrap();
-                let stream = handle
-                    .streams()
-                    .open_stream(peer, protocol.clone())
-                    .await
-                    .unwrap();
-                let (mut r, mut w) = stream.split();
-                let terms = SessionOpen {
-                    version: relaymesh_protocol::PROTOCOL_VERSION,
-                    mesh_id: p.mesh_id(),
-                    app: app.public_key(),
-                    supplier: supplier_key,
-                    model_digest: offer.gguf_digest.unwrap(),
-                    manifest: offer.manifest.clone(),
-                    cu: offer.cu,
-                    price_per_cu: offer.price_per_cu,
-                    tau: offer.tau,
-                    max_token_bytes: offer.max_token_bytes,
-                    escrow: one_slot,
-                    start_ms: now_ms(),
-                    max_duration_ms: p.max_session_ms,
-                    reveal_commitment: Digest([1; 32]),
-                    nonce: i as u64,
-                };
-                write_frame(&mut w, FrameBody::Propose(Signed::sign(terms, &app)))
-                    .await
-                    .unwrap();
-                let session = match read_frame(&mut r).await.unwrap().body {
-                    FrameBody::Accept(session) => session,
-                    other => panic!("not accepted: {other:?}"),
-                };
-                // A second stream on the fresh session at once, with `Resume`.
-                let resumed = handle.streams().open_stream(peer, protocol).await.unwrap();
-                let (r2, mut w2) = resumed.split();
-                write_frame(&mut w2, FrameBody::Resume(session.clone()))
-                    .await
-                    .unwrap();
-                let (first, second) = futures::join!(
-                    ask_and_ack(r, w, &session, 0, &app, &p),
-                    ask_and_ack(r2, w2, &session, 1, &app, &p),
-                );
-                [first, second]
-            }
-        });
-    let ended = futures::future::join_all(streams).await;
-    println!("tokens and refusals: {ended:?}");
-    for (tokens, refusal) in ended.into_iter().flatten() {
-        let refusal = refusal.expect("the stream ends with a refusal, not the whole answer");
-        assert_eq!(refusal.code, RefuseCode::Balance, "{refusal:?}");
-        assert!(
-            refusal
-                .message
-                .as_str()
-                .contains("committed one credit twice"),
-            "{refusal:?}"
-        );
-        assert!(tokens < 400, "{tokens} tokens");
-    }
-    for n in suppliers {
-        n.shutdown().await;
-    }
-    app_node.shutdown().await;
-    boot.shutdown().await;
 }

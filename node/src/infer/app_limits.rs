@@ -117,10 +117,10 @@ pub struct AppLimits {
     apps: Mutex<Apps>,
     /// The mesh's window, the most a stream gets.
     full: Window,
-    /// Apps refused for want of a free slot, when, and through which peer: each has a
-    /// claim on a slot that frees within [`FAIR_WINDOW`] over apps that hold as many
-    /// streams as it or more and over later claims.
-    waiting: Mutex<HashMap<PublicKey, (Instant, PeerId)>>,
+    /// Apps refused for want of a free slot of a model, when, and through which peer:
+    /// each has a claim on a slot of that model that frees within [`FAIR_WINDOW`] over
+    /// apps asking for it that hold as many streams as it or more and over later claims.
+    waiting: Mutex<HashMap<(PublicKey, String), (Instant, PeerId)>>,
     /// Streams one app may hold, and sessions it may open per hour.
     caps: (usize, usize),
 }
@@ -163,10 +163,18 @@ impl Drop for StreamTicket<'_> {
             let now = Instant::now();
             state.streams = state.streams.saturating_sub(1);
             state.open_window = state.open_window.saturating_sub(self.window.max_unacked);
-            state.paid = (
-                state.paid.0.saturating_add(u64::from(self.acked)),
-                Some(now),
-            );
+            // What it left unacknowledged costs it sixteen times as much of what it paid,
+            // so the allowance is a share of what it paid net of what it took free.
+            let paid = state
+                .paid
+                .0
+                .saturating_add(u64::from(self.acked))
+                .saturating_sub(UNACKED_SHARE * u64::from(self.unacked));
+            // A stream that came to nothing (refused, or nothing sent and nothing owed)
+            // leaves an app with nothing paid forgettable.
+            if paid > 0 || state.paid.1.is_some() || self.acked > 0 {
+                state.paid = (paid, Some(now));
+            }
             if self.unacked > 0 {
                 state.debts.push_back((now, self.unacked));
             }
@@ -217,41 +225,43 @@ impl AppLimits {
         Some(f(state))
     }
 
-    /// `app` (asking through `peer`) was refused for want of a free slot: until it gets
-    /// one (or [`FAIR_WINDOW`] passes), apps holding as many streams as it or more give
+    /// `app` (asking through `peer`) was refused for want of a free slot of `model`,
+    /// or for another app's claim on one: until it gets one (or [`FAIR_WINDOW`]
+    /// passes), apps asking for `model` that hold as many streams as it or more give
     /// way to it, and so do apps that waited after it. One peer holds at most
     /// [`MAX_WAITING_PER_PEER`] claims (an app that claims and never comes back holds
     /// the others off for the window).
-    pub fn waits(&self, app: &PublicKey, peer: PeerId) {
+    pub fn waits(&self, app: &PublicKey, model: &str, peer: PeerId) {
         let mut waiting = self.waiting.lock().expect("waiting lock");
         let now = Instant::now();
         waiting.retain(|_, (since, _)| now.duration_since(*since) < FAIR_WINDOW);
-        if waiting.contains_key(app) {
+        let key = (*app, model.to_owned());
+        if waiting.contains_key(&key) {
             return;
         }
         let of_peer = waiting.values().filter(|(_, p)| *p == peer).count();
         if waiting.len() < MAX_WAITING_APPS && of_peer < MAX_WAITING_PER_PEER {
-            waiting.insert(*app, (now, peer));
+            waiting.insert(key, (now, peer));
         }
     }
 
-    /// The fewest streams held by an app (other than `app`) whose claim on a slot
-    /// comes before `app`'s: every live claim if `app` has none, the earlier ones (by
-    /// when they were made) if it has one.
-    fn least_waiting_before(&self, app: &PublicKey) -> Option<usize> {
+    /// The fewest streams held by an app (other than `app`) whose claim on a slot of
+    /// `model` comes before `app`'s: every live claim if `app` has none, the earlier
+    /// ones (by when they were made) if it has one.
+    fn least_waiting_before(&self, app: &PublicKey, model: &str) -> Option<usize> {
         let waiting = self.waiting.lock().expect("waiting lock");
         let now = Instant::now();
         let live = |since: &Instant| now.duration_since(*since) < FAIR_WINDOW;
         let mine = waiting
-            .get(app)
+            .get(&(*app, model.to_owned()))
             .filter(|(since, _)| live(since))
             .map(|(since, _)| (*since, *app));
         let before: Vec<PublicKey> = waiting
             .iter()
-            .filter(|(k, (since, _))| {
-                *k != app && live(since) && mine.is_none_or(|m| (*since, **k) < m)
+            .filter(|((k, m), (since, _))| {
+                k != app && m == model && live(since) && mine.is_none_or(|m| (*since, *k) < m)
             })
-            .map(|(k, _)| *k)
+            .map(|((k, _), _)| *k)
             .collect();
         drop(waiting);
         let apps = self.apps.lock().expect("limits lock");
@@ -270,13 +280,22 @@ impl AppLimits {
     /// app that asks again every few milliseconds takes every slot that frees, and an
     /// honest app that waits as told is never served; with ties let through, a rival
     /// holding nothing, or a spare key, took the slot before the waiter came back).
-    pub fn begin(&self, app: &PublicKey) -> Result<StreamTicket<'_>, Refused> {
+    /// Claims are per model (`model`, asked through `peer`), and an app refused for
+    /// another's claim gets in line itself: two keys that keep claiming in turn hold
+    /// no one off for ever, and no one off another model.
+    pub fn begin(
+        &self,
+        app: &PublicKey,
+        model: &str,
+        peer: PeerId,
+    ) -> Result<StreamTicket<'_>, Refused> {
         let (max_streams, full) = (self.caps.0, self.full);
         let step = Window {
             ack_every: full.ack_every,
             max_unacked: full.ack_every.min(full.max_unacked),
         };
-        let least_waiting = self.least_waiting_before(app);
+        let least_waiting = self.least_waiting_before(app, model);
+        let mut gave_way = false;
         let refused = |why: String, retry_after| Refused { why, retry_after };
         let window = self
             .with(app, |state| {
@@ -306,6 +325,7 @@ impl AppLimits {
                     ));
                 }
                 if least_waiting.is_some_and(|n| n <= state.streams) {
+                    gave_way = true;
                     return Err(refused(format!(
                         "app {} holds {} stream(s) here while another app waits for a slot",
                         app.peer_id(),
@@ -316,8 +336,16 @@ impl AppLimits {
                 state.open_window = state.open_window.saturating_add(window.max_unacked);
                 Ok(window)
             })
-            .unwrap_or_else(|| Err(table_full()))?;
-        self.waiting.lock().expect("waiting lock").remove(app);
+            .unwrap_or_else(|| Err(table_full()))
+            .inspect_err(|_| {
+                if gave_way {
+                    self.waits(app, model, peer);
+                }
+            })?;
+        self.waiting
+            .lock()
+            .expect("waiting lock")
+            .remove(&(*app, model.to_owned()));
         Ok(StreamTicket {
             limits: self,
             app: *app,
@@ -356,6 +384,16 @@ fn table_full() -> Refused {
 mod tests {
     use super::*;
 
+    const MODEL: &str = "smollm2";
+
+    /// The peer every test app asks through.
+    fn gateway() -> PeerId {
+        libp2p::identity::Keypair::ed25519_from_bytes([1; 32])
+            .unwrap()
+            .public()
+            .to_peer_id()
+    }
+
     const FULL: Window = Window {
         ack_every: 16,
         max_unacked: 64,
@@ -363,7 +401,10 @@ mod tests {
 
     /// An app that has paid enough here that its allowance is not what limits it.
     fn paid_up(limits: &AppLimits, app: &PublicKey) {
-        limits.begin(app).unwrap().end(1_000_000, 0);
+        limits
+            .begin(app, MODEL, gateway())
+            .unwrap()
+            .end(1_000_000, 0);
     }
 
     /// Hole 5: the window bounded what an app that never acks takes per stream, not per
@@ -374,13 +415,13 @@ mod tests {
         let limits = AppLimits::new(FULL);
         let app = PublicKey([7; 32]);
         // A stranger's window is K = 16, and it may have twice that at risk.
-        limits.begin(&app).unwrap().end(0, 16);
-        limits.begin(&app).unwrap().end(0, 15);
-        let refused = limits.begin(&app).err().unwrap();
+        limits.begin(&app, MODEL, gateway()).unwrap().end(0, 16);
+        limits.begin(&app, MODEL, gateway()).unwrap().end(0, 15);
+        let refused = limits.begin(&app, MODEL, gateway()).err().unwrap();
         assert!(refused.why.contains("at risk"), "{}", refused.why);
         assert_eq!(refused.retry_after, DEBT_WINDOW / 10);
         // Another app is not affected.
-        assert!(limits.begin(&PublicKey([8; 32])).is_ok());
+        assert!(limits.begin(&PublicKey([8; 32]), MODEL, gateway()).is_ok());
     }
 
     /// The free ride per stream was the whole window W for any key, and keys are free.
@@ -390,23 +431,24 @@ mod tests {
     fn a_stranger_gets_one_ack_step_until_it_has_paid_sixteen_windows() {
         let limits = AppLimits::new(FULL);
         let app = PublicKey([7; 32]);
-        let first = limits.begin(&app).unwrap();
+        let first = limits.begin(&app, MODEL, gateway()).unwrap();
         assert_eq!(first.window().max_unacked, 16);
         first.end(1_000, 0);
-        let second = limits.begin(&app).unwrap();
+        let second = limits.begin(&app, MODEL, gateway()).unwrap();
         assert_eq!(
             second.window().max_unacked,
             16,
             "1,000 of 1,024 tokens paid"
         );
         second.end(24, 0);
-        let third = limits.begin(&app).unwrap();
+        let third = limits.begin(&app, MODEL, gateway()).unwrap();
         assert_eq!(third.window(), FULL);
-        // Riding on it: the unacked tokens are at risk, and only a step fits beside.
+        // Riding on it: the unacked tokens are at risk, and they cost it sixteen times
+        // as much of what it paid, so it is a stranger again with 40 tokens owed.
         third.end(0, 40);
-        assert_eq!(limits.begin(&app).unwrap().window().max_unacked, 16);
+        assert!(limits.begin(&app, MODEL, gateway()).is_err());
         // Another key is a stranger.
-        let other = limits.begin(&PublicKey([8; 32])).unwrap();
+        let other = limits.begin(&PublicKey([8; 32]), MODEL, gateway()).unwrap();
         assert_eq!(other.window().max_unacked, 16);
     }
 
@@ -418,16 +460,20 @@ mod tests {
     fn streams_open_at_once_share_one_allowance() {
         let limits = AppLimits::new(FULL);
         let app = PublicKey([7; 32]);
-        let open: Vec<_> = (0..2).map(|_| limits.begin(&app).unwrap()).collect();
-        let refused = limits.begin(&app).err().unwrap();
+        let open: Vec<_> = (0..2)
+            .map(|_| limits.begin(&app, MODEL, gateway()).unwrap())
+            .collect();
+        let refused = limits.begin(&app, MODEL, gateway()).err().unwrap();
         assert!(refused.why.contains("at risk"), "{}", refused.why);
         assert_eq!(refused.retry_after, SHARE_RETRY * 4, "streams end soon");
         drop(open);
         // Paid for 2,048 tokens: an allowance of 128, two whole windows at once.
-        limits.begin(&app).unwrap().end(2_048, 0);
-        let open: Vec<_> = (0..2).map(|_| limits.begin(&app).unwrap()).collect();
+        limits.begin(&app, MODEL, gateway()).unwrap().end(2_048, 0);
+        let open: Vec<_> = (0..2)
+            .map(|_| limits.begin(&app, MODEL, gateway()).unwrap())
+            .collect();
         assert!(open.iter().all(|t| t.window() == FULL));
-        assert!(limits.begin(&app).is_err());
+        assert!(limits.begin(&app, MODEL, gateway()).is_err());
     }
 
     #[test]
@@ -436,11 +482,11 @@ mod tests {
         let app = PublicKey([7; 32]);
         paid_up(&limits, &app);
         let open: Vec<_> = (0..MAX_STREAMS_PER_APP)
-            .map(|_| limits.begin(&app).unwrap())
+            .map(|_| limits.begin(&app, MODEL, gateway()).unwrap())
             .collect();
-        assert!(limits.begin(&app).is_err());
+        assert!(limits.begin(&app, MODEL, gateway()).is_err());
         drop(open);
-        assert!(limits.begin(&app).is_ok());
+        assert!(limits.begin(&app, MODEL, gateway()).is_ok());
         for _ in 0..MAX_SESSIONS_PER_APP {
             limits.new_session(&app).unwrap();
         }
@@ -456,24 +502,26 @@ mod tests {
         let (flooder, honest) = (PublicKey([7; 32]), PublicKey([8; 32]));
         paid_up(&limits, &flooder);
         paid_up(&limits, &honest);
-        let held: Vec<_> = (0..2).map(|_| limits.begin(&flooder).unwrap()).collect();
+        let held: Vec<_> = (0..2)
+            .map(|_| limits.begin(&flooder, MODEL, gateway()).unwrap())
+            .collect();
         // The honest app found both slots taken.
         let peer = PeerId::random();
-        limits.waits(&honest, peer);
-        let refused = limits.begin(&flooder).err().unwrap();
+        limits.waits(&honest, MODEL, peer);
+        let refused = limits.begin(&flooder, MODEL, gateway()).err().unwrap();
         assert_eq!(refused.retry_after, SHARE_RETRY);
         assert!(refused.why.contains("another app waits"), "{}", refused.why);
         // The honest app gets its stream; its claim is then spent.
-        let mine = limits.begin(&honest).unwrap();
-        assert!(limits.begin(&flooder).is_ok());
+        let mine = limits.begin(&honest, MODEL, gateway()).unwrap();
+        assert!(limits.begin(&flooder, MODEL, gateway()).is_ok());
         drop((held, mine));
         // Apps holding fewer streams than the one waiting are not held back; those
         // holding as many are.
-        let a = limits.begin(&flooder).unwrap();
-        let b = limits.begin(&honest).unwrap();
-        limits.waits(&honest, peer);
-        assert!(limits.begin(&PublicKey([9; 32])).is_ok());
-        assert!(limits.begin(&flooder).is_err());
+        let a = limits.begin(&flooder, MODEL, gateway()).unwrap();
+        let b = limits.begin(&honest, MODEL, gateway()).unwrap();
+        limits.waits(&honest, MODEL, peer);
+        assert!(limits.begin(&PublicKey([9; 32]), MODEL, gateway()).is_ok());
+        assert!(limits.begin(&flooder, MODEL, gateway()).is_err());
         drop((a, b));
     }
 
@@ -488,19 +536,25 @@ mod tests {
         for app in [&rival, &spare, &honest] {
             paid_up(&limits, app);
         }
-        let t = limits.begin(&rival).unwrap();
-        limits.waits(&honest, PeerId::random());
+        let t = limits.begin(&rival, MODEL, gateway()).unwrap();
+        limits.waits(&honest, MODEL, PeerId::random());
         drop(t);
         assert!(
-            limits.begin(&rival).is_err(),
+            limits.begin(&rival, MODEL, gateway()).is_err(),
             "the rival asks again at once"
         );
-        assert!(limits.begin(&spare).is_err(), "or with a spare key");
+        assert!(
+            limits.begin(&spare, MODEL, gateway()).is_err(),
+            "or with a spare key"
+        );
         let mine = limits
-            .begin(&honest)
+            .begin(&honest, MODEL, gateway())
             .expect("the waiting app gets the slot");
         drop(mine);
-        assert!(limits.begin(&rival).is_ok(), "the claim is spent");
+        assert!(
+            limits.begin(&rival, MODEL, gateway()).is_ok(),
+            "the claim is spent"
+        );
     }
 
     /// Waiters are served first come, first served; one peer holds a few claims only.
@@ -508,19 +562,73 @@ mod tests {
     fn waiting_apps_are_served_in_turn_and_claims_per_peer_are_capped() {
         let limits = AppLimits::new(FULL);
         let (first, second) = (PublicKey([1; 32]), PublicKey([2; 32]));
-        limits.waits(&first, PeerId::random());
+        limits.waits(&first, MODEL, PeerId::random());
         std::thread::sleep(Duration::from_millis(2));
-        limits.waits(&second, PeerId::random());
-        assert!(limits.begin(&second).is_err(), "the second waits its turn");
-        let t = limits.begin(&first).unwrap();
+        limits.waits(&second, MODEL, PeerId::random());
+        assert!(
+            limits.begin(&second, MODEL, gateway()).is_err(),
+            "the second waits its turn"
+        );
+        let t = limits.begin(&first, MODEL, gateway()).unwrap();
         drop(t);
-        assert!(limits.begin(&second).is_ok());
+        assert!(limits.begin(&second, MODEL, gateway()).is_ok());
 
         let peer = PeerId::random();
         for n in 0..MAX_WAITING_PER_PEER + 2 {
-            limits.waits(&PublicKey([100 + n as u8; 32]), peer);
+            limits.waits(&PublicKey([100 + n as u8; 32]), MODEL, peer);
         }
         let claims = limits.waiting.lock().unwrap().len();
         assert_eq!(claims, MAX_WAITING_PER_PEER);
+    }
+
+    /// Two keys that kept claiming in turn held every other app off, on every model
+    /// of the supplier, for as long as they liked: an app refused for another's claim
+    /// got no claim of its own.
+    #[test]
+    fn a_claim_holds_off_only_its_model_and_a_refused_app_gets_in_line() {
+        let limits = AppLimits::new(FULL);
+        let (a1, a2, honest) = (PublicKey([1; 32]), PublicKey([2; 32]), PublicKey([3; 32]));
+        for app in [&a1, &a2, &honest] {
+            paid_up(&limits, app);
+        }
+        limits.waits(&a1, MODEL, gateway());
+        assert!(limits.begin(&honest, "another-model", gateway()).is_ok());
+        assert!(limits.begin(&honest, MODEL, gateway()).is_err());
+        // The first key takes its slot; the second claims the next one, after the
+        // honest app's claim.
+        let t = limits.begin(&a1, MODEL, gateway()).unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+        limits.waits(&a2, MODEL, gateway());
+        drop(t);
+        assert!(limits.begin(&a2, MODEL, gateway()).is_err());
+        assert!(limits.begin(&honest, MODEL, gateway()).is_ok());
+    }
+
+    /// An app that paid P once could leave P/16 unacknowledged every ten minutes for
+    /// ever: what it left unacknowledged now comes off what it paid, sixteen to one.
+    #[test]
+    fn tokens_left_unacknowledged_come_off_what_the_app_paid() {
+        let limits = AppLimits::new(FULL);
+        let app = PublicKey([4; 32]);
+        limits
+            .begin(&app, MODEL, gateway())
+            .unwrap()
+            .end(16 * 640, 0);
+        let allowance = |l: &AppLimits| l.with(&app, |s| s.allowance(FULL)).unwrap();
+        assert_eq!(allowance(&limits), 640);
+        limits.begin(&app, MODEL, gateway()).unwrap().end(0, 320);
+        assert_eq!(allowance(&limits), 320, "it paid 10,240 and took 320 free");
+    }
+
+    /// Streams refused before they served anything made a key unforgettable, so fresh
+    /// keys asking once each could fill the table and shut strangers out.
+    #[test]
+    fn a_stream_that_came_to_nothing_leaves_nothing_to_remember() {
+        let limits = AppLimits::new(FULL);
+        let app = PublicKey([5; 32]);
+        drop(limits.begin(&app, MODEL, gateway()).unwrap());
+        assert!(limits.with(&app, |s| s.idle()).unwrap());
+        limits.begin(&app, MODEL, gateway()).unwrap().end(16, 0);
+        assert!(!limits.with(&app, |s| s.idle()).unwrap());
     }
 }

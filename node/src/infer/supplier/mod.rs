@@ -36,6 +36,10 @@ pub const MIN_SESSION_MS: u64 = 60_000;
 /// came (the first has [`FIRST_FRAME_TIMEOUT`]).
 pub const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a stream whose window is full waits for an ack while every slot of its
+/// model is taken (an honest app acks within a round trip).
+pub const CONTENDED_ACK_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// What the supplier side needs.
 pub struct SupplierContext {
     /// This node's key: it countersigns sessions.
@@ -410,10 +414,13 @@ async fn serve(
     });
     let ticket = match problem {
         Some((code, msg)) => Err((code, msg, 0)),
-        None => ctx.limits.begin(&session.body.app).map_err(|r| {
-            ctx.metrics.limited("app_streams");
-            (RefuseCode::Busy, r.why, r.retry_after.as_millis() as u64)
-        }),
+        None => ctx
+            .limits
+            .begin(&session.body.app, payload.model.as_str(), peer)
+            .map_err(|r| {
+                ctx.metrics.limited("app_streams");
+                (RefuseCode::Busy, r.why, r.retry_after.as_millis() as u64)
+            }),
     };
     let ticket = match ticket {
         Ok(ticket) => ticket,
@@ -443,7 +450,8 @@ async fn serve(
             let (code, retry) = match &e {
                 BackendError::Busy { retry_after, .. } => {
                     // The next free slot is this app's, over apps that hold as many or more.
-                    ctx.limits.waits(&session.body.app, peer);
+                    ctx.limits
+                        .waits(&session.body.app, payload.model.as_str(), peer);
                     (RefuseCode::Busy, retry_after.as_millis() as u64)
                 }
                 BackendError::PromptTooLong { .. } | BackendError::Invalid(_) => {
@@ -470,8 +478,13 @@ async fn serve(
         }
     });
     let first_window = ticket.window().max_unacked;
-    // A fresh session's streams wait out the clash window within their first window.
+    // A fresh session's streams wait out the clash window within their first window;
+    // a session past it is checked before its first token (an exclusion may have come
+    // since it was countersigned).
     let mut clash_check = ctx.fresh.wait_until(&session.session_key());
+    if clash_check.is_none() {
+        still_admitted(&session.body, ctx, &mut w).await?;
+    }
     let mut sent = 0u32;
     let mut checked = tokio::time::Instant::now();
     // Whether the stream ended for want of the supplier (its tokens are then no debt).
@@ -553,7 +566,7 @@ async fn serve(
                         return Err("the backend stopped".to_string());
                     }
                 },
-                frame = tokio::time::timeout(FRAME_TIMEOUT, acks.recv()) => match frame {
+                frame = tokio::time::timeout(ack_deadline(&flow, served), acks.recv()) => match frame {
                     Ok(Some(Ok(f))) => match f.body {
                         FrameBody::Ack(ack) => {
                             let item = ack.signed_item(session.body.app);
@@ -592,14 +605,28 @@ async fn serve(
     .await;
     reader.abort();
     // Tokens sent and never acknowledged count against the app, unless the supplier
-    // ended the stream.
-    ticket.end(
-        flow.acked_tokens(),
-        if flow.is_closed() || our_fault {
-            0
-        } else {
-            flow.unacked_tokens()
-        },
-    );
+    // ended the stream; a stream the app left with nothing acknowledged owes at least
+    // an ack step (its prompt was read for nothing, and leaving before the first token
+    // would otherwise cost nothing).
+    let acked = flow.acked_tokens();
+    let owed = if flow.is_closed() || our_fault {
+        0
+    } else if acked == 0 {
+        flow.unacked_tokens().max(ticket.window().ack_every)
+    } else {
+        flow.unacked_tokens()
+    };
+    ticket.end(acked, owed);
     result
+}
+
+/// How long a stream waits for the app's next ack: [`FRAME_TIMEOUT`], or, while its
+/// window is full and every slot of its model is taken, [`CONTENDED_ACK_TIMEOUT`] (a
+/// stream that stops acking holds a generation place others are waiting for).
+fn ack_deadline(flow: &SupplierFlow, served: &ServedModel) -> Duration {
+    if !flow.can_send() && served.backend.slots().0 == 0 {
+        CONTENDED_ACK_TIMEOUT
+    } else {
+        FRAME_TIMEOUT
+    }
 }
