@@ -1,6 +1,7 @@
 //! Hostile peers against a supplier, each attack ending with the supplier still serving
-//! an honest gateway: a thousand connections from one peer, silent streams from one
-//! peer, oversized frames, and random bytes to every listening port (QUIC, TCP, HTTP).
+//! an honest gateway: a request flood from one app, a thousand connections from one
+//! peer, silent streams from one peer, oversized frames, and random bytes to every
+//! listening port (QUIC, TCP, HTTP).
 //! What each limit cut off is counted in the supplier's `/metrics`
 //! (`relaymesh_limited_total{reason=…}`). Real swarms on loopback, SmolLM2 served.
 
@@ -123,6 +124,76 @@ impl Mesh {
             node.shutdown().await;
         }
     }
+}
+
+/// One app floods the supplier through its own gateway: 24 requests at once, each
+/// asked again as soon as it ends. The honest gateway's requests are answered while the
+/// flood goes on (an app holding every slot leaves a spare place to another, and the
+/// engine gives each app its turn: `tests/engine.rs`), and after it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_flood_from_one_app_leaves_the_supplier_serving_others() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let mesh = Mesh::start("abuse-flood-tests").await;
+    let boot_addr = address(&mesh.boot, "quic").await;
+    let flooder = support::mesh_gateway(&mesh.mesh, &boot_addr).await;
+    wait_for("the supplier's ad", Duration::from_secs(60), || async {
+        let offers = flooder.handle().offers("smollm2").await.ok()?;
+        (!offers.is_empty()).then_some(())
+    })
+    .await;
+    let url = format!("{}/v1/chat/completions", support::base_url(&flooder));
+    let (stop, answered, in_flight) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let flood: Vec<_> = (0..24)
+        .map(|i| {
+            let (url, stop) = (url.clone(), stop.clone());
+            let (answered, in_flight) = (answered.clone(), in_flight.clone());
+            tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                while !stop.load(Ordering::Relaxed) {
+                    in_flight.fetch_add(1, Ordering::SeqCst);
+                    let r = client
+                        .post(&url)
+                        .json(&json!({
+                            "model": "smollm2", "max_tokens": 32,
+                            "messages": [{ "role": "user", "content": format!("Count from {i}.") }],
+                        }))
+                        .send()
+                        .await;
+                    in_flight.fetch_sub(1, Ordering::SeqCst);
+                    if r.is_ok_and(|r| r.status() == 200) {
+                        answered.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            })
+        })
+        .collect();
+    wait_for(
+        "the flood to be served",
+        Duration::from_secs(120),
+        || async { (answered.load(Ordering::SeqCst) > 0).then_some(()) },
+    )
+    .await;
+    for _ in 0..2 {
+        mesh.serves_honest_requests("while another app floods")
+            .await;
+    }
+    assert!(
+        in_flight.load(Ordering::SeqCst) > 0,
+        "the flood went on meanwhile"
+    );
+    stop.store(true, Ordering::Relaxed);
+    for f in flood {
+        f.await.unwrap();
+    }
+    mesh.serves_honest_requests("a flood from another app")
+        .await;
+    flooder.shutdown().await;
+    mesh.stop().await;
 }
 
 /// One peer dials the supplier a thousand times over QUIC, keeping every connection

@@ -380,7 +380,21 @@ async fn a_flood_of_valid_ads_from_one_key_is_not_carried() {
         limited >= 150,
         "the bootstrap node kept the flood out: {limited}"
     );
-    for node in [observer, boot] {
+    // Honest ads still go through: a supplier that joins now is heard by the observer.
+    let late = supplier("t-flood", &boot_addr, &["after-flood"], LONG).await;
+    let late_id = late.handle().peer_id().to_string();
+    wait_for(
+        "an honest ad after the flood",
+        Duration::from_secs(30),
+        || async {
+            seen(&observer)
+                .await
+                .contains(&("after-flood".to_string(), late_id.clone()))
+                .then_some(())
+        },
+    )
+    .await;
+    for node in [late, observer, boot] {
         node.shutdown().await;
     }
 }

@@ -1,9 +1,11 @@
 //! The membership handshake's first frame, as a private mesh's node reads it from a
 //! stranger: a length, a `Hello`, and the judgement (revocation lists taken, the invite
-//! checked against the peer's key).
+//! checked against the peer's key); and the one-line invite token people paste.
 
 use relaymesh_protocol::identity::signed::Signed;
-use relaymesh_protocol::messages::membership::{Hello, Holder, Invite, Revocation, ROLE_BOTH};
+use relaymesh_protocol::messages::membership::{
+    Credential, Hello, Holder, Invite, Revocation, ROLE_BOTH,
+};
 use relaymesh_protocol::wire::WireMessage;
 use relaymesh_protocol::{BoundedVec, Digest, Keypair, Signer, PROTOCOL_VERSION};
 
@@ -87,4 +89,41 @@ pub fn target() -> Result<FuzzTarget, String> {
             }
         },
     ))
+}
+
+/// The invite token (`rminvite1…`, with a token's secret or without), as `--invite`
+/// and `mesh probe` read it.
+pub fn token_target() -> FuzzTarget {
+    let owner = Keypair::from_secret([7; 32]);
+    let invite = |holder| {
+        Signed::sign(
+            Invite {
+                version: PROTOCOL_VERSION,
+                mesh_id: Digest([3; 32]),
+                id: Digest([9; 32]),
+                owner: owner.public_key(),
+                holder,
+                role: ROLE_BOTH,
+                expires_ms: NOW_MS,
+            },
+            &owner,
+        )
+    };
+    let secret = [4; 32];
+    let corpus = [
+        Credential {
+            invite: invite(Holder::Peer(Keypair::from_secret([8; 32]).public_key())),
+            token_secret: None,
+        },
+        Credential {
+            invite: invite(Holder::Token(Keypair::from_secret(secret).public_key())),
+            token_secret: Some(secret),
+        },
+    ]
+    .iter()
+    .map(|c| c.to_token().into_bytes())
+    .collect();
+    FuzzTarget::new("invite token", corpus, Mutation::Bytes, |bytes| {
+        std::str::from_utf8(bytes).is_ok_and(|text| Credential::from_token(text).is_ok())
+    })
 }

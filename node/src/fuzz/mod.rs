@@ -102,6 +102,7 @@ pub fn targets(vectors: &Path) -> Result<Vec<FuzzTarget>, String> {
     let mut out = vec![frames::target(&vectors)];
     out.extend(sync::targets(&vectors)?);
     out.push(admission::target()?);
+    out.push(admission::token_target());
     out.extend(crate::api::fuzz::targets());
     Ok(out)
 }
@@ -143,6 +144,8 @@ mod tests {
             "POST /v1/chat/completions",
             "POST /api/chat",
             "POST /relaymesh/v1/transfers",
+            "membership hello",
+            "invite token",
         ] {
             assert!(names.contains(&wanted), "{wanted} not fuzzed: {names:?}");
         }
