@@ -57,14 +57,16 @@ impl LoopConfig {
 }
 
 /// Starts the loop on its own thread; returns once the context exists (or could not
-/// be made). The loop ends when every sender of `jobs` is gone.
+/// be made). The loop ends, and with it every generation still running, when every
+/// sender of `jobs` is gone: join the thread then, so that no decode outlives the
+/// backend (one still in llama.cpp while the process exits can crash it).
 pub fn spawn(
     model: Arc<LlamaModel>,
     config: LoopConfig,
     jobs: mpsc::Receiver<Job>,
-) -> Result<(), String> {
+) -> Result<std::thread::JoinHandle<()>, String> {
     let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("llama-decode".into())
         .spawn(move || {
             let batch_tokens = config.batch_tokens();
@@ -115,7 +117,8 @@ pub fn spawn(
         .map_err(|e| format!("starting the decode thread: {e}"))?;
     ready_rx
         .recv()
-        .map_err(|_| "the decode thread ended while starting".to_string())?
+        .map_err(|_| "the decode thread ended while starting".to_string())??;
+    Ok(thread)
 }
 
 /// A sequence id not in use, and what its KV cells still hold.
@@ -154,7 +157,8 @@ impl DecodeLoop<'_> {
     }
 
     /// Takes new jobs while sequence ids are free; waits for one when idle. False when
-    /// no job can come any more and nothing runs.
+    /// no job can come any more (the backend is gone: what still runs is dropped, and
+    /// its consumers see their streams end).
     fn admit(&mut self) -> bool {
         if self.sequences.is_empty() {
             match self.jobs.blocking_recv() {
@@ -166,7 +170,7 @@ impl DecodeLoop<'_> {
             match self.jobs.try_recv() {
                 Ok(job) => self.start(job),
                 Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => return !self.sequences.is_empty(),
+                Err(TryRecvError::Disconnected) => return false,
             }
         }
         true

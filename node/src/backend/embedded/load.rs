@@ -116,7 +116,7 @@ impl EmbeddedBackend {
             std::thread::available_parallelism().map_or(4, std::num::NonZeroUsize::get)
         });
         let (jobs, receiver) = mpsc::channel(slots.places() + JOB_BUFFER);
-        decode_loop::spawn(
+        let decode_thread = decode_loop::spawn(
             model.clone(),
             LoopConfig {
                 sequences: slots.places(),
@@ -158,6 +158,7 @@ impl EmbeddedBackend {
             context,
             default_max_tokens: options.default_max_tokens.max(1),
             jobs,
+            decode_thread: Some(decode_thread),
         })
     }
 }

@@ -128,6 +128,19 @@ pub struct EmbeddedBackend {
     default_max_tokens: u32,
     /// To the decode loop; a job is only sent with a slot (or by `greedy_ids`).
     jobs: mpsc::Sender<Job>,
+    /// The decode loop's thread, joined when the backend goes.
+    decode_thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for EmbeddedBackend {
+    /// Ends the decode loop (closing its job channel) and waits for it: at most the
+    /// step it is in.
+    fn drop(&mut self) {
+        drop(std::mem::replace(&mut self.jobs, mpsc::channel(1).0));
+        if let Some(thread) = self.decode_thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl EmbeddedBackend {
