@@ -269,28 +269,13 @@ struct Flooder {
     ping: libp2p::ping::Behaviour,
 }
 
-/// Gossip messages `node` has received so far (its gossip counter).
-fn gossip_in(node: &relaymesh::Node) -> u64 {
-    node.metrics()
-        .render()
-        .lines()
-        .find_map(|l| l.strip_prefix("relaymesh_gossip_messages_total{direction=\"in\"} "))
-        .map_or(0, |v| v.trim().parse().unwrap())
-}
-
-/// A peer that publishes a stream of valid ads from one key (a new sequence number every
-/// few milliseconds) to the bootstrap node: the bootstrap node takes about one a second
-/// and forwards none of the others, so an observer connected to it hears of a handful.
-/// Before, every ad was valid, accepted and carried to every node.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_flood_of_valid_ads_from_one_key_is_not_carried() {
-    use futures::StreamExt;
+/// A bare gossipsub peer of mesh `mesh_id`, subscribed to its ads topic and dialling
+/// `boot`; and the topic.
+fn flooder(
+    mesh_id: relaymesh_protocol::Digest,
+    boot: &libp2p::Multiaddr,
+) -> (libp2p::Swarm<Flooder>, libp2p::gossipsub::IdentTopic) {
     use libp2p::gossipsub;
-    let boot = bootstrap("t-flood").await;
-    let boot_addr = address(&boot, "quic").await;
-    let observer = supplier("t-flood", &boot_addr, &["honest"], LONG).await;
-    let status = boot.handle().status().await.unwrap();
-    let mesh_id = relaymesh_protocol::Digest::from_hex(&status.mesh_id).unwrap();
     let topic = gossipsub::IdentTopic::new(relaymesh_node::mesh::names::ads_topic(&mesh_id));
     let config = gossipsub::ConfigBuilder::default()
         .protocol_id_prefix(relaymesh_node::mesh::names::gossip_prefix(&mesh_id))
@@ -316,22 +301,57 @@ async fn a_flood_of_valid_ads_from_one_key_is_not_carried() {
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
         .build();
     swarm.behaviour_mut().gossipsub.subscribe(&topic).unwrap();
-    swarm.dial(boot_addr.clone()).unwrap();
-    let key = Keypair::from_secret([7; 32]);
-    let ad = |seq: u64| signed_ad(&key, mesh_id, seq, "flood").encode().unwrap();
-    // Publish until the bootstrap node is a subscriber, then wait for that first ad to
-    // reach the observer (so the path works), then flood.
-    let mut seq = 1;
+    swarm.dial(boot.clone()).unwrap();
+    (swarm, topic)
+}
+
+/// Publishes `first` as soon as a peer has subscribed to `topic` (within 30 s).
+async fn publish_once_subscribed(
+    swarm: &mut libp2p::Swarm<Flooder>,
+    topic: &libp2p::gossipsub::IdentTopic,
+    first: Vec<u8>,
+) {
+    use futures::StreamExt;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while swarm
         .behaviour_mut()
         .gossipsub
-        .publish(topic.clone(), ad(seq))
+        .publish(topic.clone(), first.clone())
         .is_err()
     {
         assert!(tokio::time::Instant::now() < deadline, "never subscribed");
         let _ = tokio::time::timeout(Duration::from_millis(100), swarm.next()).await;
     }
+}
+
+/// Gossip messages `node` has received so far (its gossip counter).
+fn gossip_in(node: &relaymesh::Node) -> u64 {
+    node.metrics()
+        .render()
+        .lines()
+        .find_map(|l| l.strip_prefix("relaymesh_gossip_messages_total{direction=\"in\"} "))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
+/// A peer that publishes a stream of valid ads from one key (a new sequence number every
+/// few milliseconds) to the bootstrap node: the bootstrap node takes about one a second
+/// and forwards none of the others, so an observer connected to it hears of a handful.
+/// Before, every ad was valid, accepted and carried to every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_valid_ads_from_one_key_is_not_carried() {
+    use futures::StreamExt;
+    let boot = bootstrap("t-flood").await;
+    let boot_addr = address(&boot, "quic").await;
+    let observer = supplier("t-flood", &boot_addr, &["honest"], LONG).await;
+    let status = boot.handle().status().await.unwrap();
+    let mesh_id = relaymesh_protocol::Digest::from_hex(&status.mesh_id).unwrap();
+    let (mut swarm, topic) = flooder(mesh_id, &boot_addr);
+    let key = Keypair::from_secret([7; 32]);
+    let ad = |seq: u64| signed_ad(&key, mesh_id, seq, "flood").encode().unwrap();
+    // Publish until the bootstrap node is a subscriber, then wait for that first ad to
+    // reach the observer (so the path works), then flood.
+    let mut seq = 1;
+    publish_once_subscribed(&mut swarm, &topic, ad(seq)).await;
     let until = tokio::time::Instant::now() + Duration::from_secs(30);
     let mut last = tokio::time::Instant::now();
     while !seen(&observer).await.iter().any(|(m, _)| m == "flood") {
@@ -397,4 +417,54 @@ async fn a_flood_of_valid_ads_from_one_key_is_not_carried() {
     for node in [late, observer, boot] {
         node.shutdown().await;
     }
+}
+
+/// A peer handing a node more gossip than its budget (`--limit gossip_per_peer`) has the
+/// rest dropped unchecked and counted: here 200 valid ads of 200 fresh keys in about 2 s
+/// to a bootstrap node that takes 5 a second from one peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gossip_beyond_a_peers_budget_is_dropped_and_counted() {
+    use futures::StreamExt;
+    let mut b = NodeBuilder::full()
+        .mesh_name("t-gossip-budget")
+        .listen(vec![quic(), tcp()]);
+    b.config_mut().role = relaymesh::Role::Bootstrap;
+    b.config_mut().limits.set("gossip_per_peer", 5).unwrap();
+    let boot = b.start().await.unwrap();
+    let boot_addr = address(&boot, "quic").await;
+    let status = boot.handle().status().await.unwrap();
+    let mesh_id = relaymesh_protocol::Digest::from_hex(&status.mesh_id).unwrap();
+    let (mut swarm, topic) = flooder(mesh_id, &boot_addr);
+    let ad = |n: u8| {
+        signed_ad(&Keypair::from_secret([n; 32]), mesh_id, 1, "flood")
+            .encode()
+            .unwrap()
+    };
+    publish_once_subscribed(&mut swarm, &topic, ad(0)).await;
+    for n in 1..=200u8 {
+        let _ = swarm
+            .behaviour_mut()
+            .gossipsub
+            .publish(topic.clone(), ad(n));
+        let _ = tokio::time::timeout(Duration::from_millis(10), swarm.next()).await;
+    }
+    let limited = || {
+        boot.metrics()
+            .render()
+            .lines()
+            .find_map(|l| l.strip_prefix("relaymesh_limited_total{reason=\"gossip_per_peer\"} "))
+            .map_or(0, |v| v.trim().parse::<u64>().unwrap())
+    };
+    wait_for(
+        "the flood to be counted",
+        Duration::from_secs(10),
+        || async { (limited() >= 150).then_some(()) },
+    )
+    .await;
+    let kept = boot.handle().models().await.unwrap().len();
+    assert!(
+        kept <= 40,
+        "the bootstrap node took {kept} of the flood's ads"
+    );
+    boot.shutdown().await;
 }

@@ -556,6 +556,20 @@ async fn a_restarted_member_keeps_its_invite_and_the_revocations_it_heard() {
         },
     )
     .await;
+    // At the protocol level it gets nothing: no stream opens to the bootstrap node
+    // (the dial is refused at admission, before any protocol runs).
+    let protocol = relaymesh_node::mesh::names::infer_protocol(&params.mesh_id());
+    let opened = tokio::time::timeout(
+        Duration::from_secs(10),
+        node.handle()
+            .streams()
+            .open_stream(boot.handle().peer_id(), protocol),
+    )
+    .await;
+    assert!(
+        !matches!(opened, Ok(Ok(_))),
+        "a revoked member opened a stream"
+    );
     node.shutdown().await;
     let refused = member()
         .start()

@@ -105,6 +105,8 @@ pub struct Limits {
     pub http_write_stall_secs: u64,
     /// Requests that may wait at a gateway for each model's free slot.
     pub queue_places: usize,
+    /// Gossip messages one peer may hand this node per second (bursts of twice that).
+    pub gossip_per_peer: u32,
 }
 
 impl Default for Limits {
@@ -122,6 +124,7 @@ impl Default for Limits {
             http_header_timeout_secs: crate::api::HEADER_TIMEOUT.as_secs(),
             http_write_stall_secs: crate::api::WRITE_STALL.as_secs(),
             queue_places: queue::MAX_WAITING,
+            gossip_per_peer: crate::mesh::gossip_budget::DEFAULT_PER_PEER,
         }
     }
 }
@@ -159,6 +162,10 @@ impl Limits {
             "seconds a response waits on a client reading nothing",
         ),
         ("queue_places", "requests waiting at a gateway per model"),
+        (
+            "gossip_per_peer",
+            "gossip messages one peer may hand this node per second",
+        ),
     ];
 
     /// Sets the limit `name` (one of [`Self::NAMES`] but `connections`, which is
@@ -183,6 +190,7 @@ impl Limits {
             "http_header_timeout_secs" => self.http_header_timeout_secs = value,
             "http_write_stall_secs" => self.http_write_stall_secs = value,
             "queue_places" => self.queue_places = size(value)?,
+            "gossip_per_peer" => self.gossip_per_peer = small(value)?,
             other => {
                 return Err(format!(
                     "no limit is called {other:?}; the limits: {}",

@@ -74,7 +74,8 @@ pub struct NodeArgs {
     /// streams (64 served at once), streams_per_peer (16), unstarted_streams_per_peer
     /// (8), streams_per_app (8), sessions_per_app (64 per hour), http_connections
     /// (512), http_header_timeout_secs (10), http_write_stall_secs (60), queue_places
-    /// (256 per model). What each cuts off is counted in relaymesh_limited_total.
+    /// (256 per model), gossip_per_peer (200 messages a second). What each cuts off is
+    /// counted in relaymesh_limited_total.
     #[arg(long = "limit", env = "RELAYMESH_LIMITS", value_delimiter = ',')]
     limits: Vec<String>,
     /// Announce a model as NAME or NAME@GGUF_BLAKE3_HEX without serving it (repeatable):

@@ -120,6 +120,8 @@ pub(crate) struct EventLoop {
     members_topic: gossipsub::IdentTopic,
     /// Whether this node's own invite has run out (said once).
     own_membership_ended: bool,
+    /// Gossip messages each peer may hand us per second.
+    gossip_budget: crate::mesh::gossip_budget::GossipBudget,
 }
 
 /// Connections a node seeks on its own (beyond those others open to it).
@@ -144,6 +146,8 @@ impl EventLoop {
     ) -> Self {
         let mesh_id = config.mesh.mesh_id();
         let bootstraps = Bootstraps::new(&config.bootstrap, std::time::Instant::now());
+        let gossip_budget =
+            crate::mesh::gossip_budget::GossipBudget::new(config.limits.gossip_per_peer);
         Self {
             swarm,
             commands,
@@ -174,6 +178,7 @@ impl EventLoop {
             ad_seq: 0,
             announced: false,
             syncs_requested: 0,
+            gossip_budget,
         }
     }
 
@@ -328,6 +333,7 @@ impl EventLoop {
     }
 
     fn housekeeping(&mut self) {
+        self.gossip_budget.forget_idle(std::time::Instant::now());
         self.cut_members();
         self.ledger_sync();
         self.dial_bootstraps();

@@ -8,6 +8,7 @@ pub mod behaviour;
 pub mod bootstrap;
 pub mod doctor;
 mod event_loop;
+pub mod gossip_budget;
 pub mod handle;
 pub mod join_probe;
 pub mod membership;

@@ -102,6 +102,18 @@ impl EventLoop {
         message: gossipsub::Message,
     ) {
         self.metrics.gossip("in", message.data.len());
+        if !self.gossip_budget.take(source, std::time::Instant::now()) {
+            self.metrics.limited("gossip_per_peer");
+            self.swarm
+                .behaviour_mut()
+                .gossipsub
+                .report_message_validation_result(
+                    &id,
+                    &source,
+                    gossipsub::MessageAcceptance::Ignore,
+                );
+            return;
+        }
         if message.topic == self.ledger_topic.hash() {
             let acceptance = self.on_ledger(&message.data);
             self.swarm

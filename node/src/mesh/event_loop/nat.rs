@@ -346,6 +346,17 @@ impl EventLoop {
             } => {
                 NatMetrics::count(&nat.relay_circuits, "closed");
                 nat.relay_circuits_open.dec();
+                // A circuit that reached a bound is a cut-off like any other limit's.
+                // (libp2p's relay ends such a circuit with these errors.)
+                match &error {
+                    Some(e) if e.to_string().contains("Max circuit bytes") => {
+                        self.metrics.limited("relay_circuit_bytes")
+                    }
+                    Some(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                        self.metrics.limited("relay_circuit_duration")
+                    }
+                    _ => {}
+                }
                 debug!(src = %src_peer_id, dst = %dst_peer_id, ?error, "relay: circuit closed");
             }
             _ => {}
