@@ -478,6 +478,53 @@ async fn a_supplier_killed_between_mining_and_claiming_claims_after_restart() {
     boot.shutdown().await;
 }
 
+/// A light gateway without a data dir reveals its sessions' secrets like any other
+/// app. Found in review (issue 20): it kept its sessions nowhere, never revealed, and
+/// every claim on its sessions settled by the supplier's full reveal; failed before:
+/// the settled claim was not revealed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_light_gateway_without_a_data_dir_reveals_its_sessions() {
+    let dir = tempfile::tempdir().unwrap();
+    // No genesis: no credit to enforce; every ack is mined, so one request is a claim.
+    let mut p = params("relay-mining-dataless-tests", Vec::new());
+    p.tau_min = 64;
+    let (boot, boot_addr) = bootstrap(&p, None).await;
+    let s = supplier(
+        &p,
+        &boot_addr,
+        &dir.path().join("s"),
+        &support::model_path(),
+    )
+    .await;
+    let (gateway, base) = gateway_with_ads(&p, &boot_addr, None, 1).await;
+    let r = ask(
+        &reqwest::Client::new(),
+        &base,
+        "What is the capital of France?",
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let claim = wait_for(
+        "the claim settled at the gateway",
+        Duration::from_secs(90),
+        || async {
+            gateway
+                .settlement()
+                .claims()
+                .into_iter()
+                .find(|c| c.status == "settled")
+        },
+    )
+    .await;
+    assert!(
+        claim.revealed,
+        "settled without the app's reveal: {claim:?}"
+    );
+    for n in [gateway, s, boot] {
+        n.shutdown().await;
+    }
+}
+
 /// A session whose claim is nearly full (nine tenths of `max_claim_leaves`) is not
 /// resumed: the gateway opens a new one, so work is not served beyond what a claim can
 /// hold.

@@ -70,9 +70,9 @@ impl Node {
         let miner = open_tree(&data_dir, "mining")?
             .filter(|_| serves)
             .map(|t| Arc::new(crate::mining::Miner::new(t, &params)));
-        let app_sessions = open_tree(&data_dir, "app_sessions")?;
-        // Every node keeps the ledger; one without a data dir keeps it in a temporary
-        // database.
+        // Every node keeps the ledger, and an app's sessions and acks; one without a data
+        // dir keeps them in a temporary database (so a light node without one still
+        // reveals its sessions, instead of leaving every claim to the full reveal).
         let db = match &data_dir {
             Some(dir) => dir.db().clone(),
             None => sled::Config::new()
@@ -85,6 +85,16 @@ impl Node {
                     })
                 })?,
         };
+        let db_error = |source| {
+            NodeError::Store(StoreError::Database {
+                path: data_dir
+                    .as_ref()
+                    .map_or("(temporary)".into(), |d| d.path().to_owned()),
+                source,
+            })
+        };
+        let app_tree = |name: &str| db.open_tree(name).map(Some).map_err(db_error);
+        let app_sessions = app_tree("app_sessions")?;
         let settlement = Arc::new(
             crate::settle::Settlement::open(
                 key.clone(),
@@ -95,14 +105,7 @@ impl Node {
                 metrics.clone(),
                 crate::mesh::now_ms(),
             )
-            .map_err(|source| {
-                NodeError::Store(StoreError::Database {
-                    path: data_dir
-                        .as_ref()
-                        .map_or("(temporary)".into(), |d| d.path().to_owned()),
-                    source,
-                })
-            })?,
+            .map_err(db_error)?,
         );
         let membership = open_membership(&config, &key, &db, &metrics, serves)?;
         let (handle, swarm_task) = mesh::spawn(
@@ -132,7 +135,7 @@ impl Node {
                                 queue_places: limits.queue_places,
                                 ..routing.timeouts
                             },
-                            open_tree(&data_dir, crate::settle::APP_ACKS_TREE)?,
+                            app_tree(crate::settle::APP_ACKS_TREE)?,
                             app_sessions,
                         ),
                         routing,
