@@ -579,3 +579,26 @@ fn a_model_in_the_ollama_store_is_served_from_its_blob() {
     let content = answer["choices"][0]["message"]["content"].as_str().unwrap();
     assert!(!content.is_empty(), "{answer}");
 }
+
+/// First-run polish: `relaymesh node -V` printed "unexpected argument", and an error
+/// that quotes its cause said it twice ("No such file or directory (os error 2): No
+/// such file or directory (os error 2)").
+#[test]
+fn subcommands_print_the_version_and_errors_say_their_cause_once() {
+    for args in [&["-V"][..], &["node", "-V"], &["mesh", "--version"]] {
+        let out = stdout_of(relaymesh().args(args));
+        assert!(out.ends_with(env!("CARGO_PKG_VERSION")), "{args:?}: {out}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = relaymesh()
+        .args(["node", "--data-dir"])
+        .arg(dir.path())
+        .args(["--listen", "/ip4/127.0.0.1/tcp/0"])
+        .args(["--serve", "x=gguf:/nonexistent/model.gguf"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent/model.gguf"), "{err}");
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+}

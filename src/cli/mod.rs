@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand};
 
 /// relaymesh: a peer-to-peer mesh for LLM inference, metered with Relay Mining.
 #[derive(Parser, Debug)]
-#[command(name = "relaymesh", version, about, long_about = None)]
+#[command(name = "relaymesh", version, propagate_version = true, about, long_about = None)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -151,10 +151,27 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", user_message(&err));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes in one line, each cause said once: a message that already
+/// quotes its cause (`{path}: {source}`) does not get it appended again.
+fn user_message(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 fn id(data_dir: &std::path::Path) -> anyhow::Result<()> {
