@@ -602,3 +602,23 @@ fn subcommands_print_the_version_and_errors_say_their_cause_once() {
     assert!(err.contains("/nonexistent/model.gguf"), "{err}");
     assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
 }
+
+/// The `--api` port was checked only once the model had loaded (minutes, for a big
+/// one); a taken port is now refused before loading starts.
+#[test]
+fn a_taken_api_port_is_refused_before_the_model_loads() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let api = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let out = relaymesh()
+        .args(["node", "--data-dir"])
+        .arg(dir.path())
+        .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--api", &api, "--serve"])
+        .arg(format!("smollm2=gguf:{}", support::model_path().display()))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("choose another --api"), "{err}");
+    assert!(!err.contains("model loaded"), "loaded first: {err}");
+}

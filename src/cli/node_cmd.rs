@@ -489,6 +489,12 @@ async fn load_models(mut serving: Serving) -> anyhow::Result<Models> {
 
 pub fn run(args: NodeArgs) -> anyhow::Result<()> {
     let (mut config, serving) = resolve(args)?;
+    // A taken API port is said before a model takes minutes to load, not after.
+    if let Some(api) = config.api {
+        std::net::TcpListener::bind(api).map_err(|e| {
+            anyhow!("cannot serve the local API on {api}: {e}; choose another --api")
+        })?;
+    }
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
         config.models = Arc::new(load_models(serving).await?);
