@@ -6,6 +6,7 @@ mod support;
 
 use std::time::Duration;
 
+use relaymesh_node::backend::embedded::EmbeddedBackend;
 use relaymesh_node::backend::{
     Backend, BackendError, ChatMessage, Finish, FinishReason, GenEvent, GenRequest, Generation,
     Prompt, Role, Sampling, Tenant,
@@ -186,61 +187,43 @@ async fn a_next_turn_reads_only_what_is_new_and_never_from_another_tenants_cache
         role,
         content: content.into(),
     };
-    let ask = |tenant, messages: Vec<ChatMessage>| GenRequest {
-        prompt: Prompt::Chat(messages),
-        sampling: greedy(24),
-        tenant,
-    };
+    // A greedy answer to `messages` asked by `tenant`, and how it finished.
+    async fn ask(
+        backend: &EmbeddedBackend,
+        tenant: Tenant,
+        messages: &[ChatMessage],
+    ) -> (String, Finish) {
+        let request = GenRequest {
+            prompt: Prompt::Chat(messages.to_vec()),
+            sampling: greedy(24),
+            tenant,
+        };
+        finish(backend.generate(request).await.unwrap()).await
+    }
     let question = vec![turn(Role::User, "What is the capital of France?")];
-    let (answer, first) = finish(
-        backend
-            .generate(ask(Tenant::Local, question.clone()))
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (answer, first) = ask(&backend, Tenant::Local, &question).await;
     assert_eq!(first.cached_tokens, 0);
     // The same again: all but the prompt's last token come from the cache.
-    let (again, same) = finish(
-        backend
-            .generate(ask(Tenant::Local, question.clone()))
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (again, same) = ask(&backend, Tenant::Local, &question).await;
     assert_eq!(
         (again.as_str(), same.cached_tokens),
         (answer.as_str(), first.prompt_tokens - 1)
     );
     // Another app asking the same reads it all, and gets the same answer.
-    let stranger = Tenant::App([5; 32]);
-    let (theirs, other) = finish(
-        backend
-            .generate(ask(stranger, question.clone()))
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (theirs, other) = ask(&backend, Tenant::App([5; 32]), &question).await;
     assert_eq!((theirs.as_str(), other.cached_tokens), (answer.as_str(), 0));
     // The next turn: the first question and the answer are not read again.
     let mut next = question;
     next.push(turn(Role::Assistant, &answer));
     next.push(turn(Role::User, "And of Italy?"));
-    let (follow, later) = finish(
-        backend
-            .generate(ask(Tenant::Local, next.clone()))
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (follow, later) = ask(&backend, Tenant::Local, &next).await;
     assert!(
         later.cached_tokens >= first.prompt_tokens,
         "{later:?} after {first:?}"
     );
     assert!(later.prompt_tokens > later.cached_tokens);
     // Read whole by a fresh engine, the same turn gives the same answer.
-    let fresh = support::smollm(1, 1);
-    let (whole, read) = finish(fresh.generate(ask(Tenant::Local, next)).await.unwrap()).await;
+    let (whole, read) = ask(&support::smollm(1, 1), Tenant::Local, &next).await;
     assert_eq!((follow, read.cached_tokens), (whole, 0));
 }
 

@@ -32,6 +32,79 @@ fn funded(name: &str, app: &Keypair) -> relaymesh_protocol::params::MeshParams {
     )
 }
 
+/// A funded app with a session at a lone supplier (one slot, no queue): the mesh, the
+/// supplier's backend, and the stream the session was proposed on.
+struct OneSupplier {
+    app: Keypair,
+    p: relaymesh_protocol::params::MeshParams,
+    backend: std::sync::Arc<relaymesh_node::backend::embedded::EmbeddedBackend>,
+    app_node: relaymesh::Node,
+    offers: Vec<(
+        relaymesh_protocol::PublicKey,
+        relaymesh_protocol::messages::capability::ModelOffer,
+    )>,
+    halves: (
+        futures::io::ReadHalf<libp2p::Stream>,
+        futures::io::WriteHalf<libp2p::Stream>,
+    ),
+    session: relaymesh_protocol::messages::session::SignedSessionOpen,
+    nodes: Others,
+}
+
+/// The bootstrap node and the supplier, and the supplier's data dir.
+struct Others {
+    boot: relaymesh::Node,
+    supplier: relaymesh::Node,
+    _dir: tempfile::TempDir,
+}
+
+impl Others {
+    async fn stop(self, app_node: relaymesh::Node) {
+        for n in [self.supplier, app_node, self.boot] {
+            n.shutdown().await;
+        }
+    }
+}
+
+impl OneSupplier {
+    async fn start(mesh: &str) -> Self {
+        let app = Keypair::generate(&mut rand_core::OsRng);
+        let p = funded(mesh, &app);
+        let dir = tempfile::tempdir().unwrap();
+        let (boot, boot_addr) = bootstrap(&p, None).await;
+        let backend = support::smollm(1, 0);
+        let supplier = supplier_with(&p, &boot_addr, &dir.path().join("s"), backend.clone()).await;
+        let (app_node, offers) = app_node(&p, &boot_addr, 1).await;
+        let mut halves = stream(&app_node, &p, offers[0].0).await;
+        let answer = propose(
+            &mut halves,
+            &p,
+            &app,
+            &offers[0],
+            CreditSlot::new(0, CREDIT / 4),
+            0,
+        )
+        .await;
+        let FrameBody::Accept(session) = answer else {
+            panic!("not accepted: {answer:?}")
+        };
+        OneSupplier {
+            app,
+            p,
+            backend,
+            app_node,
+            offers,
+            halves,
+            session,
+            nodes: Others {
+                boot,
+                supplier,
+                _dir: dir,
+            },
+        }
+    }
+}
+
 /// The double-commit race: an app gives one escrow slot to sessions at two suppliers
 /// at the same moment and, `late` or at once, sends a request on each session and a
 /// second one on a new stream (`Resume`), acking everything. The tokens each stream got
@@ -180,26 +253,17 @@ async fn an_app_that_double_commits_and_asks_late_gets_no_token() {
 /// third. Found by review; failed before: the third stream was served.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_app_leaving_before_its_first_token_owes_an_ack_step() {
-    let app = Keypair::generate(&mut rand_core::OsRng);
-    let p = funded("rational-apps-leave-tests", &app);
-    let dir = tempfile::tempdir().unwrap();
-    let (boot, boot_addr) = bootstrap(&p, None).await;
-    let backend = support::smollm(1, 0);
-    let s = supplier_with(&p, &boot_addr, &dir.path().join("s"), backend.clone()).await;
-    let (app_node, offers) = app_node(&p, &boot_addr, 1).await;
-    let mut first = stream(&app_node, &p, offers[0].0).await;
-    let answer = propose(
-        &mut first,
-        &p,
-        &app,
-        &offers[0],
-        CreditSlot::new(0, CREDIT / 4),
-        0,
-    )
-    .await;
-    let FrameBody::Accept(session) = answer else {
-        panic!("not accepted: {answer:?}")
-    };
+    let OneSupplier {
+        app,
+        p,
+        backend,
+        app_node,
+        offers,
+        session,
+        nodes,
+        // Kept open, as an app that proposed and asks on other streams would.
+        halves: _proposed,
+    } = OneSupplier::start("rational-apps-leave-tests").await;
     let slot_is = |free: usize| {
         let backend = backend.clone();
         async move {
@@ -236,9 +300,7 @@ async fn an_app_leaving_before_its_first_token_owes_an_ack_step() {
         }
         other => panic!("the third stream was served: {other:?}"),
     }
-    for n in [s, app_node, boot] {
-        n.shutdown().await;
-    }
+    nodes.stop(app_node).await;
 }
 
 /// An app that stops acking keeps its generation place, and with every slot taken
@@ -247,26 +309,16 @@ async fn an_app_leaving_before_its_first_token_owes_an_ack_step() {
 /// review; failed before: the stream was still open after 20 s.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stream_that_stops_acking_gives_its_place_up_while_every_slot_is_taken() {
-    let app = Keypair::generate(&mut rand_core::OsRng);
-    let p = funded("rational-apps-stalled-tests", &app);
-    let dir = tempfile::tempdir().unwrap();
-    let (boot, boot_addr) = bootstrap(&p, None).await;
-    let backend = support::smollm(1, 0);
-    let s = supplier_with(&p, &boot_addr, &dir.path().join("s"), backend.clone()).await;
-    let (app_node, offers) = app_node(&p, &boot_addr, 1).await;
-    let mut halves = stream(&app_node, &p, offers[0].0).await;
-    let answer = propose(
-        &mut halves,
-        &p,
-        &app,
-        &offers[0],
-        CreditSlot::new(0, CREDIT / 4),
-        0,
-    )
-    .await;
-    let FrameBody::Accept(session) = answer else {
-        panic!("not accepted: {answer:?}")
-    };
+    let OneSupplier {
+        app,
+        p,
+        backend,
+        app_node,
+        mut halves,
+        session,
+        nodes,
+        ..
+    } = OneSupplier::start("rational-apps-stalled-tests").await;
     let (r, w) = &mut halves;
     write_frame(w, request(&session, 0, &app, &p).0)
         .await
@@ -292,7 +344,5 @@ async fn a_stream_that_stops_acking_gives_its_place_up_while_every_slot_is_taken
         (backend.slots().0 == 1).then_some(())
     })
     .await;
-    for n in [s, app_node, boot] {
-        n.shutdown().await;
-    }
+    nodes.stop(app_node).await;
 }

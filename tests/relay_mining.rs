@@ -58,6 +58,19 @@ async fn gateway_with_ads(
     (gateway, base)
 }
 
+/// A bootstrap node, a supplier of `model` (its data in `dir`) and a light gateway
+/// without a data dir that sees it, in mesh `p`; and the gateway's API base URL.
+async fn one_supplier(
+    p: &MeshParams,
+    dir: &std::path::Path,
+    model: &std::path::Path,
+) -> (relaymesh::Node, relaymesh::Node, relaymesh::Node, String) {
+    let (boot, boot_addr) = bootstrap(p, None).await;
+    let s = supplier(p, &boot_addr, dir, model).await;
+    let (gateway, base) = gateway_with_ads(p, &boot_addr, None, 1).await;
+    (boot, s, gateway, base)
+}
+
 async fn ask(client: &reqwest::Client, base: &str, question: &str) -> reqwest::Response {
     client
         .post(format!("{base}/v1/chat/completions"))
@@ -370,11 +383,9 @@ async fn an_app_without_credit_gets_a_clear_refusal() {
             amount: CREDIT,
         }],
     );
-    let (boot, boot_addr) = bootstrap(&p, None).await;
     std::fs::create_dir_all(dir.path().join("model")).unwrap();
     let model = model_with_manifest(&dir.path().join("model"), &someone_else);
-    let s = supplier(&p, &boot_addr, &dir.path().join("s"), &model).await;
-    let (gateway, base) = gateway_with_ads(&p, &boot_addr, None, 1).await;
+    let (boot, s, gateway, base) = one_supplier(&p, &dir.path().join("s"), &model).await;
     let r = ask(&reqwest::Client::new(), &base, "Hello?").await;
     assert_eq!(r.status(), 402);
     let body: Value = r.json().await.unwrap();
@@ -488,15 +499,8 @@ async fn a_light_gateway_without_a_data_dir_reveals_its_sessions() {
     // No genesis: no credit to enforce; every ack is mined, so one request is a claim.
     let mut p = params("relay-mining-dataless-tests", Vec::new());
     p.tau_min = 64;
-    let (boot, boot_addr) = bootstrap(&p, None).await;
-    let s = supplier(
-        &p,
-        &boot_addr,
-        &dir.path().join("s"),
-        &support::model_path(),
-    )
-    .await;
-    let (gateway, base) = gateway_with_ads(&p, &boot_addr, None, 1).await;
+    let (boot, s, gateway, base) =
+        one_supplier(&p, &dir.path().join("s"), &support::model_path()).await;
     let r = ask(
         &reqwest::Client::new(),
         &base,
@@ -538,15 +542,8 @@ async fn a_session_whose_claim_is_nearly_full_gives_way_to_a_new_one() {
     p.tau_min = 64;
     p.max_claim_leaves = 1;
     p.max_session_ms = 600_000;
-    let (boot, boot_addr) = bootstrap(&p, None).await;
-    let s = supplier(
-        &p,
-        &boot_addr,
-        &dir.path().join("s"),
-        &support::model_path(),
-    )
-    .await;
-    let (gateway, base) = gateway_with_ads(&p, &boot_addr, None, 1).await;
+    let (boot, s, gateway, base) =
+        one_supplier(&p, &dir.path().join("s"), &support::model_path()).await;
     let client = reqwest::Client::new();
     let miner = relaymesh_node::mining::Miner::new(
         s.data_dir().unwrap().db().open_tree("mining").unwrap(),
