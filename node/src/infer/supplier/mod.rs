@@ -36,6 +36,10 @@ pub const MIN_SESSION_MS: u64 = 60_000;
 /// came (the first has [`FIRST_FRAME_TIMEOUT`]).
 pub const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long an app may wait for a first token and then leave owing nothing (a
+/// gateway's default hedge deadline).
+pub const HEDGE_GRACE: Duration = Duration::from_secs(5);
+
 /// How long a stream whose window is full waits for an ack while every slot of its
 /// model is taken (an honest app acks within a round trip).
 pub const CONTENDED_ACK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -442,6 +446,12 @@ async fn serve(
             return Err(e.to_string());
         }
     };
+    // A session past the clash window is checked before anything is generated (an
+    // exclusion may have come since it was countersigned).
+    if ctx.fresh.wait_until(&session.session_key()).is_none() {
+        still_admitted(&session.body, ctx, &mut w).await?;
+    }
+    let asked = tokio::time::Instant::now();
     let mut request = gen_request(&payload);
     request.tenant = Tenant::App(*session.body.app.as_bytes());
     let mut generation = match served.generate(request).await {
@@ -478,13 +488,8 @@ async fn serve(
         }
     });
     let first_window = ticket.window().max_unacked;
-    // A fresh session's streams wait out the clash window within their first window;
-    // a session past it is checked before its first token (an exclusion may have come
-    // since it was countersigned).
+    // A fresh session's streams wait out the clash window within their first window.
     let mut clash_check = ctx.fresh.wait_until(&session.session_key());
-    if clash_check.is_none() {
-        still_admitted(&session.body, ctx, &mut w).await?;
-    }
     let mut sent = 0u32;
     let mut checked = tokio::time::Instant::now();
     // Whether the stream ended for want of the supplier (its tokens are then no debt).
@@ -607,10 +612,14 @@ async fn serve(
     // Tokens sent and never acknowledged count against the app, unless the supplier
     // ended the stream; a stream the app left with nothing acknowledged owes at least
     // an ack step (its prompt was read for nothing, and leaving before the first token
-    // would otherwise cost nothing).
+    // would otherwise cost nothing), unless its first token was slower than
+    // `HEDGE_GRACE`: an app that gave up on a slow supplier (a gateway's hedge) took
+    // nothing from it.
     let acked = flow.acked_tokens();
     let owed = if flow.is_closed() || our_fault {
         0
+    } else if acked == 0 && sent == 0 && asked.elapsed() >= HEDGE_GRACE {
+        flow.unacked_tokens()
     } else if acked == 0 {
         flow.unacked_tokens().max(ticket.window().ack_every)
     } else {
