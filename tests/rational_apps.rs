@@ -304,9 +304,10 @@ async fn an_app_leaving_before_its_first_token_owes_an_ack_step() {
 }
 
 /// An app that stops acking keeps its generation place, and with every slot taken
-/// others wait behind it. While every slot of its model is taken, the supplier now ends
-/// such a stream after `CONTENDED_ACK_TIMEOUT` (5 s) without an ack, not 30 s. Found by
-/// review; failed before: the stream was still open after 20 s.
+/// others wait behind it. While every slot of its model is taken and someone waits for
+/// one, the supplier now ends such a stream after `CONTENDED_ACK_TIMEOUT` (5 s)
+/// without an ack, not 30 s, and the one waiting (asking again as told) is served.
+/// Found by review; failed before: the stream was still open after 20 s.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stream_that_stops_acking_gives_its_place_up_while_every_slot_is_taken() {
     let OneSupplier {
@@ -314,18 +315,20 @@ async fn a_stream_that_stops_acking_gives_its_place_up_while_every_slot_is_taken
         p,
         backend,
         app_node,
+        offers,
         mut halves,
         session,
         nodes,
-        ..
     } = OneSupplier::start("rational-apps-stalled-tests").await;
     let (r, w) = &mut halves;
     write_frame(w, request(&session, 0, &app, &p).0)
         .await
         .unwrap();
-    // Tokens read, none acknowledged, until the supplier ends the stream.
-    let tokens = tokio::time::timeout(Duration::from_secs(20), async {
-        let mut tokens = 0;
+    let first = read_frame(&mut *r).await.unwrap();
+    assert!(matches!(first.body, FrameBody::Token(_)), "{first:?}");
+    // Tokens read, none acknowledged, until the supplier ends the stream...
+    let stalled = async {
+        let mut tokens = 1;
         while let Ok(frame) = read_frame(&mut *r).await {
             match frame.body {
                 FrameBody::Token(_) => tokens += 1,
@@ -333,14 +336,38 @@ async fn a_stream_that_stops_acking_gives_its_place_up_while_every_slot_is_taken
             }
         }
         tokens
+    };
+    // ...while another stream asks for the slot, again as told while refused.
+    let waiter = async {
+        for id in 1u64.. {
+            let (mut r2, mut w2) = stream(&app_node, &p, offers[0].0).await;
+            write_frame(&mut w2, FrameBody::Resume(session.clone()))
+                .await
+                .unwrap();
+            write_frame(&mut w2, request(&session, id, &app, &p).0)
+                .await
+                .unwrap();
+            match read_frame(&mut r2).await.unwrap().body {
+                FrameBody::Refuse(no) if no.code == RefuseCode::Busy => {
+                    tokio::time::sleep(Duration::from_millis(no.retry_after_ms)).await;
+                }
+                FrameBody::Token(_) => return id,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        unreachable!()
+    };
+    let (tokens, tries) = tokio::time::timeout(Duration::from_secs(20), async {
+        futures::join!(stalled, waiter)
     })
     .await
-    .expect("the supplier ends a stalled stream that holds every slot");
+    .expect("the supplier ends a stalled stream that holds the slot another wants");
     assert!(
         (1..=16).contains(&tokens),
         "one ack step, then nothing: {tokens}"
     );
-    support::wait_for("the slot to be free", Duration::from_secs(10), || async {
+    assert!(tries > 1, "the waiter was refused while the slot was held");
+    support::wait_for("the slot to be free", Duration::from_secs(30), || async {
         (backend.slots().0 == 1).then_some(())
     })
     .await;

@@ -5,6 +5,7 @@
 //! crate's IO-free flow machines (`metering::flow`).
 
 pub mod app_limits;
+pub mod claims;
 pub mod codec;
 pub mod escrow;
 pub mod gateway;

@@ -4,6 +4,7 @@
 //! as a receipt in sled.
 
 mod clash;
+mod pace;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,8 +37,8 @@ pub const MIN_SESSION_MS: u64 = 60_000;
 /// came (the first has [`FIRST_FRAME_TIMEOUT`]).
 pub const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// How long an app may wait for a first token and then leave owing nothing (a
-/// gateway's default hedge deadline).
+/// How long an app's request may wait for a generation place before the app may leave
+/// owing nothing (a gateway's default hedge deadline).
 pub const HEDGE_GRACE: Duration = Duration::from_secs(5);
 
 /// How long a stream whose window is full waits for an ack while every slot of its
@@ -381,7 +382,8 @@ async fn serve(
     };
     // The stream reserves what it may bill of the escrow: at least its prompt and a
     // token, at most its prompt and its whole output bound.
-    let prompt_cu = session.body.cu.prompt_units(request.body.prompt_bytes);
+    let prompt_bytes_signed = request.body.prompt_bytes;
+    let prompt_cu = session.body.cu.prompt_units(prompt_bytes_signed);
     let most_cu = prompt_cu.saturating_add(
         session
             .body
@@ -416,17 +418,18 @@ async fn serve(
             )
         })
     });
+    let free_slots = served.as_ref().map_or(0, |s| s.backend.slots().0);
     let ticket = match problem {
         Some((code, msg)) => Err((code, msg, 0)),
         None => ctx
             .limits
-            .begin(&session.body.app, payload.model.as_str(), peer)
+            .begin(&session.body.app, payload.model.as_str(), peer, free_slots)
             .map_err(|r| {
                 ctx.metrics.limited("app_streams");
                 (RefuseCode::Busy, r.why, r.retry_after.as_millis() as u64)
             }),
     };
-    let ticket = match ticket {
+    let mut ticket = match ticket {
         Ok(ticket) => ticket,
         Err((code, msg, retry)) => {
             let _ = write_frame(&mut w, refusal(code, msg.clone(), retry)).await;
@@ -455,14 +458,17 @@ async fn serve(
     let mut request = gen_request(&payload);
     request.tenant = Tenant::App(*session.body.app.as_bytes());
     let mut generation = match served.generate(request).await {
-        Ok(g) => g,
+        Ok(g) => {
+            ticket.started();
+            g
+        }
         Err(e) => {
             let (code, retry) = match &e {
                 BackendError::Busy { retry_after, .. } => {
-                    // The next free slot is this app's, over apps that hold as many or more.
-                    ctx.limits
-                        .waits(&session.body.app, payload.model.as_str(), peer);
-                    (RefuseCode::Busy, retry_after.as_millis() as u64)
+                    // The next free slot is this app's, over apps that hold as many or
+                    // more, if it comes back as told.
+                    let retry = ticket.busy(peer).unwrap_or(*retry_after);
+                    (RefuseCode::Busy, retry.as_millis() as u64)
                 }
                 BackendError::PromptTooLong { .. } | BackendError::Invalid(_) => {
                     (RefuseCode::Invalid, 0)
@@ -473,6 +479,7 @@ async fn serve(
             return Err(e.to_string());
         }
     };
+    let queued = asked.elapsed();
     info!(%peer, model = payload.model.as_str(), "serving a mesh request");
 
     // 3. Tokens out, acks in. Acks are read by their own task so that a full window
@@ -492,6 +499,8 @@ async fn serve(
     let mut clash_check = ctx.fresh.wait_until(&session.session_key());
     let mut sent = 0u32;
     let mut checked = tokio::time::Instant::now();
+    let mut clock = pace::AckClock::new(std::time::Instant::now());
+    let model = payload.model.as_str();
     // Whether the stream ended for want of the supplier (its tokens are then no debt).
     let mut our_fault = false;
     let result = async {
@@ -502,6 +511,11 @@ async fn serve(
             if flow.is_closed() {
                 return Ok(());
             }
+            // A full window while generating holds a place: is it one others want?
+            let holding = !generated
+                && !flow.can_send()
+                && ctx.limits.contended(model, served.backend.slots().0);
+            clock.look(std::time::Instant::now(), flow.unacked_tokens() > 0, holding)?;
             // Send what is pending while the window allows. Output the escrow cannot pay
             // for is not sent: the answer ends there, as if at its length limit.
             while flow.can_send() && (clash_check.is_none() || sent < first_window) {
@@ -523,6 +537,7 @@ async fn serve(
                 }
                 flow.send(&piece).map_err(|e| e.to_string())?;
                 sent += 1;
+                clock.heard(std::time::Instant::now());
                 write_frame(&mut w, FrameBody::Token(BoundedString::new(piece).expect("split to fit")))
                     .await
                     .map_err(|e| e.to_string())?;
@@ -545,7 +560,7 @@ async fn serve(
                     clash_check = None;
                     still_admitted(&session.body, ctx, &mut w).await?;
                 }
-                event = generation.next(), if generating => match event {
+                event = generation.next(), if generating => match event.inspect(|_| clock.heard(std::time::Instant::now())) {
                     Some(GenEvent::Text(text)) => {
                         pending.extend(token_frames(&text, cap).into_iter().map(str::to_owned));
                     }
@@ -571,9 +586,10 @@ async fn serve(
                         return Err("the backend stopped".to_string());
                     }
                 },
-                frame = tokio::time::timeout(ack_deadline(&flow, served), acks.recv()) => match frame {
+                frame = tokio::time::timeout(pace::LOOK_EVERY, acks.recv()) => match frame {
                     Ok(Some(Ok(f))) => match f.body {
                         FrameBody::Ack(ack) => {
+                            clock.heard(std::time::Instant::now());
                             let item = ack.signed_item(session.body.app);
                             if !ctx.acks.verify(item.clone()).await {
                                 return Err("an ack's signature does not verify".into());
@@ -602,40 +618,25 @@ async fn serve(
                     Ok(Some(Err(FrameError::Io(e)))) => return Err(format!("the app left: {e}")),
                     Ok(Some(Err(e))) => return Err(e.to_string()),
                     Ok(None) => return Err("the app left".into()),
-                    Err(_) => return Err("no ack in time".into()),
+                    // Looked at again at the top of the loop.
+                    Err(_) => {}
                 },
             }
         }
     }
     .await;
     reader.abort();
-    // Tokens sent and never acknowledged count against the app, unless the supplier
-    // ended the stream; a stream the app left with nothing acknowledged owes at least
-    // an ack step (its prompt was read for nothing, and leaving before the first token
-    // would otherwise cost nothing), unless its first token was slower than
-    // `HEDGE_GRACE`: an app that gave up on a slow supplier (a gateway's hedge) took
-    // nothing from it.
+    // What the app owes: see `pace::owed`.
     let acked = flow.acked_tokens();
-    let owed = if flow.is_closed() || our_fault {
-        0
-    } else if acked == 0 && sent == 0 && asked.elapsed() >= HEDGE_GRACE {
-        flow.unacked_tokens()
-    } else if acked == 0 {
-        flow.unacked_tokens().max(ticket.window().ack_every)
-    } else {
-        flow.unacked_tokens()
-    };
+    let owed = pace::owed(&pace::Ending {
+        clean: flow.is_closed() || our_fault,
+        acked,
+        sent,
+        unacked: flow.unacked_tokens(),
+        ack_every: ticket.window().ack_every,
+        queued,
+        prompt_bytes: prompt_bytes_signed,
+    });
     ticket.end(acked, owed);
     result
-}
-
-/// How long a stream waits for the app's next ack: [`FRAME_TIMEOUT`], or, while its
-/// window is full and every slot of its model is taken, [`CONTENDED_ACK_TIMEOUT`] (a
-/// stream that stops acking holds a generation place others are waiting for).
-fn ack_deadline(flow: &SupplierFlow, served: &ServedModel) -> Duration {
-    if !flow.can_send() && served.backend.slots().0 == 0 {
-        CONTENDED_ACK_TIMEOUT
-    } else {
-        FRAME_TIMEOUT
-    }
 }
