@@ -244,6 +244,28 @@ async fn every_ledger_settles_the_same_claims_and_credits_match_the_work() {
         .await
         .unwrap();
     assert!(metrics.contains("relaymesh_ledger_messages_total{kind=\"claim\",outcome=\"new\"}"));
+    // Each peer's clock, as heard in anti-entropy (one machine: within a second).
+    let peers: Value = client
+        .get(format!(
+            "http://{}/relaymesh/v1/peers",
+            observer.api_addr().unwrap()
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let offsets: Vec<i64> = peers
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|row| row["clock_offset_ms"].as_i64())
+        .collect();
+    assert!(
+        !offsets.is_empty() && offsets.iter().all(|o| o.abs() < 1_000),
+        "{peers}"
+    );
 
     // The observer restarts on its data dir with the same ledger; a node that was not
     // there at all (as if cut off until now) catches up by anti-entropy.

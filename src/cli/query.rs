@@ -118,6 +118,7 @@ pub fn peers(args: &QueryArgs) -> anyhow::Result<()> {
         ("link", "LINK"),
         ("transports", "TRANSPORT"),
         ("rtt_ms", "RTT ms"),
+        ("clock_offset_ms", "CLOCK ms"),
         ("agent", "AGENT"),
     ];
     // In a private mesh, what each peer was admitted as.

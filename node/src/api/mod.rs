@@ -234,10 +234,13 @@ async fn doctor(State(s): State<ApiState>) -> Response {
 }
 
 async fn peers(State(s): State<ApiState>) -> Response {
-    s.node
-        .peers()
-        .await
-        .map_or_else(|_| gone(), |v| Json(v).into_response())
+    let Ok(mut rows) = s.node.peers().await else {
+        return gone();
+    };
+    for row in &mut rows {
+        row.clock_offset_ms = s.settlement.peer_clock_offset(&row.peer_id);
+    }
+    Json(rows).into_response()
 }
 
 async fn models(State(s): State<ApiState>) -> Response {

@@ -390,6 +390,7 @@ mod tests {
             gossip_score: None,
             member: None,
             rtt_ms: Some(1.0),
+            clock_offset_ms: None,
         }
     }
 

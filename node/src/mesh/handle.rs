@@ -99,6 +99,9 @@ pub struct PeerRow {
     /// In a private mesh: what the peer was admitted as.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub member: Option<MemberRow>,
+    /// Its clock minus ours, ms, as last heard in anti-entropy (positive: ours is
+    /// behind); `None` until heard.
+    pub clock_offset_ms: Option<i64>,
 }
 
 /// A private mesh's member, as admitted.

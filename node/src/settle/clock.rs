@@ -129,6 +129,13 @@ impl ClockWatch {
         true
     }
 
+    /// The last offset heard from `peer` (its clock minus ours, ms), if it is among
+    /// the [`CLOCK_PEERS`] remembered.
+    pub fn offset_of(&self, peer: &str) -> Option<i64> {
+        let state = self.state.lock().expect("clock lock");
+        state.offsets.get(peer).map(|(_, offset)| *offset)
+    }
+
     /// The report.
     pub fn report(&self) -> ClockReport {
         let state = self.state.lock().expect("clock lock");
@@ -167,6 +174,8 @@ mod tests {
         assert!(!watch.observe("b", now + 91_000, now));
         assert!(watch.observe("c", now + 89_000, now));
         assert_eq!(watch.report().offset_ms, Some(90_000));
+        assert_eq!(watch.offset_of("b"), Some(91_000));
+        assert_eq!(watch.offset_of("nobody"), None);
         // One liar among honest peers does not move the median.
         let fine = ClockWatch::new(30_000);
         fine.observe("a", now + 10, now);

@@ -271,6 +271,11 @@ impl Settlement {
         }
     }
 
+    /// The last clock offset heard from `peer` (its clock minus ours, ms).
+    pub fn peer_clock_offset(&self, peer: &str) -> Option<i64> {
+        self.clock.offset_of(peer)
+    }
+
     /// The end and digest of this node's frozen epochs, for peers to compare.
     pub fn frozen_digest(&self) -> (u64, Digest) {
         *self.frozen.lock().expect("frozen lock")

@@ -68,6 +68,8 @@ impl EventLoop {
                         .as_ref()
                         .and_then(|m| m.admitted(peer))
                         .map(|a| crate::mesh::MemberRow::of(&a)),
+                    // The settlement task hears clocks: the API fills this in.
+                    clock_offset_ms: None,
                 }
             })
             .collect();
