@@ -2,7 +2,7 @@
 //! ledger sync codecs with what the node does with them, and the HTTP API's bodies and
 //! routing headers (the protocol's messages have their own run in `relaymesh-protocol`).
 //!
-//! `cargo run --release -p relaymesh-node --example fuzz -- [ITERATIONS] [SEED]`
+//! `cargo run --release -p relaymesh-node --example fuzz_node -- [ITERATIONS] [SEED]`
 //! (default 1,000,000 mutated inputs per target). A panic is a bug: add its input to
 //! the tests.
 

@@ -1,6 +1,6 @@
 //! Long fuzz runs of every wire decoder over the golden vectors.
 //!
-//! `cargo run --release -p relaymesh-protocol --example fuzz -- [ITERATIONS] [SEED]`
+//! `cargo run --release -p relaymesh-protocol --example fuzz_protocol -- [ITERATIONS] [SEED]`
 //! (default 1,000,000 mutated inputs per message type). A crash is a bug: the input that
 //! caused it is in the panic message's context; add it to the tests.
 

@@ -6,7 +6,7 @@
 //!
 //! Stable Rust, deterministic from a seed: structured mutation of valid inputs (the
 //! protocol's golden vectors, sample bodies). A short run is in the tests; millions of
-//! inputs with `cargo run --release -p relaymesh-node --example fuzz`. A panic is a bug.
+//! inputs with `cargo run --release -p relaymesh-node --example fuzz_node`. A panic is a bug.
 
 pub mod admission;
 pub mod frames;

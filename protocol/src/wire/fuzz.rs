@@ -1,7 +1,7 @@
 //! A stable-Rust fuzz harness for the decoders: structured mutation of valid encodings
 //! (the golden vectors). Nightly-only fuzzers are not available on our machines; this
 //! runs anywhere, deterministically from a seed, briefly in the test suite and for
-//! millions of inputs with `cargo run --release -p relaymesh-protocol --example fuzz`.
+//! millions of inputs with `cargo run --release -p relaymesh-protocol --example fuzz_protocol`.
 
 use crate::wire::WireMessage;
 
