@@ -622,3 +622,70 @@ fn a_taken_api_port_is_refused_before_the_model_loads() {
     assert!(err.contains("choose another --api"), "{err}");
     assert!(!err.contains("model loaded"), "loaded first: {err}");
 }
+
+/// `relaymesh init` writes a commented config a node starts from (and will not write
+/// over one without `--force`); `--log-format json` logs one JSON object per line;
+/// `relaymesh completions` prints a shell's completions.
+#[test]
+fn init_writes_a_config_a_node_starts_from_with_json_logs_and_completions_print() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("relaymesh.toml");
+    let data = dir.path().join("data");
+    let init = || {
+        relaymesh()
+            .args(["init", "--out"])
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(&data)
+            .output()
+            .unwrap()
+    };
+    let out = init();
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("relaymesh node --config"));
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains(&format!("data_dir = {:?}", data.to_str().unwrap())));
+    assert!(text.contains("# serve = "), "commented options");
+    let again = init();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
+
+    let api = free_port();
+    let log = dir.path().join("node.log");
+    let _node = Proc(
+        relaymesh()
+            .args(["--log-format", "json", "node", "--config"])
+            .arg(&config)
+            .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--api"])
+            .arg(format!("127.0.0.1:{api}"))
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    wait_status(api, "a node started from the written config");
+    assert!(
+        data.read_dir().unwrap().count() > 0,
+        "the data dir is the one written"
+    );
+    let logs = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<serde_json::Value> = logs
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["level"] == "INFO" && l["fields"]["message"].is_string()),
+        "{logs}"
+    );
+
+    let bash = stdout_of(relaymesh().args(["completions", "bash"]));
+    assert!(
+        bash.contains("_relaymesh") && bash.contains("completions"),
+        "{bash}"
+    );
+    let fish = stdout_of(relaymesh().args(["completions", "fish"]));
+    assert!(fish.contains("complete -c relaymesh"), "{fish}");
+}

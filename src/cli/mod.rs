@@ -6,6 +6,7 @@ mod config_file;
 mod mesh_cmd;
 mod node_cmd;
 mod query;
+mod setup_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -18,12 +19,29 @@ use clap::{Parser, Subcommand};
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines as text, or as JSON objects one per line (for journald, Loki and
+    /// the like).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "RELAYMESH_LOG_FORMAT")]
+    log_format: LogFormat,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run a node: join the mesh, advertise what it serves, serve the local API.
     Node(Box<node_cmd::NodeArgs>),
+    /// Write a commented config file for `relaymesh node --config`.
+    Init(setup_cmd::InitArgs),
+    /// Print shell completions: `relaymesh completions bash > /etc/bash_completion.d/relaymesh`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
     /// Print this node's peer id (creating its identity if there is none yet).
     Id {
         /// The node's data dir.
@@ -104,24 +122,30 @@ enum KeyCommand {
     },
 }
 
-fn init_logs() {
-    tracing_subscriber::fmt()
+fn init_logs(format: LogFormat) {
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,libp2p_gossipsub=warn".into()),
         )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => logs.json().init(),
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
 }
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Node(args) => {
-            init_logs();
+            init_logs(cli.log_format);
             node_cmd::run(*args)
         }
+        Command::Init(args) => setup_cmd::init(&args),
+        Command::Completions { shell } => setup_cmd::completions(shell),
         Command::Id { data_dir } => id(&data_dir),
         Command::Peers(args) => query::peers(&args),
         Command::Doctor(args) => query::doctor(&args),
