@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod mining;
 pub mod node;
 pub mod settle;
+pub mod stopping;
 pub mod store;
 #[doc(hidden)]
 pub mod testkit;

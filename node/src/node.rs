@@ -45,6 +45,7 @@ pub struct Node {
     supplier: Option<tokio::task::JoinHandle<()>>,
     settle_task: tokio::task::JoinHandle<()>,
     settlement: Arc<crate::settle::Settlement>,
+    stopping: crate::stopping::Stopping,
 }
 
 impl Node {
@@ -116,6 +117,7 @@ impl Node {
             membership.clone(),
         )?;
         let settle_task = crate::settle::spawn(settlement.clone(), handle.clone());
+        let stopping = crate::stopping::Stopping::default();
         let api = match api_addr {
             Some(addr) => Some(
                 crate::api::serve(
@@ -140,7 +142,8 @@ impl Node {
                         ),
                         routing,
                         settlement.clone(),
-                    ),
+                    )
+                    .with_stopping(stopping.clone()),
                     &limits,
                 )
                 .await
@@ -174,6 +177,7 @@ impl Node {
                     limits.unstarted_streams_per_peer,
                 ),
                 fresh: Default::default(),
+                stopping: stopping.clone(),
             });
             let protocol = crate::mesh::names::infer_protocol(&params.mesh_id());
             Some(
@@ -193,6 +197,7 @@ impl Node {
             supplier,
             settle_task,
             settlement,
+            stopping,
         })
     }
 
@@ -238,17 +243,25 @@ impl Node {
         }
     }
 
-    /// Stops the swarm and the API, and flushes the database.
+    /// Stops the node, gracefully for its peers and clients: a supplier withdraws its
+    /// ads (apps stop choosing it at once) and ends its streams with a refusal the
+    /// app fails over on; the API's answers in flight get
+    /// [`STOP_GRACE`](crate::stopping::STOP_GRACE) to finish, then end with an error;
+    /// connections are closed, not dropped; the database is flushed.
     pub async fn shutdown(self) {
+        self.stopping.stop();
+        let _ = self.handle.withdraw().await;
+        if let Some(task) = self.supplier {
+            // Ends once its streams have (bounded).
+            let _ = task.await;
+        }
+        if let Some((_, api)) = self.api {
+            api.stop(crate::stopping::STOP_GRACE + std::time::Duration::from_secs(1))
+                .await;
+        }
         let _ = self.handle.shutdown().await;
         let _ = self.swarm_task.await;
         self.settle_task.abort();
-        if let Some(task) = self.supplier {
-            task.abort();
-        }
-        if let Some((_, api)) = self.api {
-            api.stop(std::time::Duration::from_secs(2)).await;
-        }
         if let Some(dir) = &self.data_dir {
             let _ = dir.db().flush_async().await;
         }

@@ -508,7 +508,15 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; stopping"),
             _ = terminate.recv() => tracing::info!("terminated; stopping"),
         }
-        node.shutdown().await;
+        tracing::info!(
+            "stopping: streams served here are handed over, answers through this node get {} s to finish (a second Ctrl-C stops at once)",
+            relaymesh_node::stopping::STOP_GRACE.as_secs()
+        );
+        tokio::select! {
+            () = node.shutdown() => tracing::info!("stopped"),
+            _ = tokio::signal::ctrl_c() => tracing::warn!("interrupted again: stopping at once"),
+            _ = terminate.recv() => tracing::warn!("terminated again: stopping at once"),
+        }
         Ok(())
     })
 }

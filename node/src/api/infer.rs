@@ -269,6 +269,7 @@ pub fn sampling(
 /// generation ends or the receiver (the client's response) is dropped; dropping the
 /// generation stops the engine and frees the slot.
 pub async fn spawn_stream<T, F>(
+    state: &super::ApiState,
     model: &ServedModel,
     request: GenRequest,
     mut render: F,
@@ -277,7 +278,7 @@ where
     T: Send + 'static,
     F: FnMut(GenEvent, Option<&Provenance>) -> Vec<T> + Send + 'static,
 {
-    let mut generation: Measured = model.generate(request).await?;
+    let mut generation: Measured = state.generate(model, request).await?;
     let provenance = generation.provenance().cloned();
     let served = provenance.clone();
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);

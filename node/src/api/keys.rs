@@ -101,7 +101,9 @@ impl ApiKeys {
     }
 
     /// Checks a bearer token and counts the request against its quota.
-    fn admit(&self, token: Option<&str>) -> Result<&str, ApiError> {
+    /// The key's client, counted against its quota unless `counted` is false (reads of
+    /// the node's own state: a dashboard polling them must not use up the quota).
+    fn admit(&self, token: Option<&str>, counted: bool) -> Result<&str, ApiError> {
         let token = token.ok_or_else(|| {
             ApiError::new(
                 StatusCode::UNAUTHORIZED,
@@ -112,6 +114,9 @@ impl ApiKeys {
             .by_key
             .get(token)
             .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unknown API key"))?;
+        if !counted {
+            return Ok(&client.name);
+        }
         let mut window = client.window.lock().unwrap_or_else(|p| p.into_inner());
         let elapsed = window.0.elapsed();
         if elapsed >= Duration::from_secs(60) {
@@ -139,9 +144,17 @@ impl ApiKeys {
 /// Middleware: when keys are configured, admits only requests with a valid key
 /// within its quota.
 pub async fn require_key(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    // The dashboard's page and assets carry no data: a browser loads them without a
+    // key, and the page asks for one.
+    if state.keys.is_none() || super::dashboard::is_asset(path) {
+        return next.run(request).await;
+    }
     let Some(keys) = &state.keys else {
         return next.run(request).await;
     };
+    let counted = !(request.method() == axum::http::Method::GET
+        && (path.starts_with("/relaymesh/v1/") || path == "/metrics"));
     let token = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -153,7 +166,7 @@ pub async fn require_key(State(state): State<ApiState>, request: Request, next: 
     } else {
         Shape::OpenAi
     };
-    match keys.admit(token) {
+    match keys.admit(token, counted) {
         Ok(name) => {
             tracing::debug!(client = name, path = request.uri().path(), "API request");
             next.run(request).await
@@ -172,17 +185,23 @@ mod tests {
             "[[keys]]\nname = \"alice\"\nkey = \"rm-0123456789abcdef\"\nrequests_per_minute = 2\n",
         )
         .unwrap();
-        assert_eq!(keys.admit(Some("rm-0123456789abcdef")).unwrap(), "alice");
-        assert!(keys.admit(Some("rm-0123456789abcdef")).is_ok());
-        let over = keys.admit(Some("rm-0123456789abcdef")).unwrap_err();
+        assert_eq!(
+            keys.admit(Some("rm-0123456789abcdef"), true).unwrap(),
+            "alice"
+        );
+        assert!(keys.admit(Some("rm-0123456789abcdef"), true).is_ok());
+        let over = keys.admit(Some("rm-0123456789abcdef"), true).unwrap_err();
         assert_eq!(over.status, StatusCode::TOO_MANY_REQUESTS);
         assert!(over.retry_after.is_some());
+        // Reads of the node's state (a dashboard polling) need the key, not quota.
+        assert!(keys.admit(Some("rm-0123456789abcdef"), false).is_ok());
+        assert!(keys.admit(Some("nope"), false).is_err());
         assert_eq!(
-            keys.admit(Some("nope")).unwrap_err().status,
+            keys.admit(Some("nope"), true).unwrap_err().status,
             StatusCode::UNAUTHORIZED
         );
         assert_eq!(
-            keys.admit(None).unwrap_err().status,
+            keys.admit(None, true).unwrap_err().status,
             StatusCode::UNAUTHORIZED
         );
     }

@@ -2,6 +2,7 @@
 //! the OpenAI-compatible routes (`/v1/...`) and the Ollama-compatible ones (`/api/...`).
 
 mod body;
+pub mod dashboard;
 pub mod error;
 pub(crate) mod fuzz;
 mod infer;
@@ -24,7 +25,7 @@ pub use infer::{parse_digest, DIGEST_HEADER, MAX_PRICE_HEADER, SUPPLIERS_HEADER}
 pub use keys::ApiKeys;
 pub use server::{serve, ApiServer, HEADER_TIMEOUT, MAX_CONNECTIONS, WRITE_STALL};
 
-use crate::backend::Models;
+use crate::backend::{Models, ServedModel};
 use crate::mesh::NodeHandle;
 use crate::metrics::Metrics;
 
@@ -43,6 +44,12 @@ pub struct ApiState {
     routing: Arc<crate::infer::router::RoutingConfig>,
     /// The ledger, and the supplier's metered sessions (`/relaymesh/v1/sessions`).
     settlement: Arc<crate::settle::Settlement>,
+    /// The node stopping: answers in flight get a grace period, then an error.
+    stopping: crate::stopping::Stopping,
+    /// Requests through this API, for the dashboard.
+    requests: Arc<dashboard::RequestLog>,
+    /// When the API started (the node's uptime).
+    started: std::time::Instant,
 }
 
 /// The response header naming who served a request.
@@ -68,7 +75,36 @@ impl ApiState {
             gateway,
             routing,
             settlement,
+            stopping: Default::default(),
+            requests: Default::default(),
+            started: std::time::Instant::now(),
         }
+    }
+
+    /// Answers in flight end (after a grace period) when `stopping` fires.
+    pub fn with_stopping(mut self, stopping: crate::stopping::Stopping) -> Self {
+        self.stopping = stopping;
+        self
+    }
+
+    /// Starts `request` on `model`, to end with an error if the node stops before it
+    /// finishes (after a grace period).
+    async fn generate(
+        &self,
+        model: &ServedModel,
+        request: crate::backend::GenRequest,
+    ) -> Result<crate::backend::Measured, crate::backend::BackendError> {
+        let generation = model.generate(request).await?;
+        let (log, name) = (self.requests.clone(), model.backend.info().name.clone());
+        let (me, mesh) = (
+            self.node.peer_id().to_string(),
+            generation.provenance().cloned(),
+        );
+        Ok(generation
+            .until_stopped(&self.stopping)
+            .on_end(move |ended| {
+                log.record(dashboard::RequestRecord::of(name, me, mesh.as_ref(), ended))
+            }))
     }
 
     /// Who served: the mesh suppliers (comma-separated after a failover), or this node.
@@ -120,6 +156,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/tags", get(ollama::tags))
         .route("/api/version", get(ollama::version))
         .route("/api/show", post(ollama::show))
+        .merge(dashboard::routes())
         .fallback(|| async {
             error(
                 StatusCode::NOT_FOUND,
@@ -210,6 +247,7 @@ pub(crate) fn transfer_request(
 async fn full_status(s: &ApiState) -> Result<crate::mesh::NodeStatus, crate::mesh::NodeGone> {
     let mut status = s.node.status().await?;
     status.clock = Some(s.settlement.report(crate::mesh::now_ms()).clock);
+    status.uptime_secs = Some(s.started.elapsed().as_secs());
     Ok(status)
 }
 

@@ -202,7 +202,7 @@ async fn run(
 ) -> Result<Response, OllamaError> {
     let started = Instant::now();
     if !stream {
-        let generation = model.generate(req).await?;
+        let generation = state.generate(model, req).await?;
         let mesh = generation.provenance().cloned();
         let (text, finish) = generation.collect().await?;
         return Ok((
@@ -211,7 +211,7 @@ async fn run(
         )
             .into_response());
     }
-    let (rx, mesh) = spawn_stream(model, req, move |event, mesh| {
+    let (rx, mesh) = spawn_stream(state, model, req, move |event, mesh| {
         let value = match event {
             GenEvent::Text(piece) => kind.part(&name, &piece, false),
             GenEvent::Done(finish) => kind.last(&name, "", &finish, started, mesh),

@@ -254,7 +254,7 @@ async fn complete(
     let created = unix_now();
     let name = common.model.clone();
     if !common.stream {
-        let generation = model.generate(req).await?;
+        let generation = state.generate(model, req).await?;
         let mesh = generation.provenance().cloned();
         let (text, finish) = generation.collect().await?;
         return Ok((
@@ -286,7 +286,7 @@ async fn complete(
         }
         Ok::<Event, Infallible>(Event::default().data(c.to_string()))
     };
-    let (rx, mesh) = spawn_stream(model, req, move |event, mesh| match event {
+    let (rx, mesh) = spawn_stream(state, model, req, move |event, mesh| match event {
         GenEvent::Text(piece) => vec![chunk(json!([kind.choice(Some(&piece), None, true)]), None)],
         GenEvent::Done(finish) => {
             let mut parts = vec![chunk(json!([kind.choice(None, Some(&finish), true)]), None)];

@@ -25,7 +25,7 @@ use relaymesh_protocol::messages::manifest::SignedManifest;
 use relaymesh_protocol::Digest;
 use tokio::sync::mpsc;
 
-pub use registry::{Measured, Models, Perf, ServedModel};
+pub use registry::{Ended, Measured, Models, Perf, ServedModel};
 pub use slots::{SlotGuard, Slots, Tenant};
 pub use spec::{BackendSpec, SpecError};
 pub use stop::StopMatcher;

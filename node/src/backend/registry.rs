@@ -63,6 +63,8 @@ impl ServedModel {
             perf: self.perf.clone(),
             started,
             first: None,
+            stop: None,
+            end: None,
         })
     }
 }
@@ -73,9 +75,93 @@ pub struct Measured {
     perf: Arc<Perf>,
     started: Instant,
     first: Option<Instant>,
+    stop: Option<Stop>,
+    /// Told how the generation ended (once; a generation dropped before its end was
+    /// cancelled).
+    end: Option<EndHook>,
+}
+
+/// What [`Measured::on_end`] calls.
+type EndHook = Box<dyn FnOnce(&Ended) + Send>;
+
+/// How a generation ended, for whoever records requests.
+#[derive(Clone, Debug)]
+pub struct Ended {
+    /// How it finished, if it did.
+    pub finish: Option<Finish>,
+    /// Why it failed, if it did.
+    pub failure: Option<String>,
+    /// Time to its first token.
+    pub ttft: Option<std::time::Duration>,
+    /// Time from its start to its end.
+    pub took: std::time::Duration,
+}
+
+impl Drop for Measured {
+    fn drop(&mut self) {
+        self.ended(None, Some("cancelled: the client left".into()));
+    }
+}
+
+/// How a generation ends when the node stops: [`STOP_GRACE`] after, with a failure.
+///
+/// [`STOP_GRACE`]: crate::stopping::STOP_GRACE
+struct Stop {
+    signal: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+    deadline: Option<tokio::time::Instant>,
+    /// Whether the generation was cut so.
+    cut: bool,
+}
+
+impl Stop {
+    async fn next(&mut self, inner: &mut Generation) -> Option<GenEvent> {
+        use crate::stopping::{STOPPED, STOP_GRACE};
+        loop {
+            let deadline = self.deadline;
+            let far = tokio::time::Instant::now() + std::time::Duration::from_secs(86_400);
+            tokio::select! {
+                event = inner.next() => return event,
+                () = &mut self.signal, if deadline.is_none() => {
+                    self.deadline = Some(tokio::time::Instant::now() + STOP_GRACE);
+                }
+                () = tokio::time::sleep_until(deadline.unwrap_or(far)), if deadline.is_some() => {
+                    self.cut = true;
+                    return Some(GenEvent::Failed(STOPPED.into()));
+                }
+            }
+        }
+    }
 }
 
 impl Measured {
+    /// Ends [`STOP_GRACE`](crate::stopping::STOP_GRACE) after the node stops, with a
+    /// failure saying so, if it has not ended by then.
+    pub fn until_stopped(mut self, stopping: &crate::stopping::Stopping) -> Self {
+        self.stop = Some(Stop {
+            signal: Box::pin(stopping.stopped()),
+            deadline: None,
+            cut: false,
+        });
+        self
+    }
+
+    /// Calls `f` once the generation ends (or is dropped unfinished).
+    pub fn on_end(mut self, f: impl FnOnce(&Ended) + Send + 'static) -> Self {
+        self.end = Some(Box::new(f));
+        self
+    }
+
+    fn ended(&mut self, finish: Option<Finish>, failure: Option<String>) {
+        if let Some(f) = self.end.take() {
+            f(&Ended {
+                finish,
+                failure,
+                ttft: self.first.map(|first| first.duration_since(self.started)),
+                took: self.started.elapsed(),
+            });
+        }
+    }
+
     /// Who serves it on the mesh; `None` when this node runs it itself.
     pub fn provenance(&self) -> Option<&crate::backend::Provenance> {
         self.inner.provenance()
@@ -88,6 +174,9 @@ impl Measured {
             match event {
                 GenEvent::Text(piece) => text.push_str(&piece),
                 GenEvent::Done(finish) => return Ok((text, finish)),
+                GenEvent::Failed(why) if self.stop.as_ref().is_some_and(|s| s.cut) => {
+                    return Err(BackendError::Unavailable(why))
+                }
                 GenEvent::Failed(why) => return Err(BackendError::Upstream(why)),
             }
         }
@@ -98,7 +187,10 @@ impl Measured {
 
     /// The next event (see [`Generation::next`]).
     pub async fn next(&mut self) -> Option<GenEvent> {
-        let event = self.inner.next().await;
+        let event = match self.stop.as_mut() {
+            Some(stop) => stop.next(&mut self.inner).await,
+            None => self.inner.next().await,
+        };
         match &event {
             Some(GenEvent::Text(_)) if self.first.is_none() => self.first = Some(Instant::now()),
             Some(GenEvent::Done(finish)) => {
@@ -115,6 +207,12 @@ impl Measured {
                         .store(rate.min(u32::MAX as f64) as u32, Ordering::Relaxed);
                 }
                 self.perf.requests.fetch_add(1, Ordering::Relaxed);
+                let finish = *finish;
+                self.ended(Some(finish), None);
+            }
+            Some(GenEvent::Failed(why)) => {
+                let why = why.clone();
+                self.ended(None, Some(why));
             }
             _ => {}
         }

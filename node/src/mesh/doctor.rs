@@ -377,6 +377,7 @@ mod tests {
             suppliers: 1,
             membership: None,
             version: "0".into(),
+            uptime_secs: None,
         }
     }
 

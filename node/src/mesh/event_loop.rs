@@ -9,12 +9,10 @@ use libp2p::core::ConnectedPoint;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{gossipsub, identify, kad, mdns, ping, request_response, Multiaddr, PeerId, Swarm};
-use relaymesh_protocol::identity::signed::Signed;
-use relaymesh_protocol::messages::capability::CapabilityAd;
 use relaymesh_protocol::wire::WireMessage;
-use relaymesh_protocol::{BoundedVec, Digest, Keypair, Signer};
+use relaymesh_protocol::{Digest, Keypair};
 use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::config::{NodeConfig, Role};
 use crate::mesh::behaviour::{
@@ -70,6 +68,7 @@ struct Connection {
     since: std::time::Instant,
 }
 
+mod ads;
 mod gossip;
 mod members;
 mod nat;
@@ -106,6 +105,8 @@ pub(crate) struct EventLoop {
     ad_seq: u64,
     /// Whether an ad of ours has reached at least one peer since start.
     announced: bool,
+    /// Whether our ads were withdrawn (the node is stopping): none follows.
+    withdrawn: bool,
     /// Ad syncs asked for since start.
     syncs_requested: usize,
     /// The ledger and settlement duties (absent only in bare test setups).
@@ -177,6 +178,7 @@ impl EventLoop {
             lookup_queries: HashMap::new(),
             ad_seq: 0,
             announced: false,
+            withdrawn: false,
             syncs_requested: 0,
             gossip_budget,
         }
@@ -195,6 +197,7 @@ impl EventLoop {
                 command = self.commands.recv() => match command {
                     Some(Command::Shutdown(done)) => {
                         info!("shutting down");
+                        self.close_connections().await;
                         let _ = done.send(());
                         return;
                     }
@@ -253,82 +256,11 @@ impl EventLoop {
             Command::Revoke(list, reply) => {
                 let _ = reply.send(self.on_revoke_command(list));
             }
+            Command::Withdraw(done) => {
+                self.withdraw_ads();
+                let _ = done.send(());
+            }
             Command::Shutdown(_) => unreachable!("handled in run"),
-        }
-    }
-
-    /// Publishes this node's ad and refreshes its provider records.
-    fn announce(&mut self) {
-        if !self.config.models.is_empty() {
-            // Backends feed the ad: live free slots and the speed last measured.
-            // τ follows the supplier's recent volume (the protocol's rule, in the miner).
-            let tau = self
-                .settlement
-                .as_ref()
-                .and_then(|s| s.tau())
-                .unwrap_or(self.config.mesh.tau_min)
-                .max(1);
-            self.config.offers = self.config.models.offers(tau);
-        }
-        if self.config.role != Role::Full || self.config.offers.is_empty() {
-            return;
-        }
-        let now = now_ms();
-        // Sequence numbers only grow, across restarts too, because they follow the clock.
-        self.ad_seq = now.max(self.ad_seq + 1);
-        let models = match BoundedVec::try_from_vec(self.config.offers.clone()) {
-            Ok(models) => models,
-            Err(err) => {
-                warn!(%err, "cannot announce: too many models for one ad");
-                return;
-            }
-        };
-        let ad = Signed::sign(
-            CapabilityAd {
-                version: relaymesh_protocol::PROTOCOL_VERSION,
-                mesh_id: self.mesh_id,
-                supplier: self.key.public_key(),
-                seq: self.ad_seq,
-                issued_ms: now,
-                expires_ms: now + self.config.ad_lifetime.as_millis() as u64,
-                models,
-            },
-            &self.key,
-        );
-        let bytes = match ad.encode() {
-            Ok(bytes) => bytes,
-            Err(err) => {
-                warn!(%err, "cannot announce: our own ad is invalid");
-                return;
-            }
-        };
-        let len = bytes.len();
-        match self
-            .swarm
-            .behaviour_mut()
-            .gossipsub
-            .publish(self.ads_topic.clone(), bytes)
-        {
-            Ok(_) => {
-                self.metrics.gossip("out", len);
-                self.announced = true;
-                debug!(
-                    seq = self.ad_seq,
-                    models = self.config.offers.len(),
-                    "announced our ad"
-                );
-            }
-            // Nobody to send to yet; the next tick tries again.
-            Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {}
-            Err(err) => debug!(%err, "ad not published"),
-        }
-        // Our own table lists us too, so `models` on a supplier shows what it serves.
-        self.table.upsert(ad, now);
-        for offer in self.config.offers.clone() {
-            let key = provider_key(&self.mesh_id, offer.name.as_str());
-            if let Err(err) = self.swarm.behaviour_mut().kad.start_providing(key) {
-                debug!(%err, "provider record not stored");
-            }
         }
     }
 

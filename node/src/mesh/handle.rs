@@ -26,6 +26,7 @@ pub(crate) enum Command {
         relaymesh_protocol::messages::membership::SignedRevocation,
         oneshot::Sender<Result<bool, String>>,
     ),
+    Withdraw(oneshot::Sender<()>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -66,6 +67,9 @@ pub struct NodeStatus {
     pub membership: Option<OwnMembership>,
     /// relaymesh version.
     pub version: String,
+    /// Seconds since the node started (filled in by the API).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uptime_secs: Option<u64>,
 }
 
 /// This node's membership of a private mesh.
@@ -273,6 +277,12 @@ impl NodeHandle {
     /// A private mesh's membership at this node (`None` in a public mesh).
     pub fn membership(&self) -> Option<&std::sync::Arc<crate::mesh::membership::Membership>> {
         self.membership.as_ref()
+    }
+
+    /// Withdraws this node's ads (the node is stopping): a signed ad with no models is
+    /// gossiped in their place, so apps stop choosing it at once; no ad follows.
+    pub async fn withdraw(&self) -> Result<(), NodeGone> {
+        self.ask(Command::Withdraw).await
     }
 
     /// Stops the node: the swarm closes its connections and the task ends.

@@ -128,7 +128,9 @@ impl PeerTable {
             let too_soon = existing
                 .gossiped_ms
                 .is_some_and(|at| now_ms < at.saturating_add(MIN_AD_INTERVAL_MS));
-            if existing.ad.body.seq < ad.body.seq && too_soon {
+            // A withdrawal (an ad with no models: the supplier is stopping) is never
+            // too soon; what follows it within the interval is.
+            if existing.ad.body.seq < ad.body.seq && too_soon && !ad.body.models.is_empty() {
                 return AdUpdate::TooSoon;
             }
         }
@@ -229,7 +231,10 @@ impl PeerTable {
 
     /// Number of suppliers.
     pub fn len(&self) -> usize {
-        self.suppliers.len()
+        self.suppliers
+            .values()
+            .filter(|e| !e.ad.body.models.is_empty())
+            .count()
     }
 
     /// Whether the table is empty.

@@ -76,7 +76,12 @@ pub struct SupplierContext {
     pub stream_slots: StreamSlots,
     /// Sessions countersigned in the last [`CLASH_WAIT`] (the double-commit race).
     pub fresh: FreshSessions,
+    /// The node stopping: streams end with a refusal the app fails over on.
+    pub stopping: crate::stopping::Stopping,
 }
+
+/// How long a stopping supplier waits for its streams to send their last frame.
+const STREAMS_END_GRACE: Duration = Duration::from_secs(3);
 
 /// Most request ids remembered in memory by a node without a data dir.
 pub const MAX_SEEN_IN_MEMORY: usize = 100_000;
@@ -160,7 +165,8 @@ pub fn model_digest(model: &ServedModel) -> Digest {
 mod terms;
 use terms::{check_proposal, check_resumed, escrow_use};
 
-/// Accepts inference streams until the control is dropped.
+/// Accepts inference streams until the control is dropped or the node stops; then
+/// waits (at most [`STREAMS_END_GRACE`]) for the streams to end.
 pub fn spawn(
     mut control: libp2p_stream::Control,
     protocol: StreamProtocol,
@@ -174,16 +180,21 @@ pub fn spawn(
         // Ended sessions' request ids are forgotten once a minute, in this task, so
         // aborting it (the node stopping) stops everything that holds the database.
         let mut prune = tokio::time::interval(Duration::from_secs(60));
+        let mut streams = tokio::task::JoinSet::new();
+        let stop = ctx.stopping.stopped();
+        tokio::pin!(stop);
         loop {
+            while streams.try_join_next().is_some() {}
             let (peer, stream) = tokio::select! {
                 next = incoming.next() => match next {
                     Some(next) => next,
-                    None => return,
+                    None => break,
                 },
                 _ = prune.tick() => {
                     ctx.seen.prune(now_ms());
                     continue;
                 }
+                () = &mut stop => break,
             };
             let slot = match slots.open(peer) {
                 Ok(slot) => slot,
@@ -194,11 +205,19 @@ pub fn spawn(
                 }
             };
             let ctx = ctx.clone();
-            tokio::spawn(async move {
+            streams.spawn(async move {
                 if let Err(why) = serve(peer, stream, slot, &ctx).await {
                     debug!(%peer, %why, "inference stream ended early");
                 }
             });
+        }
+        drop(incoming);
+        let ending = async { while streams.join_next().await.is_some() {} };
+        if tokio::time::timeout(STREAMS_END_GRACE, ending)
+            .await
+            .is_err()
+        {
+            debug!("inference streams still running at shutdown are cut");
         }
     }))
 }
@@ -501,6 +520,8 @@ async fn serve(
     let mut checked = tokio::time::Instant::now();
     let mut clock = pace::AckClock::new(std::time::Instant::now());
     let model = payload.model.as_str();
+    let stop = ctx.stopping.stopped();
+    tokio::pin!(stop);
     // Whether the stream ended for want of the supplier (its tokens are then no debt).
     let mut our_fault = false;
     let result = async {
@@ -556,6 +577,12 @@ async fn serve(
                 }
             };
             tokio::select! {
+                () = &mut stop => {
+                    // The app's gateway fails over on this at once.
+                    our_fault = true;
+                    let _ = write_frame(&mut w, refuse(RefuseCode::Failed, "the supplier is shutting down".into())).await;
+                    return Err("the node is stopping".to_string());
+                }
                 _ = clash_due, if clash_check.is_some() => {
                     clash_check = None;
                     still_admitted(&session.body, ctx, &mut w).await?;

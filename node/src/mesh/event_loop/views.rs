@@ -39,6 +39,7 @@ impl EventLoop {
                     ended: m.own_refusal(super::now_ms()).map(|r| r.to_string()),
                 }),
             version: env!("CARGO_PKG_VERSION").to_string(),
+            uptime_secs: None,
         }
     }
 

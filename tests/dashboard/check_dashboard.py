@@ -1,0 +1,66 @@
+"""Drives the node's dashboard in headless Chromium (Playwright on Debian's chromium).
+
+Usage: check_dashboard.py URL CHROMIUM OUT_DIR MODEL PEER_ID...
+
+Loads the dashboard at URL, waits until every PEER_ID is in the mesh graph and MODEL
+in the model table, sends a chat in the playground and waits for the streamed answer
+and the request in the live list, saves screenshots into OUT_DIR, and checks that the
+page asked no host but the node. Prints what it saw as JSON; exits 1 on a failure.
+"""
+
+import json
+import sys
+from urllib.parse import urlparse
+
+from playwright.sync_api import sync_playwright
+
+url, chromium, out, model, *peers = sys.argv[1:]
+node = urlparse(url).netloc
+asked = set()
+
+with sync_playwright() as p:
+    browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.on("request", lambda r: asked.add(urlparse(r.url).netloc))
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(url)
+    for peer in peers:
+        page.wait_for_selector(f'#graph circle[data-peer="{peer}"]', timeout=30_000)
+    page.wait_for_selector(f'#models tr[data-model="{model}"]', timeout=30_000)
+    page.wait_for_selector("#live.on", timeout=30_000)
+    page.screenshot(path=f"{out}/dashboard.png", full_page=True)
+
+    page.select_option("#chat-model", model)
+    page.fill("#chat-prompt", "Name three colours.")
+    page.click("#chat-send")
+    page.wait_for_selector('#chat-meta[data-done="true"]', timeout=120_000)
+    answer = page.inner_text("#chat-answer")
+    meta = page.inner_text("#chat-meta")
+    page.wait_for_selector("#requests tbody tr", timeout=30_000)
+    request_row = page.inner_text("#requests tbody tr")
+    page.screenshot(path=f"{out}/playground.png", full_page=True)
+    browser.close()
+
+seen = {
+    "answer": answer,
+    "meta": meta,
+    "request_row": request_row,
+    "hosts_asked": sorted(asked),
+    "page_errors": errors,
+}
+print(json.dumps(seen, indent=2))
+problems = []
+if not answer.strip():
+    problems.append("the playground streamed no text")
+if "answered by" not in meta:
+    problems.append(f"no supplier shown: {meta!r}")
+if model not in request_row:
+    problems.append(f"the request is not in the live list: {request_row!r}")
+if asked != {node}:
+    problems.append(f"the page asked hosts other than the node ({node}): {sorted(asked)}")
+if errors:
+    problems.append(f"script errors: {errors}")
+if problems:
+    print("\n".join(problems), file=sys.stderr)
+    sys.exit(1)
