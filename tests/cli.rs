@@ -211,6 +211,13 @@ fn peers_and_models_print_tables_and_say_when_no_node_answers() {
     assert!(table.starts_with("MODEL"), "{table}");
     let peers = stdout_of(relaymesh().args(["peers", "--api", &format!("127.0.0.1:{api}")]));
     assert_eq!(peers, "no peers connected");
+    let status = stdout_of(relaymesh().args(["status", "--api", &format!("127.0.0.1:{api}")]));
+    for line in [
+        "node ", "mesh ", "reach ", "peers ", "serving ", "models ", "account ",
+    ] {
+        assert!(status.contains(line), "{line:?} not in\n{status}");
+    }
+    assert!(status.contains("table-model (1 supplier)"), "{status}");
     // Unknown routes answer 404 with a JSON error.
     let url = format!("http://127.0.0.1:{api}/no/such/route");
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -688,4 +695,59 @@ fn init_writes_a_config_a_node_starts_from_with_json_logs_and_completions_print(
     );
     let fish = stdout_of(relaymesh().args(["completions", "fish"]));
     assert!(fish.contains("complete -c relaymesh"), "{fish}");
+}
+
+/// `relaymesh up FILE.gguf`: the hobbyist's one command serves the file under its name,
+/// passes flags after `--` to the node, and says (and serves) where the dashboard is.
+#[test]
+fn up_serves_a_gguf_file_by_its_name_and_the_dashboard() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = model_path();
+    let name = model.file_stem().unwrap().to_str().unwrap().to_lowercase();
+    let api = free_port();
+    let log = dir.path().join("up.log");
+    let _up = Proc(
+        relaymesh()
+            .arg("up")
+            .arg(&model)
+            .args(["--no-browser", "--mesh", "up-tests", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args(["--api", &format!("127.0.0.1:{api}")])
+            .args(["--", "--listen", "/ip4/127.0.0.1/tcp/0"])
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let served = (0..600)
+        .find_map(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            let models = api_json(api, "/v1/models")?;
+            models["data"]
+                .as_array()?
+                .iter()
+                .any(|m| m["id"] == name.as_str())
+                .then_some(())
+        })
+        .is_some();
+    let logs = std::fs::read_to_string(&log).unwrap();
+    assert!(served, "{name} is not served: {logs}");
+    assert!(
+        logs.contains(&format!("dashboard: http://127.0.0.1:{api}/")),
+        "{logs}"
+    );
+    let page = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            reqwest::get(format!("http://127.0.0.1:{api}/"))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        });
+    assert!(page.contains("<title>relaymesh node</title>"), "{page}");
 }

@@ -248,8 +248,11 @@ impl Node {
     /// app fails over on; the API's answers in flight get
     /// [`STOP_GRACE`](crate::stopping::STOP_GRACE) to finish, then end with an error;
     /// connections are closed, not dropped; the database is flushed.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         self.stopping.stop();
+        if let Some((_, api)) = self.api.as_mut() {
+            api.stop_accepting();
+        }
         let _ = self.handle.withdraw().await;
         if let Some(task) = self.supplier {
             // Ends once its streams have (bounded).

@@ -7,6 +7,8 @@ mod mesh_cmd;
 mod node_cmd;
 mod query;
 mod setup_cmd;
+mod status_cmd;
+mod up_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -35,6 +37,9 @@ enum LogFormat {
 enum Command {
     /// Run a node: join the mesh, advertise what it serves, serve the local API.
     Node(Box<node_cmd::NodeArgs>),
+    /// Start serving in one command: a GGUF file or an Ollama model, the mesh of the
+    /// config file or the command line, and the dashboard opened in a browser.
+    Up(Box<up_cmd::UpArgs>),
     /// Write a commented config file for `relaymesh node --config`.
     Init(setup_cmd::InitArgs),
     /// Print shell completions: `relaymesh completions bash > /etc/bash_completion.d/relaymesh`.
@@ -48,6 +53,9 @@ enum Command {
         #[arg(long, env = "RELAYMESH_DATA_DIR")]
         data_dir: PathBuf,
     },
+    /// One screen on a running node: identity, reachability, peers, what it serves and
+    /// sees, and its account.
+    Status(query::QueryArgs),
     /// List the peers a running node is connected to: how each is reached (direct,
     /// hole-punched, relayed) and its round trip.
     Peers(query::QueryArgs),
@@ -144,9 +152,14 @@ pub fn main() -> ExitCode {
             init_logs(cli.log_format);
             node_cmd::run(*args)
         }
+        Command::Up(args) => {
+            init_logs(cli.log_format);
+            up_cmd::run(*args)
+        }
         Command::Init(args) => setup_cmd::init(&args),
         Command::Completions { shell } => setup_cmd::completions(shell),
         Command::Id { data_dir } => id(&data_dir),
+        Command::Status(args) => status_cmd::status(&args),
         Command::Peers(args) => query::peers(&args),
         Command::Doctor(args) => query::doctor(&args),
         Command::Models(args) => query::models(&args),

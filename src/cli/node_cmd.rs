@@ -28,7 +28,7 @@ pub const DEFAULT_API: &str = "127.0.0.1:7434";
 pub struct NodeArgs {
     /// TOML file with any of these options (flags and RELAYMESH_* variables win over it).
     #[arg(long, env = "RELAYMESH_CONFIG")]
-    config: Option<PathBuf>,
+    pub(super) config: Option<PathBuf>,
     /// Data dir: identity key (the node's wallet, mode 0600) and database.
     #[arg(long, env = "RELAYMESH_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -50,7 +50,7 @@ pub struct NodeArgs {
     relay_server: bool,
     /// Local HTTP API address [default: 127.0.0.1:7434].
     #[arg(long, env = "RELAYMESH_API")]
-    api: Option<SocketAddr>,
+    pub(super) api: Option<SocketAddr>,
     /// Light node: see the mesh's models, serve nothing, stay a DHT client.
     #[arg(long, env = "RELAYMESH_LIGHT")]
     light: bool,

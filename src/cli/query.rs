@@ -10,19 +10,35 @@ use super::node_cmd::DEFAULT_API;
 pub struct QueryArgs {
     /// The node's local API.
     #[arg(long, env = "RELAYMESH_API", default_value = DEFAULT_API)]
-    api: String,
+    pub(super) api: String,
     /// Print the JSON the API returned instead of a table.
     #[arg(long)]
-    json: bool,
+    pub(super) json: bool,
+    /// API key, for a node started with --api-keys.
+    #[arg(long, env = "RELAYMESH_API_KEY", hide_env_values = true)]
+    pub(super) api_key: Option<String>,
 }
 
-fn get(args: &QueryArgs, path: &str) -> anyhow::Result<Value> {
+impl QueryArgs {
+    /// A request to the node, with the key if there is one.
+    fn request(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
+        let request = reqwest::Client::new().request(method, url);
+        match &self.api_key {
+            Some(key) => request.bearer_auth(key.trim()),
+            None => request,
+        }
+    }
+}
+
+pub(super) fn get(args: &QueryArgs, path: &str) -> anyhow::Result<Value> {
     let url = format!("http://{}{path}", args.api);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let response = reqwest::get(&url)
+        let response = args
+            .request(reqwest::Method::GET, &url)
+            .send()
             .await
             .with_context(|| format!("no relaymesh node answers at {} (is `relaymesh node` running? --api sets the address)", args.api))?;
         let status = response.status();
@@ -34,7 +50,7 @@ fn get(args: &QueryArgs, path: &str) -> anyhow::Result<Value> {
     })
 }
 
-fn text(v: &Value) -> String {
+pub(super) fn text(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
         Value::String(s) => s.clone(),
@@ -304,8 +320,9 @@ pub fn transfer(args: &TransferArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let body: Value = runtime.block_on(async {
-        let response = reqwest::Client::new()
-            .post(&url)
+        let response = args
+            .query
+            .request(reqwest::Method::POST, &url)
             .json(&serde_json::json!({ "to": args.to, "amount": args.amount }))
             .send()
             .await

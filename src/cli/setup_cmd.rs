@@ -14,9 +14,10 @@ const TEMPLATE_DATA_DIR: &str = "data_dir = \"/var/lib/relaymesh\"";
 
 #[derive(clap::Args, Debug)]
 pub struct InitArgs {
-    /// Where to write the config file.
-    #[arg(long, default_value = "relaymesh.toml")]
-    out: PathBuf,
+    /// Where to write the config file [default: ~/.config/relaymesh/relaymesh.toml,
+    /// where `relaymesh up` looks for it].
+    #[arg(long)]
+    out: Option<PathBuf>,
     /// The node's data dir, written into the file [default: ~/.local/share/relaymesh,
     /// or /var/lib/relaymesh without a home].
     #[arg(long, env = "RELAYMESH_DATA_DIR")]
@@ -46,6 +47,15 @@ pub fn init(args: &InitArgs) -> anyhow::Result<()> {
     };
     let data_dir = std::path::absolute(&data_dir)?;
     let text = config_for(&data_dir)?;
+    let out = match &args.out {
+        Some(out) => out.clone(),
+        None => super::up_cmd::default_config()
+            .ok_or_else(|| anyhow!("no home directory: pass --out FILE"))?,
+    };
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| anyhow!("cannot create {}: {e}", parent.display()))?;
+    }
     let mut options = std::fs::OpenOptions::new();
     options.write(true);
     if args.force {
@@ -53,21 +63,21 @@ pub fn init(args: &InitArgs) -> anyhow::Result<()> {
     } else {
         options.create_new(true);
     }
-    let mut file = match options.open(&args.out) {
+    let mut file = match options.open(&out) {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => bail!(
             "{} exists already; pass --force to replace it",
-            args.out.display()
+            out.display()
         ),
-        Err(e) => bail!("cannot write {}: {e}", args.out.display()),
+        Err(e) => bail!("cannot write {}: {e}", out.display()),
     };
     file.write_all(text.as_bytes())
-        .map_err(|e| anyhow!("cannot write {}: {e}", args.out.display()))?;
+        .map_err(|e| anyhow!("cannot write {}: {e}", out.display()))?;
     println!(
         "wrote {} (data dir {}); edit it, then start the node with:\n  relaymesh node --config {}",
-        args.out.display(),
+        out.display(),
         data_dir.display(),
-        args.out.display()
+        out.display()
     );
     Ok(())
 }

@@ -25,10 +25,12 @@ const APP_JS: &str = include_str!("dashboard/app.js");
 const STYLE: &str = include_str!("dashboard/style.css");
 
 /// Only this node: scripts, styles and requests (the page works on an offline mesh).
-const CSP: &str = "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; connect-src 'self'";
+const CSP: &str = "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; connect-src 'self'; frame-ancestors 'none'";
 
 /// Requests remembered for `/relaymesh/v1/requests`.
 pub const RECENT_REQUESTS: usize = 100;
+/// `/relaymesh/v1/events` streams open at once (dashboards open on this node).
+pub const MAX_EVENT_STREAMS: usize = 32;
 /// How often the events stream says the node's state may have changed.
 pub const TICK: Duration = Duration::from_secs(2);
 
@@ -156,12 +158,19 @@ async fn requests(State(s): State<ApiState>) -> Response {
 /// and a `tick` every [`TICK`] (time to read the state again); it ends when the node
 /// stops.
 async fn events(State(s): State<ApiState>) -> Response {
+    let Ok(place) = s.event_streams.clone().try_acquire_owned() else {
+        s.metrics.limited("event_streams");
+        return super::error(
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            format!("{MAX_EVENT_STREAMS} event streams are open on this node already"),
+        );
+    };
     let live = s.requests.live.subscribe();
     let ticks = tokio::time::interval(TICK);
     let stop = Box::pin(s.stopping.stopped());
     let stream = futures::stream::unfold(
-        (live, ticks, stop),
-        |(mut live, mut ticks, mut stop)| async move {
+        (live, ticks, stop, place),
+        |(mut live, mut ticks, mut stop, place)| async move {
             let event = tokio::select! {
                 () = &mut stop => return None,
                 _ = ticks.tick() => Event::default().event("tick").data("{}"),
@@ -174,7 +183,7 @@ async fn events(State(s): State<ApiState>) -> Response {
                     Err(_) => Event::default().event("tick").data("{}"),
                 },
             };
-            Some((Ok::<_, Infallible>(event), (live, ticks, stop)))
+            Some((Ok::<_, Infallible>(event), (live, ticks, stop, place)))
         },
     );
     Sse::new(stream)

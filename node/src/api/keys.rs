@@ -24,6 +24,9 @@ use axum::response::Response;
 use super::error::{ApiError, Shape};
 use super::ApiState;
 
+/// Reads of the node's state (GET `/relaymesh/v1/…`, `/metrics`) a key may make per
+/// request of its quota.
+pub const READS_PER_REQUEST: u32 = 10;
 /// Requests per minute when a key names no quota.
 pub const DEFAULT_REQUESTS_PER_MINUTE: u32 = 60;
 /// Most keys in one file.
@@ -47,7 +50,8 @@ struct Client {
     name: String,
     per_minute: u32,
     // (start of the current minute, requests in it)
-    window: Mutex<(Instant, u32)>,
+    /// The current minute: when it began, requests and reads in it.
+    window: Mutex<(Instant, u32, u32)>,
 }
 
 /// The keys and their quotas.
@@ -91,7 +95,7 @@ impl ApiKeys {
             let client = Client {
                 name: e.name.clone(),
                 per_minute,
-                window: Mutex::new((Instant::now(), 0)),
+                window: Mutex::new((Instant::now(), 0, 0)),
             };
             if by_key.insert(e.key, client).is_some() {
                 return Err(format!("the key of {:?} is used twice", e.name));
@@ -101,9 +105,10 @@ impl ApiKeys {
     }
 
     /// Checks a bearer token and counts the request against its quota.
-    /// The key's client, counted against its quota unless `counted` is false (reads of
-    /// the node's own state: a dashboard polling them must not use up the quota).
-    fn admit(&self, token: Option<&str>, counted: bool) -> Result<&str, ApiError> {
+    /// The key's client, counted against its quota of requests; or, for a read of the
+    /// node's own state (`read`), against its own quota of [`READS_PER_REQUEST`] times
+    /// as many (a dashboard polling them must not use up the requests).
+    fn admit(&self, token: Option<&str>, read: bool) -> Result<&str, ApiError> {
         let token = token.ok_or_else(|| {
             ApiError::new(
                 StatusCode::UNAUTHORIZED,
@@ -114,29 +119,36 @@ impl ApiKeys {
             .by_key
             .get(token)
             .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unknown API key"))?;
-        if !counted {
-            return Ok(&client.name);
-        }
         let mut window = client.window.lock().unwrap_or_else(|p| p.into_inner());
         let elapsed = window.0.elapsed();
         if elapsed >= Duration::from_secs(60) {
-            *window = (Instant::now(), 0);
+            *window = (Instant::now(), 0, 0);
         }
-        if window.1 >= client.per_minute {
+        let (used, quota, what) = if read {
+            (
+                window.2,
+                client.per_minute.saturating_mul(READS_PER_REQUEST),
+                "reads",
+            )
+        } else {
+            (window.1, client.per_minute, "requests")
+        };
+        if used >= quota {
             let wait = Duration::from_secs(60).saturating_sub(window.0.elapsed());
             return Err(ApiError {
                 retry_after: Some(wait),
                 code: Some("rate_limit_exceeded"),
                 ..ApiError::new(
                     StatusCode::TOO_MANY_REQUESTS,
-                    format!(
-                        "the quota of {} requests per minute for this key is used up",
-                        client.per_minute
-                    ),
+                    format!("the quota of {quota} {what} per minute for this key is used up"),
                 )
             });
         }
-        window.1 += 1;
+        if read {
+            window.2 += 1;
+        } else {
+            window.1 += 1;
+        }
         Ok(&client.name)
     }
 }
@@ -153,8 +165,8 @@ pub async fn require_key(State(state): State<ApiState>, request: Request, next: 
     let Some(keys) = &state.keys else {
         return next.run(request).await;
     };
-    let counted = !(request.method() == axum::http::Method::GET
-        && (path.starts_with("/relaymesh/v1/") || path == "/metrics"));
+    let read = request.method() == axum::http::Method::GET
+        && (path.starts_with("/relaymesh/v1/") || path == "/metrics");
     let token = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -166,7 +178,7 @@ pub async fn require_key(State(state): State<ApiState>, request: Request, next: 
     } else {
         Shape::OpenAi
     };
-    match keys.admit(token, counted) {
+    match keys.admit(token, read) {
         Ok(name) => {
             tracing::debug!(client = name, path = request.uri().path(), "API request");
             next.run(request).await
@@ -186,22 +198,25 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            keys.admit(Some("rm-0123456789abcdef"), true).unwrap(),
+            keys.admit(Some("rm-0123456789abcdef"), false).unwrap(),
             "alice"
         );
-        assert!(keys.admit(Some("rm-0123456789abcdef"), true).is_ok());
-        let over = keys.admit(Some("rm-0123456789abcdef"), true).unwrap_err();
+        assert!(keys.admit(Some("rm-0123456789abcdef"), false).is_ok());
+        let over = keys.admit(Some("rm-0123456789abcdef"), false).unwrap_err();
         assert_eq!(over.status, StatusCode::TOO_MANY_REQUESTS);
         assert!(over.retry_after.is_some());
-        // Reads of the node's state (a dashboard polling) need the key, not quota.
-        assert!(keys.admit(Some("rm-0123456789abcdef"), false).is_ok());
-        assert!(keys.admit(Some("nope"), false).is_err());
+        // Reads of the node's state (a dashboard polling) have their own quota.
+        for _ in 0..2 * READS_PER_REQUEST {
+            assert!(keys.admit(Some("rm-0123456789abcdef"), true).is_ok());
+        }
+        assert!(keys.admit(Some("rm-0123456789abcdef"), true).is_err());
+        assert!(keys.admit(Some("nope"), true).is_err());
         assert_eq!(
-            keys.admit(Some("nope"), true).unwrap_err().status,
+            keys.admit(Some("nope"), false).unwrap_err().status,
             StatusCode::UNAUTHORIZED
         );
         assert_eq!(
-            keys.admit(None, true).unwrap_err().status,
+            keys.admit(None, false).unwrap_err().status,
             StatusCode::UNAUTHORIZED
         );
     }

@@ -10,6 +10,7 @@ pub mod keys;
 mod members;
 mod ollama;
 mod openai;
+mod origin;
 mod server;
 
 use std::sync::Arc;
@@ -48,6 +49,8 @@ pub struct ApiState {
     stopping: crate::stopping::Stopping,
     /// Requests through this API, for the dashboard.
     requests: Arc<dashboard::RequestLog>,
+    /// Places for `/relaymesh/v1/events` streams (each holds a connection for good).
+    event_streams: Arc<tokio::sync::Semaphore>,
     /// When the API started (the node's uptime).
     started: std::time::Instant,
 }
@@ -77,6 +80,7 @@ impl ApiState {
             settlement,
             stopping: Default::default(),
             requests: Default::default(),
+            event_streams: Arc::new(tokio::sync::Semaphore::new(dashboard::MAX_EVENT_STREAMS)),
             started: std::time::Instant::now(),
         }
     }
@@ -94,7 +98,20 @@ impl ApiState {
         model: &ServedModel,
         request: crate::backend::GenRequest,
     ) -> Result<crate::backend::Measured, crate::backend::BackendError> {
-        let generation = model.generate(request).await?;
+        use crate::backend::BackendError;
+        use crate::stopping::{STOPPED, STOP_GRACE};
+        if self.stopping.is_stopping() {
+            return Err(BackendError::Unavailable(STOPPED.into()));
+        }
+        // Waiting for a place (the mesh's queue, a session) ends with the grace too.
+        let stop = self.stopping.stopped();
+        let generation = tokio::select! {
+            generation = model.generate(request) => generation?,
+            () = async move {
+                stop.await;
+                tokio::time::sleep(STOP_GRACE).await;
+            } => return Err(BackendError::Unavailable(STOPPED.into())),
+        };
         let (log, name) = (self.requests.clone(), model.backend.info().name.clone());
         let (me, mesh) = (
             self.node.peer_id().to_string(),
@@ -166,6 +183,10 @@ pub fn router(state: ApiState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             keys::require_key,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            origin::same_origin,
         ))
         .layer(DefaultBodyLimit::max(body::MAX_BODY))
         .with_state(state)

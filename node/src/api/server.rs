@@ -56,7 +56,10 @@ pub async fn serve(
     let task = tokio::spawn(async move {
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let slots = Arc::new(Semaphore::new(max_connections));
+        // Connections end with this task (aborted after the grace, they go too).
+        let mut connections = tokio::task::JoinSet::new();
         loop {
+            while connections.try_join_next().is_some() {}
             let stream = tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _)) => stream,
@@ -80,7 +83,7 @@ pub async fn serve(
                 .serve_connection(io, service.clone());
             let connection = graceful.watch(connection);
             let metrics = metrics.clone();
-            tokio::spawn(async move {
+            connections.spawn(async move {
                 let _slot = slot;
                 if let Err(err) = connection.await {
                     if err.is_timeout() {
@@ -94,8 +97,15 @@ pub async fn serve(
         }
         drop(listener);
         graceful.shutdown().await;
+        while connections.join_next().await.is_some() {}
     });
-    Ok((bound, ApiServer { stop, task }))
+    Ok((
+        bound,
+        ApiServer {
+            stop: Some(stop),
+            task,
+        },
+    ))
 }
 
 /// Whether a connection ended because a write stalled (`Stalling`).
@@ -114,15 +124,22 @@ fn stalled(err: &hyper::Error) -> bool {
 
 /// A running local API.
 pub struct ApiServer {
-    stop: tokio::sync::oneshot::Sender<()>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl ApiServer {
+    /// Stops accepting connections (idle ones close); requests in flight go on.
+    pub fn stop_accepting(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
     /// Stops accepting, closes idle connections, and gives requests in flight `grace`
     /// to finish before the server is dropped.
-    pub async fn stop(self, grace: Duration) {
-        let _ = self.stop.send(());
+    pub async fn stop(mut self, grace: Duration) {
+        self.stop_accepting();
         let abort = self.task.abort_handle();
         if tokio::time::timeout(grace, self.task).await.is_err() {
             abort.abort();

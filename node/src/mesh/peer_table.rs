@@ -128,9 +128,11 @@ impl PeerTable {
             let too_soon = existing
                 .gossiped_ms
                 .is_some_and(|at| now_ms < at.saturating_add(MIN_AD_INTERVAL_MS));
-            // A withdrawal (an ad with no models: the supplier is stopping) is never
-            // too soon; what follows it within the interval is.
-            if existing.ad.body.seq < ad.body.seq && too_soon && !ad.body.models.is_empty() {
+            // A withdrawal (an ad with no models: the supplier is stopping) of a live ad
+            // is never too soon; what follows it within the interval is, so a key gets
+            // at most one ad and one withdrawal a second through.
+            let withdraws_live = ad.body.models.is_empty() && !existing.ad.body.models.is_empty();
+            if existing.ad.body.seq < ad.body.seq && too_soon && !withdraws_live {
                 return AdUpdate::TooSoon;
             }
         }
@@ -361,6 +363,42 @@ mod tests {
             },
             &k,
         )
+    }
+
+    fn withdrawal(key: u8, seq: u64) -> SignedCapabilityAd {
+        let k = Keypair::from_secret([key; 32]);
+        let mut body = ad(key, seq, 10_000).body;
+        body.models = BoundedVec::try_from_vec(vec![]).unwrap();
+        Signed::sign(body, &k)
+    }
+
+    /// A stopping supplier's withdrawal takes its offers out at once, even within a
+    /// second of its last ad; a stream of withdrawals is held to the one-second rule
+    /// (review: each newer withdrawal skipped it, so one key could flood the mesh).
+    #[test]
+    fn a_withdrawal_is_never_too_soon_but_a_second_one_is() {
+        let mut table = PeerTable::default();
+        assert_eq!(table.upsert_gossiped(ad(1, 5, 10_000), 0), AdUpdate::New);
+        assert_eq!(table.len(), 1);
+        assert_eq!(
+            table.upsert_gossiped(withdrawal(1, 6), 10),
+            AdUpdate::Updated
+        );
+        assert_eq!(table.len(), 0);
+        assert!(table.offers("m", 10).is_empty());
+        assert_eq!(
+            table.upsert_gossiped(withdrawal(1, 7), 20),
+            AdUpdate::TooSoon
+        );
+        assert_eq!(
+            table.upsert_gossiped(ad(1, 8, 10_000), 30),
+            AdUpdate::TooSoon
+        );
+        assert_eq!(
+            table.upsert_gossiped(ad(1, 9, 10_000), 1_010),
+            AdUpdate::Updated
+        );
+        assert_eq!(table.len(), 1);
     }
 
     #[test]

@@ -80,6 +80,15 @@ pub struct SupplierContext {
     pub stopping: crate::stopping::Stopping,
 }
 
+/// A task aborted when this is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// How long a stopping supplier waits for its streams to send their last frame.
 const STREAMS_END_GRACE: Duration = Duration::from_secs(3);
 
@@ -504,7 +513,8 @@ async fn serve(
     // 3. Tokens out, acks in. Acks are read by their own task so that a full window
     // waits for them while generation and writing go on otherwise.
     let (ack_tx, mut acks) = mpsc::channel(64);
-    let reader = tokio::spawn(async move {
+    // Aborted when the stream ends, or when its task is (a stopping node's).
+    let reader = AbortOnDrop(tokio::spawn(async move {
         loop {
             let frame = read_frame(&mut r).await;
             let stop = frame.is_err();
@@ -512,7 +522,7 @@ async fn serve(
                 return;
             }
         }
-    });
+    }));
     let first_window = ticket.window().max_unacked;
     // A fresh session's streams wait out the clash window within their first window.
     let mut clash_check = ctx.fresh.wait_until(&session.session_key());
@@ -652,7 +662,7 @@ async fn serve(
         }
     }
     .await;
-    reader.abort();
+    drop(reader);
     // What the app owes: see `pace::owed`.
     let acked = flow.acked_tokens();
     let owed = pace::owed(&pace::Ending {
