@@ -126,7 +126,13 @@ fn key_export_and_import_round_trip() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("64 hex digits"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("64 hex digits"), "{stderr}");
+    // It names the file given, not the identity file it would have written.
+    assert!(
+        stderr.contains("backup.hex") && !stderr.contains("identity.key"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -218,6 +224,22 @@ fn peers_and_models_print_tables_and_say_when_no_node_answers() {
         assert!(status.contains(line), "{line:?} not in\n{status}");
     }
     assert!(status.contains("table-model (1 supplier)"), "{status}");
+    // A mesh without genesis credit has nothing to transfer: said, not "gossiped".
+    let other = stdout_of(
+        relaymesh()
+            .args(["id", "--data-dir"])
+            .arg(dir.path().join("other")),
+    );
+    let out = relaymesh()
+        .args(["transfer", "--to", &other, "--amount", "5", "--api"])
+        .arg(format!("127.0.0.1:{api}"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("has no credit"),
+        "{stderr}"
+    );
     // Unknown routes answer 404 with a JSON error.
     let url = format!("http://127.0.0.1:{api}/no/such/route");
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -750,4 +772,57 @@ fn up_serves_a_gguf_file_by_its_name_and_the_dashboard() {
                 .unwrap()
         });
     assert!(page.contains("<title>relaymesh node</title>"), "{page}");
+}
+
+/// A port another process holds is refused with the reason: QUIC said nothing after
+/// "cannot listen on …:", and TCP was shared silently (libp2p listens with
+/// SO_REUSEPORT), so a second node on the same port ran with half its traffic.
+#[test]
+fn a_listen_port_in_use_is_refused_with_its_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let tcp = free_port();
+    let quic_addr = format!("/ip4/127.0.0.1/udp/{udp}/quic-v1");
+    let tcp_addr = format!("/ip4/127.0.0.1/tcp/{tcp}");
+    let api = free_port();
+    let _first = Proc(
+        relaymesh()
+            .args(["node", "--data-dir"])
+            .arg(dir.path().join("a"))
+            .args(["--listen", &format!("{quic_addr},{tcp_addr}")])
+            .args(["--api", &format!("127.0.0.1:{api}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_status(api, "the first node listening");
+    for (n, addr) in [&quic_addr, &tcp_addr].into_iter().enumerate() {
+        let log = dir.path().join(format!("b{n}.log"));
+        let mut second = Proc(
+            relaymesh()
+                .args(["node", "--data-dir"])
+                .arg(dir.path().join(format!("b{n}")))
+                .args(["--listen", addr])
+                .args(["--api", &format!("127.0.0.1:{}", free_port())])
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .unwrap(),
+        );
+        let exited = (0..100).any(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            second.0.try_wait().unwrap().is_some_and(|s| !s.success())
+        });
+        let stderr = std::fs::read_to_string(&log).unwrap();
+        assert!(exited, "a second node took {addr}: {stderr}");
+        assert!(
+            stderr.contains(&format!("cannot listen on {addr}: ")) && stderr.contains("in use"),
+            "{stderr}"
+        );
+    }
 }

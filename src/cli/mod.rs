@@ -223,16 +223,22 @@ fn id(data_dir: &std::path::Path) -> anyhow::Result<()> {
 fn import(data_dir: &std::path::Path, file: Option<PathBuf>) -> anyhow::Result<()> {
     use relaymesh_protocol::Signer;
     use std::io::Read;
-    let text = match file {
-        Some(path) if path.as_os_str() != "-" => std::fs::read_to_string(&path)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+    let (text, from) = match file {
+        Some(path) if path.as_os_str() != "-" => (
+            std::fs::read_to_string(&path)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+            path.display().to_string(),
+        ),
         _ => {
             let mut text = String::new();
             std::io::stdin().read_to_string(&mut text)?;
-            text
+            (text, "the key on stdin".to_string())
         }
     };
-    let key = relaymesh_node::store::import_key(data_dir, &text)?;
+    let key = relaymesh_node::store::import_key(data_dir, &text).map_err(|e| match e {
+        relaymesh_node::store::StoreError::BadImport => anyhow::anyhow!("{from}: {e}"),
+        other => other.into(),
+    })?;
     println!("{}", key.public_key().peer_id());
     Ok(())
 }

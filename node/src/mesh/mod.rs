@@ -87,11 +87,16 @@ pub fn spawn(
     );
 
     for addr in &config.listen {
-        swarm
-            .listen_on(addr.clone())
-            .map_err(|e| SwarmError::Listen {
+        tcp_port_free(addr)
+            .and_then(|()| {
+                swarm
+                    .listen_on(addr.clone())
+                    .map(|_| ())
+                    .map_err(|e| causes(&e))
+            })
+            .map_err(|reason| SwarmError::Listen {
                 addr: addr.clone(),
-                reason: e.to_string(),
+                reason,
             })?;
     }
     // The event loop dials them (and again, backing off, until one answers).
@@ -186,4 +191,48 @@ pub fn peer_id_of(key: &Keypair) -> PeerId {
 /// The peer id of an ed25519 public key.
 pub fn peer_id_of_key(key: &relaymesh_protocol::PublicKey) -> PeerId {
     PeerId::from_bytes(&key.peer_id_bytes()).expect("valid identity multihash")
+}
+
+/// An error and its causes, each said once (libp2p's transport errors keep theirs in
+/// `source()` and print nothing themselves).
+fn causes(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !text.is_empty() && !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+        source = cause.source();
+    }
+    if out.is_empty() {
+        out = format!("{err:?}");
+    }
+    out
+}
+
+/// Whether a fixed TCP port in `addr` is free. libp2p listens with `SO_REUSEPORT` (so
+/// that dials can leave from the listening port, for hole punching), so a second
+/// process would share the port silently; a plain bind finds out first.
+fn tcp_port_free(addr: &Multiaddr) -> Result<(), String> {
+    let mut parts = addr.iter();
+    let ip: std::net::IpAddr = match parts.next() {
+        Some(Protocol::Ip4(ip)) => ip.into(),
+        Some(Protocol::Ip6(ip)) => ip.into(),
+        _ => return Ok(()),
+    };
+    match parts.next() {
+        Some(Protocol::Tcp(port)) if port != 0 => std::net::TcpListener::bind((ip, port))
+            .map(drop)
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::AddrInUse => format!(
+                    "TCP port {port} is in use by another process (another relaymesh node?); choose another --listen port"
+                ),
+                _ => e.to_string(),
+            }),
+        _ => Ok(()),
+    }
 }

@@ -241,6 +241,12 @@ impl Settlement {
         if amount == 0 {
             return Err("the amount must be positive".into());
         }
+        if self.params.genesis.is_empty() {
+            return Err(format!(
+                "mesh {} has no credit (its parameters allocate none at genesis), so balances are not enforced and there is nothing to transfer",
+                self.params.name.as_str()
+            ));
+        }
         if to == self.me() {
             return Err("a transfer to yourself moves nothing".into());
         }

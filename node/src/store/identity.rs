@@ -43,7 +43,7 @@ pub fn export_key(dir: &Path) -> Result<String, StoreError> {
 /// Writes a backed-up key into `dir`; refuses to overwrite a different existing key.
 pub fn import_key(dir: &Path, text: &str) -> Result<Keypair, StoreError> {
     let path = dir.join(IDENTITY_FILE);
-    let key = parse(text).ok_or_else(|| StoreError::BadKey(path.clone()))?;
+    let key = parse(text).ok_or(StoreError::BadImport)?;
     if let Ok(existing) = std::fs::read_to_string(&path) {
         if parse(&existing).map(|k| k.secret()) != Some(key.secret()) {
             return Err(StoreError::Io {

@@ -26,6 +26,11 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    /// A key given to import is not a key.
+    #[error(
+        "not a relaymesh identity key (expected the 64 hex digits `relaymesh key export` prints)"
+    )]
+    BadImport,
     /// The identity file is not a key.
     #[error("{0}: not a relaymesh identity key (expected 64 hex digits); restore it with `relaymesh key import`")]
     BadKey(PathBuf),
