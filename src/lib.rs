@@ -1,12 +1,17 @@
 //! # relaymesh
 //!
 //! The embeddable face of relaymesh. An app starts a **light node** in a few lines: it
-//! joins the mesh through bootstrap nodes, sees which models the mesh offers, and shuts
-//! down cleanly. Light nodes are DHT clients and serve nothing.
+//! joins the mesh through bootstrap nodes, sees which models the mesh offers, asks one
+//! and reads the answer as it streams, and shuts down cleanly. No HTTP API is needed
+//! (`NodeBuilder::api` turns one on). The answer is metered as the API's would be (a
+//! session with the supplier, an ack per K tokens, receipts), fails over to the next
+//! supplier if one stops, and is hedged when the first is slow. Light nodes are DHT
+//! clients and serve nothing.
 //!
 //! ```no_run
 //! # async fn example() -> anyhow::Result<()> {
-//! let node = relaymesh::NodeBuilder::light()
+//! use relaymesh::{ChatMessage, ChatRole, GenEvent, GenRequest, NodeBuilder};
+//! let node = NodeBuilder::light()
 //!     .bootstrap("/ip4/127.0.0.1/udp/4001/quic-v1/p2p/12D3KooWExample".parse()?)
 //!     .in_memory_identity()
 //!     .start()
@@ -14,9 +19,20 @@
 //! for row in node.handle().models().await? {
 //!     println!("{} served by {}", row.name, row.supplier);
 //! }
+//! if node.wait_for_model("smollm2", std::time::Duration::from_secs(30)).await {
+//!     let question = ChatMessage { role: ChatRole::User, content: "Hello!".into() };
+//!     let mut answer = node.generate("smollm2", GenRequest::chat(vec![question])).await?;
+//!     while let Some(GenEvent::Text(piece)) = answer.next().await {
+//!         print!("{piece}");
+//!     }
+//! }
+//! println!("earned {}, spent {}", node.ledger().me.earned, node.ledger().me.spent);
 //! node.shutdown().await;
 //! # Ok(()) }
 //! ```
+//!
+//! `examples/chat.rs` is a whole app; `tests/embedding.rs` runs it against a supplier
+//! process.
 //!
 //! The CLI (`relaymesh node`, `relaymesh id`, …) is this crate's binary; the node
 //! itself is `relaymesh-node`, the rules are `relaymesh-protocol`.
@@ -25,11 +41,37 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use libp2p::Multiaddr;
+pub use libp2p::Multiaddr;
+/// Model backends a node serves from (GGUF in process, Ollama, OpenAI-compatible).
+pub use relaymesh_node::backend;
+pub use relaymesh_node::backend::{
+    BackendError, ChatMessage, Finish, FinishReason, GenEvent, GenRequest, Measured, Prompt,
+    Role as ChatRole, Sampling,
+};
+pub use relaymesh_node::mesh::membership::make_invite;
 pub use relaymesh_node::mesh::peer_table::ModelRow;
+pub use relaymesh_node::settle::LedgerReport;
 pub use relaymesh_node::{Identity, Node, NodeConfig, NodeError, NodeHandle, Role};
-use relaymesh_protocol::params::MeshParams;
-use relaymesh_protocol::Keypair;
+pub use relaymesh_protocol::membership::Role as MemberRole;
+pub use relaymesh_protocol::messages::membership::Credential;
+pub use relaymesh_protocol::params::MeshParams;
+pub use relaymesh_protocol::Keypair;
+use relaymesh_protocol::Signer;
+
+/// A new random key: a node's identity and account, or a private mesh's owner key.
+pub fn new_key() -> Keypair {
+    Keypair::generate(&mut rand_core::OsRng)
+}
+
+/// The parameters of a private mesh called `name`, owned by `owner`: only peers with an
+/// invite it signed ([`make_invite`]) get a connection, and the owner's own nodes need
+/// none. Share the parameters (or `relaymesh mesh init`'s file) with the members.
+pub fn private_mesh(name: &str, owner: &Keypair) -> MeshParams {
+    let mut params = relaymesh_node::config::named_mesh(name);
+    params.owners = relaymesh_protocol::BoundedVec::try_from_vec(vec![owner.public_key()])
+        .expect("one owner fits");
+    params
+}
 
 /// Builds and starts a node.
 #[derive(Clone, Debug)]
@@ -90,6 +132,13 @@ impl NodeBuilder {
         self
     }
 
+    /// Runs with `key` as its identity (held in memory only): a private mesh's owner
+    /// runs its nodes with the owner key, which needs no invite.
+    pub fn identity(mut self, key: Keypair) -> Self {
+        self.config.identity = Identity::Ephemeral(key);
+        self
+    }
+
     /// A fresh identity held in memory only (the default).
     pub fn in_memory_identity(mut self) -> Self {
         self.config.identity = Identity::Ephemeral(Keypair::generate(&mut rand_core::OsRng));
@@ -112,6 +161,23 @@ impl NodeBuilder {
     pub fn ad_lifetime(mut self, lifetime: Duration) -> Self {
         self.config.ad_lifetime = lifetime;
         self
+    }
+
+    /// Serves a model from `backend` (a GGUF file in process, an Ollama or
+    /// OpenAI-compatible server: see [`backend`]) at `price_per_cu`
+    /// micro-credits per compute unit; a full node advertises it to the mesh.
+    pub fn serve(
+        mut self,
+        backend: relaymesh_node::backend::SharedBackend,
+        price_per_cu: u64,
+    ) -> Result<Self, String> {
+        let models = std::sync::Arc::get_mut(&mut self.config.models)
+            .ok_or("the builder's models are shared with a clone of it: call serve first")?;
+        models.insert(relaymesh_node::backend::ServedModel::new(
+            backend,
+            price_per_cu,
+        ))?;
+        Ok(self)
     }
 
     /// The configuration built so far, to adjust what the builder does not cover.

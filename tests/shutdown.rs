@@ -28,12 +28,7 @@ fn terminate(proc: &mut Proc) -> bool {
 }
 
 async fn status_of(api: u16, path: &str) -> Option<Value> {
-    reqwest::get(format!("http://127.0.0.1:{api}{path}"))
-        .await
-        .ok()?
-        .json()
-        .await
-        .ok()
+    support::get_json(&format!("http://127.0.0.1:{api}{path}")).await
 }
 
 /// Receipts a supplier's API reports, over all its sessions.

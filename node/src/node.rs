@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use relaymesh_protocol::Keypair;
+use relaymesh_protocol::{Keypair, Signer};
 
 use crate::config::{Identity, NodeConfig};
 use crate::mesh::{self, NodeHandle, SwarmError};
@@ -46,6 +46,7 @@ pub struct Node {
     settle_task: tokio::task::JoinHandle<()>,
     settlement: Arc<crate::settle::Settlement>,
     stopping: crate::stopping::Stopping,
+    resolver: crate::infer::resolve::Resolver,
 }
 
 impl Node {
@@ -118,32 +119,33 @@ impl Node {
         )?;
         let settle_task = crate::settle::spawn(settlement.clone(), handle.clone());
         let stopping = crate::stopping::Stopping::default();
+        // The app side of the inference protocol: the API's, and the embedding API's.
+        let gateway = crate::infer::gateway::Gateway::new(
+            handle.clone(),
+            key.clone(),
+            params.clone(),
+            settlement.clone(),
+            crate::infer::router::Router::new(),
+            crate::infer::gateway::Timeouts {
+                queue_places: limits.queue_places,
+                ..routing.timeouts
+            },
+            app_tree(crate::settle::APP_ACKS_TREE)?,
+            app_sessions,
+        );
+        let resolver = crate::infer::resolve::Resolver {
+            node: handle.clone(),
+            models: models.clone(),
+            gateway: gateway.clone(),
+            routing: routing.clone(),
+            settlement: settlement.clone(),
+        };
         let api = match api_addr {
             Some(addr) => Some(
                 crate::api::serve(
                     addr,
-                    crate::api::ApiState::new(
-                        handle.clone(),
-                        metrics.clone(),
-                        models.clone(),
-                        keys,
-                        crate::infer::gateway::Gateway::new(
-                            handle.clone(),
-                            key.clone(),
-                            params.clone(),
-                            settlement.clone(),
-                            crate::infer::router::Router::new(),
-                            crate::infer::gateway::Timeouts {
-                                queue_places: limits.queue_places,
-                                ..routing.timeouts
-                            },
-                            app_tree(crate::settle::APP_ACKS_TREE)?,
-                            app_sessions,
-                        ),
-                        routing,
-                        settlement.clone(),
-                    )
-                    .with_stopping(stopping.clone()),
+                    crate::api::ApiState::new(metrics.clone(), keys, resolver.clone())
+                        .with_stopping(stopping.clone()),
                     &limits,
                 )
                 .await
@@ -198,6 +200,7 @@ impl Node {
             settle_task,
             settlement,
             stopping,
+            resolver,
         })
     }
 
@@ -224,6 +227,63 @@ impl Node {
     /// The node's ledger and settlement duties.
     pub fn settlement(&self) -> &Arc<crate::settle::Settlement> {
         &self.settlement
+    }
+
+    /// Runs `request` on the model called `model`, as the local API would: this node's
+    /// own if it serves it and scores best, else the mesh's best suppliers under the
+    /// node's routing rules, metered (sessions, acks, receipts), with failover and
+    /// hedging. Read the answer with [`Measured::next`](crate::backend::Measured::next);
+    /// dropping it cancels the request.
+    pub async fn generate(
+        &self,
+        model: &str,
+        request: crate::backend::GenRequest,
+    ) -> Result<crate::backend::Measured, crate::backend::BackendError> {
+        use crate::backend::BackendError;
+        use crate::infer::resolve::ResolveError;
+        if self.stopping.is_stopping() {
+            return Err(BackendError::Unavailable(crate::stopping::STOPPED.into()));
+        }
+        let resolved = self
+            .resolver
+            .resolve(model, &crate::infer::router::RoutePolicy::default())
+            .await
+            .map_err(|e| match e {
+                ResolveError::Rules(why) => BackendError::Invalid(why),
+                unknown @ ResolveError::Unknown { .. } => {
+                    BackendError::NotFound(unknown.to_string())
+                }
+                ResolveError::Backend(e) => e,
+            })?;
+        Ok(resolved
+            .generate(request)
+            .await?
+            .until_stopped(&self.stopping))
+    }
+
+    /// Waits (at most `timeout`) until a model called `model` can be asked: served here
+    /// or advertised on the mesh. Whether it can.
+    pub async fn wait_for_model(&self, model: &str, timeout: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let offered = self
+                .handle
+                .offers(model)
+                .await
+                .is_ok_and(|o| o.iter().any(|(k, _)| *k != self.key.public_key()));
+            if offered || self.resolver.models.get(model).is_some() {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The node's ledger: balances, its account, the claims.
+    pub fn ledger(&self) -> crate::settle::LedgerReport {
+        self.settlement.report(crate::mesh::now_ms())
     }
 
     /// The data dir, if the node has one.

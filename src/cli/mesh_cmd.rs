@@ -8,9 +8,7 @@ use clap::Subcommand;
 use relaymesh_node::config::{GenesisEntry, MeshFile};
 use relaymesh_protocol::identity::signed::Signed;
 use relaymesh_protocol::membership::Role;
-use relaymesh_protocol::messages::membership::{
-    Credential, Holder, Invite, Revocation, SignedRevocation,
-};
+use relaymesh_protocol::messages::membership::{Revocation, SignedRevocation};
 use relaymesh_protocol::params::MeshParams;
 use relaymesh_protocol::wire::WireMessage;
 use relaymesh_protocol::{BoundedVec, Digest, Keypair, PublicKey, Signer};
@@ -398,33 +396,9 @@ fn invite(
             PublicKey::from_peer_id(&p).ok_or_else(|| anyhow!("--peer {p:?} is not a peer id"))
         })
         .transpose()?;
-    // A token gets a key of its own: its secret travels only inside the token.
-    let token_key = peer
-        .is_none()
-        .then(|| Keypair::generate(&mut rand_core::OsRng));
-    let holder = match (peer, &token_key) {
-        (Some(peer), _) => Holder::Peer(peer),
-        (None, Some(k)) => Holder::Token(k.public_key()),
-        (None, None) => unreachable!("a token key is made when no peer is named"),
-    };
-    let mut id = [0u8; 32];
-    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id);
     let expires_ms = relaymesh_node::mesh::now_ms().saturating_add(duration_ms(expires)?);
-    let invite = Credential {
-        invite: Signed::sign(
-            Invite {
-                version: relaymesh_protocol::PROTOCOL_VERSION,
-                mesh_id: params.mesh_id(),
-                id: Digest(id),
-                owner: owner.public_key(),
-                holder,
-                role: role.byte(),
-                expires_ms,
-            },
-            &owner,
-        ),
-        token_secret: token_key.map(|k| k.secret()),
-    };
+    let invite =
+        relaymesh_node::mesh::membership::make_invite(&params, &owner, peer, role, expires_ms);
     let token = invite.to_token();
     if let Some(path) = out {
         relaymesh_node::store::write_private_file(path, format!("{token}\n").as_bytes())?;

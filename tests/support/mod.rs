@@ -227,13 +227,22 @@ impl Drop for Proc {
     }
 }
 
-/// A free loopback TCP port (for a node's API).
+/// GET `url` as JSON; `None` while nothing (or no JSON) answers there.
+#[allow(dead_code)]
+pub async fn get_json(url: &str) -> Option<serde_json::Value> {
+    reqwest::get(url).await.ok()?.json().await.ok()
+}
+
+/// A free loopback TCP port (for a node's API), chosen at random below the kernel's
+/// ephemeral range: a port the kernel hands out (port 0) is soon handed out again for
+/// some test's outgoing connection, and a node started on it then finds it taken.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    loop {
+        let port = 20_000 + (rand_core::RngCore::next_u32(&mut rand_core::OsRng) % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// `~/.cache/relaymesh`: the model, the venv and llama-server live there.

@@ -6,37 +6,17 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use axum::http::{HeaderMap, StatusCode};
-use relaymesh_protocol::{Digest, PublicKey, Signer};
+use relaymesh_protocol::{Digest, PublicKey};
 
 use super::error::ApiError;
 use super::ApiState;
-use crate::backend::{
-    BackendError, GenEvent, GenRequest, Measured, Provenance, Sampling, ServedModel,
-};
-use crate::infer::gateway::MeshBackend;
+use crate::backend::{GenEvent, GenRequest, Measured, Provenance, Sampling, ServedModel};
 use crate::infer::router::RoutePolicy;
-use crate::infer::supplier::model_digest;
 
 /// Parts of a streamed response buffered ahead of a slow client.
 pub const STREAM_BUFFER: usize = 32;
 
-/// A model to run a request on: served here, or by the mesh's suppliers.
-pub enum Resolved<'a> {
-    /// One of this node's backends.
-    Local(&'a ServedModel),
-    /// Suppliers on the mesh, reached through the inference protocol.
-    Mesh(ServedModel),
-}
-
-impl std::ops::Deref for Resolved<'_> {
-    type Target = ServedModel;
-    fn deref(&self) -> &ServedModel {
-        match self {
-            Resolved::Local(m) => m,
-            Resolved::Mesh(m) => m,
-        }
-    }
-}
+pub use crate::infer::resolve::Resolved;
 
 /// Request headers that narrow who may serve a request (the node's configuration
 /// narrows it too): the most it may cost per CU, the model digest it must be, and the
@@ -114,72 +94,22 @@ pub async fn lookup<'a>(
     name: &str,
     headers: &HeaderMap,
 ) -> Result<Resolved<'a>, ApiError> {
-    let policy = state
-        .routing
-        .policy(name)
-        .and(&request_policy(headers)?)
-        .map_err(|e| ApiError::new(StatusCode::NOT_FOUND, e))?;
-    let local = state
-        .models
-        .get(name)
-        .filter(|m| policy.digest.is_none_or(|d| model_digest(m) == d));
-    let gateway = &state.gateway;
-    let me = gateway.key.public_key();
-    let offers: Vec<_> = state
-        .node
-        .offers(name)
+    use crate::infer::resolve::ResolveError;
+    let request = request_policy(headers)?;
+    state
+        .resolver
+        .resolve(name, &request)
         .await
-        .unwrap_or_default()
-        .into_iter()
-        // A supplier proven to equivocate gets no more work.
-        .filter(|(k, _)| *k != me && !state.settlement.is_excluded(k))
-        .collect();
-    if offers.is_empty() {
-        if let Some(m) = local {
-            return Ok(Resolved::Local(m));
-        }
-        if state.models.get(name).is_none() {
-            return Err(ApiError::unknown_model(name, &all_model_names(state).await));
-        }
-    }
-    let ranked = match gateway.router.rank(name, offers, &policy) {
-        Ok(ranked) => ranked,
-        // The node's own model needs no supplier.
-        Err(_) if local.is_some() => return Ok(Resolved::Local(local.expect("checked"))),
-        Err(e) => return Err(BackendError::from(e).into()),
-    };
-    let (best_key, best) = &ranked[0];
-    if let Some(m) = local {
-        // Our own model competes on speed and load; it costs us nothing.
-        // Until it has served a request its speed is unmeasured: it gets the benefit of
-        // the doubt, or it would never be measured.
-        let ours = m.offer(0);
-        let unmeasured = ours.as_ref().is_some_and(|o| o.tokens_per_sec_milli == 0);
-        let ours = ours.and_then(|o| gateway.router.score(me, name, &o, None));
-        let theirs = gateway
-            .router
-            .score(*best_key, name, best, policy.max_price);
-        if unmeasured || ours >= theirs {
-            return Ok(Resolved::Local(m));
-        }
-    }
-    let price = best.price_per_cu;
-    let backend = MeshBackend::new(name, gateway.clone(), ranked);
-    Ok(Resolved::Mesh(ServedModel::new(
-        std::sync::Arc::new(backend),
-        price,
-    )))
+        .map_err(|e| match e {
+            ResolveError::Rules(why) => ApiError::new(StatusCode::NOT_FOUND, why),
+            ResolveError::Unknown { name, known } => ApiError::unknown_model(&name, &known),
+            ResolveError::Backend(e) => e.into(),
+        })
 }
 
 /// Names of every model this node can answer for: its own and the mesh's.
 pub async fn all_model_names(state: &ApiState) -> Vec<String> {
-    let mut names = state.models.names();
-    if let Ok(rows) = state.node.models().await {
-        names.extend(rows.into_iter().map(|r| r.name));
-    }
-    names.sort();
-    names.dedup();
-    names
+    state.resolver.model_names().await
 }
 
 /// Whether an optional field holds what it means when absent (null, false, 0, an

@@ -39,10 +39,6 @@ pub struct ApiState {
     keys: Option<Arc<ApiKeys>>,
     /// When the node started (RFC 3339), shown as the models' `modified_at`.
     started_at: String,
-    /// Sends requests for models served elsewhere to the mesh (this node is the app).
-    gateway: Arc<crate::infer::gateway::Gateway>,
-    /// The node's routing rules (maximum price, pins, trusted suppliers).
-    routing: Arc<crate::infer::router::RoutingConfig>,
     /// The ledger, and the supplier's metered sessions (`/relaymesh/v1/sessions`).
     settlement: Arc<crate::settle::Settlement>,
     /// The node stopping: answers in flight get a grace period, then an error.
@@ -53,31 +49,29 @@ pub struct ApiState {
     event_streams: Arc<tokio::sync::Semaphore>,
     /// When the API started (the node's uptime).
     started: std::time::Instant,
+    /// Chooses the model that answers a request.
+    resolver: crate::infer::resolve::Resolver,
 }
 
 /// The response header naming who served a request.
 pub const SUPPLIER_HEADER: &str = "x-relaymesh-supplier";
 
 impl ApiState {
-    /// The state for a node's API.
+    /// The state for a node's API: its swarm, models, gateway and ledger come with the
+    /// resolver that chooses who answers.
     pub fn new(
-        node: NodeHandle,
         metrics: Metrics,
-        models: Arc<Models>,
         keys: Option<Arc<ApiKeys>>,
-        gateway: Arc<crate::infer::gateway::Gateway>,
-        routing: Arc<crate::infer::router::RoutingConfig>,
-        settlement: Arc<crate::settle::Settlement>,
+        resolver: crate::infer::resolve::Resolver,
     ) -> Self {
         Self {
-            node,
+            node: resolver.node.clone(),
+            models: resolver.models.clone(),
+            settlement: resolver.settlement.clone(),
+            resolver,
             metrics,
-            models,
             keys,
             started_at: ollama::created_at(),
-            gateway,
-            routing,
-            settlement,
             stopping: Default::default(),
             requests: Default::default(),
             event_streams: Arc::new(tokio::sync::Semaphore::new(dashboard::MAX_EVENT_STREAMS)),

@@ -104,6 +104,26 @@ pub struct GenRequest {
     pub tenant: Tenant,
 }
 
+impl GenRequest {
+    /// A conversation, with the backend's default sampling.
+    pub fn chat(messages: Vec<ChatMessage>) -> Self {
+        Self {
+            prompt: Prompt::Chat(messages),
+            sampling: Sampling::default(),
+            tenant: Tenant::Local,
+        }
+    }
+
+    /// Raw text to continue, with the backend's default sampling.
+    pub fn text(text: impl Into<String>) -> Self {
+        Self {
+            prompt: Prompt::Text(text.into()),
+            sampling: Sampling::default(),
+            tenant: Tenant::Local,
+        }
+    }
+}
+
 /// Why generation ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]

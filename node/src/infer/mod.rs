@@ -10,6 +10,7 @@ pub mod codec;
 pub mod escrow;
 pub mod gateway;
 pub mod queue;
+pub mod resolve;
 pub mod router;
 pub mod stream_slots;
 pub mod supplier;

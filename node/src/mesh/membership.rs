@@ -38,6 +38,45 @@ pub struct Membership {
     metrics: Metrics,
 }
 
+/// An invite to the private mesh `params`, signed by its `owner`: for `peer` only, or
+/// (`None`) for whoever holds the token (it gets a key of its own, whose secret travels
+/// only inside the token); admitting it as `role` until `expires_ms` (unix ms).
+pub fn make_invite(
+    params: &MeshParams,
+    owner: &relaymesh_protocol::Keypair,
+    peer: Option<PublicKey>,
+    role: Role,
+    expires_ms: u64,
+) -> Credential {
+    use relaymesh_protocol::identity::signed::Signed;
+    use relaymesh_protocol::messages::membership::{Holder, Invite};
+    let token_key = peer
+        .is_none()
+        .then(|| relaymesh_protocol::Keypair::generate(&mut rand_core::OsRng));
+    let holder = match (peer, &token_key) {
+        (Some(peer), _) => Holder::Peer(peer),
+        (None, Some(k)) => Holder::Token(k.public_key()),
+        (None, None) => unreachable!("a token key is made when no peer is named"),
+    };
+    let mut id = [0u8; 32];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id);
+    Credential {
+        invite: Signed::sign(
+            Invite {
+                version: relaymesh_protocol::PROTOCOL_VERSION,
+                mesh_id: params.mesh_id(),
+                id: relaymesh_protocol::Digest(id),
+                owner: owner.public_key(),
+                holder,
+                role: role.byte(),
+                expires_ms,
+            },
+            owner,
+        ),
+        token_secret: token_key.map(|k| k.secret()),
+    }
+}
+
 /// An invite as a person gives it: the token `relaymesh mesh invite` printed, or a file
 /// holding it.
 pub fn read_invite(given: &str) -> Result<Credential, String> {
