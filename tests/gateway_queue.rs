@@ -137,3 +137,37 @@ async fn a_request_that_cannot_wait_is_refused_with_retry_after() {
     }
     stop(nodes).await;
 }
+
+/// A supplier's free slots reach the mesh while they change, not a third of an ad's
+/// lifetime later (100 s by default): `relaymesh models` showed a busy supplier free.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_supplier_re_announces_when_its_free_slots_change() {
+    let nodes = mesh("queue-reannounce-tests", Duration::from_secs(30)).await;
+    let (gw, boot) = (&nodes[0], &nodes[3]);
+    let free_at_boot = || async {
+        let rows = boot.handle().models().await.ok()?;
+        Some(rows.iter().map(|r| r.free_slots).sum::<u16>())
+    };
+    assert_eq!(free_at_boot().await, Some(2));
+    let mut r = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", support::base_url(gw)))
+        .json(&json!({
+            "model": "smollm2", "temperature": 0, "max_tokens": 2000, "stream": true,
+            "messages": [{ "role": "user", "content": "Count from one to five hundred in words." }],
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let reading = async { while let Ok(Some(_)) = r.chunk().await {} };
+    let busy = wait_for(
+        "the busy supplier's ad",
+        Duration::from_secs(30),
+        || async { (free_at_boot().await? == 1).then_some(()) },
+    );
+    tokio::select! {
+        () = busy => {}
+        () = reading => panic!("the answer ended before the ad changed"),
+    }
+    stop(nodes).await;
+}

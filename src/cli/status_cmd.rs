@@ -165,7 +165,7 @@ mod tests {
         });
         let models = json!([
             { "name": "smollm2", "supplier": "12D3KooWme", "free_slots": 1, "total_slots": 2, "tokens_per_sec": 41.5, "price_per_cu": 1, "tau": 64 },
-            { "name": "smollm2", "supplier": "12D3KooWother" },
+            { "name": "smollm2", "supplier": "12D3KooWother", "tokens_per_sec": null },
         ]);
         let ledger = json!({ "me": { "balance": 10, "earned": 7, "spent": 3 }, "claims_pending": 1, "claims_settled": 2, "claims_void": 0 });
         let screen = render(&status, &models, &ledger);

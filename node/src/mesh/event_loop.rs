@@ -107,6 +107,8 @@ pub(crate) struct EventLoop {
     announced: bool,
     /// Whether our ads were withdrawn (the node is stopping): none follows.
     withdrawn: bool,
+    /// When our last ad went out, and the free slots it said.
+    announced_slots: (std::time::Instant, Vec<u16>),
     /// Ad syncs asked for since start.
     syncs_requested: usize,
     /// The ledger and settlement duties (absent only in bare test setups).
@@ -179,6 +181,7 @@ impl EventLoop {
             ad_seq: 0,
             announced: false,
             withdrawn: false,
+            announced_slots: (std::time::Instant::now(), Vec::new()),
             syncs_requested: 0,
             gossip_budget,
         }
@@ -275,6 +278,7 @@ impl EventLoop {
         if !self.announced {
             self.announce();
         }
+        self.announce_if_slots_changed();
         for supplier in self.table.expire(now_ms()) {
             info!(peer = %supplier.peer_id(), "peer expired: its ad ran out");
         }

@@ -39,7 +39,7 @@ use tracing::{info, warn};
 pub use event_loop::now_ms;
 pub use handle::{LinkKind, MemberRow, NodeGone, NodeHandle, NodeStatus, PeerRow};
 
-use crate::config::NodeConfig;
+use crate::config::{NodeConfig, Role};
 use crate::metrics::Metrics;
 
 /// Why the swarm could not start.
@@ -112,6 +112,9 @@ pub fn spawn(
         let _ = swarm.behaviour_mut().kad.bootstrap();
     }
     info!(peer = %peer_id, mesh = %config.mesh.name, role = ?config.role, "node starting");
+    if let Some(advice) = alone_advice(&config) {
+        warn!("{advice}");
+    }
 
     let streams = swarm.behaviour().stream.new_control();
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
@@ -134,6 +137,17 @@ pub fn spawn(
         },
         task,
     ))
+}
+
+/// What a node that can find no peer by itself should be told: no bootstrap node and
+/// no mDNS leave it alone until someone dials it (the public mesh ships no addresses).
+fn alone_advice(config: &NodeConfig) -> Option<String> {
+    (config.bootstrap.is_empty() && !config.mdns && config.role != Role::Bootstrap).then(|| {
+        format!(
+            "no --bootstrap node given: this node meets only peers that dial it. To join mesh {}, pass --bootstrap /ip4/…/udp/…/quic-v1/p2p/12D3KooW… (the mesh's operator has it; relaymesh-bootstrap prints its own first), or --mdns to find nodes on this LAN",
+            config.mesh.name
+        )
+    })
 }
 
 /// Longest a connection may take from the first packet to admission.
@@ -234,5 +248,38 @@ fn tcp_port_free(addr: &Multiaddr) -> Result<(), String> {
                 _ => e.to_string(),
             }),
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_that_can_find_no_peer_is_told_what_to_pass() {
+        let mut config = NodeConfig::new(
+            crate::config::public_mesh(),
+            crate::config::Identity::Ephemeral(relaymesh_protocol::Keypair::from_secret([1; 32])),
+        );
+        let advice = alone_advice(&config).expect("alone");
+        assert!(
+            advice.contains("--bootstrap") && advice.contains("--mdns"),
+            "{advice}"
+        );
+        config.mdns = true;
+        assert_eq!(alone_advice(&config), None);
+        config.mdns = false;
+        config.role = Role::Bootstrap;
+        assert_eq!(alone_advice(&config), None, "the first node of a mesh");
+    }
+
+    #[test]
+    fn a_taken_tcp_port_is_found_before_libp2p_shares_it() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let addr: Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap();
+        assert!(tcp_port_free(&addr).unwrap_err().contains("in use"));
+        assert!(tcp_port_free(&"/ip4/127.0.0.1/tcp/0".parse().unwrap()).is_ok());
+        assert!(tcp_port_free(&"/ip4/127.0.0.1/udp/1/quic-v1".parse().unwrap()).is_ok());
     }
 }

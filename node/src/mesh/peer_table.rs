@@ -58,8 +58,9 @@ pub struct ModelRow {
     pub free_slots: u16,
     /// Slots in all.
     pub total_slots: u16,
-    /// Advertised tokens per second.
-    pub tokens_per_sec: f64,
+    /// Advertised tokens per second; `None` until the supplier has measured a request
+    /// (tables print `-`, not a speed of 0).
+    pub tokens_per_sec: Option<f64>,
     /// Price per CU (micro-credits).
     pub price_per_cu: u64,
     /// Context length.
@@ -311,7 +312,8 @@ impl PeerTable {
                     supplier: ad.supplier.peer_id(),
                     free_slots: m.free_slots,
                     total_slots: m.total_slots,
-                    tokens_per_sec: f64::from(m.tokens_per_sec_milli) / 1000.0,
+                    tokens_per_sec: (m.tokens_per_sec_milli > 0)
+                        .then(|| f64::from(m.tokens_per_sec_milli) / 1000.0),
                     price_per_cu: m.price_per_cu,
                     context_length: m.context_length,
                     expires_in_s: ad.expires_ms.saturating_sub(now_ms) / 1000,

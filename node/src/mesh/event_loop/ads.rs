@@ -15,6 +15,10 @@ use super::{provider_key, EventLoop};
 use crate::config::Role;
 use crate::mesh::now_ms;
 
+/// Soonest a supplier re-announces because its free slots changed (between the
+/// regular ads, every third of the ad's lifetime): gateways choose by them.
+pub(super) const SLOTS_REANNOUNCE: Duration = Duration::from_secs(5);
+
 /// How long a stopping node keeps polling its swarm so that its withdrawal is sent and
 /// its connections close (peers then notice at once, not at an idle timeout).
 const CLOSE_GRACE: Duration = Duration::from_millis(500);
@@ -39,6 +43,10 @@ impl EventLoop {
         let Some(ad) = self.publish_ad(self.config.offers.clone(), self.config.ad_lifetime) else {
             return;
         };
+        self.announced_slots = (
+            std::time::Instant::now(),
+            ad.body.models.iter().map(|m| m.free_slots).collect(),
+        );
         let now = now_ms();
         // Our own table lists us too, so `models` on a supplier shows what it serves.
         self.table.upsert(ad, now);
@@ -47,6 +55,30 @@ impl EventLoop {
             if let Err(err) = self.swarm.behaviour_mut().kad.start_providing(key) {
                 debug!(%err, "provider record not stored");
             }
+        }
+    }
+
+    /// Announces again if the free slots have changed since the last ad (at most every
+    /// [`SLOTS_REANNOUNCE`]): an ad's free slots were up to a third of its lifetime old.
+    pub(super) fn announce_if_slots_changed(&mut self) {
+        if self.withdrawn
+            || !self.announced
+            || self.config.role != Role::Full
+            || self.config.models.is_empty()
+            || self.announced_slots.0.elapsed() < SLOTS_REANNOUNCE
+        {
+            return;
+        }
+        let free: Vec<u16> = self
+            .config
+            .models
+            .offers(1)
+            .iter()
+            .map(|m| m.free_slots)
+            .collect();
+        if free != self.announced_slots.1 {
+            debug!(?free, "free slots changed: announcing");
+            self.announce();
         }
     }
 
