@@ -1,4 +1,5 @@
-"""The official `openai` and `ollama` Python clients against a relaymesh node, unchanged.
+"""The official `openai`, `ollama` and `anthropic` Python clients against a relaymesh
+node, unchanged.
 
 Usage: check_clients.py BASE_URL MODEL [mesh]
 With `mesh`, BASE_URL is a gateway that sends requests to the mesh's suppliers: the
@@ -8,6 +9,7 @@ Exits non-zero (with the failing assertion) if any call misbehaves.
 
 import sys
 
+import anthropic
 import ollama
 import openai
 
@@ -106,4 +108,47 @@ try:
 except ollama.ResponseError as e:
     assert e.status_code == 404 and MODEL in e.error, e
 
-print("openai and ollama clients: all checks passed")
+# --- anthropic (the Messages API) --------------------------------------------
+ac = anthropic.Anthropic(base_url=BASE, api_key="unused-on-loopback")
+# This SDK version takes no `temperature` argument; the API still reads the field.
+GREEDY = {"temperature": 0}
+
+msg = ac.messages.create(model=MODEL, max_tokens=32, extra_body=GREEDY, messages=MESSAGES)
+assert msg.content[0].type == "text" and msg.content[0].text == ANSWER, msg
+assert msg.stop_reason == "end_turn" and msg.role == "assistant", msg
+assert msg.usage.output_tokens == chat.usage.completion_tokens, msg.usage
+assert msg.usage.input_tokens == chat.usage.prompt_tokens, msg.usage
+
+with ac.messages.stream(model=MODEL, max_tokens=32, extra_body=GREEDY, messages=MESSAGES) as s:
+    texts = list(s.text_stream)
+    final = s.get_final_message()
+assert "".join(texts) == ANSWER and len(texts) > 5, texts
+assert final.stop_reason == "end_turn", final
+assert final.usage.output_tokens == msg.usage.output_tokens, final.usage
+
+system = ac.messages.create(
+    model=MODEL, max_tokens=16, extra_body=GREEDY, system="Answer in one word.", messages=MESSAGES
+)
+assert system.content[0].text.strip(), system
+
+short = ac.messages.create(model=MODEL, max_tokens=3, extra_body=GREEDY, messages=MESSAGES)
+assert short.stop_reason == "max_tokens" and short.usage.output_tokens == 3, short
+
+try:
+    ac.messages.create(
+        model=MODEL,
+        max_tokens=8,
+        messages=MESSAGES,
+        tools=[{"name": "f", "description": "d", "input_schema": {"type": "object"}}],
+    )
+    raise AssertionError("tools were accepted")
+except anthropic.BadRequestError as e:
+    assert "tools" in str(e), e
+
+try:
+    ac.messages.create(model="no-such-model", max_tokens=8, messages=MESSAGES)
+    raise AssertionError("an unknown model was accepted")
+except anthropic.NotFoundError as e:
+    assert MODEL in str(e), e
+
+print("openai, ollama and anthropic clients: all checks passed")

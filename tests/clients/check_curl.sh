@@ -19,6 +19,13 @@ out=$(curl -sf "$BASE/api/generate" -d '{"model": "'"$MODEL"'", "prompt": "What 
 [[ $(wc -l <<<"$out") -gt 5 ]] || { echo "ollama stream: $out"; exit 1; }
 tail -n 1 <<<"$out" | grep -q '"done":true' || { echo "ollama stream end: $out"; exit 1; }
 
+# Anthropic's Messages API, as its documentation shows it.
+out=$(curl -sf "$BASE/v1/messages" -H 'content-type: application/json' -H 'anthropic-version: 2023-06-01' -d '{
+  "model": "'"$MODEL"'", "max_tokens": 32, "temperature": 0,
+  "messages": [{"role": "user", "content": "What is the capital of France?"}]}')
+grep -qF "\"text\":\"$ANSWER\"" <<<"$out" || { echo "anthropic message: $out"; exit 1; }
+grep -qF '"stop_reason":"end_turn"' <<<"$out" || { echo "anthropic stop reason: $out"; exit 1; }
+
 code=$(curl -s -o /dev/null -w '%{http_code}' "$BASE/v1/chat/completions" -d '{"model": "nope", "messages": []}')
 [[ $code == 404 ]] || { echo "unknown model gave $code"; exit 1; }
 echo "curl: all checks passed"

@@ -18,6 +18,8 @@ pub enum Shape {
     OpenAi,
     /// `/api/...`
     Ollama,
+    /// `/v1/messages` (Anthropic's Messages API)
+    Anthropic,
 }
 
 /// An API error, independent of its shape.
@@ -93,6 +95,10 @@ impl ApiError {
                 "code": self.code,
             }}),
             Shape::Ollama => json!({ "error": self.message }),
+            Shape::Anthropic => json!({
+                "type": "error",
+                "error": { "type": anthropic_type(self.status), "message": self.message },
+            }),
         };
         let mut response = (self.status, Json(body)).into_response();
         if let Some(after) = self.retry_after {
@@ -118,6 +124,14 @@ fn openai_type(status: StatusCode) -> &'static str {
         500..=599 if status == StatusCode::SERVICE_UNAVAILABLE => "overloaded_error",
         500..=599 => "server_error",
         _ => "invalid_request_error",
+    }
+}
+
+/// Anthropic's error types (its `api_error` for a failure of ours).
+pub fn anthropic_type(status: StatusCode) -> &'static str {
+    match openai_type(status) {
+        "server_error" => "api_error",
+        other => other,
     }
 }
 
@@ -162,6 +176,20 @@ impl From<BackendError> for ApiError {
 pub struct OpenAiError(pub ApiError);
 /// An error rendered as Ollama's.
 pub struct OllamaError(pub ApiError);
+/// An error rendered as Anthropic's.
+pub struct AnthropicError(pub ApiError);
+
+impl IntoResponse for AnthropicError {
+    fn into_response(self) -> Response {
+        self.0.render(Shape::Anthropic)
+    }
+}
+
+impl<E: Into<ApiError>> From<E> for AnthropicError {
+    fn from(e: E) -> Self {
+        Self(e.into())
+    }
+}
 
 impl IntoResponse for OpenAiError {
     fn into_response(self) -> Response {

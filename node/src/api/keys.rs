@@ -172,9 +172,18 @@ pub async fn require_key(State(state): State<ApiState>, request: Request, next: 
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
+        // Anthropic's clients send their key as `x-api-key`.
+        .or_else(|| {
+            request
+                .headers()
+                .get("x-api-key")
+                .and_then(|v| v.to_str().ok())
+        })
         .map(str::trim);
     let shape = if request.uri().path().starts_with("/api/") {
         Shape::Ollama
+    } else if request.uri().path() == "/v1/messages" {
+        Shape::Anthropic
     } else {
         Shape::OpenAi
     };

@@ -1,6 +1,7 @@
 //! The local HTTP API (axum): the node's own routes (`/relaymesh/v1/...`, `/metrics`),
 //! the OpenAI-compatible routes (`/v1/...`) and the Ollama-compatible ones (`/api/...`).
 
+mod anthropic;
 mod body;
 pub mod dashboard;
 pub mod error;
@@ -161,6 +162,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/chat/completions", post(openai::chat))
         .route("/v1/completions", post(openai::completions))
         .route("/v1/models", get(openai::models))
+        .route("/v1/messages", post(anthropic::messages))
         .route("/v1/models/{id}", get(openai::model))
         .route("/api/chat", post(ollama::chat))
         .route("/api/generate", post(ollama::generate))
