@@ -98,6 +98,9 @@ assert gen.response == ANSWER, gen
 gen_parts = list(oc.generate(model=MODEL, prompt=QUESTION, options={"temperature": 0, "num_predict": 32}, stream=True))
 assert "".join(p.response for p in gen_parts) == ANSWER, gen_parts
 
+loaded = [m.model for m in oc.ps().models]
+assert loaded == ([] if MESH else [MODEL]), loaded  # a gateway loads nothing itself
+
 shown = oc.show(MODEL)
 if not MESH:  # a mesh model is described by its ads, which name no architecture
     assert shown.details.family == "llama", shown

@@ -167,6 +167,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/chat", post(ollama::chat))
         .route("/api/generate", post(ollama::generate))
         .route("/api/tags", get(ollama::tags))
+        .route("/api/ps", get(ollama::ps))
         .route("/api/version", get(ollama::version))
         .route("/api/show", post(ollama::show))
         .merge(dashboard::routes())

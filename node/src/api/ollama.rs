@@ -419,6 +419,31 @@ pub async fn tags(State(state): State<ApiState>) -> Json<Value> {
     Json(json!({ "models": models }))
 }
 
+/// `GET /api/ps`: the models loaded in this node (the ones it serves itself; the
+/// mesh's are loaded elsewhere). They stay loaded while the node runs, so
+/// `expires_at` is what Ollama says of a model kept loaded for good; all of a model is in memory, on the GPU where the build
+/// and `--gpu-layers` put it (not told apart here: `size_vram` is 0).
+pub async fn ps(State(state): State<ApiState>) -> Json<Value> {
+    let models: Vec<Value> = state
+        .models
+        .iter()
+        .filter(|m| m.backend.info().kind != "mesh")
+        .map(|m| {
+            let info = m.backend.info();
+            json!({
+                "name": info.name,
+                "model": info.name,
+                "size": info.details.size_bytes,
+                "digest": digest(m),
+                "details": details(m),
+                "expires_at": "2318-08-22T00:00:00Z",
+                "size_vram": 0,
+            })
+        })
+        .collect();
+    Json(json!({ "models": models }))
+}
+
 /// `GET /api/version`
 pub async fn version() -> Json<Value> {
     Json(json!({ "version": OLLAMA_API_VERSION, "relaymesh": env!("CARGO_PKG_VERSION") }))
