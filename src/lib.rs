@@ -22,10 +22,15 @@
 //! if node.wait_for_model("smollm2", std::time::Duration::from_secs(30)).await {
 //!     let question = ChatMessage { role: ChatRole::User, content: "Hello!".into() };
 //!     let mut answer = node.generate("smollm2", GenRequest::chat(vec![question])).await?;
-//!     while let Some(GenEvent::Text(piece)) = answer.next().await {
-//!         print!("{piece}");
+//!     while let Some(event) = answer.next().await {
+//!         match event {
+//!             GenEvent::Text(piece) => print!("{piece}"),
+//!             GenEvent::Done(_) => break,
+//!             GenEvent::Failed(why) => anyhow::bail!("the answer failed: {why}"),
+//!         }
 //!     }
 //! }
+//! // What settled so far (a session is paid once its claim settles, after it ends).
 //! println!("earned {}, spent {}", node.ledger().me.earned, node.ledger().me.spent);
 //! node.shutdown().await;
 //! # Ok(()) }
@@ -55,8 +60,7 @@ pub use relaymesh_node::{Identity, Node, NodeConfig, NodeError, NodeHandle, Role
 pub use relaymesh_protocol::membership::Role as MemberRole;
 pub use relaymesh_protocol::messages::membership::Credential;
 pub use relaymesh_protocol::params::MeshParams;
-pub use relaymesh_protocol::Keypair;
-use relaymesh_protocol::Signer;
+pub use relaymesh_protocol::{Keypair, PublicKey, Signer};
 
 /// A new random key: a node's identity and account, or a private mesh's owner key.
 pub fn new_key() -> Keypair {

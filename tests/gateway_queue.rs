@@ -149,25 +149,37 @@ async fn a_supplier_re_announces_when_its_free_slots_change() {
         Some(rows.iter().map(|r| r.free_slots).sum::<u16>())
     };
     assert_eq!(free_at_boot().await, Some(2));
-    let mut r = reqwest::Client::new()
-        .post(format!("{}/v1/chat/completions", support::base_url(gw)))
-        .json(&json!({
-            "model": "smollm2", "temperature": 0, "max_tokens": 2000, "stream": true,
-            "messages": [{ "role": "user", "content": "Count from one to five hundred in words." }],
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let reading = async { while let Ok(Some(_)) = r.chunk().await {} };
-    let busy = wait_for(
-        "the busy supplier's ad",
-        Duration::from_secs(30),
-        || async { (free_at_boot().await? == 1).then_some(()) },
-    );
+    // Keep the suppliers busy (four answers at a time, asked again as each ends) until
+    // the bootstrap node's table shows a slot taken.
+    let url = format!("{}/v1/chat/completions", support::base_url(gw));
+    let busy = async {
+        let client = reqwest::Client::new();
+        let one = |i: usize| {
+            let (client, url) = (client.clone(), url.clone());
+            async move {
+                loop {
+                    let asked = client
+                        .post(&url)
+                        .json(&json!({
+                            "model": "smollm2", "max_tokens": 200,
+                            "messages": [{ "role": "user", "content": format!("Tell story {i}.") }],
+                        }))
+                        .send()
+                        .await;
+                    if let Ok(answer) = asked {
+                        let _ = answer.bytes().await;
+                    }
+                }
+            }
+        };
+        futures::future::join_all((0..4).map(one)).await;
+    };
+    let seen = wait_for("a busy supplier's ad", Duration::from_secs(30), || async {
+        (free_at_boot().await? < 2).then_some(())
+    });
     tokio::select! {
-        () = busy => {}
-        () = reading => panic!("the answer ended before the ad changed"),
+        () = seen => {}
+        _ = busy => unreachable!("the load runs until the ad changes"),
     }
     stop(nodes).await;
 }

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use relaymesh_protocol::{Keypair, Signer};
+use relaymesh_protocol::Keypair;
 
 use crate::config::{Identity, NodeConfig};
 use crate::mesh::{self, NodeHandle, SwarmError};
@@ -69,12 +69,11 @@ impl Node {
         let params = config.mesh.clone();
         let serves = config.role == crate::config::Role::Full && !models.is_empty();
         let routing = Arc::new(config.routing.clone());
-        let miner = open_tree(&data_dir, "mining")?
-            .filter(|_| serves)
-            .map(|t| Arc::new(crate::mining::Miner::new(t, &params)));
-        // Every node keeps the ledger, and an app's sessions and acks; one without a data
-        // dir keeps them in a temporary database (so a light node without one still
-        // reveals its sessions, instead of leaving every claim to the full reveal).
+        // Every node keeps the ledger, and an app's sessions and acks, and a supplier its
+        // receipts; one without a data dir keeps them in a temporary database (so a light
+        // node without one still reveals its sessions, instead of leaving every claim to
+        // the full reveal, and a supplier embedded without one still mines and claims
+        // what it served, for as long as it runs).
         let db = match &data_dir {
             Some(dir) => dir.db().clone(),
             None => sled::Config::new()
@@ -97,6 +96,11 @@ impl Node {
         };
         let app_tree = |name: &str| db.open_tree(name).map(Some).map_err(db_error);
         let app_sessions = app_tree("app_sessions")?;
+        let miner = match serves {
+            true => app_tree("mining")?.map(|t| Arc::new(crate::mining::Miner::new(t, &params))),
+            false => None,
+        };
+        let requests = app_tree("requests")?;
         let settlement = Arc::new(
             crate::settle::Settlement::open(
                 key.clone(),
@@ -155,7 +159,6 @@ impl Node {
         };
         // A node that serves models answers the mesh's inference streams.
         let supplier = if serves {
-            let requests = open_tree(&data_dir, "requests")?;
             let ctx = Arc::new(crate::infer::supplier::SupplierContext {
                 key: key.clone(),
                 mesh_id: params.mesh_id(),
@@ -261,17 +264,14 @@ impl Node {
             .until_stopped(&self.stopping))
     }
 
-    /// Waits (at most `timeout`) until a model called `model` can be asked: served here
-    /// or advertised on the mesh. Whether it can.
+    /// Waits (at most `timeout`) until a model called `model` can be asked as
+    /// [`Self::generate`] would: served here, or by a supplier on the mesh that the
+    /// node's routing rules allow. Whether it can.
     pub async fn wait_for_model(&self, model: &str, timeout: std::time::Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
+        let rules = crate::infer::router::RoutePolicy::default();
         loop {
-            let offered = self
-                .handle
-                .offers(model)
-                .await
-                .is_ok_and(|o| o.iter().any(|(k, _)| *k != self.key.public_key()));
-            if offered || self.resolver.models.get(model).is_some() {
+            if self.resolver.resolve(model, &rules).await.is_ok() {
                 return true;
             }
             if tokio::time::Instant::now() >= deadline {
@@ -376,17 +376,4 @@ fn open_membership(
         config.mesh.name.as_str()
     );
     Ok(Some(Arc::new(membership)))
-}
-
-/// A sled tree of the node's database, or `None` for a node without a data dir.
-fn open_tree(data_dir: &Option<DataDir>, name: &str) -> Result<Option<sled::Tree>, NodeError> {
-    match data_dir {
-        Some(dir) => dir.db().open_tree(name).map(Some).map_err(|source| {
-            NodeError::Store(StoreError::Database {
-                path: dir.path().to_owned(),
-                source,
-            })
-        }),
-        None => Ok(None),
-    }
 }

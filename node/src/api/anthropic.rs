@@ -11,7 +11,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::HeaderMap;
-use axum::response::sse::{Event, Sse};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
@@ -136,7 +136,8 @@ fn stop_reason(finish: &Finish) -> &'static str {
 /// acks metered (clients ignore fields they do not know).
 fn usage(finish: &Finish, mesh: Option<&Provenance>) -> Value {
     let mut usage = json!({
-        "input_tokens": finish.prompt_tokens,
+        // Anthropic's input tokens leave out those read from the cache.
+        "input_tokens": finish.prompt_tokens.saturating_sub(finish.cached_tokens),
         "output_tokens": finish.completion_tokens,
         "cache_read_input_tokens": finish.cached_tokens,
     });
@@ -175,7 +176,8 @@ pub async fn messages(
         )?,
         tenant: Tenant::Local,
     };
-    let id = new_id("msg");
+    // Anthropic's ids are `msg_…`.
+    let id = new_id("msg").replacen('-', "_", 1);
     let name = body.model;
     let message = |content: Value, finish: Option<&Finish>, mesh: Option<&Provenance>| {
         json!({
@@ -247,7 +249,7 @@ pub async fn messages(
     .await?;
     Ok((
         [(super::SUPPLIER_HEADER, state.served_by(mesh.as_ref()))],
-        Sse::new(ReceiverStream::new(rx)),
+        Sse::new(ReceiverStream::new(rx)).keep_alive(KeepAlive::default()),
     )
         .into_response())
 }

@@ -129,9 +129,11 @@ fn openai_type(status: StatusCode) -> &'static str {
 
 /// Anthropic's error types (its `api_error` for a failure of ours).
 pub fn anthropic_type(status: StatusCode) -> &'static str {
-    match openai_type(status) {
-        "server_error" => "api_error",
-        other => other,
+    match (status.as_u16(), openai_type(status)) {
+        (402, _) => "billing_error",
+        (504, _) => "timeout_error",
+        (_, "server_error") => "api_error",
+        (_, other) => other,
     }
 }
 

@@ -3,10 +3,13 @@
 //! A browser sends requests to any address a page names, with the user's network: a
 //! page from anywhere could post a transfer to a node on loopback (which needs no key),
 //! or, by pointing its own DNS name at 127.0.0.1, read the node's API as its own
-//! origin. So a request that says it comes from another origin (`Origin`) is refused,
-//! and a node without API keys answers only requests addressed to it by IP address or
-//! `localhost` (`Host`), which a rebinding page cannot forge. Clients that are not
-//! browsers send neither header and are not affected.
+//! origin. So on a node without API keys, a request a browser made (it says so with
+//! `Origin` or `Sec-Fetch-Site`) is refused when it comes from another origin, or is
+//! addressed to the node by a name other than an IP address or `localhost` (which a
+//! rebinding page cannot forge). Clients that are not browsers (curl, the SDKs, a
+//! reverse proxy) send neither header and are not affected, whatever name they use. With
+//! API keys every request must carry one, which a page cannot make a browser attach by
+//! itself, so nothing more is checked.
 
 use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
@@ -26,24 +29,29 @@ pub async fn same_origin(State(state): State<ApiState>, request: Request, next: 
         .headers()
         .get(header::ORIGIN)
         .and_then(|o| o.to_str().ok());
-    if let Some(why) = refusal(host.as_deref(), origin, state.keys.is_some()) {
+    let browser = origin.is_some() || request.headers().contains_key("sec-fetch-site");
+    if state.keys.is_some() || !browser {
+        return next.run(request).await;
+    }
+    if let Some(why) = refusal(host.as_deref(), origin) {
         return super::error(StatusCode::FORBIDDEN, why);
     }
     next.run(request).await
 }
 
-/// Why a request with these headers is refused, if it is.
-fn refusal(host: Option<&str>, origin: Option<&str>, keys: bool) -> Option<String> {
+/// Why a browser's request with these headers is refused by a node without keys.
+fn refusal(host: Option<&str>, origin: Option<&str>) -> Option<String> {
     if let (Some(origin), Some(host)) = (origin, host) {
-        if origin != format!("http://{host}") && origin != format!("https://{host}") {
+        let own = |scheme: &str| origin.eq_ignore_ascii_case(&format!("{scheme}://{host}"));
+        if !own("http") && !own("https") {
             return Some(format!(
-                "a page from {origin} may not use this node's API (only the node's own pages may)"
+                "a page from {origin} may not use this node's API (only the node's own pages may, unless the node has API keys)"
             ));
         }
     }
     match host {
-        Some(host) if !keys && !addressed_by_ip(host) => Some(format!(
-            "this node's API answers {host:?} only with API keys (--api-keys): use its IP address, or localhost"
+        Some(host) if !addressed_by_ip(host) => Some(format!(
+            "a page may reach this node's API as {host:?} only if the node has API keys (--api-keys): use its IP address, or localhost"
         )),
         _ => None,
     }
@@ -66,26 +74,24 @@ mod tests {
 
     #[test]
     fn other_origins_and_rebound_names_are_refused() {
-        // Clients that are not browsers, and the node's own page.
-        assert_eq!(refusal(Some("127.0.0.1:7434"), None, false), None);
-        assert_eq!(refusal(None, None, false), None);
+        // The node's own page.
         let own = Some("http://127.0.0.1:7434");
-        assert_eq!(refusal(Some("127.0.0.1:7434"), own, false), None);
+        assert_eq!(refusal(Some("127.0.0.1:7434"), own), None);
         assert_eq!(
-            refusal(Some("localhost:7434"), Some("http://localhost:7434"), false),
-            None
+            refusal(Some("127.0.0.1:7434"), None),
+            None,
+            "same-origin GET"
         );
         assert_eq!(
-            refusal(Some("[::1]:7434"), Some("http://[::1]:7434"), false),
+            refusal(Some("localhost:7434"), Some("http://LOCALHOST:7434")),
             None
         );
+        assert_eq!(refusal(Some("[::1]:7434"), Some("http://[::1]:7434")), None);
         // A page from elsewhere posting a transfer.
-        let other = refusal(Some("127.0.0.1:7434"), Some("https://evil.example"), false);
+        let other = refusal(Some("127.0.0.1:7434"), Some("https://evil.example"));
         assert!(other.unwrap().contains("evil.example"));
         // A page whose own name was pointed at the node (DNS rebinding).
-        let rebound = Some("http://evil.example:7434");
-        assert!(refusal(Some("evil.example:7434"), rebound, false).is_some());
-        // With keys, a name is fine (a page cannot send the key by itself).
-        assert_eq!(refusal(Some("node.example:7434"), None, true), None);
+        assert!(refusal(Some("evil.example:7434"), Some("http://evil.example:7434")).is_some());
+        assert!(refusal(Some("evil.example:7434"), None).is_some());
     }
 }
