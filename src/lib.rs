@@ -169,7 +169,8 @@ impl NodeBuilder {
 
     /// Serves a model from `backend` (a GGUF file in process, an Ollama or
     /// OpenAI-compatible server: see [`backend`]) at `price_per_cu`
-    /// micro-credits per compute unit; a full node advertises it to the mesh.
+    /// micro-credits per compute unit; a full node advertises it to the mesh. To be
+    /// paid, give the node a data dir: receipts are mined and claimed only there.
     pub fn serve(
         mut self,
         backend: relaymesh_node::backend::SharedBackend,

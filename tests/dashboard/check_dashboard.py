@@ -34,7 +34,10 @@ with sync_playwright() as p:
     page.select_option("#chat-model", model)
     page.fill("#chat-prompt", "Name three colours.")
     page.click("#chat-send")
+    import time
+    sent_at = time.monotonic()
     page.wait_for_selector('#chat-meta[data-done="true"]', timeout=120_000)
+    print(f"answered in {time.monotonic() - sent_at:.1f} s", file=sys.stderr)
     answer = page.inner_text("#chat-answer")
     meta = page.inner_text("#chat-meta")
     page.wait_for_selector("#requests tbody tr", timeout=30_000)
