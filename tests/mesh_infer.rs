@@ -191,12 +191,7 @@ async fn a_light_gateway_answers_through_a_supplier_and_the_acks_are_its_receipt
     let content = support::sse_chat_content(&text);
     assert_eq!(content, ANSWER);
     assert!(text.trim_end().ends_with("data: [DONE]"));
-    let usage = support::sse_data(&text)
-        .iter()
-        .filter(|d| *d != "[DONE]")
-        .map(|d| serde_json::from_str::<Value>(d).unwrap())
-        .find_map(|c| (!c["usage"].is_null()).then(|| c["usage"].clone()))
-        .expect("a usage chunk");
+    let usage = support::sse_usage(&text).expect("a usage chunk");
     let (c, b) = reported(&usage["relaymesh"]);
     total = (total.0 + c, total.1 + b);
     let r = client
@@ -706,12 +701,7 @@ async fn a_supplier_killed_mid_stream_hands_the_answer_over_without_a_seam() {
     }
     assert!(!body.contains("\"error\""), "the stream failed: {body}");
     let answer = support::sse_chat_content(&body);
-    let usage = support::sse_data(&body)
-        .iter()
-        .filter(|d| *d != "[DONE]")
-        .map(|d| serde_json::from_str::<Value>(d).unwrap())
-        .find_map(|c| (!c["usage"].is_null()).then(|| c["usage"].clone()))
-        .expect("a usage chunk");
+    let usage = support::sse_usage(&body).expect("a usage chunk");
     let other = 1 - victim;
     let report = &usage["relaymesh"];
     assert_eq!(report["suppliers"], json!([ids[victim], ids[other]]));

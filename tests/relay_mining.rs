@@ -222,21 +222,14 @@ async fn every_ledger_settles_the_same_claims_and_credits_match_the_work() {
     }
 
     // The API and the metrics show it.
-    let ledger: Value = client
-        .get(format!(
-            "http://{}/relaymesh/v1/ledger",
-            observer.api_addr().unwrap()
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
+    let api = observer.api_addr().unwrap();
+    let ledger = support::get_json(&format!("http://{api}/relaymesh/v1/ledger"))
         .await
         .unwrap();
     assert_eq!(ledger["claims_settled"], r.claims_settled);
     assert_eq!(ledger["credit_enforced"], true);
     let metrics = client
-        .get(format!("http://{}/metrics", observer.api_addr().unwrap()))
+        .get(format!("http://{api}/metrics"))
         .send()
         .await
         .unwrap()
@@ -245,15 +238,7 @@ async fn every_ledger_settles_the_same_claims_and_credits_match_the_work() {
         .unwrap();
     assert!(metrics.contains("relaymesh_ledger_messages_total{kind=\"claim\",outcome=\"new\"}"));
     // Each peer's clock, as heard in anti-entropy (one machine: within a second).
-    let peers: Value = client
-        .get(format!(
-            "http://{}/relaymesh/v1/peers",
-            observer.api_addr().unwrap()
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
+    let peers = support::get_json(&format!("http://{api}/relaymesh/v1/peers"))
         .await
         .unwrap();
     let offsets: Vec<i64> = peers

@@ -144,12 +144,7 @@ async fn a_supplier_stopped_mid_answer_hands_it_over_and_withdraws_its_ad() {
         stopped_at.elapsed()
     );
     assert!(!body.contains("\"error\""), "the stream failed: {body}");
-    let usage = support::sse_data(&body)
-        .iter()
-        .filter(|d| *d != "[DONE]")
-        .map(|d| serde_json::from_str::<Value>(d).unwrap())
-        .find_map(|c| (!c["usage"].is_null()).then(|| c["usage"].clone()))
-        .expect("a usage chunk");
+    let usage = support::sse_usage(&body).expect("a usage chunk");
     assert_eq!(
         usage["relaymesh"]["suppliers"],
         json!([ids[victim], ids[1 - victim]]),

@@ -10,6 +10,7 @@ page asked no host but the node. Prints what it saw as JSON; exits 1 on a failur
 
 import json
 import sys
+import time
 from urllib.parse import urlparse
 
 from playwright.sync_api import sync_playwright
@@ -34,7 +35,6 @@ with sync_playwright() as p:
     page.select_option("#chat-model", model)
     page.fill("#chat-prompt", "Name three colours.")
     page.click("#chat-send")
-    import time
     sent_at = time.monotonic()
     page.wait_for_selector('#chat-meta[data-done="true"]', timeout=120_000)
     print(f"answered in {time.monotonic() - sent_at:.1f} s", file=sys.stderr)

@@ -188,6 +188,16 @@ pub fn sse_data(text: &str) -> Vec<String> {
         .collect()
 }
 
+/// The `usage` of a streamed OpenAI answer (SSE with `include_usage`), if it came.
+#[allow(dead_code)]
+pub fn sse_usage(text: &str) -> Option<serde_json::Value> {
+    sse_data(text)
+        .iter()
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str::<serde_json::Value>(d).unwrap())
+        .find_map(|c| (!c["usage"].is_null()).then(|| c["usage"].clone()))
+}
+
 /// The assistant text of a streamed OpenAI chat answer (SSE).
 pub fn sse_chat_content(text: &str) -> String {
     sse_data(text)

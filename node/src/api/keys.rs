@@ -159,10 +159,11 @@ pub async fn require_key(State(state): State<ApiState>, request: Request, next: 
     let path = request.uri().path();
     // The dashboard's page and assets carry no data: a browser loads them without a
     // key, and the page asks for one.
-    if state.keys.is_none() || super::dashboard::is_asset(path) {
-        return next.run(request).await;
-    }
-    let Some(keys) = &state.keys else {
+    let Some(keys) = state
+        .keys
+        .as_ref()
+        .filter(|_| !super::dashboard::is_asset(path))
+    else {
         return next.run(request).await;
     };
     let read = request.method() == axum::http::Method::GET
