@@ -468,3 +468,82 @@ async fn gossip_beyond_a_peers_budget_is_dropped_and_counted() {
     );
     boot.shutdown().await;
 }
+
+/// Applying ledger messages (signature checks, sled writes, anti-entropy batches of up
+/// to 4 MiB) does not stop the swarm: while the test holds a node's ledger and a
+/// transfer reaches it by gossip, the node still answers its handle, and it applies the
+/// transfer once the ledger is free. Before, the swarm's task applied ledger messages
+/// itself and stopped until the ledger was free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 8)]
+async fn a_node_busy_with_its_ledger_still_runs_its_swarm() {
+    use relaymesh_protocol::params::Allocation;
+    use support::credit_mesh::{bootstrap, joined, now_ms, params};
+    let payer = Keypair::from_secret([9; 32]);
+    let p = params(
+        "ledger-off-the-swarm",
+        vec![Allocation {
+            account: payer.public_key(),
+            amount: 1_000_000,
+        }],
+    );
+    let (_boot, boot_addr) = bootstrap(&p, None).await;
+    let a = joined(NodeBuilder::full(), &p, &boot_addr)
+        .identity(payer.clone())
+        .start()
+        .await
+        .unwrap();
+    let b = joined(NodeBuilder::full(), &p, &boot_addr)
+        .start()
+        .await
+        .unwrap();
+    let to = Keypair::from_secret([10; 32]).public_key();
+    let send = |amount: u64| {
+        let (_, messages) = a.settlement().transfer(to, amount, now_ms()).unwrap();
+        let handle = a.handle().clone();
+        async move {
+            for m in messages {
+                handle
+                    .publish_ledger(m.encode().unwrap())
+                    .await
+                    .unwrap()
+                    .unwrap();
+            }
+        }
+    };
+    let balance_at_b = || b.settlement().account(&to).balance;
+    send(100).await;
+    wait_for("the first transfer at b", LONG, || async {
+        (balance_at_b() == 100).then_some(())
+    })
+    .await;
+
+    // A thread holds b's ledger until told to let go.
+    let (held_tx, held_rx) = std::sync::mpsc::channel();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let settlement = b.settlement().clone();
+    let holder = std::thread::spawn(move || {
+        let _ledger = settlement.hold_ledger();
+        held_tx.send(()).unwrap();
+        let _ = released.recv();
+    });
+    held_rx.recv().unwrap();
+    let before = gossip_in(&b);
+    send(200).await;
+    wait_for("the second transfer's gossip at b", LONG, || async {
+        (gossip_in(&b) > before).then_some(())
+    })
+    .await;
+    for _ in 0..5 {
+        tokio::time::timeout(Duration::from_secs(5), b.handle().peers())
+            .await
+            .expect("b's swarm answers while its ledger is busy")
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    release.send(()).unwrap();
+    holder.join().unwrap();
+    wait_for("the second transfer applied at b", LONG, || async {
+        (balance_at_b() == 300).then_some(())
+    })
+    .await;
+}

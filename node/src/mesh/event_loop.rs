@@ -12,11 +12,11 @@ use libp2p::{gossipsub, identify, kad, mdns, ping, request_response, Multiaddr, 
 use relaymesh_protocol::wire::WireMessage;
 use relaymesh_protocol::{Digest, Keypair};
 use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::config::{NodeConfig, Role};
 use crate::mesh::behaviour::{
-    AdsRequest, AdsResponse, LedgerSyncResponse, MeshBehaviour, MeshBehaviourEvent, MAX_SYNC_ADS,
+    AdsRequest, AdsResponse, MeshBehaviour, MeshBehaviourEvent, MAX_SYNC_ADS,
 };
 use crate::mesh::bootstrap::Bootstraps;
 use crate::mesh::handle::{Command, LinkKind};
@@ -70,6 +70,7 @@ struct Connection {
 
 mod ads;
 mod gossip;
+mod ledger;
 mod members;
 mod nat;
 mod reach;
@@ -113,6 +114,8 @@ pub(crate) struct EventLoop {
     syncs_requested: usize,
     /// The ledger and settlement duties (absent only in bare test setups).
     settlement: Option<std::sync::Arc<Settlement>>,
+    /// The thread that applies ledger messages, with `settlement`.
+    ledger: Option<ledger::LedgerWorker>,
     ledger_topic: gossipsub::IdentTopic,
     /// When the next anti-entropy round is due.
     next_ledger_sync: std::time::Instant,
@@ -159,6 +162,11 @@ impl EventLoop {
             members_topic: gossipsub::IdentTopic::new(names::members_topic(&mesh_id)),
             membership,
             own_membership_ended: false,
+            ledger: settlement.clone().and_then(|s| {
+                ledger::LedgerWorker::start(s, metrics.clone())
+                    .map_err(|e| warn!(error = %e, "no ledger thread: ledger gossip ignored"))
+                    .ok()
+            }),
             settlement,
             next_ledger_sync: std::time::Instant::now() + Duration::from_secs(1),
             ledger_rounds: 0,
@@ -200,6 +208,9 @@ impl EventLoop {
                 command = self.commands.recv() => match command {
                     Some(Command::Shutdown(done)) => {
                         info!("shutting down");
+                        if let Some(ledger) = &mut self.ledger {
+                            ledger.stop().await;
+                        }
                         self.close_connections().await;
                         let _ = done.send(());
                         return;
@@ -211,6 +222,7 @@ impl EventLoop {
                 _ = announce.tick() => self.announce(),
                 _ = housekeeping.tick() => self.housekeeping(),
                 _ = republish.tick() => self.republish_revocations(),
+                done = ledger::next(&mut self.ledger) => self.on_ledger_done(done),
             }
         }
     }
@@ -530,55 +542,9 @@ impl EventLoop {
             }) => match message {
                 request_response::Message::Request {
                     request, channel, ..
-                } => {
-                    let Some(s) = self.settlement.clone() else {
-                        return;
-                    };
-                    let messages = if request.have.len() <= crate::settle::MAX_SYNC_KEYS {
-                        s.sync_answer(&request.have)
-                    } else {
-                        Vec::new()
-                    };
-                    // The asker's clock, one way (its delay is far inside the skew).
-                    let now = now_ms();
-                    s.observe_peer_clock(&peer.to_string(), request.now_ms, now);
-                    s.compare_checkpoint(&peer.to_string(), request.frozen.0, request.frozen.1);
-                    let response = LedgerSyncResponse {
-                        messages,
-                        echo_ms: request.now_ms,
-                        now_ms: now,
-                        frozen: s.frozen_digest(),
-                    };
-                    let _ = self
-                        .swarm
-                        .behaviour_mut()
-                        .ledger_sync
-                        .send_response(channel, response);
-                }
+                } => self.on_ledger_request(peer, request, channel),
                 request_response::Message::Response { response, .. } => {
-                    if let Some(s) = self.settlement.clone() {
-                        // The answerer's clock against the midpoint of our round trip.
-                        let now = now_ms();
-                        let midpoint = response.echo_ms / 2 + now / 2;
-                        s.observe_peer_clock(&peer.to_string(), response.now_ms, midpoint);
-                        s.compare_checkpoint(
-                            &peer.to_string(),
-                            response.frozen.0,
-                            response.frozen.1,
-                        );
-                    }
-                    let count = response.messages.len();
-                    let mut new = 0;
-                    for bytes in &response.messages {
-                        if self.on_ledger(bytes) == gossipsub::MessageAcceptance::Accept {
-                            new += 1;
-                        }
-                    }
-                    if new > 0 {
-                        info!(%peer, new, "ledger messages learned by anti-entropy");
-                    } else {
-                        debug!(%peer, count, "ledger in sync");
-                    }
+                    self.on_ledger_response(peer, response)
                 }
             },
             MeshBehaviourEvent::LedgerSync(request_response::Event::OutboundFailure {

@@ -346,6 +346,13 @@ impl Settlement {
             .expect("ledger lock")
             .is_excluded(supplier)
     }
+
+    /// Holds the ledger until the guard is dropped, as a long anti-entropy batch holds
+    /// it in turns: for tests that the node goes on without it.
+    #[doc(hidden)]
+    pub fn hold_ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
+        self.ledger.lock().expect("ledger lock")
+    }
 }
 
 /// How often a node runs its settlement duties.

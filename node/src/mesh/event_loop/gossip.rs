@@ -1,5 +1,5 @@
-//! Gossip in the event loop: ads and ledger messages validated with the protocol crate
-//! before they are forwarded, and the ledger's anti-entropy rounds.
+//! Gossip in the event loop: ads validated with the protocol crate before they are
+//! forwarded; ledger messages go to the settlement thread (`ledger.rs`).
 
 use libp2p::{gossipsub, PeerId};
 use relaymesh_protocol::messages::capability::SignedCapabilityAd;
@@ -8,9 +8,7 @@ use relaymesh_protocol::Ed25519Verifier;
 use tracing::{debug, info};
 
 use super::{now_ms, EventLoop};
-use crate::mesh::behaviour::LedgerSyncRequest;
 use crate::mesh::peer_table::AdUpdate;
-use crate::settle::Ingested;
 
 impl EventLoop {
     pub(super) fn publish_ledger(&mut self, bytes: Vec<u8>) -> Result<(), String> {
@@ -29,69 +27,6 @@ impl EventLoop {
             Err(gossipsub::PublishError::NoPeersSubscribedToTopic)
             | Err(gossipsub::PublishError::Duplicate) => Ok(()),
             Err(e) => Err(e.to_string()),
-        }
-    }
-
-    /// Asks one connected relaymesh peer (a different one each round) for the ledger
-    /// messages we lack.
-    pub(super) fn ledger_sync(&mut self) {
-        let Some(settlement) = &self.settlement else {
-            return;
-        };
-        let now = std::time::Instant::now();
-        if now < self.next_ledger_sync {
-            return;
-        }
-        self.next_ledger_sync = now + crate::settle::sync_interval(settlement.params());
-        let mut peers: Vec<PeerId> = self
-            .connections
-            .keys()
-            .filter(|p| {
-                self.agents
-                    .get(p)
-                    .is_some_and(|a| a.starts_with("relaymesh"))
-            })
-            .copied()
-            .collect();
-        if peers.is_empty() {
-            return;
-        }
-        peers.sort();
-        let peer = peers[self.ledger_rounds % peers.len()];
-        self.ledger_rounds += 1;
-        let have = settlement.sync_keys();
-        let request = LedgerSyncRequest {
-            have,
-            now_ms: now_ms(),
-            frozen: settlement.frozen_digest(),
-        };
-        self.swarm
-            .behaviour_mut()
-            .ledger_sync
-            .send_request(&peer, request);
-    }
-
-    /// Applies a ledger message from gossip or sync; returns the verdict for gossip.
-    pub(super) fn on_ledger(&mut self, bytes: &[u8]) -> gossipsub::MessageAcceptance {
-        let Some(settlement) = self.settlement.clone() else {
-            return gossipsub::MessageAcceptance::Ignore;
-        };
-        match settlement.ingest_bytes(bytes, now_ms()) {
-            Ok(Ingested::New { publish }) => {
-                for message in publish {
-                    if let Ok(bytes) = message.encode() {
-                        let _ = self.publish_ledger(bytes);
-                    }
-                }
-                gossipsub::MessageAcceptance::Accept
-            }
-            Ok(Ingested::Duplicate) => gossipsub::MessageAcceptance::Ignore,
-            Err(refused) if refused.invalid => {
-                info!(kind = refused.kind, reason = refused.reason, detail = %refused.detail, "invalid ledger message dropped");
-                self.metrics.invalid(refused.reason);
-                gossipsub::MessageAcceptance::Reject
-            }
-            Err(_) => gossipsub::MessageAcceptance::Ignore,
         }
     }
 
@@ -115,11 +50,7 @@ impl EventLoop {
             return;
         }
         if message.topic == self.ledger_topic.hash() {
-            let acceptance = self.on_ledger(&message.data);
-            self.swarm
-                .behaviour_mut()
-                .gossipsub
-                .report_message_validation_result(&id, &source, acceptance);
+            self.on_ledger_gossip(id, source, message.data);
             return;
         }
         if message.topic == self.members_topic.hash() && self.membership.is_some() {
