@@ -39,10 +39,8 @@ pub async fn run(model: &Path, question: &str, out: &mut dyn Write) -> anyhow::R
         .start()
         .await?;
     let boot_addr: Multiaddr = boot
-        .handle()
-        .status()
-        .await?
-        .listen_addrs
+        .listen_addrs(std::time::Duration::from_secs(10))
+        .await
         .first()
         .ok_or_else(|| anyhow::anyhow!("the bootstrap node listens nowhere"))?
         .parse()?;

@@ -68,6 +68,12 @@ async fn official_python_clients_and_curl_work_unchanged() {
         "python clients",
     );
     support::run_ok(
+        Command::new(&python)
+            .arg(format!("{here}/tests/clients/check_agents.py"))
+            .args([&base, "smollm2"]),
+        "agent clients",
+    );
+    support::run_ok(
         Command::new(format!("{here}/tests/clients/check_curl.sh")).args([&base, "smollm2"]),
         "curl checks",
     );

@@ -269,3 +269,66 @@ async fn sampling_options_are_honoured() {
         Some(BackendError::Invalid(_))
     ));
 }
+
+/// A schema through references, `levels` deep, each level two different alternatives
+/// (a list, and a list of at most 99) of the next: 2^levels ways to read one text of
+/// `levels` nested lists, in a few kilobytes.
+fn ambiguous_schema(levels: usize) -> String {
+    let defs: Vec<String> = (0..levels)
+        .map(|i| {
+            let items = format!(r##"{{"$ref":"#/$defs/d{}"}}"##, i + 1);
+            format!(
+                r#""d{i}":{{"anyOf":[{{"type":"array","items":{items},"minItems":1}},{{"type":"array","items":{items},"minItems":1,"maxItems":99}}]}}"#
+            )
+        })
+        .chain([format!(r#""d{levels}":{{"type":"string"}}"#)])
+        .collect();
+    format!(
+        r##"{{"$ref":"#/$defs/d0","$defs":{{{}}}}}"##,
+        defs.join(",")
+    )
+}
+
+/// An output format constrains the answer: it parses under its schema. A schema whose
+/// alternatives multiply llama.cpp's grammar stacks (twenty levels of two through
+/// references, a million ways to read twenty nested lists, in 3 KB) is refused before
+/// it reaches the one decode thread every stream shares, and the engine goes on
+/// serving. Without the bound the engine took it, and its decode thread (every stream
+/// of the model) was still stuck in the grammar two minutes later.
+#[tokio::test(flavor = "multi_thread")]
+async fn output_formats_shape_answers_and_ambiguous_schemas_are_refused() {
+    use relaymesh_node::backend::Format;
+    let backend = support::smollm(2, 2);
+    let mut shaped = greedy(64);
+    shaped.format = Some(Format::JsonSchema(
+        r#"{"type":"object","properties":{"city":{"type":"string"}},"required":["city"],"additionalProperties":false}"#
+            .into(),
+    ));
+    let (text, reason, _) = collect(
+        backend
+            .generate(chat("Name the capital of France.", shaped))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(reason, FinishReason::Stop, "{text}");
+    let value: serde_json::Value = serde_json::from_str(&text).expect("the answer parses");
+    assert!(value["city"].is_string(), "{text}");
+
+    let mut ambiguous = greedy(64);
+    ambiguous.format = Some(Format::JsonSchema(ambiguous_schema(20)));
+    let outcome = tokio::time::timeout(Duration::from_secs(120), async {
+        match backend.generate(chat("Say a word.", ambiguous)).await {
+            Ok(g) => Ok(collect(g).await),
+            Err(e) => Err(e),
+        }
+    })
+    .await
+    .expect("the engine answered within two minutes");
+    match outcome {
+        Err(BackendError::Invalid(why)) => assert!(why.contains("alternatives"), "{why}"),
+        other => panic!("an ambiguous schema was taken: {other:?}"),
+    }
+    let (after, _, _) = collect(backend.generate(chat("Say hi.", greedy(8))).await.unwrap()).await;
+    assert!(!after.is_empty());
+}

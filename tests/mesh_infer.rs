@@ -287,6 +287,13 @@ async fn a_light_gateway_answers_through_a_supplier_and_the_acks_are_its_receipt
             .args([&base, "smollm2", "mesh"]),
         "python clients through the mesh",
     );
+    // Structured output and tool calls: the format travels to the supplier.
+    support::run_ok(
+        std::process::Command::new(support::python())
+            .arg(here.join("tests/clients/check_agents.py"))
+            .args([&base, "smollm2"]),
+        "agent clients through the mesh",
+    );
 
     // A model nobody serves: 404 naming the mesh's models.
     let mut unknown = body.clone();

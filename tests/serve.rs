@@ -333,15 +333,23 @@ async fn bad_requests_get_clear_errors_in_each_apis_shape() {
         "{e}"
     );
 
-    // Unsupported parameters: 400 naming them.
+    // Unsupported parameters, and formats or tools the engine cannot follow: 400
+    // naming them.
     for (param, value) in [
         (
-            "tools",
-            json!([{ "type": "function", "function": { "name": "f" } }]),
+            "functions",
+            json!([{ "name": "f", "parameters": { "type": "object" } }]),
         ),
         ("n", json!(2)),
         ("logprobs", json!(true)),
-        ("response_format", json!({ "type": "json_object" })),
+        (
+            "response_format",
+            json!({ "type": "json_schema", "json_schema": { "name": "x", "schema": { "$ref": "#/nowhere" } } }),
+        ),
+        (
+            "tool_choice",
+            json!({ "type": "function", "function": { "name": "missing" } }),
+        ),
     ] {
         let mut body = chat_body(false);
         body[param] = value;
@@ -364,7 +372,7 @@ async fn bad_requests_get_clear_errors_in_each_apis_shape() {
     );
     let (status, e) = post_json(
         &format!("{base}/api/chat"),
-        json!({ "model": "smollm2", "messages": [{ "role": "user", "content": "hi" }], "format": "json" }),
+        json!({ "model": "smollm2", "messages": [{ "role": "user", "content": "hi" }], "format": "yaml" }),
     )
     .await;
     assert_eq!(status, 400);

@@ -281,6 +281,22 @@ impl Node {
         }
     }
 
+    /// The addresses the node listens on, once its listeners are open (they open just
+    /// after [`Self::start`] returns): waits at most `timeout`, and is empty if none
+    /// opened by then. Each is a multiaddr ending in `/p2p/<peer id>`.
+    pub async fn listen_addrs(&self, timeout: std::time::Duration) -> Vec<String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let Ok(status) = self.handle.status().await else {
+                return Vec::new();
+            };
+            if !status.listen_addrs.is_empty() || tokio::time::Instant::now() >= deadline {
+                return status.listen_addrs;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     /// The node's ledger: balances, its account, the claims.
     pub fn ledger(&self) -> crate::settle::LedgerReport {
         self.settlement.report(crate::mesh::now_ms())

@@ -12,8 +12,8 @@ use relaymesh_protocol::messages::claim::Claim;
 use relaymesh_protocol::messages::credit::CreditSlot;
 use relaymesh_protocol::messages::equivocation::EquivocationEvidence;
 use relaymesh_protocol::messages::infer::{
-    Done, DoneReason, FrameBody, InferFrame, InferPayload, InferRequest, PromptBody, Refuse,
-    RefuseCode, Turn, TurnRole, MAX_PROMPT_BYTES, MAX_TOKEN_BYTES,
+    Done, DoneReason, FrameBody, InferFrame, InferPayload, InferRequest, OutputFormat, PromptBody,
+    Refuse, RefuseCode, Turn, TurnRole, MAX_PROMPT_BYTES, MAX_SCHEMA_BYTES, MAX_TOKEN_BYTES,
 };
 use relaymesh_protocol::messages::manifest::ModelManifest;
 use relaymesh_protocol::messages::proof::{
@@ -445,9 +445,14 @@ fn payload() -> impl Strategy<Value = InferPayload> {
         any::<Option<u64>>(),
         any::<u32>(),
         proptest::collection::vec(text::<256>(), 0..4),
+        prop_oneof![
+            Just(None),
+            Just(Some(OutputFormat::Json)),
+            text::<{ MAX_SCHEMA_BYTES }>().prop_map(|s| Some(OutputFormat::JsonSchema(s))),
+        ],
     )
         .prop_map(
-            |(model, prompt, t, p, k, seed, max_tokens, stop)| InferPayload {
+            |(model, prompt, t, p, k, seed, max_tokens, stop, format)| InferPayload {
                 model,
                 prompt,
                 temperature_milli: t,
@@ -456,6 +461,7 @@ fn payload() -> impl Strategy<Value = InferPayload> {
                 seed,
                 max_tokens,
                 stop: BoundedVec::try_from_vec(stop).unwrap(),
+                format,
             },
         )
 }
@@ -576,10 +582,10 @@ fn non_canonical_encodings_are_refused() {
         .find(|g| g.file == "Ack")
         .unwrap();
     let bytes = golden.bytes;
-    // [ [version=3, …], sig ]: the body's version is the byte after two array headers.
-    assert_eq!(&bytes[..3], &[0x82, 0x89, 0x03]);
-    // The same value with a long-form integer (0x18 0x03) for the version.
-    let mut long_int = vec![0x82, 0x89, 0x18, 0x03];
+    // [ [version=4, …], sig ]: the body's version is the byte after two array headers.
+    assert_eq!(&bytes[..3], &[0x82, 0x89, 0x04]);
+    // The same value with a long-form integer (0x18 0x04) for the version.
+    let mut long_int = vec![0x82, 0x89, 0x18, 0x04];
     long_int.extend_from_slice(&bytes[3..]);
     let decode = |b: &[u8]| Signed::<Ack>::decode(b);
     assert!(matches!(
@@ -602,11 +608,11 @@ fn non_canonical_encodings_are_refused() {
     let huge = vec![0u8; Signed::<Ack>::MAX_SIZE + 1];
     assert!(matches!(decode(&huge), Err(DecodeError::TooLarge { .. })));
     // Another version.
-    let mut v4 = bytes.clone();
-    v4[2] = 0x04;
+    let mut v5 = bytes.clone();
+    v5[2] = 0x05;
     assert!(matches!(
-        decode(&v4),
-        Err(DecodeError::UnsupportedVersion { found: 4, .. })
+        decode(&v5),
+        Err(DecodeError::UnsupportedVersion { found: 5, .. })
     ));
 }
 

@@ -139,15 +139,10 @@ short = ac.messages.create(model=MODEL, max_tokens=3, extra_body=GREEDY, message
 assert short.stop_reason == "max_tokens" and short.usage.output_tokens == 3, short
 
 try:
-    ac.messages.create(
-        model=MODEL,
-        max_tokens=8,
-        messages=MESSAGES,
-        tools=[{"name": "f", "description": "d", "input_schema": {"type": "object"}}],
-    )
-    raise AssertionError("tools were accepted")
+    ac.messages.create(model=MODEL, max_tokens=8, messages=MESSAGES, extra_body={"thinking": {"type": "enabled"}})
+    raise AssertionError("thinking was accepted")
 except anthropic.BadRequestError as e:
-    assert "tools" in str(e), e
+    assert "thinking" in str(e), e
 
 try:
     ac.messages.create(model="no-such-model", max_tokens=8, messages=MESSAGES)

@@ -26,6 +26,22 @@ out=$(curl -sf "$BASE/v1/messages" -H 'content-type: application/json' -H 'anthr
 grep -qF "\"text\":\"$ANSWER\"" <<<"$out" || { echo "anthropic message: $out"; exit 1; }
 grep -qF '"stop_reason":"end_turn"' <<<"$out" || { echo "anthropic stop reason: $out"; exit 1; }
 
+# Structured output and a tool call, as OpenAI's documentation shows them.
+out=$(curl -sf "$BASE/v1/chat/completions" -H 'Content-Type: application/json' -d '{
+  "model": "'"$MODEL"'", "temperature": 0, "max_tokens": 64,
+  "messages": [{"role": "user", "content": "Name the capital of France."}],
+  "response_format": {"type": "json_schema", "json_schema": {"name": "city", "strict": true,
+    "schema": {"type": "object", "properties": {"city": {"type": "string"}},
+               "required": ["city"], "additionalProperties": false}}}}')
+grep -qF '"content":"{' <<<"$out" || { echo "openai json_schema: $out"; exit 1; }
+out=$(curl -sf "$BASE/v1/chat/completions" -H 'Content-Type: application/json' -d '{
+  "model": "'"$MODEL"'", "temperature": 0, "max_tokens": 64, "tool_choice": "required",
+  "messages": [{"role": "user", "content": "What is the weather in Paris?"}],
+  "tools": [{"type": "function", "function": {"name": "get_weather",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]}')
+grep -qF '"finish_reason":"tool_calls"' <<<"$out" || { echo "openai tools: $out"; exit 1; }
+grep -qF '"name":"get_weather"' <<<"$out" || { echo "openai tool name: $out"; exit 1; }
+
 code=$(curl -s -o /dev/null -w '%{http_code}' "$BASE/v1/chat/completions" -d '{"model": "nope", "messages": []}')
 [[ $code == 404 ]] || { echo "unknown model gave $code"; exit 1; }
 echo "curl: all checks passed"

@@ -10,7 +10,7 @@ use relaymesh_protocol::{Digest, PublicKey};
 
 use super::error::ApiError;
 use super::ApiState;
-use crate::backend::{GenEvent, GenRequest, Measured, Provenance, Sampling, ServedModel};
+use crate::backend::{Format, GenEvent, GenRequest, Measured, Provenance, Sampling, ServedModel};
 use crate::infer::router::RoutePolicy;
 
 /// Parts of a streamed response buffered ahead of a slow client.
@@ -191,7 +191,25 @@ pub fn sampling(
         seed: seed.map(|s| s as u64),
         max_tokens,
         stop,
+        format: None,
     })
+}
+
+/// Refuses an output format the engine could not follow: a 400 naming `param`.
+pub fn check_format(format: Option<&Format>, param: &str) -> Result<(), ApiError> {
+    let Some(format) = format else {
+        return Ok(());
+    };
+    let max = relaymesh_protocol::messages::infer::MAX_SCHEMA_BYTES;
+    if format.schema().len() > max {
+        return Err(ApiError::bad_param(
+            param,
+            format!("{param}: the JSON schema is over {max} bytes"),
+        ));
+    }
+    crate::backend::embedded::grammar(format)
+        .map(drop)
+        .map_err(|e| ApiError::bad_param(param, format!("{param}: {e}")))
 }
 
 /// Starts `request` on `model` and runs it in a task that turns each event into

@@ -13,6 +13,7 @@ mod ollama;
 mod openai;
 mod origin;
 mod server;
+mod tools;
 
 use std::sync::Arc;
 

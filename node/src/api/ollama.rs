@@ -17,17 +17,19 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 
 use super::error::{ApiError, OllamaError};
-use super::infer::{lookup, refuse_unsupported, sampling, spawn_stream};
+use super::infer::{check_format, lookup, refuse_unsupported, sampling, spawn_stream};
+use super::tools::{self, Answer, Tool, Tools};
 use super::{body, ApiState};
 use crate::backend::{
-    ChatMessage, Finish, GenEvent, GenRequest, Prompt, Provenance, Role, ServedModel, Tenant,
+    ChatMessage, Finish, Format, GenEvent, GenRequest, Prompt, Provenance, Role, ServedModel,
+    Tenant,
 };
 
 /// The Ollama API level this node implements (clients check it).
 pub const OLLAMA_API_VERSION: &str = "0.9.0";
 
 /// Request fields we do not implement.
-const UNSUPPORTED: &[&str] = &["tools", "format", "images", "template", "suffix", "context"];
+const UNSUPPORTED: &[&str] = &["images", "template", "suffix", "context"];
 
 /// Options that change sampling in ways we do not implement; accepted only at their
 /// neutral values (0, or 1 for the multiplicative penalties).
@@ -60,6 +62,10 @@ struct Common {
     stream: Option<bool>,
     #[serde(default)]
     options: Option<Options>,
+    /// `"json"` or a JSON schema.
+    format: Option<Value>,
+    #[serde(default)]
+    tools: Vec<Value>,
     #[serde(flatten)]
     extra: Map<String, Value>,
 }
@@ -79,6 +85,11 @@ struct InMessage {
     content: String,
     #[serde(default)]
     images: Option<Vec<Value>>,
+    /// An assistant's calls.
+    #[serde(default)]
+    tool_calls: Vec<Value>,
+    /// A tool result's tool.
+    tool_name: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -92,7 +103,11 @@ struct GenerateBody {
     common: Common,
 }
 
-fn request(prompt: Prompt, common: &mut Common) -> Result<GenRequest, ApiError> {
+/// The request to run, and the tools its answer may call.
+fn request(
+    mut prompt: Prompt,
+    common: &mut Common,
+) -> Result<(GenRequest, Option<Tools>), ApiError> {
     refuse_unsupported(&common.extra, UNSUPPORTED, |_, _| false)?;
     let o = common.options.take().unwrap_or_default();
     refuse_unsupported(&o.extra, UNSUPPORTED_OPTIONS, |name, v| {
@@ -102,7 +117,7 @@ fn request(prompt: Prompt, common: &mut Common) -> Result<GenRequest, ApiError> 
         e.message = e.message.replace("parameter '", "option '");
         e
     })?;
-    let sampling = sampling(
+    let mut sampling = sampling(
         o.temperature,
         o.top_p,
         o.top_k,
@@ -110,11 +125,76 @@ fn request(prompt: Prompt, common: &mut Common) -> Result<GenRequest, ApiError> 
         o.num_predict,
         o.stop.unwrap_or_default(),
     )?;
-    Ok(GenRequest {
-        prompt,
-        sampling,
-        tenant: Tenant::Local,
-    })
+    let format = match common.format.take() {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.is_empty() => None,
+        Some(Value::String(s)) if s == "json" => Some(Format::Json),
+        Some(schema @ Value::Object(_)) => Some(Format::JsonSchema(schema.to_string())),
+        Some(_) => {
+            return Err(ApiError::bad_param(
+                "format",
+                "format is \"json\" or a JSON schema object",
+            ))
+        }
+    };
+    let tools = ollama_tools(&common.tools, format.as_ref())?;
+    if let Some(tools) = &tools {
+        let Prompt::Chat(messages) = prompt else {
+            return Err(ApiError::bad_param("tools", "tools are for /api/chat"));
+        };
+        prompt = Prompt::Chat(tools.prompt(messages));
+        sampling.format = Some(tools.format());
+    } else {
+        sampling.format = format;
+    }
+    check_format(sampling.format.as_ref(), "format")?;
+    Ok((
+        GenRequest {
+            prompt,
+            sampling,
+            tenant: Tenant::Local,
+        },
+        tools,
+    ))
+}
+
+/// Ollama's `tools` (OpenAI's shape); the model chooses whether to call.
+fn ollama_tools(list: &[Value], format: Option<&Format>) -> Result<Option<Tools>, ApiError> {
+    let mut tools = Vec::new();
+    for (i, t) in list.iter().enumerate() {
+        if t["type"] != "function" {
+            return Err(ApiError::bad_param(
+                &format!("tools[{i}].type"),
+                "only function tools are supported",
+            ));
+        }
+        let f = &t["function"];
+        tools.push(Tool {
+            name: f["name"].as_str().unwrap_or_default().to_owned(),
+            description: f["description"].as_str().unwrap_or_default().to_owned(),
+            parameters: match &f["parameters"] {
+                Value::Null => json!({ "type": "object", "properties": {} }),
+                p => p.clone(),
+            },
+        });
+    }
+    let response = format.map(|f| serde_json::from_str(f.schema()).unwrap_or(Value::Null));
+    Tools::new(tools, None, true, response)
+}
+
+/// An answer made under `tools`, as Ollama's message: its text or its calls.
+fn tool_message(tools: &Tools, text: &str) -> Value {
+    match tools.parse(text) {
+        Answer::Text(content) => json!({ "role": "assistant", "content": content }),
+        Answer::Calls(calls) => json!({
+            "role": "assistant",
+            "content": "",
+            "tool_calls": calls
+                .iter()
+                .map(|c| json!({ "function": { "name": c.name, "arguments": c.arguments } }))
+                .collect::<Vec<_>>(),
+        }),
+    }
 }
 
 pub(super) fn created_at() -> String {
@@ -197,7 +277,7 @@ async fn run(
     model: &ServedModel,
     kind: Kind,
     name: String,
-    req: GenRequest,
+    (req, tools): (GenRequest, Option<Tools>),
     stream: bool,
 ) -> Result<Response, OllamaError> {
     let started = Instant::now();
@@ -205,22 +285,46 @@ async fn run(
         let generation = state.generate(model, req).await?;
         let mesh = generation.provenance().cloned();
         let (text, finish) = generation.collect().await?;
+        let mut last = kind.last(&name, &text, &finish, started, mesh.as_ref());
+        if let Some(tools) = &tools {
+            last["message"] = tool_message(tools, &text);
+        }
         return Ok((
             [(super::SUPPLIER_HEADER, state.served_by(mesh.as_ref()))],
-            Json(kind.last(&name, &text, &finish, started, mesh.as_ref())),
+            Json(last),
         )
             .into_response());
     }
+    // Under tools the answer is JSON to read whole: it is held back until it ends.
+    let mut held = String::new();
     let (rx, mesh) = spawn_stream(state, model, req, move |event, mesh| {
-        let value = match event {
-            GenEvent::Text(piece) => kind.part(&name, &piece, false),
-            GenEvent::Done(finish) => kind.last(&name, "", &finish, started, mesh),
+        let values = match event {
+            GenEvent::Text(piece) if tools.is_some() => {
+                held.push_str(&piece);
+                Vec::new()
+            }
+            GenEvent::Text(piece) => vec![kind.part(&name, &piece, false)],
+            GenEvent::Done(finish) => {
+                let mut values = Vec::new();
+                if let Some(tools) = &tools {
+                    let mut part = kind.part(&name, "", false);
+                    part["message"] = tool_message(tools, &held);
+                    values.push(part);
+                }
+                values.push(kind.last(&name, "", &finish, started, mesh));
+                values
+            }
             // Headers are sent: the error is the stream's last line, as in Ollama.
-            GenEvent::Failed(why) => json!({ "error": why }),
+            GenEvent::Failed(why) => vec![json!({ "error": why })],
         };
-        let mut line = value.to_string();
-        line.push('\n');
-        vec![line]
+        values
+            .into_iter()
+            .map(|value| {
+                let mut line = value.to_string();
+                line.push('\n');
+                line
+            })
+            .collect()
     })
     .await?;
     let body = Body::from_stream(ReceiverStream::new(rx).map(Ok::<_, Infallible>));
@@ -250,11 +354,11 @@ fn loaded(kind: Kind, name: &str) -> Response {
 fn role(index: usize, role: &str) -> Result<Role, ApiError> {
     match role {
         "system" => Ok(Role::System),
-        "user" => Ok(Role::User),
+        "user" | "tool" => Ok(Role::User),
         "assistant" => Ok(Role::Assistant),
         other => Err(ApiError::bad_param(
             &format!("messages[{index}].role"),
-            format!("role '{other}' is not supported (system, user, assistant)"),
+            format!("role '{other}' is not supported (system, user, assistant, tool)"),
         )),
     }
 }
@@ -303,14 +407,38 @@ pub async fn generate(
 
 fn chat_prompt(messages: Vec<InMessage>) -> Result<Prompt, ApiError> {
     let mut out = Vec::with_capacity(messages.len());
+    // The tool a result without `tool_name` answers: the last one called.
+    let mut last_called = None;
     for (i, m) in messages.into_iter().enumerate() {
         if m.images.as_ref().is_some_and(|v| !v.is_empty()) {
             return Err(ApiError::unsupported("images"));
         }
-        out.push(ChatMessage {
-            role: role(i, &m.role)?,
-            content: m.content,
-        });
+        let role = role(i, &m.role)?;
+        if m.role == "assistant" && !m.tool_calls.is_empty() {
+            let mut made = Vec::new();
+            for (j, call) in m.tool_calls.iter().enumerate() {
+                let name = call["function"]["name"].as_str().ok_or_else(|| {
+                    ApiError::bad_param(
+                        &format!("messages[{i}].tool_calls[{j}]"),
+                        "a tool call names its function (function.name)",
+                    )
+                })?;
+                last_called = Some(name.to_owned());
+                made.push((
+                    name.to_owned(),
+                    tools::arguments(&call["function"]["arguments"]),
+                ));
+            }
+            out.push(tools::calls_turn(&made));
+        } else if m.role == "tool" {
+            let name = m.tool_name.or_else(|| last_called.clone());
+            out.push(tools::result_turn(name.as_deref(), &m.content));
+        } else {
+            out.push(ChatMessage {
+                role,
+                content: m.content,
+            });
+        }
     }
     Ok(Prompt::Chat(out))
 }
@@ -343,7 +471,7 @@ pub(crate) fn chat_request(bytes: &[u8]) -> Result<Option<GenRequest>, ApiError>
         return Ok(None);
     }
     let prompt = chat_prompt(body.messages)?;
-    request(prompt, &mut body.common).map(Some)
+    request(prompt, &mut body.common).map(|(r, _)| Some(r))
 }
 
 /// As [`chat_request`], for `POST /api/generate`.
@@ -353,7 +481,7 @@ pub(crate) fn generate_request(bytes: &[u8]) -> Result<Option<GenRequest>, ApiEr
         return Ok(None);
     }
     let prompt = generate_prompt(body.prompt, body.system, body.raw);
-    request(prompt, &mut body.common).map(Some)
+    request(prompt, &mut body.common).map(|(r, _)| Some(r))
 }
 
 /// As [`chat_request`], for `POST /api/show`: the model's name.
@@ -480,7 +608,7 @@ pub async fn show(
             "relaymesh.backend": info.kind,
             "relaymesh.digest": info.digest.as_ref().map(ToString::to_string),
         },
-        "capabilities": ["completion"],
+        "capabilities": ["completion", "tools"],
         "modified_at": state.started_at,
     })))
 }

@@ -17,25 +17,25 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::error::{ApiError, OpenAiError};
 use super::infer::{
-    all_model_names, lookup, new_id, refuse_unsupported, sampling, spawn_stream, unix_now,
+    all_model_names, check_format, lookup, new_id, refuse_unsupported, sampling, spawn_stream,
+    unix_now,
 };
+use super::tools::{self, Answer, Tool, ToolCall, ToolChoice, Tools};
 use super::{body, ApiState};
 use crate::backend::{
-    ChatMessage, Finish, GenEvent, GenRequest, Prompt, Provenance, Role, ServedModel, Tenant,
+    ChatMessage, Finish, Format, GenEvent, GenRequest, Prompt, Provenance, Role, ServedModel,
+    Tenant,
 };
 
 /// Fields we do not implement; sent with a non-default value they get a 400 naming
 /// them rather than being silently ignored.
 const UNSUPPORTED: &[&str] = &[
-    "tools",
-    "tool_choice",
     "functions",
     "function_call",
     "logprobs",
     "top_logprobs",
     "n",
     "logit_bias",
-    "response_format",
     "presence_penalty",
     "frequency_penalty",
     "audio",
@@ -49,7 +49,6 @@ const UNSUPPORTED: &[&str] = &[
 fn supported_value(name: &str, value: &Value) -> bool {
     match name {
         "n" | "best_of" => value.as_u64() == Some(1),
-        "response_format" => value["type"] == "text",
         _ => false,
     }
 }
@@ -91,6 +90,11 @@ struct Common {
     max_tokens: Option<i64>,
     max_completion_tokens: Option<i64>,
     stop: Option<Stop>,
+    response_format: Option<Value>,
+    #[serde(default)]
+    tools: Vec<Value>,
+    tool_choice: Option<Value>,
+    parallel_tool_calls: Option<bool>,
     #[serde(flatten)]
     extra: Map<String, Value>,
 }
@@ -107,6 +111,11 @@ struct InMessage {
     role: String,
     #[serde(default)]
     content: Value,
+    /// An assistant's calls.
+    #[serde(default)]
+    tool_calls: Vec<Value>,
+    /// A tool result's call.
+    tool_call_id: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -116,16 +125,43 @@ struct CompletionBody {
     common: Common,
 }
 
-fn message(index: usize, m: InMessage) -> Result<ChatMessage, ApiError> {
+/// Converts message `index`; `calls` holds the names of the calls made so far, by id,
+/// so a tool's result can say which tool it came from.
+fn message(
+    index: usize,
+    m: InMessage,
+    calls: &mut std::collections::HashMap<String, String>,
+) -> Result<ChatMessage, ApiError> {
     let param = format!("messages[{index}]");
+    if m.role == "assistant" && !m.tool_calls.is_empty() {
+        let mut made = Vec::new();
+        for (i, call) in m.tool_calls.iter().enumerate() {
+            let name = call["function"]["name"].as_str().ok_or_else(|| {
+                ApiError::bad_param(
+                    &format!("{param}.tool_calls[{i}]"),
+                    "a tool call names its function (function.name)",
+                )
+            })?;
+            if let Some(id) = call["id"].as_str() {
+                calls.insert(id.to_owned(), name.to_owned());
+            }
+            made.push((
+                name.to_owned(),
+                tools::arguments(&call["function"]["arguments"]),
+            ));
+        }
+        return Ok(tools::calls_turn(&made));
+    }
     let role = match m.role.as_str() {
         "system" | "developer" => Role::System,
-        "user" => Role::User,
+        "user" | "tool" => Role::User,
         "assistant" => Role::Assistant,
         other => {
             return Err(ApiError::bad_param(
                 &param,
-                format!("role '{other}' is not supported (system, developer, user, assistant)"),
+                format!(
+                    "role '{other}' is not supported (system, developer, user, assistant, tool)"
+                ),
             ))
         }
     };
@@ -158,13 +194,21 @@ fn message(index: usize, m: InMessage) -> Result<ChatMessage, ApiError> {
             ))
         }
     };
+    if m.role == "tool" {
+        let name = m.tool_call_id.as_ref().and_then(|id| calls.get(id));
+        return Ok(tools::result_turn(name.map(String::as_str), &content));
+    }
     Ok(ChatMessage { role, content })
 }
 
-fn request(prompt: Prompt, common: &mut Common) -> Result<GenRequest, ApiError> {
+/// The request to run, and the tools its answer may call.
+fn request(
+    mut prompt: Prompt,
+    common: &mut Common,
+) -> Result<(GenRequest, Option<Tools>), ApiError> {
     refuse_unsupported(&common.extra, UNSUPPORTED, supported_value)?;
     let max = common.max_completion_tokens.or(common.max_tokens);
-    let sampling = sampling(
+    let mut sampling = sampling(
         // OpenAI's default temperature is 1.
         Some(common.temperature.unwrap_or(1.0)),
         common.top_p,
@@ -173,11 +217,103 @@ fn request(prompt: Prompt, common: &mut Common) -> Result<GenRequest, ApiError> 
         max,
         Stop::into_vec(common.stop.take()),
     )?;
-    Ok(GenRequest {
-        prompt,
-        sampling,
-        tenant: Tenant::Local,
-    })
+    let format = response_format(common.response_format.as_ref())?;
+    let tools = openai_tools(common, format.as_ref())?;
+    if let Some(tools) = &tools {
+        let Prompt::Chat(messages) = prompt else {
+            return Err(ApiError::bad_param(
+                "tools",
+                "tools are for chat completions",
+            ));
+        };
+        prompt = Prompt::Chat(tools.prompt(messages));
+        sampling.format = Some(tools.format());
+    } else {
+        sampling.format = format;
+    }
+    check_format(sampling.format.as_ref(), "response_format")?;
+    Ok((
+        GenRequest {
+            prompt,
+            sampling,
+            tenant: Tenant::Local,
+        },
+        tools,
+    ))
+}
+
+/// `response_format`: text, `json_object` or `json_schema`.
+fn response_format(value: Option<&Value>) -> Result<Option<Format>, ApiError> {
+    let Some(value) = value.filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
+    match value["type"].as_str() {
+        Some("text") => Ok(None),
+        Some("json_object") => Ok(Some(Format::Json)),
+        Some("json_schema") => match &value["json_schema"]["schema"] {
+            schema @ Value::Object(_) => Ok(Some(Format::JsonSchema(schema.to_string()))),
+            _ => Err(ApiError::bad_param(
+                "response_format.json_schema.schema",
+                "json_schema needs its schema (an object)",
+            )),
+        },
+        _ => Err(ApiError::bad_param(
+            "response_format.type",
+            "response_format's type is text, json_object or json_schema",
+        )),
+    }
+}
+
+/// `tools`, `tool_choice` and `parallel_tool_calls`; `None` when no call can be made.
+fn openai_tools(common: &Common, format: Option<&Format>) -> Result<Option<Tools>, ApiError> {
+    let choice = match &common.tool_choice {
+        None | Some(Value::Null) => None,
+        Some(Value::String(c)) => match c.as_str() {
+            "none" => return Ok(None),
+            "auto" => Some(ToolChoice::Auto),
+            "required" => Some(ToolChoice::Required),
+            other => {
+                return Err(ApiError::bad_param(
+                    "tool_choice",
+                    format!("tool_choice '{other}' is not none, auto or required"),
+                ))
+            }
+        },
+        Some(named) => match named["function"]["name"].as_str() {
+            Some(name) => Some(ToolChoice::Named(name.to_owned())),
+            None => {
+                return Err(ApiError::bad_param(
+                    "tool_choice",
+                    "tool_choice is none, auto, required or {\"type\": \"function\", \"function\": {\"name\": …}}",
+                ))
+            }
+        },
+    };
+    let mut list = Vec::new();
+    for (i, t) in common.tools.iter().enumerate() {
+        if t["type"] != "function" {
+            return Err(ApiError::bad_param(
+                &format!("tools[{i}].type"),
+                "only function tools are supported",
+            ));
+        }
+        let f = &t["function"];
+        list.push(Tool {
+            name: f["name"].as_str().unwrap_or_default().to_owned(),
+            description: f["description"].as_str().unwrap_or_default().to_owned(),
+            parameters: match &f["parameters"] {
+                Value::Null => json!({ "type": "object", "properties": {} }),
+                p => p.clone(),
+            },
+        });
+    }
+    let response = format.map(|f| serde_json::from_str(f.schema()).unwrap_or(Value::Null));
+    Tools::new(
+        list,
+        choice,
+        common.parallel_tool_calls.unwrap_or(true),
+        response,
+    )
 }
 
 /// OpenAI's usage; for a mesh request also `relaymesh`: the suppliers and the compute
@@ -212,23 +348,21 @@ impl Kind {
     }
 
     fn choice(self, text: Option<&str>, finish: Option<&Finish>, streamed: bool) -> Value {
-        let reason = finish.map(|f| f.reason);
+        let reason = finish.map(|f| json!(f.reason)).unwrap_or(Value::Null);
         match (self, streamed) {
-            (Kind::Chat, false) => json!({
-                "index": 0,
-                "message": { "role": "assistant", "content": text.unwrap_or("") },
-                "finish_reason": reason,
-                "logprobs": null,
-            }),
-            (Kind::Chat, true) => json!({
-                "index": 0,
-                "delta": match text {
+            (Kind::Chat, false) => chat_choice(
+                json!({ "role": "assistant", "content": text.unwrap_or("") }),
+                reason,
+                false,
+            ),
+            (Kind::Chat, true) => chat_choice(
+                match text {
                     Some(t) => json!({ "role": "assistant", "content": t }),
                     None => json!({}),
                 },
-                "finish_reason": reason,
-                "logprobs": null,
-            }),
+                reason,
+                true,
+            ),
             (Kind::Text, _) => json!({
                 "index": 0,
                 "text": text.unwrap_or(""),
@@ -239,6 +373,82 @@ impl Kind {
     }
 }
 
+/// A chat choice: its message (or, streamed, its delta) and why it ended.
+fn chat_choice(message: Value, reason: Value, streamed: bool) -> Value {
+    json!({
+        "index": 0,
+        if streamed { "delta" } else { "message" }: message,
+        "finish_reason": reason,
+        "logprobs": null,
+    })
+}
+
+/// OpenAI's shape of the calls, whole or (`streamed`) as the deltas OpenAI streams:
+/// each call's id, type and name with empty arguments first, then its arguments.
+fn openai_calls(calls: &[ToolCall], streamed: bool) -> Vec<Value> {
+    calls
+        .iter()
+        .enumerate()
+        .flat_map(|(index, call)| {
+            let arguments = call.arguments.to_string();
+            let head = |arguments: &str| {
+                json!({
+                    "index": index, "id": call.id, "type": "function",
+                    "function": { "name": call.name, "arguments": arguments },
+                })
+            };
+            if streamed {
+                vec![
+                    head(""),
+                    json!({ "index": index, "function": { "arguments": arguments } }),
+                ]
+            } else {
+                let mut whole = head(&arguments);
+                whole.as_object_mut().map(|o| o.remove("index"));
+                vec![whole]
+            }
+        })
+        .collect()
+}
+
+/// The choices that end an answer made under `tools`: its text or its calls, whole or
+/// (`streamed`) as chunks' choices, the last one saying why it ended.
+fn tool_answer(tools: &Tools, text: &str, finish: &Finish, streamed: bool) -> Vec<Value> {
+    let (message, reason) = match tools.parse(text) {
+        Answer::Text(content) => (
+            vec![json!({ "role": "assistant", "content": content })],
+            json!(finish.reason),
+        ),
+        Answer::Calls(calls) => (
+            openai_calls(&calls, streamed)
+                .into_iter()
+                .enumerate()
+                .map(|(i, call)| {
+                    if i == 0 || !streamed {
+                        json!({ "role": "assistant", "content": null, "tool_calls": [call] })
+                    } else {
+                        json!({ "tool_calls": [call] })
+                    }
+                })
+                .collect(),
+            json!("tool_calls"),
+        ),
+    };
+    if !streamed {
+        let mut whole = message[0].clone();
+        if let Some(calls) = whole.get_mut("tool_calls") {
+            *calls = Value::Array(message.iter().map(|m| m["tool_calls"][0].clone()).collect());
+        }
+        return vec![chat_choice(whole, reason, false)];
+    }
+    let mut choices: Vec<Value> = message
+        .into_iter()
+        .map(|m| chat_choice(m, Value::Null, true))
+        .collect();
+    choices.push(chat_choice(json!({}), reason, true));
+    choices
+}
+
 async fn complete(
     state: &ApiState,
     model: &ServedModel,
@@ -246,7 +456,7 @@ async fn complete(
     prompt: Prompt,
     mut common: Common,
 ) -> Result<Response, OpenAiError> {
-    let req = request(prompt, &mut common)?;
+    let (req, tools) = request(prompt, &mut common)?;
     let id = new_id(match kind {
         Kind::Chat => "chatcmpl",
         Kind::Text => "cmpl",
@@ -257,6 +467,10 @@ async fn complete(
         let generation = state.generate(model, req).await?;
         let mesh = generation.provenance().cloned();
         let (text, finish) = generation.collect().await?;
+        let choice = match &tools {
+            Some(tools) => tool_answer(tools, &text, &finish, false).remove(0),
+            None => kind.choice(Some(&text), Some(&finish), false),
+        };
         return Ok((
             [(super::SUPPLIER_HEADER, state.served_by(mesh.as_ref()))],
             Json(json!({
@@ -265,7 +479,7 @@ async fn complete(
                 "created": created,
                 "model": name,
                 "system_fingerprint": null,
-                "choices": [kind.choice(Some(&text), Some(&finish), false)],
+                "choices": [choice],
                 "usage": usage(&finish, mesh.as_ref()),
             })),
         )
@@ -286,10 +500,22 @@ async fn complete(
         }
         Ok::<Event, Infallible>(Event::default().data(c.to_string()))
     };
+    // Under tools the answer is JSON to read whole: it is held back until it ends.
+    let mut held = String::new();
     let (rx, mesh) = spawn_stream(state, model, req, move |event, mesh| match event {
+        GenEvent::Text(piece) if tools.is_some() => {
+            held.push_str(&piece);
+            Vec::new()
+        }
         GenEvent::Text(piece) => vec![chunk(json!([kind.choice(Some(&piece), None, true)]), None)],
         GenEvent::Done(finish) => {
-            let mut parts = vec![chunk(json!([kind.choice(None, Some(&finish), true)]), None)];
+            let mut parts: Vec<_> = match &tools {
+                Some(tools) => tool_answer(tools, &held, &finish, true)
+                    .into_iter()
+                    .map(|choice| chunk(json!([choice]), None))
+                    .collect(),
+                None => vec![chunk(json!([kind.choice(None, Some(&finish), true)]), None)],
+            };
             if include_usage {
                 parts.push(chunk(json!([]), Some(usage(&finish, mesh))));
             }
@@ -329,10 +555,11 @@ fn chat_prompt(messages: Vec<InMessage>) -> Result<Prompt, ApiError> {
             "messages must not be empty",
         ));
     }
+    let mut calls = std::collections::HashMap::new();
     let messages = messages
         .into_iter()
         .enumerate()
-        .map(|(i, m)| message(i, m))
+        .map(|(i, m)| message(i, m, &mut calls))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Prompt::Chat(messages))
 }
@@ -368,14 +595,14 @@ fn text_prompt(prompt: Value) -> Result<Prompt, ApiError> {
 pub(crate) fn chat_request(bytes: &[u8]) -> Result<GenRequest, ApiError> {
     let mut body: ChatBody = body::parse_bytes(bytes)?;
     let prompt = chat_prompt(body.messages)?;
-    request(prompt, &mut body.common)
+    request(prompt, &mut body.common).map(|(request, _)| request)
 }
 
 /// As [`chat_request`], for `POST /v1/completions`.
 pub(crate) fn completion_request(bytes: &[u8]) -> Result<GenRequest, ApiError> {
     let mut body: CompletionBody = body::parse_bytes(bytes)?;
     let prompt = text_prompt(body.prompt)?;
-    request(prompt, &mut body.common)
+    request(prompt, &mut body.common).map(|(request, _)| request)
 }
 
 fn model_entry(name: &str) -> Value {

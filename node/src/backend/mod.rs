@@ -10,6 +10,7 @@
 //! Ollama server through `ollama-rs`) and [`openai`] (any OpenAI-compatible server).
 
 pub mod embedded;
+mod format;
 pub mod ollama;
 pub mod ollama_store;
 pub mod openai;
@@ -25,6 +26,7 @@ use relaymesh_protocol::messages::manifest::SignedManifest;
 use relaymesh_protocol::Digest;
 use tokio::sync::mpsc;
 
+pub use format::Format;
 pub use registry::{Ended, Measured, Models, Perf, ServedModel};
 pub use slots::{SlotGuard, Slots, Tenant};
 pub use spec::{BackendSpec, SpecError};
@@ -90,6 +92,8 @@ pub struct Sampling {
     pub max_tokens: Option<u32>,
     /// Generation stops before any of these strings; they are not returned.
     pub stop: Vec<String>,
+    /// The shape the answer must take; `None`: free text.
+    pub format: Option<Format>,
 }
 
 /// One generation request.

@@ -9,13 +9,14 @@ use futures::StreamExt;
 use ollama_rs::generation::chat::request::ChatMessageRequest;
 use ollama_rs::generation::chat::{ChatMessage as OChatMessage, MessageRole};
 use ollama_rs::generation::completion::request::GenerationRequest;
+use ollama_rs::generation::parameters::FormatType;
 use ollama_rs::models::ModelOptions;
 use ollama_rs::Ollama;
 use tokio::sync::mpsc;
 
 use super::{
-    Backend, BackendError, Finish, FinishReason, GenEvent, GenRequest, Generation, ModelDetails,
-    ModelDigest, ModelInfo, Prompt, Role, Sampling, Slots, EVENT_BUFFER,
+    Backend, BackendError, Finish, FinishReason, Format, GenEvent, GenRequest, Generation,
+    ModelDetails, ModelDigest, ModelInfo, Prompt, Role, Sampling, Slots, EVENT_BUFFER,
 };
 
 /// Context length assumed when Ollama does not report one.
@@ -168,6 +169,14 @@ impl Backend for OllamaBackend {
         let slot = self.slots.acquire(request.tenant).await?;
         let (tx, rx) = mpsc::channel(EVENT_BUFFER);
         let opts = options(&request.sampling);
+        let format = match &request.sampling.format {
+            None => None,
+            Some(Format::Json) => Some(FormatType::Json),
+            Some(Format::JsonSchema(schema)) => Some(
+                serde_json::from_str::<FormatType>(schema)
+                    .map_err(|e| BackendError::Invalid(format!("the JSON schema: {e}")))?,
+            ),
+        };
         let limit = request.sampling.max_tokens;
         let broke = || GenEvent::Failed("the connection to Ollama broke".into());
         let upstream = |e: ollama_rs::error::OllamaError| BackendError::Upstream(e.to_string());
@@ -184,7 +193,10 @@ impl Backend for OllamaBackend {
                         OChatMessage::new(role, m.content)
                     })
                     .collect();
-                let req = ChatMessageRequest::new(self.model.clone(), messages).options(opts);
+                let mut req = ChatMessageRequest::new(self.model.clone(), messages).options(opts);
+                if let Some(format) = format {
+                    req = req.format(format);
+                }
                 let mut stream = self
                     .client
                     .send_chat_messages_stream(req)
@@ -226,9 +238,12 @@ impl Backend for OllamaBackend {
                 });
             }
             Prompt::Text(text) => {
-                let req = GenerationRequest::new(self.model.clone(), text)
+                let mut req = GenerationRequest::new(self.model.clone(), text)
                     .raw(true)
                     .options(opts);
+                if let Some(format) = format {
+                    req = req.format(format);
+                }
                 let mut stream = self.client.generate_stream(req).await.map_err(upstream)?;
                 tokio::spawn(async move {
                     let _slot = slot;

@@ -12,8 +12,8 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use super::{
-    Backend, BackendError, Finish, FinishReason, GenEvent, GenRequest, Generation, ModelDetails,
-    ModelInfo, Prompt, Slots, EVENT_BUFFER,
+    Backend, BackendError, Finish, FinishReason, Format, GenEvent, GenRequest, Generation,
+    ModelDetails, ModelInfo, Prompt, Slots, EVENT_BUFFER,
 };
 
 /// Context length assumed when the upstream does not say.
@@ -112,6 +112,7 @@ impl OpenAiBackend {
             ("seed", s.seed.map(|v| json!(v))),
             ("max_tokens", s.max_tokens.map(|v| json!(v))),
             ("stop", (!s.stop.is_empty()).then(|| json!(s.stop))),
+            ("response_format", s.format.as_ref().map(response_format)),
         ] {
             if let Some(value) = value {
                 body[key] = value;
@@ -243,6 +244,21 @@ impl Backend for OpenAiBackend {
             let _ = tx.send(event).await;
         });
         Ok(Generation::new(rx, None))
+    }
+}
+
+/// OpenAI's `response_format` for an output format.
+fn response_format(format: &Format) -> Value {
+    match format {
+        Format::Json => json!({ "type": "json_object" }),
+        Format::JsonSchema(schema) => json!({
+            "type": "json_schema",
+            "json_schema": {
+                "name": "answer",
+                "strict": true,
+                "schema": serde_json::from_str::<Value>(schema).unwrap_or(Value::Null),
+            },
+        }),
     }
 }
 

@@ -16,12 +16,12 @@ pub mod stream_slots;
 pub mod supplier;
 pub mod verify;
 
-use relaymesh_protocol::messages::infer::{InferPayload, PromptBody, Turn, TurnRole};
+use relaymesh_protocol::messages::infer::{InferPayload, OutputFormat, PromptBody, Turn, TurnRole};
 use relaymesh_protocol::metering::flow::Window;
 use relaymesh_protocol::params::MeshParams;
 use relaymesh_protocol::{BoundedString, BoundedVec};
 
-use crate::backend::{ChatMessage, GenRequest, Prompt, Role, Sampling, Tenant};
+use crate::backend::{ChatMessage, Format, GenRequest, Prompt, Role, Sampling, Tenant};
 
 /// Tokens generated when a request sets no limit.
 pub const DEFAULT_MAX_TOKENS: u32 = 1024;
@@ -79,6 +79,14 @@ pub fn payload(model: &str, request: &GenRequest) -> Result<InferPayload, String
                 .collect::<Result<Vec<_>, String>>()?,
         )
         .map_err(too_long)?,
+        format: match &s.format {
+            None => None,
+            Some(Format::Json) => Some(OutputFormat::Json),
+            Some(Format::JsonSchema(schema)) => Some(OutputFormat::JsonSchema(
+                BoundedString::new(schema.as_str())
+                    .map_err(|e| format!("the JSON schema is too large for the mesh: {e}"))?,
+            )),
+        },
     })
 }
 
@@ -109,6 +117,10 @@ pub fn gen_request(payload: &InferPayload) -> GenRequest {
             seed: payload.seed,
             max_tokens: Some(payload.max_tokens),
             stop: payload.stop.iter().map(|s| s.as_str().to_owned()).collect(),
+            format: payload.format.as_ref().map(|f| match f {
+                OutputFormat::Json => Format::Json,
+                OutputFormat::JsonSchema(schema) => Format::JsonSchema(schema.as_str().to_owned()),
+            }),
         },
         tenant: Tenant::Local,
     }
@@ -138,11 +150,13 @@ mod tests {
                 seed: Some(7),
                 max_tokens: Some(32),
                 stop: vec!["\n\n".into()],
+                format: Some(Format::JsonSchema(r#"{"type":"integer"}"#.into())),
             },
             tenant: Tenant::Local,
         };
         let p = payload("smollm2", &request).unwrap();
-        assert_eq!(p.prompt_bytes(), 9 + 5);
+        // The schema is read and billed as the prompt is.
+        assert_eq!(p.prompt_bytes(), 9 + 5 + 18);
         assert_eq!(gen_request(&p), request);
     }
 }

@@ -25,6 +25,8 @@ pub const MAX_PROMPT_BYTES: usize = 512 * 1024;
 pub const MAX_TURNS: usize = 256;
 /// Largest text of one token frame.
 pub const MAX_TOKEN_BYTES: usize = 1024;
+/// Largest JSON schema one request may carry.
+pub const MAX_SCHEMA_BYTES: usize = 16 * 1024;
 
 /// Who wrote a chat turn.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,6 +57,18 @@ pub enum PromptBody {
     Text(BoundedString<MAX_PROMPT_BYTES>),
 }
 
+/// The shape the answer must take: the supplier constrains its sampling so that the
+/// text it generates parses as this (a grammar, in llama.cpp's engine). An answer cut
+/// short by `max_tokens` may still end unfinished.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OutputFormat {
+    /// A JSON object.
+    Json,
+    /// JSON valid under this JSON Schema (its JSON text). Its bytes count as prompt
+    /// bytes: the supplier reads it, as it reads the prompt.
+    JsonSchema(BoundedString<MAX_SCHEMA_BYTES>),
+}
+
 /// What the app asks for. Its digest is the request's `prompt_digest`, so the
 /// supplier cannot answer another prompt than the one the app signed for. Sampling
 /// values are integers (canonical encodings have no floats).
@@ -76,6 +90,8 @@ pub struct InferPayload {
     pub max_tokens: u32,
     /// Stop sequences.
     pub stop: BoundedVec<BoundedString<256>, 4>,
+    /// The shape the answer must take; `None`: free text.
+    pub format: Option<OutputFormat>,
 }
 
 impl InferPayload {
@@ -84,12 +100,18 @@ impl InferPayload {
         tagged_hash(hash_tag::PROMPT, &[&to_canonical(self)])
     }
 
-    /// UTF-8 bytes of prompt text, what the request bills (`prompt_bytes`).
+    /// UTF-8 bytes of prompt text and of the output format's schema, what the request
+    /// bills (`prompt_bytes`).
     pub fn prompt_bytes(&self) -> u64 {
-        match &self.prompt {
+        let prompt: u64 = match &self.prompt {
             PromptBody::Chat(turns) => turns.iter().map(|t| t.content.as_str().len() as u64).sum(),
             PromptBody::Text(text) => text.as_str().len() as u64,
-        }
+        };
+        let schema = match &self.format {
+            Some(OutputFormat::JsonSchema(schema)) => schema.as_str().len() as u64,
+            Some(OutputFormat::Json) | None => 0,
+        };
+        prompt + schema
     }
 }
 

@@ -6,8 +6,8 @@ use relaymesh_protocol::messages::capability::{CapabilityAd, ModelOffer};
 use relaymesh_protocol::messages::credit::CreditSlot;
 use relaymesh_protocol::messages::equivocation::EquivocationEvidence;
 use relaymesh_protocol::messages::infer::{
-    FrameBody, InferFrame, InferPayload, InferRequest, PromptBody, Refuse, RefuseCode, Turn,
-    TurnRole,
+    FrameBody, InferFrame, InferPayload, InferRequest, OutputFormat, PromptBody, Refuse,
+    RefuseCode, Turn, TurnRole,
 };
 use relaymesh_protocol::messages::ledger::{LedgerBody, LedgerMessage};
 use relaymesh_protocol::messages::membership::{
@@ -161,6 +161,10 @@ pub fn all() -> Vec<Golden> {
         seed: Some(7),
         max_tokens: 64,
         stop: BoundedVec::try_from_vec(vec![BoundedString::new("\n\n").unwrap()]).unwrap(),
+        format: Some(OutputFormat::JsonSchema(
+            BoundedString::new(r#"{"type":"object","properties":{"city":{"type":"string"}}}"#)
+                .unwrap(),
+        )),
     };
     let frame_request = InferFrame::new(FrameBody::Request(InferRequest {
         request: receipt.request.clone(),

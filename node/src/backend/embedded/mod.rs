@@ -36,6 +36,7 @@ use tokio::sync::mpsc;
 
 pub use load::digest_file;
 pub use manifest_file::{manifest_path, read_manifest, write_manifest, ManifestFileError};
+pub use sampler::grammar;
 pub use sampler::DEFAULT_TEMPERATURE;
 pub use template::ChatTemplate;
 
@@ -214,7 +215,7 @@ impl EmbeddedBackend {
         sampling: &Sampling,
     ) -> Result<(Job, mpsc::Receiver<GenEvent>), BackendError> {
         let prompt = self.tokenize(prompt)?;
-        let sampler = sampler::chain(sampling)?;
+        let sampler = sampler::chain(&self.model, sampling)?;
         let room = self.context as usize - prompt.len();
         let max_new = (sampling.max_tokens.unwrap_or(self.default_max_tokens) as usize).min(room);
         let (events, rx) = mpsc::channel(EVENT_BUFFER);

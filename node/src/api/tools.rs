@@ -1,0 +1,384 @@
+//! Tool calling for every API shape (OpenAI, Ollama, Anthropic), on any model.
+//!
+//! The tools become a system message that lists them and says how to answer, and a
+//! JSON schema the answer must follow: `{"tool_calls": [{"name", "arguments"}, …]}` to
+//! call, or `{"response": …}` to answer (only the first with `tool_choice` required or
+//! a named function). The schema travels to the supplier as the request's output
+//! format, where grammar-constrained sampling makes the answer parse, so a call always
+//! names a listed tool with arguments valid under its parameters. Earlier calls and
+//! their results go back into the conversation in the same JSON, so the model reads
+//! what it wrote. This is the generic format llama.cpp's server uses for models whose
+//! templates know no tools; a model's own tool template is not used yet.
+
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use super::infer::new_id;
+use crate::backend::{ChatMessage, Format, Role};
+
+/// Most tools one request may list.
+pub const MAX_TOOLS: usize = 64;
+
+/// A function the model may call.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tool {
+    pub name: String,
+    pub description: String,
+    /// A JSON schema of its arguments (an object).
+    pub parameters: Value,
+}
+
+/// Which calls the model may make.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ToolChoice {
+    /// Call tools or answer.
+    Auto,
+    /// Call at least one tool.
+    Required,
+    /// Call this one.
+    Named(String),
+}
+
+/// The tools of a request and how they may be used (`tool_choice: none` means none).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tools {
+    pub tools: Vec<Tool>,
+    pub choice: ToolChoice,
+    /// Whether the model may make several calls at once.
+    pub parallel: bool,
+    /// The schema of a direct answer (`response_format`), if the client gave one: the
+    /// answer is then that JSON instead of text.
+    pub response: Option<Value>,
+}
+
+/// A call the model made.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ToolCall {
+    /// The id clients answer with (`call_…`).
+    pub id: String,
+    pub name: String,
+    pub arguments: Value,
+}
+
+/// What the model answered.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Answer {
+    Text(String),
+    Calls(Vec<ToolCall>),
+}
+
+impl Tools {
+    /// Checks tool names and the choice; `None` when there is nothing to call.
+    pub fn new(
+        tools: Vec<Tool>,
+        choice: Option<ToolChoice>,
+        parallel: bool,
+        response: Option<Value>,
+    ) -> Result<Option<Self>, ApiError> {
+        if tools.is_empty() {
+            return match choice {
+                Some(ToolChoice::Required | ToolChoice::Named(_)) => Err(ApiError::bad_param(
+                    "tool_choice",
+                    "tool_choice asks for a call, but no tools are given",
+                )),
+                _ => Ok(None),
+            };
+        }
+        if tools.len() > MAX_TOOLS {
+            return Err(ApiError::bad_param(
+                "tools",
+                format!("at most {MAX_TOOLS} tools"),
+            ));
+        }
+        for (i, tool) in tools.iter().enumerate() {
+            let ok = !tool.name.is_empty()
+                && tool.name.len() <= 64
+                && tool
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            if !ok {
+                return Err(ApiError::bad_param(
+                    &format!("tools[{i}].name"),
+                    "a tool's name is 1 to 64 letters, digits, '_' or '-'",
+                ));
+            }
+            if !tool.parameters.is_object() {
+                return Err(ApiError::bad_param(
+                    &format!("tools[{i}].parameters"),
+                    "a tool's parameters are a JSON schema object",
+                ));
+            }
+        }
+        let choice = choice.unwrap_or(ToolChoice::Auto);
+        if let ToolChoice::Named(name) = &choice {
+            if !tools.iter().any(|t| &t.name == name) {
+                return Err(ApiError::bad_param(
+                    "tool_choice",
+                    format!("tool_choice names '{name}', which is not among the tools"),
+                ));
+            }
+        }
+        Ok(Some(Self {
+            tools,
+            choice,
+            parallel,
+            response,
+        }))
+    }
+
+    fn callable(&self) -> impl Iterator<Item = &Tool> {
+        self.tools.iter().filter(move |t| match &self.choice {
+            ToolChoice::Named(name) => &t.name == name,
+            _ => true,
+        })
+    }
+
+    /// The schema every answer follows.
+    pub fn format(&self) -> Format {
+        let calls: Vec<Value> = self
+            .callable()
+            .map(|t| {
+                json!({
+                    "type": "object",
+                    "properties": {
+                        "name": { "const": t.name },
+                        "arguments": t.parameters,
+                    },
+                    "required": ["name", "arguments"],
+                    "additionalProperties": false,
+                })
+            })
+            .collect();
+        let mut list = json!({ "type": "array", "items": { "anyOf": calls }, "minItems": 1 });
+        if !self.parallel {
+            list["maxItems"] = json!(1);
+        }
+        let call = json!({
+            "type": "object",
+            "properties": { "tool_calls": list },
+            "required": ["tool_calls"],
+            "additionalProperties": false,
+        });
+        let schema = match self.choice {
+            ToolChoice::Auto => json!({ "anyOf": [call, {
+                "type": "object",
+                "properties": {
+                    "response": self.response.clone().unwrap_or(json!({ "type": "string" })),
+                },
+                "required": ["response"],
+                "additionalProperties": false,
+            }] }),
+            ToolChoice::Required | ToolChoice::Named(_) => call,
+        };
+        Format::JsonSchema(schema.to_string())
+    }
+
+    /// The system text that lists the tools and says how to answer.
+    pub fn instructions(&self) -> String {
+        let listed: Vec<Value> = self
+            .callable()
+            .map(|t| json!({ "name": t.name, "description": t.description, "parameters": t.parameters }))
+            .collect();
+        let listed = serde_json::to_string_pretty(&listed).unwrap_or_default();
+        let call = r#"{"tool_calls": [{"name": "<tool name>", "arguments": {<arguments>}}]}"#;
+        let how = match &self.choice {
+            ToolChoice::Auto => format!(
+                "To call tools, answer with {call}. To answer directly, answer with {{\"response\": <your answer>}}."
+            ),
+            ToolChoice::Required => format!("Call at least one tool: answer with {call}."),
+            ToolChoice::Named(name) => {
+                format!("Call the tool {name}: answer with {call}.")
+            }
+        };
+        format!(
+            "You can call these tools:\n{listed}\n\n{how} Answer with that JSON only. A tool's result comes back to you as {{\"tool_response\": ...}}."
+        )
+    }
+
+    /// `messages` with the instructions added to the first system message (or in one
+    /// of their own before the rest).
+    pub fn prompt(&self, mut messages: Vec<ChatMessage>) -> Vec<ChatMessage> {
+        let instructions = self.instructions();
+        match messages.first_mut() {
+            Some(first) if first.role == Role::System => {
+                first.content = format!("{}\n\n{instructions}", first.content);
+            }
+            _ => messages.insert(
+                0,
+                ChatMessage {
+                    role: Role::System,
+                    content: instructions,
+                },
+            ),
+        }
+        messages
+    }
+
+    /// Reads the model's answer. Text that does not parse (an answer cut short by
+    /// `max_tokens`) comes back as it is.
+    pub fn parse(&self, text: &str) -> Answer {
+        let Ok(value) = serde_json::from_str::<Value>(text) else {
+            return Answer::Text(text.to_owned());
+        };
+        if let Some(calls) = value["tool_calls"].as_array() {
+            let calls: Vec<ToolCall> = calls
+                .iter()
+                .filter_map(|c| {
+                    Some(ToolCall {
+                        id: new_id("call").replace('-', "_"),
+                        name: c["name"].as_str()?.to_owned(),
+                        arguments: c.get("arguments").cloned().unwrap_or(json!({})),
+                    })
+                })
+                .collect();
+            if !calls.is_empty() {
+                return Answer::Calls(calls);
+            }
+        }
+        match value.get("response") {
+            Some(Value::String(text)) => Answer::Text(text.clone()),
+            Some(other) => Answer::Text(other.to_string()),
+            None => Answer::Text(text.to_owned()),
+        }
+    }
+}
+
+/// An assistant turn that called tools, as the model wrote it.
+pub fn calls_turn(calls: &[(String, Value)]) -> ChatMessage {
+    let calls: Vec<Value> = calls
+        .iter()
+        .map(|(name, arguments)| json!({ "name": name, "arguments": arguments }))
+        .collect();
+    ChatMessage {
+        role: Role::Assistant,
+        content: json!({ "tool_calls": calls }).to_string(),
+    }
+}
+
+/// A tool's result, as the model reads it (a user turn: templates without tools know
+/// no tool role).
+pub fn result_turn(name: Option<&str>, content: &str) -> ChatMessage {
+    let mut response = json!({ "content": content });
+    if let Some(name) = name {
+        response["name"] = json!(name);
+    }
+    ChatMessage {
+        role: Role::User,
+        content: json!({ "tool_response": response }).to_string(),
+    }
+}
+
+/// A call's arguments as a JSON object: given as text (OpenAI) or as the object.
+pub fn arguments(value: &Value) -> Value {
+    match value {
+        Value::String(text) => serde_json::from_str(text).unwrap_or_else(|_| json!(text)),
+        other => other.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn weather() -> Tool {
+        Tool {
+            name: "get_weather".into(),
+            description: "The weather in a city".into(),
+            parameters: json!({
+                "type": "object",
+                "properties": { "city": { "type": "string" } },
+                "required": ["city"],
+            }),
+        }
+    }
+
+    fn tools(choice: Option<ToolChoice>) -> Tools {
+        Tools::new(vec![weather()], choice, true, None)
+            .unwrap()
+            .unwrap()
+    }
+
+    #[test]
+    fn the_schema_allows_calls_and_answers_as_the_choice_says() {
+        let auto = tools(None).format();
+        let schema: Value = serde_json::from_str(auto.schema()).unwrap();
+        assert_eq!(schema["anyOf"].as_array().unwrap().len(), 2);
+        let required = tools(Some(ToolChoice::Required)).format();
+        let schema: Value = serde_json::from_str(required.schema()).unwrap();
+        assert_eq!(schema["required"], json!(["tool_calls"]));
+        assert_eq!(
+            schema["properties"]["tool_calls"]["items"]["anyOf"][0]["properties"]["name"],
+            json!({ "const": "get_weather" })
+        );
+        // Every schema made here passes the supplier's checks and compiles.
+        for t in [auto, required] {
+            crate::backend::embedded::grammar(&t).unwrap();
+        }
+    }
+
+    #[test]
+    fn answers_parse_into_calls_or_text() {
+        let t = tools(None);
+        match t.parse(r#"{"tool_calls":[{"name":"get_weather","arguments":{"city":"Paris"}}]}"#) {
+            Answer::Calls(calls) => {
+                assert_eq!(calls[0].name, "get_weather");
+                assert_eq!(calls[0].arguments, json!({ "city": "Paris" }));
+                assert!(calls[0].id.starts_with("call_"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            t.parse(r#"{"response":"It is sunny."}"#),
+            Answer::Text("It is sunny.".into())
+        );
+        assert_eq!(
+            t.parse(r#"{"tool_calls":[{"na"#),
+            Answer::Text(r#"{"tool_calls":[{"na"#.into())
+        );
+    }
+
+    #[test]
+    fn bad_tools_and_choices_are_refused() {
+        let named = |n: &str| {
+            Tools::new(
+                vec![weather()],
+                Some(ToolChoice::Named(n.into())),
+                true,
+                None,
+            )
+        };
+        assert!(named("get_weather").unwrap().is_some());
+        assert!(named("nothing").is_err());
+        assert!(Tools::new(vec![], Some(ToolChoice::Required), true, None).is_err());
+        assert!(Tools::new(vec![], None, true, None).unwrap().is_none());
+        let mut bad = weather();
+        bad.name = "no spaces".into();
+        assert!(Tools::new(vec![bad], None, true, None).is_err());
+    }
+
+    #[test]
+    fn instructions_join_the_system_message() {
+        let t = tools(None);
+        let with_system = t.prompt(vec![
+            ChatMessage {
+                role: Role::System,
+                content: "Be brief.".into(),
+            },
+            ChatMessage {
+                role: Role::User,
+                content: "Weather in Paris?".into(),
+            },
+        ]);
+        assert_eq!(with_system.len(), 2);
+        assert!(with_system[0]
+            .content
+            .starts_with("Be brief.\n\nYou can call"));
+        let without = t.prompt(vec![ChatMessage {
+            role: Role::User,
+            content: "Hi".into(),
+        }]);
+        assert_eq!(without.len(), 2);
+        assert_eq!(without[0].role, Role::System);
+    }
+}
