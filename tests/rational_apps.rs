@@ -68,11 +68,16 @@ impl Others {
 
 impl OneSupplier {
     async fn start(mesh: &str) -> Self {
+        Self::start_with(mesh, 0).await
+    }
+
+    /// As [`Self::start`], with `queue` places in the supplier's engine queue.
+    async fn start_with(mesh: &str, queue: usize) -> Self {
         let app = Keypair::generate(&mut rand_core::OsRng);
         let p = funded(mesh, &app);
         let dir = tempfile::tempdir().unwrap();
         let (boot, boot_addr) = bootstrap(&p, None).await;
-        let backend = support::smollm(1, 0);
+        let backend = support::smollm(1, queue);
         let supplier = supplier_with(&p, &boot_addr, &dir.path().join("s"), backend.clone()).await;
         let (app_node, offers) = app_node(&p, &boot_addr, 1).await;
         let mut halves = stream(&app_node, &p, offers[0].0).await;
@@ -371,5 +376,71 @@ async fn a_stream_that_stops_acking_gives_its_place_up_while_every_slot_is_taken
         (backend.slots().0 == 1).then_some(())
     })
     .await;
+    nodes.stop(app_node).await;
+}
+
+/// A request waiting at the supplier for a generation place gives it up when its app
+/// leaves: the wait ends, and the queue place and the app's allowance come back at
+/// once (nothing was read, so nothing is owed). Before, both stayed taken until a slot
+/// freed and the abandoned request's generation began, so the app's next request was
+/// refused ("tokens at risk").
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_whose_app_leaves_while_queued_gives_its_place_up() {
+    let OneSupplier {
+        app,
+        p,
+        backend,
+        app_node,
+        offers,
+        halves,
+        session,
+        nodes,
+    } = OneSupplier::start_with("rational-apps-queue-leave-tests", 1).await;
+    // The first request holds the one slot for a while, acking as it goes.
+    let holder = {
+        let (session, app, p) = (session.clone(), app.clone(), p.clone());
+        let (r, w) = halves;
+        tokio::spawn(async move { ask_and_ack(r, w, &session, 0, &app, &p).await })
+    };
+    support::wait_for("the slot to be taken", Duration::from_secs(30), || async {
+        (backend.slots().0 == 0).then_some(())
+    })
+    .await;
+    // A second one waits in the engine's queue, and its app leaves.
+    let (r2, mut w2) = stream(&app_node, &p, offers[0].0).await;
+    write_frame(&mut w2, FrameBody::Resume(session.clone()))
+        .await
+        .unwrap();
+    write_frame(&mut w2, request(&session, 1, &app, &p).0)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _ = w2.close().await;
+    drop((r2, w2));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A third is let in, waits its turn, and is served.
+    assert_eq!(
+        backend.slots().0,
+        0,
+        "the first request still holds the slot"
+    );
+    let (mut r3, mut w3) = stream(&app_node, &p, offers[0].0).await;
+    write_frame(&mut w3, FrameBody::Resume(session.clone()))
+        .await
+        .unwrap();
+    write_frame(&mut w3, request(&session, 2, &app, &p).0)
+        .await
+        .unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(60), read_frame(&mut r3))
+        .await
+        .expect("the third request is answered")
+        .unwrap();
+    assert!(
+        matches!(first.body, FrameBody::Token(_)),
+        "the third request: {first:?}"
+    );
+    let (tokens, refusal) = holder.await.unwrap();
+    assert!(tokens > 0 && refusal.is_none(), "{tokens} {refusal:?}");
+    drop((r3, w3));
     nodes.stop(app_node).await;
 }

@@ -486,7 +486,34 @@ async fn serve(
     let asked = tokio::time::Instant::now();
     let mut request = gen_request(&payload);
     request.tenant = Tenant::App(*session.body.app.as_bytes());
-    let mut generation = match served.generate(request).await {
+    // The app's frames are read from here on, by their own task, so that a full window
+    // waits for acks while generation and writing go on otherwise.
+    let (ack_tx, mut acks) = mpsc::channel(64);
+    // Aborted when the stream ends, or when its task is (a stopping node's).
+    let reader = AbortOnDrop(tokio::spawn(async move {
+        loop {
+            let frame = read_frame(&mut r).await;
+            let stop = frame.is_err();
+            if ack_tx.send(frame).await.is_err() || stop {
+                return;
+            }
+        }
+    }));
+    // Before its first token an app has nothing to send: whatever comes while the
+    // request waits for a generation place (the stream closing, above all) means the
+    // app has gone, and the wait ends with it, giving the place in the engine's queue
+    // and the app's allowance back at once. Nothing was read, so nothing is owed.
+    let waited = tokio::select! {
+        biased;
+        generated = served.generate(request) => Some(generated),
+        _ = acks.recv() => None,
+    };
+    let Some(generated) = waited else {
+        debug!(%peer, model = payload.model.as_str(), "the app left while its request waited for a place");
+        ticket.end(0, 0);
+        return Err("the app left while its request waited".into());
+    };
+    let mut generation = match generated {
         Ok(g) => {
             ticket.started();
             g
@@ -511,19 +538,7 @@ async fn serve(
     let queued = asked.elapsed();
     info!(%peer, model = payload.model.as_str(), "serving a mesh request");
 
-    // 3. Tokens out, acks in. Acks are read by their own task so that a full window
-    // waits for them while generation and writing go on otherwise.
-    let (ack_tx, mut acks) = mpsc::channel(64);
-    // Aborted when the stream ends, or when its task is (a stopping node's).
-    let reader = AbortOnDrop(tokio::spawn(async move {
-        loop {
-            let frame = read_frame(&mut r).await;
-            let stop = frame.is_err();
-            if ack_tx.send(frame).await.is_err() || stop {
-                return;
-            }
-        }
-    }));
+    // 3. Tokens out, acks in.
     let first_window = ticket.window().max_unacked;
     // A fresh session's streams wait out the clash window within their first window.
     let mut clash_check = ctx.fresh.wait_until(&session.session_key());
