@@ -215,22 +215,28 @@ impl Tools {
         messages
     }
 
-    /// Reads the model's answer. Text that does not parse (an answer cut short by
-    /// `max_tokens`) comes back as it is.
+    /// Reads the model's answer. The grammar held it to the schema, but the supplier
+    /// is not trusted to have used it: only calls to tools the choice allows, with
+    /// arguments that are objects, are reported (one at most without parallel calls).
+    /// Text that does not parse (an answer cut short by `max_tokens`, or a supplier
+    /// that ignored the format) comes back as it is.
     pub fn parse(&self, text: &str) -> Answer {
         let Ok(value) = serde_json::from_str::<Value>(text) else {
             return Answer::Text(text.to_owned());
         };
         if let Some(calls) = value["tool_calls"].as_array() {
+            let callable: Vec<&str> = self.callable().map(|t| t.name.as_str()).collect();
             let calls: Vec<ToolCall> = calls
                 .iter()
                 .filter_map(|c| {
+                    let name = c["name"].as_str().filter(|n| callable.contains(n))?;
                     Some(ToolCall {
                         id: new_id("call").replace('-', "_"),
-                        name: c["name"].as_str()?.to_owned(),
-                        arguments: c.get("arguments").cloned().unwrap_or(json!({})),
+                        name: name.to_owned(),
+                        arguments: c.get("arguments").filter(|a| a.is_object())?.clone(),
                     })
                 })
+                .take(if self.parallel { MAX_TOOLS } else { 1 })
                 .collect();
             if !calls.is_empty() {
                 return Answer::Calls(calls);
@@ -336,6 +342,17 @@ mod tests {
             t.parse(r#"{"tool_calls":[{"na"#),
             Answer::Text(r#"{"tool_calls":[{"na"#.into())
         );
+        // A supplier that ignored the format cannot report a call to a tool not offered.
+        let unoffered = r#"{"tool_calls":[{"name":"delete_files","arguments":{}}]}"#;
+        assert_eq!(t.parse(unoffered), Answer::Text(unoffered.into()));
+        let one = Tools::new(vec![weather()], None, false, None)
+            .unwrap()
+            .unwrap();
+        let two = r#"{"tool_calls":[{"name":"get_weather","arguments":{"city":"A"}},{"name":"get_weather","arguments":{"city":"B"}}]}"#;
+        match one.parse(two) {
+            Answer::Calls(calls) => assert_eq!(calls.len(), 1),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -5,19 +5,39 @@
 //! keeps one grammar stack per way the text so far can be read, so alternatives nested
 //! in alternatives (`anyOf` in `anyOf`, through `$ref`s too) multiply the stacks each
 //! sampled token is checked against, and a schema of a few hundred bytes could make one
-//! token take minutes in the engine's one decode thread. So a schema is refused unless
+//! token take minutes in the engine's one decode thread; and llama.cpp's compilation of
+//! a schema costs more than linear time in some of its parts (an object's optional
+//! properties, long names, literals repeated in patterns). So a schema is refused unless
 //! it is JSON nested at most 128 deep, its alternatives multiply to at most
-//! [`MAX_BRANCHES`] along any path, and it has at most [`MAX_PARTS`] parts with its
-//! references followed. (Written here: no crate bounds a schema's ambiguity.)
+//! [`MAX_BRANCHES`] along any path (a reference back into itself through alternatives
+//! multiplies without end, and is refused), it has at most [`MAX_PARTS`] parts with its
+//! references followed, and its objects, names, patterns and counts stay within the
+//! bounds below. References are local JSON pointers without escapes, read as llama.cpp
+//! reads them. The engine also times each token under a grammar
+//! (`embedded::sampler::GrammarClock`), for what a static check cannot see.
+//! (Written here: no crate bounds a schema's ambiguity.)
 
 use serde_json::Value;
 
 /// Most ways one text may be read under a schema: the product of the alternatives
 /// (`anyOf`, `oneOf`, a list of types, `|` in a pattern) nested along any path.
-pub const MAX_BRANCHES: u64 = 64;
+pub const MAX_BRANCHES: u64 = 256;
 
 /// Most parts (subschemas) a schema may have, counted with its `$ref`s followed.
 pub const MAX_PARTS: usize = 4096;
+
+/// Most properties one object may list.
+pub const MAX_PROPERTIES: usize = 128;
+
+/// Longest property name or reference, in bytes.
+pub const MAX_NAME_BYTES: usize = 256;
+
+/// Longest `pattern`, in bytes.
+pub const MAX_PATTERN_BYTES: usize = 1024;
+
+/// Largest count a schema may ask for: `minLength`, `maxLength`, `minItems`,
+/// `maxItems`, `minProperties`, `maxProperties`, and `{n,m}` in a pattern.
+pub const MAX_COUNT: u64 = 1024;
 
 /// The shape an answer must take. The embedded engine constrains its sampling with a
 /// grammar made from it, so the answer always parses (unless `max_tokens` cuts it
@@ -60,8 +80,9 @@ impl Format {
 struct Walk<'a> {
     root: &'a Value,
     parts: usize,
-    /// The `$ref`s being followed (one met again is recursion: the grammar recurses).
-    path: Vec<&'a str>,
+    /// The `$ref`s being followed, with the ways a text could be read when each was
+    /// met (one met again is recursion: the grammar recurses).
+    path: Vec<(&'a str, u64)>,
 }
 
 impl<'a> Walk<'a> {
@@ -85,7 +106,35 @@ impl<'a> Walk<'a> {
             here = here.saturating_mul(types.len().max(1) as u64);
         }
         if let Some(Value::String(pattern)) = map.get("pattern") {
+            check_pattern(pattern)?;
             here = here.saturating_mul(pattern.matches('|').count() as u64 + 1);
+        }
+        for key in [
+            "minLength",
+            "maxLength",
+            "minItems",
+            "maxItems",
+            "minProperties",
+            "maxProperties",
+        ] {
+            if let Some(n) = map.get(key).and_then(Value::as_f64) {
+                if n > MAX_COUNT as f64 {
+                    return Err(format!("the JSON schema's {key} is over {MAX_COUNT}"));
+                }
+            }
+        }
+        if let Some(Value::Object(properties)) = map.get("properties") {
+            if properties.len() > MAX_PROPERTIES {
+                return Err(format!(
+                    "an object in the JSON schema has more than {MAX_PROPERTIES} properties"
+                ));
+            }
+            if let Some(name) = properties.keys().find(|n| n.len() > MAX_NAME_BYTES) {
+                return Err(format!(
+                    "the JSON schema's property name {:?}… is over {MAX_NAME_BYTES} bytes",
+                    name.chars().take(16).collect::<String>()
+                ));
+            }
         }
         let branches = branches.saturating_mul(here);
         if branches > MAX_BRANCHES {
@@ -94,50 +143,95 @@ impl<'a> Walk<'a> {
             ));
         }
         if let Some(Value::String(reference)) = map.get("$ref") {
-            if !self.path.contains(&reference.as_str()) {
-                let target = self
-                    .resolve(reference)
-                    .ok_or_else(|| format!("the JSON schema's $ref {reference:?} leads nowhere"))?;
-                self.path.push(reference);
-                self.visit(target, branches)?;
-                self.path.pop();
+            match self.path.iter().find(|(r, _)| r == reference) {
+                // Recursion: harmless unless alternatives lie on the way round, which
+                // then multiply once per time round.
+                Some((_, at)) if branches > *at => {
+                    return Err(format!(
+                        "the JSON schema refers back into itself ({reference}) through alternatives: a text could be read ever more ways"
+                    ))
+                }
+                Some(_) => {}
+                None => {
+                    let target = self.resolve(reference)?;
+                    self.path.push((reference, branches));
+                    self.visit(target, branches)?;
+                    self.path.pop();
+                }
             }
         }
         for (key, value) in map {
             match key.as_str() {
-                "anyOf" | "oneOf" | "allOf" | "prefixItems" => {
-                    if let Value::Array(parts) = value {
+                "anyOf" | "oneOf" | "allOf" | "prefixItems" | "items" => match value {
+                    Value::Array(parts) => {
                         for part in parts {
                             self.visit(part, branches)?;
                         }
                     }
-                }
-                "properties" | "patternProperties" => {
+                    other => self.visit(other, branches)?,
+                },
+                "properties" | "patternProperties" | "dependentSchemas" => {
                     if let Value::Object(parts) = value {
                         for part in parts.values() {
                             self.visit(part, branches)?;
                         }
                     }
                 }
-                "items"
-                | "additionalProperties"
+                "additionalProperties"
                 | "not"
                 | "contains"
                 | "if"
                 | "then"
                 | "else"
-                | "propertyNames" => self.visit(value, branches)?,
+                | "propertyNames"
+                | "unevaluatedItems"
+                | "unevaluatedProperties"
+                | "additionalItems" => self.visit(value, branches)?,
                 _ => {}
             }
         }
         Ok(())
     }
 
-    /// A local reference (`#`, `#/$defs/name`, any JSON pointer into the schema).
-    fn resolve(&self, reference: &str) -> Option<&'a Value> {
-        let pointer = reference.strip_prefix('#')?;
-        self.root.pointer(pointer)
+    /// A local reference: `#`, or `#/` and a JSON pointer into the schema without
+    /// escapes (`~`, `%`), which llama.cpp would read otherwise than serde_json.
+    fn resolve(&self, reference: &str) -> Result<&'a Value, String> {
+        let plain = reference.len() <= MAX_NAME_BYTES
+            && (reference == "#" || reference.starts_with("#/"))
+            && reference
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"#/_-$.".contains(&b));
+        if !plain {
+            return Err(format!(
+                "the JSON schema's $ref {reference:?} is not a plain local reference (#/… of letters, digits, _-$.)"
+            ));
+        }
+        self.root
+            .pointer(&reference[1..])
+            .ok_or_else(|| format!("the JSON schema's $ref {reference:?} leads nowhere"))
     }
+}
+
+/// A pattern's length and the counts it asks for (`{n}`, `{n,m}`) are bounded.
+fn check_pattern(pattern: &str) -> Result<(), String> {
+    if pattern.len() > MAX_PATTERN_BYTES {
+        return Err(format!(
+            "the JSON schema's pattern is over {MAX_PATTERN_BYTES} bytes"
+        ));
+    }
+    for count in pattern.split('{').skip(1) {
+        let Some((inside, _)) = count.split_once('}') else {
+            continue;
+        };
+        for n in inside.split(',') {
+            if n.trim().parse::<u64>().is_ok_and(|n| n > MAX_COUNT) {
+                return Err(format!(
+                    "the JSON schema's pattern asks for {{{inside}}}: counts are at most {MAX_COUNT}"
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -162,7 +256,10 @@ mod tests {
                 "pets": { "type": "array", "items": { "$ref": "#/$defs/pet" } }
             },
             "required": ["name"],
-            "$defs": { "pet": { "anyOf": [{ "type": "string" }, { "$ref": "#/$defs/pet" }] } }
+            "$defs": { "pet": { "type": "object", "properties": {
+                "name": { "type": "string" },
+                "friends": { "type": "array", "items": { "$ref": "#/$defs/pet" } }
+            } } }
         }"##;
         let compact = check(person).unwrap();
         assert!(!compact.contains('\n'));
@@ -170,31 +267,82 @@ mod tests {
 
     #[test]
     fn schemas_that_would_multiply_grammar_stacks_are_refused() {
-        // Seven levels of two alternatives, written out and through references.
+        // Nine levels of two alternatives, written out and through references.
         let mut nested = r#"{"type":"string"}"#.to_string();
-        for _ in 0..7 {
+        for _ in 0..9 {
             nested = format!(r#"{{"anyOf":[{nested},{nested}]}}"#);
         }
         assert!(check(&nested).unwrap_err().contains("alternatives"));
         let mut defs = Vec::new();
-        for i in 0..7 {
+        for i in 0..9 {
             defs.push(format!(
                 r##""d{i}":{{"anyOf":[{{"$ref":"#/$defs/d{n}"}},{{"$ref":"#/$defs/d{n}"}}]}}"##,
                 n = i + 1
             ));
         }
-        defs.push(r#""d7":{"type":"string"}"#.into());
+        defs.push(r#""d9":{"type":"string"}"#.into());
         let chained = format!(
             r##"{{"$ref":"#/$defs/d0","$defs":{{{}}}}}"##,
             defs.join(",")
         );
         assert!(check(&chained).unwrap_err().contains("alternatives"));
-        // Six levels (64 ways) are within the bound.
-        let mut six = r#"{"type":"string"}"#.to_string();
-        for _ in 0..6 {
-            six = format!(r#"{{"anyOf":[{six},{six}]}}"#);
+        // Eight levels (256 ways) are within the bound.
+        let mut eight = r#"{"type":"string"}"#.to_string();
+        for _ in 0..8 {
+            eight = format!(r#"{{"anyOf":[{eight},{eight}]}}"#);
         }
-        assert!(check(&six).is_ok());
+        assert!(check(&eight).is_ok());
+    }
+
+    #[test]
+    fn ways_round_recursion_tuples_and_escaped_references_are_caught() {
+        // Two alternatives on the way round a reference into itself (found by review).
+        let round = r##"{"$ref":"#/$defs/x","$defs":{"x":{"anyOf":[
+            {"type":"array","items":{"$ref":"#/$defs/x"},"minItems":1},
+            {"type":"array","items":{"$ref":"#/$defs/x"},"minItems":1}]}}}"##;
+        assert!(check(round).unwrap_err().contains("refers back"));
+        // Recursion without alternatives on the way round is fine.
+        let tree = r##"{"$ref":"#/$defs/t","$defs":{"t":{"type":"object",
+            "properties":{"children":{"type":"array","items":{"$ref":"#/$defs/t"}}}}}}"##;
+        assert!(check(tree).is_ok());
+        // Alternatives under a tuple's items are counted (found by review).
+        let mut nested = r#"{"type":"string"}"#.to_string();
+        for _ in 0..9 {
+            nested = format!(r#"{{"anyOf":[{nested},{nested}]}}"#);
+        }
+        let tuple = format!(r#"{{"type":"array","items":[{nested}]}}"#);
+        assert!(check(&tuple).unwrap_err().contains("alternatives"));
+        // A pointer serde_json and llama.cpp would read differently (found by review).
+        let escaped = r##"{"$ref":"#/$defs/a~1b","$defs":{"a/b":{"type":"string"}}}"##;
+        assert!(check(escaped)
+            .unwrap_err()
+            .contains("plain local reference"));
+    }
+
+    #[test]
+    fn costly_compilations_are_refused() {
+        let many = format!(
+            r#"{{"type":"object","properties":{{{}}}}}"#,
+            (0..200)
+                .map(|i| format!(r#""p{i}":{{}}"#))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        assert!(check(&many).unwrap_err().contains("properties"));
+        let long_name = format!(
+            r#"{{"type":"object","properties":{{"{}":{{}}}}}}"#,
+            " ".repeat(300)
+        );
+        assert!(check(&long_name).unwrap_err().contains("bytes"));
+        let repeated = format!(
+            r#"{{"type":"string","pattern":"^{}{{2000}}$"}}"#,
+            "a".repeat(10)
+        );
+        assert!(check(&repeated).unwrap_err().contains("counts"));
+        assert!(check(r#"{"type":"string","maxLength":100000}"#)
+            .unwrap_err()
+            .contains("maxLength"));
+        assert!(check(r#"{"type":"string","pattern":"^[a-z]{2,8}$","maxLength":64}"#).is_ok());
     }
 
     #[test]
@@ -206,12 +354,23 @@ mod tests {
         assert!(check(r##"{"$ref":"#/$defs/missing"}"##)
             .unwrap_err()
             .contains("leads nowhere"));
+        // Many parts through references: 64 objects of 100 properties each.
+        let defs: Vec<String> = (0..64)
+            .map(|d| {
+                let props: Vec<String> = (0..100).map(|i| format!(r#""p{i}":{{}}"#)).collect();
+                format!(
+                    r#""d{d}":{{"type":"object","properties":{{{}}}}}"#,
+                    props.join(",")
+                )
+            })
+            .collect();
+        let refs: Vec<String> = (0..64)
+            .map(|d| format!(r##""r{d}":{{"$ref":"#/$defs/d{d}"}}"##))
+            .collect();
         let wide = format!(
-            r#"{{"type":"object","properties":{{{}}}}}"#,
-            (0..5000)
-                .map(|i| format!(r#""p{i}":{{}}"#))
-                .collect::<Vec<_>>()
-                .join(",")
+            r#"{{"type":"object","properties":{{{}}},"$defs":{{{}}}}}"#,
+            refs.join(","),
+            defs.join(",")
         );
         assert!(check(&wide).unwrap_err().contains("parts"));
     }

@@ -172,9 +172,12 @@ impl Backend for OllamaBackend {
         let format = match &request.sampling.format {
             None => None,
             Some(Format::Json) => Some(FormatType::Json),
-            Some(Format::JsonSchema(schema)) => Some(
-                serde_json::from_str::<FormatType>(schema)
-                    .map_err(|e| BackendError::Invalid(format!("the JSON schema: {e}")))?,
+            // Checked as for the embedded engine: the upstream compiles it the same way.
+            Some(format @ Format::JsonSchema(_)) => Some(
+                serde_json::from_str::<FormatType>(
+                    &format.checked_schema().map_err(BackendError::Invalid)?,
+                )
+                .map_err(|e| BackendError::Invalid(format!("the JSON schema: {e}")))?,
             ),
         };
         let limit = request.sampling.max_tokens;

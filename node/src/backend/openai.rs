@@ -167,6 +167,10 @@ impl Backend for OpenAiBackend {
     }
 
     async fn generate(&self, request: GenRequest) -> Result<Generation, BackendError> {
+        // Checked as for the embedded engine: the upstream compiles it the same way.
+        if let Some(format) = &request.sampling.format {
+            format.checked_schema().map_err(BackendError::Invalid)?;
+        }
         let slot = self.slots.acquire(request.tenant).await?;
         let (url, body) = self.body(&request);
         let mut post = self.http.post(url).json(&body);

@@ -164,7 +164,7 @@ impl EmbeddedBackend {
             max_tokens: Some(max_tokens),
             ..Sampling::default()
         };
-        let (mut job, mut events) = self.job(prompt, &sampling)?;
+        let (mut job, mut events) = self.job(prompt, &sampling, None)?;
         job.record = Some(record.clone());
         self.jobs
             .blocking_send(job)
@@ -209,13 +209,15 @@ impl EmbeddedBackend {
     }
 
     /// A job for the decode loop, and the receiver of its events.
+    /// `rules`: the grammar of the output format, if `sampling` has one.
     fn job(
         &self,
         prompt: &Prompt,
         sampling: &Sampling,
+        rules: Option<&str>,
     ) -> Result<(Job, mpsc::Receiver<GenEvent>), BackendError> {
         let prompt = self.tokenize(prompt)?;
-        let sampler = sampler::chain(&self.model, sampling)?;
+        let sampler = sampler::chain(&self.model, sampling, rules)?;
         let room = self.context as usize - prompt.len();
         let max_new = (sampling.max_tokens.unwrap_or(self.default_max_tokens) as usize).min(room);
         let (events, rx) = mpsc::channel(EVENT_BUFFER);
@@ -223,6 +225,7 @@ impl EmbeddedBackend {
             Job {
                 prompt,
                 sampler,
+                grammar: rules.is_some(),
                 stop: sampling.stop.clone(),
                 max_new,
                 events,
@@ -246,7 +249,17 @@ impl Backend for EmbeddedBackend {
     }
 
     async fn generate(&self, request: GenRequest) -> Result<Generation, BackendError> {
-        let (mut job, events) = self.job(&request.prompt, &request.sampling)?;
+        // An app's schema is compiled off the async threads: its cost is the app's
+        // choice (bounded by `Format::checked_schema`, not measured beforehand).
+        let rules = match request.sampling.format.clone() {
+            Some(format) => Some(
+                tokio::task::spawn_blocking(move || sampler::grammar(&format))
+                    .await
+                    .map_err(|_| BackendError::Internal("compiling the grammar failed".into()))??,
+            ),
+            None => None,
+        };
+        let (mut job, events) = self.job(&request.prompt, &request.sampling, rules.as_deref())?;
         job.tenant = request.tenant;
         // The slot travels with the job: it is freed when the decode loop lets the
         // sequence go (finished and delivered, or cancelled), not when the client leaves.

@@ -16,16 +16,19 @@ pub fn grammar(format: &Format) -> Result<String, BackendError> {
         .map_err(|e| BackendError::Invalid(format!("the JSON schema cannot be used: {e}")))
 }
 
-/// The chain for `sampling`: the output format's grammar first, if any; then greedy at
-/// temperature 0, or top-k, then top-p, then temperature, then a draw seeded by the
-/// request's seed (a random one without).
-pub fn chain(model: &LlamaModel, sampling: &Sampling) -> Result<LlamaSampler, BackendError> {
+/// The chain for `sampling`: the output format's grammar (`rules`, made by [`grammar`])
+/// first, if any; then greedy at temperature 0, or top-k, then top-p, then temperature,
+/// then a draw seeded by the request's seed (a random one without).
+pub fn chain(
+    model: &LlamaModel,
+    sampling: &Sampling,
+    rules: Option<&str>,
+) -> Result<LlamaSampler, BackendError> {
     check(sampling)?;
     let temperature = sampling.temperature.unwrap_or(DEFAULT_TEMPERATURE);
     let mut steps = Vec::new();
-    if let Some(format) = &sampling.format {
-        let rules = grammar(format)?;
-        steps.push(LlamaSampler::grammar(model, &rules, "root").map_err(|e| {
+    if let Some(rules) = rules {
+        steps.push(LlamaSampler::grammar(model, rules, "root").map_err(|e| {
             BackendError::Invalid(format!("the JSON schema's grammar cannot be used: {e}"))
         })?);
     }
@@ -46,6 +49,71 @@ pub fn chain(model: &LlamaModel, sampling: &Sampling) -> Result<LlamaSampler, Ba
     // llama.cpp seeds with 32 bits: fold the request's 64 so both halves count.
     steps.push(LlamaSampler::dist((seed ^ (seed >> 32)) as u32));
     Ok(LlamaSampler::chain_simple(steps))
+}
+
+/// Longest one token's sampling under a grammar may take, and the most it may take on
+/// average (after the first [`GRAMMAR_GRACE_TOKENS`] tokens): past either, the format's
+/// grammar is too costly to follow (its stacks have multiplied) and the sequence ends,
+/// before its next tokens cost every stream of the model more. An honest JSON grammar
+/// takes a few milliseconds a token.
+pub const GRAMMAR_STEP_BUDGET: std::time::Duration = std::time::Duration::from_secs(1);
+/// See [`GRAMMAR_STEP_BUDGET`].
+pub const GRAMMAR_MEAN_BUDGET: std::time::Duration = std::time::Duration::from_millis(50);
+/// See [`GRAMMAR_STEP_BUDGET`].
+pub const GRAMMAR_GRACE_TOKENS: u32 = 20;
+
+/// The time a sequence spent sampling under its grammar, against the budgets.
+#[derive(Default)]
+pub struct GrammarClock {
+    spent: std::time::Duration,
+    tokens: u32,
+}
+
+impl GrammarClock {
+    /// Counts one token's sampling; why the sequence must end, if it must.
+    pub fn add(&mut self, took: std::time::Duration) -> Result<(), String> {
+        self.spent += took;
+        self.tokens += 1;
+        let mean_over =
+            self.tokens > GRAMMAR_GRACE_TOKENS && self.spent > GRAMMAR_MEAN_BUDGET * self.tokens;
+        if took > GRAMMAR_STEP_BUDGET || mean_over {
+            return Err(format!(
+                "the output format is too costly to follow: {} ms for its last token under its grammar, {} ms for {} tokens",
+                took.as_millis(),
+                self.spent.as_millis(),
+                self.tokens
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Samples a token under a grammar without trusting it: llama.cpp's own `sample`
+/// aborts the process (or throws across the FFI boundary) when a grammar allows no
+/// token at all (a schema with `minimum` above `maximum` compiles to one), so the chain
+/// is applied here, a token is taken only if some token is allowed, and the grammar is
+/// advanced with the call that catches its exceptions. The time it took is counted on
+/// `clock`.
+pub fn guarded(
+    sampler: &mut LlamaSampler,
+    ctx: &llama_cpp_2::context::LlamaContext<'_>,
+    batch_index: i32,
+    clock: &mut GrammarClock,
+) -> Result<llama_cpp_2::token::LlamaToken, String> {
+    let started = std::time::Instant::now();
+    let mut candidates = ctx.token_data_array_ith(batch_index);
+    candidates.apply_sampler(sampler);
+    let chosen = candidates
+        .selected
+        .and_then(|i| candidates.data.get(i))
+        .filter(|d| d.logit().is_finite())
+        .map(|d| d.id())
+        .ok_or("the output format allows no next token: the schema cannot be met")?;
+    sampler
+        .try_accept(chosen)
+        .map_err(|e| format!("the output format's grammar failed: {e}"))?;
+    clock.add(started.elapsed())?;
+    Ok(chosen)
 }
 
 /// Refuses sampling values that mean nothing.
@@ -79,6 +147,24 @@ mod tests {
         assert!(check(&with(f64::NAN, None)).is_err());
         assert!(check(&with(0.7, Some(0.0))).is_err());
         assert!(check(&with(0.7, Some(1.5))).is_err());
+    }
+
+    #[test]
+    fn a_grammar_too_costly_to_follow_ends_its_sequence() {
+        let ms = std::time::Duration::from_millis;
+        let mut honest = GrammarClock::default();
+        for _ in 0..500 {
+            honest.add(ms(5)).unwrap();
+        }
+        let mut slow_start = GrammarClock::default();
+        slow_start.add(ms(900)).unwrap();
+        for _ in 0..100 {
+            slow_start.add(ms(5)).unwrap();
+        }
+        assert!(GrammarClock::default().add(ms(1500)).is_err());
+        let mut growing = GrammarClock::default();
+        let ended = (0..1000).find(|_| growing.add(ms(80)).is_err());
+        assert_eq!(ended, Some(GRAMMAR_GRACE_TOKENS as usize));
     }
 
     #[test]

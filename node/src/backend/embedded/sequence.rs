@@ -19,6 +19,8 @@ pub struct Job {
     pub prompt: Vec<LlamaToken>,
     /// Its own sampler chain (seeded per request).
     pub sampler: LlamaSampler,
+    /// Whether the chain holds an output format's grammar (sampled with guards).
+    pub grammar: bool,
     /// Stop strings.
     pub stop: Vec<String>,
     /// Most tokens to generate (already capped by the room left in the context).
@@ -64,6 +66,8 @@ pub struct Sequence {
     finished: bool,
     /// The loop's step it last had tokens in (0: never).
     pub last_turn: u64,
+    /// Time spent under its grammar, if it has one.
+    grammar_clock: super::sampler::GrammarClock,
 }
 
 impl Sequence {
@@ -86,6 +90,7 @@ impl Sequence {
             outbox: VecDeque::new(),
             finished: false,
             last_turn: 0,
+            grammar_clock: Default::default(),
         }
     }
 
@@ -156,7 +161,19 @@ impl Sequence {
         ctx: &llama_cpp_2::context::LlamaContext<'_>,
         batch_index: i32,
     ) {
-        let token = self.job.sampler.sample(ctx, batch_index);
+        let token = if self.job.grammar {
+            match super::sampler::guarded(
+                &mut self.job.sampler,
+                ctx,
+                batch_index,
+                &mut self.grammar_clock,
+            ) {
+                Ok(token) => token,
+                Err(why) => return self.fail(why),
+            }
+        } else {
+            self.job.sampler.sample(ctx, batch_index)
+        };
         if let Some(record) = &self.job.record {
             record
                 .lock()

@@ -67,6 +67,17 @@ impl Job {
                     .await;
                 return;
             }
+            // Another supplier's grammar starts the format again from its beginning: a
+            // formatted answer begun by one cannot be finished by another.
+            if self.request.sampling.format.is_some() && !self.answer.is_empty() {
+                let _ = self
+                    .tx
+                    .send(GenEvent::Failed(format!(
+                        "{why}; an answer in a set format cannot be continued by another supplier: ask again"
+                    )))
+                    .await;
+                return;
+            }
             let next = continuation(&self.request, &self.answer, self.tokens);
             let gateway = self.gateway.clone();
             match gateway
