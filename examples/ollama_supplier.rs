@@ -1,7 +1,7 @@
 //! A supplier whose model runs in an Ollama server: the node joins the mesh, advertises
 //! the model, and forwards each request the mesh sends it to Ollama's API (on this
-//! machine or another), metering the answer (to be paid for it, a supplier also needs
-//! a data dir, where its receipts are mined and claimed: `NodeBuilder::data_dir`). Any server that
+//! machine or another), metering the answer and earning for it (give it a data dir,
+//! `NodeBuilder::data_dir`, to keep unclaimed receipts across restarts). Any server that
 //! speaks the Ollama API works, a relaymesh node's own API included.
 //!
 //! ```sh

@@ -169,8 +169,9 @@ impl NodeBuilder {
 
     /// Serves a model from `backend` (a GGUF file in process, an Ollama or
     /// OpenAI-compatible server: see [`backend`]) at `price_per_cu`
-    /// micro-credits per compute unit; a full node advertises it to the mesh. To be
-    /// paid, give the node a data dir: receipts are mined and claimed only there.
+    /// micro-credits per compute unit; a full node advertises it to the mesh. Receipts
+    /// are mined and claimed in the data dir, or in a temporary database without one
+    /// (what is not yet claimed is then lost when the node stops).
     pub fn serve(
         mut self,
         backend: relaymesh_node::backend::SharedBackend,

@@ -499,15 +499,24 @@ async fn a_supplier_killed_between_mining_and_claiming_claims_after_restart() {
 /// A light gateway without a data dir reveals its sessions' secrets like any other
 /// app. Found in review (issue 20): it kept its sessions nowhere, never revealed, and
 /// every claim on its sessions settled by the supplier's full reveal; failed before:
-/// the settled claim was not revealed.
+/// the settled claim was not revealed. The supplier has no data dir either, and mines
+/// and claims what it served all the same (before: no claim ever came).
 #[tokio::test(flavor = "multi_thread")]
-async fn a_light_gateway_without_a_data_dir_reveals_its_sessions() {
-    let dir = tempfile::tempdir().unwrap();
+async fn a_gateway_and_a_supplier_without_data_dirs_settle_their_sessions() {
     // No genesis: no credit to enforce; every ack is mined, so one request is a claim.
     let mut p = params("relay-mining-dataless-tests", Vec::new());
     p.tau_min = 64;
-    let (boot, s, gateway, base) =
-        one_supplier(&p, &dir.path().join("s"), &support::model_path()).await;
+    let (boot, boot_addr) = bootstrap(&p, None).await;
+    // An embedded supplier without a data dir mines and claims in its temporary
+    // database (before, it only counted its receipts, and nothing was ever claimed).
+    let s = joined(NodeBuilder::full(), &p, &boot_addr)
+        .serve(support::smollm(1, 4), 1)
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    assert!(s.data_dir().is_none());
+    let (gateway, base) = gateway_with_ads(&p, &boot_addr, None, 1).await;
     let r = ask(
         &reqwest::Client::new(),
         &base,

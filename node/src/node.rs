@@ -69,11 +69,11 @@ impl Node {
         let params = config.mesh.clone();
         let serves = config.role == crate::config::Role::Full && !models.is_empty();
         let routing = Arc::new(config.routing.clone());
-        // Every node keeps the ledger, and an app's sessions and acks; one without a data
-        // dir keeps them in a temporary database (so a light node without one still
-        // reveals its sessions, instead of leaving every claim to the full reveal). A
-        // supplier mines its receipts only with a data dir: a miner on the temporary
-        // database made streams stall for seconds (not yet understood).
+        // Every node keeps the ledger, and an app's sessions and acks, and a supplier its
+        // receipts; one without a data dir keeps them in a temporary database (so a light
+        // node without one still reveals its sessions, instead of leaving every claim to
+        // the full reveal, and a supplier embedded without one still mines and claims
+        // what it served, for as long as it runs).
         let db = match &data_dir {
             Some(dir) => dir.db().clone(),
             None => sled::Config::new()
@@ -96,7 +96,7 @@ impl Node {
         };
         let app_tree = |name: &str| db.open_tree(name).map(Some).map_err(db_error);
         let app_sessions = app_tree("app_sessions")?;
-        let miner = match serves && data_dir.is_some() {
+        let miner = match serves {
             true => app_tree("mining")?.map(|t| Arc::new(crate::mining::Miner::new(t, &params))),
             false => None,
         };

@@ -57,9 +57,8 @@ pub struct SupplierContext {
     pub models: Arc<Models>,
     /// Request ids already served, per session.
     pub seen: SeenRequests,
-    /// Stores, counts and mines receipts into each session's sum tree (`None` without
-    /// a data dir: receipts are then only counted in the metrics, and nothing is
-    /// claimed).
+    /// Stores, counts and mines receipts into each session's sum tree (in a temporary
+    /// database without a data dir; `None` where nothing is served).
     pub miner: Option<Arc<crate::mining::Miner>>,
     /// The ledger: sessions are admitted against the app's balance.
     pub settlement: Option<Arc<crate::settle::Settlement>>,
