@@ -538,7 +538,51 @@ async fn api_keys_gate_every_route_and_each_key_has_its_quota() {
         .unwrap();
     assert_eq!(r.status(), 429);
     assert!(r.headers().contains_key("retry-after"));
+
+    // A page on another origin may call a node with keys: its preflight is answered
+    // (it carries no key) and its answers are readable. Before, the preflight got a 401
+    // and the browser refused every such call.
+    let preflight = client
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{base}/v1/chat/completions"),
+        )
+        .header("origin", "https://chat.example")
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "authorization,content-type",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(preflight.status().is_success(), "{}", preflight.status());
+    assert_eq!(preflight.headers()["access-control-allow-origin"], "*");
+    let r = client
+        .get(format!("{base}/api/version"))
+        .header("origin", "https://chat.example")
+        .bearer_auth("rm-alice-0123456789")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["access-control-allow-origin"], "*");
     node.shutdown().await;
+
+    // A node without keys still refuses other origins, and sends no CORS headers.
+    let open = serving_node(vec![smollm(1, 4)], None).await;
+    let r = client
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{}/v1/chat/completions", base_url(&open)),
+        )
+        .header("origin", "https://chat.example")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(!r.headers().contains_key("access-control-allow-origin"));
+    open.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -283,18 +283,15 @@ fn event(name: &'static str, data: Value) -> Result<Event, Infallible> {
     Ok(Event::default().event(name).data(data.to_string()))
 }
 
-/// `POST /v1/messages`
-pub async fn messages(
-    State(state): State<ApiState>,
-    headers: HeaderMap,
-    raw: Result<Bytes, BytesRejection>,
-) -> Result<Response, AnthropicError> {
-    let body: MessagesBody = body::parse(raw)?;
+/// The request a body asks for, and the tools its answer may call.
+fn prepare(body: MessagesBody) -> Result<(GenRequest, Option<Tools>), ApiError> {
     refuse_unsupported(&body.extra, UNSUPPORTED, |_, _| false)?;
     if body.max_tokens < 1 {
-        return Err(ApiError::bad_param("max_tokens", "max_tokens must be at least 1").into());
+        return Err(ApiError::bad_param(
+            "max_tokens",
+            "max_tokens must be at least 1",
+        ));
     }
-    let model = lookup(&state, &body.model, &headers).await?;
     let tools = anthropic_tools(&body.tools, body.tool_choice.as_ref())?;
     let mut sampling = sampling(
         // Anthropic's default temperature is 1.
@@ -316,9 +313,27 @@ pub async fn messages(
         sampling,
         tenant: Tenant::Local,
     };
+    Ok((request, tools))
+}
+
+/// What `POST /v1/messages` checks of a body before it runs, without a node (the fuzz
+/// harness drives this; the handler calls the same steps).
+pub(crate) fn messages_request(bytes: &[u8]) -> Result<GenRequest, ApiError> {
+    prepare(body::parse_bytes(bytes)?).map(|(request, _)| request)
+}
+
+/// `POST /v1/messages`
+pub async fn messages(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Response, AnthropicError> {
+    let body: MessagesBody = body::parse(raw)?;
+    let model = lookup(&state, &body.model, &headers).await?;
+    let (name, stream) = (body.model.clone(), body.stream);
+    let (request, tools) = prepare(body)?;
     // Anthropic's ids are `msg_…`.
     let id = new_id("msg").replacen('-', "_", 1);
-    let name = body.model;
     let message = |content: Value, finish: Option<(&Finish, &str)>, mesh: Option<&Provenance>| {
         json!({
             "id": id,
@@ -334,7 +349,7 @@ pub async fn messages(
             ),
         })
     };
-    if !body.stream {
+    if !stream {
         let generation = state.generate(&model, request).await?;
         let mesh = generation.provenance().cloned();
         let (text, finish) = generation.collect().await?;

@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::error::{ApiError, OllamaError, OpenAiError};
 use super::infer::{request_policy, DIGEST_HEADER, MAX_PRICE_HEADER, SUPPLIERS_HEADER};
-use super::{body::MAX_BODY, ollama, openai};
+use super::{anthropic, body::MAX_BODY, embeddings, ollama, openai};
 use crate::backend::{GenRequest, Prompt};
 use crate::fuzz::{FuzzTarget, Mutation};
 
@@ -83,6 +83,19 @@ fn openai_targets() -> Vec<FuzzTarget> {
             "max_completion_tokens": 8, "top_k": 40, "logprobs": false, "tools": []}),
         json!({"model": "tiny", "messages": [{"role": "user", "content": "x"}],
             "stop": "END", "temperature": 0, "seed": -1, "max_tokens": -1}),
+        json!({"model": "tiny", "messages": [
+            {"role": "user", "content": "Weather in Paris?"},
+            {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function",
+                "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "22 degrees"}],
+            "tools": [{"type": "function", "function": {"name": "get_weather",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}],
+            "tool_choice": "auto", "parallel_tool_calls": false}),
+        json!({"model": "tiny", "messages": [{"role": "user", "content": "A city?"}],
+            "response_format": {"type": "json_schema", "json_schema": {"name": "c", "strict": true,
+                "schema": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20},
+                    "kind": {"enum": ["a", "b"]}, "tags": {"type": "array", "items": {"$ref": "#/$defs/t"}}},
+                    "$defs": {"t": {"type": "string", "pattern": "^[a-z]{1,4}$"}}}}}}),
     ]);
     let completions = bodies(&[
         json!({"model": "tiny", "prompt": "Once upon a time", "max_tokens": 8, "stop": "."}),
@@ -113,6 +126,11 @@ fn ollama_targets() -> Vec<FuzzTarget> {
         json!({"name": "tiny", "messages": []}),
         json!({"model": "tiny", "messages": [{"role": "user", "content": "q"}],
             "format": "", "tools": [], "options": {"mirostat": 0}}),
+        json!({"model": "tiny", "messages": [{"role": "user", "content": "q"},
+            {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "f", "arguments": {"x": 1}}}]},
+            {"role": "tool", "content": "ok", "tool_name": "f"}],
+            "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+            "format": {"type": "object", "properties": {"x": {"type": "integer", "minimum": 0}}}}),
     ]);
     let generate = bodies(&[
         json!({"model": "tiny", "prompt": "Why?", "system": "terse", "raw": false,
@@ -122,6 +140,10 @@ fn ollama_targets() -> Vec<FuzzTarget> {
         json!({"model": "tiny"}),
     ]);
     let show = bodies(&[json!({"model": "tiny"}), json!({"name": "tiny:latest"})]);
+    let embed = bodies(&[
+        json!({"model": "tiny", "input": ["a", "b"], "truncate": true}),
+        json!({"model": "tiny", "input": "one"}),
+    ]);
     vec![
         FuzzTarget::new("POST /api/chat", chat, Mutation::Json, |bytes| {
             within_limit(bytes) && ollama_verdict(ollama::chat_request(bytes))
@@ -131,6 +153,38 @@ fn ollama_targets() -> Vec<FuzzTarget> {
         }),
         FuzzTarget::new("POST /api/show", show, Mutation::Json, |bytes| {
             within_limit(bytes) && ollama_verdict(ollama::show_request(bytes).map(|_| None))
+        }),
+        FuzzTarget::new("POST /api/embed", embed, Mutation::Json, |bytes| {
+            within_limit(bytes) && ollama_verdict(embeddings::ollama_request(bytes).map(|_| None))
+        }),
+    ]
+}
+
+fn other_targets() -> Vec<FuzzTarget> {
+    let messages = bodies(&[
+        json!({"model": "tiny", "max_tokens": 16, "system": "Be brief.", "temperature": 0,
+            "stop_sequences": ["\n"], "messages": [{"role": "user", "content": "Hi"}]}),
+        json!({"model": "tiny", "max_tokens": 16, "stream": true,
+            "tools": [{"name": "get_weather", "input_schema": {"type": "object",
+                "properties": {"city": {"type": "string"}}}}],
+            "tool_choice": {"type": "any"},
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "Weather?"}]},
+                {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1",
+                    "name": "get_weather", "input": {"city": "Paris"}}]},
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1",
+                    "content": "22"}]}]}),
+    ]);
+    let embeddings = bodies(&[
+        json!({"model": "tiny", "input": ["a", "b"], "encoding_format": "base64"}),
+        json!({"model": "tiny", "input": "one", "encoding_format": "float"}),
+    ]);
+    vec![
+        FuzzTarget::new("POST /v1/messages", messages, Mutation::Json, |bytes| {
+            within_limit(bytes) && openai_verdict(anthropic::messages_request(bytes))
+        }),
+        FuzzTarget::new("POST /v1/embeddings", embeddings, Mutation::Json, |bytes| {
+            within_limit(bytes)
+                && openai_verdict(embeddings::openai_request(bytes).map(|_| GenRequest::text("x")))
         }),
     ]
 }
@@ -219,6 +273,7 @@ fn headers_target() -> FuzzTarget {
 pub fn targets() -> Vec<FuzzTarget> {
     let mut out = openai_targets();
     out.extend(ollama_targets());
+    out.extend(other_targets());
     out.push(transfer_target());
     out.push(revocation_target());
     out.push(headers_target());

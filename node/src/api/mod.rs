@@ -4,6 +4,7 @@
 mod anthropic;
 mod body;
 pub mod dashboard;
+mod embeddings;
 pub mod error;
 pub(crate) mod fuzz;
 mod infer;
@@ -148,7 +149,8 @@ fn gone() -> Response {
 
 /// The router.
 pub fn router(state: ApiState) -> Router {
-    Router::new()
+    let keyed = state.keys.is_some();
+    let router = Router::new()
         .route("/relaymesh/v1/status", get(status))
         .route("/relaymesh/v1/doctor", get(doctor))
         .route("/relaymesh/v1/peers", get(peers))
@@ -164,6 +166,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/completions", post(openai::completions))
         .route("/v1/models", get(openai::models))
         .route("/v1/messages", post(anthropic::messages))
+        .route("/v1/embeddings", post(embeddings::openai))
+        .route("/api/embed", post(embeddings::ollama_embed))
+        .route("/api/embeddings", post(embeddings::ollama_embeddings))
         .route("/v1/models/{id}", get(openai::model))
         .route("/api/chat", post(ollama::chat))
         .route("/api/generate", post(ollama::generate))
@@ -186,8 +191,28 @@ pub fn router(state: ApiState) -> Router {
             state.clone(),
             origin::same_origin,
         ))
-        .layer(DefaultBodyLimit::max(body::MAX_BODY))
-        .with_state(state)
+        .layer(DefaultBodyLimit::max(body::MAX_BODY));
+    // Pages on other origins may call a node with keys (a key is the permission: a
+    // browser never attaches one by itself), so it answers their preflights and lets
+    // them read its answers: a chat page's "direct connection", a browser extension.
+    // A node without keys refuses them (`origin.rs`) and sends no CORS headers.
+    let router = if keyed { router.layer(cors()) } else { router };
+    router.with_state(state)
+}
+
+/// CORS for a node with API keys: any origin, the methods and headers its routes take,
+/// no cookies (keys travel in headers).
+fn cors() -> tower_http::cors::CorsLayer {
+    use axum::http::{header, HeaderName, Method};
+    tower_http::cors::CorsLayer::new()
+        .allow_origin(tower_http::cors::Any)
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers(tower_http::cors::Any)
+        .expose_headers([
+            header::RETRY_AFTER,
+            HeaderName::from_static(SUPPLIER_HEADER),
+        ])
+        .max_age(std::time::Duration::from_secs(600))
 }
 
 /// The sessions this node has served as a supplier: receipts, CUs, what τ mined and

@@ -363,6 +363,26 @@ pub trait Backend: Send + Sync + 'static {
     /// Starts a generation: waits for a slot (bounded queue) and returns the stream,
     /// or refuses at once (busy, prompt too long, invalid).
     async fn generate(&self, request: GenRequest) -> Result<Generation, BackendError>;
+
+    /// Embeddings of `inputs`, one vector each, in order. Only the embedded engine
+    /// makes them so far: other backends refuse.
+    async fn embed(&self, inputs: &[String], tenant: Tenant) -> Result<Embedded, BackendError> {
+        let _ = (inputs, tenant);
+        Err(BackendError::Invalid(format!(
+            "model {} ({} backend) makes no embeddings here: only a model this node runs itself from a GGUF file does, so far",
+            self.info().name,
+            self.info().kind
+        )))
+    }
+}
+
+/// Embeddings: one vector per input, and the tokens read.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Embedded {
+    /// Unit-length vectors, one per input, in order.
+    pub vectors: Vec<Vec<f32>>,
+    /// Tokens of every input together.
+    pub prompt_tokens: u32,
 }
 
 /// A shared backend.

@@ -156,6 +156,7 @@ impl EmbeddedBackend {
             model,
             template,
             context,
+            threads: i32::try_from(threads).unwrap_or(4),
             default_max_tokens: options.default_max_tokens.max(1),
             jobs,
             decode_thread: Some(decode_thread),

@@ -18,6 +18,7 @@
 //! the bytes of an unfinished UTF-8 character held back ([`utf8`]).
 
 mod decode_loop;
+mod embed;
 mod load;
 mod log;
 mod manifest_file;
@@ -41,8 +42,8 @@ pub use sampler::DEFAULT_TEMPERATURE;
 pub use template::ChatTemplate;
 
 use super::{
-    Backend, BackendError, GenEvent, GenRequest, Generation, ModelInfo, Prompt, Sampling, Slots,
-    Tenant, EVENT_BUFFER,
+    Backend, BackendError, Embedded, GenEvent, GenRequest, Generation, ModelInfo, Prompt, Sampling,
+    Slots, Tenant, EVENT_BUFFER,
 };
 use sequence::Job;
 
@@ -126,6 +127,8 @@ pub struct EmbeddedBackend {
     template: ChatTemplate,
     /// Tokens per sequence.
     context: u32,
+    /// CPU threads llama.cpp uses.
+    threads: i32,
     default_max_tokens: u32,
     /// To the decode loop; a job is only sent with a slot (or by `greedy_ids`).
     jobs: mpsc::Sender<Job>,
@@ -246,6 +249,10 @@ impl Backend for EmbeddedBackend {
 
     fn slots(&self) -> (usize, usize) {
         self.slots.available()
+    }
+
+    async fn embed(&self, inputs: &[String], tenant: Tenant) -> Result<Embedded, BackendError> {
+        self.embed_texts(inputs, tenant).await
     }
 
     async fn generate(&self, request: GenRequest) -> Result<Generation, BackendError> {
