@@ -333,16 +333,17 @@ async fn output_formats_shape_answers_and_ambiguous_schemas_are_refused() {
     assert!(!after.is_empty());
 }
 
-/// A schema that no text meets (`minimum` above `maximum`) compiles to a grammar that
-/// allows no token. llama.cpp's own sampling then aborted the whole process, every
-/// model and stream with it; the answer now ends with an error, and the engine goes on.
+/// A schema that no text meets (a pattern of a reversed range, `[b-a]`; `minimum` above
+/// `maximum` did the same, and is now refused before) compiles to a grammar that allows
+/// no token. llama.cpp's own sampling then aborted the whole process, every model and
+/// stream with it; the answer now ends with an error, and the engine goes on.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_schema_that_allows_nothing_ends_its_answer_not_the_node() {
     use relaymesh_node::backend::Format;
     let backend = support::smollm(2, 2);
     let mut impossible = greedy(16);
     impossible.format = Some(Format::JsonSchema(
-        r#"{"type":"integer","minimum":5,"maximum":3}"#.into(),
+        r#"{"type":"string","pattern":"^[b-a]$"}"#.into(),
     ));
     let mut g = backend
         .generate(chat("Pick a number.", impossible))

@@ -557,7 +557,10 @@ async fn api_keys_gate_every_route_and_each_key_has_its_quota() {
         .await
         .unwrap();
     assert!(preflight.status().is_success(), "{}", preflight.status());
-    assert_eq!(preflight.headers()["access-control-allow-origin"], "*");
+    assert_eq!(
+        preflight.headers()["access-control-allow-origin"],
+        "https://chat.example"
+    );
     let r = client
         .get(format!("{base}/api/version"))
         .header("origin", "https://chat.example")
@@ -565,7 +568,23 @@ async fn api_keys_gate_every_route_and_each_key_has_its_quota() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.headers()["access-control-allow-origin"], "*");
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "https://chat.example"
+    );
+    // Not the node's own routes: a key given to a chat page does not let it move the
+    // node's credit or read its ledger (found by review).
+    let admin = client
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{base}/relaymesh/v1/transfers"),
+        )
+        .header("origin", "https://chat.example")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert!(!admin.headers().contains_key("access-control-allow-origin"));
     node.shutdown().await;
 
     // A node without keys still refuses other origins, and sends no CORS headers.

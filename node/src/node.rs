@@ -76,8 +76,16 @@ impl Node {
         // what it served, for as long as it runs).
         let db = match &data_dir {
             Some(dir) => dir.db().clone(),
+            // In the temporary directory, not sled's default of /dev/shm (memory, and
+            // 64 MiB in a default container): a supplier keeps every receipt here until
+            // its claim's epoch is final. Removed when the node stops.
             None => sled::Config::new()
                 .temporary(true)
+                .path(std::env::temp_dir().join(format!(
+                    "relaymesh-{}-{:016x}",
+                    std::process::id(),
+                    rand_core::RngCore::next_u64(&mut rand_core::OsRng)
+                )))
                 .open()
                 .map_err(|source| {
                     NodeError::Store(StoreError::Database {

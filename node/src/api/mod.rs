@@ -193,19 +193,24 @@ pub fn router(state: ApiState) -> Router {
         ))
         .layer(DefaultBodyLimit::max(body::MAX_BODY));
     // Pages on other origins may call a node with keys (a key is the permission: a
-    // browser never attaches one by itself), so it answers their preflights and lets
-    // them read its answers: a chat page's "direct connection", a browser extension.
-    // A node without keys refuses them (`origin.rs`) and sends no CORS headers.
+    // browser never attaches one by itself), so it answers their preflights to its
+    // inference routes and lets them read the answers: a chat page's "direct
+    // connection", a browser extension. A node without keys refuses them (`origin.rs`)
+    // and sends no CORS headers.
     let router = if keyed { router.layer(cors()) } else { router };
     router.with_state(state)
 }
 
-/// CORS for a node with API keys: any origin, the methods and headers its routes take,
-/// no cookies (keys travel in headers).
+/// CORS for a node with API keys: any origin, on the inference routes only (`/v1/…`,
+/// `/api/…`: a key given to a chat page must not let it move the node's credit or read
+/// its ledger), the methods and headers they take, no cookies (keys travel in headers).
 fn cors() -> tower_http::cors::CorsLayer {
     use axum::http::{header, HeaderName, Method};
+    let inference = |path: &str| path.starts_with("/v1/") || path.starts_with("/api/");
     tower_http::cors::CorsLayer::new()
-        .allow_origin(tower_http::cors::Any)
+        .allow_origin(tower_http::cors::AllowOrigin::predicate(
+            move |_, parts: &axum::http::request::Parts| inference(parts.uri.path()),
+        ))
         .allow_methods([Method::GET, Method::POST])
         .allow_headers(tower_http::cors::Any)
         .expose_headers([

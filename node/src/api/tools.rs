@@ -134,8 +134,11 @@ impl Tools {
         })
     }
 
-    /// The schema every answer follows.
+    /// The schema every answer follows. Each tool's parameters (and the direct answer's
+    /// schema) are placed inside it, so their own definitions move to its `$defs`, under
+    /// the tool's name, and their references are rewritten to match.
     pub fn format(&self) -> Format {
+        let mut defs = serde_json::Map::new();
         let calls: Vec<Value> = self
             .callable()
             .map(|t| {
@@ -143,7 +146,7 @@ impl Tools {
                     "type": "object",
                     "properties": {
                         "name": { "const": t.name },
-                        "arguments": t.parameters,
+                        "arguments": hoist(&t.parameters, &t.name, &mut defs),
                     },
                     "required": ["name", "arguments"],
                     "additionalProperties": false,
@@ -160,17 +163,22 @@ impl Tools {
             "required": ["tool_calls"],
             "additionalProperties": false,
         });
-        let schema = match self.choice {
+        let response = match &self.response {
+            Some(schema) => hoist(schema, "$response", &mut defs),
+            None => json!({ "type": "string" }),
+        };
+        let mut schema = match self.choice {
             ToolChoice::Auto => json!({ "anyOf": [call, {
                 "type": "object",
-                "properties": {
-                    "response": self.response.clone().unwrap_or(json!({ "type": "string" })),
-                },
+                "properties": { "response": response },
                 "required": ["response"],
                 "additionalProperties": false,
             }] }),
             ToolChoice::Required | ToolChoice::Named(_) => call,
         };
+        if !defs.is_empty() {
+            schema["$defs"] = Value::Object(defs);
+        }
         Format::JsonSchema(schema.to_string())
     }
 
@@ -250,6 +258,73 @@ impl Tools {
     }
 }
 
+/// `schema`, to be placed inside another: its `$defs` (or `definitions`) move into
+/// `defs` as `prefix.name`, its references to them (and to itself, `#`) are rewritten
+/// to there.
+fn hoist(schema: &Value, prefix: &str, defs: &mut serde_json::Map<String, Value>) -> Value {
+    let mut root = schema.clone();
+    if let Value::Object(map) = &mut root {
+        for key in ["$defs", "definitions"] {
+            if let Some(Value::Object(own)) = map.remove(key) {
+                for (name, sub) in own {
+                    defs.insert(format!("{prefix}.{name}"), rewrite(sub, prefix));
+                }
+            }
+        }
+    }
+    let root = rewrite(root, prefix);
+    if refers_to_root(&root, prefix) {
+        defs.insert(prefix.to_owned(), root.clone());
+    }
+    root
+}
+
+/// `value` with its local references rewritten for [`hoist`].
+fn rewrite(value: Value, prefix: &str) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| {
+                    let v = match (k.as_str(), v) {
+                        ("$ref", Value::String(r)) => Value::String(moved(&r, prefix)),
+                        (_, v) => rewrite(v, prefix),
+                    };
+                    (k, v)
+                })
+                .collect(),
+        ),
+        Value::Array(items) => {
+            Value::Array(items.into_iter().map(|v| rewrite(v, prefix)).collect())
+        }
+        other => other,
+    }
+}
+
+/// Where a local reference of a hoisted schema points now.
+fn moved(reference: &str, prefix: &str) -> String {
+    if reference == "#" {
+        return format!("#/$defs/{prefix}");
+    }
+    for old in ["#/$defs/", "#/definitions/"] {
+        if let Some(rest) = reference.strip_prefix(old) {
+            return format!("#/$defs/{prefix}.{rest}");
+        }
+    }
+    reference.to_owned()
+}
+
+/// Whether `value` refers to the root it was hoisted from.
+fn refers_to_root(value: &Value, prefix: &str) -> bool {
+    let target = format!("#/$defs/{prefix}");
+    match value {
+        Value::Object(map) => map.iter().any(|(k, v)| {
+            (k == "$ref" && v.as_str() == Some(target.as_str())) || refers_to_root(v, prefix)
+        }),
+        Value::Array(items) => items.iter().any(|v| refers_to_root(v, prefix)),
+        _ => false,
+    }
+}
+
 /// An assistant turn that called tools, as the model wrote it.
 pub fn calls_turn(calls: &[(String, Value)]) -> ChatMessage {
     let calls: Vec<Value> = calls
@@ -321,6 +396,38 @@ mod tests {
         for t in [auto, required] {
             crate::backend::embedded::grammar(&t).unwrap();
         }
+    }
+
+    #[test]
+    fn tools_with_their_own_definitions_keep_them() {
+        // As Pydantic writes a model with a nested one (found by review: the reference
+        // led nowhere once the parameters sat inside the answer's schema).
+        let booking = Tool {
+            name: "book".into(),
+            description: "Book a trip".into(),
+            parameters: json!({
+                "type": "object",
+                "properties": { "from": { "$ref": "#/$defs/City" }, "to": { "$ref": "#/$defs/City" } },
+                "required": ["from", "to"],
+                "$defs": { "City": { "type": "object", "properties": { "name": { "type": "string" } } } },
+            }),
+        };
+        let t = Tools::new(
+            vec![booking, weather()],
+            None,
+            true,
+            Some(json!({
+                "type": "object", "properties": { "note": { "$ref": "#/definitions/Note" } },
+                "definitions": { "Note": { "type": "string" } },
+            })),
+        )
+        .unwrap()
+        .unwrap();
+        let format = t.format();
+        let schema: Value = serde_json::from_str(format.schema()).unwrap();
+        assert!(schema["$defs"]["book.City"].is_object(), "{schema}");
+        assert!(schema["$defs"]["$response.Note"].is_object(), "{schema}");
+        crate::backend::embedded::grammar(&format).unwrap();
     }
 
     #[test]

@@ -123,6 +123,36 @@ impl<'a> Walk<'a> {
                 }
             }
         }
+        // Bounds no value meets: the grammar would allow no token at all.
+        for (low, high) in [
+            ("minimum", "maximum"),
+            ("exclusiveMinimum", "exclusiveMaximum"),
+            ("minimum", "exclusiveMaximum"),
+            ("exclusiveMinimum", "maximum"),
+            ("minLength", "maxLength"),
+            ("minItems", "maxItems"),
+            ("minProperties", "maxProperties"),
+        ] {
+            let (Some(l), Some(h)) = (
+                map.get(low).and_then(Value::as_f64),
+                map.get(high).and_then(Value::as_f64),
+            ) else {
+                continue;
+            };
+            if l > h || (l == h && (low.starts_with("exclusive") || high.starts_with("exclusive")))
+            {
+                return Err(format!(
+                    "the JSON schema's {low} {l} and {high} {h} leave no value: the answer could not be written"
+                ));
+            }
+        }
+        if map
+            .get("enum")
+            .and_then(Value::as_array)
+            .is_some_and(Vec::is_empty)
+        {
+            return Err("the JSON schema's enum is empty: the answer could not be written".into());
+        }
         if let Some(Value::Object(properties)) = map.get("properties") {
             if properties.len() > MAX_PROPERTIES {
                 return Err(format!(
@@ -317,6 +347,20 @@ mod tests {
         assert!(check(escaped)
             .unwrap_err()
             .contains("plain local reference"));
+    }
+
+    #[test]
+    fn bounds_no_value_meets_are_refused() {
+        for schema in [
+            r#"{"type":"integer","minimum":5,"maximum":3}"#,
+            r#"{"type":"number","exclusiveMinimum":1,"exclusiveMaximum":1}"#,
+            r#"{"type":"string","minLength":9,"maxLength":2}"#,
+            r#"{"type":"array","minItems":3,"maxItems":1}"#,
+            r#"{"enum":[]}"#,
+        ] {
+            assert!(check(schema).unwrap_err().contains("no"), "{schema}");
+        }
+        assert!(check(r#"{"type":"integer","minimum":3,"maximum":3}"#).is_ok());
     }
 
     #[test]

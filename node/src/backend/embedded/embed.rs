@@ -17,6 +17,9 @@ use super::EmbeddedBackend;
 /// Most inputs one request may embed.
 pub const MAX_INPUTS: usize = 256;
 
+/// Most tokens one request may embed in all (its work, done while it holds a place).
+pub const MAX_TOKENS: usize = 32 * 1024;
+
 impl EmbeddedBackend {
     /// Embeddings of `inputs` (see the module's doc), in their order.
     pub async fn embed_texts(
@@ -44,13 +47,23 @@ impl EmbeddedBackend {
             }
             ids.push(tokens);
         }
-        let _slot = self.slots.acquire(tenant).await?;
+        let prompt_tokens = ids.iter().map(Vec::len).sum::<usize>();
+        if prompt_tokens > MAX_TOKENS {
+            return Err(BackendError::Invalid(format!(
+                "the inputs are {prompt_tokens} tokens; one request embeds at most {MAX_TOKENS}"
+            )));
+        }
+        // The place is held by the work itself, not by the request: a client that
+        // leaves does not free it while the embedding still runs.
+        let slot = self.slots.acquire(tenant).await?;
         let model = self.model.clone();
         let threads = self.threads;
-        let prompt_tokens = ids.iter().map(Vec::len).sum::<usize>();
-        let vectors = tokio::task::spawn_blocking(move || embed_blocking(&model, &ids, threads))
-            .await
-            .map_err(|_| BackendError::Internal("the embedding task failed".into()))??;
+        let vectors = tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            embed_blocking(&model, &ids, threads)
+        })
+        .await
+        .map_err(|_| BackendError::Internal("the embedding task failed".into()))??;
         Ok(Embedded {
             vectors,
             prompt_tokens: prompt_tokens.try_into().unwrap_or(u32::MAX),

@@ -37,8 +37,8 @@ use tokio::sync::mpsc;
 
 pub use load::digest_file;
 pub use manifest_file::{manifest_path, read_manifest, write_manifest, ManifestFileError};
-pub use sampler::grammar;
 pub use sampler::DEFAULT_TEMPERATURE;
+pub use sampler::{grammar, FORMAT_FAILURE};
 pub use template::ChatTemplate;
 
 use super::{
@@ -167,7 +167,7 @@ impl EmbeddedBackend {
             max_tokens: Some(max_tokens),
             ..Sampling::default()
         };
-        let (mut job, mut events) = self.job(prompt, &sampling, None)?;
+        let (mut job, mut events) = self.job(self.tokenize(prompt)?, &sampling, None)?;
         job.record = Some(record.clone());
         self.jobs
             .blocking_send(job)
@@ -212,14 +212,14 @@ impl EmbeddedBackend {
     }
 
     /// A job for the decode loop, and the receiver of its events.
-    /// `rules`: the grammar of the output format, if `sampling` has one.
+    /// `prompt`: its tokens; `rules`: the grammar of the output format, if `sampling`
+    /// has one.
     fn job(
         &self,
-        prompt: &Prompt,
+        prompt: Vec<llama_cpp_2::token::LlamaToken>,
         sampling: &Sampling,
         rules: Option<&str>,
     ) -> Result<(Job, mpsc::Receiver<GenEvent>), BackendError> {
-        let prompt = self.tokenize(prompt)?;
         let sampler = sampler::chain(&self.model, sampling, rules)?;
         let room = self.context as usize - prompt.len();
         let max_new = (sampling.max_tokens.unwrap_or(self.default_max_tokens) as usize).min(room);
@@ -256,21 +256,31 @@ impl Backend for EmbeddedBackend {
     }
 
     async fn generate(&self, request: GenRequest) -> Result<Generation, BackendError> {
-        // An app's schema is compiled off the async threads: its cost is the app's
-        // choice (bounded by `Format::checked_schema`, not measured beforehand).
-        let rules = match request.sampling.format.clone() {
-            Some(format) => Some(
-                tokio::task::spawn_blocking(move || sampler::grammar(&format))
-                    .await
-                    .map_err(|_| BackendError::Internal("compiling the grammar failed".into()))??,
-            ),
-            None => None,
-        };
-        let (mut job, events) = self.job(&request.prompt, &request.sampling, rules.as_deref())?;
-        job.tenant = request.tenant;
+        // What can be refused is refused before the request waits for a place.
+        let prompt = self.tokenize(&request.prompt)?;
+        sampler::check(&request.sampling)?;
         // The slot travels with the job: it is freed when the decode loop lets the
         // sequence go (finished and delivered, or cancelled), not when the client leaves.
-        job.slot = Some(self.slots.acquire(request.tenant).await?);
+        let mut slot = self.slots.acquire(request.tenant).await?;
+        // An app's schema is compiled off the async threads, while its place is held
+        // (by the compiling thread: a client that leaves does not free it early); its
+        // cost is the app's choice, bounded by `Format::checked_schema`.
+        let rules = match request.sampling.format.clone() {
+            Some(format) => {
+                let (held, rules) = tokio::task::spawn_blocking(move || {
+                    let rules = sampler::grammar(&format);
+                    (slot, rules)
+                })
+                .await
+                .map_err(|_| BackendError::Internal("compiling the grammar failed".into()))?;
+                slot = held;
+                Some(rules?)
+            }
+            None => None,
+        };
+        let (mut job, events) = self.job(prompt, &request.sampling, rules.as_deref())?;
+        job.tenant = request.tenant;
+        job.slot = Some(slot);
         self.jobs
             .send(job)
             .await

@@ -51,6 +51,10 @@ pub fn chain(
     Ok(LlamaSampler::chain_simple(steps))
 }
 
+/// How every failure of an output format's grammar begins: it is the app's request,
+/// not the supplier, that could not be followed (the supplier bills what it sent).
+pub const FORMAT_FAILURE: &str = "the output format";
+
 /// Longest one token's sampling under a grammar may take, and the most it may take on
 /// average (after the first [`GRAMMAR_GRACE_TOKENS`] tokens): past either, the format's
 /// grammar is too costly to follow (its stacks have multiplied) and the sequence ends,
@@ -117,7 +121,7 @@ pub fn guarded(
 }
 
 /// Refuses sampling values that mean nothing.
-fn check(sampling: &Sampling) -> Result<(), BackendError> {
+pub(super) fn check(sampling: &Sampling) -> Result<(), BackendError> {
     let temperature = sampling.temperature.unwrap_or(DEFAULT_TEMPERATURE);
     if !temperature.is_finite() || temperature < 0.0 {
         return Err(BackendError::Invalid(format!(

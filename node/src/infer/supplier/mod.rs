@@ -627,6 +627,12 @@ async fn serve(
                             completion_tokens: f.completion_tokens,
                         });
                     }
+                    // A format the answer could not follow is the app's request failing:
+                    // it owes what it was sent, as any app leaving does.
+                    Some(GenEvent::Failed(why)) if why.starts_with(crate::backend::embedded::FORMAT_FAILURE) => {
+                        let _ = write_frame(&mut w, refuse(RefuseCode::Invalid, why)).await;
+                        return Err("the request's output format could not be followed".to_string());
+                    }
                     Some(GenEvent::Failed(why)) => {
                         our_fault = true;
                         let _ = write_frame(&mut w, refuse(RefuseCode::Failed, why)).await;

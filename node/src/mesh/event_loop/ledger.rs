@@ -27,6 +27,17 @@ const MAX_JOBS: usize = 128;
 /// (each at most `2 × MAX_SYNC_BYTES`) or gossiped proofs (at most 1 MiB each).
 const MAX_QUEUED_BYTES: usize = 24 * 1024 * 1024;
 
+/// Peers' anti-entropy requests being answered at once at most. A request costs the
+/// thread an answer of up to 4 MiB however little it says, so a peer keeping many in
+/// flight would otherwise fill the queue and crowd out gossip and the node's own
+/// rounds; with this bound the rest of the queue stays theirs.
+const MAX_ANSWERS: usize = 4;
+
+/// Least time between two of one peer's anti-entropy requests that are answered (an
+/// honest peer asks one peer per round, rounds at least a second apart), and one at a
+/// time.
+const ANSWER_GAP: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Work for the settlement thread.
 pub(super) enum Job {
     /// A gossiped ledger message awaiting its verdict.
@@ -71,6 +82,7 @@ pub(super) enum Done {
         acceptance: gossipsub::MessageAcceptance,
     },
     Answer {
+        peer: PeerId,
         channel: ResponseChannel<LedgerSyncResponse>,
         response: LedgerSyncResponse,
     },
@@ -88,6 +100,11 @@ pub(super) struct LedgerWorker {
     done: mpsc::Receiver<Done>,
     queued_bytes: Arc<AtomicUsize>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// Peers whose request was taken lately: when, and whether its answer is still
+    /// being made.
+    answering: std::collections::HashMap<PeerId, (std::time::Instant, bool)>,
+    /// Whether the thread's end was said (it ends only with the node).
+    gone_said: bool,
 }
 
 impl LedgerWorker {
@@ -109,7 +126,30 @@ impl LedgerWorker {
             done: done_rx,
             queued_bytes,
             thread: Some(thread),
+            answering: Default::default(),
+            gone_said: false,
         })
+    }
+
+    /// Whether `peer`'s anti-entropy request may be answered now (see [`MAX_ANSWERS`],
+    /// [`ANSWER_GAP`]); if so, it is counted as being answered.
+    fn take_request(&mut self, peer: PeerId) -> bool {
+        let now = std::time::Instant::now();
+        self.answering
+            .retain(|_, (at, busy)| *busy || now.duration_since(*at) < ANSWER_GAP);
+        let busy = self.answering.values().filter(|(_, busy)| *busy).count();
+        if busy >= MAX_ANSWERS || self.answering.contains_key(&peer) {
+            return false;
+        }
+        self.answering.insert(peer, (now, true));
+        true
+    }
+
+    /// `peer`'s answer is made (or was dropped).
+    fn answered(&mut self, peer: &PeerId) {
+        if let Some((_, busy)) = self.answering.get_mut(peer) {
+            *busy = false;
+        }
     }
 
     /// Queues `job`; hands it back when the queue is full (or the thread gone).
@@ -210,7 +250,11 @@ impl Worker {
                     now_ms: now_ms(),
                     frozen: s.frozen_digest(),
                 };
-                self.hand_back(Done::Answer { channel, response })
+                self.hand_back(Done::Answer {
+                    peer,
+                    channel,
+                    response,
+                })
             }
             Job::Learn {
                 peer,
@@ -276,12 +320,16 @@ impl EventLoop {
     /// Hands a job to the settlement thread; a job that does not fit is dropped, counted,
     /// and (for gossip) not forwarded.
     fn offer_ledger(&mut self, job: Job) {
-        let Some(worker) = &self.ledger else {
+        let Some(worker) = &mut self.ledger else {
             return;
         };
         let Some(job) = worker.offer(job) else {
             return;
         };
+        if worker.jobs.as_ref().is_some_and(|j| j.is_closed()) && !worker.gone_said {
+            worker.gone_said = true;
+            tracing::error!("the ledger thread has stopped: ledger messages are no longer applied");
+        }
         self.metrics.limited("ledger_queue");
         match job {
             Job::Gossip { id, source, .. } => {
@@ -296,7 +344,10 @@ impl EventLoop {
                     );
             }
             // The asker's request fails; it asks again next round.
-            Job::Answer { peer, .. } => debug!(%peer, "ledger queue full: sync request dropped"),
+            Job::Answer { peer, .. } => {
+                worker.answered(&peer);
+                debug!(%peer, "ledger queue full: sync request dropped");
+            }
             Job::Learn { peer, .. } => warn!(%peer, "ledger queue full: sync answer dropped"),
             Job::Ask { .. } => {}
         }
@@ -328,6 +379,15 @@ impl EventLoop {
         request: LedgerSyncRequest,
         channel: ResponseChannel<LedgerSyncResponse>,
     ) {
+        let Some(worker) = &mut self.ledger else {
+            return;
+        };
+        if !worker.take_request(peer) {
+            // Its request fails; an honest peer asks again next round.
+            self.metrics.limited("ledger_sync_requests");
+            debug!(%peer, "anti-entropy request not answered: too many, or too soon");
+            return;
+        }
         let at_ms = now_ms();
         self.offer_ledger(Job::Answer {
             peer,
@@ -390,8 +450,15 @@ impl EventLoop {
                     .gossipsub
                     .report_message_validation_result(&id, &source, acceptance);
             }
-            Done::Answer { channel, response } => {
+            Done::Answer {
+                peer,
+                channel,
+                response,
+            } => {
                 let _ = behaviour.ledger_sync.send_response(channel, response);
+                if let Some(worker) = &mut self.ledger {
+                    worker.answered(&peer);
+                }
             }
             Done::Ask { peer, request } => {
                 behaviour.ledger_sync.send_request(&peer, request);
