@@ -100,9 +100,8 @@ pub(super) struct LedgerWorker {
     done: mpsc::Receiver<Done>,
     queued_bytes: Arc<AtomicUsize>,
     thread: Option<std::thread::JoinHandle<()>>,
-    /// Peers whose request was taken lately: when, and whether its answer is still
-    /// being made.
-    answering: std::collections::HashMap<PeerId, (std::time::Instant, bool)>,
+    /// Which peers' anti-entropy requests are being answered.
+    answering: AnswerGate,
     /// Whether the thread's end was said (it ends only with the node).
     gone_said: bool,
 }
@@ -131,25 +130,12 @@ impl LedgerWorker {
         })
     }
 
-    /// Whether `peer`'s anti-entropy request may be answered now (see [`MAX_ANSWERS`],
-    /// [`ANSWER_GAP`]); if so, it is counted as being answered.
     fn take_request(&mut self, peer: PeerId) -> bool {
-        let now = std::time::Instant::now();
-        self.answering
-            .retain(|_, (at, busy)| *busy || now.duration_since(*at) < ANSWER_GAP);
-        let busy = self.answering.values().filter(|(_, busy)| *busy).count();
-        if busy >= MAX_ANSWERS || self.answering.contains_key(&peer) {
-            return false;
-        }
-        self.answering.insert(peer, (now, true));
-        true
+        self.answering.take(peer, std::time::Instant::now())
     }
 
-    /// `peer`'s answer is made (or was dropped).
     fn answered(&mut self, peer: &PeerId) {
-        if let Some((_, busy)) = self.answering.get_mut(peer) {
-            *busy = false;
-        }
+        self.answering.answered(peer);
     }
 
     /// Queues `job`; hands it back when the queue is full (or the thread gone).
@@ -193,6 +179,35 @@ pub(super) async fn next(worker: &mut Option<LedgerWorker>) -> Done {
             None => std::future::pending().await,
         },
         None => std::future::pending().await,
+    }
+}
+
+/// The peers whose anti-entropy requests are being answered, or were lately.
+#[derive(Default)]
+struct AnswerGate {
+    /// When each was taken, and whether its answer is still being made.
+    peers: std::collections::HashMap<PeerId, (std::time::Instant, bool)>,
+}
+
+impl AnswerGate {
+    /// Whether `peer`'s request may be answered at `now` (see [`MAX_ANSWERS`],
+    /// [`ANSWER_GAP`]); if so, it is counted as being answered.
+    fn take(&mut self, peer: PeerId, now: std::time::Instant) -> bool {
+        self.peers
+            .retain(|_, (at, busy)| *busy || now.duration_since(*at) < ANSWER_GAP);
+        let busy = self.peers.values().filter(|(_, busy)| *busy).count();
+        if busy >= MAX_ANSWERS || self.peers.contains_key(&peer) {
+            return false;
+        }
+        self.peers.insert(peer, (now, true));
+        true
+    }
+
+    /// `peer`'s answer is made (or was dropped).
+    fn answered(&mut self, peer: &PeerId) {
+        if let Some((_, busy)) = self.peers.get_mut(peer) {
+            *busy = false;
+        }
     }
 }
 
@@ -467,5 +482,38 @@ impl EventLoop {
                 let _ = self.publish_ledger(bytes);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by review: one peer keeping many requests in flight filled the thread's
+    /// queue with answers, and gossip from everyone was dropped.
+    #[test]
+    fn few_answers_at_once_one_per_peer_and_not_too_soon() {
+        let mut gate = AnswerGate::default();
+        let t0 = std::time::Instant::now();
+        let flooder = PeerId::random();
+        assert!(gate.take(flooder, t0));
+        assert!(
+            !gate.take(flooder, t0),
+            "a second request while one is answered"
+        );
+        gate.answered(&flooder);
+        assert!(
+            !gate.take(flooder, t0 + ANSWER_GAP / 2),
+            "too soon after the last"
+        );
+        assert!(gate.take(flooder, t0 + ANSWER_GAP));
+        let others: Vec<PeerId> = (0..MAX_ANSWERS).map(|_| PeerId::random()).collect();
+        let taken = others
+            .iter()
+            .filter(|p| gate.take(**p, t0 + ANSWER_GAP))
+            .count();
+        assert_eq!(taken, MAX_ANSWERS - 1, "at most {MAX_ANSWERS} at once");
+        gate.answered(&flooder);
+        assert!(gate.take(others[MAX_ANSWERS - 1], t0 + ANSWER_GAP));
     }
 }
