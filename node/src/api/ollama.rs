@@ -18,7 +18,7 @@ use tokio_stream::StreamExt;
 
 use super::error::{ApiError, OllamaError};
 use super::infer::{check_format, lookup, refuse_unsupported, sampling, spawn_stream};
-use super::tools::{self, Answer, Tool, Tools};
+use super::tools::{self, Answer, Tools};
 use super::{body, ApiState};
 use crate::backend::{
     ChatMessage, Finish, Format, GenEvent, GenRequest, Prompt, Provenance, Role, ServedModel,
@@ -160,26 +160,12 @@ fn request(
 
 /// Ollama's `tools` (OpenAI's shape); the model chooses whether to call.
 fn ollama_tools(list: &[Value], format: Option<&Format>) -> Result<Option<Tools>, ApiError> {
-    let mut tools = Vec::new();
-    for (i, t) in list.iter().enumerate() {
-        if t["type"] != "function" {
-            return Err(ApiError::bad_param(
-                &format!("tools[{i}].type"),
-                "only function tools are supported",
-            ));
-        }
-        let f = &t["function"];
-        tools.push(Tool {
-            name: f["name"].as_str().unwrap_or_default().to_owned(),
-            description: f["description"].as_str().unwrap_or_default().to_owned(),
-            parameters: match &f["parameters"] {
-                Value::Null => json!({ "type": "object", "properties": {} }),
-                p => p.clone(),
-            },
-        });
-    }
-    let response = format.map(|f| serde_json::from_str(f.schema()).unwrap_or(Value::Null));
-    Tools::new(tools, None, true, response)
+    Tools::new(
+        tools::function_tools(list)?,
+        None,
+        true,
+        tools::response_schema(format),
+    )
 }
 
 /// An answer made under `tools`, as Ollama's message: its text or its calls.

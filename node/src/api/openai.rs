@@ -20,7 +20,7 @@ use super::infer::{
     all_model_names, check_format, lookup, new_id, refuse_unsupported, sampling, spawn_stream,
     unix_now,
 };
-use super::tools::{self, Answer, Tool, ToolCall, ToolChoice, Tools};
+use super::tools::{self, Answer, ToolCall, ToolChoice, Tools};
 use super::{body, ApiState};
 use crate::backend::{
     ChatMessage, Finish, Format, GenEvent, GenRequest, Prompt, Provenance, Role, ServedModel,
@@ -289,30 +289,11 @@ fn openai_tools(common: &Common, format: Option<&Format>) -> Result<Option<Tools
             }
         },
     };
-    let mut list = Vec::new();
-    for (i, t) in common.tools.iter().enumerate() {
-        if t["type"] != "function" {
-            return Err(ApiError::bad_param(
-                &format!("tools[{i}].type"),
-                "only function tools are supported",
-            ));
-        }
-        let f = &t["function"];
-        list.push(Tool {
-            name: f["name"].as_str().unwrap_or_default().to_owned(),
-            description: f["description"].as_str().unwrap_or_default().to_owned(),
-            parameters: match &f["parameters"] {
-                Value::Null => json!({ "type": "object", "properties": {} }),
-                p => p.clone(),
-            },
-        });
-    }
-    let response = format.map(|f| serde_json::from_str(f.schema()).unwrap_or(Value::Null));
     Tools::new(
-        list,
+        tools::function_tools(&common.tools)?,
         choice,
         common.parallel_tool_calls.unwrap_or(true),
-        response,
+        tools::response_schema(format),
     )
 }
 

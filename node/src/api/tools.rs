@@ -325,6 +325,36 @@ fn refers_to_root(value: &Value, prefix: &str) -> bool {
     }
 }
 
+/// Tools in OpenAI's shape (`{"type": "function", "function": {name, description,
+/// parameters}}`, which Ollama takes too); a tool without parameters takes none.
+pub fn function_tools(list: &[Value]) -> Result<Vec<Tool>, ApiError> {
+    list.iter()
+        .enumerate()
+        .map(|(i, t)| {
+            if t["type"] != "function" {
+                return Err(ApiError::bad_param(
+                    &format!("tools[{i}].type"),
+                    "only function tools are supported",
+                ));
+            }
+            let f = &t["function"];
+            Ok(Tool {
+                name: f["name"].as_str().unwrap_or_default().to_owned(),
+                description: f["description"].as_str().unwrap_or_default().to_owned(),
+                parameters: match &f["parameters"] {
+                    Value::Null => json!({ "type": "object", "properties": {} }),
+                    p => p.clone(),
+                },
+            })
+        })
+        .collect()
+}
+
+/// The schema a direct answer takes under tools, from the request's output format.
+pub fn response_schema(format: Option<&Format>) -> Option<Value> {
+    format.map(|f| serde_json::from_str(f.schema()).unwrap_or(Value::Null))
+}
+
 /// An assistant turn that called tools, as the model wrote it.
 pub fn calls_turn(calls: &[(String, Value)]) -> ChatMessage {
     let calls: Vec<Value> = calls

@@ -30,6 +30,20 @@ impl EventLoop {
         }
     }
 
+    /// Tells gossipsub what became of a message it holds for validation (`Reject` is
+    /// what makes peer scoring punish the sender).
+    pub(super) fn verdict(
+        &mut self,
+        id: &gossipsub::MessageId,
+        source: &PeerId,
+        acceptance: gossipsub::MessageAcceptance,
+    ) {
+        self.swarm
+            .behaviour_mut()
+            .gossipsub
+            .report_message_validation_result(id, source, acceptance);
+    }
+
     pub(super) fn on_gossip(
         &mut self,
         source: PeerId,
@@ -39,14 +53,7 @@ impl EventLoop {
         self.metrics.gossip("in", message.data.len());
         if !self.gossip_budget.take(source, std::time::Instant::now()) {
             self.metrics.limited("gossip_per_peer");
-            self.swarm
-                .behaviour_mut()
-                .gossipsub
-                .report_message_validation_result(
-                    &id,
-                    &source,
-                    gossipsub::MessageAcceptance::Ignore,
-                );
+            self.verdict(&id, &source, gossipsub::MessageAcceptance::Ignore);
             return;
         }
         if message.topic == self.ledger_topic.hash() {
@@ -55,10 +62,7 @@ impl EventLoop {
         }
         if message.topic == self.members_topic.hash() && self.membership.is_some() {
             let acceptance = self.on_revocation_gossip(&message.data);
-            self.swarm
-                .behaviour_mut()
-                .gossipsub
-                .report_message_validation_result(&id, &source, acceptance);
+            self.verdict(&id, &source, acceptance);
             return;
         }
         let verdict = if message.topic == self.ads_topic.hash() {
@@ -83,11 +87,7 @@ impl EventLoop {
                 gossipsub::MessageAcceptance::Reject
             }
         };
-        // Reporting Reject is what makes peer scoring punish the sender.
-        self.swarm
-            .behaviour_mut()
-            .gossipsub
-            .report_message_validation_result(&id, &source, acceptance);
+        self.verdict(&id, &source, acceptance);
     }
 
     /// Takes a gossiped (`gossiped`) or synced ad: what it did to the table, or why it

@@ -349,14 +349,7 @@ impl EventLoop {
         match job {
             Job::Gossip { id, source, .. } => {
                 debug!(peer = %source, "ledger queue full: gossip dropped");
-                self.swarm
-                    .behaviour_mut()
-                    .gossipsub
-                    .report_message_validation_result(
-                        &id,
-                        &source,
-                        gossipsub::MessageAcceptance::Ignore,
-                    );
+                self.verdict(&id, &source, gossipsub::MessageAcceptance::Ignore);
             }
             // The asker's request fails; it asks again next round.
             Job::Answer { peer, .. } => {
@@ -375,14 +368,7 @@ impl EventLoop {
         bytes: Vec<u8>,
     ) {
         if self.ledger.is_none() {
-            self.swarm
-                .behaviour_mut()
-                .gossipsub
-                .report_message_validation_result(
-                    &id,
-                    &source,
-                    gossipsub::MessageAcceptance::Ignore,
-                );
+            self.verdict(&id, &source, gossipsub::MessageAcceptance::Ignore);
             return;
         }
         self.offer_ledger(Job::Gossip { id, source, bytes });
@@ -453,30 +439,26 @@ impl EventLoop {
 
     /// Carries out what the settlement thread handed back.
     pub(super) fn on_ledger_done(&mut self, done: Done) {
-        let behaviour = self.swarm.behaviour_mut();
         match done {
             Done::Verdict {
                 id,
                 source,
                 acceptance,
-            } => {
-                // Reporting Reject is what makes peer scoring punish the sender.
-                behaviour
-                    .gossipsub
-                    .report_message_validation_result(&id, &source, acceptance);
-            }
+            } => self.verdict(&id, &source, acceptance),
             Done::Answer {
                 peer,
                 channel,
                 response,
             } => {
-                let _ = behaviour.ledger_sync.send_response(channel, response);
+                let sync = &mut self.swarm.behaviour_mut().ledger_sync;
+                let _ = sync.send_response(channel, response);
                 if let Some(worker) = &mut self.ledger {
                     worker.answered(&peer);
                 }
             }
             Done::Ask { peer, request } => {
-                behaviour.ledger_sync.send_request(&peer, request);
+                let sync = &mut self.swarm.behaviour_mut().ledger_sync;
+                sync.send_request(&peer, request);
             }
             Done::Publish(bytes) => {
                 let _ = self.publish_ledger(bytes);
