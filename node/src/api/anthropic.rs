@@ -21,7 +21,7 @@ use serde_json::{json, Map, Value};
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::error::{anthropic_type, AnthropicError, ApiError};
-use super::infer::{check_format, lookup, new_id, refuse_unsupported, sampling, spawn_stream};
+use super::infer::{lookup, new_id, refuse_unsupported, sampling, spawn_stream};
 use super::tools::{self, Answer, Tool, ToolChoice, Tools};
 use super::{body, ApiState};
 use crate::backend::{
@@ -302,14 +302,16 @@ fn prepare(body: MessagesBody) -> Result<(GenRequest, Option<Tools>), ApiError> 
         Some(body.max_tokens),
         body.stop_sequences,
     )?;
-    let mut messages = conversation(body.system, body.messages)?;
-    if let Some(tools) = &tools {
-        messages = tools.prompt(messages);
-        sampling.format = Some(tools.format());
-    }
-    check_format(sampling.format.as_ref(), "tools")?;
+    let prompt = tools::shape(
+        Prompt::Chat(conversation(body.system, body.messages)?),
+        &mut sampling,
+        tools.as_ref(),
+        None,
+        "messages",
+        "tools",
+    )?;
     let request = GenRequest {
-        prompt: Prompt::Chat(messages),
+        prompt,
         sampling,
         tenant: Tenant::Local,
     };

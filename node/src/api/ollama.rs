@@ -17,7 +17,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 
 use super::error::{ApiError, OllamaError};
-use super::infer::{check_format, lookup, refuse_unsupported, sampling, spawn_stream};
+use super::infer::{lookup, refuse_unsupported, sampling, spawn_stream};
 use super::tools::{self, Answer, Tools};
 use super::{body, ApiState};
 use crate::backend::{
@@ -104,10 +104,7 @@ struct GenerateBody {
 }
 
 /// The request to run, and the tools its answer may call.
-fn request(
-    mut prompt: Prompt,
-    common: &mut Common,
-) -> Result<(GenRequest, Option<Tools>), ApiError> {
+fn request(prompt: Prompt, common: &mut Common) -> Result<(GenRequest, Option<Tools>), ApiError> {
     refuse_unsupported(&common.extra, UNSUPPORTED, |_, _| false)?;
     let o = common.options.take().unwrap_or_default();
     refuse_unsupported(&o.extra, UNSUPPORTED_OPTIONS, |name, v| {
@@ -138,16 +135,14 @@ fn request(
         }
     };
     let tools = ollama_tools(&common.tools, format.as_ref())?;
-    if let Some(tools) = &tools {
-        let Prompt::Chat(messages) = prompt else {
-            return Err(ApiError::bad_param("tools", "tools are for /api/chat"));
-        };
-        prompt = Prompt::Chat(tools.prompt(messages));
-        sampling.format = Some(tools.format());
-    } else {
-        sampling.format = format;
-    }
-    check_format(sampling.format.as_ref(), "format")?;
+    let prompt = tools::shape(
+        prompt,
+        &mut sampling,
+        tools.as_ref(),
+        format,
+        "/api/chat",
+        "format",
+    )?;
     Ok((
         GenRequest {
             prompt,

@@ -17,8 +17,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::error::{ApiError, OpenAiError};
 use super::infer::{
-    all_model_names, check_format, lookup, new_id, refuse_unsupported, sampling, spawn_stream,
-    unix_now,
+    all_model_names, lookup, new_id, refuse_unsupported, sampling, spawn_stream, unix_now,
 };
 use super::tools::{self, Answer, ToolCall, ToolChoice, Tools};
 use super::{body, ApiState};
@@ -202,10 +201,7 @@ fn message(
 }
 
 /// The request to run, and the tools its answer may call.
-fn request(
-    mut prompt: Prompt,
-    common: &mut Common,
-) -> Result<(GenRequest, Option<Tools>), ApiError> {
+fn request(prompt: Prompt, common: &mut Common) -> Result<(GenRequest, Option<Tools>), ApiError> {
     refuse_unsupported(&common.extra, UNSUPPORTED, supported_value)?;
     let max = common.max_completion_tokens.or(common.max_tokens);
     let mut sampling = sampling(
@@ -219,19 +215,14 @@ fn request(
     )?;
     let format = response_format(common.response_format.as_ref())?;
     let tools = openai_tools(common, format.as_ref())?;
-    if let Some(tools) = &tools {
-        let Prompt::Chat(messages) = prompt else {
-            return Err(ApiError::bad_param(
-                "tools",
-                "tools are for chat completions",
-            ));
-        };
-        prompt = Prompt::Chat(tools.prompt(messages));
-        sampling.format = Some(tools.format());
-    } else {
-        sampling.format = format;
-    }
-    check_format(sampling.format.as_ref(), "response_format")?;
+    let prompt = tools::shape(
+        prompt,
+        &mut sampling,
+        tools.as_ref(),
+        format,
+        "chat completions",
+        "response_format",
+    )?;
     Ok((
         GenRequest {
             prompt,
