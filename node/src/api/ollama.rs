@@ -397,18 +397,10 @@ fn chat_prompt(messages: Vec<InMessage>) -> Result<Prompt, ApiError> {
         let role = role(i, &m.role)?;
         if m.role == "assistant" && !m.tool_calls.is_empty() {
             let mut made = Vec::new();
-            for (j, call) in m.tool_calls.iter().enumerate() {
-                let name = call["function"]["name"].as_str().ok_or_else(|| {
-                    ApiError::bad_param(
-                        &format!("messages[{i}].tool_calls[{j}]"),
-                        "a tool call names its function (function.name)",
-                    )
-                })?;
-                last_called = Some(name.to_owned());
-                made.push((
-                    name.to_owned(),
-                    tools::arguments(&call["function"]["arguments"]),
-                ));
+            let param = format!("messages[{i}]");
+            for (_, name, arguments) in tools::assistant_calls(&m.tool_calls, &param)? {
+                last_called = Some(name.clone());
+                made.push((name, arguments));
             }
             out.push(tools::calls_turn(&made));
         } else if m.role == "tool" {

@@ -134,20 +134,11 @@ fn message(
     let param = format!("messages[{index}]");
     if m.role == "assistant" && !m.tool_calls.is_empty() {
         let mut made = Vec::new();
-        for (i, call) in m.tool_calls.iter().enumerate() {
-            let name = call["function"]["name"].as_str().ok_or_else(|| {
-                ApiError::bad_param(
-                    &format!("{param}.tool_calls[{i}]"),
-                    "a tool call names its function (function.name)",
-                )
-            })?;
-            if let Some(id) = call["id"].as_str() {
-                calls.insert(id.to_owned(), name.to_owned());
+        for (id, name, arguments) in tools::assistant_calls(&m.tool_calls, &param)? {
+            if let Some(id) = id {
+                calls.insert(id, name.clone());
             }
-            made.push((
-                name.to_owned(),
-                tools::arguments(&call["function"]["arguments"]),
-            ));
+            made.push((name, arguments));
         }
         return Ok(tools::calls_turn(&made));
     }

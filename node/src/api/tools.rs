@@ -387,6 +387,32 @@ pub fn response_schema(format: Option<&Format>) -> Option<Value> {
     format.map(|f| serde_json::from_str(f.schema()).unwrap_or(Value::Null))
 }
 
+/// An assistant message's calls in OpenAI's shape (Ollama's too: `{"id"?, "function":
+/// {name, arguments}}`, arguments as text or as the object): each call's id, if it has
+/// one, name and arguments. `param` names the message in errors.
+pub fn assistant_calls(
+    calls: &[Value],
+    param: &str,
+) -> Result<Vec<(Option<String>, String, Value)>, ApiError> {
+    calls
+        .iter()
+        .enumerate()
+        .map(|(i, call)| {
+            let name = call["function"]["name"].as_str().ok_or_else(|| {
+                ApiError::bad_param(
+                    &format!("{param}.tool_calls[{i}]"),
+                    "a tool call names its function (function.name)",
+                )
+            })?;
+            Ok((
+                call["id"].as_str().map(str::to_owned),
+                name.to_owned(),
+                arguments(&call["function"]["arguments"]),
+            ))
+        })
+        .collect()
+}
+
 /// An assistant turn that called tools, as the model wrote it.
 pub fn calls_turn(calls: &[(String, Value)]) -> ChatMessage {
     let calls: Vec<Value> = calls
