@@ -220,7 +220,10 @@ impl EmbeddedBackend {
         sampling: &Sampling,
         rules: Option<&str>,
     ) -> Result<(Job, mpsc::Receiver<GenEvent>), BackendError> {
-        let sampler = sampler::chain(&self.model, sampling, rules)?;
+        let sampler = sampler::chain(sampling)?;
+        let grammar = rules
+            .map(|rules| sampler::grammar_sampler(&self.model, rules))
+            .transpose()?;
         let room = self.context as usize - prompt.len();
         let max_new = (sampling.max_tokens.unwrap_or(self.default_max_tokens) as usize).min(room);
         let (events, rx) = mpsc::channel(EVENT_BUFFER);
@@ -228,7 +231,7 @@ impl EmbeddedBackend {
             Job {
                 prompt,
                 sampler,
-                grammar: rules.is_some(),
+                grammar,
                 stop: sampling.stop.clone(),
                 max_new,
                 events,

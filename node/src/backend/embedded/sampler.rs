@@ -16,22 +16,20 @@ pub fn grammar(format: &Format) -> Result<String, BackendError> {
         .map_err(|e| BackendError::Invalid(format!("the JSON schema cannot be used: {e}")))
 }
 
-/// The chain for `sampling`: the output format's grammar (`rules`, made by [`grammar`])
-/// first, if any; then greedy at temperature 0, or top-k, then top-p, then temperature,
-/// then a draw seeded by the request's seed (a random one without).
-pub fn chain(
-    model: &LlamaModel,
-    sampling: &Sampling,
-    rules: Option<&str>,
-) -> Result<LlamaSampler, BackendError> {
+/// The grammar sampler of an output format's `rules` (made by [`grammar`]).
+pub fn grammar_sampler(model: &LlamaModel, rules: &str) -> Result<LlamaSampler, BackendError> {
+    LlamaSampler::grammar(model, rules, "root").map_err(|e| {
+        BackendError::Invalid(format!("the JSON schema's grammar cannot be used: {e}"))
+    })
+}
+
+/// The chain for `sampling`: greedy at temperature 0; otherwise top-k, then top-p, then
+/// temperature, then a draw seeded by the request's seed (a random one without). An
+/// output format's grammar is a sampler of its own ([`guarded`]).
+pub fn chain(sampling: &Sampling) -> Result<LlamaSampler, BackendError> {
     check(sampling)?;
     let temperature = sampling.temperature.unwrap_or(DEFAULT_TEMPERATURE);
     let mut steps = Vec::new();
-    if let Some(rules) = rules {
-        steps.push(LlamaSampler::grammar(model, rules, "root").map_err(|e| {
-            BackendError::Invalid(format!("the JSON schema's grammar cannot be used: {e}"))
-        })?);
-    }
     if temperature <= 1e-7 {
         steps.push(LlamaSampler::greedy());
         return Ok(LlamaSampler::chain_simple(steps));
@@ -92,30 +90,52 @@ impl GrammarClock {
     }
 }
 
-/// Samples a token under a grammar without trusting it: llama.cpp's own `sample`
-/// aborts the process (or throws across the FFI boundary) when a grammar allows no
-/// token at all (a schema with `minimum` above `maximum` compiles to one), so the chain
-/// is applied here, a token is taken only if some token is allowed, and the grammar is
-/// advanced with the call that catches its exceptions. The time it took is counted on
-/// `clock`.
+/// Samples a token under a grammar, as llama-server does and without trusting it.
+/// The token is drawn without the grammar first, and only that one is checked against
+/// it (one candidate, not the vocabulary); only when the grammar refuses it is every
+/// candidate checked and the draw made again among those allowed. llama.cpp's own
+/// `sample` aborts the process (or throws across the FFI boundary) when a grammar
+/// allows no token at all, so a token is taken here only if some token is allowed, and
+/// the grammar is advanced with the call that catches its exceptions. The time it took
+/// is counted on `clock`.
 pub fn guarded(
-    sampler: &mut LlamaSampler,
+    chain: &mut LlamaSampler,
+    grammar: &mut LlamaSampler,
     ctx: &llama_cpp_2::context::LlamaContext<'_>,
     batch_index: i32,
     clock: &mut GrammarClock,
 ) -> Result<llama_cpp_2::token::LlamaToken, String> {
+    use llama_cpp_2::token::data_array::LlamaTokenDataArray;
     let started = std::time::Instant::now();
+    let drawn = |candidates: &LlamaTokenDataArray| {
+        candidates
+            .selected
+            .and_then(|i| candidates.data.get(i))
+            .filter(|d| d.logit().is_finite())
+            .copied()
+    };
     let mut candidates = ctx.token_data_array_ith(batch_index);
-    candidates.apply_sampler(sampler);
-    let chosen = candidates
-        .selected
-        .and_then(|i| candidates.data.get(i))
-        .filter(|d| d.logit().is_finite())
-        .map(|d| d.id())
-        .ok_or("the output format allows no next token: the schema cannot be met")?;
-    sampler
+    candidates.apply_sampler(chain);
+    let first = drawn(&candidates).filter(|d| {
+        let mut one = LlamaTokenDataArray::new(vec![*d], false);
+        one.apply_sampler(grammar);
+        one.data[0].logit().is_finite()
+    });
+    let chosen = match first {
+        Some(d) => d.id(),
+        None => {
+            let mut candidates = ctx.token_data_array_ith(batch_index);
+            candidates.apply_sampler(grammar);
+            candidates.apply_sampler(chain);
+            drawn(&candidates)
+                .map(|d| d.id())
+                .ok_or("the output format allows no next token: the schema cannot be met")?
+        }
+    };
+    grammar
         .try_accept(chosen)
         .map_err(|e| format!("the output format's grammar failed: {e}"))?;
+    chain.accept(chosen);
     clock.add(started.elapsed())?;
     Ok(chosen)
 }

@@ -19,8 +19,8 @@ pub struct Job {
     pub prompt: Vec<LlamaToken>,
     /// Its own sampler chain (seeded per request).
     pub sampler: LlamaSampler,
-    /// Whether the chain holds an output format's grammar (sampled with guards).
-    pub grammar: bool,
+    /// The output format's grammar, if it has one (sampled with guards).
+    pub grammar: Option<LlamaSampler>,
     /// Stop strings.
     pub stop: Vec<String>,
     /// Most tokens to generate (already capped by the room left in the context).
@@ -161,9 +161,10 @@ impl Sequence {
         ctx: &llama_cpp_2::context::LlamaContext<'_>,
         batch_index: i32,
     ) {
-        let token = if self.job.grammar {
+        let token = if let Some(grammar) = &mut self.job.grammar {
             match super::sampler::guarded(
                 &mut self.job.sampler,
+                grammar,
                 ctx,
                 batch_index,
                 &mut self.grammar_clock,
