@@ -509,7 +509,23 @@ async fn serve(
     };
     let Some(generated) = waited else {
         debug!(%peer, model = payload.model.as_str(), "the app left while its request waited for a place");
-        ticket.end(0, 0);
+        // The embedded engine's wait ends before anything is read. An upstream's may
+        // include its prefill (it lasts until the upstream answers), which is owed as
+        // when an app leaves before its first token (found by review).
+        let owed = if served.backend.info().kind == "embedded" {
+            0
+        } else {
+            pace::owed(&pace::Ending {
+                clean: false,
+                acked: 0,
+                sent: 0,
+                unacked: 0,
+                ack_every: ticket.window().ack_every,
+                queued: asked.elapsed(),
+                prompt_bytes: prompt_bytes_signed,
+            })
+        };
+        ticket.end(0, owed);
         return Err("the app left while its request waited".into());
     };
     let mut generation = match generated {
