@@ -25,7 +25,7 @@ use super::infer::{lookup, new_id, refuse_unsupported, sampling, spawn_stream};
 use super::tools::{self, Answer, Tool, ToolChoice, Tools};
 use super::{body, ApiState};
 use crate::backend::{
-    ChatMessage, Finish, FinishReason, GenEvent, GenRequest, Prompt, Provenance, Role, Tenant,
+    ChatMessage, Finish, FinishReason, GenEvent, GenRequest, Prompt, Provenance, Role,
 };
 
 /// Fields we do not implement; sent with a non-default value they get a 400 naming
@@ -293,7 +293,7 @@ fn prepare(body: MessagesBody) -> Result<(GenRequest, Option<Tools>), ApiError> 
         ));
     }
     let tools = anthropic_tools(&body.tools, body.tool_choice.as_ref())?;
-    let mut sampling = sampling(
+    let sampling = sampling(
         // Anthropic's default temperature is 1.
         Some(body.temperature.unwrap_or(1.0)),
         body.top_p,
@@ -302,19 +302,14 @@ fn prepare(body: MessagesBody) -> Result<(GenRequest, Option<Tools>), ApiError> 
         Some(body.max_tokens),
         body.stop_sequences,
     )?;
-    let prompt = tools::shape(
+    let request = tools::shape(
         Prompt::Chat(conversation(body.system, body.messages)?),
-        &mut sampling,
+        sampling,
         tools.as_ref(),
         None,
         "messages",
         "tools",
     )?;
-    let request = GenRequest {
-        prompt,
-        sampling,
-        tenant: Tenant::Local,
-    };
     Ok((request, tools))
 }
 

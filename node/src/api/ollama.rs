@@ -22,7 +22,6 @@ use super::tools::{self, Answer, Tools};
 use super::{body, ApiState};
 use crate::backend::{
     ChatMessage, Finish, Format, GenEvent, GenRequest, Prompt, Provenance, Role, ServedModel,
-    Tenant,
 };
 
 /// The Ollama API level this node implements (clients check it).
@@ -114,7 +113,7 @@ fn request(prompt: Prompt, common: &mut Common) -> Result<(GenRequest, Option<To
         e.message = e.message.replace("parameter '", "option '");
         e
     })?;
-    let mut sampling = sampling(
+    let sampling = sampling(
         o.temperature,
         o.top_p,
         o.top_k,
@@ -135,22 +134,15 @@ fn request(prompt: Prompt, common: &mut Common) -> Result<(GenRequest, Option<To
         }
     };
     let tools = ollama_tools(&common.tools, format.as_ref())?;
-    let prompt = tools::shape(
+    let request = tools::shape(
         prompt,
-        &mut sampling,
+        sampling,
         tools.as_ref(),
         format,
         "/api/chat",
         "format",
     )?;
-    Ok((
-        GenRequest {
-            prompt,
-            sampling,
-            tenant: Tenant::Local,
-        },
-        tools,
-    ))
+    Ok((request, tools))
 }
 
 /// Ollama's `tools` (OpenAI's shape); the model chooses whether to call.

@@ -23,7 +23,6 @@ use super::tools::{self, Answer, ToolCall, ToolChoice, Tools};
 use super::{body, ApiState};
 use crate::backend::{
     ChatMessage, Finish, Format, GenEvent, GenRequest, Prompt, Provenance, Role, ServedModel,
-    Tenant,
 };
 
 /// Fields we do not implement; sent with a non-default value they get a 400 naming
@@ -195,7 +194,7 @@ fn message(
 fn request(prompt: Prompt, common: &mut Common) -> Result<(GenRequest, Option<Tools>), ApiError> {
     refuse_unsupported(&common.extra, UNSUPPORTED, supported_value)?;
     let max = common.max_completion_tokens.or(common.max_tokens);
-    let mut sampling = sampling(
+    let sampling = sampling(
         // OpenAI's default temperature is 1.
         Some(common.temperature.unwrap_or(1.0)),
         common.top_p,
@@ -206,22 +205,15 @@ fn request(prompt: Prompt, common: &mut Common) -> Result<(GenRequest, Option<To
     )?;
     let format = response_format(common.response_format.as_ref())?;
     let tools = openai_tools(common, format.as_ref())?;
-    let prompt = tools::shape(
+    let request = tools::shape(
         prompt,
-        &mut sampling,
+        sampling,
         tools.as_ref(),
         format,
         "chat completions",
         "response_format",
     )?;
-    Ok((
-        GenRequest {
-            prompt,
-            sampling,
-            tenant: Tenant::Local,
-        },
-        tools,
-    ))
+    Ok((request, tools))
 }
 
 /// `response_format`: text, `json_object` or `json_schema`.
@@ -346,65 +338,55 @@ fn chat_choice(message: Value, reason: Value, streamed: bool) -> Value {
     })
 }
 
-/// OpenAI's shape of the calls, whole or (`streamed`) as the deltas OpenAI streams:
-/// each call's id, type and name with empty arguments first, then its arguments.
-fn openai_calls(calls: &[ToolCall], streamed: bool) -> Vec<Value> {
-    calls
-        .iter()
-        .enumerate()
-        .flat_map(|(index, call)| {
-            let arguments = call.arguments.to_string();
-            let head = |arguments: &str| {
-                json!({
-                    "index": index, "id": call.id, "type": "function",
-                    "function": { "name": call.name, "arguments": arguments },
-                })
-            };
-            if streamed {
-                vec![
-                    head(""),
-                    json!({ "index": index, "function": { "arguments": arguments } }),
-                ]
-            } else {
-                let mut whole = head(&arguments);
-                whole.as_object_mut().map(|o| o.remove("index"));
-                vec![whole]
-            }
-        })
-        .collect()
+/// A call in OpenAI's shape.
+fn openai_call(call: &ToolCall) -> Value {
+    json!({
+        "id": call.id, "type": "function",
+        "function": { "name": call.name, "arguments": call.arguments.to_string() },
+    })
+}
+
+/// The calls as the deltas OpenAI streams: each call's index, id, type and name with
+/// empty arguments, then its arguments; the first delta also says the role.
+fn streamed_calls(calls: &[ToolCall]) -> Vec<Value> {
+    let mut deltas = Vec::new();
+    for (index, call) in calls.iter().enumerate() {
+        let mut head = openai_call(call);
+        head["index"] = json!(index);
+        head["function"]["arguments"] = json!("");
+        deltas.push(json!({ "tool_calls": [head] }));
+        deltas.push(json!({ "tool_calls": [{
+            "index": index, "function": { "arguments": call.arguments.to_string() },
+        }] }));
+    }
+    deltas[0]["role"] = json!("assistant");
+    deltas[0]["content"] = Value::Null;
+    deltas
 }
 
 /// The choices that end an answer made under `tools`: its text or its calls, whole or
 /// (`streamed`) as chunks' choices, the last one saying why it ended.
 fn tool_answer(tools: &Tools, text: &str, finish: &Finish, streamed: bool) -> Vec<Value> {
-    let (message, reason) = match tools.parse(text) {
+    let (messages, reason) = match tools.parse(text) {
         Answer::Text(content) => (
             vec![json!({ "role": "assistant", "content": content })],
             json!(finish.reason),
         ),
+        Answer::Calls(calls) if streamed => (streamed_calls(&calls), json!("tool_calls")),
         Answer::Calls(calls) => (
-            openai_calls(&calls, streamed)
-                .into_iter()
-                .enumerate()
-                .map(|(i, call)| {
-                    if i == 0 || !streamed {
-                        json!({ "role": "assistant", "content": null, "tool_calls": [call] })
-                    } else {
-                        json!({ "tool_calls": [call] })
-                    }
-                })
-                .collect(),
+            vec![json!({
+                "role": "assistant",
+                "content": null,
+                "tool_calls": calls.iter().map(openai_call).collect::<Vec<_>>(),
+            })],
             json!("tool_calls"),
         ),
     };
     if !streamed {
-        let mut whole = message[0].clone();
-        if let Some(calls) = whole.get_mut("tool_calls") {
-            *calls = Value::Array(message.iter().map(|m| m["tool_calls"][0].clone()).collect());
-        }
-        return vec![chat_choice(whole, reason, false)];
+        let message = messages.into_iter().next().unwrap_or(Value::Null);
+        return vec![chat_choice(message, reason, false)];
     }
-    let mut choices: Vec<Value> = message
+    let mut choices: Vec<Value> = messages
         .into_iter()
         .map(|m| chat_choice(m, Value::Null, true))
         .collect();

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::infer::new_id;
-use crate::backend::{ChatMessage, Format, Prompt, Role};
+use crate::backend::{ChatMessage, Format, GenRequest, Prompt, Role};
 
 /// Most tools one request may list.
 pub const MAX_TOOLS: usize = 64;
@@ -350,18 +350,18 @@ pub fn function_tools(list: &[Value]) -> Result<Vec<Tool>, ApiError> {
         .collect()
 }
 
-/// Shapes a request's prompt and sampling by its tools or, without tools, its output
-/// `format`: tools add their instructions to the conversation and their schema as the
-/// format (only a chat can have tools: `chat` names the route that takes them). The
-/// format is checked as the engine would take it (a 400 naming `param`).
+/// The request for a prompt and sampling, shaped by its tools or, without tools, its
+/// output `format`: tools add their instructions to the conversation and their schema
+/// as the format (only a chat can have tools: `chat` names the route that takes them).
+/// The format is checked as the engine would take it (a 400 naming `param`).
 pub fn shape(
     prompt: Prompt,
-    sampling: &mut crate::backend::Sampling,
+    mut sampling: crate::backend::Sampling,
     tools: Option<&Tools>,
     format: Option<Format>,
     chat: &str,
     param: &str,
-) -> Result<Prompt, ApiError> {
+) -> Result<GenRequest, ApiError> {
     let prompt = match tools {
         Some(tools) => {
             let Prompt::Chat(messages) = prompt else {
@@ -379,7 +379,11 @@ pub fn shape(
         }
     };
     super::infer::check_format(sampling.format.as_ref(), param)?;
-    Ok(prompt)
+    Ok(GenRequest {
+        prompt,
+        sampling,
+        tenant: crate::backend::Tenant::Local,
+    })
 }
 
 /// The schema a direct answer takes under tools, from the request's output format.
