@@ -501,7 +501,7 @@ async fn serve(
     // Before its first token an app has nothing to send: whatever comes while the
     // request waits for a generation place (the stream closing, above all) means the
     // app has gone, and the wait ends with it, giving the place in the engine's queue
-    // and the app's allowance back at once. Nothing was read, so nothing is owed.
+    // and the app's allowance back at once.
     let waited = tokio::select! {
         biased;
         generated = served.generate(request) => Some(generated),
