@@ -174,6 +174,8 @@ pub struct Ledger {
     pub(super) by_root: BTreeMap<(Digest, Digest), Digest>,
     /// Debit ids by payer.
     pub(super) by_payer: BTreeMap<PublicKey, BTreeSet<Digest>>,
+    /// The payers' unfrozen debits, indexed for their exclusion (`payers`).
+    pub(super) payers: super::payers::PayerIndex,
     /// Suppliers proven to equivocate: excluded from the epoch given on.
     pub(super) excluded: BTreeMap<PublicKey, (u64, EquivocationEvidence)>,
 }
@@ -192,6 +194,7 @@ impl Ledger {
             by_debit: BTreeMap::new(),
             by_root: BTreeMap::new(),
             by_payer: BTreeMap::new(),
+            payers: Default::default(),
             excluded: BTreeMap::new(),
         }
     }
@@ -298,8 +301,18 @@ impl Ledger {
     }
 
     fn record_debit(&mut self, id: Digest, record: DebitRecord) {
+        if self.debits.contains_key(&id) {
+            return;
+        }
         self.by_payer.entry(record.payer).or_default().insert(id);
-        self.debits.entry(id).or_insert(record);
+        self.payers.insert(
+            record.payer,
+            record.epoch,
+            &record.slot,
+            self.frozen_top(&record.payer),
+            self.exclusion_reach(),
+        );
+        self.debits.insert(id, record);
     }
 
     /// A payer already excluded from epoch `e_x` for committing a credit twice gets no
@@ -341,8 +354,7 @@ impl Ledger {
         }
         self.check_funded(&open.body.app, epoch, &open.body.escrow)?;
         open.validate_in(&self.params, &self.mesh_id, verifier)?;
-        // After the signatures: the scan of the payer's debits costs more than a
-        // signature once the payer has many, and a forger could ask for it for free.
+        // After the signatures, so a forger learns nothing of the payer's standing.
         self.check_payer(&open.body.app, epoch, &open.body.escrow)?;
         self.record_debit(
             id,

@@ -213,18 +213,9 @@ impl Ledger {
     /// checkpoint says), if it is.
     pub(super) fn payer_exclusion(&self, payer: &PublicKey) -> Option<u64> {
         let frozen = self.checkpoint.accounts.get(payer);
-        let mut slots: Vec<(u64, CreditSlot)> = self
-            .by_payer
-            .get(payer)
-            .into_iter()
-            .flatten()
-            .filter_map(|id| self.debits.get(id))
-            .filter(|d| d.slot.amount > 0)
-            .map(|d| (d.epoch, d.slot))
-            .collect();
-        slots.sort_by_key(|(epoch, slot)| (*epoch, slot.start));
-        let frozen_top = frozen.map_or(0, |a| a.slot_top);
-        let found = exclusion_epoch(frozen_top, &slots, self.exclusion_reach());
+        // `exclusion_epoch` over the payer's unfrozen debits, kept up to date as each
+        // is stored (`payers`).
+        let found = self.payers.excluded_from(payer);
         match (found, frozen.and_then(|a| a.excluded_from)) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -241,34 +232,23 @@ impl Ledger {
         slot: &CreditSlot,
         from: u64,
     ) -> bool {
-        if slot.amount == 0 {
-            return false;
-        }
-        let floor = epoch.saturating_sub(self.exclusion_reach());
-        let frozen_top = self
-            .checkpoint
+        self.payers
+            .clash(
+                payer,
+                epoch,
+                slot,
+                self.frozen_top(payer),
+                self.exclusion_reach(),
+            )
+            .is_some_and(|v| v < from)
+    }
+
+    /// Where `payer`'s frozen debits end.
+    pub(super) fn frozen_top(&self, payer: &PublicKey) -> u64 {
+        self.checkpoint
             .accounts
             .get(payer)
-            .map_or(0, |a| a.slot_top);
-        if slot.start < frozen_top && floor < from {
-            return true;
-        }
-        let end = slot.end().unwrap_or(u64::MAX);
-        let own = self.by_payer.get(payer).into_iter().flatten();
-        own.filter_map(|id| self.debits.get(id))
-            .filter(|d| d.slot.amount > 0)
-            .any(|d| {
-                let d_end = d.slot.end().unwrap_or(u64::MAX);
-                let value = if d.epoch == epoch {
-                    d.slot.overlaps(slot).then_some(epoch)
-                } else if d.epoch < epoch {
-                    (slot.start < d_end).then_some(d.epoch.max(floor))
-                } else {
-                    let d_floor = d.epoch.saturating_sub(self.exclusion_reach());
-                    (d.slot.start < end).then_some(epoch.max(d_floor))
-                };
-                value.is_some_and(|v| v < from)
-            })
+            .map_or(0, |a| a.slot_top)
     }
 
     /// Whether a new debit of `payer` dated `epoch` on `slot` would prove a double
@@ -331,18 +311,7 @@ impl Ledger {
                 .get(payer)
                 .map_or(0, |a| a.line_through(funding))
         };
-        let frozen_top = self
-            .checkpoint
-            .accounts
-            .get(payer)
-            .map_or(0, |a| a.slot_top);
-        let slot_top = self
-            .by_payer
-            .get(payer)
-            .into_iter()
-            .flatten()
-            .filter_map(|id| self.debits.get(id)?.slot.end())
-            .fold(frozen_top, u64::max);
+        let slot_top = self.frozen_top(payer).max(self.payers.top(payer));
         let excluded = self.payer_exclusion(payer).is_some();
         Credit {
             line,
@@ -435,6 +404,13 @@ impl Ledger {
             ids.retain(|id| debits.contains_key(id));
             !ids.is_empty()
         });
+        // The index, over what is left and against the new frozen tops.
+        let reach = self.exclusion_reach();
+        let mut payers = super::payers::PayerIndex::default();
+        for d in self.debits.values() {
+            payers.insert(d.payer, d.epoch, &d.slot, self.frozen_top(&d.payer), reach);
+        }
+        self.payers = payers;
         froze
     }
 }
@@ -449,7 +425,14 @@ impl Ledger {
 /// backdate a second debit to void an honest one; but no further back than `reach`
 /// epochs before the later debit, so a debit signed now cannot reach into an epoch
 /// that is freezing (nodes that froze it and nodes that had not would disagree).
-fn exclusion_epoch(frozen_top: u64, slots: &[(u64, CreditSlot)], reach: u64) -> Option<u64> {
+// The rule's statement over all of a payer's debits at once; the ledger keeps it one
+// debit at a time (`payers::PayerIndex`), and the tests check that the two agree.
+#[cfg_attr(not(test), allow(dead_code))]
+pub(super) fn exclusion_epoch(
+    frozen_top: u64,
+    slots: &[(u64, CreditSlot)],
+    reach: u64,
+) -> Option<u64> {
     let end = |slot: &CreditSlot| slot.end().unwrap_or(u64::MAX);
     let mut found: Option<u64> = None;
     let mut note = |epoch: u64| found = Some(found.map_or(epoch, |f| f.min(epoch)));

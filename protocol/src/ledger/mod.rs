@@ -28,6 +28,7 @@
 mod book;
 mod checkpoint;
 mod fold;
+mod payers;
 
 pub use book::{Applied, ClaimStatus, Credit, Ledger, LedgerError};
 pub use checkpoint::{AccountSummary, Checkpoint, LedgerSnapshot};
