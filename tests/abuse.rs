@@ -1,6 +1,6 @@
 //! Hostile peers against a supplier, each attack ending with the supplier still serving
 //! an honest gateway: a request flood from one app, a thousand connections from one
-//! peer, silent streams from one peer, oversized frames, and random bytes to every
+//! peer, forty peer ids from one address, silent streams from one peer, oversized frames, and random bytes to every
 //! listening port (QUIC, TCP, HTTP).
 //! What each limit cut off is counted in the supplier's `/metrics`
 //! (`relaymesh_limited_total{reason=…}`). Real swarms on loopback, SmolLM2 served.
@@ -30,6 +30,11 @@ struct Mesh {
 
 impl Mesh {
     async fn start(mesh: &str) -> Mesh {
+        Self::start_with(mesh, |_| ()).await
+    }
+
+    /// As [`Mesh::start`], with the supplier's configuration changed by `tweak`.
+    async fn start_with(mesh: &str, tweak: impl FnOnce(&mut relaymesh::NodeConfig)) -> Mesh {
         let boot = support::bootstrap(mesh).await;
         let boot_addr = address(&boot, "quic").await;
         let mut models = Models::default();
@@ -42,6 +47,7 @@ impl Mesh {
             .bootstrap(boot_addr.clone())
             .api("127.0.0.1:0".parse().unwrap());
         b.config_mut().models = std::sync::Arc::new(models);
+        tweak(b.config_mut());
         let supplier = b.start().await.unwrap();
         let gateway = support::mesh_gateway(mesh, &boot_addr).await;
         let attacker = NodeBuilder::light()
@@ -266,6 +272,125 @@ async fn a_thousand_connections_from_one_peer_leave_the_supplier_serving() {
     );
     assert!(most <= 4, "{most} connections of one peer at the supplier");
     assert!(limited > 0, "the refused connections are counted");
+    mesh.stop().await;
+}
+
+/// Peer ids cost nothing: one machine makes forty and dials the supplier with each
+/// from 127.0.0.2, dialling again whenever a connection ends. The supplier (24
+/// connections in all here) lets at most `connections_per_ip` (8) of them in and
+/// counts the rest, and a gateway that joins during the flood gets a connection and an
+/// answer. Failed without the per-address limit: the forty held 20 of the supplier's
+/// 24 connections (at the default 256, a machine's peer ids could hold them all).
+#[tokio::test(flavor = "multi_thread")]
+async fn peer_ids_from_one_address_leave_room_for_newcomers() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let mesh = Mesh::start_with("abuse-per-ip", |c| {
+        c.max_connections = 24;
+        c.limits.set("connections_per_ip", 8).unwrap();
+    })
+    .await;
+    let target = address(&mesh.supplier, "quic").await;
+    let supplier_id = mesh.supplier.handle().peer_id();
+    let stop = Arc::new(AtomicBool::new(false));
+    let flood: Vec<_> = (0..40)
+        .map(|_| {
+            let (target, stop) = (target.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+                    .with_tokio()
+                    .with_quic()
+                    .with_behaviour(|_| libp2p::swarm::dummy::Behaviour)
+                    .unwrap()
+                    .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
+                    .build();
+                // Listening there makes the dials leave from there.
+                swarm
+                    .listen_on("/ip4/127.0.0.2/udp/0/quic-v1".parse().unwrap())
+                    .unwrap();
+                while !matches!(swarm.next().await, Some(SwarmEvent::NewListenAddr { .. })) {}
+                let dial = |swarm: &mut libp2p::Swarm<libp2p::swarm::dummy::Behaviour>| {
+                    let _ = swarm.dial(
+                        DialOpts::peer_id(supplier_id)
+                            .addresses(vec![target.clone()])
+                            .condition(PeerCondition::Always)
+                            .build(),
+                    );
+                };
+                dial(&mut swarm);
+                while !stop.load(Ordering::Relaxed) {
+                    let next = tokio::time::timeout(Duration::from_millis(200), swarm.next());
+                    match next.await {
+                        Ok(Some(
+                            SwarmEvent::ConnectionClosed { .. }
+                            | SwarmEvent::OutgoingConnectionError { .. },
+                        )) => {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            dial(&mut swarm);
+                        }
+                        Ok(None) => break,
+                        _ => {}
+                    }
+                }
+            })
+        })
+        .collect();
+    let flooders = || async {
+        let peers = mesh.supplier.handle().peers().await.unwrap();
+        peers
+            .iter()
+            .filter(|p| p.addresses.iter().any(|a| a.contains("/127.0.0.2/")))
+            .count()
+    };
+    // The flood has done what it can: it holds every connection it was let have (8
+    // here, or all the supplier had left without the limit) and keeps dialling.
+    wait_for(
+        "the flood to hold the supplier's connections",
+        Duration::from_secs(60),
+        || async { (flooders().await >= 8).then_some(()) },
+    )
+    .await;
+    let mut most = 0;
+    for _ in 0..40 {
+        most = most.max(flooders().await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A newcomer joins while the flood goes on, and is served.
+    let boot_addr = address(&mesh.boot, "quic").await;
+    let newcomer = support::mesh_gateway(&mesh.mesh, &boot_addr).await;
+    wait_for("the supplier's ad", Duration::from_secs(60), || async {
+        let offers = newcomer.handle().offers("smollm2").await.ok()?;
+        (!offers.is_empty()).then_some(())
+    })
+    .await;
+    let r = reqwest::Client::new()
+        .post(format!(
+            "{}/v1/chat/completions",
+            support::base_url(&newcomer)
+        ))
+        .json(&json!({
+            "model": "smollm2", "temperature": 0, "max_tokens": 6,
+            "messages": [{ "role": "user", "content": "What is the capital of France?" }],
+        }))
+        .timeout(Duration::from_secs(120))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let body = r.text().await.unwrap();
+    most = most.max(flooders().await);
+    stop.store(true, Ordering::Relaxed);
+    for f in flood {
+        f.await.unwrap();
+    }
+    let refused = mesh.limited("connections_per_ip").await;
+    eprintln!(
+        "peer ids from 127.0.0.2 held at most {most} connections at the supplier; {refused} refused"
+    );
+    assert_eq!(status, 200, "the newcomer was not served: {body}");
+    assert!(most <= 8, "{most} connections from one address");
+    assert!(refused > 0, "the refused connections are counted");
+    newcomer.shutdown().await;
     mesh.stop().await;
 }
 

@@ -85,6 +85,9 @@ pub struct NodeConfig {
 pub struct Limits {
     /// Connections one peer may hold at once.
     pub connections_per_peer: u32,
+    /// Inbound connections peers at one network address (an IPv4 address, an IPv6
+    /// /56) may hold at once; this machine's loopback is not counted.
+    pub connections_per_ip: u32,
     /// Incoming connections still in their handshakes at once.
     pub pending_connections: u32,
     /// Inference streams a supplier serves at once, for all peers.
@@ -114,6 +117,7 @@ impl Default for Limits {
         use crate::infer::{app_limits, queue, stream_slots};
         Self {
             connections_per_peer: 4,
+            connections_per_ip: crate::mesh::ip_limit::DEFAULT_PER_IP,
             pending_connections: 64,
             streams: stream_slots::MAX_STREAMS,
             streams_per_peer: stream_slots::MAX_STREAMS_PER_PEER,
@@ -134,6 +138,10 @@ impl Limits {
     pub const NAMES: &'static [(&'static str, &'static str)] = &[
         ("connections", "established connections in all"),
         ("connections_per_peer", "connections one peer may hold"),
+        (
+            "connections_per_ip",
+            "inbound connections from one IPv4 address or IPv6 /56",
+        ),
         (
             "pending_connections",
             "incoming connections still in their handshakes",
@@ -180,6 +188,7 @@ impl Limits {
             |v: u64| usize::try_from(v).map_err(|_| format!("limit {name}: {v} is too large"));
         match name {
             "connections_per_peer" => self.connections_per_peer = small(value)?,
+            "connections_per_ip" => self.connections_per_ip = small(value)?,
             "pending_connections" => self.pending_connections = small(value)?,
             "streams" => self.streams = size(value)?,
             "streams_per_peer" => self.streams_per_peer = size(value)?,

@@ -65,6 +65,7 @@ impl Node {
         let metrics = Metrics::default();
         let api_addr = config.api;
         let limits = config.limits.clone();
+        let max_connections = config.max_connections as usize;
         let (models, keys) = (config.models.clone(), config.api_keys.clone());
         let params = config.mesh.clone();
         let serves = config.role == crate::config::Role::Full && !models.is_empty();
@@ -174,6 +175,7 @@ impl Node {
                     crate::infer::window(&params),
                     limits.streams_per_app,
                     limits.sessions_per_app,
+                    max_connections,
                 ),
                 budgets: Default::default(),
                 params: params.clone(),

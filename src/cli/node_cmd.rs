@@ -70,8 +70,9 @@ pub struct NodeArgs {
     #[arg(long, env = "RELAYMESH_INVITE", hide_env_values = true)]
     invite: Option<String>,
     /// Change a bound against hostile peers and overload: NAME=VALUE (repeatable).
-    /// connections (256), connections_per_peer (4), pending_connections (64),
-    /// streams (64 served at once), streams_per_peer (16), unstarted_streams_per_peer
+    /// connections (256), connections_per_peer (4), connections_per_ip (32 inbound
+    /// from one IPv4 address or IPv6 /56; this machine's loopback is not counted),
+    /// pending_connections (64), streams (64 served at once), streams_per_peer (16), unstarted_streams_per_peer
     /// (8), streams_per_app (8), sessions_per_app (64 per hour), http_connections
     /// (512), http_header_timeout_secs (10), http_write_stall_secs (60), queue_places
     /// (256 per model), gossip_per_peer (200 messages a second). What each cuts off is

@@ -199,16 +199,22 @@ impl Drop for StreamTicket<'_> {
 impl AppLimits {
     /// Limits for a mesh whose ack window is `full`.
     pub fn new(full: Window) -> Self {
-        Self::with_caps(full, MAX_STREAMS_PER_APP, MAX_SESSIONS_PER_APP)
+        Self::with_caps(full, MAX_STREAMS_PER_APP, MAX_SESSIONS_PER_APP, 256)
     }
 
     /// As [`Self::new`], with `streams_per_app` and `sessions_per_app` in place of the
-    /// defaults.
-    pub fn with_caps(full: Window, streams_per_app: usize, sessions_per_app: usize) -> Self {
+    /// defaults, for a node that holds at most `connections` connections (the claims'
+    /// line has room for all of theirs).
+    pub fn with_caps(
+        full: Window,
+        streams_per_app: usize,
+        sessions_per_app: usize,
+        connections: usize,
+    ) -> Self {
         Self {
             apps: Mutex::new(Apps::default()),
             full,
-            claims: Claims::default(),
+            claims: Claims::new(connections),
             caps: (streams_per_app, sessions_per_app),
         }
     }

@@ -25,10 +25,14 @@ pub const FAIR_WINDOW: Duration = Duration::from_secs(5);
 pub const CLAIM_SLACK: Duration = Duration::from_secs(1);
 /// What a claimant is told to wait before asking again.
 pub const SHARE_RETRY: Duration = Duration::from_millis(500);
-/// Most claims on one model at once.
-pub const MAX_WAITING_APPS: usize = 1024;
 /// Most claims made through one peer (a gateway asks for its apps).
 pub const MAX_WAITING_PER_PEER: usize = 4;
+/// Most claims on one model at once by default: as many as the default 256
+/// connections can make. A line is sized from the node's own connection limit
+/// ([`Claims::new`]), so it is never full while one of its claimants' peers is
+/// honest: filling it takes every connection, and one network address holds at most
+/// `connections_per_ip` of those (`mesh::ip_limit`).
+pub const MAX_WAITING_APPS: usize = 256 * MAX_WAITING_PER_PEER;
 
 struct Claim {
     /// When it was made: the line's order.
@@ -47,23 +51,41 @@ impl Claim {
 
 #[derive(Default)]
 struct Line {
+    /// Most claims on one model.
+    most: usize,
     claims: HashMap<(PublicKey, String), Claim>,
     /// Streams admitted per model whose generation has not started yet.
     asking: HashMap<String, usize>,
 }
 
 /// The claims of one supplier, over all its models.
-#[derive(Default)]
 pub struct Claims {
     line: Mutex<Line>,
 }
 
+impl Default for Claims {
+    fn default() -> Self {
+        Self::new(256)
+    }
+}
+
 impl Claims {
+    /// The claims of a node that holds at most `connections` connections: each model's
+    /// line has room for [`MAX_WAITING_PER_PEER`] claims through every one of them.
+    pub fn new(connections: usize) -> Self {
+        Self {
+            line: Mutex::new(Line {
+                most: connections.max(1).saturating_mul(MAX_WAITING_PER_PEER),
+                ..Line::default()
+            }),
+        }
+    }
+
     /// `app` (through `peer`) was refused a slot of `model`: its claim is kept alive;
     /// or, if it has none and `new` (no slot was free), it gets one made `since` (now
     /// if `None`). Returns the retry to tell it, or `None` when it holds no claim (one
-    /// peer makes at most [`MAX_WAITING_PER_PEER`], one model has at most
-    /// [`MAX_WAITING_APPS`]).
+    /// peer makes at most [`MAX_WAITING_PER_PEER`], one model has room for that many
+    /// through every connection the node may hold).
     pub fn wait(
         &self,
         app: &PublicKey,
@@ -86,7 +108,7 @@ impl Claims {
         }
         let of_peer = line.claims.values().filter(|c| c.peer == peer).count();
         let of_model = line.claims.keys().filter(|(_, m)| m == model).count();
-        if of_model >= MAX_WAITING_APPS || of_peer >= MAX_WAITING_PER_PEER {
+        if of_model >= line.most || of_peer >= MAX_WAITING_PER_PEER {
             return None;
         }
         let since = since.filter(|s| now.duration_since(*s) < FAIR_WINDOW);
@@ -227,6 +249,29 @@ mod tests {
         }
         assert_eq!(claims.len(), 1);
         assert_eq!(claims.before(&stranger, "m"), vec![app]);
+    }
+
+    /// Review (issue 17): the line held 1,024 claims whatever the node's connection
+    /// limit, so a node allowed more than 256 connections had a line its peers could
+    /// fill. It now has room for four claims through every connection.
+    #[test]
+    fn a_line_has_room_for_every_connections_claims() {
+        let claims = Claims::new(2);
+        let (p1, p2, p3) = (PeerId::random(), PeerId::random(), PeerId::random());
+        let key = |i: u8| PublicKey([i; 32]);
+        for i in 0..8u8 {
+            let peer = if i < 4 { p1 } else { p2 };
+            assert!(claims.wait(&key(i), "m", peer, true, None).is_some(), "{i}");
+        }
+        assert_eq!(claims.wait(&key(8), "m", p3, true, None), None, "full");
+        assert!(
+            claims.wait(&key(8), "n", p3, true, None).is_some(),
+            "each model has its line"
+        );
+        assert_eq!(
+            Claims::default().line.lock().unwrap().most,
+            MAX_WAITING_APPS
+        );
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The swarm's behaviours, composed. Connections are admitted in one place: `limits`
-//! (how many) and `blocked` (who: peers of another mesh, and later non-members of a
+//! and `per_ip` (how many, in all, per peer and per network address) and `blocked` (who: peers of another mesh, and later non-members of a
 //! private mesh). NAT traversal: every node runs the relay client (to dial and accept
 //! relayed connections), DCUtR (to hole-punch them into direct ones) and, unless it
 //! is a bootstrap node, AutoNAT v2's client; nodes with `nat_services` (bootstrap
@@ -27,6 +27,8 @@ use crate::mesh::names;
 pub struct MeshBehaviour {
     /// Caps connections in total and per peer.
     pub limits: connection_limits::Behaviour,
+    /// Caps inbound connections per network address.
+    pub per_ip: crate::mesh::ip_limit::IpLimit,
     /// Refuses peers we have blocked.
     pub blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     /// Exchanges addresses (each peer gets those it can use) and the mesh's protocol
@@ -220,6 +222,7 @@ impl MeshBehaviour {
 
         Ok(Self {
             limits,
+            per_ip: crate::mesh::ip_limit::IpLimit::new(config.limits.connections_per_ip),
             blocked: Default::default(),
             identify,
             addresses: Default::default(),

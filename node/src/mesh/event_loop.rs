@@ -407,7 +407,14 @@ impl EventLoop {
                 ..
             } => {
                 debug!(from = %send_back_addr, %cause, "incoming connection refused");
-                self.metrics.limited("connections");
+                let per_ip = cause
+                    .downcast_ref::<crate::mesh::ip_limit::TooManyFromNetwork>()
+                    .is_some();
+                self.metrics.limited(if per_ip {
+                    "connections_per_ip"
+                } else {
+                    "connections"
+                });
             }
             SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
             _ => {}

@@ -10,6 +10,7 @@ pub mod doctor;
 mod event_loop;
 pub mod gossip_budget;
 pub mod handle;
+pub mod ip_limit;
 pub mod join_probe;
 pub mod membership;
 pub mod names;

@@ -1,0 +1,315 @@
+//! How many connections peers at one network address may hold here.
+//!
+//! A peer id costs nothing: one machine can make thousands, and libp2p's connection
+//! limits (in all, per peer) do not see that they come from one place. Without a bound
+//! per address, one host holding every connection slot (`max_connections`, 256 by
+//! default) shuts everyone else out of the node, and at 4 claims each its peer ids fill
+//! a model's line for the next free slot (`infer::claims`). So inbound direct
+//! connections are counted per network address: an IPv4 address, or an IPv6 /56 (what
+//! one household is usually given). A connection past `per_ip` is refused at the end
+//! of its handshake and counted (`relaymesh_limited_total{reason="connections_per_ip"}`).
+//!
+//! Not counted: connections we dialled (we chose them), relayed ones (the relay bounds
+//! its circuits per peer, and their address is the relay's), and this machine's own
+//! loopback addresses `127.0.0.1` and `::1` (nodes on one machine are not strangers to
+//! it; a test or a demo runs a dozen there).
+//!
+//! libp2p has no per-address connection limit, so this is a small behaviour of ours,
+//! built like `libp2p-connection-limits`.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::task::{Context, Poll};
+
+use libp2p::core::transport::PortUse;
+use libp2p::core::{ConnectedPoint, Endpoint};
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::behaviour::ConnectionEstablished;
+use libp2p::swarm::{
+    dummy, ConnectionClosed, ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, THandler,
+    THandlerInEvent, THandlerOutEvent, ToSwarm,
+};
+use libp2p::{Multiaddr, PeerId};
+
+/// Inbound connections peers at one address may hold by default
+/// (`--limit connections_per_ip=N`): eight addresses to take the 256 slots.
+pub const DEFAULT_PER_IP: u32 = 32;
+
+/// Where a connection comes from, as this limit counts it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Network {
+    /// One IPv4 address.
+    V4(Ipv4Addr),
+    /// The first 56 bits of an IPv6 address.
+    V6([u8; 7]),
+}
+
+impl std::fmt::Display for Network {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Network::V4(ip) => write!(f, "{ip}"),
+            Network::V6(prefix) => {
+                let mut octets = [0u8; 16];
+                octets[..7].copy_from_slice(prefix);
+                write!(f, "{}/56", Ipv6Addr::from(octets))
+            }
+        }
+    }
+}
+
+/// The network a direct connection from `remote` counts against; `None` for a relayed
+/// one, one without an IP address, or this machine's `127.0.0.1` / `::1`.
+pub fn network_of(remote: &Multiaddr) -> Option<Network> {
+    if remote.iter().any(|p| p == Protocol::P2pCircuit) {
+        return None;
+    }
+    let ip = remote.iter().find_map(|p| match p {
+        Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
+        Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),
+        _ => None,
+    })?;
+    match ip {
+        IpAddr::V4(ip) if ip == Ipv4Addr::LOCALHOST => None,
+        IpAddr::V6(ip) if ip == Ipv6Addr::LOCALHOST => None,
+        IpAddr::V4(ip) => Some(Network::V4(ip)),
+        IpAddr::V6(ip) => match ip.to_ipv4_mapped() {
+            Some(v4) if v4 == Ipv4Addr::LOCALHOST => None,
+            Some(v4) => Some(Network::V4(v4)),
+            None => {
+                let mut prefix = [0u8; 7];
+                prefix.copy_from_slice(&ip.octets()[..7]);
+                Some(Network::V6(prefix))
+            }
+        },
+    }
+}
+
+/// Why a connection was refused: its network holds `per_ip` already.
+#[derive(Debug)]
+pub struct TooManyFromNetwork {
+    /// The network.
+    pub network: Network,
+    /// The limit.
+    pub per_ip: u32,
+}
+
+impl std::fmt::Display for TooManyFromNetwork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "peers at {} hold {} connections here already (limit connections_per_ip)",
+            self.network, self.per_ip
+        )
+    }
+}
+
+impl std::error::Error for TooManyFromNetwork {}
+
+/// The behaviour: counts inbound direct connections per network, refuses past the limit.
+pub struct IpLimit {
+    per_ip: u32,
+    held: HashMap<Network, u32>,
+    counted: HashMap<ConnectionId, Network>,
+}
+
+impl IpLimit {
+    /// At most `per_ip` inbound connections per network (at least 1).
+    pub fn new(per_ip: u32) -> Self {
+        Self {
+            per_ip: per_ip.max(1),
+            held: HashMap::new(),
+            counted: HashMap::new(),
+        }
+    }
+
+    /// Inbound connections held from `network` now.
+    pub fn held(&self, network: &Network) -> u32 {
+        self.held.get(network).copied().unwrap_or(0)
+    }
+}
+
+impl NetworkBehaviour for IpLimit {
+    type ConnectionHandler = dummy::ConnectionHandler;
+    type ToSwarm = Infallible;
+
+    fn handle_established_inbound_connection(
+        &mut self,
+        _: ConnectionId,
+        _: PeerId,
+        _: &Multiaddr,
+        remote: &Multiaddr,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        if let Some(network) = network_of(remote) {
+            if self.held(&network) >= self.per_ip {
+                return Err(ConnectionDenied::new(TooManyFromNetwork {
+                    network,
+                    per_ip: self.per_ip,
+                }));
+            }
+        }
+        Ok(dummy::ConnectionHandler)
+    }
+
+    fn handle_established_outbound_connection(
+        &mut self,
+        _: ConnectionId,
+        _: PeerId,
+        _: &Multiaddr,
+        _: Endpoint,
+        _: PortUse,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        Ok(dummy::ConnectionHandler)
+    }
+
+    fn on_swarm_event(&mut self, event: FromSwarm) {
+        match event {
+            // Counted once every behaviour has let it in (another may refuse it after
+            // this one did not).
+            FromSwarm::ConnectionEstablished(ConnectionEstablished {
+                connection_id,
+                endpoint,
+                ..
+            }) => {
+                let ConnectedPoint::Listener { send_back_addr, .. } = endpoint else {
+                    return;
+                };
+                if let Some(network) = network_of(send_back_addr) {
+                    *self.held.entry(network).or_default() += 1;
+                    self.counted.insert(connection_id, network);
+                }
+            }
+            FromSwarm::ConnectionClosed(ConnectionClosed { connection_id, .. }) => {
+                if let Some(network) = self.counted.remove(&connection_id) {
+                    if let Some(n) = self.held.get_mut(&network) {
+                        *n = n.saturating_sub(1);
+                        if *n == 0 {
+                            self.held.remove(&network);
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_connection_handler_event(
+        &mut self,
+        _: PeerId,
+        _: ConnectionId,
+        event: THandlerOutEvent<Self>,
+    ) {
+        libp2p::core::util::unreachable(event)
+    }
+
+    fn poll(&mut self, _: &mut Context<'_>) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
+        Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> Multiaddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn connections_count_against_their_address_or_ipv6_prefix() {
+        let a = network_of(&addr("/ip4/203.0.113.7/udp/4002/quic-v1")).unwrap();
+        assert_eq!(a, Network::V4(Ipv4Addr::new(203, 0, 113, 7)));
+        assert_ne!(
+            Some(a),
+            network_of(&addr("/ip4/203.0.113.8/tcp/4002")),
+            "each IPv4 address is its own"
+        );
+        // One household's /56 is one network, whatever the host bits.
+        let h1 = network_of(&addr("/ip6/2001:db8:aa:bb00::1/udp/1/quic-v1"));
+        let h2 = network_of(&addr("/ip6/2001:db8:aa:bbff:1234::9/tcp/2"));
+        let other = network_of(&addr("/ip6/2001:db8:aa:cc00::1/tcp/2"));
+        assert!(h1.is_some());
+        assert_eq!(h1, h2);
+        assert_ne!(h1, other);
+        assert_eq!(h1.unwrap().to_string(), "2001:db8:aa:bb00::/56");
+        // IPv4 in IPv6 counts as the IPv4 address.
+        assert_eq!(network_of(&addr("/ip6/::ffff:203.0.113.7/tcp/1")), Some(a));
+        // Not counted: this machine's loopback, relayed connections.
+        for free in [
+            "/ip4/127.0.0.1/udp/4002/quic-v1",
+            "/ip6/::1/tcp/4002",
+            "/ip4/198.51.100.1/udp/4002/quic-v1/p2p/12D3KooWA1b3VbZ5ZrN6FqPjnVLcXkrEeY3bW8bqWWZxw7Ye6oNx/p2p-circuit",
+            "/dns4/example.com/tcp/1",
+        ] {
+            assert_eq!(network_of(&addr(free)), None, "{free}");
+        }
+        // Other loopback addresses count: a test's flood comes from 127.0.0.2.
+        assert!(network_of(&addr("/ip4/127.0.0.2/udp/1/quic-v1")).is_some());
+    }
+
+    #[test]
+    fn past_the_limit_an_address_is_refused_until_one_of_its_connections_closes() {
+        use libp2p::core::transport::PortUse;
+        let mut limit = IpLimit::new(2);
+        let local = addr("/ip4/198.51.100.2/udp/4002/quic-v1");
+        let remote = addr("/ip4/203.0.113.7/udp/5000/quic-v1");
+        let elsewhere = addr("/ip4/203.0.113.9/udp/5000/quic-v1");
+        let mut ids = Vec::new();
+        for _ in 0..2 {
+            let id = ConnectionId::new_unchecked(ids.len());
+            assert!(limit
+                .handle_established_inbound_connection(id, PeerId::random(), &local, &remote)
+                .is_ok());
+            let endpoint = ConnectedPoint::Listener {
+                local_addr: local.clone(),
+                send_back_addr: remote.clone(),
+            };
+            limit.on_swarm_event(FromSwarm::ConnectionEstablished(ConnectionEstablished {
+                peer_id: PeerId::random(),
+                connection_id: id,
+                endpoint: &endpoint,
+                failed_addresses: &[],
+                other_established: 0,
+            }));
+            ids.push(id);
+        }
+        let third = ConnectionId::new_unchecked(9);
+        let Err(refused) =
+            limit.handle_established_inbound_connection(third, PeerId::random(), &local, &remote)
+        else {
+            panic!("a third connection from one address was let in");
+        };
+        assert!(refused
+            .downcast_ref::<TooManyFromNetwork>()
+            .is_some_and(|e| e.to_string().contains("203.0.113.7")));
+        // Another address, and our own dials, are not affected.
+        assert!(limit
+            .handle_established_inbound_connection(third, PeerId::random(), &local, &elsewhere)
+            .is_ok());
+        assert!(limit
+            .handle_established_outbound_connection(
+                third,
+                PeerId::random(),
+                &remote,
+                Endpoint::Dialer,
+                PortUse::Reuse
+            )
+            .is_ok());
+        // One closes: the next is let in.
+        let endpoint = ConnectedPoint::Listener {
+            local_addr: local.clone(),
+            send_back_addr: remote.clone(),
+        };
+        limit.on_swarm_event(FromSwarm::ConnectionClosed(ConnectionClosed {
+            peer_id: PeerId::random(),
+            connection_id: ids[0],
+            endpoint: &endpoint,
+            cause: None,
+            remaining_established: 0,
+        }));
+        assert_eq!(limit.held(&network_of(&remote).unwrap()), 1);
+        assert!(limit
+            .handle_established_inbound_connection(third, PeerId::random(), &local, &remote)
+            .is_ok());
+    }
+}
