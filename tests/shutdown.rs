@@ -275,3 +275,58 @@ async fn a_gateway_stopped_mid_answer_ends_its_streams_cleanly() {
     supplier.shutdown().await;
     boot.shutdown().await;
 }
+
+/// A node dropped without `shutdown` (an app that returns early, a test that panics)
+/// stops at once: its listener and its API port are free again within seconds, and a
+/// peer sees its connection go. Before, its tasks ran on detached until the runtime
+/// ended, so the ports stayed taken.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_dropped_without_shutdown_stops_its_tasks() {
+    let boot = support::bootstrap("dropped-node").await;
+    let boot_addr = address(&boot, "tcp").await;
+    let node = NodeBuilder::light()
+        .mesh_name("dropped-node")
+        .listen(vec![tcp()])
+        .bootstrap(boot_addr)
+        .api("127.0.0.1:0".parse().unwrap())
+        .start()
+        .await
+        .unwrap();
+    let listen = address(&node, "tcp").await;
+    let port = listen
+        .iter()
+        .find_map(|p| match p {
+            libp2p::multiaddr::Protocol::Tcp(port) => Some(port),
+            _ => None,
+        })
+        .unwrap();
+    let api = node.api_addr().unwrap();
+    let peer = node.handle().peer_id().to_string();
+    wait_for(
+        "the bootstrap node to see it",
+        Duration::from_secs(20),
+        || async {
+            let peers = boot.handle().peers().await.ok()?;
+            peers.iter().any(|p| p.peer_id == peer).then_some(())
+        },
+    )
+    .await;
+    drop(node);
+    wait_for("its ports to be free", Duration::from_secs(10), || async {
+        let swarm = std::net::TcpListener::bind(("127.0.0.1", port)).ok()?;
+        let http = std::net::TcpListener::bind(api).ok()?;
+        drop((swarm, http));
+        Some(())
+    })
+    .await;
+    wait_for(
+        "the bootstrap node to see it gone",
+        Duration::from_secs(20),
+        || async {
+            let peers = boot.handle().peers().await.ok()?;
+            (!peers.iter().any(|p| p.peer_id == peer)).then_some(())
+        },
+    )
+    .await;
+    boot.shutdown().await;
+}

@@ -38,12 +38,13 @@ pub enum NodeError {
 pub struct Node {
     handle: NodeHandle,
     key: Keypair,
-    swarm_task: tokio::task::JoinHandle<()>,
+    /// `None` once the node was stopped (`shutdown`, `wait`).
+    swarm_task: Option<tokio::task::JoinHandle<()>>,
     api: Option<(SocketAddr, crate::api::ApiServer)>,
     metrics: Metrics,
     data_dir: Option<DataDir>,
     supplier: Option<tokio::task::JoinHandle<()>>,
-    settle_task: tokio::task::JoinHandle<()>,
+    settle_task: Option<tokio::task::JoinHandle<()>>,
     settlement: Arc<crate::settle::Settlement>,
     stopping: crate::stopping::Stopping,
     resolver: crate::infer::resolve::Resolver,
@@ -205,12 +206,12 @@ impl Node {
         Ok(Self {
             handle,
             key,
-            swarm_task,
+            swarm_task: Some(swarm_task),
             api,
             metrics,
             data_dir,
             supplier,
-            settle_task,
+            settle_task: Some(settle_task),
             settlement,
             stopping,
             resolver,
@@ -318,14 +319,23 @@ impl Node {
     }
 
     /// Runs until the swarm task ends (after `shutdown`, or if it fails).
-    pub async fn wait(self) {
-        let _ = self.swarm_task.await;
-        self.settle_task.abort();
-        if let Some(task) = self.supplier {
-            task.abort();
+    pub async fn wait(mut self) {
+        if let Some(task) = self.swarm_task.take() {
+            let _ = task.await;
         }
-        if let Some((_, api)) = self.api {
+        self.abort_tasks();
+        if let Some((_, api)) = self.api.take() {
             api.stop(std::time::Duration::from_secs(2)).await;
+        }
+    }
+
+    /// Ends the settlement and supplier tasks at once.
+    fn abort_tasks(&mut self) {
+        for task in [self.settle_task.take(), self.supplier.take()]
+            .into_iter()
+            .flatten()
+        {
+            task.abort();
         }
     }
 
@@ -340,19 +350,40 @@ impl Node {
             api.stop_accepting();
         }
         let _ = self.handle.withdraw().await;
-        if let Some(task) = self.supplier {
+        if let Some(task) = self.supplier.take() {
             // Ends once its streams have (bounded).
             let _ = task.await;
         }
-        if let Some((_, api)) = self.api {
+        if let Some((_, api)) = self.api.take() {
             api.stop(crate::stopping::STOP_GRACE + std::time::Duration::from_secs(1))
                 .await;
         }
         let _ = self.handle.shutdown().await;
-        let _ = self.swarm_task.await;
-        self.settle_task.abort();
+        if let Some(task) = self.swarm_task.take() {
+            let _ = task.await;
+        }
+        self.abort_tasks();
         if let Some(dir) = &self.data_dir {
             let _ = dir.db().flush_async().await;
+        }
+    }
+}
+
+impl Drop for Node {
+    /// A node dropped without [`Node::shutdown`] (an app returning early, a test that
+    /// panics) stops at once rather than leaving its tasks running detached: its
+    /// swarm (connections dropped, not closed), API, supplier and settlement tasks are
+    /// aborted. The database is not flushed here (sled flushes on its own within its
+    /// commit interval; the miner's records are group-committed every 250 ms).
+    fn drop(&mut self) {
+        let Some(swarm) = self.swarm_task.take() else {
+            return;
+        };
+        self.stopping.stop();
+        swarm.abort();
+        self.abort_tasks();
+        if let Some((_, api)) = self.api.as_mut() {
+            api.abort();
         }
     }
 }

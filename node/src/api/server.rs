@@ -136,6 +136,12 @@ impl ApiServer {
         }
     }
 
+    /// Stops at once: no grace for requests in flight.
+    pub fn abort(&mut self) {
+        self.stop_accepting();
+        self.task.abort();
+    }
+
     /// Stops accepting, closes idle connections, and gives requests in flight `grace`
     /// to finish before the server is dropped.
     pub async fn stop(mut self, grace: Duration) {
