@@ -11,8 +11,9 @@
 //! - relay overhead: TTFT and tokens/s of streamed answers (64 tokens, median of
 //!   `RUNS`) through a direct link, a hole-punched one and a relay.
 //!
-//! `cargo bench --bench nat -- [JOINS] [RUNS]` (default 20 and 10; root, iproute2,
-//! nftables and the test model: `scripts/fetch-model`). Namespaces add no latency,
+//! `cargo bench --bench nat -- [JOINS] [RUNS] [PLACE…]` (default 20 and 10, every
+//! place; a word picks places by name, e.g. `address`; RUNS 0 skips the relay
+//! overhead; root, iproute2, nftables and the test model: `scripts/fetch-model`). Namespaces add no latency,
 //! so the overhead measured is the relay's own work, not a longer path.
 
 #[path = "../tests/support/mod.rs"]
@@ -125,12 +126,23 @@ fn main() {
         .collect();
     let joins = numbers.first().copied().unwrap_or(20);
     let runs = numbers.get(1).copied().unwrap_or(10);
-    let places = [
+    // Words select places by name ("address" for the address-restricted cone only).
+    let words: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a.parse::<usize>().is_err() && !a.starts_with('-'))
+        .collect();
+    let chosen =
+        |place: &Place| words.is_empty() || words.iter().any(|w| place.name().contains(w.as_str()));
+    let places: Vec<Place> = [
         Place::Public,
         Place::Behind(Nat::FullCone),
         Place::Behind(Nat::PortRestricted),
+        Place::Behind(Nat::AddressRestricted),
         Place::Behind(Nat::Symmetric),
-    ];
+    ]
+    .into_iter()
+    .filter(chosen)
+    .collect();
 
     println!("| supplier | joined | time to first answer: median / slowest | links: direct / hole-punched / relayed |");
     println!("| --- | --- | --- | --- |");
@@ -184,7 +196,10 @@ fn main() {
         Place::Public,
         Place::Behind(Nat::PortRestricted),
         Place::Behind(Nat::Symmetric),
-    ] {
+    ]
+    .into_iter()
+    .filter(|p| runs > 0 && chosen(p))
+    {
         let Some((mesh, Some(_))) = join(place) else {
             eprintln!("{}: the supplier never answered", place.name());
             continue;

@@ -10,6 +10,7 @@
 //! | --- | --- | --- |
 //! | full cone | public (a dial-back gets in) | direct |
 //! | port-restricted cone | relayed | hole-punched (DCUtR) |
+//! | address-restricted cone | public, unconfirmed (a dial-back gets in; it keeps a relay slot) | hole-punched (DCUtR) |
 //! | symmetric | relayed | relayed |
 //!
 //! Without NAT traversal each test fails (checked by taking parts out, and waiting 20 s
@@ -172,6 +173,78 @@ fn a_supplier_behind_a_port_restricted_nat_is_hole_punched() {
         "hole-punched",
         "peers reach this node through the relay at /ip4/198.51.100.1/",
     );
+}
+
+/// An address-restricted cone lets in any port of a host the supplier sent to, so the
+/// bootstrap node's dial-back (from another port) gets in and finds the supplier public;
+/// but a stranger's dial does not. The supplier keeps a relay slot until a stranger
+/// reaches it directly, so the gateway reaches it through the relay and both
+/// hole-punch from there.
+#[test]
+fn a_supplier_behind_an_address_restricted_nat_is_hole_punched() {
+    served_through(
+        Nat::AddressRestricted,
+        "public",
+        "hole-punched",
+        "no peer it had not contacted has reached it directly yet",
+    );
+}
+
+/// A gateway that joins once the supplier behind an address-restricted cone is public
+/// still reaches it: through the relay slot it kept, then hole-punched. Failed when a
+/// dial-back alone made a node public: the supplier gave its slot back, advertised only
+/// its router's address, which lets in nobody it had not sent to, and the newcomer's
+/// requests found no way to it.
+#[test]
+fn a_gateway_joining_later_reaches_a_supplier_behind_an_address_restricted_nat() {
+    let Some(mut mesh) = NatMesh::start(
+        "nat-later",
+        Place::Behind(Nat::AddressRestricted),
+        Place::Behind(Nat::PortRestricted),
+    ) else {
+        return;
+    };
+    let wait = |mesh: &NatMesh, what: &str, check: &mut dyn FnMut() -> Option<()>| {
+        netns::wait_until(what, Duration::from_secs(90), mesh.logs(), check)
+    };
+    wait(&mesh, "the supplier to be public", &mut || {
+        let s = api_json(&mesh.sup, "/relaymesh/v1/status")?;
+        (s["reachability"]["state"] == "public").then_some(())
+    });
+    // Time to give a slot back, were it given back.
+    std::thread::sleep(Duration::from_secs(3));
+    let (late, _) = mesh.add_gateway(
+        Place::Behind(Nat::PortRestricted),
+        "late",
+        "198.51.100.4/24",
+    );
+    wait(&mesh, "the supplier's ad at the late gateway", &mut || {
+        let models = api_json(&late, "/relaymesh/v1/models")?;
+        models
+            .as_array()?
+            .iter()
+            .any(|m| m["supplier"] == mesh.supplier_id.as_str())
+            .then_some(())
+    });
+    let (code, _, body) = mesh.ask_from(&late, 8, false, Duration::from_secs(120));
+    assert_eq!(
+        code,
+        200,
+        "the late gateway was not answered: {body}\n{}",
+        mesh.tail()
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while mesh
+        .link_from(&late)
+        .is_none_or(|r| r["link"] != "hole-punched")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the late gateway's link is not hole-punched: {:?}",
+            mesh.link_from(&late)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// A symmetric NAT gives every destination its own port, so hole punching cannot get

@@ -55,6 +55,8 @@ pub struct NatMesh {
     pub gateway_id: String,
     /// When the supplier's process was started.
     pub supplier_started: Instant,
+    /// The bootstrap node's address.
+    bootstrap: String,
     dir: tempfile::TempDir,
 }
 
@@ -85,38 +87,24 @@ impl NatMesh {
         let boot_id = relaymesh_id(&data("b"));
         let supplier_id = relaymesh_id(&data("s"));
         let gateway_id = relaymesh_id(&data("g"));
+        // A second gateway, which a test may start later (`add_gateway`), has credit too.
+        let second_id = relaymesh_id(&data("g2"));
         let mesh_file = logs.join("mesh.toml");
         super::run_ok(
             std::process::Command::new(env!("CARGO_BIN_EXE_relaymesh"))
                 .args(["mesh", "init", "--name", "nat", "--epoch-secs", "5"])
                 .args(["--session-secs", "10", "--genesis"])
                 .arg(format!("{gateway_id}=1000000000"))
+                .arg("--genesis")
+                .arg(format!("{second_id}=1000000000"))
                 .arg("--out")
                 .arg(&mesh_file),
             "relaymesh mesh init",
         );
         let bootstrap = format!("/ip4/198.51.100.1/udp/{PORT}/quic-v1/p2p/{boot_id}");
-        let node = |dir: PathBuf, extra: &[String]| -> Vec<String> {
-            let mut args: Vec<String> = [
-                "node",
-                "--data-dir",
-                dir.to_str().unwrap(),
-                "--listen",
-                &listen(),
-                "--api",
-                "127.0.0.1:7434",
-                "--mesh-file",
-                mesh_file.to_str().unwrap(),
-            ]
-            .map(str::to_owned)
-            .to_vec();
-            args.extend_from_slice(extra);
-            args
-        };
-        let relaymesh = Path::new(env!("CARGO_BIN_EXE_relaymesh"));
+        let node = |dir: PathBuf, extra: &[String]| node_args(&logs, &dir, extra);
         let spawn = |net: &mut Net, ns: &str, args: Vec<String>, log: &str| {
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            net.spawn(ns, relaymesh, &args, Some(&logs.join(format!("{log}.log"))));
+            spawn_node(net, &logs, ns, args, log)
         };
         spawn(
             &mut net,
@@ -127,10 +115,7 @@ impl NatMesh {
         spawn(
             &mut net,
             &gw,
-            node(
-                data("g"),
-                &["--light".into(), "--bootstrap".into(), bootstrap.clone()],
-            ),
+            node(data("g"), &gateway_args(&bootstrap)),
             "gateway",
         );
         netns::wait_until(
@@ -150,7 +135,7 @@ impl NatMesh {
                 data("s"),
                 &[
                     "--bootstrap".into(),
-                    bootstrap,
+                    bootstrap.clone(),
                     "--serve".into(),
                     format!("smollm2=gguf:{}", super::model_path().display()),
                 ],
@@ -165,8 +150,34 @@ impl NatMesh {
             supplier_id,
             gateway_id,
             supplier_started,
+            bootstrap,
             dir,
         })
+    }
+
+    /// Starts a second light gateway (with credit, like the first) at `place`, named
+    /// `name`, its router or itself at `ip` on the public network (CIDR), and waits
+    /// until it is connected to the bootstrap node: its namespace and peer id. Its log
+    /// is `<name>.log`.
+    pub fn add_gateway(&mut self, place: Place, name: &str, ip: &str) -> (String, String) {
+        let ns = match place {
+            Place::Public => self.net.host(name, ip),
+            Place::Behind(nat) => self.net.host_behind(nat, name, ip),
+        };
+        let logs = self.dir.path().to_owned();
+        let data = logs.join("g2");
+        let args = node_args(&logs, &data, &gateway_args(&self.bootstrap));
+        spawn_node(&mut self.net, &logs, &ns, args, name);
+        netns::wait_until(
+            "the second gateway connected to the bootstrap node",
+            Duration::from_secs(60),
+            (&logs, LOGS),
+            || {
+                let s = api_json(&ns, "/relaymesh/v1/status")?;
+                (s["bootstrap"]["connected"].as_u64()? >= 1).then_some(())
+            },
+        );
+        (ns, relaymesh_id(&data))
     }
 
     /// Where the logs are, and which, for [`netns::wait_until`].
@@ -187,12 +198,23 @@ impl NatMesh {
         stream: bool,
         timeout: Duration,
     ) -> (u16, reqwest::header::HeaderMap, String) {
+        self.ask_from(&self.gw, max_tokens, stream, timeout)
+    }
+
+    /// [`Self::ask`] through the gateway in namespace `gw`.
+    pub fn ask_from(
+        &self,
+        gw: &str,
+        max_tokens: u32,
+        stream: bool,
+        timeout: Duration,
+    ) -> (u16, reqwest::header::HeaderMap, String) {
         let body = json!({
             "model": "smollm2", "temperature": 0, "max_tokens": max_tokens, "stream": stream,
             "messages": [{"role": "user", "content": "What is the capital of France?"}],
         });
         let (code, headers, text) = http_with_header(
-            &self.gw,
+            gw,
             &format!("{API}/v1/chat/completions"),
             body,
             ("x-relaymesh-suppliers", &self.supplier_id),
@@ -203,12 +225,50 @@ impl NatMesh {
 
     /// The gateway's connection to the supplier, as `relaymesh peers` shows it.
     pub fn link(&self) -> Option<Value> {
-        api_json(&self.gw, "/relaymesh/v1/peers")?
+        self.link_from(&self.gw)
+    }
+
+    /// [`Self::link`] as the gateway in namespace `gw` sees it.
+    pub fn link_from(&self, gw: &str) -> Option<Value> {
+        api_json(gw, "/relaymesh/v1/peers")?
             .as_array()?
             .iter()
             .find(|p| p["peer_id"] == self.supplier_id.as_str())
             .cloned()
     }
+}
+
+/// A node's arguments: data dir `dir`, port 4002, the API on its host's loopback, the
+/// mesh file in `logs`, then `extra`.
+fn node_args(logs: &Path, dir: &Path, extra: &[String]) -> Vec<String> {
+    let mesh_file = logs.join("mesh.toml");
+    let mut args: Vec<String> = [
+        "node",
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--listen",
+        &listen(),
+        "--api",
+        "127.0.0.1:7434",
+        "--mesh-file",
+        mesh_file.to_str().unwrap(),
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    args.extend_from_slice(extra);
+    args
+}
+
+/// A light gateway's extra arguments.
+fn gateway_args(bootstrap: &str) -> Vec<String> {
+    vec!["--light".into(), "--bootstrap".into(), bootstrap.into()]
+}
+
+/// Starts `relaymesh ARGS` in namespace `ns`, its log `<log>.log` in `logs`.
+fn spawn_node(net: &mut Net, logs: &Path, ns: &str, args: Vec<String>, log: &str) {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let relaymesh = Path::new(env!("CARGO_BIN_EXE_relaymesh"));
+    net.spawn(ns, relaymesh, &args, Some(&logs.join(format!("{log}.log"))));
 }
 
 /// A `POST` with one extra header, inside namespace `ns`.

@@ -16,7 +16,7 @@ use std::time::Duration;
 static NETS: AtomicUsize = AtomicUsize::new(0);
 
 /// How a NAT router maps a host's connections to its own address, and whom it lets in
-/// (RFC 4787's terms). All three masquerade with nftables.
+/// (RFC 4787's terms). All four masquerade with nftables.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Nat {
     /// Endpoint-independent mapping and filtering ("full cone"): the host's port `p`
@@ -29,6 +29,13 @@ pub enum Nat {
     /// router port towards everyone, but only a peer the host has sent to may answer.
     /// Two such hosts reach each other by hole punching.
     PortRestricted,
+    /// Endpoint-independent mapping, address-dependent filtering ("address-restricted
+    /// cone"): the same router port towards everyone, and a host the inside host has
+    /// sent to may answer from any of its ports. The router remembers whom its host
+    /// sent to (a dynamic set, 5 minutes) and forwards what they send to the host. A
+    /// dial-back from another port of a server the host talks to gets in; a stranger
+    /// does not.
+    AddressRestricted,
     /// Address- and port-dependent mapping ("symmetric"; masquerade `fully-random`):
     /// every new destination gets a new random port, so the port one peer sees is of
     /// no use to another, and hole punching fails. Only a relay gets through.
@@ -41,6 +48,7 @@ impl Nat {
         match self {
             Nat::FullCone => "full cone",
             Nat::PortRestricted => "port-restricted cone",
+            Nat::AddressRestricted => "address-restricted cone",
             Nat::Symmetric => "symmetric",
         }
     }
@@ -65,6 +73,19 @@ impl Nat {
                 "nft add table ip nat && \
                  nft 'add chain ip nat post { type nat hook postrouting priority 100 ; }' && \
                  nft add rule ip nat post oifname eth0 masquerade && \
+                 nft add table ip filter && \
+                 nft 'add chain ip filter input { type filter hook input priority 0 ; }' && \
+                 nft add rule ip filter input iifname eth0 ct state new drop"
+            }
+            Nat::AddressRestricted => {
+                "nft add table ip nat && \
+                 nft 'add chain ip nat post { type nat hook postrouting priority 100 ; }' && \
+                 nft add rule ip nat post oifname eth0 masquerade && \
+                 nft 'add set ip nat sent_to { type ipv4_addr ; flags dynamic,timeout ; timeout 5m ; }' && \
+                 nft 'add chain ip nat out { type filter hook forward priority 0 ; }' && \
+                 nft 'add rule ip nat out oifname eth0 update @sent_to { ip daddr }' && \
+                 nft 'add chain ip nat pre { type nat hook prerouting priority -100 ; }' && \
+                 nft 'add rule ip nat pre iifname eth0 ip saddr @sent_to dnat to 10.88.0.2' && \
                  nft add table ip filter && \
                  nft 'add chain ip filter input { type filter hook input priority 0 ; }' && \
                  nft add rule ip filter input iifname eth0 ct state new drop"

@@ -165,15 +165,20 @@ pub fn diagnose(
         .find(|r| r.slot == "reserved")
         .map(|r| r.addr.clone());
     match reach.state.as_str() {
-        "public" => out.push(finding(
-            Level::Ok,
-            "reachability",
-            format!(
+        "public" => {
+            let mut what = format!(
                 "public: peers can dial this node directly at {}",
                 reach.public_addrs.join(", ")
-            ),
-            None,
-        )),
+            );
+            if !reach.stranger_reached && status.role == Role::Full {
+                what.push_str(&format!(
+                    "; no peer it had not contacted has reached it directly yet, so it keeps \
+                     a relay slot{} in case its router lets in only hosts it has sent to",
+                    relay.as_deref().map(|r| format!(" at {r}")).unwrap_or_default()
+                ));
+            }
+            out.push(finding(Level::Ok, "reachability", what, None));
+        }
         "relayed" => {
             let unpunched = status.links.relayed > 0 && status.links.hole_punched == 0;
             let what = if unpunched {
@@ -367,6 +372,7 @@ mod tests {
                 probes_ok: 0,
                 probes_failed: 2,
                 last_probe_error: None,
+                stranger_reached: false,
             },
             links: LinkCounts {
                 direct: 1,

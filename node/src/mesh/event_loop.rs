@@ -90,6 +90,9 @@ pub(crate) struct EventLoop {
     agents: HashMap<PeerId, String>,
     /// Whether peers can reach us, and our relay slots.
     reach: Reach,
+    /// Whom we contacted: an inbound connection from anyone else proves strangers
+    /// reach us.
+    contacts: crate::mesh::contacts::Contacts,
     /// Our listeners on relays (each holds a slot), by the relay.
     relay_listeners: HashMap<libp2p::core::transport::ListenerId, PeerId>,
     /// Connections DCUtR reported hole-punched before we saw them established.
@@ -172,6 +175,7 @@ impl EventLoop {
             ledger_rounds: 0,
             mesh_id,
             reach: Reach::new(config.role == Role::Full),
+            contacts: Default::default(),
             config,
             key,
             table: PeerTable::default(),
@@ -344,6 +348,7 @@ impl EventLoop {
                     debug!(peer = %peer_id, %addr, transport, "connected");
                 }
                 self.on_connected(peer_id, connection_id);
+                self.note_contact(&peer_id, &endpoint);
                 let kind = self.link_established(&peer_id, connection_id, endpoint.is_relayed());
                 let conns = self.connections.entry(peer_id).or_default();
                 let first = conns.is_empty();
@@ -394,11 +399,22 @@ impl EventLoop {
                 }
                 self.metrics.peers.set(self.connections.len() as i64);
             }
+            SwarmEvent::Dialing {
+                peer_id: Some(peer),
+                ..
+            } => self.contacts.dialled(peer, std::time::Instant::now()),
             SwarmEvent::OutgoingConnectionError {
                 connection_id,
                 peer_id,
                 error,
-            } => self.on_dial_error(connection_id, peer_id, &error),
+            } => {
+                if let libp2p::swarm::DialError::Transport(tried) = &error {
+                    for (addr, _) in tried {
+                        self.contacts.sent_to(addr, std::time::Instant::now());
+                    }
+                }
+                self.on_dial_error(connection_id, peer_id, &error)
+            }
             // A connection limit (total, per peer, pending) or the block list refused
             // a peer's connection.
             SwarmEvent::IncomingConnectionError {

@@ -6,6 +6,7 @@ pub mod admission;
 pub mod advertised;
 pub mod behaviour;
 pub mod bootstrap;
+pub mod contacts;
 pub mod doctor;
 mod event_loop;
 pub mod gossip_budget;

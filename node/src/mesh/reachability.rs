@@ -10,8 +10,11 @@
 //! advertises the relayed address the relay hands out (`/…/p2p/<relay>/p2p-circuit`):
 //! it is then **relayed**, and peers reach it through the relay and, where both NATs
 //! allow, hole-punch a direct link from there (DCUtR). A refused or lost reservation is
-//! retried after 5 s, doubling up to 5 minutes; once the node is found public its
-//! slots are given back. Light nodes serve nothing and need no slot.
+//! retried after 5 s, doubling up to 5 minutes. Once the node is found public it
+//! keeps one slot until a stranger (a peer at an address it never sent to) reaches it
+//! directly (`contacts`): behind an address-restricted NAT the server's dial-back gets
+//! in because the node talks to the server's host, while strangers do not. Then all
+//! its slots are given back. Light nodes serve nothing and need no slot.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -95,6 +98,9 @@ pub struct Reach {
     /// A peer sees us at a public IP address none of our interfaces has: a NAT is in
     /// between.
     nat_seen: bool,
+    /// A stranger (a peer at an address we never sent to) reached us directly, from
+    /// this address: no NAT of ours filters by address (`contacts`).
+    stranger: Option<std::net::IpAddr>,
     relays: BTreeMap<PeerId, Relay>,
 }
 
@@ -129,6 +135,12 @@ pub struct ReachabilityStatus {
     pub probes_failed: u64,
     /// Why the last one failed.
     pub last_probe_error: Option<String>,
+    /// When public: whether a peer at an address this node never sent to has reached
+    /// it directly. Until one has, a dial-back may have got in only because this node
+    /// talks to the server's host (an address-restricted NAT), so a full node keeps
+    /// one relay slot.
+    #[serde(default)]
+    pub stranger_reached: bool,
 }
 
 /// Whether `addr` goes through a relay.
@@ -147,6 +159,7 @@ impl Reach {
             probes_failed: 0,
             last_probe_error: None,
             nat_seen: false,
+            stranger: None,
             relays: BTreeMap::new(),
         }
     }
@@ -197,6 +210,23 @@ impl Reach {
     pub fn external_removed(&mut self, addr: &Multiaddr) {
         self.direct.remove(addr);
         self.relayed.remove(addr);
+        if self.direct.is_empty() {
+            // A new address (another network, another router) proves nothing yet.
+            self.stranger = None;
+        }
+    }
+
+    /// A stranger reached us directly from `ip` (see `contacts`): while we are public,
+    /// no NAT of ours lets in only the hosts we sent to, and no relay slot is needed.
+    pub fn stranger_reached(&mut self, ip: std::net::IpAddr) {
+        if !self.direct.is_empty() && self.stranger.is_none() {
+            self.stranger = Some(ip);
+        }
+    }
+
+    /// Whether we are public and a stranger has shown it.
+    pub fn confirmed(&self) -> bool {
+        !self.direct.is_empty() && self.stranger.is_some()
     }
 
     /// A connected peer offers relay slots; we reach it at `addr` (with `/p2p/<it>`).
@@ -250,27 +280,36 @@ impl Reach {
         }
     }
 
-    /// What to do at `now`: reserve slots while behind NAT (up to [`MAX_RELAYS`]),
-    /// give them back once public.
+    /// What to do at `now`: reserve slots while behind NAT (up to [`MAX_RELAYS`]);
+    /// once public, keep one until a stranger has reached us directly, then give them
+    /// all back.
     pub fn next(&mut self, now: Instant) -> Vec<Action> {
         let holding = |s: &Slot| matches!(s, Slot::Requested | Slot::Reserved);
-        if !self.wants_slot || !self.direct.is_empty() {
-            let mut actions = Vec::new();
-            for (peer, r) in &mut self.relays {
-                if holding(&r.slot) {
-                    r.slot = Slot::Idle;
-                    actions.push(Action::Release { relay: *peer });
-                }
-            }
-            return actions;
-        }
-        if self.probes_failed == 0 && !self.nat_seen {
-            return Vec::new(); // not known to be behind NAT
-        }
+        let public = !self.direct.is_empty();
+        let most = if !self.wants_slot || self.confirmed() {
+            0
+        } else if public {
+            1
+        } else {
+            MAX_RELAYS
+        };
         let mut held = self.relays.values().filter(|r| holding(&r.slot)).count();
         let mut actions = Vec::new();
+        for (peer, r) in self.relays.iter_mut().rev() {
+            if held <= most {
+                break;
+            }
+            if holding(&r.slot) {
+                r.slot = Slot::Idle;
+                held -= 1;
+                actions.push(Action::Release { relay: *peer });
+            }
+        }
+        if !public && self.probes_failed == 0 && !self.nat_seen {
+            return actions; // not known to be behind NAT
+        }
         for (peer, r) in &mut self.relays {
-            if held >= MAX_RELAYS {
+            if held >= most {
                 break;
             }
             let due = match r.slot {
@@ -318,6 +357,7 @@ impl Reach {
             probes_ok: self.probes_ok,
             probes_failed: self.probes_failed,
             last_probe_error: self.last_probe_error.clone(),
+            stranger_reached: self.confirmed(),
         }
     }
 }
@@ -382,10 +422,54 @@ mod tests {
         assert_eq!(status.state, "relayed");
         assert_eq!(status.relayed_addrs, [circuit.to_string()]);
 
-        // A dial-back reaches us after all (a port forward was added): slots go back.
+        // A dial-back reaches us after all (a port forward was added): one slot goes
+        // back, the other once a stranger has reached us directly.
         reach.external_added("/ip4/203.0.113.5/udp/4002/quic-v1".parse().unwrap());
         assert_eq!(reach.state(), Reachability::Public);
-        assert_eq!(reach.next(now + RETRY_MIN).len(), 2, "both slots released");
+        assert_eq!(reach.next(now + RETRY_MIN).len(), 1, "one slot released");
+        assert!(reach.next(now + RETRY_MIN).is_empty(), "one kept");
+        assert!(!reach.status(|a| a.to_string()).stranger_reached);
+        reach.stranger_reached("198.51.100.9".parse().unwrap());
+        assert!(reach.status(|a| a.to_string()).stranger_reached);
+        assert_eq!(reach.next(now + RETRY_MIN).len(), 1, "the last released");
+        assert!(
+            reach.next(now + RETRY_MAX).is_empty(),
+            "and none asked again"
+        );
+    }
+
+    /// Found in namespaces: behind an address-restricted NAT the server's dial-back
+    /// gets in (the node talks to its host) but strangers do not. Public by the
+    /// dial-back alone, the node gave its relay slot back and no peer could reach it.
+    /// A public node now keeps one slot until a stranger has reached it directly.
+    #[test]
+    fn a_public_node_keeps_one_slot_until_a_stranger_reaches_it() {
+        let now = Instant::now();
+        let mut reach = Reach::new(true);
+        let (r1, r2) = (PeerId::random(), PeerId::random());
+        for r in [r1, r2] {
+            reach.relay_offered(r, relay_addr(&r));
+        }
+        // A stranger before we are public proves nothing.
+        reach.stranger_reached("198.51.100.9".parse().unwrap());
+        reach.probed(Ok(()));
+        let public: Multiaddr = "/ip4/198.51.100.2/udp/4002/quic-v1".parse().unwrap();
+        reach.external_added(public.clone());
+        assert_eq!(reach.state(), Reachability::Public);
+        let asked = reach.next(now);
+        assert_eq!(asked.len(), 1, "{asked:?}");
+        assert!(matches!(asked[0], Action::Reserve { .. }));
+        reach.stranger_reached("198.51.100.9".parse().unwrap());
+        assert_eq!(reach.next(now).len(), 1, "released");
+        // Another address (the node moved): proven again from scratch.
+        reach.external_removed(&public);
+        reach.external_added("/ip4/203.0.113.7/udp/4002/quic-v1".parse().unwrap());
+        assert!(!reach.confirmed());
+        assert_eq!(reach.next(now).len(), 1, "a slot again");
+        let light = &mut Reach::new(false);
+        light.relay_offered(r1, relay_addr(&r1));
+        light.external_added(public);
+        assert!(light.next(now).is_empty(), "light nodes hold none");
     }
 
     #[test]
@@ -401,9 +485,12 @@ mod tests {
         reach.reserved(&r);
         reach.external_added(relay_addr(&r).with(Protocol::P2pCircuit));
         assert_eq!(reach.state(), Reachability::Relayed);
-        // The dial-back gets in after all (a full-cone NAT): the slot goes back.
+        // The dial-back gets in after all (a full-cone NAT): the slot goes back once
+        // a stranger reaches the node directly.
         reach.probed(Ok(()));
         reach.external_added("/ip4/198.51.100.2/udp/4002/quic-v1".parse().unwrap());
+        assert!(reach.next(now).is_empty());
+        reach.stranger_reached("198.51.100.3".parse().unwrap());
         assert_eq!(reach.next(now), [Action::Release { relay: r }]);
         assert_eq!(reach.state(), Reachability::Public);
     }

@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use libp2p::core::transport::ListenerId;
+use libp2p::core::ConnectedPoint;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::ConnectionId;
 use libp2p::{autonat, dcutr, relay, Multiaddr, PeerId};
@@ -142,6 +143,30 @@ impl EventLoop {
         if let Some(addr) = addr {
             self.reach
                 .relay_offered(relay, addr.with(Protocol::P2p(relay)));
+        }
+    }
+
+    /// A connection with `peer` came up at `endpoint`: whom we contacted is noted, and
+    /// an inbound direct connection from a stranger tells that our NAT, if any, lets
+    /// strangers in (`contacts`).
+    pub(super) fn note_contact(&mut self, peer: &PeerId, endpoint: &ConnectedPoint) {
+        let now = Instant::now();
+        if endpoint.is_relayed() {
+            self.contacts.relayed(*peer, now);
+            return;
+        }
+        match endpoint {
+            ConnectedPoint::Dialer { address, .. } => self.contacts.sent_to(address, now),
+            ConnectedPoint::Listener { send_back_addr, .. } => {
+                let Some(ip) = self.contacts.stranger(peer, send_back_addr, now) else {
+                    return;
+                };
+                let before = self.reach.confirmed();
+                self.reach.stranger_reached(ip);
+                if !before && self.reach.confirmed() {
+                    info!(%peer, from = %ip, "reachability: a peer this node never contacted reached it directly, so its router lets strangers in; relay slots are no longer needed");
+                }
+            }
         }
     }
 

@@ -1,0 +1,174 @@
+//! Whom this node has contacted, so that an inbound connection can be told apart from
+//! an answer: the proof that strangers can dial this node.
+//!
+//! An AutoNAT dial-back says that the server's host could reach us. Behind an
+//! address-restricted NAT (a home router that lets in any port of a host its own
+//! host sent to) that is true of the server, which we talk to, and of nobody else, so
+//! the dial-back alone would call such a node public and its relay slot would go. A
+//! direct connection from a peer at an address we never sent to (and that we neither
+//! dialled nor reach through a relay, which a hole punch would be) can only have come
+//! through a NAT that lets strangers in, or through none: that is the confirmation
+//! [`super::reachability::Reach`] waits for before it gives its last relay slot back.
+//!
+//! IO-free: the event loop reports dials, connections and dial failures, with `now`.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use libp2p::multiaddr::Protocol;
+use libp2p::{Multiaddr, PeerId};
+
+/// How long a contact is remembered: longer than any NAT keeps a filter open for a
+/// host that went quiet (minutes for UDP and for closed TCP connections).
+pub const REMEMBERED: Duration = Duration::from_secs(30 * 60);
+/// Most contacts of each kind remembered; past it the oldest are forgotten (a node
+/// forgetting a contact can only take an answer for a stranger's dial late, and by
+/// then the NAT has forgotten it too, or the node is busy enough to meet strangers).
+pub const MOST: usize = 4096;
+
+/// Contacts, each with when it was last seen.
+#[derive(Default)]
+pub struct Contacts {
+    /// IP addresses we sent to (dials made, whether they succeeded or not).
+    sent_to: HashMap<IpAddr, Instant>,
+    /// Peers we dialled (a dial by peer id starts before its addresses are known).
+    dialled: HashMap<PeerId, Instant>,
+    /// Peers we reached through a relay (a hole punch follows).
+    relayed: HashMap<PeerId, Instant>,
+}
+
+fn remember<K: Hash + Eq + Copy>(map: &mut HashMap<K, Instant>, key: K, now: Instant) {
+    if map.len() >= MOST && !map.contains_key(&key) {
+        map.retain(|_, at| now.saturating_duration_since(*at) < REMEMBERED);
+        if map.len() >= MOST {
+            if let Some(oldest) = map.iter().min_by_key(|(_, at)| **at).map(|(k, _)| *k) {
+                map.remove(&oldest);
+            }
+        }
+    }
+    map.insert(key, now);
+}
+
+fn recent<K: Hash + Eq>(map: &HashMap<K, Instant>, key: &K, now: Instant) -> bool {
+    map.get(key)
+        .is_some_and(|at| now.saturating_duration_since(*at) < REMEMBERED)
+}
+
+/// The IP address of a direct address; `None` for a relayed one or a name.
+pub fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
+    if addr.iter().any(|p| p == Protocol::P2pCircuit) {
+        return None;
+    }
+    addr.iter().find_map(|p| match p {
+        Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
+        Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),
+        _ => None,
+    })
+}
+
+impl Contacts {
+    /// We dialled (or tried to dial) `addr`.
+    pub fn sent_to(&mut self, addr: &Multiaddr, now: Instant) {
+        if let Some(ip) = ip_of(addr) {
+            remember(&mut self.sent_to, ip, now);
+        }
+    }
+
+    /// We started a dial to `peer`.
+    pub fn dialled(&mut self, peer: PeerId, now: Instant) {
+        remember(&mut self.dialled, peer, now);
+    }
+
+    /// We hold a relayed connection with `peer`.
+    pub fn relayed(&mut self, peer: PeerId, now: Instant) {
+        remember(&mut self.relayed, peer, now);
+    }
+
+    /// An inbound connection from `peer` at `remote` came up: the IP address it
+    /// proves strangers can reach us from, if it is a stranger's (a direct connection,
+    /// not from loopback, from an address we did not send to, by a peer we did not
+    /// dial and do not reach through a relay).
+    pub fn stranger(&self, peer: &PeerId, remote: &Multiaddr, now: Instant) -> Option<IpAddr> {
+        let ip = ip_of(remote)?;
+        let answer = ip.is_loopback()
+            || recent(&self.sent_to, &ip, now)
+            || recent(&self.dialled, peer, now)
+            || recent(&self.relayed, peer, now);
+        (!answer).then_some(ip)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> Multiaddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn only_a_peer_we_never_contacted_proves_strangers_get_in() {
+        let now = Instant::now();
+        let mut c = Contacts::default();
+        let (server, punched, stranger, dialled) = (
+            PeerId::random(),
+            PeerId::random(),
+            PeerId::random(),
+            PeerId::random(),
+        );
+        // The AutoNAT server's host: we dialled it; its dial-back comes from another port.
+        c.sent_to(&addr("/ip4/198.51.100.1/udp/4002/quic-v1"), now);
+        c.dialled(server, now);
+        assert_eq!(
+            c.stranger(&server, &addr("/ip4/198.51.100.1/udp/50123/quic-v1"), now),
+            None
+        );
+        // Another peer of the server's host is no stranger to its NAT either.
+        assert_eq!(
+            c.stranger(&stranger, &addr("/ip4/198.51.100.1/udp/9/quic-v1"), now),
+            None
+        );
+        // A hole punch: the peer came through a relay first.
+        c.relayed(punched, now);
+        assert_eq!(
+            c.stranger(&punched, &addr("/ip4/198.51.100.3/udp/4002/quic-v1"), now),
+            None
+        );
+        // A peer we are dialling, whose own dial came in first.
+        c.dialled(dialled, now);
+        assert_eq!(
+            c.stranger(&dialled, &addr("/ip4/198.51.100.4/udp/4002/quic-v1"), now),
+            None
+        );
+        // Loopback and relayed connections prove nothing.
+        assert_eq!(
+            c.stranger(&stranger, &addr("/ip4/127.0.0.1/udp/9/quic-v1"), now),
+            None
+        );
+        let circuit = format!("/ip4/198.51.100.1/udp/4002/quic-v1/p2p/{server}/p2p-circuit");
+        assert_eq!(c.stranger(&stranger, &addr(&circuit), now), None);
+        // A stranger.
+        let from = addr("/ip4/198.51.100.5/udp/4002/quic-v1");
+        assert_eq!(
+            c.stranger(&stranger, &from, now),
+            Some("198.51.100.5".parse().unwrap())
+        );
+        // Contacts are forgotten after a while.
+        let later = now + REMEMBERED;
+        assert!(c
+            .stranger(&server, &addr("/ip4/198.51.100.1/udp/1/quic-v1"), later)
+            .is_some());
+    }
+
+    #[test]
+    fn contacts_are_bounded() {
+        let now = Instant::now();
+        let mut c = Contacts::default();
+        for i in 0..(MOST + 10) {
+            c.dialled(PeerId::random(), now + Duration::from_millis(i as u64));
+        }
+        assert_eq!(c.dialled.len(), MOST);
+    }
+}
