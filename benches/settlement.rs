@@ -226,7 +226,6 @@ fn claims(p: &MeshParams) {
         p.clone(),
         &observer_db,
         None,
-        None,
         Metrics::default(),
         START,
     )

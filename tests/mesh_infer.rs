@@ -317,20 +317,9 @@ async fn a_light_gateway_answers_through_a_supplier_and_the_acks_are_its_receipt
             || async { relaymesh_node::store::DataDir::open(dg.path()).ok() },
         )
         .await;
-        let tree = dir.db().open_tree("app_sessions").unwrap();
-        tree.iter()
-            .map(|kv| {
-                let (_, v) = kv.unwrap();
-                ciborium::from_reader::<
-                    (
-                        relaymesh_protocol::messages::session::SignedSessionOpen,
-                        relaymesh_protocol::Digest,
-                        u64,
-                    ),
-                    _,
-                >(v.as_ref())
-                .unwrap()
-            })
+        relaymesh_node::store::app::AppStore::open(dir.db())
+            .unwrap()
+            .sessions()
             .collect::<Vec<_>>()
     };
     gateway.shutdown().await;

@@ -104,19 +104,20 @@ impl Node {
                 source,
             })
         };
-        let app_tree = |name: &str| db.open_tree(name).map(Some).map_err(db_error);
-        let app_sessions = app_tree("app_sessions")?;
+        let tree = |name: &str| db.open_tree(name).map_err(db_error);
         let miner = match serves {
-            true => app_tree("mining")?.map(|t| Arc::new(crate::mining::Miner::new(t, &params))),
+            true => Some(Arc::new(crate::mining::Miner::new(
+                tree("mining")?,
+                &params,
+            ))),
             false => None,
         };
-        let requests = app_tree("requests")?;
+        let requests = tree("requests")?;
         let settlement = Arc::new(
             crate::settle::Settlement::open(
                 key.clone(),
                 params.clone(),
                 &db,
-                app_sessions.clone(),
                 miner.clone(),
                 metrics.clone(),
                 crate::mesh::now_ms(),
@@ -144,8 +145,6 @@ impl Node {
                 queue_places: limits.queue_places,
                 ..routing.timeouts
             },
-            app_tree(crate::settle::APP_ACKS_TREE)?,
-            app_sessions,
         );
         let resolver = crate::infer::resolve::Resolver {
             node: handle.clone(),

@@ -141,7 +141,6 @@ pub fn targets(vectors: &[(String, Vec<u8>)]) -> Result<Vec<FuzzTarget>, String>
             params,
             &db,
             None,
-            None,
             Metrics::default(),
             now,
         )

@@ -39,28 +39,14 @@ impl Settlement {
     /// Forgets the app's sessions (secrets, reveal records and the acks it sent) whose
     /// epoch is final: nothing can be claimed or revealed for them any more.
     fn prune_app_sessions(&self, frozen_before: u64) {
-        let Some(sessions) = &self.app_sessions else {
-            return;
-        };
         let last = self
             .pruned_before
             .swap(frozen_before, std::sync::atomic::Ordering::Relaxed);
         if last == frozen_before {
             return;
         }
-        for (key, bytes) in sessions.iter().flatten() {
-            let Ok((open, _, _)) =
-                ciborium::from_reader::<(SignedSessionOpen, Digest, u64), _>(bytes.as_ref())
-            else {
-                continue;
-            };
-            if open.epoch(&self.params) < frozen_before {
-                let _ = sessions.remove(&key);
-                let _ = self.revealed.remove(&key);
-                for ack in self.app_acks.scan_prefix(&key).keys().flatten() {
-                    let _ = self.app_acks.remove(ack);
-                }
-            }
+        for key in self.app.prune(&self.params, frozen_before) {
+            let _ = self.revealed.remove(key.0);
         }
     }
 
@@ -159,9 +145,6 @@ impl Settlement {
     }
 
     fn app_duties(&self, now_ms: u64, out: &mut Vec<LedgerMessage>) {
-        let Some(sessions) = &self.app_sessions else {
-            return;
-        };
         let me = self.me();
         let pending: Vec<(Digest, Digest, u64, Digest)> = self
             .ledger
@@ -186,7 +169,7 @@ impl Settlement {
                 Ok(_) => {}
                 Err(_) => continue,
             }
-            let Some(secret) = app_secret(sessions, &session_key) else {
+            let Some(secret) = self.app.secret(&session_key) else {
                 continue;
             };
             if self.revealed.insert(session_key.0, &root.0[..]).is_err()
@@ -199,12 +182,4 @@ impl Settlement {
             out.extend(self.own(LedgerMessage::new(LedgerBody::Reveal(reveal)), now_ms));
         }
     }
-}
-
-/// The app's secret `r` of a session, from the gateway's stored sessions.
-fn app_secret(sessions: &sled::Tree, session_key: &Digest) -> Option<Digest> {
-    let bytes = sessions.get(session_key.0).ok()??;
-    let (_, secret, _): (SignedSessionOpen, Digest, u64) =
-        ciborium::from_reader(bytes.as_ref()).ok()?;
-    Some(secret)
 }

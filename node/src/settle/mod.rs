@@ -112,10 +112,9 @@ fn log_key(kind: u8, epoch: u64, id: &Digest) -> Vec<u8> {
     k
 }
 
-/// The sled tree of the acks a gateway sent, keyed by session key and receipt digest
-/// (the digest the supplier keys its receipt by), each value the whole receipt: the
-/// app's own record of what it will be billed, pruned with its session.
-pub const APP_ACKS_TREE: &str = "acks";
+/// The sled tree of the acks a gateway sent (`store::app`): the app's own record of
+/// what it will be billed, pruned with its session.
+pub const APP_ACKS_TREE: &str = crate::store::app::ACKS_TREE;
 
 /// The ledger and the settlement duties of one node.
 pub struct Settlement {
@@ -126,10 +125,9 @@ pub struct Settlement {
     /// App side: the root revealed for each session (`session key → root`), so no
     /// session is ever revealed for two roots.
     revealed: sled::Tree,
-    /// App side: the gateway's sessions with their secrets.
-    app_sessions: Option<sled::Tree>,
-    /// App side: the gateway's copy of every ack it sent (`APP_ACKS_TREE`).
-    app_acks: sled::Tree,
+    /// App side: the sessions this node opened, with their secrets, and the acks it
+    /// sent (written by the gateway).
+    app: crate::store::app::AppStore,
     /// Supplier side.
     miner: Option<Arc<Miner>>,
     metrics: Metrics,
@@ -152,6 +150,13 @@ pub struct Settlement {
     clock: clock::ClockWatch,
 }
 
+impl Settlement {
+    /// The app's records (its sessions and sent acks), which the gateway writes.
+    pub fn app_store(&self) -> &crate::store::app::AppStore {
+        &self.app
+    }
+}
+
 /// The tree and key of the stored ledger checkpoint.
 const CHECKPOINT_TREE: &str = "ledger_checkpoint";
 const CHECKPOINT_KEY: &[u8] = b"snapshot";
@@ -167,20 +172,19 @@ impl std::fmt::Debug for Settlement {
 }
 
 impl Settlement {
-    /// Opens the settlement state in `db` (trees `ledger` and `revealed`) and replays
-    /// the stored log into a fresh ledger.
+    /// Opens the settlement state in `db` (trees `ledger` and `revealed`, and the app's
+    /// records) and replays the stored log into a fresh ledger.
     pub fn open(
         key: Keypair,
         params: MeshParams,
         db: &sled::Db,
-        app_sessions: Option<sled::Tree>,
         miner: Option<Arc<Miner>>,
         metrics: Metrics,
         now_ms: u64,
     ) -> Result<Self, sled::Error> {
         let log = db.open_tree("ledger")?;
         let revealed = db.open_tree("revealed")?;
-        let app_acks = db.open_tree(APP_ACKS_TREE)?;
+        let app = crate::store::app::AppStore::open(db)?;
         let credit = db.open_tree("credit")?;
         let checkpoint = db.open_tree(CHECKPOINT_TREE)?;
         let params_skew = params.max_clock_skew_ms;
@@ -239,8 +243,7 @@ impl Settlement {
             ledger: Mutex::new(ledger),
             log,
             revealed,
-            app_sessions,
-            app_acks,
+            app,
             miner,
             metrics,
             pruned_before: std::sync::atomic::AtomicU64::new(u64::MAX),

@@ -98,16 +98,7 @@ fn node(
             .unwrap();
     }
     let metrics = Metrics::default();
-    let s = Settlement::open(
-        k,
-        p.clone(),
-        &db,
-        Some(sessions),
-        miner,
-        metrics.clone(),
-        START,
-    )
-    .unwrap();
+    let s = Settlement::open(k, p.clone(), &db, miner, metrics.clone(), START).unwrap();
     Node {
         s,
         metrics,
@@ -230,21 +221,19 @@ fn the_app_forgets_a_final_session_with_the_acks_it_sent() {
         false,
         &[(old.clone(), old_secret), (new.clone(), new_secret)],
     );
-    let acks = &gateway.s.app_acks;
+    let app_store = gateway.s.app_store();
     for s in [&old, &new] {
         for r in receipts(s, &app, 2, 3, 10) {
-            let key = [s.session_key().0, r.digest().0].concat();
-            acks.insert(key, to_canonical(&r)).unwrap();
+            app_store.keep_ack(&r);
         }
     }
-    let held = |s: &SignedSessionOpen| acks.scan_prefix(s.session_key().0).count();
+    let held = |s: &SignedSessionOpen| app_store.acks_of(&s.session_key());
     gateway.s.tick(end(&p));
     assert_eq!((held(&old), held(&new)), (6, 6), "nothing is final yet");
     gateway.s.tick(later_start + 1);
     assert_eq!((held(&old), held(&new)), (0, 6));
-    let sessions = gateway.s.app_sessions.as_ref().unwrap();
-    assert!(sessions.get(old.session_key().0).unwrap().is_none());
-    assert!(sessions.get(new.session_key().0).unwrap().is_some());
+    assert!(app_store.secret(&old.session_key()).is_none());
+    assert!(app_store.secret(&new.session_key()).is_some());
 }
 
 #[test]
@@ -594,16 +583,7 @@ fn the_ledger_survives_a_restart_and_anti_entropy_fills_a_gap() {
     let (_, messages) = settled_messages(&p, 20);
     let before = {
         let db = crate::testkit::open_db(dir.path());
-        let n = Settlement::open(
-            key(3),
-            p.clone(),
-            &db,
-            None,
-            None,
-            Metrics::default(),
-            START,
-        )
-        .unwrap();
+        let n = Settlement::open(key(3), p.clone(), &db, None, Metrics::default(), START).unwrap();
         for m in &messages {
             n.ingest(LedgerMessage::new(m.clone()), now).unwrap();
         }
@@ -612,7 +592,7 @@ fn the_ledger_survives_a_restart_and_anti_entropy_fills_a_gap() {
     };
     let db = crate::testkit::open_db(dir.path());
     let restarted =
-        Settlement::open(key(3), p.clone(), &db, None, None, Metrics::default(), now).unwrap();
+        Settlement::open(key(3), p.clone(), &db, None, Metrics::default(), now).unwrap();
     let after = restarted.report(now);
     assert_eq!(balances(&after), balances(&before));
     assert_eq!(after.claims_settled, 1);
@@ -639,16 +619,7 @@ fn frozen_epochs_are_compacted_into_a_stored_checkpoint() {
     let final_at = START + (u64::from(p.freeze_horizon_epochs) + 2) * p.epoch_ms;
     let before = {
         let db = crate::testkit::open_db(dir.path());
-        let n = Settlement::open(
-            key(3),
-            p.clone(),
-            &db,
-            None,
-            None,
-            Metrics::default(),
-            START,
-        )
-        .unwrap();
+        let n = Settlement::open(key(3), p.clone(), &db, None, Metrics::default(), START).unwrap();
         for m in messages {
             n.ingest(LedgerMessage::new(m), now).unwrap();
         }
@@ -661,16 +632,8 @@ fn frozen_epochs_are_compacted_into_a_stored_checkpoint() {
     };
     assert!(balances(&before)[&sup.public_key().peer_id()] > 0);
     let db = crate::testkit::open_db(dir.path());
-    let restarted = Settlement::open(
-        key(3),
-        p.clone(),
-        &db,
-        None,
-        None,
-        Metrics::default(),
-        final_at,
-    )
-    .unwrap();
+    let restarted =
+        Settlement::open(key(3), p.clone(), &db, None, Metrics::default(), final_at).unwrap();
     assert_eq!(balances(&restarted.report(final_at)), balances(&before));
 }
 
@@ -769,16 +732,7 @@ fn a_refused_proposal_is_withdrawn_and_its_escrow_comes_back() {
     let p = params(1_000_000_000, 16);
     let dir = tempfile::tempdir().unwrap();
     let db = crate::testkit::open_db(dir.path());
-    let app = Settlement::open(
-        key(1),
-        p.clone(),
-        &db,
-        None,
-        None,
-        Metrics::default(),
-        START,
-    )
-    .unwrap();
+    let app = Settlement::open(key(1), p.clone(), &db, None, Metrics::default(), START).unwrap();
     let (slot, at) = app.take_slot(START, 1, 1_000_000).unwrap();
     let (o, _) = session(&p, &key(1), &key(2), 40);
     let mut terms = o.body.clone();
@@ -803,7 +757,7 @@ fn a_refused_proposal_is_withdrawn_and_its_escrow_comes_back() {
     // The app restarts; the withdrawal is replayed.
     drop(app);
     db.flush().unwrap();
-    let app = Settlement::open(key(1), p.clone(), &db, None, None, Metrics::default(), at).unwrap();
+    let app = Settlement::open(key(1), p.clone(), &db, None, Metrics::default(), at).unwrap();
     app.report(final_at);
     other.s.report(final_at);
     assert_eq!(line(&app), before + u128::from(slot.amount));

@@ -1,5 +1,6 @@
 //! What a node keeps on disk: its identity key and a sled database, in one data dir.
 
+pub mod app;
 mod identity;
 
 pub use identity::{

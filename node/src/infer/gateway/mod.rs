@@ -96,17 +96,11 @@ pub struct Gateway {
     pub queue: Arc<Queue>,
     protocol: StreamProtocol,
     held: std::sync::Mutex<std::collections::HashMap<(PublicKey, Digest), Held>>,
-    /// The acks this app sent, as receipts (request and ack), in sled tree `acks` under
-    /// the receipt's digest; `None` for a node without a data dir.
-    acks: Option<sled::Tree>,
-    /// Every session this app opened, with its secret `r` and next request id, in sled
-    /// tree `app_sessions` under the session key: resumed after a restart, and kept
-    /// (after the session ends too) for the reveal relay mining asks of the app.
-    sessions: Option<sled::Tree>,
+    /// Every session this app opened (with its secret `r` and next request id: resumed
+    /// after a restart, and kept after the session ends for the reveal relay mining
+    /// asks of the app) and every ack it sent, as receipts.
+    app: crate::store::app::AppStore,
 }
-
-/// A stored app session: the countersigned terms, the secret `r`, the next request id.
-type StoredSession = (SignedSessionOpen, Digest, u64);
 
 impl Gateway {
     /// The gateway of the node behind `handle`.
@@ -118,20 +112,15 @@ impl Gateway {
         settlement: Arc<crate::settle::Settlement>,
         router: Arc<Router>,
         timeouts: Timeouts,
-        acks: Option<sled::Tree>,
-        sessions: Option<sled::Tree>,
     ) -> Arc<Self> {
+        // The app's records have one owner, shared with settlement (which reveals and
+        // prunes them).
+        let app = settlement.app_store().clone();
         let protocol = crate::mesh::names::infer_protocol(&params.mesh_id());
         // Sessions still running are resumed where they left off.
         let mut held = std::collections::HashMap::new();
         let now = now_ms();
-        for (_, bytes) in sessions.iter().flat_map(|t| t.iter()).flatten() {
-            let Ok((session, secret, next_request_id)) =
-                ciborium::from_reader::<StoredSession, _>(bytes.as_ref())
-            else {
-                warn!("an unreadable stored session was skipped");
-                continue;
-            };
+        for (session, secret, next_request_id) in app.sessions() {
             let t = &session.body;
             if now + SESSION_MARGIN_MS < t.end_ms() && held.len() < MAX_HELD_SESSIONS {
                 held.insert(
@@ -154,41 +143,24 @@ impl Gateway {
             queue: Arc::new(Queue::new(timeouts.queue_places)),
             protocol,
             held: std::sync::Mutex::new(held),
-            acks,
-            sessions,
+            app,
         })
     }
 
     /// Writes a held session's record (before its next request goes out, so a restart
     /// never reuses a request id).
     fn store(&self, h: &Held) {
-        if let Some(tree) = &self.sessions {
-            let record: StoredSession = (h.session.clone(), h.secret, h.next_request_id);
-            let bytes = relaymesh_protocol::wire::to_canonical(&record);
-            if let Err(e) = tree.insert(h.session.session_key().0, bytes) {
-                warn!(%e, "cannot store a session");
-            }
-        }
+        self.app
+            .put_session(&h.session, h.secret, h.next_request_id);
     }
 
-    /// Stores an ack this app is about to send, before it is sent: the app's copy of
-    /// what the supplier will bill (the flush comes with the database's commit
-    /// interval, like the supplier's receipts), under its session key and receipt
-    /// digest, so it is pruned with the session (`settle::APP_ACKS_TREE`).
+    /// Stores an ack this app is about to send, before it is sent (`store::app`).
     fn keep(&self, leg: &Leg, ack: &relaymesh_protocol::messages::ack::SignedAck) {
-        if let Some(tree) = &self.acks {
-            let receipt = relaymesh_protocol::metering::receipt::Receipt {
+        self.app
+            .keep_ack(&relaymesh_protocol::metering::receipt::Receipt {
                 request: leg.flow.request().clone(),
                 ack: ack.clone(),
-            };
-            let bytes = relaymesh_protocol::wire::to_canonical(&receipt);
-            let mut key = [0u8; 64];
-            key[..32].copy_from_slice(&ack.body.session_key.0);
-            key[32..].copy_from_slice(&receipt.digest().0);
-            if let Err(e) = tree.insert(key, bytes) {
-                warn!(%e, "cannot store a sent ack");
-            }
-        }
+            });
     }
 
     /// A session held with `supplier` for `offer`'s model on the same terms, and the

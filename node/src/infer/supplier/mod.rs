@@ -92,25 +92,18 @@ impl Drop for AbortOnDrop {
 /// How long a stopping supplier waits for its streams to send their last frame.
 const STREAMS_END_GRACE: Duration = Duration::from_secs(3);
 
-/// Most request ids remembered in memory by a node without a data dir.
-pub const MAX_SEEN_IN_MEMORY: usize = 100_000;
-
 /// The request ids a supplier has served in each session, so that no request is served
 /// (and billed) twice, even across a restart: kept in sled next to the receipts (tree
-/// `requests`, key = session key ‖ request id, value = the session's end), each until
-/// its session ends. Nodes without a data dir keep them in memory, bounded.
+/// `requests`, key = session key ‖ request id, value = the session's end; a node without
+/// a data dir keeps them in its temporary database), each until its session ends.
 pub struct SeenRequests {
-    tree: Option<sled::Tree>,
-    memory: std::sync::Mutex<std::collections::HashMap<[u8; 40], u64>>,
+    tree: sled::Tree,
 }
 
 impl SeenRequests {
-    /// Backed by `tree`, or by memory when `None`.
-    pub fn new(tree: Option<sled::Tree>) -> Self {
-        Self {
-            tree,
-            memory: Default::default(),
-        }
+    /// Backed by `tree`.
+    pub fn new(tree: sled::Tree) -> Self {
+        Self { tree }
     }
 
     /// Records `request_id` of `session`; false if it was served before.
@@ -118,44 +111,24 @@ impl SeenRequests {
         let mut key = [0u8; 40];
         key[..32].copy_from_slice(&session.0);
         key[32..].copy_from_slice(&request_id.to_be_bytes());
-        match &self.tree {
-            Some(tree) => matches!(
-                tree.compare_and_swap(
-                    key,
-                    None as Option<&[u8]>,
-                    Some(&session_end_ms.to_be_bytes()[..])
-                ),
-                Ok(Ok(()))
+        matches!(
+            self.tree.compare_and_swap(
+                key,
+                None as Option<&[u8]>,
+                Some(&session_end_ms.to_be_bytes()[..])
             ),
-            None => {
-                let mut memory = self.memory.lock().expect("seen lock");
-                if memory.len() >= MAX_SEEN_IN_MEMORY {
-                    // Forget the sessions ending soonest; a resumed request for one of
-                    // them would be refused by its end anyway, soon.
-                    let mut ends: Vec<u64> = memory.values().copied().collect();
-                    ends.sort_unstable();
-                    let cut = ends[ends.len() / 2];
-                    memory.retain(|_, end| *end > cut);
-                }
-                memory.insert(key, session_end_ms).is_none()
-            }
-        }
+            Ok(Ok(()))
+        )
     }
 
     /// Forgets sessions that ended before `now_ms`.
     pub fn prune(&self, now_ms: u64) {
-        if let Some(tree) = &self.tree {
-            for (key, end) in tree.iter().flatten() {
-                let end = u64::from_be_bytes(end.as_ref().try_into().unwrap_or([0; 8]));
-                if end < now_ms {
-                    let _ = tree.remove(key);
-                }
+        for (key, end) in self.tree.iter().flatten() {
+            let end = u64::from_be_bytes(end.as_ref().try_into().unwrap_or([0; 8]));
+            if end < now_ms {
+                let _ = self.tree.remove(key);
             }
         }
-        self.memory
-            .lock()
-            .expect("seen lock")
-            .retain(|_, end| *end >= now_ms);
     }
 }
 
