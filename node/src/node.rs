@@ -175,7 +175,11 @@ impl Node {
                     crate::infer::window(&params),
                     limits.streams_per_app,
                     limits.sessions_per_app,
-                    max_connections,
+                    crate::infer::claims::Claims::new(
+                        max_connections,
+                        limits.connections_per_ip as usize,
+                        handle.peer_networks.clone(),
+                    ),
                 ),
                 budgets: Default::default(),
                 params: params.clone(),
@@ -319,8 +323,9 @@ impl Node {
 
     /// Runs until the swarm task ends (after `shutdown`, or if it fails).
     pub async fn wait(mut self) {
-        if let Some(task) = self.swarm_task.take() {
+        if let Some(task) = self.swarm_task.as_mut() {
             let _ = task.await;
+            self.swarm_task = None;
         }
         self.abort_tasks();
         if let Some((_, api)) = self.api.take() {
@@ -349,17 +354,20 @@ impl Node {
             api.stop_accepting();
         }
         let _ = self.handle.withdraw().await;
-        if let Some(task) = self.supplier.take() {
-            // Ends once its streams have (bounded).
+        if let Some(task) = self.supplier.as_mut() {
+            // Ends once its streams have (bounded). Awaited in place: should this
+            // future be dropped part way, `Drop` still aborts it.
             let _ = task.await;
+            self.supplier = None;
         }
         if let Some((_, api)) = self.api.take() {
             api.stop(crate::stopping::STOP_GRACE + std::time::Duration::from_secs(1))
                 .await;
         }
         let _ = self.handle.shutdown().await;
-        if let Some(task) = self.swarm_task.take() {
+        if let Some(task) = self.swarm_task.as_mut() {
             let _ = task.await;
+            self.swarm_task = None;
         }
         self.abort_tasks();
         if let Some(dir) = &self.data_dir {
@@ -375,11 +383,12 @@ impl Drop for Node {
     /// aborted. The database is not flushed here (sled flushes on its own within its
     /// commit interval; the miner's records are group-committed every 250 ms).
     fn drop(&mut self) {
-        let Some(swarm) = self.swarm_task.take() else {
-            return;
-        };
-        self.stopping.stop();
-        swarm.abort();
+        // Whatever is left: all of it without `shutdown`, or what a `shutdown` or
+        // `wait` dropped part way (an embedder's timeout) had not reached yet.
+        if let Some(swarm) = self.swarm_task.take() {
+            self.stopping.stop();
+            swarm.abort();
+        }
         self.abort_tasks();
         if let Some((_, api)) = self.api.as_mut() {
             api.abort();

@@ -199,22 +199,26 @@ impl Drop for StreamTicket<'_> {
 impl AppLimits {
     /// Limits for a mesh whose ack window is `full`.
     pub fn new(full: Window) -> Self {
-        Self::with_caps(full, MAX_STREAMS_PER_APP, MAX_SESSIONS_PER_APP, 256)
+        Self::with_caps(
+            full,
+            MAX_STREAMS_PER_APP,
+            MAX_SESSIONS_PER_APP,
+            Claims::default(),
+        )
     }
 
     /// As [`Self::new`], with `streams_per_app` and `sessions_per_app` in place of the
-    /// defaults, for a node that holds at most `connections` connections (the claims'
-    /// line has room for all of theirs).
+    /// defaults, and `claims` sized for the node's connection limits.
     pub fn with_caps(
         full: Window,
         streams_per_app: usize,
         sessions_per_app: usize,
-        connections: usize,
+        claims: Claims,
     ) -> Self {
         Self {
             apps: Mutex::new(Apps::default()),
             full,
-            claims: Claims::new(connections),
+            claims,
             caps: (streams_per_app, sessions_per_app),
         }
     }

@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 use libp2p::PeerId;
 use relaymesh_protocol::PublicKey;
 
+use crate::mesh::ip_limit::{Network, PeerNetworks};
+
 /// How long a claim lives at most.
 pub const FAIR_WINDOW: Duration = Duration::from_secs(5);
 /// How long after its retry a claimant may take to come back before its claim lapses
@@ -41,6 +43,8 @@ struct Claim {
     back_by: Instant,
     /// The peer it was made through.
     peer: PeerId,
+    /// The network that peer connected from, where known.
+    network: Option<Network>,
 }
 
 impl Claim {
@@ -61,23 +65,37 @@ struct Line {
 /// The claims of one supplier, over all its models.
 pub struct Claims {
     line: Mutex<Line>,
+    /// Where claimants' peers connect from.
+    networks: PeerNetworks,
+    /// Most claims on one model made through peers of one network.
+    per_network: usize,
 }
 
 impl Default for Claims {
     fn default() -> Self {
-        Self::new(256)
+        Self::new(
+            256,
+            crate::mesh::ip_limit::DEFAULT_PER_IP as usize,
+            PeerNetworks::default(),
+        )
     }
 }
 
 impl Claims {
-    /// The claims of a node that holds at most `connections` connections: each model's
-    /// line has room for [`MAX_WAITING_PER_PEER`] claims through every one of them.
-    pub fn new(connections: usize) -> Self {
+    /// The claims of a node that holds at most `connections` connections, and at most
+    /// `per_ip` inbound ones from one network (`networks` says which peer is where):
+    /// each model's line has room for [`MAX_WAITING_PER_PEER`] claims through every
+    /// connection, and takes at most as many through the peers of one network as its
+    /// connections could make (claims outlive their peer's connection by up to 1.5 s,
+    /// so peer ids that come and go could otherwise pile them up).
+    pub fn new(connections: usize, per_ip: usize, networks: PeerNetworks) -> Self {
         Self {
             line: Mutex::new(Line {
                 most: connections.max(1).saturating_mul(MAX_WAITING_PER_PEER),
                 ..Line::default()
             }),
+            networks,
+            per_network: per_ip.max(1).saturating_mul(MAX_WAITING_PER_PEER),
         }
     }
 
@@ -106,9 +124,19 @@ impl Claims {
         if !new {
             return None;
         }
+        let network = self.networks.of(&peer);
         let of_peer = line.claims.values().filter(|c| c.peer == peer).count();
         let of_model = line.claims.keys().filter(|(_, m)| m == model).count();
-        if of_model >= line.most || of_peer >= MAX_WAITING_PER_PEER {
+        let of_network = network.map_or(0, |n| {
+            line.claims
+                .iter()
+                .filter(|((_, m), c)| m == model && c.network == Some(n))
+                .count()
+        });
+        if of_model >= line.most
+            || of_peer >= MAX_WAITING_PER_PEER
+            || of_network >= self.per_network
+        {
             return None;
         }
         let since = since.filter(|s| now.duration_since(*s) < FAIR_WINDOW);
@@ -118,6 +146,7 @@ impl Claims {
                 since: since.unwrap_or(now),
                 back_by,
                 peer,
+                network,
             },
         );
         Some(SHARE_RETRY)
@@ -256,7 +285,7 @@ mod tests {
     /// fill. It now has room for four claims through every connection.
     #[test]
     fn a_line_has_room_for_every_connections_claims() {
-        let claims = Claims::new(2);
+        let claims = Claims::new(2, 32, PeerNetworks::default());
         let (p1, p2, p3) = (PeerId::random(), PeerId::random(), PeerId::random());
         let key = |i: u8| PublicKey([i; 32]);
         for i in 0..8u8 {
@@ -272,6 +301,46 @@ mod tests {
             Claims::default().line.lock().unwrap().most,
             MAX_WAITING_APPS
         );
+    }
+
+    /// Review (issue 17): a claim outlives its peer's connection by up to 1.5 s, so
+    /// peer ids of one address that came and went filled a model's line although the
+    /// address held at most `connections_per_ip` connections at a time. Claims are now
+    /// bounded per network too: as many as its connections could make at once.
+    #[test]
+    fn peers_of_one_network_make_at_most_its_share_of_claims() {
+        let networks = PeerNetworks::default();
+        let claims = Claims::new(256, 2, networks.clone());
+        let home = Network::V4(std::net::Ipv4Addr::new(203, 0, 113, 7));
+        let mut n = 0u8;
+        let mut made = 0;
+        for _ in 0..4 {
+            // A peer id of `home` connects, makes four claims, and leaves.
+            let peer = PeerId::random();
+            networks.add(peer, home);
+            for _ in 0..4 {
+                n += 1;
+                made += usize::from(
+                    claims
+                        .wait(&PublicKey([n; 32]), "m", peer, true, None)
+                        .is_some(),
+                );
+            }
+            networks.remove(&peer);
+        }
+        assert_eq!(made, 2 * MAX_WAITING_PER_PEER, "two connections' worth");
+        // Another network's peer, and a peer we cannot place (relayed), still get theirs.
+        let elsewhere = PeerId::random();
+        networks.add(
+            elsewhere,
+            Network::V4(std::net::Ipv4Addr::new(198, 51, 100, 9)),
+        );
+        assert!(claims
+            .wait(&PublicKey([200; 32]), "m", elsewhere, true, None)
+            .is_some());
+        assert!(claims
+            .wait(&PublicKey([201; 32]), "m", PeerId::random(), true, None)
+            .is_some());
     }
 
     #[test]

@@ -10,13 +10,24 @@
 //! through a NAT that lets strangers in, or through none: that is the confirmation
 //! [`super::reachability::Reach`] waits for before it gives its last relay slot back.
 //!
-//! IO-free: the event loop reports dials, connections and dial failures, with `now`.
+//! What counts as contacted: every address a dial goes to, noted by the transport as
+//! the dial starts (before a packet leaves: [`Noting`]), whatever the dial's outcome
+//! and whoever asked for it (DCUtR, the DHT, a lookup); every address of a connection,
+//! in or out, while it is open (replies open a NAT's filter too) and for 30 minutes
+//! after it closes; peers we dialled; peers we reach through a relay.
+//!
+//! The record itself is IO-free: the event loop and the transport report, with `now`.
 
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use libp2p::core::transport::{DialOpts, ListenerId, TransportError, TransportEvent};
+use libp2p::core::Transport;
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
 
@@ -56,20 +67,74 @@ fn recent<K: Hash + Eq>(map: &HashMap<K, Instant>, key: &K, now: Instant) -> boo
         .is_some_and(|at| now.saturating_duration_since(*at) < REMEMBERED)
 }
 
-/// The IP address of a direct address; `None` for a relayed one or a name.
+/// The IP address of a direct address (an IPv4 address in IPv6 as the IPv4 one);
+/// `None` for a relayed one or a name.
 pub fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
     if addr.iter().any(|p| p == Protocol::P2pCircuit) {
         return None;
     }
     addr.iter().find_map(|p| match p {
         Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
-        Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),
+        Protocol::Ip6(ip) => Some(IpAddr::V6(ip).to_canonical()),
         _ => None,
     })
 }
 
+/// Contacts shared by the transport and the event loop.
+pub type Shared = Arc<Mutex<Contacts>>;
+
+/// A transport that notes the address of every dial in `contacts` as the dial starts.
+pub struct Noting<T> {
+    inner: T,
+    contacts: Shared,
+}
+
+impl<T> Noting<T> {
+    /// `inner`, noting its dials in `contacts`.
+    pub fn new(inner: T, contacts: Shared) -> Self {
+        Self { inner, contacts }
+    }
+}
+
+impl<T: Transport + Unpin> Transport for Noting<T> {
+    type Output = T::Output;
+    type Error = T::Error;
+    type ListenerUpgrade = T::ListenerUpgrade;
+    type Dial = T::Dial;
+
+    fn listen_on(
+        &mut self,
+        id: ListenerId,
+        addr: Multiaddr,
+    ) -> Result<(), TransportError<Self::Error>> {
+        self.inner.listen_on(id, addr)
+    }
+
+    fn remove_listener(&mut self, id: ListenerId) -> bool {
+        self.inner.remove_listener(id)
+    }
+
+    fn dial(
+        &mut self,
+        addr: Multiaddr,
+        opts: DialOpts,
+    ) -> Result<Self::Dial, TransportError<Self::Error>> {
+        if let Ok(mut contacts) = self.contacts.lock() {
+            contacts.sent_to(&addr, Instant::now());
+        }
+        self.inner.dial(addr, opts)
+    }
+
+    fn poll(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<TransportEvent<Self::ListenerUpgrade, Self::Error>> {
+        Pin::new(&mut self.inner).poll(cx)
+    }
+}
+
 impl Contacts {
-    /// We dialled (or tried to dial) `addr`.
+    /// We dialled (or tried to dial) `addr`, or hold (or held) a connection there.
     pub fn sent_to(&mut self, addr: &Multiaddr, now: Instant) {
         if let Some(ip) = ip_of(addr) {
             remember(&mut self.sent_to, ip, now);

@@ -90,9 +90,9 @@ pub(crate) struct EventLoop {
     agents: HashMap<PeerId, String>,
     /// Whether peers can reach us, and our relay slots.
     reach: Reach,
-    /// Whom we contacted: an inbound connection from anyone else proves strangers
-    /// reach us.
-    contacts: crate::mesh::contacts::Contacts,
+    /// Whom we contacted (the transport notes its dials here too): an inbound
+    /// connection from anyone else proves strangers reach us.
+    contacts: crate::mesh::contacts::Shared,
     /// Our listeners on relays (each holds a slot), by the relay.
     relay_listeners: HashMap<libp2p::core::transport::ListenerId, PeerId>,
     /// Connections DCUtR reported hole-punched before we saw them established.
@@ -144,6 +144,7 @@ const MAX_LOOKUPS: usize = 32;
 const SYNC_PEERS: usize = 3;
 
 impl EventLoop {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         swarm: Swarm<MeshBehaviour>,
         commands: mpsc::Receiver<Command>,
@@ -152,6 +153,7 @@ impl EventLoop {
         metrics: Metrics,
         settlement: Option<std::sync::Arc<Settlement>>,
         membership: Option<std::sync::Arc<crate::mesh::membership::Membership>>,
+        contacts: crate::mesh::contacts::Shared,
     ) -> Self {
         let mesh_id = config.mesh.mesh_id();
         let bootstraps = Bootstraps::new(&config.bootstrap, std::time::Instant::now());
@@ -175,7 +177,7 @@ impl EventLoop {
             ledger_rounds: 0,
             mesh_id,
             reach: Reach::new(config.role == Role::Full),
-            contacts: Default::default(),
+            contacts,
             config,
             key,
             table: PeerTable::default(),
@@ -386,6 +388,10 @@ impl EventLoop {
                 self.on_closed(peer_id, connection_id, num_established);
                 if let Some(conns) = self.connections.get_mut(&peer_id) {
                     if let Some(c) = conns.remove(&connection_id) {
+                        // A NAT keeps its filter open a while after a connection ends.
+                        if let Ok(mut contacts) = self.contacts.lock() {
+                            contacts.sent_to(&c.addr, std::time::Instant::now());
+                        }
                         let label = TransportLabel {
                             transport: transport_of(&c.addr).into(),
                         };
@@ -402,19 +408,12 @@ impl EventLoop {
             SwarmEvent::Dialing {
                 peer_id: Some(peer),
                 ..
-            } => self.contacts.dialled(peer, std::time::Instant::now()),
+            } => self.contacts().dialled(peer, std::time::Instant::now()),
             SwarmEvent::OutgoingConnectionError {
                 connection_id,
                 peer_id,
                 error,
-            } => {
-                if let libp2p::swarm::DialError::Transport(tried) = &error {
-                    for (addr, _) in tried {
-                        self.contacts.sent_to(addr, std::time::Instant::now());
-                    }
-                }
-                self.on_dial_error(connection_id, peer_id, &error)
-            }
+            } => self.on_dial_error(connection_id, peer_id, &error),
             // A connection limit (total, per peer, pending) or the block list refused
             // a peer's connection.
             SwarmEvent::IncomingConnectionError {

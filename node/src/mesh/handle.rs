@@ -178,6 +178,8 @@ pub struct NodeHandle {
     pub(crate) peer_id: PeerId,
     pub(crate) streams: libp2p_stream::Control,
     pub(crate) membership: Option<std::sync::Arc<crate::mesh::membership::Membership>>,
+    /// Where peers holding inbound direct connections come from (`ip_limit`).
+    pub(crate) peer_networks: crate::mesh::ip_limit::PeerNetworks,
 }
 
 impl std::fmt::Debug for NodeHandle {

@@ -20,6 +20,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use libp2p::core::transport::PortUse;
@@ -106,11 +107,51 @@ impl std::fmt::Display for TooManyFromNetwork {
 
 impl std::error::Error for TooManyFromNetwork {}
 
+/// The network each peer holding a counted connection comes from (and how many such
+/// connections it holds), shared with the supplier: its claims on a model's next free
+/// slot are bounded per network too (`infer::claims`).
+#[derive(Clone, Debug, Default)]
+pub struct PeerNetworks(Arc<Mutex<HashMap<PeerId, (Network, u32)>>>);
+
+impl PeerNetworks {
+    /// The network `peer` connected to us from; `None` if it holds no counted
+    /// connection (it came through a relay, from this machine, or we dialled it).
+    pub fn of(&self, peer: &PeerId) -> Option<Network> {
+        let map = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.get(peer).map(|(network, _)| *network)
+    }
+
+    pub(crate) fn add(&self, peer: PeerId, network: Network) {
+        let mut map = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.entry(peer).or_insert((network, 0)).1 += 1;
+    }
+
+    pub(crate) fn remove(&self, peer: &PeerId) {
+        let mut map = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(entry) = map.get_mut(peer) {
+            entry.1 = entry.1.saturating_sub(1);
+            if entry.1 == 0 {
+                map.remove(peer);
+            }
+        }
+    }
+}
+
 /// The behaviour: counts inbound direct connections per network, refuses past the limit.
 pub struct IpLimit {
     per_ip: u32,
     held: HashMap<Network, u32>,
     counted: HashMap<ConnectionId, Network>,
+    peers: PeerNetworks,
 }
 
 impl IpLimit {
@@ -120,7 +161,13 @@ impl IpLimit {
             per_ip: per_ip.max(1),
             held: HashMap::new(),
             counted: HashMap::new(),
+            peers: PeerNetworks::default(),
         }
+    }
+
+    /// Where each peer holding a counted connection comes from.
+    pub fn peer_networks(&self) -> PeerNetworks {
+        self.peers.clone()
     }
 
     /// Inbound connections held from `network` now.
@@ -167,6 +214,7 @@ impl NetworkBehaviour for IpLimit {
             // Counted once every behaviour has let it in (another may refuse it after
             // this one did not).
             FromSwarm::ConnectionEstablished(ConnectionEstablished {
+                peer_id,
                 connection_id,
                 endpoint,
                 ..
@@ -177,10 +225,16 @@ impl NetworkBehaviour for IpLimit {
                 if let Some(network) = network_of(send_back_addr) {
                     *self.held.entry(network).or_default() += 1;
                     self.counted.insert(connection_id, network);
+                    self.peers.add(peer_id, network);
                 }
             }
-            FromSwarm::ConnectionClosed(ConnectionClosed { connection_id, .. }) => {
+            FromSwarm::ConnectionClosed(ConnectionClosed {
+                peer_id,
+                connection_id,
+                ..
+            }) => {
                 if let Some(network) = self.counted.remove(&connection_id) {
+                    self.peers.remove(&peer_id);
                     if let Some(n) = self.held.get_mut(&network) {
                         *n = n.saturating_sub(1);
                         if *n == 0 {

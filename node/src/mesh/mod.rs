@@ -76,8 +76,12 @@ pub fn spawn(
     let peer_id = libp2p_key.public().to_peer_id();
     let setup = |e: &dyn std::fmt::Display| SwarmError::Setup(e.to_string());
     let (relay_transport, relay_client) = libp2p::relay::client::new(peer_id);
-    let transport =
-        transport(&libp2p_key, relay_transport, membership.clone()).map_err(|e| setup(&e))?;
+    let contacts = contacts::Shared::default();
+    let transport = contacts::Noting::new(
+        transport(&libp2p_key, relay_transport, membership.clone()).map_err(|e| setup(&e))?,
+        contacts.clone(),
+    )
+    .boxed();
     let behaviour =
         behaviour::MeshBehaviour::new(&libp2p_key, &config, relay_client).map_err(|e| setup(&e))?;
     let mut swarm = libp2p::Swarm::new(
@@ -119,6 +123,7 @@ pub fn spawn(
     }
 
     let streams = swarm.behaviour().stream.new_control();
+    let peer_networks = swarm.behaviour().per_ip.peer_networks();
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
     let event_loop = event_loop::EventLoop::new(
         swarm,
@@ -128,6 +133,7 @@ pub fn spawn(
         metrics,
         settlement,
         membership.clone(),
+        contacts,
     );
     let task = tokio::spawn(event_loop.run());
     Ok((
@@ -136,6 +142,7 @@ pub fn spawn(
             peer_id,
             streams,
             membership,
+            peer_networks,
         },
         task,
     ))

@@ -98,9 +98,10 @@ pub struct Reach {
     /// A peer sees us at a public IP address none of our interfaces has: a NAT is in
     /// between.
     nat_seen: bool,
-    /// A stranger (a peer at an address we never sent to) reached us directly, from
-    /// this address: no NAT of ours filters by address (`contacts`).
-    stranger: Option<std::net::IpAddr>,
+    /// Address families (true: IPv6) in which a stranger (a peer at an address we never
+    /// sent to) reached us directly: no NAT of ours filters by address there
+    /// (`contacts`).
+    strangers: BTreeSet<bool>,
     relays: BTreeMap<PeerId, Relay>,
 }
 
@@ -159,7 +160,7 @@ impl Reach {
             probes_failed: 0,
             last_probe_error: None,
             nat_seen: false,
-            stranger: None,
+            strangers: BTreeSet::new(),
             relays: BTreeMap::new(),
         }
     }
@@ -202,8 +203,18 @@ impl Reach {
         if is_relayed(&addr) {
             self.relayed.insert(addr);
         } else {
+            // A new public IP (another network, another router) proves nothing yet.
+            if let Some(ip) = crate::mesh::contacts::ip_of(&addr) {
+                if !self.direct_ips().any(|d| d == ip) {
+                    self.strangers.remove(&ip.is_ipv6());
+                }
+            }
             self.direct.insert(addr);
         }
+    }
+
+    fn direct_ips(&self) -> impl Iterator<Item = std::net::IpAddr> + '_ {
+        self.direct.iter().filter_map(crate::mesh::contacts::ip_of)
     }
 
     /// An address of ours is not advertised any more.
@@ -211,22 +222,39 @@ impl Reach {
         self.direct.remove(addr);
         self.relayed.remove(addr);
         if self.direct.is_empty() {
-            // A new address (another network, another router) proves nothing yet.
-            self.stranger = None;
+            self.strangers.clear();
         }
     }
 
     /// A stranger reached us directly from `ip` (see `contacts`): while we are public,
-    /// no NAT of ours lets in only the hosts we sent to, and no relay slot is needed.
+    /// no NAT of ours lets in only the hosts we sent to, in `ip`'s address family. Only
+    /// a stranger from as far as our public addresses of that family reach counts (a
+    /// peer on our LAN proves nothing of the router between us and the internet), and
+    /// not one at an address of ours (a router looping our LAN back to us).
     pub fn stranger_reached(&mut self, ip: std::net::IpAddr) {
-        if !self.direct.is_empty() && self.stranger.is_none() {
-            self.stranger = Some(ip);
+        let widest = self
+            .direct
+            .iter()
+            .filter(|a| {
+                crate::mesh::contacts::ip_of(a).is_some_and(|d| d.is_ipv6() == ip.is_ipv6())
+            })
+            .map(super::scope::scope_of)
+            .max();
+        let Some(widest) = widest else {
+            return;
+        };
+        if super::scope::ip_scope(ip) >= widest && !self.direct_ips().any(|d| d == ip) {
+            self.strangers.insert(ip.is_ipv6());
         }
     }
 
-    /// Whether we are public and a stranger has shown it.
+    /// Whether we are public and, in every address family we are public in, a stranger
+    /// has shown it.
     pub fn confirmed(&self) -> bool {
-        !self.direct.is_empty() && self.stranger.is_some()
+        !self.direct.is_empty()
+            && self
+                .direct_ips()
+                .all(|ip| self.strangers.contains(&ip.is_ipv6()))
     }
 
     /// A connected peer offers relay slots; we reach it at `addr` (with `/p2p/<it>`).
@@ -459,13 +487,25 @@ mod tests {
         let asked = reach.next(now);
         assert_eq!(asked.len(), 1, "{asked:?}");
         assert!(matches!(asked[0], Action::Reserve { .. }));
+        // A peer on our LAN proves nothing of the router in front of it.
+        reach.stranger_reached("192.168.1.20".parse().unwrap());
+        assert!(!reach.confirmed());
         reach.stranger_reached("198.51.100.9".parse().unwrap());
         assert_eq!(reach.next(now).len(), 1, "released");
-        // Another address (the node moved): proven again from scratch.
-        reach.external_removed(&public);
+        // Another address (the node moved): proven again from scratch, even before
+        // the old one is withdrawn.
         reach.external_added("/ip4/203.0.113.7/udp/4002/quic-v1".parse().unwrap());
         assert!(!reach.confirmed());
         assert_eq!(reach.next(now).len(), 1, "a slot again");
+        // Our own address looped back by the router proves nothing; an IPv6 stranger
+        // proves nothing of IPv4.
+        reach.stranger_reached("203.0.113.7".parse().unwrap());
+        reach.external_added("/ip6/2001:db8::5/udp/4002/quic-v1".parse().unwrap());
+        reach.stranger_reached("2001:db8:1::9".parse().unwrap());
+        assert!(!reach.confirmed());
+        reach.stranger_reached("198.51.100.10".parse().unwrap());
+        assert!(reach.confirmed());
+        reach.external_removed(&public);
         let light = &mut Reach::new(false);
         light.relay_offered(r1, relay_addr(&r1));
         light.external_added(public);

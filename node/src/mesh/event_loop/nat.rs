@@ -146,21 +146,37 @@ impl EventLoop {
         }
     }
 
-    /// A connection with `peer` came up at `endpoint`: whom we contacted is noted, and
-    /// an inbound direct connection from a stranger tells that our NAT, if any, lets
-    /// strangers in (`contacts`).
+    /// The contacts, locked (the transport notes its dials there too).
+    pub(super) fn contacts(&self) -> std::sync::MutexGuard<'_, crate::mesh::contacts::Contacts> {
+        self.contacts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A connection with `peer` came up at `endpoint` (before it is added to
+    /// `connections`): an inbound direct one from a stranger tells that our NAT, if
+    /// any, lets strangers in (`contacts`); its address is a contact from now on (our
+    /// replies open a NAT's filter like a dial).
     pub(super) fn note_contact(&mut self, peer: &PeerId, endpoint: &ConnectedPoint) {
         let now = Instant::now();
+        let remote = endpoint.get_remote_address();
         if endpoint.is_relayed() {
-            self.contacts.relayed(*peer, now);
+            self.contacts().relayed(*peer, now);
             return;
         }
-        match endpoint {
-            ConnectedPoint::Dialer { address, .. } => self.contacts.sent_to(address, now),
-            ConnectedPoint::Listener { send_back_addr, .. } => {
-                let Some(ip) = self.contacts.stranger(peer, send_back_addr, now) else {
-                    return;
-                };
+        if let ConnectedPoint::Listener { send_back_addr, .. } = endpoint {
+            let ip = self.contacts().stranger(peer, send_back_addr, now);
+            // Not a stranger: a peer we hold a connection with, or one at an address
+            // we hold a connection to (however long ago it was made).
+            let known = ip.is_some_and(|ip| {
+                self.connections.contains_key(peer)
+                    || self
+                        .connections
+                        .values()
+                        .flat_map(|c| c.values())
+                        .any(|c| crate::mesh::contacts::ip_of(&c.addr) == Some(ip))
+            });
+            if let Some(ip) = ip.filter(|_| !known) {
                 let before = self.reach.confirmed();
                 self.reach.stranger_reached(ip);
                 if !before && self.reach.confirmed() {
@@ -168,6 +184,7 @@ impl EventLoop {
                 }
             }
         }
+        self.contacts().sent_to(remote, now);
     }
 
     /// The last connection to `peer` closed: a slot on it went with it.
