@@ -54,9 +54,12 @@ fn remember<K: Hash + Eq + Copy>(map: &mut HashMap<K, Instant>, key: K, now: Ins
     if map.len() >= MOST && !map.contains_key(&key) {
         map.retain(|_, at| now.saturating_duration_since(*at) < REMEMBERED);
         if map.len() >= MOST {
-            if let Some(oldest) = map.iter().min_by_key(|(_, at)| **at).map(|(k, _)| *k) {
-                map.remove(&oldest);
-            }
+            // The oldest tenth at once, so a flood of new contacts pays for one sort per
+            // MOST / 10 of them, not a scan each.
+            let mut ages: Vec<Instant> = map.values().copied().collect();
+            ages.sort_unstable();
+            let cut = ages[MOST / 10];
+            map.retain(|_, at| *at > cut);
         }
     }
     map.insert(key, now);
@@ -234,6 +237,7 @@ mod tests {
         for i in 0..(MOST + 10) {
             c.dialled(PeerId::random(), now + Duration::from_millis(i as u64));
         }
-        assert_eq!(c.dialled.len(), MOST);
+        assert!(c.dialled.len() <= MOST);
+        assert!(c.dialled.len() > MOST * 8 / 10);
     }
 }

@@ -6,8 +6,10 @@
 //! default) shuts everyone else out of the node, and at 4 claims each its peer ids fill
 //! a model's line for the next free slot (`infer::claims`). So inbound direct
 //! connections are counted per network address: an IPv4 address, or an IPv6 /56 (what
-//! one household is usually given). A connection past `per_ip` is refused at the end
-//! of its handshake and counted (`relaymesh_limited_total{reason="connections_per_ip"}`).
+//! one household is usually given), handshakes in progress included (or one host could
+//! hold every pending place with stalled handshakes). A connection past `per_ip` is
+//! refused as it arrives and counted
+//! (`relaymesh_limited_total{reason="connections_per_ip"}`).
 //!
 //! Not counted: connections we dialled (we chose them), relayed ones (the relay bounds
 //! its circuits per peer, and their address is the relay's), and this machine's own
@@ -151,6 +153,9 @@ pub struct IpLimit {
     per_ip: u32,
     held: HashMap<Network, u32>,
     counted: HashMap<ConnectionId, Network>,
+    /// Inbound connections still in their handshakes, by network: they count too, or
+    /// one host could hold every pending place (64) with stalled handshakes.
+    pending: HashMap<ConnectionId, Network>,
     peers: PeerNetworks,
 }
 
@@ -161,6 +166,7 @@ impl IpLimit {
             per_ip: per_ip.max(1),
             held: HashMap::new(),
             counted: HashMap::new(),
+            pending: HashMap::new(),
             peers: PeerNetworks::default(),
         }
     }
@@ -174,25 +180,47 @@ impl IpLimit {
     pub fn held(&self, network: &Network) -> u32 {
         self.held.get(network).copied().unwrap_or(0)
     }
+
+    fn refuse(&self, network: Network) -> ConnectionDenied {
+        ConnectionDenied::new(TooManyFromNetwork {
+            network,
+            per_ip: self.per_ip,
+        })
+    }
 }
 
 impl NetworkBehaviour for IpLimit {
     type ConnectionHandler = dummy::ConnectionHandler;
     type ToSwarm = Infallible;
 
+    fn handle_pending_inbound_connection(
+        &mut self,
+        connection_id: ConnectionId,
+        _: &Multiaddr,
+        remote: &Multiaddr,
+    ) -> Result<(), ConnectionDenied> {
+        let Some(network) = network_of(remote) else {
+            return Ok(());
+        };
+        let pending = self.pending.values().filter(|n| **n == network).count();
+        if self.held(&network) as usize + pending >= self.per_ip as usize {
+            return Err(self.refuse(network));
+        }
+        self.pending.insert(connection_id, network);
+        Ok(())
+    }
+
     fn handle_established_inbound_connection(
         &mut self,
-        _: ConnectionId,
+        connection_id: ConnectionId,
         _: PeerId,
         _: &Multiaddr,
         remote: &Multiaddr,
     ) -> Result<THandler<Self>, ConnectionDenied> {
+        self.pending.remove(&connection_id);
         if let Some(network) = network_of(remote) {
             if self.held(&network) >= self.per_ip {
-                return Err(ConnectionDenied::new(TooManyFromNetwork {
-                    network,
-                    per_ip: self.per_ip,
-                }));
+                return Err(self.refuse(network));
             }
         }
         Ok(dummy::ConnectionHandler)
@@ -227,6 +255,10 @@ impl NetworkBehaviour for IpLimit {
                     self.counted.insert(connection_id, network);
                     self.peers.add(peer_id, network);
                 }
+            }
+            // A handshake that failed, or a connection another behaviour refused.
+            FromSwarm::ListenFailure(failure) => {
+                self.pending.remove(&failure.connection_id);
             }
             FromSwarm::ConnectionClosed(ConnectionClosed {
                 peer_id,
@@ -299,6 +331,40 @@ mod tests {
         }
         // Other loopback addresses count: a test's flood comes from 127.0.0.2.
         assert!(network_of(&addr("/ip4/127.0.0.2/udp/1/quic-v1")).is_some());
+    }
+
+    /// Review: handshakes in progress were not counted, so one host could hold every
+    /// pending place of the node (64) with stalled handshakes.
+    #[test]
+    fn handshakes_in_progress_count_against_their_address() {
+        let mut limit = IpLimit::new(2);
+        let local = addr("/ip4/198.51.100.2/tcp/4002");
+        let remote = addr("/ip4/203.0.113.7/tcp/5000");
+        let id = ConnectionId::new_unchecked;
+        assert!(limit
+            .handle_pending_inbound_connection(id(1), &local, &remote)
+            .is_ok());
+        assert!(limit
+            .handle_pending_inbound_connection(id(2), &local, &remote)
+            .is_ok());
+        assert!(limit
+            .handle_pending_inbound_connection(id(3), &local, &remote)
+            .is_err());
+        assert!(limit
+            .handle_pending_inbound_connection(id(4), &local, &addr("/ip4/203.0.113.8/tcp/1"))
+            .is_ok());
+        // One handshake fails: its place is free again.
+        let error = libp2p::swarm::ListenError::Aborted;
+        limit.on_swarm_event(FromSwarm::ListenFailure(libp2p::swarm::ListenFailure {
+            local_addr: &local,
+            send_back_addr: &remote,
+            error: &error,
+            connection_id: id(1),
+            peer_id: None,
+        }));
+        assert!(limit
+            .handle_pending_inbound_connection(id(5), &local, &remote)
+            .is_ok());
     }
 
     #[test]
