@@ -75,21 +75,7 @@ impl Mesh {
 
     /// Asserts that the honest gateway is answered by the supplier.
     async fn serves_honest_requests(&self, after: &str) {
-        let r = reqwest::Client::new()
-            .post(format!(
-                "{}/v1/chat/completions",
-                support::base_url(&self.gateway)
-            ))
-            .json(&json!({
-                "model": "smollm2", "temperature": 0, "max_tokens": 6,
-                "messages": [{ "role": "user", "content": "What is the capital of France?" }],
-            }))
-            .timeout(Duration::from_secs(120))
-            .send()
-            .await
-            .unwrap();
-        let status = r.status();
-        let body: Value = r.json().await.unwrap();
+        let (status, body) = ask(&self.gateway).await;
         assert_eq!(
             status, 200,
             "after {after}, the honest request failed: {body}"
@@ -130,6 +116,24 @@ impl Mesh {
             node.shutdown().await;
         }
     }
+}
+
+/// A short question to `gateway`'s API: the status and the body.
+async fn ask(gateway: &relaymesh::Node) -> (reqwest::StatusCode, String) {
+    let r = reqwest::Client::new()
+        .post(format!(
+            "{}/v1/chat/completions",
+            support::base_url(gateway)
+        ))
+        .json(&json!({
+            "model": "smollm2", "temperature": 0, "max_tokens": 6,
+            "messages": [{ "role": "user", "content": "What is the capital of France?" }],
+        }))
+        .timeout(Duration::from_secs(120))
+        .send()
+        .await
+        .unwrap();
+    (r.status(), r.text().await.unwrap())
 }
 
 /// One app floods the supplier through its own gateway: 24 requests at once, each
@@ -363,21 +367,7 @@ async fn peer_ids_from_one_address_leave_room_for_newcomers() {
         (!offers.is_empty()).then_some(())
     })
     .await;
-    let r = reqwest::Client::new()
-        .post(format!(
-            "{}/v1/chat/completions",
-            support::base_url(&newcomer)
-        ))
-        .json(&json!({
-            "model": "smollm2", "temperature": 0, "max_tokens": 6,
-            "messages": [{ "role": "user", "content": "What is the capital of France?" }],
-        }))
-        .timeout(Duration::from_secs(120))
-        .send()
-        .await
-        .unwrap();
-    let status = r.status();
-    let body = r.text().await.unwrap();
+    let (status, body) = ask(&newcomer).await;
     most = most.max(flooders().await);
     stop.store(true, Ordering::Relaxed);
     for f in flood {
