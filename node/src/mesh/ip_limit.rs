@@ -76,7 +76,7 @@ pub fn network_of(remote: &Multiaddr) -> Option<Network> {
         IpAddr::V4(ip) if ip == Ipv4Addr::LOCALHOST => None,
         IpAddr::V6(ip) if ip == Ipv6Addr::LOCALHOST => None,
         IpAddr::V4(ip) => Some(Network::V4(ip)),
-        IpAddr::V6(ip) => match ip.to_ipv4_mapped() {
+        IpAddr::V6(ip) => match embedded_v4(&ip) {
             Some(v4) if v4 == Ipv4Addr::LOCALHOST => None,
             Some(v4) => Some(Network::V4(v4)),
             None => {
@@ -85,6 +85,27 @@ pub fn network_of(remote: &Multiaddr) -> Option<Network> {
                 Some(Network::V6(prefix))
             }
         },
+    }
+}
+
+/// The IPv4 address an IPv6 address stands for, where it carries one: IPv4-mapped
+/// (`::ffff:a.b.c.d`), 6to4 (`2002:aabb:ccdd::/48`, one IPv4 address owning 256 /56s),
+/// Teredo (`2001:0::/32`, the client's address inverted in the last 32 bits) and NAT64
+/// (`64:ff9b::/96`). Counted as that IPv4 address, or one host would get a /56 per
+/// address it can make up.
+fn embedded_v4(ip: &Ipv6Addr) -> Option<Ipv4Addr> {
+    let o = ip.octets();
+    let seg = ip.segments();
+    if let Some(v4) = ip.to_ipv4_mapped() {
+        Some(v4)
+    } else if seg[0] == 0x2002 {
+        Some(Ipv4Addr::new(o[2], o[3], o[4], o[5]))
+    } else if seg[0] == 0x2001 && seg[1] == 0 {
+        Some(Ipv4Addr::new(!o[12], !o[13], !o[14], !o[15]))
+    } else if seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        Some(Ipv4Addr::new(o[12], o[13], o[14], o[15]))
+    } else {
+        None
     }
 }
 
@@ -318,8 +339,17 @@ mod tests {
         assert_eq!(h1, h2);
         assert_ne!(h1, other);
         assert_eq!(h1.unwrap().to_string(), "2001:db8:aa:bb00::/56");
-        // IPv4 in IPv6 counts as the IPv4 address.
-        assert_eq!(network_of(&addr("/ip6/::ffff:203.0.113.7/tcp/1")), Some(a));
+        // IPv4 in IPv6 counts as the IPv4 address: mapped, 6to4 (each /56 of it would
+        // otherwise be a network of its own), Teredo (inverted) and NAT64.
+        for carrier in [
+            "/ip6/::ffff:203.0.113.7/tcp/1",
+            "/ip6/2002:cb00:7107:1200::1/tcp/1",
+            "/ip6/2002:cb00:7107:ff00::1/tcp/1",
+            "/ip6/2001:0:4136:e378:8000:63bf:34ff:8ef8/tcp/1",
+            "/ip6/64:ff9b::cb00:7107/tcp/1",
+        ] {
+            assert_eq!(network_of(&addr(carrier)), Some(a), "{carrier}");
+        }
         // Not counted: this machine's loopback, relayed connections.
         for free in [
             "/ip4/127.0.0.1/udp/4002/quic-v1",

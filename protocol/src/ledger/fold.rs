@@ -258,34 +258,25 @@ impl Ledger {
         if slot.amount == 0 {
             return None;
         }
-        let frozen_top = self
-            .checkpoint
-            .accounts
-            .get(payer)
-            .map_or(0, |a| a.slot_top);
+        let frozen_top = self.frozen_top(payer);
         if slot.start < frozen_top {
             return Some(format!(
                 "the app's slot at {} lies below {frozen_top}, where its final debits end",
                 slot.start
             ));
         }
-        let own = self.by_payer.get(payer).into_iter().flatten();
-        for debit in own.filter_map(|id| self.debits.get(id)) {
-            if debit.slot.amount == 0 {
-                continue;
-            }
-            let end = debit.slot.end().unwrap_or(u64::MAX);
-            let clash = (debit.epoch == epoch && debit.slot.overlaps(&slot))
-                || (debit.epoch < epoch && slot.start < end)
-                || (debit.epoch > epoch && debit.slot.start < slot.end().unwrap_or(u64::MAX));
-            if clash {
-                return Some(format!(
-                    "the app's slot [{}, +{}) clashes with its slot [{}, +{}) of epoch {}",
-                    slot.start, slot.amount, debit.slot.start, debit.slot.amount, debit.epoch
-                ));
-            }
-        }
-        None
+        // The payer index finds any clash with a stored debit (`payers::PayerIndex::clash`);
+        // one within an epoch whose slots overlap already it leaves out, but that payer
+        // is excluded, which is a conflict too.
+        let clash = self
+            .payers
+            .clash(payer, epoch, &slot, frozen_top, self.exclusion_reach());
+        (clash.is_some() || self.payer_exclusion(payer).is_some()).then(|| {
+            format!(
+                "the app's slot [{}, +{}) of epoch {epoch} shares credit with another of its debits",
+                slot.start, slot.amount
+            )
+        })
     }
 
     /// Whether `payer` is excluded for committing one credit twice (or dating a debit out

@@ -199,6 +199,18 @@ mod tests {
                 let slot = CreditSlot::new(start, amount);
                 let before = index.excluded_from(&payer);
                 let added = index.clash(&payer, epoch, &slot, frozen_top, reach);
+                // Whether it shares credit with any stored debit, by brute force (what
+                // `Ledger::slot_conflict` answers from `clash` and the exclusion).
+                let e = |s: &CreditSlot| end(s);
+                let shares = amount > 0
+                    && (start < frozen_top
+                        || stored.iter().any(|(d_epoch, d)| {
+                            (*d_epoch == epoch && d.start < e(&slot) && start < e(d))
+                                || (*d_epoch < epoch && start < e(d))
+                                || (*d_epoch > epoch && d.start < e(&slot))
+                        }));
+                prop_assert!(added.is_none() || shares);
+                prop_assert!(!shares || added.is_some() || before.is_some());
                 index.insert(payer, epoch, &slot, frozen_top, reach);
                 if amount > 0 {
                     stored.push((epoch, slot));
