@@ -312,6 +312,24 @@ pub fn repo_dir() -> std::path::PathBuf {
         .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
+/// A full node of `mesh` serving SmolLM2 (one slot), its data in `dir`.
+pub async fn data_supplier(mesh: &str, boot: &Multiaddr, dir: &std::path::Path) -> Node {
+    let mut models = relaymesh_node::backend::Models::default();
+    models
+        .insert(relaymesh_node::backend::ServedModel::new(
+            smollm(1, 4) as relaymesh_node::backend::SharedBackend,
+            1,
+        ))
+        .unwrap();
+    let mut b = NodeBuilder::full()
+        .mesh_name(mesh)
+        .data_dir(dir)
+        .listen(vec![quic(), tcp()])
+        .bootstrap(boot.clone());
+    b.config_mut().models = std::sync::Arc::new(models);
+    b.start().await.unwrap()
+}
+
 /// A full node of `mesh` serving `backends` (price 1) with an API, joined through `boot`.
 pub async fn mesh_supplier(
     mesh: &str,

@@ -329,7 +329,24 @@ mod tests {
             networks.remove(&peer);
         }
         assert_eq!(made, 2 * MAX_WAITING_PER_PEER, "two connections' worth");
-        // Another network's peer, and a peer we cannot place (relayed), still get theirs.
+        // Peers that came through one relay share a bound as one network does.
+        let relay = Network::Relay(PeerId::random());
+        let mut through = 0;
+        for _ in 0..4 {
+            let peer = PeerId::random();
+            networks.add(peer, relay);
+            for _ in 0..4 {
+                n += 1;
+                through += usize::from(
+                    claims
+                        .wait(&PublicKey([n; 32]), "m", peer, true, None)
+                        .is_some(),
+                );
+            }
+        }
+        assert_eq!(through, 2 * MAX_WAITING_PER_PEER);
+        // Another network's peer, and a peer we cannot place (one we dialled), still get
+        // theirs.
         let elsewhere = PeerId::random();
         networks.add(
             elsewhere,

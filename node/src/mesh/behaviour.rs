@@ -222,7 +222,11 @@ impl MeshBehaviour {
 
         Ok(Self {
             limits,
-            per_ip: crate::mesh::ip_limit::IpLimit::new(config.limits.connections_per_ip),
+            // A network may hold an eighth of the pending places at most.
+            per_ip: crate::mesh::ip_limit::IpLimit::new(
+                config.limits.connections_per_ip,
+                (config.limits.pending_connections as usize / 8).max(1),
+            ),
             blocked: Default::default(),
             identify,
             addresses: Default::default(),

@@ -42,6 +42,10 @@ pub const MOST: usize = 4096;
 /// Contacts, each with when it was last seen.
 #[derive(Default)]
 pub struct Contacts {
+    /// Until when no stranger counts: a map filled up with contacts too fresh to
+    /// forget, so some were forgotten anyway (a flood of dials, made to push a contact
+    /// out), and whom we sent to is not known for sure.
+    saturated_until: Option<Instant>,
     /// IP addresses we sent to (dials made, whether they succeeded or not).
     sent_to: HashMap<IpAddr, Instant>,
     /// Peers we dialled (a dial by peer id starts before its addresses are known).
@@ -50,7 +54,10 @@ pub struct Contacts {
     relayed: HashMap<PeerId, Instant>,
 }
 
-fn remember<K: Hash + Eq + Copy>(map: &mut HashMap<K, Instant>, key: K, now: Instant) {
+/// Notes `key` at `now`; returns whether contacts too fresh to forget were forgotten
+/// to make room.
+fn remember<K: Hash + Eq + Copy>(map: &mut HashMap<K, Instant>, key: K, now: Instant) -> bool {
+    let mut forgot = false;
     if map.len() >= MOST && !map.contains_key(&key) {
         map.retain(|_, at| now.saturating_duration_since(*at) < REMEMBERED);
         if map.len() >= MOST {
@@ -60,9 +67,11 @@ fn remember<K: Hash + Eq + Copy>(map: &mut HashMap<K, Instant>, key: K, now: Ins
             ages.sort_unstable();
             let cut = ages[MOST / 10];
             map.retain(|_, at| *at > cut);
+            forgot = true;
         }
     }
     map.insert(key, now);
+    forgot
 }
 
 fn recent<K: Hash + Eq>(map: &HashMap<K, Instant>, key: &K, now: Instant) -> bool {
@@ -85,6 +94,14 @@ pub fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
 
 /// Contacts shared by the transport and the event loop.
 pub type Shared = Arc<Mutex<Contacts>>;
+
+/// The contacts, locked; a panic elsewhere while they were held leaves them as they
+/// were (they are only ever added to).
+pub fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, Contacts> {
+    shared
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// A transport that notes the address of every dial in `contacts` as the dial starts.
 pub struct Noting<T> {
@@ -122,8 +139,13 @@ impl<T: Transport + Unpin> Transport for Noting<T> {
         addr: Multiaddr,
         opts: DialOpts,
     ) -> Result<Self::Dial, TransportError<Self::Error>> {
-        if let Ok(mut contacts) = self.contacts.lock() {
-            contacts.sent_to(&addr, Instant::now());
+        {
+            let mut contacts = lock(&self.contacts);
+            let now = Instant::now();
+            contacts.sent_to(&addr, now);
+            if let Some(Protocol::P2p(peer)) = addr.iter().last() {
+                contacts.dialled(peer, now);
+            }
         }
         self.inner.dial(addr, opts)
     }
@@ -140,18 +162,27 @@ impl Contacts {
     /// We dialled (or tried to dial) `addr`, or hold (or held) a connection there.
     pub fn sent_to(&mut self, addr: &Multiaddr, now: Instant) {
         if let Some(ip) = ip_of(addr) {
-            remember(&mut self.sent_to, ip, now);
+            let forgot = remember(&mut self.sent_to, ip, now);
+            self.forgot(forgot, now);
         }
     }
 
     /// We started a dial to `peer`.
     pub fn dialled(&mut self, peer: PeerId, now: Instant) {
-        remember(&mut self.dialled, peer, now);
+        let forgot = remember(&mut self.dialled, peer, now);
+        self.forgot(forgot, now);
     }
 
     /// We hold a relayed connection with `peer`.
     pub fn relayed(&mut self, peer: PeerId, now: Instant) {
-        remember(&mut self.relayed, peer, now);
+        let forgot = remember(&mut self.relayed, peer, now);
+        self.forgot(forgot, now);
+    }
+
+    fn forgot(&mut self, forgot: bool, now: Instant) {
+        if forgot {
+            self.saturated_until = Some(now + REMEMBERED);
+        }
     }
 
     /// An inbound connection from `peer` at `remote` came up: the IP address it
@@ -160,6 +191,9 @@ impl Contacts {
     /// dial and do not reach through a relay).
     pub fn stranger(&self, peer: &PeerId, remote: &Multiaddr, now: Instant) -> Option<IpAddr> {
         let ip = ip_of(remote)?;
+        if self.saturated_until.is_some_and(|until| now < until) {
+            return None;
+        }
         let answer = ip.is_loopback()
             || recent(&self.sent_to, &ip, now)
             || recent(&self.dialled, peer, now)
@@ -234,10 +268,20 @@ mod tests {
     fn contacts_are_bounded() {
         let now = Instant::now();
         let mut c = Contacts::default();
+        let stranger = addr("/ip4/198.51.100.5/udp/4002/quic-v1");
+        assert!(c.stranger(&PeerId::random(), &stranger, now).is_some());
         for i in 0..(MOST + 10) {
             c.dialled(PeerId::random(), now + Duration::from_millis(i as u64));
         }
         assert!(c.dialled.len() <= MOST);
         assert!(c.dialled.len() > MOST * 8 / 10);
+        // Review: fresh contacts were forgotten to make room, so one pushed out by a
+        // flood of dials could come back as a stranger. While the map is that full,
+        // nobody counts as one.
+        let later = now + Duration::from_secs(5);
+        assert_eq!(c.stranger(&PeerId::random(), &stranger, later), None);
+        assert!(c
+            .stranger(&PeerId::random(), &stranger, later + REMEMBERED)
+            .is_some());
     }
 }

@@ -389,9 +389,8 @@ impl EventLoop {
                 if let Some(conns) = self.connections.get_mut(&peer_id) {
                     if let Some(c) = conns.remove(&connection_id) {
                         // A NAT keeps its filter open a while after a connection ends.
-                        if let Ok(mut contacts) = self.contacts.lock() {
-                            contacts.sent_to(&c.addr, std::time::Instant::now());
-                        }
+                        crate::mesh::contacts::lock(&self.contacts)
+                            .sent_to(&c.addr, std::time::Instant::now());
                         let label = TransportLabel {
                             transport: transport_of(&c.addr).into(),
                         };

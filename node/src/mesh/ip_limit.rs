@@ -46,6 +46,9 @@ pub enum Network {
     V4(Ipv4Addr),
     /// The first 56 bits of an IPv6 address.
     V6([u8; 7]),
+    /// Peers that reached us through this relay (for the claims' bound only: the relay
+    /// bounds their connections).
+    Relay(PeerId),
 }
 
 impl std::fmt::Display for Network {
@@ -57,6 +60,7 @@ impl std::fmt::Display for Network {
                 octets[..7].copy_from_slice(prefix);
                 write!(f, "{}/56", Ipv6Addr::from(octets))
             }
+            Network::Relay(relay) => write!(f, "the relay {relay}"),
         }
     }
 }
@@ -107,6 +111,19 @@ fn embedded_v4(ip: &Ipv6Addr) -> Option<Ipv4Addr> {
     } else {
         None
     }
+}
+
+/// The relay a relayed address goes through (`/…/p2p/<relay>/p2p-circuit/…`).
+fn relay_of(addr: &Multiaddr) -> Option<PeerId> {
+    let mut last = None;
+    for p in addr.iter() {
+        match p {
+            Protocol::P2p(peer) => last = Some(peer),
+            Protocol::P2pCircuit => return last,
+            _ => {}
+        }
+    }
+    None
 }
 
 /// Why a connection was refused: its network holds `per_ip` already.
@@ -177,18 +194,25 @@ pub struct IpLimit {
     /// Inbound connections still in their handshakes, by network: they count too, or
     /// one host could hold every pending place (64) with stalled handshakes.
     pending: HashMap<ConnectionId, Network>,
+    /// Most handshakes in progress from one network.
+    pending_per_network: usize,
     peers: PeerNetworks,
+    /// The connections `peers` places their peer by, with the peer.
+    placed: HashMap<ConnectionId, PeerId>,
 }
 
 impl IpLimit {
-    /// At most `per_ip` inbound connections per network (at least 1).
-    pub fn new(per_ip: u32) -> Self {
+    /// At most `per_ip` inbound connections per network (at least 1), of which at most
+    /// `pending_per_network` still in their handshakes.
+    pub fn new(per_ip: u32, pending_per_network: usize) -> Self {
         Self {
             per_ip: per_ip.max(1),
             held: HashMap::new(),
             counted: HashMap::new(),
             pending: HashMap::new(),
+            pending_per_network: pending_per_network.max(1),
             peers: PeerNetworks::default(),
+            placed: HashMap::new(),
         }
     }
 
@@ -224,7 +248,9 @@ impl NetworkBehaviour for IpLimit {
             return Ok(());
         };
         let pending = self.pending.values().filter(|n| **n == network).count();
-        if self.held(&network) as usize + pending >= self.per_ip as usize {
+        if pending >= self.pending_per_network
+            || self.held(&network) as usize + pending >= self.per_ip as usize
+        {
             return Err(self.refuse(network));
         }
         self.pending.insert(connection_id, network);
@@ -275,6 +301,10 @@ impl NetworkBehaviour for IpLimit {
                     *self.held.entry(network).or_default() += 1;
                     self.counted.insert(connection_id, network);
                     self.peers.add(peer_id, network);
+                    self.placed.insert(connection_id, peer_id);
+                } else if let Some(relay) = relay_of(send_back_addr) {
+                    self.peers.add(peer_id, Network::Relay(relay));
+                    self.placed.insert(connection_id, peer_id);
                 }
             }
             // A handshake that failed, or a connection another behaviour refused.
@@ -286,8 +316,10 @@ impl NetworkBehaviour for IpLimit {
                 connection_id,
                 ..
             }) => {
-                if let Some(network) = self.counted.remove(&connection_id) {
+                if self.placed.remove(&connection_id).is_some() {
                     self.peers.remove(&peer_id);
+                }
+                if let Some(network) = self.counted.remove(&connection_id) {
                     if let Some(n) = self.held.get_mut(&network) {
                         *n = n.saturating_sub(1);
                         if *n == 0 {
@@ -367,7 +399,7 @@ mod tests {
     /// pending place of the node (64) with stalled handshakes.
     #[test]
     fn handshakes_in_progress_count_against_their_address() {
-        let mut limit = IpLimit::new(2);
+        let mut limit = IpLimit::new(2, 8);
         let local = addr("/ip4/198.51.100.2/tcp/4002");
         let remote = addr("/ip4/203.0.113.7/tcp/5000");
         let id = ConnectionId::new_unchecked;
@@ -383,6 +415,14 @@ mod tests {
         assert!(limit
             .handle_pending_inbound_connection(id(4), &local, &addr("/ip4/203.0.113.8/tcp/1"))
             .is_ok());
+        // And at most `pending_per_network` of them, whatever `per_ip` allows.
+        let mut narrow = IpLimit::new(32, 1);
+        assert!(narrow
+            .handle_pending_inbound_connection(id(1), &local, &remote)
+            .is_ok());
+        assert!(narrow
+            .handle_pending_inbound_connection(id(2), &local, &remote)
+            .is_err());
         // One handshake fails: its place is free again.
         let error = libp2p::swarm::ListenError::Aborted;
         limit.on_swarm_event(FromSwarm::ListenFailure(libp2p::swarm::ListenFailure {
@@ -400,7 +440,7 @@ mod tests {
     #[test]
     fn past_the_limit_an_address_is_refused_until_one_of_its_connections_closes() {
         use libp2p::core::transport::PortUse;
-        let mut limit = IpLimit::new(2);
+        let mut limit = IpLimit::new(2, 8);
         let local = addr("/ip4/198.51.100.2/udp/4002/quic-v1");
         let remote = addr("/ip4/203.0.113.7/udp/5000/quic-v1");
         let elsewhere = addr("/ip4/203.0.113.9/udp/5000/quic-v1");

@@ -41,8 +41,8 @@ pub async fn probe(
         libp2p::identity::Keypair::ed25519_from_bytes(key.secret()).map_err(|e| e.to_string())?;
     let peer_id = libp2p_key.public().to_peer_id();
     let (relay, _relay_client) = libp2p::relay::client::new(peer_id);
-    let transport =
-        super::transport(&libp2p_key, relay, Some(membership)).map_err(|e| e.to_string())?;
+    let transport = super::transport(&libp2p_key, relay, Some(membership), Default::default())
+        .map_err(|e| e.to_string())?;
     let mut swarm = libp2p::Swarm::new(
         transport,
         libp2p::swarm::dummy::Behaviour,

@@ -77,11 +77,13 @@ pub fn spawn(
     let setup = |e: &dyn std::fmt::Display| SwarmError::Setup(e.to_string());
     let (relay_transport, relay_client) = libp2p::relay::client::new(peer_id);
     let contacts = contacts::Shared::default();
-    let transport = contacts::Noting::new(
-        transport(&libp2p_key, relay_transport, membership.clone()).map_err(|e| setup(&e))?,
+    let transport = transport(
+        &libp2p_key,
+        relay_transport,
+        membership.clone(),
         contacts.clone(),
     )
-    .boxed();
+    .map_err(|e| setup(&e))?;
     let behaviour =
         behaviour::MeshBehaviour::new(&libp2p_key, &config, relay_client).map_err(|e| setup(&e))?;
     let mut swarm = libp2p::Swarm::new(
@@ -164,11 +166,13 @@ pub(crate) const CONNECTION_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// QUIC and TCP (Noise, yamux), with DNS names resolved, and circuits through relays;
 /// in a private mesh every connection must pass the membership handshake
-/// ([`admission`]) before the swarm sees it.
+/// ([`admission`]) before the swarm sees it. Every direct dial is noted in `contacts`
+/// as it starts, at the IP address a name resolved to.
 pub(crate) fn transport(
     key: &libp2p::identity::Keypair,
     relay: libp2p::relay::client::Transport,
     membership: Option<Arc<membership::Membership>>,
+    contacts: contacts::Shared,
 ) -> Result<Boxed<(PeerId, StreamMuxerBox)>, Box<dyn std::error::Error + Send + Sync>> {
     let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
         .upgrade(upgrade::Version::V1Lazy)
@@ -177,9 +181,12 @@ pub(crate) fn transport(
         .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)));
     let quic = libp2p::quic::tokio::Transport::new(libp2p::quic::Config::new(key))
         .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)));
-    let direct = libp2p::dns::tokio::Transport::system(
-        quic.or_transport(tcp).map(|either, _| either.into_inner()),
-    )?;
+    let direct = libp2p::dns::tokio::Transport::system(contacts::Noting::new(
+        quic.or_transport(tcp)
+            .map(|either, _| either.into_inner())
+            .boxed(),
+        contacts,
+    ))?;
     let relayed = relay
         .upgrade(upgrade::Version::V1Lazy)
         .authenticate(noise::Config::new(key)?)

@@ -251,7 +251,8 @@ impl Reach {
     /// Whether we are public and, in every address family we are public in, a stranger
     /// has shown it.
     pub fn confirmed(&self) -> bool {
-        !self.direct.is_empty()
+        // A node whose only direct address is a name has shown nothing either.
+        self.direct_ips().next().is_some()
             && self
                 .direct_ips()
                 .all(|ip| self.strangers.contains(&ip.is_ipv6()))

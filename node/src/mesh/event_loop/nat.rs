@@ -148,9 +148,7 @@ impl EventLoop {
 
     /// The contacts, locked (the transport notes its dials there too).
     pub(super) fn contacts(&self) -> std::sync::MutexGuard<'_, crate::mesh::contacts::Contacts> {
-        self.contacts
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::mesh::contacts::lock(&self.contacts)
     }
 
     /// A connection with `peer` came up at `endpoint` (before it is added to
