@@ -311,39 +311,30 @@ mod tests {
     fn peers_of_one_network_make_at_most_its_share_of_claims() {
         let networks = PeerNetworks::default();
         let claims = Claims::new(256, 2, networks.clone());
-        let home = Network::V4(std::net::Ipv4Addr::new(203, 0, 113, 7));
         let mut n = 0u8;
-        let mut made = 0;
-        for _ in 0..4 {
-            // A peer id of `home` connects, makes four claims, and leaves.
-            let peer = PeerId::random();
-            networks.add(peer, home);
+        // Four peer ids of `network` connect in turn, each asks for four claims and
+        // leaves (or not): how many claims they got.
+        let mut claim_through = |network: Network, leave: bool| {
+            let mut made = 0;
             for _ in 0..4 {
-                n += 1;
-                made += usize::from(
-                    claims
-                        .wait(&PublicKey([n; 32]), "m", peer, true, None)
-                        .is_some(),
-                );
+                let peer = PeerId::random();
+                networks.add(peer, network);
+                for _ in 0..4 {
+                    n += 1;
+                    let key = PublicKey([n; 32]);
+                    made += usize::from(claims.wait(&key, "m", peer, true, None).is_some());
+                }
+                if leave {
+                    networks.remove(&peer);
+                }
             }
-            networks.remove(&peer);
-        }
+            made
+        };
+        let home = Network::V4(std::net::Ipv4Addr::new(203, 0, 113, 7));
+        let made = claim_through(home, true);
         assert_eq!(made, 2 * MAX_WAITING_PER_PEER, "two connections' worth");
         // Peers that came through one relay share a bound as one network does.
-        let relay = Network::Relay(PeerId::random());
-        let mut through = 0;
-        for _ in 0..4 {
-            let peer = PeerId::random();
-            networks.add(peer, relay);
-            for _ in 0..4 {
-                n += 1;
-                through += usize::from(
-                    claims
-                        .wait(&PublicKey([n; 32]), "m", peer, true, None)
-                        .is_some(),
-                );
-            }
-        }
+        let through = claim_through(Network::Relay(PeerId::random()), false);
         assert_eq!(through, 2 * MAX_WAITING_PER_PEER);
         // Another network's peer, and a peer we cannot place (one we dialled), still get
         // theirs.
