@@ -58,11 +58,7 @@ impl Mesh {
             .await
             .unwrap();
         for node in [&gateway, &attacker] {
-            wait_for("the supplier's ad", Duration::from_secs(60), || async {
-                let offers = node.handle().offers("smollm2").await.ok()?;
-                (!offers.is_empty()).then_some(())
-            })
-            .await;
+            wait_for_ad(node).await;
         }
         Mesh {
             supplier,
@@ -118,6 +114,15 @@ impl Mesh {
     }
 }
 
+/// Waits (at most a minute) until `node` holds the supplier's ad for SmolLM2.
+async fn wait_for_ad(node: &relaymesh::Node) {
+    wait_for("the supplier's ad", Duration::from_secs(60), || async {
+        let offers = node.handle().offers("smollm2").await.ok()?;
+        (!offers.is_empty()).then_some(())
+    })
+    .await;
+}
+
 /// A short question to `gateway`'s API: the status and the body.
 async fn ask(gateway: &relaymesh::Node) -> (reqwest::StatusCode, String) {
     let r = reqwest::Client::new()
@@ -147,11 +152,7 @@ async fn a_request_flood_from_one_app_leaves_the_supplier_serving_others() {
     let mesh = Mesh::start("abuse-flood-tests").await;
     let boot_addr = address(&mesh.boot, "quic").await;
     let flooder = support::mesh_gateway(&mesh.mesh, &boot_addr).await;
-    wait_for("the supplier's ad", Duration::from_secs(60), || async {
-        let offers = flooder.handle().offers("smollm2").await.ok()?;
-        (!offers.is_empty()).then_some(())
-    })
-    .await;
+    wait_for_ad(&flooder).await;
     let url = format!("{}/v1/chat/completions", support::base_url(&flooder));
     let (stop, answered, in_flight) = (
         Arc::new(AtomicBool::new(false)),
@@ -362,11 +363,7 @@ async fn peer_ids_from_one_address_leave_room_for_newcomers() {
     // A newcomer joins while the flood goes on, and is served.
     let boot_addr = address(&mesh.boot, "quic").await;
     let newcomer = support::mesh_gateway(&mesh.mesh, &boot_addr).await;
-    wait_for("the supplier's ad", Duration::from_secs(60), || async {
-        let offers = newcomer.handle().offers("smollm2").await.ok()?;
-        (!offers.is_empty()).then_some(())
-    })
-    .await;
+    wait_for_ad(&newcomer).await;
     let (status, body) = ask(&newcomer).await;
     most = most.max(flooders().await);
     stop.store(true, Ordering::Relaxed);

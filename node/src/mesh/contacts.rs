@@ -82,7 +82,7 @@ fn recent<K: Hash + Eq>(map: &HashMap<K, Instant>, key: &K, now: Instant) -> boo
 /// The IP address of a direct address (an IPv4 address in IPv6 as the IPv4 one);
 /// `None` for a relayed one or a name.
 pub fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
-    if addr.iter().any(|p| p == Protocol::P2pCircuit) {
+    if super::reachability::is_relayed(addr) {
         return None;
     }
     addr.iter().find_map(|p| match p {

@@ -68,27 +68,19 @@ impl std::fmt::Display for Network {
 /// The network a direct connection from `remote` counts against; `None` for a relayed
 /// one, one without an IP address, or this machine's `127.0.0.1` / `::1`.
 pub fn network_of(remote: &Multiaddr) -> Option<Network> {
-    if remote.iter().any(|p| p == Protocol::P2pCircuit) {
-        return None;
-    }
-    let ip = remote.iter().find_map(|p| match p {
-        Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
-        Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),
-        _ => None,
-    })?;
+    let ip = match super::contacts::ip_of(remote)? {
+        IpAddr::V6(ip) => embedded_v4(&ip).map_or(IpAddr::V6(ip), IpAddr::V4),
+        ip => ip,
+    };
     match ip {
         IpAddr::V4(ip) if ip == Ipv4Addr::LOCALHOST => None,
         IpAddr::V6(ip) if ip == Ipv6Addr::LOCALHOST => None,
         IpAddr::V4(ip) => Some(Network::V4(ip)),
-        IpAddr::V6(ip) => match embedded_v4(&ip) {
-            Some(v4) if v4 == Ipv4Addr::LOCALHOST => None,
-            Some(v4) => Some(Network::V4(v4)),
-            None => {
-                let mut prefix = [0u8; 7];
-                prefix.copy_from_slice(&ip.octets()[..7]);
-                Some(Network::V6(prefix))
-            }
-        },
+        IpAddr::V6(ip) => {
+            let mut prefix = [0u8; 7];
+            prefix.copy_from_slice(&ip.octets()[..7]);
+            Some(Network::V6(prefix))
+        }
     }
 }
 
