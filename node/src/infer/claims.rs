@@ -325,7 +325,7 @@ mod tests {
                     made += usize::from(claims.wait(&key, "m", peer, true, None).is_some());
                 }
                 if leave {
-                    networks.remove(&peer);
+                    networks.remove(&peer, network);
                 }
             }
             made

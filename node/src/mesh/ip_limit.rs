@@ -143,17 +143,24 @@ impl std::error::Error for TooManyFromNetwork {}
 /// connections it holds), shared with the supplier: its claims on a model's next free
 /// slot are bounded per network too (`infer::claims`).
 #[derive(Clone, Debug, Default)]
-pub struct PeerNetworks(Arc<Mutex<HashMap<PeerId, (Network, u32)>>>);
+pub struct PeerNetworks(Arc<Mutex<HashMap<PeerId, Placements>>>);
+
+/// The networks one peer holds counted connections from, in the order it came from
+/// them, with how many from each.
+type Placements = Vec<(Network, u32)>;
 
 impl PeerNetworks {
-    /// The network `peer` connected to us from; `None` if it holds no counted
-    /// connection (it came through a relay, from this machine, or we dialled it).
+    /// The network `peer` connected to us from (the first of those it holds
+    /// connections from, while it holds one); `None` if it holds no counted connection
+    /// (it came through a relay, from this machine, or we dialled it).
     pub fn of(&self, peer: &PeerId) -> Option<Network> {
         let map = self
             .0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.get(peer).map(|(network, _)| *network)
+        map.get(peer)
+            .and_then(|networks| networks.first())
+            .map(|(network, _)| *network)
     }
 
     pub(crate) fn add(&self, peer: PeerId, network: Network) {
@@ -161,19 +168,32 @@ impl PeerNetworks {
             .0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.entry(peer).or_insert((network, 0)).1 += 1;
+        let networks = map.entry(peer).or_default();
+        match networks.iter_mut().find(|(n, _)| *n == network) {
+            Some((_, count)) => *count += 1,
+            None => networks.push((network, 1)),
+        }
     }
 
-    pub(crate) fn remove(&self, peer: &PeerId) {
+    /// One of `peer`'s connections from `network` closed: once it holds none from
+    /// there, it is placed by its next network, if any (found by review: a peer was
+    /// charged to the network of its first connection for as long as it held any).
+    pub(crate) fn remove(&self, peer: &PeerId, network: Network) {
         let mut map = self
             .0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(entry) = map.get_mut(peer) {
-            entry.1 = entry.1.saturating_sub(1);
-            if entry.1 == 0 {
-                map.remove(peer);
+        let Some(networks) = map.get_mut(peer) else {
+            return;
+        };
+        if let Some(i) = networks.iter().position(|(n, _)| *n == network) {
+            networks[i].1 = networks[i].1.saturating_sub(1);
+            if networks[i].1 == 0 {
+                networks.remove(i);
             }
+        }
+        if networks.is_empty() {
+            map.remove(peer);
         }
     }
 }
@@ -189,8 +209,8 @@ pub struct IpLimit {
     /// Most handshakes in progress from one network.
     pending_per_network: usize,
     peers: PeerNetworks,
-    /// The connections `peers` places their peer by, with the peer.
-    placed: HashMap<ConnectionId, PeerId>,
+    /// The connections `peers` places their peer by, with the peer and its network.
+    placed: HashMap<ConnectionId, (PeerId, Network)>,
 }
 
 impl IpLimit {
@@ -293,23 +313,20 @@ impl NetworkBehaviour for IpLimit {
                     *self.held.entry(network).or_default() += 1;
                     self.counted.insert(connection_id, network);
                     self.peers.add(peer_id, network);
-                    self.placed.insert(connection_id, peer_id);
+                    self.placed.insert(connection_id, (peer_id, network));
                 } else if let Some(relay) = relay_of(send_back_addr) {
-                    self.peers.add(peer_id, Network::Relay(relay));
-                    self.placed.insert(connection_id, peer_id);
+                    let network = Network::Relay(relay);
+                    self.peers.add(peer_id, network);
+                    self.placed.insert(connection_id, (peer_id, network));
                 }
             }
             // A handshake that failed, or a connection another behaviour refused.
             FromSwarm::ListenFailure(failure) => {
                 self.pending.remove(&failure.connection_id);
             }
-            FromSwarm::ConnectionClosed(ConnectionClosed {
-                peer_id,
-                connection_id,
-                ..
-            }) => {
-                if self.placed.remove(&connection_id).is_some() {
-                    self.peers.remove(&peer_id);
+            FromSwarm::ConnectionClosed(ConnectionClosed { connection_id, .. }) => {
+                if let Some((peer, network)) = self.placed.remove(&connection_id) {
+                    self.peers.remove(&peer, network);
                 }
                 if let Some(network) = self.counted.remove(&connection_id) {
                     if let Some(n) = self.held.get_mut(&network) {
@@ -344,6 +361,34 @@ mod tests {
 
     fn addr(s: &str) -> Multiaddr {
         s.parse().unwrap()
+    }
+
+    /// Found by review: a peer that held connections from two networks stayed charged
+    /// to the first after its last connection from there closed.
+    #[test]
+    fn a_peer_is_placed_by_a_network_it_still_holds_a_connection_from() {
+        let peers = PeerNetworks::default();
+        let peer = PeerId::random();
+        let (home, away) = (
+            Network::V4(std::net::Ipv4Addr::new(203, 0, 113, 7)),
+            Network::V4(std::net::Ipv4Addr::new(198, 51, 100, 9)),
+        );
+        peers.add(peer, home);
+        peers.add(peer, away);
+        peers.add(peer, home);
+        assert_eq!(peers.of(&peer), Some(home));
+        peers.remove(&peer, home);
+        assert_eq!(
+            peers.of(&peer),
+            Some(home),
+            "one connection from home is left"
+        );
+        peers.remove(&peer, home);
+        assert_eq!(peers.of(&peer), Some(away));
+        peers.remove(&peer, away);
+        assert_eq!(peers.of(&peer), None);
+        peers.remove(&peer, away);
+        assert_eq!(peers.of(&peer), None);
     }
 
     #[test]
