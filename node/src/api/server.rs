@@ -143,13 +143,22 @@ impl ApiServer {
     }
 
     /// Stops accepting, closes idle connections, and gives requests in flight `grace`
-    /// to finish before the server is dropped.
+    /// to finish before the server is dropped. Dropping this future part way (an
+    /// embedder's timeout around `Node::shutdown`) drops the server, which aborts it.
     pub async fn stop(mut self, grace: Duration) {
         self.stop_accepting();
-        let abort = self.task.abort_handle();
-        if tokio::time::timeout(grace, self.task).await.is_err() {
-            abort.abort();
+        if tokio::time::timeout(grace, &mut self.task).await.is_err() {
+            self.task.abort();
         }
+    }
+}
+
+impl Drop for ApiServer {
+    /// A server dropped while it runs stops at once, its connections with it: no task
+    /// outlives its owner (found by review: a `shutdown` dropped during the API's
+    /// grace left the server running detached).
+    fn drop(&mut self) {
+        self.abort();
     }
 }
 
@@ -249,6 +258,43 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Stalling<S> {
 mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt;
+
+    /// Found by review: `stop` moved the server's task into its timeout, so a `stop`
+    /// dropped during the grace (a `Node::shutdown` under an embedder's timeout) left
+    /// the task running detached with its connections. Now the server is dropped with
+    /// the future, and that aborts it.
+    #[tokio::test]
+    async fn a_stop_dropped_during_the_grace_stops_the_server() {
+        struct Alive(Arc<std::sync::atomic::AtomicBool>);
+        impl Drop for Alive {
+            fn drop(&mut self) {
+                self.0.store(false, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let guard = Alive(alive.clone());
+        let server = ApiServer {
+            stop: None,
+            task: tokio::spawn(async move {
+                let _guard = guard;
+                std::future::pending::<()>().await;
+            }),
+        };
+        let stopping = server.stop(Duration::from_secs(3600));
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), stopping)
+                .await
+                .is_err(),
+            "the grace had not passed"
+        );
+        for _ in 0..100 {
+            if !alive.load(std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!("the server's task outlived the dropped stop");
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_write_the_peer_never_reads_fails_after_the_stall_limit() {
