@@ -10,6 +10,7 @@ use relaymesh_protocol::messages::capability::ModelOffer;
 use relaymesh_protocol::metering::compute_units::CuFormula;
 use relaymesh_protocol::BoundedString;
 
+pub mod cli;
 pub mod credit_mesh;
 pub mod nat_mesh;
 pub mod netns;
