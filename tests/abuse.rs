@@ -1,7 +1,8 @@
 //! Hostile peers against a supplier, each attack ending with the supplier still serving
 //! an honest gateway: a request flood from one app, a thousand connections from one
-//! peer, forty peer ids from one address, silent streams from one peer, oversized frames, and random bytes to every
-//! listening port (QUIC, TCP, HTTP).
+//! peer, forty peer ids from one address, silent streams from one peer, oversized frames, prompts
+//! and bodies over a node's size limits, and random bytes to every listening port (QUIC,
+//! TCP, HTTP).
 //! What each limit cut off is counted in the supplier's `/metrics`
 //! (`relaymesh_limited_total{reason=…}`). Real swarms on loopback, SmolLM2 served.
 
@@ -592,6 +593,68 @@ async fn slow_http_clients_are_cut_off() {
         "counted"
     );
     node.shutdown().await;
+}
+
+/// A supplier reads prompts up to its `prompt_bytes` and refuses a longer one with
+/// the reason, which reaches the gateway's client; a node's API refuses a body over
+/// its `http_body_bytes` with a JSON 413. Both are counted or said, and short
+/// questions are still answered.
+#[tokio::test(flavor = "multi_thread")]
+async fn prompts_and_bodies_over_a_nodes_size_limits_are_refused_with_the_reason() {
+    let mesh = Mesh::start_with("size-limit-tests", |c| {
+        c.limits.set("prompt_bytes", 400).unwrap();
+        c.limits.set("http_body_bytes", 4096).unwrap();
+        assert!(c.limits.set("prompt_bytes", 1 << 30).is_err());
+    })
+    .await;
+    let long = "Tell me about France. ".repeat(40);
+    let r = reqwest::Client::new()
+        .post(format!(
+            "{}/v1/chat/completions",
+            support::base_url(&mesh.gateway)
+        ))
+        .json(&json!({
+            "model": "smollm2", "max_tokens": 4,
+            "messages": [{ "role": "user", "content": long }],
+        }))
+        .timeout(Duration::from_secs(120))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let body = r.text().await.unwrap();
+    assert!(
+        status.is_client_error() || status.is_server_error(),
+        "a prompt over the supplier's limit was answered: {body}"
+    );
+    assert!(
+        body.contains("prompt_bytes"),
+        "the refusal does not say which limit: {body}"
+    );
+    assert!(mesh.limited("prompt_bytes").await >= 1);
+    mesh.serves_honest_requests("a prompt over the limit").await;
+
+    let r = reqwest::Client::new()
+        .post(format!(
+            "{}/v1/chat/completions",
+            support::base_url(&mesh.supplier)
+        ))
+        .json(&json!({
+            "model": "smollm2",
+            "messages": [{ "role": "user", "content": "x".repeat(5000) }],
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let error: Value = r.json().await.unwrap();
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("http_body_bytes")),
+        "{error}"
+    );
+    mesh.stop().await;
 }
 
 /// The limits are settings: a node told to keep 3 API connections and wait 1 s for

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use libp2p::Multiaddr;
 use relaymesh_protocol::messages::capability::ModelOffer;
+use relaymesh_protocol::messages::infer::MAX_PROMPT_BYTES;
 use relaymesh_protocol::params::MeshParams;
 use relaymesh_protocol::Keypair;
 
@@ -102,6 +103,12 @@ pub struct Limits {
     pub sessions_per_app: usize,
     /// Local API connections at once.
     pub http_connections: usize,
+    /// Bytes of one local API request body.
+    pub http_body_bytes: usize,
+    /// Bytes of one inference request's prompt a supplier reads (at most the
+    /// protocol's `MAX_PROMPT_BYTES`); a longer one is refused so the gateway asks
+    /// another supplier.
+    pub prompt_bytes: usize,
     /// Seconds an API client may take to send its request headers.
     pub http_header_timeout_secs: u64,
     /// Seconds an API response may wait for a client that reads nothing.
@@ -125,6 +132,8 @@ impl Default for Limits {
             streams_per_app: app_limits::MAX_STREAMS_PER_APP,
             sessions_per_app: app_limits::MAX_SESSIONS_PER_APP,
             http_connections: crate::api::MAX_CONNECTIONS,
+            http_body_bytes: crate::api::body::MAX_BODY,
+            prompt_bytes: MAX_PROMPT_BYTES,
             http_header_timeout_secs: crate::api::HEADER_TIMEOUT.as_secs(),
             http_write_stall_secs: crate::api::WRITE_STALL.as_secs(),
             queue_places: queue::MAX_WAITING,
@@ -161,6 +170,11 @@ impl Limits {
             "new sessions of one app at a supplier per hour",
         ),
         ("http_connections", "local API connections"),
+        ("http_body_bytes", "bytes of one local API request body"),
+        (
+            "prompt_bytes",
+            "bytes of one inference request's prompt a supplier reads",
+        ),
         (
             "http_header_timeout_secs",
             "seconds to send request headers",
@@ -196,6 +210,16 @@ impl Limits {
             "streams_per_app" => self.streams_per_app = size(value)?,
             "sessions_per_app" => self.sessions_per_app = size(value)?,
             "http_connections" => self.http_connections = size(value)?,
+            "http_body_bytes" => self.http_body_bytes = size(value)?,
+            "prompt_bytes" => {
+                let bytes = size(value)?;
+                if bytes > MAX_PROMPT_BYTES {
+                    return Err(format!(
+                        "limit prompt_bytes: {bytes} is over the protocol's {MAX_PROMPT_BYTES}-byte prompt"
+                    ));
+                }
+                self.prompt_bytes = bytes;
+            }
             "http_header_timeout_secs" => self.http_header_timeout_secs = value,
             "http_write_stall_secs" => self.http_write_stall_secs = value,
             "queue_places" => self.queue_places = size(value)?,

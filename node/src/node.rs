@@ -158,7 +158,8 @@ impl Node {
                 crate::api::serve(
                     addr,
                     crate::api::ApiState::new(metrics.clone(), keys, resolver.clone())
-                        .with_stopping(stopping.clone()),
+                        .with_stopping(stopping.clone())
+                        .with_body_limit(limits.http_body_bytes),
                     &limits,
                 )
                 .await
@@ -197,6 +198,7 @@ impl Node {
                 ),
                 fresh: Default::default(),
                 stopping: stopping.clone(),
+                prompt_bytes: limits.prompt_bytes,
             });
             let protocol = crate::mesh::names::infer_protocol(&params.mesh_id());
             Some(

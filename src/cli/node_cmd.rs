@@ -74,9 +74,10 @@ pub struct NodeArgs {
     /// from one IPv4 address or IPv6 /56; this machine's loopback is not counted),
     /// pending_connections (64), streams (64 served at once), streams_per_peer (16), unstarted_streams_per_peer
     /// (8), streams_per_app (8), sessions_per_app (64 per hour), http_connections
-    /// (512), http_header_timeout_secs (10), http_write_stall_secs (60), queue_places
-    /// (256 per model), gossip_per_peer (200 messages a second). What each cuts off is
-    /// counted in relaymesh_limited_total.
+    /// (512), http_header_timeout_secs (10), http_write_stall_secs (60),
+    /// http_body_bytes (2 MiB), prompt_bytes (524288: a supplier refuses longer
+    /// prompts), queue_places (256 per model), gossip_per_peer (200 messages a second).
+    /// What each cuts off is counted in relaymesh_limited_total.
     #[arg(long = "limit", env = "RELAYMESH_LIMITS", value_delimiter = ',')]
     limits: Vec<String>,
     /// Announce a model as NAME or NAME@GGUF_BLAKE3_HEX without serving it (repeatable):

@@ -325,7 +325,7 @@ pub async fn messages(
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, AnthropicError> {
-    let body: MessagesBody = body::parse(raw)?;
+    let body: MessagesBody = state.parse(raw)?;
     let model = lookup(&state, &body.model, &headers).await?;
     let (name, stream) = (body.model.clone(), body.stream);
     let (request, tools) = prepare(body)?;

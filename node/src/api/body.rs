@@ -9,17 +9,22 @@ use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
 
-/// Largest request body accepted.
+/// Largest request body accepted by default (`--limit http_body_bytes`).
 pub const MAX_BODY: usize = 2 << 20;
 
-/// Parses a JSON body; 413 when it was over [`MAX_BODY`], 400 when it is not the
-/// JSON expected.
-pub fn parse<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+/// Parses a JSON body; 413 when it was over `limit` (the node's `http_body_bytes`,
+/// which the router's body limit applied), 400 when it is not the JSON expected.
+pub fn parse<T: DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+    limit: usize,
+) -> Result<T, ApiError> {
     let bytes = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                format!("the request body is over the {MAX_BODY}-byte limit"),
+                format!(
+                    "the request body is over this node's {limit}-byte limit (--limit http_body_bytes)"
+                ),
             )
         } else {
             ApiError::new(rejection.status(), rejection.body_text())

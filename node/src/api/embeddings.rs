@@ -94,7 +94,7 @@ pub async fn openai(
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, OpenAiError> {
-    let body: OpenAiBody = body::parse(raw)?;
+    let body: OpenAiBody = state.parse(raw)?;
     let model = body.model.clone();
     let (inputs, base64) = openai_inputs(body)?;
     let embedded = embed(&state, &model, &headers, &inputs).await?;
@@ -137,7 +137,7 @@ pub async fn ollama_embed(
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, OllamaError> {
     let started = Instant::now();
-    let body: EmbedBody = body::parse(raw)?;
+    let body: EmbedBody = state.parse(raw)?;
     let _ = body.truncate;
     let inputs = texts(body.input, "input")?;
     let embedded = embed(&state, &body.model, &headers, &inputs).await?;
@@ -163,7 +163,7 @@ pub async fn ollama_embeddings(
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, OllamaError> {
-    let body: EmbeddingsBody = body::parse(raw)?;
+    let body: EmbeddingsBody = state.parse(raw)?;
     let embedded = embed(&state, &body.model, &headers, &[body.prompt]).await?;
     let vector = embedded.vectors.into_iter().next().unwrap_or_default();
     Ok(Json(json!({ "embedding": vector })))

@@ -2,7 +2,7 @@
 //! the OpenAI-compatible routes (`/v1/...`) and the Ollama-compatible ones (`/api/...`).
 
 mod anthropic;
-mod body;
+pub(crate) mod body;
 pub mod dashboard;
 mod embeddings;
 pub mod error;
@@ -54,6 +54,8 @@ pub struct ApiState {
     started: std::time::Instant,
     /// Chooses the model that answers a request.
     resolver: crate::infer::resolve::Resolver,
+    /// Largest request body read (`--limit http_body_bytes`).
+    body_limit: usize,
 }
 
 /// The response header naming who served a request.
@@ -79,7 +81,22 @@ impl ApiState {
             requests: Default::default(),
             event_streams: Arc::new(tokio::sync::Semaphore::new(dashboard::MAX_EVENT_STREAMS)),
             started: std::time::Instant::now(),
+            body_limit: body::MAX_BODY,
         }
+    }
+
+    /// Request bodies over `bytes` are refused (413).
+    pub fn with_body_limit(mut self, bytes: usize) -> Self {
+        self.body_limit = bytes;
+        self
+    }
+
+    /// Parses a JSON request body read under this API's body limit.
+    fn parse<T: serde::de::DeserializeOwned>(
+        &self,
+        raw: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+    ) -> Result<T, error::ApiError> {
+        body::parse(raw, self.body_limit)
     }
 
     /// Answers in flight end (after a grace period) when `stopping` fires.
@@ -150,6 +167,7 @@ fn gone() -> Response {
 /// The router.
 pub fn router(state: ApiState) -> Router {
     let keyed = state.keys.is_some();
+    let body_limit = state.body_limit;
     let router = Router::new()
         .route("/relaymesh/v1/status", get(status))
         .route("/relaymesh/v1/doctor", get(doctor))
@@ -191,7 +209,7 @@ pub fn router(state: ApiState) -> Router {
             state.clone(),
             origin::same_origin,
         ))
-        .layer(DefaultBodyLimit::max(body::MAX_BODY));
+        .layer(DefaultBodyLimit::max(body_limit));
     // Pages on other origins may call a node with keys (a key is the permission: a
     // browser never attaches one by itself), so it answers their preflights to its
     // inference routes and lets them read the answers: a chat page's "direct

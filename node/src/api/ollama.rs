@@ -342,7 +342,7 @@ pub async fn chat(
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, OllamaError> {
-    let mut body: ChatBody = body::parse(raw)?;
+    let mut body: ChatBody = state.parse(raw)?;
     let model = lookup(&state, &body.common.model, &headers).await?;
     if body.messages.is_empty() {
         return Ok(loaded(Kind::Chat, &body.common.model));
@@ -359,7 +359,7 @@ pub async fn generate(
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, OllamaError> {
-    let mut body: GenerateBody = body::parse(raw)?;
+    let mut body: GenerateBody = state.parse(raw)?;
     let model = lookup(&state, &body.common.model, &headers).await?;
     if body.prompt.is_empty() {
         return Ok(loaded(Kind::Generate, &body.common.model));
@@ -553,7 +553,7 @@ pub async fn show(
     State(state): State<ApiState>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, OllamaError> {
-    let body: ShowBody = body::parse(raw)?;
+    let body: ShowBody = state.parse(raw)?;
     let model = lookup(&state, &body.model, &HeaderMap::new()).await?;
     let info = model.backend.info();
     let family = if info.details.family.is_empty() {

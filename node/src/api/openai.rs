@@ -487,7 +487,7 @@ pub async fn chat(
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, OpenAiError> {
-    let body: ChatBody = body::parse(raw)?;
+    let body: ChatBody = state.parse(raw)?;
     let model = lookup(&state, &body.common.model, &headers).await?;
     let prompt = chat_prompt(body.messages)?;
     complete(&state, &model, Kind::Chat, prompt, body.common).await
@@ -515,7 +515,7 @@ pub async fn completions(
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, OpenAiError> {
-    let body: CompletionBody = body::parse(raw)?;
+    let body: CompletionBody = state.parse(raw)?;
     let prompt = text_prompt(body.prompt)?;
     let model = lookup(&state, &body.common.model, &headers).await?;
     complete(&state, &model, Kind::Text, prompt, body.common).await

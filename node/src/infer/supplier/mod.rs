@@ -78,6 +78,8 @@ pub struct SupplierContext {
     pub fresh: FreshSessions,
     /// The node stopping: streams end with a refusal the app fails over on.
     pub stopping: crate::stopping::Stopping,
+    /// Longest prompt read, bytes (`--limit prompt_bytes`).
+    pub prompt_bytes: usize,
 }
 
 /// A task aborted when this is dropped.
@@ -369,6 +371,16 @@ async fn serve(
         Some((
             RefuseCode::Invalid,
             "the payload is not what the request signs".into(),
+        ))
+    } else if request.body.prompt_bytes as usize > ctx.prompt_bytes {
+        // The operator's bound on prefill work; another supplier may read it.
+        ctx.metrics.limited("prompt_bytes");
+        Some((
+            RefuseCode::Terms,
+            format!(
+                "this supplier reads prompts of at most {} bytes (its limit prompt_bytes); this one has {}",
+                ctx.prompt_bytes, request.body.prompt_bytes
+            ),
         ))
     } else if served.is_none() {
         Some((
