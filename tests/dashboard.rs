@@ -1,5 +1,6 @@
-//! The dashboard in a real browser: headless Chromium (Debian's `chromium`, driven by
-//! Playwright for Python from the test venv) loads the dashboard of a three-node mesh
+//! The dashboard in real browsers: headless Chromium (Debian's `chromium`, driven by
+//! Playwright for Python from the test venv) and headless Firefox (Debian's
+//! `firefox-esr`, driven over WebDriver BiDi) each load the dashboard of a three-node mesh
 //! (bootstrap, supplier, gateway), sees every peer in the graph and the model in the
 //! table, sends a chat in the playground and sees the streamed answer, its supplier
 //! and the request in the live list, saves screenshots, and the page asks no host but
@@ -13,41 +14,63 @@ use support::{address, wait_for};
 
 const MESH: &str = "dashboard-tests";
 
-/// Debian's Chromium, or `None` (the test then says why it is skipped).
-fn chromium() -> Option<std::path::PathBuf> {
-    let path = std::env::var_os("RELAYMESH_CHROMIUM")
+/// A browser at `RELAYMESH_<ENV>` or Debian's `default`, or `None` (the test then says
+/// why it is skipped).
+fn browser(env: &str, default: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os(format!("RELAYMESH_{env}"))
         .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| "/usr/bin/chromium".into());
+        .unwrap_or_else(|| default.into());
     path.is_file().then_some(path)
+}
+
+/// Whether the test venv's Python can import `module`.
+fn python_has(module: &str) -> bool {
+    std::process::Command::new(support::python())
+        .args(["-c", &format!("import {module}")])
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_dashboard_shows_the_mesh_and_streams_a_chat_in_chromium() {
-    let Some(chromium) = chromium() else {
+    let Some(chromium) = browser("CHROMIUM", "/usr/bin/chromium") else {
         eprintln!("SKIPPED: no Chromium (apt-get install chromium, or set RELAYMESH_CHROMIUM)");
         return;
     };
-    let python = support::python();
-    let has_playwright = std::process::Command::new(&python)
-        .args(["-c", "import playwright"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !has_playwright {
-        eprintln!(
-            "SKIPPED: no playwright in {} (scripts/test installs it)",
-            python.display()
-        );
+    if !python_has("playwright") {
+        eprintln!("SKIPPED: no playwright in the test venv (scripts/test installs it)");
         return;
     }
-    let boot = support::bootstrap(MESH).await;
+    check_dashboard("chromium", chromium).await;
+}
+
+/// The same in Firefox, driven over WebDriver BiDi (`tests/dashboard/bidi.py`).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dashboard_shows_the_mesh_and_streams_a_chat_in_firefox() {
+    let Some(firefox) = browser("FIREFOX", "/usr/bin/firefox-esr") else {
+        eprintln!("SKIPPED: no Firefox (apt-get install firefox-esr, or set RELAYMESH_FIREFOX)");
+        return;
+    };
+    if !python_has("websockets") {
+        eprintln!("SKIPPED: no websockets in the test venv (scripts/test installs it)");
+        return;
+    }
+    check_dashboard("firefox", firefox).await;
+}
+
+/// A three-node mesh whose gateway's dashboard `check_dashboard.py` drives in the
+/// browser `kind` at `path`.
+async fn check_dashboard(kind: &str, path: std::path::PathBuf) {
+    let mesh = format!("{MESH}-{kind}");
+    let boot = support::bootstrap(&mesh).await;
     let boot_addr = address(&boot, "quic").await;
     let supplier = support::mesh_supplier(
-        MESH,
+        &mesh,
         &boot_addr,
         vec![support::smollm(1, 4) as relaymesh_node::backend::SharedBackend],
     )
     .await;
-    let gateway = support::mesh_gateway(MESH, &boot_addr).await;
+    let gateway = support::mesh_gateway(&mesh, &boot_addr).await;
     let peers = [boot.handle().peer_id(), supplier.handle().peer_id()];
     wait_for(
         "the gateway linked to both and seeing the model",
@@ -68,12 +91,13 @@ async fn the_dashboard_shows_the_mesh_and_streams_a_chat_in_chromium() {
     let script = support::repo_dir().join("tests/dashboard/check_dashboard.py");
     let url = support::base_url(&gateway);
     let output = tokio::task::spawn_blocking({
-        let (peers, out) = (peers.map(|p| p.to_string()), out.clone());
+        let (peers, out, kind) = (peers.map(|p| p.to_string()), out.clone(), kind.to_owned());
         move || {
-            std::process::Command::new(python)
+            std::process::Command::new(support::python())
                 .arg(script)
+                .arg(kind)
                 .arg(format!("{url}/"))
-                .arg(chromium)
+                .arg(path)
                 .arg(out)
                 .arg("smollm2")
                 .args(peers)

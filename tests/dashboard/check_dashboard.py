@@ -1,36 +1,61 @@
-"""Drives the node's dashboard in headless Chromium (Playwright on Debian's chromium).
+"""Drives the node's dashboard in a headless browser: Chromium (Debian's `chromium`,
+through Playwright) or Firefox (Debian's `firefox-esr`, through WebDriver BiDi:
+`bidi.py`).
 
-Usage: check_dashboard.py URL CHROMIUM OUT_DIR MODEL PEER_ID...
+Usage: check_dashboard.py chromium|firefox URL BROWSER OUT_DIR MODEL PEER_ID...
 
 Loads the dashboard at URL, waits until every PEER_ID is in the mesh graph and MODEL
 in the model table, sends a chat in the playground and waits for the streamed answer
-and the request in the live list, saves screenshots into OUT_DIR, and checks that the
-page asked no host but the node. Prints what it saw as JSON; exits 1 on a failure.
+and the request in the live list, saves screenshots into OUT_DIR (named after the
+browser), and checks that the page asked no host but the node. Prints what it saw as
+JSON; exits 1 on a failure.
 """
 
+import contextlib
 import json
 import sys
 import time
 from urllib.parse import urlparse
 
-from playwright.sync_api import sync_playwright
-
-url, chromium, out, model, *peers = sys.argv[1:]
+kind, url, browser_path, out, model, *peers = sys.argv[1:]
 node = urlparse(url).netloc
 asked = set()
+errors = []
 
-with sync_playwright() as p:
-    browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.on("request", lambda r: asked.add(urlparse(r.url).netloc))
-    errors = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
+
+@contextlib.contextmanager
+def open_page():
+    """A page of the browser asked for; `asked` and `errors` are filled as it runs."""
+    if kind == "firefox":
+        from bidi import FirefoxPage
+
+        page = FirefoxPage(browser_path, 1400, 1000)
+        try:
+            yield page
+        finally:
+            asked.update(page.hosts)
+            errors.extend(page.errors)
+            page.close()
+        return
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=browser_path, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.on("request", lambda r: asked.add(urlparse(r.url).netloc))
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        yield page
+        browser.close()
+
+
+shots = f"{out}/dashboard" if kind == "chromium" else f"{out}/{kind}-dashboard"
+with open_page() as page:
     page.goto(url)
     for peer in peers:
         page.wait_for_selector(f'#graph circle[data-peer="{peer}"]', timeout=30_000)
     page.wait_for_selector(f'#models tr[data-model="{model}"]', timeout=30_000)
     page.wait_for_selector("#live.on", timeout=30_000)
-    page.screenshot(path=f"{out}/dashboard.png", full_page=True)
+    page.screenshot(path=f"{shots}.png", full_page=True)
 
     page.select_option("#chat-model", model)
     page.fill("#chat-prompt", "Name three colours.")
@@ -42,10 +67,10 @@ with sync_playwright() as p:
     meta = page.inner_text("#chat-meta")
     page.wait_for_selector("#requests tbody tr", timeout=30_000)
     request_row = page.inner_text("#requests tbody tr")
-    page.screenshot(path=f"{out}/playground.png", full_page=True)
-    browser.close()
+    page.screenshot(path=f"{shots.replace('dashboard', 'playground')}.png", full_page=True)
 
 seen = {
+    "browser": kind,
     "answer": answer,
     "meta": meta,
     "request_row": request_row,
