@@ -11,17 +11,37 @@ pub fn status(args: &QueryArgs) -> anyhow::Result<()> {
     let status = get(args, "/relaymesh/v1/status")?;
     let models = get(args, "/relaymesh/v1/models")?;
     let ledger = get(args, "/relaymesh/v1/ledger")?;
+    let loaded = get(args, "/api/ps")?;
     if args.json {
-        let all = serde_json::json!({ "status": status, "models": models, "ledger": ledger });
+        let all = serde_json::json!({ "status": status, "models": models, "ledger": ledger, "loaded": loaded });
         println!("{}", serde_json::to_string_pretty(&all)?);
         return Ok(());
     }
-    print!("{}", render(&status, &models, &ledger));
+    print!("{}", render(&status, &models, &ledger, &loaded));
     Ok(())
 }
 
-/// The screen, from the three answers.
-fn render(status: &Value, models: &Value, ledger: &Value) -> String {
+/// Where this node runs each model it serves (from `/api/ps`): `CPU`, or the GPU device
+/// and how many layers went to it.
+fn devices(loaded: &Value) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for m in loaded["models"].as_array().into_iter().flatten() {
+        let r = &m["relaymesh"];
+        let Some(device) = r["device"].as_str().filter(|d| !d.is_empty()) else {
+            continue;
+        };
+        let layers = match (r["gpu_layers"][0].as_u64(), r["gpu_layers"][1].as_u64()) {
+            (Some(on), Some(all)) if on > 0 => format!(", {on}/{all} layers on GPU"),
+            _ => String::new(),
+        };
+        out.insert(text(&m["name"]), format!("{device}{layers}, "));
+    }
+    out
+}
+
+/// The screen, from the four answers.
+fn render(status: &Value, models: &Value, ledger: &Value, loaded: &Value) -> String {
+    let devices = devices(loaded);
     let mut out = String::new();
     let mut line = |s: String| {
         out.push_str(&s);
@@ -82,8 +102,9 @@ fn render(status: &Value, models: &Value, ledger: &Value) -> String {
         .filter(|m| text(&m["supplier"]) == me)
         .map(|m| {
             format!(
-                "{} ({}/{} slots free, {} tok/s, price {}, τ {})",
+                "{} ({}{}/{} slots free, {} tok/s, price {}, τ {})",
                 text(&m["name"]),
+                devices.get(&text(&m["name"])).map_or("", String::as_str),
                 text(&m["free_slots"]),
                 text(&m["total_slots"]),
                 text(&m["tokens_per_sec"]),
@@ -168,12 +189,13 @@ mod tests {
             { "name": "smollm2", "supplier": "12D3KooWother", "tokens_per_sec": null },
         ]);
         let ledger = json!({ "me": { "balance": 10, "earned": 7, "spent": 3 }, "claims_pending": 1, "claims_settled": 2, "claims_void": 0 });
-        let screen = render(&status, &models, &ledger);
+        let loaded = json!({ "models": [{ "name": "smollm2", "relaymesh": { "device": "CUDA (NVIDIA H100)", "gpu_layers": [31, 31] } }] });
+        let screen = render(&status, &models, &ledger, &loaded);
         for expected in [
             "node      12D3KooWme (full), relaymesh 0.1.0, up 1h 2m",
             "reach     public at /ip4/203.0.113.5/udp/4002/quic-v1",
             "3 connected (2 direct, 0 hole-punched, 1 relayed); bootstrap 1 of 1; clock -12 ms",
-            "serving   smollm2 (1/2 slots free, 41.5 tok/s, price 1, τ 64)",
+            "serving   smollm2 (CUDA (NVIDIA H100), 31/31 layers on GPU, 1/2 slots free, 41.5 tok/s, price 1, τ 64)",
             "models    smollm2 (2 suppliers)",
             "account   balance 10, earned 7, spent 3",
         ] {

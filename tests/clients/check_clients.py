@@ -7,7 +7,9 @@ answers must be the same, and usage also says who served and what the acks meter
 Exits non-zero (with the failing assertion) if any call misbehaves.
 """
 
+import json
 import sys
+import urllib.request
 
 import anthropic
 import ollama
@@ -127,8 +129,16 @@ if not MESH:
     assert len(single.embedding) == 576, single
     assert max(abs(a - b) for a, b in zip(single.embedding, embedded.embeddings[0])) < 1e-4
 
-loaded = [m.model for m in oc.ps().models]
-assert loaded == ([] if MESH else [MODEL]), loaded  # a gateway loads nothing itself
+loaded = oc.ps().models
+assert [m.model for m in loaded] == ([] if MESH else [MODEL]), loaded  # a gateway loads nothing itself
+if not MESH:
+    # Where the engine runs it (a field the client drops; read as plain JSON): on this
+    # CPU build, no layer on a GPU and nothing in VRAM.
+    with urllib.request.urlopen(f"{BASE}/api/ps") as r:
+        where = json.load(r)["models"][0]["relaymesh"]
+    assert where["engine"] == "embedded" and where["device"] == "CPU", where
+    assert where["gpu_layers"][0] == 0 and where["gpu_layers"][1] > 20, where
+    assert where["total_slots"] >= 1 and loaded[0].size_vram == 0, (where, loaded[0])
 
 shown = oc.show(MODEL)
 if not MESH:  # a mesh model is described by its ads, which name no architecture

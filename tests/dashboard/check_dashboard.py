@@ -55,6 +55,8 @@ with open_page() as page:
         page.wait_for_selector(f'#graph circle[data-peer="{peer}"]', timeout=30_000)
     page.wait_for_selector(f'#models tr[data-model="{model}"]', timeout=30_000)
     page.wait_for_selector("#live.on", timeout=30_000)
+    page.wait_for_selector("#serving", timeout=30_000)
+    serving = page.inner_text("#serving")
     page.screenshot(path=f"{shots}.png", full_page=True)
 
     page.select_option("#chat-model", model)
@@ -74,6 +76,7 @@ seen = {
     "answer": answer,
     "meta": meta,
     "request_row": request_row,
+    "serving": serving,
     "hosts_asked": sorted(asked),
     "page_errors": errors,
 }
@@ -85,6 +88,8 @@ if "answered by" not in meta:
     problems.append(f"no supplier shown: {meta!r}")
 if model not in request_row:
     problems.append(f"the request is not in the live list: {request_row!r}")
+if "serving" not in serving:
+    problems.append(f"the node's facts do not say what it serves: {serving!r}")
 if asked != {node}:
     problems.append(f"the page asked hosts other than the node ({node}): {sorted(asked)}")
 if errors:

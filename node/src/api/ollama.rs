@@ -514,8 +514,9 @@ pub async fn tags(State(state): State<ApiState>) -> Json<Value> {
 
 /// `GET /api/ps`: the models loaded in this node (the ones it serves itself; the
 /// mesh's are loaded elsewhere). They stay loaded while the node runs, so
-/// `expires_at` is what Ollama says of a model kept loaded for good; all of a model is in memory, on the GPU where the build
-/// and `--gpu-layers` put it (not told apart here: `size_vram` is 0).
+/// `expires_at` is what Ollama says of a model kept loaded for good. `size_vram` is
+/// the share of the file whose layers went to the GPU; `relaymesh` says where the
+/// engine runs (`device`, `gpu_layers` as [on the GPU, of all]) and its free slots.
 pub async fn ps(State(state): State<ApiState>) -> Json<Value> {
     let models: Vec<Value> = state
         .models
@@ -523,6 +524,10 @@ pub async fn ps(State(state): State<ApiState>) -> Json<Value> {
         .filter(|m| m.backend.info().kind != "mesh")
         .map(|m| {
             let info = m.backend.info();
+            let (free, total) = m.backend.slots();
+            let vram = info.details.gpu_layers.map_or(0, |(on_gpu, layers)| {
+                u128::from(info.details.size_bytes) * u128::from(on_gpu) / u128::from(layers.max(1))
+            });
             json!({
                 "name": info.name,
                 "model": info.name,
@@ -530,7 +535,14 @@ pub async fn ps(State(state): State<ApiState>) -> Json<Value> {
                 "digest": digest(m),
                 "details": details(m),
                 "expires_at": "2318-08-22T00:00:00Z",
-                "size_vram": 0,
+                "size_vram": u64::try_from(vram).unwrap_or(u64::MAX),
+                "relaymesh": {
+                    "engine": info.kind,
+                    "device": info.details.device,
+                    "gpu_layers": info.details.gpu_layers,
+                    "free_slots": free,
+                    "total_slots": total,
+                },
             })
         })
         .collect();

@@ -308,6 +308,11 @@ pub struct ModelDetails {
     pub size_bytes: u64,
     /// The chat template as the backend applies it.
     pub template: String,
+    /// Where the engine runs the layers: `CPU`, or the GPU backend and device
+    /// (`CUDA (NVIDIA H100)`); empty for an upstream server.
+    pub device: String,
+    /// Layers on the GPU, of the model's layers (the embedded engine only).
+    pub gpu_layers: Option<(u32, u32)>,
 }
 
 /// Why a backend refused or failed a request.

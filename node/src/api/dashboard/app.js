@@ -100,7 +100,17 @@ function polyline(values, max, width, height, cls) {
 
 // --- Panels ---------------------------------------------------------------------
 
-function renderNode(status) {
+// What this node serves itself, from /api/ps: where each model runs and its free slots.
+function serving(loaded) {
+  return (loaded.models || []).map((m) => {
+    const r = m.relaymesh || {};
+    const layers = r.gpu_layers ? `, ${r.gpu_layers[0]}/${r.gpu_layers[1]} layers on GPU` : "";
+    const where = r.device ? `${r.device}${layers}` : r.engine || "";
+    return `${m.name} (${where}; ${r.free_slots}/${r.total_slots} slots free)`;
+  }).join(", ") || "nothing";
+}
+
+function renderNode(status, loaded) {
   state.self = status.peer_id;
   const clock = status.clock && status.clock.offset_ms !== null && status.clock.offset_ms !== undefined
     ? `${status.clock.offset_ms} ms` + (status.clock.off ? " (off!)" : "")
@@ -114,7 +124,8 @@ function renderNode(status) {
     fact("uptime", uptime(status.uptime_secs)),
     fact("clock vs peers", clock),
     fact("version", status.version),
-    ...(status.membership ? [fact("member as", status.membership.role)] : [])
+    ...(status.membership ? [fact("member as", status.membership.role)] : []),
+    el("span", { id: "serving" }, el("b", {}, "serving"), serving(loaded))
   );
   const l = status.links || {};
   $("#links").textContent =
@@ -217,10 +228,11 @@ async function refresh() {
   if (state.busy) return;
   state.busy = true;
   try {
-    const [status, peers, models] = await Promise.all([
+    const [status, peers, models, loaded] = await Promise.all([
       api("/relaymesh/v1/status"), api("/relaymesh/v1/peers"), api("/relaymesh/v1/models"),
+      api("/api/ps"),
     ]);
-    renderNode(status);
+    renderNode(status, loaded);
     renderGraph(peers, models);
     renderPeers(peers);
     renderModels(models);
@@ -285,7 +297,12 @@ async function chat(event) {
       const chunk = JSON.parse(data);
       if (chunk.error) failed = chunk.error.message || String(chunk.error);
       const delta = chunk.choices && chunk.choices[0] && chunk.choices[0].delta;
-      if (delta && delta.content) answer.textContent += delta.content;
+      if (delta && delta.content) {
+        // Follow the answer as it grows, unless the reader scrolled up to read.
+        const following = answer.scrollTop + answer.clientHeight >= answer.scrollHeight - 4;
+        answer.textContent += delta.content;
+        if (following) answer.scrollTop = answer.scrollHeight;
+      }
       if (chunk.usage) usage = chunk.usage;
     });
     if (failed) throw new Error(failed);

@@ -90,6 +90,7 @@ impl EmbeddedBackend {
                 .ok()
                 .as_deref(),
         );
+        let (device, offloaded) = offload(&model, requested_layers);
         let details = ModelDetails {
             format: "gguf".into(),
             family: model
@@ -104,6 +105,8 @@ impl EmbeddedBackend {
                 .unwrap_or_default(),
             size_bytes: size,
             template: template.describe(),
+            device: device.clone(),
+            gpu_layers: Some((offloaded, model.n_layer() + 1)),
         };
         let max_token_bytes = longest_token_bytes(&model);
 
@@ -127,7 +130,6 @@ impl EmbeddedBackend {
         )
         .map_err(format)?;
 
-        let (device, offloaded) = offload(&model, requested_layers);
         tracing::info!(
             model = name,
             backend = %device,
