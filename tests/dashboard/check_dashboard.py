@@ -69,6 +69,11 @@ with open_page() as page:
     meta = page.inner_text("#chat-meta")
     page.wait_for_selector("#requests tbody tr", timeout=30_000)
     request_row = page.inner_text("#requests tbody tr")
+    # Once this node has been served, the table shows the speed and TTFT it measured,
+    # and the supplier's score here.
+    measured = f'#models tr[data-model="{model}"] td[title^="measured"] + td[title^="measured"]'
+    page.wait_for_selector(measured, timeout=30_000)
+    model_row = page.inner_text(f'#models tr[data-model="{model}"]')
     page.screenshot(path=f"{shots.replace('dashboard', 'playground')}.png", full_page=True)
 
 seen = {
@@ -77,6 +82,7 @@ seen = {
     "meta": meta,
     "request_row": request_row,
     "serving": serving,
+    "model_row": model_row,
     "hosts_asked": sorted(asked),
     "page_errors": errors,
 }
@@ -88,6 +94,8 @@ if "answered by" not in meta:
     problems.append(f"no supplier shown: {meta!r}")
 if model not in request_row:
     problems.append(f"the request is not in the live list: {request_row!r}")
+if model_row.split("\t")[5] in ("", "-"):
+    problems.append(f"no score for the supplier that answered: {model_row!r}")
 if "serving" not in serving:
     problems.append(f"the node's facts do not say what it serves: {serving!r}")
 if asked != {node}:

@@ -23,7 +23,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde_json::json;
+use serde_json::{json, Value};
 
 pub use infer::{parse_digest, DIGEST_HEADER, MAX_PRICE_HEADER, SUPPLIERS_HEADER};
 pub use keys::ApiKeys;
@@ -256,9 +256,11 @@ async fn ledger(State(s): State<ApiState>) -> Response {
     Json(s.settlement.report(crate::mesh::now_ms())).into_response()
 }
 
-/// Every claim of the unfrozen epochs, with its status.
+/// Every claim of the unfrozen epochs, with its status, and the last claims and proofs
+/// this node refused, with why.
 async fn claims(State(s): State<ApiState>) -> Response {
-    Json(json!({ "claims": s.settlement.claims() })).into_response()
+    Json(json!({ "claims": s.settlement.claims(), "refused": s.settlement.refused() }))
+        .into_response()
 }
 
 /// `POST /relaymesh/v1/transfers`: `{"to": PEER_ID, "amount": MICRO_CREDITS}`.
@@ -348,11 +350,34 @@ async fn peers(State(s): State<ApiState>) -> Response {
     Json(rows).into_response()
 }
 
+/// The mesh's offers, each with what this node measured of it (`measured`: TTFT,
+/// speed, recent errors and its routing score here; `null` for a supplier it cannot
+/// place).
 async fn models(State(s): State<ApiState>) -> Response {
-    s.node
-        .models()
-        .await
-        .map_or_else(|_| gone(), |v| Json(v).into_response())
+    let Ok(rows) = s.node.models().await else {
+        return gone();
+    };
+    let router = &s.resolver.gateway.router;
+    let rows: Vec<Value> = rows
+        .into_iter()
+        .map(|row| {
+            let measured = relaymesh_protocol::PublicKey::from_peer_id(&row.supplier).map(|key| {
+                let advertised = relaymesh_protocol::routing::score::SupplierStats::from_ad(
+                    row.ttft_ms,
+                    row.tokens_per_sec
+                        .map_or(0, |t| (t * 1000.0).clamp(0.0, f64::from(u32::MAX)) as u32),
+                    row.free_slots,
+                    row.total_slots,
+                    row.price_per_cu,
+                );
+                router.observed(key, &row.name, advertised, row.tokens_per_sec.is_some())
+            });
+            let mut value = serde_json::to_value(&row).unwrap_or(Value::Null);
+            value["measured"] = serde_json::to_value(measured).unwrap_or(Value::Null);
+            value
+        })
+        .collect();
+    Json(rows).into_response()
 }
 
 async fn render_metrics(State(s): State<ApiState>) -> Response {

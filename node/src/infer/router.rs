@@ -111,6 +111,20 @@ pub enum NoRoute {
     },
 }
 
+/// A supplier of a model as this node's requests found it.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct Observed {
+    /// Time to first token measured here (EWMA, ms); `None` before a request.
+    pub ttft_ms: Option<f64>,
+    /// Generation speed measured here (EWMA, tokens/s); `None` before a request.
+    pub tokens_per_sec: Option<f64>,
+    /// Recent failures here, decayed (halving every few minutes).
+    pub errors: f64,
+    /// The routing score of its offer here (typical requests a second, §11 of
+    /// PROTOCOL.md); `None` when it cannot be ranked.
+    pub score: Option<f64>,
+}
+
 /// What this node measured of one supplier's model.
 #[derive(Clone, Copy, Debug)]
 struct Measured {
@@ -213,6 +227,37 @@ impl Router {
             }
         });
         (stats, known)
+    }
+
+    /// What this node measured of `supplier` serving `model` (nothing is recorded by
+    /// asking), and the score its ad (`advertised`, whose speed is `speed_known` or a
+    /// placeholder) gets here, as [`Router::rank`] computes it: for the dashboard's and
+    /// `/relaymesh/v1/models`' view of the mesh. No score while no speed is known.
+    pub fn observed(
+        &self,
+        supplier: PublicKey,
+        model: &str,
+        mut advertised: SupplierStats,
+        speed_known: bool,
+    ) -> Observed {
+        let map = self.measured.lock().expect("router lock");
+        let seen = map.get(&(supplier, model.to_owned()));
+        if let Some(m) = seen {
+            advertised.errors = m.errors;
+            let elapsed = m.decayed_at.elapsed().as_millis() as u64;
+            advertised.decay_errors(elapsed, &self.weights);
+            advertised.ttft_ms = m.ttft_ms.unwrap_or(advertised.ttft_ms);
+            advertised.tokens_per_sec = m.tokens_per_sec.unwrap_or(advertised.tokens_per_sec);
+            advertised.in_flight = m.in_flight;
+        }
+        Observed {
+            ttft_ms: seen.and_then(|m| m.ttft_ms),
+            tokens_per_sec: seen.and_then(|m| m.tokens_per_sec),
+            errors: advertised.errors,
+            score: (speed_known || seen.is_some_and(|m| m.tokens_per_sec.is_some()))
+                .then(|| SupplierScore::of(&advertised, None, &self.weights).map(|s| s.0))
+                .flatten(),
+        }
     }
 
     /// The score of one supplier's offer, as [`Router::rank`] computes it.
@@ -403,6 +448,38 @@ mod tests {
 
     fn key(seed: u8) -> PublicKey {
         Keypair::from_secret([seed; 32]).public_key()
+    }
+
+    /// The view of the mesh the dashboard shows: nothing measured before a request,
+    /// then what the requests found, a score that falls with failures, and no score
+    /// while no speed is known at all; asking records nothing.
+    #[test]
+    fn what_a_node_measured_of_a_supplier_is_shown_with_its_score() {
+        let router = Router::new();
+        let a = key(1);
+        let ad = |tps_milli| SupplierStats::from_ad(100, tps_milli, 1, 1, 1);
+        let fresh = router.observed(a, "m", ad(10_000), true);
+        assert_eq!(
+            (fresh.ttft_ms, fresh.tokens_per_sec, fresh.errors),
+            (None, None, 0.0)
+        );
+        assert!(fresh.score.is_some());
+        assert_eq!(router.observed(a, "m", ad(0), false).score, None);
+        assert!(
+            router.measured.lock().unwrap().is_empty(),
+            "asking recorded nothing"
+        );
+        router.observe_ttft(a, "m", 50.0);
+        router.observe_speed(a, "m", 20.0);
+        let served = router.observed(a, "m", ad(0), false);
+        assert_eq!(
+            (served.ttft_ms, served.tokens_per_sec),
+            (Some(50.0), Some(20.0))
+        );
+        let before = served.score.expect("a measured speed gives a score");
+        router.observe_error(a, "m");
+        let failed = router.observed(a, "m", ad(0), false);
+        assert!(failed.errors > 0.9 && failed.score.unwrap() < before);
     }
 
     #[test]

@@ -62,6 +62,10 @@ impl Settlement {
     /// metrics either way.
     pub fn ingest(&self, message: LedgerMessage, now_ms: u64) -> Result<Ingested, Refused> {
         let kind = kind_of(&message.body);
+        let supplier = match &message.body {
+            LedgerBody::Claim(claim) => Some(claim.body.open.body.supplier.peer_id()),
+            _ => None,
+        };
         let result = self.apply(message, now_ms);
         match &result {
             Ok(Ingested::New { .. }) => self.metrics.ledger(kind, "new"),
@@ -69,6 +73,17 @@ impl Settlement {
             Err(r) => {
                 self.metrics.ledger_rejected(kind, r.reason);
                 debug!(kind, reason = r.reason, detail = %r.detail, "ledger message refused");
+                // Claims and proofs that fail their checks, for the dashboard; not the
+                // ones refused only for their time (frozen, early): those are routine.
+                if matches!(kind, "claim" | "proof") && r.invalid {
+                    self.note_refused(super::report::RefusedRow {
+                        at_ms: now_ms,
+                        kind,
+                        reason: r.reason,
+                        detail: r.detail.clone(),
+                        supplier,
+                    });
+                }
             }
         }
         result

@@ -148,6 +148,8 @@ pub struct Settlement {
     frozen: Mutex<(u64, Digest)>,
     /// This node's clock against its peers'.
     clock: clock::ClockWatch,
+    /// The last claims and proofs this node's ledger refused, with why (newest last).
+    refused: Mutex<std::collections::VecDeque<report::RefusedRow>>,
 }
 
 impl Settlement {
@@ -254,6 +256,7 @@ impl Settlement {
             checkpoint,
             frozen: Mutex::new((0, Digest::ZERO)),
             clock: clock::ClockWatch::new(params_skew),
+            refused: Mutex::default(),
         };
         {
             let mut ledger = settlement.ledger.lock().expect("ledger lock");

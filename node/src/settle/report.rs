@@ -20,6 +20,24 @@ pub struct AccountRow {
     pub spent: u128,
 }
 
+/// Claims and proofs refused that [`Settlement::refused`] keeps (the newest).
+pub const REFUSED_KEPT: usize = 32;
+
+/// A claim or proof this node's ledger refused, as the API shows it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct RefusedRow {
+    /// When, unix ms.
+    pub at_ms: u64,
+    /// `claim` or `proof`.
+    pub kind: &'static str,
+    /// The reason's name, as counted in `relaymesh_ledger_messages_total`.
+    pub reason: &'static str,
+    /// The ledger's words.
+    pub detail: String,
+    /// The supplier a refused claim names (its own signature may be what failed).
+    pub supplier: Option<String>,
+}
+
 /// One claim as the API shows it.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct ClaimRow {
@@ -141,6 +159,25 @@ impl Settlement {
             credit: self.available(self.params.epoch_of(now_ms)).ok(),
             ..report
         }
+    }
+
+    /// The last [`REFUSED_KEPT`] claims and proofs refused here, oldest first.
+    pub fn refused(&self) -> Vec<RefusedRow> {
+        self.refused
+            .lock()
+            .expect("refused lock")
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    /// Keeps `row`, forgetting the oldest past [`REFUSED_KEPT`].
+    pub(super) fn note_refused(&self, row: RefusedRow) {
+        let mut rows = self.refused.lock().expect("refused lock");
+        if rows.len() >= REFUSED_KEPT {
+            rows.pop_front();
+        }
+        rows.push_back(row);
     }
 
     /// Every claim of unfrozen epochs.

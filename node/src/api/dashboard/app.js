@@ -163,12 +163,26 @@ function renderPeers(peers) {
       el("td", {}, p.clock_offset_ms ?? ""), el("td", {}, p.agent || ""))));
 }
 
+// A figure this node measured, or else the supplier's own (marked "ad").
+function measuredOr(measured, advertised, digits) {
+  if (measured !== null && measured !== undefined) {
+    return el("td", { title: "measured by this node's requests" }, num(measured, digits));
+  }
+  if (!advertised) return el("td", {}, "-");
+  return el("td", { class: "muted", title: "as the supplier advertises it" }, `${num(advertised, digits)} ad`);
+}
+
 function renderModels(models) {
-  fill("#models", models.map((m) =>
-    el("tr", { "data-model": m.name },
+  fill("#models", models.map((m) => {
+    const seen = m.measured || {};
+    const errors = seen.errors ? `${num(seen.errors, 1)} recent failures here` : "no recent failures here";
+    return el("tr", { "data-model": m.name },
       el("td", {}, m.name), idCell(m.supplier), el("td", {}, `${m.free_slots} / ${m.total_slots}`),
-      el("td", {}, num(m.tokens_per_sec, 1)), el("td", {}, m.ttft_ms || ""),
-      el("td", {}, m.price_per_cu), el("td", {}, m.tau), el("td", {}, `${m.expires_in_s} s`))));
+      measuredOr(seen.tokens_per_sec, m.tokens_per_sec, 1), measuredOr(seen.ttft_ms, m.ttft_ms, 0),
+      el("td", { class: "score", title: `routing score here (typical requests a second); ${errors}` },
+        seen.score === null || seen.score === undefined ? "-" : Number(seen.score).toPrecision(3) + (seen.errors >= 0.5 ? " !" : "")),
+      el("td", {}, m.price_per_cu), el("td", {}, m.tau), el("td", {}, `${m.expires_in_s} s`));
+  }));
   const select = $("#chat-model");
   const names = [...new Set(models.map((m) => m.name))].sort();
   const chosen = select.value;
@@ -199,7 +213,7 @@ function addRequest(r) {
   $("#rate").replaceChildren(polyline(state.rates, max, 300, 60, "#4fb3ff"));
 }
 
-function renderAccounts(ledger, claims) {
+function renderAccounts(ledger, claims, refused) {
   const me = ledger.me || {};
   const credit = ledger.credit;
   $("#me").replaceChildren(
@@ -220,6 +234,13 @@ function renderAccounts(ledger, claims) {
       el("td", {}, c.epoch), idCell(c.supplier), idCell(c.app), el("td", {}, c.count),
       el("td", {}, c.value), el("td", {}, c.paid),
       el("td", { class: c.status === "settled" ? "ok" : c.status === "pending" ? "" : "fail" }, c.status))));
+  if (refused.length) {
+    fill("#refused", [...refused].reverse().map((r) =>
+      el("tr", { title: r.detail },
+        el("td", {}, new Date(r.at_ms).toLocaleTimeString()), el("td", {}, r.kind),
+        r.supplier ? idCell(r.supplier) : el("td", {}, ""),
+        el("td", { class: "fail" }, `${r.reason}: ${r.detail}`))));
+  }
 }
 
 // --- Refreshing -----------------------------------------------------------------
@@ -237,7 +258,7 @@ async function refresh() {
     renderPeers(peers);
     renderModels(models);
     const [ledger, claims] = await Promise.all([api("/relaymesh/v1/ledger"), api("/relaymesh/v1/claims")]);
-    renderAccounts(ledger, claims.claims || []);
+    renderAccounts(ledger, claims.claims || [], claims.refused || []);
   } catch (e) {
     $("#live").textContent = String(e.message || e);
   } finally {

@@ -106,6 +106,14 @@ fn an_inflated_claim_and_a_proof_for_another_seed_are_refused() {
         refused(&observer, LedgerBody::Proof(proof), now),
         "proof-wrong-seed"
     );
+
+    // The node keeps the refused proofs, with why, for its API and dashboard.
+    let kept = observer.s.refused();
+    assert_eq!(kept.len(), 3, "{kept:?}");
+    assert!(kept
+        .iter()
+        .all(|r| r.kind == "proof" && !r.detail.is_empty()));
+    assert_eq!(kept[2].reason, "proof-wrong-seed");
 }
 
 #[test]
@@ -213,6 +221,11 @@ fn a_claim_for_a_session_that_never_existed_is_refused() {
         .ingest_bytes(b"\xa1\x00garbage", now)
         .unwrap_err();
     assert_eq!(r.reason, "malformed");
+    // The refused claim is kept with its supplier; the garbage names no kind.
+    let kept = observer.s.refused();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!((kept[0].kind, kept[0].reason), ("claim", "claim-session"));
+    assert_eq!(kept[0].supplier, Some(sup.public_key().peer_id()));
 }
 
 /// Each session is paid from its own escrow, and a supplier refuses an escrow that
