@@ -10,7 +10,8 @@ mod support;
 
 use std::time::Duration;
 
-use support::{address, wait_for};
+use relaymesh::NodeBuilder;
+use support::{address, quic, tcp, wait_for};
 
 const MESH: &str = "dashboard-tests";
 
@@ -41,10 +42,11 @@ async fn the_dashboard_shows_the_mesh_and_streams_a_chat_in_chromium() {
         eprintln!("SKIPPED: no playwright in the test venv (scripts/test installs it)");
         return;
     }
-    check_dashboard("chromium", chromium).await;
+    check_dashboard("chromium", chromium, false).await;
 }
 
-/// The same in Firefox, driven over WebDriver BiDi (`tests/dashboard/bidi.py`).
+/// The same in Firefox, driven over WebDriver BiDi (`tests/dashboard/bidi.py`), in a
+/// private mesh: the dashboard also shows what each node was admitted as.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_dashboard_shows_the_mesh_and_streams_a_chat_in_firefox() {
     let Some(firefox) = browser("FIREFOX", "/usr/bin/firefox-esr") else {
@@ -55,22 +57,69 @@ async fn the_dashboard_shows_the_mesh_and_streams_a_chat_in_firefox() {
         eprintln!("SKIPPED: no websockets in the test venv (scripts/test installs it)");
         return;
     }
-    check_dashboard("firefox", firefox).await;
+    check_dashboard("firefox", firefox, true).await;
 }
 
-/// A three-node mesh whose gateway's dashboard `check_dashboard.py` drives in the
-/// browser `kind` at `path`.
-async fn check_dashboard(kind: &str, path: std::path::PathBuf) {
-    let mesh = format!("{MESH}-{kind}");
-    let boot = support::bootstrap(&mesh).await;
+/// A private mesh's owner: its key runs the bootstrap node and invites the others.
+struct Owner {
+    key: relaymesh::Keypair,
+    mesh: relaymesh::MeshParams,
+}
+
+impl Owner {
+    /// `builder` joining this mesh as `role`, with an invite for a day.
+    fn invite(&self, builder: NodeBuilder, role: relaymesh::MemberRole) -> NodeBuilder {
+        let day = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+            + 86_400_000;
+        let invite = relaymesh::make_invite(&self.mesh, &self.key, None, role, day);
+        builder.mesh(self.mesh.clone()).invite(invite)
+    }
+}
+
+/// A three-node mesh (public, or private when the browser is `private`: then the
+/// dashboard must show the members) whose gateway's dashboard `check_dashboard.py`
+/// drives in the browser `kind` at `path`.
+async fn check_dashboard(kind: &str, path: std::path::PathBuf, private: bool) {
+    let name = format!("{MESH}-{kind}");
+    let owner = private.then(|| {
+        let key = relaymesh::new_key();
+        let mesh = relaymesh::private_mesh(&name, &key);
+        Owner { key, mesh }
+    });
+    let join = |builder: NodeBuilder, role| match &owner {
+        Some(owner) => owner.invite(builder, role),
+        None => builder.mesh_name(&name),
+    };
+    let mut boot = NodeBuilder::full().listen(vec![quic(), tcp()]);
+    boot = match &owner {
+        Some(owner) => boot.mesh(owner.mesh.clone()).identity(owner.key.clone()),
+        None => boot.mesh_name(&name),
+    };
+    boot.config_mut().role = relaymesh::Role::Bootstrap;
+    let boot = boot.start().await.unwrap();
     let boot_addr = address(&boot, "quic").await;
-    let supplier = support::mesh_supplier(
-        &mesh,
-        &boot_addr,
-        vec![support::smollm(1, 4) as relaymesh_node::backend::SharedBackend],
-    )
-    .await;
-    let gateway = support::mesh_gateway(&mesh, &boot_addr).await;
+    let mut models = relaymesh_node::backend::Models::default();
+    models
+        .insert(relaymesh_node::backend::ServedModel::new(
+            support::smollm(1, 4) as relaymesh_node::backend::SharedBackend,
+            1,
+        ))
+        .unwrap();
+    let mut supplier = join(NodeBuilder::full(), relaymesh::MemberRole::SUPPLIER)
+        .listen(vec![quic(), tcp()])
+        .bootstrap(boot_addr.clone());
+    supplier.config_mut().models = std::sync::Arc::new(models);
+    let supplier = supplier.start().await.unwrap();
+    let gateway = join(NodeBuilder::light(), relaymesh::MemberRole::APP)
+        .listen(vec![quic(), tcp()])
+        .bootstrap(boot_addr)
+        .api("127.0.0.1:0".parse().unwrap())
+        .start()
+        .await
+        .unwrap();
     let peers = [boot.handle().peer_id(), supplier.handle().peer_id()];
     wait_for(
         "the gateway linked to both and seeing the model",
@@ -94,6 +143,7 @@ async fn check_dashboard(kind: &str, path: std::path::PathBuf) {
         let (peers, out, kind) = (peers.map(|p| p.to_string()), out.clone(), kind.to_owned());
         move || {
             std::process::Command::new(support::python())
+                .env("DASHBOARD_PRIVATE", if private { "1" } else { "" })
                 .arg(script)
                 .arg(kind)
                 .arg(format!("{url}/"))

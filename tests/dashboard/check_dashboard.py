@@ -7,17 +7,21 @@ Usage: check_dashboard.py chromium|firefox URL BROWSER OUT_DIR MODEL PEER_ID...
 Loads the dashboard at URL, waits until every PEER_ID is in the mesh graph and MODEL
 in the model table, sends a chat in the playground and waits for the streamed answer
 and the request in the live list, saves screenshots into OUT_DIR (named after the
-browser), and checks that the page asked no host but the node. Prints what it saw as
-JSON; exits 1 on a failure.
+browser), and checks that the page asked no host but the node. With
+DASHBOARD_PRIVATE=1 (a private mesh) it also checks that the node's and its peers'
+membership is shown. Prints what it saw as JSON; exits 1 on a failure.
 """
 
 import contextlib
 import json
+import os
 import sys
 import time
 from urllib.parse import urlparse
 
 kind, url, browser_path, out, model, *peers = sys.argv[1:]
+# Set by the test when the mesh is private: the members must be shown.
+PRIVATE = os.environ.get("DASHBOARD_PRIVATE") == "1"
 node = urlparse(url).netloc
 asked = set()
 errors = []
@@ -57,6 +61,13 @@ with open_page() as page:
     page.wait_for_selector("#live.on", timeout=30_000)
     page.wait_for_selector("#serving", timeout=30_000)
     serving = page.inner_text("#serving")
+    membership, peer_rows = "", ""
+    if PRIVATE:
+        # In a private mesh: what this node and each peer were admitted as.
+        page.wait_for_selector("#membership", timeout=30_000)
+        membership = page.inner_text("#membership")
+        page.wait_for_selector("#peers.private td.member", timeout=30_000)
+        peer_rows = page.inner_text("#peers tbody")
     page.screenshot(path=f"{shots}.png", full_page=True)
 
     page.select_option("#chat-model", model)
@@ -83,6 +94,8 @@ seen = {
     "request_row": request_row,
     "serving": serving,
     "model_row": model_row,
+    "membership": membership,
+    "peer_rows": peer_rows,
     "hosts_asked": sorted(asked),
     "page_errors": errors,
 }
@@ -96,6 +109,10 @@ if model not in request_row:
     problems.append(f"the request is not in the live list: {request_row!r}")
 if model_row.split("\t")[5] in ("", "-"):
     problems.append(f"no score for the supplier that answered: {model_row!r}")
+if PRIVATE and not (membership.startswith("member as") and "app until" in membership):
+    problems.append(f"the node's membership is not shown: {membership!r}")
+if PRIVATE and not ("(owner)" in peer_rows and "supplier until" in peer_rows):
+    problems.append(f"the peers' membership is not shown: {peer_rows!r}")
 if "serving" not in serving:
     problems.append(f"the node's facts do not say what it serves: {serving!r}")
 if asked != {node}:

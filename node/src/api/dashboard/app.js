@@ -3,7 +3,7 @@
 "use strict";
 
 const $ = (selector) => document.querySelector(selector);
-const state = { self: null, earnings: [], rates: [], busy: false };
+const state = { self: null, private: false, earnings: [], rates: [], busy: false };
 
 // --- The API ------------------------------------------------------------------
 
@@ -100,6 +100,13 @@ function polyline(values, max, width, height, cls) {
 
 // --- Panels ---------------------------------------------------------------------
 
+// The revocation lists a member enforces, from /relaymesh/v1/membership.
+function revocations(membership) {
+  const lists = (membership && membership.revocations) || [];
+  const revoked = lists.reduce((n, l) => n + l.invites.length + l.peers.length, 0);
+  return lists.length ? `; ${revoked} revoked in ${lists.length} list(s)` : "; nothing revoked";
+}
+
 // What this node serves itself, from /api/ps: where each model runs and its free slots.
 function serving(loaded) {
   return (loaded.models || []).map((m) => {
@@ -110,8 +117,9 @@ function serving(loaded) {
   }).join(", ") || "nothing";
 }
 
-function renderNode(status, loaded) {
+function renderNode(status, loaded, membership) {
   state.self = status.peer_id;
+  state.private = Boolean(status.membership);
   const clock = status.clock && status.clock.offset_ms !== null && status.clock.offset_ms !== undefined
     ? `${status.clock.offset_ms} ms` + (status.clock.off ? " (off!)" : "")
     : "not yet heard";
@@ -124,7 +132,9 @@ function renderNode(status, loaded) {
     fact("uptime", uptime(status.uptime_secs)),
     fact("clock vs peers", clock),
     fact("version", status.version),
-    ...(status.membership ? [fact("member as", status.membership.role)] : []),
+    ...(status.membership ? [el("span", { id: "membership", title: status.membership.invite ? `invite ${status.membership.invite}` : "" },
+      el("b", {}, "member as"), memberText(status.membership) + (status.membership.ended ? ` — refused now: ${status.membership.ended}` : ""),
+      revocations(membership))] : []),
     el("span", { id: "serving" }, el("b", {}, "serving"), serving(loaded))
   );
   const l = status.links || {};
@@ -156,11 +166,24 @@ function renderGraph(peers, models) {
   svg.replaceChildren(...shapes);
 }
 
+// What a member of a private mesh was admitted as: its role, and until when (an owner
+// needs no invite).
+function memberText(m) {
+  if (!m) return "";
+  if (!m.invite) return `${m.role} (owner)`;
+  const until = m.expires_ms ? ` until ${new Date(m.expires_ms).toLocaleString()}` : "";
+  return `${m.role}${until}`;
+}
+
 function renderPeers(peers) {
+  // In a private mesh each peer also shows what it was admitted as.
+  $("#peers").classList.toggle("private", state.private);
   fill("#peers", peers.map((p) =>
     el("tr", { "data-peer": p.peer_id },
       idCell(p.peer_id), el("td", {}, p.link), el("td", {}, num(p.rtt_ms, 1)),
-      el("td", {}, p.clock_offset_ms ?? ""), el("td", {}, p.agent || ""))));
+      el("td", {}, p.clock_offset_ms ?? ""),
+      el("td", { class: "member", title: p.member && p.member.invite ? `invite ${p.member.invite}` : "" }, memberText(p.member)),
+      el("td", {}, p.agent || ""))));
 }
 
 // A figure this node measured, or else the supplier's own (marked "ad").
@@ -253,7 +276,8 @@ async function refresh() {
       api("/relaymesh/v1/status"), api("/relaymesh/v1/peers"), api("/relaymesh/v1/models"),
       api("/api/ps"),
     ]);
-    renderNode(status, loaded);
+    const membership = status.membership ? await api("/relaymesh/v1/membership") : null;
+    renderNode(status, loaded, membership);
     renderGraph(peers, models);
     renderPeers(peers);
     renderModels(models);
