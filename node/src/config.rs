@@ -87,7 +87,8 @@ pub struct Limits {
     /// Connections one peer may hold at once.
     pub connections_per_peer: u32,
     /// Inbound connections peers at one network address (an IPv4 address, an IPv6
-    /// /56) may hold at once; this machine's loopback is not counted.
+    /// /56) may hold at once, and twice that the /56s of one IPv6 /48 together; this
+    /// machine's loopback is not counted.
     pub connections_per_ip: u32,
     /// Incoming connections still in their handshakes at once.
     pub pending_connections: u32,

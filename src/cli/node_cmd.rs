@@ -71,7 +71,8 @@ pub struct NodeArgs {
     invite: Option<String>,
     /// Change a bound against hostile peers and overload: NAME=VALUE (repeatable).
     /// connections (256), connections_per_peer (4), connections_per_ip (32 inbound
-    /// from one IPv4 address or IPv6 /56; this machine's loopback is not counted),
+    /// from one IPv4 address or IPv6 /56, twice that from one /48; this machine's
+    /// loopback is not counted),
     /// pending_connections (64), streams (64 served at once), streams_per_peer (16), unstarted_streams_per_peer
     /// (8), streams_per_app (8), sessions_per_app (64 per hour), http_connections
     /// (512), http_header_timeout_secs (10), http_write_stall_secs (60),

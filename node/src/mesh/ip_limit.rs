@@ -9,7 +9,10 @@
 //! one household is usually given), handshakes in progress included (or one host could
 //! hold every pending place with stalled handshakes). A connection past `per_ip` is
 //! refused as it arrives and counted
-//! (`relaymesh_limited_total{reason="connections_per_ip"}`).
+//! (`relaymesh_limited_total{reason="connections_per_ip"}`). An IPv6 /48 (a site: what
+//! a hosting customer or a campus is given) holds 256 /56s, so one holder of a /48
+//! could take `256 × per_ip` connections; the /56s of one /48 together hold at most
+//! [`SITE_FACTOR`] × `per_ip` (64 by default, a quarter of the node's connections).
 //!
 //! Not counted: connections we dialled (we chose them), relayed ones (the relay bounds
 //! its circuits per peer, and their address is the relay's), and this machine's own
@@ -38,6 +41,9 @@ use libp2p::{Multiaddr, PeerId};
 /// Inbound connections peers at one address may hold by default
 /// (`--limit connections_per_ip=N`): eight addresses to take the 256 slots.
 pub const DEFAULT_PER_IP: u32 = 32;
+
+/// How many networks' worth of connections the /56s of one IPv6 /48 hold at most.
+pub const SITE_FACTOR: u32 = 2;
 
 /// Where a connection comes from, as this limit counts it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -105,6 +111,28 @@ fn embedded_v4(ip: &Ipv6Addr) -> Option<Ipv4Addr> {
     }
 }
 
+/// The IPv6 /48 a network is in (`None` for IPv4 and relays).
+fn site_of(network: &Network) -> Option<[u8; 6]> {
+    match network {
+        Network::V6(prefix) => {
+            let mut site = [0u8; 6];
+            site.copy_from_slice(&prefix[..6]);
+            Some(site)
+        }
+        _ => None,
+    }
+}
+
+/// One connection fewer counted against `key`.
+fn release<K: std::hash::Hash + Eq>(held: &mut HashMap<K, u32>, key: K) {
+    if let Some(n) = held.get_mut(&key) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            held.remove(&key);
+        }
+    }
+}
+
 /// The relay a relayed address goes through (`/…/p2p/<relay>/p2p-circuit/…`).
 fn relay_of(addr: &Multiaddr) -> Option<PeerId> {
     let mut last = None;
@@ -118,22 +146,34 @@ fn relay_of(addr: &Multiaddr) -> Option<PeerId> {
     None
 }
 
-/// Why a connection was refused: its network holds `per_ip` already.
+/// Why a connection was refused: its network holds `per_ip` already, or its IPv6 /48
+/// holds `SITE_FACTOR × per_ip`.
 #[derive(Debug)]
 pub struct TooManyFromNetwork {
     /// The network.
     pub network: Network,
     /// The limit.
     pub per_ip: u32,
+    /// Whether the network's /48 is what is full.
+    pub site: bool,
 }
 
 impl std::fmt::Display for TooManyFromNetwork {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "peers at {} hold {} connections here already (limit connections_per_ip)",
-            self.network, self.per_ip
-        )
+        if self.site {
+            write!(
+                f,
+                "peers in the /48 of {} hold {} connections here already (limit connections_per_ip × {SITE_FACTOR} per IPv6 /48)",
+                self.network,
+                self.per_ip.saturating_mul(SITE_FACTOR)
+            )
+        } else {
+            write!(
+                f,
+                "peers at {} hold {} connections here already (limit connections_per_ip)",
+                self.network, self.per_ip
+            )
+        }
     }
 }
 
@@ -202,6 +242,8 @@ impl PeerNetworks {
 pub struct IpLimit {
     per_ip: u32,
     held: HashMap<Network, u32>,
+    /// Inbound connections held from each IPv6 /48, all its /56s together.
+    held_sites: HashMap<[u8; 6], u32>,
     counted: HashMap<ConnectionId, Network>,
     /// Inbound connections still in their handshakes, by network: they count too, or
     /// one host could hold every pending place (64) with stalled handshakes.
@@ -220,6 +262,7 @@ impl IpLimit {
         Self {
             per_ip: per_ip.max(1),
             held: HashMap::new(),
+            held_sites: HashMap::new(),
             counted: HashMap::new(),
             pending: HashMap::new(),
             pending_per_network: pending_per_network.max(1),
@@ -238,11 +281,34 @@ impl IpLimit {
         self.held.get(network).copied().unwrap_or(0)
     }
 
-    fn refuse(&self, network: Network) -> ConnectionDenied {
+    /// Inbound connections held from the /48 of `network`, if it is IPv6.
+    fn held_site(&self, network: &Network) -> u32 {
+        site_of(network).map_or(0, |site| self.held_sites.get(&site).copied().unwrap_or(0))
+    }
+
+    fn refuse(&self, network: Network, site: bool) -> ConnectionDenied {
         ConnectionDenied::new(TooManyFromNetwork {
             network,
             per_ip: self.per_ip,
+            site,
         })
+    }
+
+    /// Why `network` may not have one more connection, counting `pending` handshakes
+    /// from it and `pending_site` from its /48; `None` if it may.
+    fn full(
+        &self,
+        network: Network,
+        pending: usize,
+        pending_site: usize,
+    ) -> Option<ConnectionDenied> {
+        if self.held(&network) as usize + pending >= self.per_ip as usize {
+            return Some(self.refuse(network, false));
+        }
+        let per_site = self.per_ip.saturating_mul(SITE_FACTOR) as usize;
+        let site_full = site_of(&network).is_some()
+            && self.held_site(&network) as usize + pending_site >= per_site;
+        site_full.then(|| self.refuse(network, true))
     }
 }
 
@@ -260,10 +326,18 @@ impl NetworkBehaviour for IpLimit {
             return Ok(());
         };
         let pending = self.pending.values().filter(|n| **n == network).count();
-        if pending >= self.pending_per_network
-            || self.held(&network) as usize + pending >= self.per_ip as usize
-        {
-            return Err(self.refuse(network));
+        if pending >= self.pending_per_network {
+            return Err(self.refuse(network, false));
+        }
+        let site = site_of(&network);
+        let pending_site = site.map_or(0, |site| {
+            self.pending
+                .values()
+                .filter(|n| site_of(n) == Some(site))
+                .count()
+        });
+        if let Some(denied) = self.full(network, pending, pending_site) {
+            return Err(denied);
         }
         self.pending.insert(connection_id, network);
         Ok(())
@@ -277,10 +351,8 @@ impl NetworkBehaviour for IpLimit {
         remote: &Multiaddr,
     ) -> Result<THandler<Self>, ConnectionDenied> {
         self.pending.remove(&connection_id);
-        if let Some(network) = network_of(remote) {
-            if self.held(&network) >= self.per_ip {
-                return Err(self.refuse(network));
-            }
+        if let Some(denied) = network_of(remote).and_then(|network| self.full(network, 0, 0)) {
+            return Err(denied);
         }
         Ok(dummy::ConnectionHandler)
     }
@@ -311,6 +383,9 @@ impl NetworkBehaviour for IpLimit {
                 };
                 if let Some(network) = network_of(send_back_addr) {
                     *self.held.entry(network).or_default() += 1;
+                    if let Some(site) = site_of(&network) {
+                        *self.held_sites.entry(site).or_default() += 1;
+                    }
                     self.counted.insert(connection_id, network);
                     self.peers.add(peer_id, network);
                     self.placed.insert(connection_id, (peer_id, network));
@@ -329,11 +404,9 @@ impl NetworkBehaviour for IpLimit {
                     self.peers.remove(&peer, network);
                 }
                 if let Some(network) = self.counted.remove(&connection_id) {
-                    if let Some(n) = self.held.get_mut(&network) {
-                        *n = n.saturating_sub(1);
-                        if *n == 0 {
-                            self.held.remove(&network);
-                        }
+                    release(&mut self.held, network);
+                    if let Some(site) = site_of(&network) {
+                        release(&mut self.held_sites, site);
                     }
                 }
             }
@@ -538,5 +611,67 @@ mod tests {
         assert!(limit
             .handle_established_inbound_connection(third, PeerId::random(), &local, &remote)
             .is_ok());
+    }
+
+    /// Review: a /48 holds 256 /56s, so its holder could take 256 × `per_ip`
+    /// connections (every slot of the node). The /56s of one /48 together hold at most
+    /// `SITE_FACTOR × per_ip`; another /48 is not affected, and a /56's own bound still
+    /// applies first.
+    #[test]
+    fn the_56s_of_one_48_share_a_bound() {
+        let mut limit = IpLimit::new(2, 64);
+        let local = addr("/ip6/2001:db8:1::1/udp/4002/quic-v1");
+        let per_site = 2 * SITE_FACTOR as usize;
+        let mut n = 0;
+        let mut connect = |limit: &mut IpLimit, remote: &Multiaddr| {
+            n += 1;
+            let id = ConnectionId::new_unchecked(n);
+            let admitted = limit
+                .handle_pending_inbound_connection(id, &local, remote)
+                .and_then(|()| {
+                    limit.handle_established_inbound_connection(
+                        id,
+                        PeerId::random(),
+                        &local,
+                        remote,
+                    )
+                });
+            if let Err(denied) = admitted {
+                // Refused: whether for the /48.
+                return denied.downcast_ref::<TooManyFromNetwork>().map(|e| e.site);
+            }
+            let endpoint = ConnectedPoint::Listener {
+                local_addr: local.clone(),
+                send_back_addr: remote.clone(),
+            };
+            limit.on_swarm_event(FromSwarm::ConnectionEstablished(ConnectionEstablished {
+                peer_id: PeerId::random(),
+                connection_id: id,
+                endpoint: &endpoint,
+                failed_addresses: &[],
+                other_established: 0,
+            }));
+            None
+        };
+        // Connections from ever new /56s of 2001:db8:aa::/48.
+        let mut admitted = 0;
+        let mut refusal = None;
+        for i in 0..=255u8 {
+            let remote = addr(&format!("/ip6/2001:db8:aa:{i:02x}00::1/udp/1/quic-v1"));
+            match connect(&mut limit, &remote) {
+                None => admitted += 1,
+                Some(site) => {
+                    refusal = Some(site);
+                    break;
+                }
+            }
+        }
+        assert_eq!(admitted, per_site);
+        assert_eq!(refusal, Some(true), "refused for the /48");
+        // Another /48 gets in, and within it the /56 bound comes first.
+        let other = addr("/ip6/2001:db8:bb:100::1/udp/1/quic-v1");
+        assert!(connect(&mut limit, &other).is_none());
+        assert!(connect(&mut limit, &other).is_none());
+        assert_eq!(connect(&mut limit, &other), Some(false));
     }
 }
