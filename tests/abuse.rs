@@ -607,6 +607,22 @@ async fn prompts_and_bodies_over_a_nodes_size_limits_are_refused_with_the_reason
         assert!(c.limits.set("prompt_bytes", 1 << 30).is_err());
     })
     .await;
+    // A session is held with the supplier first: refusing a prompt must not make the
+    // gateway drop it and open another (found by review, with the refusal as `Terms`).
+    mesh.serves_honest_requests("the start").await;
+    let opens = || async {
+        let text = mesh.metrics().await;
+        text.lines()
+            .find(|l| {
+                l.starts_with("relaymesh_ledger_messages_total{")
+                    && l.contains("kind=\"open\"")
+                    && l.contains("outcome=\"new\"")
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let opened = opens().await;
+    assert!(opened >= 1, "the supplier counted no session opened");
     let long = "Tell me about France. ".repeat(40);
     let r = reqwest::Client::new()
         .post(format!(
@@ -633,6 +649,11 @@ async fn prompts_and_bodies_over_a_nodes_size_limits_are_refused_with_the_reason
     );
     assert!(mesh.limited("prompt_bytes").await >= 1);
     mesh.serves_honest_requests("a prompt over the limit").await;
+    assert_eq!(
+        opens().await,
+        opened,
+        "the refusal cost the app a new session"
+    );
 
     let r = reqwest::Client::new()
         .post(format!(

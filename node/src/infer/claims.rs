@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use libp2p::PeerId;
 use relaymesh_protocol::PublicKey;
 
-use crate::mesh::ip_limit::{Network, PeerNetworks};
+use crate::mesh::ip_limit::{site_of, Network, PeerNetworks, SITE_FACTOR};
 
 /// How long a claim lives at most.
 pub const FAIR_WINDOW: Duration = Duration::from_secs(5);
@@ -133,9 +133,18 @@ impl Claims {
                 .filter(|((_, m), c)| m == model && c.network == Some(n))
                 .count()
         });
+        // The /56s of one IPv6 /48 share a bound, as their connections do.
+        let site = network.as_ref().and_then(site_of);
+        let of_site = site.map_or(0, |s| {
+            line.claims
+                .iter()
+                .filter(|((_, m), c)| m == model && c.network.as_ref().and_then(site_of) == Some(s))
+                .count()
+        });
         if of_model >= line.most
             || of_peer >= MAX_WAITING_PER_PEER
             || of_network >= self.per_network
+            || of_site >= self.per_network.saturating_mul(SITE_FACTOR as usize)
         {
             return None;
         }
@@ -349,6 +358,37 @@ mod tests {
         assert!(claims
             .wait(&PublicKey([201; 32]), "m", PeerId::random(), true, None)
             .is_some());
+    }
+
+    /// Found by review: claims were bounded per /56, so a /48's holder, connecting
+    /// from its /56s in turn, could fill a model's line. The /56s of one /48 make at
+    /// most `SITE_FACTOR` networks' worth together, as their connections do.
+    #[test]
+    fn the_56s_of_one_48_share_a_networks_claims() {
+        let networks = PeerNetworks::default();
+        let claims = Claims::new(256, 2, networks.clone());
+        let per_network = 2 * MAX_WAITING_PER_PEER;
+        let mut made = 0;
+        let mut n = 0u16;
+        for i in 0..=255u8 {
+            let mut prefix = [0x20, 0x01, 0x0d, 0xb8, 0x00, 0xaa, 0];
+            prefix[6] = i;
+            let network = Network::V6(prefix);
+            let peer = PeerId::random();
+            networks.add(peer, network);
+            for _ in 0..MAX_WAITING_PER_PEER {
+                n += 1;
+                let mut key = [0u8; 32];
+                key[..2].copy_from_slice(&n.to_be_bytes());
+                made += usize::from(
+                    claims
+                        .wait(&PublicKey(key), "m", peer, true, None)
+                        .is_some(),
+                );
+            }
+            networks.remove(&peer, network);
+        }
+        assert_eq!(made, per_network * SITE_FACTOR as usize);
     }
 
     #[test]

@@ -74,13 +74,20 @@ impl std::fmt::Display for Network {
 /// The network a direct connection from `remote` counts against; `None` for a relayed
 /// one, one without an IP address, or this machine's `127.0.0.1` / `::1`.
 pub fn network_of(remote: &Multiaddr) -> Option<Network> {
+    // Only this machine's loopback is exempt (`::ffff:127.0.0.1` is how a dual-stack
+    // socket sees it): a 6to4, Teredo or NAT64 address that carries 127.0.0.1 comes
+    // from elsewhere (found by review).
     let ip = match super::contacts::ip_of(remote)? {
+        IpAddr::V4(ip) if ip == Ipv4Addr::LOCALHOST => return None,
+        IpAddr::V6(ip)
+            if ip == Ipv6Addr::LOCALHOST || ip.to_ipv4_mapped() == Some(Ipv4Addr::LOCALHOST) =>
+        {
+            return None
+        }
         IpAddr::V6(ip) => embedded_v4(&ip).map_or(IpAddr::V6(ip), IpAddr::V4),
         ip => ip,
     };
     match ip {
-        IpAddr::V4(ip) if ip == Ipv4Addr::LOCALHOST => None,
-        IpAddr::V6(ip) if ip == Ipv6Addr::LOCALHOST => None,
         IpAddr::V4(ip) => Some(Network::V4(ip)),
         IpAddr::V6(ip) => {
             let mut prefix = [0u8; 7];
@@ -112,7 +119,7 @@ fn embedded_v4(ip: &Ipv6Addr) -> Option<Ipv4Addr> {
 }
 
 /// The IPv6 /48 a network is in (`None` for IPv4 and relays).
-fn site_of(network: &Network) -> Option<[u8; 6]> {
+pub fn site_of(network: &Network) -> Option<[u8; 6]> {
     match network {
         Network::V6(prefix) => {
             let mut site = [0u8; 6];
@@ -336,6 +343,11 @@ impl NetworkBehaviour for IpLimit {
                 .filter(|n| site_of(n) == Some(site))
                 .count()
         });
+        // Found by review: the /56s of one /48 could otherwise hold every pending
+        // place (8 /56s × 8 each), stalling their handshakes.
+        if pending_site >= self.pending_per_network * SITE_FACTOR as usize {
+            return Err(self.refuse(network, true));
+        }
         if let Some(denied) = self.full(network, pending, pending_site) {
             return Err(denied);
         }
@@ -501,8 +513,21 @@ mod tests {
         ] {
             assert_eq!(network_of(&addr(free)), None, "{free}");
         }
-        // Other loopback addresses count: a test's flood comes from 127.0.0.2.
+        // Other loopback addresses count: a test's flood comes from 127.0.0.2. And so
+        // does 127.0.0.1 carried in 6to4, Teredo or NAT64: it comes from elsewhere.
         assert!(network_of(&addr("/ip4/127.0.0.2/udp/1/quic-v1")).is_some());
+        assert_eq!(network_of(&addr("/ip6/::ffff:127.0.0.1/tcp/1")), None);
+        for carried in [
+            "/ip6/2002:7f00:1::1/tcp/1",
+            "/ip6/2001:0:4136:e378:8000:63bf:80ff:fffe/tcp/1",
+            "/ip6/64:ff9b::7f00:1/tcp/1",
+        ] {
+            assert_eq!(
+                network_of(&addr(carried)),
+                Some(Network::V4(Ipv4Addr::LOCALHOST)),
+                "{carried}"
+            );
+        }
     }
 
     /// Review: handshakes in progress were not counted, so one host could hold every
@@ -673,5 +698,31 @@ mod tests {
         assert!(connect(&mut limit, &other).is_none());
         assert!(connect(&mut limit, &other).is_none());
         assert_eq!(connect(&mut limit, &other), Some(false));
+    }
+
+    /// Found by review: pending handshakes were bounded per /56 only, so the /56s of
+    /// one /48 (8 pending each) could hold every pending place of the node (64). They
+    /// hold at most `SITE_FACTOR × pending_per_network` together.
+    #[test]
+    fn the_56s_of_one_48_share_the_pending_places() {
+        let mut limit = IpLimit::new(32, 8);
+        let local = addr("/ip6/2001:db8:1::1/udp/4002/quic-v1");
+        let mut stalled = 0;
+        for i in 0..=255u8 {
+            let remote = addr(&format!("/ip6/2001:db8:aa:{i:02x}00::1/udp/1/quic-v1"));
+            let id = ConnectionId::new_unchecked(usize::from(i));
+            if limit
+                .handle_pending_inbound_connection(id, &local, &remote)
+                .is_err()
+            {
+                break;
+            }
+            stalled += 1;
+        }
+        assert_eq!(stalled, 8 * SITE_FACTOR as usize);
+        let other = addr("/ip6/2001:db8:bb:100::1/udp/1/quic-v1");
+        assert!(limit
+            .handle_pending_inbound_connection(ConnectionId::new_unchecked(999), &local, &other)
+            .is_ok());
     }
 }

@@ -34,7 +34,8 @@ pub struct RefusedRow {
     pub reason: &'static str,
     /// The ledger's words.
     pub detail: String,
-    /// The supplier a refused claim names (its own signature may be what failed).
+    /// The supplier a refused claim names: not verified (its own signature may be
+    /// what failed), so never proof of who sent it.
     pub supplier: Option<String>,
 }
 

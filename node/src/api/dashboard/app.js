@@ -261,7 +261,8 @@ function renderAccounts(ledger, claims, refused) {
     fill("#refused", [...refused].reverse().map((r) =>
       el("tr", { title: r.detail },
         el("td", {}, new Date(r.at_ms).toLocaleTimeString()), el("td", {}, r.kind),
-        r.supplier ? idCell(r.supplier) : el("td", {}, ""),
+        el("td", { class: "id", title: r.supplier ? `${r.supplier}\n(as the claim names it: not verified)` : "" },
+          r.supplier ? short(r.supplier) : ""),
         el("td", { class: "fail" }, `${r.reason}: ${r.detail}`))));
   }
 }

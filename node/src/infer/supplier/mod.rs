@@ -373,10 +373,13 @@ async fn serve(
             "the payload is not what the request signs".into(),
         ))
     } else if request.body.prompt_bytes as usize > ctx.prompt_bytes {
-        // The operator's bound on prefill work; another supplier may read it.
+        // The operator's bound on prefill work; another supplier may read it. Not
+        // `Terms`: on a resumed session a gateway takes that as a session this supplier
+        // will not resume, and opens another (found by review: each oversized prompt
+        // then cost the app a session and an escrow slot here).
         ctx.metrics.limited("prompt_bytes");
         Some((
-            RefuseCode::Terms,
+            RefuseCode::Failed,
             format!(
                 "this supplier reads prompts of at most {} bytes (its limit prompt_bytes); this one has {}",
                 ctx.prompt_bytes, request.body.prompt_bytes
