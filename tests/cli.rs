@@ -180,6 +180,14 @@ fn peers_and_models_print_tables_and_say_when_no_node_answers() {
         })
         .expect("the node lists its own model");
     assert!(table.starts_with("MODEL"), "{table}");
+    // Beside the supplier's own figures, what this node measured of it and its score.
+    assert!(
+        table
+            .lines()
+            .next()
+            .is_some_and(|h| h.contains("SEEN") && h.contains("SCORE")),
+        "{table}"
+    );
     let peers = stdout_of(relaymesh().args(["peers", "--api", &format!("127.0.0.1:{api}")]));
     assert_eq!(peers, "no peers connected");
     let status = stdout_of(relaymesh().args(["status", "--api", &format!("127.0.0.1:{api}")]));

@@ -103,16 +103,26 @@ fn print_table(rows: &[Value], columns: &[(&str, &str)]) {
 }
 
 /// Fetches a list from the API and prints it as a table (or JSON with `--json`).
-fn list(args: &QueryArgs, path: &str, empty: &str, columns: &[(&str, &str)]) -> anyhow::Result<()> {
+/// `path`'s rows as a table of `columns` (`empty` when there are none), each row first
+/// given to `prepare` (to add columns made from nested fields); the JSON as it is with
+/// `--json`.
+fn list(
+    args: &QueryArgs,
+    path: &str,
+    empty: &str,
+    columns: &[(&str, &str)],
+    prepare: impl Fn(&mut Value),
+) -> anyhow::Result<()> {
     let body = get(args, path)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&body)?);
         return Ok(());
     }
-    let rows = body.as_array().cloned().unwrap_or_default();
+    let mut rows = body.as_array().cloned().unwrap_or_default();
     if rows.is_empty() {
         println!("{empty}");
     } else {
+        rows.iter_mut().for_each(prepare);
         print_table(&rows, columns);
     }
     Ok(())
@@ -198,7 +208,15 @@ pub fn doctor(args: &QueryArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The mesh's offers: the suppliers' own figures (TOK/S from the ad), and what this
+/// node measured of each (SEEN: its requests' speed) and the score it ranks them by.
 pub fn models(args: &QueryArgs) -> anyhow::Result<()> {
+    let figure = |v: &Value, digits: usize| {
+        Value::String(
+            v.as_f64()
+                .map_or_else(|| "-".to_string(), |x| format!("{x:.digits$}")),
+        )
+    };
     list(
         args,
         "/relaymesh/v1/models",
@@ -209,10 +227,17 @@ pub fn models(args: &QueryArgs) -> anyhow::Result<()> {
             ("free_slots", "FREE"),
             ("total_slots", "SLOTS"),
             ("tokens_per_sec", "TOK/S"),
+            ("seen_tokens_per_sec", "SEEN"),
+            ("score", "SCORE"),
             ("price_per_cu", "PRICE/CU"),
             ("tau", "TAU"),
             ("expires_in_s", "EXPIRES s"),
         ],
+        |row| {
+            let measured = row["measured"].clone();
+            row["seen_tokens_per_sec"] = figure(&measured["tokens_per_sec"], 1);
+            row["score"] = figure(&measured["score"], 3);
+        },
     )
 }
 
