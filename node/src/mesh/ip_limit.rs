@@ -572,6 +572,21 @@ mod tests {
             .is_ok());
     }
 
+    /// The swarm telling `limit` that inbound connection `id` from `remote` is up.
+    fn established(limit: &mut IpLimit, id: ConnectionId, local: &Multiaddr, remote: &Multiaddr) {
+        let endpoint = ConnectedPoint::Listener {
+            local_addr: local.clone(),
+            send_back_addr: remote.clone(),
+        };
+        limit.on_swarm_event(FromSwarm::ConnectionEstablished(ConnectionEstablished {
+            peer_id: PeerId::random(),
+            connection_id: id,
+            endpoint: &endpoint,
+            failed_addresses: &[],
+            other_established: 0,
+        }));
+    }
+
     #[test]
     fn past_the_limit_an_address_is_refused_until_one_of_its_connections_closes() {
         use libp2p::core::transport::PortUse;
@@ -585,17 +600,7 @@ mod tests {
             assert!(limit
                 .handle_established_inbound_connection(id, PeerId::random(), &local, &remote)
                 .is_ok());
-            let endpoint = ConnectedPoint::Listener {
-                local_addr: local.clone(),
-                send_back_addr: remote.clone(),
-            };
-            limit.on_swarm_event(FromSwarm::ConnectionEstablished(ConnectionEstablished {
-                peer_id: PeerId::random(),
-                connection_id: id,
-                endpoint: &endpoint,
-                failed_addresses: &[],
-                other_established: 0,
-            }));
+            established(&mut limit, id, &local, &remote);
             ids.push(id);
         }
         let third = ConnectionId::new_unchecked(9);
@@ -665,17 +670,7 @@ mod tests {
                 // Refused: whether for the /48.
                 return denied.downcast_ref::<TooManyFromNetwork>().map(|e| e.site);
             }
-            let endpoint = ConnectedPoint::Listener {
-                local_addr: local.clone(),
-                send_back_addr: remote.clone(),
-            };
-            limit.on_swarm_event(FromSwarm::ConnectionEstablished(ConnectionEstablished {
-                peer_id: PeerId::random(),
-                connection_id: id,
-                endpoint: &endpoint,
-                failed_addresses: &[],
-                other_established: 0,
-            }));
+            established(limit, id, &local, remote);
             None
         };
         // Connections from ever new /56s of 2001:db8:aa::/48.
