@@ -345,7 +345,11 @@ impl NetworkBehaviour for IpLimit {
         });
         // Found by review: the /56s of one /48 could otherwise hold every pending
         // place (8 /56s × 8 each), stalling their handshakes.
-        if pending_site >= self.pending_per_network * SITE_FACTOR as usize {
+        if pending_site
+            >= self
+                .pending_per_network
+                .saturating_mul(SITE_FACTOR as usize)
+        {
             return Err(self.refuse(network, true));
         }
         if let Some(denied) = self.full(network, pending, pending_site) {
