@@ -135,6 +135,35 @@ struct Measured {
     decayed_at: Instant,
 }
 
+impl Measured {
+    /// Its errors, decayed to now.
+    fn decayed_errors(&self, weights: &ScoreWeights) -> f64 {
+        let mut stats = SupplierStats::from_ad(0, 0, 0, 0, 0);
+        stats.errors = self.errors;
+        stats.decay_errors(self.decayed_at.elapsed().as_millis() as u64, weights);
+        stats.errors
+    }
+
+    /// Lays what was measured over an ad's `stats`; returns whether a speed was
+    /// measured.
+    fn apply(&self, stats: &mut SupplierStats) -> bool {
+        if let Some(t) = self.ttft_ms {
+            stats.ttft_ms = t;
+        }
+        if let Some(s) = self.tokens_per_sec {
+            stats.tokens_per_sec = s;
+        }
+        stats.in_flight = self.in_flight;
+        stats.errors = self.errors;
+        // The ad's free slots are a snapshot (perhaps taken while our own requests
+        // were there); with requests of ours in flight, our count is fresher.
+        if self.in_flight > 0 {
+            stats.free_slots = stats.total_slots.saturating_sub(self.in_flight);
+        }
+        self.tokens_per_sec.is_some()
+    }
+}
+
 impl Default for Measured {
     fn default() -> Self {
         Self {
@@ -181,11 +210,7 @@ impl Router {
             }
         }
         let entry = map.entry((supplier, model.to_owned())).or_default();
-        let elapsed = entry.decayed_at.elapsed().as_millis() as u64;
-        let mut stats = SupplierStats::from_ad(0, 0, 0, 0, 0);
-        stats.errors = entry.errors;
-        stats.decay_errors(elapsed, &self.weights);
-        entry.errors = stats.errors;
+        entry.errors = entry.decayed_errors(&self.weights);
         entry.decayed_at = Instant::now();
         f(entry)
     }
@@ -210,22 +235,7 @@ impl Router {
             offer.total_slots,
             offer.price_per_cu,
         );
-        self.with(supplier, model, |m| {
-            if let Some(t) = m.ttft_ms {
-                stats.ttft_ms = t;
-            }
-            if let Some(s) = m.tokens_per_sec {
-                stats.tokens_per_sec = s;
-                known = true;
-            }
-            stats.in_flight = m.in_flight;
-            stats.errors = m.errors;
-            // The ad's free slots are a snapshot (perhaps taken while our own requests
-            // were there); with requests of ours in flight, our count is fresher.
-            if m.in_flight > 0 {
-                stats.free_slots = stats.total_slots.saturating_sub(m.in_flight);
-            }
-        });
+        self.with(supplier, model, |m| known |= m.apply(&mut stats));
         (stats, known)
     }
 
@@ -240,21 +250,22 @@ impl Router {
         mut advertised: SupplierStats,
         speed_known: bool,
     ) -> Observed {
-        let map = self.measured.lock().expect("router lock");
-        let seen = map.get(&(supplier, model.to_owned()));
-        if let Some(m) = seen {
-            advertised.errors = m.errors;
-            let elapsed = m.decayed_at.elapsed().as_millis() as u64;
-            advertised.decay_errors(elapsed, &self.weights);
-            advertised.ttft_ms = m.ttft_ms.unwrap_or(advertised.ttft_ms);
-            advertised.tokens_per_sec = m.tokens_per_sec.unwrap_or(advertised.tokens_per_sec);
-            advertised.in_flight = m.in_flight;
-        }
+        // A copy, decayed as `with` would decay it, so that asking records nothing.
+        let seen = self
+            .measured
+            .lock()
+            .expect("router lock")
+            .get(&(supplier, model.to_owned()))
+            .map(|m| Measured {
+                errors: m.decayed_errors(&self.weights),
+                ..*m
+            });
+        let known = speed_known | seen.is_some_and(|m| m.apply(&mut advertised));
         Observed {
             ttft_ms: seen.and_then(|m| m.ttft_ms),
             tokens_per_sec: seen.and_then(|m| m.tokens_per_sec),
             errors: advertised.errors,
-            score: (speed_known || seen.is_some_and(|m| m.tokens_per_sec.is_some()))
+            score: known
                 .then(|| SupplierScore::of(&advertised, None, &self.weights).map(|s| s.0))
                 .flatten(),
         }
