@@ -91,8 +91,14 @@ impl Mesh {
 
     /// What the supplier's `relaymesh_limited_total{reason}` says.
     async fn limited(&self, reason: &str) -> u64 {
+        self.counter(&format!("relaymesh_limited_total{{reason=\"{reason}\"}}"))
+            .await
+    }
+
+    /// The supplier's counter `name{labels}` (0 if absent).
+    async fn counter(&self, series: &str) -> u64 {
         let text = self.metrics().await;
-        let prefix = format!("relaymesh_limited_total{{reason=\"{reason}\"}} ");
+        let prefix = format!("{series} ");
         text.lines()
             .find_map(|l| l.strip_prefix(&prefix))
             .map_or(0, |v| v.trim().parse().unwrap())
@@ -610,17 +616,7 @@ async fn prompts_and_bodies_over_a_nodes_size_limits_are_refused_with_the_reason
     // A session is held with the supplier first: refusing a prompt must not make the
     // gateway drop it and open another (found by review, with the refusal as `Terms`).
     mesh.serves_honest_requests("the start").await;
-    let opens = || async {
-        let text = mesh.metrics().await;
-        text.lines()
-            .find(|l| {
-                l.starts_with("relaymesh_ledger_messages_total{")
-                    && l.contains("kind=\"open\"")
-                    && l.contains("outcome=\"new\"")
-            })
-            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
+    let opens = || mesh.counter(r#"relaymesh_ledger_messages_total{kind="open",outcome="new"}"#);
     let opened = opens().await;
     assert!(opened >= 1, "the supplier counted no session opened");
     let long = "Tell me about France. ".repeat(40);

@@ -63,7 +63,7 @@ impl Settlement {
     pub fn ingest(&self, message: LedgerMessage, now_ms: u64) -> Result<Ingested, Refused> {
         let kind = kind_of(&message.body);
         let supplier = match &message.body {
-            LedgerBody::Claim(claim) => Some(claim.body.open.body.supplier.peer_id()),
+            LedgerBody::Claim(claim) => Some(claim.body.open.body.supplier),
             _ => None,
         };
         let result = self.apply(message, now_ms);
@@ -81,7 +81,7 @@ impl Settlement {
                         kind,
                         reason: r.reason,
                         detail: r.detail.clone(),
-                        supplier,
+                        supplier: supplier.map(|key| key.peer_id()),
                     });
                 }
             }
