@@ -77,7 +77,7 @@ fn session(p: &MeshParams, supplier: &Keypair, nonce: u64, tau: u64) -> Session 
     let mut receipts = Vec::new();
     let mut previous = vec![acker.request().body.ack_chain_head];
     for i in 0..ACKS {
-        let ack = acker.ack(&[b'x'; 48], i + 1 == ACKS, &app).unwrap();
+        let ack = acker.ack(&[b'x'; 48], 12, i + 1 == ACKS, &app).unwrap();
         previous.push(ack.body.chain_secret);
         receipts.push(acker.receipt(ack));
     }

@@ -484,7 +484,9 @@ async fn an_app_that_never_acks_gets_k_tokens_and_a_forged_ack_ends_the_stream()
 
     // An ack signed by someone else is refused and the supplier ends the stream.
     let text: String = tokens.concat();
-    let genuine = acker.ack(text.as_bytes(), false, &app).unwrap();
+    let genuine = acker
+        .ack(text.as_bytes(), tokens.len() as u16, false, &app)
+        .unwrap();
     let forged = Signed::<Ack>::sign(
         genuine.body.clone(),
         &Keypair::generate(&mut rand_core::OsRng),

@@ -135,7 +135,7 @@ impl Sim {
         let bpt = self.sc.load.bytes_per_token;
         for i in 0..remaining.div_ceil(k) {
             let tokens = k.min(remaining - i * k);
-            let mut weight = cu.output_units(0, tokens * bpt).unwrap_or(0);
+            let mut weight = output_units(&cu, tokens, bpt);
             if i == 0 {
                 weight += cu.prompt_units(prompt * bpt);
             }
@@ -174,8 +174,7 @@ impl Sim {
     pub(crate) fn took_unacked(&mut self, app: u32, s: u32, tokens: u32, prompt: u32) {
         let bpt = self.sc.load.bytes_per_token;
         let formula = CuFormula::default();
-        let cu =
-            formula.output_units(0, tokens * bpt).unwrap_or(0) + formula.prompt_units(prompt * bpt);
+        let cu = output_units(&formula, tokens, bpt) + formula.prompt_units(prompt * bpt);
         let supplier = self.suppliers[s as usize].kind;
         if supplier == SupplierKind::Honest {
             self.attacks.honest_delivered_cu += u128::from(cu);
@@ -274,7 +273,7 @@ impl Sim {
         for i in 0..SELF_DEALT_ACKS {
             let last = i + 1 == SELF_DEALT_ACKS;
             let ack = acker
-                .ack(&increment, last, &app_key)
+                .ack(&increment, k as u16, last, &app_key)
                 .expect("within the request's bounds");
             let receipt = acker.receipt(ack);
             let (facts, _) = receipt
@@ -361,8 +360,7 @@ impl Sim {
             } else {
                 output
             };
-            let cu = formula.prompt_units(prompt * bpt)
-                + formula.output_units(0, served * bpt).unwrap_or(0);
+            let cu = formula.prompt_units(prompt * bpt) + output_units(&formula, served, bpt);
             self.counter += 1;
             let n = self.counter;
             let secret = digest_of("double-commit secret", &[self.sc.seed, n]);
@@ -440,4 +438,13 @@ impl Sim {
             m.honest_loss_share = unpaid_by_apps / a.honest_delivered_cu as f64;
         }
     }
+}
+
+/// CUs of `tokens` tokens of `bpt` bytes each, as their receipts weigh them (every
+/// increment the same mix, so the per-token cap applies to the whole alike).
+pub(crate) fn output_units(formula: &CuFormula, tokens: u32, bpt: u32) -> u64 {
+    let tokens = u16::try_from(tokens).unwrap_or(u16::MAX);
+    formula
+        .increment_units(0, u32::from(tokens) * bpt, tokens)
+        .unwrap_or(0)
 }

@@ -83,6 +83,7 @@ pub(crate) struct MinedAck {
     index: u16,
     prev_bytes: u32,
     new_bytes: u32,
+    tokens: u16,
     last: bool,
     stream_digest: Digest,
     chain_secret: Digest,
@@ -111,6 +112,7 @@ impl MinedAck {
                     index: self.index,
                     prev_bytes: self.prev_bytes,
                     new_bytes: self.new_bytes,
+                    tokens: self.tokens,
                     stream_digest: self.stream_digest,
                     chain_secret: self.chain_secret,
                     last: self.last,
@@ -173,6 +175,7 @@ impl Session {
             index: ack.body.index,
             prev_bytes: ack.body.prev_bytes,
             new_bytes: ack.body.new_bytes,
+            tokens: ack.body.tokens,
             last: ack.body.last,
             stream_digest: ack.body.stream_digest,
             chain_secret: ack.body.chain_secret,
@@ -347,10 +350,11 @@ impl Sim {
         let mut served = 0;
         let mut var = 0.0;
         for i in 0..acks.min(u32::from(MAX_ACK_CHAIN)) {
-            let bytes = (k.min(tokens - i * k) * sent_bpt) as usize;
+            let step = k.min(tokens - i * k);
+            let bytes = (step * sent_bpt) as usize;
             let last = i + 1 == acks;
             let ack = acker
-                .ack(&self.text[..bytes], last, app_key)
+                .ack(&self.text[..bytes], step as u16, last, app_key)
                 .expect("within the request's bounds");
             let receipt = acker.receipt(ack);
             let (facts, item) = receipt
@@ -400,7 +404,7 @@ impl Sim {
             let metered = tokens.min(acks.min(u32::from(MAX_ACK_CHAIN)) * k);
             let cu = CuFormula::default();
             let honest_cu =
-                cu.prompt_units(prompt_bytes) + cu.output_units(0, metered * bpt).unwrap_or(0);
+                cu.prompt_units(prompt_bytes) + crate::attacks::output_units(&cu, metered, bpt);
             self.metered(app, s, served, var, honest_cu);
         }
     }

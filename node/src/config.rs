@@ -360,6 +360,10 @@ pub struct MeshFile {
     /// Highest per-token byte cap a session may name.
     #[serde(default = "defaults::max_token_bytes")]
     pub max_token_bytes: u32,
+    /// Most bytes a token is paid for, on average over an increment (honest text runs
+    /// about 4; padded junk is paid no more than this).
+    #[serde(default = "defaults::max_paid_token_bytes")]
+    pub max_paid_token_bytes: u32,
     /// Genesis credit.
     #[serde(default)]
     pub genesis: Vec<GenesisEntry>,
@@ -386,6 +390,9 @@ mod defaults {
     }
     pub fn max_token_bytes() -> u32 {
         params().max_token_bytes
+    }
+    pub fn max_paid_token_bytes() -> u32 {
+        params().max_paid_token_bytes
     }
 }
 
@@ -431,6 +438,7 @@ impl MeshFile {
             max_price_per_cu: params.max_price_per_cu,
             max_cu_per_byte: params.max_cu_per_byte,
             max_token_bytes: params.max_token_bytes,
+            max_paid_token_bytes: params.max_paid_token_bytes,
             sources: params
                 .sources
                 .iter()
@@ -482,6 +490,7 @@ impl MeshFile {
         params.max_price_per_cu = self.max_price_per_cu;
         params.max_cu_per_byte = self.max_cu_per_byte;
         params.max_token_bytes = self.max_token_bytes;
+        params.max_paid_token_bytes = self.max_paid_token_bytes;
         let mut sources = self
             .sources
             .iter()

@@ -100,11 +100,12 @@ fn main() {
             &app,
         );
         let mut previous_link = acker.request().body.ack_chain_head;
-        // Each ack covers K tokens (here a few words each), the last one the rest.
+        // Each ack covers K tokens (here K = 3, a few words each) and names them, the
+        // last one the rest.
         let increments = ["The capital ", "of France ", "is Paris."];
         for (i, text) in increments.iter().enumerate() {
             let ack = acker
-                .ack(text.as_bytes(), i + 1 == increments.len(), &app)
+                .ack(text.as_bytes(), 3, i + 1 == increments.len(), &app)
                 .expect("within bounds");
             ack.verify(&app.public_key(), &verifier)
                 .expect("app signed");

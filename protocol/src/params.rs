@@ -6,6 +6,7 @@ use serde_tuple::{Deserialize_tuple, Serialize_tuple};
 use crate::identity::domain::{hash_tag, tagged_hash};
 use crate::messages::manifest::PPM;
 use crate::messages::membership::MAX_OWNERS;
+use crate::metering::compute_units::DEFAULT_TOKEN_BYTES;
 use crate::wire::{to_canonical, WireMessage};
 use crate::{BoundedString, BoundedVec, Digest, PublicKey};
 
@@ -19,6 +20,8 @@ pub const MAX_CLAIM_LEAVES: u32 = 1024;
 pub const MAX_SOURCES: usize = 256;
 /// Largest per-token byte cap a mesh may allow: an inference frame's text limit.
 pub const MAX_TOKEN_BYTES_LIMIT: u32 = 1024;
+/// Largest ack step K a mesh may set: an ack names its increment's tokens in a `u16`.
+pub const MAX_ACK_EVERY: u32 = 1024;
 
 /// Credit given to an account at genesis, in micro-credits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize_tuple, Deserialize_tuple)]
@@ -83,6 +86,10 @@ pub struct MeshParams {
     /// Highest per-token byte cap a session may name: a supplier streams at most this
     /// many bytes per token, so `max_tokens` bounds what an answer can bill.
     pub max_token_bytes: u32,
+    /// Highest bytes per token a session's formula may pay for (`cu.token_bytes`): an
+    /// increment of `t` tokens is paid for at most `t ×` this many bytes, so a supplier
+    /// padding its tokens with junk gains at most this over honest text's ~4 bytes.
+    pub max_paid_token_bytes: u32,
     /// Models whose royalty is enforced (sorted by digest, each once).
     pub sources: BoundedVec<RegisteredSource, MAX_SOURCES>,
     /// Owners of a private mesh (sorted, each once): only peers they invite, and the
@@ -119,6 +126,7 @@ impl MeshParams {
             max_price_per_cu: 1_000_000,
             max_cu_per_byte: 1_000,
             max_token_bytes: 256,
+            max_paid_token_bytes: DEFAULT_TOKEN_BYTES,
             sources: BoundedVec::new(),
             owners: BoundedVec::new(),
         };
@@ -154,8 +162,11 @@ impl MeshParams {
         if self.max_claim_leaves == 0 || self.max_claim_leaves > MAX_CLAIM_LEAVES {
             return fail("max_claim_leaves must be in 1..=1024");
         }
-        if self.ack_every_tokens == 0 || self.max_unacked_tokens < self.ack_every_tokens {
-            return fail("need 0 < ack_every_tokens <= max_unacked_tokens");
+        if self.ack_every_tokens == 0
+            || self.ack_every_tokens > MAX_ACK_EVERY
+            || self.max_unacked_tokens < self.ack_every_tokens
+        {
+            return fail("need 0 < ack_every_tokens <= 1024 and <= max_unacked_tokens");
         }
         let mut accounts: Vec<_> = self.genesis.iter().map(|a| a.account).collect();
         accounts.sort();
@@ -167,6 +178,9 @@ impl MeshParams {
         }
         if self.max_token_bytes == 0 || self.max_token_bytes > MAX_TOKEN_BYTES_LIMIT {
             return fail("max_token_bytes must be in 1..=1024");
+        }
+        if self.max_paid_token_bytes == 0 || self.max_paid_token_bytes > MAX_TOKEN_BYTES_LIMIT {
+            return fail("max_paid_token_bytes must be in 1..=1024");
         }
         // A session's claims count in the epoch of its start, and that epoch freezes H
         // epochs later: the session, its supplier's claim, the wait for the app's

@@ -53,9 +53,10 @@ fn text<const N: usize>() -> impl Strategy<Value = BoundedString<N>> {
     "\\PC{0,24}".prop_map(|s| BoundedString::new(s).unwrap())
 }
 fn cu() -> impl Strategy<Value = CuFormula> {
-    (any::<u32>(), any::<u32>()).prop_map(|(p, o)| CuFormula {
+    (any::<u32>(), any::<u32>(), any::<u32>()).prop_map(|(p, o, t)| CuFormula {
         prompt_per_byte: p,
         output_per_byte: o,
+        token_bytes: t,
     })
 }
 fn signed<T: std::fmt::Debug>(body: impl Strategy<Value = T>) -> impl Strategy<Value = Signed<T>> {
@@ -239,6 +240,7 @@ fn ack() -> impl Strategy<Value = Ack> {
         any::<u16>(),
         any::<u32>(),
         any::<u32>(),
+        any::<u16>(),
         digest(),
         digest(),
         any::<bool>(),
@@ -250,6 +252,7 @@ fn ack() -> impl Strategy<Value = Ack> {
                 index,
                 prev_bytes,
                 new_bytes,
+                tokens,
                 stream_digest,
                 chain_secret,
                 last,
@@ -260,6 +263,7 @@ fn ack() -> impl Strategy<Value = Ack> {
                 index,
                 prev_bytes,
                 new_bytes,
+                tokens,
                 stream_digest,
                 chain_secret,
                 last,
@@ -373,7 +377,7 @@ fn mesh_params() -> impl Strategy<Value = MeshParams> {
         (
             any::<u64>(),
             any::<u32>(),
-            any::<u32>(),
+            (any::<u32>(), any::<u32>()),
             proptest::collection::vec((digest(), key(), any::<u32>()), 0..3),
             proptest::collection::vec(key(), 0..5),
         ),
@@ -384,7 +388,13 @@ fn mesh_params() -> impl Strategy<Value = MeshParams> {
                 (epoch_ms, h, k, w, tau_min, tau_max, target),
                 (min_claim_value, samples, leaves, session, skew),
                 genesis,
-                (max_price_per_cu, max_cu_per_byte, max_token_bytes, sources, owners),
+                (
+                    max_price_per_cu,
+                    max_cu_per_byte,
+                    (max_token_bytes, max_paid_token_bytes),
+                    sources,
+                    owners,
+                ),
             )| MeshParams {
                 version: relaymesh_protocol::PROTOCOL_VERSION,
                 name,
@@ -410,6 +420,7 @@ fn mesh_params() -> impl Strategy<Value = MeshParams> {
                 max_price_per_cu,
                 max_cu_per_byte,
                 max_token_bytes,
+                max_paid_token_bytes,
                 sources: BoundedVec::try_from_vec(
                     sources
                         .into_iter()
@@ -582,10 +593,10 @@ fn non_canonical_encodings_are_refused() {
         .find(|g| g.file == "Ack")
         .unwrap();
     let bytes = golden.bytes;
-    // [ [version=4, …], sig ]: the body's version is the byte after two array headers.
-    assert_eq!(&bytes[..3], &[0x82, 0x89, 0x04]);
-    // The same value with a long-form integer (0x18 0x04) for the version.
-    let mut long_int = vec![0x82, 0x89, 0x18, 0x04];
+    // [ [version=5, …], sig ]: the body's version is the byte after two array headers.
+    assert_eq!(&bytes[..3], &[0x82, 0x8a, 0x05]);
+    // The same value with a long-form integer (0x18 0x05) for the version.
+    let mut long_int = vec![0x82, 0x8a, 0x18, 0x05];
     long_int.extend_from_slice(&bytes[3..]);
     let decode = |b: &[u8]| Signed::<Ack>::decode(b);
     assert!(matches!(
@@ -608,11 +619,11 @@ fn non_canonical_encodings_are_refused() {
     let huge = vec![0u8; Signed::<Ack>::MAX_SIZE + 1];
     assert!(matches!(decode(&huge), Err(DecodeError::TooLarge { .. })));
     // Another version.
-    let mut v5 = bytes.clone();
-    v5[2] = 0x05;
+    let mut v4 = bytes.clone();
+    v4[2] = 0x04;
     assert!(matches!(
-        decode(&v5),
-        Err(DecodeError::UnsupportedVersion { found: 5, .. })
+        decode(&v4),
+        Err(DecodeError::UnsupportedVersion { found: 4, .. })
     ));
 }
 

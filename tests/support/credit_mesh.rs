@@ -127,11 +127,7 @@ pub fn request(
         Digest([2 + id as u8; 32]),
         app,
     );
-    let flow = AppFlow::new(
-        acker,
-        relaymesh_node::infer::window(p),
-        session.body.max_token_bytes,
-    );
+    let flow = AppFlow::new(acker, relaymesh_node::infer::window(p), &session.body);
     let request = flow.request().clone();
     (FrameBody::Request(InferRequest { request, payload }), flow)
 }

@@ -28,7 +28,7 @@ fn receipts(app: &Keypair, session: &SignedSessionOpen, n: usize) -> Vec<(Receip
     );
     (0..n)
         .map(|i| {
-            let ack = acker.ack(b"token", false, app).unwrap();
+            let ack = acker.ack(b"token", 1, false, app).unwrap();
             let receipt = Receipt {
                 request: acker.request().clone(),
                 ack,

@@ -11,7 +11,7 @@ use crate::Digest;
 /// Signed by the app for output bytes `(prev_bytes, new_bytes]` of one request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize_tuple, Deserialize_tuple)]
 pub struct Ack {
-    /// Message version (3).
+    /// Message version: the protocol version (`PROTOCOL_VERSION`).
     #[serde(deserialize_with = "crate::wire::current_version")]
     pub version: u16,
     /// The session; it binds mesh id, supplier and model digest.
@@ -24,6 +24,9 @@ pub struct Ack {
     pub prev_bytes: u32,
     /// Cumulative output bytes acknowledged with it.
     pub new_bytes: u32,
+    /// Tokens (the supplier's output frames) in this increment: K, or up to K on the
+    /// last ack. The increment is paid for at most `tokens × cu.token_bytes` bytes.
+    pub tokens: u16,
     /// blake3 of all output bytes of the request so far.
     pub stream_digest: Digest,
     /// Link `c_index` of the request's ack chain.

@@ -47,7 +47,7 @@ pub struct ModelOffer {
 /// Signed by the supplier; gossiped when it changes and before it expires.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize_tuple, Deserialize_tuple)]
 pub struct CapabilityAd {
-    /// Message version (3).
+    /// Message version: the protocol version (`PROTOCOL_VERSION`).
     #[serde(deserialize_with = "crate::wire::current_version")]
     pub version: u16,
     /// The mesh this ad is for.

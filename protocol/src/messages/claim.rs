@@ -11,7 +11,7 @@ use crate::{Digest, PublicKey};
 /// Signed by the supplier named in `open`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize_tuple, Deserialize_tuple)]
 pub struct Claim {
-    /// Message version (3).
+    /// Message version: the protocol version (`PROTOCOL_VERSION`).
     #[serde(deserialize_with = "crate::wire::current_version")]
     pub version: u16,
     /// The countersigned terms: verifiers need nothing else about the session.

@@ -11,7 +11,7 @@ use crate::{Digest, PublicKey};
 /// Two claims, ordered by claim id so the same pair has one encoding.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize_tuple, Deserialize_tuple)]
 pub struct EquivocationEvidence {
-    /// Message version (3).
+    /// Message version: the protocol version (`PROTOCOL_VERSION`).
     #[serde(deserialize_with = "crate::wire::current_version")]
     pub version: u16,
     /// The claim with the smaller id.

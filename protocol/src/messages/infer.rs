@@ -198,7 +198,7 @@ pub enum FrameBody {
 /// One length-prefixed frame of an inference stream.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize_tuple, Deserialize_tuple)]
 pub struct InferFrame {
-    /// Message version (3).
+    /// Message version: the protocol version (`PROTOCOL_VERSION`).
     #[serde(deserialize_with = "crate::wire::current_version")]
     pub version: u16,
     /// The content.

@@ -14,7 +14,7 @@ pub const PPM: u32 = 1_000_000;
 /// Signed by the model's Source.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize_tuple, Deserialize_tuple)]
 pub struct ModelManifest {
-    /// Message version (3).
+    /// Message version: the protocol version (`PROTOCOL_VERSION`).
     #[serde(deserialize_with = "crate::wire::current_version")]
     pub version: u16,
     /// Model name, e.g. `SmolLM2-135M-Instruct`.

@@ -41,7 +41,7 @@ pub enum Holder {
 /// peer's key (the key its connection proved), so the proof is good for that peer only.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize_tuple, Deserialize_tuple)]
 pub struct TokenProof {
-    /// Message version (3).
+    /// Message version: the protocol version (`PROTOCOL_VERSION`).
     #[serde(deserialize_with = "crate::wire::current_version")]
     pub version: u16,
     /// The mesh.
@@ -64,7 +64,7 @@ impl Signable for TokenProof {
 /// `expires_ms`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize_tuple, Deserialize_tuple)]
 pub struct Invite {
-    /// Message version (3).
+    /// Message version: the protocol version (`PROTOCOL_VERSION`).
     #[serde(deserialize_with = "crate::wire::current_version")]
     pub version: u16,
     /// The mesh it admits to.
@@ -180,7 +180,7 @@ impl Credential {
 /// the same owner's lists of lower `seq`, so it names everything still revoked.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize_tuple, Deserialize_tuple)]
 pub struct Revocation {
-    /// Message version (3).
+    /// Message version: the protocol version (`PROTOCOL_VERSION`).
     #[serde(deserialize_with = "crate::wire::current_version")]
     pub version: u16,
     /// The mesh.
@@ -215,7 +215,7 @@ pub type SignedRevocation = Signed<Revocation>;
 /// proven which key the peer holds, and the credential names that key or is a token.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize_tuple, Deserialize_tuple)]
 pub struct Hello {
-    /// Message version (3).
+    /// Message version: the protocol version (`PROTOCOL_VERSION`).
     #[serde(deserialize_with = "crate::wire::current_version")]
     pub version: u16,
     /// The mesh the sender means to be in.
@@ -240,7 +240,7 @@ impl WireMessage for Hello {
 /// The answer to a [`Hello`]: admitted, or refused and why (in words for the operator).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize_tuple, Deserialize_tuple)]
 pub struct Verdict {
-    /// Message version (3).
+    /// Message version: the protocol version (`PROTOCOL_VERSION`).
     #[serde(deserialize_with = "crate::wire::current_version")]
     pub version: u16,
     /// `None`: admitted.

@@ -47,7 +47,7 @@ pub enum ProofEvidence {
 /// Not signed: its validity is intrinsic, so any node may relay it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize_tuple, Deserialize_tuple)]
 pub struct Proof {
-    /// Message version (3).
+    /// Message version: the protocol version (`PROTOCOL_VERSION`).
     #[serde(deserialize_with = "crate::wire::current_version")]
     pub version: u16,
     /// Id of the claim proven.

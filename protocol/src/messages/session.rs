@@ -16,7 +16,7 @@ use crate::{Digest, PublicKey, Signature};
 /// The terms.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize_tuple, Deserialize_tuple)]
 pub struct SessionOpen {
-    /// Message version (3).
+    /// Message version: the protocol version (`PROTOCOL_VERSION`).
     #[serde(deserialize_with = "crate::wire::current_version")]
     pub version: u16,
     /// The mesh (hash of its parameters).
@@ -335,6 +335,11 @@ impl SessionOpen {
                 u64::from(self.max_token_bytes),
                 u64::from(params.max_token_bytes),
             ),
+            (
+                "bytes paid per token",
+                u64::from(self.cu.token_bytes),
+                u64::from(params.max_paid_token_bytes),
+            ),
         ];
         for (what, value, max) in bounded {
             if value > max {
@@ -346,6 +351,13 @@ impl SessionOpen {
                 what: "bytes per token (at least 1)",
                 value: 0,
                 max: u64::from(params.max_token_bytes),
+            });
+        }
+        if self.cu.token_bytes == 0 {
+            return Err(SessionError::OutOfBounds {
+                what: "bytes paid per token (at least 1)",
+                value: 0,
+                max: u64::from(params.max_paid_token_bytes),
             });
         }
         if self.escrow.end().is_none() {

@@ -12,7 +12,7 @@ use crate::{Digest, PublicKey};
 /// `epoch` if that slot is funded (`ledger`), nothing otherwise.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize_tuple, Deserialize_tuple)]
 pub struct Transfer {
-    /// Message version (3).
+    /// Message version: the protocol version (`PROTOCOL_VERSION`).
     #[serde(deserialize_with = "crate::wire::current_version")]
     pub version: u16,
     /// The mesh.

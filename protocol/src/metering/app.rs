@@ -93,10 +93,12 @@ impl RequestAcker {
         self.acked
     }
 
-    /// Acknowledges the next increment of output, `increment` being its bytes.
+    /// Acknowledges the next increment of output, `increment` being its bytes and
+    /// `tokens` the tokens (frames) that carried them.
     pub fn ack(
         &mut self,
         increment: &[u8],
+        tokens: u16,
         last: bool,
         app: &impl Signer,
     ) -> Result<SignedAck, AckError> {
@@ -121,6 +123,7 @@ impl RequestAcker {
                 index,
                 prev_bytes: self.acked,
                 new_bytes: new as u32,
+                tokens,
                 stream_digest: Digest(*self.stream.finalize().as_bytes()),
                 chain_secret: link,
                 last,
@@ -164,16 +167,19 @@ mod tests {
     fn refuses_acks_beyond_its_bounds() {
         let (mut a, app) = acker(10, 2);
         assert_eq!(
-            a.ack(b"0123456789x", false, &app),
+            a.ack(b"0123456789x", 1, false, &app),
             Err(AckError::TooMuchOutput(11))
         );
-        a.ack(b"01234", false, &app).unwrap();
-        a.ack(b"", false, &app).unwrap();
-        assert_eq!(a.ack(b"5", false, &app), Err(AckError::ChainExhausted(2)));
+        a.ack(b"01234", 1, false, &app).unwrap();
+        a.ack(b"", 0, false, &app).unwrap();
+        assert_eq!(
+            a.ack(b"5", 1, false, &app),
+            Err(AckError::ChainExhausted(2))
+        );
         let (mut b, app) = acker(10, 4);
-        let last = b.ack(b"done", true, &app).unwrap();
+        let last = b.ack(b"done", 1, true, &app).unwrap();
         assert!(last.body.last && last.body.new_bytes == 4);
-        assert_eq!(b.ack(b"more", false, &app), Err(AckError::Finished));
+        assert_eq!(b.ack(b"more", 1, false, &app), Err(AckError::Finished));
         assert_eq!(b.acked_bytes(), 4);
     }
 }

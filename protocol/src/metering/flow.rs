@@ -3,8 +3,10 @@
 //! every `K` tokens it received (and the rest when the stream ends). Every ack the
 //! supplier accepts is a receipt, checked as a verifier of proofs will check it, and
 //! more: ack `j` must cover exactly the first `j·K` tokens (the last ack, everything),
-//! so the app has no choice of where its acks fall; and no token may be longer than
-//! the session's `max_token_bytes`, so a supplier cannot bill junk bytes.
+//! so the app has no choice of where its acks fall, and it must name the tokens it
+//! covers, so its increment is paid for at most `tokens × cu.token_bytes` bytes; and no
+//! token may be longer than the session's `max_token_bytes`, so a supplier cannot bill
+//! junk bytes beyond that.
 //!
 //! Tokens are counted as the supplier's output frames (one frame per token); acks
 //! carry bytes, which both sides can check, and the supplier maps an ack's byte count
@@ -18,6 +20,7 @@ use crate::messages::ack::SignedAck;
 use crate::messages::request::SignedRelayRequest;
 use crate::messages::session::{SessionOpen, SignedSessionOpen};
 use crate::metering::app::{AckError, RequestAcker};
+use crate::metering::compute_units::CuFormula;
 use crate::metering::receipt::{EncodedRequest, Receipt, ReceiptError, ReceiptFacts};
 use crate::Digest;
 
@@ -68,6 +71,14 @@ pub enum FlowError {
     /// `last` on an ack that does not cover the whole finished stream.
     #[error("ack marked last before the end of the stream")]
     EarlyLast,
+    /// The ack names another number of tokens than its increment carried.
+    #[error("ack names {named} tokens for an increment of {sent}")]
+    WrongTokens {
+        /// Tokens named in the ack.
+        named: u16,
+        /// Tokens the increment carried.
+        sent: u32,
+    },
     /// The supplier sent more than W tokens without an ack (app side).
     #[error("the supplier sent {0} tokens beyond the window without an ack")]
     WindowExceeded(u32),
@@ -269,7 +280,8 @@ impl SupplierFlow {
         // The ack must end at its fixed boundary: K tokens past the last ack, or, for
         // the last ack, at the end of the finished stream (at most K tokens past; an
         // empty final increment closes a stream that ended on a boundary). An app free
-        // to pick among the boundaries in its window could pick its receipts.
+        // to pick among the boundaries in its window could pick its receipts. And it
+        // must name those tokens: fewer would cut what the increment is paid.
         let (tokens, digest) = if body.new_bytes == self.acked_bytes {
             if !body.last {
                 return Err(FlowError::NotABoundary(body.new_bytes));
@@ -295,6 +307,13 @@ impl SupplierFlow {
         };
         if body.stream_digest != digest {
             return Err(FlowError::WrongStream);
+        }
+        let sent = tokens - self.acked_tokens;
+        if u32::from(body.tokens) != sent {
+            return Err(FlowError::WrongTokens {
+                named: body.tokens,
+                sent,
+            });
         }
         if body.last && !(self.finished && body.new_bytes == self.sent_bytes) {
             return Err(FlowError::EarlyLast);
@@ -323,21 +342,32 @@ pub struct AppFlow {
     acker: RequestAcker,
     window: Window,
     max_token_bytes: u32,
+    cu: CuFormula,
+    /// Output CUs of the acks signed so far: what their receipts weigh.
+    paid_units: u64,
     pending: Vec<u8>,
     pending_tokens: u32,
 }
 
 impl AppFlow {
-    /// Takes over a signed request (see [`RequestAcker::new`]) in a session whose
-    /// terms cap tokens at `max_token_bytes`.
-    pub fn new(acker: RequestAcker, window: Window, max_token_bytes: u32) -> Self {
+    /// Takes over a signed request (see [`RequestAcker::new`]) in the session of
+    /// `terms`, which cap tokens at `max_token_bytes` and weigh them by `cu`.
+    pub fn new(acker: RequestAcker, window: Window, terms: &SessionOpen) -> Self {
         Self {
             acker,
             window,
-            max_token_bytes,
+            max_token_bytes: terms.max_token_bytes,
+            cu: terms.cu,
+            paid_units: 0,
             pending: Vec::new(),
             pending_tokens: 0,
         }
+    }
+
+    /// Output CUs the acks signed so far pay for (the prompt's are apart): each
+    /// increment's bytes, at most `cu.token_bytes` a token.
+    pub fn paid_output_units(&self) -> u64 {
+        self.paid_units
     }
 
     /// The signed request, sent before the stream.
@@ -374,15 +404,29 @@ impl AppFlow {
         if self.pending_tokens < self.window.ack_every {
             return Ok(None);
         }
-        let ack = self.acker.ack(&self.pending, false, app)?;
-        self.pending.clear();
-        self.pending_tokens = 0;
-        Ok(Some(ack))
+        self.sign(false, app).map(Some)
+    }
+
+    /// Tokens received since the last ack: at most K, which the mesh bounds to
+    /// 1,024 (`MeshParams::validate`), so a `u16` holds it.
+    fn pending_count(&self) -> u16 {
+        u16::try_from(self.pending_tokens).unwrap_or(u16::MAX)
     }
 
     /// The stream ended: the final ack, covering what is left (possibly nothing).
     pub fn finish(&mut self, app: &impl Signer) -> Result<SignedAck, FlowError> {
-        let ack = self.acker.ack(&self.pending, true, app)?;
+        self.sign(true, app)
+    }
+
+    /// Signs the ack of what arrived since the last one, and counts what it pays.
+    fn sign(&mut self, last: bool, app: &impl Signer) -> Result<SignedAck, FlowError> {
+        let tokens = self.pending_count();
+        let ack = self.acker.ack(&self.pending, tokens, last, app)?;
+        let units = self
+            .cu
+            .increment_units(ack.body.prev_bytes, ack.body.new_bytes, tokens)
+            .unwrap_or(0);
+        self.paid_units = self.paid_units.saturating_add(units);
         self.pending.clear();
         self.pending_tokens = 0;
         Ok(ack)
@@ -423,7 +467,7 @@ mod tests {
             reveal_commitment: Digest([7; 32]),
             nonce: 1,
         };
-        let session = crate::identity::signed::Signed::sign(terms, &app)
+        let session = crate::identity::signed::Signed::sign(terms.clone(), &app)
             .countersign(&supplier, &Digest([6; 32]));
         let acker = RequestAcker::new(
             RequestTerms {
@@ -439,7 +483,7 @@ mod tests {
         );
         let supplier_flow =
             SupplierFlow::new(&session, acker.request().clone(), WINDOW, &Ed25519Verifier).unwrap();
-        (supplier_flow, AppFlow::new(acker, WINDOW, 16), app)
+        (supplier_flow, AppFlow::new(acker, WINDOW, &terms), app)
     }
 
     #[test]
@@ -517,21 +561,21 @@ mod tests {
         s.send("efgh").unwrap();
         s.send("ij").unwrap();
         let mut a2 = a.clone();
-        let mid = a2.acker.ack(b"ef", false, &app).unwrap();
+        let mid = a2.acker.ack(b"ef", 1, false, &app).unwrap();
         assert_eq!(
             s.clone().on_ack(mid, &Ed25519Verifier).unwrap_err(),
             FlowError::NotABoundary(6)
         );
         // The right counts over different text.
         let mut a3 = a.clone();
-        let wrong = a3.acker.ack(b"EFGHij", false, &app).unwrap();
+        let wrong = a3.acker.ack(b"EFGHij", 2, false, &app).unwrap();
         assert_eq!(
             s.clone().on_ack(wrong, &Ed25519Verifier).unwrap_err(),
             FlowError::WrongStream
         );
         // "last" before the supplier finished.
         let mut a4 = a.clone();
-        let early = a4.acker.ack(b"efghij", true, &app).unwrap();
+        let early = a4.acker.ack(b"efghij", 2, true, &app).unwrap();
         assert_eq!(
             s.on_ack(early, &Ed25519Verifier).unwrap_err(),
             FlowError::EarlyLast
@@ -549,20 +593,20 @@ mod tests {
             s.send(t).unwrap();
         }
         // K = 2: ack 1 must cover exactly two tokens, not one, not three.
-        for early in [&b"a"[..], b"abc"] {
+        for (early, tokens) in [(&b"a"[..], 1), (b"abc", 3)] {
             let mut acker = a.acker.clone();
-            let ack = acker.ack(early, false, &app).unwrap();
+            let ack = acker.ack(early, tokens, false, &app).unwrap();
             assert_eq!(
                 s.clone().on_ack(ack, &Ed25519Verifier).unwrap_err(),
                 FlowError::NotABoundary(early.len() as u32)
             );
         }
         let mut acker = a.acker.clone();
-        s.on_ack(acker.ack(b"ab", false, &app).unwrap(), &Ed25519Verifier)
+        s.on_ack(acker.ack(b"ab", 2, false, &app).unwrap(), &Ed25519Verifier)
             .unwrap();
         // A last ack must cover the finished stream and no more than K tokens.
         s.finish();
-        let all = acker.clone().ack(b"cd", true, &app).unwrap();
+        let all = acker.clone().ack(b"cd", 2, true, &app).unwrap();
         s.clone().on_ack(all, &Ed25519Verifier).unwrap();
     }
 
@@ -583,6 +627,65 @@ mod tests {
         ));
     }
 
+    /// Hole: a supplier streaming every token at the session's byte cap of junk was
+    /// paid by the byte, `max_token_bytes / 4` times an honest answer (7× at a cap of
+    /// 32, measured in netsim). An increment is now paid for at most `token_bytes` a
+    /// token; failed before acks named their tokens (paid 4 × 32).
+    #[test]
+    fn padded_tokens_are_paid_at_most_token_bytes_each() {
+        let (mut s, mut a, app) = setup(16);
+        let junk = "x".repeat(16);
+        let cu = CuFormula::default();
+        for _ in 0..2 {
+            s.send(&junk).unwrap();
+            if let Some(ack) = a.on_token(&junk, &app).unwrap() {
+                let paid = s.on_ack(ack, &Ed25519Verifier).unwrap();
+                let output = paid.facts.weight - cu.prompt_units(12);
+                assert_eq!(output, u64::from(cu.output_per_byte * 2 * cu.token_bytes));
+                assert_eq!(a.paid_output_units(), output);
+            }
+        }
+        assert_eq!(
+            s.acked_bytes(),
+            32,
+            "every byte acknowledged, not every byte paid"
+        );
+    }
+
+    /// An ack naming fewer tokens than its increment carried would cut what the
+    /// supplier is paid: the supplier refuses it, and no verifier takes bytes that
+    /// its tokens could not carry.
+    #[test]
+    fn an_ack_must_name_the_tokens_it_covers() {
+        let (mut s, a, app) = setup(16);
+        for t in ["abcdefgh", "ijklmnop"] {
+            s.send(t).unwrap();
+        }
+        let ack = a
+            .acker
+            .clone()
+            .ack(b"abcdefghijklmnop", 1, false, &app)
+            .unwrap();
+        assert_eq!(
+            s.clone().on_ack(ack, &Ed25519Verifier).unwrap_err(),
+            FlowError::WrongTokens { named: 1, sent: 2 }
+        );
+        // 17 bytes in one token of at most 16, or bytes in no token: not a receipt.
+        let mut acker = a.acker.clone();
+        for (bytes, tokens) in [(&b"abcdefghijklmnopq"[..], 1), (b"a", 0)] {
+            let ack = acker.clone().ack(bytes, tokens, false, &app).unwrap();
+            assert!(matches!(
+                s.clone().on_ack(ack, &Ed25519Verifier),
+                Err(FlowError::Receipt(ReceiptError::BadTokens { .. }))
+            ));
+        }
+        s.on_ack(
+            acker.ack(b"abcdefghijklmnop", 2, false, &app).unwrap(),
+            &Ed25519Verifier,
+        )
+        .unwrap();
+    }
+
     #[test]
     fn an_empty_stream_closes_with_one_ack_that_bills_the_prompt() {
         let (mut s, mut a, app) = setup(4);
@@ -597,7 +700,9 @@ mod tests {
     proptest::proptest! {
         /// Any output, any K <= W, acks delivered whenever the supplier must wait or
         /// at random: the supplier never has more than W tokens out, every ack is
-        /// accepted, and the receipts cover the prompt and every byte exactly once.
+        /// accepted, and the receipts cover the prompt and every byte exactly once,
+        /// each increment of K tokens paid for at most `K × token_bytes` of them (as
+        /// the app counted it).
         #[test]
         fn any_stream_closes_with_receipts_that_add_up(
             tokens in proptest::collection::vec("[a-zé ]{0,6}", 0..60),
@@ -608,7 +713,7 @@ mod tests {
             let window = Window { ack_every: k, max_unacked: k + extra };
             let (s0, a0, app) = setup(200);
             let mut s = SupplierFlow { window, ..s0 };
-            let mut a = AppFlow::new(a0.acker, window, 16);
+            let mut a = AppFlow { window, ..a0 };
             let mut in_flight: VecDeque<SignedAck> = VecDeque::new();
             let mut weight = 0u64;
             for (i, t) in tokens.iter().enumerate() {
@@ -636,7 +741,16 @@ mod tests {
             let total: u32 = tokens.iter().map(|t| t.len() as u32).sum();
             proptest::prop_assert_eq!(s.acked_bytes(), total);
             let cu = CuFormula::default();
-            proptest::prop_assert_eq!(weight, cu.prompt_units(12) + cu.output_units(0, total).unwrap());
+            let lengths: Vec<u32> = tokens.iter().filter(|t| !t.is_empty()).map(|t| t.len() as u32).collect();
+            let paid: u64 = lengths
+                .chunks(k as usize)
+                .map(|c| u64::from(c.iter().sum::<u32>().min(c.len() as u32 * cu.token_bytes)))
+                .sum();
+            proptest::prop_assert_eq!(weight, cu.prompt_units(12) + u64::from(cu.output_per_byte) * paid);
+            proptest::prop_assert_eq!(weight, cu.prompt_units(12) + a.paid_output_units());
+            if lengths.iter().all(|&l| l <= cu.token_bytes) {
+                proptest::prop_assert_eq!(weight, cu.prompt_units(12) + cu.output_units(0, total).unwrap());
+            }
         }
     }
 
@@ -644,14 +758,13 @@ mod tests {
     fn the_app_refuses_a_supplier_that_runs_past_the_window() {
         let (_, a, app) = setup(16);
         // An app that could not ack (its acks were lost) sees W tokens, then refuses.
-        let mut a = AppFlow::new(
-            a.acker.clone(),
-            Window {
+        let mut a = AppFlow {
+            window: Window {
                 ack_every: 100,
                 max_unacked: 3,
             },
-            16,
-        );
+            ..a
+        };
         for _ in 0..3 {
             assert_eq!(a.on_token("x", &app).unwrap(), None);
         }

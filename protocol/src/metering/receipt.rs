@@ -53,6 +53,15 @@ pub enum ReceiptError {
         /// New cumulative count.
         new: u32,
     },
+    /// The increment's bytes cannot have been carried by its tokens: more than
+    /// `tokens × max_token_bytes`, or bytes with no token, or a token with no bytes.
+    #[error("ack of {bytes} bytes in {tokens} tokens breaks the session's per-token cap")]
+    BadTokens {
+        /// Tokens in the ack.
+        tokens: u16,
+        /// Bytes of its increment.
+        bytes: u32,
+    },
     /// Weight overflows.
     #[error("receipt weight overflows")]
     Overflow,
@@ -314,12 +323,21 @@ impl Receipt {
                 new: ack.new_bytes,
             });
         }
+        let bytes = ack.new_bytes - ack.prev_bytes;
+        let tokens_ok = (bytes == 0) == (ack.tokens == 0)
+            && u64::from(bytes) <= u64::from(ack.tokens) * u64::from(terms.max_token_bytes);
+        if !tokens_ok {
+            return Err(ReceiptError::BadTokens {
+                tokens: ack.tokens,
+                bytes,
+            });
+        }
         if !link_ok(ack, request) {
             return Err(ReceiptError::BadChainLink);
         }
         let output = terms
             .cu
-            .output_units(ack.prev_bytes, ack.new_bytes)
+            .increment_units(ack.prev_bytes, ack.new_bytes, ack.tokens)
             .ok_or(ReceiptError::Overflow)?;
         let prompt = if ack.index == 1 {
             terms.cu.prompt_units(request.prompt_bytes)

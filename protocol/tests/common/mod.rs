@@ -152,9 +152,11 @@ impl AppRequest {
         }
     }
 
-    /// Acks `bytes` more output bytes; returns the receipt.
+    /// Acks `bytes` more output bytes, one token a byte (so every byte is paid);
+    /// returns the receipt.
     pub fn ack(&mut self, bytes: &[u8], last: bool, app: &Keypair) -> Receipt {
-        let ack = self.acker.ack(bytes, last, app).unwrap();
+        let tokens = u16::try_from(bytes.len()).unwrap();
+        let ack = self.acker.ack(bytes, tokens, last, app).unwrap();
         self.acker.receipt(ack)
     }
 }

@@ -24,6 +24,7 @@ use relaymesh_protocol::messages::reveal::commitment;
 use relaymesh_protocol::messages::session::{SessionOpen, SessionProposal, SignedSessionOpen};
 use relaymesh_protocol::metering::ack_chain::MAX_ACK_CHAIN;
 use relaymesh_protocol::metering::app::{RequestAcker, RequestTerms};
+use relaymesh_protocol::metering::compute_units::CuFormula;
 use relaymesh_protocol::metering::flow::AppFlow;
 use relaymesh_protocol::params::MeshParams;
 use relaymesh_protocol::{Digest, Ed25519Verifier, Keypair, PublicKey, Signer};
@@ -171,7 +172,7 @@ impl Gateway {
         let h = held.get_mut(&(supplier, digest))?;
         let t = &h.session.body;
         let same_terms = t.price_per_cu == offer.price_per_cu
-            && t.cu == offer.cu
+            && t.cu == session_cu(offer, &self.params)
             && t.manifest == offer.manifest;
         let running = now_ms() + SESSION_MARGIN_MS < t.end_ms();
         if !(same_terms && running) {
@@ -318,8 +319,16 @@ impl Leg {
     /// Compute units the app's acks on this leg pay for.
     fn compute_units(&self) -> u64 {
         let cu = self.session.body.cu;
-        cu.prompt_units(self.flow.request().body.prompt_bytes)
-            + cu.output_units(0, self.flow.acked_bytes()).unwrap_or(0)
+        cu.prompt_units(self.flow.request().body.prompt_bytes) + self.flow.paid_output_units()
+    }
+}
+
+/// The CU formula of a session on `offer`: the supplier's, its bytes paid per token
+/// held to the mesh's bound (a supplier asking more is refused by every verifier).
+fn session_cu(offer: &ModelOffer, params: &MeshParams) -> CuFormula {
+    CuFormula {
+        token_bytes: offer.cu.token_bytes.clamp(1, params.max_paid_token_bytes),
+        ..offer.cu
     }
 }
 

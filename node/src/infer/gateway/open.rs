@@ -124,7 +124,7 @@ impl Gateway {
             random_digest(),
             &self.key,
         );
-        let flow = AppFlow::new(acker, flow_window, cap);
+        let flow = AppFlow::new(acker, flow_window, &session.body);
         write_frame(
             &mut w,
             FrameBody::Request(InferRequest {
@@ -213,7 +213,7 @@ impl Gateway {
             supplier,
             model_digest: offer.gguf_digest.unwrap_or(Digest::ZERO),
             manifest: offer.manifest.clone(),
-            cu: offer.cu,
+            cu: session_cu(offer, &self.params),
             price_per_cu: price,
             tau,
             max_token_bytes: offer

@@ -267,24 +267,6 @@ async fn next_frame_within<R: futures::AsyncRead + Unpin>(
     }
 }
 
-/// Splits text into frames of at most `cap` bytes (the session's per-token cap, at
-/// most `MAX_TOKEN_BYTES`) on character boundaries; a character longer than the cap
-/// (4 bytes at most) gets a frame of its own.
-fn token_frames(text: &str, cap: usize) -> Vec<&str> {
-    let cap = cap.clamp(4, MAX_TOKEN_BYTES);
-    let mut out = Vec::new();
-    let mut rest = text;
-    while !rest.is_empty() {
-        let mut cut = rest.len().min(cap);
-        while !rest.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        out.push(&rest[..cut]);
-        rest = &rest[cut..];
-    }
-    out
-}
-
 async fn serve(
     peer: PeerId,
     stream: Stream,
@@ -454,7 +436,7 @@ async fn serve(
     };
     let served = served.expect("checked above");
     let mining_secret = session.body.mining_secret(&ctx.key);
-    let cap = session.body.max_token_bytes.max(1) as usize;
+    let cap = terms::frame_cap(&session.body, served.backend.info().kind);
     // The output this request may still bill: its reservation, less the prompt.
     let reservation = reservation.ok().flatten();
     let mut output_budget = reservation.as_ref().map(|r| r.cu.saturating_sub(prompt_cu));
@@ -618,7 +600,7 @@ async fn serve(
                 }
                 event = generation.next(), if generating => match event.inspect(|_| clock.heard(std::time::Instant::now())) {
                     Some(GenEvent::Text(text)) => {
-                        pending.extend(token_frames(&text, cap).into_iter().map(str::to_owned));
+                        pending.extend(terms::token_frames(&text, cap).into_iter().map(str::to_owned));
                     }
                     Some(GenEvent::Done(f)) => {
                         generated = true;

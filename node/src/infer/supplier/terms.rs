@@ -138,10 +138,14 @@ pub(super) fn terms_fit(
     let cu = CuFormula::default();
     if terms.cu.prompt_per_byte < cu.prompt_per_byte
         || terms.cu.output_per_byte < cu.output_per_byte
+        || terms.cu.token_bytes < cu.token_bytes.min(params.max_paid_token_bytes)
     {
         return Err(format!(
-            "the CU formula here is {} per prompt byte and {} per output byte",
-            cu.prompt_per_byte, cu.output_per_byte
+            "the CU formula here is {} per prompt byte and {} per output byte, paid for up \
+             to {} bytes a token",
+            cu.prompt_per_byte,
+            cu.output_per_byte,
+            cu.token_bytes.min(params.max_paid_token_bytes)
         ));
     }
     if terms.manifest.as_ref() != served.manifest {
@@ -216,11 +220,65 @@ pub(super) fn check_resumed(
     check_model(terms, ctx)
 }
 
+/// The most bytes a frame of output carries in a session of `terms` from a backend of
+/// `kind`. A frame is a token to the ack rules, paid for at most `cu.token_bytes`
+/// bytes on average over its increment. The embedded engine's pieces are one token
+/// each (0.3% of SmolLM2's bytes fall in increments above 6 a token), so they go out
+/// whole up to the session's cap; an upstream's may hold several (a speculative
+/// decoder's do), so they go out in frames of at most what one is paid for, and none
+/// of their text goes unpaid.
+pub(super) fn frame_cap(terms: &SessionOpen, kind: &str) -> usize {
+    let cap = if kind == "embedded" {
+        terms.max_token_bytes
+    } else {
+        terms.max_token_bytes.min(terms.cu.token_bytes)
+    };
+    cap.max(1) as usize
+}
+
+/// Splits text into frames of at most `cap` bytes (the session's per-token cap, at
+/// most `MAX_TOKEN_BYTES`) on character boundaries; a character longer than the cap
+/// (4 bytes at most) gets a frame of its own.
+pub(super) fn token_frames(text: &str, cap: usize) -> Vec<&str> {
+    let cap = cap.clamp(4, MAX_TOKEN_BYTES);
+    let mut out = Vec::new();
+    let mut rest = text;
+    while !rest.is_empty() {
+        let mut cut = rest.len().min(cap);
+        while !rest.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.push(&rest[..cut]);
+        rest = &rest[cut..];
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use relaymesh_protocol::identity::signed::Signed;
     use relaymesh_protocol::messages::manifest::ModelManifest;
+
+    /// An upstream's piece of several tokens goes out in frames each paid in full;
+    /// the embedded engine's one-token pieces go out whole.
+    #[test]
+    fn an_upstreams_text_is_framed_so_every_byte_is_paid() {
+        let mut terms = crate::testkit::terms_for_tests();
+        terms.max_token_bytes = 32;
+        let piece = " internationalization of ünïcode";
+        let frames = token_frames(piece, frame_cap(&terms, "openai"));
+        assert_eq!(frames.concat(), piece);
+        let tokens = u16::try_from(frames.len()).unwrap();
+        let bytes = piece.len() as u32;
+        assert_eq!(
+            terms.cu.increment_units(0, bytes, tokens),
+            terms.cu.output_units(0, bytes),
+            "{frames:?}"
+        );
+        assert_eq!(frame_cap(&terms, "embedded"), 32);
+        assert_eq!(token_frames(piece, 32).len(), 2);
+    }
 
     fn served() -> Served<'static> {
         Served {
@@ -303,7 +361,10 @@ mod tests {
         weightless.cu.output_per_byte = 0;
         let mut narrow = terms.clone();
         narrow.max_token_bytes = 8;
-        for bad in [cheap, weightless, narrow] {
+        // Tokens paid for fewer bytes than the supplier's rule.
+        let mut stingy = terms.clone();
+        stingy.cu.token_bytes = 4;
+        for bad in [cheap, weightless, narrow, stingy] {
             assert!(terms_fit(&bad, &served(), &params).is_err());
         }
     }

@@ -69,7 +69,7 @@ fn receipts(
         );
         for i in 0..acks {
             let ack = acker
-                .ack(&vec![b'x'; bytes], i + 1 == acks, signer)
+                .ack(&vec![b'x'; bytes], bytes as u16, i + 1 == acks, signer)
                 .unwrap();
             out.push(acker.receipt(ack));
         }
