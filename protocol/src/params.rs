@@ -179,8 +179,10 @@ impl MeshParams {
         if self.max_token_bytes == 0 || self.max_token_bytes > MAX_TOKEN_BYTES_LIMIT {
             return fail("max_token_bytes must be in 1..=1024");
         }
-        if self.max_paid_token_bytes == 0 || self.max_paid_token_bytes > MAX_TOKEN_BYTES_LIMIT {
-            return fail("max_paid_token_bytes must be in 1..=1024");
+        // A frame holds at least one whole character (4 bytes): paying less per token
+        // would leave honest text unpaid however the supplier cut it.
+        if !(4..=MAX_TOKEN_BYTES_LIMIT).contains(&self.max_paid_token_bytes) {
+            return fail("max_paid_token_bytes must be in 4..=1024");
         }
         // A session's claims count in the epoch of its start, and that epoch freezes H
         // epochs later: the session, its supplier's claim, the wait for the app's

@@ -266,15 +266,15 @@ impl Models {
     }
 
     /// What the node's capability ad says of each model now (see [`ServedModel::offer`]).
-    pub fn offers(&self, tau: u64) -> Vec<ModelOffer> {
-        self.iter().filter_map(|m| m.offer(tau)).collect()
+    pub fn offers(&self, tau: u64, cu: CuFormula) -> Vec<ModelOffer> {
+        self.iter().filter_map(|m| m.offer(tau, cu)).collect()
     }
 }
 
 impl ServedModel {
     /// What a capability ad says of this model now: identity, slots, the speed
-    /// measured on the last request, price, and the threshold `tau`.
-    pub fn offer(&self, tau: u64) -> Option<ModelOffer> {
+    /// measured on the last request, price, the CU formula `cu` and the threshold `tau`.
+    pub fn offer(&self, tau: u64, cu: CuFormula) -> Option<ModelOffer> {
         let info = self.backend.info();
         let (free, total) = self.backend.slots();
         let (ttft_ms, tokens_per_sec_milli, _) = self.perf.get();
@@ -289,7 +289,7 @@ impl ServedModel {
             tokens_per_sec_milli,
             ttft_ms,
             price_per_cu: self.price_per_cu,
-            cu: CuFormula::default(),
+            cu,
             tau,
             max_token_bytes: info.max_token_bytes,
         })

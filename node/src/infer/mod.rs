@@ -17,6 +17,7 @@ pub mod supplier;
 pub mod verify;
 
 use relaymesh_protocol::messages::infer::{InferPayload, OutputFormat, PromptBody, Turn, TurnRole};
+use relaymesh_protocol::metering::compute_units::CuFormula;
 use relaymesh_protocol::metering::flow::Window;
 use relaymesh_protocol::params::MeshParams;
 use relaymesh_protocol::{BoundedString, BoundedVec};
@@ -33,6 +34,16 @@ pub fn window(params: &MeshParams) -> Window {
         max_unacked: params
             .max_unacked_tokens
             .max(params.ack_every_tokens.max(1)),
+    }
+}
+
+/// The CU formula this node serves by: the default factors, tokens paid for up to
+/// the mesh's `max_paid_token_bytes` (a mesh whose models' text runs longer per token
+/// raises it, and its suppliers then ask for it).
+pub fn supplier_cu(params: &MeshParams) -> CuFormula {
+    CuFormula {
+        token_bytes: params.max_paid_token_bytes,
+        ..CuFormula::default()
     }
 }
 

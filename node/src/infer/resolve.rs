@@ -113,7 +113,7 @@ impl Resolver {
             // Our own model competes on speed and load; it costs us nothing.
             // Until it has served a request its speed is unmeasured: it gets the benefit
             // of the doubt, or it would never be measured.
-            let ours = m.offer(0);
+            let ours = m.offer(0, Default::default());
             let unmeasured = ours.as_ref().is_some_and(|o| o.tokens_per_sec_milli == 0);
             let ours = ours.and_then(|o| gateway.router.score(me, name, &o, None));
             let theirs = gateway

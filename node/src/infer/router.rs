@@ -233,7 +233,7 @@ impl Router {
             offer.tokens_per_sec_milli,
             offer.free_slots,
             offer.total_slots,
-            offer.price_per_cu,
+            list_price(offer),
         );
         self.with(supplier, model, |m| known |= m.apply(&mut stats));
         (stats, known)
@@ -434,6 +434,20 @@ impl Drop for InFlight {
     }
 }
 
+/// What an offer costs per CU of the default formula: its price, scaled by the larger
+/// of its CU factors' ratios to the default ones (rounded up). An ad's price alone
+/// says nothing when its supplier picks the factors too: price 1 at 1,000 CUs per
+/// output byte costs 250 times price 1 at the default 4. Ranking and `max_price`
+/// compare this (found by review: such an offer ranked cheapest).
+pub fn list_price(offer: &ModelOffer) -> u64 {
+    let base = relaymesh_protocol::metering::compute_units::CuFormula::default();
+    let scale = |factor: u32, base: u32| u64::from(factor).div_ceil(u64::from(base.max(1)));
+    let factor = scale(offer.cu.prompt_per_byte, base.prompt_per_byte)
+        .max(scale(offer.cu.output_per_byte, base.output_per_byte))
+        .max(1);
+    offer.price_per_cu.saturating_mul(factor)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -543,6 +557,31 @@ mod tests {
             )
             .unwrap();
         assert_eq!(ranked[0].0, a, "with a idle too, the known one wins");
+    }
+
+    /// Found by review: an offer at price 1 with 1,000 CUs per output byte ranked as
+    /// the cheapest and passed any `max_price`, while it charged 250 times the
+    /// default formula's price 1.
+    #[test]
+    fn an_offer_is_priced_by_its_cu_factors_too() {
+        let router = Router::new();
+        let (a, b) = (key(1), key(2));
+        let mut dear = offer(1, 10_000, 1);
+        dear.cu.output_per_byte = 1_000;
+        assert_eq!(list_price(&dear), 250);
+        assert_eq!(list_price(&offer(3, 10_000, 1)), 3);
+        let offers = vec![(a, dear), (b, offer(3, 10_000, 2))];
+        let ranked = router
+            .rank("m", offers.clone(), &RoutePolicy::default())
+            .unwrap();
+        assert_eq!(ranked[0].0, b, "the cheaper by what it charges comes first");
+        let cheap = RoutePolicy {
+            max_price: Some(10),
+            ..Default::default()
+        };
+        let ranked = router.rank("m", offers, &cheap).unwrap();
+        assert_eq!(ranked.len(), 1);
+        assert_eq!(ranked[0].0, b);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use serde_tuple::{Deserialize_tuple, Serialize_tuple};
 
 /// Bytes paid per token by default, and the mesh's default bound on it
 /// (`MeshParams::max_paid_token_bytes`): above honest text's ~4, so an honest
-/// increment is rarely cut (0.3% of SmolLM2's output bytes), and a padding supplier
+/// increment is rarely cut (0.3% of SmolLM2's output bytes go unpaid), and a padding supplier
 /// gains at most half again.
 pub const DEFAULT_TOKEN_BYTES: u32 = 6;
 

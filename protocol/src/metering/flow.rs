@@ -19,6 +19,7 @@ use crate::identity::verify::{SignatureVerifier, Signer};
 use crate::messages::ack::SignedAck;
 use crate::messages::request::SignedRelayRequest;
 use crate::messages::session::{SessionOpen, SignedSessionOpen};
+use crate::metering::ack_chain::MAX_ACK_CHAIN;
 use crate::metering::app::{AckError, RequestAcker};
 use crate::metering::compute_units::CuFormula;
 use crate::metering::receipt::{EncodedRequest, Receipt, ReceiptError, ReceiptFacts};
@@ -32,6 +33,18 @@ pub struct Window {
     pub ack_every: u32,
     /// W: the supplier sends at most W tokens beyond the last ack.
     pub max_unacked: u32,
+}
+
+/// The most tokens (frames) the stream of a request for `max_tokens` tokens may carry,
+/// whose app signed an ack chain of `chain_len` links: twice the tokens asked for and
+/// two more (a piece longer than a frame may hold is sent as several), and no more
+/// than the chain can acknowledge. Each frame is paid for up to `cu.token_bytes`
+/// bytes, so this bounds what junk can bill a short request too: the chain alone
+/// leaves room for two ack steps (2K frames) more than a request of one token needs.
+/// The app refuses a frame beyond it; the supplier ends the answer there (`Length`).
+pub fn max_frames(max_tokens: u32, chain_len: u16, window: Window) -> u32 {
+    let chain = u32::from(chain_len.min(MAX_ACK_CHAIN)).saturating_mul(window.ack_every);
+    max_tokens.saturating_mul(2).saturating_add(2).min(chain)
 }
 
 /// Why a stream step is refused.
@@ -85,6 +98,9 @@ pub enum FlowError {
     /// The app could not sign (chain exhausted, output too long).
     #[error(transparent)]
     Ack(#[from] AckError),
+    /// More tokens than the request may carry ([`max_frames`]).
+    #[error("token {0} is beyond what the request may carry")]
+    TooManyFrames(u32),
     /// A token longer than the session's per-token byte cap.
     #[error("a token of {len} bytes exceeds the session's cap of {max} bytes per token")]
     TokenTooLong {
@@ -112,6 +128,8 @@ pub struct SupplierFlow {
     /// The request, encoded and hashed once for all its acks.
     request: EncodedRequest,
     window: Window,
+    /// Most tokens the stream may carry ([`max_frames`]).
+    max_frames: u32,
     stream: blake3::Hasher,
     sent_tokens: u32,
     sent_bytes: u32,
@@ -157,11 +175,13 @@ impl SupplierFlow {
             return Err(ReceiptError::WrongSession.into());
         }
         let head = request.body.ack_chain_head;
+        let max_frames = max_frames(u32::MAX, request.body.ack_chain_len, window);
         Ok(Self {
             terms,
             session_key,
             request: EncodedRequest::new(&request),
             window,
+            max_frames,
             stream: blake3::Hasher::new(),
             sent_tokens: 0,
             sent_bytes: 0,
@@ -176,9 +196,25 @@ impl SupplierFlow {
         })
     }
 
+    /// Bounds the stream to what a request for `max_tokens` tokens may carry
+    /// ([`max_frames`]), as its app does.
+    pub fn with_max_tokens(mut self, max_tokens: u32) -> Self {
+        self.max_frames = max_frames(
+            max_tokens,
+            self.request.request().body.ack_chain_len,
+            self.window,
+        );
+        self
+    }
+
     /// Tokens acknowledged so far.
     pub fn acked_tokens(&self) -> u32 {
         self.acked_tokens
+    }
+
+    /// Tokens the stream may still carry: at 0 the answer must end (`Length`).
+    pub fn frames_left(&self) -> u32 {
+        self.max_frames.saturating_sub(self.sent_tokens)
     }
 
     /// Tokens sent and not yet acknowledged.
@@ -204,6 +240,9 @@ impl SupplierFlow {
         }
         if !self.can_send() {
             return Err(FlowError::WindowFull(self.unacked_tokens()));
+        }
+        if self.frames_left() == 0 {
+            return Err(FlowError::TooManyFrames(self.sent_tokens + 1));
         }
         if text.len() > self.terms.max_token_bytes as usize {
             return Err(FlowError::TokenTooLong {
@@ -343,6 +382,9 @@ pub struct AppFlow {
     window: Window,
     max_token_bytes: u32,
     cu: CuFormula,
+    /// Most tokens the stream may carry ([`max_frames`]), and tokens received.
+    max_frames: u32,
+    received: u32,
     /// Output CUs of the acks signed so far: what their receipts weigh.
     paid_units: u64,
     pending: Vec<u8>,
@@ -353,15 +395,29 @@ impl AppFlow {
     /// Takes over a signed request (see [`RequestAcker::new`]) in the session of
     /// `terms`, which cap tokens at `max_token_bytes` and weigh them by `cu`.
     pub fn new(acker: RequestAcker, window: Window, terms: &SessionOpen) -> Self {
+        let max_frames = max_frames(u32::MAX, acker.request().body.ack_chain_len, window);
         Self {
             acker,
             window,
             max_token_bytes: terms.max_token_bytes,
             cu: terms.cu,
+            max_frames,
+            received: 0,
             paid_units: 0,
             pending: Vec::new(),
             pending_tokens: 0,
         }
+    }
+
+    /// Bounds the stream to what a request for `max_tokens` tokens may carry
+    /// ([`max_frames`]): a supplier sending more is refused.
+    pub fn with_max_tokens(mut self, max_tokens: u32) -> Self {
+        self.max_frames = max_frames(
+            max_tokens,
+            self.acker.request().body.ack_chain_len,
+            self.window,
+        );
+        self
     }
 
     /// Output CUs the acks signed so far pay for (the prompt's are apart): each
@@ -393,6 +449,9 @@ impl AppFlow {
         if self.pending_tokens >= self.window.max_unacked {
             return Err(FlowError::WindowExceeded(self.pending_tokens + 1));
         }
+        if self.received >= self.max_frames {
+            return Err(FlowError::TooManyFrames(self.received + 1));
+        }
         if text.len() > self.max_token_bytes as usize {
             return Err(FlowError::TokenTooLong {
                 len: text.len(),
@@ -401,6 +460,7 @@ impl AppFlow {
         }
         self.pending.extend_from_slice(text.as_bytes());
         self.pending_tokens += 1;
+        self.received += 1;
         if self.pending_tokens < self.window.ack_every {
             return Ok(None);
         }
@@ -650,6 +710,28 @@ mod tests {
             32,
             "every byte acknowledged, not every byte paid"
         );
+    }
+
+    /// Hole (found by review): the app's ack chain leaves room for two ack steps more
+    /// than a request needs, so a supplier could answer a one-token request with 2K
+    /// frames of junk, each paid for `token_bytes`. A stream carries at most twice the
+    /// tokens asked for and two more; failed before the bound (32 frames were taken).
+    #[test]
+    fn a_short_request_carries_at_most_twice_its_tokens_and_two() {
+        let (s, a, app) = setup(16);
+        let (mut s, mut a) = (s.with_max_tokens(1), a.with_max_tokens(1));
+        for _ in 0..4 {
+            s.send("x").unwrap();
+            if let Some(ack) = a.on_token("x", &app).unwrap() {
+                s.on_ack(ack, &Ed25519Verifier).unwrap();
+            }
+        }
+        assert_eq!(s.frames_left(), 0);
+        assert_eq!(s.send("x"), Err(FlowError::TooManyFrames(5)));
+        assert_eq!(a.on_token("x", &app), Err(FlowError::TooManyFrames(5)));
+        // Without a stated length, the ack chain's 16 links of K = 2 bound it.
+        let (s, _, _) = setup(16);
+        assert_eq!(s.frames_left(), 32);
     }
 
     /// An ack naming fewer tokens than its increment carried would cut what the

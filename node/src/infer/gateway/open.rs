@@ -124,7 +124,8 @@ impl Gateway {
             random_digest(),
             &self.key,
         );
-        let flow = AppFlow::new(acker, flow_window, &session.body);
+        let flow =
+            AppFlow::new(acker, flow_window, &session.body).with_max_tokens(payload.max_tokens);
         write_frame(
             &mut w,
             FrameBody::Request(InferRequest {

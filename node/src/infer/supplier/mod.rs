@@ -15,7 +15,6 @@ use relaymesh_protocol::messages::infer::{
     Done, DoneReason, FrameBody, InferRequest, Refuse, RefuseCode, MAX_TOKEN_BYTES,
 };
 use relaymesh_protocol::messages::session::{SessionOpen, SessionProposal, SignedSessionOpen};
-use relaymesh_protocol::metering::compute_units::CuFormula;
 use relaymesh_protocol::metering::flow::SupplierFlow;
 use relaymesh_protocol::params::MeshParams;
 use relaymesh_protocol::{BoundedString, Digest, Ed25519Verifier, Keypair, Signer};
@@ -441,7 +440,7 @@ async fn serve(
     let reservation = reservation.ok().flatten();
     let mut output_budget = reservation.as_ref().map(|r| r.cu.saturating_sub(prompt_cu));
     let mut flow = match SupplierFlow::new(&session, request, ticket.window(), &Ed25519Verifier) {
-        Ok(flow) => flow,
+        Ok(flow) => flow.with_max_tokens(payload.max_tokens),
         Err(e) => {
             let _ = write_frame(&mut w, refuse(RefuseCode::Invalid, e.to_string())).await;
             return Err(e.to_string());
@@ -549,22 +548,26 @@ async fn serve(
                 && ctx.limits.contended(model, served.backend.slots().0);
             clock.look(std::time::Instant::now(), flow.unacked_tokens() > 0, holding)?;
             // Send what is pending while the window allows. Output the escrow cannot pay
-            // for is not sent: the answer ends there, as if at its length limit.
+            // for, or past the frames the app takes (pieces cut into frames can outrun
+            // the tokens asked for), is not sent: the answer ends there, as if at its
+            // length limit.
             while flow.can_send() && (clash_check.is_none() || sent < first_window) {
                 let Some(piece) = pending.pop_front() else { break };
+                let units = session.body.cu.output_units(0, piece.len() as u32).unwrap_or(u64::MAX);
+                let spent = output_budget.is_some_and(|left| units > left);
+                if spent || flow.frames_left() == 0 {
+                    let why = if spent { "the session's escrow is spent" } else { "the request's frames are used up" };
+                    info!(%peer, "{why}: the answer stops here");
+                    pending.clear();
+                    generated = true;
+                    done = Some(Done {
+                        reason: DoneReason::Length,
+                        prompt_tokens: 0,
+                        completion_tokens: 0,
+                    });
+                    break;
+                }
                 if let Some(left) = output_budget.as_mut() {
-                    let units = session.body.cu.output_units(0, piece.len() as u32).unwrap_or(u64::MAX);
-                    if units > *left {
-                        info!(%peer, "the session's escrow is spent: the answer stops here");
-                        pending.clear();
-                        generated = true;
-                        done = Some(Done {
-                            reason: DoneReason::Length,
-                            prompt_tokens: 0,
-                            completion_tokens: 0,
-                        });
-                        break;
-                    }
                     *left -= units;
                 }
                 flow.send(&piece).map_err(|e| e.to_string())?;

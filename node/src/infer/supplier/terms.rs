@@ -135,17 +135,15 @@ pub(super) fn terms_fit(
             served.price_per_cu, terms.price_per_cu
         ));
     }
-    let cu = CuFormula::default();
+    let cu = crate::infer::supplier_cu(params);
     if terms.cu.prompt_per_byte < cu.prompt_per_byte
         || terms.cu.output_per_byte < cu.output_per_byte
-        || terms.cu.token_bytes < cu.token_bytes.min(params.max_paid_token_bytes)
+        || terms.cu.token_bytes < cu.token_bytes
     {
         return Err(format!(
             "the CU formula here is {} per prompt byte and {} per output byte, paid for up \
              to {} bytes a token",
-            cu.prompt_per_byte,
-            cu.output_per_byte,
-            cu.token_bytes.min(params.max_paid_token_bytes)
+            cu.prompt_per_byte, cu.output_per_byte, cu.token_bytes
         ));
     }
     if terms.manifest.as_ref() != served.manifest {
@@ -223,7 +221,7 @@ pub(super) fn check_resumed(
 /// The most bytes a frame of output carries in a session of `terms` from a backend of
 /// `kind`. A frame is a token to the ack rules, paid for at most `cu.token_bytes`
 /// bytes on average over its increment. The embedded engine's pieces are one token
-/// each (0.3% of SmolLM2's bytes fall in increments above 6 a token), so they go out
+/// each (the cap leaves 0.3% of SmolLM2's bytes unpaid), so they go out
 /// whole up to the session's cap; an upstream's may hold several (a speculative
 /// decoder's do), so they go out in frames of at most what one is paid for, and none
 /// of their text goes unpaid.

@@ -35,7 +35,8 @@ impl EventLoop {
                 .and_then(|s| s.tau())
                 .unwrap_or(self.config.mesh.tau_min)
                 .max(1);
-            self.config.offers = self.config.models.offers(tau);
+            let cu = crate::infer::supplier_cu(&self.config.mesh);
+            self.config.offers = self.config.models.offers(tau, cu);
         }
         if self.withdrawn || self.config.role != Role::Full || self.config.offers.is_empty() {
             return;
@@ -72,7 +73,7 @@ impl EventLoop {
         let free: Vec<u16> = self
             .config
             .models
-            .offers(1)
+            .offers(1, crate::infer::supplier_cu(&self.config.mesh))
             .iter()
             .map(|m| m.free_slots)
             .collect();
