@@ -90,14 +90,7 @@ fn served_through(nat: Nat, reachability: &str, link: &str, doctor_says: &str) {
             (s["reachability"]["state"] == reachability).then_some(())
         },
     );
-    wait("the supplier's ad at the gateway", 90, &mut || {
-        let models = api_json(&mesh.gw, "/relaymesh/v1/models")?;
-        models
-            .as_array()?
-            .iter()
-            .any(|m| m["supplier"] == mesh.supplier_id.as_str())
-            .then_some(())
-    });
+    supplier_listed_at(&mesh, &mesh.gw);
 
     ask(&mesh);
     // A hole punch follows the relayed connection within a few round trips.
@@ -218,14 +211,7 @@ fn a_gateway_joining_later_reaches_a_supplier_behind_an_address_restricted_nat()
         "late",
         "198.51.100.4/24",
     );
-    wait(&mesh, "the supplier's ad at the late gateway", &mut || {
-        let models = api_json(&late, "/relaymesh/v1/models")?;
-        models
-            .as_array()?
-            .iter()
-            .any(|m| m["supplier"] == mesh.supplier_id.as_str())
-            .then_some(())
-    });
+    supplier_listed_at(&mesh, &late);
     let (code, _, body) = mesh.ask_from(&late, 8, false, Duration::from_secs(120));
     assert_eq!(
         code,
@@ -256,5 +242,158 @@ fn a_supplier_behind_a_symmetric_nat_is_served_through_the_relay() {
         "relayed",
         "relayed",
         "your node is behind a NAT that can't be punched; it serves through the relay at /ip4/198.51.100.1/",
+    );
+}
+
+/// Peer ids cost nothing, and a home router puts every host behind it at one address:
+/// forty peer ids on one host behind a NAT dial a public supplier again and again (as
+/// `abuse::peer_ids_from_one_address_leave_room_for_newcomers` does from 127.0.0.2,
+/// here across hosts, where the supplier sees the router's address and a new port
+/// per peer id). The supplier lets at most `connections_per_ip` (8 here) of them in
+/// and counts the rest, and a gateway joining from another address during the flood
+/// is served. Hosts behind one carrier-grade NAT share the bound the same way.
+#[test]
+fn peer_ids_behind_one_router_share_one_addresses_connections() {
+    use futures::StreamExt;
+    use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+    use libp2p::swarm::SwarmEvent;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let Some(mut mesh) = NatMesh::start_with(
+        "per-ip",
+        Place::Public,
+        Place::Public,
+        &["--limit", "connections_per_ip=8"],
+    ) else {
+        return;
+    };
+    let gw = mesh.gw.clone();
+    supplier_listed_at(&mesh, &gw);
+    ask(&mesh);
+    let flood_ns = mesh
+        .net
+        .host_behind(Nat::PortRestricted, "flood", "198.51.100.9/24");
+    let target: libp2p::Multiaddr =
+        format!("/ip4/198.51.100.2/udp/{}/quic-v1", support::nat_mesh::PORT)
+            .parse()
+            .unwrap();
+    let supplier: libp2p::PeerId = mesh.supplier_id.parse().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let flood = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            support::netns::Net::within(&flood_ns, move || async move {
+                let tasks: Vec<_> = (0..40)
+                    .map(|_| {
+                        let (target, stop) = (target.clone(), stop.clone());
+                        tokio::spawn(async move {
+                            let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+                                .with_tokio()
+                                .with_quic()
+                                .with_behaviour(|_| libp2p::swarm::dummy::Behaviour)
+                                .unwrap()
+                                .with_swarm_config(|c| {
+                                    c.with_idle_connection_timeout(Duration::from_secs(120))
+                                })
+                                .build();
+                            let dial =
+                                |swarm: &mut libp2p::Swarm<libp2p::swarm::dummy::Behaviour>| {
+                                    let _ = swarm.dial(
+                                        DialOpts::peer_id(supplier)
+                                            .addresses(vec![target.clone()])
+                                            .condition(PeerCondition::Always)
+                                            .build(),
+                                    );
+                                };
+                            dial(&mut swarm);
+                            while !stop.load(Ordering::Relaxed) {
+                                let next =
+                                    tokio::time::timeout(Duration::from_millis(200), swarm.next());
+                                if let Ok(Some(
+                                    SwarmEvent::ConnectionClosed { .. }
+                                    | SwarmEvent::OutgoingConnectionError { .. },
+                                )) = next.await
+                                {
+                                    tokio::time::sleep(Duration::from_millis(100)).await;
+                                    dial(&mut swarm);
+                                }
+                            }
+                        })
+                    })
+                    .collect();
+                for task in tasks {
+                    task.await.unwrap();
+                }
+            })
+        })
+    };
+    let flooders = |mesh: &NatMesh| -> Option<usize> {
+        let peers = api_json(&mesh.sup, "/relaymesh/v1/peers")?;
+        Some(
+            peers
+                .as_array()?
+                .iter()
+                .filter(|p| {
+                    p["addresses"].as_array().is_some_and(|a| {
+                        a.iter()
+                            .any(|a| a.as_str().is_some_and(|a| a.contains("/198.51.100.9/")))
+                    })
+                })
+                .count(),
+        )
+    };
+    netns::wait_until(
+        "the flood to hold the supplier's connections from its router's address",
+        Duration::from_secs(60),
+        mesh.logs(),
+        || (flooders(&mesh)? >= 8).then_some(()),
+    );
+    let mut most = 0;
+    for _ in 0..20 {
+        most = most.max(flooders(&mesh).unwrap_or(0));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (late, _) = mesh.add_gateway(Place::Public, "late", "198.51.100.4/24");
+    supplier_listed_at(&mesh, &late);
+    let (code, _, body) = mesh.ask_from(&late, 8, false, Duration::from_secs(120));
+    most = most.max(flooders(&mesh).unwrap_or(0));
+    stop.store(true, Ordering::Relaxed);
+    flood.join().unwrap();
+    let (_, metrics) = support::nat_mesh::get(&mesh.sup, "/metrics");
+    let refused: u64 = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("relaymesh_limited_total{") && l.contains("reason=\"connections_per_ip\"")
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0);
+    eprintln!(
+        "peer ids behind 198.51.100.9 held at most {most} connections at the supplier; {refused} refused"
+    );
+    assert_eq!(
+        code,
+        200,
+        "the late gateway was not served: {body}\n{}",
+        mesh.tail()
+    );
+    assert!(most <= 8, "{most} connections from one router's address");
+    assert!(refused > 0, "the refused connections are counted");
+}
+
+/// Waits until the gateway in namespace `gw` lists the supplier's model.
+fn supplier_listed_at(mesh: &NatMesh, gw: &str) {
+    netns::wait_until(
+        "the supplier's ad at the gateway",
+        Duration::from_secs(90),
+        mesh.logs(),
+        || {
+            let models = api_json(gw, "/relaymesh/v1/models")?;
+            models
+                .as_array()?
+                .iter()
+                .any(|m| m["supplier"] == mesh.supplier_id.as_str())
+                .then_some(())
+        },
     );
 }

@@ -69,6 +69,16 @@ impl NatMesh {
     /// is connected, then starts the supplier at `supplier`. `None` (after saying why)
     /// where namespaces or NAT routers cannot be made.
     pub fn start(label: &str, supplier: Place, gateway: Place) -> Option<NatMesh> {
+        Self::start_with(label, supplier, gateway, &[])
+    }
+
+    /// [`Self::start`] with `supplier_args` added to the supplier's command line.
+    pub fn start_with(
+        label: &str,
+        supplier: Place,
+        gateway: Place,
+        supplier_args: &[&str],
+    ) -> Option<NatMesh> {
         let mut net = Net::new(label)?;
         if !Net::nat_available() {
             return None;
@@ -128,20 +138,14 @@ impl NatMesh {
             },
         );
         let supplier_started = Instant::now();
-        spawn(
-            &mut net,
-            &sup,
-            node(
-                data("s"),
-                &[
-                    "--bootstrap".into(),
-                    bootstrap.clone(),
-                    "--serve".into(),
-                    format!("smollm2=gguf:{}", super::model_path().display()),
-                ],
-            ),
-            "supplier",
-        );
+        let mut args = vec![
+            "--bootstrap".into(),
+            bootstrap.clone(),
+            "--serve".into(),
+            format!("smollm2=gguf:{}", super::model_path().display()),
+        ];
+        args.extend(supplier_args.iter().map(|a| a.to_string()));
+        spawn(&mut net, &sup, node(data("s"), &args), "supplier");
         Some(NatMesh {
             net,
             boot,
