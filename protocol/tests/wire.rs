@@ -7,7 +7,7 @@ mod common;
 use proptest::prelude::*;
 use relaymesh_protocol::identity::signed::Signed;
 use relaymesh_protocol::messages::ack::Ack;
-use relaymesh_protocol::messages::capability::{CapabilityAd, ModelOffer};
+use relaymesh_protocol::messages::capability::{CapabilityAd, ModelOffer, OfferDetails};
 use relaymesh_protocol::messages::claim::Claim;
 use relaymesh_protocol::messages::credit::CreditSlot;
 use relaymesh_protocol::messages::equivocation::EquivocationEvidence;
@@ -50,7 +50,7 @@ fn sig() -> impl Strategy<Value = Signature> {
     })
 }
 fn text<const N: usize>() -> impl Strategy<Value = BoundedString<N>> {
-    "\\PC{0,24}".prop_map(|s| BoundedString::new(s).unwrap())
+    "\\PC{0,24}".prop_map(|s| BoundedString::truncated(&s))
 }
 fn cu() -> impl Strategy<Value = CuFormula> {
     (any::<u32>(), any::<u32>(), any::<u32>()).prop_map(|(p, o, t)| CuFormula {
@@ -98,6 +98,7 @@ fn offer() -> impl Strategy<Value = ModelOffer> {
             any::<u32>(),
         ),
         (any::<u64>(), cu(), any::<u64>(), any::<u32>()),
+        (text::<32>(), text::<16>(), text::<16>()),
     )
         .prop_map(
             |(
@@ -106,6 +107,7 @@ fn offer() -> impl Strategy<Value = ModelOffer> {
                 manifest,
                 (context_length, free_slots, total_slots, tps, ttft_ms),
                 (price_per_cu, cu, tau, max_token_bytes),
+                (family, parameter_size, quantization),
             )| ModelOffer {
                 name,
                 gguf_digest,
@@ -119,6 +121,11 @@ fn offer() -> impl Strategy<Value = ModelOffer> {
                 cu,
                 tau,
                 max_token_bytes,
+                details: OfferDetails {
+                    family,
+                    parameter_size,
+                    quantization,
+                },
             },
         )
 }

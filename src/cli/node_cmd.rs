@@ -279,6 +279,7 @@ fn offer(spec: &str, tau: u64) -> anyhow::Result<ModelOffer> {
         cu: CuFormula::default(),
         tau,
         max_token_bytes: relaymesh_node::backend::OPAQUE_TOKEN_BYTES,
+        details: Default::default(),
     })
 }
 

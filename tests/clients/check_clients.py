@@ -141,8 +141,9 @@ if not MESH:
     assert where["total_slots"] >= 1 and loaded[0].size_vram == 0, (where, loaded[0])
 
 shown = oc.show(MODEL)
-if not MESH:  # a mesh model is described by its ads, which name no architecture
-    assert shown.details.family == "llama", shown
+# A mesh model is described as its supplier's ad describes it.
+assert shown.details.family == "llama" and shown.details.parameter_size, shown
+assert shown.details.quantization_level and shown.details.format == "gguf", shown
 
 try:
     oc.chat(model="no-such-model", messages=MESSAGES)

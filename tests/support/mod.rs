@@ -58,6 +58,7 @@ pub fn offer(name: &str) -> ModelOffer {
         cu: CuFormula::default(),
         tau: 64,
         max_token_bytes: 32,
+        details: Default::default(),
     }
 }
 

@@ -738,6 +738,7 @@ fn ad_size(params: &MeshParams, s: &Supplier) -> usize {
             cu: Default::default(),
             tau: 1000,
             max_token_bytes: 32,
+            details: Default::default(),
         }])
         .expect("one offer"),
     };

@@ -504,9 +504,15 @@ pub async fn tags(State(state): State<ApiState>) -> Json<Value> {
             "model": row.name,
             "modified_at": state.started_at,
             "size": 0,
+            "details": {
+                "parent_model": "",
+                "format": if row.digest.is_some() { "gguf" } else { "" },
+                "family": row.family,
+                "families": if row.family.is_empty() { json!(null) } else { json!([row.family]) },
+                "parameter_size": row.parameter_size,
+                "quantization_level": row.quantization,
+            },
             "digest": row.digest.unwrap_or_default(),
-            "details": { "parent_model": "", "format": "", "family": "", "families": null,
-                         "parameter_size": "", "quantization_level": "" },
         }));
     }
     Json(json!({ "models": models }))

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use relaymesh_protocol::messages::capability::ModelOffer;
+use relaymesh_protocol::messages::capability::{ModelOffer, OfferDetails};
 use relaymesh_protocol::metering::compute_units::CuFormula;
 use relaymesh_protocol::BoundedString;
 
@@ -292,6 +292,11 @@ impl ServedModel {
             cu,
             tau,
             max_token_bytes: info.max_token_bytes,
+            details: OfferDetails::new(
+                &info.details.family,
+                &info.details.parameter_size,
+                &info.details.quantization_level,
+            ),
         })
     }
 }

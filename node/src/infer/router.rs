@@ -441,11 +441,17 @@ impl Drop for InFlight {
 /// compare this (found by review: such an offer ranked cheapest).
 pub fn list_price(offer: &ModelOffer) -> u64 {
     let base = relaymesh_protocol::metering::compute_units::CuFormula::default();
-    let scale = |factor: u32, base: u32| u64::from(factor).div_ceil(u64::from(base.max(1)));
-    let factor = scale(offer.cu.prompt_per_byte, base.prompt_per_byte)
-        .max(scale(offer.cu.output_per_byte, base.output_per_byte))
-        .max(1);
-    offer.price_per_cu.saturating_mul(factor)
+    let (bp, bo) = (
+        u128::from(base.prompt_per_byte.max(1)),
+        u128::from(base.output_per_byte.max(1)),
+    );
+    // The larger factor ratio, p / bp or o / bo, over the common denominator bp·bo; never
+    // below the default formula's.
+    let ratio = (u128::from(offer.cu.prompt_per_byte) * bo)
+        .max(u128::from(offer.cu.output_per_byte) * bp)
+        .max(bp * bo);
+    let price = (u128::from(offer.price_per_cu) * ratio).div_ceil(bp * bo);
+    u64::try_from(price).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
@@ -468,6 +474,7 @@ mod tests {
             cu: CuFormula::default(),
             tau: 1,
             max_token_bytes: 32,
+            details: Default::default(),
         }
     }
 
@@ -570,11 +577,10 @@ mod tests {
         dear.cu.output_per_byte = 1_000;
         assert_eq!(list_price(&dear), 250);
         assert_eq!(list_price(&offer(3, 10_000, 1)), 3);
+        let mut a_little = offer(4, 10_000, 1);
+        a_little.cu.output_per_byte = 5;
+        assert_eq!(list_price(&a_little), 5, "4 × 5/4");
         let offers = vec![(a, dear), (b, offer(3, 10_000, 2))];
-        let ranked = router
-            .rank("m", offers.clone(), &RoutePolicy::default())
-            .unwrap();
-        assert_eq!(ranked[0].0, b, "the cheaper by what it charges comes first");
         let cheap = RoutePolicy {
             max_price: Some(10),
             ..Default::default()

@@ -75,6 +75,13 @@ pub struct ModelRow {
     pub ttft_ms: u32,
     /// The threshold τ the supplier offers new sessions (from its recent volume).
     pub tau: u64,
+    /// Architecture, size label and quantisation, as the supplier's ad says (empty
+    /// where its backend cannot tell).
+    pub family: String,
+    /// Size label (`135M`).
+    pub parameter_size: String,
+    /// Quantisation (`Q4_1`).
+    pub quantization: String,
 }
 
 /// Suppliers by key.
@@ -321,6 +328,9 @@ impl PeerTable {
                     royalty_ppm: m.manifest.as_ref().map_or(0, |x| x.body.royalty_ppm),
                     ttft_ms: m.ttft_ms,
                     tau: m.tau,
+                    family: m.details.family.to_string(),
+                    parameter_size: m.details.parameter_size.to_string(),
+                    quantization: m.details.quantization.to_string(),
                 })
             })
             .collect();
@@ -352,6 +362,7 @@ mod tests {
             cu: CuFormula::default(),
             tau: 1,
             max_token_bytes: 32,
+            details: Default::default(),
         };
         Signed::sign(
             CapabilityAd {

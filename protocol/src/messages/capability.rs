@@ -42,6 +42,32 @@ pub struct ModelOffer {
     /// Most bytes one streamed token carries (the model vocabulary's longest token, or
     /// a bound for an opaque upstream): the cap the app puts in the session's terms.
     pub max_token_bytes: u32,
+    /// What the model is, as the supplier's backend read it from the file.
+    pub details: OfferDetails,
+}
+
+/// What a model is, for clients that show it (Ollama's `/api/show` and `/api/tags`):
+/// each field empty where the backend cannot tell (an opaque upstream). The supplier's
+/// word, like the rest of an ad: nothing is paid or routed by it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize_tuple, Deserialize_tuple)]
+pub struct OfferDetails {
+    /// Architecture (GGUF `general.architecture`: `llama`).
+    pub family: BoundedString<32>,
+    /// Size label (`135M`).
+    pub parameter_size: BoundedString<16>,
+    /// Quantisation (`Q4_1`).
+    pub quantization: BoundedString<16>,
+}
+
+impl OfferDetails {
+    /// Details from free text, each field cut to its bound on a character boundary.
+    pub fn new(family: &str, parameter_size: &str, quantization: &str) -> Self {
+        Self {
+            family: BoundedString::truncated(family),
+            parameter_size: BoundedString::truncated(parameter_size),
+            quantization: BoundedString::truncated(quantization),
+        }
+    }
 }
 
 /// Signed by the supplier; gossiped when it changes and before it expires.

@@ -37,14 +37,27 @@ pub struct Window {
 
 /// The most tokens (frames) the stream of a request for `max_tokens` tokens may carry,
 /// whose app signed an ack chain of `chain_len` links: twice the tokens asked for and
-/// two more (a piece longer than a frame may hold is sent as several), and no more
-/// than the chain can acknowledge. Each frame is paid for up to `cu.token_bytes`
-/// bytes, so this bounds what junk can bill a short request too: the chain alone
-/// leaves room for two ack steps (2K frames) more than a request of one token needs.
-/// The app refuses a frame beyond it; the supplier ends the answer there (`Length`).
+/// two more (a piece longer than a frame may hold is sent as several), and fewer than
+/// the chain can acknowledge (a stream ending on its last link could not be closed).
+/// Each frame is paid for up to `cu.token_bytes` bytes, so this bounds what junk can
+/// bill a short request too: the chain alone leaves room for two ack steps (2K
+/// frames) more than a request of one token needs. The app refuses a frame beyond
+/// it; the supplier ends the answer there (`Length`).
 pub fn max_frames(max_tokens: u32, chain_len: u16, window: Window) -> u32 {
     let chain = u32::from(chain_len.min(MAX_ACK_CHAIN)).saturating_mul(window.ack_every);
-    max_tokens.saturating_mul(2).saturating_add(2).min(chain)
+    max_tokens
+        .saturating_mul(2)
+        .saturating_add(2)
+        .min(chain.saturating_sub(1))
+}
+
+/// The ack chain an app signs for a request of `max_tokens` tokens: a link per K
+/// tokens of twice the tokens (pieces longer than a frame go out as several), two
+/// more (the last ack, and a partial step), at most [`MAX_ACK_CHAIN`]. A supplier
+/// refuses a shorter one: it would end the answer early, its app owing nothing.
+pub fn chain_links(max_tokens: u32, window: Window) -> u16 {
+    let links = max_tokens.saturating_mul(2) / window.ack_every.max(1) + 2;
+    links.min(u32::from(MAX_ACK_CHAIN)) as u16
 }
 
 /// Why a stream step is refused.
@@ -210,6 +223,16 @@ impl SupplierFlow {
     /// Tokens acknowledged so far.
     pub fn acked_tokens(&self) -> u32 {
         self.acked_tokens
+    }
+
+    /// Tokens sent so far.
+    pub fn sent_tokens(&self) -> u32 {
+        self.sent_tokens
+    }
+
+    /// Whether the output is complete (the last ack may still be owed).
+    pub fn is_finished(&self) -> bool {
+        self.finished
     }
 
     /// Tokens the stream may still carry: at 0 the answer must end (`Length`).
@@ -729,9 +752,31 @@ mod tests {
         assert_eq!(s.frames_left(), 0);
         assert_eq!(s.send("x"), Err(FlowError::TooManyFrames(5)));
         assert_eq!(a.on_token("x", &app), Err(FlowError::TooManyFrames(5)));
-        // Without a stated length, the ack chain's 16 links of K = 2 bound it.
-        let (s, _, _) = setup(16);
-        assert_eq!(s.frames_left(), 32);
+        s.finish();
+        assert!(
+            s.on_ack(a.finish(&app).unwrap(), &Ed25519Verifier)
+                .unwrap()
+                .last
+        );
+        // Without a stated length, the ack chain's 16 links of K = 2 bound it, one
+        // short of filling every link, so the last ack has one left.
+        let (s, mut a, app) = setup(16);
+        let mut s = s;
+        assert_eq!(s.frames_left(), 31);
+        while s.frames_left() > 0 {
+            s.send("x").unwrap();
+            if let Some(ack) = a.on_token("x", &app).unwrap() {
+                s.on_ack(ack, &Ed25519Verifier).unwrap();
+            }
+        }
+        s.finish();
+        assert!(
+            s.on_ack(a.finish(&app).unwrap(), &Ed25519Verifier)
+                .unwrap()
+                .last
+        );
+        assert_eq!(chain_links(1, WINDOW), 3);
+        assert_eq!(chain_links(100_000, WINDOW), MAX_ACK_CHAIN);
     }
 
     /// An ack naming fewer tokens than its increment carried would cut what the

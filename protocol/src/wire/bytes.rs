@@ -235,6 +235,15 @@ impl<const N: usize> BoundedString<N> {
         Ok(Self(text))
     }
 
+    /// Wraps `text`, cut to at most `N` bytes on a character boundary.
+    pub fn truncated(text: &str) -> Self {
+        let mut cut = text.len().min(N);
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        Self(text[..cut].to_owned())
+    }
+
     /// The text.
     pub fn as_str(&self) -> &str {
         &self.0

@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use relaymesh_protocol::identity::signed::Signed;
-use relaymesh_protocol::messages::capability::{CapabilityAd, ModelOffer};
+use relaymesh_protocol::messages::capability::{CapabilityAd, ModelOffer, OfferDetails};
 use relaymesh_protocol::messages::credit::CreditSlot;
 use relaymesh_protocol::messages::equivocation::EquivocationEvidence;
 use relaymesh_protocol::messages::infer::{
@@ -129,6 +129,7 @@ pub fn all() -> Vec<Golden> {
                 cu: CuFormula::default(),
                 tau: 300,
                 max_token_bytes: 48,
+                details: OfferDetails::new("llama", "135M", "Q4_1"),
             }])
             .unwrap(),
         },

@@ -22,10 +22,9 @@ use relaymesh_protocol::messages::infer::{
 };
 use relaymesh_protocol::messages::reveal::commitment;
 use relaymesh_protocol::messages::session::{SessionOpen, SessionProposal, SignedSessionOpen};
-use relaymesh_protocol::metering::ack_chain::MAX_ACK_CHAIN;
 use relaymesh_protocol::metering::app::{RequestAcker, RequestTerms};
 use relaymesh_protocol::metering::compute_units::CuFormula;
-use relaymesh_protocol::metering::flow::AppFlow;
+use relaymesh_protocol::metering::flow::{chain_links, AppFlow};
 use relaymesh_protocol::params::MeshParams;
 use relaymesh_protocol::{Digest, Ed25519Verifier, Keypair, PublicKey, Signer};
 use tokio::sync::mpsc;
@@ -242,7 +241,13 @@ impl MeshBackend {
                 max_token_bytes: best
                     .map_or(crate::backend::OPAQUE_TOKEN_BYTES, |o| o.max_token_bytes),
                 kind: "mesh",
-                details: ModelDetails::default(),
+                details: best.map_or_else(ModelDetails::default, |o| ModelDetails {
+                    format: if o.gguf_digest.is_some() { "gguf" } else { "" }.to_owned(),
+                    family: o.details.family.to_string(),
+                    parameter_size: o.details.parameter_size.to_string(),
+                    quantization_level: o.details.quantization.to_string(),
+                    ..ModelDetails::default()
+                }),
             },
             gateway,
             ranked,

@@ -108,8 +108,7 @@ impl Gateway {
         let flow_window = window(&self.params);
         // A token of the model is one frame, or more where the supplier splits a piece
         // longer than the cap: twice the tokens' links leaves room for that.
-        let max_acks = (payload.max_tokens.saturating_mul(2) / flow_window.ack_every + 2)
-            .min(u32::from(MAX_ACK_CHAIN)) as u16;
+        let max_acks = chain_links(payload.max_tokens, flow_window);
         // The app pays for at most `max_tokens` tokens of at most the session's cap.
         let cap = session.body.max_token_bytes.min(MAX_TOKEN_BYTES as u32);
         let acker = RequestAcker::new(

@@ -15,7 +15,7 @@ use relaymesh_protocol::messages::infer::{
     Done, DoneReason, FrameBody, InferRequest, Refuse, RefuseCode, MAX_TOKEN_BYTES,
 };
 use relaymesh_protocol::messages::session::{SessionOpen, SessionProposal, SignedSessionOpen};
-use relaymesh_protocol::metering::flow::SupplierFlow;
+use relaymesh_protocol::metering::flow::{chain_links, SupplierFlow};
 use relaymesh_protocol::params::MeshParams;
 use relaymesh_protocol::{BoundedString, Digest, Ed25519Verifier, Keypair, Signer};
 use tokio::sync::mpsc;
@@ -266,6 +266,14 @@ async fn next_frame_within<R: futures::AsyncRead + Unpin>(
     }
 }
 
+/// The next event of a generation still running; never, once it was dropped.
+async fn next_event(generation: &mut Option<crate::backend::Measured>) -> Option<GenEvent> {
+    match generation {
+        Some(g) => g.next().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn serve(
     peer: PeerId,
     stream: Stream,
@@ -439,6 +447,17 @@ async fn serve(
     // The output this request may still bill: its reservation, less the prompt.
     let reservation = reservation.ok().flatten();
     let mut output_budget = reservation.as_ref().map(|r| r.cu.saturating_sub(prompt_cu));
+    // A chain shorter than the rule's would end the answer early with nothing acked,
+    // and no last ack could be signed: the stream would be held for nothing.
+    let links = chain_links(payload.max_tokens, ticket.window());
+    if request.body.ack_chain_len < links {
+        let why = format!(
+            "the request's ack chain has {} links; {} tokens need {links}",
+            request.body.ack_chain_len, payload.max_tokens
+        );
+        let _ = write_frame(&mut w, refuse(RefuseCode::Invalid, why.clone())).await;
+        return Err(why);
+    }
     let mut flow = match SupplierFlow::new(&session, request, ticket.window(), &Ed25519Verifier) {
         Ok(flow) => flow.with_max_tokens(payload.max_tokens),
         Err(e) => {
@@ -500,7 +519,7 @@ async fn serve(
     let mut generation = match generated {
         Ok(g) => {
             ticket.started();
-            g
+            Some(g)
         }
         Err(e) => {
             let (code, retry) = match &e {
@@ -546,7 +565,9 @@ async fn serve(
             let holding = !generated
                 && !flow.can_send()
                 && ctx.limits.contended(model, served.backend.slots().0);
-            clock.look(std::time::Instant::now(), flow.unacked_tokens() > 0, holding)?;
+            // Once the output is done, the last ack is owed too.
+            let owed = flow.unacked_tokens() > 0 || (flow.is_finished() && !flow.is_closed());
+            clock.look(std::time::Instant::now(), owed, holding)?;
             // Send what is pending while the window allows. Output the escrow cannot pay
             // for, or past the frames the app takes (pieces cut into frames can outrun
             // the tokens asked for), is not sent: the answer ends there, as if at its
@@ -560,10 +581,13 @@ async fn serve(
                     info!(%peer, "{why}: the answer stops here");
                     pending.clear();
                     generated = true;
+                    // Its engine place goes at once (dropping the generation cancels it).
+                    generation = None;
+                    let prompt_tokens = done.as_ref().map_or(0, |d| d.prompt_tokens);
                     done = Some(Done {
                         reason: DoneReason::Length,
-                        prompt_tokens: 0,
-                        completion_tokens: 0,
+                        prompt_tokens,
+                        completion_tokens: flow.sent_tokens(),
                     });
                     break;
                 }
@@ -601,7 +625,7 @@ async fn serve(
                     clash_check = None;
                     still_admitted(&session.body, ctx, &mut w).await?;
                 }
-                event = generation.next(), if generating => match event.inspect(|_| clock.heard(std::time::Instant::now())) {
+                event = next_event(&mut generation), if generating => match event.inspect(|_| clock.heard(std::time::Instant::now())) {
                     Some(GenEvent::Text(text)) => {
                         pending.extend(terms::token_frames(&text, cap).into_iter().map(str::to_owned));
                     }
