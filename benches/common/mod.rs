@@ -117,6 +117,7 @@ impl relaymesh_node::backend::Backend for Instant_ {
                     prompt_tokens: 1,
                     completion_tokens: n,
                     cached_tokens: 0,
+                    stop: None,
                 }))
                 .await;
         });

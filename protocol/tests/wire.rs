@@ -503,15 +503,22 @@ fn frame() -> impl Strategy<Value = InferFrame> {
             .prop_map(|(request, payload)| FrameBody::Request(InferRequest { request, payload })),
         text::<{ MAX_TOKEN_BYTES }>().prop_map(FrameBody::Token),
         signed(ack()).prop_map(FrameBody::Ack),
-        (any::<bool>(), any::<u32>(), any::<u32>()).prop_map(|(l, p, c)| FrameBody::Done(Done {
-            reason: if l {
-                DoneReason::Length
-            } else {
-                DoneReason::Stop
-            },
-            prompt_tokens: p,
-            completion_tokens: c,
-        })),
+        (
+            any::<bool>(),
+            any::<u32>(),
+            any::<u32>(),
+            proptest::option::of(text::<256>())
+        )
+            .prop_map(|(l, p, c, stop)| FrameBody::Done(Done {
+                reason: if l {
+                    DoneReason::Length
+                } else {
+                    DoneReason::Stop
+                },
+                prompt_tokens: p,
+                completion_tokens: c,
+                stop,
+            })),
         (code, text::<512>(), any::<u64>()).prop_map(|(code, message, retry_after_ms)| {
             FrameBody::Refuse(Refuse {
                 code,

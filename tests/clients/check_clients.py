@@ -170,6 +170,18 @@ assert "".join(texts) == ANSWER and len(texts) > 5, texts
 assert final.stop_reason == "end_turn", final
 assert final.usage.output_tokens == msg.usage.output_tokens, final.usage
 
+# A stop sequence is named when it ends the answer, whole and streamed.
+stopped = ac.messages.create(
+    model=MODEL, max_tokens=32, stop_sequences=["zzz", " Paris"], extra_body=GREEDY, messages=MESSAGES
+)
+assert stopped.content[0].text == "The capital of France is", stopped
+assert stopped.stop_reason == "stop_sequence" and stopped.stop_sequence == " Paris", stopped
+with ac.messages.stream(
+    model=MODEL, max_tokens=32, stop_sequences=[" Paris"], extra_body=GREEDY, messages=MESSAGES
+) as s:
+    final = s.get_final_message()
+assert final.stop_reason == "stop_sequence" and final.stop_sequence == " Paris", final
+
 system = ac.messages.create(
     model=MODEL, max_tokens=16, extra_body=GREEDY, system="Answer in one word.", messages=MESSAGES
 )

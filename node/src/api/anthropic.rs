@@ -259,6 +259,7 @@ fn block_events(index: usize, block: &Value) -> Vec<Result<Event, Infallible>> {
 fn stop_reason(finish: &Finish, blocks: &[Value]) -> &'static str {
     match finish.reason {
         FinishReason::Stop if blocks.iter().any(|b| b["type"] == "tool_use") => "tool_use",
+        FinishReason::Stop if finish.stop.is_some() => "stop_sequence",
         FinishReason::Stop => "end_turn",
         FinishReason::Length => "max_tokens",
     }
@@ -339,7 +340,7 @@ pub async fn messages(
             "model": name,
             "content": content,
             "stop_reason": finish.map(|(_, reason)| reason),
-            "stop_sequence": null,
+            "stop_sequence": finish.and_then(|(f, _)| f.stop.as_deref()),
             "usage": finish.map_or_else(
                 || json!({ "input_tokens": 0, "output_tokens": 0 }),
                 |(f, _)| usage(f, mesh),
@@ -406,7 +407,7 @@ pub async fn messages(
                 parts.push(self::event(
                     "message_delta",
                     json!({ "type": "message_delta",
-                            "delta": { "stop_reason": stop_reason(&finish, &content), "stop_sequence": null },
+                            "delta": { "stop_reason": stop_reason(&finish, &content), "stop_sequence": finish.stop },
                             "usage": usage(&finish, mesh) }),
                 ));
                 parts.push(self::event("message_stop", json!({ "type": "message_stop" })));

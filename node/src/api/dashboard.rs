@@ -96,6 +96,7 @@ impl RequestRecord {
         let served_by = mesh.map_or_else(|| vec![me], |p| p.report().suppliers);
         let (prompt_tokens, completion_tokens) = ended
             .finish
+            .as_ref()
             .map_or((0, 0), |f| (f.prompt_tokens, f.completion_tokens));
         let tokens_per_sec = ended.ttft.and_then(|ttft| {
             let secs = ended.took.saturating_sub(ttft).as_secs_f64();

@@ -139,7 +139,7 @@ pub enum FinishReason {
 }
 
 /// The end of a generation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Finish {
     /// Why it ended.
     pub reason: FinishReason,
@@ -150,6 +150,9 @@ pub struct Finish {
     /// Prompt tokens read from the cache of an earlier request of the same tenant, not
     /// again (0 where the backend does not say).
     pub cached_tokens: u32,
+    /// The request's stop sequence that ended it, where the backend tells (the
+    /// embedded engine does; upstreams do not).
+    pub stop: Option<String>,
 }
 
 /// What a backend streams.

@@ -152,6 +152,7 @@ fn finish(done_reason_length: bool, prompt: u64, eval: u64) -> GenEvent {
         prompt_tokens: prompt.min(u32::MAX as u64) as u32,
         completion_tokens: eval.min(u32::MAX as u64) as u32,
         cached_tokens: 0,
+        stop: None,
     })
 }
 

@@ -242,6 +242,7 @@ impl Backend for OpenAiBackend {
                     // Without a usage report, count the streamed pieces (one per token).
                     completion_tokens: if usage.1 > 0 { usage.1 } else { pieces },
                     cached_tokens: 0,
+                    stop: None,
                 }),
                 None => GenEvent::Failed("the upstream stream ended without finishing".into()),
             };

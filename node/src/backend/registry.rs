@@ -207,7 +207,7 @@ impl Measured {
                         .store(rate.min(u32::MAX as f64) as u32, Ordering::Relaxed);
                 }
                 self.perf.requests.fetch_add(1, Ordering::Relaxed);
-                let finish = *finish;
+                let finish = finish.clone();
                 self.ended(Some(finish), None);
             }
             Some(GenEvent::Failed(why)) => {

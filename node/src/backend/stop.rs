@@ -18,19 +18,20 @@ impl StopMatcher {
         }
     }
 
-    /// Feeds the next piece; returns the text that is safe to emit and whether a stop
-    /// sequence was met (after which nothing more should be fed).
-    pub fn push(&mut self, piece: &str) -> (String, bool) {
+    /// Feeds the next piece; returns the text that is safe to emit and the stop
+    /// sequence met, if one was (after which nothing more should be fed).
+    pub fn push(&mut self, piece: &str) -> (String, Option<String>) {
         self.pending.push_str(piece);
-        if let Some(at) = self
+        if let Some((at, stop)) = self
             .stops
             .iter()
-            .filter_map(|s| self.pending.find(s.as_str()))
-            .min()
+            .filter_map(|s| self.pending.find(s.as_str()).map(|at| (at, s)))
+            .min_by_key(|(at, _)| *at)
         {
             let out = self.pending[..at].to_owned();
+            let stop = stop.clone();
             self.pending.clear();
-            return (out, true);
+            return (out, Some(stop));
         }
         // Keep the longest tail that is a proper prefix of some stop sequence.
         let keep = self
@@ -42,7 +43,7 @@ impl StopMatcher {
         let cut = self.pending.len() - keep;
         let out = self.pending[..cut].to_owned();
         self.pending.drain(..cut);
-        (out, false)
+        (out, None)
     }
 
     /// Whatever was held back, at the end of the stream.
@@ -74,7 +75,7 @@ mod tests {
         for piece in pieces {
             let (text, stopped) = m.push(piece);
             out.push_str(&text);
-            if stopped {
+            if stopped.is_some() {
                 return (out, true);
             }
         }
@@ -100,6 +101,9 @@ mod tests {
     #[test]
     fn the_earliest_of_several_wins_and_multibyte_text_is_safe() {
         assert_eq!(run(&["zz", "é!"], &["aé", "!zz"]), ("a".into(), true));
+        // Which one ended it is said (Anthropic's `stop_sequence`).
+        let mut m = StopMatcher::new(&["zz".into(), "é!".into()]);
+        assert_eq!(m.push("aé!zz"), ("a".into(), Some("é!".into())));
         assert_eq!(run(&["éa"], &["xé", "b"]), ("xéb".into(), false));
     }
 }

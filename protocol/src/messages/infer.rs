@@ -89,7 +89,7 @@ pub struct InferPayload {
     /// Most tokens to generate.
     pub max_tokens: u32,
     /// Stop sequences.
-    pub stop: BoundedVec<BoundedString<256>, 4>,
+    pub stop: BoundedVec<BoundedString<MAX_STOP_BYTES>, 4>,
     /// The shape the answer must take; `None`: free text.
     pub format: Option<OutputFormat>,
 }
@@ -124,6 +124,9 @@ pub struct InferRequest {
     pub payload: InferPayload,
 }
 
+/// Longest stop sequence a request may name.
+pub const MAX_STOP_BYTES: usize = 256;
+
 /// Why generation ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DoneReason {
@@ -142,6 +145,9 @@ pub struct Done {
     pub prompt_tokens: u32,
     /// Tokens generated.
     pub completion_tokens: u32,
+    /// The stop sequence of the request that ended the answer, if one did (Anthropic's
+    /// clients are told which; version 5). The app keeps it only if the request named it.
+    pub stop: Option<BoundedString<MAX_STOP_BYTES>>,
 }
 
 /// Why a supplier will not (or can no longer) serve.

@@ -183,7 +183,7 @@ impl Sequence {
         }
         let vocab = model.vocab();
         if vocab.is_eog(token) {
-            return self.finish(FinishReason::Stop, false);
+            return self.finish(FinishReason::Stop, None);
         }
         self.generated += 1;
         let piece = self.text.push(&vocab.token_to_piece(token, false, None));
@@ -191,19 +191,19 @@ impl Sequence {
         if !text.is_empty() {
             self.outbox.push_back(GenEvent::Text(text));
         }
-        if stopped {
-            self.finish(FinishReason::Stop, true)
+        if stopped.is_some() {
+            self.finish(FinishReason::Stop, stopped)
         } else if self.generated >= self.job.max_new {
-            self.finish(FinishReason::Length, false)
+            self.finish(FinishReason::Length, None)
         } else {
             self.next = Some(token);
         }
     }
 
-    fn finish(&mut self, reason: FinishReason, stopped: bool) {
+    fn finish(&mut self, reason: FinishReason, stopped: Option<String>) {
         // After a stop string nothing more is said; otherwise what was held back (an
         // unfinished character, a possible start of a stop string) goes out.
-        let rest = if stopped {
+        let rest = if stopped.is_some() {
             String::new()
         } else {
             let (mut rest, _) = self.stop.push(&self.text.finish());
@@ -218,6 +218,7 @@ impl Sequence {
             prompt_tokens: self.job.prompt.len().try_into().unwrap_or(u32::MAX),
             completion_tokens: self.generated.try_into().unwrap_or(u32::MAX),
             cached_tokens: self.cached.try_into().unwrap_or(u32::MAX),
+            stop: stopped,
         }));
         self.next = None;
         self.finished = true;

@@ -63,6 +63,7 @@ impl Job {
                         prompt_tokens: 0,
                         completion_tokens: self.tokens,
                         cached_tokens: 0,
+                        stop: None,
                     }))
                     .await;
                 return;
@@ -177,6 +178,11 @@ impl Job {
                         prompt_tokens: done.prompt_tokens,
                         completion_tokens: done.completion_tokens,
                         cached_tokens: 0,
+                        // The supplier's word, kept only for a sequence the request named.
+                        stop: done
+                            .stop
+                            .map(|s| s.to_string())
+                            .filter(|s| self.request.sampling.stop.contains(s)),
                     });
                 }
                 FrameBody::Refuse(r) => return LegEnd::Broken(r.message.as_str().to_owned()),

@@ -588,6 +588,7 @@ async fn serve(
                         reason: DoneReason::Length,
                         prompt_tokens,
                         completion_tokens: flow.sent_tokens(),
+                        stop: None,
                     });
                     break;
                 }
@@ -638,6 +639,7 @@ async fn serve(
                             },
                             prompt_tokens: f.prompt_tokens,
                             completion_tokens: f.completion_tokens,
+                            stop: f.stop.as_deref().map(BoundedString::truncated),
                         });
                     }
                     // A format the answer could not follow is the app's request failing:
