@@ -170,6 +170,15 @@ assert "".join(texts) == ANSWER and len(texts) > 5, texts
 assert final.stop_reason == "end_turn", final
 assert final.usage.output_tokens == msg.usage.output_tokens, final.usage
 
+# Tokens a request's prompt comes to: exact where the model runs, an estimate (a token
+# per 4 bytes, said in `relaymesh.estimated`) through a gateway.
+counted = ac.messages.count_tokens(model=MODEL, messages=MESSAGES)
+if MESH:
+    assert counted.input_tokens > 0 and counted.model_extra["relaymesh"]["estimated"], counted
+else:
+    assert counted.input_tokens == chat.usage.prompt_tokens, (counted, chat.usage)
+    assert not counted.model_extra["relaymesh"]["estimated"], counted
+
 # A stop sequence is named when it ends the answer, whole and streamed.
 stopped = ac.messages.create(
     model=MODEL, max_tokens=32, stop_sequences=["zzz", " Paris"], extra_body=GREEDY, messages=MESSAGES

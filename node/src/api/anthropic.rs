@@ -35,7 +35,8 @@ const UNSUPPORTED: &[&str] = &["thinking", "mcp_servers", "container"];
 #[derive(Deserialize)]
 struct MessagesBody {
     model: String,
-    /// Required by Anthropic's API.
+    /// Required by Anthropic's API for a message (`count_tokens` takes none: 0).
+    #[serde(default)]
     max_tokens: i64,
     messages: Vec<InMessage>,
     #[serde(default)]
@@ -318,6 +319,39 @@ fn prepare(body: MessagesBody) -> Result<(GenRequest, Option<Tools>), ApiError> 
 /// harness drives this; the handler calls the same steps).
 pub(crate) fn messages_request(bytes: &[u8]) -> Result<GenRequest, ApiError> {
     prepare(body::parse_bytes(bytes)?).map(|(request, _)| request)
+}
+
+/// `POST /v1/messages/count_tokens`: the tokens a message request's prompt comes to
+/// as the model reads it (its chat template and the tool listing applied). Exact for
+/// a model this node runs itself; a model served over the mesh or by an upstream keeps
+/// its tokenizer elsewhere, so its count is an estimate of a token per 4 bytes of
+/// text, said in `relaymesh.estimated`.
+pub async fn count_tokens(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Response, AnthropicError> {
+    let mut body: MessagesBody = state.parse(raw)?;
+    body.max_tokens = body.max_tokens.max(1);
+    body.stream = false;
+    let model = lookup(&state, &body.model, &headers).await?;
+    let (request, _) = prepare(body)?;
+    let counted = model
+        .backend
+        .count_tokens(&request.prompt)
+        .map_err(ApiError::from)?;
+    let estimated = counted.is_none();
+    let tokens = counted.unwrap_or_else(|| {
+        let bytes: usize = match &request.prompt {
+            Prompt::Chat(messages) => messages.iter().map(|m| m.content.len()).sum(),
+            Prompt::Text(text) => text.len(),
+        };
+        u32::try_from(bytes.div_ceil(4)).unwrap_or(u32::MAX)
+    });
+    Ok(
+        Json(json!({ "input_tokens": tokens, "relaymesh": { "estimated": estimated } }))
+            .into_response(),
+    )
 }
 
 /// `POST /v1/messages`

@@ -183,7 +183,7 @@ pub async fn require_key(State(state): State<ApiState>, request: Request, next: 
         .map(str::trim);
     let shape = if request.uri().path().starts_with("/api/") {
         Shape::Ollama
-    } else if request.uri().path() == "/v1/messages" {
+    } else if request.uri().path().starts_with("/v1/messages") {
         Shape::Anthropic
     } else {
         Shape::OpenAi

@@ -372,6 +372,14 @@ pub trait Backend: Send + Sync + 'static {
     /// or refuses at once (busy, prompt too long, invalid).
     async fn generate(&self, request: GenRequest) -> Result<Generation, BackendError>;
 
+    /// Tokens `prompt` comes to as the model reads it (its chat template applied), or
+    /// `None` where the backend cannot tell (only the embedded engine holds the
+    /// tokenizer; an upstream's and the mesh's are elsewhere).
+    fn count_tokens(&self, prompt: &Prompt) -> Result<Option<u32>, BackendError> {
+        let _ = prompt;
+        Ok(None)
+    }
+
     /// Embeddings of `inputs`, one vector each, in order. Only the embedded engine
     /// makes them so far: other backends refuse.
     async fn embed(&self, inputs: &[String], tenant: Tenant) -> Result<Embedded, BackendError> {

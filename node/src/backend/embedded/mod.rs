@@ -188,17 +188,7 @@ impl EmbeddedBackend {
         &self,
         prompt: &Prompt,
     ) -> Result<Vec<llama_cpp_2::token::LlamaToken>, BackendError> {
-        let text = match prompt {
-            Prompt::Chat(messages) => self
-                .template
-                .apply(messages)
-                .map_err(BackendError::Invalid)?,
-            Prompt::Text(text) => text.clone(),
-        };
-        // Control tokens written in the text (`<|im_start|>`) are parsed as such, as
-        // the template means them; a BOS is added where the model asks for one (the
-        // template is rendered with an empty `bos_token`), as llama-server does.
-        let ids = self.model.vocab().tokenize(text.as_bytes(), true, true);
+        let ids = self.rendered(prompt)?;
         if ids.is_empty() {
             return Err(BackendError::Invalid("the prompt is empty".into()));
         }
@@ -209,6 +199,24 @@ impl EmbeddedBackend {
             });
         }
         Ok(ids)
+    }
+
+    /// The tokens of `prompt` with the chat template applied, however many.
+    fn rendered(
+        &self,
+        prompt: &Prompt,
+    ) -> Result<Vec<llama_cpp_2::token::LlamaToken>, BackendError> {
+        let text = match prompt {
+            Prompt::Chat(messages) => self
+                .template
+                .apply(messages)
+                .map_err(BackendError::Invalid)?,
+            Prompt::Text(text) => text.clone(),
+        };
+        // Control tokens written in the text (`<|im_start|>`) are parsed as such, as
+        // the template means them; a BOS is added where the model asks for one (the
+        // template is rendered with an empty `bos_token`), as llama-server does.
+        Ok(self.model.vocab().tokenize(text.as_bytes(), true, true))
     }
 
     /// A job for the decode loop, and the receiver of its events.
@@ -256,6 +264,11 @@ impl Backend for EmbeddedBackend {
 
     async fn embed(&self, inputs: &[String], tenant: Tenant) -> Result<Embedded, BackendError> {
         self.embed_texts(inputs, tenant).await
+    }
+
+    fn count_tokens(&self, prompt: &Prompt) -> Result<Option<u32>, BackendError> {
+        let ids = self.rendered(prompt)?;
+        Ok(Some(ids.len().try_into().unwrap_or(u32::MAX)))
     }
 
     async fn generate(&self, request: GenRequest) -> Result<Generation, BackendError> {
