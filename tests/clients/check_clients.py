@@ -170,6 +170,12 @@ assert "".join(texts) == ANSWER and len(texts) > 5, texts
 assert final.stop_reason == "end_turn", final
 assert final.usage.output_tokens == msg.usage.output_tokens, final.usage
 
+# `message_start` counts the prompt where the model runs here (a gateway says 0 there,
+# and the count in `message_delta`).
+first = next(iter(ac.messages.create(model=MODEL, max_tokens=4, stream=True, messages=MESSAGES)))
+assert first.type == "message_start", first
+assert first.message.usage.input_tokens == (0 if MESH else chat.usage.prompt_tokens), first
+
 # Tokens a request's prompt comes to: exact where the model runs, an estimate (a token
 # per 4 bytes, said in `relaymesh.estimated`) through a gateway.
 counted = ac.messages.count_tokens(model=MODEL, messages=MESSAGES)

@@ -397,7 +397,13 @@ pub async fn messages(
         )
             .into_response());
     }
-    let start = json!({ "type": "message_start", "message": message(json!([]), None, None) });
+    let mut start = json!({ "type": "message_start", "message": message(json!([]), None, None) });
+    // The prompt's tokens, where this node holds the model's tokenizer (0 otherwise:
+    // the count comes with `message_delta`, as it does in every case, less what the
+    // prompt cache held, which is known only once the engine has looked).
+    if let Ok(Some(tokens)) = model.backend.count_tokens(&request.prompt) {
+        start["message"]["usage"]["input_tokens"] = json!(tokens);
+    }
     let mut started = false;
     // Under tools the answer is JSON to read whole: it is held back until it ends.
     let mut held = String::new();
