@@ -307,44 +307,12 @@ async fn peer_ids_from_one_address_leave_room_for_newcomers() {
     let stop = Arc::new(AtomicBool::new(false));
     let flood: Vec<_> = (0..40)
         .map(|_| {
-            let (target, stop) = (target.clone(), stop.clone());
-            tokio::spawn(async move {
-                let mut swarm = libp2p::SwarmBuilder::with_new_identity()
-                    .with_tokio()
-                    .with_quic()
-                    .with_behaviour(|_| libp2p::swarm::dummy::Behaviour)
-                    .unwrap()
-                    .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
-                    .build();
-                // Listening there makes the dials leave from there.
-                swarm
-                    .listen_on("/ip4/127.0.0.2/udp/0/quic-v1".parse().unwrap())
-                    .unwrap();
-                while !matches!(swarm.next().await, Some(SwarmEvent::NewListenAddr { .. })) {}
-                let dial = |swarm: &mut libp2p::Swarm<libp2p::swarm::dummy::Behaviour>| {
-                    let _ = swarm.dial(
-                        DialOpts::peer_id(supplier_id)
-                            .addresses(vec![target.clone()])
-                            .condition(PeerCondition::Always)
-                            .build(),
-                    );
-                };
-                dial(&mut swarm);
-                while !stop.load(Ordering::Relaxed) {
-                    let next = tokio::time::timeout(Duration::from_millis(200), swarm.next());
-                    match next.await {
-                        Ok(Some(
-                            SwarmEvent::ConnectionClosed { .. }
-                            | SwarmEvent::OutgoingConnectionError { .. },
-                        )) => {
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                            dial(&mut swarm);
-                        }
-                        Ok(None) => break,
-                        _ => {}
-                    }
-                }
-            })
+            tokio::spawn(support::redialling_peer(
+                supplier_id,
+                target.clone(),
+                Some("/ip4/127.0.0.2/udp/0/quic-v1".parse().unwrap()),
+                stop.clone(),
+            ))
         })
         .collect();
     let flooders = || async {

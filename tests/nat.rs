@@ -254,9 +254,6 @@ fn a_supplier_behind_a_symmetric_nat_is_served_through_the_relay() {
 /// is served. Hosts behind one carrier-grade NAT share the bound the same way.
 #[test]
 fn peer_ids_behind_one_router_share_one_addresses_connections() {
-    use futures::StreamExt;
-    use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
-    use libp2p::swarm::SwarmEvent;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
 
@@ -286,40 +283,12 @@ fn peer_ids_behind_one_router_share_one_addresses_connections() {
             support::netns::Net::within(&flood_ns, move || async move {
                 let tasks: Vec<_> = (0..40)
                     .map(|_| {
-                        let (target, stop) = (target.clone(), stop.clone());
-                        tokio::spawn(async move {
-                            let mut swarm = libp2p::SwarmBuilder::with_new_identity()
-                                .with_tokio()
-                                .with_quic()
-                                .with_behaviour(|_| libp2p::swarm::dummy::Behaviour)
-                                .unwrap()
-                                .with_swarm_config(|c| {
-                                    c.with_idle_connection_timeout(Duration::from_secs(120))
-                                })
-                                .build();
-                            let dial =
-                                |swarm: &mut libp2p::Swarm<libp2p::swarm::dummy::Behaviour>| {
-                                    let _ = swarm.dial(
-                                        DialOpts::peer_id(supplier)
-                                            .addresses(vec![target.clone()])
-                                            .condition(PeerCondition::Always)
-                                            .build(),
-                                    );
-                                };
-                            dial(&mut swarm);
-                            while !stop.load(Ordering::Relaxed) {
-                                let next =
-                                    tokio::time::timeout(Duration::from_millis(200), swarm.next());
-                                if let Ok(Some(
-                                    SwarmEvent::ConnectionClosed { .. }
-                                    | SwarmEvent::OutgoingConnectionError { .. },
-                                )) = next.await
-                                {
-                                    tokio::time::sleep(Duration::from_millis(100)).await;
-                                    dial(&mut swarm);
-                                }
-                            }
-                        })
+                        tokio::spawn(support::redialling_peer(
+                            supplier,
+                            target.clone(),
+                            None,
+                            stop.clone(),
+                        ))
                     })
                     .collect();
                 for task in tasks {
@@ -343,13 +312,12 @@ fn peer_ids_behind_one_router_share_one_addresses_connections() {
                 .count(),
         )
     };
-    netns::wait_until(
+    let mut most = netns::wait_until(
         "the flood to hold the supplier's connections from its router's address",
         Duration::from_secs(60),
         mesh.logs(),
-        || (flooders(&mesh)? >= 8).then_some(()),
+        || flooders(&mesh).filter(|&n| n >= 8),
     );
-    let mut most = 0;
     for _ in 0..20 {
         most = most.max(flooders(&mesh).unwrap_or(0));
         std::thread::sleep(Duration::from_millis(100));

@@ -375,3 +375,51 @@ pub fn run_ok(cmd: &mut std::process::Command, what: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// One peer id of a connection flood: a fresh identity that dials `supplier` at
+/// `target` (leaving from `from`, an address it listens on, where given) and dials
+/// again 100 ms after each connection ends or fails, until `stop` is set.
+pub async fn redialling_peer(
+    supplier: libp2p::PeerId,
+    target: Multiaddr,
+    from: Option<Multiaddr>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use futures::StreamExt;
+    use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+    use libp2p::swarm::{dummy, SwarmEvent};
+    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_quic()
+        .with_behaviour(|_| dummy::Behaviour)
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
+        .build();
+    if let Some(from) = from {
+        // Listening there makes the dials leave from there.
+        swarm.listen_on(from).unwrap();
+        while !matches!(swarm.next().await, Some(SwarmEvent::NewListenAddr { .. })) {}
+    }
+    let dial = |swarm: &mut libp2p::Swarm<dummy::Behaviour>| {
+        let _ = swarm.dial(
+            DialOpts::peer_id(supplier)
+                .addresses(vec![target.clone()])
+                .condition(PeerCondition::Always)
+                .build(),
+        );
+    };
+    dial(&mut swarm);
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let next = tokio::time::timeout(Duration::from_millis(200), swarm.next());
+        match next.await {
+            Ok(Some(
+                SwarmEvent::ConnectionClosed { .. } | SwarmEvent::OutgoingConnectionError { .. },
+            )) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                dial(&mut swarm);
+            }
+            Ok(None) => break,
+            _ => {}
+        }
+    }
+}
