@@ -498,12 +498,16 @@ async fn an_app_that_never_acks_gets_k_tokens_and_a_forged_ack_ends_the_stream()
     // The session goes on in a new stream (`Resume`): a replayed request is refused, a
     // request whose ack chain is shorter than its tokens need is refused (found by
     // review: with none, the answer ended at once and the stream was held, nothing
-    // owed), a new request id is served.
+    // owed), a request signed by another key is refused without using its id up
+    // (found by review: anyone holding the gossiped session could burn its ids), and a
+    // new request id is served.
     let short = story_payload(4);
-    for (id, max_acks, refused) in [
-        (0u64, 64, Some("served already")),
-        (1, 1, Some("ack chain")),
-        (2, 64, None),
+    let stranger = Keypair::generate(&mut rand_core::OsRng);
+    for (id, max_acks, signer, refused) in [
+        (0u64, 64, &app, Some("served already")),
+        (1, 1, &app, Some("ack chain")),
+        (2, 64, &stranger, Some("not signed by the session's app")),
+        (2, 64, &app, None),
     ] {
         let stream = app_node
             .handle()
@@ -525,7 +529,7 @@ async fn an_app_that_never_acks_gets_k_tokens_and_a_forged_ack_ends_the_stream()
                 max_acks,
             },
             Digest([3; 32]),
-            &app,
+            signer,
         );
         write_frame(&mut w, FrameBody::Resume(session.clone()))
             .await

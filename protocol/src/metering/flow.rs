@@ -40,7 +40,7 @@ pub struct Window {
 /// two more (a piece longer than a frame may hold is sent as several), and fewer than
 /// the chain can acknowledge (a stream ending on its last link could not be closed).
 /// Each frame is paid for up to `cu.token_bytes` bytes, so this bounds what junk can
-/// bill a short request too: the chain alone leaves room for two ack steps (2K
+/// bill a short request too: the chain alone leaves room for two ack steps (2K − 1
 /// frames) more than a request of one token needs. The app refuses a frame beyond
 /// it; the supplier ends the answer there (`Length`).
 pub fn max_frames(max_tokens: u32, chain_len: u16, window: Window) -> u32 {
@@ -56,7 +56,7 @@ pub fn max_frames(max_tokens: u32, chain_len: u16, window: Window) -> u32 {
 /// more (the last ack, and a partial step), at most [`MAX_ACK_CHAIN`]. A supplier
 /// refuses a shorter one: it would end the answer early, its app owing nothing.
 pub fn chain_links(max_tokens: u32, window: Window) -> u16 {
-    let links = max_tokens.saturating_mul(2) / window.ack_every.max(1) + 2;
+    let links = (max_tokens.saturating_mul(2) / window.ack_every.max(1)).saturating_add(2);
     links.min(u32::from(MAX_ACK_CHAIN)) as u16
 }
 
@@ -777,6 +777,12 @@ mod tests {
         );
         assert_eq!(chain_links(1, WINDOW), 3);
         assert_eq!(chain_links(100_000, WINDOW), MAX_ACK_CHAIN);
+        // A peer's largest max_tokens at K = 1 (found by review: the sum overflowed).
+        let one = Window {
+            ack_every: 1,
+            max_unacked: 1,
+        };
+        assert_eq!(chain_links(u32::MAX, one), MAX_ACK_CHAIN);
     }
 
     /// An ack naming fewer tokens than its increment carried would cut what the

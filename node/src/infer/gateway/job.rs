@@ -178,11 +178,12 @@ impl Job {
                         prompt_tokens: done.prompt_tokens,
                         completion_tokens: done.completion_tokens,
                         cached_tokens: 0,
-                        // The supplier's word, kept only for a sequence the request named.
-                        stop: done
-                            .stop
-                            .map(|s| s.to_string())
-                            .filter(|s| self.request.sampling.stop.contains(s)),
+                        // The supplier's word, kept only for a sequence the request named
+                        // that ended it.
+                        stop: done.stop.map(|s| s.to_string()).filter(|s| {
+                            done.reason == DoneReason::Stop
+                                && self.request.sampling.stop.contains(s)
+                        }),
                     });
                 }
                 FrameBody::Refuse(r) => return LegEnd::Broken(r.message.as_str().to_owned()),

@@ -206,11 +206,10 @@ pub fn spawn(
 }
 
 fn refusal(code: RefuseCode, message: impl Into<String>, retry_after_ms: u64) -> FrameBody {
-    let mut message = message.into();
-    message.truncate(500);
+    // Cut on a character boundary: the text may quote a peer's (a schema's `$ref`).
     FrameBody::Refuse(Refuse {
         code,
-        message: BoundedString::new(message).unwrap_or_default(),
+        message: BoundedString::truncated(&message.into()),
         retry_after_ms,
     })
 }
@@ -343,7 +342,17 @@ async fn serve(
         .get(payload.model.as_str())
         .filter(|m| model_digest(m) == session.body.model_digest);
     let end_ms = session.body.end_ms();
-    let problem = if !ctx
+    // The signature first: a request id is used up only by its app (found by review:
+    // anyone holding a gossiped session could burn its ids with unsigned requests, and
+    // its app then opened a new session for each).
+    let problem = if request.verify(&session.body.app, &Ed25519Verifier).is_err()
+        || request.body.session_key != session.session_key()
+    {
+        Some((
+            RefuseCode::Invalid,
+            "the request is not signed by the session's app".to_string(),
+        ))
+    } else if !ctx
         .seen
         .first_use(&session.session_key(), request.body.request_id, end_ms)
     {
