@@ -17,7 +17,9 @@ use relaymesh_protocol::messages::infer::{
 use relaymesh_protocol::messages::session::{SessionOpen, SessionProposal, SignedSessionOpen};
 use relaymesh_protocol::metering::flow::{chain_links, SupplierFlow};
 use relaymesh_protocol::params::MeshParams;
-use relaymesh_protocol::{BoundedString, Digest, Ed25519Verifier, Keypair, Signer};
+use relaymesh_protocol::{
+    BoundedString, Digest, Ed25519Verifier, Keypair, SignatureVerifier, Signer,
+};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
@@ -345,7 +347,10 @@ async fn serve(
     // The signature first: a request id is used up only by its app (found by review:
     // anyone holding a gossiped session could burn its ids with unsigned requests, and
     // its app then opened a new session for each).
-    let problem = if request.verify(&session.body.app, &Ed25519Verifier).is_err()
+    let signed = request.signed_item(session.body.app);
+    let problem = if Ed25519Verifier
+        .verify(&signed.key, &signed.message, &signed.signature)
+        .is_err()
         || request.body.session_key != session.session_key()
     {
         Some((
@@ -467,7 +472,9 @@ async fn serve(
         let _ = write_frame(&mut w, refuse(RefuseCode::Invalid, why.clone())).await;
         return Err(why);
     }
-    let mut flow = match SupplierFlow::new(&session, request, ticket.window(), &Ed25519Verifier) {
+    // Its signature was checked above: the flow takes that one as verified.
+    let verified = super::verify::Verified(signed);
+    let mut flow = match SupplierFlow::new(&session, request, ticket.window(), &verified) {
         Ok(flow) => flow.with_max_tokens(payload.max_tokens),
         Err(e) => {
             let _ = write_frame(&mut w, refuse(RefuseCode::Invalid, e.to_string())).await;
