@@ -97,11 +97,7 @@ impl Mesh {
 
     /// The supplier's counter `name{labels}` (0 if absent).
     async fn counter(&self, series: &str) -> u64 {
-        let text = self.metrics().await;
-        let prefix = format!("{series} ");
-        text.lines()
-            .find_map(|l| l.strip_prefix(&prefix))
-            .map_or(0, |v| v.trim().parse().unwrap())
+        support::counter(&self.metrics().await, series)
     }
 
     /// The attacker's way to the supplier's inference protocol: the supplier's peer

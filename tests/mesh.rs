@@ -385,12 +385,10 @@ async fn a_flood_of_valid_ads_from_one_key_is_not_carried() {
     while tokio::time::timeout_at(settle, swarm.next()).await.is_ok() {}
     let secs = started.elapsed().as_secs();
     let heard = gossip_in(&observer) - before;
-    let limited = boot
-        .metrics()
-        .render()
-        .lines()
-        .find_map(|l| l.strip_prefix("relaymesh_limited_total{reason=\"ads_too_soon\"} "))
-        .map_or(0, |v| v.trim().parse::<u64>().unwrap());
+    let limited = support::counter(
+        &boot.metrics().render(),
+        "relaymesh_limited_total{reason=\"ads_too_soon\"}",
+    );
     println!("flood of 200 ads in {secs} s: the observer heard {heard}; the bootstrap node kept out {limited}");
     assert!(
         heard <= secs + 5,
@@ -449,11 +447,10 @@ async fn gossip_beyond_a_peers_budget_is_dropped_and_counted() {
         let _ = tokio::time::timeout(Duration::from_millis(10), swarm.next()).await;
     }
     let limited = || {
-        boot.metrics()
-            .render()
-            .lines()
-            .find_map(|l| l.strip_prefix("relaymesh_limited_total{reason=\"gossip_per_peer\"} "))
-            .map_or(0, |v| v.trim().parse::<u64>().unwrap())
+        support::counter(
+            &boot.metrics().render(),
+            "relaymesh_limited_total{reason=\"gossip_per_peer\"}",
+        )
     };
     wait_for(
         "the flood to be counted",

@@ -314,14 +314,10 @@ fn peer_ids_behind_one_router_share_one_addresses_connections() {
     };
     let refused = |mesh: &NatMesh| -> u64 {
         let (_, metrics) = support::nat_mesh::get(&mesh.sup, "/metrics");
-        metrics
-            .lines()
-            .find(|l| {
-                l.starts_with("relaymesh_limited_total{")
-                    && l.contains("reason=\"connections_per_ip\"")
-            })
-            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-            .unwrap_or(0)
+        support::counter(
+            &metrics,
+            "relaymesh_limited_total{reason=\"connections_per_ip\"}",
+        )
     };
     // The flood is at the bound: it holds connections and has been refused some (its
     // handshakes in progress count too, so it need not hold all 8 at one moment).

@@ -423,3 +423,13 @@ pub async fn redialling_peer(
         }
     }
 }
+
+/// The counter `series` (name and labels, as `/metrics` prints them) in a metrics
+/// text; 0 if absent.
+pub fn counter(metrics: &str, series: &str) -> u64 {
+    let prefix = format!("{series} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
