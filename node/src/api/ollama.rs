@@ -21,7 +21,8 @@ use super::infer::{lookup, refuse_unsupported, sampling, spawn_stream};
 use super::tools::{self, Answer, Tools};
 use super::{body, ApiState};
 use crate::backend::{
-    ChatMessage, Finish, Format, GenEvent, GenRequest, Prompt, Provenance, Role, ServedModel,
+    ChatMessage, Finish, Format, GenEvent, GenRequest, ModelDetails, Prompt, Provenance, Role,
+    ServedModel,
 };
 
 /// The Ollama API level this node implements (clients check it).
@@ -455,7 +456,11 @@ pub(crate) fn show_request(bytes: &[u8]) -> Result<String, ApiError> {
 }
 
 fn details(model: &ServedModel) -> Value {
-    let d = &model.backend.info().details;
+    details_json(&model.backend.info().details)
+}
+
+/// Ollama's `details` object.
+fn details_json(d: &ModelDetails) -> Value {
     json!({
         "parent_model": "",
         "format": d.format,
@@ -504,14 +509,13 @@ pub async fn tags(State(state): State<ApiState>) -> Json<Value> {
             "model": row.name,
             "modified_at": state.started_at,
             "size": 0,
-            "details": {
-                "parent_model": "",
-                "format": if row.digest.is_some() { "gguf" } else { "" },
-                "family": row.family,
-                "families": if row.family.is_empty() { json!(null) } else { json!([row.family]) },
-                "parameter_size": row.parameter_size,
-                "quantization_level": row.quantization,
-            },
+            "details": details_json(&ModelDetails {
+                format: if row.digest.is_some() { "gguf" } else { "" }.to_owned(),
+                family: row.family,
+                parameter_size: row.parameter_size,
+                quantization_level: row.quantization,
+                ..ModelDetails::default()
+            }),
             "digest": row.digest.unwrap_or_default(),
         }));
     }
