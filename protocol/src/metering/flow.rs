@@ -111,6 +111,16 @@ pub enum FlowError {
     /// The app could not sign (chain exhausted, output too long).
     #[error(transparent)]
     Ack(#[from] AckError),
+    /// An ack chain too short for the tokens the request asks for ([`chain_links`]).
+    #[error("the request's ack chain has {links} links; {max_tokens} tokens need {need}")]
+    ShortChain {
+        /// Links signed.
+        links: u16,
+        /// Links needed.
+        need: u16,
+        /// Tokens asked for.
+        max_tokens: u32,
+    },
     /// More tokens than the request may carry ([`max_frames`]).
     #[error("token {0} is beyond what the request may carry")]
     TooManyFrames(u32),
@@ -210,14 +220,22 @@ impl SupplierFlow {
     }
 
     /// Bounds the stream to what a request for `max_tokens` tokens may carry
-    /// ([`max_frames`]), as its app does.
-    pub fn with_max_tokens(mut self, max_tokens: u32) -> Self {
-        self.max_frames = max_frames(
-            max_tokens,
-            self.request.request().body.ack_chain_len,
-            self.window,
-        );
-        self
+    /// ([`max_frames`]), as its app does. Refuses a request whose ack chain is shorter
+    /// than [`chain_links`] asks for those tokens: it would end the answer early with
+    /// nothing acknowledged, and leave no link for a last ack, so the stream would be
+    /// held for nothing (found by review).
+    pub fn with_max_tokens(mut self, max_tokens: u32) -> Result<Self, FlowError> {
+        let links = self.request.request().body.ack_chain_len;
+        let need = chain_links(max_tokens, self.window);
+        if links < need {
+            return Err(FlowError::ShortChain {
+                links,
+                need,
+                max_tokens,
+            });
+        }
+        self.max_frames = max_frames(max_tokens, links, self.window);
+        Ok(self)
     }
 
     /// Tokens acknowledged so far.
@@ -742,7 +760,7 @@ mod tests {
     #[test]
     fn a_short_request_carries_at_most_twice_its_tokens_and_two() {
         let (s, a, app) = setup(16);
-        let (mut s, mut a) = (s.with_max_tokens(1), a.with_max_tokens(1));
+        let (mut s, mut a) = (s.with_max_tokens(1).unwrap(), a.with_max_tokens(1));
         for _ in 0..4 {
             s.send("x").unwrap();
             if let Some(ack) = a.on_token("x", &app).unwrap() {
@@ -776,6 +794,17 @@ mod tests {
                 .last
         );
         assert_eq!(chain_links(1, WINDOW), 3);
+        // A chain shorter than that is refused (16 links at K = 2 do for 14 tokens).
+        let (s, _, _) = setup(16);
+        assert!(s.clone().with_max_tokens(14).is_ok());
+        assert!(matches!(
+            s.with_max_tokens(15),
+            Err(FlowError::ShortChain {
+                links: 16,
+                need: 17,
+                ..
+            })
+        ));
         assert_eq!(chain_links(100_000, WINDOW), MAX_ACK_CHAIN);
         // A peer's largest max_tokens at K = 1 (found by review: the sum overflowed).
         let one = Window {

@@ -15,7 +15,7 @@ use relaymesh_protocol::messages::infer::{
     Done, DoneReason, FrameBody, InferRequest, Refuse, RefuseCode, MAX_TOKEN_BYTES,
 };
 use relaymesh_protocol::messages::session::{SessionOpen, SessionProposal, SignedSessionOpen};
-use relaymesh_protocol::metering::flow::{chain_links, SupplierFlow};
+use relaymesh_protocol::metering::flow::SupplierFlow;
 use relaymesh_protocol::params::MeshParams;
 use relaymesh_protocol::{
     BoundedString, Digest, Ed25519Verifier, Keypair, SignatureVerifier, Signer,
@@ -461,21 +461,12 @@ async fn serve(
     // The output this request may still bill: its reservation, less the prompt.
     let reservation = reservation.ok().flatten();
     let mut output_budget = reservation.as_ref().map(|r| r.cu.saturating_sub(prompt_cu));
-    // A chain shorter than the rule's would end the answer early with nothing acked,
-    // and no last ack could be signed: the stream would be held for nothing.
-    let links = chain_links(payload.max_tokens, ticket.window());
-    if request.body.ack_chain_len < links {
-        let why = format!(
-            "the request's ack chain has {} links; {} tokens need {links}",
-            request.body.ack_chain_len, payload.max_tokens
-        );
-        let _ = write_frame(&mut w, refuse(RefuseCode::Invalid, why.clone())).await;
-        return Err(why);
-    }
     // Its signature was checked above: the flow takes that one as verified.
     let verified = super::verify::Verified(signed);
-    let mut flow = match SupplierFlow::new(&session, request, ticket.window(), &verified) {
-        Ok(flow) => flow.with_max_tokens(payload.max_tokens),
+    let flow = SupplierFlow::new(&session, request, ticket.window(), &verified)
+        .and_then(|flow| flow.with_max_tokens(payload.max_tokens));
+    let mut flow = match flow {
+        Ok(flow) => flow,
         Err(e) => {
             let _ = write_frame(&mut w, refuse(RefuseCode::Invalid, e.to_string())).await;
             return Err(e.to_string());
