@@ -557,6 +557,122 @@ async fn an_app_that_never_acks_gets_k_tokens_and_a_forged_ack_ends_the_stream()
     boot.shutdown().await;
 }
 
+/// Embeddings over the mesh (protocol version 6): a light gateway's `/v1/embeddings`
+/// and `/api/embed` go to the supplier that advertises them, the vectors are its
+/// engine's own, and the app's one last ack is the supplier's receipt for the inputs,
+/// weighed at the session's embedding factor.
+#[tokio::test(flavor = "multi_thread")]
+async fn embeddings_come_from_a_supplier_whose_receipt_pays_for_the_inputs() {
+    use relaymesh_node::backend::{Backend, Tenant};
+    const MESH_E: &str = "mesh-embed-tests";
+    let mut boot_builder = NodeBuilder::full()
+        .mesh_name(MESH_E)
+        .listen(vec![quic(), tcp()]);
+    boot_builder.config_mut().role = Role::Bootstrap;
+    let boot = boot_builder.start().await.unwrap();
+    let boot_addr = address(&boot, "quic").await;
+    let dir = tempfile::tempdir().unwrap();
+    let supplier = support::data_supplier(MESH_E, &boot_addr, dir.path()).await;
+    let gateway = NodeBuilder::light()
+        .mesh_name(MESH_E)
+        .listen(vec![quic(), tcp()])
+        .bootstrap(boot_addr.clone())
+        .api("127.0.0.1:0".parse().unwrap())
+        .start()
+        .await
+        .unwrap();
+    wait_for("the supplier's ad", Duration::from_secs(30), || async {
+        let rows = gateway.handle().models().await.ok()?;
+        rows.iter().any(|r| r.name == "smollm2").then_some(())
+    })
+    .await;
+    let base = format!("http://{}", gateway.api_addr().unwrap());
+    let client = reqwest::Client::new();
+    let texts = [
+        "The capital of France is Paris.",
+        "Paris is in France.",
+        "Bananas are yellow.",
+    ];
+
+    let r = client
+        .post(format!("{base}/v1/embeddings"))
+        .json(&json!({ "model": "smollm2", "input": texts, "encoding_format": "float" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let served_by = r.headers()["x-relaymesh-supplier"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(served_by, supplier.handle().peer_id().to_string());
+    let v: Value = r.json().await.unwrap();
+    let vectors: Vec<Vec<f32>> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| serde_json::from_value(d["embedding"].clone()).unwrap())
+        .collect();
+    // The supplier's engine's own vectors, as the same model makes them here.
+    let local = support::smollm(1, 4)
+        .embed(&texts.map(String::from), Tenant::Local)
+        .await
+        .unwrap();
+    assert_eq!(vectors.len(), 3);
+    for (mesh, here) in vectors.iter().zip(&local.vectors) {
+        assert_eq!(mesh.len(), 576);
+        let gap = mesh
+            .iter()
+            .zip(here)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(gap < 1e-4, "{gap}");
+    }
+    let input_bytes: usize = texts.iter().map(|t| t.len()).sum();
+    let report = &v["usage"]["relaymesh"];
+    assert_eq!(report["suppliers"], json!([served_by]), "{v}");
+    assert_eq!(
+        report["compute_units"],
+        json!(input_bytes),
+        "one CU an input byte"
+    );
+
+    // The supplier keeps the app's one ack as the request's receipt: it asks for no
+    // output, and pays for the inputs.
+    let stored = wait_for(
+        "the embedding's receipt",
+        Duration::from_secs(10),
+        || async {
+            let r = receipts(&supplier);
+            (!r.is_empty()).then_some(r)
+        },
+    )
+    .await;
+    assert_eq!(stored.len(), 1);
+    let receipt = &stored[0];
+    assert!(receipt.request.body.is_embedding() && receipt.ack.body.last);
+    assert_eq!(receipt.request.body.prompt_bytes as usize, input_bytes);
+    assert_eq!((receipt.ack.body.index, receipt.ack.body.new_bytes), (1, 0));
+
+    // Ollama's routes, through the same session.
+    let r: Value = client
+        .post(format!("{base}/api/embed"))
+        .json(&json!({ "model": "smollm2", "input": texts }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let again: Vec<Vec<f32>> = serde_json::from_value(r["embeddings"].clone()).unwrap();
+    assert_eq!(again, vectors, "the same inputs, the same vectors");
+    assert_eq!(r["relaymesh"]["suppliers"], json!([served_by]));
+
+    gateway.shutdown().await;
+    supplier.shutdown().await;
+    boot.shutdown().await;
+}
+
 /// The payload of a greedy "Once upon a time" completion of up to `max` tokens.
 fn story_payload(max: u32) -> relaymesh_protocol::messages::infer::InferPayload {
     relaymesh_node::infer::payload(

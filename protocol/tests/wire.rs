@@ -12,8 +12,9 @@ use relaymesh_protocol::messages::claim::Claim;
 use relaymesh_protocol::messages::credit::CreditSlot;
 use relaymesh_protocol::messages::equivocation::EquivocationEvidence;
 use relaymesh_protocol::messages::infer::{
-    Done, DoneReason, FrameBody, InferFrame, InferPayload, InferRequest, OutputFormat, PromptBody,
-    Refuse, RefuseCode, Turn, TurnRole, MAX_PROMPT_BYTES, MAX_SCHEMA_BYTES, MAX_TOKEN_BYTES,
+    Done, DoneReason, Embedding, FrameBody, InferFrame, InferPayload, InferRequest, OutputFormat,
+    PromptBody, Refuse, RefuseCode, Turn, TurnRole, MAX_PROMPT_BYTES, MAX_SCHEMA_BYTES,
+    MAX_TOKEN_BYTES,
 };
 use relaymesh_protocol::messages::manifest::ModelManifest;
 use relaymesh_protocol::messages::proof::{
@@ -53,10 +54,11 @@ fn text<const N: usize>() -> impl Strategy<Value = BoundedString<N>> {
     "\\PC{0,24}".prop_map(|s| BoundedString::truncated(&s))
 }
 fn cu() -> impl Strategy<Value = CuFormula> {
-    (any::<u32>(), any::<u32>(), any::<u32>()).prop_map(|(p, o, t)| CuFormula {
+    (any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>()).prop_map(|(p, o, t, e)| CuFormula {
         prompt_per_byte: p,
         output_per_byte: o,
         token_bytes: t,
+        embed_per_byte: e,
     })
 }
 fn signed<T: std::fmt::Debug>(body: impl Strategy<Value = T>) -> impl Strategy<Value = Signed<T>> {
@@ -99,6 +101,7 @@ fn offer() -> impl Strategy<Value = ModelOffer> {
         ),
         (any::<u64>(), cu(), any::<u64>(), any::<u32>()),
         (text::<32>(), text::<16>(), text::<16>()),
+        proptest::option::of(any::<u32>()),
     )
         .prop_map(
             |(
@@ -108,6 +111,7 @@ fn offer() -> impl Strategy<Value = ModelOffer> {
                 (context_length, free_slots, total_slots, tps, ttft_ms),
                 (price_per_cu, cu, tau, max_token_bytes),
                 (family, parameter_size, quantization),
+                embedding_dims,
             )| ModelOffer {
                 name,
                 gguf_digest,
@@ -126,6 +130,7 @@ fn offer() -> impl Strategy<Value = ModelOffer> {
                     parameter_size,
                     quantization,
                 },
+                embedding_dims,
             },
         )
 }
@@ -453,6 +458,8 @@ fn payload() -> impl Strategy<Value = InferPayload> {
         proptest::collection::vec(turn, 0..4)
             .prop_map(|t| PromptBody::Chat(BoundedVec::try_from_vec(t).unwrap())),
         text::<{ MAX_PROMPT_BYTES }>().prop_map(PromptBody::Text),
+        proptest::collection::vec(text::<{ MAX_PROMPT_BYTES }>(), 0..4)
+            .prop_map(|t| PromptBody::Embed(BoundedVec::try_from_vec(t).unwrap())),
     ];
     (
         text::<128>(),
@@ -502,6 +509,8 @@ fn frame() -> impl Strategy<Value = InferFrame> {
         (signed(request()), payload())
             .prop_map(|(request, payload)| FrameBody::Request(InferRequest { request, payload })),
         text::<{ MAX_TOKEN_BYTES }>().prop_map(FrameBody::Token),
+        proptest::collection::vec(any::<f32>(), 0..8)
+            .prop_map(|v| FrameBody::Embedding(Embedding::new(&v).unwrap())),
         signed(ack()).prop_map(FrameBody::Ack),
         (
             any::<bool>(),
@@ -607,10 +616,10 @@ fn non_canonical_encodings_are_refused() {
         .find(|g| g.file == "Ack")
         .unwrap();
     let bytes = golden.bytes;
-    // [ [version=5, …], sig ]: the body's version is the byte after two array headers.
-    assert_eq!(&bytes[..3], &[0x82, 0x8a, 0x05]);
-    // The same value with a long-form integer (0x18 0x05) for the version.
-    let mut long_int = vec![0x82, 0x8a, 0x18, 0x05];
+    // [ [version=6, …], sig ]: the body's version is the byte after two array headers.
+    assert_eq!(&bytes[..3], &[0x82, 0x8a, 0x06]);
+    // The same value with a long-form integer (0x18 0x06) for the version.
+    let mut long_int = vec![0x82, 0x8a, 0x18, 0x06];
     long_int.extend_from_slice(&bytes[3..]);
     let decode = |b: &[u8]| Signed::<Ack>::decode(b);
     assert!(matches!(

@@ -280,6 +280,7 @@ fn offer(spec: &str, tau: u64) -> anyhow::Result<ModelOffer> {
         tau,
         max_token_bytes: relaymesh_node::backend::OPAQUE_TOKEN_BYTES,
         details: Default::default(),
+        embedding_dims: None,
     })
 }
 

@@ -59,6 +59,7 @@ pub fn offer(name: &str) -> ModelOffer {
         tau: 64,
         max_token_bytes: 32,
         details: Default::default(),
+        embedding_dims: None,
     }
 }
 

@@ -739,6 +739,7 @@ fn ad_size(params: &MeshParams, s: &Supplier) -> usize {
             tau: 1000,
             max_token_bytes: 32,
             details: Default::default(),
+            embedding_dims: None,
         }])
         .expect("one offer"),
     };

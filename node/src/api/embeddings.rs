@@ -1,7 +1,9 @@
 //! Embeddings: OpenAI's `POST /v1/embeddings` (floats or base64) and Ollama's
 //! `POST /api/embed` and `POST /api/embeddings`, for models this node runs itself from a
-//! GGUF file (see `backend::embedded::embed`). Over the mesh they are not carried yet: a
-//! mesh model answers 400 saying so.
+//! GGUF file (see `backend::embedded::embed`) or that mesh suppliers embed with (see
+//! `infer::gateway::embed`). A mesh answer names its supplier in `x-relaymesh-supplier`
+//! and what the app's ack metered in `usage.relaymesh` (OpenAI) or `relaymesh`
+//! (Ollama), as chat answers do.
 
 use std::time::Instant;
 
@@ -9,6 +11,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine as _;
 use serde::Deserialize;
@@ -16,7 +19,7 @@ use serde_json::{json, Map, Value};
 
 use super::error::{ApiError, OllamaError, OpenAiError};
 use super::infer::{lookup, refuse_unsupported};
-use super::{body, ApiState};
+use super::{body, ApiState, SUPPLIER_HEADER};
 use crate::backend::{Embedded, Tenant};
 
 /// `input`: one text or a list of texts (token arrays are not supported).
@@ -93,7 +96,7 @@ pub async fn openai(
     State(state): State<ApiState>,
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, OpenAiError> {
+) -> Result<Response, OpenAiError> {
     let body: OpenAiBody = state.parse(raw)?;
     let model = body.model.clone();
     let (inputs, base64) = openai_inputs(body)?;
@@ -113,12 +116,14 @@ pub async fn openai(
             json!({ "object": "embedding", "index": index, "embedding": embedding })
         })
         .collect();
-    Ok(Json(json!({
-        "object": "list",
-        "data": data,
-        "model": model,
-        "usage": { "prompt_tokens": embedded.prompt_tokens, "total_tokens": embedded.prompt_tokens },
-    })))
+    let mut usage =
+        json!({ "prompt_tokens": embedded.prompt_tokens, "total_tokens": embedded.prompt_tokens });
+    if let Some(report) = &embedded.mesh {
+        usage["relaymesh"] = json!(report);
+    }
+    let header = [(SUPPLIER_HEADER, state.made_by(embedded.mesh.as_ref()))];
+    let body = json!({ "object": "list", "data": data, "model": model, "usage": usage });
+    Ok((header, Json(body)).into_response())
 }
 
 #[derive(Deserialize)]
@@ -135,19 +140,24 @@ pub async fn ollama_embed(
     State(state): State<ApiState>,
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, OllamaError> {
+) -> Result<Response, OllamaError> {
     let started = Instant::now();
     let body: EmbedBody = state.parse(raw)?;
     let _ = body.truncate;
     let inputs = texts(body.input, "input")?;
     let embedded = embed(&state, &body.model, &headers, &inputs).await?;
-    Ok(Json(json!({
+    let mut answer = json!({
         "model": body.model,
         "embeddings": embedded.vectors,
         "total_duration": started.elapsed().as_nanos() as u64,
         "load_duration": 0,
         "prompt_eval_count": embedded.prompt_tokens,
-    })))
+    });
+    if let Some(report) = &embedded.mesh {
+        answer["relaymesh"] = json!(report);
+    }
+    let header = [(SUPPLIER_HEADER, state.made_by(embedded.mesh.as_ref()))];
+    Ok((header, Json(answer)).into_response())
 }
 
 #[derive(Deserialize)]
@@ -162,9 +172,10 @@ pub async fn ollama_embeddings(
     State(state): State<ApiState>,
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, OllamaError> {
+) -> Result<Response, OllamaError> {
     let body: EmbeddingsBody = state.parse(raw)?;
     let embedded = embed(&state, &body.model, &headers, &[body.prompt]).await?;
+    let header = [(SUPPLIER_HEADER, state.made_by(embedded.mesh.as_ref()))];
     let vector = embedded.vectors.into_iter().next().unwrap_or_default();
-    Ok(Json(json!({ "embedding": vector })))
+    Ok((header, Json(json!({ "embedding": vector }))).into_response())
 }

@@ -140,7 +140,12 @@ impl ApiState {
 
     /// Who served: the mesh suppliers (comma-separated after a failover), or this node.
     fn served_by(&self, mesh: Option<&crate::backend::Provenance>) -> axum::http::HeaderValue {
-        let id = mesh.map_or_else(|| self.node.peer_id().to_string(), |p| p.header());
+        self.made_by(mesh.map(|p| p.report()).as_ref())
+    }
+
+    /// The `x-relaymesh-supplier` header: the suppliers of `mesh`, or this node.
+    fn made_by(&self, mesh: Option<&crate::backend::MeshReport>) -> axum::http::HeaderValue {
+        let id = mesh.map_or_else(|| self.node.peer_id().to_string(), |r| r.header());
         axum::http::HeaderValue::from_str(&id)
             .unwrap_or(axum::http::HeaderValue::from_static("unknown"))
     }

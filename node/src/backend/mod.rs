@@ -210,7 +210,14 @@ impl Provenance {
 
     /// The suppliers, comma-separated (the `x-relaymesh-supplier` header).
     pub fn header(&self) -> String {
-        self.report().suppliers.join(",")
+        self.report().header()
+    }
+}
+
+impl MeshReport {
+    /// The suppliers, as the `x-relaymesh-supplier` header names them.
+    pub fn header(&self) -> String {
+        self.suppliers.join(",")
     }
 }
 
@@ -380,12 +387,18 @@ pub trait Backend: Send + Sync + 'static {
         Ok(None)
     }
 
-    /// Embeddings of `inputs`, one vector each, in order. Only the embedded engine
-    /// makes them so far: other backends refuse.
+    /// The length of the vectors [`Backend::embed`] makes; `None` where it makes none
+    /// (a mesh model: the best supplier's, where it serves embeddings).
+    fn embedding_dims(&self) -> Option<u32> {
+        None
+    }
+
+    /// Embeddings of `inputs`, one vector each, in order. The embedded engine makes
+    /// them, and the mesh's suppliers that advertise them; other backends refuse.
     async fn embed(&self, inputs: &[String], tenant: Tenant) -> Result<Embedded, BackendError> {
         let _ = (inputs, tenant);
         Err(BackendError::Invalid(format!(
-            "model {} ({} backend) makes no embeddings here: only a model this node runs itself from a GGUF file does, so far",
+            "model {} ({} backend) makes no embeddings: only a model run from a GGUF file by this node or a mesh supplier does, so far",
             self.info().name,
             self.info().kind
         )))
@@ -399,6 +412,8 @@ pub struct Embedded {
     pub vectors: Vec<Vec<f32>>,
     /// Tokens of every input together.
     pub prompt_tokens: u32,
+    /// Who made them and what the app's ack metered, for embeddings made on the mesh.
+    pub mesh: Option<MeshReport>,
 }
 
 /// A shared backend.

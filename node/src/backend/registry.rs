@@ -297,6 +297,7 @@ impl ServedModel {
                 &info.details.parameter_size,
                 &info.details.quantization_level,
             ),
+            embedding_dims: self.backend.embedding_dims(),
         })
     }
 }

@@ -101,8 +101,9 @@ pub fn payload(model: &str, request: &GenRequest) -> Result<InferPayload, String
     })
 }
 
-/// The backend request a supplier runs for a payload.
-pub fn gen_request(payload: &InferPayload) -> GenRequest {
+/// The backend request a supplier runs for a payload; `None` for an embedding
+/// request, which generates nothing (`supplier::embed` serves it).
+pub fn gen_request(payload: &InferPayload) -> Option<GenRequest> {
     let prompt = match &payload.prompt {
         PromptBody::Chat(turns) => Prompt::Chat(
             turns
@@ -118,8 +119,9 @@ pub fn gen_request(payload: &InferPayload) -> GenRequest {
                 .collect(),
         ),
         PromptBody::Text(text) => Prompt::Text(text.as_str().to_owned()),
+        PromptBody::Embed(_) => return None,
     };
-    GenRequest {
+    Some(GenRequest {
         prompt,
         sampling: Sampling {
             temperature: payload.temperature_milli.map(|t| f64::from(t) / 1000.0),
@@ -134,7 +136,28 @@ pub fn gen_request(payload: &InferPayload) -> GenRequest {
             }),
         },
         tenant: Tenant::Local,
-    }
+    })
+}
+
+/// The payload an app sends to embed `inputs` with model `model`.
+pub fn embed_payload(model: &str, inputs: &[String]) -> Result<InferPayload, String> {
+    let too_long =
+        |e: relaymesh_protocol::TooLong| format!("the request is too large for the mesh: {e}");
+    let inputs = inputs
+        .iter()
+        .map(|t| BoundedString::new(t.as_str()).map_err(too_long))
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok(InferPayload {
+        model: BoundedString::new(model).map_err(too_long)?,
+        prompt: PromptBody::Embed(BoundedVec::try_from_vec(inputs).map_err(too_long)?),
+        temperature_milli: None,
+        top_p_micro: None,
+        top_k: None,
+        seed: None,
+        max_tokens: 0,
+        stop: BoundedVec::new(),
+        format: None,
+    })
 }
 
 #[cfg(test)]
@@ -168,6 +191,6 @@ mod tests {
         let p = payload("smollm2", &request).unwrap();
         // The schema is read and billed as the prompt is.
         assert_eq!(p.prompt_bytes(), 9 + 5 + 18);
-        assert_eq!(gen_request(&p), request);
+        assert_eq!(gen_request(&p), Some(request));
     }
 }

@@ -434,23 +434,26 @@ impl Drop for InFlight {
     }
 }
 
-/// What an offer costs per CU of the default formula: its price, scaled by the larger
+/// What an offer costs per CU of the default formula: its price, scaled by the largest
 /// of its CU factors' ratios to the default ones (rounded up). An ad's price alone
 /// says nothing when its supplier picks the factors too: price 1 at 1,000 CUs per
 /// output byte costs 250 times price 1 at the default 4. Ranking and `max_price`
 /// compare this (found by review: such an offer ranked cheapest).
 pub fn list_price(offer: &ModelOffer) -> u64 {
     let base = relaymesh_protocol::metering::compute_units::CuFormula::default();
-    let (bp, bo) = (
+    let (bp, bo, be) = (
         u128::from(base.prompt_per_byte.max(1)),
         u128::from(base.output_per_byte.max(1)),
+        u128::from(base.embed_per_byte.max(1)),
     );
-    // The larger factor ratio, p / bp or o / bo, over the common denominator bp·bo; never
-    // below the default formula's.
-    let ratio = (u128::from(offer.cu.prompt_per_byte) * bo)
-        .max(u128::from(offer.cu.output_per_byte) * bp)
-        .max(bp * bo);
-    let price = (u128::from(offer.price_per_cu) * ratio).div_ceil(bp * bo);
+    // The largest factor ratio, p / bp, o / bo or e / be (embedding inputs), over the
+    // common denominator bp·bo·be; never below the default formula's.
+    let cu = &offer.cu;
+    let ratio = (u128::from(cu.prompt_per_byte) * bo * be)
+        .max(u128::from(cu.output_per_byte) * bp * be)
+        .max(u128::from(cu.embed_per_byte) * bp * bo)
+        .max(bp * bo * be);
+    let price = (u128::from(offer.price_per_cu) * ratio).div_ceil(bp * bo * be);
     u64::try_from(price).unwrap_or(u64::MAX)
 }
 
@@ -475,6 +478,7 @@ mod tests {
             tau: 1,
             max_token_bytes: 32,
             details: Default::default(),
+            embedding_dims: None,
         }
     }
 
@@ -580,6 +584,10 @@ mod tests {
         let mut a_little = offer(4, 10_000, 1);
         a_little.cu.output_per_byte = 5;
         assert_eq!(list_price(&a_little), 5, "4 × 5/4");
+        // Embeddings at 1,000 CUs a byte cost 1,000 times the default's (version 6).
+        let mut dear_vectors = offer(1, 10_000, 1);
+        dear_vectors.cu.embed_per_byte = 1_000;
+        assert_eq!(list_price(&dear_vectors), 1_000);
         let offers = vec![(a, dear), (b, offer(3, 10_000, 2))];
         let cheap = RoutePolicy {
             max_price: Some(10),

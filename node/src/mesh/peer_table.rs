@@ -363,6 +363,7 @@ mod tests {
             tau: 1,
             max_token_bytes: 32,
             details: Default::default(),
+            embedding_dims: None,
         };
         Signed::sign(
             CapabilityAd {

@@ -44,6 +44,9 @@ pub struct ModelOffer {
     pub max_token_bytes: u32,
     /// What the model is, as the supplier's backend read it from the file.
     pub details: OfferDetails,
+    /// The length of the vectors the supplier makes from this model for embedding
+    /// requests; `None`: it serves no embeddings with it (version 6).
+    pub embedding_dims: Option<u32>,
 }
 
 /// What a model is, for clients that show it (Ollama's `/api/show` and `/api/tags`):

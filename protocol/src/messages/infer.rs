@@ -7,7 +7,9 @@
 //! signed request with the payload it commits to, the supplier streams one `Token`
 //! frame per token and pauses at the window, the app acks, the supplier ends with
 //! `Done` (or `Refuse`), and the app's last ack closes the request
-//! (`metering::flow` holds the rules of the token and ack exchange).
+//! (`metering::flow` holds the rules of the token and ack exchange). An embedding
+//! request (version 6) gets one `Embedding` frame per input instead of tokens, then
+//! `Done`, and the app's one last ack pays for its inputs.
 
 use serde::{Deserialize, Serialize};
 use serde_tuple::{Deserialize_tuple, Serialize_tuple};
@@ -27,6 +29,10 @@ pub const MAX_TURNS: usize = 256;
 pub const MAX_TOKEN_BYTES: usize = 1024;
 /// Largest JSON schema one request may carry.
 pub const MAX_SCHEMA_BYTES: usize = 16 * 1024;
+/// Most inputs one embedding request may carry.
+pub const MAX_EMBED_INPUTS: usize = 256;
+/// Longest embedding vector a frame may carry (a 70B model's is 8,192).
+pub const MAX_EMBEDDING_DIMS: usize = 8192;
 
 /// Who wrote a chat turn.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,6 +61,9 @@ pub enum PromptBody {
     Chat(BoundedVec<Turn, MAX_TURNS>),
     /// Text continued as it is.
     Text(BoundedString<MAX_PROMPT_BYTES>),
+    /// Texts to embed, one vector each (version 6). The request asks for no output
+    /// (`max_output_bytes = 0`, `max_tokens = 0`) and sets no sampling, stop or format.
+    Embed(BoundedVec<BoundedString<MAX_PROMPT_BYTES>, MAX_EMBED_INPUTS>),
 }
 
 /// The shape the answer must take: the supplier constrains its sampling so that the
@@ -106,12 +115,57 @@ impl InferPayload {
         let prompt: u64 = match &self.prompt {
             PromptBody::Chat(turns) => turns.iter().map(|t| t.content.as_str().len() as u64).sum(),
             PromptBody::Text(text) => text.as_str().len() as u64,
+            PromptBody::Embed(inputs) => inputs.iter().map(|t| t.as_str().len() as u64).sum(),
         };
         let schema = match &self.format {
             Some(OutputFormat::JsonSchema(schema)) => schema.as_str().len() as u64,
             Some(OutputFormat::Json) | None => 0,
         };
         prompt + schema
+    }
+
+    /// Whether the payload asks for embeddings, and is shaped as such a request must
+    /// be: no output, no sampling, stop or format. `None`: not an embedding request.
+    pub fn embedding(&self) -> Option<Result<&[BoundedString<MAX_PROMPT_BYTES>], &'static str>> {
+        let PromptBody::Embed(inputs) = &self.prompt else {
+            return None;
+        };
+        let plain = self.max_tokens == 0
+            && self.temperature_milli.is_none()
+            && self.top_p_micro.is_none()
+            && self.top_k.is_none()
+            && self.seed.is_none()
+            && self.stop.is_empty()
+            && self.format.is_none();
+        Some(if !plain {
+            Err("an embedding request sets no max_tokens, sampling, stop or format")
+        } else if inputs.is_empty() {
+            Err("an embedding request embeds at least one input")
+        } else {
+            Ok(inputs)
+        })
+    }
+}
+
+/// One input's embedding: its vector's components as IEEE 754 single-precision bit
+/// patterns (canonical encodings carry no floats).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize_tuple, Deserialize_tuple)]
+pub struct Embedding {
+    /// The components, `f32::to_bits` each.
+    pub bits: BoundedVec<u32, MAX_EMBEDDING_DIMS>,
+}
+
+impl Embedding {
+    /// The frame of `vector`; `None` if it is longer than [`MAX_EMBEDDING_DIMS`].
+    pub fn new(vector: &[f32]) -> Option<Self> {
+        BoundedVec::try_from_vec(vector.iter().map(|x| x.to_bits()).collect())
+            .ok()
+            .map(|bits| Self { bits })
+    }
+
+    /// The vector.
+    pub fn values(&self) -> Vec<f32> {
+        self.bits.iter().map(|b| f32::from_bits(*b)).collect()
     }
 }
 
@@ -189,6 +243,9 @@ pub enum FrameBody {
     Request(InferRequest),
     /// Supplier → app: one token's text (never empty).
     Token(BoundedString<MAX_TOKEN_BYTES>),
+    /// Supplier → app: the next input's embedding, for an embedding request (version
+    /// 6), one per input in order, before `Done`.
+    Embedding(Embedding),
     /// App → supplier: an ack.
     Ack(SignedAck),
     /// Supplier → app: generation ended.

@@ -20,14 +20,24 @@ pub struct RelayRequest {
     pub request_id: u64,
     /// blake3 of the canonical request payload (prompt and generation parameters).
     pub prompt_digest: Digest,
-    /// UTF-8 bytes of prompt text billed, at the session's `prompt_per_byte`.
+    /// UTF-8 bytes of prompt text billed, at the session's `prompt_per_byte` (or
+    /// `embed_per_byte`, for an embedding request).
     pub prompt_bytes: u32,
-    /// Most output bytes the app will pay for in this request.
+    /// Most output bytes the app will pay for in this request; 0 makes it an
+    /// embedding request (version 6), which asks for vectors, not text.
     pub max_output_bytes: u32,
     /// Head `c_0` of the ack chain whose links the app reveals one per ack.
     pub ack_chain_head: Digest,
     /// Number of links, hence most acks this request may have.
     pub ack_chain_len: u16,
+}
+
+impl RelayRequest {
+    /// Whether this is an embedding request: it asks for no output, and its input is
+    /// weighed at the session's `embed_per_byte`.
+    pub fn is_embedding(&self) -> bool {
+        self.max_output_bytes == 0
+    }
 }
 
 impl Signable for RelayRequest {

@@ -331,6 +331,11 @@ impl SessionOpen {
                 u64::from(params.max_cu_per_byte),
             ),
             (
+                "CUs per embedding input byte",
+                u64::from(self.cu.embed_per_byte),
+                u64::from(params.max_cu_per_byte),
+            ),
+            (
                 "bytes per token",
                 u64::from(self.max_token_bytes),
                 u64::from(params.max_token_bytes),

@@ -12,6 +12,10 @@
 //! average 4.0, and one 16-token increment in 20 passes 6), so a supplier streaming
 //! every token at the session's `max_token_bytes` of junk is paid at most
 //! `token_bytes / 4` times an honest answer, not `max_token_bytes / 4` times.
+//!
+//! An embedding request (one that asks for no output, `max_output_bytes = 0`, since
+//! version 6) is weighed by its inputs' bytes at `embed_per_byte`: a mesh may price
+//! embedding apart from reading a prompt before an answer.
 
 use serde_tuple::{Deserialize_tuple, Serialize_tuple};
 
@@ -21,7 +25,8 @@ use serde_tuple::{Deserialize_tuple, Serialize_tuple};
 /// gains at most half again.
 pub const DEFAULT_TOKEN_BYTES: u32 = 6;
 
-/// CUs per byte of prompt and per byte of output, fixed for a session in `SessionOpen`.
+/// CUs per byte of prompt, of output and of embedding input, fixed for a session in
+/// `SessionOpen`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize_tuple, Deserialize_tuple)]
 pub struct CuFormula {
     /// CUs per UTF-8 byte of the prompt, billed once per request.
@@ -31,17 +36,21 @@ pub struct CuFormula {
     /// Most output bytes paid per token, over an increment: an increment of `t`
     /// tokens is paid for at most `t × token_bytes` bytes whatever it carries.
     pub token_bytes: u32,
+    /// CUs per UTF-8 byte of the inputs of an embedding request (version 6).
+    pub embed_per_byte: u32,
 }
 
 impl Default for CuFormula {
     /// One CU per prompt byte and four per output byte: roughly the ratio of prefill
     /// to generation cost per byte on CPU and GPU back ends alike. Tokens are paid
-    /// for up to 6 bytes each, the mesh's default bound.
+    /// for up to 6 bytes each, the mesh's default bound. An embedding input costs what
+    /// reading a prompt does (one forward pass over it): one CU a byte.
     fn default() -> Self {
         Self {
             prompt_per_byte: 1,
             output_per_byte: 4,
             token_bytes: DEFAULT_TOKEN_BYTES,
+            embed_per_byte: 1,
         }
     }
 }
@@ -49,7 +58,18 @@ impl Default for CuFormula {
 impl CuFormula {
     /// CUs for a prompt of `bytes` bytes.
     pub fn prompt_units(&self, bytes: u32) -> u64 {
-        u64::from(self.prompt_per_byte) * u64::from(bytes)
+        self.input_units(bytes, false)
+    }
+
+    /// CUs for a request's input of `bytes` bytes: its prompt, or, for an embedding
+    /// request (`embedding`: it asks for no output), its inputs at `embed_per_byte`.
+    pub fn input_units(&self, bytes: u32, embedding: bool) -> u64 {
+        let per_byte = if embedding {
+            self.embed_per_byte
+        } else {
+            self.prompt_per_byte
+        };
+        u64::from(per_byte) * u64::from(bytes)
     }
 
     /// CUs for the output bytes `(prev, new]` paid in full, an upper bound on what
@@ -83,5 +103,15 @@ mod tests {
         assert_eq!(cu.increment_units(0, 0, 0), Some(0));
         assert_eq!(cu.increment_units(5, 4, 1), None);
         assert_eq!(cu.output_units(0, 512), Some(4 * 512));
+    }
+
+    #[test]
+    fn an_embedding_input_is_weighed_at_its_own_factor() {
+        let cu = CuFormula {
+            embed_per_byte: 3,
+            ..CuFormula::default()
+        };
+        assert_eq!(cu.input_units(100, false), 100);
+        assert_eq!(cu.input_units(100, true), 300);
     }
 }

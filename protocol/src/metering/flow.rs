@@ -549,6 +549,15 @@ mod tests {
     };
 
     fn setup(max_acks: u16) -> (SupplierFlow, AppFlow, Keypair) {
+        setup_with(max_acks, 1000, CuFormula::default())
+    }
+
+    /// A request for at most `max_output_bytes` in a session weighing by `cu`.
+    fn setup_with(
+        max_acks: u16,
+        max_output_bytes: u32,
+        cu: CuFormula,
+    ) -> (SupplierFlow, AppFlow, Keypair) {
         let app = Keypair::from_secret([1; 32]);
         let supplier = Keypair::from_secret([2; 32]);
         let terms = SessionOpen {
@@ -558,7 +567,7 @@ mod tests {
             supplier: supplier.public_key(),
             model_digest: Digest([8; 32]),
             manifest: None,
-            cu: CuFormula::default(),
+            cu,
             price_per_cu: 1,
             tau: 1,
             max_token_bytes: 16,
@@ -576,7 +585,7 @@ mod tests {
                 request_id: 0,
                 prompt_digest: Digest([3; 32]),
                 prompt_bytes: 12,
-                max_output_bytes: 1000,
+                max_output_bytes,
                 max_acks,
             },
             Digest([4; 32]),
@@ -857,6 +866,29 @@ mod tests {
         assert_eq!(done.facts.weight, CuFormula::default().prompt_units(12));
         assert!(!s.can_send());
         assert_eq!(s.send("x"), Err(FlowError::Finished));
+    }
+
+    /// An embedding request (version 6) asks for no output: the supplier sends no
+    /// token, and the app's one last ack pays for the inputs at the session's
+    /// `embed_per_byte`, not its prompt factor.
+    #[test]
+    fn an_embedding_request_pays_for_its_inputs_at_the_embed_factor() {
+        let cu = CuFormula {
+            embed_per_byte: 3,
+            ..CuFormula::default()
+        };
+        let (s, a, app) = setup_with(chain_links(0, WINDOW), 0, cu);
+        let (mut s, mut a) = (s.with_max_tokens(0).unwrap(), a.with_max_tokens(0));
+        assert_eq!(s.send("x"), Err(FlowError::TooMuchOutput(1)));
+        s.finish();
+        let done = s.on_ack(a.finish(&app).unwrap(), &Ed25519Verifier).unwrap();
+        assert!(done.last && s.is_closed());
+        assert_eq!(done.facts.weight, 3 * 12);
+        // The same inputs as a prompt weigh at the prompt factor.
+        let (mut s, mut a, app) = setup_with(4, 1000, cu);
+        s.finish();
+        let done = s.on_ack(a.finish(&app).unwrap(), &Ed25519Verifier).unwrap();
+        assert_eq!(done.facts.weight, 12);
     }
 
     proptest::proptest! {

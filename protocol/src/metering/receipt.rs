@@ -340,7 +340,9 @@ impl Receipt {
             .increment_units(ack.prev_bytes, ack.new_bytes, ack.tokens)
             .ok_or(ReceiptError::Overflow)?;
         let prompt = if ack.index == 1 {
-            terms.cu.prompt_units(request.prompt_bytes)
+            terms
+                .cu
+                .input_units(request.prompt_bytes, request.is_embedding())
         } else {
             0
         };

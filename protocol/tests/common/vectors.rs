@@ -6,7 +6,7 @@ use relaymesh_protocol::messages::capability::{CapabilityAd, ModelOffer, OfferDe
 use relaymesh_protocol::messages::credit::CreditSlot;
 use relaymesh_protocol::messages::equivocation::EquivocationEvidence;
 use relaymesh_protocol::messages::infer::{
-    FrameBody, InferFrame, InferPayload, InferRequest, OutputFormat, PromptBody, Refuse,
+    Embedding, FrameBody, InferFrame, InferPayload, InferRequest, OutputFormat, PromptBody, Refuse,
     RefuseCode, Turn, TurnRole,
 };
 use relaymesh_protocol::messages::ledger::{LedgerBody, LedgerMessage};
@@ -130,6 +130,7 @@ pub fn all() -> Vec<Golden> {
                 tau: 300,
                 max_token_bytes: 48,
                 details: OfferDetails::new("llama", "135M", "Q4_1"),
+                embedding_dims: Some(576),
             }])
             .unwrap(),
         },
@@ -172,6 +173,26 @@ pub fn all() -> Vec<Golden> {
         payload,
     }));
     let frame_token = InferFrame::new(FrameBody::Token(BoundedString::new(" Paris").unwrap()));
+    // Version 6: an embedding request's payload and one of its vectors.
+    let frame_embed = InferFrame::new(FrameBody::Request(InferRequest {
+        request: receipt.request.clone(),
+        payload: InferPayload {
+            model: BoundedString::new("smollm2").unwrap(),
+            prompt: PromptBody::Embed(
+                BoundedVec::try_from_vec(vec![BoundedString::new("Paris").unwrap()]).unwrap(),
+            ),
+            temperature_milli: None,
+            top_p_micro: None,
+            top_k: None,
+            seed: None,
+            max_tokens: 0,
+            stop: BoundedVec::new(),
+            format: None,
+        },
+    }));
+    let frame_vector = InferFrame::new(FrameBody::Embedding(
+        Embedding::new(&[0.6, -0.8, 0.0]).unwrap(),
+    ));
     let frame_refuse = InferFrame::new(FrameBody::Refuse(Refuse {
         code: RefuseCode::Busy,
         message: BoundedString::new("all 1 slots are busy").unwrap(),
@@ -203,6 +224,15 @@ pub fn all() -> Vec<Golden> {
             _ => false,
         }),
         golden(Some("token"), frame_token, |_| true),
+        golden(
+            Some("embed"),
+            frame_embed,
+            |f| matches!(&f.body, FrameBody::Request(r) if r.payload.embedding().is_some_and(|e| e.is_ok())),
+        ),
+        golden(Some("embedding"), frame_vector, |f| match &f.body {
+            FrameBody::Embedding(e) => e.values() == [0.6, -0.8, 0.0],
+            _ => false,
+        }),
         golden(Some("resume"), frame_resume, move |f| match &f.body {
             FrameBody::Resume(s) => s.body.app == pa4 && s.body.supplier == ps4,
             _ => false,

@@ -67,6 +67,7 @@ impl EmbeddedBackend {
         Ok(Embedded {
             vectors,
             prompt_tokens: prompt_tokens.try_into().unwrap_or(u32::MAX),
+            mesh: None,
         })
     }
 }

@@ -262,6 +262,10 @@ impl Backend for EmbeddedBackend {
         self.slots.available()
     }
 
+    fn embedding_dims(&self) -> Option<u32> {
+        u32::try_from(self.model.n_embd_out()).ok()
+    }
+
     async fn embed(&self, inputs: &[String], tenant: Tenant) -> Result<Embedded, BackendError> {
         self.embed_texts(inputs, tenant).await
     }

@@ -82,7 +82,12 @@ impl Job {
             let next = continuation(&self.request, &self.answer, self.tokens);
             let gateway = self.gateway.clone();
             match gateway
-                .open_next(&self.model, &mut self.candidates, &mut self.attempts, &next)
+                .open_next(
+                    &self.model,
+                    &mut self.candidates,
+                    &mut self.attempts,
+                    Asked::Generate(&next),
+                )
                 .await
             {
                 Ok(next_leg) => {

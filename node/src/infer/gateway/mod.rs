@@ -18,7 +18,7 @@ use libp2p::{PeerId, Stream, StreamProtocol};
 use relaymesh_protocol::identity::signed::Signed;
 use relaymesh_protocol::messages::capability::ModelOffer;
 use relaymesh_protocol::messages::infer::{
-    DoneReason, FrameBody, InferRequest, RefuseCode, MAX_TOKEN_BYTES,
+    DoneReason, FrameBody, InferPayload, InferRequest, RefuseCode, MAX_TOKEN_BYTES,
 };
 use relaymesh_protocol::messages::reveal::commitment;
 use relaymesh_protocol::messages::session::{SessionOpen, SessionProposal, SignedSessionOpen};
@@ -33,13 +33,14 @@ use tracing::{debug, info, warn};
 use super::codec::{read_frame, write_frame};
 use super::queue::{any_room, retry_after_busy, room, Place, Queue};
 use super::router::{InFlight, NoRoute, Router};
-use super::{payload, window, DEFAULT_MAX_TOKENS};
+use super::{embed_payload, payload, window, DEFAULT_MAX_TOKENS};
 use crate::backend::{
-    Backend, BackendError, ChatMessage, Finish, FinishReason, GenEvent, GenRequest, Generation,
-    ModelDetails, ModelInfo, Prompt, Provenance, Role, EVENT_BUFFER,
+    Backend, BackendError, ChatMessage, Embedded, Finish, FinishReason, GenEvent, GenRequest,
+    Generation, ModelDetails, ModelInfo, Prompt, Provenance, Role, Tenant, EVENT_BUFFER,
 };
 use crate::mesh::{now_ms, NodeHandle};
 
+mod embed;
 mod job;
 mod open;
 use job::Job;
@@ -324,7 +325,27 @@ impl Leg {
     /// Compute units the app's acks on this leg pay for.
     fn compute_units(&self) -> u64 {
         let cu = self.session.body.cu;
-        cu.prompt_units(self.flow.request().body.prompt_bytes) + self.flow.paid_output_units()
+        let request = &self.flow.request().body;
+        cu.input_units(request.prompt_bytes, request.is_embedding()) + self.flow.paid_output_units()
+    }
+}
+
+/// What a mesh request asks of a supplier.
+#[derive(Clone, Copy)]
+pub(super) enum Asked<'a> {
+    /// Text, for a prompt.
+    Generate(&'a GenRequest),
+    /// A vector for each of these inputs.
+    Embed(&'a [String]),
+}
+
+impl Asked<'_> {
+    /// The payload an app sends for it to model `model`.
+    fn payload(self, model: &str) -> Result<InferPayload, String> {
+        match self {
+            Asked::Generate(request) => payload(model, request),
+            Asked::Embed(inputs) => embed_payload(model, inputs),
+        }
     }
 }
 
@@ -370,10 +391,20 @@ impl Backend for MeshBackend {
         (1, 1)
     }
 
+    fn embedding_dims(&self) -> Option<u32> {
+        self.ranked.iter().find_map(|(_, o)| o.embedding_dims)
+    }
+
+    async fn embed(&self, inputs: &[String], _tenant: Tenant) -> Result<Embedded, BackendError> {
+        self.embed_on_mesh(inputs).await
+    }
+
     async fn generate(&self, request: GenRequest) -> Result<Generation, BackendError> {
         let gateway = &self.gateway;
         let model = self.info.name.clone();
-        let (leg, candidates, attempts, queued) = self.first_leg(&request).await?;
+        let (leg, candidates, attempts, queued) = self
+            .first_leg(Asked::Generate(&request), &self.ranked)
+            .await?;
         if queued > Duration::from_millis(100) {
             info!(%model, queued_ms = queued.as_millis() as u64, "a supplier slot freed for a queued request");
         }
@@ -409,13 +440,18 @@ impl MeshBackend {
     /// and a supplier has a slot free for this node, otherwise after waiting in the
     /// line (`queue`) for at most `timeouts.queue`. Returns the leg, the candidates
     /// left for failover, the suppliers tried and how long the request waited before
-    /// the attempt that succeeded was sent.
-    async fn first_leg(&self, request: &GenRequest) -> Result<FirstLeg, BackendError> {
+    /// the attempt that succeeded was sent. `ranked`: the suppliers that may take it,
+    /// best first.
+    async fn first_leg(
+        &self,
+        request: Asked<'_>,
+        ranked: &[(PublicKey, ModelOffer)],
+    ) -> Result<FirstLeg, BackendError> {
         let since = Instant::now();
         let gateway = &self.gateway;
         let model = self.info.name.as_str();
         let (router, queue) = (&gateway.router, &gateway.queue);
-        let slots: usize = self.ranked.iter().map(|(_, o)| room(o) as usize).sum();
+        let slots: usize = ranked.iter().map(|(_, o)| room(o) as usize).sum();
         let deadline = Instant::now() + gateway.timeouts.queue;
         let mut place = None;
         // After a busy refusal, when the head of the line may ask again.
@@ -435,9 +471,9 @@ impl MeshBackend {
             if retry_at.is_some_and(|t| now >= t) {
                 retry_at = None;
             }
-            if turn && retry_at.is_none() && any_room(router, model, &self.ranked) {
+            if turn && retry_at.is_none() && any_room(router, model, ranked) {
                 // Suppliers with a slot free first, each group best first.
-                let mut ranked = self.ranked.clone();
+                let mut ranked = ranked.to_vec();
                 ranked.sort_by_key(|(k, o)| router.in_flight(*k, model) >= room(o));
                 let mut candidates: VecDeque<_> = ranked.into();
                 let mut attempts = 0;

@@ -12,7 +12,7 @@ impl Gateway {
         model: &str,
         supplier: PublicKey,
         offer: &ModelOffer,
-        request: &GenRequest,
+        request: Asked<'_>,
     ) -> Result<Leg, Attempt> {
         match self.open_once(model, supplier, offer, request, false).await {
             Err(a) if a.stale_session => {
@@ -29,7 +29,7 @@ impl Gateway {
         model: &str,
         supplier: PublicKey,
         offer: &ModelOffer,
-        request: &GenRequest,
+        request: Asked<'_>,
         fresh: bool,
     ) -> Result<Leg, Attempt> {
         let peer = PeerId::from_bytes(&supplier.peer_id_bytes())
@@ -99,7 +99,7 @@ impl Gateway {
         };
 
         // The request and its payload.
-        let payload = payload(model, request).map_err(|e| Attempt {
+        let payload = request.payload(model).map_err(|e| Attempt {
             error: BackendError::Invalid(e),
             retry_elsewhere: false,
             stale_session: false,
@@ -293,7 +293,7 @@ impl Gateway {
         model: &str,
         candidates: &mut VecDeque<(PublicKey, ModelOffer)>,
         attempts: &mut usize,
-        request: &GenRequest,
+        request: Asked<'_>,
     ) -> Result<Leg, BackendError> {
         let mut last = None;
         // Whether every supplier tried refused as busy, and the longest wait they hinted.

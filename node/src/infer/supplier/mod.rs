@@ -4,6 +4,7 @@
 //! as a receipt in sled.
 
 mod clash;
+mod embed;
 mod pace;
 
 use std::sync::Arc;
@@ -11,11 +12,12 @@ use std::time::Duration;
 
 use futures::{AsyncReadExt, StreamExt};
 use libp2p::{PeerId, Stream, StreamProtocol};
+use relaymesh_protocol::messages::ack::SignedAck;
 use relaymesh_protocol::messages::infer::{
     Done, DoneReason, FrameBody, InferRequest, Refuse, RefuseCode, MAX_TOKEN_BYTES,
 };
 use relaymesh_protocol::messages::session::{SessionOpen, SessionProposal, SignedSessionOpen};
-use relaymesh_protocol::metering::flow::SupplierFlow;
+use relaymesh_protocol::metering::flow::{Accepted, SupplierFlow};
 use relaymesh_protocol::params::MeshParams;
 use relaymesh_protocol::{
     BoundedString, Digest, Ed25519Verifier, Keypair, SignatureVerifier, Signer,
@@ -27,6 +29,7 @@ use super::codec::{read_frame, write_frame, FrameError};
 use super::gen_request;
 use super::stream_slots::{StreamSlot, StreamSlots, FIRST_FRAME_TIMEOUT};
 use crate::backend::{BackendError, FinishReason, GenEvent, Models, ServedModel, Tenant};
+use crate::infer::app_limits::StreamTicket;
 use crate::mesh::now_ms;
 use clash::still_admitted;
 pub use clash::{FreshSessions, CLASH_WAIT};
@@ -275,6 +278,58 @@ async fn next_event(generation: &mut Option<crate::backend::Measured>) -> Option
     }
 }
 
+/// The refusal that tells the app why the engine did not take its request: busy (the
+/// next free slot is this app's, over apps that hold as many or more, if it comes back
+/// as told), invalid, or failed.
+fn engine_refusal(e: &BackendError, ticket: &mut StreamTicket<'_>, peer: PeerId) -> FrameBody {
+    let (code, retry) = match e {
+        BackendError::Busy { retry_after, .. } => {
+            let retry = ticket.busy(peer).unwrap_or(*retry_after);
+            (RefuseCode::Busy, retry.as_millis() as u64)
+        }
+        BackendError::PromptTooLong { .. } | BackendError::Invalid(_) => (RefuseCode::Invalid, 0),
+        _ => (RefuseCode::Failed, 0),
+    };
+    refusal(code, e.to_string(), retry)
+}
+
+/// An ack the app sent, checked: its signature (verified in batches across streams)
+/// and the flow's rules. Counted as a receipt.
+async fn accept_ack(
+    ack: SignedAck,
+    flow: &mut SupplierFlow,
+    session: &SignedSessionOpen,
+    ctx: &SupplierContext,
+) -> Result<Accepted, String> {
+    let item = ack.signed_item(session.body.app);
+    if !ctx.acks.verify(item.clone()).await {
+        return Err("an ack's signature does not verify".into());
+    }
+    let accepted = flow
+        .on_ack(ack, &super::verify::Verified(item))
+        .map_err(|e| e.to_string())?;
+    ctx.metrics.receipts.inc();
+    Ok(accepted)
+}
+
+/// Stores, counts and mines an accepted receipt into its session's sum tree.
+fn keep_receipt(
+    ctx: &SupplierContext,
+    session: &SignedSessionOpen,
+    mining_secret: &Digest,
+    accepted: &Accepted,
+) {
+    if let Some(miner) = &ctx.miner {
+        match miner.offer(session, mining_secret, &accepted.receipt, &accepted.facts) {
+            Ok(Some(_)) => {
+                ctx.metrics.mined_receipts.inc();
+            }
+            Ok(None) => {}
+            Err(e) => warn!(%e, "cannot store a receipt"),
+        }
+    }
+}
+
 async fn serve(
     peer: PeerId,
     stream: Stream,
@@ -397,12 +452,13 @@ async fn serve(
             ),
         ))
     } else {
-        None
+        embed::shape_problem(&request.body, &payload, served)
     };
     // The stream reserves what it may bill of the escrow: at least its prompt and a
     // token, at most its prompt and its whole output bound.
     let prompt_bytes_signed = request.body.prompt_bytes;
-    let prompt_cu = session.body.cu.prompt_units(prompt_bytes_signed);
+    let embedding = request.body.is_embedding();
+    let prompt_cu = session.body.cu.input_units(prompt_bytes_signed, embedding);
     let most_cu = prompt_cu.saturating_add(
         session
             .body
@@ -410,11 +466,15 @@ async fn serve(
             .output_units(0, request.body.max_output_bytes)
             .unwrap_or(u64::MAX),
     );
-    let token_cu = session
-        .body
-        .cu
-        .output_units(0, session.body.max_token_bytes)
-        .unwrap_or(u64::MAX);
+    let token_cu = if embedding {
+        0
+    } else {
+        session
+            .body
+            .cu
+            .output_units(0, session.body.max_token_bytes)
+            .unwrap_or(u64::MAX)
+    };
     let reservation = match escrow_use(&session, ctx) {
         None => Ok(None),
         Some((usable, spent)) => ctx
@@ -477,8 +537,27 @@ async fn serve(
     if ctx.fresh.wait_until(&session.session_key()).is_none() {
         still_admitted(&session.body, ctx, &mut w).await?;
     }
+    if let Some(Ok(inputs)) = payload.embedding() {
+        return embed::EmbeddingStream {
+            peer,
+            r,
+            w,
+            ctx,
+            inputs: inputs.iter().map(|t| t.as_str().to_owned()).collect(),
+            session,
+            flow,
+            ticket,
+            served,
+            mining_secret,
+            prompt_bytes: prompt_bytes_signed,
+        }
+        .serve()
+        .await;
+    }
     let asked = tokio::time::Instant::now();
-    let mut request = gen_request(&payload);
+    let Some(mut request) = gen_request(&payload) else {
+        return Err("an embedding request was not served as one".into());
+    };
     request.tenant = Tenant::App(*session.body.app.as_bytes());
     // The app's frames are read from here on, by their own task, so that a full window
     // waits for acks while generation and writing go on otherwise.
@@ -529,19 +608,7 @@ async fn serve(
             Some(g)
         }
         Err(e) => {
-            let (code, retry) = match &e {
-                BackendError::Busy { retry_after, .. } => {
-                    // The next free slot is this app's, over apps that hold as many or
-                    // more, if it comes back as told.
-                    let retry = ticket.busy(peer).unwrap_or(*retry_after);
-                    (RefuseCode::Busy, retry.as_millis() as u64)
-                }
-                BackendError::PromptTooLong { .. } | BackendError::Invalid(_) => {
-                    (RefuseCode::Invalid, 0)
-                }
-                _ => (RefuseCode::Failed, 0),
-            };
-            let _ = write_frame(&mut w, refusal(code, e.to_string(), retry)).await;
+            let _ = write_frame(&mut w, engine_refusal(&e, &mut ticket, peer)).await;
             return Err(e.to_string());
         }
     };
@@ -670,27 +737,12 @@ async fn serve(
                     Ok(Some(Ok(f))) => match f.body {
                         FrameBody::Ack(ack) => {
                             clock.heard(std::time::Instant::now());
-                            let item = ack.signed_item(session.body.app);
-                            if !ctx.acks.verify(item.clone()).await {
-                                return Err("an ack's signature does not verify".into());
-                            }
-                            let accepted = flow
-                                .on_ack(ack, &super::verify::Verified(item))
-                                .map_err(|e| e.to_string())?;
-                            ctx.metrics.receipts.inc();
+                            let accepted = accept_ack(ack, &mut flow, &session, ctx).await?;
                             if checked.elapsed() >= clash::RECHECK_EVERY {
                                 checked = tokio::time::Instant::now();
                                 still_admitted(&session.body, ctx, &mut w).await?;
                             }
-                            if let Some(miner) = &ctx.miner {
-                                match miner.offer(&session, &mining_secret, &accepted.receipt, &accepted.facts) {
-                                    Ok(Some(_)) => {
-                                        ctx.metrics.mined_receipts.inc();
-                                    }
-                                    Ok(None) => {}
-                                    Err(e) => warn!(%e, "cannot store a receipt"),
-                                }
-                            }
+                            keep_receipt(ctx, &session, &mining_secret, &accepted);
                         }
                         FrameBody::Refuse(r) => return Err(format!("the app stopped: {}", r.message)),
                         other => return Err(format!("unexpected frame {other:?}")),

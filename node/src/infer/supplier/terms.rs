@@ -139,11 +139,12 @@ pub(super) fn terms_fit(
     if terms.cu.prompt_per_byte < cu.prompt_per_byte
         || terms.cu.output_per_byte < cu.output_per_byte
         || terms.cu.token_bytes < cu.token_bytes
+        || terms.cu.embed_per_byte < cu.embed_per_byte
     {
         return Err(format!(
             "the CU formula here is {} per prompt byte and {} per output byte, paid for up \
-             to {} bytes a token",
-            cu.prompt_per_byte, cu.output_per_byte, cu.token_bytes
+             to {} bytes a token, and {} per embedding input byte",
+            cu.prompt_per_byte, cu.output_per_byte, cu.token_bytes, cu.embed_per_byte
         ));
     }
     if terms.manifest.as_ref() != served.manifest {
@@ -362,7 +363,10 @@ mod tests {
         // Tokens paid for fewer bytes than the supplier's rule.
         let mut stingy = terms.clone();
         stingy.cu.token_bytes = 4;
-        for bad in [cheap, weightless, narrow, stingy] {
+        // Embeddings for nothing (version 6).
+        let mut free_vectors = terms.clone();
+        free_vectors.cu.embed_per_byte = 0;
+        for bad in [cheap, weightless, narrow, stingy, free_vectors] {
             assert!(terms_fit(&bad, &served(), &params).is_err());
         }
     }
