@@ -362,82 +362,17 @@ async fn a_light_gateway_answers_through_a_supplier_and_the_acks_are_its_receipt
 /// An app speaking the inference protocol by hand: it never acks, then sends a forged ack.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_app_that_never_acks_gets_k_tokens_and_a_forged_ack_ends_the_stream() {
-    use futures::AsyncReadExt;
     use relaymesh_node::infer::codec::{read_frame, write_frame};
     use relaymesh_protocol::identity::signed::Signed;
     use relaymesh_protocol::messages::ack::Ack;
     use relaymesh_protocol::messages::infer::{FrameBody, InferRequest};
-    use relaymesh_protocol::messages::session::SessionOpen;
     use relaymesh_protocol::metering::app::{RequestAcker, RequestTerms};
-    use relaymesh_protocol::{Digest, Keypair, Signer};
+    use relaymesh_protocol::{Digest, Keypair};
 
-    const MESH2: &str = "mesh-infer-window";
-    let params = relaymesh_node::config::named_mesh(MESH2);
-    let mut boot_builder = NodeBuilder::full()
-        .mesh_name(MESH2)
-        .listen(vec![quic(), tcp()]);
-    boot_builder.config_mut().role = Role::Bootstrap;
-    let boot = boot_builder.start().await.unwrap();
-    let boot_addr = address(&boot, "quic").await;
-    let dir = tempfile::tempdir().unwrap();
-    let supplier = support::data_supplier(MESH2, &boot_addr, dir.path()).await;
-    let app_node = NodeBuilder::light()
-        .mesh_name(MESH2)
-        .listen(vec![quic(), tcp()])
-        .bootstrap(boot_addr)
-        .start()
-        .await
-        .unwrap();
-    let (supplier_key, offer) = wait_for("the supplier's ad", Duration::from_secs(30), || async {
-        app_node
-            .handle()
-            .offers("smollm2")
-            .await
-            .ok()?
-            .into_iter()
-            .next()
-    })
-    .await;
-
-    let peer = supplier.handle().peer_id();
-    let protocol = relaymesh_node::mesh::names::infer_protocol(&params.mesh_id());
-    // As the gateway does: the ad can come (synced from the bootstrap node) before any
-    // address of its supplier, which the node then finds through the DHT.
-    app_node.handle().locate(peer).await.unwrap();
-    let stream = app_node
-        .handle()
-        .streams()
-        .open_stream(peer, protocol)
-        .await
-        .unwrap();
-    let (mut r, mut w) = stream.split();
+    let mesh = support::raw_app::RawMesh::start("mesh-infer-window").await;
+    let params = mesh.params.clone();
     let app = Keypair::generate(&mut rand_core::OsRng);
-    let terms = SessionOpen {
-        version: relaymesh_protocol::PROTOCOL_VERSION,
-        mesh_id: params.mesh_id(),
-        app: app.public_key(),
-        supplier: supplier_key,
-        model_digest: offer.gguf_digest.unwrap(),
-        manifest: None,
-        cu: offer.cu,
-        price_per_cu: offer.price_per_cu,
-        tau: offer.tau,
-        max_token_bytes: offer.max_token_bytes,
-        escrow: Default::default(),
-        start_ms: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as u64,
-        max_duration_ms: params.max_session_ms,
-        reveal_commitment: Digest([1; 32]),
-        nonce: 1,
-    };
-    write_frame(&mut w, FrameBody::Propose(Signed::sign(terms, &app)))
-        .await
-        .unwrap();
-    let FrameBody::Accept(session) = read_frame(&mut r).await.unwrap().body else {
-        panic!("the session was not accepted")
-    };
+    let (session, (mut r, mut w)) = mesh.session(&app).await;
     let payload = story_payload(500);
     let mut acker = RequestAcker::new(
         RequestTerms {
@@ -509,16 +444,7 @@ async fn an_app_that_never_acks_gets_k_tokens_and_a_forged_ack_ends_the_stream()
         (2, 64, &stranger, Some("not signed by the session's app")),
         (2, 64, &app, None),
     ] {
-        let stream = app_node
-            .handle()
-            .streams()
-            .open_stream(
-                peer,
-                relaymesh_node::mesh::names::infer_protocol(&params.mesh_id()),
-            )
-            .await
-            .unwrap();
-        let (mut r, mut w) = stream.split();
+        let (mut r, mut w) = mesh.stream().await;
         let request = RequestAcker::new(
             RequestTerms {
                 session_key: session.session_key(),
@@ -552,9 +478,7 @@ async fn an_app_that_never_acks_gets_k_tokens_and_a_forged_ack_ends_the_stream()
         }
     }
 
-    app_node.shutdown().await;
-    supplier.shutdown().await;
-    boot.shutdown().await;
+    mesh.shutdown().await;
 }
 
 /// Embeddings over the mesh (protocol version 6): a light gateway's `/v1/embeddings`
@@ -671,6 +595,78 @@ async fn embeddings_come_from_a_supplier_whose_receipt_pays_for_the_inputs() {
     gateway.shutdown().await;
     supplier.shutdown().await;
     boot.shutdown().await;
+}
+
+/// An embedding request's vectors come only once the app's last ack has paid for its
+/// inputs (found by review: sent first, an app took them and left owing a token per 64
+/// bytes beyond 8 KiB), and a request that asks for no output must embed.
+#[tokio::test(flavor = "multi_thread")]
+async fn vectors_come_only_after_the_ack_that_pays_for_them() {
+    use relaymesh_node::infer::codec::{read_frame, write_frame};
+    use relaymesh_protocol::messages::infer::{FrameBody, InferRequest};
+    use relaymesh_protocol::metering::app::{RequestAcker, RequestTerms};
+    use relaymesh_protocol::{Digest, Keypair};
+
+    let mesh = support::raw_app::RawMesh::start("mesh-embed-order").await;
+    let app = Keypair::generate(&mut rand_core::OsRng);
+    let (session, (mut r, mut w)) = mesh.session(&app).await;
+    let inputs = ["Paris".to_string(), "Bananas are yellow.".to_string()];
+    let payload = relaymesh_node::infer::embed_payload("smollm2", &inputs).unwrap();
+    // "Paris" is billed as 16 bytes: an input's forward pass costs at least that.
+    assert_eq!(payload.prompt_bytes(), 16 + 19);
+    let terms = |id, max_output_bytes| RequestTerms {
+        session_key: session.session_key(),
+        request_id: id,
+        prompt_digest: payload.digest(),
+        prompt_bytes: payload.prompt_bytes() as u32,
+        max_output_bytes,
+        max_acks: 2,
+    };
+    let mut acker = RequestAcker::new(terms(0, 0), Digest([2; 32]), &app);
+    let request = |acker: &RequestAcker| {
+        FrameBody::Request(InferRequest {
+            request: acker.request().clone(),
+            payload: payload.clone(),
+        })
+    };
+    write_frame(&mut w, request(&acker)).await.unwrap();
+    let done = tokio::time::timeout(Duration::from_secs(60), read_frame(&mut r))
+        .await
+        .expect("an answer")
+        .unwrap();
+    assert!(matches!(done.body, FrameBody::Done(_)), "{:?}", done.body);
+    assert!(
+        tokio::time::timeout(Duration::from_secs(2), read_frame(&mut r))
+            .await
+            .is_err(),
+        "no vector before the ack"
+    );
+    let ack = acker.ack(b"", 0, true, &app).unwrap();
+    write_frame(&mut w, FrameBody::Ack(ack)).await.unwrap();
+    for _ in &inputs {
+        match read_frame(&mut r).await.unwrap().body {
+            FrameBody::Embedding(e) => assert_eq!(e.values().len(), 576),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    // The same inputs on a request that asks for output are refused.
+    let (mut r, mut w) = mesh.stream().await;
+    write_frame(&mut w, FrameBody::Resume(session.clone()))
+        .await
+        .unwrap();
+    let acker = RequestAcker::new(terms(1, 64), Digest([3; 32]), &app);
+    write_frame(&mut w, request(&acker)).await.unwrap();
+    match read_frame(&mut r).await.unwrap().body {
+        FrameBody::Refuse(refusal) => {
+            assert!(
+                refusal.message.as_str().contains("no output"),
+                "{refusal:?}"
+            )
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    mesh.shutdown().await;
 }
 
 /// The payload of a greedy "Once upon a time" completion of up to `max` tokens.

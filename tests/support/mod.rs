@@ -14,6 +14,7 @@ pub mod cli;
 pub mod credit_mesh;
 pub mod nat_mesh;
 pub mod netns;
+pub mod raw_app;
 
 /// Polls `check` every 100 ms until it returns `Some`, or panics after `timeout`
 /// saying what did not happen.

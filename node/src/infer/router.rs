@@ -458,12 +458,12 @@ pub fn list_price(offer: &ModelOffer) -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use relaymesh_protocol::metering::compute_units::CuFormula;
     use relaymesh_protocol::{BoundedString, Keypair, Signer};
 
-    fn offer(price: u64, tps: u32, digest: u8) -> ModelOffer {
+    pub(crate) fn offer(price: u64, tps: u32, digest: u8) -> ModelOffer {
         ModelOffer {
             name: BoundedString::new("m").unwrap(),
             gguf_digest: Some(Digest([digest; 32])),

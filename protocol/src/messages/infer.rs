@@ -33,6 +33,10 @@ pub const MAX_SCHEMA_BYTES: usize = 16 * 1024;
 pub const MAX_EMBED_INPUTS: usize = 256;
 /// Longest embedding vector a frame may carry (a 70B model's is 8,192).
 pub const MAX_EMBEDDING_DIMS: usize = 8192;
+/// Bytes an embedding input is billed at least: each input is a forward pass of its
+/// own, whose fixed cost is about a generated token's (found by review: 256 one-byte
+/// inputs were 256 passes billed as 256 bytes).
+pub const MIN_EMBED_INPUT_BYTES: u64 = 16;
 
 /// Who wrote a chat turn.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -110,12 +114,16 @@ impl InferPayload {
     }
 
     /// UTF-8 bytes of prompt text and of the output format's schema, what the request
-    /// bills (`prompt_bytes`).
+    /// bills (`prompt_bytes`); an embedding input counts at least
+    /// [`MIN_EMBED_INPUT_BYTES`].
     pub fn prompt_bytes(&self) -> u64 {
         let prompt: u64 = match &self.prompt {
             PromptBody::Chat(turns) => turns.iter().map(|t| t.content.as_str().len() as u64).sum(),
             PromptBody::Text(text) => text.as_str().len() as u64,
-            PromptBody::Embed(inputs) => inputs.iter().map(|t| t.as_str().len() as u64).sum(),
+            PromptBody::Embed(inputs) => inputs
+                .iter()
+                .map(|t| (t.as_str().len() as u64).max(MIN_EMBED_INPUT_BYTES))
+                .sum(),
         };
         let schema = match &self.format {
             Some(OutputFormat::JsonSchema(schema)) => schema.as_str().len() as u64,

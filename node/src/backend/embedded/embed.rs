@@ -4,6 +4,7 @@
 //! longest input, off the async threads, while the request holds one of the model's
 //! generation places (they cost a prefill of every input).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use llama_cpp_2::context::params::{LlamaContextParams, LlamaPoolingType};
@@ -53,14 +54,16 @@ impl EmbeddedBackend {
                 "the inputs are {prompt_tokens} tokens; one request embeds at most {MAX_TOKENS}"
             )));
         }
-        // The place is held by the work itself, not by the request: a client that
-        // leaves does not free it while the embedding still runs.
+        // The place is held by the work itself, not by the request; a client that
+        // leaves (this future dropped) stops the work at the next input.
         let slot = self.slots.acquire(tenant).await?;
         let model = self.model.clone();
         let threads = self.threads;
+        let cancel = Cancel::default();
+        let cancelled = cancel.0.clone();
         let vectors = tokio::task::spawn_blocking(move || {
             let _slot = slot;
-            embed_blocking(&model, &ids, threads)
+            embed_blocking(&model, &ids, threads, &cancelled)
         })
         .await
         .map_err(|_| BackendError::Internal("the embedding task failed".into()))??;
@@ -72,10 +75,21 @@ impl EmbeddedBackend {
     }
 }
 
+/// Set when the request that asked for an embedding is dropped.
+#[derive(Default)]
+struct Cancel(Arc<AtomicBool>);
+
+impl Drop for Cancel {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 fn embed_blocking(
     model: &Arc<LlamaModel>,
     inputs: &[Vec<LlamaToken>],
     threads: i32,
+    cancelled: &AtomicBool,
 ) -> Result<Vec<Vec<f32>>, BackendError> {
     let longest = inputs.iter().map(Vec::len).max().unwrap_or(1).max(1);
     let n = u32::try_from(longest).unwrap_or(u32::MAX);
@@ -96,6 +110,9 @@ fn embed_blocking(
         .map_err(|e| internal("llama.cpp could not make an embedding context", &e))?;
     let mut vectors = Vec::with_capacity(inputs.len());
     for tokens in inputs {
+        if cancelled.load(Ordering::Relaxed) {
+            return Err(BackendError::Invalid("the embedding was cancelled".into()));
+        }
         ctx.clear_kv_cache();
         let mut batch = LlamaBatch::new(tokens.len(), 1);
         for (position, token) in tokens.iter().enumerate() {

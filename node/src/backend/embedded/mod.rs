@@ -263,7 +263,11 @@ impl Backend for EmbeddedBackend {
     }
 
     fn embedding_dims(&self) -> Option<u32> {
-        u32::try_from(self.model.n_embd_out()).ok()
+        // A vector longer than a frame carries is not offered to the mesh (found by
+        // review: such a model did the work, then failed to send it).
+        u32::try_from(self.model.n_embd_out())
+            .ok()
+            .filter(|&d| d as usize <= relaymesh_protocol::messages::infer::MAX_EMBEDDING_DIMS)
     }
 
     async fn embed(&self, inputs: &[String], tenant: Tenant) -> Result<Embedded, BackendError> {

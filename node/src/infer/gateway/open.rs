@@ -164,7 +164,8 @@ impl Gateway {
                     .then(|| Duration::from_millis(refusal.retry_after_ms)),
             });
         }
-        if alone {
+        // An embedding's first frame comes after all its work: no time to first token.
+        if alone && matches!(request, Asked::Generate(_)) {
             self.router
                 .observe_ttft(supplier, model, opened.elapsed().as_secs_f64() * 1000.0);
         }
@@ -326,8 +327,11 @@ impl Gateway {
             let next_has_room = candidates.front().is_some_and(|(k, o)| {
                 self.router.in_flight(*k, model) < u32::from(o.total_slots.max(1))
             });
+            // An embedding request is not hedged: its first frame comes only after all
+            // the work (found by review: a batch slower than the hedge was embedded twice).
+            let hedged = matches!(request, Asked::Generate(_));
             let hedge = match self.timeouts.hedge {
-                Some(after) if racing.len() < 2 && next_has_room => after,
+                Some(after) if hedged && racing.len() < 2 && next_has_room => after,
                 _ => Duration::from_secs(86_400),
             };
             let (supplier, result) = tokio::select! {

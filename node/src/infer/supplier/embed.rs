@@ -1,8 +1,11 @@
 //! Embedding requests on the supplier's side (protocol version 6): the request asks for
-//! no output, the engine embeds its inputs, one `Embedding` frame goes out per input,
-//! then `Done`, and the app's one last ack pays for the inputs (its weight is their
-//! bytes at the session's `embed_per_byte`). An app that leaves without that ack owes
-//! what an app leaving before its first token does (`pace::owed`).
+//! no output, the engine embeds its inputs, the supplier sends `Done`, the app's one
+//! last ack pays for the inputs (their bytes at the session's `embed_per_byte`), and
+//! only then do the vectors go out, one `Embedding` frame per input. Vectors are the
+//! whole answer at once, so unlike text they are not given before they are paid for
+//! (found by review: sent first, an app took them and left owing a token per 64 bytes
+//! beyond 8 KiB). An app that leaves before its ack took nothing and owes what an app
+//! leaving before its first token does (`pace::owed`).
 
 use futures::io::{ReadHalf, WriteHalf};
 use libp2p::{PeerId, Stream};
@@ -61,23 +64,23 @@ pub(super) struct EmbeddingStream<'a> {
 }
 
 impl EmbeddingStream<'_> {
-    /// Embeds, sends the vectors and `Done`, and keeps the app's last ack as the
-    /// request's receipt.
+    /// Embeds, sends `Done`, takes the app's last ack as the request's receipt, and
+    /// then sends the vectors.
     pub(super) async fn serve(mut self) -> Result<(), String> {
-        let asked = tokio::time::Instant::now();
         let app = Tenant::App(*self.session.body.app.as_bytes());
-        // Before its vectors an app has nothing to send: a frame (the stream closing,
-        // above all) means it left. The engine finishes the work anyway (it holds its
-        // place), so leaving owes what leaving before a first token does.
+        // Before `Done` an app has nothing to send: a frame (the stream closing, above
+        // all) means it left, and the work stops at the next input. Gateways do not
+        // hedge embedding requests (their first frame comes after all the work), so a
+        // wait here is not a hedge's: leaving it owes, wherever the time went (found by
+        // review: a 5 s queue forgave the work of a batch left just after).
         let embedded = tokio::select! {
             biased;
             embedded = self.served.backend.embed(&self.inputs, app) => Some(embedded),
             _ = read_frame(&mut self.r) => None,
         };
-        let queued = asked.elapsed();
         let Some(embedded) = embedded else {
             debug!(peer = %self.peer, "the app left before its embeddings");
-            self.end(false, 0, queued);
+            self.end(Ending::Left);
             return Err("the app left while its inputs were embedded".into());
         };
         let embedded = match embedded {
@@ -91,44 +94,44 @@ impl EmbeddingStream<'_> {
                 return Err(e.to_string());
             }
         };
-        let result = self.deliver(embedded).await;
-        let (paid, sent) = (self.flow.is_closed(), self.inputs.len() as u32);
-        self.end(paid, sent, queued);
+        let frames = embedded
+            .vectors
+            .iter()
+            .map(|v| Embedding::new(v))
+            .collect::<Option<Vec<_>>>()
+            .filter(|f| f.len() == self.inputs.len());
+        let Some(frames) = frames else {
+            // Ours to answer for, not the app's.
+            let why = "the engine made vectors the protocol cannot carry";
+            let _ = write_frame(&mut self.w, refusal(RefuseCode::Failed, why, 0)).await;
+            self.end(Ending::Ours);
+            return Err(why.into());
+        };
+        let result = match self.paid(embedded.prompt_tokens).await {
+            Ok(()) => self.deliver(frames).await,
+            Err(e) => Err(e),
+        };
+        let ending = if self.flow.is_closed() {
+            Ending::Paid
+        } else {
+            Ending::Left
+        };
+        self.end(ending);
         result
     }
 
-    /// Sends the vectors (a fresh session's after the clash window, as a text answer's
-    /// tokens past its first window: they are the whole answer) and `Done`, and takes
-    /// the last ack.
-    async fn deliver(&mut self, embedded: crate::backend::Embedded) -> Result<(), String> {
+    /// Sends `Done` (a fresh session's after the clash window, as a text answer's
+    /// tokens past its first window) and takes the app's last ack.
+    async fn paid(&mut self, prompt_tokens: u32) -> Result<(), String> {
         let ctx = self.ctx;
         if let Some(at) = ctx.fresh.wait_until(&self.session.session_key()) {
             tokio::time::sleep_until(at).await;
             still_admitted(&self.session.body, ctx, &mut self.w).await?;
         }
-        let frames = embedded
-            .vectors
-            .iter()
-            .map(|v| Embedding::new(v).ok_or("a vector longer than the protocol carries"))
-            .collect::<Result<Vec<_>, _>>()?;
-        if frames.len() != self.inputs.len() {
-            let _ = write_frame(
-                &mut self.w,
-                refusal(RefuseCode::Failed, "the engine lost an input", 0),
-            )
-            .await;
-            return Err("the engine returned another number of vectors".into());
-        }
-        info!(peer = %self.peer, model = %self.served.backend.info().name, inputs = frames.len(), "serving a mesh embedding request");
-        for frame in frames {
-            write_frame(&mut self.w, FrameBody::Embedding(frame))
-                .await
-                .map_err(|e| e.to_string())?;
-        }
         self.flow.finish();
         let done = Done {
             reason: DoneReason::Stop,
-            prompt_tokens: embedded.prompt_tokens,
+            prompt_tokens,
             completion_tokens: 0,
             stop: None,
         };
@@ -145,21 +148,51 @@ impl EmbeddingStream<'_> {
         }
     }
 
-    /// Ends the app's stream here: what it owes unless `paid` (its last ack came),
-    /// counted as for an app that leaves before its first token (`pace::owed`), with
-    /// `sent` vectors taken after `queued` waiting for the engine.
-    fn end(self, paid: bool, sent: u32, queued: std::time::Duration) {
+    /// Sends the vectors, within [`DELIVERY_TIMEOUT`] (an app that does not read them
+    /// would otherwise hold the stream: found by review).
+    async fn deliver(&mut self, frames: Vec<Embedding>) -> Result<(), String> {
+        info!(peer = %self.peer, model = %self.served.backend.info().name, inputs = frames.len(), "serving a mesh embedding request");
+        let w = &mut self.w;
+        let sending = async {
+            for frame in frames {
+                write_frame(w, FrameBody::Embedding(frame)).await?;
+            }
+            Ok::<_, crate::infer::codec::FrameError>(())
+        };
+        match tokio::time::timeout(DELIVERY_TIMEOUT, sending).await {
+            Ok(sent) => sent.map_err(|e| e.to_string()),
+            Err(_) => Err("the app did not take its vectors in time".into()),
+        }
+    }
+
+    /// Ends the app's stream here: what it owes (`pace::owed`) for `ending`.
+    fn end(self, ending: Ending) {
         let owed = pace::owed(&pace::Ending {
-            clean: paid,
+            clean: ending != Ending::Left,
             acked: 0,
-            sent,
+            sent: 0,
             unacked: 0,
             ack_every: self.ticket.window().ack_every,
-            queued,
+            queued: std::time::Duration::ZERO,
             prompt_bytes: self.prompt_bytes,
         });
         self.ticket.end(0, owed);
     }
+}
+
+/// How long an app has to read its vectors once it paid for them.
+pub const DELIVERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// How an embedding stream ended, for what its app owes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// The app's last ack came: it paid.
+    Paid,
+    /// The supplier could not serve: nothing is owed.
+    Ours,
+    /// The app left before paying, having taken no vector: it owes as an app leaving
+    /// before its first token does.
+    Left,
 }
 
 #[cfg(test)]
