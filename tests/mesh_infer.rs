@@ -597,6 +597,69 @@ async fn embeddings_come_from_a_supplier_whose_receipt_pays_for_the_inputs() {
     boot.shutdown().await;
 }
 
+/// A stream whose every token was acknowledged ends a round trip or so after `Done`
+/// when its last ack, which would pay for nothing, does not come (found by review: the
+/// supplier waited 30 s for it, so an app held a stream 30 s for every K tokens paid).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_last_ack_that_pays_for_nothing_is_not_waited_for() {
+    use relaymesh_node::infer::codec::{read_frame, write_frame};
+    use relaymesh_protocol::messages::infer::{FrameBody, InferRequest};
+    use relaymesh_protocol::metering::app::{RequestAcker, RequestTerms};
+    use relaymesh_protocol::{Digest, Keypair};
+
+    let mesh = support::raw_app::RawMesh::start("mesh-weightless-ack").await;
+    let k = mesh.params.ack_every_tokens;
+    let app = Keypair::generate(&mut rand_core::OsRng);
+    let (session, (mut r, mut w)) = mesh.session(&app).await;
+    // Exactly K tokens: one ack covers them all (and the prompt).
+    let payload = story_payload(k);
+    let mut acker = RequestAcker::new(
+        RequestTerms {
+            session_key: session.session_key(),
+            request_id: 0,
+            prompt_digest: payload.digest(),
+            prompt_bytes: payload.prompt_bytes() as u32,
+            max_output_bytes: 1 << 20,
+            max_acks: 64,
+        },
+        Digest([2; 32]),
+        &app,
+    );
+    let request = acker.request().clone();
+    write_frame(
+        &mut w,
+        FrameBody::Request(InferRequest { request, payload }),
+    )
+    .await
+    .unwrap();
+    let mut text = String::new();
+    let mut tokens = 0u16;
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(60), read_frame(&mut r))
+            .await
+            .expect("the answer goes on")
+            .unwrap();
+        match frame.body {
+            FrameBody::Token(t) => {
+                text.push_str(t.as_str());
+                tokens += 1;
+                if u32::from(tokens) == k {
+                    let ack = acker.ack(text.as_bytes(), tokens, false, &app).unwrap();
+                    write_frame(&mut w, FrameBody::Ack(ack)).await.unwrap();
+                }
+            }
+            FrameBody::Done(_) => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(u32::from(tokens), k, "an answer of K tokens");
+    // The empty last ack is withheld: the supplier closes the stream well before its
+    // 30 s frame timeout.
+    let after = tokio::time::timeout(Duration::from_secs(15), read_frame(&mut r)).await;
+    assert!(matches!(after, Ok(Err(_))), "the stream ends: {after:?}");
+    mesh.shutdown().await;
+}
+
 /// An embedding request's vectors come only once the app's last ack has paid for its
 /// inputs (found by review: sent first, an app took them and left owing a token per 64
 /// bytes beyond 8 KiB), and a request that asks for no output must embed.

@@ -639,9 +639,18 @@ async fn serve(
             let holding = !generated
                 && !flow.can_send()
                 && ctx.limits.contended(model, served.backend.slots().0);
-            // Once the output is done, the last ack is owed too.
+            // Once the output is done, the last ack is owed too; one that would pay for
+            // nothing is waited for only a round trip or so, and the stream then ends
+            // cleanly.
+            let now = std::time::Instant::now();
+            if flow.is_finished()
+                && clock.weightless_wait_over(now, flow.acked_tokens(), flow.unacked_tokens())
+            {
+                debug!(%peer, "no last ack, which would pay for nothing: the stream ends");
+                return Ok(());
+            }
             let owed = flow.unacked_tokens() > 0 || (flow.is_finished() && !flow.is_closed());
-            clock.look(std::time::Instant::now(), owed, holding)?;
+            clock.look(now, owed, holding)?;
             // Send what is pending while the window allows. Output the escrow cannot pay
             // for, or past the frames the app takes (pieces cut into frames can outrun
             // the tokens asked for), is not sent: the answer ends there, as if at its
@@ -680,6 +689,7 @@ async fn serve(
                 if let Some(d) = done.take() {
                     flow.finish();
                     write_frame(&mut w, FrameBody::Done(d)).await.map_err(|e| e.to_string())?;
+                    clock.heard(std::time::Instant::now());
                 }
             }
             let generating = !generated && pending.is_empty();

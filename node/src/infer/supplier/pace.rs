@@ -21,6 +21,11 @@ pub const CONTENDED_STALL_TOTAL: Duration = Duration::from_secs(10);
 /// The start of each wait for an ack that does not count towards
 /// [`CONTENDED_STALL_TOTAL`]: a round trip on a slow link.
 pub const STALL_GRACE: Duration = Duration::from_secs(1);
+/// How long a finished stream waits for a last ack that pays for nothing: every token
+/// was acknowledged and the prompt paid with the first ack (found by review: waiting
+/// the whole [`FRAME_TIMEOUT`] for it let an app hold a stream 30 s for every K tokens
+/// it paid). An honest app sends it within a round trip of `Done`.
+pub const WEIGHTLESS_LAST_ACK: Duration = Duration::from_secs(5);
 /// Prompt bytes read for free by a stream its app left before the first token (a
 /// long question, about 2,000 tokens; a gateway's hedge leaves such streams).
 pub const PROMPT_FREE_BYTES: u32 = 8 * 1024;
@@ -51,9 +56,18 @@ impl AckClock {
         }
     }
 
-    /// Something came or went (an ack, a token).
+    /// Something came or went (an ack, a token, `Done`).
     pub fn heard(&mut self, now: Instant) {
         self.heard = now;
+    }
+
+    /// Whether a finished stream has waited long enough, at `now`, for a last ack that
+    /// would pay for nothing: with `acked` tokens acknowledged (the first ack paid the
+    /// prompt) and `unacked` sent since, none (see [`WEIGHTLESS_LAST_ACK`]).
+    pub fn weightless_wait_over(&self, now: Instant, acked: u32, unacked: u32) -> bool {
+        acked > 0
+            && unacked == 0
+            && now.saturating_duration_since(self.heard) >= WEIGHTLESS_LAST_ACK
     }
 
     /// A look at `now`: `owed` says whether the app owes an ack, `holding` whether the
@@ -123,6 +137,26 @@ pub fn owed(end: &Ending) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A finished stream stops waiting for a last ack that pays for nothing after
+    /// [`WEIGHTLESS_LAST_ACK`], not [`FRAME_TIMEOUT`]; one that pays (tokens since the
+    /// last ack, or the prompt of a stream with none acknowledged) is waited for.
+    #[test]
+    fn a_last_ack_that_pays_for_nothing_is_not_waited_for_long() {
+        let t0 = Instant::now();
+        let clock = AckClock::new(t0);
+        let later = t0 + WEIGHTLESS_LAST_ACK;
+        assert!(!clock.weightless_wait_over(t0, 16, 0), "a round trip first");
+        assert!(clock.weightless_wait_over(later, 16, 0));
+        assert!(
+            !clock.weightless_wait_over(later, 16, 3),
+            "three tokens are owed"
+        );
+        assert!(
+            !clock.weightless_wait_over(later, 0, 0),
+            "the prompt is owed"
+        );
+    }
 
     /// Third review: the 5 s deadline was chosen once, when a wait began, so a stream
     /// that stalled while a slot was free kept 30 s after the slots filled up. It is
