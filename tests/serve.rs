@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use relaymesh_node::backend::ollama::OllamaBackend;
-use relaymesh_node::backend::{Backend, ChatMessage, Prompt, Role};
+use relaymesh_node::backend::{Backend, ChatMessage, Prompt, Role, Tenant};
 use serde_json::{json, Value};
 use support::{
     base_url, ndjson, ndjson_chat_content, serving_node, smollm, sse_chat_content, sse_data,
@@ -649,6 +649,31 @@ async fn the_ollama_backend_serves_another_relaymesh_nodes_model() {
         .as_str()
         .unwrap()
         .contains("Paris"));
+
+    // Embeddings from Ollama's `/api/embed`, of the length its `/api/show` says: the
+    // upstream model's own vectors.
+    let texts = [
+        "The capital of France is Paris.".to_string(),
+        "Bananas.".to_string(),
+    ];
+    let (status, embedded) = post_json(
+        &format!("{base}/v1/embeddings"),
+        json!({ "model": "smol-remote", "input": texts, "encoding_format": "float" }),
+    )
+    .await;
+    assert_eq!(status, 200, "{embedded}");
+    let local = smollm(1, 1).embed(&texts, Tenant::Local).await.unwrap();
+    for (i, here) in local.vectors.iter().enumerate() {
+        let there: Vec<f32> =
+            serde_json::from_value(embedded["data"][i]["embedding"].clone()).unwrap();
+        assert_eq!(there.len(), 576);
+        let gap = there
+            .iter()
+            .zip(here)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(gap < 1e-4, "{gap}");
+    }
 
     // A model the Ollama server does not have is refused at start, naming what it has.
     let missing = OllamaBackend::connect("x", &base_url(&upstream), "nope", 1, 1).await;

@@ -583,19 +583,26 @@ pub async fn show(
     } else {
         info.details.family.as_str()
     };
+    let mut model_info = json!({
+        "general.architecture": family,
+        format!("{family}.context_length"): info.context_length,
+        "relaymesh.backend": info.kind,
+        "relaymesh.digest": info.digest.as_ref().map(ToString::to_string),
+    });
+    let mut capabilities = vec!["completion", "tools"];
+    // Where the model makes embeddings (here or on the mesh), as Ollama says it.
+    if let Some(dims) = model.backend.embedding_dims() {
+        model_info[format!("{family}.embedding_length")] = json!(dims);
+        capabilities.push("embedding");
+    }
     Ok(Json(json!({
         "license": "",
         "modelfile": format!("# served by relaymesh ({} backend)\nFROM {}\n", info.kind, info.name),
         "parameters": "",
         "template": info.details.template,
         "details": details(&model),
-        "model_info": {
-            "general.architecture": family,
-            format!("{family}.context_length"): info.context_length,
-            "relaymesh.backend": info.kind,
-            "relaymesh.digest": info.digest.as_ref().map(ToString::to_string),
-        },
-        "capabilities": ["completion", "tools"],
+        "model_info": model_info,
+        "capabilities": capabilities,
         "modified_at": state.started_at,
     })))
 }

@@ -1,7 +1,8 @@
 //! The `ollama` backend: a local or remote Ollama server, through `ollama-rs`.
 //!
 //! The model's identity is Ollama's own digest (from `/api/tags`); its context
-//! length comes from `/api/show`. Ollama applies its own chat template.
+//! length, and the length of its embeddings, come from `/api/show`. Ollama applies its
+//! own chat template. Embeddings go to Ollama's `/api/embed`.
 
 use std::time::Duration;
 
@@ -15,8 +16,9 @@ use ollama_rs::Ollama;
 use tokio::sync::mpsc;
 
 use super::{
-    Backend, BackendError, Finish, FinishReason, Format, GenEvent, GenRequest, Generation,
-    ModelDetails, ModelDigest, ModelInfo, Prompt, Role, Sampling, Slots, EVENT_BUFFER,
+    Backend, BackendError, Embedded, Finish, FinishReason, Format, GenEvent, GenRequest,
+    Generation, ModelDetails, ModelDigest, ModelInfo, Prompt, Role, Sampling, Slots, Tenant,
+    EVENT_BUFFER,
 };
 
 /// Context length assumed when Ollama does not report one.
@@ -28,6 +30,20 @@ pub struct OllamaBackend {
     slots: Slots,
     client: Ollama,
     model: String,
+    /// The length of the model's embeddings, where `/api/show` says it.
+    embedding_dims: Option<u32>,
+    http: reqwest::Client,
+}
+
+/// How long Ollama may take to embed one request's inputs.
+const EMBED_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// What Ollama's `/api/embed` answers.
+#[derive(serde::Deserialize)]
+struct Embeddings {
+    embeddings: Vec<Vec<f32>>,
+    #[serde(default)]
+    prompt_eval_count: u32,
 }
 
 #[derive(serde::Deserialize)]
@@ -94,6 +110,13 @@ impl OllamaBackend {
             .find(|(k, _)| k.ends_with(".context_length"))
             .and_then(|(_, v)| v.as_u64())
             .map_or(FALLBACK_CONTEXT, |n| n.min(u32::MAX as u64) as u32);
+        let embedding_dims = show
+            .model_info
+            .iter()
+            .find(|(k, _)| k.ends_with(".embedding_length"))
+            .and_then(|(_, v)| v.as_u64())
+            .and_then(|n| u32::try_from(n).ok())
+            .filter(|&n| n > 0);
         let info = ModelInfo {
             name: name.to_owned(),
             digest: (!tag.digest.is_empty()).then(|| ModelDigest::Ollama(tag.digest.clone())),
@@ -114,6 +137,8 @@ impl OllamaBackend {
             slots: Slots::new(slots, queue, Duration::from_secs(2)),
             client,
             model: model.to_owned(),
+            embedding_dims,
+            http,
         })
     }
 }
@@ -164,6 +189,50 @@ impl Backend for OllamaBackend {
 
     fn slots(&self) -> (usize, usize) {
         self.slots.available()
+    }
+
+    fn embedding_dims(&self) -> Option<u32> {
+        self.embedding_dims
+    }
+
+    async fn embed(&self, inputs: &[String], tenant: Tenant) -> Result<Embedded, BackendError> {
+        let Some(dims) = self.embedding_dims else {
+            return Err(BackendError::Invalid(format!(
+                "model {}: Ollama reports no embedding length for it",
+                self.info.name
+            )));
+        };
+        let _slot = self.slots.acquire(tenant).await?;
+        let upstream = |e: &dyn std::fmt::Display| BackendError::Upstream(format!("Ollama: {e}"));
+        let r = self
+            .http
+            .post(format!("{}api/embed", self.client.url_str()))
+            .timeout(EMBED_TIMEOUT)
+            .json(&serde_json::json!({ "model": self.model, "input": inputs }))
+            .send()
+            .await
+            .map_err(|e| upstream(&e))?;
+        if !r.status().is_success() {
+            let status = r.status();
+            let why = r.text().await.unwrap_or_default();
+            let why: String = why.chars().take(300).collect();
+            return Err(upstream(&format!("{status}: {why}")));
+        }
+        let answer: Embeddings = r.json().await.map_err(|e| upstream(&e))?;
+        let fits = answer.embeddings.len() == inputs.len()
+            && answer.embeddings.iter().all(|v| v.len() == dims as usize);
+        if !fits {
+            return Err(upstream(&format!(
+                "{} vectors for {} inputs, not all of its {dims} components",
+                answer.embeddings.len(),
+                inputs.len()
+            )));
+        }
+        Ok(Embedded {
+            vectors: answer.embeddings,
+            prompt_tokens: answer.prompt_eval_count,
+            mesh: None,
+        })
     }
 
     async fn generate(&self, request: GenRequest) -> Result<Generation, BackendError> {

@@ -99,6 +99,14 @@ pub enum NoRoute {
         /// Suppliers left out.
         count: usize,
     },
+    /// Suppliers serve it, but every one took this node's payment without delivering.
+    #[error("{count} suppliers serve {model}, but each took payment here without delivering and is shunned for an hour")]
+    Shunned {
+        /// The model.
+        model: String,
+        /// Suppliers left out.
+        count: usize,
+    },
     /// Suppliers serve it, but all above the maximum price.
     #[error("{count} suppliers serve {model}, but all above the maximum price of {max} per CU")]
     TooExpensive {
@@ -133,7 +141,12 @@ struct Measured {
     in_flight: u32,
     errors: f64,
     decayed_at: Instant,
+    /// Until when it is not asked again: it took payment without delivering.
+    shunned_until: Option<Instant>,
 }
+
+/// How long a supplier that took payment without delivering is not asked again.
+pub const SHUN_FOR: std::time::Duration = std::time::Duration::from_secs(3600);
 
 impl Measured {
     /// Its errors, decayed to now.
@@ -172,6 +185,7 @@ impl Default for Measured {
             in_flight: 0,
             errors: 0.0,
             decayed_at: Instant::now(),
+            shunned_until: None,
         }
     }
 }
@@ -324,6 +338,17 @@ impl Router {
             });
         }
         let count = offers.len();
+        let offers: Vec<_> = offers
+            .into_iter()
+            .filter(|(k, _)| !self.is_shunned(*k, model))
+            .collect();
+        if offers.is_empty() {
+            return Err(NoRoute::Shunned {
+                model: model.to_owned(),
+                count,
+            });
+        }
+        let count = offers.len();
         let mut stats: Vec<(SupplierStats, bool)> = offers
             .iter()
             .map(|(k, o)| self.stats_known(*k, model, o))
@@ -410,6 +435,27 @@ impl Router {
     /// Records a failure (refused, unreachable, broken or stalled stream).
     pub fn observe_error(&self, supplier: PublicKey, model: &str) {
         self.with(supplier, model, |m| m.errors += 1.0);
+    }
+
+    /// Records that `supplier` took this node's payment for `model` and did not deliver
+    /// (an embedding's vectors after its ack): it is not asked again for
+    /// [`SHUN_FOR`]. What such a supplier takes is then one request's pay per hour
+    /// from each node it cheats, not one per failure its error count forgives.
+    pub fn shun(&self, supplier: PublicKey, model: &str) {
+        self.with(supplier, model, |m| {
+            m.errors += 1.0;
+            m.shunned_until = Some(Instant::now() + SHUN_FOR);
+        });
+    }
+
+    /// Whether `supplier` is shunned for `model` now (asking records nothing).
+    pub fn is_shunned(&self, supplier: PublicKey, model: &str) -> bool {
+        self.measured
+            .lock()
+            .expect("router lock")
+            .get(&(supplier, model.to_owned()))
+            .and_then(|m| m.shunned_until)
+            .is_some_and(|until| Instant::now() < until)
     }
 
     /// Recent errors of a supplier's model (decayed), for tests and status.
@@ -568,6 +614,26 @@ pub(crate) mod tests {
             )
             .unwrap();
         assert_eq!(ranked[0].0, a, "with a idle too, the known one wins");
+    }
+
+    /// A supplier that took payment without delivering is not ranked again; when every
+    /// one did, the request is refused saying so.
+    #[test]
+    fn a_supplier_that_took_payment_without_delivering_is_shunned() {
+        let router = Router::new();
+        let (a, b) = (key(1), key(2));
+        let offers = vec![(a, offer(1, 10_000, 1)), (b, offer(1, 10_000, 2))];
+        router.shun(a, "m");
+        assert!(router.is_shunned(a, "m") && !router.is_shunned(a, "other"));
+        let ranked = router
+            .rank("m", offers.clone(), &RoutePolicy::default())
+            .unwrap();
+        assert_eq!(ranked.iter().map(|(k, _)| *k).collect::<Vec<_>>(), vec![b]);
+        router.shun(b, "m");
+        assert!(matches!(
+            router.rank("m", offers, &RoutePolicy::default()),
+            Err(NoRoute::Shunned { count: 2, .. })
+        ));
     }
 
     /// Found by review: an offer at price 1 with 1,000 CUs per output byte ranked as

@@ -1,15 +1,52 @@
-//! Embeddings over the mesh (protocol version 6): the request goes to the best
-//! supplier whose ad says it embeds with the model; the supplier embeds, sends `Done`,
-//! and sends the vectors (one frame per input) once the app's one last ack has paid for
-//! the inputs. A supplier that refuses, breaks or sends malformed vectors is replaced by
-//! the next, which embeds the inputs again. Embedding requests are not hedged.
+//! Embeddings over the mesh (protocol version 6): the inputs go, in chunks of bounded
+//! work, to the best supplier whose ad says it embeds with the model; the supplier
+//! embeds, sends `Done`, and sends the vectors (one frame per input) once the app's one
+//! last ack has paid for the inputs. A supplier that refuses, breaks or sends malformed
+//! vectors is replaced by the next, which embeds the chunk again; one that took the
+//! ack and did not deliver is shunned for an hour ([`Router::shun`]). Embedding
+//! requests are not hedged.
 
-use relaymesh_protocol::messages::infer::{MAX_EMBEDDING_DIMS, MAX_EMBED_INPUTS};
+use relaymesh_protocol::messages::infer::{
+    MAX_EMBEDDING_DIMS, MAX_EMBED_INPUTS, MIN_EMBED_INPUT_BYTES,
+};
 
 use super::*;
 
-/// How long the vectors may take to arrive once they are paid for.
+/// How long each vector may take to arrive once they are paid for.
 pub const VECTORS_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most inputs one mesh request embeds: a client's larger batch goes as several.
+pub const CHUNK_INPUTS: usize = 32;
+/// Most billed input bytes one mesh request carries (an input larger goes alone): a
+/// supplier's work per request stays within the gateway's wait for an answer on a
+/// slow CPU (about 2,000 tokens), and an app that leaves owes no more than an ack step.
+pub const CHUNK_BYTES: u64 = 8 * 1024;
+
+/// The inputs cut into consecutive chunks of at most [`CHUNK_INPUTS`] inputs and
+/// [`CHUNK_BYTES`] billed bytes (an input larger alone).
+fn chunks(inputs: &[String]) -> Vec<&[String]> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0u64);
+    for (i, input) in inputs.iter().enumerate() {
+        let billed = (input.len() as u64).max(MIN_EMBED_INPUT_BYTES);
+        if i > start && (i - start == CHUNK_INPUTS || bytes + billed > CHUNK_BYTES) {
+            out.push(&inputs[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += billed;
+    }
+    if start < inputs.len() {
+        out.push(&inputs[start..]);
+    }
+    out
+}
+
+/// Why a leg did not give its vectors.
+enum Failed {
+    /// Before the app paid: another supplier may be asked.
+    Unpaid(String),
+    /// After the app's ack paid for them.
+    Paid(String),
+}
 
 impl MeshBackend {
     /// Embeds `inputs` on the best supplier that embeds with this model.
@@ -37,8 +74,37 @@ impl MeshBackend {
                 "no supplier of {model} on the mesh makes embeddings with it"
             )));
         }
+        let mut all = Embedded {
+            vectors: Vec::with_capacity(inputs.len()),
+            prompt_tokens: 0,
+            mesh: Some(crate::backend::MeshReport::default()),
+        };
+        for chunk in chunks(inputs) {
+            let part = self.embed_chunk(chunk, &ranked).await?;
+            all.vectors.extend(part.vectors);
+            all.prompt_tokens = all.prompt_tokens.saturating_add(part.prompt_tokens);
+            if let (Some(report), Some(part)) = (all.mesh.as_mut(), part.mesh) {
+                for supplier in part.suppliers {
+                    if !report.suppliers.contains(&supplier) {
+                        report.suppliers.push(supplier);
+                        report.answer_bytes.push(0);
+                    }
+                }
+                report.compute_units += part.compute_units;
+            }
+        }
+        Ok(all)
+    }
+
+    /// Embeds one chunk of inputs on the best of `ranked` that will, failing over.
+    async fn embed_chunk(
+        &self,
+        inputs: &[String],
+        ranked: &[(PublicKey, ModelOffer)],
+    ) -> Result<Embedded, BackendError> {
+        let model = self.info.name.as_str();
         let asked = Asked::Embed(inputs);
-        let (mut leg, mut candidates, mut attempts, _) = self.first_leg(asked, &ranked).await?;
+        let (mut leg, mut candidates, mut attempts, _) = self.first_leg(asked, ranked).await?;
         let gateway = &self.gateway;
         loop {
             let expected = ranked
@@ -50,9 +116,16 @@ impl MeshBackend {
                     info!(supplier = %leg.peer, %model, inputs = inputs.len(), "mesh embeddings received");
                     return Ok(embedded);
                 }
-                Err(why) => why,
+                Err(Failed::Unpaid(why)) => {
+                    gateway.router.observe_error(leg.supplier, model);
+                    why
+                }
+                Err(Failed::Paid(why)) => {
+                    gateway.router.shun(leg.supplier, model);
+                    warn!(supplier = %leg.peer, %why, "supplier took the payment for embeddings and did not deliver: shunned for an hour");
+                    why
+                }
             };
-            gateway.router.observe_error(leg.supplier, model);
             warn!(supplier = %leg.peer, %why, "supplier failed an embedding request; asking the next");
             leg = gateway
                 .open_next(model, &mut candidates, &mut attempts, asked)
@@ -104,52 +177,61 @@ impl Gateway {
         leg: &mut Leg,
         inputs: usize,
         expected: Option<usize>,
-    ) -> Result<Embedded, String> {
+    ) -> Result<Embedded, Failed> {
         let done = match leg.first.take() {
             Some(FrameBody::Done(done)) => done,
-            Some(FrameBody::Refuse(r)) => return Err(r.message.as_str().to_owned()),
-            Some(other) => return Err(format!("a {} frame before Done", kind(&other))),
-            None => return Err("no answer".into()),
+            Some(FrameBody::Refuse(r)) => {
+                return Err(Failed::Unpaid(r.message.as_str().to_owned()))
+            }
+            Some(other) => {
+                return Err(Failed::Unpaid(format!(
+                    "a {} frame before Done",
+                    kind(&other)
+                )))
+            }
+            None => return Err(Failed::Unpaid("no answer".into())),
         };
         let ack = leg
             .flow
             .finish(&self.key)
-            .map_err(|e| format!("no last ack: {e}"))?;
+            .map_err(|e| Failed::Unpaid(format!("no last ack: {e}")))?;
         self.keep(leg, &ack);
+        // From here on the supplier holds its pay.
         write_frame(&mut leg.w, FrameBody::Ack(ack))
             .await
-            .map_err(|e| format!("the last ack was not delivered: {e}"))?;
-        let reading = async {
-            let mut vectors: Vec<Vec<f32>> = Vec::with_capacity(inputs);
-            while vectors.len() < inputs {
-                match read_frame(&mut leg.r).await {
-                    Ok(frame) => match frame.body {
-                        FrameBody::Embedding(e) => {
-                            let v = e.values();
-                            if !well_formed(&v, expected) {
-                                return Err(format!(
-                                    "the supplier sent a malformed vector ({} components, {expected:?} advertised)",
-                                    v.len()
-                                ));
-                            }
-                            vectors.push(v);
-                        }
-                        FrameBody::Refuse(r) => return Err(r.message.as_str().to_owned()),
-                        other => return Err(format!("a {} frame among the vectors", kind(&other))),
-                    },
-                    Err(e) => {
-                        return Err(format!(
-                            "the stream broke after {} of {inputs} vectors: {e}",
-                            vectors.len()
-                        ))
+            .map_err(|e| Failed::Paid(format!("the last ack was not delivered: {e}")))?;
+        let mut vectors: Vec<Vec<f32>> = Vec::with_capacity(inputs);
+        while vectors.len() < inputs {
+            let frame = match tokio::time::timeout(VECTORS_TIMEOUT, read_frame(&mut leg.r)).await {
+                Ok(Ok(frame)) => frame,
+                Ok(Err(e)) => {
+                    return Err(Failed::Paid(format!(
+                        "the stream broke after {} of {inputs} vectors: {e}",
+                        vectors.len()
+                    )))
+                }
+                Err(_) => return Err(Failed::Paid("a vector did not come in time".into())),
+            };
+            match frame.body {
+                FrameBody::Embedding(e) => {
+                    let v = e.values();
+                    if !well_formed(&v, expected) {
+                        return Err(Failed::Paid(format!(
+                            "the supplier sent a malformed vector ({} components, {expected:?} advertised)",
+                            v.len()
+                        )));
                     }
+                    vectors.push(v);
+                }
+                FrameBody::Refuse(r) => return Err(Failed::Paid(r.message.as_str().to_owned())),
+                other => {
+                    return Err(Failed::Paid(format!(
+                        "a {} frame among the vectors",
+                        kind(&other)
+                    )))
                 }
             }
-            Ok(vectors)
-        };
-        let vectors = tokio::time::timeout(VECTORS_TIMEOUT, reading)
-            .await
-            .map_err(|_| "the vectors did not come in time".to_string())??;
+        }
         Ok(Embedded {
             vectors,
             prompt_tokens: done.prompt_tokens,
@@ -184,5 +266,27 @@ mod tests {
         assert_eq!(dims(&offer), None);
         offer.embedding_dims = Some(576);
         assert_eq!(dims(&offer), Some(576));
+    }
+
+    /// A client's batch goes as requests of at most 32 inputs and 8 KiB, in order, an
+    /// input larger than that alone.
+    #[test]
+    fn a_batch_is_cut_into_chunks_of_bounded_work() {
+        let small = vec!["x".to_string(); 70];
+        let sizes: Vec<usize> = chunks(&small).iter().map(|c| c.len()).collect();
+        assert_eq!(sizes, [32, 32, 6]);
+        let big = "y".repeat(5000);
+        let mixed = vec![
+            big.clone(),
+            big.clone(),
+            "z".into(),
+            "y".repeat(9000),
+            "z".into(),
+        ];
+        let cut: Vec<Vec<String>> = chunks(&mixed).iter().map(|c| c.to_vec()).collect();
+        assert_eq!(cut.concat(), mixed, "every input once, in order");
+        let sizes: Vec<usize> = cut.iter().map(Vec::len).collect();
+        assert_eq!(sizes, [1, 2, 1, 1]);
+        assert!(chunks(&[]).is_empty());
     }
 }

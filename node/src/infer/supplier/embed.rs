@@ -94,10 +94,12 @@ impl EmbeddingStream<'_> {
                 return Err(e.to_string());
             }
         };
+        let prompt_tokens = embedded.prompt_tokens;
+        // The vectors are kept once, as frames (found by review: both copies were held).
         let frames = embedded
             .vectors
-            .iter()
-            .map(|v| Embedding::new(v))
+            .into_iter()
+            .map(|v| Embedding::new(&v))
             .collect::<Option<Vec<_>>>()
             .filter(|f| f.len() == self.inputs.len());
         let Some(frames) = frames else {
@@ -107,7 +109,7 @@ impl EmbeddingStream<'_> {
             self.end(Ending::Ours);
             return Err(why.into());
         };
-        let result = match self.paid(embedded.prompt_tokens).await {
+        let result = match self.paid(prompt_tokens).await {
             Ok(()) => self.deliver(frames).await,
             Err(e) => Err(e),
         };
@@ -148,21 +150,20 @@ impl EmbeddingStream<'_> {
         }
     }
 
-    /// Sends the vectors, within [`DELIVERY_TIMEOUT`] (an app that does not read them
-    /// would otherwise hold the stream: found by review).
+    /// Sends the vectors, each within [`DELIVERY_TIMEOUT`] (an app that does not read
+    /// them would otherwise hold the stream: found by review).
     async fn deliver(&mut self, frames: Vec<Embedding>) -> Result<(), String> {
         info!(peer = %self.peer, model = %self.served.backend.info().name, inputs = frames.len(), "serving a mesh embedding request");
-        let w = &mut self.w;
-        let sending = async {
-            for frame in frames {
-                write_frame(w, FrameBody::Embedding(frame)).await?;
-            }
-            Ok::<_, crate::infer::codec::FrameError>(())
-        };
-        match tokio::time::timeout(DELIVERY_TIMEOUT, sending).await {
-            Ok(sent) => sent.map_err(|e| e.to_string()),
-            Err(_) => Err("the app did not take its vectors in time".into()),
+        for frame in frames {
+            let sent = tokio::time::timeout(
+                DELIVERY_TIMEOUT,
+                write_frame(&mut self.w, FrameBody::Embedding(frame)),
+            )
+            .await
+            .map_err(|_| "the app did not take its vectors in time".to_string())?;
+            sent.map_err(|e| e.to_string())?;
         }
+        Ok(())
     }
 
     /// Ends the app's stream here: what it owes (`pace::owed`) for `ending`.
@@ -180,7 +181,7 @@ impl EmbeddingStream<'_> {
     }
 }
 
-/// How long an app has to read its vectors once it paid for them.
+/// How long an app has to read each of its vectors once it paid for them.
 pub const DELIVERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// How an embedding stream ended, for what its app owes.
