@@ -512,6 +512,17 @@ async fn embeddings_come_from_a_supplier_whose_receipt_pays_for_the_inputs() {
     .await;
     let base = format!("http://{}", gateway.api_addr().unwrap());
     let client = reqwest::Client::new();
+    // The offer says it embeds, and at what price routing compares.
+    let rows: Value = client
+        .get(format!("{base}/relaymesh/v1/models"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(rows[0]["embedding_dims"], 576, "{rows}");
+    assert_eq!(rows[0]["list_price"], 1, "{rows}");
     let texts = [
         "The capital of France is Paris.",
         "Paris is in France.",

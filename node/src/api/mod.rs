@@ -374,7 +374,8 @@ async fn models(State(s): State<ApiState>) -> Response {
                         .map_or(0, |t| (t * 1000.0).clamp(0.0, f64::from(u32::MAX)) as u32),
                     row.free_slots,
                     row.total_slots,
-                    row.price_per_cu,
+                    // As routing prices it: its CU factors counted.
+                    row.list_price,
                 );
                 router.observed(key, &row.name, advertised, row.tokens_per_sec.is_some())
             });

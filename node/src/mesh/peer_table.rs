@@ -63,6 +63,11 @@ pub struct ModelRow {
     pub tokens_per_sec: Option<f64>,
     /// Price per CU (micro-credits).
     pub price_per_cu: u64,
+    /// What the offer costs per CU of the default formula, its CU factors counted
+    /// (`infer::router::list_price`): what routing and `max_price` compare.
+    pub list_price: u64,
+    /// The length of the vectors its supplier makes with it; `None`: no embeddings.
+    pub embedding_dims: Option<u32>,
     /// Context length.
     pub context_length: u32,
     /// Seconds until the ad expires.
@@ -322,6 +327,8 @@ impl PeerTable {
                     tokens_per_sec: (m.tokens_per_sec_milli > 0)
                         .then(|| f64::from(m.tokens_per_sec_milli) / 1000.0),
                     price_per_cu: m.price_per_cu,
+                    list_price: crate::infer::router::list_price(m),
+                    embedding_dims: m.embedding_dims,
                     context_length: m.context_length,
                     expires_in_s: ad.expires_ms.saturating_sub(now_ms) / 1000,
                     source: m.manifest.as_ref().map(|x| x.body.source.peer_id()),

@@ -166,8 +166,16 @@ impl EmbeddingStream<'_> {
         Ok(())
     }
 
-    /// Ends the app's stream here: what it owes (`pace::owed`) for `ending`.
+    /// Ends the app's stream here: what it owes (`pace::owed`) for `ending`, or, paid,
+    /// what it paid, as the tokens at the most a token is paid that its inputs' units
+    /// come to (so an app that pays for embeddings earns the allowance of one that pays
+    /// for text: found by review, it stayed a stranger).
     fn end(self, ending: Ending) {
+        if ending == Ending::Paid {
+            let paid = paid_tokens(&self.session.body.cu, self.prompt_bytes);
+            self.ticket.end(paid, 0);
+            return;
+        }
         let owed = pace::owed(&pace::Ending {
             clean: ending != Ending::Left,
             acked: 0,
@@ -179,6 +187,17 @@ impl EmbeddingStream<'_> {
         });
         self.ticket.end(0, owed);
     }
+}
+
+/// The tokens `prompt_bytes` of embedding inputs pay as much as, under `cu`: their
+/// units over what the most a token is paid comes to (rounded down).
+fn paid_tokens(
+    cu: &relaymesh_protocol::metering::compute_units::CuFormula,
+    prompt_bytes: u32,
+) -> u32 {
+    let per_token = u64::from(cu.output_per_byte) * u64::from(cu.token_bytes);
+    let tokens = cu.input_units(prompt_bytes, true) / per_token.max(1);
+    u32::try_from(tokens).unwrap_or(u32::MAX)
 }
 
 /// How long an app has to read each of its vectors once it paid for them.
@@ -244,5 +263,20 @@ mod tests {
         assert!(refused(&request(0), &seeded));
         let empty = crate::infer::embed_payload("m", &[]).unwrap();
         assert!(refused(&request(0), &empty));
+    }
+
+    /// A paid embedding counts towards what the app paid here as the tokens its units
+    /// would buy at the most a token is paid: 8 KiB at the default formula (1 CU a
+    /// byte; a token at most 4 × 6 CUs) as 341 tokens.
+    #[test]
+    fn a_paid_embedding_counts_as_the_tokens_its_units_buy() {
+        let cu = relaymesh_protocol::metering::compute_units::CuFormula::default();
+        assert_eq!(paid_tokens(&cu, 8192), 341);
+        assert_eq!(paid_tokens(&cu, 0), 0);
+        let weightless = relaymesh_protocol::metering::compute_units::CuFormula {
+            output_per_byte: 0,
+            ..cu
+        };
+        assert_eq!(paid_tokens(&weightless, 24), 24, "no division by zero");
     }
 }
