@@ -185,6 +185,11 @@ async fn token_ids_match_llama_cpp_and_the_openai_backend_streams_from_llama_ser
         8192,
         "n_ctx_train from /v1/models"
     );
+    assert_eq!(
+        upstream.embedding_dims(),
+        None,
+        "llama-server started without --embeddings makes none"
+    );
     let node = support::serving_node(vec![Arc::new(upstream)], None).await;
     let api = support::base_url(&node);
     let raw: Value = client

@@ -675,6 +675,29 @@ async fn the_ollama_backend_serves_another_relaymesh_nodes_model() {
         assert!(gap < 1e-4, "{gap}");
     }
 
+    // The openai backend on the same node: it learns at start that the upstream embeds,
+    // and how long its vectors are, and embeds through `/v1/embeddings`.
+    let openai = relaymesh_node::backend::openai::OpenAiBackend::connect(
+        "smol-openai",
+        &format!("{}/v1", base_url(&upstream)),
+        "smollm2",
+        None,
+        1,
+        1,
+    )
+    .await
+    .unwrap();
+    assert_eq!(openai.embedding_dims(), Some(576));
+    let there = openai.embed(&texts, Tenant::Local).await.unwrap();
+    for (there, here) in there.vectors.iter().zip(&local.vectors) {
+        let gap = there
+            .iter()
+            .zip(here)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(gap < 1e-4, "{gap}");
+    }
+
     // A model the Ollama server does not have is refused at start, naming what it has.
     let missing = OllamaBackend::connect("x", &base_url(&upstream), "nope", 1, 1).await;
     assert!(missing.err().unwrap().to_string().contains("smollm2"));

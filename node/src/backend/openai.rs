@@ -3,7 +3,9 @@
 //!
 //! An opaque upstream has no model identity we can check, so its ads carry no digest;
 //! its context length is read from `/v1/models` where the server tells it
-//! (llama-server's `meta.n_ctx_train`, vLLM's `max_model_len`).
+//! (llama-server's `meta.n_ctx_train`, vLLM's `max_model_len`). Whether it makes
+//! embeddings, and how long, is learnt by asking `/v1/embeddings` for one word when it
+//! connects (llama-server makes them only when started with `--embeddings`).
 
 use std::time::Duration;
 
@@ -12,8 +14,8 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use super::{
-    Backend, BackendError, Finish, FinishReason, Format, GenEvent, GenRequest, Generation,
-    ModelDetails, ModelInfo, Prompt, Slots, EVENT_BUFFER,
+    Backend, BackendError, Embedded, Finish, FinishReason, Format, GenEvent, GenRequest,
+    Generation, ModelDetails, ModelInfo, Prompt, Slots, Tenant, EVENT_BUFFER,
 };
 
 /// Context length assumed when the upstream does not say.
@@ -29,7 +31,12 @@ pub struct OpenAiBackend {
     url: String,
     model: String,
     api_key: Option<String>,
+    /// The length of its embeddings, where the upstream makes them.
+    embedding_dims: Option<u32>,
 }
+
+/// How long the upstream may take to embed one request's inputs.
+const EMBED_TIMEOUT: Duration = Duration::from_secs(300);
 
 impl OpenAiBackend {
     /// Connects to `url` (ending in `/v1`), checks that it answers `/models`, and
@@ -77,8 +84,7 @@ impl OpenAiBackend {
                     .or_else(|| m["context_length"].as_u64())
             })
             .map_or(FALLBACK_CONTEXT, |n| n.min(u32::MAX as u64) as u32);
-        tracing::info!(model = name, upstream = %url, remote_model = model, context = context_length, "OpenAI-compatible model ready");
-        Ok(Self {
+        let mut backend = Self {
             info: ModelInfo {
                 name: name.to_owned(),
                 digest: None,
@@ -93,7 +99,73 @@ impl OpenAiBackend {
             url: url.to_owned(),
             model: model.to_owned(),
             api_key,
-        })
+            embedding_dims: None,
+        };
+        backend.embedding_dims = backend
+            .embeddings(&["relaymesh".to_owned()], Duration::from_secs(30))
+            .await
+            .ok()
+            .and_then(|(vectors, _)| vectors.first().map(Vec::len))
+            .and_then(|n| u32::try_from(n).ok())
+            .filter(|&n| n > 0);
+        tracing::info!(model = name, upstream = %url, remote_model = model, context = context_length, embedding_dims = ?backend.embedding_dims, "OpenAI-compatible model ready");
+        Ok(backend)
+    }
+
+    /// The upstream's `/v1/embeddings` of `inputs`, in order, and the tokens it read.
+    async fn embeddings(
+        &self,
+        inputs: &[String],
+        timeout: Duration,
+    ) -> Result<(Vec<Vec<f32>>, u32), BackendError> {
+        let upstream = |e: &dyn std::fmt::Display| BackendError::Upstream(format!("upstream: {e}"));
+        let mut post = self
+            .http
+            .post(format!("{}/embeddings", self.url))
+            .timeout(timeout)
+            .json(&json!({ "model": self.model, "input": inputs, "encoding_format": "float" }));
+        if let Some(key) = &self.api_key {
+            post = post.bearer_auth(key);
+        }
+        let r = post.send().await.map_err(|e| upstream(&e))?;
+        if !r.status().is_success() {
+            let status = r.status();
+            let why: String = r
+                .text()
+                .await
+                .unwrap_or_default()
+                .chars()
+                .take(300)
+                .collect();
+            return Err(upstream(&format!("{status}: {why}")));
+        }
+        let answer: Value = r.json().await.map_err(|e| upstream(&e))?;
+        let mut data: Vec<(u64, Vec<f32>)> = answer["data"]
+            .as_array()
+            .map(|items| {
+                items
+                    .iter()
+                    .filter_map(|d| {
+                        let v = serde_json::from_value(d["embedding"].clone()).ok()?;
+                        Some((d["index"].as_u64()?, v))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        data.sort_by_key(|(i, _)| *i);
+        let in_order = data.iter().enumerate().all(|(i, (j, _))| i as u64 == *j);
+        if data.len() != inputs.len() || !in_order {
+            return Err(upstream(&format!(
+                "{} vectors for {} inputs",
+                data.len(),
+                inputs.len()
+            )));
+        }
+        let tokens = answer["usage"]["prompt_tokens"].as_u64().unwrap_or(0);
+        Ok((
+            data.into_iter().map(|(_, v)| v).collect(),
+            u32::try_from(tokens).unwrap_or(u32::MAX),
+        ))
     }
 
     fn body(&self, request: &GenRequest) -> (String, Value) {
@@ -164,6 +236,31 @@ impl Backend for OpenAiBackend {
 
     fn slots(&self) -> (usize, usize) {
         self.slots.available()
+    }
+
+    fn embedding_dims(&self) -> Option<u32> {
+        self.embedding_dims
+    }
+
+    async fn embed(&self, inputs: &[String], tenant: Tenant) -> Result<Embedded, BackendError> {
+        let Some(dims) = self.embedding_dims else {
+            return Err(BackendError::Invalid(format!(
+                "model {}: its upstream made no embeddings when this node connected",
+                self.info.name
+            )));
+        };
+        let _slot = self.slots.acquire(tenant).await?;
+        let (vectors, prompt_tokens) = self.embeddings(inputs, EMBED_TIMEOUT).await?;
+        if vectors.iter().any(|v| v.len() != dims as usize) {
+            return Err(BackendError::Upstream(format!(
+                "the upstream's vectors are not all of its {dims} components"
+            )));
+        }
+        Ok(Embedded {
+            vectors,
+            prompt_tokens,
+            mesh: None,
+        })
     }
 
     async fn generate(&self, request: GenRequest) -> Result<Generation, BackendError> {
