@@ -488,39 +488,14 @@ async fn an_app_that_never_acks_gets_k_tokens_and_a_forged_ack_ends_the_stream()
 #[tokio::test(flavor = "multi_thread")]
 async fn embeddings_come_from_a_supplier_whose_receipt_pays_for_the_inputs() {
     use relaymesh_node::backend::{Backend, Tenant};
-    const MESH_E: &str = "mesh-embed-tests";
-    let mut boot_builder = NodeBuilder::full()
-        .mesh_name(MESH_E)
-        .listen(vec![quic(), tcp()]);
-    boot_builder.config_mut().role = Role::Bootstrap;
-    let boot = boot_builder.start().await.unwrap();
-    let boot_addr = address(&boot, "quic").await;
-    let dir = tempfile::tempdir().unwrap();
-    let supplier = support::data_supplier(MESH_E, &boot_addr, dir.path()).await;
-    let gateway = NodeBuilder::light()
-        .mesh_name(MESH_E)
-        .listen(vec![quic(), tcp()])
-        .bootstrap(boot_addr.clone())
-        .api("127.0.0.1:0".parse().unwrap())
-        .start()
-        .await
-        .unwrap();
-    wait_for("the supplier's ad", Duration::from_secs(30), || async {
-        let rows = gateway.handle().models().await.ok()?;
-        rows.iter().any(|r| r.name == "smollm2").then_some(())
-    })
-    .await;
+    let mesh = support::raw_app::RawMesh::start("mesh-embed-tests").await;
+    let (supplier, gateway) = (&mesh.supplier, &mesh.app_node);
     let base = format!("http://{}", gateway.api_addr().unwrap());
     let client = reqwest::Client::new();
     // The offer says it embeds, and at what price routing compares.
-    let rows: Value = client
-        .get(format!("{base}/relaymesh/v1/models"))
-        .send()
+    let rows = support::get_json(&format!("{base}/relaymesh/v1/models"))
         .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .expect("the models view");
     assert_eq!(rows[0]["embedding_dims"], 576, "{rows}");
     assert_eq!(rows[0]["list_price"], 1, "{rows}");
     let texts = [
@@ -578,7 +553,7 @@ async fn embeddings_come_from_a_supplier_whose_receipt_pays_for_the_inputs() {
         "the embedding's receipt",
         Duration::from_secs(10),
         || async {
-            let r = receipts(&supplier);
+            let r = receipts(supplier);
             (!r.is_empty()).then_some(r)
         },
     )
@@ -603,9 +578,7 @@ async fn embeddings_come_from_a_supplier_whose_receipt_pays_for_the_inputs() {
     assert_eq!(again, vectors, "the same inputs, the same vectors");
     assert_eq!(r["relaymesh"]["suppliers"], json!([served_by]));
 
-    gateway.shutdown().await;
-    supplier.shutdown().await;
-    boot.shutdown().await;
+    mesh.shutdown().await;
 }
 
 /// A stream whose every token was acknowledged ends a round trip or so after `Done`

@@ -667,11 +667,7 @@ async fn the_ollama_backend_serves_another_relaymesh_nodes_model() {
         let there: Vec<f32> =
             serde_json::from_value(embedded["data"][i]["embedding"].clone()).unwrap();
         assert_eq!(there.len(), 576);
-        let gap = there
-            .iter()
-            .zip(here)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f32::max);
+        let gap = support::max_gap(&there, here);
         assert!(gap < 1e-4, "{gap}");
     }
 
@@ -690,11 +686,7 @@ async fn the_ollama_backend_serves_another_relaymesh_nodes_model() {
     assert_eq!(openai.embedding_dims(), Some(576));
     let there = openai.embed(&texts, Tenant::Local).await.unwrap();
     for (there, here) in there.vectors.iter().zip(&local.vectors) {
-        let gap = there
-            .iter()
-            .zip(here)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f32::max);
+        let gap = support::max_gap(there, here);
         assert!(gap < 1e-4, "{gap}");
     }
 

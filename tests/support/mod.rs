@@ -243,6 +243,14 @@ impl Drop for Proc {
 
 /// GET `url` as JSON; `None` while nothing (or no JSON) answers there.
 #[allow(dead_code)]
+/// The largest difference between two vectors' components.
+pub fn max_gap(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
 pub async fn get_json(url: &str) -> Option<serde_json::Value> {
     reqwest::get(url).await.ok()?.json().await.ok()
 }

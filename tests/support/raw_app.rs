@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures::io::{ReadHalf, WriteHalf};
 use futures::AsyncReadExt;
 use libp2p::Stream;
-use relaymesh::{Node, NodeBuilder, Role};
+use relaymesh::{Node, NodeBuilder};
 use relaymesh_node::infer::codec::{read_frame, write_frame};
 use relaymesh_protocol::identity::signed::Signed;
 use relaymesh_protocol::messages::capability::ModelOffer;
@@ -21,7 +21,8 @@ use super::{address, quic, tcp, wait_for};
 /// The two halves of an inference stream.
 pub type Halves = (ReadHalf<Stream>, WriteHalf<Stream>);
 
-/// A mesh of a bootstrap node, one supplier and a light node to open streams from.
+/// A mesh of a bootstrap node, one supplier and a light node with an API (on an
+/// OS-chosen port) to open streams from, or to send requests to as a gateway.
 pub struct RawMesh {
     pub boot: Node,
     pub supplier: Node,
@@ -38,11 +39,7 @@ impl RawMesh {
     /// and address.
     pub async fn start(mesh: &str) -> Self {
         let params = relaymesh_node::config::named_mesh(mesh);
-        let mut boot_builder = NodeBuilder::full()
-            .mesh_name(mesh)
-            .listen(vec![quic(), tcp()]);
-        boot_builder.config_mut().role = Role::Bootstrap;
-        let boot = boot_builder.start().await.unwrap();
+        let boot = super::bootstrap(mesh).await;
         let boot_addr = address(&boot, "quic").await;
         let dir = tempfile::tempdir().unwrap();
         let supplier = super::data_supplier(mesh, &boot_addr, dir.path()).await;
@@ -50,6 +47,7 @@ impl RawMesh {
             .mesh_name(mesh)
             .listen(vec![quic(), tcp()])
             .bootstrap(boot_addr)
+            .api("127.0.0.1:0".parse().unwrap())
             .start()
             .await
             .unwrap();
