@@ -405,6 +405,31 @@ pub trait Backend: Send + Sync + 'static {
     }
 }
 
+/// An upstream's answer body, read up to `max` bytes (an upstream is not trusted to
+/// bound it: found by review).
+pub(crate) async fn read_capped(
+    mut response: reqwest::Response,
+    max: usize,
+) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
+        if body.len() + chunk.len() > max {
+            return Err(format!("the answer is longer than {max} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// Bytes an upstream's JSON answer of `inputs` vectors of `dims` components may take:
+/// 32 a component (a float in JSON text, with its comma) and 64 KiB besides.
+pub(crate) fn embeddings_answer_bytes(inputs: usize, dims: usize) -> usize {
+    inputs
+        .saturating_mul(dims)
+        .saturating_mul(32)
+        .saturating_add(64 * 1024)
+}
+
 /// Embeddings: one vector per input, and the tokens read.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Embedded {

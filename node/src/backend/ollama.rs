@@ -208,7 +208,8 @@ impl Backend for OllamaBackend {
             .http
             .post(format!("{}api/embed", self.client.url_str()))
             .timeout(EMBED_TIMEOUT)
-            .json(&serde_json::json!({ "model": self.model, "input": inputs }))
+            // Ollama cuts long inputs by default; bytes not embedded would be billed.
+            .json(&serde_json::json!({ "model": self.model, "input": inputs, "truncate": false }))
             .send()
             .await
             .map_err(|e| upstream(&e))?;
@@ -218,7 +219,9 @@ impl Backend for OllamaBackend {
             let why: String = why.chars().take(300).collect();
             return Err(upstream(&format!("{status}: {why}")));
         }
-        let answer: Embeddings = r.json().await.map_err(|e| upstream(&e))?;
+        let max = super::embeddings_answer_bytes(inputs.len(), dims as usize);
+        let body = super::read_capped(r, max).await.map_err(|e| upstream(&e))?;
+        let answer: Embeddings = serde_json::from_slice(&body).map_err(|e| upstream(&e))?;
         let fits = answer.embeddings.len() == inputs.len()
             && answer.embeddings.iter().all(|v| v.len() == dims as usize);
         if !fits {

@@ -139,7 +139,13 @@ impl OpenAiBackend {
                 .collect();
             return Err(upstream(&format!("{status}: {why}")));
         }
-        let answer: Value = r.json().await.map_err(|e| upstream(&e))?;
+        let dims = self.embedding_dims.map_or(
+            relaymesh_protocol::messages::infer::MAX_EMBEDDING_DIMS,
+            |d| d as usize,
+        );
+        let max = super::embeddings_answer_bytes(inputs.len(), dims);
+        let body = super::read_capped(r, max).await.map_err(|e| upstream(&e))?;
+        let answer: Value = serde_json::from_slice(&body).map_err(|e| upstream(&e))?;
         let mut data: Vec<(u64, Vec<f32>)> = answer["data"]
             .as_array()
             .map(|items| {

@@ -272,6 +272,15 @@ impl Models {
 }
 
 impl ServedModel {
+    /// The length of the vectors it embeds with, where its backend makes them and a
+    /// frame carries them (found by review: an upstream's longer ones were advertised,
+    /// embedded, then not sent).
+    pub fn embedding_dims(&self) -> Option<u32> {
+        self.backend.embedding_dims().filter(|&d| {
+            d > 0 && d as usize <= relaymesh_protocol::messages::infer::MAX_EMBEDDING_DIMS
+        })
+    }
+
     /// What a capability ad says of this model now: identity, slots, the speed
     /// measured on the last request, price, the CU formula `cu` and the threshold `tau`.
     pub fn offer(&self, tau: u64, cu: CuFormula) -> Option<ModelOffer> {
@@ -297,7 +306,7 @@ impl ServedModel {
                 &info.details.parameter_size,
                 &info.details.quantization_level,
             ),
-            embedding_dims: self.backend.embedding_dims(),
+            embedding_dims: self.embedding_dims(),
         })
     }
 }

@@ -12,6 +12,7 @@ pub mod gateway;
 pub mod queue;
 pub mod resolve;
 pub mod router;
+pub mod shun;
 pub mod stream_slots;
 pub mod supplier;
 pub mod verify;

@@ -100,7 +100,7 @@ pub enum NoRoute {
         count: usize,
     },
     /// Suppliers serve it, but every one took this node's payment without delivering.
-    #[error("{count} suppliers serve {model}, but each took payment here without delivering and is shunned for an hour")]
+    #[error("{count} suppliers serve {model}, but each took this node's payment without delivering and is shunned for an hour")]
     Shunned {
         /// The model.
         model: String,
@@ -141,12 +141,7 @@ struct Measured {
     in_flight: u32,
     errors: f64,
     decayed_at: Instant,
-    /// Until when it is not asked again: it took payment without delivering.
-    shunned_until: Option<Instant>,
 }
-
-/// How long a supplier that took payment without delivering is not asked again.
-pub const SHUN_FOR: std::time::Duration = std::time::Duration::from_secs(3600);
 
 impl Measured {
     /// Its errors, decayed to now.
@@ -185,7 +180,6 @@ impl Default for Measured {
             in_flight: 0,
             errors: 0.0,
             decayed_at: Instant::now(),
-            shunned_until: None,
         }
     }
 }
@@ -197,6 +191,8 @@ type Key = (PublicKey, String);
 pub struct Router {
     measured: Mutex<HashMap<Key, Measured>>,
     weights: ScoreWeights,
+    /// Suppliers caught taking payment without delivering.
+    shunned: super::shun::ShunList,
     /// Woken whenever one of this node's requests to a supplier ends (a slot freed).
     freed: tokio::sync::Notify,
 }
@@ -340,7 +336,7 @@ impl Router {
         let count = offers.len();
         let offers: Vec<_> = offers
             .into_iter()
-            .filter(|(k, _)| !self.is_shunned(*k, model))
+            .filter(|(k, _)| !self.is_shunned(*k))
             .collect();
         if offers.is_empty() {
             return Err(NoRoute::Shunned {
@@ -437,25 +433,26 @@ impl Router {
         self.with(supplier, model, |m| m.errors += 1.0);
     }
 
-    /// Records that `supplier` took this node's payment for `model` and did not deliver
-    /// (an embedding's vectors after its ack): it is not asked again for
-    /// [`SHUN_FOR`]. What such a supplier takes is then one request's pay per hour
-    /// from each node it cheats, not one per failure its error count forgives.
-    pub fn shun(&self, supplier: PublicKey, model: &str) {
-        self.with(supplier, model, |m| {
-            m.errors += 1.0;
-            m.shunned_until = Some(Instant::now() + SHUN_FOR);
-        });
+    /// Records that `supplier` took this node's payment for `model` and answered with
+    /// something other than what was paid for: it is not asked again for an hour
+    /// (`shun`). What such a supplier takes is then one request's pay per hour from
+    /// each node it cheats, not one per failure its error count forgives.
+    pub fn caught(&self, supplier: PublicKey, model: &str) {
+        self.observe_error(supplier, model);
+        self.shunned.caught(supplier, Instant::now());
     }
 
-    /// Whether `supplier` is shunned for `model` now (asking records nothing).
-    pub fn is_shunned(&self, supplier: PublicKey, model: &str) -> bool {
-        self.measured
-            .lock()
-            .expect("router lock")
-            .get(&(supplier, model.to_owned()))
-            .and_then(|m| m.shunned_until)
-            .is_some_and(|until| Instant::now() < until)
+    /// Records that `supplier` took this node's payment for `model` and its stream
+    /// broke before delivering (which a network can do to an honest supplier): it is
+    /// shunned at its third such failure within the hour.
+    pub fn struck(&self, supplier: PublicKey, model: &str) {
+        self.observe_error(supplier, model);
+        self.shunned.strike(supplier, Instant::now());
+    }
+
+    /// Whether `supplier` is shunned now.
+    pub fn is_shunned(&self, supplier: PublicKey) -> bool {
+        self.shunned.is_shunned(supplier, Instant::now())
     }
 
     /// Recent errors of a supplier's model (decayed), for tests and status.
@@ -623,13 +620,15 @@ pub(crate) mod tests {
         let router = Router::new();
         let (a, b) = (key(1), key(2));
         let offers = vec![(a, offer(1, 10_000, 1)), (b, offer(1, 10_000, 2))];
-        router.shun(a, "m");
-        assert!(router.is_shunned(a, "m") && !router.is_shunned(a, "other"));
+        router.caught(a, "m");
+        assert!(router.is_shunned(a) && !router.is_shunned(b));
         let ranked = router
             .rank("m", offers.clone(), &RoutePolicy::default())
             .unwrap();
         assert_eq!(ranked.iter().map(|(k, _)| *k).collect::<Vec<_>>(), vec![b]);
-        router.shun(b, "m");
+        for _ in 0..super::super::shun::STRIKES {
+            router.struck(b, "m");
+        }
         assert!(matches!(
             router.rank("m", offers, &RoutePolicy::default()),
             Err(NoRoute::Shunned { count: 2, .. })

@@ -3,8 +3,9 @@
 //! embeds, sends `Done`, and sends the vectors (one frame per input) once the app's one
 //! last ack has paid for the inputs. A supplier that refuses, breaks or sends malformed
 //! vectors is replaced by the next, which embeds the chunk again; one that took the
-//! ack and did not deliver is shunned for an hour ([`Router::shun`]). Embedding
-//! requests are not hedged.
+//! ack and did not deliver is shunned for an hour (`infer::shun`: at once for a
+//! refusal or a malformed vector, at the third broken stream). Embedding requests are
+//! not hedged.
 
 use relaymesh_protocol::messages::infer::{
     MAX_EMBEDDING_DIMS, MAX_EMBED_INPUTS, MIN_EMBED_INPUT_BYTES,
@@ -42,10 +43,14 @@ fn chunks(inputs: &[String]) -> Vec<&[String]> {
 
 /// Why a leg did not give its vectors.
 enum Failed {
-    /// Before the app paid: another supplier may be asked.
+    /// Before the app paid (or with its ack perhaps never delivered): another supplier
+    /// may be asked.
     Unpaid(String),
-    /// After the app's ack paid for them.
-    Paid(String),
+    /// After the app's ack paid for them, the supplier answered otherwise: a refusal,
+    /// another frame, a malformed vector.
+    Cheated(String),
+    /// After the app's ack, the stream broke or stalled: perhaps the network.
+    Broke(String),
 }
 
 impl MeshBackend {
@@ -79,8 +84,22 @@ impl MeshBackend {
             prompt_tokens: 0,
             mesh: Some(crate::backend::MeshReport::default()),
         };
+        let router = &self.gateway.router;
         for chunk in chunks(inputs) {
-            let part = self.embed_chunk(chunk, &ranked).await?;
+            // Suppliers shunned by an earlier chunk are not asked for this one.
+            let live: Vec<_> = ranked
+                .iter()
+                .filter(|(k, _)| !router.is_shunned(*k))
+                .cloned()
+                .collect();
+            if live.is_empty() {
+                return Err(NoRoute::Shunned {
+                    model: model.to_owned(),
+                    count: ranked.len(),
+                }
+                .into());
+            }
+            let part = self.embed_chunk(chunk, &live).await?;
             all.vectors.extend(part.vectors);
             all.prompt_tokens = all.prompt_tokens.saturating_add(part.prompt_tokens);
             if let (Some(report), Some(part)) = (all.mesh.as_mut(), part.mesh) {
@@ -120,9 +139,13 @@ impl MeshBackend {
                     gateway.router.observe_error(leg.supplier, model);
                     why
                 }
-                Err(Failed::Paid(why)) => {
-                    gateway.router.shun(leg.supplier, model);
-                    warn!(supplier = %leg.peer, %why, "supplier took the payment for embeddings and did not deliver: shunned for an hour");
+                Err(Failed::Cheated(why)) => {
+                    gateway.router.caught(leg.supplier, model);
+                    warn!(supplier = %leg.peer, %why, "supplier took the payment for embeddings and did not deliver them: shunned for an hour");
+                    why
+                }
+                Err(Failed::Broke(why)) => {
+                    gateway.router.struck(leg.supplier, model);
                     why
                 }
             };
@@ -199,33 +222,33 @@ impl Gateway {
         // From here on the supplier holds its pay.
         write_frame(&mut leg.w, FrameBody::Ack(ack))
             .await
-            .map_err(|e| Failed::Paid(format!("the last ack was not delivered: {e}")))?;
+            .map_err(|e| Failed::Unpaid(format!("the last ack was not delivered: {e}")))?;
         let mut vectors: Vec<Vec<f32>> = Vec::with_capacity(inputs);
         while vectors.len() < inputs {
             let frame = match tokio::time::timeout(VECTORS_TIMEOUT, read_frame(&mut leg.r)).await {
                 Ok(Ok(frame)) => frame,
                 Ok(Err(e)) => {
-                    return Err(Failed::Paid(format!(
+                    return Err(Failed::Broke(format!(
                         "the stream broke after {} of {inputs} vectors: {e}",
                         vectors.len()
                     )))
                 }
-                Err(_) => return Err(Failed::Paid("a vector did not come in time".into())),
+                Err(_) => return Err(Failed::Broke("a vector did not come in time".into())),
             };
             match frame.body {
                 FrameBody::Embedding(e) => {
                     let v = e.values();
                     if !well_formed(&v, expected) {
-                        return Err(Failed::Paid(format!(
+                        return Err(Failed::Cheated(format!(
                             "the supplier sent a malformed vector ({} components, {expected:?} advertised)",
                             v.len()
                         )));
                     }
                     vectors.push(v);
                 }
-                FrameBody::Refuse(r) => return Err(Failed::Paid(r.message.as_str().to_owned())),
+                FrameBody::Refuse(r) => return Err(Failed::Cheated(r.message.as_str().to_owned())),
                 other => {
-                    return Err(Failed::Paid(format!(
+                    return Err(Failed::Cheated(format!(
                         "a {} frame among the vectors",
                         kind(&other)
                     )))

@@ -304,6 +304,14 @@ impl Gateway {
         loop {
             if racing.is_empty() || hedge_now {
                 hedge_now = false;
+                // A supplier shunned since the candidates were ranked is skipped (found
+                // by review: the chunks of one batch kept going to it).
+                while candidates
+                    .front()
+                    .is_some_and(|(k, _)| self.router.is_shunned(*k))
+                {
+                    candidates.pop_front();
+                }
                 let next = (*attempts < MAX_ATTEMPTS)
                     .then(|| candidates.pop_front())
                     .flatten();

@@ -39,7 +39,7 @@ pub(super) fn shape_problem(
         (false, Some(_)) => invalid("an embedding request asks for no output (max_output_bytes 0)"),
         (true, Some(Err(why))) => invalid(why),
         (true, Some(Ok(_))) => match served {
-            Some(s) if s.backend.embedding_dims().is_none() => Some((
+            Some(s) if s.embedding_dims().is_none() => Some((
                 RefuseCode::UnknownModel,
                 format!("model {:?} makes no embeddings here", s.backend.info().name),
             )),
