@@ -129,8 +129,11 @@ pub struct Observed {
     /// Recent failures here, decayed (halving every few minutes).
     pub errors: f64,
     /// The routing score of its offer here (typical requests a second, §11 of
-    /// PROTOCOL.md); `None` when it cannot be ranked.
+    /// PROTOCOL.md); `None` when it cannot be ranked, or is shunned.
     pub score: Option<f64>,
+    /// It took this node's payment without delivering, and routing skips it
+    /// (`infer::shun`).
+    pub shunned: bool,
 }
 
 /// What this node measured of one supplier's model.
@@ -271,13 +274,15 @@ impl Router {
                 ..*m
             });
         let known = speed_known | seen.is_some_and(|m| m.apply(&mut advertised));
+        let shunned = self.is_shunned(supplier);
         Observed {
             ttft_ms: seen.and_then(|m| m.ttft_ms),
             tokens_per_sec: seen.and_then(|m| m.tokens_per_sec),
             errors: advertised.errors,
-            score: known
+            score: (known && !shunned)
                 .then(|| SupplierScore::of(&advertised, None, &self.weights).map(|s| s.0))
                 .flatten(),
+            shunned,
         }
     }
 
@@ -633,6 +638,9 @@ pub(crate) mod tests {
             router.rank("m", offers, &RoutePolicy::default()),
             Err(NoRoute::Shunned { count: 2, .. })
         ));
+        // The models view says so, and gives it no score.
+        let view = router.observed(a, "m", SupplierStats::from_ad(100, 10_000, 1, 1, 1), true);
+        assert!(view.shunned && view.score.is_none());
     }
 
     /// Found by review: an offer at price 1 with 1,000 CUs per output byte ranked as
