@@ -406,17 +406,28 @@ pub trait Backend: Send + Sync + 'static {
 }
 
 /// An upstream's answer body, read up to `max` bytes (an upstream is not trusted to
-/// bound it: found by review).
+/// bound it: found by review); an answer other than a success is an error naming its
+/// status and the start of what it said (its first 300 characters, of at most 4 KiB
+/// read).
 pub(crate) async fn read_capped(
     mut response: reqwest::Response,
     max: usize,
 ) -> Result<Vec<u8>, String> {
+    let status = response.status();
+    let cap = if status.is_success() { max } else { 4096 };
     let mut body = Vec::new();
     while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
-        if body.len() + chunk.len() > max {
+        if body.len() + chunk.len() > cap {
+            if !status.is_success() {
+                break;
+            }
             return Err(format!("the answer is longer than {max} bytes"));
         }
         body.extend_from_slice(&chunk);
+    }
+    if !status.is_success() {
+        let why: String = String::from_utf8_lossy(&body).chars().take(300).collect();
+        return Err(format!("{status}: {why}"));
     }
     Ok(body)
 }

@@ -213,12 +213,6 @@ impl Backend for OllamaBackend {
             .send()
             .await
             .map_err(|e| upstream(&e))?;
-        if !r.status().is_success() {
-            let status = r.status();
-            let why = r.text().await.unwrap_or_default();
-            let why: String = why.chars().take(300).collect();
-            return Err(upstream(&format!("{status}: {why}")));
-        }
         let max = super::embeddings_answer_bytes(inputs.len(), dims as usize);
         let body = super::read_capped(r, max).await.map_err(|e| upstream(&e))?;
         let answer: Embeddings = serde_json::from_slice(&body).map_err(|e| upstream(&e))?;

@@ -128,17 +128,6 @@ impl OpenAiBackend {
             post = post.bearer_auth(key);
         }
         let r = post.send().await.map_err(|e| upstream(&e))?;
-        if !r.status().is_success() {
-            let status = r.status();
-            let why: String = r
-                .text()
-                .await
-                .unwrap_or_default()
-                .chars()
-                .take(300)
-                .collect();
-            return Err(upstream(&format!("{status}: {why}")));
-        }
         let dims = self.embedding_dims.map_or(
             relaymesh_protocol::messages::infer::MAX_EMBEDDING_DIMS,
             |d| d as usize,
