@@ -148,17 +148,10 @@ pub fn embed_payload(model: &str, inputs: &[String]) -> Result<InferPayload, Str
         .iter()
         .map(|t| BoundedString::new(t.as_str()).map_err(too_long))
         .collect::<Result<Vec<_>, String>>()?;
-    Ok(InferPayload {
-        model: BoundedString::new(model).map_err(too_long)?,
-        prompt: PromptBody::Embed(BoundedVec::try_from_vec(inputs).map_err(too_long)?),
-        temperature_milli: None,
-        top_p_micro: None,
-        top_k: None,
-        seed: None,
-        max_tokens: 0,
-        stop: BoundedVec::new(),
-        format: None,
-    })
+    Ok(InferPayload::embed(
+        BoundedString::new(model).map_err(too_long)?,
+        BoundedVec::try_from_vec(inputs).map_err(too_long)?,
+    ))
 }
 
 #[cfg(test)]

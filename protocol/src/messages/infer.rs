@@ -132,6 +132,25 @@ impl InferPayload {
         prompt + schema
     }
 
+    /// The payload of an embedding request of `inputs` to `model`, shaped as
+    /// [`InferPayload::embedding`] requires: no output, sampling, stop or format.
+    pub fn embed(
+        model: BoundedString<128>,
+        inputs: BoundedVec<BoundedString<MAX_PROMPT_BYTES>, MAX_EMBED_INPUTS>,
+    ) -> Self {
+        Self {
+            model,
+            prompt: PromptBody::Embed(inputs),
+            temperature_milli: None,
+            top_p_micro: None,
+            top_k: None,
+            seed: None,
+            max_tokens: 0,
+            stop: BoundedVec::new(),
+            format: None,
+        }
+    }
+
     /// Whether the payload asks for embeddings, and is shaped as such a request must
     /// be: no output, no sampling, stop or format. `None`: not an embedding request.
     pub fn embedding(&self) -> Option<Result<&[BoundedString<MAX_PROMPT_BYTES>], &'static str>> {

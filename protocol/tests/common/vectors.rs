@@ -176,19 +176,10 @@ pub fn all() -> Vec<Golden> {
     // Version 6: an embedding request's payload and one of its vectors.
     let frame_embed = InferFrame::new(FrameBody::Request(InferRequest {
         request: receipt.request.clone(),
-        payload: InferPayload {
-            model: BoundedString::new("smollm2").unwrap(),
-            prompt: PromptBody::Embed(
-                BoundedVec::try_from_vec(vec![BoundedString::new("Paris").unwrap()]).unwrap(),
-            ),
-            temperature_milli: None,
-            top_p_micro: None,
-            top_k: None,
-            seed: None,
-            max_tokens: 0,
-            stop: BoundedVec::new(),
-            format: None,
-        },
+        payload: InferPayload::embed(
+            BoundedString::new("smollm2").unwrap(),
+            BoundedVec::try_from_vec(vec![BoundedString::new("Paris").unwrap()]).unwrap(),
+        ),
     }));
     let frame_vector = InferFrame::new(FrameBody::Embedding(
         Embedding::new(&[0.6, -0.8, 0.0]).unwrap(),
