@@ -10,6 +10,7 @@ use std::time::Duration;
 use relaymesh::{NodeBuilder, Role};
 use relaymesh_protocol::metering::receipt::Receipt;
 use serde_json::{json, Value};
+use support::raw_app::RawMesh;
 use support::{address, quic, tcp, wait_for};
 
 const MESH: &str = "mesh-infer-tests";
@@ -366,23 +367,16 @@ async fn an_app_that_never_acks_gets_k_tokens_and_a_forged_ack_ends_the_stream()
     use relaymesh_protocol::identity::signed::Signed;
     use relaymesh_protocol::messages::ack::Ack;
     use relaymesh_protocol::messages::infer::{FrameBody, InferRequest};
-    use relaymesh_protocol::metering::app::{RequestAcker, RequestTerms};
+    use relaymesh_protocol::metering::app::RequestAcker;
     use relaymesh_protocol::{Digest, Keypair};
 
-    let mesh = support::raw_app::RawMesh::start("mesh-infer-window").await;
+    let mesh = RawMesh::start("mesh-infer-window").await;
     let params = mesh.params.clone();
     let app = Keypair::generate(&mut rand_core::OsRng);
     let (session, (mut r, mut w)) = mesh.session(&app).await;
     let payload = story_payload(500);
     let mut acker = RequestAcker::new(
-        RequestTerms {
-            session_key: session.session_key(),
-            request_id: 0,
-            prompt_digest: payload.digest(),
-            prompt_bytes: payload.prompt_bytes() as u32,
-            max_output_bytes: 1 << 20,
-            max_acks: 64,
-        },
+        RawMesh::request_terms(&session, 0, &payload, 1 << 20, 64),
         Digest([2; 32]),
         &app,
     );
@@ -446,14 +440,7 @@ async fn an_app_that_never_acks_gets_k_tokens_and_a_forged_ack_ends_the_stream()
     ] {
         let (mut r, mut w) = mesh.stream().await;
         let request = RequestAcker::new(
-            RequestTerms {
-                session_key: session.session_key(),
-                request_id: id,
-                prompt_digest: short.digest(),
-                prompt_bytes: short.prompt_bytes() as u32,
-                max_output_bytes: 1 << 20,
-                max_acks,
-            },
+            RawMesh::request_terms(&session, id, &short, 1 << 20, max_acks),
             Digest([3; 32]),
             signer,
         );
@@ -488,7 +475,7 @@ async fn an_app_that_never_acks_gets_k_tokens_and_a_forged_ack_ends_the_stream()
 #[tokio::test(flavor = "multi_thread")]
 async fn embeddings_come_from_a_supplier_whose_receipt_pays_for_the_inputs() {
     use relaymesh_node::backend::{Backend, Tenant};
-    let mesh = support::raw_app::RawMesh::start("mesh-embed-tests").await;
+    let mesh = RawMesh::start("mesh-embed-tests").await;
     let (supplier, gateway) = (&mesh.supplier, &mesh.app_node);
     let base = format!("http://{}", gateway.api_addr().unwrap());
     let client = reqwest::Client::new();
@@ -588,24 +575,17 @@ async fn embeddings_come_from_a_supplier_whose_receipt_pays_for_the_inputs() {
 async fn a_last_ack_that_pays_for_nothing_is_not_waited_for() {
     use relaymesh_node::infer::codec::{read_frame, write_frame};
     use relaymesh_protocol::messages::infer::{FrameBody, InferRequest};
-    use relaymesh_protocol::metering::app::{RequestAcker, RequestTerms};
+    use relaymesh_protocol::metering::app::RequestAcker;
     use relaymesh_protocol::{Digest, Keypair};
 
-    let mesh = support::raw_app::RawMesh::start("mesh-weightless-ack").await;
+    let mesh = RawMesh::start("mesh-weightless-ack").await;
     let k = mesh.params.ack_every_tokens;
     let app = Keypair::generate(&mut rand_core::OsRng);
     let (session, (mut r, mut w)) = mesh.session(&app).await;
     // Exactly K tokens: one ack covers them all (and the prompt).
     let payload = story_payload(k);
     let mut acker = RequestAcker::new(
-        RequestTerms {
-            session_key: session.session_key(),
-            request_id: 0,
-            prompt_digest: payload.digest(),
-            prompt_bytes: payload.prompt_bytes() as u32,
-            max_output_bytes: 1 << 20,
-            max_acks: 64,
-        },
+        RawMesh::request_terms(&session, 0, &payload, 1 << 20, 64),
         Digest([2; 32]),
         &app,
     );
@@ -651,24 +631,18 @@ async fn a_last_ack_that_pays_for_nothing_is_not_waited_for() {
 async fn vectors_come_only_after_the_ack_that_pays_for_them() {
     use relaymesh_node::infer::codec::{read_frame, write_frame};
     use relaymesh_protocol::messages::infer::{FrameBody, InferRequest};
-    use relaymesh_protocol::metering::app::{RequestAcker, RequestTerms};
+    use relaymesh_protocol::metering::app::RequestAcker;
     use relaymesh_protocol::{Digest, Keypair};
 
-    let mesh = support::raw_app::RawMesh::start("mesh-embed-order").await;
+    let mesh = RawMesh::start("mesh-embed-order").await;
     let app = Keypair::generate(&mut rand_core::OsRng);
     let (session, (mut r, mut w)) = mesh.session(&app).await;
     let inputs = ["Paris".to_string(), "Bananas are yellow.".to_string()];
     let payload = relaymesh_node::infer::embed_payload("smollm2", &inputs).unwrap();
     // "Paris" is billed as 16 bytes: an input's forward pass costs at least that.
     assert_eq!(payload.prompt_bytes(), 16 + 19);
-    let terms = |id, max_output_bytes| RequestTerms {
-        session_key: session.session_key(),
-        request_id: id,
-        prompt_digest: payload.digest(),
-        prompt_bytes: payload.prompt_bytes() as u32,
-        max_output_bytes,
-        max_acks: 2,
-    };
+    let terms =
+        |id, max_output_bytes| RawMesh::request_terms(&session, id, &payload, max_output_bytes, 2);
     let mut acker = RequestAcker::new(terms(0, 0), Digest([2; 32]), &app);
     let request = |acker: &RequestAcker| {
         FrameBody::Request(InferRequest {

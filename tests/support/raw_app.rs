@@ -7,16 +7,17 @@ use std::time::Duration;
 use futures::io::{ReadHalf, WriteHalf};
 use futures::AsyncReadExt;
 use libp2p::Stream;
-use relaymesh::{Node, NodeBuilder};
+use relaymesh::Node;
 use relaymesh_node::infer::codec::{read_frame, write_frame};
 use relaymesh_protocol::identity::signed::Signed;
 use relaymesh_protocol::messages::capability::ModelOffer;
-use relaymesh_protocol::messages::infer::FrameBody;
+use relaymesh_protocol::messages::infer::{FrameBody, InferPayload};
 use relaymesh_protocol::messages::session::{SessionOpen, SignedSessionOpen};
+use relaymesh_protocol::metering::app::RequestTerms;
 use relaymesh_protocol::params::MeshParams;
 use relaymesh_protocol::{Digest, Keypair, PublicKey, Signer};
 
-use super::{address, quic, tcp, wait_for};
+use super::{address, wait_for};
 
 /// The two halves of an inference stream.
 pub type Halves = (ReadHalf<Stream>, WriteHalf<Stream>);
@@ -43,14 +44,7 @@ impl RawMesh {
         let boot_addr = address(&boot, "quic").await;
         let dir = tempfile::tempdir().unwrap();
         let supplier = super::data_supplier(mesh, &boot_addr, dir.path()).await;
-        let app_node = NodeBuilder::light()
-            .mesh_name(mesh)
-            .listen(vec![quic(), tcp()])
-            .bootstrap(boot_addr)
-            .api("127.0.0.1:0".parse().unwrap())
-            .start()
-            .await
-            .unwrap();
+        let app_node = super::mesh_gateway(mesh, &boot_addr).await;
         let (supplier_key, offer) =
             wait_for("the supplier's ad", Duration::from_secs(30), || async {
                 app_node
@@ -124,6 +118,25 @@ impl RawMesh {
             panic!("the session was not accepted")
         };
         (session, (r, w))
+    }
+
+    /// The terms of request `id` of `session` for `payload`: at most `max_output_bytes`
+    /// paid for, an ack chain of `max_acks` links.
+    pub fn request_terms(
+        session: &SignedSessionOpen,
+        id: u64,
+        payload: &InferPayload,
+        max_output_bytes: u32,
+        max_acks: u16,
+    ) -> RequestTerms {
+        RequestTerms {
+            session_key: session.session_key(),
+            request_id: id,
+            prompt_digest: payload.digest(),
+            prompt_bytes: payload.prompt_bytes() as u32,
+            max_output_bytes,
+            max_acks,
+        }
     }
 
     /// Stops every node.
