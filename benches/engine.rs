@@ -77,6 +77,7 @@ async fn direct(backend: &SharedBackend, req: GenRequest) -> Timing {
                 }
             }
             GenEvent::Failed(e) => panic!("{e}"),
+            _ => {}
         }
     }
 }

@@ -58,6 +58,8 @@ pub async fn ask(
                 break;
             }
             GenEvent::Failed(why) => anyhow::bail!("the answer failed: {why}"),
+            // Log probabilities, told only when the request asks.
+            _ => {}
         }
     }
     drop(generation);

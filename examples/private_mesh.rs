@@ -102,6 +102,8 @@ pub async fn run(model: &Path, question: &str, out: &mut dyn Write) -> anyhow::R
             }
             GenEvent::Done(_) => break,
             GenEvent::Failed(why) => anyhow::bail!("the answer failed: {why}"),
+            // Log probabilities, told only when the request asks.
+            _ => {}
         }
     }
     let served_by = generation

@@ -27,6 +27,7 @@
 //!             GenEvent::Text(piece) => print!("{piece}"),
 //!             GenEvent::Done(_) => break,
 //!             GenEvent::Failed(why) => anyhow::bail!("the answer failed: {why}"),
+//!             _ => {} // log probabilities, told only when the request asks
 //!         }
 //!     }
 //! }

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use relaymesh_node::backend::openai::OpenAiBackend;
-use relaymesh_node::backend::{Backend, ChatMessage, Prompt, Role};
+use relaymesh_node::backend::{
+    Backend, ChatMessage, GenEvent, GenRequest, Prompt, Role, Sampling, Tenant, TokenLogprob,
+};
 use serde_json::{json, Value};
 use support::{cache, free_port, Proc};
 
@@ -114,7 +116,8 @@ async fn token_ids_match_llama_cpp_and_the_openai_backend_streams_from_llama_ser
                 "--port",
                 &port.to_string(),
             ])
-            .args(["-c", "2048", "-t", "2", "--alias", "smollm2"])
+            // Flash attention off, as in our engine: its sums differ in the last digits.
+            .args(["-c", "2048", "-t", "2", "-fa", "off", "--alias", "smollm2"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -161,6 +164,7 @@ async fn token_ids_match_llama_cpp_and_the_openai_backend_streams_from_llama_ser
     assert_eq!(completion["content"], "The capital of France is Paris.");
     let their_ids: Vec<u32> = serde_json::from_value(completion["tokens"].clone()).unwrap();
     let ours_backend = ours.clone();
+    let chat_prompt = prompt.clone();
     let mut our_ids = tokio::task::spawn_blocking(move || ours_backend.greedy_ids(&prompt, 16))
         .await
         .unwrap()
@@ -170,6 +174,38 @@ async fn token_ids_match_llama_cpp_and_the_openai_backend_streams_from_llama_ser
         our_ids.pop();
     }
     assert_eq!(our_ids, their_ids, "generated token ids");
+
+    // Greedy log probabilities: ours are llama.cpp's own on the same file and prompt,
+    // within what the two builds' different CPU kernels make of the same sums (the
+    // first token's agree to 0.001; later ones drift, by up to 0.07 seen).
+    let theirs: Value = client
+        .post(format!("{base}/v1/completions"))
+        .json(&json!({ "prompt": text, "max_tokens": 8, "temperature": 0, "logprobs": 3 }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let their_told = theirs["choices"][0]["logprobs"]["content"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let mut our_told = engine_logprobs(&ours, chat_prompt, 8, 3).await;
+    // llama-server tells the end-of-generation token too (its text is empty); ours
+    // tells only tokens with text.
+    let their_told: Vec<&Value> = their_told.iter().filter(|t| t["token"] != "").collect();
+    our_told.retain(|t| !t.chosen.bytes.is_empty());
+    assert_eq!(our_told.len(), their_told.len(), "{theirs}");
+    for (o, t) in our_told.iter().zip(their_told) {
+        assert_eq!(o.chosen.text(), t["token"].as_str().unwrap(), "{t}");
+        let lp = t["logprob"].as_f64().unwrap() as f32;
+        assert!((o.chosen.logprob - lp).abs() < 0.15, "{:?} vs {t}", o.top);
+        assert_eq!(
+            o.top[0].text(),
+            t["top_logprobs"][0]["token"].as_str().unwrap()
+        );
+    }
 
     // The openai backend on llama-server, through a node.
     let upstream = OpenAiBackend::connect("lcpp", &format!("{base}/v1"), "smollm2", None, 2, 4)
@@ -242,5 +278,70 @@ async fn token_ids_match_llama_cpp_and_the_openai_backend_streams_from_llama_ser
         content,
         direct["choices"][0]["message"]["content"].as_str().unwrap()
     );
+    // Log probabilities pass through the upstream as it tells them.
+    let ask = json!({
+        "model": "lcpp",
+        "messages": [{ "role": "user", "content": "What is the capital of France?" }],
+        "temperature": 0, "max_tokens": 8, "logprobs": true, "top_logprobs": 2,
+    });
+    let answer = |url: String, body: Value| {
+        let client = client.clone();
+        async move {
+            let v: Value = client
+                .post(url)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v["choices"][0]["logprobs"]["content"]
+                .as_array()
+                .unwrap()
+                .clone()
+        }
+    };
+    let passed = answer(format!("{api}/v1/chat/completions"), ask.clone()).await;
+    let direct = answer(format!("{base}/v1/chat/completions"), ask).await;
+    assert_eq!(passed.len(), direct.len());
+    for (p, d) in passed.iter().zip(&direct) {
+        assert_eq!(p["token"], d["token"]);
+        assert!((p["logprob"].as_f64().unwrap() - d["logprob"].as_f64().unwrap()).abs() < 1e-5);
+        assert_eq!(p["top_logprobs"].as_array().unwrap().len(), 2);
+    }
     node.shutdown().await;
+}
+
+/// The embedded engine's greedy log probabilities for `prompt`, `top` alternatives
+/// each.
+async fn engine_logprobs(
+    engine: &relaymesh_node::backend::embedded::EmbeddedBackend,
+    prompt: Prompt,
+    max: u32,
+    top: u8,
+) -> Vec<TokenLogprob> {
+    let sampling = Sampling {
+        temperature: Some(0.0),
+        max_tokens: Some(max),
+        logprobs: Some(top),
+        ..Sampling::default()
+    };
+    let mut g = engine
+        .generate(GenRequest {
+            prompt,
+            sampling,
+            tenant: Tenant::Local,
+        })
+        .await
+        .unwrap();
+    let mut told = Vec::new();
+    while let Some(event) = g.next().await {
+        match event {
+            GenEvent::Logprobs(tokens) => told.extend(tokens),
+            GenEvent::Failed(e) => panic!("{e}"),
+            _ => {}
+        }
+    }
+    told
 }

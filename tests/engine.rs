@@ -9,7 +9,7 @@ use std::time::Duration;
 use relaymesh_node::backend::embedded::EmbeddedBackend;
 use relaymesh_node::backend::{
     Backend, BackendError, ChatMessage, Finish, FinishReason, GenEvent, GenRequest, Generation,
-    Prompt, Role, Sampling, Tenant,
+    Prompt, Role, Sampling, Tenant, TokenLogprob,
 };
 
 fn chat(question: &str, sampling: Sampling) -> GenRequest {
@@ -45,6 +45,7 @@ async fn finish(mut g: Generation) -> (String, Finish) {
             GenEvent::Text(t) => text.push_str(&t),
             GenEvent::Done(f) => return (text, f),
             GenEvent::Failed(e) => panic!("generation failed: {e}"),
+            _ => {}
         }
     }
 }
@@ -354,9 +355,86 @@ async fn a_schema_that_allows_nothing_ends_its_answer_not_the_node() {
             GenEvent::Text(_) => {}
             GenEvent::Done(f) => panic!("finished: {f:?}"),
             GenEvent::Failed(why) => break why,
+            _ => {}
         }
     };
     assert!(failed.contains("allows no next token"), "{failed}");
     let (after, _, _) = collect(backend.generate(chat("Say hi.", greedy(8))).await.unwrap()).await;
     assert!(!after.is_empty());
+}
+
+/// Asks `question` greedily for `max` tokens with 3 alternatives per token, stopping
+/// at `stop`: the text's bytes, the tokens told, and how it finished; checks that
+/// log probabilities come before the text of their tokens.
+async fn told(
+    backend: &EmbeddedBackend,
+    question: &str,
+    max: u32,
+    stop: &[&str],
+) -> (Vec<u8>, Vec<TokenLogprob>, Finish) {
+    let mut sampling = greedy(max);
+    sampling.logprobs = Some(3);
+    sampling.stop = stop.iter().map(|s| s.to_string()).collect();
+    let mut g = backend.generate(chat(question, sampling)).await.unwrap();
+    let (mut text, mut told, mut pending) = (Vec::new(), Vec::new(), false);
+    loop {
+        match g.next().await.expect("an end") {
+            GenEvent::Logprobs(tokens) => {
+                assert!(!pending, "two Logprobs events without text between them");
+                pending = true;
+                told.extend(tokens);
+            }
+            GenEvent::Text(t) => {
+                pending = false;
+                text.extend_from_slice(t.as_bytes());
+            }
+            GenEvent::Done(f) => return (text, told, f),
+            GenEvent::Failed(e) => panic!("{e}"),
+            _ => {}
+        }
+    }
+}
+
+/// One log probability per generated token, before its text; greedy sampling takes
+/// the most likely token, so each chosen one is the first alternative, and the
+/// alternatives are told most likely first.
+#[tokio::test(flavor = "multi_thread")]
+async fn greedy_log_probabilities_name_the_chosen_token_the_most_likely() {
+    let backend = support::smollm(1, 1);
+    let question = "What is the capital of France?";
+    let (text, tokens, finish) = told(&backend, question, 16, &[]).await;
+    assert!(!tokens.is_empty());
+    let bytes: Vec<u8> = tokens.iter().flat_map(|t| t.chosen.bytes.clone()).collect();
+    assert_eq!(bytes, text, "{:?}", String::from_utf8_lossy(&text));
+    assert_eq!(tokens.len() as u32, finish.completion_tokens);
+    for t in &tokens {
+        assert_eq!(t.top.len(), 3);
+        assert_eq!(t.top[0].bytes, t.chosen.bytes);
+        assert!((t.top[0].logprob - t.chosen.logprob).abs() < 1e-6);
+        assert!(t.top.windows(2).all(|w| w[0].logprob >= w[1].logprob));
+        assert!(t
+            .top
+            .iter()
+            .all(|p| p.logprob <= 0.0 && p.logprob.is_finite()));
+        let mass: f32 = t.top.iter().map(|p| p.logprob.exp()).sum();
+        assert!(mass <= 1.0 + 1e-4, "{mass}");
+    }
+    // Stopped at a sequence: the tokens after the text that went out are not told.
+    let cut = String::from_utf8_lossy(&text)
+        .split_whitespace()
+        .nth(3)
+        .unwrap_or("capital")
+        .to_owned();
+    let (short, some, _) = told(&backend, question, 16, &[cut.as_str()]).await;
+    let bytes: Vec<u8> = some.iter().flat_map(|t| t.chosen.bytes.clone()).collect();
+    assert!(
+        short.len() < text.len() && bytes.starts_with(&short),
+        "{short:?} {bytes:?}"
+    );
+    assert!(some.len() < tokens.len());
+    // A request that does not ask is told nothing.
+    let mut g = backend.generate(chat("Say hi.", greedy(8))).await.unwrap();
+    while let Some(event) = g.next().await {
+        assert!(!matches!(event, GenEvent::Logprobs(_)), "{event:?}");
+    }
 }

@@ -650,6 +650,42 @@ async fn the_ollama_backend_serves_another_relaymesh_nodes_model() {
         .unwrap()
         .contains("Paris"));
 
+    // Log probabilities come through Ollama's `logprobs`, the chosen tokens' only (the
+    // client library reads no alternatives): the same as the upstream node tells.
+    let mut asked = chat_body(false);
+    asked["logprobs"] = json!(true);
+    let (_, direct) = post_json(
+        &format!("{}/v1/chat/completions", base_url(&upstream)),
+        asked.clone(),
+    )
+    .await;
+    asked["model"] = json!("smol-remote");
+    let (status, passed) = post_json(&format!("{base}/v1/chat/completions"), asked).await;
+    assert_eq!(status, 200, "{passed}");
+    let tokens = |v: &Value| -> Vec<(String, f64)> {
+        v["choices"][0]["logprobs"]["content"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                (
+                    t["token"].as_str().unwrap().to_owned(),
+                    t["logprob"].as_f64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let (passed, direct) = (tokens(&passed), tokens(&direct));
+    assert_eq!(
+        passed.iter().map(|t| t.0.as_str()).collect::<String>(),
+        ANSWER
+    );
+    assert_eq!(passed.len(), direct.len());
+    assert!(passed
+        .iter()
+        .zip(&direct)
+        .all(|(p, d)| p.0 == d.0 && (p.1 - d.1).abs() < 1e-3));
+
     // Embeddings from Ollama's `/api/embed`, of the length its `/api/show` says: the
     // upstream model's own vectors.
     let texts = [

@@ -45,4 +45,4 @@ pub use wire::{
 };
 
 /// The protocol version every message of this build carries.
-pub const PROTOCOL_VERSION: u16 = 6;
+pub const PROTOCOL_VERSION: u16 = 7;

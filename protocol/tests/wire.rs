@@ -13,8 +13,8 @@ use relaymesh_protocol::messages::credit::CreditSlot;
 use relaymesh_protocol::messages::equivocation::EquivocationEvidence;
 use relaymesh_protocol::messages::infer::{
     Done, DoneReason, Embedding, FrameBody, InferFrame, InferPayload, InferRequest, OutputFormat,
-    PromptBody, Refuse, RefuseCode, Turn, TurnRole, MAX_PROMPT_BYTES, MAX_SCHEMA_BYTES,
-    MAX_TOKEN_BYTES,
+    PromptBody, Refuse, RefuseCode, TokenChoice, TokenLogprobs, Turn, TurnRole, MAX_PROMPT_BYTES,
+    MAX_SCHEMA_BYTES, MAX_TOKEN_BYTES,
 };
 use relaymesh_protocol::messages::manifest::ModelManifest;
 use relaymesh_protocol::messages::proof::{
@@ -475,9 +475,10 @@ fn payload() -> impl Strategy<Value = InferPayload> {
             Just(Some(OutputFormat::Json)),
             text::<{ MAX_SCHEMA_BYTES }>().prop_map(|s| Some(OutputFormat::JsonSchema(s))),
         ],
+        any::<Option<u8>>(),
     )
         .prop_map(
-            |(model, prompt, t, p, k, seed, max_tokens, stop, format)| InferPayload {
+            |(model, prompt, t, p, k, seed, max_tokens, stop, format, logprobs)| InferPayload {
                 model,
                 prompt,
                 temperature_milli: t,
@@ -487,8 +488,24 @@ fn payload() -> impl Strategy<Value = InferPayload> {
                 max_tokens,
                 stop: BoundedVec::try_from_vec(stop).unwrap(),
                 format,
+                logprobs,
             },
         )
+}
+
+fn token_logprobs() -> impl Strategy<Value = TokenLogprobs> {
+    let choice = (proptest::collection::vec(any::<u8>(), 0..8), any::<u32>()).prop_map(
+        |(bytes, logprob_bits)| TokenChoice {
+            bytes: BoundedVec::try_from_vec(bytes).unwrap(),
+            logprob_bits,
+        },
+    );
+    (choice.clone(), proptest::collection::vec(choice, 0..4)).prop_map(|(chosen, top)| {
+        TokenLogprobs {
+            chosen,
+            top: BoundedVec::try_from_vec(top).unwrap(),
+        }
+    })
 }
 
 fn frame() -> impl Strategy<Value = InferFrame> {
@@ -511,6 +528,8 @@ fn frame() -> impl Strategy<Value = InferFrame> {
         text::<{ MAX_TOKEN_BYTES }>().prop_map(FrameBody::Token),
         proptest::collection::vec(any::<f32>(), 0..8)
             .prop_map(|v| FrameBody::Embedding(Embedding::new(&v).unwrap())),
+        proptest::collection::vec(token_logprobs(), 0..3)
+            .prop_map(|v| FrameBody::Logprobs(BoundedVec::try_from_vec(v).unwrap())),
         signed(ack()).prop_map(FrameBody::Ack),
         (
             any::<bool>(),
@@ -616,10 +635,10 @@ fn non_canonical_encodings_are_refused() {
         .find(|g| g.file == "Ack")
         .unwrap();
     let bytes = golden.bytes;
-    // [ [version=6, …], sig ]: the body's version is the byte after two array headers.
-    assert_eq!(&bytes[..3], &[0x82, 0x8a, 0x06]);
-    // The same value with a long-form integer (0x18 0x06) for the version.
-    let mut long_int = vec![0x82, 0x8a, 0x18, 0x06];
+    // [ [version=7, …], sig ]: the body's version is the byte after two array headers.
+    assert_eq!(&bytes[..3], &[0x82, 0x8a, 0x07]);
+    // The same value with a long-form integer (0x18 0x07) for the version.
+    let mut long_int = vec![0x82, 0x8a, 0x18, 0x07];
     long_int.extend_from_slice(&bytes[3..]);
     let decode = |b: &[u8]| Signed::<Ack>::decode(b);
     assert!(matches!(

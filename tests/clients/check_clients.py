@@ -67,6 +67,41 @@ streamed = "".join(
 )
 assert streamed == text.choices[0].text, (streamed, text.choices[0].text)
 
+# Log probabilities: greedy takes the most likely token, so each token is the first of
+# its alternatives; streamed, they come with the text of their tokens.
+told = client.chat.completions.create(
+    model=MODEL, messages=MESSAGES, temperature=0, max_tokens=32, logprobs=True, top_logprobs=3
+)
+content = told.choices[0].logprobs.content
+assert "".join(t.token for t in content) == told.choices[0].message.content == ANSWER, content
+assert len(content) == told.usage.completion_tokens, (len(content), told.usage)
+for t in content:
+    assert t.logprob <= 0 and bytes(t.bytes).decode() == t.token, t
+    assert len(t.top_logprobs) == 3 and t.top_logprobs[0].token == t.token, t
+    assert abs(t.top_logprobs[0].logprob - t.logprob) < 1e-6, t
+    assert t.top_logprobs[0].logprob >= t.top_logprobs[1].logprob >= t.top_logprobs[2].logprob, t
+streamed_told = []
+for chunk in client.chat.completions.create(
+    model=MODEL, messages=MESSAGES, temperature=0, max_tokens=32, logprobs=True, top_logprobs=3, stream=True
+):
+    if chunk.choices and chunk.choices[0].delta.content:
+        streamed_told.extend((t.token, t.logprob) for t in chunk.choices[0].logprobs.content)
+assert [t for t, _ in streamed_told] == [t.token for t in content], streamed_told
+assert max(abs(a - t.logprob) for (_, a), t in zip(streamed_told, content)) < 1e-3, streamed_told
+# The completions API's own shape: parallel lists, the alternatives as a map.
+legacy = client.completions.create(
+    model=MODEL, prompt="The capital of France is", temperature=0, max_tokens=8, logprobs=2
+).choices[0]
+assert "".join(legacy.logprobs.tokens) == legacy.text, legacy
+assert len(legacy.logprobs.token_logprobs) == len(legacy.logprobs.tokens), legacy
+assert all(len(alts) == 2 for alts in legacy.logprobs.top_logprobs), legacy
+assert legacy.logprobs.text_offset[0] == 0, legacy
+try:
+    client.chat.completions.create(model=MODEL, messages=MESSAGES, logprobs=True, top_logprobs=21)
+    raise AssertionError("top_logprobs=21 was accepted")
+except openai.BadRequestError as e:
+    assert "top_logprobs" in str(e), e
+
 try:
     client.chat.completions.create(model="no-such-model", messages=MESSAGES)
     raise AssertionError("an unknown model was accepted")
@@ -118,6 +153,16 @@ assert gen.response == ANSWER, gen
 
 gen_parts = list(oc.generate(model=MODEL, prompt=QUESTION, options={"temperature": 0, "num_predict": 32}, stream=True))
 assert "".join(p.response for p in gen_parts) == ANSWER, gen_parts
+
+told = oc.chat(
+    model=MODEL, messages=MESSAGES, options={"temperature": 0, "num_predict": 32}, logprobs=True, top_logprobs=2
+)
+assert "".join(t.token for t in told.logprobs) == ANSWER, told.logprobs
+assert all(len(t.top_logprobs) == 2 and t.top_logprobs[0].token == t.token for t in told.logprobs), told
+told_parts = list(
+    oc.generate(model=MODEL, prompt=QUESTION, options={"temperature": 0, "num_predict": 32}, logprobs=True, stream=True)
+)
+assert "".join(t.token for p in told_parts for t in (p.logprobs or [])) == ANSWER, told_parts
 
 embedded = oc.embed(model=MODEL, input=TEXTS)
 assert len(embedded.embeddings) == 3 and {len(v) for v in embedded.embeddings} == {576}, embedded

@@ -421,6 +421,8 @@ pub async fn messages(
             parts.push(self::event("ping", json!({ "type": "ping" })));
         }
         match event {
+            // Anthropic's API tells no log probabilities (none are asked for).
+            GenEvent::Logprobs(_) => {}
             GenEvent::Text(piece) if tools.is_some() => held.push_str(&piece),
             GenEvent::Text(piece) => parts.push(self::event(
                 "content_block_delta",

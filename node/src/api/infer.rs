@@ -192,6 +192,7 @@ pub fn sampling(
         max_tokens,
         stop,
         format: None,
+        logprobs: None,
     })
 }
 
@@ -235,7 +236,7 @@ where
             let event = generation.next().await.unwrap_or_else(|| {
                 GenEvent::Failed("the backend stopped without finishing".into())
             });
-            let last = !matches!(event, GenEvent::Text(_));
+            let last = matches!(event, GenEvent::Done(_) | GenEvent::Failed(_));
             for part in render(event, served.as_ref()) {
                 if tx.send(part).await.is_err() {
                     return; // the client left

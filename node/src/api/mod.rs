@@ -9,6 +9,7 @@ pub mod error;
 pub(crate) mod fuzz;
 mod infer;
 pub mod keys;
+mod logprobs;
 mod members;
 mod ollama;
 mod openai;

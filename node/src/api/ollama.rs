@@ -19,7 +19,7 @@ use tokio_stream::StreamExt;
 use super::error::{ApiError, OllamaError};
 use super::infer::{lookup, refuse_unsupported, sampling, spawn_stream};
 use super::tools::{self, Answer, Tools};
-use super::{body, ApiState};
+use super::{body, logprobs, ApiState};
 use crate::backend::{
     ChatMessage, Finish, Format, GenEvent, GenRequest, ModelDetails, Prompt, Provenance, Role,
     ServedModel,
@@ -66,6 +66,8 @@ struct Common {
     format: Option<Value>,
     #[serde(default)]
     tools: Vec<Value>,
+    logprobs: Option<Value>,
+    top_logprobs: Option<Value>,
     #[serde(flatten)]
     extra: Map<String, Value>,
 }
@@ -135,7 +137,15 @@ fn request(prompt: Prompt, common: &mut Common) -> Result<(GenRequest, Option<To
         }
     };
     let tools = ollama_tools(&common.tools, format.as_ref())?;
-    let request = tools::shape(
+    let asked = match common.logprobs.as_ref() {
+        // Ollama's logprobs is true or false; a number is the completions API's.
+        Some(Value::Number(_)) => {
+            return Err(ApiError::bad_param("logprobs", "logprobs is true or false"))
+        }
+        l => logprobs::asked(l, common.top_logprobs.as_ref())?,
+    };
+    logprobs::refuse_with_tools(asked, tools.is_some())?;
+    let mut request = tools::shape(
         prompt,
         sampling,
         tools.as_ref(),
@@ -143,6 +153,7 @@ fn request(prompt: Prompt, common: &mut Common) -> Result<(GenRequest, Option<To
         "/api/chat",
         "format",
     )?;
+    request.sampling.logprobs = asked;
     Ok((request, tools))
 }
 
@@ -255,11 +266,15 @@ async fn run(
     stream: bool,
 ) -> Result<Response, OllamaError> {
     let started = Instant::now();
+    let asked = req.sampling.logprobs;
     if !stream {
         let generation = state.generate(model, req).await?;
         let mesh = generation.provenance().cloned();
-        let (text, finish) = generation.collect().await?;
+        let (text, tokens, finish) = generation.collect_all().await?;
         let mut last = kind.last(&name, &text, &finish, started, mesh.as_ref());
+        if asked.is_some() {
+            last["logprobs"] = logprobs::entries(&tokens);
+        }
         if let Some(tools) = &tools {
             last["message"] = tool_message(tools, &text);
         }
@@ -271,13 +286,25 @@ async fn run(
     }
     // Under tools the answer is JSON to read whole: it is held back until it ends.
     let mut held = String::new();
+    // Log probabilities wait for the text of their tokens.
+    let mut told = Vec::new();
     let (rx, mesh) = spawn_stream(state, model, req, move |event, mesh| {
         let values = match event {
             GenEvent::Text(piece) if tools.is_some() => {
                 held.push_str(&piece);
                 Vec::new()
             }
-            GenEvent::Text(piece) => vec![kind.part(&name, &piece, false)],
+            GenEvent::Logprobs(tokens) => {
+                told.extend(tokens);
+                Vec::new()
+            }
+            GenEvent::Text(piece) => {
+                let mut part = kind.part(&name, &piece, false);
+                if asked.is_some() {
+                    part["logprobs"] = logprobs::entries(&std::mem::take(&mut told));
+                }
+                vec![part]
+            }
             GenEvent::Done(finish) => {
                 let mut values = Vec::new();
                 if let Some(tools) = &tools {

@@ -20,9 +20,10 @@ use super::infer::{
     all_model_names, lookup, new_id, refuse_unsupported, sampling, spawn_stream, unix_now,
 };
 use super::tools::{self, Answer, ToolCall, ToolChoice, Tools};
-use super::{body, ApiState};
+use super::{body, logprobs, ApiState};
 use crate::backend::{
     ChatMessage, Finish, Format, GenEvent, GenRequest, Prompt, Provenance, Role, ServedModel,
+    TokenLogprob,
 };
 
 /// Fields we do not implement; sent with a non-default value they get a 400 naming
@@ -30,8 +31,6 @@ use crate::backend::{
 const UNSUPPORTED: &[&str] = &[
     "functions",
     "function_call",
-    "logprobs",
-    "top_logprobs",
     "n",
     "logit_bias",
     "presence_penalty",
@@ -93,6 +92,9 @@ struct Common {
     tools: Vec<Value>,
     tool_choice: Option<Value>,
     parallel_tool_calls: Option<bool>,
+    /// Chat: true or false; completions: a count of alternatives.
+    logprobs: Option<Value>,
+    top_logprobs: Option<Value>,
     #[serde(flatten)]
     extra: Map<String, Value>,
 }
@@ -205,7 +207,9 @@ fn request(prompt: Prompt, common: &mut Common) -> Result<(GenRequest, Option<To
     )?;
     let format = response_format(common.response_format.as_ref())?;
     let tools = openai_tools(common, format.as_ref())?;
-    let request = tools::shape(
+    let asked = logprobs::asked(common.logprobs.as_ref(), common.top_logprobs.as_ref())?;
+    logprobs::refuse_with_tools(asked, tools.is_some())?;
+    let mut request = tools::shape(
         prompt,
         sampling,
         tools.as_ref(),
@@ -213,6 +217,7 @@ fn request(prompt: Prompt, common: &mut Common) -> Result<(GenRequest, Option<To
         "chat completions",
         "response_format",
     )?;
+    request.sampling.logprobs = asked;
     Ok((request, tools))
 }
 
@@ -302,9 +307,17 @@ impl Kind {
         }
     }
 
-    fn choice(self, text: Option<&str>, finish: Option<&Finish>, streamed: bool) -> Value {
+    /// A choice: its text, why it ended, and (`told`, where the request asked) the
+    /// log probabilities of the tokens of its text.
+    fn choice(
+        self,
+        text: Option<&str>,
+        finish: Option<&Finish>,
+        streamed: bool,
+        told: Option<Value>,
+    ) -> Value {
         let reason = finish.map(|f| json!(f.reason)).unwrap_or(Value::Null);
-        match (self, streamed) {
+        let mut choice = match (self, streamed) {
             (Kind::Chat, false) => chat_choice(
                 json!({ "role": "assistant", "content": text.unwrap_or("") }),
                 reason,
@@ -324,6 +337,19 @@ impl Kind {
                 "finish_reason": reason,
                 "logprobs": null,
             }),
+        };
+        if let Some(told) = told {
+            choice["logprobs"] = told;
+        }
+        choice
+    }
+
+    /// The `logprobs` of a choice whose text's tokens are `tokens`, beginning `offset`
+    /// characters into the answer (moved past them).
+    fn logprobs(self, tokens: &[TokenLogprob], offset: &mut usize) -> Value {
+        match self {
+            Kind::Chat => json!({ "content": logprobs::entries(tokens), "refusal": null }),
+            Kind::Text => logprobs::legacy(tokens, offset),
         }
     }
 }
@@ -402,6 +428,7 @@ async fn complete(
     mut common: Common,
 ) -> Result<Response, OpenAiError> {
     let (req, tools) = request(prompt, &mut common)?;
+    let asked = req.sampling.logprobs;
     let id = new_id(match kind {
         Kind::Chat => "chatcmpl",
         Kind::Text => "cmpl",
@@ -411,10 +438,11 @@ async fn complete(
     if !common.stream {
         let generation = state.generate(model, req).await?;
         let mesh = generation.provenance().cloned();
-        let (text, finish) = generation.collect().await?;
+        let (text, tokens, finish) = generation.collect_all().await?;
+        let told = asked.map(|_| kind.logprobs(&tokens, &mut 0));
         let choice = match &tools {
             Some(tools) => tool_answer(tools, &text, &finish, false).remove(0),
-            None => kind.choice(Some(&text), Some(&finish), false),
+            None => kind.choice(Some(&text), Some(&finish), false, told),
         };
         return Ok((
             [(super::SUPPLIER_HEADER, state.served_by(mesh.as_ref()))],
@@ -447,19 +475,28 @@ async fn complete(
     };
     // Under tools the answer is JSON to read whole: it is held back until it ends.
     let mut held = String::new();
+    // Log probabilities wait for the text of their tokens.
+    let (mut told, mut offset) = (Vec::new(), 0);
     let (rx, mesh) = spawn_stream(state, model, req, move |event, mesh| match event {
         GenEvent::Text(piece) if tools.is_some() => {
             held.push_str(&piece);
             Vec::new()
         }
-        GenEvent::Text(piece) => vec![chunk(json!([kind.choice(Some(&piece), None, true)]), None)],
+        GenEvent::Logprobs(tokens) => {
+            told.extend(tokens);
+            Vec::new()
+        }
+        GenEvent::Text(piece) => {
+            let told = asked.map(|_| kind.logprobs(&std::mem::take(&mut told), &mut offset));
+            vec![chunk(json!([kind.choice(Some(&piece), None, true, told)]), None)]
+        }
         GenEvent::Done(finish) => {
             let mut parts: Vec<_> = match &tools {
                 Some(tools) => tool_answer(tools, &held, &finish, true)
                     .into_iter()
                     .map(|choice| chunk(json!([choice]), None))
                     .collect(),
-                None => vec![chunk(json!([kind.choice(None, Some(&finish), true)]), None)],
+                None => vec![chunk(json!([kind.choice(None, Some(&finish), true, None)]), None)],
             };
             if include_usage {
                 parts.push(chunk(json!([]), Some(usage(&finish, mesh))));

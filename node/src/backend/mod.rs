@@ -94,6 +94,39 @@ pub struct Sampling {
     pub stop: Vec<String>,
     /// The shape the answer must take; `None`: free text.
     pub format: Option<Format>,
+    /// Whether to tell each token's log probability, and how many of the most likely
+    /// alternatives with it (at most [`MAX_TOP_LOGPROBS`]); `None`: not told.
+    pub logprobs: Option<u8>,
+}
+
+/// Most alternatives a request may ask to be told per token.
+pub use relaymesh_protocol::messages::infer::MAX_TOP_LOGPROBS;
+
+/// A token and its log probability.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenProb {
+    /// The token's text as bytes (a token may end inside a character).
+    pub bytes: Vec<u8>,
+    /// Its natural-log probability under the model, before sampling's temperature,
+    /// top-k or top-p.
+    pub logprob: f32,
+}
+
+impl TokenProb {
+    /// The text, with a character cut by the token's end replaced.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.bytes).into_owned()
+    }
+}
+
+/// One generated token's log probability, and the most likely tokens at its place
+/// (most likely first, as many as asked).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenLogprob {
+    /// The token generated.
+    pub chosen: TokenProb,
+    /// The alternatives.
+    pub top: Vec<TokenProb>,
 }
 
 /// One generation request.
@@ -155,12 +188,18 @@ pub struct Finish {
     pub stop: Option<String>,
 }
 
-/// What a backend streams.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What a backend streams. More kinds of event may come in later versions: match
+/// the ones you need and pass over the rest.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub enum GenEvent {
     /// The next piece of text (one token's worth, or more where a token ends mid
     /// character or a stop sequence was held back).
     Text(String),
+    /// For a request that asked: the log probabilities of the tokens whose text the
+    /// next `Text` begins (tokens whose text never comes, a stop sequence's, are not
+    /// told).
+    Logprobs(Vec<TokenLogprob>),
     /// Generation is over; nothing follows.
     Done(Finish),
     /// Generation failed part way; nothing follows.

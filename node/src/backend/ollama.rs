@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use super::{
     Backend, BackendError, Embedded, Finish, FinishReason, Format, GenEvent, GenRequest,
     Generation, ModelDetails, ModelDigest, ModelInfo, Prompt, Role, Sampling, Slots, Tenant,
-    EVENT_BUFFER,
+    TokenLogprob, TokenProb, EVENT_BUFFER,
 };
 
 /// Context length assumed when Ollama does not report one.
@@ -167,6 +167,28 @@ fn options(s: &Sampling) -> ModelOptions {
     o
 }
 
+/// The log probabilities an Ollama answer's part tells, as an event. Only the chosen
+/// tokens': the client library reads no alternatives.
+fn told(
+    logprobs: Option<Vec<ollama_rs::generation::parameters::LogprobsData>>,
+) -> Option<GenEvent> {
+    let tokens: Vec<TokenLogprob> = logprobs?
+        .into_iter()
+        .map(|d| TokenLogprob {
+            chosen: TokenProb {
+                bytes: if d.bytes.is_empty() {
+                    d.token.into_bytes()
+                } else {
+                    d.bytes.iter().map(|&b| b.clamp(0, 255) as u8).collect()
+                },
+                logprob: d.logprob as f32,
+            },
+            top: Vec::new(),
+        })
+        .collect();
+    (!tokens.is_empty()).then_some(GenEvent::Logprobs(tokens))
+}
+
 fn finish(done_reason_length: bool, prompt: u64, eval: u64) -> GenEvent {
     GenEvent::Done(Finish {
         reason: if done_reason_length {
@@ -267,6 +289,9 @@ impl Backend for OllamaBackend {
                 if let Some(format) = format {
                     req = req.format(format);
                 }
+                if let Some(n) = request.sampling.logprobs {
+                    req = req.logprobs(true).top_logprobs(u32::from(n));
+                }
                 let mut stream = self
                     .client
                     .send_chat_messages_stream(req)
@@ -288,6 +313,9 @@ impl Backend for OllamaBackend {
                                     },
                                 );
                                 if !r.message.content.is_empty() {
+                                    if let Some(told) = told(r.logprobs) {
+                                        let _ = tx.send(told).await;
+                                    }
                                     let _ = tx.send(GenEvent::Text(r.message.content)).await;
                                 }
                                 let hit_limit = limit.is_some_and(|l| f.eval_count >= l as u64);
@@ -296,7 +324,14 @@ impl Backend for OllamaBackend {
                                     .await;
                                 return;
                             }
-                            Ok(r) => GenEvent::Text(r.message.content),
+                            Ok(r) => {
+                                if let Some(told) = told(r.logprobs) {
+                                    if tx.send(told).await.is_err() {
+                                        return;
+                                    }
+                                }
+                                GenEvent::Text(r.message.content)
+                            }
                             Err(()) => broke(),
                         };
                         let failed = matches!(event, GenEvent::Failed(_));
@@ -314,6 +349,9 @@ impl Backend for OllamaBackend {
                 if let Some(format) = format {
                     req = req.format(format);
                 }
+                if let Some(n) = request.sampling.logprobs {
+                    req = req.logprobs(true).top_logprobs(u32::from(n));
+                }
                 let mut stream = self.client.generate_stream(req).await.map_err(upstream)?;
                 tokio::spawn(async move {
                     let _slot = slot;
@@ -323,10 +361,15 @@ impl Backend for OllamaBackend {
                             return;
                         };
                         for r in batch {
-                            if !r.response.is_empty()
-                                && tx.send(GenEvent::Text(r.response)).await.is_err()
-                            {
-                                return;
+                            if !r.response.is_empty() {
+                                if let Some(told) = told(r.logprobs) {
+                                    if tx.send(told).await.is_err() {
+                                        return;
+                                    }
+                                }
+                                if tx.send(GenEvent::Text(r.response)).await.is_err() {
+                                    return;
+                                }
                             }
                             if r.done {
                                 let eval = r.eval_count.unwrap_or(0);

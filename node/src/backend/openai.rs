@@ -15,7 +15,8 @@ use tokio::sync::mpsc;
 
 use super::{
     Backend, BackendError, Embedded, Finish, FinishReason, Format, GenEvent, GenRequest,
-    Generation, ModelDetails, ModelInfo, Prompt, Slots, Tenant, EVENT_BUFFER,
+    Generation, ModelDetails, ModelInfo, Prompt, Slots, Tenant, TokenLogprob, TokenProb,
+    EVENT_BUFFER,
 };
 
 /// Context length assumed when the upstream does not say.
@@ -185,6 +186,15 @@ impl OpenAiBackend {
                 body[key] = value;
             }
         }
+        if let Some(n) = s.logprobs {
+            match request.prompt {
+                Prompt::Chat(_) => {
+                    body["logprobs"] = json!(true);
+                    body["top_logprobs"] = json!(n);
+                }
+                Prompt::Text(_) => body["logprobs"] = json!(n),
+            }
+        }
         let path = match request.prompt {
             Prompt::Chat(_) => "chat/completions",
             Prompt::Text(_) => "completions",
@@ -195,14 +205,78 @@ impl OpenAiBackend {
 
 /// What one SSE `data:` payload says.
 enum Chunk {
+    Logprobs(Vec<TokenLogprob>),
     Text(String),
     Finish(FinishReason),
     Usage(u32, u32),
 }
 
-fn parse_chunk(data: &Value) -> Vec<Chunk> {
+/// A choice's log probabilities, in chat's shape (`content`: an entry per token) or
+/// the completions API's (parallel lists), at most `top` alternatives each.
+fn parse_logprobs(logprobs: &Value, top: usize) -> Vec<TokenLogprob> {
+    let prob = |token: &Value, logprob: &Value, bytes: &Value| {
+        let bytes = serde_json::from_value::<Vec<u8>>(bytes.clone())
+            .unwrap_or_else(|_| token.as_str().unwrap_or("").as_bytes().to_vec());
+        TokenProb {
+            bytes,
+            logprob: logprob.as_f64().unwrap_or(-9999.0) as f32,
+        }
+    };
+    if let Some(content) = logprobs["content"].as_array() {
+        return content
+            .iter()
+            .map(|e| TokenLogprob {
+                chosen: prob(&e["token"], &e["logprob"], &e["bytes"]),
+                top: e["top_logprobs"]
+                    .as_array()
+                    .map(|alts| {
+                        alts.iter()
+                            .take(top)
+                            .map(|a| prob(&a["token"], &a["logprob"], &a["bytes"]))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            })
+            .collect();
+    }
+    let (Some(tokens), Some(logprobs_of)) = (
+        logprobs["tokens"].as_array(),
+        logprobs["token_logprobs"].as_array(),
+    ) else {
+        return Vec::new();
+    };
+    tokens
+        .iter()
+        .zip(logprobs_of)
+        .enumerate()
+        .map(|(i, (token, logprob))| {
+            let mut alts: Vec<TokenProb> = logprobs["top_logprobs"][i]
+                .as_object()
+                .map(|alts| {
+                    alts.iter()
+                        .map(|(t, l)| prob(&json!(t), l, &Value::Null))
+                        .collect()
+                })
+                .unwrap_or_default();
+            alts.sort_by(|a, b| b.logprob.total_cmp(&a.logprob));
+            alts.truncate(top);
+            TokenLogprob {
+                chosen: prob(token, logprob, &Value::Null),
+                top: alts,
+            }
+        })
+        .collect()
+}
+
+fn parse_chunk(data: &Value, top: Option<u8>) -> Vec<Chunk> {
     let mut out = Vec::new();
     if let Some(choice) = data["choices"].get(0) {
+        if let Some(top) = top {
+            let told = parse_logprobs(&choice["logprobs"], usize::from(top));
+            if !told.is_empty() {
+                out.push(Chunk::Logprobs(told));
+            }
+        }
         let text = choice["delta"]["content"]
             .as_str()
             .or_else(|| choice["text"].as_str())
@@ -287,6 +361,7 @@ impl Backend for OpenAiBackend {
             });
         }
         let (tx, rx) = mpsc::channel(EVENT_BUFFER);
+        let top = request.sampling.logprobs;
         tokio::spawn(async move {
             let _slot = slot;
             let mut bytes = response.bytes_stream();
@@ -310,8 +385,13 @@ impl Backend for OpenAiBackend {
                     let Ok(value) = serde_json::from_str::<Value>(data) else {
                         continue;
                     };
-                    for c in parse_chunk(&value) {
+                    for c in parse_chunk(&value, top) {
                         match c {
+                            Chunk::Logprobs(told) => {
+                                if tx.send(GenEvent::Logprobs(told)).await.is_err() {
+                                    return;
+                                }
+                            }
                             Chunk::Text(text) => {
                                 pieces += 1;
                                 if tx.send(GenEvent::Text(text)).await.is_err() {
@@ -366,16 +446,49 @@ mod tests {
     #[test]
     fn reads_chat_and_completion_chunks() {
         let chat = json!({"choices":[{"delta":{"content":"Hi"},"finish_reason":null}]});
-        assert!(matches!(&parse_chunk(&chat)[..], [Chunk::Text(t)] if t == "Hi"));
+        assert!(matches!(&parse_chunk(&chat, None)[..], [Chunk::Text(t)] if t == "Hi"));
         let done = json!({"choices":[{"text":"","finish_reason":"length"}],"usage":{"prompt_tokens":5,"completion_tokens":7}});
         assert!(matches!(
-            &parse_chunk(&done)[..],
+            &parse_chunk(&done, None)[..],
             [Chunk::Finish(FinishReason::Length), Chunk::Usage(5, 7)]
         ));
         let usage_only = json!({"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2}});
         assert!(matches!(
-            &parse_chunk(&usage_only)[..],
+            &parse_chunk(&usage_only, None)[..],
             [Chunk::Usage(1, 2)]
         ));
+    }
+
+    #[test]
+    fn reads_log_probabilities_in_both_shapes() {
+        let chat = json!({"choices":[{"delta":{"content":"Hé"},"finish_reason":null,
+            "logprobs":{"content":[{"token":"Hé","logprob":-0.5,"bytes":[72,195,169],
+                "top_logprobs":[{"token":"Hé","logprob":-0.5,"bytes":[72,195,169]},
+                                {"token":"Hi","logprob":-1.5,"bytes":[72,105]},
+                                {"token":"Ho","logprob":-2.5}]}]}}]});
+        let [Chunk::Logprobs(told), Chunk::Text(_)] = &parse_chunk(&chat, Some(2))[..] else {
+            panic!("log probabilities, then the text");
+        };
+        assert_eq!(told[0].chosen.bytes, "Hé".as_bytes());
+        assert_eq!(told[0].top.len(), 2);
+        assert_eq!(
+            (told[0].top[1].text(), told[0].top[1].logprob),
+            ("Hi".into(), -1.5)
+        );
+        // Not asked: not read.
+        assert!(matches!(&parse_chunk(&chat, None)[..], [Chunk::Text(_)]));
+        let legacy = json!({"choices":[{"text":" a b","finish_reason":null,
+            "logprobs":{"tokens":[" a"," b"],"token_logprobs":[-0.25,-1.0],
+                "top_logprobs":[{" c":-3.0," a":-0.25},{" b":-1.0}],"text_offset":[0,2]}}]});
+        let [Chunk::Logprobs(told), Chunk::Text(_)] = &parse_chunk(&legacy, Some(1))[..] else {
+            panic!("log probabilities, then the text");
+        };
+        assert_eq!(told.len(), 2);
+        // Most likely first, cut to those asked for.
+        assert_eq!(
+            told[0].top.iter().map(TokenProb::text).collect::<Vec<_>>(),
+            [" a"]
+        );
+        assert_eq!(told[1].chosen.logprob, -1.0);
     }
 }

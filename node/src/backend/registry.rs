@@ -9,7 +9,7 @@ use relaymesh_protocol::messages::capability::{ModelOffer, OfferDetails};
 use relaymesh_protocol::metering::compute_units::CuFormula;
 use relaymesh_protocol::BoundedString;
 
-use super::{BackendError, Finish, GenEvent, GenRequest, Generation, SharedBackend};
+use super::{BackendError, Finish, GenEvent, GenRequest, Generation, SharedBackend, TokenLogprob};
 
 /// A served model: the backend, its price and its measured speed.
 pub struct ServedModel {
@@ -168,12 +168,24 @@ impl Measured {
     }
 
     /// Reads everything: the whole text and how it finished.
-    pub async fn collect(mut self) -> Result<(String, Finish), BackendError> {
+    pub async fn collect(self) -> Result<(String, Finish), BackendError> {
+        self.collect_all()
+            .await
+            .map(|(text, _, finish)| (text, finish))
+    }
+
+    /// Reads everything: the whole text, its tokens' log probabilities (if the
+    /// request asked) and how it finished.
+    pub async fn collect_all(
+        mut self,
+    ) -> Result<(String, Vec<TokenLogprob>, Finish), BackendError> {
         let mut text = String::new();
+        let mut logprobs = Vec::new();
         while let Some(event) = self.next().await {
             match event {
                 GenEvent::Text(piece) => text.push_str(&piece),
-                GenEvent::Done(finish) => return Ok((text, finish)),
+                GenEvent::Logprobs(tokens) => logprobs.extend(tokens),
+                GenEvent::Done(finish) => return Ok((text, logprobs, finish)),
                 GenEvent::Failed(why) if self.stop.as_ref().is_some_and(|s| s.cut) => {
                     return Err(BackendError::Unavailable(why))
                 }

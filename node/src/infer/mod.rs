@@ -17,13 +17,18 @@ pub mod stream_slots;
 pub mod supplier;
 pub mod verify;
 
-use relaymesh_protocol::messages::infer::{InferPayload, OutputFormat, PromptBody, Turn, TurnRole};
+use relaymesh_protocol::messages::infer::{
+    InferPayload, OutputFormat, PromptBody, TokenChoice, TokenLogprobs, Turn, TurnRole,
+    MAX_LOGPROB_TOKENS,
+};
 use relaymesh_protocol::metering::compute_units::CuFormula;
 use relaymesh_protocol::metering::flow::Window;
 use relaymesh_protocol::params::MeshParams;
 use relaymesh_protocol::{BoundedString, BoundedVec};
 
-use crate::backend::{ChatMessage, Format, GenRequest, Prompt, Role, Sampling, Tenant};
+use crate::backend::{
+    ChatMessage, Format, GenRequest, Prompt, Role, Sampling, Tenant, TokenLogprob, TokenProb,
+};
 
 /// Tokens generated when a request sets no limit.
 pub const DEFAULT_MAX_TOKENS: u32 = 1024;
@@ -99,6 +104,7 @@ pub fn payload(model: &str, request: &GenRequest) -> Result<InferPayload, String
                     .map_err(|e| format!("the JSON schema is too large for the mesh: {e}"))?,
             )),
         },
+        logprobs: s.logprobs,
     })
 }
 
@@ -135,9 +141,61 @@ pub fn gen_request(payload: &InferPayload) -> Option<GenRequest> {
                 OutputFormat::Json => Format::Json,
                 OutputFormat::JsonSchema(schema) => Format::JsonSchema(schema.as_str().to_owned()),
             }),
+            logprobs: payload.logprobs,
         },
         tenant: Tenant::Local,
     })
+}
+
+/// The `Logprobs` frames' contents for `tokens`, told by a backend to a request that
+/// asked for `asked` alternatives: at most [`MAX_LOGPROB_TOKENS`] tokens a frame, the
+/// alternatives cut to those asked for, a value that is not a log probability (the
+/// log of a probability too small for an f32) told as -9999, as OpenAI does.
+pub fn logprob_frames(
+    tokens: &[TokenLogprob],
+    asked: u8,
+) -> Vec<BoundedVec<TokenLogprobs, MAX_LOGPROB_TOKENS>> {
+    let choice = |p: &TokenProb| {
+        let lp = if p.logprob.is_finite() {
+            p.logprob.min(0.0)
+        } else {
+            -9999.0
+        };
+        TokenChoice::new(&p.bytes, lp)
+    };
+    tokens
+        .chunks(MAX_LOGPROB_TOKENS)
+        .map(|chunk| {
+            let told = chunk
+                .iter()
+                .map(|t| TokenLogprobs {
+                    chosen: choice(&t.chosen),
+                    top: BoundedVec::try_from_vec(
+                        t.top.iter().take(usize::from(asked)).map(choice).collect(),
+                    )
+                    .expect("asked for at most MAX_TOP_LOGPROBS"),
+                })
+                .collect();
+            BoundedVec::try_from_vec(told).expect("chunked to fit")
+        })
+        .collect()
+}
+
+/// The log probabilities a `Logprobs` frame tells, once [`LogprobsCheck`] took it.
+///
+/// [`LogprobsCheck`]: relaymesh_protocol::messages::infer::LogprobsCheck
+pub fn told_logprobs(tokens: &[TokenLogprobs]) -> Vec<TokenLogprob> {
+    let prob = |c: &TokenChoice| TokenProb {
+        bytes: c.bytes.to_vec(),
+        logprob: c.logprob().unwrap_or(-9999.0),
+    };
+    tokens
+        .iter()
+        .map(|t| TokenLogprob {
+            chosen: prob(&t.chosen),
+            top: t.top.iter().map(prob).collect(),
+        })
+        .collect()
 }
 
 /// The payload an app sends to embed `inputs` with model `model`.
@@ -179,6 +237,7 @@ mod tests {
                 max_tokens: Some(32),
                 stop: vec!["\n\n".into()],
                 format: Some(Format::JsonSchema(r#"{"type":"integer"}"#.into())),
+                logprobs: Some(3),
             },
             tenant: Tenant::Local,
         };
@@ -186,5 +245,38 @@ mod tests {
         // The schema is read and billed as the prompt is.
         assert_eq!(p.prompt_bytes(), 9 + 5 + 18);
         assert_eq!(gen_request(&p), Some(request));
+    }
+
+    #[test]
+    fn log_probabilities_survive_the_trip_through_frames() {
+        let prob = |text: &str, logprob| TokenProb {
+            bytes: text.as_bytes().to_vec(),
+            logprob,
+        };
+        let token = TokenLogprob {
+            chosen: prob(" Paris", -0.5),
+            top: vec![
+                prob(" Paris", -0.5),
+                prob(" Lyon", -1.5),
+                prob(" Nice", -3.0),
+            ],
+        };
+        let tokens = vec![token.clone(); 20];
+        let frames = logprob_frames(&tokens, 2);
+        assert_eq!(frames.iter().map(|f| f.len()).collect::<Vec<_>>(), [16, 4]);
+        let back = told_logprobs(&frames[1]);
+        // The alternatives are cut to those asked for.
+        assert_eq!(back[0].top, token.top[..2]);
+        assert_eq!(back[0].chosen, token.chosen);
+        // A value that is not a log probability goes as -9999.
+        let odd = TokenLogprob {
+            chosen: prob("x", f32::NEG_INFINITY),
+            top: vec![prob("x", f32::NAN)],
+        };
+        let back = told_logprobs(&logprob_frames(&[odd], 1)[0]);
+        assert_eq!(
+            (back[0].chosen.logprob, back[0].top[0].logprob),
+            (-9999.0, -9999.0)
+        );
     }
 }

@@ -53,18 +53,18 @@ impl Domain {
     /// The tag prepended to the signed bytes.
     pub const fn tag(self) -> &'static [u8] {
         match self {
-            Domain::Manifest => b"relaymesh/6/sig/manifest\0",
-            Domain::CapabilityAd => b"relaymesh/6/sig/capability-ad\0",
-            Domain::SessionOpenApp => b"relaymesh/6/sig/session-open/app\0",
-            Domain::SessionOpenSupplier => b"relaymesh/6/sig/session-open/supplier\0",
-            Domain::RelayRequest => b"relaymesh/6/sig/relay-request\0",
-            Domain::Ack => b"relaymesh/6/sig/ack\0",
-            Domain::Claim => b"relaymesh/6/sig/claim\0",
-            Domain::Reveal => b"relaymesh/6/sig/reveal\0",
-            Domain::Transfer => b"relaymesh/6/sig/transfer\0",
-            Domain::Invite => b"relaymesh/6/sig/invite\0",
-            Domain::Revocation => b"relaymesh/6/sig/revocation\0",
-            Domain::TokenProof => b"relaymesh/6/sig/token-proof\0",
+            Domain::Manifest => b"relaymesh/7/sig/manifest\0",
+            Domain::CapabilityAd => b"relaymesh/7/sig/capability-ad\0",
+            Domain::SessionOpenApp => b"relaymesh/7/sig/session-open/app\0",
+            Domain::SessionOpenSupplier => b"relaymesh/7/sig/session-open/supplier\0",
+            Domain::RelayRequest => b"relaymesh/7/sig/relay-request\0",
+            Domain::Ack => b"relaymesh/7/sig/ack\0",
+            Domain::Claim => b"relaymesh/7/sig/claim\0",
+            Domain::Reveal => b"relaymesh/7/sig/reveal\0",
+            Domain::Transfer => b"relaymesh/7/sig/transfer\0",
+            Domain::Invite => b"relaymesh/7/sig/invite\0",
+            Domain::Revocation => b"relaymesh/7/sig/revocation\0",
+            Domain::TokenProof => b"relaymesh/7/sig/token-proof\0",
         }
     }
 }
@@ -72,43 +72,43 @@ impl Domain {
 /// Tags of the protocol's hashes (blake3 over `tag ‖ fields`).
 pub mod hash_tag {
     /// Mesh id: hash of the canonical mesh parameters.
-    pub const MESH_ID: &[u8] = b"relaymesh/6/hash/mesh-id\0";
+    pub const MESH_ID: &[u8] = b"relaymesh/7/hash/mesh-id\0";
     /// Manifest hash: pinned by sessions.
-    pub const MANIFEST: &[u8] = b"relaymesh/6/hash/manifest\0";
+    pub const MANIFEST: &[u8] = b"relaymesh/7/hash/manifest\0";
     /// Session key: hash of the `SessionOpen` terms.
-    pub const SESSION_KEY: &[u8] = b"relaymesh/6/hash/session-key\0";
+    pub const SESSION_KEY: &[u8] = b"relaymesh/7/hash/session-key\0";
     /// Request hash: identifies a signed request within its session.
-    pub const REQUEST: &[u8] = b"relaymesh/6/hash/request\0";
+    pub const REQUEST: &[u8] = b"relaymesh/7/hash/request\0";
     /// Relay hash: decides mining and places a receipt in the sum tree.
-    pub const RELAY: &[u8] = b"relaymesh/6/hash/relay\0";
+    pub const RELAY: &[u8] = b"relaymesh/7/hash/relay\0";
     /// One step of a request's ack chain.
-    pub const ACK_CHAIN: &[u8] = b"relaymesh/6/hash/ack-chain\0";
+    pub const ACK_CHAIN: &[u8] = b"relaymesh/7/hash/ack-chain\0";
     /// Sum-tree leaf.
-    pub const TREE_LEAF: &[u8] = b"relaymesh/6/hash/tree-leaf\0";
+    pub const TREE_LEAF: &[u8] = b"relaymesh/7/hash/tree-leaf\0";
     /// Sum-tree internal node.
-    pub const TREE_NODE: &[u8] = b"relaymesh/6/hash/tree-node\0";
+    pub const TREE_NODE: &[u8] = b"relaymesh/7/hash/tree-node\0";
     /// The app's commitment `H(r)`.
-    pub const COMMITMENT: &[u8] = b"relaymesh/6/hash/commitment\0";
+    pub const COMMITMENT: &[u8] = b"relaymesh/7/hash/commitment\0";
     /// Challenge seed `H(r, root)`.
-    pub const SEED: &[u8] = b"relaymesh/6/hash/seed\0";
+    pub const SEED: &[u8] = b"relaymesh/7/hash/seed\0";
     /// The i-th sampling point drawn from a seed.
-    pub const SAMPLE: &[u8] = b"relaymesh/6/hash/sample\0";
+    pub const SAMPLE: &[u8] = b"relaymesh/7/hash/sample\0";
     /// Claim id: hash of a signed claim.
-    pub const CLAIM: &[u8] = b"relaymesh/6/hash/claim\0";
+    pub const CLAIM: &[u8] = b"relaymesh/7/hash/claim\0";
     /// Transfer id: hash of a signed transfer.
-    pub const TRANSFER: &[u8] = b"relaymesh/6/hash/transfer\0";
+    pub const TRANSFER: &[u8] = b"relaymesh/7/hash/transfer\0";
     /// Coefficients of a batch signature check.
-    pub const BATCH: &[u8] = b"relaymesh/6/hash/batch-verify\0";
+    pub const BATCH: &[u8] = b"relaymesh/7/hash/batch-verify\0";
     /// Prompt digest: hash of an inference payload, committed to by the request.
-    pub const PROMPT: &[u8] = b"relaymesh/6/hash/prompt\0";
+    pub const PROMPT: &[u8] = b"relaymesh/7/hash/prompt\0";
     /// The supplier's commitment `H(s)` to its session's mining secret.
-    pub const MINING_COMMITMENT: &[u8] = b"relaymesh/6/hash/mining-commitment\0";
+    pub const MINING_COMMITMENT: &[u8] = b"relaymesh/7/hash/mining-commitment\0";
     /// The lottery a receipt's mining is decided by: `H(s, relay hash)`.
-    pub const LOTTERY: &[u8] = b"relaymesh/6/hash/lottery\0";
+    pub const LOTTERY: &[u8] = b"relaymesh/7/hash/lottery\0";
     /// Debit id of a session: hash of the app-signed terms (the escrow they commit).
-    pub const DEBIT: &[u8] = b"relaymesh/6/hash/debit\0";
+    pub const DEBIT: &[u8] = b"relaymesh/7/hash/debit\0";
     /// A secret a key derives for one purpose (a supplier's mining secret per session).
-    pub const DERIVE: &[u8] = b"relaymesh/6/hash/derive\0";
+    pub const DERIVE: &[u8] = b"relaymesh/7/hash/derive\0";
 }
 
 /// blake3 over `tag ‖ parts…`.

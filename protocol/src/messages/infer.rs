@@ -37,6 +37,12 @@ pub const MAX_EMBEDDING_DIMS: usize = 8192;
 /// own, whose fixed cost is about a generated token's (found by review: 256 one-byte
 /// inputs were 256 passes billed as 256 bytes).
 pub const MIN_EMBED_INPUT_BYTES: u64 = 16;
+/// Most alternatives a request may ask to be told per token (OpenAI's bound).
+pub const MAX_TOP_LOGPROBS: u8 = 20;
+/// Longest token text a [`TokenChoice`] carries; a longer token's is cut.
+pub const MAX_LOGPROB_TOKEN_BYTES: usize = 128;
+/// Most tokens one `Logprobs` frame describes.
+pub const MAX_LOGPROB_TOKENS: usize = 16;
 
 /// Who wrote a chat turn.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,6 +111,9 @@ pub struct InferPayload {
     pub stop: BoundedVec<BoundedString<MAX_STOP_BYTES>, 4>,
     /// The shape the answer must take; `None`: free text.
     pub format: Option<OutputFormat>,
+    /// Whether to tell each token's log probability, and how many of the most likely
+    /// alternatives with it (0 to [`MAX_TOP_LOGPROBS`]); `None`: not told (version 7).
+    pub logprobs: Option<u8>,
 }
 
 impl InferPayload {
@@ -148,6 +157,7 @@ impl InferPayload {
             max_tokens: 0,
             stop: BoundedVec::new(),
             format: None,
+            logprobs: None,
         }
     }
 
@@ -163,9 +173,10 @@ impl InferPayload {
             && self.top_k.is_none()
             && self.seed.is_none()
             && self.stop.is_empty()
-            && self.format.is_none();
+            && self.format.is_none()
+            && self.logprobs.is_none();
         Some(if !plain {
-            Err("an embedding request sets no max_tokens, sampling, stop or format")
+            Err("an embedding request sets no max_tokens, sampling, stop, format or logprobs")
         } else if inputs.is_empty() {
             Err("an embedding request embeds at least one input")
         } else {
@@ -193,6 +204,111 @@ impl Embedding {
     /// The vector.
     pub fn values(&self) -> Vec<f32> {
         self.bits.iter().map(|b| f32::from_bits(*b)).collect()
+    }
+}
+
+/// One token and its log probability under the model (before sampling's
+/// temperature, top-k or top-p), as the supplier's engine computed it: its word,
+/// deciding nothing that is paid.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize_tuple, Deserialize_tuple)]
+pub struct TokenChoice {
+    /// The token's text as bytes (a token may end inside a character); cut at
+    /// [`MAX_LOGPROB_TOKEN_BYTES`].
+    pub bytes: BoundedVec<u8, MAX_LOGPROB_TOKEN_BYTES>,
+    /// Its natural-log probability as an IEEE 754 single-precision bit pattern
+    /// (canonical encodings carry no floats). A receiver refuses one that is not a
+    /// finite number at most 0.
+    pub logprob_bits: u32,
+}
+
+impl TokenChoice {
+    /// The choice of `bytes` (cut to fit) at `logprob`.
+    pub fn new(bytes: &[u8], logprob: f32) -> Self {
+        let cut = &bytes[..bytes.len().min(MAX_LOGPROB_TOKEN_BYTES)];
+        Self {
+            bytes: BoundedVec::try_from_vec(cut.to_vec()).expect("cut to fit"),
+            logprob_bits: logprob.to_bits(),
+        }
+    }
+
+    /// The log probability, if it is one (finite, at most 0).
+    pub fn logprob(&self) -> Option<f32> {
+        let p = f32::from_bits(self.logprob_bits);
+        (p.is_finite() && p <= 0.0).then_some(p)
+    }
+}
+
+/// What one generated token's log probability frame says of it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize_tuple, Deserialize_tuple)]
+pub struct TokenLogprobs {
+    /// The token generated.
+    pub chosen: TokenChoice,
+    /// The most likely tokens at its place, most likely first: as many as the request
+    /// asked for (fewer only where the vocabulary has fewer).
+    pub top: BoundedVec<TokenChoice, { MAX_TOP_LOGPROBS as usize }>,
+}
+
+/// Most tokens whose log probabilities may come before one `Token` frame (a supplier
+/// whose text was held back longer, behind a long stop sequence's start, tells the
+/// first ones only).
+pub const MAX_HELD_LOGPROBS: usize = 64;
+
+/// The app's check of the `Logprobs` frames of one request's stream, so that what a
+/// supplier sends unpaid stays bounded by what the request asked for.
+#[derive(Clone, Debug)]
+pub struct LogprobsCheck {
+    asked: Option<u8>,
+    max_tokens: u32,
+    told: u64,
+    held: usize,
+}
+
+impl LogprobsCheck {
+    /// The check of a stream answering `payload`.
+    pub fn new(payload: &InferPayload) -> Self {
+        Self {
+            asked: payload.logprobs,
+            max_tokens: payload.max_tokens,
+            told: 0,
+            held: 0,
+        }
+    }
+
+    /// Takes a `Logprobs` frame describing `tokens`, or says why it cannot: the
+    /// request did not ask; the frame is empty; it gives more alternatives than
+    /// asked, or a value that is not a log probability; more than
+    /// [`MAX_HELD_LOGPROBS`] tokens come before one `Token` frame; or more tokens
+    /// are described in all than the request may generate.
+    pub fn told(&mut self, tokens: &[TokenLogprobs]) -> Result<(), &'static str> {
+        let Some(asked) = self.asked else {
+            return Err("log probabilities the request did not ask for");
+        };
+        let told = self.told + tokens.len() as u64;
+        let held = self.held + tokens.len();
+        if tokens.is_empty() {
+            Err("a Logprobs frame describing no token")
+        } else if told > u64::from(self.max_tokens) {
+            Err("log probabilities of more tokens than the request may generate")
+        } else if held > MAX_HELD_LOGPROBS {
+            Err("log probabilities of too many tokens before their text")
+        } else if tokens.iter().any(|t| t.top.len() > usize::from(asked)) {
+            Err("more alternatives than the request asked for")
+        } else if tokens.iter().any(|t| {
+            std::iter::once(&t.chosen)
+                .chain(t.top.iter())
+                .any(|c| c.logprob().is_none())
+        }) {
+            Err("a log probability that is not a finite number at most 0")
+        } else {
+            self.told = told;
+            self.held = held;
+            Ok(())
+        }
+    }
+
+    /// A `Token` frame came: the tokens told so far have their text.
+    pub fn token(&mut self) {
+        self.held = 0;
     }
 }
 
@@ -273,6 +389,10 @@ pub enum FrameBody {
     /// Supplier → app: the next input's embedding, for an embedding request (version
     /// 6), one per input in order, before `Done`.
     Embedding(Embedding),
+    /// Supplier → app, for a request that asked (version 7): the log probabilities
+    /// of the tokens whose text the next `Token` frame begins, in order. Unpaid and
+    /// unacked; at most one before each `Token` frame.
+    Logprobs(BoundedVec<TokenLogprobs, MAX_LOGPROB_TOKENS>),
     /// App → supplier: an ack.
     Ack(SignedAck),
     /// Supplier → app: generation ended.
@@ -311,5 +431,59 @@ impl InferFrame {
             version: crate::PROTOCOL_VERSION,
             body,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payload(logprobs: Option<u8>, max_tokens: u32) -> InferPayload {
+        let mut p = InferPayload::embed(BoundedString::new("m").unwrap(), BoundedVec::new());
+        p.prompt = PromptBody::Text(BoundedString::new("Hi").unwrap());
+        p.max_tokens = max_tokens;
+        p.logprobs = logprobs;
+        p
+    }
+
+    fn token(alternatives: usize, logprob: f32) -> TokenLogprobs {
+        TokenLogprobs {
+            chosen: TokenChoice::new(b"a", logprob),
+            top: BoundedVec::try_from_vec(vec![TokenChoice::new(b"a", -0.5); alternatives])
+                .unwrap(),
+        }
+    }
+
+    /// What a supplier sends unpaid is bounded by what the request asked for: nothing
+    /// unasked, no more alternatives, no more tokens than the request may generate or
+    /// than come before one token's text, and only log probabilities.
+    #[test]
+    fn log_probabilities_are_taken_only_as_asked() {
+        let mut unasked = LogprobsCheck::new(&payload(None, 8));
+        assert!(unasked.told(&[token(0, -0.5)]).is_err());
+
+        let mut check = LogprobsCheck::new(&payload(Some(2), 100));
+        assert!(check.told(&[]).is_err());
+        assert!(check.told(&[token(3, -0.5)]).is_err());
+        for bad in [0.5, f32::NAN, f32::NEG_INFINITY, f32::INFINITY] {
+            assert!(check.told(&[token(1, bad)]).is_err(), "{bad}");
+        }
+        assert!(check.told(&[token(2, -0.5), token(0, 0.0)]).is_ok());
+        // More than MAX_HELD_LOGPROBS before a token's text.
+        let many = vec![token(2, -1.0); MAX_LOGPROB_TOKENS];
+        for _ in 0..3 {
+            assert!(check.told(&many).is_ok());
+        }
+        assert!(check.told(&many).is_err());
+        // 2 + 16 × 3 = 50 told of 100; three more frames of 16 would pass the
+        // request's max_tokens.
+        for _ in 0..3 {
+            check.token();
+            assert!(check.told(&many).is_ok());
+        }
+        check.token();
+        assert!(check.told(&many).is_err());
+        assert!(check.told(&many[..2]).is_ok());
+        assert!(check.told(&many[..1]).is_err());
     }
 }

@@ -7,7 +7,7 @@ use relaymesh_protocol::messages::credit::CreditSlot;
 use relaymesh_protocol::messages::equivocation::EquivocationEvidence;
 use relaymesh_protocol::messages::infer::{
     Embedding, FrameBody, InferFrame, InferPayload, InferRequest, OutputFormat, PromptBody, Refuse,
-    RefuseCode, Turn, TurnRole,
+    RefuseCode, TokenChoice, TokenLogprobs, Turn, TurnRole,
 };
 use relaymesh_protocol::messages::ledger::{LedgerBody, LedgerMessage};
 use relaymesh_protocol::messages::membership::{
@@ -167,6 +167,7 @@ pub fn all() -> Vec<Golden> {
             BoundedString::new(r#"{"type":"object","properties":{"city":{"type":"string"}}}"#)
                 .unwrap(),
         )),
+        logprobs: Some(2),
     };
     let frame_request = InferFrame::new(FrameBody::Request(InferRequest {
         request: receipt.request.clone(),
@@ -183,6 +184,18 @@ pub fn all() -> Vec<Golden> {
     }));
     let frame_vector = InferFrame::new(FrameBody::Embedding(
         Embedding::new(&[0.6, -0.8, 0.0]).unwrap(),
+    ));
+    // Version 7: one token's log probability and two alternatives.
+    let frame_logprobs = InferFrame::new(FrameBody::Logprobs(
+        BoundedVec::try_from_vec(vec![TokenLogprobs {
+            chosen: TokenChoice::new(b" Paris", -0.25),
+            top: BoundedVec::try_from_vec(vec![
+                TokenChoice::new(b" Paris", -0.25),
+                TokenChoice::new(b" Lyon", -2.5),
+            ])
+            .unwrap(),
+        }])
+        .unwrap(),
     ));
     let frame_refuse = InferFrame::new(FrameBody::Refuse(Refuse {
         code: RefuseCode::Busy,
@@ -222,6 +235,12 @@ pub fn all() -> Vec<Golden> {
         ),
         golden(Some("embedding"), frame_vector, |f| match &f.body {
             FrameBody::Embedding(e) => e.values() == [0.6, -0.8, 0.0],
+            _ => false,
+        }),
+        golden(Some("logprobs"), frame_logprobs, |f| match &f.body {
+            FrameBody::Logprobs(l) => {
+                l[0].chosen.logprob() == Some(-0.25) && l[0].top[1].bytes.as_slice() == b" Lyon"
+            }
             _ => false,
         }),
         golden(Some("resume"), frame_resume, move |f| match &f.body {

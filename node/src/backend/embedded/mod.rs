@@ -176,7 +176,7 @@ impl EmbeddedBackend {
             match events.blocking_recv() {
                 Some(GenEvent::Done(_)) => break,
                 Some(GenEvent::Failed(why)) => return Err(BackendError::Internal(why)),
-                Some(GenEvent::Text(_)) => {}
+                Some(GenEvent::Text(_) | GenEvent::Logprobs(_)) => {}
                 None => return Err(BackendError::Internal("the decode loop has stopped".into())),
             }
         }
@@ -246,6 +246,7 @@ impl EmbeddedBackend {
                 record: None,
                 slot: None,
                 tenant: Tenant::Local,
+                logprobs: sampling.logprobs,
             },
             rx,
         ))

@@ -151,7 +151,44 @@ pub(super) fn check(sampling: &Sampling) -> Result<(), BackendError> {
     if let Some(p) = sampling.top_p.filter(|p| !(*p > 0.0 && *p <= 1.0)) {
         return Err(BackendError::Invalid(format!("top_p {p} is not in (0, 1]")));
     }
+    if let Some(n) = sampling
+        .logprobs
+        .filter(|n| *n > super::super::MAX_TOP_LOGPROBS)
+    {
+        return Err(BackendError::Invalid(format!(
+            "top_logprobs {n} is more than {}",
+            super::super::MAX_TOP_LOGPROBS
+        )));
+    }
     Ok(())
+}
+
+/// The log probability of token `chosen` under `logits` (their log-softmax: the
+/// model's own distribution, before temperature, top-k or top-p), and the `top` most
+/// likely tokens with theirs, most likely first (the lower id first among equals).
+pub fn logprobs(logits: &[f32], chosen: usize, top: usize) -> (f32, Vec<(usize, f32)>) {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
+    let norm = f64::from(max) + sum.ln();
+    let logprob = |l: f32| (f64::from(l) - norm).min(0.0) as f32;
+    // A short sorted list beats sorting the vocabulary: `top` is at most 20.
+    let mut best: Vec<(usize, f32)> = Vec::with_capacity(top + 1);
+    if top > 0 {
+        for (id, &l) in logits.iter().enumerate() {
+            if best.len() < top || l > best[best.len() - 1].1 {
+                let at = best.partition_point(|&(_, b)| b >= l);
+                best.insert(at, (id, l));
+                best.truncate(top);
+            }
+        }
+    }
+    let chosen = logits
+        .get(chosen)
+        .map_or(f32::NEG_INFINITY, |&l| logprob(l));
+    (
+        chosen,
+        best.into_iter().map(|(id, l)| (id, logprob(l))).collect(),
+    )
 }
 
 #[cfg(test)]
@@ -171,6 +208,33 @@ mod tests {
         assert!(check(&with(f64::NAN, None)).is_err());
         assert!(check(&with(0.7, Some(0.0))).is_err());
         assert!(check(&with(0.7, Some(1.5))).is_err());
+        let asking = |n| Sampling {
+            logprobs: Some(n),
+            ..Sampling::default()
+        };
+        assert!(check(&asking(20)).is_ok());
+        assert!(check(&asking(21)).is_err());
+    }
+
+    #[test]
+    fn log_probabilities_are_the_logits_log_softmax() {
+        let logits = [1.0f32, 3.0, 2.0, 3.0, -1.0];
+        let (chosen, top) = logprobs(&logits, 2, 3);
+        let norm = logits.iter().map(|&l| f64::from(l).exp()).sum::<f64>().ln();
+        let expect = |l: f32| (f64::from(l) - norm) as f32;
+        assert!((chosen - expect(2.0)).abs() < 1e-6);
+        // Most likely first, the lower id first among equals.
+        assert_eq!(top.iter().map(|t| t.0).collect::<Vec<_>>(), [1, 3, 2]);
+        assert!((top[0].1 - expect(3.0)).abs() < 1e-6);
+        let total: f32 = (0..logits.len())
+            .map(|i| logprobs(&logits, i, 0).0.exp())
+            .sum();
+        assert!((total - 1.0).abs() < 1e-5);
+        // No alternatives asked, none told; and a large vocabulary's every logit
+        // very negative still gives probabilities that sum to one.
+        assert!(logprobs(&logits, 0, 0).1.is_empty());
+        let far = vec![-1e4f32; 50_000];
+        assert!((logprobs(&far, 7, 1).0 - -(50_000f32).ln()).abs() < 1e-3);
     }
 
     #[test]

@@ -9,7 +9,9 @@ use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 use tokio::sync::mpsc::{self, error::TrySendError};
 
-use super::super::{Finish, FinishReason, GenEvent, SlotGuard, StopMatcher, Tenant};
+use super::super::{
+    Finish, FinishReason, GenEvent, SlotGuard, StopMatcher, Tenant, TokenLogprob, TokenProb,
+};
 use super::schedule::Want;
 use super::utf8::Utf8Pieces;
 
@@ -34,6 +36,8 @@ pub struct Job {
     pub slot: Option<SlotGuard>,
     /// On whose behalf it runs (each tenant gets its turn in every step).
     pub tenant: Tenant,
+    /// Alternatives to tell with each token's log probability; `None`: none told.
+    pub logprobs: Option<u8>,
 }
 
 /// What the loop does with a sequence after delivering its events.
@@ -62,6 +66,8 @@ pub struct Sequence {
     generated: usize,
     stop: StopMatcher,
     text: Utf8Pieces,
+    /// Log probabilities of tokens whose text has not gone out yet.
+    told: Vec<TokenLogprob>,
     outbox: VecDeque<GenEvent>,
     finished: bool,
     /// The loop's step it last had tokens in (0: never).
@@ -87,6 +93,7 @@ impl Sequence {
             next: None,
             generated: 0,
             text: Utf8Pieces::default(),
+            told: Vec::new(),
             outbox: VecDeque::new(),
             finished: false,
             last_turn: 0,
@@ -186,11 +193,28 @@ impl Sequence {
             return self.finish(FinishReason::Stop, None);
         }
         self.generated += 1;
-        let piece = self.text.push(&vocab.token_to_piece(token, false, None));
-        let (text, stopped) = self.stop.push(&piece);
-        if !text.is_empty() {
-            self.outbox.push_back(GenEvent::Text(text));
+        let bytes = vocab.token_to_piece(token, false, None);
+        if let Some(top) = self.job.logprobs {
+            let (logprob, best) = super::sampler::logprobs(
+                ctx.get_logits_ith(batch_index),
+                usize::try_from(token.0).unwrap_or(usize::MAX),
+                usize::from(top),
+            );
+            let prob = |bytes, logprob| TokenProb { bytes, logprob };
+            self.told.push(TokenLogprob {
+                chosen: prob(bytes.clone(), logprob),
+                top: best
+                    .into_iter()
+                    .map(|(id, lp)| {
+                        let id = LlamaToken(i32::try_from(id).unwrap_or(i32::MAX));
+                        prob(vocab.token_to_piece(id, false, None), lp)
+                    })
+                    .collect(),
+            });
         }
+        let piece = self.text.push(&bytes);
+        let (text, stopped) = self.stop.push(&piece);
+        self.say(text);
         if stopped.is_some() {
             self.finish(FinishReason::Stop, stopped)
         } else if self.generated >= self.job.max_new {
@@ -210,9 +234,7 @@ impl Sequence {
             rest.push_str(&self.stop.finish());
             rest
         };
-        if !rest.is_empty() {
-            self.outbox.push_back(GenEvent::Text(rest));
-        }
+        self.say(rest);
         self.outbox.push_back(GenEvent::Done(Finish {
             reason,
             prompt_tokens: self.job.prompt.len().try_into().unwrap_or(u32::MAX),
@@ -222,6 +244,19 @@ impl Sequence {
         }));
         self.next = None;
         self.finished = true;
+    }
+
+    /// Queues `text` (if any), after the log probabilities of the tokens told so far:
+    /// theirs is the text that begins here.
+    fn say(&mut self, text: String) {
+        if text.is_empty() {
+            return;
+        }
+        if !self.told.is_empty() {
+            self.outbox
+                .push_back(GenEvent::Logprobs(std::mem::take(&mut self.told)));
+        }
+        self.outbox.push_back(GenEvent::Text(text));
     }
 
     /// Ends it with an error (a failed decode).

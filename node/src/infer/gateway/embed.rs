@@ -185,6 +185,7 @@ fn kind(body: &FrameBody) -> &'static str {
         FrameBody::Request(_) => "Request",
         FrameBody::Token(_) => "Token",
         FrameBody::Embedding(_) => "Embedding",
+        FrameBody::Logprobs(_) => "Logprobs",
         FrameBody::Ack(_) => "Ack",
         FrameBody::Done(_) => "Done",
         FrameBody::Refuse(_) => "Refuse",

@@ -116,6 +116,8 @@ impl Job {
         let key = self.gateway.key.clone();
         let stall = self.gateway.timeouts.stall;
         let mut leg_tokens = 0u32;
+        // Log probabilities of tokens whose text has not come yet (bounded by the check).
+        let mut held: Vec<TokenLogprob> = Vec::new();
         loop {
             let body = match leg.first.take() {
                 Some(body) => body,
@@ -128,11 +130,25 @@ impl Job {
                 },
             };
             match body {
+                FrameBody::Logprobs(tokens) => match leg.told.told(&tokens) {
+                    Ok(()) => held.extend(crate::infer::told_logprobs(&tokens)),
+                    Err(e) => return LegEnd::Broken(format!("bad log probabilities: {e}")),
+                },
                 FrameBody::Token(text) => {
                     let ack = match leg.flow.on_token(text.as_str(), &key) {
                         Ok(ack) => ack,
                         Err(e) => return LegEnd::Broken(format!("bad token frame: {e}")),
                     };
+                    leg.told.token();
+                    if !held.is_empty()
+                        && self
+                            .tx
+                            .send(GenEvent::Logprobs(std::mem::take(&mut held)))
+                            .await
+                            .is_err()
+                    {
+                        return LegEnd::ClientGone;
+                    }
                     self.answer.push_str(text.as_str());
                     self.provenance.update(|p| {
                         if let Some(b) = p.answer_bytes.last_mut() {

@@ -18,7 +18,7 @@ use libp2p::{PeerId, Stream, StreamProtocol};
 use relaymesh_protocol::identity::signed::Signed;
 use relaymesh_protocol::messages::capability::ModelOffer;
 use relaymesh_protocol::messages::infer::{
-    DoneReason, FrameBody, InferPayload, InferRequest, RefuseCode, MAX_TOKEN_BYTES,
+    DoneReason, FrameBody, InferPayload, InferRequest, LogprobsCheck, RefuseCode, MAX_TOKEN_BYTES,
 };
 use relaymesh_protocol::messages::reveal::commitment;
 use relaymesh_protocol::messages::session::{SessionOpen, SessionProposal, SignedSessionOpen};
@@ -36,7 +36,8 @@ use super::router::{InFlight, NoRoute, Router};
 use super::{embed_payload, payload, window, DEFAULT_MAX_TOKENS};
 use crate::backend::{
     Backend, BackendError, ChatMessage, Embedded, Finish, FinishReason, GenEvent, GenRequest,
-    Generation, ModelDetails, ModelInfo, Prompt, Provenance, Role, Tenant, EVENT_BUFFER,
+    Generation, ModelDetails, ModelInfo, Prompt, Provenance, Role, Tenant, TokenLogprob,
+    EVENT_BUFFER,
 };
 use crate::mesh::{now_ms, NodeHandle};
 
@@ -313,6 +314,8 @@ struct Leg {
     r: ReadHalf<Stream>,
     w: WriteHalf<Stream>,
     flow: AppFlow,
+    /// The request's log probabilities, as they come.
+    told: LogprobsCheck,
     session: SignedSessionOpen,
     first: Option<FrameBody>,
     /// When the first frame came: speed is measured from here, so time spent queueing

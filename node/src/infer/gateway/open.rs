@@ -125,6 +125,7 @@ impl Gateway {
         );
         let flow =
             AppFlow::new(acker, flow_window, &session.body).with_max_tokens(payload.max_tokens);
+        let told = LogprobsCheck::new(&payload);
         write_frame(
             &mut w,
             FrameBody::Request(InferRequest {
@@ -176,6 +177,7 @@ impl Gateway {
             r,
             w,
             flow,
+            told,
             session,
             first: Some(first),
             first_at: Instant::now(),

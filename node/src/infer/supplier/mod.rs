@@ -14,7 +14,8 @@ use futures::{AsyncReadExt, StreamExt};
 use libp2p::{PeerId, Stream, StreamProtocol};
 use relaymesh_protocol::messages::ack::SignedAck;
 use relaymesh_protocol::messages::infer::{
-    Done, DoneReason, FrameBody, InferRequest, Refuse, RefuseCode, MAX_TOKEN_BYTES,
+    Done, DoneReason, FrameBody, InferRequest, Refuse, RefuseCode, TokenLogprobs,
+    MAX_HELD_LOGPROBS, MAX_LOGPROB_TOKENS, MAX_TOKEN_BYTES, MAX_TOP_LOGPROBS,
 };
 use relaymesh_protocol::messages::session::{SessionOpen, SessionProposal, SignedSessionOpen};
 use relaymesh_protocol::metering::flow::{Accepted, SupplierFlow};
@@ -28,10 +29,19 @@ use tracing::{debug, info, warn};
 use super::codec::{read_frame, write_frame, FrameError};
 use super::gen_request;
 use super::stream_slots::{StreamSlot, StreamSlots, FIRST_FRAME_TIMEOUT};
-use crate::backend::{BackendError, FinishReason, GenEvent, Models, ServedModel, Tenant};
+use crate::backend::{
+    BackendError, FinishReason, GenEvent, Models, ServedModel, Tenant, TokenLogprob,
+};
 use crate::infer::app_limits::StreamTicket;
 use crate::mesh::now_ms;
 use clash::still_admitted;
+
+/// A frame waiting for the window: a token's text, or the log probabilities of the
+/// tokens whose text the next piece begins.
+enum Out {
+    Piece(String),
+    Told(relaymesh_protocol::BoundedVec<TokenLogprobs, MAX_LOGPROB_TOKENS>),
+}
 pub use clash::{FreshSessions, CLASH_WAIT};
 
 /// Shortest session a supplier countersigns (or the mesh's longest, if shorter).
@@ -451,6 +461,11 @@ async fn serve(
                 payload.model.as_str()
             ),
         ))
+    } else if payload.logprobs.is_some_and(|n| n > MAX_TOP_LOGPROBS) {
+        Some((
+            RefuseCode::Invalid,
+            format!("a request asks for at most {MAX_TOP_LOGPROBS} alternatives per token"),
+        ))
     } else {
         embed::shape_problem(&request.body, &payload, served)
     };
@@ -630,7 +645,9 @@ async fn serve(
     let result = async {
         let mut done: Option<Done> = None;
         let mut generated = false;
-        let mut pending: std::collections::VecDeque<String> = Default::default();
+        let mut pending: std::collections::VecDeque<Out> = Default::default();
+        // Log probabilities of tokens whose text has not come yet.
+        let mut told: Vec<TokenLogprob> = Vec::new();
         loop {
             if flow.is_closed() {
                 return Ok(());
@@ -656,7 +673,15 @@ async fn serve(
             // the tokens asked for), is not sent: the answer ends there, as if at its
             // length limit.
             while flow.can_send() && (clash_check.is_none() || sent < first_window) {
-                let Some(piece) = pending.pop_front() else { break };
+                let piece = match pending.pop_front() {
+                    None => break,
+                    // Unpaid, and no more than the tokens that made the text after it.
+                    Some(Out::Told(tokens)) => {
+                        write_frame(&mut w, FrameBody::Logprobs(tokens)).await.map_err(|e| e.to_string())?;
+                        continue;
+                    }
+                    Some(Out::Piece(piece)) => piece,
+                };
                 let units = session.body.cu.output_units(0, piece.len() as u32).unwrap_or(u64::MAX);
                 let spent = output_budget.is_some_and(|left| units > left);
                 if spent || flow.frames_left() == 0 {
@@ -712,7 +737,16 @@ async fn serve(
                 }
                 event = next_event(&mut generation), if generating => match event.inspect(|_| clock.heard(std::time::Instant::now())) {
                     Some(GenEvent::Text(text)) => {
-                        pending.extend(terms::token_frames(&text, cap).into_iter().map(str::to_owned));
+                        if let Some(asked) = payload.logprobs {
+                            let tokens = std::mem::take(&mut told);
+                            pending.extend(super::logprob_frames(&tokens, asked).into_iter().map(Out::Told));
+                        }
+                        pending.extend(terms::token_frames(&text, cap).into_iter().map(|p| Out::Piece(p.to_owned())));
+                    }
+                    // Kept for the text they made, as many as the app takes before it.
+                    Some(GenEvent::Logprobs(tokens)) => {
+                        let room = MAX_HELD_LOGPROBS.saturating_sub(told.len());
+                        told.extend(tokens.into_iter().take(room));
                     }
                     Some(GenEvent::Done(f)) => {
                         generated = true;
