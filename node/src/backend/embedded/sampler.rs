@@ -8,12 +8,33 @@ use super::super::{BackendError, Format, Sampling};
 /// Temperature when a request names none (Ollama's default).
 pub const DEFAULT_TEMPERATURE: f64 = 0.8;
 
+/// Grammars made lately, by their schema's text: the API checks a request's format by
+/// making its grammar, and the engine needs the same grammar moments later.
+static MADE: std::sync::Mutex<std::collections::VecDeque<(String, String)>> =
+    std::sync::Mutex::new(std::collections::VecDeque::new());
+/// How many grammars [`MADE`] keeps (each from a schema of at most 16 KiB).
+const MADE_KEPT: usize = 8;
+
 /// The grammar (GBNF) an answer in `format` follows: llama.cpp's own conversion of the
-/// JSON schema, as llama-server makes it.
+/// JSON schema, as llama-server makes it (made once for the last few schemas).
 pub fn grammar(format: &Format) -> Result<String, BackendError> {
     let schema = format.checked_schema().map_err(BackendError::Invalid)?;
-    llama_cpp_2::json_schema_to_grammar(&schema)
-        .map_err(|e| BackendError::Invalid(format!("the JSON schema cannot be used: {e}")))
+    let made = |m: &std::collections::VecDeque<(String, String)>| {
+        m.iter().find(|(s, _)| *s == schema).map(|(_, g)| g.clone())
+    };
+    if let Some(rules) = made(&MADE.lock().expect("grammar cache lock")) {
+        return Ok(rules);
+    }
+    let rules = llama_cpp_2::json_schema_to_grammar(&schema)
+        .map_err(|e| BackendError::Invalid(format!("the JSON schema cannot be used: {e}")))?;
+    let mut cache = MADE.lock().expect("grammar cache lock");
+    if made(&cache).is_none() {
+        if cache.len() == MADE_KEPT {
+            cache.pop_front();
+        }
+        cache.push_back((schema, rules.clone()));
+    }
+    Ok(rules)
 }
 
 /// The grammar sampler of an output format's `rules` (made by [`grammar`]).
@@ -235,6 +256,25 @@ mod tests {
         assert!(logprobs(&logits, 0, 0).1.is_empty());
         let far = vec![-1e4f32; 50_000];
         assert!((logprobs(&far, 7, 1).0 - -(50_000f32).ln()).abs() < 1e-3);
+    }
+
+    #[test]
+    fn a_schema_s_grammar_is_made_once_for_the_api_and_the_engine() {
+        let schema =
+            |n: usize| Format::JsonSchema(format!(r#"{{"type":"string","maxLength":{n}}}"#));
+        let first = grammar(&schema(901)).unwrap();
+        let kept = |n: usize| {
+            let text = schema(n).checked_schema().unwrap();
+            MADE.lock().unwrap().iter().any(|(s, _)| *s == text)
+        };
+        assert!(kept(901));
+        assert_eq!(grammar(&schema(901)).unwrap(), first);
+        // Bounded: older schemas make way (other tests may add theirs meanwhile).
+        for n in 0..MADE_KEPT {
+            grammar(&schema(910 + n)).unwrap();
+        }
+        assert!(MADE.lock().unwrap().len() <= MADE_KEPT);
+        assert!(!kept(901));
     }
 
     #[test]
