@@ -73,14 +73,39 @@ pub fn entries(tokens: &[TokenLogprob]) -> Value {
         .collect()
 }
 
-/// The legacy completions API's `logprobs` object for `tokens`, whose text begins
-/// `offset` characters into the answer (moved past them).
-pub fn legacy(tokens: &[TokenLogprob], offset: &mut usize) -> Value {
-    let mut text_offset = Vec::with_capacity(tokens.len());
-    for t in tokens {
-        text_offset.push(*offset);
-        *offset += t.chosen.text().chars().count();
+/// Where the next token's text begins in an answer: the characters so far, and the
+/// bytes of a character a token's end cut, which the next token finishes.
+#[derive(Default)]
+pub struct Offset {
+    chars: usize,
+    cut: Vec<u8>,
+}
+
+impl Offset {
+    /// The offset of a token of `bytes`, and moves past it.
+    fn take(&mut self, bytes: &[u8]) -> usize {
+        let at = self.chars;
+        self.cut.extend_from_slice(bytes);
+        let whole = match std::str::from_utf8(&self.cut) {
+            Ok(text) => text.len(),
+            // A character still cut at the end waits for the next token; bytes that
+            // can never be one count as one character each (as a lossy decode shows).
+            Err(e) if e.error_len().is_none() => e.valid_up_to(),
+            Err(e) => e.valid_up_to() + e.error_len().unwrap_or(1),
+        };
+        self.chars += String::from_utf8_lossy(&self.cut[..whole]).chars().count();
+        self.cut.drain(..whole);
+        at
     }
+}
+
+/// The legacy completions API's `logprobs` object for `tokens`, whose text begins at
+/// `offset` in the answer (moved past them).
+pub fn legacy(tokens: &[TokenLogprob], offset: &mut Offset) -> Value {
+    let text_offset: Vec<usize> = tokens
+        .iter()
+        .map(|t| offset.take(&t.chosen.bytes))
+        .collect();
     let top: Vec<Value> = tokens
         .iter()
         .map(|t| {
@@ -144,10 +169,20 @@ mod tests {
         assert_eq!(e[0]["token"], "Hé");
         assert_eq!(e[0]["bytes"], json!([72, 195, 169]));
         assert_eq!(e[1]["top_logprobs"][1]["token"], "y");
-        let mut offset = 3;
+        let mut offset = Offset::default();
+        offset.take(b"abc");
         let l = legacy(&tokens, &mut offset);
         assert_eq!(l["text_offset"], json!([3, 5]));
-        assert_eq!(offset, 8);
+        assert_eq!(offset.chars, 8);
+        // A character cut across two tokens counts once, after both.
+        let mut offset = Offset::default();
+        let e_acute = "é".as_bytes();
+        let at: Vec<usize> = [&e_acute[..1], &e_acute[1..], b"x"]
+            .iter()
+            .map(|b| offset.take(b))
+            .collect();
+        assert_eq!(at, [0, 0, 1]);
+        assert_eq!(offset.chars, 2);
         assert_eq!(l["tokens"], json!(["Hé", "llo"]));
         assert_eq!(l["token_logprobs"], json!([-0.5, -0.25]));
         assert_eq!(l["top_logprobs"][0]["Hi"], json!(-1.0));

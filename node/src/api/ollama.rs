@@ -295,7 +295,9 @@ async fn run(
                 Vec::new()
             }
             GenEvent::Logprobs(tokens) => {
-                told.extend(tokens);
+                if asked.is_some() {
+                    crate::backend::hold_logprobs(&mut told, tokens);
+                }
                 Vec::new()
             }
             GenEvent::Text(piece) => {

@@ -344,9 +344,9 @@ impl Kind {
         choice
     }
 
-    /// The `logprobs` of a choice whose text's tokens are `tokens`, beginning `offset`
-    /// characters into the answer (moved past them).
-    fn logprobs(self, tokens: &[TokenLogprob], offset: &mut usize) -> Value {
+    /// The `logprobs` of a choice whose text's tokens are `tokens`, beginning at
+    /// `offset` in the answer (moved past them).
+    fn logprobs(self, tokens: &[TokenLogprob], offset: &mut logprobs::Offset) -> Value {
         match self {
             Kind::Chat => json!({ "content": logprobs::entries(tokens), "refusal": null }),
             Kind::Text => logprobs::legacy(tokens, offset),
@@ -439,7 +439,7 @@ async fn complete(
         let generation = state.generate(model, req).await?;
         let mesh = generation.provenance().cloned();
         let (text, tokens, finish) = generation.collect_all().await?;
-        let told = asked.map(|_| kind.logprobs(&tokens, &mut 0));
+        let told = asked.map(|_| kind.logprobs(&tokens, &mut Default::default()));
         let choice = match &tools {
             Some(tools) => tool_answer(tools, &text, &finish, false).remove(0),
             None => kind.choice(Some(&text), Some(&finish), false, told),
@@ -476,14 +476,16 @@ async fn complete(
     // Under tools the answer is JSON to read whole: it is held back until it ends.
     let mut held = String::new();
     // Log probabilities wait for the text of their tokens.
-    let (mut told, mut offset) = (Vec::new(), 0);
+    let (mut told, mut offset) = (Vec::new(), logprobs::Offset::default());
     let (rx, mesh) = spawn_stream(state, model, req, move |event, mesh| match event {
         GenEvent::Text(piece) if tools.is_some() => {
             held.push_str(&piece);
             Vec::new()
         }
         GenEvent::Logprobs(tokens) => {
-            told.extend(tokens);
+            if asked.is_some() {
+                crate::backend::hold_logprobs(&mut told, tokens);
+            }
             Vec::new()
         }
         GenEvent::Text(piece) => {

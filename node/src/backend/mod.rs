@@ -113,6 +113,17 @@ pub struct TokenProb {
 }
 
 impl TokenProb {
+    /// `bytes` at `logprob`, told as a log probability: at most 0, and -9999 (as
+    /// OpenAI tells it) for one too small for an f32 or not a number at all.
+    pub fn new(bytes: Vec<u8>, logprob: f32) -> Self {
+        let logprob = if logprob.is_finite() {
+            logprob.min(0.0)
+        } else {
+            -9999.0
+        };
+        Self { bytes, logprob }
+    }
+
     /// The text, with a character cut by the token's end replaced.
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.bytes).into_owned()
@@ -127,6 +138,15 @@ pub struct TokenLogprob {
     pub chosen: TokenProb,
     /// The alternatives.
     pub top: Vec<TokenProb>,
+}
+
+/// Adds `tokens` to the log probabilities `held` for the text to come, as many as
+/// [`MAX_HELD_LOGPROBS`] (an upstream that tells more before its text is cut there).
+///
+/// [`MAX_HELD_LOGPROBS`]: relaymesh_protocol::messages::infer::MAX_HELD_LOGPROBS
+pub fn hold_logprobs(held: &mut Vec<TokenLogprob>, tokens: Vec<TokenLogprob>) {
+    let room = relaymesh_protocol::messages::infer::MAX_HELD_LOGPROBS.saturating_sub(held.len());
+    held.extend(tokens.into_iter().take(room));
 }
 
 /// One generation request.

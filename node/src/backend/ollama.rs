@@ -15,6 +15,8 @@ use ollama_rs::models::ModelOptions;
 use ollama_rs::Ollama;
 use tokio::sync::mpsc;
 
+use relaymesh_protocol::messages::infer::MAX_HELD_LOGPROBS;
+
 use super::{
     Backend, BackendError, Embedded, Finish, FinishReason, Format, GenEvent, GenRequest,
     Generation, ModelDetails, ModelDigest, ModelInfo, Prompt, Role, Sampling, Slots, Tenant,
@@ -167,22 +169,26 @@ fn options(s: &Sampling) -> ModelOptions {
     o
 }
 
-/// The log probabilities an Ollama answer's part tells, as an event. Only the chosen
-/// tokens': the client library reads no alternatives.
+/// The log probabilities an Ollama answer's part tells, as an event, if the request
+/// `asked` (at most [`MAX_HELD_LOGPROBS`] a part). Only the chosen tokens': the client
+/// library reads no alternatives.
 fn told(
+    asked: bool,
     logprobs: Option<Vec<ollama_rs::generation::parameters::LogprobsData>>,
 ) -> Option<GenEvent> {
-    let tokens: Vec<TokenLogprob> = logprobs?
+    let tokens: Vec<TokenLogprob> = logprobs
+        .filter(|_| asked)?
         .into_iter()
+        .take(MAX_HELD_LOGPROBS)
         .map(|d| TokenLogprob {
-            chosen: TokenProb {
-                bytes: if d.bytes.is_empty() {
+            chosen: TokenProb::new(
+                if d.bytes.is_empty() {
                     d.token.into_bytes()
                 } else {
                     d.bytes.iter().map(|&b| b.clamp(0, 255) as u8).collect()
                 },
-                logprob: d.logprob as f32,
-            },
+                d.logprob as f32,
+            ),
             top: Vec::new(),
         })
         .collect();
@@ -270,6 +276,7 @@ impl Backend for OllamaBackend {
             ),
         };
         let limit = request.sampling.max_tokens;
+        let asked = request.sampling.logprobs.is_some();
         let broke = || GenEvent::Failed("the connection to Ollama broke".into());
         let upstream = |e: ollama_rs::error::OllamaError| BackendError::Upstream(e.to_string());
         match request.prompt {
@@ -313,7 +320,7 @@ impl Backend for OllamaBackend {
                                     },
                                 );
                                 if !r.message.content.is_empty() {
-                                    if let Some(told) = told(r.logprobs) {
+                                    if let Some(told) = told(asked, r.logprobs) {
                                         let _ = tx.send(told).await;
                                     }
                                     let _ = tx.send(GenEvent::Text(r.message.content)).await;
@@ -325,7 +332,7 @@ impl Backend for OllamaBackend {
                                 return;
                             }
                             Ok(r) => {
-                                if let Some(told) = told(r.logprobs) {
+                                if let Some(told) = told(asked, r.logprobs) {
                                     if tx.send(told).await.is_err() {
                                         return;
                                     }
@@ -362,7 +369,7 @@ impl Backend for OllamaBackend {
                         };
                         for r in batch {
                             if !r.response.is_empty() {
-                                if let Some(told) = told(r.logprobs) {
+                                if let Some(told) = told(asked, r.logprobs) {
                                     if tx.send(told).await.is_err() {
                                         return;
                                     }

@@ -13,6 +13,8 @@ use futures::StreamExt;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
+use relaymesh_protocol::messages::infer::MAX_HELD_LOGPROBS;
+
 use super::{
     Backend, BackendError, Embedded, Finish, FinishReason, Format, GenEvent, GenRequest,
     Generation, ModelDetails, ModelInfo, Prompt, Slots, Tenant, TokenLogprob, TokenProb,
@@ -212,19 +214,18 @@ enum Chunk {
 }
 
 /// A choice's log probabilities, in chat's shape (`content`: an entry per token) or
-/// the completions API's (parallel lists), at most `top` alternatives each.
+/// the completions API's (parallel lists), at most `top` alternatives each and
+/// [`MAX_HELD_LOGPROBS`] tokens a chunk, each value told as a log probability.
 fn parse_logprobs(logprobs: &Value, top: usize) -> Vec<TokenLogprob> {
     let prob = |token: &Value, logprob: &Value, bytes: &Value| {
         let bytes = serde_json::from_value::<Vec<u8>>(bytes.clone())
             .unwrap_or_else(|_| token.as_str().unwrap_or("").as_bytes().to_vec());
-        TokenProb {
-            bytes,
-            logprob: logprob.as_f64().unwrap_or(-9999.0) as f32,
-        }
+        TokenProb::new(bytes, logprob.as_f64().unwrap_or(-9999.0) as f32)
     };
     if let Some(content) = logprobs["content"].as_array() {
         return content
             .iter()
+            .take(MAX_HELD_LOGPROBS)
             .map(|e| TokenLogprob {
                 chosen: prob(&e["token"], &e["logprob"], &e["bytes"]),
                 top: e["top_logprobs"]
@@ -248,6 +249,7 @@ fn parse_logprobs(logprobs: &Value, top: usize) -> Vec<TokenLogprob> {
     tokens
         .iter()
         .zip(logprobs_of)
+        .take(MAX_HELD_LOGPROBS)
         .enumerate()
         .map(|(i, (token, logprob))| {
             let mut alts: Vec<TokenProb> = logprobs["top_logprobs"][i]

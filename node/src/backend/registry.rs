@@ -179,12 +179,14 @@ impl Measured {
     pub async fn collect_all(
         mut self,
     ) -> Result<(String, Vec<TokenLogprob>, Finish), BackendError> {
-        let mut text = String::new();
-        let mut logprobs = Vec::new();
+        let (mut text, mut logprobs, mut held) = (String::new(), Vec::new(), Vec::new());
         while let Some(event) = self.next().await {
             match event {
-                GenEvent::Text(piece) => text.push_str(&piece),
-                GenEvent::Logprobs(tokens) => logprobs.extend(tokens),
+                GenEvent::Text(piece) => {
+                    text.push_str(&piece);
+                    logprobs.append(&mut held);
+                }
+                GenEvent::Logprobs(tokens) => super::hold_logprobs(&mut held, tokens),
                 GenEvent::Done(finish) => return Ok((text, logprobs, finish)),
                 GenEvent::Failed(why) if self.stop.as_ref().is_some_and(|s| s.cut) => {
                     return Err(BackendError::Unavailable(why))

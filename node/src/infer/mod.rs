@@ -155,14 +155,8 @@ pub fn logprob_frames(
     tokens: &[TokenLogprob],
     asked: u8,
 ) -> Vec<BoundedVec<TokenLogprobs, MAX_LOGPROB_TOKENS>> {
-    let choice = |p: &TokenProb| {
-        let lp = if p.logprob.is_finite() {
-            p.logprob.min(0.0)
-        } else {
-            -9999.0
-        };
-        TokenChoice::new(&p.bytes, lp)
-    };
+    let choice =
+        |p: &TokenProb| TokenChoice::new(&p.bytes, TokenProb::new(Vec::new(), p.logprob).logprob);
     tokens
         .chunks(MAX_LOGPROB_TOKENS)
         .map(|chunk| {
@@ -185,10 +179,7 @@ pub fn logprob_frames(
 ///
 /// [`LogprobsCheck`]: relaymesh_protocol::messages::infer::LogprobsCheck
 pub fn told_logprobs(tokens: &[TokenLogprobs]) -> Vec<TokenLogprob> {
-    let prob = |c: &TokenChoice| TokenProb {
-        bytes: c.bytes.to_vec(),
-        logprob: c.logprob().unwrap_or(-9999.0),
-    };
+    let prob = |c: &TokenChoice| TokenProb::new(c.bytes.to_vec(), c.logprob().unwrap_or(-9999.0));
     tokens
         .iter()
         .map(|t| TokenLogprob {

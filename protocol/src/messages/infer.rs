@@ -243,8 +243,9 @@ impl TokenChoice {
 pub struct TokenLogprobs {
     /// The token generated.
     pub chosen: TokenChoice,
-    /// The most likely tokens at its place, most likely first: as many as the request
-    /// asked for (fewer only where the vocabulary has fewer).
+    /// The most likely tokens at its place, most likely first: at most as many as the
+    /// request asked for (an honest supplier gives that many where its backend tells
+    /// them).
     pub top: BoundedVec<TokenChoice, { MAX_TOP_LOGPROBS as usize }>,
 }
 
@@ -252,15 +253,22 @@ pub struct TokenLogprobs {
 /// whose text was held back longer, behind a long stop sequence's start, tells the
 /// first ones only).
 pub const MAX_HELD_LOGPROBS: usize = 64;
+/// Most bytes of token text (chosen tokens and alternatives) one request's log
+/// probabilities may carry: an honest answer of 4,096 tokens with 20 alternatives each
+/// carries about half a megabyte.
+pub const MAX_LOGPROB_BYTES: u64 = 2 * 1024 * 1024;
 
 /// The app's check of the `Logprobs` frames of one request's stream, so that what a
-/// supplier sends unpaid stays bounded by what the request asked for.
+/// supplier sends unpaid stays bounded by what the request asked for and by the
+/// text it paid for.
 #[derive(Clone, Debug)]
 pub struct LogprobsCheck {
     asked: Option<u8>,
     max_tokens: u32,
     told: u64,
     held: usize,
+    told_bytes: u64,
+    text_bytes: u64,
 }
 
 impl LogprobsCheck {
@@ -271,26 +279,37 @@ impl LogprobsCheck {
             max_tokens: payload.max_tokens,
             told: 0,
             held: 0,
+            told_bytes: 0,
+            text_bytes: 0,
         }
     }
 
     /// Takes a `Logprobs` frame describing `tokens`, or says why it cannot: the
     /// request did not ask; the frame is empty; it gives more alternatives than
     /// asked, or a value that is not a log probability; more than
-    /// [`MAX_HELD_LOGPROBS`] tokens come before one `Token` frame; or more tokens
-    /// are described in all than the request may generate.
+    /// [`MAX_HELD_LOGPROBS`] tokens come before one `Token` frame; more tokens are
+    /// described in all than the request may generate; or the frames carry more than
+    /// [`MAX_LOGPROB_BYTES`] of token text.
     pub fn told(&mut self, tokens: &[TokenLogprobs]) -> Result<(), &'static str> {
         let Some(asked) = self.asked else {
             return Err("log probabilities the request did not ask for");
         };
         let told = self.told + tokens.len() as u64;
         let held = self.held + tokens.len();
+        let bytes: u64 = tokens
+            .iter()
+            .flat_map(|t| std::iter::once(&t.chosen).chain(t.top.iter()))
+            .map(|c| c.bytes.len() as u64)
+            .sum();
+        let told_bytes = self.told_bytes + bytes;
         if tokens.is_empty() {
             Err("a Logprobs frame describing no token")
         } else if told > u64::from(self.max_tokens) {
             Err("log probabilities of more tokens than the request may generate")
         } else if held > MAX_HELD_LOGPROBS {
             Err("log probabilities of too many tokens before their text")
+        } else if told_bytes > MAX_LOGPROB_BYTES {
+            Err("log probabilities carrying more token text than a request may")
         } else if tokens.iter().any(|t| t.top.len() > usize::from(asked)) {
             Err("more alternatives than the request asked for")
         } else if tokens.iter().any(|t| {
@@ -302,13 +321,22 @@ impl LogprobsCheck {
         } else {
             self.told = told;
             self.held = held;
+            self.told_bytes = told_bytes;
             Ok(())
         }
     }
 
-    /// A `Token` frame came: the tokens told so far have their text.
-    pub fn token(&mut self) {
+    /// A `Token` frame of `bytes` bytes came: the tokens told so far have their text.
+    /// Refused when more tokens have been told than the text so far has bytes (every
+    /// token told has text), beyond the [`MAX_HELD_LOGPROBS`] whose text a stop
+    /// sequence's start may still hold back.
+    pub fn token(&mut self, bytes: usize) -> Result<(), &'static str> {
         self.held = 0;
+        self.text_bytes += bytes as u64;
+        if self.told > self.text_bytes + MAX_HELD_LOGPROBS as u64 {
+            return Err("log probabilities of more tokens than the text has bytes");
+        }
+        Ok(())
     }
 }
 
@@ -391,7 +419,7 @@ pub enum FrameBody {
     Embedding(Embedding),
     /// Supplier → app, for a request that asked (version 7): the log probabilities
     /// of the tokens whose text the next `Token` frame begins, in order. Unpaid and
-    /// unacked; at most one before each `Token` frame.
+    /// unacked; bounded by [`LogprobsCheck`].
     Logprobs(BoundedVec<TokenLogprobs, MAX_LOGPROB_TOKENS>),
     /// App → supplier: an ack.
     Ack(SignedAck),
@@ -475,15 +503,32 @@ mod tests {
             assert!(check.told(&many).is_ok());
         }
         assert!(check.told(&many).is_err());
-        // 2 + 16 × 3 = 50 told of 100; three more frames of 16 would pass the
-        // request's max_tokens.
-        for _ in 0..3 {
-            check.token();
+        // 50 told: a token's text of 0 bytes leaves them within the 64 held back.
+        assert!(check.token(0).is_ok());
+        assert!(check.told(&many).is_ok());
+        // 66 told against 1 byte of text: more than the text can have made.
+        assert!(check.token(1).is_err());
+        let mut check = LogprobsCheck::new(&payload(Some(2), 100));
+        assert!(check.told(&many).is_ok());
+        assert!(check.token(16).is_ok());
+        // 16 × 6 = 96 told of 100; another frame of 16 would pass max_tokens.
+        for _ in 0..5 {
             assert!(check.told(&many).is_ok());
+            assert!(check.token(16).is_ok());
         }
-        check.token();
         assert!(check.told(&many).is_err());
-        assert!(check.told(&many[..2]).is_ok());
-        assert!(check.told(&many[..1]).is_err());
+        assert!(check.told(&many[..4]).is_ok());
+        // Token text beyond MAX_LOGPROB_BYTES in all.
+        let long = TokenLogprobs {
+            chosen: TokenChoice::new(&[b'x'; 200], -1.0),
+            top: BoundedVec::try_from_vec(vec![TokenChoice::new(&[b'y'; 200], -2.0); 20]).unwrap(),
+        };
+        let mut check = LogprobsCheck::new(&payload(Some(20), u32::MAX));
+        let frames = MAX_LOGPROB_BYTES / (21 * MAX_LOGPROB_TOKEN_BYTES as u64 * 16);
+        for _ in 0..frames {
+            assert!(check.told(&vec![long.clone(); 16]).is_ok());
+            assert!(check.token(10_000).is_ok());
+        }
+        assert!(check.told(&vec![long; 16]).is_err());
     }
 }

@@ -191,7 +191,12 @@ pub fn logprobs(logits: &[f32], chosen: usize, top: usize) -> (f32, Vec<(usize, 
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let sum: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
     let norm = f64::from(max) + sum.ln();
-    let logprob = |l: f32| (f64::from(l) - norm).min(0.0) as f32;
+    // A logit that is not a number makes every value meaningless: none is told as a
+    // probability then (negative infinity, told as -9999).
+    let logprob = |l: f32| match f64::from(l) - norm {
+        v if v.is_nan() => f32::NEG_INFINITY,
+        v => v.min(0.0) as f32,
+    };
     // A short sorted list beats sorting the vocabulary: `top` is at most 20.
     let mut best: Vec<(usize, f32)> = Vec::with_capacity(top + 1);
     if top > 0 {
@@ -256,6 +261,9 @@ mod tests {
         assert!(logprobs(&logits, 0, 0).1.is_empty());
         let far = vec![-1e4f32; 50_000];
         assert!((logprobs(&far, 7, 1).0 - -(50_000f32).ln()).abs() < 1e-3);
+        // A logit that is not a number gives no probability anywhere, not 1.
+        let broken = [1.0, f32::NAN, 2.0];
+        assert_eq!(logprobs(&broken, 0, 0).0, f32::NEG_INFINITY);
     }
 
     #[test]

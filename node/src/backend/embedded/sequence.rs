@@ -194,13 +194,14 @@ impl Sequence {
         }
         self.generated += 1;
         let bytes = vocab.token_to_piece(token, false, None);
-        if let Some(top) = self.job.logprobs {
+        // A token without text (a control token) makes none to tell it with.
+        if let Some(top) = self.job.logprobs.filter(|_| !bytes.is_empty()) {
             let (logprob, best) = super::sampler::logprobs(
                 ctx.get_logits_ith(batch_index),
                 usize::try_from(token.0).unwrap_or(usize::MAX),
                 usize::from(top),
             );
-            let prob = |bytes, logprob| TokenProb { bytes, logprob };
+            let prob = TokenProb::new;
             self.told.push(TokenLogprob {
                 chosen: prob(bytes.clone(), logprob),
                 top: best

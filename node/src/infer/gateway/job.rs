@@ -117,11 +117,13 @@ impl Job {
         let stall = self.gateway.timeouts.stall;
         let mut leg_tokens = 0u32;
         // Log probabilities of tokens whose text has not come yet (bounded by the check).
-        let mut held: Vec<TokenLogprob> = Vec::new();
+        let mut held: Vec<TokenLogprob> = std::mem::take(&mut leg.held);
+        // A stall is counted from the last token: unpaid frames do not keep a leg alive.
+        let mut deadline = tokio::time::Instant::now() + stall;
         loop {
             let body = match leg.first.take() {
                 Some(body) => body,
-                None => match tokio::time::timeout(stall, read_frame(&mut leg.r)).await {
+                None => match tokio::time::timeout_at(deadline, read_frame(&mut leg.r)).await {
                     Ok(Ok(frame)) => frame.body,
                     Ok(Err(e)) => return LegEnd::Broken(format!("the stream broke: {e}")),
                     Err(_) => {
@@ -139,7 +141,10 @@ impl Job {
                         Ok(ack) => ack,
                         Err(e) => return LegEnd::Broken(format!("bad token frame: {e}")),
                     };
-                    leg.told.token();
+                    deadline = tokio::time::Instant::now() + stall;
+                    if let Err(e) = leg.told.token(text.as_str().len()) {
+                        return LegEnd::Broken(format!("bad log probabilities: {e}"));
+                    }
                     if !held.is_empty()
                         && self
                             .tx

@@ -18,7 +18,8 @@ use libp2p::{PeerId, Stream, StreamProtocol};
 use relaymesh_protocol::identity::signed::Signed;
 use relaymesh_protocol::messages::capability::ModelOffer;
 use relaymesh_protocol::messages::infer::{
-    DoneReason, FrameBody, InferPayload, InferRequest, LogprobsCheck, RefuseCode, MAX_TOKEN_BYTES,
+    DoneReason, FrameBody, InferFrame, InferPayload, InferRequest, LogprobsCheck, RefuseCode,
+    MAX_TOKEN_BYTES,
 };
 use relaymesh_protocol::messages::reveal::commitment;
 use relaymesh_protocol::messages::session::{SessionOpen, SessionProposal, SignedSessionOpen};
@@ -318,6 +319,8 @@ struct Leg {
     told: LogprobsCheck,
     session: SignedSessionOpen,
     first: Option<FrameBody>,
+    /// Log probabilities that came before the first frame, checked, for its text.
+    held: Vec<TokenLogprob>,
     /// When the first frame came: speed is measured from here, so time spent queueing
     /// at a busy supplier does not count as slowness.
     first_at: Instant,

@@ -125,7 +125,7 @@ impl Gateway {
         );
         let flow =
             AppFlow::new(acker, flow_window, &session.body).with_max_tokens(payload.max_tokens);
-        let told = LogprobsCheck::new(&payload);
+        let mut told = LogprobsCheck::new(&payload);
         write_frame(
             &mut w,
             FrameBody::Request(InferRequest {
@@ -136,12 +136,25 @@ impl Gateway {
         .await
         .map_err(|e| io(&e))?;
 
-        // Wait for the first frame here, so a refusal can still go elsewhere.
-        let first = match tokio::time::timeout(self.timeouts.first_token, read_frame(&mut r)).await
-        {
-            Ok(Ok(frame)) => frame.body,
-            Ok(Err(e)) => return Err(io(&e)),
-            Err(_) => return Err(Attempt::elsewhere(format!("{peer} sent nothing in time"))),
+        // Wait for the first frame here, so a refusal can still go elsewhere. Unpaid
+        // log probabilities before it are kept for the stream, and are no first token.
+        let deadline = tokio::time::Instant::now() + self.timeouts.first_token;
+        let mut held = Vec::new();
+        let first = loop {
+            match tokio::time::timeout_at(deadline, read_frame(&mut r)).await {
+                Ok(Ok(InferFrame {
+                    body: FrameBody::Logprobs(tokens),
+                    ..
+                })) => {
+                    told.told(&tokens).map_err(|e| {
+                        Attempt::elsewhere(format!("{peer}: bad log probabilities: {e}"))
+                    })?;
+                    held.extend(crate::infer::told_logprobs(&tokens));
+                }
+                Ok(Ok(frame)) => break frame.body,
+                Ok(Err(e)) => return Err(io(&e)),
+                Err(_) => return Err(Attempt::elsewhere(format!("{peer} sent nothing in time"))),
+            }
         };
         if let FrameBody::Refuse(refusal) = &first {
             let elsewhere = matches!(
@@ -180,6 +193,7 @@ impl Gateway {
             told,
             session,
             first: Some(first),
+            held,
             first_at: Instant::now(),
             _in_flight: in_flight,
         })

@@ -15,7 +15,7 @@ use libp2p::{PeerId, Stream, StreamProtocol};
 use relaymesh_protocol::messages::ack::SignedAck;
 use relaymesh_protocol::messages::infer::{
     Done, DoneReason, FrameBody, InferRequest, Refuse, RefuseCode, TokenLogprobs,
-    MAX_HELD_LOGPROBS, MAX_LOGPROB_TOKENS, MAX_TOKEN_BYTES, MAX_TOP_LOGPROBS,
+    MAX_LOGPROB_TOKENS, MAX_TOKEN_BYTES, MAX_TOP_LOGPROBS,
 };
 use relaymesh_protocol::messages::session::{SessionOpen, SessionProposal, SignedSessionOpen};
 use relaymesh_protocol::metering::flow::{Accepted, SupplierFlow};
@@ -36,11 +36,11 @@ use crate::infer::app_limits::StreamTicket;
 use crate::mesh::now_ms;
 use clash::still_admitted;
 
-/// A frame waiting for the window: a token's text, or the log probabilities of the
-/// tokens whose text the next piece begins.
-enum Out {
-    Piece(String),
-    Told(relaymesh_protocol::BoundedVec<TokenLogprobs, MAX_LOGPROB_TOKENS>),
+/// A token frame's text waiting for the window, and the log probabilities of the
+/// tokens whose text it begins (sent right before it, or not at all).
+struct Out {
+    told: Vec<relaymesh_protocol::BoundedVec<TokenLogprobs, MAX_LOGPROB_TOKENS>>,
+    piece: String,
 }
 pub use clash::{FreshSessions, CLASH_WAIT};
 
@@ -673,15 +673,7 @@ async fn serve(
             // the tokens asked for), is not sent: the answer ends there, as if at its
             // length limit.
             while flow.can_send() && (clash_check.is_none() || sent < first_window) {
-                let piece = match pending.pop_front() {
-                    None => break,
-                    // Unpaid, and no more than the tokens that made the text after it.
-                    Some(Out::Told(tokens)) => {
-                        write_frame(&mut w, FrameBody::Logprobs(tokens)).await.map_err(|e| e.to_string())?;
-                        continue;
-                    }
-                    Some(Out::Piece(piece)) => piece,
-                };
+                let Some(Out { told, piece }) = pending.pop_front() else { break };
                 let units = session.body.cu.output_units(0, piece.len() as u32).unwrap_or(u64::MAX);
                 let spent = output_budget.is_some_and(|left| units > left);
                 if spent || flow.frames_left() == 0 {
@@ -706,6 +698,10 @@ async fn serve(
                 flow.send(&piece).map_err(|e| e.to_string())?;
                 sent += 1;
                 clock.heard(std::time::Instant::now());
+                // Unpaid: the log probabilities of the tokens that made this text.
+                for tokens in told {
+                    write_frame(&mut w, FrameBody::Logprobs(tokens)).await.map_err(|e| e.to_string())?;
+                }
                 write_frame(&mut w, FrameBody::Token(BoundedString::new(piece).expect("split to fit")))
                     .await
                     .map_err(|e| e.to_string())?;
@@ -737,17 +733,20 @@ async fn serve(
                 }
                 event = next_event(&mut generation), if generating => match event.inspect(|_| clock.heard(std::time::Instant::now())) {
                     Some(GenEvent::Text(text)) => {
-                        if let Some(asked) = payload.logprobs {
-                            let tokens = std::mem::take(&mut told);
-                            pending.extend(super::logprob_frames(&tokens, asked).into_iter().map(Out::Told));
-                        }
-                        pending.extend(terms::token_frames(&text, cap).into_iter().map(|p| Out::Piece(p.to_owned())));
+                        let mut frames = match payload.logprobs {
+                            Some(asked) => super::logprob_frames(&std::mem::take(&mut told), asked),
+                            None => Vec::new(),
+                        };
+                        pending.extend(terms::token_frames(&text, cap).into_iter().map(|p| Out {
+                            told: std::mem::take(&mut frames),
+                            piece: p.to_owned(),
+                        }));
                     }
                     // Kept for the text they made, as many as the app takes before it.
-                    Some(GenEvent::Logprobs(tokens)) => {
-                        let room = MAX_HELD_LOGPROBS.saturating_sub(told.len());
-                        told.extend(tokens.into_iter().take(room));
+                    Some(GenEvent::Logprobs(tokens)) if payload.logprobs.is_some() => {
+                        crate::backend::hold_logprobs(&mut told, tokens);
                     }
+                    Some(GenEvent::Logprobs(_)) => {}
                     Some(GenEvent::Done(f)) => {
                         generated = true;
                         done = Some(Done {
