@@ -194,8 +194,6 @@ pub struct Mesh {
     pub max_claim_leaves: u32,
     /// Session length, seconds.
     pub session_s: u64,
-    /// Delay between a session's end and its claim, seconds.
-    pub claim_delay_s: u64,
     /// Price per CU, micro-credits.
     pub price_per_cu: u64,
     /// Suppliers re-announce their ad this often, seconds.
@@ -231,7 +229,6 @@ impl Default for Mesh {
             proof_samples: 16,
             max_claim_leaves: 256,
             session_s: 300,
-            claim_delay_s: 5,
             price_per_cu: 1,
             ad_refresh_s: 60,
             ad_lifetime_s: 180,

@@ -18,6 +18,9 @@ use relaymesh_protocol::metering::app::{RequestAcker, RequestTerms};
 use relaymesh_protocol::metering::compute_units::CuFormula;
 use relaymesh_protocol::metering::receipt::{EncodedRequest, Receipt, ReceiptFacts};
 use relaymesh_protocol::metering::tau::SessionVolume;
+use relaymesh_protocol::settlement::duty::{
+    app_reveals, ClaimSeen, SupplierDuty, SupplierSession, CLAIM_DELAY_MS,
+};
 use relaymesh_protocol::settlement::proof::{sign_reveal, MinedReceipts, MinedSession};
 use relaymesh_protocol::sumtree::store::LeafEntry;
 use relaymesh_protocol::sumtree::store::MemoryStore;
@@ -42,6 +45,8 @@ pub(crate) struct Session {
     pub tau: u64,
     pub end_us: u64,
     pub closed: bool,
+    /// When the supplier closed it to claim (ms), once it has.
+    pub closed_ms: Option<u64>,
     /// The receipts τ selected, as `MinedSession::offer` would insert them, stored
     /// compactly: a session holds them for up to the session's length, and they are
     /// most of the model's memory. The tree is built from their leaves in one pass at
@@ -213,7 +218,7 @@ impl Sim {
             self.suppliers[s as usize].open.remove(&app);
             if sess.end_us > self.now {
                 sess.end_us = self.now;
-                let at = self.now + self.sc.mesh.claim_delay_s * SEC;
+                let at = self.now + CLAIM_DELAY_MS * MS;
                 self.schedule(at, Ev::Close(x));
             }
         }
@@ -241,6 +246,7 @@ impl Sim {
             tau,
             end_us,
             closed: false,
+            closed_ms: None,
             mined_acks: Vec::new(),
             requests: Vec::new(),
             mined: None,
@@ -259,7 +265,7 @@ impl Sim {
         }
         self.m.sessions += 1;
         self.m.tau_sum += tau as f64;
-        self.schedule(end_us + self.sc.mesh.claim_delay_s * SEC, Ev::Close(x));
+        self.schedule(end_us + CLAIM_DELAY_MS * MS, Ev::Close(x));
         (x, true)
     }
 
@@ -409,15 +415,45 @@ impl Sim {
         }
     }
 
+    /// The supplier's duties for session `x` at this moment, as the node's: what the
+    /// protocol's rules say is due, given what its ledger says of the claim.
+    fn duty(&self, x: Id, claim: ClaimSeen) -> Option<SupplierDuty> {
+        let sess = self.sessions.get(x)?;
+        let state = SupplierSession {
+            end_ms: sess.end_us / MS,
+            epoch: sess.open.epoch(&self.params),
+            closed_ms: sess.closed_ms,
+        };
+        Some(state.duty(
+            &self.params,
+            claim,
+            self.ledger.frozen_before(),
+            self.now / MS,
+        ))
+    }
+
     /// A session's end: the supplier claims what it mined (cheaters add to it).
     pub(crate) fn close(&mut self, x: Id) {
         let Some(sess) = self.sessions.get(x) else {
             return;
         };
-        if sess.closed || self.now < sess.end_us {
+        if sess.closed {
             return;
         }
         let (s, app) = (sess.supplier, sess.app);
+        match self.duty(x, ClaimSeen::Absent) {
+            Some(SupplierDuty::Close) => {}
+            Some(SupplierDuty::Wait { until_ms: Some(at) }) => {
+                self.schedule(at * MS, Ev::Close(x));
+                return;
+            }
+            // Its epoch is final: nothing can be claimed for it any more.
+            _ => {
+                self.m.claims_late += 1;
+                self.sessions.remove(x);
+                return;
+            }
+        }
         if !self.suppliers[s as usize].online {
             self.suppliers[s as usize].duties.push(Ev::Close(x));
             return;
@@ -429,6 +465,7 @@ impl Sim {
         let kind = sup.kind;
         let sess = self.sessions.get_mut(x).expect("present");
         sess.closed = true;
+        sess.closed_ms = Some(self.now / MS);
         self.suppliers[s as usize].tau.observe(&sess.volume);
         if sess.mined_acks.is_empty() {
             // Nothing mined: the session settles at zero, which the estimate counts
@@ -533,8 +570,16 @@ impl Sim {
             }
             self.schedule(at, Ev::Reveal(x));
         }
-        let wait = (2 * self.params.epoch_ms).max(10_000) * MS;
-        self.schedule(self.now + wait, Ev::FullReveal(x));
+        self.full_reveal_due(x);
+    }
+
+    /// Schedules the full reveal for when the protocol's rules say no reveal came in
+    /// time.
+    fn full_reveal_due(&mut self, x: Id) {
+        let pending = ClaimSeen::Pending { revealed: false };
+        if let Some(SupplierDuty::Wait { until_ms: Some(at) }) = self.duty(x, pending) {
+            self.schedule(at * MS, Ev::FullReveal(x));
+        }
     }
 
     /// A fake-leaf cheater's tree: its mined leaves plus leaves with no receipt behind
@@ -577,7 +622,8 @@ impl Sim {
         let Some(claim) = &sess.claim else {
             return;
         };
-        if sess.proof_sent {
+        let revealed_root = sess.reveal.as_ref().map(|r| r.body.root);
+        if !app_reveals(!sess.proof_sent, claim.body.root, revealed_root) {
             return;
         }
         let reveal = sign_reveal(
@@ -599,6 +645,12 @@ impl Sim {
         };
         if sess.proof_sent || (!full && sess.reveal.is_none()) {
             return;
+        }
+        // The reveal reaches the supplier with this event (`full`: it has not yet).
+        match self.duty(x, ClaimSeen::Pending { revealed: !full }) {
+            Some(SupplierDuty::ProveFull | SupplierDuty::ProveSampled) => {}
+            Some(SupplierDuty::Wait { .. }) => return self.full_reveal_due(x),
+            _ => return,
         }
         let s = sess.supplier;
         if !self.suppliers[s as usize].online {

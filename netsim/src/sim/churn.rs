@@ -73,14 +73,14 @@ impl Sim {
         }
         let open: Vec<Id> = std::mem::take(&mut sup.open).into_values().collect();
         let inc = sup.incarnation;
-        let claim_at = self.now + self.sc.mesh.claim_delay_s * SEC;
+        let claim_at = self.now + CLAIM_DELAY_MS * MS;
         for x in open {
             if let Some(sess) = self.sessions.get_mut(x) {
                 sess.end_us = sess.end_us.min(self.now);
             }
             self.schedule(claim_at, Ev::Close(x));
         }
-        let proven_by = claim_at + (2 * self.params.epoch_ms).max(10_000) * MS + SEC;
+        let proven_by = claim_at + self.params.reveal_wait_ms() * MS + SEC;
         self.schedule(proven_by, Ev::Offline(s, inc));
     }
 

@@ -17,6 +17,7 @@ use relaymesh_protocol::messages::transfer::Transfer;
 use relaymesh_protocol::metering::tau::TauController;
 use relaymesh_protocol::params::{Allocation, MeshParams};
 use relaymesh_protocol::routing::score::{rank, ScoreWeights, SupplierStats};
+use relaymesh_protocol::settlement::duty::CLAIM_DELAY_MS;
 use relaymesh_protocol::wire::WireMessage;
 use relaymesh_protocol::{BoundedString, BoundedVec, Digest, Signer};
 
@@ -582,12 +583,14 @@ impl Sim {
         self.rng.exponential(mean) as u64
     }
 
-    /// When settlement is over: the last arrival, plus a session, its claim delay, the
+    /// When settlement is over: the last arrival, plus a session, its claim delay (the
+    /// protocol's `CLAIM_DELAY_MS`, as the node's), the
     /// reveal wait and a margin for gossip and offline apps.
     fn drain_until(&self) -> u64 {
         let m = &self.sc.mesh;
         self.end_us
-            + (m.session_s + m.claim_delay_s + 3 * m.epoch_s.max(10) + 120) * SEC
+            + CLAIM_DELAY_MS * MS
+            + (m.session_s + 3 * m.epoch_s.max(10) + 120) * SEC
             + (self.sc.churn.app_downtime_s.median * 4.0 * SEC as f64) as u64
     }
 

@@ -6,6 +6,7 @@ use relaymesh_protocol::messages::claim::{Claim, SignedClaim};
 use relaymesh_protocol::messages::ledger::{LedgerBody, LedgerMessage};
 use relaymesh_protocol::messages::reveal::SignedReveal;
 use relaymesh_protocol::messages::session::SignedSessionOpen;
+use relaymesh_protocol::settlement::duty::{app_reveals, ClaimSeen, SupplierDuty, SupplierSession};
 use relaymesh_protocol::settlement::proof::sign_reveal;
 use relaymesh_protocol::wire::WireMessage;
 use relaymesh_protocol::Digest;
@@ -60,53 +61,70 @@ impl Settlement {
         for session in miner.claimable()? {
             let terms = &session.terms;
             let session_key = terms.session_key();
-            let epoch = terms.epoch(&self.params);
-            if epoch < frozen_before {
-                // Final: nothing more can be claimed or proven for it.
-                miner.forget(&session_key)?;
-                continue;
-            }
-            let claimed_ms = match session.claimed_ms {
-                Some(at) => at,
-                None if now_ms >= terms.body.end_ms() + CLAIM_DELAY_MS => {
-                    miner.close(terms, now_ms)?;
-                    now_ms
-                }
-                None => continue,
+            let mut state = SupplierSession {
+                end_ms: terms.body.end_ms(),
+                epoch: terms.epoch(&self.params),
+                closed_ms: session.claimed_ms,
             };
+            if state.closed_ms.is_none() {
+                match state.duty(&self.params, ClaimSeen::Absent, frozen_before, now_ms) {
+                    SupplierDuty::Forget => {
+                        miner.forget(&session_key)?;
+                        continue;
+                    }
+                    SupplierDuty::Close => {
+                        miner.close(terms, now_ms)?;
+                        state.closed_ms = Some(now_ms);
+                    }
+                    _ => continue,
+                }
+            }
             let Some(claim) = self.build_claim(miner, terms)? else {
+                // Nothing worth claiming: kept until its epoch is final, then forgotten.
+                if state.duty(&self.params, ClaimSeen::Absent, frozen_before, now_ms)
+                    == SupplierDuty::Forget
+                {
+                    miner.forget(&session_key)?;
+                }
                 continue;
             };
             let id = claim.id();
             let status = self.ledger.lock().expect("ledger lock").claim_status(&id);
-            match status {
-                None => {
+            let reveal = match status {
+                Some(ClaimStatus::Pending) => self.stored_reveal(state.epoch, &id),
+                _ => None,
+            };
+            let seen = ClaimSeen::of(status, reveal.is_some());
+            let proof = match state.duty(&self.params, seen, frozen_before, now_ms) {
+                SupplierDuty::Forget => {
+                    miner.forget(&session_key)?;
+                    continue;
+                }
+                SupplierDuty::Claim => {
                     info!(session = %session_key, sum = claim.body.sum, count = claim.body.count, "claiming a session");
                     out.extend(self.own(LedgerMessage::new(LedgerBody::Claim(claim)), now_ms));
+                    continue;
                 }
-                Some(ClaimStatus::Pending) => {
-                    let reveal = self.stored_reveal(epoch, &id);
-                    let mined = miner.load(&session_key)?;
-                    let proof = match reveal {
-                        Some(reveal) => mined
-                            .sampled_proof(id, reveal, self.params.proof_samples)
-                            .map_err(|e| crate::mining::MiningError::Tree(e.to_string()))?,
-                        None if now_ms >= claimed_ms + reveal_wait_ms(&self.params) => {
-                            info!(session = %session_key, "no reveal from the app in time; proving with every mined receipt");
-                            match mined.full_reveal(id) {
-                                Ok(p) => p,
-                                Err(e) => {
-                                    warn!(%e, "cannot build the full reveal");
-                                    continue;
-                                }
-                            }
+                SupplierDuty::ProveSampled => {
+                    let Some(reveal) = reveal else { continue };
+                    miner
+                        .load(&session_key)?
+                        .sampled_proof(id, reveal, self.params.proof_samples)
+                        .map_err(|e| crate::mining::MiningError::Tree(e.to_string()))?
+                }
+                SupplierDuty::ProveFull => {
+                    info!(session = %session_key, "no reveal from the app in time; proving with every mined receipt");
+                    match miner.load(&session_key)?.full_reveal(id) {
+                        Ok(p) => p,
+                        Err(e) => {
+                            warn!(%e, "cannot build the full reveal");
+                            continue;
                         }
-                        None => continue,
-                    };
-                    out.extend(self.own(LedgerMessage::new(LedgerBody::Proof(proof)), now_ms));
+                    }
                 }
-                Some(ClaimStatus::Settled | ClaimStatus::Void | ClaimStatus::Unfunded) => {}
-            }
+                SupplierDuty::Close | SupplierDuty::Wait { .. } | SupplierDuty::Done => continue,
+            };
+            out.extend(self.own(LedgerMessage::new(LedgerBody::Proof(proof)), now_ms));
         }
         Ok(())
     }
@@ -164,10 +182,12 @@ impl Settlement {
                 continue;
             }
             // One root per session, ever: a second claim's root gets no reveal.
-            match self.revealed.get(session_key.0) {
-                Ok(Some(r)) if r.as_ref() != root.0 => continue,
-                Ok(_) => {}
+            let revealed_root = match self.revealed.get(session_key.0) {
+                Ok(r) => r.and_then(|r| <[u8; 32]>::try_from(r.as_ref()).ok().map(Digest)),
                 Err(_) => continue,
+            };
+            if !app_reveals(true, root, revealed_root) {
+                continue;
             }
             let Some(secret) = self.app.secret(&session_key) else {
                 continue;

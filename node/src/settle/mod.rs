@@ -50,9 +50,7 @@ use tracing::{debug, info, warn};
 use crate::metrics::Metrics;
 use crate::mining::Miner;
 
-/// How long after a session's end its supplier claims it: requests still streaming at
-/// the end have this long to finish (receipts after the claim are not mined).
-pub const CLAIM_DELAY_MS: u64 = 5_000;
+pub use relaymesh_protocol::settlement::duty::CLAIM_DELAY_MS;
 
 /// How long a supplier waits for the app's reveal before it proves with the full
 /// reveal: two epochs, at least 10 s, and always well inside the freeze horizon.

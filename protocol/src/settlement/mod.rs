@@ -2,4 +2,5 @@
 
 pub mod challenge;
 pub mod claim;
+pub mod duty;
 pub mod proof;
