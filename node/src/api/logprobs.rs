@@ -86,15 +86,32 @@ impl Offset {
     fn take(&mut self, bytes: &[u8]) -> usize {
         let at = self.chars;
         self.cut.extend_from_slice(bytes);
-        let whole = match std::str::from_utf8(&self.cut) {
-            Ok(text) => text.len(),
-            // A character still cut at the end waits for the next token; bytes that
-            // can never be one count as one character each (as a lossy decode shows).
-            Err(e) if e.error_len().is_none() => e.valid_up_to(),
-            Err(e) => e.valid_up_to() + e.error_len().unwrap_or(1),
-        };
-        self.chars += String::from_utf8_lossy(&self.cut[..whole]).chars().count();
-        self.cut.drain(..whole);
+        let mut from = 0;
+        loop {
+            match std::str::from_utf8(&self.cut[from..]) {
+                Ok(text) => {
+                    self.chars += text.chars().count();
+                    from = self.cut.len();
+                    break;
+                }
+                Err(e) => {
+                    let good = &self.cut[from..from + e.valid_up_to()];
+                    self.chars += std::str::from_utf8(good).map_or(0, |t| t.chars().count());
+                    from += e.valid_up_to();
+                    match e.error_len() {
+                        // A character still cut at the end waits for the next token.
+                        None => break,
+                        // Bytes that can never be one count as one character (as a
+                        // lossy decode shows them).
+                        Some(len) => {
+                            self.chars += 1;
+                            from += len;
+                        }
+                    }
+                }
+            }
+        }
+        self.cut.drain(..from);
         at
     }
 }
@@ -183,6 +200,9 @@ mod tests {
             .collect();
         assert_eq!(at, [0, 0, 1]);
         assert_eq!(offset.chars, 2);
+        // Bytes that are no character count one each, and what follows them counts.
+        offset.take(&[0xff, b'a', 0xfe, b'b', 0xe2]);
+        assert_eq!((offset.chars, offset.cut.len()), (6, 1));
         assert_eq!(l["tokens"], json!(["Hé", "llo"]));
         assert_eq!(l["token_logprobs"], json!([-0.5, -0.25]));
         assert_eq!(l["top_logprobs"][0]["Hi"], json!(-1.0));

@@ -273,16 +273,18 @@ fn parse_logprobs(logprobs: &Value, top: usize) -> Vec<TokenLogprob> {
 fn parse_chunk(data: &Value, top: Option<u8>) -> Vec<Chunk> {
     let mut out = Vec::new();
     if let Some(choice) = data["choices"].get(0) {
-        if let Some(top) = top {
+        let text = choice["delta"]["content"]
+            .as_str()
+            .or_else(|| choice["text"].as_str())
+            .unwrap_or("");
+        // Only tokens that made text are told (an end-of-generation token, or a
+        // reasoning one, makes none).
+        if let Some(top) = top.filter(|_| !text.is_empty()) {
             let told = parse_logprobs(&choice["logprobs"], usize::from(top));
             if !told.is_empty() {
                 out.push(Chunk::Logprobs(told));
             }
         }
-        let text = choice["delta"]["content"]
-            .as_str()
-            .or_else(|| choice["text"].as_str())
-            .unwrap_or("");
         if !text.is_empty() {
             out.push(Chunk::Text(text.to_owned()));
         }

@@ -253,21 +253,16 @@ pub struct TokenLogprobs {
 /// whose text was held back longer, behind a long stop sequence's start, tells the
 /// first ones only).
 pub const MAX_HELD_LOGPROBS: usize = 64;
-/// Most bytes of token text (chosen tokens and alternatives) one request's log
-/// probabilities may carry: an honest answer of 4,096 tokens with 20 alternatives each
-/// carries about half a megabyte.
-pub const MAX_LOGPROB_BYTES: u64 = 2 * 1024 * 1024;
-
 /// The app's check of the `Logprobs` frames of one request's stream, so that what a
 /// supplier sends unpaid stays bounded by what the request asked for and by the
-/// text it paid for.
+/// text it paid for. A supplier keeps one too, to send only what the app takes
+/// ([`LogprobsCheck::room`]).
 #[derive(Clone, Debug)]
 pub struct LogprobsCheck {
     asked: Option<u8>,
     max_tokens: u32,
     told: u64,
     held: usize,
-    told_bytes: u64,
     text_bytes: u64,
 }
 
@@ -279,7 +274,6 @@ impl LogprobsCheck {
             max_tokens: payload.max_tokens,
             told: 0,
             held: 0,
-            told_bytes: 0,
             text_bytes: 0,
         }
     }
@@ -287,29 +281,20 @@ impl LogprobsCheck {
     /// Takes a `Logprobs` frame describing `tokens`, or says why it cannot: the
     /// request did not ask; the frame is empty; it gives more alternatives than
     /// asked, or a value that is not a log probability; more than
-    /// [`MAX_HELD_LOGPROBS`] tokens come before one `Token` frame; more tokens are
-    /// described in all than the request may generate; or the frames carry more than
-    /// [`MAX_LOGPROB_BYTES`] of token text.
+    /// [`MAX_HELD_LOGPROBS`] tokens come before one `Token` frame; or more tokens are
+    /// described in all than the request may generate.
     pub fn told(&mut self, tokens: &[TokenLogprobs]) -> Result<(), &'static str> {
         let Some(asked) = self.asked else {
             return Err("log probabilities the request did not ask for");
         };
         let told = self.told + tokens.len() as u64;
         let held = self.held + tokens.len();
-        let bytes: u64 = tokens
-            .iter()
-            .flat_map(|t| std::iter::once(&t.chosen).chain(t.top.iter()))
-            .map(|c| c.bytes.len() as u64)
-            .sum();
-        let told_bytes = self.told_bytes + bytes;
         if tokens.is_empty() {
             Err("a Logprobs frame describing no token")
         } else if told > u64::from(self.max_tokens) {
             Err("log probabilities of more tokens than the request may generate")
         } else if held > MAX_HELD_LOGPROBS {
             Err("log probabilities of too many tokens before their text")
-        } else if told_bytes > MAX_LOGPROB_BYTES {
-            Err("log probabilities carrying more token text than a request may")
         } else if tokens.iter().any(|t| t.top.len() > usize::from(asked)) {
             Err("more alternatives than the request asked for")
         } else if tokens.iter().any(|t| {
@@ -321,7 +306,6 @@ impl LogprobsCheck {
         } else {
             self.told = told;
             self.held = held;
-            self.told_bytes = told_bytes;
             Ok(())
         }
     }
@@ -337,6 +321,17 @@ impl LogprobsCheck {
             return Err("log probabilities of more tokens than the text has bytes");
         }
         Ok(())
+    }
+
+    /// How many more tokens may be told before a `Token` frame of `next_text` bytes
+    /// and be taken: a supplier whose backend told more (text held back long behind a
+    /// stop sequence's start, or tokens without text) sends that many only.
+    pub fn room(&self, next_text: usize) -> usize {
+        let by_text = (self.text_bytes + next_text as u64 + MAX_HELD_LOGPROBS as u64)
+            .saturating_sub(self.told);
+        let by_max = u64::from(self.max_tokens).saturating_sub(self.told);
+        (MAX_HELD_LOGPROBS - self.held.min(MAX_HELD_LOGPROBS))
+            .min(usize::try_from(by_text.min(by_max)).unwrap_or(usize::MAX))
     }
 }
 
@@ -518,17 +513,16 @@ mod tests {
         }
         assert!(check.told(&many).is_err());
         assert!(check.told(&many[..4]).is_ok());
-        // Token text beyond MAX_LOGPROB_BYTES in all.
-        let long = TokenLogprobs {
-            chosen: TokenChoice::new(&[b'x'; 200], -1.0),
-            top: BoundedVec::try_from_vec(vec![TokenChoice::new(&[b'y'; 200], -2.0); 20]).unwrap(),
-        };
-        let mut check = LogprobsCheck::new(&payload(Some(20), u32::MAX));
-        let frames = MAX_LOGPROB_BYTES / (21 * MAX_LOGPROB_TOKEN_BYTES as u64 * 16);
-        for _ in 0..frames {
-            assert!(check.told(&vec![long.clone(); 16]).is_ok());
-            assert!(check.token(10_000).is_ok());
-        }
-        assert!(check.told(&vec![long; 16]).is_err());
+        // What a supplier may still tell: no more than the app takes.
+        let mut check = LogprobsCheck::new(&payload(Some(2), 100));
+        assert_eq!(check.room(1), MAX_HELD_LOGPROBS);
+        assert!(check.told(&many).is_ok());
+        assert_eq!(check.room(1), MAX_HELD_LOGPROBS - 16);
+        assert!(check.token(1).is_ok());
+        // 16 told against 1 byte: 49 more before another byte of text.
+        assert_eq!(check.room(0), 49);
+        assert_eq!(check.room(1), 50);
+        let near_max = LogprobsCheck::new(&payload(Some(2), 3));
+        assert_eq!(near_max.room(100), 3);
     }
 }

@@ -72,6 +72,9 @@ pub enum FlowError {
     /// The stream already ended.
     #[error("the stream is finished")]
     Finished,
+    /// A `Token` frame without text.
+    #[error("a token frame without text")]
+    EmptyToken,
     /// The ack's signature is not the app's.
     #[error("ack signature is not the app's")]
     BadSignature,
@@ -270,14 +273,14 @@ impl SupplierFlow {
 
     /// Records one token's text as sent. Refused when the window is full, the stream is
     /// finished, or the request's output bound would be passed. Empty text is not a
-    /// token (it bills nothing, and byte counts could not tell it apart): it is not
-    /// counted and must not be sent.
+    /// token (it bills nothing, and byte counts could not tell it apart): it is
+    /// refused, as the app refuses a frame of it.
     pub fn send(&mut self, text: &str) -> Result<(), FlowError> {
         if self.finished {
             return Err(FlowError::Finished);
         }
         if text.is_empty() {
-            return Ok(());
+            return Err(FlowError::EmptyToken);
         }
         if !self.can_send() {
             return Err(FlowError::WindowFull(self.unacked_tokens()));
@@ -478,14 +481,16 @@ impl AppFlow {
     }
 
     /// One token's text arrived: returns the ack to send when K tokens are unacked.
-    /// Empty text is ignored.
+    /// Empty text is refused: a `Token` frame is never empty, and an empty one would
+    /// look like work without being any (found by review: one every stall interval
+    /// kept a stream, and its app's place, open).
     pub fn on_token(
         &mut self,
         text: &str,
         app: &impl Signer,
     ) -> Result<Option<SignedAck>, FlowError> {
         if text.is_empty() {
-            return Ok(None); // not a token: a supplier sends none, and none is counted
+            return Err(FlowError::EmptyToken);
         }
         if self.pending_tokens >= self.window.max_unacked {
             return Err(FlowError::WindowExceeded(self.pending_tokens + 1));
@@ -779,6 +784,8 @@ mod tests {
         assert_eq!(s.frames_left(), 0);
         assert_eq!(s.send("x"), Err(FlowError::TooManyFrames(5)));
         assert_eq!(a.on_token("x", &app), Err(FlowError::TooManyFrames(5)));
+        // A frame without text is no token, and is refused, not passed over.
+        assert_eq!(a.on_token("", &app), Err(FlowError::EmptyToken));
         s.finish();
         assert!(
             s.on_ack(a.finish(&app).unwrap(), &Ed25519Verifier)
@@ -899,7 +906,7 @@ mod tests {
         /// the app counted it).
         #[test]
         fn any_stream_closes_with_receipts_that_add_up(
-            tokens in proptest::collection::vec("[a-zé ]{0,6}", 0..60),
+            tokens in proptest::collection::vec("[a-zé ]{1,6}", 0..60),
             k in 1u32..8,
             extra in 0u32..8,
             eager in proptest::collection::vec(proptest::bool::ANY, 60),

@@ -26,6 +26,27 @@ pub(super) struct Job {
     pub(super) answer: String,
     /// Token frames sent to the client so far.
     pub(super) tokens: u32,
+    /// The weight of the log probabilities passed to the client so far (see
+    /// [`MAX_TOLD_WEIGHT`]).
+    pub(super) told_weight: u64,
+}
+
+/// Most log probabilities one request passes to its client, weighed as 32 bytes and
+/// the token's text for each token and alternative told: about what they take in
+/// memory before they become JSON. Past it the rest of the answer's are dropped (the
+/// stream goes on: they are unpaid, and a supplier gains nothing by sending more).
+/// An honest answer of 4,096 tokens with 20 alternatives each weighs about 3 MiB.
+/// Found by review: the suppliers' log probabilities of a long non-streamed answer
+/// could make gigabytes of JSON at the gateway.
+pub const MAX_TOLD_WEIGHT: u64 = 4 * 1024 * 1024;
+
+/// What log probabilities of `tokens` weigh against [`MAX_TOLD_WEIGHT`].
+fn told_weight(tokens: &[TokenLogprob]) -> u64 {
+    tokens
+        .iter()
+        .flat_map(|t| std::iter::once(&t.chosen).chain(&t.top))
+        .map(|p| 32 + p.bytes.len() as u64)
+        .sum()
 }
 
 impl Job {
@@ -145,14 +166,23 @@ impl Job {
                     if let Err(e) = leg.told.token(text.as_str().len()) {
                         return LegEnd::Broken(format!("bad log probabilities: {e}"));
                     }
-                    if !held.is_empty()
-                        && self
+                    let weight = told_weight(&held);
+                    if weight > 0 && self.told_weight + weight > MAX_TOLD_WEIGHT {
+                        if self.told_weight <= MAX_TOLD_WEIGHT {
+                            debug!(supplier = %leg.peer, "this answer's log probabilities reached the bound; the rest are dropped");
+                            self.told_weight = MAX_TOLD_WEIGHT + 1;
+                        }
+                        held.clear();
+                    } else if weight > 0 {
+                        self.told_weight += weight;
+                        if self
                             .tx
                             .send(GenEvent::Logprobs(std::mem::take(&mut held)))
                             .await
                             .is_err()
-                    {
-                        return LegEnd::ClientGone;
+                        {
+                            return LegEnd::ClientGone;
+                        }
                     }
                     self.answer.push_str(text.as_str());
                     self.provenance.update(|p| {

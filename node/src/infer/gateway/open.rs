@@ -156,6 +156,11 @@ impl Gateway {
                 Err(_) => return Err(Attempt::elsewhere(format!("{peer} sent nothing in time"))),
             }
         };
+        if matches!(&first, FrameBody::Token(t) if t.as_str().is_empty()) {
+            return Err(Attempt::elsewhere(format!(
+                "{peer} sent a token without text"
+            )));
+        }
         if let FrameBody::Refuse(refusal) = &first {
             let elsewhere = matches!(
                 refusal.code,

@@ -14,7 +14,7 @@ use futures::{AsyncReadExt, StreamExt};
 use libp2p::{PeerId, Stream, StreamProtocol};
 use relaymesh_protocol::messages::ack::SignedAck;
 use relaymesh_protocol::messages::infer::{
-    Done, DoneReason, FrameBody, InferRequest, Refuse, RefuseCode, TokenLogprobs,
+    Done, DoneReason, FrameBody, InferRequest, LogprobsCheck, Refuse, RefuseCode, TokenLogprobs,
     MAX_LOGPROB_TOKENS, MAX_TOKEN_BYTES, MAX_TOP_LOGPROBS,
 };
 use relaymesh_protocol::messages::session::{SessionOpen, SessionProposal, SignedSessionOpen};
@@ -646,8 +646,10 @@ async fn serve(
         let mut done: Option<Done> = None;
         let mut generated = false;
         let mut pending: std::collections::VecDeque<Out> = Default::default();
-        // Log probabilities of tokens whose text has not come yet.
+        // Log probabilities of tokens whose text has not come yet, and the app's check
+        // of what it takes.
         let mut told: Vec<TokenLogprob> = Vec::new();
+        let mut told_check = LogprobsCheck::new(&payload);
         loop {
             if flow.is_closed() {
                 return Ok(());
@@ -733,14 +735,25 @@ async fn serve(
                 }
                 event = next_event(&mut generation), if generating => match event.inspect(|_| clock.heard(std::time::Instant::now())) {
                     Some(GenEvent::Text(text)) => {
+                        let pieces = terms::token_frames(&text, cap);
+                        // Only what the app's check takes goes out (the pieces go in
+                        // this order, so the check sees them as the app will).
                         let mut frames = match payload.logprobs {
-                            Some(asked) => super::logprob_frames(&std::mem::take(&mut told), asked),
+                            Some(asked) => {
+                                let mut tokens = std::mem::take(&mut told);
+                                tokens.truncate(told_check.room(pieces.first().map_or(0, |p| p.len())));
+                                let frames = super::logprob_frames(&tokens, asked);
+                                for f in &frames {
+                                    let _ = told_check.told(f);
+                                }
+                                frames
+                            }
                             None => Vec::new(),
                         };
-                        pending.extend(terms::token_frames(&text, cap).into_iter().map(|p| Out {
-                            told: std::mem::take(&mut frames),
-                            piece: p.to_owned(),
-                        }));
+                        for piece in pieces {
+                            let _ = told_check.token(piece.len());
+                            pending.push_back(Out { told: std::mem::take(&mut frames), piece: piece.to_owned() });
+                        }
                     }
                     // Kept for the text they made, as many as the app takes before it.
                     Some(GenEvent::Logprobs(tokens)) if payload.logprobs.is_some() => {
