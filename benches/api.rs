@@ -2,7 +2,8 @@
 //! API and through a light gateway → that supplier over QUIC on loopback, SmolLM2 on
 //! the embedded engine:
 //!
-//! - per endpoint, the median latency of a short greedy request, and what the mesh adds;
+//! - per endpoint, the median latency of a short greedy request, and what the mesh adds
+//!   (and what asking for log probabilities costs on a 64-token answer);
 //! - the share of constrained answers (JSON schemas, a required tool call) that parse
 //!   and validate, sampled at temperature 1 with varying seeds;
 //! - embeddings per second, in batches.
@@ -39,6 +40,7 @@ fn endpoints() -> Vec<Endpoint> {
         "name": "get_weather", "description": "The current weather in a city",
         "parameters": { "type": "object", "properties": { "city": { "type": "string", "maxLength": 24 } },
                         "required": ["city"] } } }]);
+    let story = json!([{ "role": "user", "content": "Tell me a long story about a dragon." }]);
     let texts = json!([
         "The capital of France is Paris.",
         "Paris is in France.",
@@ -84,6 +86,19 @@ fn endpoints() -> Vec<Endpoint> {
             route: "/api/generate",
             body: json!({ "prompt": "The capital of France is", "stream": false,
                           "options": { "temperature": 0, "num_predict": 8 } }),
+        },
+        // What telling log probabilities costs: the same 64 greedy tokens with and
+        // without 20 alternatives each (the story never ends before 64).
+        Endpoint {
+            name: "POST /v1/chat/completions, 64 tokens",
+            route: "/v1/chat/completions",
+            body: json!({ "messages": story, "temperature": 0, "max_tokens": 64 }),
+        },
+        Endpoint {
+            name: "  the same, logprobs with top_logprobs 20",
+            route: "/v1/chat/completions",
+            body: json!({ "messages": story, "temperature": 0, "max_tokens": 64,
+                          "logprobs": true, "top_logprobs": 20 }),
         },
         Endpoint {
             name: "POST /v1/embeddings (3 inputs)",

@@ -1,56 +1,17 @@
 //! One node serving SmolLM2-135M-Instruct with the embedded engine, called through its
 //! OpenAI- and Ollama-compatible API over real HTTP: answers, streaming, listings,
-//! every error, slots, API keys, manifests, and the ollama backend against another
-//! relaymesh node.
+//! every error, slots, API keys and manifests (`upstreams.rs` has the `ollama:` and
+//! `openai:` backends against another relaymesh node).
 
 mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use relaymesh_node::backend::ollama::OllamaBackend;
-use relaymesh_node::backend::{Backend, ChatMessage, Prompt, Role, Tenant};
+use relaymesh_node::backend::{Backend, ChatMessage, Prompt, Role};
 use serde_json::{json, Value};
-use support::{
-    base_url, ndjson, ndjson_chat_content, serving_node, smollm, sse_chat_content, sse_data,
-};
-
-const QUESTION: &str = "What is the capital of France?";
-const ANSWER: &str = "The capital of France is Paris.";
-
-async fn post(url: &str, body: Value) -> (u16, reqwest::header::HeaderMap, String) {
-    let r = reqwest::Client::new()
-        .post(url)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    let headers = r.headers().clone();
-    (status, headers, r.text().await.unwrap())
-}
-
-async fn post_json(url: &str, body: Value) -> (u16, Value) {
-    let (status, _, text) = post(url, body).await;
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
-}
-
-async fn get_json(url: &str) -> Value {
-    reqwest::get(url).await.unwrap().json().await.unwrap()
-}
-
-fn chat_body(stream: bool) -> Value {
-    json!({
-        "model": "smollm2",
-        "messages": [{ "role": "user", "content": QUESTION }],
-        "temperature": 0,
-        "max_tokens": 32,
-        "stream": stream,
-    })
-}
+use support::http::{chat_body, get_json, post, post_json, ANSWER, QUESTION};
+use support::{base_url, ndjson, ndjson_chat_content, serving_node, smollm, sse_data};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn openai_chat_is_greedy_deterministic_and_counts_usage() {
@@ -341,7 +302,8 @@ async fn bad_requests_get_clear_errors_in_each_apis_shape() {
             json!([{ "name": "f", "parameters": { "type": "object" } }]),
         ),
         ("n", json!(2)),
-        ("logprobs", json!(true)),
+        ("logit_bias", json!({ "1": 5 })),
+        ("top_logprobs", json!(21)),
         (
             "response_format",
             json!({ "type": "json_schema", "json_schema": { "name": "x", "schema": { "$ref": "#/nowhere" } } }),
@@ -602,135 +564,6 @@ async fn api_keys_gate_every_route_and_each_key_has_its_quota() {
     assert_eq!(r.status(), 403);
     assert!(!r.headers().contains_key("access-control-allow-origin"));
     open.shutdown().await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn the_ollama_backend_serves_another_relaymesh_nodes_model() {
-    let upstream = serving_node(vec![smollm(1, 4)], None).await;
-    let ollama = OllamaBackend::connect("smol-remote", &base_url(&upstream), "smollm2", 2, 4)
-        .await
-        .unwrap();
-    let info = ollama.info().clone();
-    assert_eq!(info.kind, "ollama");
-    assert_eq!(info.context_length, 4096);
-    let upstream_digest = smollm(1, 1)
-        .info()
-        .digest
-        .as_ref()
-        .unwrap()
-        .gguf()
-        .unwrap()
-        .to_hex();
-    assert_eq!(
-        info.digest.as_ref().unwrap().to_string(),
-        upstream_digest,
-        "Ollama's digest is reported"
-    );
-
-    let gateway = serving_node(vec![Arc::new(ollama)], None).await;
-    let base = base_url(&gateway);
-    let mut body = chat_body(false);
-    body["model"] = json!("smol-remote");
-    let (status, answer) = post_json(&format!("{base}/v1/chat/completions"), body.clone()).await;
-    assert_eq!(status, 200, "{answer}");
-    assert_eq!(answer["choices"][0]["message"]["content"], ANSWER);
-    assert!(answer["usage"]["completion_tokens"].as_u64().unwrap() >= 7);
-    body["stream"] = json!(true);
-    let (_, _, text) = post(&format!("{base}/v1/chat/completions"), body).await;
-    let content = sse_chat_content(&text);
-    assert_eq!(content, ANSWER);
-    let (status, raw) = post_json(
-        &format!("{base}/v1/completions"),
-        json!({ "model": "smol-remote", "prompt": "The capital of France is", "temperature": 0, "max_tokens": 8 }),
-    )
-    .await;
-    assert_eq!(status, 200);
-    assert!(raw["choices"][0]["text"]
-        .as_str()
-        .unwrap()
-        .contains("Paris"));
-
-    // Log probabilities come through Ollama's `logprobs`, the chosen tokens' only (the
-    // client library reads no alternatives): the same as the upstream node tells.
-    let mut asked = chat_body(false);
-    asked["logprobs"] = json!(true);
-    let (_, direct) = post_json(
-        &format!("{}/v1/chat/completions", base_url(&upstream)),
-        asked.clone(),
-    )
-    .await;
-    asked["model"] = json!("smol-remote");
-    let (status, passed) = post_json(&format!("{base}/v1/chat/completions"), asked).await;
-    assert_eq!(status, 200, "{passed}");
-    let tokens = |v: &Value| -> Vec<(String, f64)> {
-        v["choices"][0]["logprobs"]["content"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|t| {
-                (
-                    t["token"].as_str().unwrap().to_owned(),
-                    t["logprob"].as_f64().unwrap(),
-                )
-            })
-            .collect()
-    };
-    let (passed, direct) = (tokens(&passed), tokens(&direct));
-    assert_eq!(
-        passed.iter().map(|t| t.0.as_str()).collect::<String>(),
-        ANSWER
-    );
-    assert_eq!(passed.len(), direct.len());
-    assert!(passed
-        .iter()
-        .zip(&direct)
-        .all(|(p, d)| p.0 == d.0 && (p.1 - d.1).abs() < 1e-3));
-
-    // Embeddings from Ollama's `/api/embed`, of the length its `/api/show` says: the
-    // upstream model's own vectors.
-    let texts = [
-        "The capital of France is Paris.".to_string(),
-        "Bananas.".to_string(),
-    ];
-    let (status, embedded) = post_json(
-        &format!("{base}/v1/embeddings"),
-        json!({ "model": "smol-remote", "input": texts, "encoding_format": "float" }),
-    )
-    .await;
-    assert_eq!(status, 200, "{embedded}");
-    let local = smollm(1, 1).embed(&texts, Tenant::Local).await.unwrap();
-    for (i, here) in local.vectors.iter().enumerate() {
-        let there: Vec<f32> =
-            serde_json::from_value(embedded["data"][i]["embedding"].clone()).unwrap();
-        assert_eq!(there.len(), 576);
-        let gap = support::max_gap(&there, here);
-        assert!(gap < 1e-4, "{gap}");
-    }
-
-    // The openai backend on the same node: it learns at start that the upstream embeds,
-    // and how long its vectors are, and embeds through `/v1/embeddings`.
-    let openai = relaymesh_node::backend::openai::OpenAiBackend::connect(
-        "smol-openai",
-        &format!("{}/v1", base_url(&upstream)),
-        "smollm2",
-        None,
-        1,
-        1,
-    )
-    .await
-    .unwrap();
-    assert_eq!(openai.embedding_dims(), Some(576));
-    let there = openai.embed(&texts, Tenant::Local).await.unwrap();
-    for (there, here) in there.vectors.iter().zip(&local.vectors) {
-        let gap = support::max_gap(there, here);
-        assert!(gap < 1e-4, "{gap}");
-    }
-
-    // A model the Ollama server does not have is refused at start, naming what it has.
-    let missing = OllamaBackend::connect("x", &base_url(&upstream), "nope", 1, 1).await;
-    assert!(missing.err().unwrap().to_string().contains("smollm2"));
-    gateway.shutdown().await;
-    upstream.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

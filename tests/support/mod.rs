@@ -12,6 +12,7 @@ use relaymesh_protocol::BoundedString;
 
 pub mod cli;
 pub mod credit_mesh;
+pub mod http;
 pub mod nat_mesh;
 pub mod netns;
 pub mod raw_app;

@@ -5,7 +5,9 @@
 
 mod clash;
 mod embed;
+mod frames;
 mod pace;
+mod seen;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,13 +30,15 @@ use tracing::{debug, info, warn};
 
 use super::codec::{read_frame, write_frame, FrameError};
 use super::gen_request;
-use super::stream_slots::{StreamSlot, StreamSlots, FIRST_FRAME_TIMEOUT};
+use super::stream_slots::{StreamSlot, StreamSlots};
 use crate::backend::{
     BackendError, FinishReason, GenEvent, Models, ServedModel, Tenant, TokenLogprob,
 };
 use crate::infer::app_limits::StreamTicket;
 use crate::mesh::now_ms;
 use clash::still_admitted;
+use frames::{first_frame, next_event, next_frame};
+pub use seen::SeenRequests;
 
 /// A token frame's text waiting for the window, and the log probabilities of the
 /// tokens whose text it begins (sent right before it, or not at all).
@@ -107,46 +111,6 @@ impl Drop for AbortOnDrop {
 
 /// How long a stopping supplier waits for its streams to send their last frame.
 const STREAMS_END_GRACE: Duration = Duration::from_secs(3);
-
-/// The request ids a supplier has served in each session, so that no request is served
-/// (and billed) twice, even across a restart: kept in sled next to the receipts (tree
-/// `requests`, key = session key ‖ request id, value = the session's end; a node without
-/// a data dir keeps them in its temporary database), each until its session ends.
-pub struct SeenRequests {
-    tree: sled::Tree,
-}
-
-impl SeenRequests {
-    /// Backed by `tree`.
-    pub fn new(tree: sled::Tree) -> Self {
-        Self { tree }
-    }
-
-    /// Records `request_id` of `session`; false if it was served before.
-    pub fn first_use(&self, session: &Digest, request_id: u64, session_end_ms: u64) -> bool {
-        let mut key = [0u8; 40];
-        key[..32].copy_from_slice(&session.0);
-        key[32..].copy_from_slice(&request_id.to_be_bytes());
-        matches!(
-            self.tree.compare_and_swap(
-                key,
-                None as Option<&[u8]>,
-                Some(&session_end_ms.to_be_bytes()[..])
-            ),
-            Ok(Ok(()))
-        )
-    }
-
-    /// Forgets sessions that ended before `now_ms`.
-    pub fn prune(&self, now_ms: u64) {
-        for (key, end) in self.tree.iter().flatten() {
-            let end = u64::from_be_bytes(end.as_ref().try_into().unwrap_or([0; 8]));
-            if end < now_ms {
-                let _ = self.tree.remove(key);
-            }
-        }
-    }
-}
 
 /// The digest a session pins for a served model: its GGUF's, or zero for an opaque
 /// upstream.
@@ -227,65 +191,6 @@ fn refusal(code: RefuseCode, message: impl Into<String>, retry_after_ms: u64) ->
         message: BoundedString::truncated(&message.into()),
         retry_after_ms,
     })
-}
-
-/// The app's next frame; an oversized or late one is counted in `limited`.
-async fn next_frame<R: futures::AsyncRead + Unpin>(
-    r: &mut R,
-    ctx: &SupplierContext,
-) -> Result<FrameBody, String> {
-    next_frame_within(r, ctx, FRAME_TIMEOUT).await
-}
-
-/// The stream's first frame, within [`FIRST_FRAME_TIMEOUT`] and unless its slot is
-/// given to another stream first (see `stream_slots`).
-async fn first_frame<R: futures::AsyncRead + Unpin>(
-    r: &mut R,
-    slot: &mut StreamSlot,
-    ctx: &SupplierContext,
-) -> Result<FrameBody, String> {
-    let frame = tokio::select! {
-        frame = next_frame_within(r, ctx, FIRST_FRAME_TIMEOUT) => Some(frame?),
-        () = slot.evicted() => None,
-    };
-    match frame {
-        Some(frame) if slot.started() => Ok(frame),
-        _ => {
-            ctx.metrics.limited("streams_evicted");
-            Err(
-                "the stream sent nothing while every slot was held; its slot went to another"
-                    .into(),
-            )
-        }
-    }
-}
-
-async fn next_frame_within<R: futures::AsyncRead + Unpin>(
-    r: &mut R,
-    ctx: &SupplierContext,
-    timeout: Duration,
-) -> Result<FrameBody, String> {
-    match tokio::time::timeout(timeout, read_frame(r)).await {
-        Ok(Ok(frame)) => Ok(frame.body),
-        Ok(Err(e)) => {
-            if matches!(e, FrameError::TooLarge(_)) {
-                ctx.metrics.limited("frame_size");
-            }
-            Err(e.to_string())
-        }
-        Err(_) => {
-            ctx.metrics.limited("frame_timeout");
-            Err("the app sent nothing in time".into())
-        }
-    }
-}
-
-/// The next event of a generation still running; never, once it was dropped.
-async fn next_event(generation: &mut Option<crate::backend::Measured>) -> Option<GenEvent> {
-    match generation {
-        Some(g) => g.next().await,
-        None => std::future::pending().await,
-    }
 }
 
 /// The refusal that tells the app why the engine did not take its request: busy (the
