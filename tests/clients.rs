@@ -14,6 +14,7 @@ use relaymesh_node::backend::{
     Backend, ChatMessage, GenEvent, GenRequest, Prompt, Role, Sampling, Tenant, TokenLogprob,
 };
 use serde_json::{json, Value};
+use support::http::post_json;
 use support::{cache, free_port, Proc};
 
 /// Polls `url` until it answers 200 (or panics after `secs`).
@@ -178,15 +179,11 @@ async fn token_ids_match_llama_cpp_and_the_openai_backend_streams_from_llama_ser
     // Greedy log probabilities: ours are llama.cpp's own on the same file and prompt,
     // within what the two builds' different CPU kernels make of the same sums (the
     // first token's agree to 0.001; later ones drift, by up to 0.07 seen).
-    let theirs: Value = client
-        .post(format!("{base}/v1/completions"))
-        .json(&json!({ "prompt": text, "max_tokens": 8, "temperature": 0, "logprobs": 3 }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, theirs) = post_json(
+        &format!("{base}/v1/completions"),
+        json!({ "prompt": text, "max_tokens": 8, "temperature": 0, "logprobs": 3 }),
+    )
+    .await;
     let their_told = theirs["choices"][0]["logprobs"]["content"]
         .as_array()
         .unwrap()
@@ -284,23 +281,12 @@ async fn token_ids_match_llama_cpp_and_the_openai_backend_streams_from_llama_ser
         "messages": [{ "role": "user", "content": "What is the capital of France?" }],
         "temperature": 0, "max_tokens": 8, "logprobs": true, "top_logprobs": 2,
     });
-    let answer = |url: String, body: Value| {
-        let client = client.clone();
-        async move {
-            let v: Value = client
-                .post(url)
-                .json(&body)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            v["choices"][0]["logprobs"]["content"]
-                .as_array()
-                .unwrap()
-                .clone()
-        }
+    let answer = |url: String, body: Value| async move {
+        let (_, v) = post_json(&url, body).await;
+        v["choices"][0]["logprobs"]["content"]
+            .as_array()
+            .unwrap()
+            .clone()
     };
     let passed = answer(format!("{api}/v1/chat/completions"), ask.clone()).await;
     let direct = answer(format!("{base}/v1/chat/completions"), ask).await;
