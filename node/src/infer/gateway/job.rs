@@ -26,9 +26,8 @@ pub(super) struct Job {
     pub(super) answer: String,
     /// Token frames sent to the client so far.
     pub(super) tokens: u32,
-    /// The weight of the log probabilities passed to the client so far (see
-    /// [`MAX_TOLD_WEIGHT`]).
-    pub(super) told_weight: u64,
+    /// The log probabilities passed to the client so far.
+    pub(super) told: Told,
 }
 
 /// Most log probabilities one request passes to its client, weighed as 32 bytes and
@@ -40,13 +39,34 @@ pub(super) struct Job {
 /// could make gigabytes of JSON at the gateway.
 pub const MAX_TOLD_WEIGHT: u64 = 4 * 1024 * 1024;
 
-/// What log probabilities of `tokens` weigh against [`MAX_TOLD_WEIGHT`].
-fn told_weight(tokens: &[TokenLogprob]) -> u64 {
-    tokens
-        .iter()
-        .flat_map(|t| std::iter::once(&t.chosen).chain(&t.top))
-        .map(|p| 32 + p.bytes.len() as u64)
-        .sum()
+/// The log probabilities one request has passed to its client, by weight.
+#[derive(Default)]
+pub(super) struct Told {
+    weight: u64,
+    /// Some were dropped: none pass after them.
+    over: bool,
+}
+
+impl Told {
+    /// Whether `tokens` go to the client: while their weight fits beside what went
+    /// before within [`MAX_TOLD_WEIGHT`], and never again once some did not.
+    fn admit(&mut self, tokens: &[TokenLogprob]) -> bool {
+        let weight: u64 = tokens
+            .iter()
+            .flat_map(|t| std::iter::once(&t.chosen).chain(&t.top))
+            .map(|p| 32 + p.bytes.len() as u64)
+            .sum();
+        match self.weight.checked_add(weight) {
+            Some(total) if !self.over && total <= MAX_TOLD_WEIGHT => {
+                self.weight = total;
+                true
+            }
+            _ => {
+                self.over = true;
+                false
+            }
+        }
+    }
 }
 
 impl Job {
@@ -166,23 +186,19 @@ impl Job {
                     if let Err(e) = leg.told.token(text.as_str().len()) {
                         return LegEnd::Broken(format!("bad log probabilities: {e}"));
                     }
-                    let weight = told_weight(&held);
-                    if weight > 0 && self.told_weight + weight > MAX_TOLD_WEIGHT {
-                        if self.told_weight <= MAX_TOLD_WEIGHT {
-                            debug!(supplier = %leg.peer, "this answer's log probabilities reached the bound; the rest are dropped");
-                            self.told_weight = MAX_TOLD_WEIGHT + 1;
-                        }
-                        held.clear();
-                    } else if weight > 0 {
-                        self.told_weight += weight;
-                        if self
-                            .tx
-                            .send(GenEvent::Logprobs(std::mem::take(&mut held)))
-                            .await
-                            .is_err()
-                        {
+                    let was_over = self.told.over;
+                    if held.is_empty() {
+                        // Nothing told with this token.
+                    } else if self.told.admit(&held) {
+                        let told = GenEvent::Logprobs(std::mem::take(&mut held));
+                        if self.tx.send(told).await.is_err() {
                             return LegEnd::ClientGone;
                         }
+                    } else {
+                        if !was_over {
+                            debug!(supplier = %leg.peer, "this answer's log probabilities reached the bound; the rest are dropped");
+                        }
+                        held.clear();
                     }
                     self.answer.push_str(text.as_str());
                     self.provenance.update(|p| {
@@ -246,5 +262,36 @@ impl Job {
                 other => return LegEnd::Broken(format!("unexpected frame {other:?}")),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::TokenProb;
+
+    fn told(bytes: usize, top: usize) -> TokenLogprob {
+        let p = TokenProb::new(vec![b'x'; bytes], -0.5);
+        TokenLogprob {
+            chosen: p.clone(),
+            top: vec![p; top],
+        }
+    }
+
+    /// Found by review: the log probabilities suppliers send with a long answer could
+    /// make gigabytes of JSON at the gateway. Past [`MAX_TOLD_WEIGHT`] the rest of an
+    /// answer's are dropped, small ones after it too (a client reads no gaps healed
+    /// later). Fails without the bound: every token's pass.
+    #[test]
+    fn log_probabilities_past_the_bound_are_dropped_for_the_rest_of_the_answer() {
+        let mut budget = Told::default();
+        // 21 choices of 128 bytes: 3,360 bytes a token, 1,248 tokens fit in 4 MiB.
+        let heavy = vec![told(128, 20)];
+        let fit = (0..2_000).take_while(|_| budget.admit(&heavy)).count();
+        assert_eq!(fit as u64, MAX_TOLD_WEIGHT / (21 * (32 + 128)));
+        assert!(!budget.admit(&[told(1, 0)]), "nothing passes after a drop");
+        // An honest long answer, 4,096 tokens of 4 bytes with 20 alternatives, fits.
+        let mut honest = Told::default();
+        assert!((0..4_096).all(|_| honest.admit(&[told(4, 20)])));
     }
 }

@@ -431,7 +431,7 @@ impl Backend for MeshBackend {
             tx,
             answer: String::new(),
             tokens: 0,
-            told_weight: 0,
+            told: job::Told::default(),
         };
         tokio::spawn(job.run(leg));
         Ok(Generation::new(rx, None).with_provenance(provenance))
