@@ -14,6 +14,7 @@ use relaymesh_protocol::identity::signed::Signed;
 use relaymesh_protocol::ledger::Ledger;
 use relaymesh_protocol::messages::capability::{CapabilityAd, ModelOffer};
 use relaymesh_protocol::messages::transfer::Transfer;
+use relaymesh_protocol::metering::allowance::AppRisk;
 use relaymesh_protocol::metering::tau::TauController;
 use relaymesh_protocol::params::{Allocation, MeshParams};
 use relaymesh_protocol::routing::score::{rank, ScoreWeights, SupplierStats};
@@ -171,11 +172,9 @@ pub(crate) struct Supplier {
     pub settled_served_cu: u64,
     pub settled_var: f64,
     pub excluded_us: Option<u64>,
-    /// Per app: when its streams ended with tokens unacknowledged, and how many.
-    pub debts: BTreeMap<u32, VecDeque<(u64, u32)>>,
-    /// Per app that stops acking (the only apps whose window the model needs): tokens
-    /// it acknowledged here, and when its last stream here ended.
-    pub acked: BTreeMap<u32, (u64, u64)>,
+    /// Per app that does not want its answers (the only apps whose window the model
+    /// needs): its debts and payments here, by the node's own rule.
+    pub risk: BTreeMap<u32, AppRisk>,
 }
 
 pub(crate) struct App {
@@ -438,8 +437,7 @@ impl Sim {
                 settled_served_cu: 0,
                 settled_var: 0.0,
                 excluded_us: None,
-                debts: BTreeMap::new(),
-                acked: BTreeMap::new(),
+                risk: BTreeMap::new(),
             });
         }
         let mut by_model = vec![Vec::new(); sc.models as usize];

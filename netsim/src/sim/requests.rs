@@ -1,6 +1,8 @@
 //! Requests in the simulation: arrival, the app's choice of supplier, sessions and
 //! streams, failover, giving up, and what each request's end records.
 
+use relaymesh_protocol::metering::flow::Window;
+
 use super::*;
 
 impl Sim {
@@ -295,12 +297,18 @@ impl Sim {
         self.meter_attempt(a, acked);
         let app = self.requests.get(r).expect("live request").app;
         if !self.apps[app as usize].kind.wants_answers() {
-            let now = self.now;
-            let entry = self.suppliers[s as usize].acked.entry(app).or_default();
-            if now - entry.1 > 600 * SEC {
-                entry.0 = 0;
-            }
-            *entry = (entry.0 + u64::from(acked), now);
+            // Tokens the app left unacknowledged are its debt; a supplier's failure
+            // (garbage, silence) is not.
+            let unacked = match plan {
+                Plan::AppStops { .. } if self.sc.mesh.app_debt_limit => {
+                    tokens.saturating_sub(acked)
+                }
+                _ => 0,
+            };
+            let now_ms = self.now / MS;
+            let risk = self.suppliers[s as usize].risk.entry(app).or_default();
+            risk.prune(now_ms);
+            risk.ended(acked, unacked, now_ms);
         }
         let sup = &mut self.suppliers[s as usize];
         sup.busy -= 1;
@@ -345,11 +353,6 @@ impl Sim {
                     0
                 };
                 self.took_unacked(app, s, unacked, prompt);
-                if self.sc.mesh.app_debt_limit && unacked > 0 {
-                    let now = self.now;
-                    let debts = self.suppliers[s as usize].debts.entry(app).or_default();
-                    debts.push_back((now, unacked));
-                }
             }
             Plan::Garbage => {
                 self.m.garbage_detected += 1;
@@ -362,45 +365,36 @@ impl Sim {
         }
     }
 
-    /// The window supplier `s` gives `app`'s next stream, as a node does
-    /// (`infer/app_limits.rs`): W where the tokens it has at risk here (those left
-    /// unacknowledged in the last 10 minutes) and W fit its allowance, K where only K
-    /// does, `None` where not even that (refused). The allowance is 2K, or a sixteenth
-    /// of the tokens it acknowledged here (forgotten 10 minutes after its last stream).
-    /// Without `mesh.stranger_window`: W, refused once it owes 2W. Apps here open one
-    /// stream at a supplier at a time, so open windows need no counting.
+    /// The window supplier `s` gives `app`'s next stream, by the node's own rule
+    /// (`relaymesh_protocol::metering::allowance`): W where the tokens it has at risk
+    /// here (those left unacknowledged in the last 10 minutes) and W fit its allowance,
+    /// K where only K does, `None` where not even that (refused). The allowance is 2K,
+    /// or a sixteenth of the tokens it acknowledged here. Without
+    /// `mesh.stranger_window`: W, refused once it owes 2W. Apps here open one stream at
+    /// a supplier at a time, so open windows need no counting.
     pub(crate) fn window(&mut self, s: u32, app: u32) -> Option<u32> {
-        let (k, w) = (
-            self.sc.mesh.ack_every_tokens,
-            self.sc.mesh.max_unacked_tokens,
-        );
-        let owed = u64::from(self.owed(s, app));
-        if !self.sc.mesh.stranger_window {
-            return (!self.sc.mesh.app_debt_limit || owed < 2 * u64::from(w)).then_some(w);
-        }
-        let now = self.now;
-        let paid = self.suppliers[s as usize]
-            .acked
-            .get(&app)
-            .filter(|(_, at)| now - at <= 600 * SEC)
-            .map_or(0, |(paid, _)| *paid);
-        let allowance = (2 * u64::from(k)).max(paid / 16);
-        [w, k.min(w)]
-            .into_iter()
-            .find(|x| !self.sc.mesh.app_debt_limit || owed + u64::from(*x) <= allowance)
-    }
-
-    /// Tokens `app` left unacknowledged at supplier `s` in the last 10 minutes (older
-    /// debts are forgotten here, as a node forgets them).
-    pub(super) fn owed(&mut self, s: u32, app: u32) -> u32 {
-        let now = self.now;
-        let Some(debts) = self.suppliers[s as usize].debts.get_mut(&app) else {
-            return 0;
+        let full = Window {
+            ack_every: self.sc.mesh.ack_every_tokens,
+            max_unacked: self.sc.mesh.max_unacked_tokens,
         };
-        while debts.front().is_some_and(|(at, _)| now - at > 600 * SEC) {
-            debts.pop_front();
+        if !self.sc.mesh.app_debt_limit {
+            return Some(full.max_unacked);
         }
-        debts.iter().map(|(_, n)| *n).sum()
+        let stranger_window = self.sc.mesh.stranger_window;
+        let now_ms = self.now / MS;
+        let stranger = AppRisk::default();
+        let risk = match self.suppliers[s as usize].risk.get_mut(&app) {
+            Some(risk) => {
+                risk.prune(now_ms);
+                &*risk
+            }
+            None => &stranger,
+        };
+        if !stranger_window {
+            let owed = u64::from(risk.owed());
+            return (owed < 2 * u64::from(full.max_unacked)).then_some(full.max_unacked);
+        }
+        risk.window(full).map(|w| w.max_unacked)
     }
 
     pub(super) fn view(&mut self, app: u32, s: u32) -> &mut View {

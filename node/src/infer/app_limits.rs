@@ -1,20 +1,13 @@
 //! What one app may take from a supplier, by key: streams at once, new sessions per
 //! hour, and tokens it may leave unacknowledged.
 //!
-//! The ack window lets an app that never acks take its window of tokens from a stream,
-//! and keys are free, so a rider meets most suppliers as a stranger. A supplier
-//! therefore bounds, per app key, the tokens **at risk**: those its streams ended with
-//! unacknowledged in the last [`DEBT_WINDOW`], plus the window of every stream it has
-//! open (each could end with its whole window unacknowledged). They may reach at most
-//! the app's **allowance**: twice the ack step (2K) for a stranger, or one token in
-//! [`UNACKED_SHARE`] of those it has acknowledged here, if more (forgotten after a
-//! [`DEBT_WINDOW`] without a stream). A new stream gets the mesh's window W if that
-//! fits, one ack step (K) if only that fits, and is refused otherwise. So what one key
-//! takes from a supplier without paying is at most 2K tokens, or a sixteenth of what it
-//! paid there, per [`DEBT_WINDOW`], however many streams it opens at once; an honest
-//! app waits one round trip per K tokens on its first answers at a supplier, and runs
-//! more streams at once there as it pays (`docs/PROTOCOL.md` §16 states the bound).
-//! Tokens a stream leaves unacknowledged because the supplier failed are not the
+//! The last is the protocol crate's rule ([`relaymesh_protocol::metering::allowance`],
+//! shared with the simulator): a stranger's stream gets one ack step (K) of window, and
+//! a key may have at risk (left unacknowledged in the last [`DEBT_WINDOW`], plus its
+//! open streams' windows) 2K tokens, or a sixteenth of what it acknowledged here. An
+//! honest app waits one round trip per K tokens on its first answers at a supplier, and
+//! runs more streams at once there as it pays (`docs/PROTOCOL.md` §16 states the
+//! bound). Tokens a stream leaves unacknowledged because the supplier failed are not the
 //! app's debt.
 
 use std::collections::{HashMap, VecDeque};
@@ -22,6 +15,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
+use relaymesh_protocol::metering::allowance::{AppRisk, DEBT_WINDOW_MS};
 use relaymesh_protocol::metering::flow::Window;
 use relaymesh_protocol::PublicKey;
 
@@ -33,12 +27,10 @@ pub const MAX_STREAMS_PER_APP: usize = 8;
 pub const MAX_SESSIONS_PER_APP: usize = 64;
 /// How long unacknowledged tokens count against their app, and how long an app's
 /// acknowledged tokens are remembered after its last stream.
-pub const DEBT_WINDOW: Duration = Duration::from_secs(600);
+pub const DEBT_WINDOW: Duration = Duration::from_millis(DEBT_WINDOW_MS);
 /// Most apps remembered; past it, apps with nothing open, owed or paid go first, and
 /// while none can go a new key is refused.
 pub const MAX_APPS: usize = 65_536;
-/// An app may have at risk one token in this many of those it acknowledged here.
-pub const UNACKED_SHARE: u64 = 16;
 
 /// Why a stream of an app was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,29 +43,15 @@ pub struct Refused {
 
 #[derive(Default)]
 struct AppState {
-    streams: usize,
-    /// The windows of its open streams, summed.
-    open_window: u32,
-    /// When each stream ended with tokens unacknowledged, and how many.
-    debts: VecDeque<(Instant, u32)>,
+    /// Its streams, debts and payments (the protocol's rule).
+    risk: AppRisk,
     /// When each session was countersigned.
     sessions: VecDeque<Instant>,
-    /// Tokens it acknowledged here, and when its last stream ended.
-    paid: (u64, Option<Instant>),
 }
 
 impl AppState {
-    fn prune(&mut self, now: Instant) {
-        // A debt that expires comes off what the app paid, sixteen to one: while it
-        // lasts it counts as at risk, then against its allowance (once at a time).
-        while let Some((_, n)) = self
-            .debts
-            .front()
-            .filter(|(at, _)| now.duration_since(*at) > DEBT_WINDOW)
-        {
-            self.paid.0 = self.paid.0.saturating_sub(UNACKED_SHARE * u64::from(*n));
-            self.debts.pop_front();
-        }
+    fn prune(&mut self, now: Instant, now_ms: u64) {
+        self.risk.prune(now_ms);
         while self
             .sessions
             .front()
@@ -81,33 +59,6 @@ impl AppState {
         {
             self.sessions.pop_front();
         }
-        if self.streams == 0
-            && self
-                .paid
-                .1
-                .is_some_and(|at| now.duration_since(at) > DEBT_WINDOW)
-        {
-            self.paid = (0, None);
-        }
-    }
-
-    fn owed(&self) -> u32 {
-        self.debts
-            .iter()
-            .map(|(_, n)| *n)
-            .fold(0, u32::saturating_add)
-    }
-
-    /// Tokens this app may have at risk here: 2K, or a sixteenth of what it paid.
-    fn allowance(&self, full: Window) -> u64 {
-        (2 * u64::from(full.ack_every)).max(self.paid.0 / UNACKED_SHARE)
-    }
-
-    /// Whether forgetting this app gives it nothing a fresh key would not have: no
-    /// stream open and too little paid for more than a stranger's allowance (its debts
-    /// and session count are then what a fresh key has anyway, and keys are free).
-    fn forgettable(&self, full: Window) -> bool {
-        self.streams == 0 && self.paid.0 / UNACKED_SHARE <= 2 * u64::from(full.ack_every)
     }
 }
 
@@ -120,6 +71,8 @@ pub struct AppLimits {
     claims: Claims,
     /// Streams one app may hold, and sessions it may open per hour.
     caps: (usize, usize),
+    /// The origin of the milliseconds the allowance rule counts in.
+    origin: Instant,
 }
 
 /// The apps remembered, and when a full table was last swept.
@@ -178,20 +131,11 @@ impl StreamTicket<'_> {
 impl Drop for StreamTicket<'_> {
     fn drop(&mut self) {
         self.started();
+        let now_ms = self.limits.now_ms(Instant::now());
         let mut apps = self.limits.apps.lock().expect("limits lock");
         if let Some(state) = apps.map.get_mut(&self.app) {
-            let now = Instant::now();
-            state.streams = state.streams.saturating_sub(1);
-            state.open_window = state.open_window.saturating_sub(self.window.max_unacked);
-            let paid = state.paid.0.saturating_add(u64::from(self.acked));
-            // A stream that came to nothing (refused, or nothing sent and nothing owed)
-            // leaves an app with nothing paid forgettable.
-            if paid > 0 || state.paid.1.is_some() || self.acked > 0 {
-                state.paid = (paid, Some(now));
-            }
-            if self.unacked > 0 {
-                state.debts.push_back((now, self.unacked));
-            }
+            state.risk.close(self.window);
+            state.risk.ended(self.acked, self.unacked, now_ms);
         }
     }
 }
@@ -220,7 +164,13 @@ impl AppLimits {
             full,
             claims,
             caps: (streams_per_app, sessions_per_app),
+            origin: Instant::now(),
         }
+    }
+
+    /// Milliseconds from this table's origin to `at`, as the allowance rule counts time.
+    fn now_ms(&self, at: Instant) -> u64 {
+        u64::try_from(at.duration_since(self.origin).as_millis()).unwrap_or(u64::MAX)
     }
 
     /// Runs `f` on `app`'s state; `None` when the table is full of apps that cannot be
@@ -228,6 +178,7 @@ impl AppLimits {
     fn with<T>(&self, app: &PublicKey, f: impl FnOnce(&mut AppState) -> T) -> Option<T> {
         let mut apps = self.apps.lock().expect("limits lock");
         let now = Instant::now();
+        let now_ms = self.now_ms(now);
         if apps.map.len() >= MAX_APPS && !apps.map.contains_key(app) {
             if apps
                 .swept
@@ -238,15 +189,15 @@ impl AppLimits {
             apps.swept = Some(now);
             let full = self.full;
             apps.map.retain(|_, s| {
-                s.prune(now);
-                !s.forgettable(full)
+                s.prune(now, now_ms);
+                !s.risk.forgettable(full)
             });
             if apps.map.len() >= MAX_APPS {
                 return None;
             }
         }
         let state = apps.map.entry(*app).or_default();
-        state.prune(now);
+        state.prune(now, now_ms);
         Some(f(state))
     }
 
@@ -269,59 +220,52 @@ impl AppLimits {
         free_slots: usize,
     ) -> Result<StreamTicket<'_>, Refused> {
         let (max_streams, full) = (self.caps.0, self.full);
-        let step = Window {
-            ack_every: full.ack_every,
-            max_unacked: full.ack_every.min(full.max_unacked),
-        };
         // The streams held here by each app whose claim comes before this one's.
         let ahead: Vec<usize> = {
             let before = self.claims.before(app, model);
             let apps = self.apps.lock().expect("limits lock");
             before
                 .iter()
-                .map(|k| apps.map.get(k).map_or(0, |s| s.streams))
+                .map(|k| apps.map.get(k).map_or(0, |s| s.risk.streams()))
                 .collect()
         };
         let mut gave_way = false;
         let refused = |why: String, retry_after| Refused { why, retry_after };
         let window = self
             .with(app, |state| {
-                let allowance = state.allowance(full);
-                let owed = state.owed();
-                let at_risk = u64::from(owed) + u64::from(state.open_window);
-                let Some(window) = [full, step]
-                    .into_iter()
-                    .find(|w| at_risk + u64::from(w.max_unacked) <= allowance)
-                else {
-                    // Owed tokens only go away with time; open windows when streams end.
-                    let retry = if u64::from(owed) + u64::from(step.max_unacked) > allowance {
+                let risk = &mut state.risk;
+                let Some(window) = risk.window(full) else {
+                    let retry = if risk.owes_too_much(full) {
                         DEBT_WINDOW / 10
                     } else {
                         SHARE_RETRY * 4
                     };
                     return Err(refused(format!(
-                        "app {} has {at_risk} tokens at risk here ({owed} left unacknowledged in the last {} minutes, the rest in open streams' windows) and may have {allowance}: ack what you take",
+                        "app {} has {} tokens at risk here ({} left unacknowledged in the last {} minutes, the rest in open streams' windows) and may have {}: ack what you take",
                         app.peer_id(),
-                        DEBT_WINDOW.as_secs() / 60
+                        risk.at_risk(),
+                        risk.owed(),
+                        DEBT_WINDOW.as_secs() / 60,
+                        risk.allowance(full),
                     ), retry));
                 };
-                if state.streams >= max_streams {
+                let streams = risk.streams();
+                if streams >= max_streams {
                     return Err(refused(
                         format!("app {} has {max_streams} streams open here already", app.peer_id()),
                         SHARE_RETRY * 4,
                     ));
                 }
-                let holding_off = ahead.iter().filter(|n| **n <= state.streams).count();
+                let holding_off = ahead.iter().filter(|n| **n <= streams).count();
                 if holding_off >= free_slots.max(1) {
                     gave_way = true;
                     return Err(refused(format!(
                         "app {} holds {} stream(s) here while another app waits for a slot",
                         app.peer_id(),
-                        state.streams
+                        streams
                     ), SHARE_RETRY));
                 }
-                state.streams += 1;
-                state.open_window = state.open_window.saturating_add(window.max_unacked);
+                risk.open(window);
                 Ok(window)
             })
             .unwrap_or_else(|| Err(table_full()))
@@ -385,6 +329,7 @@ fn table_full() -> Refused {
 mod tests {
     use super::super::claims::{CLAIM_SLACK, MAX_WAITING_PER_PEER};
     use super::*;
+    use relaymesh_protocol::metering::allowance::UNACKED_SHARE;
 
     const MODEL: &str = "smollm2";
 
@@ -619,12 +564,13 @@ mod tests {
     }
 
     /// An app that paid P once could leave P/16 unacknowledged every ten minutes for
-    /// ever: what it left unacknowledged now comes off what it paid, sixteen to one,
-    /// once the debt expires (third review: it counted twice while the debt lasted, as
-    /// at risk and against the allowance, so a small payer that lost its link with a
-    /// full window was refused for ten minutes).
+    /// ever: what it left unacknowledged comes off what it paid, sixteen to one, once
+    /// the debt expires (third review: it counted twice while the debt lasted, as at
+    /// risk and against the allowance, so a small payer that lost its link with a full
+    /// window was refused for ten minutes). The expiry itself is the protocol rule's
+    /// test (`allowance::tests::an_expired_debt_comes_off_what_the_app_paid`).
     #[test]
-    fn tokens_left_unacknowledged_come_off_what_the_app_paid_once_their_debt_expires() {
+    fn tokens_left_unacknowledged_count_at_risk_and_only_that() {
         let limits = AppLimits::new(FULL);
         let app = PublicKey([4; 32]);
         limits
@@ -633,24 +579,10 @@ mod tests {
             .end(16 * 640, 0);
         limits.begin(&app, MODEL, gateway(), 1).unwrap().end(0, 320);
         let (allowance, owed) = limits
-            .with(&app, |s| (s.allowance(FULL), s.owed()))
+            .with(&app, |s| (s.risk.allowance(FULL), s.risk.owed()))
             .unwrap();
         assert_eq!((allowance, owed), (640, 320), "at risk, and only that");
         assert!(limits.begin(&app, MODEL, gateway(), 1).is_ok());
-
-        let t0 = Instant::now();
-        let mut state = AppState {
-            paid: (16 * 640, Some(t0 + DEBT_WINDOW / 2)),
-            ..AppState::default()
-        };
-        state.debts.push_back((t0, 320));
-        state.prune(t0 + DEBT_WINDOW + Duration::from_secs(1));
-        assert_eq!(state.owed(), 0);
-        assert_eq!(
-            state.allowance(FULL),
-            320,
-            "it paid 10,240 and took 320 free"
-        );
     }
 
     /// Streams refused before they served anything made a key unforgettable, so fresh
@@ -660,16 +592,16 @@ mod tests {
         let limits = AppLimits::new(FULL);
         let app = PublicKey([5; 32]);
         drop(limits.begin(&app, MODEL, gateway(), 1).unwrap());
-        assert!(limits.with(&app, |s| s.forgettable(FULL)).unwrap());
+        assert!(limits.with(&app, |s| s.risk.forgettable(FULL)).unwrap());
         // Acking a token or two makes no key more than a stranger (review: keys acking
         // one token each could fill the table); paying for more than that does.
         limits.begin(&app, MODEL, gateway(), 1).unwrap().end(16, 0);
-        assert!(limits.with(&app, |s| s.forgettable(FULL)).unwrap());
+        assert!(limits.with(&app, |s| s.risk.forgettable(FULL)).unwrap());
         limits
             .begin(&app, MODEL, gateway(), 1)
             .unwrap()
             .end(1_000, 0);
-        assert!(!limits.with(&app, |s| s.forgettable(FULL)).unwrap());
+        assert!(!limits.with(&app, |s| s.risk.forgettable(FULL)).unwrap());
     }
 
     /// Third review: fresh keys that each left a stream owing an ack step (1 ms each,
@@ -691,7 +623,7 @@ mod tests {
         assert!(limits
             .begin(&PublicKey([0xee; 32]), MODEL, gateway(), 1)
             .is_ok());
-        let kept = limits.with(&payer, |s| s.allowance(FULL)).unwrap();
+        let kept = limits.with(&payer, |s| s.risk.allowance(FULL)).unwrap();
         assert_eq!(kept, 1_000_000 / UNACKED_SHARE, "the payer is remembered");
     }
 
