@@ -202,14 +202,7 @@ async fn ollama_chat_and_generate_stream_ndjson_or_answer_once() {
 #[tokio::test(flavor = "multi_thread")]
 async fn models_are_listed_with_their_identity() {
     let backend = smollm(2, 4);
-    let digest = backend
-        .info()
-        .digest
-        .as_ref()
-        .unwrap()
-        .gguf()
-        .unwrap()
-        .to_hex();
+    let digest = support::gguf_hex(&backend);
     let node = serving_node(vec![backend], None).await;
     let base = base_url(&node);
     let list = get_json(&format!("{base}/v1/models")).await;

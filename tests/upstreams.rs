@@ -13,21 +13,15 @@ use support::{base_url, serving_node, smollm, sse_chat_content};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_ollama_backend_serves_another_relaymesh_nodes_model() {
-    let upstream = serving_node(vec![smollm(1, 4)], None).await;
+    let served = smollm(1, 4);
+    let upstream_digest = support::gguf_hex(&served);
+    let upstream = serving_node(vec![served], None).await;
     let ollama = OllamaBackend::connect("smol-remote", &base_url(&upstream), "smollm2", 2, 4)
         .await
         .unwrap();
     let info = ollama.info().clone();
     assert_eq!(info.kind, "ollama");
     assert_eq!(info.context_length, 4096);
-    let upstream_digest = smollm(1, 1)
-        .info()
-        .digest
-        .as_ref()
-        .unwrap()
-        .gguf()
-        .unwrap()
-        .to_hex();
     assert_eq!(
         info.digest.as_ref().unwrap().to_string(),
         upstream_digest,

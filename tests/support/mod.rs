@@ -154,6 +154,18 @@ pub fn smollm(
     std::sync::Arc::new(EmbeddedBackend::load("smollm2", &model_path(), &options).unwrap())
 }
 
+/// The GGUF digest of the model `backend` runs, in hex (as APIs report it).
+pub fn gguf_hex(backend: &relaymesh_node::backend::embedded::EmbeddedBackend) -> String {
+    use relaymesh_node::backend::Backend;
+    backend
+        .info()
+        .digest
+        .as_ref()
+        .and_then(|d| d.gguf())
+        .expect("a GGUF model has a digest")
+        .to_hex()
+}
+
 /// A node with no peers that serves `backends` on an API at an OS-chosen port.
 pub async fn serving_node(
     backends: Vec<relaymesh_node::backend::SharedBackend>,
