@@ -37,6 +37,21 @@ where
     }
 }
 
+/// Polls `check` every 100 ms, from a thread that may block, until it returns `Some`,
+/// or `None` after `timeout` (the caller says what did not happen, with its context).
+pub fn poll<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return Some(value);
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 pub fn quic() -> Multiaddr {
     "/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()
 }
@@ -164,6 +179,17 @@ pub fn gguf_hex(backend: &relaymesh_node::backend::embedded::EmbeddedBackend) ->
         .and_then(|d| d.gguf())
         .expect("a GGUF model has a digest")
         .to_hex()
+}
+
+/// The receipts `node` keeps as a supplier of mesh `mesh` (its miner's store).
+pub fn stored_receipts(
+    node: &Node,
+    mesh: &str,
+) -> Vec<relaymesh_protocol::metering::receipt::Receipt> {
+    let tree = node.data_dir().unwrap().db().open_tree("mining").unwrap();
+    relaymesh_node::mining::Miner::new(tree, &relaymesh_node::config::named_mesh(mesh))
+        .all_receipts()
+        .unwrap()
 }
 
 /// A node with no peers that serves `backends` on an API at an OS-chosen port.
