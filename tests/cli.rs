@@ -168,17 +168,15 @@ fn peers_and_models_print_tables_and_say_when_no_node_answers() {
         api,
         &["--advertise", "table-model", "--ad-lifetime-secs", "30"],
     );
-    let table = (0..100)
-        .find_map(|_| {
-            std::thread::sleep(Duration::from_millis(100));
-            let out = relaymesh()
-                .args(["models", "--api", &format!("127.0.0.1:{api}")])
-                .output()
-                .ok()?;
-            let text = String::from_utf8_lossy(&out.stdout).into_owned();
-            text.contains("table-model").then_some(text)
-        })
-        .expect("the node lists its own model");
+    let table = poll(Duration::from_secs(10), || {
+        let out = relaymesh()
+            .args(["models", "--api", &format!("127.0.0.1:{api}")])
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.contains("table-model").then_some(text)
+    })
+    .expect("the node lists its own model");
     assert!(table.starts_with("MODEL"), "{table}");
     // Beside the supplier's own figures, what this node measured of it and its score.
     assert!(

@@ -46,12 +46,10 @@ fn a_model_in_the_ollama_store_is_served_from_its_blob() {
     let mut cmd = node("served", api, "smollm2:135m");
     cmd.stdout(Stdio::null()).stderr(Stdio::null());
     let _node = Proc(cmd.spawn().unwrap());
-    let models = (0..600)
-        .find_map(|_| {
-            std::thread::sleep(Duration::from_millis(100));
-            api_json(api, "/relaymesh/v1/models")
-        })
-        .expect("the node serving the store's model");
+    let models = poll(Duration::from_secs(60), || {
+        api_json(api, "/relaymesh/v1/models")
+    })
+    .expect("the node serving the store's model");
     assert_eq!(models[0]["name"], "smol", "{models}");
     let answer: serde_json::Value = tokio::runtime::Runtime::new().unwrap().block_on(async {
         reqwest::Client::new()
@@ -204,17 +202,15 @@ fn up_serves_a_gguf_file_by_its_name_and_the_dashboard() {
             .spawn()
             .unwrap(),
     );
-    let served = (0..600)
-        .find_map(|_| {
-            std::thread::sleep(Duration::from_millis(100));
-            let models = api_json(api, "/v1/models")?;
-            models["data"]
-                .as_array()?
-                .iter()
-                .any(|m| m["id"] == name.as_str())
-                .then_some(())
-        })
-        .is_some();
+    let served = poll(Duration::from_secs(60), || {
+        let models = api_json(api, "/v1/models")?;
+        models["data"]
+            .as_array()?
+            .iter()
+            .any(|m| m["id"] == name.as_str())
+            .then_some(())
+    })
+    .is_some();
     let logs = std::fs::read_to_string(&log).unwrap();
     assert!(served, "{name} is not served: {logs}");
     assert!(
@@ -276,10 +272,10 @@ fn a_listen_port_in_use_is_refused_with_its_reason() {
                 .spawn()
                 .unwrap(),
         );
-        let exited = (0..100).any(|_| {
-            std::thread::sleep(Duration::from_millis(100));
-            second.0.try_wait().unwrap().is_some_and(|s| !s.success())
-        });
+        let exited = poll(Duration::from_secs(10), || {
+            second.0.try_wait().unwrap().filter(|s| !s.success())
+        })
+        .is_some();
         let stderr = std::fs::read_to_string(&log).unwrap();
         assert!(exited, "a second node took {addr}: {stderr}");
         assert!(

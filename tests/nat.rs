@@ -94,19 +94,16 @@ fn served_through(nat: Nat, reachability: &str, link: &str, doctor_says: &str) {
 
     ask(&mesh);
     // A hole punch follows the relayed connection within a few round trips.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let settled = loop {
-        let row = mesh.link();
-        if row.as_ref().is_some_and(|r| r["link"] == link) {
-            break row.unwrap();
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the gateway's link to the supplier is not {link} after 30 s: {row:?}\n{}",
+    let settled = support::poll(Duration::from_secs(30), || {
+        mesh.link().filter(|r| r["link"] == link)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the gateway's link to the supplier is not {link} after 30 s: {:?}\n{}",
+            mesh.link(),
             mesh.tail()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+        )
+    });
     eprintln!(
         "supplier behind a {} NAT: {reachability}; the gateway reaches it {link} ({}, RTT {} ms)",
         nat.name(),
@@ -219,18 +216,15 @@ fn a_gateway_joining_later_reaches_a_supplier_behind_an_address_restricted_nat()
         "the late gateway was not answered: {body}\n{}",
         mesh.tail()
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while mesh
-        .link_from(&late)
-        .is_none_or(|r| r["link"] != "hole-punched")
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the late gateway's link is not hole-punched: {:?}",
-            mesh.link_from(&late)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let punched = support::poll(Duration::from_secs(30), || {
+        mesh.link_from(&late)
+            .filter(|r| r["link"] == "hole-punched")
+    });
+    assert!(
+        punched.is_some(),
+        "the late gateway's link is not hole-punched: {:?}",
+        mesh.link_from(&late)
+    );
 }
 
 /// A symmetric NAT gives every destination its own port, so hole punching cannot get

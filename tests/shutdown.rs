@@ -18,13 +18,9 @@ fn terminate(proc: &mut Proc) -> bool {
         std::process::Command::new("kill").args(["-TERM", &pid]),
         "kill -TERM",
     );
-    for _ in 0..300 {
-        if let Some(status) = proc.0.try_wait().unwrap() {
-            return status.success();
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("the node did not exit within 30 s of SIGTERM");
+    support::poll(Duration::from_secs(30), || proc.0.try_wait().unwrap())
+        .expect("the node did not exit within 30 s of SIGTERM")
+        .success()
 }
 
 async fn status_of(api: u16, path: &str) -> Option<Value> {

@@ -22,12 +22,10 @@ pub fn stdout_of(cmd: &mut Command) -> String {
 
 /// The node's status, polled until its API answers (10 s at most).
 pub fn wait_status(api: u16, what: &str) -> serde_json::Value {
-    (0..100)
-        .find_map(|_| {
-            std::thread::sleep(Duration::from_millis(100));
-            api_json(api, "/relaymesh/v1/status")
-        })
-        .expect(what)
+    super::poll(Duration::from_secs(10), || {
+        api_json(api, "/relaymesh/v1/status")
+    })
+    .expect(what)
 }
 
 /// `path` of the API on port `api`, as JSON, if it answers.

@@ -408,21 +408,14 @@ pub fn wait_until<T>(
     what: &str,
     timeout: Duration,
     (logs, names): (&Path, &[&str]),
-    mut check: impl FnMut() -> Option<T>,
+    check: impl FnMut() -> Option<T>,
 ) -> T {
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        if std::time::Instant::now() > deadline {
-            panic!(
-                "timed out after {timeout:?} waiting for {what}\n{}",
-                tail_logs(logs, names)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    super::poll(timeout, check).unwrap_or_else(|| {
+        panic!(
+            "timed out after {timeout:?} waiting for {what}\n{}",
+            tail_logs(logs, names)
+        )
+    })
 }
 
 /// `GET` of a node's API (at `127.0.0.1:7434` in namespace `ns`) as JSON, if it answers.

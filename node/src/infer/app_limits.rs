@@ -131,7 +131,7 @@ impl StreamTicket<'_> {
 impl Drop for StreamTicket<'_> {
     fn drop(&mut self) {
         self.started();
-        let now_ms = self.limits.now_ms(Instant::now());
+        let now_ms = self.limits.clock_ms(Instant::now());
         let mut apps = self.limits.apps.lock().expect("limits lock");
         if let Some(state) = apps.map.get_mut(&self.app) {
             state.risk.close(self.window);
@@ -169,7 +169,7 @@ impl AppLimits {
     }
 
     /// Milliseconds from this table's origin to `at`, as the allowance rule counts time.
-    fn now_ms(&self, at: Instant) -> u64 {
+    fn clock_ms(&self, at: Instant) -> u64 {
         u64::try_from(at.duration_since(self.origin).as_millis()).unwrap_or(u64::MAX)
     }
 
@@ -178,7 +178,7 @@ impl AppLimits {
     fn with<T>(&self, app: &PublicKey, f: impl FnOnce(&mut AppState) -> T) -> Option<T> {
         let mut apps = self.apps.lock().expect("limits lock");
         let now = Instant::now();
-        let now_ms = self.now_ms(now);
+        let now_ms = self.clock_ms(now);
         if apps.map.len() >= MAX_APPS && !apps.map.contains_key(app) {
             if apps
                 .swept
