@@ -112,16 +112,27 @@ pub struct TokenProb {
     pub logprob: f32,
 }
 
+/// The log probability told for one too small for an f32, or for a value that is no
+/// number at all (as OpenAI tells it).
+pub const LOGPROB_FLOOR: f32 = -9999.0;
+
+/// `logprob` as a log probability is told: at most 0, and [`LOGPROB_FLOOR`] where it
+/// is not finite.
+pub fn told_logprob(logprob: f32) -> f32 {
+    if logprob.is_finite() {
+        logprob.min(0.0)
+    } else {
+        LOGPROB_FLOOR
+    }
+}
+
 impl TokenProb {
-    /// `bytes` at `logprob`, told as a log probability: at most 0, and -9999 (as
-    /// OpenAI tells it) for one too small for an f32 or not a number at all.
+    /// `bytes` at `logprob`, told as a log probability ([`told_logprob`]).
     pub fn new(bytes: Vec<u8>, logprob: f32) -> Self {
-        let logprob = if logprob.is_finite() {
-            logprob.min(0.0)
-        } else {
-            -9999.0
-        };
-        Self { bytes, logprob }
+        Self {
+            bytes,
+            logprob: told_logprob(logprob),
+        }
     }
 
     /// The text, with a character cut by the token's end replaced.

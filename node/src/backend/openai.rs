@@ -18,7 +18,7 @@ use relaymesh_protocol::messages::infer::MAX_HELD_LOGPROBS;
 use super::{
     Backend, BackendError, Embedded, Finish, FinishReason, Format, GenEvent, GenRequest,
     Generation, ModelDetails, ModelInfo, Prompt, Slots, Tenant, TokenLogprob, TokenProb,
-    EVENT_BUFFER,
+    EVENT_BUFFER, LOGPROB_FLOOR,
 };
 
 /// Context length assumed when the upstream does not say.
@@ -220,7 +220,7 @@ fn parse_logprobs(logprobs: &Value, top: usize) -> Vec<TokenLogprob> {
     let prob = |token: &Value, logprob: &Value, bytes: &Value| {
         let bytes = serde_json::from_value::<Vec<u8>>(bytes.clone())
             .unwrap_or_else(|_| token.as_str().unwrap_or("").as_bytes().to_vec());
-        TokenProb::new(bytes, logprob.as_f64().unwrap_or(-9999.0) as f32)
+        TokenProb::new(bytes, logprob.as_f64().map_or(LOGPROB_FLOOR, |l| l as f32))
     };
     if let Some(content) = logprobs["content"].as_array() {
         return content

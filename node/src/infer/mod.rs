@@ -27,7 +27,8 @@ use relaymesh_protocol::params::MeshParams;
 use relaymesh_protocol::{BoundedString, BoundedVec};
 
 use crate::backend::{
-    ChatMessage, Format, GenRequest, Prompt, Role, Sampling, Tenant, TokenLogprob, TokenProb,
+    told_logprob, ChatMessage, Format, GenRequest, Prompt, Role, Sampling, Tenant, TokenLogprob,
+    TokenProb, LOGPROB_FLOOR,
 };
 
 /// Tokens generated when a request sets no limit.
@@ -150,13 +151,13 @@ pub fn gen_request(payload: &InferPayload) -> Option<GenRequest> {
 /// The `Logprobs` frames' contents for `tokens`, told by a backend to a request that
 /// asked for `asked` alternatives: at most [`MAX_LOGPROB_TOKENS`] tokens a frame, the
 /// alternatives cut to those asked for, a value that is not a log probability (the
-/// log of a probability too small for an f32) told as -9999, as OpenAI does.
+/// log of a probability too small for an f32) told as [`LOGPROB_FLOOR`], as OpenAI
+/// does.
 pub fn logprob_frames(
     tokens: &[TokenLogprob],
     asked: u8,
 ) -> Vec<BoundedVec<TokenLogprobs, MAX_LOGPROB_TOKENS>> {
-    let choice =
-        |p: &TokenProb| TokenChoice::new(&p.bytes, TokenProb::new(Vec::new(), p.logprob).logprob);
+    let choice = |p: &TokenProb| TokenChoice::new(&p.bytes, told_logprob(p.logprob));
     tokens
         .chunks(MAX_LOGPROB_TOKENS)
         .map(|chunk| {
@@ -179,7 +180,8 @@ pub fn logprob_frames(
 ///
 /// [`LogprobsCheck`]: relaymesh_protocol::messages::infer::LogprobsCheck
 pub fn told_logprobs(tokens: &[TokenLogprobs]) -> Vec<TokenLogprob> {
-    let prob = |c: &TokenChoice| TokenProb::new(c.bytes.to_vec(), c.logprob().unwrap_or(-9999.0));
+    let prob =
+        |c: &TokenChoice| TokenProb::new(c.bytes.to_vec(), c.logprob().unwrap_or(LOGPROB_FLOOR));
     tokens
         .iter()
         .map(|t| TokenLogprob {
