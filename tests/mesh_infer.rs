@@ -77,13 +77,70 @@ async fn an_app_that_never_acks_gets_k_tokens_and_a_forged_ack_ends_the_stream()
     let after = tokio::time::timeout(Duration::from_secs(10), read_frame(&mut r)).await;
     assert!(matches!(after, Ok(Err(_))), "the stream ends: {after:?}");
 
-    // The session goes on in a new stream (`Resume`): a replayed request is refused, a
-    // request whose ack chain is shorter than its tokens need is refused (found by
-    // review: with none, the answer ended at once and the stream was held, nothing
-    // owed), a request signed by another key is refused without using its id up
-    // (found by review: anyone holding the gossiped session could burn its ids), and a
-    // new request id is served.
+    // It owes the K tokens it left unacknowledged and, with nothing acknowledged, its
+    // prompt: a stranger's allowance (2K) has no room for another window, so its next
+    // request is refused (it was served while prompts under 8 KiB were read free).
     let short = story_payload(4);
+    match first_answer(&mesh, &session, 1, 64, &app, &short).await {
+        FrameBody::Refuse(refusal) => {
+            assert!(refusal.message.as_str().contains("at risk"), "{refusal:?}")
+        }
+        other => panic!("served while it owes: {other:?}"),
+    }
+    mesh.shutdown().await;
+}
+
+/// A session goes on in new streams (`Resume`): a replayed request is refused, a
+/// request whose ack chain is shorter than its tokens need is refused (found by review:
+/// with none, the answer ended at once and the stream was held, nothing owed), a
+/// request signed by another key is refused without using its id up (found by review:
+/// anyone holding the gossiped session could burn its ids), and a new request id is
+/// served.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_resumed_session_refuses_replayed_short_and_foreign_requests() {
+    use relaymesh_node::infer::codec::{read_frame, write_frame};
+    use relaymesh_protocol::messages::infer::{FrameBody, InferRequest};
+    use relaymesh_protocol::metering::app::RequestAcker;
+    use relaymesh_protocol::metering::flow::AppFlow;
+    use relaymesh_protocol::{Digest, Keypair};
+
+    let mesh = RawMesh::start("mesh-infer-resume").await;
+    let app = Keypair::generate(&mut rand_core::OsRng);
+    let (session, (mut r, mut w)) = mesh.session(&app).await;
+    // Request 0, answered and acknowledged in full.
+    let short = story_payload(4);
+    let acker = RequestAcker::new(
+        RawMesh::request_terms(&session, 0, &short, 1 << 20, 64),
+        Digest([2; 32]),
+        &app,
+    );
+    let mut flow = AppFlow::new(
+        acker,
+        relaymesh_node::infer::window(&mesh.params),
+        &session.body,
+    );
+    let request = InferRequest {
+        request: flow.request().clone(),
+        payload: short.clone(),
+    };
+    write_frame(&mut w, FrameBody::Request(request))
+        .await
+        .unwrap();
+    loop {
+        match read_frame(&mut r).await.unwrap().body {
+            FrameBody::Token(t) => {
+                if let Some(ack) = flow.on_token(t.as_str(), &app).unwrap() {
+                    write_frame(&mut w, FrameBody::Ack(ack)).await.unwrap();
+                }
+            }
+            FrameBody::Done(_) => {
+                let last = flow.finish(&app).unwrap();
+                write_frame(&mut w, FrameBody::Ack(last)).await.unwrap();
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
     let stranger = Keypair::generate(&mut rand_core::OsRng);
     for (id, max_acks, signer, refused) in [
         (0u64, 64, &app, Some("served already")),
@@ -91,25 +148,10 @@ async fn an_app_that_never_acks_gets_k_tokens_and_a_forged_ack_ends_the_stream()
         (2, 64, &stranger, Some("not signed by the session's app")),
         (2, 64, &app, None),
     ] {
-        let (mut r, mut w) = mesh.stream().await;
-        let request = RequestAcker::new(
-            RawMesh::request_terms(&session, id, &short, 1 << 20, max_acks),
-            Digest([3; 32]),
-            signer,
-        );
-        write_frame(&mut w, FrameBody::Resume(session.clone()))
-            .await
-            .unwrap();
-        write_frame(
-            &mut w,
-            FrameBody::Request(InferRequest {
-                request: request.request().clone(),
-                payload: short.clone(),
-            }),
-        )
-        .await
-        .unwrap();
-        match (read_frame(&mut r).await.unwrap().body, refused) {
+        match (
+            first_answer(&mesh, &session, id, max_acks, signer, &short).await,
+            refused,
+        ) {
             (FrameBody::Token(_), None) => {}
             (FrameBody::Refuse(refusal), Some(why)) => {
                 assert!(refusal.message.as_str().contains(why), "{refusal:?}");
@@ -117,8 +159,43 @@ async fn an_app_that_never_acks_gets_k_tokens_and_a_forged_ack_ends_the_stream()
             (other, _) => panic!("request {id}: unexpected {other:?}"),
         }
     }
-
     mesh.shutdown().await;
+}
+
+/// Request `id` of `session`, signed by `signer`, sent on a new stream (`Resume`): the
+/// supplier's first frame.
+async fn first_answer(
+    mesh: &RawMesh,
+    session: &relaymesh_protocol::messages::session::SignedSessionOpen,
+    id: u64,
+    max_acks: u16,
+    signer: &relaymesh_protocol::Keypair,
+    payload: &relaymesh_protocol::messages::infer::InferPayload,
+) -> relaymesh_protocol::messages::infer::FrameBody {
+    use relaymesh_node::infer::codec::{read_frame, write_frame};
+    use relaymesh_protocol::messages::infer::{FrameBody, InferRequest};
+    use relaymesh_protocol::metering::app::RequestAcker;
+    use relaymesh_protocol::Digest;
+
+    let (mut r, mut w) = mesh.stream().await;
+    let request = RequestAcker::new(
+        RawMesh::request_terms(session, id, payload, 1 << 20, max_acks),
+        Digest([3; 32]),
+        signer,
+    );
+    write_frame(&mut w, FrameBody::Resume(session.clone()))
+        .await
+        .unwrap();
+    write_frame(
+        &mut w,
+        FrameBody::Request(InferRequest {
+            request: request.request().clone(),
+            payload: payload.clone(),
+        }),
+    )
+    .await
+    .unwrap();
+    read_frame(&mut r).await.unwrap().body
 }
 
 /// Embeddings over the mesh (protocol version 6): a light gateway's `/v1/embeddings`

@@ -93,6 +93,8 @@ impl Sim {
         sup.online = true;
         sup.leaving = false;
         sup.incarnation += 1;
+        // A restarted node has forgotten its apps' windows, debts and payments.
+        sup.risk.clear();
         let inc = sup.incarnation;
         let duties = std::mem::take(&mut sup.duties);
         self.publish_ad(s);

@@ -173,7 +173,8 @@ pub(crate) struct Supplier {
     pub settled_var: f64,
     pub excluded_us: Option<u64>,
     /// Per app that does not want its answers (the only apps whose window the model
-    /// needs): its debts and payments here, by the node's own rule.
+    /// needs): its open windows, debts and payments here, by the node's own rule. Kept
+    /// in memory, as the node keeps it, so a crash forgets it.
     pub risk: BTreeMap<u32, AppRisk>,
 }
 
@@ -223,6 +224,9 @@ pub(crate) struct Attempt {
     pub tokens: u32,
     plan: Plan,
     pub cut: bool,
+    /// The window its supplier counts against its app from admission (queued or
+    /// running) until it ends; `None` for apps whose window the model does not track.
+    pub window: Option<u32>,
 }
 
 /// A vector with reusable slots. An id carries its slot's generation, so an event

@@ -1,6 +1,8 @@
 //! Requests in the simulation: arrival, the app's choice of supplier, sessions and
 //! streams, failover, giving up, and what each request's end records.
 
+use relaymesh_protocol::metering::allowance;
+use relaymesh_protocol::metering::compute_units::CuFormula;
 use relaymesh_protocol::metering::flow::Window;
 
 use super::*;
@@ -158,6 +160,7 @@ impl Sim {
             tokens: 0,
             plan: Plan::Done,
             cut: false,
+            window: None,
         });
         if !sup.online {
             // A ghost: its ad outlived it. The dial times out.
@@ -182,17 +185,28 @@ impl Sim {
         }
         let back = self.one_way(sup.node, app_node, 256);
         let app = self.requests.get(at.request).expect("live").app;
-        if self.window(s, app).is_none() {
+        let Some(window) = self.window(s, app) else {
             self.m.refused_debt += 1;
             self.schedule(self.now + back, Ev::GiveUp(a, Why::Busy));
             return;
-        }
+        };
         let sup = &self.suppliers[s as usize];
         if sup.leaving || (sup.busy >= sup.slots && sup.queue.len() >= self.sc.gpu.queue as usize) {
             self.m.refused_busy += 1;
             self.schedule(self.now + back, Ev::GiveUp(a, Why::Busy));
             return;
         }
+        // Admitted: the window counts against the app while the stream waits and runs,
+        // as the node's stream ticket counts it.
+        if !self.apps[app as usize].kind.wants_answers() {
+            let w = Window {
+                max_unacked: window,
+                ..self.full_window()
+            };
+            self.risk(s, app).open(w);
+            self.attempts.get_mut(a).expect("live attempt").window = Some(window);
+        }
+        let sup = &self.suppliers[s as usize];
         if sup.busy < sup.slots {
             self.start(a);
         } else {
@@ -235,11 +249,11 @@ impl Sim {
             let upto = (self.rng.unit() * f64::from(remaining)) as u32;
             (Plan::Silent, upto)
         } else if app_kind == AppKind::StopAcking {
-            let w = self.window(s, app).unwrap_or(0);
+            let w = self.attempts.get(a).and_then(|at| at.window).unwrap_or(0);
             let acked = remaining.min(k);
             (Plan::AppStops { acked }, remaining.min(acked + w))
         } else if let Some(acked) = self.ack_pick_stop(app_kind, session, r, prompt, remaining) {
-            let w = self.window(s, app).unwrap_or(0);
+            let w = self.attempts.get(a).and_then(|at| at.window).unwrap_or(0);
             (Plan::AppStops { acked }, remaining.min(acked + w))
         } else {
             (Plan::Done, remaining)
@@ -297,18 +311,35 @@ impl Sim {
         self.meter_attempt(a, acked);
         let app = self.requests.get(r).expect("live request").app;
         if !self.apps[app as usize].kind.wants_answers() {
-            // Tokens the app left unacknowledged are its debt; a supplier's failure
-            // (garbage, silence) is not.
-            let unacked = match plan {
-                Plan::AppStops { .. } if self.sc.mesh.app_debt_limit => {
-                    tokens.saturating_sub(acked)
-                }
-                _ => 0,
+            // What the app owes and paid, by the node's rule: tokens it left
+            // unacknowledged, and its prompt where it acknowledged none; a supplier's
+            // failure (garbage, silence) is not its debt.
+            let req = self.requests.get(r).expect("live request");
+            let cu = CuFormula::default();
+            let prompt_cu =
+                cu.prompt_units((req.prompt_tokens + req.delivered) * self.sc.load.bytes_per_token);
+            let left = matches!(plan, Plan::AppStops { .. });
+            let owed = if self.sc.mesh.app_debt_limit {
+                allowance::owed(&allowance::Ending {
+                    clean: !left,
+                    acked,
+                    sent: tokens,
+                    unacked: tokens.saturating_sub(acked),
+                    ack_every: self.sc.mesh.ack_every_tokens,
+                    queued_ms: 0,
+                    prompt_tokens: allowance::owed_tokens(&cu, prompt_cu),
+                })
+            } else {
+                0
             };
+            let paid = if acked > 0 {
+                acked.saturating_add(allowance::paid_tokens(&cu, prompt_cu))
+            } else {
+                0
+            };
+            self.close_window(a);
             let now_ms = self.now / MS;
-            let risk = self.suppliers[s as usize].risk.entry(app).or_default();
-            risk.prune(now_ms);
-            risk.ended(acked, unacked, now_ms);
+            self.risk(s, app).ended(paid, owed, now_ms);
         }
         let sup = &mut self.suppliers[s as usize];
         sup.busy -= 1;
@@ -370,13 +401,10 @@ impl Sim {
     /// here (those left unacknowledged in the last 10 minutes) and W fit its allowance,
     /// K where only K does, `None` where not even that (refused). The allowance is 2K,
     /// or a sixteenth of the tokens it acknowledged here. Without
-    /// `mesh.stranger_window`: W, refused once it owes 2W. Apps here open one stream at
-    /// a supplier at a time, so open windows need no counting.
+    /// `mesh.stranger_window`: W, refused once it owes 2W. The windows of its streams
+    /// admitted here and not yet ended count as at risk.
     pub(crate) fn window(&mut self, s: u32, app: u32) -> Option<u32> {
-        let full = Window {
-            ack_every: self.sc.mesh.ack_every_tokens,
-            max_unacked: self.sc.mesh.max_unacked_tokens,
-        };
+        let full = self.full_window();
         if !self.sc.mesh.app_debt_limit {
             return Some(full.max_unacked);
         }
@@ -397,6 +425,47 @@ impl Sim {
         risk.window(full).map(|w| w.max_unacked)
     }
 
+    /// The mesh's ack window.
+    fn full_window(&self) -> Window {
+        Window {
+            ack_every: self.sc.mesh.ack_every_tokens,
+            max_unacked: self.sc.mesh.max_unacked_tokens,
+        }
+    }
+
+    /// What supplier `s` remembers of `app`, pruned to now.
+    fn risk(&mut self, s: u32, app: u32) -> &mut AppRisk {
+        let now_ms = self.now / MS;
+        let risk = self.suppliers[s as usize].risk.entry(app).or_default();
+        risk.prune(now_ms);
+        risk
+    }
+
+    /// Attempt `a`'s window stops counting against its app (once; not at all where
+    /// its supplier has crashed since and forgotten it).
+    fn close_window(&mut self, a: Id) {
+        let Some(at) = self.attempts.get_mut(a) else {
+            return;
+        };
+        let Some(w) = at.window.take() else {
+            return;
+        };
+        let (s, inc, r) = (at.supplier, at.incarnation, at.request);
+        if self.suppliers[s as usize].incarnation != inc {
+            return;
+        }
+        let Some(app) = self.requests.get(r).map(|q| q.app) else {
+            return;
+        };
+        let full = self.full_window();
+        if let Some(risk) = self.suppliers[s as usize].risk.get_mut(&app) {
+            risk.close(Window {
+                max_unacked: w,
+                ..full
+            });
+        }
+    }
+
     pub(super) fn view(&mut self, app: u32, s: u32) -> &mut View {
         let stats = self.ad_stats(s, self.suppliers[s as usize].slots as u16);
         self.apps[app as usize]
@@ -410,6 +479,7 @@ impl Sim {
     }
 
     pub(super) fn give_up(&mut self, a: Id, why: Why) {
+        self.close_window(a);
         let Some(at) = self.attempts.remove(a) else {
             return;
         };

@@ -114,8 +114,9 @@ impl StreamTicket<'_> {
             .wait(&self.app, &self.model, peer, true, self.claimed.take())
     }
 
-    /// The stream ends with `acked` tokens acknowledged and `unacked` sent and never
-    /// acknowledged (0 where the supplier, not the app, ended it early).
+    /// The stream ends having paid `acked` tokens (those acknowledged, and its
+    /// prompt's worth once paid) and owing `unacked` (`allowance::owed`; 0 where the
+    /// supplier, not the app, ended it early).
     pub fn end(mut self, acked: u32, unacked: u32) {
         self.acked = acked;
         self.unacked = unacked;

@@ -22,6 +22,7 @@
 
 use std::collections::VecDeque;
 
+use super::compute_units::CuFormula;
 use super::flow::Window;
 
 /// How long unacknowledged tokens count against their app, and how long an app's
@@ -29,6 +30,72 @@ use super::flow::Window;
 pub const DEBT_WINDOW_MS: u64 = 600_000;
 /// An app may have at risk one token in this many of those it acknowledged here.
 pub const UNACKED_SHARE: u64 = 16;
+
+/// How long a request may wait for a generation place (a queue, not work) before its
+/// app may leave it, with nothing sent, owing nothing: a gateway's default hedge
+/// deadline (milliseconds).
+pub const HEDGE_GRACE_MS: u64 = 5_000;
+
+/// How a stream ended, for what its app owes ([`owed`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ending {
+    /// The app closed it properly, or the supplier failed: nothing is owed.
+    pub clean: bool,
+    /// Tokens acknowledged, and sent.
+    pub acked: u32,
+    pub sent: u32,
+    /// Tokens sent and not acknowledged.
+    pub unacked: u32,
+    /// The stream's ack step K.
+    pub ack_every: u32,
+    /// How long its request waited for a generation place (a queue, not work), in
+    /// milliseconds.
+    pub queued_ms: u64,
+    /// Its prompt's units as tokens ([`owed_tokens`]): what reading it was worth.
+    pub prompt_tokens: u32,
+}
+
+/// Tokens a stream's app owes at its end: those sent and never acknowledged; and, for
+/// a stream left with nothing acknowledged (so its prompt, paid with the first ack,
+/// was read for nothing), at least an ack step and the prompt's worth in tokens
+/// besides, unless nothing was sent and its request waited [`HEDGE_GRACE_MS`] or more
+/// for a place: an app that gave up on a busy supplier (a gateway's hedge) took
+/// nothing from it. A wait that was work (reading the prompt) is not a queue: leaving
+/// a slow prefill owes.
+///
+/// Before the prompt counted in full (an ack step, and a token per 64 prompt bytes
+/// beyond the first 8 KiB), an app that stopped at its first ack took every prompt
+/// under 8 KiB for nothing: most of what such riders took (`docs/SIMULATION.md`).
+pub fn owed(end: &Ending) -> u32 {
+    if end.clean {
+        0
+    } else if end.acked == 0 && end.sent == 0 && end.queued_ms >= HEDGE_GRACE_MS {
+        end.unacked
+    } else if end.acked == 0 {
+        end.unacked
+            .max(end.ack_every)
+            .saturating_add(end.prompt_tokens)
+    } else {
+        end.unacked
+    }
+}
+
+/// The most units one token is paid under `cu` (at least 1).
+fn token_units(cu: &CuFormula) -> u64 {
+    (u64::from(cu.output_per_byte) * u64::from(cu.token_bytes)).max(1)
+}
+
+/// `units` as tokens at the most a token is paid under `cu`, rounded up: what a prompt
+/// left unpaid counts for in its app's debt.
+pub fn owed_tokens(cu: &CuFormula, units: u64) -> u32 {
+    u32::try_from(units.div_ceil(token_units(cu))).unwrap_or(u32::MAX)
+}
+
+/// `units` as tokens at the most a token is paid under `cu`, rounded down: what a paid
+/// prompt (or embedding's inputs) counts for in its app's payments.
+pub fn paid_tokens(cu: &CuFormula, units: u64) -> u32 {
+    u32::try_from(units / token_units(cu)).unwrap_or(u32::MAX)
+}
 
 /// What one supplier remembers of one app key.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -128,10 +195,11 @@ impl AppRisk {
         self.open_window = self.open_window.saturating_sub(window.max_unacked);
     }
 
-    /// A stream ended at `now_ms` with `acked` tokens acknowledged and `unacked` sent
-    /// and never acknowledged (0 where the supplier, not the app, ended it early).
-    pub fn ended(&mut self, acked: u32, unacked: u32, now_ms: u64) {
-        let paid = self.paid.saturating_add(u64::from(acked));
+    /// A stream ended at `now_ms` having paid `paid` tokens (those acknowledged, and
+    /// its prompt's worth once an ack paid it: [`paid_tokens`]) and owing `unacked`
+    /// ([`owed`]; 0 where the supplier, not the app, ended it early).
+    pub fn ended(&mut self, paid: u32, unacked: u32, now_ms: u64) {
+        let paid = self.paid.saturating_add(u64::from(paid));
         // A stream that came to nothing (refused, or nothing sent and nothing owed)
         // leaves an app with nothing paid forgettable.
         if paid > 0 || self.last_end_ms.is_some() {
@@ -224,5 +292,79 @@ mod tests {
         assert!(app.forgettable(FULL));
         app.ended(1_000, 0, 6);
         assert!(!app.forgettable(FULL));
+    }
+
+    fn left(queued_ms: u64, prompt_tokens: u32) -> Ending {
+        Ending {
+            clean: false,
+            acked: 0,
+            sent: 0,
+            unacked: 0,
+            ack_every: 16,
+            queued_ms,
+            prompt_tokens,
+        }
+    }
+
+    /// The hedge grace: an app that leaves a supplier that kept its request waiting for
+    /// a place [`HEDGE_GRACE_MS`] or more, nothing sent, owes nothing; one that leaves
+    /// sooner owes an ack step and its prompt. Review: the grace counted the prefill
+    /// too, so a prompt slow to read could be left at 5 s for free, again and again.
+    #[test]
+    fn leaving_a_queue_is_free_and_leaving_work_is_not() {
+        assert_eq!(owed(&left(HEDGE_GRACE_MS, 40)), 0);
+        assert_eq!(owed(&left(HEDGE_GRACE_MS - 1, 40)), 56);
+        let sent = Ending {
+            sent: 1,
+            unacked: 1,
+            ..left(HEDGE_GRACE_MS, 40)
+        };
+        assert_eq!(owed(&sent), 56, "a token came: the prompt was read");
+    }
+
+    /// An app that stops at its first ack owes its prompt besides the tokens it left
+    /// unacknowledged: riders that stopped there took every prompt under 8 KiB free,
+    /// most of what they took. An app that acked owes only what it did not ack.
+    #[test]
+    fn stopping_before_the_first_ack_owes_the_prompt_read() {
+        let cu = CuFormula::default();
+        // 800 prompt bytes at 1 unit a byte, a token at most 4 × 6 units.
+        let prompt = owed_tokens(&cu, cu.prompt_units(800));
+        assert_eq!(prompt, 34);
+        let stopped = Ending {
+            sent: 16,
+            unacked: 16,
+            ..left(0, prompt)
+        };
+        assert_eq!(owed(&stopped), 50);
+        let small = Ending {
+            sent: 3,
+            unacked: 3,
+            ..left(0, 1)
+        };
+        assert_eq!(owed(&small), 17, "at least an ack step");
+        let paid = Ending {
+            acked: 16,
+            sent: 20,
+            unacked: 4,
+            ..left(0, prompt)
+        };
+        assert_eq!(owed(&paid), 4, "an app that acked owes what it did not");
+        let clean = Ending {
+            clean: true,
+            ..stopped
+        };
+        assert_eq!(owed(&clean), 0);
+        assert_eq!(paid_tokens(&cu, 47), 1, "paid rounds down, owed up");
+        // A paid embedding of 8 KiB of inputs counts as 341 tokens paid (found by
+        // review: an app paying for embeddings stayed a stranger).
+        assert_eq!(paid_tokens(&cu, cu.input_units(8192, true)), 341);
+        let weightless = CuFormula {
+            output_per_byte: 0,
+            ..cu
+        };
+        assert_eq!(paid_tokens(&weightless, 24), 24, "no division by zero");
+        assert_eq!(owed_tokens(&cu, 47), 2);
+        assert_eq!(owed_tokens(&cu, u64::MAX), u32::MAX);
     }
 }

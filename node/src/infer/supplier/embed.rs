@@ -5,7 +5,8 @@
 //! whole answer at once, so unlike text they are not given before they are paid for
 //! (found by review: sent first, an app took them and left owing a token per 64 bytes
 //! beyond 8 KiB). An app that leaves before its ack took nothing and owes what an app
-//! leaving before its first token does (`pace::owed`).
+//! leaving before its first token does (`allowance::owed`: an ack step and its
+//! inputs' worth).
 
 use futures::io::{ReadHalf, WriteHalf};
 use libp2p::{PeerId, Stream};
@@ -14,12 +15,13 @@ use relaymesh_protocol::messages::infer::{
 };
 use relaymesh_protocol::messages::request::RelayRequest;
 use relaymesh_protocol::messages::session::SignedSessionOpen;
+use relaymesh_protocol::metering::allowance::{self, owed_tokens, paid_tokens};
 use relaymesh_protocol::metering::flow::SupplierFlow;
 use relaymesh_protocol::Digest;
 use tracing::{debug, info};
 
 use super::clash::still_admitted;
-use super::{accept_ack, engine_refusal, keep_receipt, next_frame, pace, refusal, SupplierContext};
+use super::{accept_ack, engine_refusal, keep_receipt, next_frame, refusal, SupplierContext};
 use crate::backend::{ServedModel, Tenant};
 use crate::infer::app_limits::StreamTicket;
 use crate::infer::codec::{read_frame, write_frame};
@@ -60,7 +62,8 @@ pub(super) struct EmbeddingStream<'a> {
     pub served: &'a ServedModel,
     pub mining_secret: Digest,
     pub inputs: Vec<String>,
-    pub prompt_bytes: u32,
+    /// The inputs' units under the session's formula.
+    pub prompt_cu: u64,
 }
 
 impl EmbeddingStream<'_> {
@@ -166,38 +169,27 @@ impl EmbeddingStream<'_> {
         Ok(())
     }
 
-    /// Ends the app's stream here: what it owes (`pace::owed`) for `ending`, or, paid,
-    /// what it paid, as the tokens at the most a token is paid that its inputs' units
-    /// come to (so an app that pays for embeddings earns the allowance of one that pays
-    /// for text: found by review, it stayed a stranger).
+    /// Ends the app's stream here: what it owes (`allowance::owed`) for `ending`, or,
+    /// paid, what it paid, as the tokens at the most a token is paid that its inputs'
+    /// units come to (so an app that pays for embeddings earns the allowance of one
+    /// that pays for text: found by review, it stayed a stranger).
     fn end(self, ending: Ending) {
+        let cu = &self.session.body.cu;
         if ending == Ending::Paid {
-            let paid = paid_tokens(&self.session.body.cu, self.prompt_bytes);
-            self.ticket.end(paid, 0);
+            self.ticket.end(paid_tokens(cu, self.prompt_cu), 0);
             return;
         }
-        let owed = pace::owed(&pace::Ending {
+        let owed = allowance::owed(&allowance::Ending {
             clean: ending != Ending::Left,
             acked: 0,
             sent: 0,
             unacked: 0,
             ack_every: self.ticket.window().ack_every,
-            queued: std::time::Duration::ZERO,
-            prompt_bytes: self.prompt_bytes,
+            queued_ms: 0,
+            prompt_tokens: owed_tokens(cu, self.prompt_cu),
         });
         self.ticket.end(0, owed);
     }
-}
-
-/// The tokens `prompt_bytes` of embedding inputs pay as much as, under `cu`: their
-/// units over what the most a token is paid comes to (rounded down).
-fn paid_tokens(
-    cu: &relaymesh_protocol::metering::compute_units::CuFormula,
-    prompt_bytes: u32,
-) -> u32 {
-    let per_token = u64::from(cu.output_per_byte) * u64::from(cu.token_bytes);
-    let tokens = cu.input_units(prompt_bytes, true) / per_token.max(1);
-    u32::try_from(tokens).unwrap_or(u32::MAX)
 }
 
 /// How long an app has to read each of its vectors once it paid for them.
@@ -263,20 +255,5 @@ mod tests {
         assert!(refused(&request(0), &seeded));
         let empty = crate::infer::embed_payload("m", &[]).unwrap();
         assert!(refused(&request(0), &empty));
-    }
-
-    /// A paid embedding counts towards what the app paid here as the tokens its units
-    /// would buy at the most a token is paid: 8 KiB at the default formula (1 CU a
-    /// byte; a token at most 4 × 6 CUs) as 341 tokens.
-    #[test]
-    fn a_paid_embedding_counts_as_the_tokens_its_units_buy() {
-        let cu = relaymesh_protocol::metering::compute_units::CuFormula::default();
-        assert_eq!(paid_tokens(&cu, 8192), 341);
-        assert_eq!(paid_tokens(&cu, 0), 0);
-        let weightless = relaymesh_protocol::metering::compute_units::CuFormula {
-            output_per_byte: 0,
-            ..cu
-        };
-        assert_eq!(paid_tokens(&weightless, 24), 24, "no division by zero");
     }
 }

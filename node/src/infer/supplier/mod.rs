@@ -20,6 +20,7 @@ use relaymesh_protocol::messages::infer::{
     MAX_LOGPROB_TOKENS, MAX_TOKEN_BYTES, MAX_TOP_LOGPROBS,
 };
 use relaymesh_protocol::messages::session::{SessionOpen, SessionProposal, SignedSessionOpen};
+use relaymesh_protocol::metering::allowance::{self, owed_tokens, paid_tokens, HEDGE_GRACE_MS};
 use relaymesh_protocol::metering::flow::{Accepted, SupplierFlow};
 use relaymesh_protocol::params::MeshParams;
 use relaymesh_protocol::{
@@ -56,8 +57,8 @@ pub const MIN_SESSION_MS: u64 = 60_000;
 pub const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long an app's request may wait for a generation place before the app may leave
-/// owing nothing (a gateway's default hedge deadline).
-pub const HEDGE_GRACE: Duration = Duration::from_secs(5);
+/// owing nothing (a gateway's default hedge deadline; `allowance::HEDGE_GRACE_MS`).
+pub const HEDGE_GRACE: Duration = Duration::from_millis(HEDGE_GRACE_MS);
 
 /// How long a stream whose window is full waits for an ack while every slot of its
 /// model is taken (an honest app acks within a round trip).
@@ -469,7 +470,7 @@ async fn serve(
             ticket,
             served,
             mining_secret,
-            prompt_bytes: prompt_bytes_signed,
+            prompt_cu,
         }
         .serve()
         .await;
@@ -509,14 +510,14 @@ async fn serve(
         let owed = if served.backend.info().kind == "embedded" {
             0
         } else {
-            pace::owed(&pace::Ending {
+            allowance::owed(&allowance::Ending {
                 clean: false,
                 acked: 0,
                 sent: 0,
                 unacked: 0,
                 ack_every: ticket.window().ack_every,
-                queued: asked.elapsed(),
-                prompt_bytes: prompt_bytes_signed,
+                queued_ms: millis(asked.elapsed()),
+                prompt_tokens: owed_tokens(&session.body.cu, prompt_cu),
             })
         };
         ticket.end(0, owed);
@@ -719,17 +720,29 @@ async fn serve(
     }
     .await;
     drop(reader);
-    // What the app owes: see `pace::owed`.
+    // What the app owes (`allowance::owed`), and what it paid: the tokens it
+    // acknowledged and, once an ack came, its prompt's worth in tokens.
     let acked = flow.acked_tokens();
-    let owed = pace::owed(&pace::Ending {
+    let cu = &session.body.cu;
+    let owed = allowance::owed(&allowance::Ending {
         clean: flow.is_closed() || our_fault,
         acked,
         sent,
         unacked: flow.unacked_tokens(),
         ack_every: ticket.window().ack_every,
-        queued,
-        prompt_bytes: prompt_bytes_signed,
+        queued_ms: millis(queued),
+        prompt_tokens: owed_tokens(cu, prompt_cu),
     });
-    ticket.end(acked, owed);
+    let prompt_paid = if flow.prompt_paid() {
+        paid_tokens(cu, prompt_cu)
+    } else {
+        0
+    };
+    ticket.end(acked.saturating_add(prompt_paid), owed);
     result
+}
+
+/// `d` in whole milliseconds (saturating), as the allowance rule counts time.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }

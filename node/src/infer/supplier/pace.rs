@@ -1,4 +1,5 @@
-//! How long a stream waits for its app, and what a stream its app left owes.
+//! How long a stream waits for its app (what a stream its app left owes is the
+//! protocol crate's rule, `relaymesh_protocol::metering::allowance::owed`).
 //!
 //! A stream whose window is full holds a generation place while it waits for an ack.
 //! Nobody minds while slots are free; while every slot of its model is taken and
@@ -11,7 +12,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{CONTENDED_ACK_TIMEOUT, FRAME_TIMEOUT, HEDGE_GRACE};
+use super::{CONTENDED_ACK_TIMEOUT, FRAME_TIMEOUT};
 
 /// How often a waiting stream looks again at whether others want its place.
 pub const LOOK_EVERY: Duration = Duration::from_secs(1);
@@ -26,14 +27,6 @@ pub const STALL_GRACE: Duration = Duration::from_secs(1);
 /// the whole [`FRAME_TIMEOUT`] for it let an app hold a stream 30 s for every K tokens
 /// it paid). An honest app sends it within a round trip of `Done`.
 pub const WEIGHTLESS_LAST_ACK: Duration = Duration::from_secs(5);
-/// Prompt bytes read for free by a stream its app left before the first token (a
-/// long question, about 2,000 tokens; a gateway's hedge leaves such streams).
-pub const PROMPT_FREE_BYTES: u32 = 8 * 1024;
-/// Prompt bytes beyond [`PROMPT_FREE_BYTES`] that count as one token owed by such a
-/// stream (about 16 tokens: reading a prompt costs a batched engine far less per
-/// token than generating).
-pub const PROMPT_BYTES_PER_OWED_TOKEN: u32 = 64;
-
 /// The clock of one stream's waits for its app.
 pub struct AckClock {
     /// The last ack or token: the app has [`FRAME_TIMEOUT`] from it to send an owed ack.
@@ -91,46 +84,6 @@ impl AckClock {
             return Err("no ack in time".into());
         }
         Ok(())
-    }
-}
-
-/// How a stream ended, for what its app owes.
-pub struct Ending {
-    /// The app closed it properly, or the supplier failed: nothing is owed.
-    pub clean: bool,
-    /// Tokens acknowledged, and sent.
-    pub acked: u32,
-    pub sent: u32,
-    /// Tokens sent and not acknowledged.
-    pub unacked: u32,
-    /// The stream's ack step K.
-    pub ack_every: u32,
-    /// How long its request waited for a generation place (a queue, not work).
-    pub queued: Duration,
-    /// The request's signed prompt size.
-    pub prompt_bytes: u32,
-}
-
-/// Tokens a stream's app owes at its end: those sent and never acknowledged; and, for
-/// a stream left with nothing acknowledged, at least an ack step, and a token more per
-/// [`PROMPT_BYTES_PER_OWED_TOKEN`] of prompt beyond [`PROMPT_FREE_BYTES`] (its prompt
-/// was read for nothing, and leaving before the first token would otherwise cost
-/// nothing), unless its request waited [`HEDGE_GRACE`] or more for a place: an app
-/// that gave up on a busy supplier (a gateway's hedge) took nothing from it. A wait
-/// that was work (reading the prompt) is not a queue: leaving a slow prefill owes.
-pub fn owed(end: &Ending) -> u32 {
-    if end.clean {
-        0
-    } else if end.acked == 0 && end.sent == 0 && end.queued >= HEDGE_GRACE {
-        end.unacked
-    } else if end.acked == 0 {
-        let read = end
-            .prompt_bytes
-            .saturating_sub(PROMPT_FREE_BYTES)
-            .div_ceil(PROMPT_BYTES_PER_OWED_TOKEN);
-        end.unacked.max(end.ack_every.saturating_add(read))
-    } else {
-        end.unacked
     }
 }
 
@@ -226,50 +179,5 @@ mod tests {
         let late = t0 + FRAME_TIMEOUT + Duration::from_secs(1);
         assert!(clock.look(late, false, false).is_ok(), "a long prefill");
         assert!(clock.look(late, true, false).is_err());
-    }
-
-    fn left(queued: Duration, prompt_bytes: u32) -> Ending {
-        Ending {
-            clean: false,
-            acked: 0,
-            sent: 0,
-            unacked: 0,
-            ack_every: 16,
-            queued,
-            prompt_bytes,
-        }
-    }
-
-    /// The hedge grace: an app that leaves a supplier that kept its request waiting for
-    /// a place [`HEDGE_GRACE`] or more owes nothing; one that leaves sooner owes an ack
-    /// step. Review: the grace counted the prefill too, so a prompt slow to read could
-    /// be left at 5 s for free, again and again.
-    #[test]
-    fn leaving_a_queue_is_free_and_leaving_work_is_not() {
-        assert_eq!(owed(&left(HEDGE_GRACE, 100)), 0);
-        assert_eq!(owed(&left(HEDGE_GRACE - Duration::from_millis(1), 100)), 16);
-    }
-
-    /// Third review: leaving before the first token owed one ack step whatever the
-    /// prompt, so a huge prompt was read for the price of a short one. A long question
-    /// (what a hedge leaves) still owes one ack step.
-    #[test]
-    fn leaving_before_the_first_token_owes_by_the_prompt_read() {
-        let quick = Duration::from_millis(10);
-        assert_eq!(owed(&left(quick, PROMPT_FREE_BYTES + 64 * 1000)), 1016);
-        assert_eq!(owed(&left(quick, PROMPT_FREE_BYTES)), 16);
-        assert_eq!(owed(&left(quick, 10)), 16);
-        let paid = Ending {
-            acked: 16,
-            sent: 20,
-            unacked: 4,
-            ..left(quick, 64 * 1000)
-        };
-        assert_eq!(owed(&paid), 4, "an app that acked owes what it did not");
-        let clean = Ending {
-            clean: true,
-            ..left(quick, 64 * 1000)
-        };
-        assert_eq!(owed(&clean), 0);
     }
 }

@@ -120,6 +120,11 @@ impl SupplierFlow {
         self.acked_tokens
     }
 
+    /// Whether an ack was accepted: the first pays the prompt.
+    pub fn prompt_paid(&self) -> bool {
+        self.last_index > 0
+    }
+
     /// Tokens sent so far.
     pub fn sent_tokens(&self) -> u32 {
         self.sent_tokens
