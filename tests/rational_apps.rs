@@ -256,12 +256,10 @@ async fn an_app_that_double_commits_and_asks_late_gets_no_token() {
 
 /// An app that sends its request and leaves before its first token paid nothing and
 /// owed nothing, so it could have its prompts read for free for ever. Such a stream
-/// owed an ack step (found by review: before, the third stream was served); it now
-/// owes its prompt's worth in tokens besides, so a stranger (whose allowance is two
-/// ack steps) is refused at the second. Failed before the prompt counted (prompts under
-/// 8 KiB were read free): the second stream was served.
+/// now owes an ack step, and a stranger (whose allowance is two) is refused at the
+/// third. Found by review; failed before: the third stream was served.
 #[tokio::test(flavor = "multi_thread")]
-async fn an_app_leaving_before_its_first_token_owes_an_ack_step_and_its_prompt() {
+async fn an_app_leaving_before_its_first_token_owes_an_ack_step() {
     let OneSupplier {
         app,
         p,
@@ -282,7 +280,7 @@ async fn an_app_leaving_before_its_first_token_owes_an_ack_step_and_its_prompt()
         }
     };
     let mut answers = Vec::new();
-    for id in 0..2 {
+    for id in 0..3 {
         let (mut r, mut w) = stream(&app_node, &p, offers[0].0).await;
         write_frame(&mut w, FrameBody::Resume(session.clone()))
             .await
@@ -290,7 +288,7 @@ async fn an_app_leaving_before_its_first_token_owes_an_ack_step_and_its_prompt()
         write_frame(&mut w, request(&session, id, &app, &p).0)
             .await
             .unwrap();
-        if id == 0 {
+        if id < 2 {
             // Gone once its prompt is being read; the supplier lets the stream go.
             slot_is(0).await;
             let _ = w.close().await;
@@ -307,7 +305,7 @@ async fn an_app_leaving_before_its_first_token_owes_an_ack_step_and_its_prompt()
             assert_eq!(r.code, RefuseCode::Busy, "{r:?}");
             assert!(r.message.as_str().contains("at risk"), "{r:?}");
         }
-        other => panic!("the second stream was served: {other:?}"),
+        other => panic!("the third stream was served: {other:?}"),
     }
     nodes.stop(app_node).await;
 }

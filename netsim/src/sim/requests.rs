@@ -311,13 +311,14 @@ impl Sim {
         self.meter_attempt(a, acked);
         let app = self.requests.get(r).expect("live request").app;
         if !self.apps[app as usize].kind.wants_answers() {
-            // What the app owes and paid, by the node's rule: tokens it left
-            // unacknowledged, and its prompt where it acknowledged none; a supplier's
-            // failure (garbage, silence) is not its debt.
+            // What the app owes and paid, by the node's rule (the supplier's own formula
+            // is the default one): tokens it left unacknowledged, and its prompt where
+            // it took tokens and acknowledged none; a supplier's failure (garbage,
+            // silence) is not its debt.
             let req = self.requests.get(r).expect("live request");
             let cu = CuFormula::default();
-            let prompt_cu =
-                cu.prompt_units((req.prompt_tokens + req.delivered) * self.sc.load.bytes_per_token);
+            let prompt_bytes = (req.prompt_tokens + req.delivered) * self.sc.load.bytes_per_token;
+            let prompt_cu = cu.prompt_units(prompt_bytes);
             let left = matches!(plan, Plan::AppStops { .. });
             let owed = if self.sc.mesh.app_debt_limit {
                 allowance::owed(&allowance::Ending {
@@ -327,6 +328,7 @@ impl Sim {
                     unacked: tokens.saturating_sub(acked),
                     ack_every: self.sc.mesh.ack_every_tokens,
                     queued_ms: 0,
+                    prompt_bytes,
                     prompt_tokens: allowance::owed_tokens(&cu, prompt_cu),
                 })
             } else {

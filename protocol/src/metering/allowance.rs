@@ -36,6 +36,14 @@ pub const UNACKED_SHARE: u64 = 16;
 /// deadline (milliseconds).
 pub const HEDGE_GRACE_MS: u64 = 5_000;
 
+/// Prompt bytes read for free by a stream its app left before its first token (a long
+/// question, about 2,000 tokens; a gateway's hedge leaves such streams).
+pub const PROMPT_FREE_BYTES: u32 = 8 * 1024;
+/// Prompt bytes beyond [`PROMPT_FREE_BYTES`] that count as one token owed by such a
+/// stream (about 16 tokens: reading a prompt costs a batched engine far less per token
+/// than generating).
+pub const PROMPT_BYTES_PER_OWED_TOKEN: u32 = 64;
+
 /// How a stream ended, for what its app owes ([`owed`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Ending {
@@ -51,32 +59,47 @@ pub struct Ending {
     /// How long its request waited for a generation place (a queue, not work), in
     /// milliseconds.
     pub queued_ms: u64,
-    /// Its prompt's units as tokens ([`owed_tokens`]): what reading it was worth.
+    /// Its request's signed prompt size.
+    pub prompt_bytes: u32,
+    /// Its prompt's units as tokens ([`owed_tokens`], under the supplier's own
+    /// formula): what reading it was worth.
     pub prompt_tokens: u32,
 }
 
-/// Tokens a stream's app owes at its end: those sent and never acknowledged; and, for
-/// a stream left with nothing acknowledged (so its prompt, paid with the first ack,
-/// was read for nothing), at least an ack step and the prompt's worth in tokens
-/// besides, unless nothing was sent and its request waited [`HEDGE_GRACE_MS`] or more
-/// for a place: an app that gave up on a busy supplier (a gateway's hedge) took
-/// nothing from it. A wait that was work (reading the prompt) is not a queue: leaving
-/// a slow prefill owes.
+/// Tokens a stream's app owes at its end: those sent and never acknowledged, and for a
+/// stream left with nothing acknowledged (its prompt, which the first ack pays, read
+/// for nothing), more:
 ///
-/// Before the prompt counted in full (an ack step, and a token per 64 prompt bytes
-/// beyond the first 8 KiB), an app that stopped at its first ack took every prompt
-/// under 8 KiB for nothing: most of what such riders took (`docs/SIMULATION.md`).
+/// - sent tokens and left before its first ack (what an app that rides does): at least
+///   an ack step, and its prompt's worth in tokens besides;
+/// - left before its first token (what a gateway's hedge and a quick cancel do): an ack
+///   step, and a token per [`PROMPT_BYTES_PER_OWED_TOKEN`] of prompt beyond
+///   [`PROMPT_FREE_BYTES`]; nothing if its request waited [`HEDGE_GRACE_MS`] or more
+///   for a place, since an app that gave up on a busy supplier took nothing from it
+///   (a wait that was work, reading the prompt, is not a queue).
+///
+/// Before the prompt counted in full for the first case, an app that stopped at its
+/// first ack took every prompt under 8 KiB for nothing: most of what such riders took
+/// (`docs/SIMULATION.md`). It counts only there (found by review: counted for a stream
+/// left before its first token, one lost hedge of any prompt filled a stranger's
+/// allowance, and a slow supplier could make an app's hedges fill it at its rivals).
 pub fn owed(end: &Ending) -> u32 {
     if end.clean {
         0
-    } else if end.acked == 0 && end.sent == 0 && end.queued_ms >= HEDGE_GRACE_MS {
+    } else if end.acked > 0 {
         end.unacked
-    } else if end.acked == 0 {
+    } else if end.sent > 0 {
         end.unacked
             .max(end.ack_every)
             .saturating_add(end.prompt_tokens)
-    } else {
+    } else if end.queued_ms >= HEDGE_GRACE_MS {
         end.unacked
+    } else {
+        let read = end
+            .prompt_bytes
+            .saturating_sub(PROMPT_FREE_BYTES)
+            .div_ceil(PROMPT_BYTES_PER_OWED_TOKEN);
+        end.unacked.max(end.ack_every.saturating_add(read))
     }
 }
 
@@ -86,13 +109,17 @@ fn token_units(cu: &CuFormula) -> u64 {
 }
 
 /// `units` as tokens at the most a token is paid under `cu`, rounded up: what a prompt
-/// left unpaid counts for in its app's debt.
+/// left unpaid counts for in its app's debt. `cu` is the supplier's own formula, not
+/// the session's: the app proposes the session's factors (at least the supplier's),
+/// and an output factor of 1,000 would make an 8 KiB prompt owe 2 tokens, not 342
+/// (found by review).
 pub fn owed_tokens(cu: &CuFormula, units: u64) -> u32 {
     u32::try_from(units.div_ceil(token_units(cu))).unwrap_or(u32::MAX)
 }
 
 /// `units` as tokens at the most a token is paid under `cu`, rounded down: what a paid
-/// prompt (or embedding's inputs) counts for in its app's payments.
+/// prompt (or embedding's inputs) counts for in its app's payments (`cu` the supplier's
+/// own formula, as for [`owed_tokens`]).
 pub fn paid_tokens(cu: &CuFormula, units: u64) -> u32 {
     u32::try_from(units / token_units(cu)).unwrap_or(u32::MAX)
 }
@@ -294,7 +321,8 @@ mod tests {
         assert!(!app.forgettable(FULL));
     }
 
-    fn left(queued_ms: u64, prompt_tokens: u32) -> Ending {
+    fn left(queued_ms: u64, prompt_bytes: u32) -> Ending {
+        let cu = CuFormula::default();
         Ending {
             clean: false,
             acked: 0,
@@ -302,52 +330,64 @@ mod tests {
             unacked: 0,
             ack_every: 16,
             queued_ms,
-            prompt_tokens,
+            prompt_bytes,
+            prompt_tokens: owed_tokens(&cu, cu.prompt_units(prompt_bytes)),
         }
     }
 
     /// The hedge grace: an app that leaves a supplier that kept its request waiting for
     /// a place [`HEDGE_GRACE_MS`] or more, nothing sent, owes nothing; one that leaves
-    /// sooner owes an ack step and its prompt. Review: the grace counted the prefill
-    /// too, so a prompt slow to read could be left at 5 s for free, again and again.
+    /// sooner owes an ack step. Review: the grace counted the prefill too, so a prompt
+    /// slow to read could be left at 5 s for free, again and again.
     #[test]
     fn leaving_a_queue_is_free_and_leaving_work_is_not() {
-        assert_eq!(owed(&left(HEDGE_GRACE_MS, 40)), 0);
-        assert_eq!(owed(&left(HEDGE_GRACE_MS - 1, 40)), 56);
-        let sent = Ending {
-            sent: 1,
-            unacked: 1,
-            ..left(HEDGE_GRACE_MS, 40)
-        };
-        assert_eq!(owed(&sent), 56, "a token came: the prompt was read");
+        assert_eq!(owed(&left(HEDGE_GRACE_MS, 100)), 0);
+        assert_eq!(owed(&left(HEDGE_GRACE_MS - 1, 100)), 16);
     }
 
-    /// An app that stops at its first ack owes its prompt besides the tokens it left
-    /// unacknowledged: riders that stopped there took every prompt under 8 KiB free,
-    /// most of what they took. An app that acked owes only what it did not ack.
+    /// Third review: leaving before the first token owed one ack step whatever the
+    /// prompt, so a huge prompt was read for the price of a short one. A long question
+    /// (what a hedge leaves) still owes one ack step, and so does a short one: a lost
+    /// hedge must not fill a stranger's allowance (found by review when the prompt
+    /// counted in full there too).
+    #[test]
+    fn leaving_before_the_first_token_owes_by_the_prompt_read() {
+        assert_eq!(owed(&left(10, PROMPT_FREE_BYTES + 64 * 1000)), 1016);
+        assert_eq!(owed(&left(10, PROMPT_FREE_BYTES)), 16);
+        assert_eq!(owed(&left(10, 800)), 16);
+    }
+
+    /// An app that takes tokens and stops before its first ack owes its prompt
+    /// besides the tokens it left unacknowledged: riders that stopped there took every
+    /// prompt under 8 KiB free, most of what they took. An app that acked owes only
+    /// what it did not ack.
     #[test]
     fn stopping_before_the_first_ack_owes_the_prompt_read() {
         let cu = CuFormula::default();
         // 800 prompt bytes at 1 unit a byte, a token at most 4 × 6 units.
-        let prompt = owed_tokens(&cu, cu.prompt_units(800));
-        assert_eq!(prompt, 34);
         let stopped = Ending {
             sent: 16,
             unacked: 16,
-            ..left(0, prompt)
+            ..left(0, 800)
         };
+        assert_eq!(stopped.prompt_tokens, 34);
         assert_eq!(owed(&stopped), 50);
+        let queued = Ending {
+            queued_ms: HEDGE_GRACE_MS,
+            ..stopped
+        };
+        assert_eq!(owed(&queued), 50, "a token came: the prompt was read");
         let small = Ending {
             sent: 3,
             unacked: 3,
-            ..left(0, 1)
+            ..left(0, 10)
         };
         assert_eq!(owed(&small), 17, "at least an ack step");
         let paid = Ending {
             acked: 16,
             sent: 20,
             unacked: 4,
-            ..left(0, prompt)
+            ..left(0, 800)
         };
         assert_eq!(owed(&paid), 4, "an app that acked owes what it did not");
         let clean = Ending {
@@ -356,6 +396,8 @@ mod tests {
         };
         assert_eq!(owed(&clean), 0);
         assert_eq!(paid_tokens(&cu, 47), 1, "paid rounds down, owed up");
+        assert_eq!(owed_tokens(&cu, 47), 2);
+        assert_eq!(owed_tokens(&cu, u64::MAX), u32::MAX);
         // A paid embedding of 8 KiB of inputs counts as 341 tokens paid (found by
         // review: an app paying for embeddings stayed a stranger).
         assert_eq!(paid_tokens(&cu, cu.input_units(8192, true)), 341);
@@ -364,7 +406,5 @@ mod tests {
             ..cu
         };
         assert_eq!(paid_tokens(&weightless, 24), 24, "no division by zero");
-        assert_eq!(owed_tokens(&cu, 47), 2);
-        assert_eq!(owed_tokens(&cu, u64::MAX), u32::MAX);
     }
 }

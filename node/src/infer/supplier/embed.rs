@@ -5,8 +5,7 @@
 //! whole answer at once, so unlike text they are not given before they are paid for
 //! (found by review: sent first, an app took them and left owing a token per 64 bytes
 //! beyond 8 KiB). An app that leaves before its ack took nothing and owes what an app
-//! leaving before its first token does (`allowance::owed`: an ack step and its
-//! inputs' worth).
+//! leaving before its first token does (`allowance::owed`).
 
 use futures::io::{ReadHalf, WriteHalf};
 use libp2p::{PeerId, Stream};
@@ -15,7 +14,7 @@ use relaymesh_protocol::messages::infer::{
 };
 use relaymesh_protocol::messages::request::RelayRequest;
 use relaymesh_protocol::messages::session::SignedSessionOpen;
-use relaymesh_protocol::metering::allowance::{self, owed_tokens, paid_tokens};
+use relaymesh_protocol::metering::allowance;
 use relaymesh_protocol::metering::flow::SupplierFlow;
 use relaymesh_protocol::Digest;
 use tracing::{debug, info};
@@ -62,8 +61,11 @@ pub(super) struct EmbeddingStream<'a> {
     pub served: &'a ServedModel,
     pub mining_secret: Digest,
     pub inputs: Vec<String>,
-    /// The inputs' units under the session's formula.
-    pub prompt_cu: u64,
+    /// The inputs' worth in tokens, owed and paid (`allowance::owed_tokens`,
+    /// `paid_tokens`, under the supplier's own formula).
+    pub prompt_worth: (u32, u32),
+    /// The request's signed input bytes.
+    pub prompt_bytes: u32,
 }
 
 impl EmbeddingStream<'_> {
@@ -174,9 +176,8 @@ impl EmbeddingStream<'_> {
     /// units come to (so an app that pays for embeddings earns the allowance of one
     /// that pays for text: found by review, it stayed a stranger).
     fn end(self, ending: Ending) {
-        let cu = &self.session.body.cu;
         if ending == Ending::Paid {
-            self.ticket.end(paid_tokens(cu, self.prompt_cu), 0);
+            self.ticket.end(self.prompt_worth.1, 0);
             return;
         }
         let owed = allowance::owed(&allowance::Ending {
@@ -186,7 +187,8 @@ impl EmbeddingStream<'_> {
             unacked: 0,
             ack_every: self.ticket.window().ack_every,
             queued_ms: 0,
-            prompt_tokens: owed_tokens(cu, self.prompt_cu),
+            prompt_bytes: self.prompt_bytes,
+            prompt_tokens: self.prompt_worth.0,
         });
         self.ticket.end(0, owed);
     }

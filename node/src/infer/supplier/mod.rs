@@ -380,6 +380,7 @@ async fn serve(
     let prompt_bytes_signed = request.body.prompt_bytes;
     let embedding = request.body.is_embedding();
     let prompt_cu = session.body.cu.input_units(prompt_bytes_signed, embedding);
+    let prompt_worth = prompt_worth(&ctx.params, prompt_bytes_signed, embedding);
     let most_cu = prompt_cu.saturating_add(
         session
             .body
@@ -470,7 +471,8 @@ async fn serve(
             ticket,
             served,
             mining_secret,
-            prompt_cu,
+            prompt_worth,
+            prompt_bytes: prompt_bytes_signed,
         }
         .serve()
         .await;
@@ -517,7 +519,8 @@ async fn serve(
                 unacked: 0,
                 ack_every: ticket.window().ack_every,
                 queued_ms: millis(asked.elapsed()),
-                prompt_tokens: owed_tokens(&session.body.cu, prompt_cu),
+                prompt_bytes: prompt_bytes_signed,
+                prompt_tokens: prompt_worth.0,
             })
         };
         ticket.end(0, owed);
@@ -723,7 +726,6 @@ async fn serve(
     // What the app owes (`allowance::owed`), and what it paid: the tokens it
     // acknowledged and, once an ack came, its prompt's worth in tokens.
     let acked = flow.acked_tokens();
-    let cu = &session.body.cu;
     let owed = allowance::owed(&allowance::Ending {
         clean: flow.is_closed() || our_fault,
         acked,
@@ -731,10 +733,11 @@ async fn serve(
         unacked: flow.unacked_tokens(),
         ack_every: ticket.window().ack_every,
         queued_ms: millis(queued),
-        prompt_tokens: owed_tokens(cu, prompt_cu),
+        prompt_bytes: prompt_bytes_signed,
+        prompt_tokens: prompt_worth.0,
     });
     let prompt_paid = if flow.prompt_paid() {
-        paid_tokens(cu, prompt_cu)
+        prompt_worth.1
     } else {
         0
     };
@@ -742,7 +745,35 @@ async fn serve(
     result
 }
 
+/// What a request's prompt (or embedding inputs) of `bytes` is worth in its app's
+/// allowance, as tokens owed if left unpaid and paid once acknowledged
+/// (`allowance::owed_tokens`, `paid_tokens`): under this supplier's own formula for the
+/// mesh, not the session's, whose factors the app proposes (found by review: an output
+/// factor of 1,000 made an 8 KiB prompt owe 2 tokens, not 342).
+fn prompt_worth(params: &MeshParams, bytes: u32, embedding: bool) -> (u32, u32) {
+    let own = crate::infer::supplier_cu(params);
+    let units = own.input_units(bytes, embedding);
+    (owed_tokens(&own, units), paid_tokens(&own, units))
+}
+
 /// `d` in whole milliseconds (saturating), as the allowance rule counts time.
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A prompt is worth the same in the app's allowance whatever factors its session
+    /// names: 8 KiB of prompt is 342 tokens owed and 341 paid at the mesh's formula.
+    /// The worth takes no session: the app's own factors cannot shrink it.
+    #[test]
+    fn a_prompt_is_worth_its_bytes_at_the_suppliers_own_formula() {
+        let params = MeshParams::new("worth", vec![]).unwrap();
+        assert_eq!(prompt_worth(&params, 8192, false), (342, 341));
+        assert_eq!(prompt_worth(&params, 1, false), (1, 0));
+        // Embedding inputs at the mesh's embedding factor (1, as prompts).
+        assert_eq!(prompt_worth(&params, 8192, true), (342, 341));
+    }
 }
