@@ -183,7 +183,10 @@ impl EmbeddingStream<'_> {
         let owed = allowance::owed(&allowance::Ending {
             clean: ending != Ending::Left,
             acked: 0,
-            sent: 0,
+            // Counted as sent: gateways do not hedge embeddings, so an app that leaves
+            // before paying owes the inputs' worth whatever the wait (found by review:
+            // counted as left before a first token, an 8 KiB batch owed 16, not 358).
+            sent: 1,
             unacked: 0,
             ack_every: self.ticket.window().ack_every,
             queued_ms: 0,

@@ -544,6 +544,9 @@ async fn serve(
     // A fresh session's streams wait out the clash window within their first window.
     let mut clash_check = ctx.fresh.wait_until(&session.session_key());
     let mut sent = 0u32;
+    // Whether `Done` went out: an answer with no text (a stop string first) told the
+    // app something, and a stream left after it owes as one left after a token.
+    let mut answered = false;
     let mut checked = tokio::time::Instant::now();
     let mut clock = pace::AckClock::new(std::time::Instant::now());
     let model = payload.model.as_str();
@@ -621,6 +624,7 @@ async fn serve(
                 if let Some(d) = done.take() {
                     flow.finish();
                     write_frame(&mut w, FrameBody::Done(d)).await.map_err(|e| e.to_string())?;
+                    answered = true;
                     clock.heard(std::time::Instant::now());
                 }
             }
@@ -729,7 +733,9 @@ async fn serve(
     let owed = allowance::owed(&allowance::Ending {
         clean: flow.is_closed() || our_fault,
         acked,
-        sent,
+        // Found by review: a rider could read which stop string its answer met from a
+        // `Done` with no text, and leave owing what a lost hedge owes.
+        sent: if answered { sent.max(1) } else { sent },
         unacked: flow.unacked_tokens(),
         ack_every: ticket.window().ack_every,
         queued_ms: millis(queued),
