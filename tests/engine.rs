@@ -193,8 +193,12 @@ async fn an_app_holding_every_slot_neither_keeps_another_out_nor_sets_its_pace()
     let (_, _, tokens) = collect(other).await;
     let flood_during: u32 = during.iter().map(|n| n.load(Ordering::SeqCst)).sum();
     assert!(tokens > 10, "a real answer: {tokens} tokens");
+    // Without the turns the flood's two streams are in every step (twice the other's
+    // tokens and more); with them, on a quiet CPU, a token every tenth step. The rule
+    // learns a token's cost from step timings, which a busy machine blurs (a CI run saw
+    // 25 against 20), so the bound is what fails without the turns.
     assert!(
-        flood_during < tokens,
+        2 * flood_during < 3 * tokens,
         "while the other app streamed {tokens} tokens the flood's two streams made {flood_during}: it set the pace"
     );
     for reader in readers {
